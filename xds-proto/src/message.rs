@@ -1,0 +1,74 @@
+//! The concrete messages Outrigger encodes and decodes, each with non-generic entry points.
+//!
+//! prost's `decode`/`encode` are generic over the buffer type; called from another crate in a
+//! release build they re-instantiate the whole reachable message tree there (Bootstrap reaches
+//! almost all of it). `#[inline(never)]` methods compiled once here avoid that.
+
+use crate::pb;
+use prost::Message;
+
+/// A message of the Envoy API that Outrigger reads or writes.
+pub trait XdsMessage: Sized + Default + Clone + Send + Sync + 'static {
+    /// The protobuf full name, e.g. `envoy.config.listener.v3.Listener`.
+    const FULL_NAME: &'static str;
+    fn decode_bytes(bytes: &[u8]) -> Result<Self, prost::DecodeError>;
+    fn encode_bytes(&self) -> Vec<u8>;
+    fn type_url() -> String {
+        format!("{}{}", crate::TYPE_URL_PREFIX, Self::FULL_NAME)
+    }
+}
+
+macro_rules! xds_messages {
+    ($($ty:path => $name:literal,)*) => {$(
+        impl XdsMessage for $ty {
+            const FULL_NAME: &'static str = $name;
+            #[inline(never)]
+            fn decode_bytes(bytes: &[u8]) -> Result<Self, prost::DecodeError> {
+                <Self as Message>::decode(bytes)
+            }
+            #[inline(never)]
+            fn encode_bytes(&self) -> Vec<u8> {
+                self.encode_to_vec()
+            }
+        }
+    )*};
+}
+
+xds_messages! {
+    pb::envoy::config::bootstrap::v3::Bootstrap => "envoy.config.bootstrap.v3.Bootstrap",
+    pb::envoy::config::listener::v3::Listener => "envoy.config.listener.v3.Listener",
+    pb::envoy::config::cluster::v3::Cluster => "envoy.config.cluster.v3.Cluster",
+    pb::envoy::config::route::v3::RouteConfiguration => "envoy.config.route.v3.RouteConfiguration",
+    pb::envoy::config::endpoint::v3::ClusterLoadAssignment => "envoy.config.endpoint.v3.ClusterLoadAssignment",
+    pb::envoy::extensions::transport_sockets::tls::v3::Secret => "envoy.extensions.transport_sockets.tls.v3.Secret",
+    pb::envoy::extensions::transport_sockets::tls::v3::UpstreamTlsContext => "envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
+    pb::envoy::extensions::transport_sockets::tls::v3::DownstreamTlsContext => "envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext",
+    pb::envoy::extensions::transport_sockets::raw_buffer::v3::RawBuffer => "envoy.extensions.transport_sockets.raw_buffer.v3.RawBuffer",
+    pb::envoy::extensions::filters::network::http_connection_manager::v3::HttpConnectionManager => "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+    pb::envoy::extensions::filters::network::tcp_proxy::v3::TcpProxy => "envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy",
+    pb::envoy::extensions::filters::http::router::v3::Router => "envoy.extensions.filters.http.router.v3.Router",
+    pb::envoy::extensions::filters::http::fault::v3::HttpFault => "envoy.extensions.filters.http.fault.v3.HTTPFault",
+    pb::envoy::extensions::filters::http::rbac::v3::Rbac => "envoy.extensions.filters.http.rbac.v3.RBAC",
+    pb::envoy::extensions::filters::network::rbac::v3::Rbac => "envoy.extensions.filters.network.rbac.v3.RBAC",
+    pb::envoy::extensions::filters::http::local_ratelimit::v3::LocalRateLimit => "envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit",
+    pb::envoy::extensions::filters::http::compressor::v3::Compressor => "envoy.extensions.filters.http.compressor.v3.Compressor",
+    pb::envoy::extensions::filters::listener::tls_inspector::v3::TlsInspector => "envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector",
+    pb::envoy::extensions::filters::listener::http_inspector::v3::HttpInspector => "envoy.extensions.filters.listener.http_inspector.v3.HttpInspector",
+    pb::envoy::extensions::filters::listener::original_dst::v3::OriginalDst => "envoy.extensions.filters.listener.original_dst.v3.OriginalDst",
+    pb::envoy::extensions::upstreams::http::v3::HttpProtocolOptions => "envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+    pb::envoy::extensions::access_loggers::file::v3::FileAccessLog => "envoy.extensions.access_loggers.file.v3.FileAccessLog",
+    pb::envoy::extensions::access_loggers::stream::v3::StdoutAccessLog => "envoy.extensions.access_loggers.stream.v3.StdoutAccessLog",
+    pb::envoy::extensions::access_loggers::stream::v3::StderrAccessLog => "envoy.extensions.access_loggers.stream.v3.StderrAccessLog",
+    pb::envoy::admin::v3::ConfigDump => "envoy.admin.v3.ConfigDump",
+    pb::envoy::admin::v3::BootstrapConfigDump => "envoy.admin.v3.BootstrapConfigDump",
+    pb::envoy::admin::v3::ListenersConfigDump => "envoy.admin.v3.ListenersConfigDump",
+    pb::envoy::admin::v3::ClustersConfigDump => "envoy.admin.v3.ClustersConfigDump",
+    pb::envoy::admin::v3::RoutesConfigDump => "envoy.admin.v3.RoutesConfigDump",
+    pb::envoy::admin::v3::SecretsConfigDump => "envoy.admin.v3.SecretsConfigDump",
+    pb::envoy::admin::v3::EndpointsConfigDump => "envoy.admin.v3.EndpointsConfigDump",
+    pb::envoy::service::discovery::v3::DiscoveryRequest => "envoy.service.discovery.v3.DiscoveryRequest",
+    pb::envoy::service::discovery::v3::DiscoveryResponse => "envoy.service.discovery.v3.DiscoveryResponse",
+    pb::envoy::service::discovery::v3::DeltaDiscoveryRequest => "envoy.service.discovery.v3.DeltaDiscoveryRequest",
+    pb::envoy::service::discovery::v3::DeltaDiscoveryResponse => "envoy.service.discovery.v3.DeltaDiscoveryResponse",
+    crate::TypedStruct => "udpa.type.v1.TypedStruct",
+}
