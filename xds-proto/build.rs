@@ -27,7 +27,8 @@ fn main() {
             bin.display()
         )
     });
-    let mut set = FileDescriptorSet::decode(bytes.as_slice()).expect("types.bin is a FileDescriptorSet");
+    let mut set =
+        FileDescriptorSet::decode(bytes.as_slice()).expect("types.bin is a FileDescriptorSet");
     for file in &mut set.file {
         file.source_code_info = None;
     }
@@ -37,7 +38,8 @@ fn main() {
             set.file.push(extra);
         }
     }
-    let out = PathBuf::from(std::env::var("OUT_DIR").expect("OUT_DIR")).join("envoy_descriptor.bin");
+    let out =
+        PathBuf::from(std::env::var("OUT_DIR").expect("OUT_DIR")).join("envoy_descriptor.bin");
     std::fs::write(&out, set.encode_to_vec()).expect("write descriptor set");
 }
 
@@ -96,7 +98,10 @@ fn envoy_types_dir() -> PathBuf {
 
 /// Fast path: the version in Cargo.lock, unpacked in `$CARGO_HOME/registry/src/*/`.
 fn from_lock_and_registry(manifest: &Path) -> Option<PathBuf> {
-    let lock = manifest.ancestors().map(|d| d.join("Cargo.lock")).find(|p| p.exists())?;
+    let lock = manifest
+        .ancestors()
+        .map(|d| d.join("Cargo.lock"))
+        .find(|p| p.exists())?;
     println!("cargo:rerun-if-changed={}", lock.display());
     let text = std::fs::read_to_string(&lock).ok()?;
     let version = text.split("[[package]]").find_map(|block| {
@@ -113,7 +118,9 @@ fn from_lock_and_registry(manifest: &Path) -> Option<PathBuf> {
                 registry = line.contains("registry+");
             }
         }
-        (name.as_deref() == Some("envoy-types") && registry).then_some(version).flatten()
+        (name.as_deref() == Some("envoy-types") && registry)
+            .then_some(version)
+            .flatten()
     })?;
     let home = std::env::var("CARGO_HOME")
         .map(PathBuf::from)
@@ -130,13 +137,21 @@ fn from_lock_and_registry(manifest: &Path) -> Option<PathBuf> {
 fn from_cargo_metadata(manifest: &Path) -> Option<PathBuf> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_string());
     let output = std::process::Command::new(cargo)
-        .args(["metadata", "--format-version", "1", "--locked", "--manifest-path"])
+        .args([
+            "metadata",
+            "--format-version",
+            "1",
+            "--locked",
+            "--manifest-path",
+        ])
         .arg(manifest.join("Cargo.toml"))
         .output()
         .ok()?;
     let meta: serde_json::Value = serde_json::from_slice(&output.stdout).ok()?;
     let packages = meta.get("packages")?.as_array()?;
-    let pkg = packages.iter().find(|p| p.get("name").and_then(|n| n.as_str()) == Some("envoy-types"))?;
+    let pkg = packages
+        .iter()
+        .find(|p| p.get("name").and_then(|n| n.as_str()) == Some("envoy-types"))?;
     let path = PathBuf::from(pkg.get("manifest_path")?.as_str()?);
     path.parent().map(Path::to_path_buf)
 }

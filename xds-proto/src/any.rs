@@ -5,9 +5,15 @@ use crate::{pb::google::protobuf::Any, XdsMessage};
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum AnyError {
     #[error("expected {expected}, got type URL {actual:?}")]
-    WrongType { expected: &'static str, actual: String },
+    WrongType {
+        expected: &'static str,
+        actual: String,
+    },
     #[error("cannot decode {type_name}: {message}")]
-    Decode { type_name: &'static str, message: String },
+    Decode {
+        type_name: &'static str,
+        message: String,
+    },
 }
 
 /// The message name in a type URL: whatever follows the last `/` (Envoy's rule).

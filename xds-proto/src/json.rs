@@ -61,7 +61,10 @@ pub enum ParseError {
     #[error("unknown message type {0}")]
     UnknownType(String),
     #[error("{format} syntax: {message}")]
-    Syntax { format: &'static str, message: String },
+    Syntax {
+        format: &'static str,
+        message: String,
+    },
     #[error("{path}: {message}")]
     Field { path: String, message: String },
     #[error("decoding: {0}")]
@@ -105,7 +108,11 @@ fn parse_dynamic(
         .ok_or_else(|| ParseError::UnknownType(full_name.to_string()))?;
     let options = DeserializeOptions::new().deny_unknown_fields(deny_unknown);
     let field_error = |path: String, message: String| ParseError::Field {
-        path: if path == "." { "(root)".to_string() } else { path },
+        path: if path == "." {
+            "(root)".to_string()
+        } else {
+            path
+        },
         message,
     };
     match format {
@@ -115,15 +122,15 @@ fn parse_dynamic(
             let tracked = serde_path_to_error::Deserializer::new(&mut de, &mut track);
             let message = DynamicMessage::deserialize_with_options(descriptor, tracked, &options)
                 .map_err(|e| {
-                    if e.is_syntax() || e.is_eof() {
-                        ParseError::Syntax {
-                            format: "JSON",
-                            message: e.to_string(),
-                        }
-                    } else {
-                        field_error(track.path().to_string(), strip_location(&e.to_string()))
+                if e.is_syntax() || e.is_eof() {
+                    ParseError::Syntax {
+                        format: "JSON",
+                        message: e.to_string(),
                     }
-                })?;
+                } else {
+                    field_error(track.path().to_string(), strip_location(&e.to_string()))
+                }
+            })?;
             de.end().map_err(|e| ParseError::Syntax {
                 format: "JSON",
                 message: e.to_string(),

@@ -13,8 +13,8 @@ mod typed_struct;
 pub use any::{pack, type_name_of_url, unpack, AnyError};
 pub use envoy_types::pb;
 pub use json::{
-    descriptor_pool, to_json_bytes_value, to_json_value, DocumentFormat, ParseError,
-    ParseOptions, Parsed,
+    descriptor_pool, to_json_bytes_value, to_json_value, DocumentFormat, ParseError, ParseOptions,
+    Parsed,
 };
 pub use message::XdsMessage;
 pub use typed_struct::{TypedStruct, XDS_TYPED_STRUCT};
@@ -34,4 +34,22 @@ pub fn parse_document<M: XdsMessage>(
         value: message,
         unknown_fields: parsed.unknown_fields,
     })
+}
+
+/// Reflection over the Envoy API, for config-time walks such as "which fields are set".
+pub mod reflect {
+    pub use prost_reflect::{DynamicMessage, MapKey, MessageDescriptor, ReflectMessage, Value};
+
+    /// The message as a dynamic message of the same type, to walk its set fields.
+    pub fn to_dynamic<M: crate::XdsMessage>(message: &M) -> Result<DynamicMessage, String> {
+        bytes_to_dynamic(M::FULL_NAME, &message.encode_bytes())
+    }
+
+    /// Decodes `bytes` as the message named `full_name` (e.g. an `Any`'s payload).
+    pub fn bytes_to_dynamic(full_name: &str, bytes: &[u8]) -> Result<DynamicMessage, String> {
+        let descriptor = crate::descriptor_pool()
+            .get_message_by_name(full_name)
+            .ok_or_else(|| format!("unknown message type {full_name}"))?;
+        DynamicMessage::decode(descriptor, bytes).map_err(|e| e.to_string())
+    }
 }

@@ -70,5 +70,7 @@ xds_messages! {
     pb::envoy::service::discovery::v3::DiscoveryResponse => "envoy.service.discovery.v3.DiscoveryResponse",
     pb::envoy::service::discovery::v3::DeltaDiscoveryRequest => "envoy.service.discovery.v3.DeltaDiscoveryRequest",
     pb::envoy::service::discovery::v3::DeltaDiscoveryResponse => "envoy.service.discovery.v3.DeltaDiscoveryResponse",
+    pb::google::protobuf::Struct => "google.protobuf.Struct",
+    pb::envoy::config::core::v3::Node => "envoy.config.core.v3.Node",
     crate::TypedStruct => "udpa.type.v1.TypedStruct",
 }

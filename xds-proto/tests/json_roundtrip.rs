@@ -63,7 +63,10 @@ fn yaml_round_trips_through_canonical_json() {
         "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
     );
     assert_eq!(hcm["stat_prefix"], "ingress");
-    assert_eq!(json["static_resources"]["clusters"][0]["connect_timeout"], "0.250s");
+    assert_eq!(
+        json["static_resources"]["clusters"][0]["connect_timeout"],
+        "0.250s"
+    );
     // JSON back in gives the same message.
     let text = serde_json::to_string(&json).expect("json");
     let again = parse_document::<Bootstrap>(&text, DocumentFormat::Json, ParseOptions::default())
@@ -74,11 +77,17 @@ fn yaml_round_trips_through_canonical_json() {
 
 #[test]
 fn unknown_field_names_its_path() {
-    let text = YAML.replace("stat_prefix: ingress", "stat_prefix: ingress\n          bogus_field: 1");
+    let text = YAML.replace(
+        "stat_prefix: ingress",
+        "stat_prefix: ingress\n          bogus_field: 1",
+    );
     let err = parse(&text, false).expect_err("unknown field rejected");
     let message = err.to_string();
     assert!(message.contains("bogus_field"), "{message}");
-    assert!(message.contains("static_resources.listeners[0]"), "{message}");
+    assert!(
+        message.contains("static_resources.listeners[0]"),
+        "{message}"
+    );
     let lenient = parse_document::<Bootstrap>(
         &text,
         DocumentFormat::Yaml,
@@ -105,5 +114,8 @@ fn istio_typed_struct_parses() {
     let parsed = parse_document::<Bootstrap>(text, DocumentFormat::Json, ParseOptions::default())
         .expect("TypedStruct is in the pool");
     let json = to_json_value(&parsed.value).expect("serialises");
-    assert_eq!(json["bootstrap_extensions"][0]["typed_config"]["value"]["buffer_size_kb"], 64.0);
+    assert_eq!(
+        json["bootstrap_extensions"][0]["typed_config"]["value"]["buffer_size_kb"],
+        64.0
+    );
 }

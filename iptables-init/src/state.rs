@@ -1,0 +1,191 @@
+//! Reading `iptables-save` output (and our own restore payloads, which use the same
+//! grammar) into the Istio-relevant state: every `ISTIO_*` chain with its rules, and every
+//! rule elsewhere that jumps into one. That is what "already installed" and "left over"
+//! mean for apply, re-run and cleanup.
+
+use std::collections::BTreeMap;
+
+/// Istio state of one table.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TableState {
+    /// `ISTIO_*` chains and their rule lines (as written by iptables-save).
+    pub chains: BTreeMap<String, Vec<String>>,
+    /// Rules in other chains whose target is an `ISTIO_*` chain, tokenised.
+    pub jumps: Vec<Vec<String>>,
+}
+
+/// Istio state per table name.
+pub type IstioState = BTreeMap<String, TableState>;
+
+/// True when no Istio chain or jump exists.
+pub fn is_clean(state: &IstioState) -> bool {
+    state
+        .values()
+        .all(|t| t.chains.is_empty() && t.jumps.is_empty())
+}
+
+/// Split a save line into arguments, honouring the double quotes iptables-save uses for
+/// values with spaces (`--comment "a b"`) and backslash escapes inside them.
+pub fn tokenize(line: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut cur = String::new();
+    let mut in_quotes = false;
+    let mut has_token = false;
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '"' => {
+                in_quotes = !in_quotes;
+                has_token = true;
+            }
+            '\\' if in_quotes => {
+                if let Some(n) = chars.next() {
+                    cur.push(n);
+                }
+            }
+            c if c.is_whitespace() && !in_quotes => {
+                if has_token {
+                    out.push(std::mem::take(&mut cur));
+                    has_token = false;
+                }
+            }
+            c => {
+                cur.push(c);
+                has_token = true;
+            }
+        }
+    }
+    if has_token {
+        out.push(cur);
+    }
+    out
+}
+
+fn jump_target(tokens: &[String]) -> Option<&str> {
+    tokens
+        .windows(2)
+        .find(|w| w[0] == "-j" || w[0] == "--jump")
+        .map(|w| w[1].as_str())
+}
+
+/// Parse save/restore text. Table headers may be `*nat` or `* nat`.
+pub fn parse(text: &str) -> IstioState {
+    let mut state = IstioState::new();
+    let mut table = String::new();
+    for line in text.lines() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') || line == "COMMIT" {
+            continue;
+        }
+        if let Some(name) = line.strip_prefix('*') {
+            table = name.trim().to_string();
+            continue;
+        }
+        if let Some(decl) = line.strip_prefix(':') {
+            if let Some(chain) = decl.split_whitespace().next() {
+                if chain.starts_with("ISTIO_") {
+                    state
+                        .entry(table.clone())
+                        .or_default()
+                        .chains
+                        .entry(chain.to_string())
+                        .or_default();
+                }
+            }
+            continue;
+        }
+        let tokens = tokenize(line);
+        let (verb, chain) = match tokens.as_slice() {
+            [v, c, ..] => (v.as_str(), c.as_str()),
+            _ => continue,
+        };
+        let t = state.entry(table.clone()).or_default();
+        match verb {
+            "-N" | "--new" if chain.starts_with("ISTIO_") => {
+                t.chains.entry(chain.to_string()).or_default();
+            }
+            "-A" | "--append" | "-I" | "--insert" => {
+                if chain.starts_with("ISTIO_") {
+                    t.chains
+                        .entry(chain.to_string())
+                        .or_default()
+                        .push(line.to_string());
+                } else if jump_target(&tokens).is_some_and(|j| j.starts_with("ISTIO_")) {
+                    t.jumps.push(tokens);
+                }
+            }
+            _ => {}
+        }
+    }
+    state.retain(|_, t| !(t.chains.is_empty() && t.jumps.is_empty()));
+    state
+}
+
+/// Whether `current` holds exactly the Istio chains `expected` plans, with the same number
+/// of rules in each (upstream's compatibility test; rule bodies are then checked with -C).
+pub fn same_shape(expected: &IstioState, current: &IstioState) -> bool {
+    let chains = |s: &IstioState| -> BTreeMap<(String, String), usize> {
+        s.iter()
+            .flat_map(|(table, t)| {
+                t.chains
+                    .iter()
+                    .map(move |(c, rules)| ((table.clone(), c.clone()), rules.len()))
+            })
+            .collect()
+    };
+    let jumps = |s: &IstioState| -> usize { s.values().map(|t| t.jumps.len()).sum() };
+    chains(expected) == chains(current) && jumps(expected) == jumps(current)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SAVE: &str = "# Generated by iptables-nft-save\n*nat\n:PREROUTING ACCEPT [0:0]\n\
+        :OUTPUT ACCEPT [0:0]\n:ISTIO_OUTPUT - [0:0]\n:ISTIO_REDIRECT - [0:0]\n\
+        -A OUTPUT -j ISTIO_OUTPUT\n-A OUTPUT -m comment --comment \"not ours\" -j RETURN\n\
+        -A ISTIO_OUTPUT -j ISTIO_REDIRECT\nCOMMIT\n*filter\n:INPUT ACCEPT [0:0]\nCOMMIT\n";
+
+    #[test]
+    fn parses_chains_and_jumps() {
+        let s = parse(SAVE);
+        let nat = &s["nat"];
+        assert_eq!(nat.chains.len(), 2);
+        assert!(nat.chains["ISTIO_REDIRECT"].is_empty());
+        assert_eq!(nat.jumps, vec![vec!["-A", "OUTPUT", "-j", "ISTIO_OUTPUT"]]);
+        assert!(!s.contains_key("filter"));
+        assert!(is_clean(&parse(
+            "*nat\n:OUTPUT ACCEPT [0:0]\n-A OUTPUT -j RETURN\nCOMMIT\n"
+        )));
+    }
+
+    #[test]
+    fn tokenize_handles_quotes() {
+        assert_eq!(
+            tokenize(r#"-A X -m comment --comment "a \"b\" c" -j Y"#),
+            vec![
+                "-A",
+                "X",
+                "-m",
+                "comment",
+                "--comment",
+                "a \"b\" c",
+                "-j",
+                "Y"
+            ]
+        );
+        assert_eq!(tokenize(r#"--comment """#), vec!["--comment", ""]);
+    }
+
+    #[test]
+    fn shape_compares_counts() {
+        let restore = "* nat\n-N ISTIO_OUTPUT\n-N ISTIO_REDIRECT\n-A OUTPUT -j ISTIO_OUTPUT\n\
+            -A ISTIO_OUTPUT -j ISTIO_REDIRECT\nCOMMIT\n";
+        assert!(same_shape(&parse(restore), &parse(SAVE)));
+        let more = SAVE.replace(
+            "COMMIT\n*filter",
+            "-A ISTIO_REDIRECT -j RETURN\nCOMMIT\n*filter",
+        );
+        assert!(!same_shape(&parse(restore), &parse(&more)));
+    }
+}

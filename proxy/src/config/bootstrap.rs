@@ -1,0 +1,156 @@
+//! The top of the translation: a Bootstrap becomes a [`Config`].
+//! Envoy: https://www.envoyproxy.io/docs/envoy/latest/api-v3/config/bootstrap/v3/bootstrap.proto
+
+use super::address::{resolved, Endpoint};
+use super::cluster::{translate_cluster, Cluster};
+use super::error::{FieldPath, Result};
+use super::fields::{check, Acknowledged};
+use super::listener::{translate_listener, Listener};
+use std::collections::HashMap;
+use std::sync::Arc;
+use xds_proto::pb::envoy::config::bootstrap::v3::{runtime_layer::LayerSpecifier, Bootstrap};
+
+/// A validated configuration, ready to run.
+#[derive(Debug)]
+pub struct Config {
+    pub node: NodeInfo,
+    pub admin_address: Option<Endpoint>,
+    pub listeners: Vec<Arc<Listener>>,
+    pub clusters: Vec<Arc<Cluster>>,
+    pub runtime: Vec<RuntimeLayer>,
+    /// Fields accepted without being acted on; logged at startup and by `--mode validate`.
+    pub acknowledged: Vec<Acknowledged>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct NodeInfo {
+    pub id: String,
+    pub cluster: String,
+    pub zone: String,
+}
+
+/// A static runtime layer: its name and its flattened `key: value` entries.
+#[derive(Debug, Clone)]
+pub struct RuntimeLayer {
+    pub name: String,
+    pub entries: Vec<(String, serde_json::Value)>,
+}
+
+pub fn translate_bootstrap(b: &Bootstrap) -> Result<Config> {
+    let root = FieldPath::root("");
+    let mut acks = Vec::new();
+    check(b, &root, &mut acks)?;
+    let node = b.node.as_ref().map(|n| NodeInfo {
+        id: n.id.clone(),
+        cluster: n.cluster.clone(),
+        zone: n
+            .locality
+            .as_ref()
+            .map(|l| l.zone.clone())
+            .unwrap_or_default(),
+    });
+    let admin_address = match b.admin.as_ref() {
+        Some(admin) if admin.address.is_some() => Some(resolved(
+            admin.address.as_ref(),
+            &root.field("admin").field("address"),
+        )?),
+        _ => None,
+    };
+    let statics = b.static_resources.clone().unwrap_or_default();
+    let sr = root.field("static_resources");
+
+    let mut clusters = Vec::with_capacity(statics.clusters.len());
+    let mut by_name: HashMap<String, usize> = HashMap::new();
+    for (i, c) in statics.clusters.iter().enumerate() {
+        let path = sr.field("clusters").index(i);
+        let cluster = translate_cluster(c, &path, &mut acks)?;
+        if by_name.insert(cluster.name.clone(), i).is_some() {
+            return Err(path.field("name").error(format!(
+                "cluster manager: duplicate cluster '{}' found",
+                cluster.name
+            )));
+        }
+        clusters.push(Arc::new(cluster));
+    }
+    let cluster_index = |name: &str| by_name.get(name).copied();
+
+    let mut listeners: Vec<Arc<Listener>> = Vec::with_capacity(statics.listeners.len());
+    for (i, l) in statics.listeners.iter().enumerate() {
+        let path = sr.field("listeners").index(i);
+        let listener = translate_listener(l, &path, &cluster_index, &mut acks)?;
+        if listeners.iter().any(|other| other.name == listener.name) {
+            return Err(path.field("name").error(format!(
+                "error adding listener named '{}': duplicate listener",
+                listener.name
+            )));
+        }
+        if listener.bind_to_port {
+            if let Some(other) = listeners.iter().find(|o| {
+                o.bind_to_port && o.address == listener.address && !is_port_zero(&o.address)
+            }) {
+                return Err(path.field("address").error(format!(
+                    "error adding listener '{}': listener '{}' has duplicate address '{}' as existing listener",
+                    listener.address, listener.name, other.address
+                )));
+            }
+        }
+        listeners.push(Arc::new(listener));
+    }
+
+    let runtime = runtime_layers(b, &root)?;
+    Ok(Config {
+        node: node.unwrap_or_default(),
+        admin_address,
+        listeners,
+        clusters,
+        runtime,
+        acknowledged: acks,
+    })
+}
+
+fn is_port_zero(address: &Endpoint) -> bool {
+    matches!(address, Endpoint::Tcp(a) if a.port() == 0)
+}
+
+fn runtime_layers(b: &Bootstrap, root: &FieldPath) -> Result<Vec<RuntimeLayer>> {
+    let Some(lr) = b.layered_runtime.as_ref() else {
+        return Ok(Vec::new());
+    };
+    let mut layers = Vec::new();
+    for (i, layer) in lr.layers.iter().enumerate() {
+        let path = root.field("layered_runtime").field("layers").index(i);
+        if layers.iter().any(|l: &RuntimeLayer| l.name == layer.name) {
+            return Err(path
+                .field("name")
+                .error(format!("duplicate layer name: {}", layer.name)));
+        }
+        let mut entries = Vec::new();
+        if let Some(LayerSpecifier::StaticLayer(s)) = &layer.layer_specifier {
+            let json =
+                xds_proto::to_json_value(s).map_err(|e| path.field("static_layer").error(e))?;
+            flatten("", &json, &mut entries);
+        }
+        layers.push(RuntimeLayer {
+            name: layer.name.clone(),
+            entries,
+        });
+    }
+    Ok(layers)
+}
+
+/// Envoy flattens nested runtime objects into dotted keys.
+fn flatten(prefix: &str, value: &serde_json::Value, out: &mut Vec<(String, serde_json::Value)>) {
+    match value {
+        serde_json::Value::Object(map) => {
+            for (k, v) in map {
+                let key = if prefix.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{prefix}.{k}")
+                };
+                flatten(&key, v, out);
+            }
+        }
+        other => out.push((prefix.to_string(), other.clone())),
+    }
+}

@@ -1,0 +1,417 @@
+//! Clusters: discovery type, endpoints, connect timeout, upstream protocol, socket options.
+//! Envoy: https://www.envoyproxy.io/docs/envoy/latest/api-v3/config/cluster/v3/cluster.proto
+//! Deprecated fields Envoy still honours (`http2_protocol_options`, `dns_refresh_rate`, ...)
+//! are honoured here too.
+#![allow(deprecated)]
+
+use super::address::{host_and_port, resolved, Endpoint};
+use super::error::{FieldPath, Result};
+use super::fields::{check, Acknowledged};
+use super::values::{duration, optional_duration};
+use std::net::SocketAddr;
+use std::time::Duration;
+use xds_proto::pb::envoy::config::cluster::v3::{cluster, Cluster as ProtoCluster};
+use xds_proto::pb::envoy::config::core::v3::{address, HealthStatus};
+use xds_proto::pb::envoy::extensions::upstreams::http::v3::{
+    http_protocol_options, HttpProtocolOptions,
+};
+
+const HTTP_PROTOCOL_OPTIONS: &str = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions";
+
+#[derive(Debug, Clone)]
+pub struct Cluster {
+    pub name: String,
+    /// The name its stats carry: `alt_stat_name` when set.
+    pub stat_name: String,
+    pub discovery: Discovery,
+    pub connect_timeout: Duration,
+    pub protocol: UpstreamProtocol,
+    pub max_requests_per_connection: Option<u32>,
+    pub idle_timeout: Option<Duration>,
+    pub tcp_keepalive: Option<TcpKeepalive>,
+    pub source_address: Option<SocketAddr>,
+    /// The cluster asks for a transport socket Outrigger does not speak yet (TLS). Requests to
+    /// it fail with 503 UF rather than going out in plain text.
+    pub unsupported_transport: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub enum Discovery {
+    Static(Vec<LbEndpoint>),
+    StrictDns {
+        hosts: Vec<DnsHost>,
+        refresh: Duration,
+        respect_ttl: bool,
+        family: DnsFamily,
+    },
+    LogicalDns {
+        host: DnsHost,
+        refresh: Duration,
+        respect_ttl: bool,
+        family: DnsFamily,
+    },
+    /// Endpoints arrive over EDS (issue 5); until then the cluster has none.
+    Eds,
+}
+
+#[derive(Debug, Clone)]
+pub struct LbEndpoint {
+    pub address: Endpoint,
+    pub weight: u32,
+}
+
+#[derive(Debug, Clone)]
+pub struct DnsHost {
+    pub host: String,
+    pub port: u16,
+    pub weight: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DnsFamily {
+    Auto,
+    V4Only,
+    V6Only,
+    V4Preferred,
+    All,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpstreamProtocol {
+    Http1,
+    Http2,
+    UseDownstream,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TcpKeepalive {
+    pub probes: Option<u32>,
+    pub time: Option<Duration>,
+    pub interval: Option<Duration>,
+}
+
+pub fn translate_cluster(
+    c: &ProtoCluster,
+    path: &FieldPath,
+    acks: &mut Vec<Acknowledged>,
+) -> Result<Cluster> {
+    check(c, path, acks)?;
+    if c.name.is_empty() {
+        return Err(path.field("name").error("must not be empty"));
+    }
+    let lb = cluster::LbPolicy::try_from(c.lb_policy)
+        .map_err(|_| path.field("lb_policy").error("unknown policy"))?;
+    if lb != cluster::LbPolicy::RoundRobin {
+        return Err(path.field("lb_policy").error(format!(
+            "{} is not supported yet (issue 4); use ROUND_ROBIN",
+            lb.as_str_name()
+        )));
+    }
+    let connect_timeout =
+        optional_duration(c.connect_timeout.as_ref(), &path.field("connect_timeout"))?
+            .unwrap_or(Duration::from_secs(5));
+    if connect_timeout.is_zero() {
+        return Err(path
+            .field("connect_timeout")
+            .error("must be greater than 0s"));
+    }
+    let discovery_type = match &c.cluster_discovery_type {
+        Some(cluster::ClusterDiscoveryType::Type(t)) => cluster::DiscoveryType::try_from(*t)
+            .map_err(|_| path.field("type").error("unknown discovery type"))?,
+        Some(cluster::ClusterDiscoveryType::ClusterType(_)) => {
+            return Err(path
+                .field("cluster_type")
+                .error("custom cluster types are not supported"))
+        }
+        None => cluster::DiscoveryType::Static,
+    };
+    let family = match cluster::DnsLookupFamily::try_from(c.dns_lookup_family) {
+        Ok(cluster::DnsLookupFamily::Auto) => DnsFamily::Auto,
+        Ok(cluster::DnsLookupFamily::V4Only) => DnsFamily::V4Only,
+        Ok(cluster::DnsLookupFamily::V6Only) => DnsFamily::V6Only,
+        Ok(cluster::DnsLookupFamily::V4Preferred) => DnsFamily::V4Preferred,
+        Ok(cluster::DnsLookupFamily::All) => DnsFamily::All,
+        Err(_) => return Err(path.field("dns_lookup_family").error("unknown family")),
+    };
+    let refresh = optional_duration(c.dns_refresh_rate.as_ref(), &path.field("dns_refresh_rate"))?
+        .unwrap_or(Duration::from_secs(5));
+    if refresh < Duration::from_millis(1) {
+        return Err(path.field("dns_refresh_rate").error("must be at least 1ms"));
+    }
+    let discovery = match discovery_type {
+        cluster::DiscoveryType::Static => Discovery::Static(static_endpoints(c, path)?),
+        cluster::DiscoveryType::StrictDns => Discovery::StrictDns {
+            hosts: dns_hosts(c, path)?,
+            refresh,
+            respect_ttl: c.respect_dns_ttl,
+            family,
+        },
+        cluster::DiscoveryType::LogicalDns => {
+            let mut hosts = dns_hosts(c, path)?;
+            if hosts.len() != 1 {
+                return Err(path
+                    .field("load_assignment")
+                    .error("LOGICAL_DNS clusters must have a single locality_lb_endpoint and a single lb_endpoint"));
+            }
+            Discovery::LogicalDns {
+                host: hosts.remove(0),
+                refresh,
+                respect_ttl: c.respect_dns_ttl,
+                family,
+            }
+        }
+        cluster::DiscoveryType::Eds => Discovery::Eds,
+        cluster::DiscoveryType::OriginalDst => {
+            return Err(path
+                .field("type")
+                .error("ORIGINAL_DST clusters are not supported yet (issue 7)"))
+        }
+    };
+    let (protocol, idle_timeout, max_requests) = protocol_options(c, path, acks)?;
+    let tcp_keepalive = c
+        .upstream_connection_options
+        .as_ref()
+        .and_then(|o| o.tcp_keepalive.as_ref())
+        .map(|k| TcpKeepalive {
+            probes: k.keepalive_probes.as_ref().map(|v| v.value),
+            time: k
+                .keepalive_time
+                .as_ref()
+                .map(|v| Duration::from_secs(u64::from(v.value))),
+            interval: k
+                .keepalive_interval
+                .as_ref()
+                .map(|v| Duration::from_secs(u64::from(v.value))),
+        });
+    let source_address = match c.upstream_bind_config.as_ref() {
+        Some(bind) => {
+            let p = path.field("upstream_bind_config").field("source_address");
+            let sa = bind
+                .source_address
+                .as_ref()
+                .ok_or_else(|| p.error("is required"))?;
+            let ip = sa
+                .address
+                .parse()
+                .map_err(|_| p.field("address").error("must be an IP address"))?;
+            let port = match &sa.port_specifier {
+                Some(xds_proto::pb::envoy::config::core::v3::socket_address::PortSpecifier::PortValue(v)) => {
+                    u16::try_from(*v).map_err(|_| p.field("port_value").error("out of range"))?
+                }
+                _ => 0,
+            };
+            Some(SocketAddr::new(ip, port))
+        }
+        None => None,
+    };
+    let unsupported_transport = match &c.transport_socket {
+        Some(ts) if ts.name == "envoy.transport_sockets.raw_buffer" || is_raw_buffer(ts) => None,
+        Some(ts) => {
+            acks.push(Acknowledged {
+                path: path.field("transport_socket").to_string(),
+                reason: "TLS is not implemented yet (issue 6); requests to this cluster fail with 503 UF",
+            });
+            Some(ts.name.clone())
+        }
+        None => None,
+    };
+    Ok(Cluster {
+        name: c.name.clone(),
+        stat_name: if c.alt_stat_name.is_empty() {
+            c.name.clone()
+        } else {
+            c.alt_stat_name.clone()
+        },
+        discovery,
+        connect_timeout,
+        protocol,
+        max_requests_per_connection: max_requests,
+        idle_timeout,
+        tcp_keepalive,
+        source_address,
+        unsupported_transport,
+    })
+}
+
+fn is_raw_buffer(ts: &xds_proto::pb::envoy::config::core::v3::TransportSocket) -> bool {
+    use xds_proto::pb::envoy::config::core::v3::transport_socket::ConfigType;
+    matches!(&ts.config_type, Some(ConfigType::TypedConfig(any))
+        if xds_proto::type_name_of_url(&any.type_url) == "envoy.extensions.transport_sockets.raw_buffer.v3.RawBuffer")
+}
+
+/// Priority 0 endpoints serve; higher priorities are failover targets, and without health
+/// checking (issue 4) every host is healthy, so Envoy never fails over either.
+fn selected_endpoints(
+    c: &ProtoCluster,
+) -> impl Iterator<
+    Item = (
+        usize,
+        usize,
+        &xds_proto::pb::envoy::config::endpoint::v3::LbEndpoint,
+    ),
+> {
+    c.load_assignment.iter().flat_map(|la| {
+        la.endpoints
+            .iter()
+            .enumerate()
+            .filter(|(_, l)| l.priority == 0)
+            .flat_map(|(i, l)| {
+                l.lb_endpoints
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, e)| {
+                        !matches!(
+                            HealthStatus::try_from(e.health_status),
+                            Ok(HealthStatus::Unhealthy
+                                | HealthStatus::Draining
+                                | HealthStatus::Timeout)
+                        )
+                    })
+                    .map(move |(j, e)| (i, j, e))
+            })
+    })
+}
+
+fn endpoint_path(path: &FieldPath, i: usize, j: usize) -> FieldPath {
+    path.field("load_assignment")
+        .field("endpoints")
+        .index(i)
+        .field("lb_endpoints")
+        .index(j)
+}
+
+fn endpoint_weight(
+    e: &xds_proto::pb::envoy::config::endpoint::v3::LbEndpoint,
+    path: &FieldPath,
+) -> Result<u32> {
+    match e.load_balancing_weight.as_ref().map(|w| w.value) {
+        None => Ok(1),
+        Some(0) => Err(path
+            .field("load_balancing_weight")
+            .error("must be at least 1")),
+        Some(w) => Ok(w),
+    }
+}
+
+fn endpoint_address<'a>(
+    e: &'a xds_proto::pb::envoy::config::endpoint::v3::LbEndpoint,
+    path: &FieldPath,
+) -> Result<Option<&'a xds_proto::pb::envoy::config::core::v3::Address>> {
+    use xds_proto::pb::envoy::config::endpoint::v3::lb_endpoint::HostIdentifier;
+    match &e.host_identifier {
+        Some(HostIdentifier::Endpoint(ep)) => Ok(ep.address.as_ref()),
+        Some(HostIdentifier::EndpointName(_)) => Err(path
+            .field("endpoint_name")
+            .error("named endpoints are not supported")),
+        None => Err(path.field("endpoint").error("is required")),
+    }
+}
+
+fn static_endpoints(c: &ProtoCluster, path: &FieldPath) -> Result<Vec<LbEndpoint>> {
+    selected_endpoints(c)
+        .map(|(i, j, e)| {
+            let p = endpoint_path(path, i, j);
+            let address = resolved(
+                endpoint_address(e, &p)?,
+                &p.field("endpoint").field("address"),
+            )?;
+            Ok(LbEndpoint {
+                address,
+                weight: endpoint_weight(e, &p)?,
+            })
+        })
+        .collect()
+}
+
+fn dns_hosts(c: &ProtoCluster, path: &FieldPath) -> Result<Vec<DnsHost>> {
+    selected_endpoints(c)
+        .map(|(i, j, e)| {
+            let p = endpoint_path(path, i, j);
+            let address = endpoint_address(e, &p)?;
+            if matches!(
+                address.and_then(|a| a.address.as_ref()),
+                Some(address::Address::Pipe(_))
+            ) {
+                return Err(p
+                    .field("endpoint")
+                    .field("address")
+                    .error("DNS clusters need socket addresses"));
+            }
+            let (host, port) = host_and_port(address, &p.field("endpoint").field("address"))?;
+            Ok(DnsHost {
+                host,
+                port,
+                weight: endpoint_weight(e, &p)?,
+            })
+        })
+        .collect()
+}
+
+type ProtocolChoice = (UpstreamProtocol, Option<Duration>, Option<u32>);
+
+fn protocol_options(
+    c: &ProtoCluster,
+    path: &FieldPath,
+    acks: &mut Vec<Acknowledged>,
+) -> Result<ProtocolChoice> {
+    let mut protocol = if c.http2_protocol_options.is_some() {
+        UpstreamProtocol::Http2
+    } else {
+        UpstreamProtocol::Http1
+    };
+    let mut common = c.common_http_protocol_options.clone();
+    let mut max_requests = c.max_requests_per_connection.as_ref().map(|v| v.value);
+    for (key, any) in &c.typed_extension_protocol_options {
+        let p = path.field("typed_extension_protocol_options").key(key);
+        if key != HTTP_PROTOCOL_OPTIONS {
+            return Err(p.error(format!("unsupported protocol options extension {key}")));
+        }
+        let options: HttpProtocolOptions =
+            xds_proto::unpack(any).map_err(|e| p.error(e.to_string()))?;
+        check(&options, &p, acks)?;
+        use http_protocol_options::UpstreamProtocolOptions as U;
+        protocol = match &options.upstream_protocol_options {
+            Some(U::ExplicitHttpConfig(e)) => {
+                use http_protocol_options::explicit_http_config::ProtocolConfig as P;
+                match &e.protocol_config {
+                    Some(P::Http2ProtocolOptions(_)) => UpstreamProtocol::Http2,
+                    Some(P::HttpProtocolOptions(_)) => UpstreamProtocol::Http1,
+                    Some(P::Http3ProtocolOptions(_)) => {
+                        return Err(p
+                            .field("explicit_http_config")
+                            .error("HTTP/3 is not supported"))
+                    }
+                    None => {
+                        return Err(p
+                            .field("explicit_http_config")
+                            .error("a protocol is required"))
+                    }
+                }
+            }
+            Some(U::UseDownstreamProtocolConfig(_)) => UpstreamProtocol::UseDownstream,
+            Some(U::AutoConfig(_)) => {
+                return Err(p
+                    .field("auto_config")
+                    .error("ALPN protocol selection needs TLS (issue 6)"))
+            }
+            None => protocol,
+        };
+        if let Some(o) = options.common_http_protocol_options {
+            if let Some(m) = o.max_requests_per_connection.as_ref() {
+                max_requests = Some(m.value);
+            }
+            common = Some(o);
+        }
+    }
+    let idle = match common.as_ref().and_then(|o| o.idle_timeout.as_ref()) {
+        Some(d) => Some(duration(
+            d,
+            &path
+                .field("common_http_protocol_options")
+                .field("idle_timeout"),
+        )?)
+        .filter(|d| !d.is_zero()),
+        None => Some(Duration::from_secs(3600)),
+    };
+    Ok((protocol, idle, max_requests.filter(|m| *m > 0)))
+}

@@ -1,0 +1,271 @@
+//! Which fields of each Envoy message Outrigger acts on, checked by walking the set fields of a
+//! resource by reflection. A set field that is neither supported nor acknowledged is refused
+//! with its path; that is how "every field works as Envoy documents or is rejected" holds
+//! without a translator having to remember every field of every message.
+//!
+//! Acknowledged fields are accepted without being acted on, each for a stated reason (most
+//! are planned work: the issue that brings them). They are reported as warnings at load, so
+//! nothing is ignored silently. Extension payloads (`Any`) are checked by the translator of the
+//! extension, which calls [`check`] on the unpacked message.
+
+use super::error::{FieldPath, Result};
+use std::collections::HashMap;
+use std::sync::LazyLock;
+use xds_proto::reflect::{DynamicMessage, MapKey, ReflectMessage, Value};
+
+/// A field accepted but not acted on, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Acknowledged {
+    pub path: String,
+    pub reason: &'static str,
+}
+
+struct Policy {
+    supported: &'static [&'static str],
+    acknowledged: &'static [(&'static str, &'static str)],
+}
+
+const XDS: &str = "xDS subscriptions are not implemented yet (issue 5)";
+const STATS: &str = "stats tags, matchers and sinks are not implemented yet (issue 8)";
+const TRACING: &str = "tracing is not implemented yet (issue 8)";
+const ACCESS_LOG: &str = "access logs are not implemented yet (issue 8)";
+const RESILIENCE: &str = "not enforced yet (issue 4: upstream resilience)";
+const OVERLOAD: &str = "the overload manager is not implemented";
+const NO_EFFECT: &str = "has no effect in Outrigger";
+const TLS: &str = "TLS is not implemented yet (issue 6); connections using it are refused";
+
+/// Messages whose every field Outrigger handles (well-known types, leaves of translation).
+const LEAF_MESSAGES: &[&str] = &[
+    "google.protobuf.Any",
+    "google.protobuf.Duration",
+    "google.protobuf.Timestamp",
+    "google.protobuf.Struct",
+    "google.protobuf.Value",
+    "google.protobuf.ListValue",
+    "google.protobuf.BoolValue",
+    "google.protobuf.UInt32Value",
+    "google.protobuf.UInt64Value",
+    "google.protobuf.Int32Value",
+    "google.protobuf.Int64Value",
+    "google.protobuf.DoubleValue",
+    "google.protobuf.StringValue",
+    "envoy.config.core.v3.Metadata",
+    "envoy.config.core.v3.Locality",
+    "envoy.type.v3.Percent",
+    "envoy.type.v3.FractionalPercent",
+    "envoy.type.v3.Int64Range",
+    "envoy.config.core.v3.CidrRange",
+    "envoy.config.core.v3.TcpKeepalive",
+    "envoy.config.core.v3.Pipe",
+    "envoy.config.core.v3.HeaderValue",
+];
+
+macro_rules! policies {
+    ($($name:literal => [$($s:literal),* $(,)?] $( ack [$(($a:literal, $r:expr)),* $(,)?] )?;)*) => {
+        &[$(($name, Policy { supported: &[$($s),*], acknowledged: &[$($( ($a, $r) ),*)?] })),*]
+    };
+}
+
+static POLICIES: &[(&str, Policy)] = policies! {
+    "envoy.config.bootstrap.v3.Bootstrap" => ["node", "static_resources", "admin", "layered_runtime"]
+        ack [("dynamic_resources", XDS), ("stats_config", STATS), ("stats_sinks", STATS),
+             ("stats_flush_interval", STATS), ("stats_eviction_interval", STATS),
+             ("deferred_stat_options", NO_EFFECT), ("tracing", TRACING),
+             ("overload_manager", OVERLOAD), ("bootstrap_extensions", "bootstrap extensions (internal listeners, Istio metadata discovery) are not implemented"),
+             ("cluster_manager", "cluster manager options are not implemented yet (issues 4 and 5)"),
+             ("application_log_config", "Outrigger writes its own log format (see --log-format)"),
+             ("stats_server_version_override", STATS), ("enable_dispatcher_stats", STATS),
+             ("watchdog", NO_EFFECT), ("watchdogs", NO_EFFECT), ("flags_path", NO_EFFECT)];
+    "envoy.config.core.v3.Node" => ["id", "cluster", "metadata", "locality", "user_agent_name",
+        "user_agent_version", "user_agent_build_version", "extensions", "client_features",
+        "listening_addresses", "dynamic_parameters"];
+    "envoy.config.bootstrap.v3.Bootstrap.StaticResources" => ["listeners", "clusters"]
+        ack [("secrets", TLS)];
+    "envoy.config.bootstrap.v3.Admin" => ["address", "profile_path", "ignore_global_conn_limit"]
+        ack [("access_log", ACCESS_LOG), ("access_log_path", ACCESS_LOG)];
+    "envoy.config.bootstrap.v3.LayeredRuntime" => ["layers"];
+    "envoy.config.bootstrap.v3.RuntimeLayer" => ["name", "static_layer"]
+        ack [("disk_layer", "only static runtime layers are read"),
+             ("admin_layer", "the admin runtime layer is read-only"),
+             ("rtds_layer", XDS)];
+    "envoy.config.core.v3.Address" => ["socket_address", "pipe"];
+    "envoy.config.core.v3.SocketAddress" => ["protocol", "address", "port_value", "ipv4_compat"];
+    "envoy.config.listener.v3.Listener" => ["name", "address", "filter_chains", "default_filter_chain",
+        "listener_filters", "listener_filters_timeout", "continue_on_listener_filters_timeout",
+        "stat_prefix", "traffic_direction", "metadata", "enable_reuse_port", "reuse_port",
+        "per_connection_buffer_limit_bytes", "tcp_backlog_size", "bind_to_port"]
+        ack [("ignore_global_conn_limit", OVERLOAD), ("bypass_overload_manager", OVERLOAD),
+             ("access_log", ACCESS_LOG), ("connection_balance_config", "connections are spread by the runtime's work stealing"),
+             ("drain_type", "drain is not implemented yet (issue 5)")];
+    "envoy.config.listener.v3.FilterChain" => ["filter_chain_match", "filters", "name", "metadata",
+        "transport_socket"]
+        ack [("transport_socket_connect_timeout", TLS)];
+    "envoy.config.listener.v3.FilterChainMatch" => ["destination_port", "prefix_ranges",
+        "direct_source_prefix_ranges", "source_type", "source_prefix_ranges", "source_ports",
+        "server_names", "transport_protocol", "application_protocols"];
+    "envoy.config.listener.v3.Filter" => ["name", "typed_config"];
+    "envoy.config.listener.v3.ListenerFilter" => ["name", "typed_config"];
+    "envoy.config.core.v3.TransportSocket" => ["name", "typed_config"];
+    "envoy.config.core.v3.TypedExtensionConfig" => ["name", "typed_config"];
+    "envoy.config.cluster.v3.Cluster" => ["name", "alt_stat_name", "type", "connect_timeout",
+        "lb_policy", "load_assignment", "max_requests_per_connection", "typed_extension_protocol_options",
+        "dns_lookup_family", "dns_refresh_rate", "respect_dns_ttl", "upstream_connection_options",
+        "metadata", "transport_socket", "upstream_bind_config", "per_connection_buffer_limit_bytes",
+        "common_http_protocol_options", "http2_protocol_options", "http_protocol_options"]
+        ack [("circuit_breakers", RESILIENCE), ("outlier_detection", RESILIENCE),
+             ("health_checks", RESILIENCE), ("common_lb_config", RESILIENCE),
+             ("eds_cluster_config", XDS), ("cleanup_interval", "ORIGINAL_DST clusters come with issue 7"),
+             ("track_cluster_stats", STATS), ("transport_socket_matches", TLS),
+             ("wait_for_warm_on_init", XDS)];
+    "envoy.config.cluster.v3.UpstreamConnectionOptions" => ["tcp_keepalive"];
+    "envoy.config.core.v3.BindConfig" => ["source_address"];
+    "envoy.config.endpoint.v3.ClusterLoadAssignment" => ["cluster_name", "endpoints"]
+        ack [("policy", RESILIENCE)];
+    "envoy.config.endpoint.v3.LocalityLbEndpoints" => ["locality", "lb_endpoints", "load_balancing_weight", "priority", "metadata"];
+    "envoy.config.endpoint.v3.LbEndpoint" => ["endpoint", "load_balancing_weight", "metadata", "health_status"];
+    "envoy.config.endpoint.v3.Endpoint" => ["address", "hostname"]
+        ack [("health_check_config", RESILIENCE)];
+    "envoy.config.core.v3.HttpProtocolOptions" => ["idle_timeout", "max_requests_per_connection"]
+        ack [("max_connection_duration", "not enforced yet (issue 3)"), ("max_headers_count", "not enforced yet (issue 3)"),
+             ("max_stream_duration", "not enforced yet (issue 3)"), ("headers_with_underscores_action", "not enforced yet (issue 3)")];
+    "envoy.config.core.v3.Http1ProtocolOptions" => [];
+    "envoy.config.core.v3.Http2ProtocolOptions" => []
+        ack [("max_concurrent_streams", "HTTP/2 tuning comes with issue 3"), ("initial_stream_window_size", "HTTP/2 tuning comes with issue 3"),
+             ("initial_connection_window_size", "HTTP/2 tuning comes with issue 3")];
+    "envoy.extensions.upstreams.http.v3.HttpProtocolOptions" => ["explicit_http_config", "use_downstream_protocol_config",
+        "auto_config", "common_http_protocol_options"];
+    "envoy.extensions.upstreams.http.v3.HttpProtocolOptions.ExplicitHttpConfig" => ["http_protocol_options", "http2_protocol_options"];
+    "envoy.extensions.upstreams.http.v3.HttpProtocolOptions.UseDownstreamHttpConfig" => ["http_protocol_options", "http2_protocol_options"];
+    "envoy.extensions.upstreams.http.v3.HttpProtocolOptions.AutoHttpConfig" => ["http_protocol_options", "http2_protocol_options"];
+    "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager" => ["codec_type",
+        "stat_prefix", "route_config", "http_filters", "server_name", "common_http_protocol_options",
+        "http_protocol_options", "http2_protocol_options", "stream_idle_timeout", "request_timeout"]
+        ack [("rds", XDS), ("access_log", ACCESS_LOG), ("tracing", TRACING),
+             ("use_remote_address", "x-forwarded-for handling comes with issue 3"),
+             ("generate_request_id", "x-request-id handling comes with issue 3")];
+    "envoy.extensions.filters.network.http_connection_manager.v3.HttpFilter" => ["name", "typed_config", "is_optional", "disabled"];
+    "envoy.config.route.v3.RouteConfiguration" => ["name", "virtual_hosts", "validate_clusters",
+        "request_headers_to_add", "request_headers_to_remove", "response_headers_to_add", "response_headers_to_remove"];
+    "envoy.config.route.v3.VirtualHost" => ["name", "domains", "routes",
+        "request_headers_to_add", "request_headers_to_remove", "response_headers_to_add", "response_headers_to_remove"];
+    "envoy.config.route.v3.Route" => ["name", "match", "route", "redirect", "direct_response", "metadata",
+        "request_headers_to_add", "request_headers_to_remove", "response_headers_to_add", "response_headers_to_remove"];
+    "envoy.config.route.v3.RouteMatch" => ["prefix", "path", "safe_regex", "path_separated_prefix", "case_sensitive", "headers"];
+    "envoy.config.route.v3.HeaderMatcher" => ["name", "exact_match", "safe_regex_match", "present_match", "prefix_match",
+        "suffix_match", "contains_match", "string_match", "invert_match", "treat_missing_header_as_empty"];
+    "envoy.type.matcher.v3.StringMatcher" => ["exact", "prefix", "suffix", "safe_regex", "contains", "ignore_case"];
+    "envoy.type.matcher.v3.RegexMatcher" => ["google_re2", "regex"];
+    "envoy.type.matcher.v3.RegexMatcher.GoogleRE2" => [];
+    "envoy.config.route.v3.RouteAction" => ["cluster", "timeout", "prefix_rewrite", "host_rewrite_literal", "auto_host_rewrite"]
+        ack [("retry_policy", RESILIENCE), ("max_stream_duration", "not enforced yet (issue 3)"),
+             ("max_grpc_timeout", RESILIENCE)];
+    "envoy.config.route.v3.RedirectAction" => ["https_redirect", "scheme_redirect", "host_redirect", "port_redirect",
+        "path_redirect", "prefix_rewrite", "response_code", "strip_query"];
+    "envoy.config.route.v3.DirectResponseAction" => ["status", "body"];
+    "envoy.config.core.v3.DataSource" => ["inline_string", "inline_bytes"];
+    "envoy.config.core.v3.HeaderValueOption" => ["header", "append", "append_action", "keep_empty_value"];
+    "envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy" => ["stat_prefix", "cluster", "idle_timeout"]
+        ack [("access_log", ACCESS_LOG), ("max_connect_attempts", RESILIENCE)];
+    "envoy.extensions.filters.http.router.v3.Router" => []
+        ack [("suppress_envoy_headers", "x-envoy headers come with issue 3"), ("start_child_span", TRACING)];
+    "envoy.extensions.filters.http.compressor.v3.Compressor" => []
+        ack [("compressor_library", "response compression is not implemented yet (issue 8); responses go uncompressed"),
+             ("response_direction_config", "response compression is not implemented yet (issue 8)"),
+             ("request_direction_config", "request compression is not implemented yet")];
+    "envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector" => []
+        ack [("enable_ja3_fingerprinting", TLS), ("enable_ja4_fingerprinting", TLS)];
+    "envoy.extensions.filters.listener.http_inspector.v3.HttpInspector" => [];
+    "envoy.extensions.filters.listener.original_dst.v3.OriginalDst" => [];
+    "envoy.extensions.transport_sockets.raw_buffer.v3.RawBuffer" => [];
+};
+
+static INDEX: LazyLock<HashMap<&'static str, &'static Policy>> = LazyLock::new(|| {
+    POLICIES
+        .iter()
+        .map(|(name, policy)| (*name, policy))
+        .collect()
+});
+
+/// Checks every set field of `message` (found at `path`) against the policy table.
+/// Acknowledged fields are appended to `acknowledged`.
+pub fn check<M: xds_proto::XdsMessage>(
+    message: &M,
+    path: &FieldPath,
+    acknowledged: &mut Vec<Acknowledged>,
+) -> Result<()> {
+    let dynamic = xds_proto::reflect::to_dynamic(message).map_err(|e| path.error(e))?;
+    walk(&dynamic, path, acknowledged)
+}
+
+fn walk(message: &DynamicMessage, path: &FieldPath, acks: &mut Vec<Acknowledged>) -> Result<()> {
+    let descriptor = message.descriptor();
+    let name = descriptor.full_name();
+    if LEAF_MESSAGES.contains(&name) {
+        return Ok(());
+    }
+    let Some(policy) = INDEX.get(name) else {
+        return Err(path.error(format!("{name} is not supported by Outrigger")));
+    };
+    for (field, value) in message.fields() {
+        let field_name = field.name();
+        let field_path = path.field(field_name);
+        if policy.supported.contains(&field_name) {
+            walk_value(value, &field_path, acks)?;
+        } else if let Some((_, reason)) = policy.acknowledged.iter().find(|(f, _)| *f == field_name)
+        {
+            acks.push(Acknowledged {
+                path: field_path.to_string(),
+                reason,
+            });
+        } else {
+            return Err(field_path.error(format!("field not supported by Outrigger (in {name})")));
+        }
+    }
+    Ok(())
+}
+
+fn walk_value(value: &Value, path: &FieldPath, acks: &mut Vec<Acknowledged>) -> Result<()> {
+    match value {
+        Value::Message(m) => walk(m, path, acks),
+        Value::List(items) => items
+            .iter()
+            .enumerate()
+            .try_for_each(|(i, v)| walk_value(v, &path.index(i), acks)),
+        Value::Map(entries) => entries.iter().try_for_each(|(k, v)| {
+            let key = match k {
+                MapKey::String(s) => s.clone(),
+                other => format!("{other:?}"),
+            };
+            walk_value(v, &path.key(&key), acks)
+        }),
+        _ => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn policy_names_exist_in_the_api() {
+        let pool = xds_proto::descriptor_pool();
+        for (name, policy) in POLICIES {
+            let descriptor = pool
+                .get_message_by_name(name)
+                .unwrap_or_else(|| panic!("{name} is not an API message"));
+            for field in policy
+                .supported
+                .iter()
+                .chain(policy.acknowledged.iter().map(|(f, _)| f))
+            {
+                assert!(
+                    descriptor.get_field_by_name(field).is_some(),
+                    "{name} has no field {field}"
+                );
+            }
+        }
+        for name in LEAF_MESSAGES {
+            assert!(pool.get_message_by_name(name).is_some(), "{name}");
+        }
+    }
+}

@@ -1,0 +1,383 @@
+//! Listeners, filter chains and their match criteria, and the network filters they run.
+//! Envoy: https://www.envoyproxy.io/docs/envoy/latest/api-v3/config/listener/v3/listener.proto and
+//! https://www.envoyproxy.io/docs/envoy/latest/api-v3/config/listener/v3/listener_components.proto
+
+use super::address::{resolved, Endpoint};
+use super::error::{FieldPath, Result};
+use super::fields::{check, Acknowledged};
+use super::hcm::{translate_hcm, HttpConnectionManager};
+use super::tcp_proxy::{translate_tcp_proxy, TcpProxy};
+use super::values::optional_duration;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use xds_proto::pb::envoy::config::core::v3::CidrRange;
+use xds_proto::pb::envoy::config::listener::v3::{
+    filter::ConfigType as FilterConfig, filter_chain_match::ConnectionSourceType,
+    listener_filter::ConfigType as ListenerFilterConfig, FilterChain as ProtoFilterChain,
+    Listener as ProtoListener,
+};
+use xds_proto::pb::envoy::extensions::filters::listener::{
+    http_inspector::v3::HttpInspector, original_dst::v3::OriginalDst,
+    tls_inspector::v3::TlsInspector,
+};
+use xds_proto::pb::envoy::extensions::filters::network::{
+    http_connection_manager::v3::HttpConnectionManager as ProtoHcm,
+    tcp_proxy::v3::TcpProxy as ProtoTcpProxy,
+};
+
+#[derive(Debug)]
+pub struct Listener {
+    pub name: String,
+    pub address: Endpoint,
+    pub filter_chains: Vec<FilterChain>,
+    pub default_filter_chain: Option<FilterChain>,
+    pub reuse_port: bool,
+    pub bind_to_port: bool,
+    pub backlog: u32,
+    pub listener_filters_timeout: Option<Duration>,
+    pub per_connection_buffer_limit_bytes: u32,
+    pub stat_prefix: String,
+}
+
+#[derive(Debug)]
+pub struct FilterChain {
+    pub name: String,
+    pub matcher: ChainMatch,
+    pub filters: Vec<NetworkFilter>,
+    /// The chain asks for a transport socket Outrigger does not speak yet (TLS): its
+    /// connections are closed instead of being served in plain text.
+    pub unsupported_transport: Option<String>,
+}
+
+#[derive(Debug)]
+pub enum NetworkFilter {
+    HttpConnectionManager(Arc<HttpConnectionManager>),
+    TcpProxy(Arc<TcpProxy>),
+}
+
+/// `filter_chain_match`, with CIDRs parsed. Empty lists match anything.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ChainMatch {
+    pub destination_port: Option<u16>,
+    pub prefix_ranges: Vec<Cidr>,
+    pub server_names: Vec<String>,
+    pub transport_protocol: String,
+    pub application_protocols: Vec<String>,
+    pub direct_source_prefix_ranges: Vec<Cidr>,
+    pub source_type: SourceType,
+    pub source_prefix_ranges: Vec<Cidr>,
+    pub source_ports: Vec<u16>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum SourceType {
+    #[default]
+    Any,
+    SameIpOrLoopback,
+    External,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cidr {
+    pub network: IpAddr,
+    pub len: u8,
+}
+
+impl Cidr {
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        let ip = match (self.network, ip) {
+            (IpAddr::V4(_), IpAddr::V6(v6)) => match v6.to_ipv4_mapped() {
+                Some(v4) => IpAddr::V4(v4),
+                None => return false,
+            },
+            (_, ip) => ip,
+        };
+        match (self.network, ip) {
+            (IpAddr::V4(n), IpAddr::V4(a)) => prefix_eq(&n.octets(), &a.octets(), self.len),
+            (IpAddr::V6(n), IpAddr::V6(a)) => prefix_eq(&n.octets(), &a.octets(), self.len),
+            _ => false,
+        }
+    }
+}
+
+fn prefix_eq(a: &[u8], b: &[u8], len: u8) -> bool {
+    let full = usize::from(len / 8);
+    let rest = len % 8;
+    a[..full] == b[..full] && (rest == 0 || (a[full] ^ b[full]) >> (8 - rest) == 0)
+}
+
+const HCM: &str =
+    "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager";
+const TCP_PROXY: &str = "envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy";
+
+pub fn translate_listener(
+    l: &ProtoListener,
+    path: &FieldPath,
+    cluster_index: &dyn Fn(&str) -> Option<usize>,
+    acks: &mut Vec<Acknowledged>,
+) -> Result<Listener> {
+    check(l, path, acks)?;
+    if l.name.is_empty() {
+        return Err(path.field("name").error("must not be empty"));
+    }
+    let address = resolved(l.address.as_ref(), &path.field("address"))?;
+    if l.filter_chains.is_empty() && l.default_filter_chain.is_none() {
+        return Err(path.error(format!(
+            "no filter chains specified for listener {}",
+            l.name
+        )));
+    }
+    for (i, f) in l.listener_filters.iter().enumerate() {
+        translate_listener_filter(f, &path.field("listener_filters").index(i), acks)?;
+    }
+    let mut filter_chains: Vec<FilterChain> = Vec::with_capacity(l.filter_chains.len());
+    for (i, fc) in l.filter_chains.iter().enumerate() {
+        let chain = translate_filter_chain(
+            fc,
+            &path.field("filter_chains").index(i),
+            cluster_index,
+            acks,
+        )?;
+        if filter_chains.iter().any(|c| c.matcher == chain.matcher) {
+            return Err(path.field("filter_chains").index(i).error(format!(
+                "multiple filter chains with the same matching rules are defined in listener {}",
+                l.name
+            )));
+        }
+        filter_chains.push(chain);
+    }
+    let default_filter_chain = l
+        .default_filter_chain
+        .as_ref()
+        .map(|fc| {
+            translate_filter_chain(fc, &path.field("default_filter_chain"), cluster_index, acks)
+        })
+        .transpose()?;
+    Ok(Listener {
+        name: l.name.clone(),
+        address,
+        filter_chains,
+        default_filter_chain,
+        reuse_port: l
+            .enable_reuse_port
+            .as_ref()
+            .map(|b| b.value)
+            .unwrap_or(true),
+        bind_to_port: l.bind_to_port.as_ref().map(|b| b.value).unwrap_or(true),
+        backlog: l.tcp_backlog_size.as_ref().map(|v| v.value).unwrap_or(1024),
+        listener_filters_timeout: optional_duration(
+            l.listener_filters_timeout.as_ref(),
+            &path.field("listener_filters_timeout"),
+        )?
+        .or(Some(Duration::from_secs(15)))
+        .filter(|d| !d.is_zero()),
+        per_connection_buffer_limit_bytes: l
+            .per_connection_buffer_limit_bytes
+            .as_ref()
+            .map(|v| v.value)
+            .unwrap_or(1024 * 1024),
+        stat_prefix: l.stat_prefix.clone(),
+    })
+}
+
+fn translate_listener_filter(
+    f: &xds_proto::pb::envoy::config::listener::v3::ListenerFilter,
+    path: &FieldPath,
+    acks: &mut Vec<Acknowledged>,
+) -> Result<()> {
+    let any = match &f.config_type {
+        Some(ListenerFilterConfig::TypedConfig(any)) => any,
+        Some(_) => return Err(path.error("listener filter config discovery is not supported")),
+        None => return Err(path.error(format!("listener filter {} has no typed_config", f.name))),
+    };
+    let tc = path.field("typed_config");
+    let reason = match xds_proto::type_name_of_url(&any.type_url) {
+        "envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector" => {
+            check(
+                &xds_proto::unpack::<TlsInspector>(any).map_err(|e| tc.error(e.to_string()))?,
+                &tc,
+                acks,
+            )?;
+            "the TLS inspector is not implemented yet (issue 6): connections are matched as raw_buffer without SNI or ALPN"
+        }
+        "envoy.extensions.filters.listener.http_inspector.v3.HttpInspector" => {
+            check(
+                &xds_proto::unpack::<HttpInspector>(any).map_err(|e| tc.error(e.to_string()))?,
+                &tc,
+                acks,
+            )?;
+            "the HTTP inspector is not implemented yet (issue 6): connections are matched without application protocols"
+        }
+        "envoy.extensions.filters.listener.original_dst.v3.OriginalDst" => {
+            check(
+                &xds_proto::unpack::<OriginalDst>(any).map_err(|e| tc.error(e.to_string()))?,
+                &tc,
+                acks,
+            )?;
+            "original destination recovery is not implemented yet (issue 7)"
+        }
+        other => {
+            return Err(tc.error(format!(
+                "didn't find a registered implementation for '{}' with type URL: '{other}'",
+                f.name
+            )))
+        }
+    };
+    acks.push(Acknowledged {
+        path: path.to_string(),
+        reason,
+    });
+    Ok(())
+}
+
+fn translate_filter_chain(
+    fc: &ProtoFilterChain,
+    path: &FieldPath,
+    cluster_index: &dyn Fn(&str) -> Option<usize>,
+    acks: &mut Vec<Acknowledged>,
+) -> Result<FilterChain> {
+    let matcher = match &fc.filter_chain_match {
+        Some(m) => {
+            let p = path.field("filter_chain_match");
+            if !m.address_suffix.is_empty() || m.suffix_len.is_some() {
+                return Err(p.error("address_suffix and suffix_len are not supported"));
+            }
+            ChainMatch {
+                destination_port: m
+                    .destination_port
+                    .as_ref()
+                    .map(|v| {
+                        u16::try_from(v.value)
+                            .map_err(|_| p.field("destination_port").error("out of range"))
+                    })
+                    .transpose()?,
+                prefix_ranges: cidrs(&m.prefix_ranges, &p.field("prefix_ranges"))?,
+                server_names: m
+                    .server_names
+                    .iter()
+                    .map(|s| s.to_ascii_lowercase())
+                    .collect(),
+                transport_protocol: m.transport_protocol.clone(),
+                application_protocols: m.application_protocols.clone(),
+                direct_source_prefix_ranges: cidrs(
+                    &m.direct_source_prefix_ranges,
+                    &p.field("direct_source_prefix_ranges"),
+                )?,
+                source_type: match ConnectionSourceType::try_from(m.source_type) {
+                    Ok(ConnectionSourceType::Any) => SourceType::Any,
+                    Ok(ConnectionSourceType::SameIpOrLoopback) => SourceType::SameIpOrLoopback,
+                    Ok(ConnectionSourceType::External) => SourceType::External,
+                    Err(_) => return Err(p.field("source_type").error("unknown source type")),
+                },
+                source_prefix_ranges: cidrs(
+                    &m.source_prefix_ranges,
+                    &p.field("source_prefix_ranges"),
+                )?,
+                source_ports: m
+                    .source_ports
+                    .iter()
+                    .enumerate()
+                    .map(|(i, v)| {
+                        u16::try_from(*v)
+                            .map_err(|_| p.field("source_ports").index(i).error("out of range"))
+                    })
+                    .collect::<Result<_>>()?,
+            }
+        }
+        None => ChainMatch::default(),
+    };
+    if fc.filters.is_empty() {
+        return Err(path
+            .field("filters")
+            .error("a filter chain needs at least one network filter"));
+    }
+    let mut filters = Vec::with_capacity(fc.filters.len());
+    for (i, f) in fc.filters.iter().enumerate() {
+        let p = path.field("filters").index(i);
+        let any = match &f.config_type {
+            Some(FilterConfig::TypedConfig(any)) => any,
+            Some(_) => return Err(p.error("filter config discovery is not supported")),
+            None => return Err(p.error(format!("network filter {} has no typed_config", f.name))),
+        };
+        let tc = p.field("typed_config");
+        let is_last = i + 1 == fc.filters.len();
+        let filter = match xds_proto::type_name_of_url(&any.type_url) {
+            HCM => {
+                let hcm: ProtoHcm = xds_proto::unpack(any).map_err(|e| tc.error(e.to_string()))?;
+                NetworkFilter::HttpConnectionManager(Arc::new(translate_hcm(
+                    &hcm,
+                    &tc,
+                    cluster_index,
+                    acks,
+                )?))
+            }
+            TCP_PROXY => {
+                let t: ProtoTcpProxy =
+                    xds_proto::unpack(any).map_err(|e| tc.error(e.to_string()))?;
+                NetworkFilter::TcpProxy(Arc::new(translate_tcp_proxy(
+                    &t,
+                    &tc,
+                    cluster_index,
+                    acks,
+                )?))
+            }
+            other => {
+                return Err(tc.error(format!(
+                    "didn't find a registered implementation for '{}' with type URL: '{other}'",
+                    f.name
+                )))
+            }
+        };
+        if !is_last {
+            return Err(p.error(format!(
+                "terminal filter named {} must be the last filter in a network filter chain",
+                f.name
+            )));
+        }
+        filters.push(filter);
+    }
+    let unsupported_transport = match &fc.transport_socket {
+        Some(ts) if ts.name == "envoy.transport_sockets.raw_buffer" => None,
+        Some(ts) => {
+            acks.push(Acknowledged {
+                path: path.field("transport_socket").to_string(),
+                reason:
+                    "TLS is not implemented yet (issue 6); connections on this chain are closed",
+            });
+            Some(ts.name.clone())
+        }
+        None => None,
+    };
+    Ok(FilterChain {
+        name: fc.name.clone(),
+        matcher,
+        filters,
+        unsupported_transport,
+    })
+}
+
+fn cidrs(ranges: &[CidrRange], path: &FieldPath) -> Result<Vec<Cidr>> {
+    ranges
+        .iter()
+        .enumerate()
+        .map(|(i, r)| {
+            let p = path.index(i);
+            let network: IpAddr = r.address_prefix.parse().map_err(|_| {
+                p.field("address_prefix")
+                    .error(format!("malformed IP address: {}", r.address_prefix))
+            })?;
+            let max = if network.is_ipv4() { 32 } else { 128 };
+            let len = r.prefix_len.as_ref().map(|v| v.value).unwrap_or(0);
+            if len > max {
+                return Err(p
+                    .field("prefix_len")
+                    .error(format!("prefix length {len} exceeds {max}")));
+            }
+            Ok(Cidr {
+                network,
+                len: len as u8,
+            })
+        })
+        .collect()
+}

@@ -1,0 +1,20 @@
+//! The internal configuration model, compiled from Envoy protos. Protobuf types stop here:
+//! the data path sees only these types, with regexes compiled, clusters resolved to indexes
+//! and every refused field reported with its path.
+
+pub mod address;
+mod bootstrap;
+pub mod cluster;
+pub mod error;
+pub mod fields;
+pub mod hcm;
+pub mod header_mutation;
+pub mod listener;
+pub mod matcher;
+pub mod route;
+pub mod tcp_proxy;
+mod values;
+
+pub use bootstrap::{translate_bootstrap, Config, NodeInfo, RuntimeLayer};
+pub use error::{ConfigError, FieldPath, Result};
+pub use fields::Acknowledged;

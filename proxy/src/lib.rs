@@ -1,0 +1,6 @@
+//! Outrigger: an Envoy-compatible sidecar proxy. The binary is a thin CLI over this library.
+
+pub mod bootstrap;
+pub mod cli;
+pub mod config;
+pub mod server;
