@@ -3,4 +3,7 @@
 pub mod bootstrap;
 pub mod cli;
 pub mod config;
+pub mod logging;
 pub mod server;
+pub mod stats;
+pub mod upstream;

@@ -6,3 +6,5 @@ use std::process::ExitCode;
 pub fn main(_options: Options) -> ExitCode {
     ExitCode::FAILURE
 }
+pub mod state;
+pub use state::{BoundListener, DrainRequest, Server, ServerState};

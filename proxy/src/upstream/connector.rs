@@ -1,0 +1,181 @@
+//! Opens upstream connections for the pool: TCP with the cluster's connect timeout, keepalive
+//! and source address, or a Unix socket. The pool keys connections by URI authority; a Unix
+//! socket's path is carried in the authority as `u<hex of path>.unix`.
+
+use crate::config::cluster::TcpKeepalive;
+use hyper_util::client::legacy::connect::{Connected, Connection};
+use hyper_util::rt::TokioIo;
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpSocket, TcpStream, UnixStream};
+
+#[derive(Debug, Clone)]
+pub struct Connector {
+    pub connect_timeout: Duration,
+    pub keepalive: Option<TcpKeepalive>,
+    pub source: Option<SocketAddr>,
+}
+
+/// The authority a Unix socket path is pooled under.
+pub fn unix_authority(path: &std::path::Path) -> String {
+    use std::os::unix::ffi::OsStrExt;
+    let hex: String = path
+        .as_os_str()
+        .as_bytes()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    format!("u{hex}.unix")
+}
+
+fn unix_path(host: &str) -> Option<PathBuf> {
+    use std::os::unix::ffi::OsStringExt;
+    let hex = host.strip_prefix('u')?.strip_suffix(".unix")?;
+    let bytes = (0..hex.len())
+        .step_by(2)
+        .map(|i| {
+            hex.get(i..i + 2)
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+        })
+        .collect::<Option<Vec<u8>>>()?;
+    Some(PathBuf::from(std::ffi::OsString::from_vec(bytes)))
+}
+
+impl tower::Service<http::Uri> for Connector {
+    type Response = TokioIo<UpstreamStream>;
+    type Error = io::Error;
+    type Future = Pin<Box<dyn Future<Output = io::Result<Self::Response>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, uri: http::Uri) -> Self::Future {
+        let this = self.clone();
+        Box::pin(async move {
+            let authority = uri
+                .authority()
+                .ok_or_else(|| io::Error::other("upstream URI has no authority"))?;
+            let connect = async {
+                if let Some(path) = unix_path(authority.host()) {
+                    return UnixStream::connect(path).await.map(UpstreamStream::Unix);
+                }
+                let addr: SocketAddr = authority.as_str().parse().map_err(|_| {
+                    io::Error::new(
+                        io::ErrorKind::InvalidInput,
+                        "upstream address is not an IP:port",
+                    )
+                })?;
+                this.connect_tcp(addr).await.map(UpstreamStream::Tcp)
+            };
+            match tokio::time::timeout(this.connect_timeout, connect).await {
+                Ok(result) => result.map(TokioIo::new),
+                Err(_) => Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "connection timeout",
+                )),
+            }
+        })
+    }
+}
+
+impl Connector {
+    async fn connect_tcp(&self, addr: SocketAddr) -> io::Result<TcpStream> {
+        let socket = if addr.is_ipv4() {
+            TcpSocket::new_v4()?
+        } else {
+            TcpSocket::new_v6()?
+        };
+        if let Some(source) = self.source {
+            socket.bind(source)?;
+        }
+        if let Some(k) = self.keepalive {
+            let sock = socket2::SockRef::from(&socket);
+            let mut params = socket2::TcpKeepalive::new();
+            if let Some(t) = k.time {
+                params = params.with_time(t);
+            }
+            if let Some(i) = k.interval {
+                params = params.with_interval(i);
+            }
+            if let Some(p) = k.probes {
+                params = params.with_retries(p);
+            }
+            sock.set_tcp_keepalive(&params)?;
+        }
+        let stream = socket.connect(addr).await?;
+        stream.set_nodelay(true)?;
+        Ok(stream)
+    }
+}
+
+/// A connected upstream socket.
+#[derive(Debug)]
+pub enum UpstreamStream {
+    Tcp(TcpStream),
+    Unix(UnixStream),
+}
+
+impl Connection for UpstreamStream {
+    fn connected(&self) -> Connected {
+        Connected::new()
+    }
+}
+
+impl AsyncRead for UpstreamStream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            UpstreamStream::Tcp(s) => Pin::new(s).poll_read(cx, buf),
+            UpstreamStream::Unix(s) => Pin::new(s).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for UpstreamStream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            UpstreamStream::Tcp(s) => Pin::new(s).poll_write(cx, buf),
+            UpstreamStream::Unix(s) => Pin::new(s).poll_write(cx, buf),
+        }
+    }
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            UpstreamStream::Tcp(s) => Pin::new(s).poll_flush(cx),
+            UpstreamStream::Unix(s) => Pin::new(s).poll_flush(cx),
+        }
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            UpstreamStream::Tcp(s) => Pin::new(s).poll_shutdown(cx),
+            UpstreamStream::Unix(s) => Pin::new(s).poll_shutdown(cx),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unix_paths_round_trip_through_the_authority() {
+        let path = std::path::Path::new("./etc/istio/proxy/XDS");
+        let authority = unix_authority(path);
+        let parsed: http::uri::Authority = authority.parse().expect("valid authority");
+        assert_eq!(unix_path(parsed.host()).as_deref(), Some(path));
+        assert_eq!(unix_path("127.0.0.1"), None);
+    }
+}

@@ -1,0 +1,87 @@
+//! STRICT_DNS and LOGICAL_DNS discovery with the system resolver, refreshed every
+//! `dns_refresh_rate`. A failed lookup keeps the hosts already known (Envoy does the same).
+//! Envoy: https://www.envoyproxy.io/docs/envoy/latest/intro/arch_overview/upstream/service_discovery
+
+use super::manager::ClusterRuntime;
+use crate::config::address::Endpoint;
+use crate::config::cluster::{Discovery, DnsFamily, DnsHost};
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+pub fn spawn(cluster: Arc<ClusterRuntime>) {
+    let (hosts, refresh, family, first_only) = match &cluster.config.discovery {
+        Discovery::StrictDns {
+            hosts,
+            refresh,
+            family,
+            ..
+        } => (hosts.clone(), *refresh, *family, false),
+        Discovery::LogicalDns {
+            host,
+            refresh,
+            family,
+            ..
+        } => (vec![host.clone()], *refresh, *family, true),
+        Discovery::Static(_) | Discovery::Eds => return,
+    };
+    tokio::spawn(async move {
+        loop {
+            if let Some(resolved) = resolve_all(&hosts, family, first_only).await {
+                cluster.set_hosts(resolved);
+            }
+            tokio::time::sleep(refresh).await;
+        }
+    });
+}
+
+async fn resolve_all(
+    hosts: &[DnsHost],
+    family: DnsFamily,
+    first_only: bool,
+) -> Option<Vec<(Endpoint, String, u32)>> {
+    let mut out = Vec::new();
+    for host in hosts {
+        let addrs: Vec<SocketAddr> =
+            match tokio::net::lookup_host((host.host.as_str(), host.port)).await {
+                Ok(a) => a.collect(),
+                Err(e) => {
+                    tracing::debug!(target: "dns", "DNS resolution for {} failed: {e}", host.host);
+                    return None;
+                }
+            };
+        let mut picked = pick_family(addrs, family);
+        if first_only {
+            picked.truncate(1);
+        }
+        out.extend(
+            picked
+                .into_iter()
+                .map(|a| (Endpoint::Tcp(a), host.host.clone(), host.weight)),
+        );
+    }
+    Some(out)
+}
+
+fn pick_family(addrs: Vec<SocketAddr>, family: DnsFamily) -> Vec<SocketAddr> {
+    let (v4, v6): (Vec<_>, Vec<_>) = addrs.into_iter().partition(|a| a.is_ipv4());
+    match family {
+        DnsFamily::V4Only => v4,
+        DnsFamily::V6Only => v6,
+        // AUTO prefers IPv6 and falls back to IPv4; V4_PREFERRED the reverse.
+        DnsFamily::Auto => {
+            if v6.is_empty() {
+                v4
+            } else {
+                v6
+            }
+        }
+        DnsFamily::V4Preferred => {
+            if v4.is_empty() {
+                v6
+            } else {
+                v4
+            }
+        }
+        DnsFamily::All => v4.into_iter().chain(v6).collect(),
+    }
+}

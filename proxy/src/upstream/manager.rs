@@ -1,0 +1,181 @@
+//! Clusters at runtime: hosts, stats and pools, in the same order as the configuration so
+//! routes hold plain indexes.
+
+use super::host::{Host, HostSet, HostStats};
+use super::pool::Pool;
+use crate::config::address::Endpoint;
+use crate::config::cluster::{Cluster, Discovery};
+use crate::stats::{Counter, Gauge, Store};
+use arc_swap::ArcSwap;
+use std::sync::{Arc, OnceLock};
+
+/// The per-cluster stats the data path bumps, resolved once (`cluster.<name>.<stat>`).
+#[derive(Debug)]
+pub struct ClusterStats {
+    prefix: String,
+    store: Arc<Store>,
+    pub upstream_rq_total: Arc<Counter>,
+    pub upstream_rq_completed: Arc<Counter>,
+    pub upstream_rq_timeout: Arc<Counter>,
+    pub upstream_rq_active: Arc<Gauge>,
+    pub upstream_cx_connect_fail: Arc<Counter>,
+    pub upstream_cx_none_healthy: Arc<Counter>,
+    pub upstream_cx_total: Arc<Counter>,
+    pub upstream_cx_active: Arc<Gauge>,
+    pub upstream_cx_tx_bytes_total: Arc<Counter>,
+    pub upstream_cx_rx_bytes_total: Arc<Counter>,
+    pub upstream_rq_time: Arc<crate::stats::Histogram>,
+    pub membership_total: Arc<Gauge>,
+    pub membership_healthy: Arc<Gauge>,
+    /// `upstream_rq_1xx` .. `upstream_rq_5xx`.
+    classes: [Arc<Counter>; 5],
+    /// `upstream_rq_<code>`, created on a code's first use.
+    codes: Box<[OnceLock<Arc<Counter>>; 500]>,
+}
+
+impl ClusterStats {
+    fn new(store: &Arc<Store>, stat_name: &str) -> Self {
+        let prefix = format!("cluster.{stat_name}.");
+        let c = |s: &str| store.counter(&format!("{prefix}{s}"));
+        let g = |s: &str| store.gauge(&format!("{prefix}{s}"));
+        Self {
+            upstream_rq_total: c("upstream_rq_total"),
+            upstream_rq_completed: c("upstream_rq_completed"),
+            upstream_rq_timeout: c("upstream_rq_timeout"),
+            upstream_rq_active: g("upstream_rq_active"),
+            upstream_cx_connect_fail: c("upstream_cx_connect_fail"),
+            upstream_cx_none_healthy: c("upstream_cx_none_healthy"),
+            upstream_cx_total: c("upstream_cx_total"),
+            upstream_cx_active: g("upstream_cx_active"),
+            upstream_cx_tx_bytes_total: c("upstream_cx_tx_bytes_total"),
+            upstream_cx_rx_bytes_total: c("upstream_cx_rx_bytes_total"),
+            upstream_rq_time: store.histogram(&format!("{prefix}upstream_rq_time")),
+            membership_total: g("membership_total"),
+            membership_healthy: g("membership_healthy"),
+            classes: std::array::from_fn(|i| c(&format!("upstream_rq_{}xx", i + 1))),
+            codes: Box::new(std::array::from_fn(|_| OnceLock::new())),
+            store: store.clone(),
+            prefix,
+        }
+    }
+
+    /// Counts a response by class and by code.
+    pub fn response(&self, status: http::StatusCode) {
+        let code = status.as_u16();
+        if let Some(class) = self.classes.get(usize::from(code / 100).wrapping_sub(1)) {
+            class.inc();
+        }
+        if let Some(slot) = self.codes.get(usize::from(code).wrapping_sub(100)) {
+            slot.get_or_init(|| {
+                self.store
+                    .counter(&format!("{}upstream_rq_{code}", self.prefix))
+            })
+            .inc();
+        }
+    }
+}
+
+pub struct ClusterRuntime {
+    pub config: Arc<Cluster>,
+    hosts: ArcSwap<HostSet>,
+    pub pool: Pool,
+    pub stats: ClusterStats,
+}
+
+impl std::fmt::Debug for ClusterRuntime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClusterRuntime")
+            .field("name", &self.config.name)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ClusterRuntime {
+    pub fn hosts(&self) -> arc_swap::Guard<Arc<HostSet>> {
+        self.hosts.load()
+    }
+
+    /// Replaces the host set, keeping the stats of hosts that stay.
+    pub fn set_hosts(&self, hosts: Vec<(Endpoint, String, u32)>) {
+        let old = self.hosts.load_full();
+        let hosts: Vec<Arc<Host>> = hosts
+            .into_iter()
+            .filter_map(|(address, hostname, weight)| {
+                if let Some(h) = old
+                    .hosts
+                    .iter()
+                    .find(|h| h.address == address && h.weight == weight)
+                {
+                    return Some(h.clone());
+                }
+                let authority = match &address {
+                    Endpoint::Tcp(a) => a.to_string(),
+                    Endpoint::Unix(p) => super::connector::unix_authority(p),
+                };
+                Some(Arc::new(Host {
+                    authority: authority.parse().ok()?,
+                    address,
+                    hostname,
+                    weight,
+                    stats: HostStats::default(),
+                }))
+            })
+            .collect();
+        self.stats.membership_total.set(hosts.len() as u64);
+        self.stats.membership_healthy.set(hosts.len() as u64);
+        self.hosts.store(Arc::new(HostSet::new(hosts)));
+    }
+}
+
+#[derive(Debug, Default)]
+pub struct ClusterManager {
+    clusters: Vec<Arc<ClusterRuntime>>,
+}
+
+impl ClusterManager {
+    pub fn new(clusters: &[Arc<Cluster>], store: &Arc<Store>) -> Self {
+        let clusters: Vec<Arc<ClusterRuntime>> = clusters
+            .iter()
+            .map(|c| {
+                let runtime = Arc::new(ClusterRuntime {
+                    config: c.clone(),
+                    hosts: ArcSwap::from_pointee(HostSet::default()),
+                    pool: Pool::new(c),
+                    stats: ClusterStats::new(store, &c.stat_name),
+                });
+                if let Discovery::Static(endpoints) = &c.discovery {
+                    runtime.set_hosts(
+                        endpoints
+                            .iter()
+                            .map(|e| (e.address.clone(), String::new(), e.weight))
+                            .collect(),
+                    );
+                }
+                runtime
+            })
+            .collect();
+        store
+            .gauge("cluster_manager.active_clusters")
+            .set(clusters.len() as u64);
+        Self { clusters }
+    }
+
+    pub fn get(&self, index: usize) -> Option<&Arc<ClusterRuntime>> {
+        self.clusters.get(index)
+    }
+
+    pub fn by_name(&self, name: &str) -> Option<&Arc<ClusterRuntime>> {
+        self.clusters.iter().find(|c| c.config.name == name)
+    }
+
+    pub fn all(&self) -> &[Arc<ClusterRuntime>] {
+        &self.clusters
+    }
+
+    /// Starts DNS resolution for STRICT_DNS and LOGICAL_DNS clusters. Call inside the runtime.
+    pub fn start_discovery(&self) {
+        for cluster in &self.clusters {
+            super::dns::spawn(cluster.clone());
+        }
+    }
+}

@@ -1,0 +1,12 @@
+//! The upstream side: clusters at runtime (their hosts, stats and connection pools), host
+//! selection and DNS discovery.
+
+mod connector;
+mod dns;
+mod host;
+mod manager;
+mod pool;
+
+pub use host::{Host, HostSet, HostStats};
+pub use manager::{ClusterManager, ClusterRuntime, ClusterStats};
+pub use pool::{UpstreamBody, UpstreamError};
