@@ -1,9 +1,13 @@
 //! Outrigger: an Envoy-compatible sidecar proxy. The binary is a thin CLI over this library.
 
+pub mod admin;
 pub mod bootstrap;
 pub mod cli;
 pub mod config;
+pub mod http;
+pub mod listener;
 pub mod logging;
 pub mod server;
 pub mod stats;
+pub mod tcp;
 pub mod upstream;

@@ -96,7 +96,7 @@ impl LogControl {
             }
             None => Box::new(|| Box::new(std::io::stderr())),
         };
-        let layer = fmt::layer().with_writer(move || writer()).with_ansi(false);
+        let layer = fmt::layer().with_writer(writer).with_ansi(false);
         // Ignore a second install (tests may start several servers in one process).
         let _ = tracing_subscriber::registry()
             .with(filter)

@@ -39,7 +39,13 @@ pub struct RuntimeLayer {
 pub fn translate_bootstrap(b: &Bootstrap) -> Result<Config> {
     let root = FieldPath::root("");
     let mut acks = Vec::new();
-    check(b, &root, &mut acks)?;
+    // Static listeners and clusters are checked by their own translators below.
+    let mut top = b.clone();
+    if let Some(sr) = top.static_resources.as_mut() {
+        sr.listeners.clear();
+        sr.clusters.clear();
+    }
+    check(&top, &root, &mut acks)?;
     let node = b.node.as_ref().map(|n| NodeInfo {
         id: n.id.clone(),
         cluster: n.cluster.clone(),

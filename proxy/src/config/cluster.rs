@@ -359,7 +359,7 @@ fn protocol_options(
     } else {
         UpstreamProtocol::Http1
     };
-    let mut common = c.common_http_protocol_options.clone();
+    let mut common = c.common_http_protocol_options;
     let mut max_requests = c.max_requests_per_connection.as_ref().map(|v| v.value);
     for (key, any) in &c.typed_extension_protocol_options {
         let p = path.field("typed_extension_protocol_options").key(key);

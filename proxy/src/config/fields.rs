@@ -32,6 +32,7 @@ const ACCESS_LOG: &str = "access logs are not implemented yet (issue 8)";
 const RESILIENCE: &str = "not enforced yet (issue 4: upstream resilience)";
 const OVERLOAD: &str = "the overload manager is not implemented";
 const NO_EFFECT: &str = "has no effect in Outrigger";
+const DOWNSTREAM_TIMEOUTS: &str = "downstream timeouts are not enforced yet (issue 3)";
 const TLS: &str = "TLS is not implemented yet (issue 6); connections using it are refused";
 
 /// Messages whose every field Outrigger handles (well-known types, leaves of translation).
@@ -138,9 +139,11 @@ static POLICIES: &[(&str, Policy)] = policies! {
     "envoy.extensions.upstreams.http.v3.HttpProtocolOptions.UseDownstreamHttpConfig" => ["http_protocol_options", "http2_protocol_options"];
     "envoy.extensions.upstreams.http.v3.HttpProtocolOptions.AutoHttpConfig" => ["http_protocol_options", "http2_protocol_options"];
     "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager" => ["codec_type",
-        "stat_prefix", "route_config", "http_filters", "server_name", "common_http_protocol_options",
-        "http_protocol_options", "http2_protocol_options", "stream_idle_timeout", "request_timeout"]
+        "stat_prefix", "route_config", "http_filters", "server_name", "http_protocol_options", "http2_protocol_options"]
         ack [("rds", XDS), ("access_log", ACCESS_LOG), ("tracing", TRACING),
+             ("common_http_protocol_options", DOWNSTREAM_TIMEOUTS), ("stream_idle_timeout", DOWNSTREAM_TIMEOUTS),
+             ("request_timeout", DOWNSTREAM_TIMEOUTS), ("request_headers_timeout", DOWNSTREAM_TIMEOUTS),
+             ("drain_timeout", DOWNSTREAM_TIMEOUTS),
              ("use_remote_address", "x-forwarded-for handling comes with issue 3"),
              ("generate_request_id", "x-request-id handling comes with issue 3")];
     "envoy.extensions.filters.network.http_connection_manager.v3.HttpFilter" => ["name", "typed_config", "is_optional", "disabled"];

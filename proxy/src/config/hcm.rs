@@ -4,9 +4,7 @@
 use super::error::{FieldPath, Result};
 use super::fields::{check, Acknowledged};
 use super::route::{translate_route_config, RouteConfig};
-use super::values::optional_duration;
 use std::sync::Arc;
-use std::time::Duration;
 use xds_proto::pb::envoy::extensions::filters::http::{
     compressor::v3::Compressor, router::v3::Router,
 };
@@ -23,10 +21,6 @@ pub struct HttpConnectionManager {
     pub route_config: Arc<RouteConfig>,
     /// The `server` header on responses Outrigger generates or forwards.
     pub server_name: http::HeaderValue,
-    pub stream_idle_timeout: Option<Duration>,
-    pub request_timeout: Option<Duration>,
-    pub idle_timeout: Option<Duration>,
-    pub filters: Vec<HttpFilter>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -35,11 +29,6 @@ pub enum Codec {
     Http1,
     Http2,
 }
-
-/// The filters Outrigger runs. Filters acknowledged without effect are not listed here; the
-/// router is implicit as the terminal filter.
-#[derive(Debug)]
-pub enum HttpFilter {}
 
 const ROUTER: &str = "envoy.extensions.filters.http.router.v3.Router";
 const COMPRESSOR: &str = "envoy.extensions.filters.http.compressor.v3.Compressor";
@@ -78,7 +67,8 @@ pub fn translate_hcm(
         }
         None => return Err(path.error("one of route_config, rds or scoped_routes is required")),
     };
-    let filters = translate_http_filters(hcm, path, acks)?;
+    // The router is the only filter that acts so far; the others are checked and acknowledged.
+    translate_http_filters(hcm, path, acks)?;
     let server_name = if hcm.server_name.is_empty() {
         "envoy"
     } else {
@@ -86,38 +76,11 @@ pub fn translate_hcm(
     };
     let server_name = http::HeaderValue::from_str(server_name)
         .map_err(|_| path.field("server_name").error("invalid header value"))?;
-    let idle_timeout = match hcm
-        .common_http_protocol_options
-        .as_ref()
-        .and_then(|o| o.idle_timeout.as_ref())
-    {
-        Some(d) => optional_duration(
-            Some(d),
-            &path
-                .field("common_http_protocol_options")
-                .field("idle_timeout"),
-        )?,
-        None => Some(Duration::from_secs(3600)),
-    }
-    .filter(|d| !d.is_zero());
-    let stream_idle_timeout = optional_duration(
-        hcm.stream_idle_timeout.as_ref(),
-        &path.field("stream_idle_timeout"),
-    )?
-    .or(Some(Duration::from_secs(300)))
-    .filter(|d| !d.is_zero());
-    let request_timeout =
-        optional_duration(hcm.request_timeout.as_ref(), &path.field("request_timeout"))?
-            .filter(|d| !d.is_zero());
     Ok(HttpConnectionManager {
         stat_prefix: hcm.stat_prefix.clone(),
         codec,
         route_config: Arc::new(route_config),
         server_name,
-        stream_idle_timeout,
-        request_timeout,
-        idle_timeout,
-        filters,
     })
 }
 
@@ -125,7 +88,7 @@ fn translate_http_filters(
     hcm: &ProtoHcm,
     path: &FieldPath,
     acks: &mut Vec<Acknowledged>,
-) -> Result<Vec<HttpFilter>> {
+) -> Result<()> {
     let filters_path = path.field("http_filters");
     let count = hcm.http_filters.len();
     for (i, filter) in hcm.http_filters.iter().enumerate() {
@@ -177,7 +140,7 @@ fn translate_http_filters(
             }
         }
     }
-    Ok(Vec::new())
+    Ok(())
 }
 
 fn non_terminal_last(is_last: bool, path: &FieldPath, name: &str, type_name: &str) -> Result<()> {

@@ -38,6 +38,8 @@ pub struct Listener {
     pub listener_filters_timeout: Option<Duration>,
     pub per_connection_buffer_limit_bytes: u32,
     pub stat_prefix: String,
+    /// `traffic_direction: INBOUND`; `/drain_listeners?inboundonly` drains only these.
+    pub inbound: bool,
 }
 
 #[derive(Debug)]
@@ -178,6 +180,8 @@ pub fn translate_listener(
             .map(|v| v.value)
             .unwrap_or(1024 * 1024),
         stat_prefix: l.stat_prefix.clone(),
+        inbound: l.traffic_direction
+            == xds_proto::pb::envoy::config::core::v3::TrafficDirection::Inbound as i32,
     })
 }
 

@@ -15,6 +15,9 @@ pub mod route;
 pub mod tcp_proxy;
 mod values;
 
+#[cfg(test)]
+mod tests;
+
 pub use bootstrap::{translate_bootstrap, Config, NodeInfo, RuntimeLayer};
 pub use error::{ConfigError, FieldPath, Result};
 pub use fields::Acknowledged;

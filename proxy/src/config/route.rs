@@ -135,6 +135,24 @@ impl RouteConfig {
     }
 }
 
+impl RouteConfig {
+    /// The virtual host and the first route of it that matches, or None (Envoy's NR).
+    /// `path` excludes the query string.
+    pub fn find_route(
+        &self,
+        host: &str,
+        path: &str,
+        headers: &http::HeaderMap,
+    ) -> Option<(&VirtualHost, &Route)> {
+        let vh = self.virtual_host(host)?;
+        let route = vh
+            .routes
+            .iter()
+            .find(|r| r.path.matches(path) && r.headers.iter().all(|h| h.matches(headers)))?;
+        Some((vh, route))
+    }
+}
+
 #[derive(Debug, Default)]
 struct DomainIndex {
     exact: HashMap<String, usize>,
@@ -202,8 +220,12 @@ pub fn translate_route_config(
             )?,
         });
     }
-    domains.suffixes.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
-    domains.prefixes.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
+    domains
+        .suffixes
+        .sort_by_key(|d| std::cmp::Reverse(d.0.len()));
+    domains
+        .prefixes
+        .sort_by_key(|d| std::cmp::Reverse(d.0.len()));
     Ok(RouteConfig {
         name: rc.name.clone(),
         virtual_hosts,

@@ -1,10 +1,212 @@
-//! Running the proxy: logging, the runtime, listeners, clusters and the admin server.
+//! Running the proxy: logging, the runtime, clusters, listeners and the admin server, from
+//! startup to shutdown.
 
-use crate::cli::Options;
-use std::process::ExitCode;
-
-pub fn main(_options: Options) -> ExitCode {
-    ExitCode::FAILURE
-}
 pub mod state;
 pub use state::{BoundListener, DrainRequest, Server, ServerState};
+
+use crate::cli::{Mode, Options};
+use crate::config::Config;
+use crate::logging::LogControl;
+use crate::stats::Store;
+use crate::upstream::ClusterManager;
+use crate::{bootstrap, config, listener};
+use std::process::ExitCode;
+use std::sync::Arc;
+use tokio::sync::watch;
+
+/// Resolves once `drain` is set (or its sender is gone). `wait_for` returns a guard that is
+/// not `Send`; it is dropped here so callers can use this inside `select!` in spawned tasks.
+pub async fn wait_drain(drain: &mut watch::Receiver<bool>) {
+    let _ = drain.wait_for(|d| *d).await;
+}
+
+pub fn main(options: Options) -> ExitCode {
+    let logging = match LogControl::install(
+        &options.log_level,
+        options.component_log_level.as_deref(),
+        options.log_path.as_deref(),
+    ) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let loaded = match bootstrap::load(&options.sources()) {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!(target: "main", "error initializing configuration: {e}");
+            eprintln!("error initializing configuration: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    for field in &loaded.unknown_fields {
+        tracing::warn!(target: "config", "ignored unknown field: {field}");
+    }
+    let config = match config::translate_bootstrap(&loaded.bootstrap) {
+        Ok(c) => Arc::new(c),
+        Err(e) => {
+            tracing::error!(target: "main", "error initializing configuration: {e}");
+            eprintln!("error initializing configuration: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    for ack in &config.acknowledged {
+        tracing::warn!(target: "config", "{} is accepted but not acted on: {}", ack.path, ack.reason);
+    }
+    let workers = options.concurrency.filter(|c| *c > 0).unwrap_or_else(|| {
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+    });
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(workers)
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    // Build the descriptor pool now so the first /config_dump does not pay for it.
+    let _ = xds_proto::descriptor_pool();
+    runtime.block_on(run(options, loaded.bootstrap, config, logging, workers))
+}
+
+async fn run(
+    options: Options,
+    bootstrap: xds_proto::pb::envoy::config::bootstrap::v3::Bootstrap,
+    config: Arc<Config>,
+    logging: LogControl,
+    workers: usize,
+) -> ExitCode {
+    let stats = Store::new();
+    stats.gauge("server.concurrency").set(workers as u64);
+    let clusters = Arc::new(ClusterManager::new(&config.clusters, &stats));
+    clusters.start_discovery();
+    let init_only = options.mode == Mode::InitOnly;
+    let server = Server::new(
+        options,
+        bootstrap,
+        config.clone(),
+        stats.clone(),
+        logging,
+        clusters.clone(),
+    );
+    server.set_state(ServerState::Initializing);
+
+    if let Some(address) = &config.admin_address {
+        let crate::config::address::Endpoint::Tcp(addr) = address else {
+            eprintln!("error: the admin address must be a TCP socket address");
+            return ExitCode::FAILURE;
+        };
+        match tokio::net::TcpListener::bind(addr).await {
+            Ok(socket) => {
+                let bound = socket
+                    .local_addr()
+                    .map(|a| a.to_string())
+                    .unwrap_or_default();
+                println!("admin: http://{bound}/ (config_dump, stats, clusters, listeners, ready)");
+                tokio::spawn(crate::admin::serve(server.clone(), socket));
+            }
+            Err(e) => {
+                eprintln!("error: cannot bind the admin address {addr}: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    }
+
+    let mut drains = Vec::new();
+    for l in &config.listeners {
+        if !l.bind_to_port {
+            continue;
+        }
+        let socket = match listener::bind(l) {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!(
+                    "error: listener '{}' cannot bind {}: {e}",
+                    l.name, l.address
+                );
+                return ExitCode::FAILURE;
+            }
+        };
+        let address = socket.local_address();
+        println!("listener {}: {}", l.name, address);
+        server.add_bound_listener(BoundListener {
+            name: l.name.clone(),
+            address,
+            inbound: l.inbound,
+        });
+        let (drain_tx, drain_rx) = watch::channel(false);
+        drains.push((l.inbound, drain_tx));
+        tokio::spawn(listener::run(
+            l.clone(),
+            socket,
+            clusters.clone(),
+            stats.clone(),
+            drain_rx,
+        ));
+    }
+    server.set_state(ServerState::Live);
+    stats.gauge("server.live").set(1);
+    stats
+        .counter("listener_manager.listener_added")
+        .add(config.listeners.len() as u64);
+    stats
+        .gauge("listener_manager.total_listeners_active")
+        .set(config.listeners.len() as u64);
+    stats.gauge("listener_manager.workers_started").set(1);
+    if init_only {
+        return ExitCode::SUCCESS;
+    }
+    tokio::spawn(forward_drains(server.drain_signal(), drains));
+    tokio::spawn(track_uptime(server.clone()));
+    wait_for_shutdown(&server).await;
+    tracing::info!(target: "main", "shutting down");
+    ExitCode::SUCCESS
+}
+
+/// Turns `/drain_listeners` requests into each listener's drain signal.
+async fn forward_drains(
+    mut requests: watch::Receiver<Option<DrainRequest>>,
+    drains: Vec<(bool, watch::Sender<bool>)>,
+) {
+    while requests.changed().await.is_ok() {
+        let request = *requests.borrow_and_update();
+        if let Some(r) = request {
+            for (inbound, tx) in &drains {
+                if *inbound || !r.inbound_only {
+                    tx.send_replace(true);
+                }
+            }
+        }
+    }
+}
+
+async fn track_uptime(server: Arc<Server>) {
+    let uptime = server.stats.gauge("server.uptime");
+    loop {
+        uptime.set(server.uptime().as_secs());
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    }
+}
+
+async fn wait_for_shutdown(server: &Server) {
+    let mut shutdown = server.shutdown_signal();
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        _ = shutdown.wait_for(|s| *s) => {}
+        _ = tokio::signal::ctrl_c() => {}
+        _ = terminate => {}
+    }
+}

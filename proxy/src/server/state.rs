@@ -142,11 +142,9 @@ impl Server {
         self.shutdown.subscribe()
     }
 
-    /// `/drain_listeners`: listeners stop accepting; existing connections finish.
+    /// `/drain_listeners`: listeners stop accepting; existing connections finish. The server
+    /// state stays LIVE, as in Envoy 1.40 (only shutdown and `/healthcheck/fail` change it).
     pub fn drain_listeners(&self, request: DrainRequest) {
-        if !request.inbound_only {
-            self.set_state(ServerState::Draining);
-        }
         self.drain.send_replace(Some(request));
     }
 

@@ -1,0 +1,226 @@
+//! `/config_dump`: the loaded configuration as an `envoy.admin.v3.ConfigDump`, in Envoy's
+//! order (bootstrap, clusters, [endpoints], listeners, scoped routes, routes, secrets), with
+//! secrets redacted. `?resource`, `?mask` and `?name_regex` are applied in `dump_query`.
+//! https://www.envoyproxy.io/docs/envoy/latest/operations/admin#get--config_dump
+
+use super::dump_query::{self, DumpError};
+use super::{json, redact::redacted, server_info, AdminResponse, Query};
+use crate::server::Server;
+use http::StatusCode;
+use prost::{Message, Name};
+use xds_proto::pb::envoy::admin::v3::{
+    clusters_config_dump::StaticCluster, endpoints_config_dump::StaticEndpointConfig,
+    listeners_config_dump::StaticListener, routes_config_dump::StaticRouteConfig,
+    secrets_config_dump::StaticSecret, BootstrapConfigDump, ClustersConfigDump,
+    EndpointsConfigDump, ListenersConfigDump, RoutesConfigDump, ScopedRoutesConfigDump,
+    SecretsConfigDump,
+};
+use xds_proto::pb::envoy::config::core::v3::{
+    address, socket_address, Address, HealthStatus, Locality, Pipe, SocketAddress,
+};
+use xds_proto::pb::envoy::config::endpoint::v3::{
+    cluster_load_assignment::Policy, lb_endpoint::HostIdentifier, ClusterLoadAssignment, Endpoint,
+    LbEndpoint, LocalityLbEndpoints,
+};
+use xds_proto::pb::envoy::config::listener::v3::Listener;
+use xds_proto::pb::envoy::config::route::v3::RouteConfiguration;
+use xds_proto::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
+    http_connection_manager::RouteSpecifier, HttpConnectionManager,
+};
+use xds_proto::pb::google::protobuf::UInt32Value;
+
+pub fn handle(server: &Server, query: &Query) -> AdminResponse {
+    let configs = match configs(server, query.has("include_eds")) {
+        Ok(configs) => configs,
+        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e),
+    };
+    match dump_query::apply(
+        configs,
+        query.get("resource"),
+        query.get("mask"),
+        query.get("name_regex"),
+    ) {
+        Ok(dump) => super::json_response(&dump),
+        Err(DumpError::NotFound(m)) => error(StatusCode::NOT_FOUND, m),
+        Err(DumpError::BadRequest(m)) => error(StatusCode::BAD_REQUEST, m),
+    }
+}
+
+/// Envoy answers config dump errors as bare `text/plain`.
+fn error(status: StatusCode, message: String) -> AdminResponse {
+    super::respond(status, "text/plain", message)
+}
+
+/// Each config of the dump as JSON with its `@type`, in Envoy's order.
+pub fn configs(server: &Server, include_eds: bool) -> Result<Vec<serde_json::Value>, String> {
+    let updated = Some(json::timestamp(server.started_wall));
+    let statics = server
+        .bootstrap
+        .static_resources
+        .clone()
+        .unwrap_or_default();
+
+    let mut bootstrap = server.bootstrap.clone();
+    bootstrap.node = Some(server_info::node(server));
+    let mut out = vec![config(&BootstrapConfigDump {
+        bootstrap: Some(redacted(&bootstrap)),
+        last_updated: updated,
+    })?];
+
+    out.push(config(&ClustersConfigDump {
+        static_clusters: statics
+            .clusters
+            .iter()
+            .map(|c| StaticCluster {
+                cluster: Some(json::pack(&redacted(c))),
+                last_updated: updated,
+            })
+            .collect(),
+        ..Default::default()
+    })?);
+    if include_eds {
+        out.push(config(&endpoints(server))?);
+    }
+
+    out.push(config(&ListenersConfigDump {
+        static_listeners: statics
+            .listeners
+            .iter()
+            .map(|l| StaticListener {
+                listener: Some(json::pack(&redacted(l))),
+                last_updated: updated,
+            })
+            .collect(),
+        ..Default::default()
+    })?);
+    out.push(config(&ScopedRoutesConfigDump::default())?);
+    out.push(config(&RoutesConfigDump {
+        static_route_configs: statics
+            .listeners
+            .iter()
+            .flat_map(inline_route_configs)
+            .map(|r| StaticRouteConfig {
+                route_config: Some(json::pack(&redacted(&r))),
+                last_updated: updated,
+            })
+            .collect(),
+        ..Default::default()
+    })?);
+    out.push(config(&SecretsConfigDump {
+        static_secrets: statics
+            .secrets
+            .iter()
+            .map(|s| StaticSecret {
+                name: s.name.clone(),
+                last_updated: updated,
+                secret: Some(json::pack(&redacted(s))),
+            })
+            .collect(),
+        ..Default::default()
+    })?);
+    Ok(out)
+}
+
+fn config<M: Message + Name>(message: &M) -> Result<serde_json::Value, String> {
+    Ok(json::with_type(
+        &M::type_url(),
+        json::message(message, false)?,
+    ))
+}
+
+/// The route tables written inline in the listener's HTTP connection managers: Envoy lists
+/// each one as a static route config.
+fn inline_route_configs(listener: &Listener) -> Vec<RouteConfiguration> {
+    listener
+        .filter_chains
+        .iter()
+        .chain(listener.default_filter_chain.as_ref())
+        .flat_map(|chain| &chain.filters)
+        .filter_map(|filter| match &filter.config_type {
+            Some(xds_proto::pb::envoy::config::listener::v3::filter::ConfigType::TypedConfig(
+                any,
+            )) => xds_proto::unpack::<HttpConnectionManager>(any).ok(),
+            _ => None,
+        })
+        .filter_map(|hcm| match hcm.route_specifier {
+            Some(RouteSpecifier::RouteConfig(rc)) => Some(rc),
+            _ => None,
+        })
+        .collect()
+}
+
+/// `?include_eds`: each cluster's current hosts as a normalised ClusterLoadAssignment, the way
+/// Envoy prints static endpoint configs (explicit weights, HEALTHY, overprovisioning 140).
+fn endpoints(server: &Server) -> EndpointsConfigDump {
+    let updated = Some(json::timestamp(server.started_wall));
+    let static_endpoint_configs = server
+        .clusters
+        .all()
+        .iter()
+        .map(|cluster| {
+            let hosts = cluster.hosts();
+            let lb_endpoints = hosts
+                .hosts
+                .iter()
+                .map(|h| LbEndpoint {
+                    host_identifier: Some(HostIdentifier::Endpoint(Endpoint {
+                        address: Some(address_proto(&h.address)),
+                        health_check_config: Some(Default::default()),
+                        hostname: h.hostname.clone(),
+                        ..Default::default()
+                    })),
+                    health_status: HealthStatus::Healthy as i32,
+                    load_balancing_weight: Some(UInt32Value { value: h.weight }),
+                    ..Default::default()
+                })
+                .collect();
+            let assignment = ClusterLoadAssignment {
+                cluster_name: cluster.config.name.clone(),
+                endpoints: vec![LocalityLbEndpoints {
+                    locality: Some(Locality::default()),
+                    lb_endpoints,
+                    load_balancing_weight: Some(UInt32Value { value: 0 }),
+                    ..Default::default()
+                }],
+                policy: Some(Policy {
+                    overprovisioning_factor: Some(UInt32Value { value: 140 }),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            };
+            StaticEndpointConfig {
+                endpoint_config: Some(json::pack(&assignment)),
+                last_updated: updated,
+            }
+        })
+        .collect();
+    EndpointsConfigDump {
+        static_endpoint_configs,
+        ..Default::default()
+    }
+}
+
+/// An internal endpoint as Envoy's `Address` proto.
+pub fn address_proto(endpoint: &crate::config::address::Endpoint) -> Address {
+    use crate::config::address::Endpoint as E;
+    let address = match endpoint {
+        E::Tcp(a) => address::Address::SocketAddress(SocketAddress {
+            address: a.ip().to_string(),
+            port_specifier: Some(socket_address::PortSpecifier::PortValue(u32::from(
+                a.port(),
+            ))),
+            ..Default::default()
+        }),
+        E::Unix(path) => address::Address::Pipe(Pipe {
+            path: path.display().to_string(),
+            mode: 0,
+        }),
+    };
+    Address {
+        address: Some(address),
+    }
+}
+
+#[cfg(test)]
+#[path = "config_dump_tests.rs"]
+mod tests;

@@ -1,0 +1,270 @@
+//! `/stats` (text, `?format=json|prometheus`, `?filter`, `?usedonly`, `?type`) and
+//! `/stats/prometheus`.
+//! https://www.envoyproxy.io/docs/envoy/latest/operations/admin#get--stats
+//!
+//! Histograms keep fixed buckets, not Envoy's log-linear ones, so quantiles are interpolated
+//! within a bucket, and there is no per-flush interval: the interval value prints as `nan`
+//! (text) or `null` (JSON), which is what Envoy prints for an interval with no samples.
+
+use super::{respond, text, AdminResponse, Query, JSON, TEXT};
+use crate::server::Server;
+use crate::stats::{HistogramSnapshot, Metric, DEFAULT_BUCKETS};
+use http::StatusCode;
+use serde_json::{json, Value};
+
+/// Envoy's supported quantiles, in percent.
+const QUANTILES: [f64; 10] = [0.0, 25.0, 50.0, 75.0, 90.0, 95.0, 99.0, 99.5, 99.9, 100.0];
+
+struct Selection {
+    filter: Option<regex::Regex>,
+    used_only: bool,
+    types: String,
+}
+
+impl Selection {
+    /// The error is the 400 body.
+    fn parse(query: &Query) -> Result<Self, String> {
+        let filter = match query.get("filter").filter(|f| !f.is_empty()) {
+            Some(f) => Some(regex::Regex::new(f).map_err(|e| format!("Invalid re2 regex: {e}"))?),
+            None => None,
+        };
+        Ok(Self {
+            filter,
+            used_only: query.has("usedonly"),
+            types: query.get("type").unwrap_or("All").to_string(),
+        })
+    }
+
+    fn wants(&self, name: &str, metric: &Metric) -> bool {
+        let kind = match metric {
+            Metric::Counter(_) => "Counters",
+            Metric::Gauge(_) => "Gauges",
+            Metric::Histogram(_) => "Histograms",
+        };
+        if self.types != "All" && self.types != kind {
+            return false;
+        }
+        if self.filter.as_ref().is_some_and(|re| !re.is_match(name)) {
+            return false;
+        }
+        !self.used_only || used(metric)
+    }
+}
+
+/// Envoy's "used": written at least once since start. Counters have no flag here, so a
+/// counter counts as used once non-zero (as in `stats::prometheus`).
+fn used(metric: &Metric) -> bool {
+    match metric {
+        Metric::Counter(c) => c.value() > 0,
+        Metric::Gauge(g) => g.used(),
+        Metric::Histogram(h) => h.snapshot().count > 0,
+    }
+}
+
+pub fn handle(server: &Server, query: &Query) -> AdminResponse {
+    let selection = match Selection::parse(query) {
+        Ok(s) => s,
+        Err(message) => return text(StatusCode::BAD_REQUEST, message),
+    };
+    let mut scalars = Vec::new();
+    let mut histograms = Vec::new();
+    for (name, metric) in server.stats.snapshot() {
+        if !selection.wants(&name, &metric) {
+            continue;
+        }
+        match metric {
+            Metric::Counter(c) => scalars.push((name, c.value())),
+            Metric::Gauge(g) => scalars.push((name, g.value())),
+            Metric::Histogram(h) => histograms.push((name, h.snapshot())),
+        }
+    }
+    match query.get("format").unwrap_or("text") {
+        "text" | "" => text(StatusCode::OK, render_text(&scalars, &histograms)),
+        "json" => respond(
+            StatusCode::OK,
+            JSON,
+            render_json(&scalars, &histograms).to_string(),
+        ),
+        "prometheus" => prometheus(server, query),
+        _ => text(
+            StatusCode::BAD_REQUEST,
+            "usage: /stats?format=(json|prometheus|text)\n\n",
+        ),
+    }
+}
+
+fn render_text(scalars: &[(String, u64)], histograms: &[(String, HistogramSnapshot)]) -> String {
+    let mut out = String::new();
+    for (name, value) in scalars {
+        out.push_str(&format!("{name}: {value}\n"));
+    }
+    for (name, h) in histograms {
+        if h.count == 0 {
+            out.push_str(&format!("{name}: No recorded values\n"));
+            continue;
+        }
+        let values: Vec<String> = QUANTILES
+            .iter()
+            .map(|q| format!("P{q}(nan,{})", quantile(h, *q / 100.0)))
+            .collect();
+        out.push_str(&format!("{name}: {}\n", values.join(" ")));
+    }
+    out
+}
+
+fn render_json(scalars: &[(String, u64)], histograms: &[(String, HistogramSnapshot)]) -> Value {
+    let mut stats: Vec<Value> = scalars
+        .iter()
+        .map(|(name, value)| json!({"name": name, "value": value}))
+        .collect();
+    if !histograms.is_empty() {
+        let computed: Vec<Value> = histograms
+            .iter()
+            .map(|(name, h)| {
+                let values: Vec<Value> = QUANTILES
+                    .iter()
+                    .map(|q| {
+                        let cumulative = (h.count > 0).then(|| quantile(h, *q / 100.0));
+                        json!({"cumulative": cumulative, "interval": null})
+                    })
+                    .collect();
+                json!({"name": name, "values": values})
+            })
+            .collect();
+        stats.push(json!({"histograms": {
+            "supported_quantiles": QUANTILES,
+            "computed_quantiles": computed,
+        }}));
+    }
+    json!({ "stats": stats })
+}
+
+/// The value below which a fraction `q` of samples fall, interpolated linearly inside the
+/// bucket that holds it. The overflow bucket reports its lower bound.
+fn quantile(h: &HistogramSnapshot, q: f64) -> f64 {
+    let target = (q * h.count as f64).max(f64::MIN_POSITIVE);
+    let mut lower = 0.0;
+    let mut below = 0u64;
+    for (bound, cumulative) in DEFAULT_BUCKETS.iter().zip(&h.cumulative) {
+        if *cumulative as f64 >= target {
+            if bound.is_infinite() {
+                return lower;
+            }
+            let in_bucket = (cumulative - below) as f64;
+            let fraction = if in_bucket > 0.0 {
+                (target - below as f64) / in_bucket
+            } else {
+                1.0
+            };
+            return lower + (bound - lower) * fraction.clamp(0.0, 1.0);
+        }
+        lower = *bound;
+        below = *cumulative;
+    }
+    lower
+}
+
+/// `/stats/prometheus`. `?filter` is matched against Envoy's stat name, then the blocks of
+/// the metrics it keeps are taken from the store's rendering.
+pub fn prometheus(server: &Server, query: &Query) -> AdminResponse {
+    let selection = match Selection::parse(query) {
+        Ok(s) => s,
+        Err(message) => return text(StatusCode::BAD_REQUEST, message),
+    };
+    let rendered = crate::stats::prometheus::render(&server.stats, selection.used_only);
+    let Some(filter) = &selection.filter else {
+        return respond(StatusCode::OK, TEXT, rendered);
+    };
+    let keep: std::collections::HashSet<String> = server
+        .stats
+        .snapshot()
+        .into_iter()
+        .filter(|(name, _)| filter.is_match(name))
+        .map(|(name, _)| crate::stats::prometheus::sanitize(&name))
+        .collect();
+    let mut out = String::new();
+    let mut keeping = false;
+    for line in rendered.lines() {
+        if let Some(rest) = line.strip_prefix("# TYPE envoy_") {
+            keeping = rest
+                .split_once(' ')
+                .is_some_and(|(name, _)| keep.contains(name));
+        }
+        if keeping {
+            out.push_str(line);
+            out.push('\n');
+        }
+    }
+    respond(StatusCode::OK, TEXT, out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::handle;
+    use super::super::test_support::{body, json, server};
+    use http::Method;
+
+    #[test]
+    fn text_filter_and_usedonly() {
+        let s = server();
+        s.stats.counter("cluster.backend.upstream_rq_total").add(3);
+        s.stats
+            .histogram("cluster.backend.upstream_rq_time")
+            .record(7.0);
+        let b = body(handle(
+            &s,
+            &Method::GET,
+            "/stats?filter=cluster%5C.backend%5C.upstream_rq_t",
+        ));
+        assert!(
+            b.starts_with(
+                "cluster.backend.upstream_rq_timeout: 0\ncluster.backend.upstream_rq_total: 3\n\
+                 cluster.backend.upstream_rq_time: P0(nan,5) P25(nan,6.25) P50(nan,7.5) P75(nan,8.75) "
+            ),
+            "{b}"
+        );
+        assert!(b.ends_with(" P100(nan,10)\n"), "{b}");
+        let b = body(handle(
+            &s,
+            &Method::GET,
+            "/stats?usedonly&filter=^cluster\\.backend",
+        ));
+        assert!(b.contains("cluster.backend.upstream_rq_total: 3\n"));
+        assert!(b.contains("cluster.backend.membership_total: 2\n"));
+        assert!(!b.contains("upstream_rq_timeout"));
+        let r = handle(&s, &Method::GET, "/stats?filter=(");
+        assert_eq!(r.status(), http::StatusCode::BAD_REQUEST);
+        assert!(body(r).starts_with("Invalid re2 regex"));
+    }
+
+    #[test]
+    fn json_and_prometheus() {
+        let s = server();
+        let v = json(handle(
+            &s,
+            &Method::GET,
+            "/stats?format=json&filter=membership_total",
+        ));
+        assert_eq!(
+            v,
+            serde_json::json!({"stats": [
+                {"name": "cluster.backend.membership_total", "value": 2},
+                {"name": "cluster.tls_backend.membership_total", "value": 1},
+            ]})
+        );
+        let b = body(handle(
+            &s,
+            &Method::GET,
+            "/stats/prometheus?filter=backend%5C.membership_total",
+        ));
+        assert_eq!(
+            b,
+            "# TYPE envoy_cluster_backend_membership_total gauge\n\
+             envoy_cluster_backend_membership_total{} 2\n\
+             # TYPE envoy_cluster_tls_backend_membership_total gauge\n\
+             envoy_cluster_tls_backend_membership_total{} 1\n"
+        );
+        let r = handle(&s, &Method::GET, "/stats?format=xml");
+        assert_eq!(r.status(), http::StatusCode::BAD_REQUEST);
+    }
+}

@@ -1,0 +1,214 @@
+//! Translation tests: what is accepted, and that every refusal names the field's path.
+
+use super::translate_bootstrap;
+use crate::bootstrap::{load, Sources};
+
+fn translate(yaml: &str) -> Result<super::Config, String> {
+    let sources = Sources {
+        config_yaml: Some(yaml),
+        ..Default::default()
+    };
+    let loaded = load(&sources).map_err(|e| e.to_string())?;
+    translate_bootstrap(&loaded.bootstrap).map_err(|e| e.to_string())
+}
+
+fn listener(route_config: &str, extra_filters: &str) -> String {
+    format!(
+        r#"
+static_resources:
+  listeners:
+  - name: l
+    address: {{ socket_address: {{ address: 127.0.0.1, port_value: 0 }} }}
+    filter_chains:
+    - filters:
+      - name: hcm
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: s
+          route_config: {route_config}
+          http_filters:{extra_filters}
+          - name: envoy.filters.http.router
+            typed_config: {{ "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router }}
+  clusters:
+  - name: c
+    load_assignment:
+      cluster_name: c
+      endpoints: [{{ lb_endpoints: [{{ endpoint: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: 1 }} }} }} }}] }}]
+"#
+    )
+}
+
+const ROUTES: &str = r#"{ virtual_hosts: [{ name: v, domains: ["*"], routes: [{ match: { prefix: "/" }, route: { cluster: c } }] }] }"#;
+
+#[test]
+fn the_embedded_default_translates() {
+    let loaded = load(&Sources::default()).expect("default loads");
+    assert!(loaded.is_default);
+    let config = translate_bootstrap(&loaded.bootstrap).expect("default is valid");
+    assert_eq!(config.listeners.len(), 1);
+    assert!(config.acknowledged.is_empty(), "{:?}", config.acknowledged);
+}
+
+#[test]
+fn a_valid_listener_translates() {
+    let config = translate(&listener(ROUTES, "")).expect("valid");
+    assert_eq!(config.clusters[0].name, "c");
+}
+
+#[test]
+fn an_unknown_cluster_in_a_route_names_the_route() {
+    let err = translate(&listener(
+        &ROUTES.replace("cluster: c", "cluster: nope"),
+        "",
+    ))
+    .expect_err("unknown cluster");
+    assert_eq!(
+        err,
+        "static_resources.listeners[0].filter_chains[0].filters[0].typed_config.route_config.virtual_hosts[0].routes[0].route.cluster: unknown cluster 'nope'"
+    );
+}
+
+#[test]
+fn an_unsupported_field_is_refused_with_its_path() {
+    let routes = ROUTES.replace(
+        "route: { cluster: c }",
+        "route: { cluster: c, priority: HIGH }",
+    );
+    let err = translate(&listener(&routes, "")).expect_err("unsupported");
+    assert!(
+        err.contains("routes[0].route.priority: field not supported"),
+        "{err}"
+    );
+}
+
+#[test]
+fn an_unknown_http_filter_is_refused_unless_optional() {
+    let filter = r#"
+          - name: custom
+            typed_config: { "@type": type.googleapis.com/envoy.extensions.filters.http.buffer.v3.Buffer, max_request_bytes: 10 }"#;
+    let err = translate(&listener(ROUTES, filter)).expect_err("unknown filter");
+    assert!(
+        err.contains(
+            "http_filters[0].typed_config: didn't find a registered implementation for 'custom'"
+        ),
+        "{err}"
+    );
+    let optional = filter.replace(
+        "- name: custom",
+        "- name: custom\n            is_optional: true",
+    );
+    let config = translate(&listener(ROUTES, &optional)).expect("optional filter accepted");
+    assert!(config
+        .acknowledged
+        .iter()
+        .any(|a| a.path.ends_with("http_filters[0]")));
+}
+
+#[test]
+fn the_router_must_be_last() {
+    let yaml = listener(ROUTES, "").replace(
+        "          - name: envoy.filters.http.router\n",
+        "          - name: envoy.filters.http.router\n            typed_config: { \"@type\": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router }\n          - name: envoy.filters.http.router2\n",
+    );
+    let err = translate(&yaml).expect_err("router not last");
+    assert!(
+        err.contains("http_filters[0]: terminal filter named envoy.filters.http.router"),
+        "{err}"
+    );
+}
+
+#[test]
+fn bad_regex_and_duplicate_domains_are_refused() {
+    let bad_regex = ROUTES.replace(r#"prefix: "/""#, r#"safe_regex: { regex: "(" }"#);
+    let err = translate(&listener(&bad_regex, "")).expect_err("bad regex");
+    assert!(
+        err.contains("routes[0].match.safe_regex.regex: invalid regex"),
+        "{err}"
+    );
+    let dup = ROUTES.replace(r#"domains: ["*"]"#, r#"domains: ["a.com", "A.com"]"#);
+    let err = translate(&listener(&dup, "")).expect_err("duplicate domain");
+    assert!(
+        err.contains("virtual_hosts[0].domains[1]: only unique values for domains are permitted"),
+        "{err}"
+    );
+}
+
+#[test]
+fn domain_precedence_is_exact_then_suffix_then_prefix_then_default() {
+    let routes = r#"{ virtual_hosts: [
+        { name: default, domains: ["*"], routes: [] },
+        { name: prefix, domains: ["foo.*"], routes: [] },
+        { name: short-suffix, domains: ["*.com"], routes: [] },
+        { name: long-suffix, domains: ["*.example.com"], routes: [] },
+        { name: exact, domains: ["foo.example.com"], routes: [] } ] }"#;
+    let config = translate(&listener(routes, "")).expect("valid");
+    let crate::config::listener::NetworkFilter::HttpConnectionManager(hcm) =
+        &config.listeners[0].filter_chains[0].filters[0]
+    else {
+        panic!("hcm expected");
+    };
+    let vh = |host: &str| hcm.route_config.virtual_host(host).map(|v| v.name.as_str());
+    assert_eq!(vh("foo.example.com"), Some("exact"));
+    assert_eq!(vh("FOO.example.com"), Some("exact"));
+    assert_eq!(vh("bar.example.com"), Some("long-suffix"));
+    assert_eq!(vh("bar.com"), Some("short-suffix"));
+    assert_eq!(vh("foo.org"), Some("prefix"));
+    assert_eq!(vh("other"), Some("default"));
+}
+
+#[test]
+fn duplicate_names_and_addresses_are_refused() {
+    let yaml = listener(ROUTES, "");
+    let twice = yaml.replace("  clusters:\n", "  - name: l\n    address: { socket_address: { address: 127.0.0.1, port_value: 1 } }\n    filter_chains: [{ filters: [{ name: t, typed_config: { \"@type\": type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy, stat_prefix: t, cluster: c } }] }]\n  clusters:\n");
+    let err = translate(&twice).expect_err("duplicate listener");
+    assert!(
+        err.starts_with("static_resources.listeners[1].name: error adding listener named 'l'"),
+        "{err}"
+    );
+}
+
+#[test]
+fn logical_dns_needs_exactly_one_endpoint() {
+    let yaml = listener(ROUTES, "").replace(
+        "  - name: c\n",
+        "  - name: c\n    type: LOGICAL_DNS\n",
+    ).replace("lb_endpoints: [{", "lb_endpoints: [{ endpoint: { address: { socket_address: { address: localhost, port_value: 2 } } } }, {");
+    let err = translate(&yaml).expect_err("two endpoints");
+    assert!(
+        err.contains(
+            "static_resources.clusters[0].load_assignment: LOGICAL_DNS clusters must have a single"
+        ),
+        "{err}"
+    );
+}
+
+#[test]
+fn config_yaml_merges_like_protobuf_merge_from() {
+    let base = listener(ROUTES, "");
+    let dir = std::env::temp_dir().join(format!("outrigger-merge-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let path = dir.join("base.yaml");
+    std::fs::write(&path, base).expect("write");
+    let overlay = "node: { id: merged }\nstatic_resources: { clusters: [{ name: extra, load_assignment: { cluster_name: extra } }] }";
+    let sources = Sources {
+        config_path: Some(&path),
+        config_yaml: Some(overlay),
+        service_cluster: Some("flag-cluster"),
+        ..Default::default()
+    };
+    let loaded = load(&sources).expect("loads");
+    let _ = std::fs::remove_dir_all(&dir);
+    let node = loaded.bootstrap.node.as_ref().expect("node");
+    assert_eq!(node.id, "merged");
+    assert_eq!(node.cluster, "flag-cluster");
+    let names: Vec<_> = loaded
+        .bootstrap
+        .static_resources
+        .as_ref()
+        .expect("sr")
+        .clusters
+        .iter()
+        .map(|c| c.name.as_str())
+        .collect();
+    assert_eq!(names, ["c", "extra"], "repeated fields append");
+}

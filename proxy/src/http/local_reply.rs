@@ -1,0 +1,60 @@
+//! Responses Outrigger generates itself, with Envoy's status codes, bodies and response flags.
+//! Envoy: https://www.envoyproxy.io/docs/envoy/latest/configuration/observability/access_log/usage#config-access-log-format-response-flags
+
+use bytes::Bytes;
+use http::{header, HeaderValue, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+
+use super::router::ResponseBody;
+
+/// Envoy's response flags for the local replies Outrigger makes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ResponseFlag {
+    /// NR: no route.
+    NoRouteFound,
+    /// UH: no healthy upstream host.
+    NoHealthyUpstream,
+    /// UF: upstream connection failure.
+    UpstreamConnectionFailure,
+    /// UR: upstream reset.
+    UpstreamRemoteReset,
+    /// UT: upstream request timeout.
+    UpstreamRequestTimeout,
+    /// NC: no cluster.
+    NoClusterFound,
+}
+
+impl ResponseFlag {
+    pub fn short(self) -> &'static str {
+        match self {
+            ResponseFlag::NoRouteFound => "NR",
+            ResponseFlag::NoHealthyUpstream => "UH",
+            ResponseFlag::UpstreamConnectionFailure => "UF",
+            ResponseFlag::UpstreamRemoteReset => "UR",
+            ResponseFlag::UpstreamRequestTimeout => "UT",
+            ResponseFlag::NoClusterFound => "NC",
+        }
+    }
+}
+
+/// A local reply: `text/plain` when it has a body, as Envoy sends them.
+pub fn local_reply(
+    status: StatusCode,
+    body: impl Into<Bytes>,
+    server: &HeaderValue,
+) -> Response<ResponseBody> {
+    let body: Bytes = body.into();
+    let mut response = Response::new(
+        Full::new(body.clone())
+            .map_err(|never| match never {})
+            .boxed_unsync(),
+    );
+    *response.status_mut() = status;
+    let headers = response.headers_mut();
+    if !body.is_empty() {
+        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+    }
+    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
+    headers.insert(header::SERVER, server.clone());
+    response
+}

@@ -1,0 +1,11 @@
+//! The HTTP connection manager: serves HTTP/1.1 and HTTP/2 (h2c) connections, selects a
+//! route, and answers locally or forwards through the router.
+
+mod connection;
+mod local_reply;
+mod router;
+mod stats;
+
+pub use connection::{serve_connection, HttpContext};
+pub use local_reply::ResponseFlag;
+pub use stats::HcmStats;

@@ -1,0 +1,216 @@
+//! Filter chain selection, by Envoy's documented order: at each criterion, the chains with a
+//! value that matches win over the chains that leave it empty; chains that set it and do not
+//! match drop out.
+//! Envoy: https://www.envoyproxy.io/docs/envoy/latest/api-v3/config/listener/v3/listener_components.proto#config-listener-v3-filterchainmatch
+//!
+//! SNI and ALPN come from the TLS inspector (issue 6); until then a connection has neither,
+//! and its transport protocol is `raw_buffer`.
+
+use crate::config::listener::{ChainMatch, Cidr, Listener, SourceType};
+use std::net::{IpAddr, SocketAddr};
+
+/// The index of the chain for a connection, or None (use the default chain, if any).
+pub fn select_filter_chain(
+    listener: &Listener,
+    local: Option<SocketAddr>,
+    peer: Option<SocketAddr>,
+) -> Option<usize> {
+    let mut candidates: Vec<usize> = (0..listener.filter_chains.len()).collect();
+    let m = |i: &usize| &listener.filter_chains[*i].matcher;
+
+    let port = local.map(|a| a.port());
+    narrow(&mut candidates, |i| match (m(i).destination_port, port) {
+        (None, _) => Some(0),
+        (Some(want), Some(got)) if want == got => Some(1),
+        _ => None,
+    });
+    let dst = local.map(|a| a.ip());
+    narrow(&mut candidates, |i| cidr_rank(&m(i).prefix_ranges, dst));
+    narrow(&mut candidates, |i| {
+        m(i).server_names.is_empty().then_some(0)
+    });
+    narrow(&mut candidates, |i| {
+        match m(i).transport_protocol.as_str() {
+            "" => Some(0),
+            "raw_buffer" => Some(1),
+            _ => None,
+        }
+    });
+    narrow(&mut candidates, |i| {
+        m(i).application_protocols.is_empty().then_some(0)
+    });
+    let src = peer.map(|a| a.ip());
+    narrow(&mut candidates, |i| {
+        cidr_rank(&m(i).direct_source_prefix_ranges, src)
+    });
+    narrow(&mut candidates, |i| source_type_rank(m(i), src, dst));
+    narrow(&mut candidates, |i| {
+        cidr_rank(&m(i).source_prefix_ranges, src)
+    });
+    let src_port = peer.map(|a| a.port());
+    narrow(&mut candidates, |i| {
+        match (&m(i).source_ports[..], src_port) {
+            ([], _) => Some(0),
+            (ports, Some(p)) if ports.contains(&p) => Some(1),
+            _ => None,
+        }
+    });
+    candidates.first().copied()
+}
+
+/// Keeps the candidates with the highest rank; None drops a candidate.
+fn narrow(candidates: &mut Vec<usize>, rank: impl Fn(&usize) -> Option<u32>) {
+    let ranked: Vec<(usize, u32)> = candidates
+        .iter()
+        .filter_map(|i| rank(i).map(|r| (*i, r)))
+        .collect();
+    let best = ranked.iter().map(|(_, r)| *r).max();
+    candidates.clear();
+    candidates.extend(
+        ranked
+            .into_iter()
+            .filter(|(_, r)| Some(*r) == best)
+            .map(|(i, _)| i),
+    );
+}
+
+/// Empty ranges match with rank 0; otherwise the longest matching prefix ranks (1 + length).
+fn cidr_rank(ranges: &[Cidr], ip: Option<IpAddr>) -> Option<u32> {
+    if ranges.is_empty() {
+        return Some(0);
+    }
+    let ip = ip?;
+    ranges
+        .iter()
+        .filter(|c| c.contains(ip))
+        .map(|c| 1 + u32::from(c.len))
+        .max()
+}
+
+fn source_type_rank(m: &ChainMatch, src: Option<IpAddr>, dst: Option<IpAddr>) -> Option<u32> {
+    let local = match (src, dst) {
+        (Some(s), Some(d)) => s.is_loopback() || s == d,
+        // Unix sockets are local.
+        _ => true,
+    };
+    match m.source_type {
+        SourceType::Any => Some(0),
+        SourceType::SameIpOrLoopback if local => Some(1),
+        SourceType::External if !local => Some(1),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::address::Endpoint;
+    use crate::config::listener::FilterChain;
+
+    fn listener(matchers: Vec<ChainMatch>) -> Listener {
+        Listener {
+            name: "l".into(),
+            address: Endpoint::Tcp(([0, 0, 0, 0], 0).into()),
+            filter_chains: matchers
+                .into_iter()
+                .map(|matcher| FilterChain {
+                    name: String::new(),
+                    matcher,
+                    filters: Vec::new(),
+                    unsupported_transport: None,
+                })
+                .collect(),
+            default_filter_chain: None,
+            reuse_port: false,
+            bind_to_port: true,
+            backlog: 128,
+            listener_filters_timeout: None,
+            per_connection_buffer_limit_bytes: 0,
+            stat_prefix: String::new(),
+            inbound: false,
+        }
+    }
+
+    fn addr(s: &str) -> Option<SocketAddr> {
+        Some(s.parse().expect("address"))
+    }
+
+    fn cidr(s: &str, len: u8) -> Cidr {
+        Cidr {
+            network: s.parse().expect("ip"),
+            len,
+        }
+    }
+
+    #[test]
+    fn destination_port_beats_wildcard_and_longest_prefix_wins() {
+        let l = listener(vec![
+            ChainMatch::default(),
+            ChainMatch {
+                destination_port: Some(8080),
+                ..Default::default()
+            },
+            ChainMatch {
+                destination_port: Some(9090),
+                prefix_ranges: vec![cidr("10.0.0.0", 8)],
+                ..Default::default()
+            },
+            ChainMatch {
+                destination_port: Some(9090),
+                prefix_ranges: vec![cidr("10.1.0.0", 16)],
+                ..Default::default()
+            },
+        ]);
+        assert_eq!(
+            select_filter_chain(&l, addr("10.1.2.3:8080"), addr("1.1.1.1:5")),
+            Some(1)
+        );
+        assert_eq!(
+            select_filter_chain(&l, addr("10.1.2.3:9090"), addr("1.1.1.1:5")),
+            Some(3)
+        );
+        assert_eq!(
+            select_filter_chain(&l, addr("10.2.2.3:9090"), addr("1.1.1.1:5")),
+            Some(2)
+        );
+        // Port 9090 chains exist but none matches the IP: no fallback to other ports.
+        assert_eq!(
+            select_filter_chain(&l, addr("11.0.0.1:9090"), addr("1.1.1.1:5")),
+            None
+        );
+        assert_eq!(
+            select_filter_chain(&l, addr("11.0.0.1:7000"), addr("1.1.1.1:5")),
+            Some(0)
+        );
+    }
+
+    #[test]
+    fn tls_only_chains_do_not_take_plaintext_and_source_criteria_narrow() {
+        let l = listener(vec![
+            ChainMatch {
+                transport_protocol: "tls".into(),
+                ..Default::default()
+            },
+            ChainMatch {
+                source_type: SourceType::SameIpOrLoopback,
+                ..Default::default()
+            },
+            ChainMatch {
+                source_ports: vec![4000],
+                ..Default::default()
+            },
+        ]);
+        assert_eq!(
+            select_filter_chain(&l, addr("127.0.0.1:80"), addr("127.0.0.1:1")),
+            Some(1)
+        );
+        assert_eq!(
+            select_filter_chain(&l, addr("10.0.0.1:80"), addr("10.0.0.2:4000")),
+            Some(2)
+        );
+        assert_eq!(
+            select_filter_chain(&l, addr("10.0.0.1:80"), addr("10.0.0.2:1")),
+            None
+        );
+    }
+}
