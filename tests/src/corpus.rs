@@ -21,6 +21,9 @@ pub struct CorpusFile {
     pub difference: Option<String>,
     /// `# field: ...`
     pub field: Option<String>,
+    /// `# outrigger: accepts`: a known difference the other way round, where Outrigger is more
+    /// lenient than Envoy (a limit Outrigger cannot reproduce).
+    pub outrigger_accepts: bool,
     /// Every `# ` header line, for checks on the header itself.
     pub header: Vec<String>,
 }
@@ -78,6 +81,7 @@ fn read(path: &Path) -> CorpusFile {
         expect_ok,
         difference: tagged("difference:"),
         field: tagged("field:"),
+        outrigger_accepts: tagged("outrigger:").as_deref() == Some("accepts"),
         header,
         name,
     }

@@ -148,8 +148,11 @@ fn parse_dynamic(
                 message: e.to_string(),
             })?;
             if value.is_null() {
-                // An empty document is an empty message, as in Envoy.
-                value = serde_yaml_ng::Value::Mapping(Default::default());
+                // Envoy refuses an empty document ("Unable to convert YAML as JSON").
+                return Err(ParseError::Syntax {
+                    format: "YAML",
+                    message: "the document is empty".to_string(),
+                });
             }
             let mut track = serde_path_to_error::Track::new();
             let tracked = serde_path_to_error::Deserializer::new(value, &mut track);

@@ -27,6 +27,9 @@ pub fn resolved(address: Option<&Address>, path: &FieldPath) -> Result<Endpoint>
         Some(address::Address::SocketAddress(sa)) => {
             let path = path.field("socket_address");
             let port = port(sa, &path)?;
+            if let Some(v6) = scoped_ipv6(&sa.address, port) {
+                return Ok(Endpoint::Tcp(SocketAddr::V6(v6)));
+            }
             let ip: IpAddr = sa.address.parse().map_err(|_| {
                 path.field("address").error(format!(
                     "malformed IP address: {:?} (a host name needs a STRICT_DNS or LOGICAL_DNS cluster)",
@@ -85,6 +88,17 @@ fn port(sa: &SocketAddress, path: &FieldPath) -> Result<u16> {
         Some(socket_address::PortSpecifier::NamedPort(_)) => Err(path
             .field("named_port")
             .error("named ports are not supported")),
-        None => Ok(0),
+        None => Err(path.field("port_specifier").error("is required")),
     }
+}
+
+/// `fe80::1%eth0` or `fe80::1%2`: an IPv6 address with a zone (scope id), which Envoy accepts.
+fn scoped_ipv6(address: &str, port: u16) -> Option<std::net::SocketAddrV6> {
+    let (ip, zone) = address.split_once('%')?;
+    let ip: std::net::Ipv6Addr = ip.parse().ok()?;
+    let scope = match zone.parse::<u32>() {
+        Ok(index) => index,
+        Err(_) => nix::net::if_::if_nametoindex(zone).ok()?,
+    };
+    Some(std::net::SocketAddrV6::new(ip, port, 0, scope))
 }

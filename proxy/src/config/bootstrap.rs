@@ -85,20 +85,21 @@ pub fn translate_bootstrap(b: &Bootstrap) -> Result<Config> {
         let path = sr.field("listeners").index(i);
         let listener = translate_listener(l, &path, &cluster_index, &mut acks)?;
         if listeners.iter().any(|other| other.name == listener.name) {
-            return Err(path.field("name").error(format!(
-                "error adding listener named '{}': duplicate listener",
-                listener.name
-            )));
+            // Envoy 1.40 keeps the first listener of a name and skips later ones.
+            acks.push(Acknowledged {
+                path: path.to_string(),
+                reason: "a static listener of the same name comes first; this one is skipped, as Envoy does",
+            });
+            continue;
         }
-        if listener.bind_to_port {
-            if let Some(other) = listeners.iter().find(|o| {
-                o.bind_to_port && o.address == listener.address && !is_port_zero(&o.address)
-            }) {
-                return Err(path.field("address").error(format!(
-                    "error adding listener '{}': listener '{}' has duplicate address '{}' as existing listener",
-                    listener.address, listener.name, other.address
-                )));
-            }
+        if let Some(other) = listeners
+            .iter()
+            .find(|o| o.address == listener.address && !is_port_zero(&o.address))
+        {
+            return Err(path.field("address").error(format!(
+                "error adding listener '{}': listener '{}' has duplicate address '{}' as existing listener",
+                listener.address, listener.name, other.address
+            )));
         }
         listeners.push(Arc::new(listener));
     }
@@ -131,6 +132,9 @@ fn runtime_layers(b: &Bootstrap, root: &FieldPath) -> Result<Vec<RuntimeLayer>> 
                 .error(format!("duplicate layer name: {}", layer.name)));
         }
         let mut entries = Vec::new();
+        if layer.layer_specifier.is_none() {
+            return Err(path.field("layer_specifier").error("is required"));
+        }
         if let Some(LayerSpecifier::StaticLayer(s)) = &layer.layer_specifier {
             let json =
                 xds_proto::to_json_value(s).map_err(|e| path.field("static_layer").error(e))?;

@@ -135,9 +135,12 @@ pub fn translate_cluster(
     };
     let refresh = optional_duration(c.dns_refresh_rate.as_ref(), &path.field("dns_refresh_rate"))?
         .unwrap_or(Duration::from_secs(5));
-    if refresh < Duration::from_millis(1) {
-        return Err(path.field("dns_refresh_rate").error("must be at least 1ms"));
+    if refresh <= Duration::from_millis(1) {
+        return Err(path
+            .field("dns_refresh_rate")
+            .error("value must be greater than 1ms"));
     }
+    check_locality_weights(c, path)?;
     let discovery = match discovery_type {
         cluster::DiscoveryType::Static => Discovery::Static(static_endpoints(c, path)?),
         cluster::DiscoveryType::StrictDns => Discovery::StrictDns {
@@ -147,8 +150,14 @@ pub fn translate_cluster(
             family,
         },
         cluster::DiscoveryType::LogicalDns => {
+            // Envoy counts every configured endpoint, whatever its priority or health.
+            let configured: Vec<usize> = c
+                .load_assignment
+                .iter()
+                .flat_map(|la| la.endpoints.iter().map(|l| l.lb_endpoints.len()))
+                .collect();
             let mut hosts = dns_hosts(c, path)?;
-            if hosts.len() != 1 {
+            if configured != [1] || hosts.len() != 1 {
                 return Err(path
                     .field("load_assignment")
                     .error("LOGICAL_DNS clusters must have a single locality_lb_endpoint and a single lb_endpoint"));
@@ -159,6 +168,9 @@ pub fn translate_cluster(
                 respect_ttl: c.respect_dns_ttl,
                 family,
             }
+        }
+        cluster::DiscoveryType::Eds if c.eds_cluster_config.is_none() => {
+            return Err(path.error("cannot create an EDS cluster without an EDS config"))
         }
         cluster::DiscoveryType::Eds => Discovery::Eds,
         cluster::DiscoveryType::OriginalDst => {
@@ -270,6 +282,25 @@ fn selected_endpoints(
                     .map(move |(j, e)| (i, j, e))
             })
     })
+}
+
+fn check_locality_weights(c: &ProtoCluster, path: &FieldPath) -> Result<()> {
+    if let Some(la) = &c.load_assignment {
+        for (i, l) in la.endpoints.iter().enumerate() {
+            if l.load_balancing_weight
+                .as_ref()
+                .is_some_and(|w| w.value == 0)
+            {
+                return Err(path
+                    .field("load_assignment")
+                    .field("endpoints")
+                    .index(i)
+                    .field("load_balancing_weight")
+                    .error("value must be greater than or equal to 1"));
+            }
+        }
+    }
+    Ok(())
 }
 
 fn endpoint_path(path: &FieldPath, i: usize, j: usize) -> FieldPath {
@@ -394,7 +425,7 @@ fn protocol_options(
                     .field("auto_config")
                     .error("ALPN protocol selection needs TLS (issue 6)"))
             }
-            None => protocol,
+            None => return Err(p.field("upstream_protocol_options").error("is required")),
         };
         if let Some(o) = options.common_http_protocol_options {
             if let Some(m) = o.max_requests_per_connection.as_ref() {

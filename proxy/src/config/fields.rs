@@ -147,7 +147,7 @@ static POLICIES: &[(&str, Policy)] = policies! {
              ("use_remote_address", "x-forwarded-for handling comes with issue 3"),
              ("generate_request_id", "x-request-id handling comes with issue 3")];
     "envoy.extensions.filters.network.http_connection_manager.v3.HttpFilter" => ["name", "typed_config", "is_optional", "disabled"];
-    "envoy.config.route.v3.RouteConfiguration" => ["name", "virtual_hosts", "validate_clusters",
+    "envoy.config.route.v3.RouteConfiguration" => ["name", "virtual_hosts", "validate_clusters", "max_direct_response_body_size_bytes",
         "request_headers_to_add", "request_headers_to_remove", "response_headers_to_add", "response_headers_to_remove"];
     "envoy.config.route.v3.VirtualHost" => ["name", "domains", "routes",
         "request_headers_to_add", "request_headers_to_remove", "response_headers_to_add", "response_headers_to_remove"];
@@ -155,7 +155,7 @@ static POLICIES: &[(&str, Policy)] = policies! {
         "request_headers_to_add", "request_headers_to_remove", "response_headers_to_add", "response_headers_to_remove"];
     "envoy.config.route.v3.RouteMatch" => ["prefix", "path", "safe_regex", "path_separated_prefix", "case_sensitive", "headers"];
     "envoy.config.route.v3.HeaderMatcher" => ["name", "exact_match", "safe_regex_match", "present_match", "prefix_match",
-        "suffix_match", "contains_match", "string_match", "invert_match", "treat_missing_header_as_empty"];
+        "suffix_match", "contains_match", "string_match", "range_match", "invert_match", "treat_missing_header_as_empty"];
     "envoy.type.matcher.v3.StringMatcher" => ["exact", "prefix", "suffix", "safe_regex", "contains", "ignore_case"];
     "envoy.type.matcher.v3.RegexMatcher" => ["google_re2", "regex"];
     "envoy.type.matcher.v3.RegexMatcher.GoogleRE2" => [];

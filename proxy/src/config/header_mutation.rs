@@ -82,6 +82,9 @@ pub fn header_mutation(
             .as_ref()
             .ok_or_else(|| p.field("header").error("is required"))?;
         let name = header_name(&header.key, &p.field("header").field("key"))?;
+        if header.key.starts_with(':') || name == http::header::HOST {
+            return Err(p.error(":-prefixed or host headers may not be modified"));
+        }
         if !header.raw_value.is_empty() {
             return Err(p
                 .field("header")

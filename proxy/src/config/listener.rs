@@ -120,9 +120,12 @@ pub fn translate_listener(
     acks: &mut Vec<Acknowledged>,
 ) -> Result<Listener> {
     check(l, path, acks)?;
-    if l.name.is_empty() {
-        return Err(path.field("name").error("must not be empty"));
-    }
+    // Envoy names an unnamed listener with a generated UUID.
+    let name = if l.name.is_empty() {
+        generated_name()
+    } else {
+        l.name.clone()
+    };
     let address = resolved(l.address.as_ref(), &path.field("address"))?;
     if l.filter_chains.is_empty() && l.default_filter_chain.is_none() {
         return Err(path.error(format!(
@@ -157,7 +160,7 @@ pub fn translate_listener(
         })
         .transpose()?;
     Ok(Listener {
-        name: l.name.clone(),
+        name,
         address,
         filter_chains,
         default_filter_chain,
@@ -257,11 +260,7 @@ fn translate_filter_chain(
                     })
                     .transpose()?,
                 prefix_ranges: cidrs(&m.prefix_ranges, &p.field("prefix_ranges"))?,
-                server_names: m
-                    .server_names
-                    .iter()
-                    .map(|s| s.to_ascii_lowercase())
-                    .collect(),
+                server_names: server_names(&m.server_names, &p.field("server_names"))?,
                 transport_protocol: m.transport_protocol.clone(),
                 application_protocols: m.application_protocols.clone(),
                 direct_source_prefix_ranges: cidrs(
@@ -291,11 +290,7 @@ fn translate_filter_chain(
         }
         None => ChainMatch::default(),
     };
-    if fc.filters.is_empty() {
-        return Err(path
-            .field("filters")
-            .error("a filter chain needs at least one network filter"));
-    }
+    // A chain without filters is valid in Envoy: its connections are closed at once.
     let mut filters = Vec::with_capacity(fc.filters.len());
     for (i, f) in fc.filters.iter().enumerate() {
         let p = path.field("filters").index(i);
@@ -361,6 +356,46 @@ fn translate_filter_chain(
     })
 }
 
+/// `server_names` entries: exact names or a leading `*.` wildcard, lowercased.
+fn server_names(names: &[String], path: &FieldPath) -> Result<Vec<String>> {
+    names
+        .iter()
+        .enumerate()
+        .map(|(i, name)| {
+            let wildcard_ok =
+                !name.contains('*') || (name.starts_with("*.") && name[1..].find('*').is_none());
+            if !wildcard_ok {
+                return Err(path.index(i).error(format!(
+                    "partial wildcards are not supported in \"server_names\": {name}"
+                )));
+            }
+            Ok(name.to_ascii_lowercase())
+        })
+        .collect()
+}
+
+/// A random version-4 UUID, the name Envoy gives a listener that has none.
+fn generated_name() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    let mut bytes = [0u8; 16];
+    for chunk in bytes.chunks_mut(8) {
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u64(0);
+        chunk.copy_from_slice(&h.finish().to_le_bytes());
+    }
+    bytes[6] = (bytes[6] & 0x0f) | 0x40;
+    bytes[8] = (bytes[8] & 0x3f) | 0x80;
+    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    format!(
+        "{}-{}-{}-{}-{}",
+        &hex[0..8],
+        &hex[8..12],
+        &hex[12..16],
+        &hex[16..20],
+        &hex[20..32]
+    )
+}
+
 fn cidrs(ranges: &[CidrRange], path: &FieldPath) -> Result<Vec<Cidr>> {
     ranges
         .iter()
@@ -373,14 +408,10 @@ fn cidrs(ranges: &[CidrRange], path: &FieldPath) -> Result<Vec<Cidr>> {
             })?;
             let max = if network.is_ipv4() { 32 } else { 128 };
             let len = r.prefix_len.as_ref().map(|v| v.value).unwrap_or(0);
-            if len > max {
-                return Err(p
-                    .field("prefix_len")
-                    .error(format!("prefix length {len} exceeds {max}")));
-            }
+            // Envoy clamps an over-long prefix to the address length.
             Ok(Cidr {
                 network,
-                len: len as u8,
+                len: len.min(max) as u8,
             })
         })
         .collect()

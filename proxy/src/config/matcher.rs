@@ -68,8 +68,46 @@ pub fn full_regex(matcher: &RegexMatcher, path: &FieldPath) -> Result<Regex> {
     if matcher.regex.is_empty() {
         return Err(path.field("regex").error("must not be empty"));
     }
+    if let Some(n) = largest_repetition(&matcher.regex) {
+        if n > RE2_MAX_REPEAT {
+            return Err(path
+                .field("regex")
+                .error(format!("invalid repetition size: {{{n}}}")));
+        }
+    }
     Regex::new(&format!("^(?:{})$", matcher.regex))
         .map_err(|e| path.field("regex").error(format!("invalid regex: {e}")))
+}
+
+/// RE2 refuses counted repetitions above 1000; Rust's regex crate would accept them.
+const RE2_MAX_REPEAT: u32 = 1000;
+
+fn largest_repetition(pattern: &str) -> Option<u32> {
+    use regex_syntax::ast::{Ast, RepetitionKind, RepetitionRange};
+    fn walk(ast: &Ast, max: &mut u32) {
+        match ast {
+            Ast::Repetition(r) => {
+                if let RepetitionKind::Range(range) = &r.op.kind {
+                    let n = match range {
+                        RepetitionRange::Exactly(n) | RepetitionRange::AtLeast(n) => *n,
+                        RepetitionRange::Bounded(a, b) => (*a).max(*b),
+                    };
+                    *max = (*max).max(n);
+                }
+                walk(&r.ast, max);
+            }
+            Ast::Group(g) => walk(&g.ast, max),
+            Ast::Alternation(a) => a.asts.iter().for_each(|x| walk(x, max)),
+            Ast::Concat(c) => c.asts.iter().for_each(|x| walk(x, max)),
+            _ => {}
+        }
+    }
+    let ast = regex_syntax::ast::parse::Parser::new()
+        .parse(pattern)
+        .ok()?;
+    let mut max = 0;
+    walk(&ast, &mut max);
+    Some(max)
 }
 
 pub fn string_matcher(m: &ProtoStringMatcher, path: &FieldPath) -> Result<StringMatcher> {
@@ -125,7 +163,9 @@ pub enum HeaderMatch {
 /// A header condition. Envoy joins multiple values of a header with `,` before matching.
 #[derive(Debug, Clone)]
 pub struct HeaderMatcher {
-    pub name: http::HeaderName,
+    /// None for a name no request can carry (Envoy accepts such matchers; they see the
+    /// header as missing).
+    pub name: Option<http::HeaderName>,
     pub matcher: HeaderMatch,
     pub invert: bool,
     pub treat_missing_as_empty: bool,
@@ -133,52 +173,50 @@ pub struct HeaderMatcher {
 
 impl HeaderMatcher {
     pub fn matches(&self, headers: &http::HeaderMap) -> bool {
-        let mut values = headers.get_all(&self.name).iter();
-        let first = values.next();
-        let result = match (&self.matcher, first) {
-            (HeaderMatch::Present(want), None) => !*want,
-            (HeaderMatch::Present(want), Some(_)) => *want,
+        let value = self
+            .name
+            .as_ref()
+            .and_then(|name| joined_value(headers, name));
+        let result = match (&self.matcher, value) {
+            (HeaderMatch::Present(want), value) => value.is_some() == *want,
             // A missing header fails a value matcher whether or not it is inverted.
             (_, None) if !self.treat_missing_as_empty => return false,
-            (matcher, first) => {
-                let joined;
-                let value: &str = match first {
-                    None => "",
-                    Some(v) => {
-                        let rest: Vec<&[u8]> = values.map(|v| v.as_bytes()).collect();
-                        if rest.is_empty() {
-                            std::str::from_utf8(v.as_bytes()).unwrap_or("")
-                        } else {
-                            let mut all = v.as_bytes().to_vec();
-                            for r in rest {
-                                all.push(b',');
-                                all.extend_from_slice(r);
-                            }
-                            joined = String::from_utf8_lossy(&all).into_owned();
-                            &joined
-                        }
-                    }
-                };
-                match matcher {
-                    HeaderMatch::String(m) => m.matches(value),
-                    HeaderMatch::Range { start, end } => value
-                        .parse::<i64>()
-                        .map(|n| n >= *start && n < *end)
-                        .unwrap_or(false),
-                    HeaderMatch::Present(_) => true,
-                }
-            }
+            (HeaderMatch::String(m), value) => m.matches(value.as_deref().unwrap_or("")),
+            (HeaderMatch::Range { start, end }, value) => value
+                .as_deref()
+                .unwrap_or("")
+                .parse::<i64>()
+                .is_ok_and(|n| n >= *start && n < *end),
         };
         result != self.invert
     }
 }
 
+/// The header's values joined by `,`; borrowed in the common single-value case.
+fn joined_value<'a>(
+    headers: &'a http::HeaderMap,
+    name: &http::HeaderName,
+) -> Option<std::borrow::Cow<'a, str>> {
+    let mut values = headers.get_all(name).iter();
+    let first = values.next()?;
+    let first_str = std::str::from_utf8(first.as_bytes()).unwrap_or("");
+    let mut rest = values.peekable();
+    if rest.peek().is_none() {
+        return Some(std::borrow::Cow::Borrowed(first_str));
+    }
+    let mut all = first_str.to_string();
+    for v in rest {
+        all.push(',');
+        all.push_str(std::str::from_utf8(v.as_bytes()).unwrap_or(""));
+    }
+    Some(std::borrow::Cow::Owned(all))
+}
+
 pub fn header_matcher(m: &ProtoHeaderMatcher, path: &FieldPath) -> Result<HeaderMatcher> {
-    let name =
-        http::HeaderName::from_bytes(m.name.to_ascii_lowercase().as_bytes()).map_err(|_| {
-            path.field("name")
-                .error(format!("invalid header name {:?}", m.name))
-        })?;
+    if m.name.is_empty() {
+        return Err(path.field("name").error("must not be empty"));
+    }
+    let name = http::HeaderName::from_bytes(m.name.to_ascii_lowercase().as_bytes()).ok();
     let exact = |s: &str| StringMatcher {
         pattern: StringMatch::Exact(s.to_string()),
         ignore_case: false,

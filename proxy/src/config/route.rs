@@ -93,7 +93,7 @@ pub enum HostRewrite {
 pub struct Redirect {
     pub scheme: Option<String>,
     pub host: Option<String>,
-    pub port: Option<u16>,
+    pub port: Option<u32>,
     pub path: RedirectPath,
     pub status: http::StatusCode,
     pub strip_query: bool,
@@ -170,6 +170,12 @@ pub fn translate_route_config(
     path: &FieldPath,
     cluster_index: &dyn Fn(&str) -> Option<usize>,
 ) -> Result<RouteConfig> {
+    // Envoy's default limit on inline direct_response bodies.
+    let max_body = rc
+        .max_direct_response_body_size_bytes
+        .as_ref()
+        .map(|v| v.value as usize)
+        .unwrap_or(4096);
     let validate = rc
         .validate_clusters
         .as_ref()
@@ -201,6 +207,7 @@ pub fn translate_route_config(
                 &vh_path.field("routes").index(j),
                 cluster_index,
                 validate,
+                max_body,
             )?);
         }
         virtual_hosts.push(VirtualHost {
@@ -271,11 +278,8 @@ fn index_domain(
             return Err(duplicate());
         }
         d.prefixes.push((prefix.to_string(), vh));
-    } else if domain.contains('*') {
-        return Err(path.error(format!(
-            "wildcard must be the first or last character of domain {domain}"
-        )));
     } else if d.exact.insert(domain.to_string(), vh).is_some() {
+        // An inner `*` (`foo.*.com`) is no wildcard: Envoy matches it as an exact domain.
         return Err(duplicate());
     }
     Ok(())
@@ -286,6 +290,7 @@ fn translate_route(
     path: &FieldPath,
     cluster_index: &dyn Fn(&str) -> Option<usize>,
     validate: bool,
+    max_body: usize,
 ) -> Result<Route> {
     let m_path = path.field("match");
     let m = route
@@ -355,6 +360,12 @@ fn translate_route(
                 Some(b) => Bytes::from(inline_data(b, &d_path.field("body"))?),
                 None => Bytes::new(),
             };
+            if body.len() > max_body {
+                return Err(d_path.field("body").error(format!(
+                    "response body size is {} bytes; maximum is {max_body}",
+                    body.len()
+                )));
+            }
             Action::DirectResponse { status, body }
         }
         Some(_) => return Err(path.error("this route action is not supported")),
@@ -448,6 +459,25 @@ fn translate_redirect(r: &proto::RedirectAction, path: &FieldPath) -> Result<Red
                 .error(format!("unknown response code {}", r.response_code)))
         }
     };
+    // Envoy's validation: redirect parts become a Location header, so no NUL, CR or LF.
+    let header_safe = |value: &str, field: &str| {
+        if value.contains(['\0', '\r', '\n']) {
+            Err(path
+                .field(field)
+                .error("value must not contain NUL, CR or LF"))
+        } else {
+            Ok(())
+        }
+    };
+    header_safe(&r.host_redirect, "host_redirect")?;
+    if let Some(S::SchemeRedirect(s)) = &r.scheme_rewrite_specifier {
+        header_safe(s, "scheme_redirect")?;
+    }
+    match &r.path_rewrite_specifier {
+        Some(P::PathRedirect(p)) => header_safe(p, "path_redirect")?,
+        Some(P::PrefixRewrite(p)) => header_safe(p, "prefix_rewrite")?,
+        _ => {}
+    }
     let scheme = match &r.scheme_rewrite_specifier {
         Some(S::HttpsRedirect(true)) => Some("https".to_string()),
         Some(S::SchemeRedirect(s)) if !s.is_empty() => Some(s.to_ascii_lowercase()),
@@ -459,12 +489,8 @@ fn translate_redirect(r: &proto::RedirectAction, path: &FieldPath) -> Result<Red
         Some(P::PrefixRewrite(p)) => RedirectPath::PrefixRewrite(p.clone()),
         Some(_) => return Err(path.error("regex path rewrites in redirects are not supported yet")),
     };
-    let port = match r.port_redirect {
-        0 => None,
-        p => Some(
-            u16::try_from(p).map_err(|_| path.field("port_redirect").error("port out of range"))?,
-        ),
-    };
+    // A uint32 in Envoy's API, not range-checked: it is written into Location as given.
+    let port = (r.port_redirect != 0).then_some(r.port_redirect);
     Ok(Redirect {
         scheme,
         host: (!r.host_redirect.is_empty()).then(|| r.host_redirect.clone()),

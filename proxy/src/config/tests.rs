@@ -157,12 +157,26 @@ fn domain_precedence_is_exact_then_suffix_then_prefix_then_default() {
 }
 
 #[test]
-fn duplicate_names_and_addresses_are_refused() {
+fn a_duplicate_listener_name_is_skipped_and_a_duplicate_address_refused() {
     let yaml = listener(ROUTES, "");
-    let twice = yaml.replace("  clusters:\n", "  - name: l\n    address: { socket_address: { address: 127.0.0.1, port_value: 1 } }\n    filter_chains: [{ filters: [{ name: t, typed_config: { \"@type\": type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy, stat_prefix: t, cluster: c } }] }]\n  clusters:\n");
-    let err = translate(&twice).expect_err("duplicate listener");
+    let second = |port: u16| {
+        format!("  - name: l\n    address: {{ socket_address: {{ address: 127.0.0.1, port_value: {port} }} }}\n    filter_chains: [{{ filters: [{{ name: t, typed_config: {{ \"@type\": type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy, stat_prefix: t, cluster: c }} }}] }}]\n  clusters:\n")
+    };
+    let config =
+        translate(&yaml.replace("  clusters:\n", &second(1))).expect("duplicate name is skipped");
+    assert_eq!(config.listeners.len(), 1);
+    assert!(config
+        .acknowledged
+        .iter()
+        .any(|a| a.path == "static_resources.listeners[1]"));
+    let same_address = yaml
+        .replace("port_value: 0 }", "port_value: 7 }")
+        .replace("  clusters:\n", &second(7).replace("name: l", "name: m"));
+    let err = translate(&same_address).expect_err("duplicate address");
     assert!(
-        err.starts_with("static_resources.listeners[1].name: error adding listener named 'l'"),
+        err.starts_with(
+            "static_resources.listeners[1].address: error adding listener '127.0.0.1:7'"
+        ),
         "{err}"
     );
 }
