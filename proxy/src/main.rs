@@ -1,6 +1,15 @@
-//! The `outrigger` binary. `outrigger istio-iptables ...` runs the traffic-capture init
-//! (the same code as the `outrigger-iptables` binary); anything else is the proxy.
+//! The `outrigger` binary. `outrigger istio-iptables ...` runs the traffic-capture init (the same
+//! code as the `outrigger-iptables` binary, so the sidecar image's init container can call it by
+//! Istio's name); anything else is the proxy.
 
-fn main() -> std::process::ExitCode {
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some("istio-iptables") {
+        // main_with_args reads its flags from args[1..], so drop the binary name only.
+        let code = iptables_init::main_with_args(args[1..].to_vec());
+        return ExitCode::from(u8::try_from(code).unwrap_or(1));
+    }
     outrigger::cli::main()
 }
