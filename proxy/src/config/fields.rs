@@ -139,13 +139,15 @@ static POLICIES: &[(&str, Policy)] = policies! {
     "envoy.extensions.upstreams.http.v3.HttpProtocolOptions.UseDownstreamHttpConfig" => ["http_protocol_options", "http2_protocol_options"];
     "envoy.extensions.upstreams.http.v3.HttpProtocolOptions.AutoHttpConfig" => ["http_protocol_options", "http2_protocol_options"];
     "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager" => ["codec_type",
-        "stat_prefix", "route_config", "http_filters", "server_name", "http_protocol_options", "http2_protocol_options"]
+        "stat_prefix", "route_config", "http_filters", "server_name", "http_protocol_options", "http2_protocol_options",
+        "use_remote_address", "xff_num_trusted_hops", "skip_xff_append", "internal_address_config", "via",
+        "generate_request_id", "preserve_external_request_id", "always_set_request_id_in_response",
+        "server_header_transformation"]
         ack [("rds", XDS), ("access_log", ACCESS_LOG), ("tracing", TRACING),
              ("common_http_protocol_options", DOWNSTREAM_TIMEOUTS), ("stream_idle_timeout", DOWNSTREAM_TIMEOUTS),
              ("request_timeout", DOWNSTREAM_TIMEOUTS), ("request_headers_timeout", DOWNSTREAM_TIMEOUTS),
-             ("drain_timeout", DOWNSTREAM_TIMEOUTS),
-             ("use_remote_address", "x-forwarded-for handling comes with issue 3"),
-             ("generate_request_id", "x-request-id handling comes with issue 3")];
+             ("drain_timeout", DOWNSTREAM_TIMEOUTS)];
+    "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager.InternalAddressConfig" => ["cidr_ranges", "unix_sockets"];
     "envoy.extensions.filters.network.http_connection_manager.v3.HttpFilter" => ["name", "typed_config", "is_optional", "disabled"];
     "envoy.config.route.v3.RouteConfiguration" => ["name", "virtual_hosts", "validate_clusters", "max_direct_response_body_size_bytes",
         "request_headers_to_add", "request_headers_to_remove", "response_headers_to_add", "response_headers_to_remove"];

@@ -21,6 +21,32 @@ pub struct HttpConnectionManager {
     pub route_config: Arc<RouteConfig>,
     /// The `server` header on responses Outrigger generates or forwards.
     pub server_name: http::HeaderValue,
+    pub server_header: ServerHeader,
+    pub forwarding: Forwarding,
+}
+
+/// `server_header_transformation`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ServerHeader {
+    Overwrite,
+    AppendIfAbsent,
+    PassThrough,
+}
+
+/// How the connection manager treats forwarding headers (`x-forwarded-*`, `x-request-id`,
+/// `x-envoy-*`, `via`).
+/// Envoy: https://www.envoyproxy.io/docs/envoy/latest/configuration/http/http_conn_man/headers
+#[derive(Debug, Clone, Default)]
+pub struct Forwarding {
+    pub use_remote_address: bool,
+    pub xff_num_trusted_hops: u32,
+    pub skip_xff_append: bool,
+    pub internal_cidrs: Vec<super::listener::Cidr>,
+    pub internal_unix_sockets: bool,
+    pub via: Option<http::HeaderValue>,
+    pub generate_request_id: bool,
+    pub preserve_external_request_id: bool,
+    pub always_set_request_id_in_response: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -76,11 +102,53 @@ pub fn translate_hcm(
     };
     let server_name = http::HeaderValue::from_str(server_name)
         .map_err(|_| path.field("server_name").error("invalid header value"))?;
+    use xds_proto::pb::envoy::extensions::filters::network::http_connection_manager::v3::http_connection_manager::ServerHeaderTransformation as T;
+    let server_header = match T::try_from(hcm.server_header_transformation) {
+        Ok(T::Overwrite) => ServerHeader::Overwrite,
+        Ok(T::AppendIfAbsent) => ServerHeader::AppendIfAbsent,
+        Ok(T::PassThrough) => ServerHeader::PassThrough,
+        Err(_) => {
+            return Err(path
+                .field("server_header_transformation")
+                .error("unknown value"))
+        }
+    };
+    let via = if hcm.via.is_empty() {
+        None
+    } else {
+        Some(
+            http::HeaderValue::from_str(&hcm.via)
+                .map_err(|_| path.field("via").error("invalid header value"))?,
+        )
+    };
+    let (internal_cidrs, internal_unix_sockets) = match &hcm.internal_address_config {
+        Some(c) => (
+            super::listener::cidrs(
+                &c.cidr_ranges,
+                &path.field("internal_address_config").field("cidr_ranges"),
+            )?,
+            c.unix_sockets,
+        ),
+        None => (Vec::new(), false),
+    };
+    let forwarding = Forwarding {
+        use_remote_address: hcm.use_remote_address.as_ref().is_some_and(|b| b.value),
+        xff_num_trusted_hops: hcm.xff_num_trusted_hops,
+        skip_xff_append: hcm.skip_xff_append,
+        internal_cidrs,
+        internal_unix_sockets,
+        via,
+        generate_request_id: hcm.generate_request_id.as_ref().is_none_or(|b| b.value),
+        preserve_external_request_id: hcm.preserve_external_request_id,
+        always_set_request_id_in_response: hcm.always_set_request_id_in_response,
+    };
     Ok(HttpConnectionManager {
         stat_prefix: hcm.stat_prefix.clone(),
         codec,
         route_config: Arc::new(route_config),
         server_name,
+        server_header,
+        forwarding,
     })
 }
 

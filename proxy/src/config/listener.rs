@@ -396,7 +396,7 @@ fn generated_name() -> String {
     )
 }
 
-fn cidrs(ranges: &[CidrRange], path: &FieldPath) -> Result<Vec<Cidr>> {
+pub(super) fn cidrs(ranges: &[CidrRange], path: &FieldPath) -> Result<Vec<Cidr>> {
     ranges
         .iter()
         .enumerate()

@@ -27,6 +27,7 @@ pub struct HttpContext {
 pub async fn serve_connection<I>(
     io: I,
     ctx: Arc<HttpContext>,
+    downstream: super::Downstream,
     mut drain: tokio::sync::watch::Receiver<bool>,
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -36,7 +37,7 @@ pub async fn serve_connection<I>(
     let service_ctx = ctx.clone();
     let service = service_fn(move |request: hyper::Request<Incoming>| {
         let ctx = service_ctx.clone();
-        async move { Ok::<_, Infallible>(handle(&ctx, request).await) }
+        async move { Ok::<_, Infallible>(handle(&ctx, downstream, request).await) }
     });
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
@@ -66,6 +67,7 @@ pub async fn serve_connection<I>(
 
 async fn handle(
     ctx: &HttpContext,
+    downstream: super::Downstream,
     request: hyper::Request<Incoming>,
 ) -> hyper::Response<ResponseBody> {
     let started = Instant::now();
@@ -77,7 +79,7 @@ async fn handle(
     } else {
         stats.downstream_rq_http1_total.inc();
     }
-    let outcome = route_request(ctx, request).await;
+    let outcome = route_request(ctx, &downstream, request).await;
     stats.response(outcome.response.status());
     stats.downstream_rq_active.dec();
     stats

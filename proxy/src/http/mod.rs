@@ -2,10 +2,12 @@
 //! route, and answers locally or forwards through the router.
 
 mod connection;
+pub mod forwarding;
 mod local_reply;
 mod router;
 mod stats;
 
 pub use connection::{serve_connection, HttpContext};
+pub use forwarding::Downstream;
 pub use local_reply::ResponseFlag;
 pub use stats::HcmStats;

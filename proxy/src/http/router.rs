@@ -3,7 +3,9 @@
 //! Envoy: https://www.envoyproxy.io/docs/envoy/latest/configuration/http/http_filters/router_filter
 
 use super::connection::HttpContext;
+use super::forwarding::{append_via, mutate_request_headers, Downstream, X_REQUEST_ID};
 use super::local_reply::{local_reply, ResponseFlag};
+use crate::config::hcm::ServerHeader;
 use crate::config::route::{
     Action, Forward, HostRewrite, PathMatch, Redirect, RedirectPath, Route, RouteConfig,
     VirtualHost,
@@ -29,7 +31,6 @@ static X_ENVOY_UPSTREAM_SERVICE_TIME: HeaderName =
     HeaderName::from_static("x-envoy-upstream-service-time");
 static X_ENVOY_EXPECTED_RQ_TIMEOUT_MS: HeaderName =
     HeaderName::from_static("x-envoy-expected-rq-timeout-ms");
-static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 
 /// Headers that describe one hop and are never forwarded (RFC 9110 §7.6.1).
 static HOP_BY_HOP: [HeaderName; 7] = [
@@ -42,7 +43,29 @@ static HOP_BY_HOP: [HeaderName; 7] = [
     header::TRAILER,
 ];
 
-pub async fn route_request(ctx: &HttpContext, request: Request<Incoming>) -> Outcome {
+pub async fn route_request(
+    ctx: &HttpContext,
+    downstream: &Downstream,
+    mut request: Request<Incoming>,
+) -> Outcome {
+    let forwarding = &ctx.hcm.forwarding;
+    mutate_request_headers(forwarding, request.headers_mut(), downstream);
+    let request_id = forwarding
+        .always_set_request_id_in_response
+        .then(|| request.headers().get(&X_REQUEST_ID).cloned())
+        .flatten();
+    let mut outcome = route_and_act(ctx, request).await;
+    let headers = outcome.response.headers_mut();
+    if let Some(via) = &forwarding.via {
+        append_via(headers, via);
+    }
+    if let Some(id) = request_id {
+        headers.insert(X_REQUEST_ID.clone(), id);
+    }
+    outcome
+}
+
+async fn route_and_act(ctx: &HttpContext, request: Request<Incoming>) -> Outcome {
     let server = &ctx.hcm.server_name;
     let route_config = &ctx.hcm.route_config;
     let Some(host) = authority(&request) else {
@@ -191,7 +214,7 @@ async fn forward(
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             }
             Outcome {
-                response: downstream_response(response, elapsed, server),
+                response: downstream_response(response, elapsed, server, ctx.hcm.server_header),
                 flag: None,
             }
         }
@@ -299,14 +322,22 @@ fn upstream_request(
         .path_and_query(rewritten.as_str())
         .build()
         .map_err(|_| ())?;
-    strip_hop_by_hop(&mut parts.headers);
-    parts.headers.remove(header::HOST);
-    if let Ok(v) = HeaderValue::from_str(&authority) {
-        parts.headers.insert(header::HOST, v);
-    }
-    parts
+    let keep_te_trailers = parts
         .headers
-        .insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
+        .get(header::TE)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
+    strip_hop_by_hop(&mut parts.headers);
+    if keep_te_trailers {
+        // `te: trailers` is the one TE value that is end to end (gRPC needs it).
+        parts
+            .headers
+            .insert(header::TE, HeaderValue::from_static("trailers"));
+    }
+    if parts.headers.get(header::HOST).map(|h| h.as_bytes()) != Some(authority.as_bytes()) {
+        if let Ok(v) = HeaderValue::from_str(&authority) {
+            parts.headers.insert(header::HOST, v);
+        }
+    }
     if let Some(t) = f.timeout {
         parts.headers.insert(
             X_ENVOY_EXPECTED_RQ_TIMEOUT_MS.clone(),
@@ -340,6 +371,7 @@ fn downstream_response(
     response: Response<Incoming>,
     elapsed: std::time::Duration,
     server: &HeaderValue,
+    transformation: ServerHeader,
 ) -> Response<ResponseBody> {
     let (mut parts, body) = response.into_parts();
     strip_hop_by_hop(&mut parts.headers);
@@ -347,7 +379,15 @@ fn downstream_response(
         X_ENVOY_UPSTREAM_SERVICE_TIME.clone(),
         HeaderValue::from(elapsed.as_millis() as u64),
     );
-    parts.headers.insert(header::SERVER, server.clone());
+    match transformation {
+        ServerHeader::Overwrite => {
+            parts.headers.insert(header::SERVER, server.clone());
+        }
+        ServerHeader::AppendIfAbsent if !parts.headers.contains_key(header::SERVER) => {
+            parts.headers.insert(header::SERVER, server.clone());
+        }
+        ServerHeader::AppendIfAbsent | ServerHeader::PassThrough => {}
+    }
     parts.version = http::Version::default();
     Response::from_parts(
         parts,

@@ -7,7 +7,7 @@ pub use filter_chain::select_filter_chain;
 
 use crate::config::address::Endpoint;
 use crate::config::listener::{Listener, NetworkFilter};
-use crate::http::{serve_connection, HcmStats, HttpContext};
+use crate::http::{serve_connection, Downstream, HcmStats, HttpContext};
 use crate::stats::{Counter, Gauge, Store};
 use crate::upstream::ClusterManager;
 use std::net::SocketAddr;
@@ -93,6 +93,7 @@ pub async fn run(
     clusters: Arc<ClusterManager>,
     store: Arc<Store>,
     mut drain: watch::Receiver<bool>,
+    node_address: Option<std::net::IpAddr>,
 ) {
     let scope = match &socket {
         BoundSocket::Tcp(l) => l.local_addr().map(|a| a.to_string()).unwrap_or_default(),
@@ -166,7 +167,18 @@ pub async fn run(
         stats.downstream_cx_active.inc();
         tokio::spawn(async move {
             match (http, tcp_proxy) {
-                (Some(ctx), _) => serve_connection(stream, ctx, drain).await,
+                (Some(ctx), _) => {
+                    serve_connection(
+                        stream,
+                        ctx,
+                        Downstream {
+                            remote: peer,
+                            node_address,
+                        },
+                        drain,
+                    )
+                    .await
+                }
                 (None, Some(t)) => crate::tcp::proxy(stream, t, clusters).await,
                 (None, None) => {}
             }

@@ -118,6 +118,7 @@ async fn run(
         }
     }
 
+    let node_address = node_address(server.options.local_address_ip_version);
     let mut drains = Vec::new();
     for l in &config.listeners {
         if !l.bind_to_port {
@@ -148,6 +149,7 @@ async fn run(
             clusters.clone(),
             stats.clone(),
             drain_rx,
+            node_address,
         ));
     }
     server.set_state(ServerState::Live);
@@ -209,4 +211,20 @@ async fn wait_for_shutdown(server: &Server) {
         _ = tokio::signal::ctrl_c() => {}
         _ = terminate => {}
     }
+}
+
+/// Envoy's "local address": the first non-loopback address of the requested family on this
+/// host's interfaces. It stands in for loopback peers in `x-forwarded-for`.
+fn node_address(version: crate::cli::IpVersion) -> Option<std::net::IpAddr> {
+    let addrs = nix::ifaddrs::getifaddrs().ok()?;
+    addrs
+        .filter_map(|ifa| ifa.address)
+        .filter_map(|a| {
+            if let Some(v4) = a.as_sockaddr_in() {
+                Some(std::net::IpAddr::V4(v4.ip()))
+            } else {
+                a.as_sockaddr_in6().map(|v6| std::net::IpAddr::V6(v6.ip()))
+            }
+        })
+        .find(|ip| !ip.is_loopback() && ip.is_ipv4() == (version == crate::cli::IpVersion::V4))
 }

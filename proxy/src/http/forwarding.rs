@@ -1,0 +1,305 @@
+//! The connection manager's forwarding headers: `x-forwarded-for`, `x-forwarded-proto`,
+//! `x-request-id`, `x-envoy-internal`/`x-envoy-external-address`, the sanitising of internal
+//! `x-envoy-*` headers on external requests, and `via`.
+//! Envoy: https://www.envoyproxy.io/docs/envoy/latest/configuration/http/http_conn_man/headers
+
+use crate::config::hcm::Forwarding;
+use http::{HeaderMap, HeaderName, HeaderValue};
+use std::cell::Cell;
+use std::net::{IpAddr, SocketAddr};
+
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+static X_ENVOY_INTERNAL: HeaderName = HeaderName::from_static("x-envoy-internal");
+static X_ENVOY_EXTERNAL_ADDRESS: HeaderName = HeaderName::from_static("x-envoy-external-address");
+
+/// Headers only trusted from inside the mesh: removed from external requests.
+static INTERNAL_ONLY: [HeaderName; 18] = [
+    HeaderName::from_static("x-envoy-decorator-operation"),
+    HeaderName::from_static("x-envoy-downstream-service-cluster"),
+    HeaderName::from_static("x-envoy-downstream-service-node"),
+    HeaderName::from_static("x-envoy-expected-rq-timeout-ms"),
+    HeaderName::from_static("x-envoy-external-address"),
+    HeaderName::from_static("x-envoy-force-trace"),
+    HeaderName::from_static("x-envoy-hedge-on-per-try-timeout"),
+    HeaderName::from_static("x-envoy-internal"),
+    HeaderName::from_static("x-envoy-ip-tags"),
+    HeaderName::from_static("x-envoy-max-retries"),
+    HeaderName::from_static("x-envoy-retriable-header-names"),
+    HeaderName::from_static("x-envoy-retriable-status-codes"),
+    HeaderName::from_static("x-envoy-retry-grpc-on"),
+    HeaderName::from_static("x-envoy-retry-on"),
+    HeaderName::from_static("x-envoy-upstream-alt-stat-name"),
+    HeaderName::from_static("x-envoy-upstream-rq-per-try-timeout-ms"),
+    HeaderName::from_static("x-envoy-upstream-rq-timeout-ms"),
+    HeaderName::from_static("x-envoy-upstream-stream-duration-ms"),
+];
+
+/// The downstream connection a request arrived on.
+#[derive(Debug, Clone, Copy)]
+pub struct Downstream {
+    /// None on a Unix socket.
+    pub remote: Option<SocketAddr>,
+    /// This host's address, appended to `x-forwarded-for` instead of a loopback peer (Envoy's
+    /// "local address": the first non-loopback interface address).
+    pub node_address: Option<IpAddr>,
+}
+
+/// Applies Envoy's forwarding rules to a request's headers before routing.
+pub fn mutate_request_headers(f: &Forwarding, headers: &mut HeaderMap, downstream: &Downstream) {
+    let original_xff = headers
+        .get(&X_FORWARDED_FOR)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    let remote_ip = downstream.remote.map(|a| a.ip());
+    // The address Envoy takes as the original client's.
+    let client = if f.use_remote_address && f.xff_num_trusted_hops == 0 {
+        remote_ip
+    } else {
+        let skip = if f.use_remote_address {
+            f.xff_num_trusted_hops - 1
+        } else {
+            f.xff_num_trusted_hops
+        };
+        original_xff
+            .as_deref()
+            .and_then(|xff| xff_entry(xff, skip as usize))
+            .or(remote_ip)
+    };
+    if f.use_remote_address && !f.skip_xff_append {
+        let appended = match remote_ip {
+            Some(ip) if ip.is_loopback() => downstream.node_address.or(Some(ip)),
+            other => other,
+        };
+        if let Some(ip) = appended {
+            let value = match &original_xff {
+                Some(xff) => format!("{xff},{ip}"),
+                None => ip.to_string(),
+            };
+            if let Ok(v) = HeaderValue::from_str(&value) {
+                headers.insert(X_FORWARDED_FOR.clone(), v);
+            }
+        }
+    }
+    let internal = match client {
+        Some(ip) => f.internal_cidrs.iter().any(|c| c.contains(ip)),
+        None => f.internal_unix_sockets,
+    };
+    let external_edge_request = f.use_remote_address && !internal;
+    if f.use_remote_address {
+        if internal {
+            headers.insert(X_ENVOY_INTERNAL.clone(), HeaderValue::from_static("true"));
+        } else {
+            for name in &INTERNAL_ONLY {
+                headers.remove(name);
+            }
+            if let Some(ip) = client {
+                if let Ok(v) = HeaderValue::from_str(&ip.to_string()) {
+                    headers.insert(X_ENVOY_EXTERNAL_ADDRESS.clone(), v);
+                }
+            }
+        }
+    }
+    // An edge proxy sets the scheme it saw; behind trusted proxies (or not at the edge), an
+    // existing value is kept.
+    if (f.use_remote_address && f.xff_num_trusted_hops == 0)
+        || !headers.contains_key(&X_FORWARDED_PROTO)
+    {
+        headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
+    }
+    let regenerate = external_edge_request && !f.preserve_external_request_id;
+    if f.generate_request_id && (regenerate || !headers.contains_key(&X_REQUEST_ID)) {
+        headers.insert(X_REQUEST_ID.clone(), new_request_id());
+    }
+    if let Some(via) = &f.via {
+        append_via(headers, via);
+    }
+}
+
+/// `via` on requests and responses: appended with `, ` to any value already there.
+pub fn append_via(headers: &mut HeaderMap, via: &HeaderValue) {
+    let value = match headers.get(http::header::VIA) {
+        Some(existing) => {
+            let mut joined = existing.as_bytes().to_vec();
+            joined.extend_from_slice(b", ");
+            joined.extend_from_slice(via.as_bytes());
+            HeaderValue::from_bytes(&joined).unwrap_or_else(|_| via.clone())
+        }
+        None => via.clone(),
+    };
+    headers.insert(http::header::VIA, value);
+}
+
+/// The entry `skip` places from the right of an `x-forwarded-for` list, if it is an IP.
+fn xff_entry(xff: &str, skip: usize) -> Option<IpAddr> {
+    xff.rsplit(',')
+        .nth(skip)
+        .and_then(|s| s.trim().parse().ok())
+}
+
+thread_local! {
+    static RNG: Cell<u64> = Cell::new(seed());
+}
+
+fn seed() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(0x5eed);
+    h.finish() | 1
+}
+
+fn next_random() -> u64 {
+    // xorshift64*: request ids need uniqueness, not cryptographic strength.
+    RNG.with(|state| {
+        let mut x = state.get();
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        state.set(x);
+        x.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    })
+}
+
+/// A random (version 4) UUID, as Envoy's default request id extension generates.
+pub fn new_request_id() -> HeaderValue {
+    let mut bytes = [0u8; 16];
+    bytes[..8].copy_from_slice(&next_random().to_le_bytes());
+    bytes[8..].copy_from_slice(&next_random().to_le_bytes());
+    bytes[6] = (bytes[6] & 0x0f) | 0x40;
+    bytes[8] = (bytes[8] & 0x3f) | 0x80;
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut out = [0u8; 36];
+    let mut o = 0;
+    for (i, b) in bytes.iter().enumerate() {
+        if matches!(i, 4 | 6 | 8 | 10) {
+            out[o] = b'-';
+            o += 1;
+        }
+        out[o] = HEX[usize::from(b >> 4)];
+        out[o + 1] = HEX[usize::from(b & 0xf)];
+        o += 2;
+    }
+    HeaderValue::from_bytes(&out)
+        .unwrap_or_else(|_| HeaderValue::from_static("00000000-0000-4000-8000-000000000000"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::listener::Cidr;
+
+    fn run(f: &Forwarding, headers: &[(&str, &str)], remote: &str) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for (k, v) in headers {
+            map.append(
+                HeaderName::from_bytes(k.as_bytes()).expect("name"),
+                HeaderValue::from_str(v).expect("value"),
+            );
+        }
+        let downstream = Downstream {
+            remote: Some(remote.parse().expect("addr")),
+            node_address: Some("192.0.2.2".parse().expect("ip")),
+        };
+        mutate_request_headers(f, &mut map, &downstream);
+        map
+    }
+
+    fn get<'a>(h: &'a HeaderMap, name: &str) -> Option<&'a str> {
+        h.get(name).and_then(|v| v.to_str().ok())
+    }
+
+    #[test]
+    fn default_keeps_client_headers_and_adds_missing_ones() {
+        let f = Forwarding {
+            generate_request_id: true,
+            ..Default::default()
+        };
+        let h = run(
+            &f,
+            &[
+                ("x-forwarded-proto", "https"),
+                ("x-envoy-retry-on", "5xx"),
+                ("x-forwarded-for", "9.9.9.9"),
+            ],
+            "127.0.0.1:5000",
+        );
+        assert_eq!(get(&h, "x-forwarded-proto"), Some("https"));
+        assert_eq!(get(&h, "x-envoy-retry-on"), Some("5xx"));
+        assert_eq!(get(&h, "x-forwarded-for"), Some("9.9.9.9"));
+        let id = get(&h, "x-request-id").expect("generated");
+        assert_eq!(id.len(), 36);
+        assert_eq!(&id[14..15], "4");
+    }
+
+    #[test]
+    fn edge_proxy_appends_node_address_for_loopback_and_sanitises_external_requests() {
+        // What Envoy 1.40 sends upstream for the same request (checked by hand).
+        let f = Forwarding {
+            use_remote_address: true,
+            generate_request_id: true,
+            via: Some(HeaderValue::from_static("myvia")),
+            ..Default::default()
+        };
+        let h = run(
+            &f,
+            &[
+                ("x-envoy-retry-on", "5xx"),
+                ("x-forwarded-for", "9.9.9.9"),
+                ("x-forwarded-proto", "https"),
+                ("x-request-id", "keep"),
+                ("via", "1.1 other"),
+            ],
+            "127.0.0.1:5000",
+        );
+        assert_eq!(get(&h, "x-forwarded-for"), Some("9.9.9.9,192.0.2.2"));
+        assert_eq!(get(&h, "x-forwarded-proto"), Some("http"));
+        assert_ne!(get(&h, "x-request-id"), Some("keep"));
+        assert_eq!(get(&h, "via"), Some("1.1 other, myvia"));
+        assert_eq!(get(&h, "x-envoy-external-address"), Some("127.0.0.1"));
+        assert_eq!(get(&h, "x-envoy-retry-on"), None);
+    }
+
+    #[test]
+    fn trusted_hops_pick_the_client_from_xff_and_internal_cidrs_mark_internal() {
+        let f = Forwarding {
+            use_remote_address: true,
+            xff_num_trusted_hops: 1,
+            generate_request_id: true,
+            internal_cidrs: vec![Cidr {
+                network: "127.0.0.0".parse().expect("ip"),
+                len: 8,
+            }],
+            ..Default::default()
+        };
+        let h = run(
+            &f,
+            &[
+                ("x-forwarded-for", "9.9.9.9, 8.8.8.8"),
+                ("x-forwarded-proto", "https"),
+            ],
+            "127.0.0.1:5000",
+        );
+        assert_eq!(get(&h, "x-envoy-external-address"), Some("8.8.8.8"));
+        assert_eq!(get(&h, "x-forwarded-proto"), Some("https"));
+        assert_eq!(
+            get(&h, "x-forwarded-for"),
+            Some("9.9.9.9, 8.8.8.8,192.0.2.2")
+        );
+        let h = run(
+            &f,
+            &[
+                ("x-forwarded-for", "127.0.0.9"),
+                ("x-envoy-retry-on", "5xx"),
+            ],
+            "127.0.0.1:5000",
+        );
+        assert_eq!(get(&h, "x-envoy-internal"), Some("true"));
+        assert_eq!(get(&h, "x-envoy-retry-on"), Some("5xx"));
+    }
+
+    #[test]
+    fn request_ids_are_distinct() {
+        assert_ne!(new_request_id(), new_request_id());
+    }
+}
