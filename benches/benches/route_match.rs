@@ -35,7 +35,7 @@ fn route_match(c: &mut Criterion) {
                 b.iter(|| {
                     black_box(
                         table
-                            .find_route(black_box("api.example.com"), black_box(path), &headers)
+                            .find_route(black_box("api.example.com"), black_box(path), "", &headers)
                             .is_some(),
                     )
                 })

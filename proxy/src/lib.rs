@@ -7,6 +7,7 @@ pub mod config;
 pub mod http;
 pub mod listener;
 pub mod logging;
+pub mod random;
 pub mod server;
 pub mod stats;
 pub mod tcp;

@@ -78,12 +78,16 @@ pub fn translate_bootstrap(b: &Bootstrap) -> Result<Config> {
         }
         clusters.push(Arc::new(cluster));
     }
-    let cluster_index = |name: &str| by_name.get(name).copied();
+    let runtime = runtime_layers(b, &root)?;
+    let resolve = super::resolver::Resolver {
+        clusters: &by_name,
+        runtime: &runtime,
+    };
 
     let mut listeners: Vec<Arc<Listener>> = Vec::with_capacity(statics.listeners.len());
     for (i, l) in statics.listeners.iter().enumerate() {
         let path = sr.field("listeners").index(i);
-        let listener = translate_listener(l, &path, &cluster_index, &mut acks)?;
+        let listener = translate_listener(l, &path, &resolve, &mut acks)?;
         if listeners.iter().any(|other| other.name == listener.name) {
             // Envoy 1.40 keeps the first listener of a name and skips later ones.
             acks.push(Acknowledged {
@@ -104,7 +108,6 @@ pub fn translate_bootstrap(b: &Bootstrap) -> Result<Config> {
         listeners.push(Arc::new(listener));
     }
 
-    let runtime = runtime_layers(b, &root)?;
     Ok(Config {
         node: node.unwrap_or_default(),
         admin_address,

@@ -151,17 +151,26 @@ static POLICIES: &[(&str, Policy)] = policies! {
     "envoy.extensions.filters.network.http_connection_manager.v3.HttpFilter" => ["name", "typed_config", "is_optional", "disabled"];
     "envoy.config.route.v3.RouteConfiguration" => ["name", "virtual_hosts", "validate_clusters", "max_direct_response_body_size_bytes",
         "request_headers_to_add", "request_headers_to_remove", "response_headers_to_add", "response_headers_to_remove"];
-    "envoy.config.route.v3.VirtualHost" => ["name", "domains", "routes",
+    "envoy.config.route.v3.VirtualHost" => ["name", "domains", "routes", "include_request_attempt_count",
         "request_headers_to_add", "request_headers_to_remove", "response_headers_to_add", "response_headers_to_remove"];
     "envoy.config.route.v3.Route" => ["name", "match", "route", "redirect", "direct_response", "metadata",
         "request_headers_to_add", "request_headers_to_remove", "response_headers_to_add", "response_headers_to_remove"];
-    "envoy.config.route.v3.RouteMatch" => ["prefix", "path", "safe_regex", "path_separated_prefix", "case_sensitive", "headers"];
+    "envoy.config.route.v3.RouteMatch" => ["prefix", "path", "safe_regex", "path_separated_prefix", "case_sensitive", "headers",
+        "query_parameters", "grpc", "runtime_fraction"];
+    "envoy.config.route.v3.RouteMatch.GrpcRouteMatchOptions" => [];
+    "envoy.config.route.v3.QueryParameterMatcher" => ["name", "string_match", "present_match"];
+    "envoy.config.core.v3.RuntimeFractionalPercent" => ["default_value", "runtime_key"];
+    "envoy.config.route.v3.WeightedCluster" => ["clusters", "total_weight"];
+    "envoy.config.route.v3.WeightedCluster.ClusterWeight" => ["name", "weight", "host_rewrite_literal",
+        "request_headers_to_add", "request_headers_to_remove", "response_headers_to_add", "response_headers_to_remove"];
+    "envoy.type.matcher.v3.RegexMatchAndSubstitute" => ["pattern", "substitution"];
     "envoy.config.route.v3.HeaderMatcher" => ["name", "exact_match", "safe_regex_match", "present_match", "prefix_match",
         "suffix_match", "contains_match", "string_match", "range_match", "invert_match", "treat_missing_header_as_empty"];
     "envoy.type.matcher.v3.StringMatcher" => ["exact", "prefix", "suffix", "safe_regex", "contains", "ignore_case"];
     "envoy.type.matcher.v3.RegexMatcher" => ["google_re2", "regex"];
     "envoy.type.matcher.v3.RegexMatcher.GoogleRE2" => [];
-    "envoy.config.route.v3.RouteAction" => ["cluster", "timeout", "prefix_rewrite", "host_rewrite_literal", "auto_host_rewrite"]
+    "envoy.config.route.v3.RouteAction" => ["cluster", "cluster_header", "weighted_clusters", "timeout", "prefix_rewrite",
+        "regex_rewrite", "host_rewrite_literal", "auto_host_rewrite", "host_rewrite_header"]
         ack [("retry_policy", RESILIENCE), ("max_stream_duration", "not enforced yet (issue 3)"),
              ("max_grpc_timeout", RESILIENCE)];
     "envoy.config.route.v3.RedirectAction" => ["https_redirect", "scheme_redirect", "host_redirect", "port_redirect",

@@ -3,6 +3,7 @@
 
 use super::error::{FieldPath, Result};
 use super::fields::{check, Acknowledged};
+use super::resolver::Resolver;
 use super::route::{translate_route_config, RouteConfig};
 use std::sync::Arc;
 use xds_proto::pb::envoy::extensions::filters::http::{
@@ -62,7 +63,7 @@ const COMPRESSOR: &str = "envoy.extensions.filters.http.compressor.v3.Compressor
 pub fn translate_hcm(
     hcm: &ProtoHcm,
     path: &FieldPath,
-    cluster_index: &dyn Fn(&str) -> Option<usize>,
+    resolve: &Resolver<'_>,
     acks: &mut Vec<Acknowledged>,
 ) -> Result<HttpConnectionManager> {
     check(hcm, path, acks)?;
@@ -80,11 +81,11 @@ pub fn translate_hcm(
     };
     let route_config = match &hcm.route_specifier {
         Some(RouteSpecifier::RouteConfig(rc)) => {
-            translate_route_config(rc, &path.field("route_config"), cluster_index)?
+            translate_route_config(rc, &path.field("route_config"), resolve)?
         }
         Some(RouteSpecifier::Rds(_)) => {
             // Acknowledged by the field check: the listener serves 404 until RDS arrives (issue 5).
-            translate_route_config(&Default::default(), &path.field("rds"), cluster_index)?
+            translate_route_config(&Default::default(), &path.field("rds"), resolve)?
         }
         Some(RouteSpecifier::ScopedRoutes(_)) => {
             return Err(path

@@ -6,6 +6,7 @@ use super::address::{resolved, Endpoint};
 use super::error::{FieldPath, Result};
 use super::fields::{check, Acknowledged};
 use super::hcm::{translate_hcm, HttpConnectionManager};
+use super::resolver::Resolver;
 use super::tcp_proxy::{translate_tcp_proxy, TcpProxy};
 use super::values::optional_duration;
 use std::net::IpAddr;
@@ -116,7 +117,7 @@ const TCP_PROXY: &str = "envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy"
 pub fn translate_listener(
     l: &ProtoListener,
     path: &FieldPath,
-    cluster_index: &dyn Fn(&str) -> Option<usize>,
+    resolve: &Resolver<'_>,
     acks: &mut Vec<Acknowledged>,
 ) -> Result<Listener> {
     check(l, path, acks)?;
@@ -138,12 +139,8 @@ pub fn translate_listener(
     }
     let mut filter_chains: Vec<FilterChain> = Vec::with_capacity(l.filter_chains.len());
     for (i, fc) in l.filter_chains.iter().enumerate() {
-        let chain = translate_filter_chain(
-            fc,
-            &path.field("filter_chains").index(i),
-            cluster_index,
-            acks,
-        )?;
+        let chain =
+            translate_filter_chain(fc, &path.field("filter_chains").index(i), resolve, acks)?;
         if filter_chains.iter().any(|c| c.matcher == chain.matcher) {
             return Err(path.field("filter_chains").index(i).error(format!(
                 "multiple filter chains with the same matching rules are defined in listener {}",
@@ -155,9 +152,7 @@ pub fn translate_listener(
     let default_filter_chain = l
         .default_filter_chain
         .as_ref()
-        .map(|fc| {
-            translate_filter_chain(fc, &path.field("default_filter_chain"), cluster_index, acks)
-        })
+        .map(|fc| translate_filter_chain(fc, &path.field("default_filter_chain"), resolve, acks))
         .transpose()?;
     Ok(Listener {
         name,
@@ -241,7 +236,7 @@ fn translate_listener_filter(
 fn translate_filter_chain(
     fc: &ProtoFilterChain,
     path: &FieldPath,
-    cluster_index: &dyn Fn(&str) -> Option<usize>,
+    resolve: &Resolver<'_>,
     acks: &mut Vec<Acknowledged>,
 ) -> Result<FilterChain> {
     let matcher = match &fc.filter_chain_match {
@@ -305,21 +300,13 @@ fn translate_filter_chain(
             HCM => {
                 let hcm: ProtoHcm = xds_proto::unpack(any).map_err(|e| tc.error(e.to_string()))?;
                 NetworkFilter::HttpConnectionManager(Arc::new(translate_hcm(
-                    &hcm,
-                    &tc,
-                    cluster_index,
-                    acks,
+                    &hcm, &tc, resolve, acks,
                 )?))
             }
             TCP_PROXY => {
                 let t: ProtoTcpProxy =
                     xds_proto::unpack(any).map_err(|e| tc.error(e.to_string()))?;
-                NetworkFilter::TcpProxy(Arc::new(translate_tcp_proxy(
-                    &t,
-                    &tc,
-                    cluster_index,
-                    acks,
-                )?))
+                NetworkFilter::TcpProxy(Arc::new(translate_tcp_proxy(&t, &tc, resolve, acks)?))
             }
             other => {
                 return Err(tc.error(format!(

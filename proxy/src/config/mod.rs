@@ -11,7 +11,10 @@ pub mod hcm;
 pub mod header_mutation;
 pub mod listener;
 pub mod matcher;
+pub mod redirect;
+pub mod resolver;
 pub mod route;
+pub mod route_action;
 pub mod tcp_proxy;
 mod values;
 

@@ -6,12 +6,15 @@
 use super::error::{FieldPath, Result};
 use super::header_mutation::{header_mutation, HeaderMutation};
 use super::matcher::{full_regex, header_matcher, HeaderMatcher};
-use super::values::{inline_data, optional_duration};
+use super::redirect::translate_redirect;
+pub use super::redirect::{Redirect, RedirectPath};
+use super::resolver::Resolver;
+use super::route_action::translate_forward;
+pub use super::route_action::{ClusterTarget, Forward, HostRewrite, NamedCluster, WeightedTarget};
+use super::values::inline_data;
 use bytes::Bytes;
 use regex::Regex;
 use std::collections::HashMap;
-use std::sync::Arc;
-use std::time::Duration;
 use xds_proto::pb::envoy::config::route::v3 as proto;
 
 #[derive(Debug)]
@@ -29,6 +32,8 @@ pub struct VirtualHost {
     pub routes: Vec<Route>,
     pub request_headers: HeaderMutation,
     pub response_headers: HeaderMutation,
+    /// `include_request_attempt_count`: send `x-envoy-attempt-count` upstream.
+    pub include_request_attempt_count: bool,
 }
 
 #[derive(Debug)]
@@ -36,6 +41,11 @@ pub struct Route {
     pub name: String,
     pub path: PathMatch,
     pub headers: Vec<HeaderMatcher>,
+    pub query: Vec<QueryMatcher>,
+    /// `grpc: {}`: only requests with a gRPC content type match.
+    pub grpc: bool,
+    /// `runtime_fraction`, in parts per million; None matches always.
+    pub fraction_per_million: Option<u64>,
     pub action: Action,
     pub request_headers: HeaderMutation,
     pub response_headers: HeaderMutation,
@@ -69,43 +79,6 @@ pub enum Action {
     },
 }
 
-#[derive(Debug)]
-pub struct Forward {
-    /// Index into the configuration's cluster list; None when the cluster is unknown and
-    /// `validate_clusters` is off (the request then gets 503, Envoy's NC).
-    pub cluster: Option<usize>,
-    pub cluster_name: Arc<str>,
-    /// None disables the timeout (Envoy's `timeout: 0s`); the default is 15 s.
-    pub timeout: Option<Duration>,
-    pub prefix_rewrite: Option<String>,
-    pub host_rewrite: HostRewrite,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum HostRewrite {
-    None,
-    Literal(http::HeaderValue),
-    /// The upstream host's name (DNS clusters) replaces the authority.
-    Auto,
-}
-
-#[derive(Debug)]
-pub struct Redirect {
-    pub scheme: Option<String>,
-    pub host: Option<String>,
-    pub port: Option<u32>,
-    pub path: RedirectPath,
-    pub status: http::StatusCode,
-    pub strip_query: bool,
-}
-
-#[derive(Debug)]
-pub enum RedirectPath {
-    Keep,
-    Replace(String),
-    PrefixRewrite(String),
-}
-
 impl RouteConfig {
     /// Envoy's virtual host precedence: exact domain, then the longest `*suffix`, then the
     /// longest `prefix*`, then `*`. The host is compared case-insensitively, port included.
@@ -137,18 +110,19 @@ impl RouteConfig {
 
 impl RouteConfig {
     /// The virtual host and the first route of it that matches, or None (Envoy's NR).
-    /// `path` excludes the query string.
+    /// `path` excludes the query string; `query` is what follows the `?` (or empty).
     pub fn find_route(
         &self,
         host: &str,
         path: &str,
+        query: &str,
         headers: &http::HeaderMap,
     ) -> Option<(&VirtualHost, &Route)> {
         let vh = self.virtual_host(host)?;
         let route = vh
             .routes
             .iter()
-            .find(|r| r.path.matches(path) && r.headers.iter().all(|h| h.matches(headers)))?;
+            .find(|r| r.path.matches(path) && r.matches_rest(headers, query))?;
         Some((vh, route))
     }
 }
@@ -163,12 +137,12 @@ struct DomainIndex {
     default: Option<usize>,
 }
 
-/// Translates a route configuration. `cluster_index` resolves a cluster name; static route
+/// Translates a route configuration. `resolve` resolves a cluster name; static route
 /// tables refuse unknown clusters (Envoy's `validate_clusters` default for static config).
 pub fn translate_route_config(
     rc: &proto::RouteConfiguration,
     path: &FieldPath,
-    cluster_index: &dyn Fn(&str) -> Option<usize>,
+    resolve: &Resolver<'_>,
 ) -> Result<RouteConfig> {
     // Envoy's default limit on inline direct_response bodies.
     let max_body = rc
@@ -205,7 +179,7 @@ pub fn translate_route_config(
             routes.push(translate_route(
                 route,
                 &vh_path.field("routes").index(j),
-                cluster_index,
+                resolve,
                 validate,
                 max_body,
             )?);
@@ -213,6 +187,7 @@ pub fn translate_route_config(
         virtual_hosts.push(VirtualHost {
             name: vh.name.clone(),
             routes,
+            include_request_attempt_count: vh.include_request_attempt_count,
             request_headers: header_mutation(
                 &vh.request_headers_to_add,
                 &vh.request_headers_to_remove,
@@ -288,7 +263,7 @@ fn index_domain(
 fn translate_route(
     route: &proto::Route,
     path: &FieldPath,
-    cluster_index: &dyn Fn(&str) -> Option<usize>,
+    resolve: &Resolver<'_>,
     validate: bool,
     max_body: usize,
 ) -> Result<Route> {
@@ -341,7 +316,7 @@ fn translate_route(
         Some(A::Route(ra)) => Action::Forward(translate_forward(
             ra,
             &path.field("route"),
-            cluster_index,
+            resolve,
             validate,
         )?),
         Some(A::Redirect(r)) => Action::Redirect(translate_redirect(r, &path.field("redirect"))?),
@@ -375,10 +350,24 @@ fn translate_route(
             )
         }
     };
+    let query = m
+        .query_parameters
+        .iter()
+        .enumerate()
+        .map(|(i, q)| query_matcher(q, &m_path.field("query_parameters").index(i)))
+        .collect::<Result<Vec<_>>>()?;
+    let fraction_per_million = m
+        .runtime_fraction
+        .as_ref()
+        .map(|f| runtime_fraction(f, &m_path.field("runtime_fraction"), resolve))
+        .transpose()?;
     Ok(Route {
         name: route.name.clone(),
         path: path_match,
         headers,
+        query,
+        grpc: m.grpc.is_some(),
+        fraction_per_million,
         action,
         request_headers: header_mutation(
             &route.request_headers_to_add,
@@ -395,110 +384,122 @@ fn translate_route(
     })
 }
 
-fn translate_forward(
-    ra: &proto::RouteAction,
-    path: &FieldPath,
-    cluster_index: &dyn Fn(&str) -> Option<usize>,
-    validate: bool,
-) -> Result<Forward> {
-    use proto::route_action::{ClusterSpecifier as C, HostRewriteSpecifier as H};
-    let name = match &ra.cluster_specifier {
-        Some(C::Cluster(name)) if !name.is_empty() => name.clone(),
-        Some(C::Cluster(_)) => return Err(path.field("cluster").error("must not be empty")),
-        Some(_) => return Err(path.error("only `cluster` is supported as a cluster specifier")),
-        None => return Err(path.error("a cluster specifier is required")),
-    };
-    let cluster = match cluster_index(&name) {
-        Some(i) => Some(i),
-        None if validate => {
+/// A query parameter condition: present, or its (percent-decoded) value matching.
+#[derive(Debug)]
+pub struct QueryMatcher {
+    pub name: String,
+    /// None: the parameter only has to be present.
+    pub value: Option<super::matcher::StringMatcher>,
+}
+
+impl QueryMatcher {
+    pub fn matches(&self, query: &str) -> bool {
+        let found = query.split('&').find_map(|pair| {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            (percent_decode(k) == self.name).then(|| percent_decode(v))
+        });
+        match (&self.value, found) {
+            (None, found) => found.is_some(),
+            (Some(m), Some(v)) => m.matches(&v),
+            (Some(_), None) => false,
+        }
+    }
+}
+
+fn percent_decode(s: &str) -> std::borrow::Cow<'_, str> {
+    if !s.contains(['%', '+']) {
+        return std::borrow::Cow::Borrowed(s);
+    }
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'%' if i + 2 < bytes.len() => {
+                let hex = std::str::from_utf8(&bytes[i + 1..i + 3])
+                    .ok()
+                    .and_then(|h| u8::from_str_radix(h, 16).ok());
+                match hex {
+                    Some(b) => {
+                        out.push(b);
+                        i += 3;
+                        continue;
+                    }
+                    None => out.push(b'%'),
+                }
+            }
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    std::borrow::Cow::Owned(String::from_utf8_lossy(&out).into_owned())
+}
+
+fn query_matcher(q: &proto::QueryParameterMatcher, path: &FieldPath) -> Result<QueryMatcher> {
+    use proto::query_parameter_matcher::QueryParameterMatchSpecifier as Q;
+    if q.name.is_empty() {
+        return Err(path.field("name").error("must not be empty"));
+    }
+    let value = match &q.query_parameter_match_specifier {
+        Some(Q::StringMatch(m)) => Some(super::matcher::string_matcher(
+            m,
+            &path.field("string_match"),
+        )?),
+        Some(Q::PresentMatch(true)) | None => None,
+        Some(Q::PresentMatch(false)) => {
             return Err(path
-                .field("cluster")
-                .error(format!("unknown cluster '{name}'")))
+                .field("present_match")
+                .error("present_match: false is not supported"))
         }
-        None => None,
     };
-    let timeout = match optional_duration(ra.timeout.as_ref(), &path.field("timeout"))? {
-        None => Some(Duration::from_secs(15)),
-        Some(d) if d.is_zero() => None,
-        Some(d) => Some(d),
-    };
-    let host_rewrite = match &ra.host_rewrite_specifier {
-        None => HostRewrite::None,
-        Some(H::HostRewriteLiteral(h)) => {
-            HostRewrite::Literal(http::HeaderValue::from_str(h).map_err(|_| {
-                path.field("host_rewrite_literal")
-                    .error("invalid header value")
-            })?)
-        }
-        Some(H::AutoHostRewrite(b)) if b.value => HostRewrite::Auto,
-        Some(H::AutoHostRewrite(_)) => HostRewrite::None,
-        Some(_) => return Err(path.error("this host rewrite specifier is not supported")),
-    };
-    Ok(Forward {
-        cluster,
-        cluster_name: Arc::from(name.as_str()),
-        timeout,
-        prefix_rewrite: (!ra.prefix_rewrite.is_empty()).then(|| ra.prefix_rewrite.clone()),
-        host_rewrite,
+    Ok(QueryMatcher {
+        name: q.name.clone(),
+        value,
     })
 }
 
-fn translate_redirect(r: &proto::RedirectAction, path: &FieldPath) -> Result<Redirect> {
-    use proto::redirect_action::{
-        PathRewriteSpecifier as P, RedirectResponseCode as C, SchemeRewriteSpecifier as S,
-    };
-    let status = match C::try_from(r.response_code) {
-        Ok(C::MovedPermanently) => http::StatusCode::MOVED_PERMANENTLY,
-        Ok(C::Found) => http::StatusCode::FOUND,
-        Ok(C::SeeOther) => http::StatusCode::SEE_OTHER,
-        Ok(C::TemporaryRedirect) => http::StatusCode::TEMPORARY_REDIRECT,
-        Ok(C::PermanentRedirect) => http::StatusCode::PERMANENT_REDIRECT,
+/// A runtime fraction as parts per million, the runtime key's value overriding the default
+/// numerator when a static runtime layer sets it.
+fn runtime_fraction(
+    f: &xds_proto::pb::envoy::config::core::v3::RuntimeFractionalPercent,
+    path: &FieldPath,
+    resolve: &Resolver<'_>,
+) -> Result<u64> {
+    use xds_proto::pb::envoy::r#type::v3::fractional_percent::DenominatorType as D;
+    let default = f
+        .default_value
+        .as_ref()
+        .ok_or_else(|| path.field("default_value").error("is required"))?;
+    let denominator: u64 = match D::try_from(default.denominator) {
+        Ok(D::Hundred) => 100,
+        Ok(D::TenThousand) => 10_000,
+        Ok(D::Million) => 1_000_000,
         Err(_) => {
             return Err(path
-                .field("response_code")
-                .error(format!("unknown response code {}", r.response_code)))
+                .field("default_value")
+                .field("denominator")
+                .error("unknown denominator"))
         }
     };
-    // Envoy's validation: redirect parts become a Location header, so no NUL, CR or LF.
-    let header_safe = |value: &str, field: &str| {
-        if value.contains(['\0', '\r', '\n']) {
-            Err(path
-                .field(field)
-                .error("value must not contain NUL, CR or LF"))
-        } else {
-            Ok(())
-        }
-    };
-    header_safe(&r.host_redirect, "host_redirect")?;
-    if let Some(S::SchemeRedirect(s)) = &r.scheme_rewrite_specifier {
-        header_safe(s, "scheme_redirect")?;
+    let numerator = resolve
+        .runtime_u64(&f.runtime_key)
+        .unwrap_or(u64::from(default.numerator));
+    Ok(numerator.min(denominator) * (1_000_000 / denominator))
+}
+
+impl Route {
+    /// Everything but the path: headers, query parameters, gRPC, runtime fraction.
+    pub fn matches_rest(&self, headers: &http::HeaderMap, query: &str) -> bool {
+        self.headers.iter().all(|h| h.matches(headers))
+            && self.query.iter().all(|q| q.matches(query))
+            && (!self.grpc
+                || headers
+                    .get(http::header::CONTENT_TYPE)
+                    .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc")))
+            && self
+                .fraction_per_million
+                .is_none_or(|p| crate::random::below(1_000_000) < p)
     }
-    match &r.path_rewrite_specifier {
-        Some(P::PathRedirect(p)) => header_safe(p, "path_redirect")?,
-        Some(P::PrefixRewrite(p)) => header_safe(p, "prefix_rewrite")?,
-        _ => {}
-    }
-    let scheme = match &r.scheme_rewrite_specifier {
-        Some(S::HttpsRedirect(true)) => Some("https".to_string()),
-        Some(S::SchemeRedirect(s)) if !s.is_empty() => Some(s.to_ascii_lowercase()),
-        _ => None,
-    };
-    let path_rewrite = match &r.path_rewrite_specifier {
-        None => RedirectPath::Keep,
-        Some(P::PathRedirect(p)) => RedirectPath::Replace(p.clone()),
-        Some(P::PrefixRewrite(p)) => RedirectPath::PrefixRewrite(p.clone()),
-        Some(_) => return Err(path.error("regex path rewrites in redirects are not supported yet")),
-    };
-    // A uint32 in Envoy's API, not range-checked: it is written into Location as given.
-    let port = (r.port_redirect != 0).then_some(r.port_redirect);
-    Ok(Redirect {
-        scheme,
-        host: (!r.host_redirect.is_empty()).then(|| r.host_redirect.clone()),
-        port,
-        path: path_rewrite,
-        status,
-        strip_query: r.strip_query,
-    })
 }
 
 impl PathMatch {

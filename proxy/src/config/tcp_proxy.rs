@@ -3,6 +3,7 @@
 
 use super::error::{FieldPath, Result};
 use super::fields::{check, Acknowledged};
+use super::resolver::Resolver;
 use super::values::optional_duration;
 use std::sync::Arc;
 use std::time::Duration;
@@ -23,7 +24,7 @@ pub struct TcpProxy {
 pub fn translate_tcp_proxy(
     t: &ProtoTcpProxy,
     path: &FieldPath,
-    cluster_index: &dyn Fn(&str) -> Option<usize>,
+    resolve: &Resolver<'_>,
     acks: &mut Vec<Acknowledged>,
 ) -> Result<TcpProxy> {
     check(t, path, acks)?;
@@ -42,7 +43,7 @@ pub fn translate_tcp_proxy(
         }
         None => return Err(path.error("a cluster is required")),
     };
-    let cluster = cluster_index(&name);
+    let cluster = resolve.cluster(&name);
     let idle_timeout = optional_duration(t.idle_timeout.as_ref(), &path.field("idle_timeout"))?
         .or(Some(Duration::from_secs(3600)))
         .filter(|d| !d.is_zero());

@@ -226,3 +226,71 @@ fn config_yaml_merges_like_protobuf_merge_from() {
         .collect();
     assert_eq!(names, ["c", "extra"], "repeated fields append");
 }
+
+fn route_table(routes: &str) -> std::sync::Arc<crate::config::route::RouteConfig> {
+    let config = translate(&listener(routes, "")).expect("valid");
+    let crate::config::listener::NetworkFilter::HttpConnectionManager(hcm) =
+        &config.listeners[0].filter_chains[0].filters[0]
+    else {
+        panic!("hcm expected");
+    };
+    hcm.route_config.clone()
+}
+
+#[test]
+fn query_parameters_grpc_and_headers_narrow_routes() {
+    let table = route_table(
+        r#"{ virtual_hosts: [{ name: v, domains: ["*"], routes: [
+            { name: q, match: { prefix: "/", query_parameters: [{ name: debug, string_match: { exact: "on now" } }] }, route: { cluster: c } },
+            { name: p, match: { prefix: "/", query_parameters: [{ name: flag, present_match: true }] }, route: { cluster: c } },
+            { name: g, match: { prefix: "/", grpc: {} }, route: { cluster: c } },
+            { name: never, match: { prefix: "/", runtime_fraction: { default_value: { numerator: 0 } } }, route: { cluster: c } },
+            { name: rest, match: { prefix: "/" }, route: { cluster: c } } ] }] }"#,
+    );
+    let mut headers = http::HeaderMap::new();
+    let name = |path: &str, query: &str, h: &http::HeaderMap| {
+        table
+            .find_route("x", path, query, h)
+            .map(|(_, r)| r.name.clone())
+    };
+    assert_eq!(
+        name("/", "a=1&debug=on%20now", &headers).as_deref(),
+        Some("q")
+    );
+    assert_eq!(name("/", "flag", &headers).as_deref(), Some("p"));
+    assert_eq!(name("/", "debug=off", &headers).as_deref(), Some("rest"));
+    headers.insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/grpc+proto"),
+    );
+    assert_eq!(name("/", "", &headers).as_deref(), Some("g"));
+}
+
+#[test]
+fn weighted_clusters_split_by_weight_and_check_totals() {
+    let table = route_table(
+        r#"{ virtual_hosts: [{ name: v, domains: ["*"], routes: [{ match: { prefix: "/" },
+            route: { weighted_clusters: { clusters: [{ name: c, weight: 30 }, { name: c, weight: 70 }] } } }] }] }"#,
+    );
+    let (_, route) = table
+        .find_route("x", "/", "", &http::HeaderMap::new())
+        .expect("route");
+    let crate::config::route::Action::Forward(f) = &route.action else {
+        panic!("forward expected")
+    };
+    let weight_of = |draw| f.target.weighted_pick(draw).map(|w| w.weight);
+    assert_eq!(weight_of(0), Some(30));
+    assert_eq!(weight_of(29), Some(30));
+    assert_eq!(weight_of(30), Some(70));
+    assert_eq!(weight_of(99), Some(70));
+    let err = translate(&listener(
+        r#"{ virtual_hosts: [{ name: v, domains: ["*"], routes: [{ match: { prefix: "/" },
+            route: { weighted_clusters: { total_weight: 50, clusters: [{ name: c, weight: 30 }] } } }] }] }"#,
+        "",
+    ))
+    .expect_err("total mismatch");
+    assert!(
+        err.contains("weighted_clusters.total_weight: sum of weights"),
+        "{err}"
+    );
+}

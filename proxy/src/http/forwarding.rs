@@ -5,7 +5,6 @@
 
 use crate::config::hcm::Forwarding;
 use http::{HeaderMap, HeaderName, HeaderValue};
-use std::cell::Cell;
 use std::net::{IpAddr, SocketAddr};
 
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -138,34 +137,11 @@ fn xff_entry(xff: &str, skip: usize) -> Option<IpAddr> {
         .and_then(|s| s.trim().parse().ok())
 }
 
-thread_local! {
-    static RNG: Cell<u64> = Cell::new(seed());
-}
-
-fn seed() -> u64 {
-    use std::hash::{BuildHasher, Hasher};
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u64(0x5eed);
-    h.finish() | 1
-}
-
-fn next_random() -> u64 {
-    // xorshift64*: request ids need uniqueness, not cryptographic strength.
-    RNG.with(|state| {
-        let mut x = state.get();
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        state.set(x);
-        x.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    })
-}
-
 /// A random (version 4) UUID, as Envoy's default request id extension generates.
 pub fn new_request_id() -> HeaderValue {
     let mut bytes = [0u8; 16];
-    bytes[..8].copy_from_slice(&next_random().to_le_bytes());
-    bytes[8..].copy_from_slice(&next_random().to_le_bytes());
+    bytes[..8].copy_from_slice(&crate::random::next_u64().to_le_bytes());
+    bytes[8..].copy_from_slice(&crate::random::next_u64().to_le_bytes());
     bytes[6] = (bytes[6] & 0x0f) | 0x40;
     bytes[8] = (bytes[8] & 0x3f) | 0x80;
     const HEX: &[u8; 16] = b"0123456789abcdef";

@@ -2,8 +2,10 @@
 //! route, and answers locally or forwards through the router.
 
 mod connection;
+mod forward;
 pub mod forwarding;
 mod local_reply;
+mod redirect;
 mod router;
 mod stats;
 

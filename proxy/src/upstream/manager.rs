@@ -130,6 +130,8 @@ impl ClusterRuntime {
 #[derive(Debug, Default)]
 pub struct ClusterManager {
     clusters: Vec<Arc<ClusterRuntime>>,
+    /// For the few lookups by name that happen per request (`cluster_header` routes).
+    by_name: std::collections::HashMap<String, usize>,
 }
 
 impl ClusterManager {
@@ -157,7 +159,12 @@ impl ClusterManager {
         store
             .gauge("cluster_manager.active_clusters")
             .set(clusters.len() as u64);
-        Self { clusters }
+        let by_name = clusters
+            .iter()
+            .enumerate()
+            .map(|(i, c)| (c.config.name.clone(), i))
+            .collect();
+        Self { clusters, by_name }
     }
 
     pub fn get(&self, index: usize) -> Option<&Arc<ClusterRuntime>> {
@@ -165,7 +172,11 @@ impl ClusterManager {
     }
 
     pub fn by_name(&self, name: &str) -> Option<&Arc<ClusterRuntime>> {
-        self.clusters.iter().find(|c| c.config.name == name)
+        self.index_of(name).and_then(|i| self.clusters.get(i))
+    }
+
+    pub fn index_of(&self, name: &str) -> Option<usize> {
+        self.by_name.get(name).copied()
     }
 
     pub fn all(&self) -> &[Arc<ClusterRuntime>] {

@@ -1,0 +1,270 @@
+//! Forwarding route actions: the target cluster (named, from a header, or weighted), timeouts,
+//! path and host rewrites.
+//! Envoy: https://www.envoyproxy.io/docs/envoy/latest/api-v3/config/route/v3/route_components.proto#config-route-v3-routeaction
+#![allow(deprecated)] // `total_weight` is deprecated but Envoy still checks it.
+
+use super::error::{FieldPath, Result};
+use super::header_mutation::{header_mutation, HeaderMutation};
+use super::matcher::full_regex;
+use super::resolver::Resolver;
+use super::values::optional_duration;
+use regex::Regex;
+use std::sync::Arc;
+use std::time::Duration;
+use xds_proto::pb::envoy::config::route::v3 as proto;
+
+#[derive(Debug)]
+pub struct Forward {
+    pub target: ClusterTarget,
+    /// None disables the timeout (Envoy's `timeout: 0s`); the default is 15 s.
+    pub timeout: Option<Duration>,
+    pub prefix_rewrite: Option<String>,
+    /// `regex_rewrite`: pattern and substitution (already in the regex crate's `$1` syntax).
+    pub regex_rewrite: Option<(Regex, String)>,
+    pub host_rewrite: HostRewrite,
+}
+
+/// A cluster resolved at config time. `index` is None when the cluster is unknown and
+/// `validate_clusters` is off: the request then gets 503 (Envoy's NC).
+#[derive(Debug, Clone)]
+pub struct NamedCluster {
+    pub index: Option<usize>,
+    pub name: Arc<str>,
+}
+
+#[derive(Debug)]
+pub enum ClusterTarget {
+    Named(NamedCluster),
+    /// The cluster named by a request header (`cluster_header`), looked up per request.
+    Header(http::HeaderName),
+    Weighted {
+        clusters: Vec<WeightedTarget>,
+        total: u64,
+    },
+}
+
+#[derive(Debug)]
+pub struct WeightedTarget {
+    pub cluster: NamedCluster,
+    pub weight: u64,
+    pub request_headers: HeaderMutation,
+    pub response_headers: HeaderMutation,
+    pub host_rewrite: Option<http::HeaderValue>,
+}
+
+impl ClusterTarget {
+    /// Picks a weighted cluster for `draw` in `0..total`; None for other targets.
+    pub fn weighted_pick(&self, draw: u64) -> Option<&WeightedTarget> {
+        let ClusterTarget::Weighted { clusters, .. } = self else {
+            return None;
+        };
+        let mut acc = 0;
+        clusters.iter().find(|c| {
+            acc += c.weight;
+            draw < acc
+        })
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HostRewrite {
+    None,
+    Literal(http::HeaderValue),
+    /// The upstream host's name (DNS clusters) replaces the authority.
+    Auto,
+    /// The value of this request header replaces the authority.
+    Header(http::HeaderName),
+}
+
+pub fn translate_forward(
+    ra: &proto::RouteAction,
+    path: &FieldPath,
+    resolve: &Resolver<'_>,
+    validate: bool,
+) -> Result<Forward> {
+    use proto::route_action::{ClusterSpecifier as C, HostRewriteSpecifier as H};
+    let named = |name: &str, p: &FieldPath| -> Result<NamedCluster> {
+        if name.is_empty() {
+            return Err(p.error("must not be empty"));
+        }
+        let index = resolve.cluster(name);
+        if index.is_none() && validate {
+            return Err(p.error(format!("unknown cluster '{name}'")));
+        }
+        Ok(NamedCluster {
+            index,
+            name: Arc::from(name),
+        })
+    };
+    let target = match &ra.cluster_specifier {
+        Some(C::Cluster(name)) => ClusterTarget::Named(named(name, &path.field("cluster"))?),
+        Some(C::ClusterHeader(h)) => ClusterTarget::Header(
+            http::HeaderName::from_bytes(h.to_ascii_lowercase().as_bytes())
+                .map_err(|_| path.field("cluster_header").error("invalid header name"))?,
+        ),
+        Some(C::WeightedClusters(w)) => weighted(w, &path.field("weighted_clusters"), &named)?,
+        Some(_) => return Err(path.error("cluster specifier plugins are not supported")),
+        None => return Err(path.error("a cluster specifier is required")),
+    };
+    let timeout = match optional_duration(ra.timeout.as_ref(), &path.field("timeout"))? {
+        None => Some(Duration::from_secs(15)),
+        Some(d) if d.is_zero() => None,
+        Some(d) => Some(d),
+    };
+    let host_rewrite = match &ra.host_rewrite_specifier {
+        None => HostRewrite::None,
+        Some(H::HostRewriteLiteral(h)) => {
+            HostRewrite::Literal(http::HeaderValue::from_str(h).map_err(|_| {
+                path.field("host_rewrite_literal")
+                    .error("invalid header value")
+            })?)
+        }
+        Some(H::AutoHostRewrite(b)) if b.value => HostRewrite::Auto,
+        Some(H::AutoHostRewrite(_)) => HostRewrite::None,
+        Some(H::HostRewriteHeader(h)) => HostRewrite::Header(
+            http::HeaderName::from_bytes(h.to_ascii_lowercase().as_bytes()).map_err(|_| {
+                path.field("host_rewrite_header")
+                    .error("invalid header name")
+            })?,
+        ),
+        Some(_) => return Err(path.error("host_rewrite_path_regex is not supported yet")),
+    };
+    if !ra.prefix_rewrite.is_empty() && ra.regex_rewrite.is_some() {
+        return Err(path.error("prefix_rewrite and regex_rewrite cannot both be set"));
+    }
+    let regex_rewrite = match &ra.regex_rewrite {
+        Some(r) => {
+            let p = path.field("regex_rewrite");
+            let pattern = r
+                .pattern
+                .as_ref()
+                .ok_or_else(|| p.field("pattern").error("is required"))?;
+            let regex = Regex::new(&pattern.regex).map_err(|e| {
+                p.field("pattern")
+                    .field("regex")
+                    .error(format!("invalid regex: {e}"))
+            })?;
+            // Validates like a full-match pattern would (repetition limits), then keeps the
+            // unanchored form: the rewrite replaces every match inside the path.
+            full_regex(pattern, &p.field("pattern"))?;
+            Some((regex, re2_substitution(&r.substitution)))
+        }
+        None => None,
+    };
+    Ok(Forward {
+        target,
+        timeout,
+        prefix_rewrite: (!ra.prefix_rewrite.is_empty()).then(|| ra.prefix_rewrite.clone()),
+        regex_rewrite,
+        host_rewrite,
+    })
+}
+
+fn weighted(
+    w: &proto::WeightedCluster,
+    path: &FieldPath,
+    named: &dyn Fn(&str, &FieldPath) -> Result<NamedCluster>,
+) -> Result<ClusterTarget> {
+    if w.clusters.is_empty() {
+        return Err(path
+            .field("clusters")
+            .error("at least one cluster is required"));
+    }
+    if !w.runtime_key_prefix.is_empty() {
+        return Err(path
+            .field("runtime_key_prefix")
+            .error("runtime weights are not supported"));
+    }
+    let mut clusters = Vec::with_capacity(w.clusters.len());
+    for (i, c) in w.clusters.iter().enumerate() {
+        let p = path.field("clusters").index(i);
+        if !c.cluster_header.is_empty() {
+            return Err(p
+                .field("cluster_header")
+                .error("cluster_header in weighted clusters is not supported"));
+        }
+        let host_rewrite = match &c.host_rewrite_specifier {
+            Some(
+                proto::weighted_cluster::cluster_weight::HostRewriteSpecifier::HostRewriteLiteral(
+                    h,
+                ),
+            ) => Some(http::HeaderValue::from_str(h).map_err(|_| {
+                p.field("host_rewrite_literal")
+                    .error("invalid header value")
+            })?),
+            None => None,
+        };
+        clusters.push(WeightedTarget {
+            cluster: named(&c.name, &p.field("name"))?,
+            weight: u64::from(c.weight.as_ref().map(|v| v.value).unwrap_or(0)),
+            request_headers: header_mutation(
+                &c.request_headers_to_add,
+                &c.request_headers_to_remove,
+                &p,
+                "request",
+            )?,
+            response_headers: header_mutation(
+                &c.response_headers_to_add,
+                &c.response_headers_to_remove,
+                &p,
+                "response",
+            )?,
+            host_rewrite,
+        });
+    }
+    let sum: u64 = clusters.iter().map(|c| c.weight).sum();
+    let total = match w.total_weight.as_ref().map(|v| u64::from(v.value)) {
+        Some(t) if t != sum => {
+            return Err(path.field("total_weight").error(format!(
+                "sum of weights in the weighted_cluster should add up to {t}"
+            )))
+        }
+        _ => sum,
+    };
+    if total == 0 {
+        return Err(path.error("sum of weights in the weighted_cluster must be greater than 0"));
+    }
+    Ok(ClusterTarget::Weighted { clusters, total })
+}
+
+/// RE2 writes capture groups as `\1`; the regex crate as `${1}`, with `$` literal as `$$`.
+fn re2_substitution(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '$' => out.push_str("$$"),
+            '\\' => match chars.peek().copied() {
+                Some(d) if d.is_ascii_digit() => {
+                    chars.next();
+                    out.push_str(&format!("${{{d}}}"));
+                }
+                Some('\\') => {
+                    chars.next();
+                    out.push('\\');
+                }
+                _ => out.push('\\'),
+            },
+            other => out.push(other),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn re2_substitutions_become_regex_crate_syntax() {
+        assert_eq!(re2_substitution(r"/v2/\1/x$"), "/v2/${1}/x$$");
+        let re = Regex::new("^/service/([^/]+)(/.*)$").expect("regex");
+        assert_eq!(
+            re.replace(
+                "/service/foo/v1/api",
+                re2_substitution(r"\2/instance/\1").as_str()
+            ),
+            "/v1/api/instance/foo"
+        );
+    }
+}

@@ -1,0 +1,361 @@
+//! Forwarding a request to its route's cluster: pick the cluster (named, from a header, or
+//! weighted) and a host, build the upstream request, send it within the route timeout, and
+//! turn the response (or the failure) into what the client gets.
+//! Envoy: https://www.envoyproxy.io/docs/envoy/latest/configuration/http/http_filters/router_filter
+
+use super::connection::HttpContext;
+use super::local_reply::{local_reply, ResponseFlag};
+use super::router::{BoxError, Outcome, ResponseBody};
+use crate::config::cluster::UpstreamProtocol;
+use crate::config::hcm::ServerHeader;
+use crate::config::route::{
+    ClusterTarget, Forward, HostRewrite, PathMatch, Route, RouteConfig, VirtualHost, WeightedTarget,
+};
+use crate::upstream::{ClusterRuntime, HostStats, UpstreamBody, UpstreamError};
+use bytes::Bytes;
+use http::{header, HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+static X_ENVOY_UPSTREAM_SERVICE_TIME: HeaderName =
+    HeaderName::from_static("x-envoy-upstream-service-time");
+static X_ENVOY_EXPECTED_RQ_TIMEOUT_MS: HeaderName =
+    HeaderName::from_static("x-envoy-expected-rq-timeout-ms");
+static X_ENVOY_ATTEMPT_COUNT: HeaderName = HeaderName::from_static("x-envoy-attempt-count");
+
+/// Headers that describe one hop and are never forwarded (RFC 9110 §7.6.1).
+static HOP_BY_HOP: [HeaderName; 7] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+    header::TE,
+    header::TRAILER,
+];
+
+/// Where one request goes: the route's pieces and, for weighted routes, the picked cluster.
+struct Target<'a> {
+    rc: &'a RouteConfig,
+    vh: &'a VirtualHost,
+    route: &'a Route,
+    forward: &'a Forward,
+    weighted: Option<&'a WeightedTarget>,
+}
+
+pub async fn forward(
+    ctx: &HttpContext,
+    rc: &RouteConfig,
+    vh: &VirtualHost,
+    route: &Route,
+    f: &Forward,
+    request: Request<Incoming>,
+) -> Outcome {
+    let server = &ctx.hcm.server_name;
+    let (index, weighted) = match &f.target {
+        ClusterTarget::Named(c) => (c.index, None),
+        ClusterTarget::Header(name) => {
+            let cluster = request.headers().get(name).and_then(|v| v.to_str().ok());
+            (cluster.and_then(|c| ctx.clusters.index_of(c)), None)
+        }
+        ClusterTarget::Weighted { total, .. } => {
+            let picked = f.target.weighted_pick(crate::random::below(*total));
+            (picked.and_then(|w| w.cluster.index), picked)
+        }
+    };
+    let Some(cluster) = index.and_then(|i| ctx.clusters.get(i)) else {
+        ctx.stats.no_cluster.inc();
+        return Outcome {
+            response: local_reply(StatusCode::SERVICE_UNAVAILABLE, Bytes::new(), server),
+            flag: Some(ResponseFlag::NoClusterFound),
+        };
+    };
+    let target = Target {
+        rc,
+        vh,
+        route,
+        forward: f,
+        weighted,
+    };
+    let mut outcome = send_to_cluster(ctx, cluster, &target, request).await;
+    if let Some(w) = weighted {
+        w.response_headers.apply(outcome.response.headers_mut());
+    }
+    outcome
+}
+
+async fn send_to_cluster(
+    ctx: &HttpContext,
+    cluster: &Arc<ClusterRuntime>,
+    target: &Target<'_>,
+    request: Request<Incoming>,
+) -> Outcome {
+    let server = &ctx.hcm.server_name;
+    cluster.stats.upstream_rq_total.inc();
+    if let Some(transport) = &cluster.config.unsupported_transport {
+        cluster.stats.upstream_cx_connect_fail.inc();
+        let body = format!(
+            "upstream connect error or disconnect/reset before headers. reset reason: connection failure, transport failure reason: {transport} is not supported by Outrigger yet"
+        );
+        return Outcome {
+            response: local_reply(StatusCode::SERVICE_UNAVAILABLE, body, server),
+            flag: Some(ResponseFlag::UpstreamConnectionFailure),
+        };
+    }
+    let Some(host) = cluster.hosts().pick().cloned() else {
+        cluster.stats.upstream_cx_none_healthy.inc();
+        return Outcome {
+            response: local_reply(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "no healthy upstream",
+                server,
+            ),
+            flag: Some(ResponseFlag::NoHealthyUpstream),
+        };
+    };
+    let use_h2 = match cluster.config.protocol {
+        UpstreamProtocol::Http1 => false,
+        UpstreamProtocol::Http2 => true,
+        UpstreamProtocol::UseDownstream => request.version() == http::Version::HTTP_2,
+    };
+    let Some(upstream_request) = upstream_request(request, target, &host.hostname) else {
+        return Outcome {
+            response: local_reply(StatusCode::BAD_REQUEST, Bytes::new(), server),
+            flag: None,
+        };
+    };
+    let started = Instant::now();
+    cluster.stats.upstream_rq_active.inc();
+    host.stats.rq_active.fetch_add(1, Relaxed);
+    host.stats.rq_total.fetch_add(1, Relaxed);
+    let send = cluster.pool.send(&host, upstream_request, use_h2);
+    let result = match target.forward.timeout {
+        Some(t) => tokio::time::timeout(t, send)
+            .await
+            .unwrap_or(Err(UpstreamError::Timeout)),
+        None => send.await,
+    };
+    cluster.stats.upstream_rq_active.dec();
+    host.stats.rq_active.fetch_sub(1, Relaxed);
+    match result {
+        Ok(response) => {
+            let elapsed = started.elapsed();
+            cluster
+                .stats
+                .upstream_rq_time
+                .record(elapsed.as_secs_f64() * 1000.0);
+            cluster.stats.upstream_rq_completed.inc();
+            cluster.stats.response(response.status());
+            let counter = if response.status().is_server_error() {
+                &host.stats.rq_error
+            } else {
+                &host.stats.rq_success
+            };
+            counter.fetch_add(1, Relaxed);
+            Outcome {
+                response: downstream_response(response, elapsed, server, ctx.hcm.server_header),
+                flag: None,
+            }
+        }
+        Err(e) => upstream_failure(cluster, &host.stats, e, server),
+    }
+}
+
+fn upstream_failure(
+    cluster: &ClusterRuntime,
+    host: &HostStats,
+    error: UpstreamError,
+    server: &HeaderValue,
+) -> Outcome {
+    host.rq_error.fetch_add(1, Relaxed);
+    let (status, body, flag) = match error {
+        UpstreamError::Timeout => {
+            cluster.stats.upstream_rq_timeout.inc();
+            host.rq_timeout.fetch_add(1, Relaxed);
+            (StatusCode::GATEWAY_TIMEOUT, "upstream request timeout".to_string(), ResponseFlag::UpstreamRequestTimeout)
+        }
+        UpstreamError::ConnectFailure(reason) => {
+            cluster.stats.upstream_cx_connect_fail.inc();
+            host.cx_connect_fail.fetch_add(1, Relaxed);
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("upstream connect error or disconnect/reset before headers. reset reason: remote connection failure, transport failure reason: {reason}"),
+                ResponseFlag::UpstreamConnectionFailure,
+            )
+        }
+        UpstreamError::Reset(reason) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("upstream connect error or disconnect/reset before headers. reset reason: connection termination, transport failure reason: {reason}"),
+            ResponseFlag::UpstreamRemoteReset,
+        ),
+        UpstreamError::NoHealthyUpstream => {
+            (StatusCode::SERVICE_UNAVAILABLE, "no healthy upstream".to_string(), ResponseFlag::NoHealthyUpstream)
+        }
+        UpstreamError::UnsupportedTransport(t) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("upstream connect error or disconnect/reset before headers. transport {t} is not supported"),
+            ResponseFlag::UpstreamConnectionFailure,
+        ),
+    };
+    cluster.stats.response(status);
+    Outcome {
+        response: local_reply(status, body, server),
+        flag: Some(flag),
+    }
+}
+
+/// Builds the request sent upstream: rewritten path and authority, hop-by-hop headers gone,
+/// Envoy's added headers, then the header mutations from the most specific level to the
+/// least (weighted cluster, route, virtual host, route configuration).
+fn upstream_request(
+    request: Request<Incoming>,
+    t: &Target<'_>,
+    upstream_hostname: &str,
+) -> Option<Request<UpstreamBody>> {
+    let (mut parts, body) = request.into_parts();
+    let original_authority = parts
+        .uri
+        .authority()
+        .map(|a| a.as_str())
+        .or_else(|| {
+            parts
+                .headers
+                .get(header::HOST)
+                .and_then(|h| h.to_str().ok())
+        })?
+        .to_string();
+    let authority = match (
+        &t.forward.host_rewrite,
+        t.weighted.and_then(|w| w.host_rewrite.as_ref()),
+    ) {
+        (_, Some(literal)) => literal.to_str().ok()?.to_string(),
+        (HostRewrite::None, None) => original_authority,
+        (HostRewrite::Literal(v), None) => v.to_str().ok()?.to_string(),
+        (HostRewrite::Auto, None) if !upstream_hostname.is_empty() => upstream_hostname.to_string(),
+        (HostRewrite::Auto, None) => original_authority,
+        (HostRewrite::Header(name), None) => {
+            match parts.headers.get(name).and_then(|v| v.to_str().ok()) {
+                Some(v) if !v.is_empty() => v.to_string(),
+                _ => original_authority,
+            }
+        }
+    };
+    let path_and_query = parts
+        .uri
+        .path_and_query()
+        .map(|p| p.as_str())
+        .unwrap_or("/");
+    let rewritten = rewrite_path(path_and_query, t.route, t.forward);
+    parts.uri = http::Uri::builder()
+        .scheme("http")
+        .authority(authority.as_str())
+        .path_and_query(rewritten.as_deref().unwrap_or(path_and_query))
+        .build()
+        .ok()?;
+    let keep_te_trailers = parts
+        .headers
+        .get(header::TE)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
+    strip_hop_by_hop(&mut parts.headers);
+    if keep_te_trailers {
+        // `te: trailers` is the one TE value that is end to end (gRPC needs it).
+        parts
+            .headers
+            .insert(header::TE, HeaderValue::from_static("trailers"));
+    }
+    if parts.headers.get(header::HOST).map(|h| h.as_bytes()) != Some(authority.as_bytes()) {
+        parts
+            .headers
+            .insert(header::HOST, HeaderValue::from_str(&authority).ok()?);
+    }
+    if let Some(timeout) = t.forward.timeout {
+        parts.headers.insert(
+            X_ENVOY_EXPECTED_RQ_TIMEOUT_MS.clone(),
+            HeaderValue::from(timeout.as_millis() as u64),
+        );
+    }
+    if t.vh.include_request_attempt_count {
+        parts
+            .headers
+            .insert(X_ENVOY_ATTEMPT_COUNT.clone(), HeaderValue::from_static("1"));
+    }
+    if let Some(w) = t.weighted {
+        w.request_headers.apply(&mut parts.headers);
+    }
+    t.route.request_headers.apply(&mut parts.headers);
+    t.vh.request_headers.apply(&mut parts.headers);
+    t.rc.request_headers.apply(&mut parts.headers);
+    Some(Request::from_parts(
+        parts,
+        body.map_err(|e| Box::new(e) as BoxError).boxed_unsync(),
+    ))
+}
+
+/// The path after `prefix_rewrite` or `regex_rewrite`, or None when it stays as it is.
+fn rewrite_path(path_and_query: &str, route: &Route, f: &Forward) -> Option<String> {
+    let (path, query) = match path_and_query.find('?') {
+        Some(i) => path_and_query.split_at(i),
+        None => (path_and_query, ""),
+    };
+    if let Some((regex, substitution)) = &f.regex_rewrite {
+        return Some(format!(
+            "{}{query}",
+            regex.replace_all(path, substitution.as_str())
+        ));
+    }
+    let new_prefix = f.prefix_rewrite.as_ref()?;
+    match &route.path {
+        PathMatch::Prefix { prefix, .. } | PathMatch::SeparatedPrefix { prefix, .. } => {
+            Some(format!(
+                "{new_prefix}{}",
+                path_and_query.get(prefix.len()..).unwrap_or("")
+            ))
+        }
+        PathMatch::Exact { .. } | PathMatch::Regex(_) => Some(format!("{new_prefix}{query}")),
+    }
+}
+
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // Headers named in `Connection` are hop-by-hop too.
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+        .collect();
+    for name in named.iter().chain(HOP_BY_HOP.iter()) {
+        headers.remove(name);
+    }
+}
+
+fn downstream_response(
+    response: Response<Incoming>,
+    elapsed: Duration,
+    server: &HeaderValue,
+    transformation: ServerHeader,
+) -> Response<ResponseBody> {
+    let (mut parts, body) = response.into_parts();
+    strip_hop_by_hop(&mut parts.headers);
+    parts.headers.insert(
+        X_ENVOY_UPSTREAM_SERVICE_TIME.clone(),
+        HeaderValue::from(elapsed.as_millis() as u64),
+    );
+    match transformation {
+        ServerHeader::Overwrite => {
+            parts.headers.insert(header::SERVER, server.clone());
+        }
+        ServerHeader::AppendIfAbsent if !parts.headers.contains_key(header::SERVER) => {
+            parts.headers.insert(header::SERVER, server.clone());
+        }
+        ServerHeader::AppendIfAbsent | ServerHeader::PassThrough => {}
+    }
+    parts.version = http::Version::default();
+    Response::from_parts(
+        parts,
+        body.map_err(|e| Box::new(e) as BoxError).boxed_unsync(),
+    )
+}
