@@ -7,6 +7,7 @@
 use super::address::{host_and_port, resolved, Endpoint};
 use super::error::{FieldPath, Result};
 use super::fields::{check, Acknowledged};
+use super::hcm_options::{http2_settings, Http2Settings};
 use super::values::{duration, optional_duration};
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -26,6 +27,7 @@ pub struct Cluster {
     pub discovery: Discovery,
     pub connect_timeout: Duration,
     pub protocol: UpstreamProtocol,
+    pub http2: Http2Settings,
     pub max_requests_per_connection: Option<u32>,
     pub idle_timeout: Option<Duration>,
     pub tcp_keepalive: Option<TcpKeepalive>,
@@ -179,7 +181,7 @@ pub fn translate_cluster(
                 .error("ORIGINAL_DST clusters are not supported yet (issue 7)"))
         }
     };
-    let (protocol, idle_timeout, max_requests) = protocol_options(c, path, acks)?;
+    let (protocol, idle_timeout, max_requests, http2) = protocol_options(c, path, acks)?;
     let tcp_keepalive = c
         .upstream_connection_options
         .as_ref()
@@ -237,6 +239,7 @@ pub fn translate_cluster(
         discovery,
         connect_timeout,
         protocol,
+        http2,
         max_requests_per_connection: max_requests,
         idle_timeout,
         tcp_keepalive,
@@ -378,7 +381,12 @@ fn dns_hosts(c: &ProtoCluster, path: &FieldPath) -> Result<Vec<DnsHost>> {
         .collect()
 }
 
-type ProtocolChoice = (UpstreamProtocol, Option<Duration>, Option<u32>);
+type ProtocolChoice = (
+    UpstreamProtocol,
+    Option<Duration>,
+    Option<u32>,
+    Http2Settings,
+);
 
 fn protocol_options(
     c: &ProtoCluster,
@@ -392,6 +400,10 @@ fn protocol_options(
     };
     let mut common = c.common_http_protocol_options;
     let mut max_requests = c.max_requests_per_connection.as_ref().map(|v| v.value);
+    let mut http2 = http2_settings(
+        c.http2_protocol_options.as_ref(),
+        &path.field("http2_protocol_options"),
+    )?;
     for (key, any) in &c.typed_extension_protocol_options {
         let p = path.field("typed_extension_protocol_options").key(key);
         if key != HTTP_PROTOCOL_OPTIONS {
@@ -405,7 +417,14 @@ fn protocol_options(
             Some(U::ExplicitHttpConfig(e)) => {
                 use http_protocol_options::explicit_http_config::ProtocolConfig as P;
                 match &e.protocol_config {
-                    Some(P::Http2ProtocolOptions(_)) => UpstreamProtocol::Http2,
+                    Some(P::Http2ProtocolOptions(o)) => {
+                        http2 = http2_settings(
+                            Some(o),
+                            &p.field("explicit_http_config")
+                                .field("http2_protocol_options"),
+                        )?;
+                        UpstreamProtocol::Http2
+                    }
                     Some(P::HttpProtocolOptions(_)) => UpstreamProtocol::Http1,
                     Some(P::Http3ProtocolOptions(_)) => {
                         return Err(p
@@ -419,7 +438,13 @@ fn protocol_options(
                     }
                 }
             }
-            Some(U::UseDownstreamProtocolConfig(_)) => UpstreamProtocol::UseDownstream,
+            Some(U::UseDownstreamProtocolConfig(d)) => {
+                let d_path = p
+                    .field("use_downstream_protocol_config")
+                    .field("http2_protocol_options");
+                http2 = http2_settings(d.http2_protocol_options.as_ref(), &d_path)?;
+                UpstreamProtocol::UseDownstream
+            }
             Some(U::AutoConfig(_)) => {
                 return Err(p
                     .field("auto_config")
@@ -434,6 +459,35 @@ fn protocol_options(
             common = Some(o);
         }
     }
+        if http2.max_concurrent_streams.is_some() {
+        acks.push(Acknowledged {
+            path: path.field("http2_protocol_options").field("max_concurrent_streams").to_string(),
+            reason: "upstream HTTP/2 connections follow the server's stream limit; a per-cluster cap is not enforced yet (issue 4)",
+        });
+    }
+    if let Some(o) = &common {
+        // Limits that only the downstream side enforces so far.
+        let c_path = path.field("common_http_protocol_options");
+        let unenforced = [
+            (
+                "max_connection_duration",
+                o.max_connection_duration.is_some(),
+            ),
+            ("max_headers_count", o.max_headers_count.is_some()),
+            (
+                "headers_with_underscores_action",
+                o.headers_with_underscores_action != 0,
+            ),
+        ];
+        for (field, set) in unenforced {
+            if set {
+                acks.push(Acknowledged {
+                    path: c_path.field(field).to_string(),
+                    reason: "not enforced on upstream connections yet (issue 3)",
+                });
+            }
+        }
+    }
     let idle = match common.as_ref().and_then(|o| o.idle_timeout.as_ref()) {
         Some(d) => Some(duration(
             d,
@@ -444,5 +498,5 @@ fn protocol_options(
         .filter(|d| !d.is_zero()),
         None => Some(Duration::from_secs(3600)),
     };
-    Ok((protocol, idle, max_requests.filter(|m| *m > 0)))
+    Ok((protocol, idle, max_requests.filter(|m| *m > 0), http2))
 }

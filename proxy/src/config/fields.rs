@@ -126,13 +126,12 @@ static POLICIES: &[(&str, Policy)] = policies! {
     "envoy.config.endpoint.v3.LbEndpoint" => ["endpoint", "load_balancing_weight", "metadata", "health_status"];
     "envoy.config.endpoint.v3.Endpoint" => ["address", "hostname"]
         ack [("health_check_config", RESILIENCE)];
-    "envoy.config.core.v3.HttpProtocolOptions" => ["idle_timeout", "max_requests_per_connection"]
-        ack [("max_connection_duration", "not enforced yet (issue 3)"), ("max_headers_count", "not enforced yet (issue 3)"),
-             ("max_stream_duration", "not enforced yet (issue 3)"), ("headers_with_underscores_action", "not enforced yet (issue 3)")];
+    "envoy.config.core.v3.HttpProtocolOptions" => ["idle_timeout", "max_requests_per_connection", "max_connection_duration",
+        "max_headers_count", "headers_with_underscores_action"]
+        ack [("max_stream_duration", "not enforced yet (issue 3)")];
     "envoy.config.core.v3.Http1ProtocolOptions" => [];
-    "envoy.config.core.v3.Http2ProtocolOptions" => []
-        ack [("max_concurrent_streams", "HTTP/2 tuning comes with issue 3"), ("initial_stream_window_size", "HTTP/2 tuning comes with issue 3"),
-             ("initial_connection_window_size", "HTTP/2 tuning comes with issue 3")];
+    "envoy.config.core.v3.Http2ProtocolOptions" => ["max_concurrent_streams", "initial_stream_window_size", "initial_connection_window_size"];
+    "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager.UpgradeConfig" => ["upgrade_type", "enabled"];
     "envoy.extensions.upstreams.http.v3.HttpProtocolOptions" => ["explicit_http_config", "use_downstream_protocol_config",
         "auto_config", "common_http_protocol_options"];
     "envoy.extensions.upstreams.http.v3.HttpProtocolOptions.ExplicitHttpConfig" => ["http_protocol_options", "http2_protocol_options"];
@@ -142,10 +141,10 @@ static POLICIES: &[(&str, Policy)] = policies! {
         "stat_prefix", "route_config", "http_filters", "server_name", "http_protocol_options", "http2_protocol_options",
         "use_remote_address", "xff_num_trusted_hops", "skip_xff_append", "internal_address_config", "via",
         "generate_request_id", "preserve_external_request_id", "always_set_request_id_in_response",
-        "server_header_transformation"]
+        "server_header_transformation", "max_request_headers_kb", "common_http_protocol_options", "request_headers_timeout",
+        "normalize_path", "merge_slashes", "path_with_escaped_slashes_action", "upgrade_configs"]
         ack [("rds", XDS), ("access_log", ACCESS_LOG), ("tracing", TRACING),
-             ("common_http_protocol_options", DOWNSTREAM_TIMEOUTS), ("stream_idle_timeout", DOWNSTREAM_TIMEOUTS),
-             ("request_timeout", DOWNSTREAM_TIMEOUTS), ("request_headers_timeout", DOWNSTREAM_TIMEOUTS),
+             ("stream_idle_timeout", DOWNSTREAM_TIMEOUTS), ("request_timeout", DOWNSTREAM_TIMEOUTS),
              ("drain_timeout", DOWNSTREAM_TIMEOUTS)];
     "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager.InternalAddressConfig" => ["cidr_ranges", "unix_sockets"];
     "envoy.extensions.filters.network.http_connection_manager.v3.HttpFilter" => ["name", "typed_config", "is_optional", "disabled"];

@@ -3,6 +3,9 @@
 
 use super::error::{FieldPath, Result};
 use super::fields::{check, Acknowledged};
+use super::hcm_options::{
+    http2_settings, limits, path_handling, upgrades, Http2Settings, Limits, PathHandling,
+};
 use super::resolver::Resolver;
 use super::route::{translate_route_config, RouteConfig};
 use std::sync::Arc;
@@ -24,6 +27,11 @@ pub struct HttpConnectionManager {
     pub server_name: http::HeaderValue,
     pub server_header: ServerHeader,
     pub forwarding: Forwarding,
+    pub limits: Limits,
+    pub http2: Http2Settings,
+    pub paths: PathHandling,
+    /// Upgrade types proxied (`upgrade_configs`), e.g. `websocket`.
+    pub upgrades: Vec<String>,
 }
 
 /// `server_header_transformation`.
@@ -150,6 +158,13 @@ pub fn translate_hcm(
         server_name,
         server_header,
         forwarding,
+        limits: limits(hcm, path)?,
+        http2: http2_settings(
+            hcm.http2_protocol_options.as_ref(),
+            &path.field("http2_protocol_options"),
+        )?,
+        paths: path_handling(hcm, path)?,
+        upgrades: upgrades(hcm, path)?,
     })
 }
 

@@ -8,6 +8,7 @@ pub mod cluster;
 pub mod error;
 pub mod fields;
 pub mod hcm;
+pub mod hcm_options;
 pub mod header_mutation;
 pub mod listener;
 pub mod matcher;

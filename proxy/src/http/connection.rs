@@ -10,8 +10,9 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use std::convert::Infallible;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncWrite};
 
 /// What a connection manager needs, shared by all its connections.
@@ -34,17 +35,38 @@ pub async fn serve_connection<I>(
 {
     ctx.stats.downstream_cx_total.inc();
     ctx.stats.downstream_cx_active.inc();
+    let activity = Arc::new(Activity::new());
     let service_ctx = ctx.clone();
+    let service_activity = activity.clone();
     let service = service_fn(move |request: hyper::Request<Incoming>| {
         let ctx = service_ctx.clone();
-        async move { Ok::<_, Infallible>(handle(&ctx, downstream, request).await) }
+        let activity = service_activity.clone();
+        async move {
+            let _active = activity.begin();
+            Ok::<_, Infallible>(handle(&ctx, downstream, request).await)
+        }
     });
+    let limits = &ctx.hcm.limits;
+    let h2 = &ctx.hcm.http2;
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
         .timer(TokioTimer::new())
-        .preserve_header_case(false);
-    builder.http2().timer(TokioTimer::new());
+        // hyper's default of 30 s also runs while a keep-alive connection waits for its next
+        // request; Envoy only bounds header reading when request_headers_timeout is set.
+        .header_read_timeout(limits.request_headers_timeout)
+        // hyper parses at most 100 headers unless told otherwise, Envoy's default too; a lower
+        // limit is checked per request, a higher one raises hyper's.
+        .max_headers(limits.max_headers_count.max(100))
+        .max_buf_size((limits.max_request_headers_bytes + 16 * 1024).max(8192));
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        // Envoy's default is 2^31-1 concurrent streams; hyper's would be 200.
+        .max_concurrent_streams(h2.max_concurrent_streams.unwrap_or(i32::MAX as u32))
+        .initial_stream_window_size(h2.initial_stream_window_size)
+        .initial_connection_window_size(h2.initial_connection_window_size)
+        .max_header_list_size(limits.max_request_headers_bytes as u32);
     let builder = match ctx.hcm.codec {
         Codec::Auto => builder,
         Codec::Http1 => builder.http1_only(),
@@ -52,9 +74,17 @@ pub async fn serve_connection<I>(
     };
     let connection = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
     tokio::pin!(connection);
+    let close_reason = async {
+        tokio::select! {
+            _ = crate::server::wait_drain(&mut drain) => "drain",
+            _ = activity.idle_for(limits.idle_timeout) => "idle timeout",
+            _ = sleep_or_forever(limits.max_connection_duration) => "max connection duration",
+        }
+    };
     let result = tokio::select! {
         result = connection.as_mut() => result,
-        _ = crate::server::wait_drain(&mut drain) => {
+        reason = close_reason => {
+            tracing::debug!(target: "http", "closing downstream connection: {reason}");
             connection.as_mut().graceful_shutdown();
             connection.await
         }
@@ -89,4 +119,61 @@ async fn handle(
         tracing::debug!(target: "http", "local reply {} ({})", outcome.response.status(), flag.short());
     }
     outcome.response
+}
+
+async fn sleep_or_forever(duration: Option<Duration>) {
+    match duration {
+        Some(d) => tokio::time::sleep(d).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Requests in flight on a connection and when the last one ended, for the idle timeout.
+struct Activity {
+    active: AtomicUsize,
+    since: std::sync::Mutex<tokio::time::Instant>,
+}
+
+struct ActiveRequest<'a>(&'a Activity);
+
+impl Drop for ActiveRequest<'_> {
+    fn drop(&mut self) {
+        if self.0.active.fetch_sub(1, Ordering::AcqRel) == 1 {
+            *self.0.since.lock().unwrap_or_else(|e| e.into_inner()) = tokio::time::Instant::now();
+        }
+    }
+}
+
+impl Activity {
+    fn new() -> Self {
+        Self {
+            active: AtomicUsize::new(0),
+            since: std::sync::Mutex::new(tokio::time::Instant::now()),
+        }
+    }
+
+    fn begin(&self) -> ActiveRequest<'_> {
+        self.active.fetch_add(1, Ordering::AcqRel);
+        ActiveRequest(self)
+    }
+
+    /// Resolves once the connection has had no request in flight for `timeout`.
+    async fn idle_for(&self, timeout: Option<Duration>) {
+        let Some(timeout) = timeout else {
+            return std::future::pending().await;
+        };
+        loop {
+            let since = *self.since.lock().unwrap_or_else(|e| e.into_inner());
+            let deadline = since + timeout;
+            if self.active.load(Ordering::Acquire) == 0 && tokio::time::Instant::now() >= deadline {
+                return;
+            }
+            let next = if self.active.load(Ordering::Acquire) == 0 {
+                deadline
+            } else {
+                tokio::time::Instant::now() + timeout
+            };
+            tokio::time::sleep_until(next).await;
+        }
+    }
 }

@@ -44,6 +44,34 @@ struct Target<'a> {
     route: &'a Route,
     forward: &'a Forward,
     weighted: Option<&'a WeightedTarget>,
+    /// An allowed upgrade (websocket): `Upgrade` and `Connection` go upstream.
+    upgrade: bool,
+}
+
+/// After a `101 Switching Protocols`, joins the two upgraded connections and copies bytes
+/// both ways until either side closes.
+fn splice_upgrade(outcome: &mut Outcome, downstream: hyper::upgrade::OnUpgrade) {
+    if outcome.response.status() != StatusCode::SWITCHING_PROTOCOLS {
+        return;
+    }
+    let Some(upstream) = outcome
+        .response
+        .extensions_mut()
+        .remove::<hyper::upgrade::OnUpgrade>()
+    else {
+        return;
+    };
+    tokio::spawn(async move {
+        let (Ok(down), Ok(up)) = tokio::join!(downstream, upstream) else {
+            tracing::debug!(target: "http", "upgrade failed on one side");
+            return;
+        };
+        let mut down = hyper_util::rt::TokioIo::new(down);
+        let mut up = hyper_util::rt::TokioIo::new(up);
+        if let Err(e) = tokio::io::copy_bidirectional(&mut down, &mut up).await {
+            tracing::debug!(target: "http", "upgraded connection ended: {e}");
+        }
+    });
 }
 
 pub async fn forward(
@@ -53,6 +81,7 @@ pub async fn forward(
     route: &Route,
     f: &Forward,
     request: Request<Incoming>,
+    on_upgrade: Option<hyper::upgrade::OnUpgrade>,
 ) -> Outcome {
     let server = &ctx.hcm.server_name;
     let (index, weighted) = match &f.target {
@@ -79,8 +108,12 @@ pub async fn forward(
         route,
         forward: f,
         weighted,
+        upgrade: on_upgrade.is_some(),
     };
     let mut outcome = send_to_cluster(ctx, cluster, &target, request).await;
+    if let Some(downstream) = on_upgrade {
+        splice_upgrade(&mut outcome, downstream);
+    }
     if let Some(w) = weighted {
         w.response_headers.apply(outcome.response.headers_mut());
     }
@@ -259,7 +292,18 @@ fn upstream_request(
         .headers
         .get(header::TE)
         .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
+    let upgrade = if t.upgrade {
+        parts.headers.get(header::UPGRADE).cloned()
+    } else {
+        None
+    };
     strip_hop_by_hop(&mut parts.headers);
+    if let Some(kind) = upgrade {
+        parts
+            .headers
+            .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        parts.headers.insert(header::UPGRADE, kind);
+    }
     if keep_te_trailers {
         // `te: trailers` is the one TE value that is end to end (gRPC needs it).
         parts
@@ -339,7 +383,24 @@ fn downstream_response(
     transformation: ServerHeader,
 ) -> Response<ResponseBody> {
     let (mut parts, body) = response.into_parts();
+    let switching = parts.status == StatusCode::SWITCHING_PROTOCOLS;
+    let upgrade = parts.headers.get(header::UPGRADE).cloned();
+    let connection = parts.headers.get(header::CONNECTION).cloned();
     strip_hop_by_hop(&mut parts.headers);
+    if let (true, Some(kind)) = (switching, upgrade) {
+        // The handshake goes back as the upstream wrote it (Envoy does the same).
+        parts.headers.insert(header::UPGRADE, kind);
+        parts.headers.insert(
+            header::CONNECTION,
+            connection.unwrap_or(HeaderValue::from_static("upgrade")),
+        );
+        parts.headers.insert(header::SERVER, server.clone());
+        parts.version = http::Version::default();
+        return Response::from_parts(
+            parts,
+            body.map_err(|e| Box::new(e) as BoxError).boxed_unsync(),
+        );
+    }
     parts.headers.insert(
         X_ENVOY_UPSTREAM_SERVICE_TIME.clone(),
         HeaderValue::from(elapsed.as_millis() as u64),

@@ -6,6 +6,7 @@ mod forward;
 pub mod forwarding;
 mod local_reply;
 mod redirect;
+mod request_checks;
 mod router;
 mod stats;
 

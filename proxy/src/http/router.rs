@@ -7,6 +7,7 @@ use super::forward::forward;
 use super::forwarding::{append_via, mutate_request_headers, Downstream, X_REQUEST_ID};
 use super::local_reply::{local_reply, ResponseFlag};
 use super::redirect::redirect;
+use super::request_checks::{self, Refusal};
 use crate::config::route::Action;
 use bytes::Bytes;
 use http::{header, Request, Response, StatusCode};
@@ -27,13 +28,21 @@ pub async fn route_request(
     downstream: &Downstream,
     mut request: Request<Incoming>,
 ) -> Outcome {
+    let server = &ctx.hcm.server_name;
+    let upgrade = match request_checks::check(&ctx.hcm, &mut request)
+        .and_then(|()| request_checks::is_allowed_upgrade(&ctx.hcm, request.headers()))
+    {
+        Ok(upgrade) => upgrade,
+        Err(refusal) => return refused(refusal, server),
+    };
+    let on_upgrade = upgrade.then(|| hyper::upgrade::on(&mut request));
     let forwarding = &ctx.hcm.forwarding;
     mutate_request_headers(forwarding, request.headers_mut(), downstream);
     let request_id = forwarding
         .always_set_request_id_in_response
         .then(|| request.headers().get(&X_REQUEST_ID).cloned())
         .flatten();
-    let mut outcome = route_and_act(ctx, request).await;
+    let mut outcome = route_and_act(ctx, request, on_upgrade).await;
     let headers = outcome.response.headers_mut();
     if let Some(via) = &forwarding.via {
         append_via(headers, via);
@@ -44,16 +53,54 @@ pub async fn route_request(
     outcome
 }
 
-async fn route_and_act(ctx: &HttpContext, request: Request<Incoming>) -> Outcome {
+fn refused(refusal: Refusal, server: &http::HeaderValue) -> Outcome {
+    let response = match refusal {
+        Refusal::Local {
+            status,
+            body,
+            close,
+        } => {
+            let mut response = local_reply(status, body, server);
+            if close {
+                response
+                    .headers_mut()
+                    .insert(header::CONNECTION, http::HeaderValue::from_static("close"));
+            }
+            response
+        }
+        Refusal::Redirect(location) => {
+            let mut response = local_reply(StatusCode::TEMPORARY_REDIRECT, Bytes::new(), server);
+            if let Ok(v) = http::HeaderValue::from_str(&location) {
+                response.headers_mut().insert(header::LOCATION, v);
+            }
+            response
+        }
+    };
+    Outcome {
+        response,
+        flag: None,
+    }
+}
+
+async fn route_and_act(
+    ctx: &HttpContext,
+    request: Request<Incoming>,
+    on_upgrade: Option<hyper::upgrade::OnUpgrade>,
+) -> Outcome {
     let server = &ctx.hcm.server_name;
     let route_config = &ctx.hcm.route_config;
     let Some(host) = authority(&request) else {
         return Outcome {
-            response: local_reply(
-                StatusCode::BAD_REQUEST,
-                "missing required header: host",
+            // Envoy: 400, empty body, and the connection closes.
+            response: refused(
+                Refusal::Local {
+                    status: StatusCode::BAD_REQUEST,
+                    body: "",
+                    close: true,
+                },
                 server,
-            ),
+            )
+            .response,
             flag: None,
         };
     };
@@ -86,7 +133,7 @@ async fn route_and_act(ctx: &HttpContext, request: Request<Incoming>) -> Outcome
                 flag: None,
             }
         }
-        Action::Forward(f) => forward(ctx, route_config, vh, route, f, request).await,
+        Action::Forward(f) => forward(ctx, route_config, vh, route, f, request, on_upgrade).await,
     };
     // Response headers: route first, then virtual host, then route configuration (Envoy's
     // default order, where the least specific level has the last word).

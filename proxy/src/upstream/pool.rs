@@ -35,6 +35,7 @@ pub enum UpstreamError {
 pub struct Pool {
     http1: Client<Connector, UpstreamBody>,
     connector: Connector,
+    http2_settings: crate::config::hcm_options::Http2Settings,
     http2: std::sync::Mutex<
         std::collections::HashMap<http::uri::Authority, http2::SendRequest<UpstreamBody>>,
     >,
@@ -65,6 +66,7 @@ impl Pool {
         Self {
             http1: builder.build(connector.clone()),
             connector,
+            http2_settings: cluster.http2,
             http2: Default::default(),
         }
     }
@@ -143,8 +145,11 @@ impl Pool {
             .await
             .map_err(|e| UpstreamError::ConnectFailure(io_reason(&e)))?;
         host.stats.cx_total.fetch_add(1, Ordering::Relaxed);
+        let settings = self.http2_settings;
         let (sender, connection) = http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
+            .initial_stream_window_size(settings.initial_stream_window_size)
+            .initial_connection_window_size(settings.initial_connection_window_size)
             .handshake(io)
             .await
             .map_err(|e| UpstreamError::ConnectFailure(e.to_string()))?;

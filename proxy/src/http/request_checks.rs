@@ -1,0 +1,254 @@
+//! What the connection manager checks and normalises on a request before routing: header
+//! limits, header names with underscores, the path (escaped slashes, dot segments, repeated
+//! slashes), `Expect: 100-continue`, and which upgrades are allowed.
+//! Envoy: https://www.envoyproxy.io/docs/envoy/latest/api-v3/extensions/filters/network/http_connection_manager/v3/http_connection_manager.proto
+
+use crate::config::hcm::HttpConnectionManager;
+use crate::config::hcm_options::{EscapedSlashes, PathHandling, UnderscoreAction};
+use http::{header, HeaderMap, Request, StatusCode};
+use std::borrow::Cow;
+
+/// A request refused before routing, with Envoy's status and body.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refusal {
+    Local {
+        status: StatusCode,
+        body: &'static str,
+        close: bool,
+    },
+    /// `UNESCAPE_AND_REDIRECT`: tell the client the unescaped path.
+    Redirect(String),
+}
+
+/// Whether the request asks for a protocol upgrade the listener allows (e.g. websocket).
+pub fn is_allowed_upgrade(
+    hcm: &HttpConnectionManager,
+    headers: &HeaderMap,
+) -> Result<bool, Refusal> {
+    let Some(upgrade) = headers.get(header::UPGRADE) else {
+        return Ok(false);
+    };
+    let connection_upgrade = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case("upgrade"));
+    if !connection_upgrade {
+        return Ok(false);
+    }
+    let kind = upgrade.to_str().unwrap_or("").to_ascii_lowercase();
+    if hcm.upgrades.contains(&kind) {
+        Ok(true)
+    } else {
+        // Envoy answers an upgrade it is not configured for with 403 and closes.
+        Err(Refusal::Local {
+            status: StatusCode::FORBIDDEN,
+            body: "",
+            close: true,
+        })
+    }
+}
+
+pub fn check<B>(hcm: &HttpConnectionManager, request: &mut Request<B>) -> Result<(), Refusal> {
+    let limits = &hcm.limits;
+    let size: usize = request
+        .headers()
+        .iter()
+        .map(|(k, v)| k.as_str().len() + v.len())
+        .sum();
+    if size > limits.max_request_headers_bytes || request.headers().len() > limits.max_headers_count
+    {
+        return Err(Refusal::Local {
+            status: StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            body: "Request Header Fields Too Large",
+            close: true,
+        });
+    }
+    if limits.headers_with_underscores != UnderscoreAction::Allow {
+        let with_underscore: Vec<_> = request
+            .headers()
+            .keys()
+            .filter(|k| k.as_str().contains('_'))
+            .cloned()
+            .collect();
+        if !with_underscore.is_empty() {
+            if limits.headers_with_underscores == UnderscoreAction::RejectRequest {
+                return Err(Refusal::Local {
+                    status: StatusCode::BAD_REQUEST,
+                    body: "",
+                    close: true,
+                });
+            }
+            for name in with_underscore {
+                request.headers_mut().remove(name);
+            }
+        }
+    }
+    // Outrigger answers `100 Continue` itself (when the body is first read), as Envoy does by
+    // default, so the expectation is not forwarded.
+    if request
+        .headers()
+        .get(header::EXPECT)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"))
+    {
+        request.headers_mut().remove(header::EXPECT);
+    }
+    if let Some(new_path) = normalize(request.uri().path(), &hcm.paths)? {
+        let query = request
+            .uri()
+            .query()
+            .map(|q| format!("?{q}"))
+            .unwrap_or_default();
+        let mut parts = request.uri().clone().into_parts();
+        parts.path_and_query = format!("{new_path}{query}").parse().ok();
+        if let Ok(uri) = http::Uri::from_parts(parts) {
+            *request.uri_mut() = uri;
+        }
+    }
+    Ok(())
+}
+
+/// The normalised path, or None when it stays as it is.
+pub fn normalize(path: &str, cfg: &PathHandling) -> Result<Option<String>, Refusal> {
+    let mut current = Cow::Borrowed(path);
+    if cfg.escaped_slashes != EscapedSlashes::Keep && has_escaped_slash(&current) {
+        match cfg.escaped_slashes {
+            EscapedSlashes::Reject => {
+                return Err(Refusal::Local {
+                    status: StatusCode::BAD_REQUEST,
+                    body: "",
+                    close: false,
+                })
+            }
+            EscapedSlashes::UnescapeAndRedirect => {
+                return Err(Refusal::Redirect(unescape_slashes(&current)))
+            }
+            EscapedSlashes::UnescapeAndForward => current = Cow::Owned(unescape_slashes(&current)),
+            EscapedSlashes::Keep => {}
+        }
+    }
+    if cfg.normalize {
+        if let Some(p) = remove_dot_segments(&current) {
+            current = Cow::Owned(p);
+        }
+    }
+    if cfg.merge_slashes && current.contains("//") {
+        let mut merged = String::with_capacity(current.len());
+        for c in current.chars() {
+            if !(c == '/' && merged.ends_with('/')) {
+                merged.push(c);
+            }
+        }
+        current = Cow::Owned(merged);
+    }
+    Ok(match current {
+        Cow::Borrowed(_) => None,
+        Cow::Owned(p) if p == path => None,
+        Cow::Owned(p) => Some(p),
+    })
+}
+
+fn has_escaped_slash(path: &str) -> bool {
+    let lower = path.to_ascii_lowercase();
+    lower.contains("%2f") || lower.contains("%5c")
+}
+
+fn unescape_slashes(path: &str) -> String {
+    let mut out = String::with_capacity(path.len());
+    let mut rest = path;
+    while let Some(i) = rest.find('%') {
+        out.push_str(&rest[..i]);
+        let code = rest.get(i + 1..i + 3).unwrap_or("");
+        if code.eq_ignore_ascii_case("2f") {
+            out.push('/');
+            rest = &rest[i + 3..];
+        } else if code.eq_ignore_ascii_case("5c") {
+            out.push('\\');
+            rest = &rest[i + 3..];
+        } else {
+            out.push('%');
+            rest = &rest[i + 1..];
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+/// RFC 3986 §5.2.4, on an absolute path; None when there is nothing to remove.
+fn remove_dot_segments(path: &str) -> Option<String> {
+    let has_dots = path.split('/').any(|s| s == "." || s == "..");
+    if !has_dots {
+        return None;
+    }
+    let mut out: Vec<&str> = Vec::new();
+    let segments: Vec<&str> = path.split('/').skip(1).collect();
+    let last = segments.len().saturating_sub(1);
+    for (i, segment) in segments.iter().enumerate() {
+        match *segment {
+            "." => {
+                if i == last {
+                    out.push("");
+                }
+            }
+            ".." => {
+                out.pop();
+                if i == last {
+                    out.push("");
+                }
+            }
+            s => out.push(s),
+        }
+    }
+    Some(format!("/{}", out.join("/")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn handling(normalize: bool, merge: bool, escaped: EscapedSlashes) -> PathHandling {
+        PathHandling {
+            normalize,
+            merge_slashes: merge,
+            escaped_slashes: escaped,
+        }
+    }
+
+    #[test]
+    fn paths_normalise_like_rfc_3986_and_envoy() {
+        let all = handling(true, true, EscapedSlashes::Keep);
+        assert_eq!(normalize("/a/../b/./c//d", &all), Ok(Some("/b/c/d".into())));
+        assert_eq!(normalize("/a/b/..", &all), Ok(Some("/a/".into())));
+        assert_eq!(normalize("/../../x", &all), Ok(Some("/x".into())));
+        assert_eq!(normalize("/plain/path", &all), Ok(None));
+        let off = handling(false, false, EscapedSlashes::Keep);
+        assert_eq!(normalize("/a/../b//c", &off), Ok(None));
+    }
+
+    #[test]
+    fn escaped_slashes_follow_the_configured_action() {
+        let path = "/a%2Fb%5cc";
+        assert!(
+            matches!(normalize(path, &handling(false, false, EscapedSlashes::Reject)), Err(Refusal::Local { status, .. }) if status == StatusCode::BAD_REQUEST)
+        );
+        assert_eq!(
+            normalize(
+                path,
+                &handling(false, false, EscapedSlashes::UnescapeAndForward)
+            ),
+            Ok(Some("/a/b\\c".into()))
+        );
+        assert_eq!(
+            normalize(
+                path,
+                &handling(false, false, EscapedSlashes::UnescapeAndRedirect)
+            ),
+            Err(Refusal::Redirect("/a/b\\c".into()))
+        );
+        assert_eq!(
+            normalize(path, &handling(false, false, EscapedSlashes::Keep)),
+            Ok(None)
+        );
+    }
+}
