@@ -459,7 +459,7 @@ fn protocol_options(
             common = Some(o);
         }
     }
-        if http2.max_concurrent_streams.is_some() {
+    if http2.max_concurrent_streams.is_some() {
         acks.push(Acknowledged {
             path: path.field("http2_protocol_options").field("max_concurrent_streams").to_string(),
             reason: "upstream HTTP/2 connections follow the server's stream limit; a per-cluster cap is not enforced yet (issue 4)",
@@ -498,5 +498,12 @@ fn protocol_options(
         .filter(|d| !d.is_zero()),
         None => Some(Duration::from_secs(3600)),
     };
-    Ok((protocol, idle, max_requests.filter(|m| *m > 0), http2))
+    let max_requests = max_requests.filter(|m| *m > 0);
+    if max_requests.is_some_and(|m| m > 1) {
+        acks.push(Acknowledged {
+            path: path.field("max_requests_per_connection").to_string(),
+            reason: "only 1 (no connection reuse) is enforced; larger caps are not yet (issue 3)",
+        });
+    }
+    Ok((protocol, idle, max_requests, http2))
 }

@@ -16,6 +16,7 @@ pub mod redirect;
 pub mod resolver;
 pub mod route;
 pub mod route_action;
+mod route_index;
 pub mod tcp_proxy;
 mod values;
 

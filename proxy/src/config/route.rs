@@ -11,6 +11,7 @@ pub use super::redirect::{Redirect, RedirectPath};
 use super::resolver::Resolver;
 use super::route_action::translate_forward;
 pub use super::route_action::{ClusterTarget, Forward, HostRewrite, NamedCluster, WeightedTarget};
+use super::route_index::RouteIndex;
 use super::values::inline_data;
 use bytes::Bytes;
 use regex::Regex;
@@ -34,6 +35,7 @@ pub struct VirtualHost {
     pub response_headers: HeaderMutation,
     /// `include_request_attempt_count`: send `x-envoy-attempt-count` upstream.
     pub include_request_attempt_count: bool,
+    index: RouteIndex,
 }
 
 #[derive(Debug)]
@@ -119,10 +121,7 @@ impl RouteConfig {
         headers: &http::HeaderMap,
     ) -> Option<(&VirtualHost, &Route)> {
         let vh = self.virtual_host(host)?;
-        let route = vh
-            .routes
-            .iter()
-            .find(|r| r.path.matches(path) && r.matches_rest(headers, query))?;
+        let route = vh.index.find(&vh.routes, path, query, headers)?;
         Some((vh, route))
     }
 }
@@ -186,6 +185,7 @@ pub fn translate_route_config(
         }
         virtual_hosts.push(VirtualHost {
             name: vh.name.clone(),
+            index: RouteIndex::build(&routes),
             routes,
             include_request_attempt_count: vh.include_request_attempt_count,
             request_headers: header_mutation(

@@ -294,3 +294,51 @@ fn weighted_clusters_split_by_weight_and_check_totals() {
         "{err}"
     );
 }
+
+#[test]
+fn indexed_route_lookup_keeps_first_match_order() {
+    // More routes than the index threshold, mixing exact, prefix, separated-prefix, regex and
+    // header-conditioned routes; the index must pick what a scan in order would.
+    let routes = r#"{ virtual_hosts: [{ name: v, domains: ["*"], routes: [
+        { name: r0, match: { path: "/exact", headers: [{ name: x-a, present_match: true }] }, route: { cluster: c } },
+        { name: r1, match: { prefix: "/api/v1/" }, route: { cluster: c } },
+        { name: r2, match: { path: "/exact" }, route: { cluster: c } },
+        { name: r3, match: { safe_regex: { regex: "/api/v1/special.*" } }, route: { cluster: c } },
+        { name: r4, match: { prefix: "/api/" }, route: { cluster: c } },
+        { name: r5, match: { path_separated_prefix: "/docs" }, route: { cluster: c } },
+        { name: r6, match: { prefix: "/API/", case_sensitive: false }, route: { cluster: c } },
+        { name: r7, match: { safe_regex: { regex: "/early.*" } }, route: { cluster: c } },
+        { name: r8, match: { prefix: "/early/" }, route: { cluster: c } },
+        { name: r9, match: { prefix: "/" }, route: { cluster: c } } ] }] }"#;
+    let table = route_table(routes);
+    let mut with_header = http::HeaderMap::new();
+    with_header.insert("x-a", http::HeaderValue::from_static("1"));
+    let none = http::HeaderMap::new();
+    let name = |path: &str, h: &http::HeaderMap| {
+        table
+            .find_route("h", path, "", h)
+            .map(|(_, r)| r.name.clone())
+            .unwrap_or_default()
+    };
+    assert_eq!(name("/exact", &with_header), "r0");
+    assert_eq!(name("/exact", &none), "r2");
+    assert_eq!(
+        name("/api/v1/special", &none),
+        "r1",
+        "the earlier prefix beats the later regex"
+    );
+    assert_eq!(name("/api/v2", &none), "r4");
+    assert_eq!(name("/API/v2", &none), "r6");
+    assert_eq!(name("/docs/x", &none), "r5");
+    assert_eq!(
+        name("/docsx", &none),
+        "r9",
+        "separated prefix needs a boundary"
+    );
+    assert_eq!(
+        name("/early/x", &none),
+        "r7",
+        "the earlier regex beats the later prefix"
+    );
+    assert_eq!(name("/zzz", &none), "r9");
+}
