@@ -1,14 +1,25 @@
 //! Shared helpers for Outrigger's end-to-end tests: finding the binaries (ours and Envoy, the
-//! oracle), running them with a time limit, and reading the test corpora. Each module holds one
-//! idea; test files in `tests/tests/` combine them.
+//! oracle), running them with a time limit or as a long-running proxy, free ports, a curl
+//! client, a recording upstream, and the test corpora. Each module holds one idea; test files
+//! in `tests/tests/` combine them.
 
 #![forbid(unsafe_code)]
 
 pub mod binaries;
+pub mod bootstraps;
 pub mod corpus;
+pub mod curl;
+pub mod fixed_ports;
+pub mod istio;
 pub mod parallel;
+pub mod ports;
 pub mod process;
+pub mod running;
+pub mod upstream;
 pub mod validate;
 
 pub use binaries::{envoy_or_skip, outrigger, Kind, Proxy};
+pub use ports::{free_port, Ports};
+pub use running::RunningProxy;
+pub use upstream::Upstream;
 pub use validate::{run_validate, Verdict};
