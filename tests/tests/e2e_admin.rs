@@ -3,8 +3,8 @@
 //! listener to the same cluster. What each endpoint must say is Envoy's documented behaviour
 //! (https://www.envoyproxy.io/docs/envoy/latest/operations/admin), checked against Envoy 1.40.
 //!
-//! Tests marked `#[ignore = "Outrigger bug: ..."]` assert Envoy's behaviour where Outrigger
-//! differs today; run them with `cargo test -p tests --test e2e_admin -- --ignored`.
+//! The last group runs each check on Envoy first (when installed), so the expectation is the
+//! oracle's, then on Outrigger.
 
 use regex::Regex;
 use std::net::SocketAddr;
@@ -416,8 +416,7 @@ fn drain_listeners_refuses_new_connections_while_admin_answers() {
     assert_eq!(s.proxy.get("/server_info").status, 200);
 }
 
-// ---- Where Outrigger differs from Envoy today (reported; un-ignore when fixed) ----
-// Each runs the same check on Envoy first (when installed), so the expectation is the oracle's.
+// ---- Stats and states checked on Envoy first, then on Outrigger ----
 
 fn for_envoy_then_outrigger(test: &str, check: impl Fn(&Setup)) {
     if envoy_or_skip(test).is_some() {
@@ -431,7 +430,6 @@ fn stat_of(s: &Setup, name: &str) -> String {
 }
 
 #[test]
-#[ignore = "Outrigger bug: upstream connections are not counted (cluster.<name>.upstream_cx_total and /clusters host cx_total stay 0)"]
 fn upstream_connections_are_counted() {
     for_envoy_then_outrigger("upstream_connections_are_counted", |s| {
         s.send_requests(2);
@@ -454,7 +452,6 @@ fn upstream_connections_are_counted() {
 }
 
 #[test]
-#[ignore = "Outrigger bug: listener stats are named listener.127.0.0.1:PORT.* where Envoy says listener.127.0.0.1_PORT.*"]
 fn listener_stats_are_named_like_envoy() {
     for_envoy_then_outrigger("listener_stats_are_named_like_envoy", |s| {
         s.send_requests(2);
@@ -473,7 +470,6 @@ fn listener_stats_are_named_like_envoy() {
 }
 
 #[test]
-#[ignore = "Outrigger bug: server.live stays 1 after /healthcheck/fail (Envoy: 0)"]
 fn healthcheck_fail_sets_server_live_to_zero() {
     for_envoy_then_outrigger("healthcheck_fail_sets_server_live_to_zero", |s| {
         assert_eq!(s.stat("server.live").as_deref(), Some("1"));
@@ -490,7 +486,6 @@ fn healthcheck_fail_sets_server_live_to_zero() {
 }
 
 #[test]
-#[ignore = "Outrigger bug: tcp_proxy has no tcp.<stat_prefix>.* stats (Envoy: tcp.e2e_tcp.downstream_cx_total and 15 more)"]
 fn tcp_proxy_connections_are_counted() {
     for_envoy_then_outrigger("tcp_proxy_connections_are_counted", |s| {
         let through_tcp = curl::get(&format!("http://{}/over-tcp", s.addr("tcp_port")));

@@ -148,7 +148,6 @@ fn healthz_ready_status_matches_envoy_when_the_agent_is_down() {
 }
 
 #[test]
-#[ignore = "Outrigger bug: the 503 local reply appends ', transport failure reason: delayed connect error: 111' that Envoy 1.40 does not send"]
 fn healthz_ready_body_matches_envoy_when_the_agent_is_down() {
     let Some(_) = envoy_or_skip("healthz_ready_body_matches_envoy_when_the_agent_is_down") else {
         return;

@@ -152,7 +152,6 @@ fn inline_route_configs(listener: &Listener) -> Vec<RouteConfiguration> {
 /// `?include_eds`: each cluster's current hosts as a normalised ClusterLoadAssignment, the way
 /// Envoy prints static endpoint configs (explicit weights, HEALTHY, overprovisioning 140).
 fn endpoints(server: &Server) -> EndpointsConfigDump {
-    let updated = Some(json::timestamp(server.started_wall));
     let static_endpoint_configs = server
         .clusters
         .all()
@@ -188,9 +187,10 @@ fn endpoints(server: &Server) -> EndpointsConfigDump {
                 }),
                 ..Default::default()
             };
+            // Envoy prints no last_updated for static endpoint configs.
             StaticEndpointConfig {
                 endpoint_config: Some(json::pack(&assignment)),
-                last_updated: updated,
+                last_updated: None,
             }
         })
         .collect();

@@ -108,7 +108,7 @@ fn resource_returns_the_elements() {
     assert_eq!(body(r), "foo not found in config dump");
 
     let r = handle(&s, &Method::GET, "/config_dump?resource=dynamic_listeners");
-    assert_eq!((r.status(), body(r)), (StatusCode::OK, "{}".to_string()));
+    assert_eq!((r.status(), body(r)), (StatusCode::OK, "{}\n".to_string()));
     strict("{}");
 }
 

@@ -149,6 +149,8 @@ fn filter_resources(config: &mut Value, keep: &dyn Fn(&Value) -> bool) {
             items.retain(|item| !item.is_object() || keep(item));
         }
     }
+    // An emptied section is left out, as Envoy prints repeated fields only when non-empty.
+    fields.retain(|_, v| !matches!(v, Value::Array(items) if items.is_empty()));
 }
 
 /// Whether every path names fields of `descriptor`. Past an `Any` any path is accepted, since

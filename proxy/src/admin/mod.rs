@@ -195,6 +195,7 @@ pub(crate) fn respond(
         header::X_CONTENT_TYPE_OPTIONS,
         header::HeaderValue::from_static("nosniff"),
     );
+    headers.insert(header::SERVER, header::HeaderValue::from_static("envoy"));
     response
 }
 
@@ -204,7 +205,12 @@ pub(crate) fn text(status: StatusCode, body: impl Into<Bytes>) -> AdminResponse 
 
 /// Pretty JSON as Envoy prints it (one-space indent).
 pub(crate) fn json_response(value: &serde_json::Value) -> AdminResponse {
-    respond(StatusCode::OK, JSON, json::pretty(value))
+    let mut body = json::pretty(value);
+    // Envoy ends JSON bodies with a newline.
+    if !body.ends_with(b"\n") {
+        body.push(b'\n');
+    }
+    respond(StatusCode::OK, JSON, body)
 }
 
 /// Serves the admin API on `listener` until the server's shutdown signal fires.

@@ -14,8 +14,13 @@ use xds_proto::pb::google::protobuf::Duration;
 
 /// Envoy's version string shape: `<sha>/<version>/<status>/<build type>/<TLS library>`.
 pub fn version() -> String {
+    let build = if cfg!(debug_assertions) {
+        "DEBUG"
+    } else {
+        "RELEASE"
+    };
     format!(
-        "outrigger/{}/Clean/RELEASE/rustls",
+        "outrigger/{}/Clean/{build}/rustls",
         env!("CARGO_PKG_VERSION")
     )
 }

@@ -177,8 +177,10 @@ static POLICIES: &[(&str, Policy)] = policies! {
     "envoy.config.route.v3.DirectResponseAction" => ["status", "body"];
     "envoy.config.core.v3.DataSource" => ["inline_string", "inline_bytes"];
     "envoy.config.core.v3.HeaderValueOption" => ["header", "append", "append_action", "keep_empty_value"];
-    "envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy" => ["stat_prefix", "cluster", "idle_timeout"]
-        ack [("access_log", ACCESS_LOG), ("max_connect_attempts", RESILIENCE)];
+    "envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy" => ["stat_prefix", "cluster", "weighted_clusters", "idle_timeout", "max_connect_attempts"]
+        ack [("access_log", ACCESS_LOG)];
+    "envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy.WeightedCluster" => ["clusters"];
+    "envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy.WeightedCluster.ClusterWeight" => ["name", "weight"];
     "envoy.extensions.filters.http.router.v3.Router" => []
         ack [("suppress_envoy_headers", "x-envoy headers come with issue 3"), ("start_child_span", TRACING)];
     "envoy.extensions.filters.http.compressor.v3.Compressor" => []

@@ -215,13 +215,20 @@ fn upstream_failure(
             host.cx_connect_fail.fetch_add(1, Relaxed);
             (
                 StatusCode::SERVICE_UNAVAILABLE,
-                format!("upstream connect error or disconnect/reset before headers. reset reason: remote connection failure, transport failure reason: {reason}"),
+                {
+                    tracing::debug!(target: "router", "upstream connect failure: {reason}");
+                    // Envoy 1.40's body names the reset reason only.
+                    "upstream connect error or disconnect/reset before headers. reset reason: remote connection failure".to_string()
+                },
                 ResponseFlag::UpstreamConnectionFailure,
             )
         }
         UpstreamError::Reset(reason) => (
             StatusCode::SERVICE_UNAVAILABLE,
-            format!("upstream connect error or disconnect/reset before headers. reset reason: connection termination, transport failure reason: {reason}"),
+            {
+                tracing::debug!(target: "router", "upstream reset: {reason}");
+                "upstream connect error or disconnect/reset before headers. reset reason: connection termination".to_string()
+            },
             ResponseFlag::UpstreamRemoteReset,
         ),
         UpstreamError::NoHealthyUpstream => {

@@ -6,9 +6,10 @@ mod filter_chain;
 pub use filter_chain::select_filter_chain;
 
 use crate::config::address::Endpoint;
-use crate::config::listener::{Listener, NetworkFilter};
+use crate::config::listener::{FilterChain, Listener, NetworkFilter};
 use crate::http::{serve_connection, Downstream, HcmStats, HttpContext};
 use crate::stats::{Counter, Gauge, Store};
+use crate::tcp::{TcpContext, TcpStats};
 use crate::upstream::ClusterManager;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -79,10 +80,32 @@ struct ListenerStats {
     no_filter_chain_match: Arc<Counter>,
 }
 
-/// The filter chains' shared contexts, built once per listener.
-struct Chains {
-    http: Vec<Option<Arc<HttpContext>>>,
-    default_http: Option<Arc<HttpContext>>,
+/// What a filter chain runs, built once per listener with its stats resolved.
+#[derive(Clone)]
+enum ChainRuntime {
+    Http(Arc<HttpContext>),
+    Tcp(Arc<TcpContext>),
+    /// No filters (valid in Envoy): the connection is closed.
+    Close,
+}
+
+impl ChainRuntime {
+    fn build(chain: &FilterChain, clusters: &Arc<ClusterManager>, store: &Store) -> Self {
+        match chain.filters.last() {
+            Some(NetworkFilter::HttpConnectionManager(hcm)) => {
+                ChainRuntime::Http(Arc::new(HttpContext {
+                    hcm: hcm.clone(),
+                    clusters: clusters.clone(),
+                    stats: HcmStats::new(store, &hcm.stat_prefix),
+                }))
+            }
+            Some(NetworkFilter::TcpProxy(t)) => ChainRuntime::Tcp(Arc::new(TcpContext {
+                config: t.clone(),
+                stats: TcpStats::new(store, &t.stat_prefix),
+            })),
+            None => ChainRuntime::Close,
+        }
+    }
 }
 
 /// Accepts connections until `drain` fires, then stops accepting; connections in flight are
@@ -96,7 +119,11 @@ pub async fn run(
     node_address: Option<std::net::IpAddr>,
 ) {
     let scope = match &socket {
-        BoundSocket::Tcp(l) => l.local_addr().map(|a| a.to_string()).unwrap_or_default(),
+        // Envoy's stat names replace `:` in addresses: `listener.127.0.0.1_8080.*`.
+        BoundSocket::Tcp(l) => l
+            .local_addr()
+            .map(|a| a.to_string().replace(':', "_"))
+            .unwrap_or_default(),
         BoundSocket::Unix(_) => listener.name.clone(),
     };
     let scope = if listener.stat_prefix.is_empty() {
@@ -109,21 +136,15 @@ pub async fn run(
         downstream_cx_active: store.gauge(&format!("listener.{scope}.downstream_cx_active")),
         no_filter_chain_match: store.counter(&format!("listener.{scope}.no_filter_chain_match")),
     });
-    let http_context = |chain: &crate::config::listener::FilterChain| match chain.filters.last() {
-        Some(NetworkFilter::HttpConnectionManager(hcm)) => Some(Arc::new(HttpContext {
-            hcm: hcm.clone(),
-            clusters: clusters.clone(),
-            stats: HcmStats::new(&store, &hcm.stat_prefix),
-        })),
-        _ => None,
-    };
-    let chains = Arc::new(Chains {
-        http: listener.filter_chains.iter().map(http_context).collect(),
-        default_http: listener
-            .default_filter_chain
-            .as_ref()
-            .and_then(http_context),
-    });
+    let runtimes: Vec<ChainRuntime> = listener
+        .filter_chains
+        .iter()
+        .map(|c| ChainRuntime::build(c, &clusters, &store))
+        .collect();
+    let default_runtime = listener
+        .default_filter_chain
+        .as_ref()
+        .map(|c| ChainRuntime::build(c, &clusters, &store));
     loop {
         let accepted = tokio::select! {
             _ = crate::server::wait_drain(&mut drain) => break,
@@ -153,21 +174,17 @@ pub async fn run(
             tracing::debug!(target: "conn_handler", "listener {}: closing connection: transport socket {transport} is not supported yet", listener.name);
             continue;
         }
-        let http = match index {
-            Some(i) => chains.http.get(i).cloned().flatten(),
-            None => chains.default_http.clone(),
-        };
-        let tcp_proxy = match chain.filters.last() {
-            Some(NetworkFilter::TcpProxy(t)) => Some(t.clone()),
-            _ => None,
+        let runtime = match index {
+            Some(i) => runtimes.get(i).cloned(),
+            None => default_runtime.clone(),
         };
         let stats = stats.clone();
         let drain = drain.clone();
         let clusters = clusters.clone();
         stats.downstream_cx_active.inc();
         tokio::spawn(async move {
-            match (http, tcp_proxy) {
-                (Some(ctx), _) => {
+            match runtime {
+                Some(ChainRuntime::Http(ctx)) => {
                     serve_connection(
                         stream,
                         ctx,
@@ -179,8 +196,8 @@ pub async fn run(
                     )
                     .await
                 }
-                (None, Some(t)) => crate::tcp::proxy(stream, t, clusters).await,
-                (None, None) => {}
+                Some(ChainRuntime::Tcp(ctx)) => crate::tcp::proxy(stream, ctx, clusters).await,
+                Some(ChainRuntime::Close) | None => {}
             }
             stats.downstream_cx_active.dec();
         });

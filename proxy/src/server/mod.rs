@@ -154,13 +154,7 @@ async fn run(
     }
     server.set_state(ServerState::Live);
     stats.gauge("server.live").set(1);
-    stats
-        .counter("listener_manager.listener_added")
-        .add(config.listeners.len() as u64);
-    stats
-        .gauge("listener_manager.total_listeners_active")
-        .set(config.listeners.len() as u64);
-    stats.gauge("listener_manager.workers_started").set(1);
+    record_listener_manager_stats(&stats, config.listeners.len() as u64);
     if init_only {
         return ExitCode::SUCCESS;
     }
@@ -227,4 +221,38 @@ fn node_address(version: crate::cli::IpVersion) -> Option<std::net::IpAddr> {
             }
         })
         .find(|ip| !ip.is_loopback() && ip.is_ipv4() == (version == crate::cli::IpVersion::V4))
+}
+
+/// `listener_manager.*` after the static listeners are up, with every name Envoy creates.
+fn record_listener_manager_stats(stats: &Store, listeners: u64) {
+    for name in [
+        "listener_added",
+        "listener_create_success",
+        "listener_create_failure",
+        "listener_modified",
+        "listener_removed",
+        "listener_stopped",
+        "listener_in_place_updated",
+    ] {
+        stats.counter(&format!("listener_manager.{name}"));
+    }
+    stats
+        .counter("listener_manager.listener_added")
+        .add(listeners);
+    stats
+        .counter("listener_manager.listener_create_success")
+        .add(listeners);
+    stats
+        .gauge("listener_manager.total_listeners_active")
+        .set(listeners);
+    stats
+        .gauge("listener_manager.total_listeners_warming")
+        .set(0);
+    stats
+        .gauge("listener_manager.total_listeners_draining")
+        .set(0);
+    stats
+        .gauge("listener_manager.total_filter_chains_draining")
+        .set(0);
+    stats.gauge("listener_manager.workers_started").set(1);
 }

@@ -123,6 +123,8 @@ impl Server {
     /// `/healthcheck/fail` and `/healthcheck/ok`.
     pub fn set_health_check_failed(&self, failed: bool) {
         self.health_check_failed.store(failed, Ordering::Release);
+        // Envoy reports a failing server as not live.
+        self.stats.gauge("server.live").set(u64::from(!failed));
     }
 
     pub fn health_check_failed(&self) -> bool {

@@ -20,6 +20,7 @@ pub struct Connector {
     pub connect_timeout: Duration,
     pub keepalive: Option<TcpKeepalive>,
     pub source: Option<SocketAddr>,
+    pub accounting: super::ConnectionAccounting,
 }
 
 /// The authority a Unix socket path is pooled under.
@@ -48,7 +49,7 @@ fn unix_path(host: &str) -> Option<PathBuf> {
 }
 
 impl tower::Service<http::Uri> for Connector {
-    type Response = TokioIo<UpstreamStream>;
+    type Response = TokioIo<CountedStream>;
     type Error = io::Error;
     type Future = Pin<Box<dyn Future<Output = io::Result<Self::Response>> + Send>>;
 
@@ -75,7 +76,13 @@ impl tower::Service<http::Uri> for Connector {
                 this.connect_tcp(addr).await.map(UpstreamStream::Tcp)
             };
             match tokio::time::timeout(this.connect_timeout, connect).await {
-                Ok(result) => result.map(TokioIo::new),
+                Ok(result) => result.map(|stream| {
+                    let guard = this.accounting.opened(authority.as_str());
+                    TokioIo::new(CountedStream {
+                        stream,
+                        _guard: guard,
+                    })
+                }),
                 Err(_) => Err(io::Error::new(
                     io::ErrorKind::TimedOut,
                     "connection timeout",
@@ -177,5 +184,44 @@ mod tests {
         let parsed: http::uri::Authority = authority.parse().expect("valid authority");
         assert_eq!(unix_path(parsed.host()).as_deref(), Some(path));
         assert_eq!(unix_path("127.0.0.1"), None);
+    }
+}
+
+/// An upstream connection counted in its cluster's and host's stats while it lives.
+#[derive(Debug)]
+pub struct CountedStream {
+    pub stream: UpstreamStream,
+    _guard: super::accounting::ConnectionGuard,
+}
+
+impl Connection for CountedStream {
+    fn connected(&self) -> Connected {
+        Connected::new()
+    }
+}
+
+impl AsyncRead for CountedStream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for CountedStream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().stream).poll_write(cx, buf)
+    }
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_flush(cx)
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_shutdown(cx)
     }
 }

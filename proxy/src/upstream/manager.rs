@@ -27,8 +27,8 @@ pub struct ClusterStats {
     pub upstream_rq_time: Arc<crate::stats::Histogram>,
     pub membership_total: Arc<Gauge>,
     pub membership_healthy: Arc<Gauge>,
-    /// `upstream_rq_1xx` .. `upstream_rq_5xx`.
-    classes: [Arc<Counter>; 5],
+    /// `upstream_rq_1xx` .. `upstream_rq_5xx`, created on first use as Envoy does.
+    classes: [OnceLock<Arc<Counter>>; 5],
     /// `upstream_rq_<code>`, created on a code's first use.
     codes: Box<[OnceLock<Arc<Counter>>; 500]>,
 }
@@ -52,7 +52,7 @@ impl ClusterStats {
             upstream_rq_time: store.histogram(&format!("{prefix}upstream_rq_time")),
             membership_total: g("membership_total"),
             membership_healthy: g("membership_healthy"),
-            classes: std::array::from_fn(|i| c(&format!("upstream_rq_{}xx", i + 1))),
+            classes: std::array::from_fn(|_| OnceLock::new()),
             codes: Box::new(std::array::from_fn(|_| OnceLock::new())),
             store: store.clone(),
             prefix,
@@ -63,7 +63,12 @@ impl ClusterStats {
     pub fn response(&self, status: http::StatusCode) {
         let code = status.as_u16();
         if let Some(class) = self.classes.get(usize::from(code / 100).wrapping_sub(1)) {
-            class.inc();
+            class
+                .get_or_init(|| {
+                    self.store
+                        .counter(&format!("{}upstream_rq_{}xx", self.prefix, code / 100))
+                })
+                .inc();
         }
         if let Some(slot) = self.codes.get(usize::from(code).wrapping_sub(100)) {
             slot.get_or_init(|| {
@@ -77,7 +82,7 @@ impl ClusterStats {
 
 pub struct ClusterRuntime {
     pub config: Arc<Cluster>,
-    hosts: ArcSwap<HostSet>,
+    hosts: Arc<ArcSwap<HostSet>>,
     pub pool: Pool,
     pub stats: ClusterStats,
 }
@@ -139,11 +144,18 @@ impl ClusterManager {
         let clusters: Vec<Arc<ClusterRuntime>> = clusters
             .iter()
             .map(|c| {
+                let stats = ClusterStats::new(store, &c.stat_name);
+                let hosts = Arc::new(ArcSwap::from_pointee(HostSet::default()));
+                let accounting = super::ConnectionAccounting {
+                    cx_total: stats.upstream_cx_total.clone(),
+                    cx_active: stats.upstream_cx_active.clone(),
+                    hosts: hosts.clone(),
+                };
                 let runtime = Arc::new(ClusterRuntime {
                     config: c.clone(),
-                    hosts: ArcSwap::from_pointee(HostSet::default()),
-                    pool: Pool::new(c),
-                    stats: ClusterStats::new(store, &c.stat_name),
+                    hosts,
+                    pool: Pool::new(c, accounting),
+                    stats,
                 });
                 if let Discovery::Static(endpoints) = &c.discovery {
                     runtime.set_hosts(

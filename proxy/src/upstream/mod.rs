@@ -1,12 +1,14 @@
 //! The upstream side: clusters at runtime (their hosts, stats and connection pools), host
 //! selection and DNS discovery.
 
+mod accounting;
 pub mod connector;
 mod dns;
 mod host;
 mod manager;
 mod pool;
 
+pub use accounting::ConnectionAccounting;
 pub use connector::{Connector, UpstreamStream as Stream};
 pub use host::{Host, HostSet, HostStats};
 pub use manager::{ClusterManager, ClusterRuntime, ClusterStats};

@@ -10,7 +10,6 @@ use hyper::body::Incoming;
 use hyper::client::conn::http2;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
-use std::sync::atomic::Ordering;
 use tower::Service;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -48,11 +47,17 @@ impl std::fmt::Debug for Pool {
 }
 
 impl Pool {
-    pub fn new(cluster: &Cluster) -> Self {
+    /// A connector with the cluster's socket options and accounting (the TCP proxy's too).
+    pub fn connector(&self) -> Connector {
+        self.connector.clone()
+    }
+
+    pub fn new(cluster: &Cluster, accounting: super::ConnectionAccounting) -> Self {
         let connector = Connector {
             connect_timeout: cluster.connect_timeout,
             keepalive: cluster.tcp_keepalive,
             source: cluster.source_address,
+            accounting,
         };
         let mut builder = Client::builder(TokioExecutor::new());
         builder
@@ -144,7 +149,6 @@ impl Pool {
             .call(uri)
             .await
             .map_err(|e| UpstreamError::ConnectFailure(io_reason(&e)))?;
-        host.stats.cx_total.fetch_add(1, Ordering::Relaxed);
         let settings = self.http2_settings;
         let (sender, connection) = http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
