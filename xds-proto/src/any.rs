@@ -14,6 +14,8 @@ pub enum AnyError {
         type_name: &'static str,
         message: String,
     },
+    #[error("no registered extension for type {0}")]
+    UnknownType(String),
 }
 
 /// The message name in a type URL: whatever follows the last `/` (Envoy's rule).

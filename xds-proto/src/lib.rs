@@ -6,12 +6,14 @@
 //! keyed by the message's full name, so callers do not monomorphise the whole message tree.
 
 mod any;
+mod extension;
 mod json;
 mod message;
 mod typed_struct;
 
 pub use any::{pack, type_name_of_url, unpack, AnyError};
 pub use envoy_types::pb;
+pub use extension::{decode_extension, Extension};
 pub use json::{
     descriptor_pool, to_json_bytes_value, to_json_value, DocumentFormat, ParseError, ParseOptions,
     Parsed,

@@ -251,7 +251,7 @@ pub fn translate_cluster(
 fn is_raw_buffer(ts: &xds_proto::pb::envoy::config::core::v3::TransportSocket) -> bool {
     use xds_proto::pb::envoy::config::core::v3::transport_socket::ConfigType;
     matches!(&ts.config_type, Some(ConfigType::TypedConfig(any))
-        if xds_proto::type_name_of_url(&any.type_url) == "envoy.extensions.transport_sockets.raw_buffer.v3.RawBuffer")
+        if matches!(xds_proto::decode_extension(any), Ok(xds_proto::Extension::RawBuffer(_))))
 }
 
 /// Priority 0 endpoints serve; higher priorities are failover targets, and without health
@@ -409,8 +409,15 @@ fn protocol_options(
         if key != HTTP_PROTOCOL_OPTIONS {
             return Err(p.error(format!("unsupported protocol options extension {key}")));
         }
-        let options: HttpProtocolOptions =
-            xds_proto::unpack(any).map_err(|e| p.error(e.to_string()))?;
+        let options: HttpProtocolOptions = match super::extension::decode(any, &p)? {
+            Some(xds_proto::Extension::HttpProtocolOptions(o)) => *o,
+            _ => {
+                return Err(p.error(format!(
+                    "unsupported protocol options type {}",
+                    xds_proto::type_name_of_url(&any.type_url)
+                )))
+            }
+        };
         check(&options, &p, acks)?;
         use http_protocol_options::UpstreamProtocolOptions as U;
         protocol = match &options.upstream_protocol_options {

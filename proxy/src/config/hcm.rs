@@ -2,6 +2,7 @@
 //! Envoy: https://www.envoyproxy.io/docs/envoy/latest/api-v3/extensions/filters/network/http_connection_manager/v3/http_connection_manager.proto
 
 use super::error::{FieldPath, Result};
+use super::extension;
 use super::fields::{check, Acknowledged};
 use super::hcm_options::{
     http2_settings, limits, path_handling, upgrades, Http2Settings, Limits, PathHandling,
@@ -9,14 +10,12 @@ use super::hcm_options::{
 use super::resolver::Resolver;
 use super::route::{translate_route_config, RouteConfig};
 use std::sync::Arc;
-use xds_proto::pb::envoy::extensions::filters::http::{
-    compressor::v3::Compressor, router::v3::Router,
-};
 use xds_proto::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
     http_connection_manager::{CodecType, RouteSpecifier},
     http_filter::ConfigType,
     HttpConnectionManager as ProtoHcm,
 };
+use xds_proto::Extension;
 
 #[derive(Debug)]
 pub struct HttpConnectionManager {
@@ -64,9 +63,6 @@ pub enum Codec {
     Http1,
     Http2,
 }
-
-const ROUTER: &str = "envoy.extensions.filters.http.router.v3.Router";
-const COMPRESSOR: &str = "envoy.extensions.filters.http.compressor.v3.Compressor";
 
 pub fn translate_hcm(
     hcm: &ProtoHcm,
@@ -192,21 +188,18 @@ fn translate_http_filters(
         let type_name = xds_proto::type_name_of_url(&any.type_url);
         let tc = p.field("typed_config");
         let is_last = i + 1 == count;
-        match type_name {
-            ROUTER => {
-                let router: Router = xds_proto::unpack(any).map_err(|e| tc.error(e.to_string()))?;
+        match extension::decode(any, &tc)? {
+            Some(Extension::Router(router)) => {
                 check(&router, &tc, acks)?;
                 if !is_last {
                     return Err(p.error(format!(
-                        "terminal filter named {} of type {ROUTER} must be the last filter in a http filter chain",
+                        "terminal filter named {} of type {type_name} must be the last filter in a http filter chain",
                         filter.name
                     )));
                 }
             }
-            COMPRESSOR => {
-                let compressor: Compressor =
-                    xds_proto::unpack(any).map_err(|e| tc.error(e.to_string()))?;
-                check(&compressor, &tc, acks)?;
+            Some(Extension::Compressor(compressor)) => {
+                check(compressor.as_ref(), &tc, acks)?;
                 non_terminal_last(is_last, &p, &filter.name, type_name)?;
             }
             _ if filter.is_optional => {
@@ -216,12 +209,7 @@ fn translate_http_filters(
                 });
                 non_terminal_last(is_last, &p, &filter.name, type_name)?;
             }
-            _ => {
-                return Err(tc.error(format!(
-                    "didn't find a registered implementation for '{}' with type URL: '{}'",
-                    filter.name, type_name
-                )))
-            }
+            _ => return Err(extension::unregistered(&tc, &filter.name, any)),
         }
     }
     Ok(())

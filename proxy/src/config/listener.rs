@@ -4,6 +4,7 @@
 
 use super::address::{resolved, Endpoint};
 use super::error::{FieldPath, Result};
+use super::extension;
 use super::fields::{check, Acknowledged};
 use super::hcm::{translate_hcm, HttpConnectionManager};
 use super::resolver::Resolver;
@@ -18,14 +19,7 @@ use xds_proto::pb::envoy::config::listener::v3::{
     listener_filter::ConfigType as ListenerFilterConfig, FilterChain as ProtoFilterChain,
     Listener as ProtoListener,
 };
-use xds_proto::pb::envoy::extensions::filters::listener::{
-    http_inspector::v3::HttpInspector, original_dst::v3::OriginalDst,
-    tls_inspector::v3::TlsInspector,
-};
-use xds_proto::pb::envoy::extensions::filters::network::{
-    http_connection_manager::v3::HttpConnectionManager as ProtoHcm,
-    tcp_proxy::v3::TcpProxy as ProtoTcpProxy,
-};
+use xds_proto::Extension;
 
 #[derive(Debug)]
 pub struct Listener {
@@ -110,10 +104,6 @@ fn prefix_eq(a: &[u8], b: &[u8], len: u8) -> bool {
     a[..full] == b[..full] && (rest == 0 || (a[full] ^ b[full]) >> (8 - rest) == 0)
 }
 
-const HCM: &str =
-    "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager";
-const TCP_PROXY: &str = "envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy";
-
 pub fn translate_listener(
     l: &ProtoListener,
     path: &FieldPath,
@@ -194,37 +184,20 @@ fn translate_listener_filter(
         None => return Err(path.error(format!("listener filter {} has no typed_config", f.name))),
     };
     let tc = path.field("typed_config");
-    let reason = match xds_proto::type_name_of_url(&any.type_url) {
-        "envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector" => {
-            check(
-                &xds_proto::unpack::<TlsInspector>(any).map_err(|e| tc.error(e.to_string()))?,
-                &tc,
-                acks,
-            )?;
+    let reason = match extension::decode(any, &tc)? {
+        Some(Extension::TlsInspector(m)) => {
+            check(&m, &tc, acks)?;
             "the TLS inspector is not implemented yet (issue 6): connections are matched as raw_buffer without SNI or ALPN"
         }
-        "envoy.extensions.filters.listener.http_inspector.v3.HttpInspector" => {
-            check(
-                &xds_proto::unpack::<HttpInspector>(any).map_err(|e| tc.error(e.to_string()))?,
-                &tc,
-                acks,
-            )?;
+        Some(Extension::HttpInspector(m)) => {
+            check(&m, &tc, acks)?;
             "the HTTP inspector is not implemented yet (issue 6): connections are matched without application protocols"
         }
-        "envoy.extensions.filters.listener.original_dst.v3.OriginalDst" => {
-            check(
-                &xds_proto::unpack::<OriginalDst>(any).map_err(|e| tc.error(e.to_string()))?,
-                &tc,
-                acks,
-            )?;
+        Some(Extension::OriginalDst(m)) => {
+            check(&m, &tc, acks)?;
             "original destination recovery is not implemented yet (issue 7)"
         }
-        other => {
-            return Err(tc.error(format!(
-                "didn't find a registered implementation for '{}' with type URL: '{other}'",
-                f.name
-            )))
-        }
+        _ => return Err(extension::unregistered(&tc, &f.name, any)),
     };
     acks.push(Acknowledged {
         path: path.to_string(),
@@ -296,24 +269,14 @@ fn translate_filter_chain(
         };
         let tc = p.field("typed_config");
         let is_last = i + 1 == fc.filters.len();
-        let filter = match xds_proto::type_name_of_url(&any.type_url) {
-            HCM => {
-                let hcm: ProtoHcm = xds_proto::unpack(any).map_err(|e| tc.error(e.to_string()))?;
-                NetworkFilter::HttpConnectionManager(Arc::new(translate_hcm(
-                    &hcm, &tc, resolve, acks,
-                )?))
-            }
-            TCP_PROXY => {
-                let t: ProtoTcpProxy =
-                    xds_proto::unpack(any).map_err(|e| tc.error(e.to_string()))?;
+        let filter = match extension::decode(any, &tc)? {
+            Some(Extension::HttpConnectionManager(hcm)) => NetworkFilter::HttpConnectionManager(
+                Arc::new(translate_hcm(&hcm, &tc, resolve, acks)?),
+            ),
+            Some(Extension::TcpProxy(t)) => {
                 NetworkFilter::TcpProxy(Arc::new(translate_tcp_proxy(&t, &tc, resolve, acks)?))
             }
-            other => {
-                return Err(tc.error(format!(
-                    "didn't find a registered implementation for '{}' with type URL: '{other}'",
-                    f.name
-                )))
-            }
+            _ => return Err(extension::unregistered(&tc, &f.name, any)),
         };
         if !is_last {
             return Err(p.error(format!(

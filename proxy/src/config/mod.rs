@@ -6,6 +6,7 @@ pub mod address;
 mod bootstrap;
 pub mod cluster;
 pub mod error;
+pub mod extension;
 pub mod fields;
 pub mod hcm;
 pub mod hcm_options;

@@ -1,0 +1,95 @@
+//! The registry of extension types Outrigger understands: one place that maps an `Any`'s type
+//! URL to the decoded message. Translators match on [`Extension`]; a type not listed here is
+//! [`AnyError::UnknownType`], which they report as Envoy does ("didn't find a registered
+//! implementation") unless the extension is optional.
+
+use crate::pb::envoy::extensions as ext;
+use crate::pb::google::protobuf::Any;
+use crate::{type_name_of_url, AnyError, XdsMessage};
+
+/// A decoded extension config.
+#[derive(Debug, Clone)]
+pub enum Extension {
+    HttpConnectionManager(
+        Box<ext::filters::network::http_connection_manager::v3::HttpConnectionManager>,
+    ),
+    TcpProxy(Box<ext::filters::network::tcp_proxy::v3::TcpProxy>),
+    Router(ext::filters::http::router::v3::Router),
+    Compressor(Box<ext::filters::http::compressor::v3::Compressor>),
+    Fault(Box<ext::filters::http::fault::v3::HttpFault>),
+    TlsInspector(ext::filters::listener::tls_inspector::v3::TlsInspector),
+    HttpInspector(ext::filters::listener::http_inspector::v3::HttpInspector),
+    OriginalDst(ext::filters::listener::original_dst::v3::OriginalDst),
+    HttpProtocolOptions(Box<ext::upstreams::http::v3::HttpProtocolOptions>),
+    RawBuffer(ext::transport_sockets::raw_buffer::v3::RawBuffer),
+    UpstreamTlsContext(Box<ext::transport_sockets::tls::v3::UpstreamTlsContext>),
+    DownstreamTlsContext(Box<ext::transport_sockets::tls::v3::DownstreamTlsContext>),
+    FileAccessLog(Box<ext::access_loggers::file::v3::FileAccessLog>),
+}
+
+fn decode<M: XdsMessage>(any: &Any) -> Result<M, AnyError> {
+    M::decode_bytes(&any.value).map_err(|e| AnyError::Decode {
+        type_name: M::FULL_NAME,
+        message: e.to_string(),
+    })
+}
+
+/// Decodes `any` by its type URL.
+pub fn decode_extension(any: &Any) -> Result<Extension, AnyError> {
+    use Extension as E;
+    let name = type_name_of_url(&any.type_url);
+    macro_rules! registry {
+        ($($variant:ident($ty:ty) $(boxed $boxed:tt)?),* $(,)?) => {
+            $(if name == <$ty as XdsMessage>::FULL_NAME {
+                return decode::<$ty>(any).map(|m| E::$variant(registry!(@wrap m $($boxed)?)));
+            })*
+        };
+        (@wrap $m:ident yes) => { Box::new($m) };
+        (@wrap $m:ident) => { $m };
+    }
+    registry! {
+        HttpConnectionManager(ext::filters::network::http_connection_manager::v3::HttpConnectionManager) boxed yes,
+        TcpProxy(ext::filters::network::tcp_proxy::v3::TcpProxy) boxed yes,
+        Router(ext::filters::http::router::v3::Router),
+        Compressor(ext::filters::http::compressor::v3::Compressor) boxed yes,
+        Fault(ext::filters::http::fault::v3::HttpFault) boxed yes,
+        TlsInspector(ext::filters::listener::tls_inspector::v3::TlsInspector),
+        HttpInspector(ext::filters::listener::http_inspector::v3::HttpInspector),
+        OriginalDst(ext::filters::listener::original_dst::v3::OriginalDst),
+        HttpProtocolOptions(ext::upstreams::http::v3::HttpProtocolOptions) boxed yes,
+        RawBuffer(ext::transport_sockets::raw_buffer::v3::RawBuffer),
+        UpstreamTlsContext(ext::transport_sockets::tls::v3::UpstreamTlsContext) boxed yes,
+        DownstreamTlsContext(ext::transport_sockets::tls::v3::DownstreamTlsContext) boxed yes,
+        FileAccessLog(ext::access_loggers::file::v3::FileAccessLog) boxed yes,
+    }
+    Err(AnyError::UnknownType(name.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn known_types_decode_and_unknown_ones_are_named() {
+        let router = crate::pack(&ext::filters::http::router::v3::Router::default());
+        assert!(matches!(
+            decode_extension(&router),
+            Ok(Extension::Router(_))
+        ));
+        let unknown = Any {
+            type_url: "type.googleapis.com/x.y.Z".into(),
+            value: Vec::new(),
+        };
+        assert!(
+            matches!(decode_extension(&unknown), Err(AnyError::UnknownType(n)) if n == "x.y.Z")
+        );
+        let broken = Any {
+            type_url: router.type_url.clone(),
+            value: vec![0xff, 0xff],
+        };
+        assert!(matches!(
+            decode_extension(&broken),
+            Err(AnyError::Decode { .. })
+        ));
+    }
+}
