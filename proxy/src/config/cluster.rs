@@ -54,6 +54,13 @@ pub enum Discovery {
     },
     /// Endpoints arrive over EDS (issue 5); until then the cluster has none.
     Eds,
+    /// The upstream is the downstream connection's original destination (or the address in
+    /// an HTTP header), Envoy's ORIGINAL_DST.
+    OriginalDst {
+        /// `x-envoy-original-dst-host` (or `http_header_name`) overrides the destination.
+        http_header: Option<http::HeaderName>,
+        port_override: Option<u16>,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -103,11 +110,28 @@ pub fn translate_cluster(
     }
     let lb = cluster::LbPolicy::try_from(c.lb_policy)
         .map_err(|_| path.field("lb_policy").error("unknown policy"))?;
-    if lb != cluster::LbPolicy::RoundRobin {
-        return Err(path.field("lb_policy").error(format!(
-            "{} is not supported yet (issue 4); use ROUND_ROBIN",
-            lb.as_str_name()
-        )));
+    let original_dst = matches!(
+        &c.cluster_discovery_type,
+        Some(cluster::ClusterDiscoveryType::Type(t)) if *t == cluster::DiscoveryType::OriginalDst as i32
+    );
+    match (lb, original_dst) {
+        (cluster::LbPolicy::RoundRobin, false) | (cluster::LbPolicy::ClusterProvided, true) => {}
+        (_, true) => {
+            return Err(path
+                .field("lb_policy")
+                .error("cluster: LB policy must be CLUSTER_PROVIDED for an ORIGINAL_DST cluster"))
+        }
+        (cluster::LbPolicy::ClusterProvided, false) => {
+            return Err(path.field("lb_policy").error(
+                "cluster: LB policy CLUSTER_PROVIDED is only valid with an ORIGINAL_DST cluster",
+            ))
+        }
+        (other, false) => {
+            return Err(path.field("lb_policy").error(format!(
+                "{} is not supported yet (issue 4); use ROUND_ROBIN",
+                other.as_str_name()
+            )))
+        }
     }
     let connect_timeout =
         optional_duration(c.connect_timeout.as_ref(), &path.field("connect_timeout"))?
@@ -176,9 +200,15 @@ pub fn translate_cluster(
         }
         cluster::DiscoveryType::Eds => Discovery::Eds,
         cluster::DiscoveryType::OriginalDst => {
-            return Err(path
-                .field("type")
-                .error("ORIGINAL_DST clusters are not supported yet (issue 7)"))
+            if c.load_assignment
+                .as_ref()
+                .is_some_and(|la| !la.endpoints.is_empty())
+            {
+                return Err(path
+                    .field("load_assignment")
+                    .error("ORIGINAL_DST clusters must have no load assignment configured"));
+            }
+            original_dst_config(c, path)?
         }
     };
     let (protocol, idle_timeout, max_requests, http2) = protocol_options(c, path, acks)?;
@@ -284,6 +314,46 @@ fn selected_endpoints(
                     })
                     .map(move |(j, e)| (i, j, e))
             })
+    })
+}
+
+fn original_dst_config(c: &ProtoCluster, path: &FieldPath) -> Result<Discovery> {
+    let Some(cluster::LbConfig::OriginalDstLbConfig(o)) = &c.lb_config else {
+        return Ok(Discovery::OriginalDst {
+            http_header: None,
+            port_override: None,
+        });
+    };
+    let p = path.field("original_dst_lb_config");
+    if o.metadata_key.is_some() {
+        return Err(p
+            .field("metadata_key")
+            .error("metadata keys are not supported"));
+    }
+    let http_header = if o.use_http_header {
+        let name = if o.http_header_name.is_empty() {
+            "x-envoy-original-dst-host"
+        } else {
+            &o.http_header_name
+        };
+        Some(
+            http::HeaderName::from_bytes(name.to_ascii_lowercase().as_bytes())
+                .map_err(|_| p.field("http_header_name").error("invalid header name"))?,
+        )
+    } else {
+        None
+    };
+    let port_override = o
+        .upstream_port_override
+        .as_ref()
+        .map(|v| {
+            u16::try_from(v.value)
+                .map_err(|_| p.field("upstream_port_override").error("out of range"))
+        })
+        .transpose()?;
+    Ok(Discovery::OriginalDst {
+        http_header,
+        port_override,
     })
 }
 

@@ -33,6 +33,7 @@ const RESILIENCE: &str = "not enforced yet (issue 4: upstream resilience)";
 const OVERLOAD: &str = "the overload manager is not implemented";
 const NO_EFFECT: &str = "has no effect in Outrigger";
 const DOWNSTREAM_TIMEOUTS: &str = "downstream timeouts are not enforced yet (issue 3)";
+const BUFFERS: &str = "buffering is bounded by the codecs' own flow control (HTTP/2 windows, fixed copy buffers); this exact limit is not applied";
 const TLS: &str = "TLS is not implemented yet (issue 6); connections using it are refused";
 
 /// Messages whose every field Outrigger handles (well-known types, leaves of translation).
@@ -94,8 +95,9 @@ static POLICIES: &[(&str, Policy)] = policies! {
     "envoy.config.listener.v3.Listener" => ["name", "address", "filter_chains", "default_filter_chain",
         "listener_filters", "listener_filters_timeout", "continue_on_listener_filters_timeout",
         "stat_prefix", "traffic_direction", "metadata", "enable_reuse_port", "reuse_port",
-        "per_connection_buffer_limit_bytes", "tcp_backlog_size", "bind_to_port"]
+        "tcp_backlog_size", "bind_to_port", "use_original_dst", "transparent"]
         ack [("ignore_global_conn_limit", OVERLOAD), ("bypass_overload_manager", OVERLOAD),
+             ("per_connection_buffer_limit_bytes", BUFFERS),
              ("access_log", ACCESS_LOG), ("connection_balance_config", "connections are spread by the runtime's work stealing"),
              ("drain_type", "drain is not implemented yet (issue 5)")];
     "envoy.config.listener.v3.FilterChain" => ["filter_chain_match", "filters", "name", "metadata",
@@ -111,14 +113,15 @@ static POLICIES: &[(&str, Policy)] = policies! {
     "envoy.config.cluster.v3.Cluster" => ["name", "alt_stat_name", "type", "connect_timeout",
         "lb_policy", "load_assignment", "max_requests_per_connection", "typed_extension_protocol_options",
         "dns_lookup_family", "dns_refresh_rate", "respect_dns_ttl", "upstream_connection_options",
-        "metadata", "transport_socket", "upstream_bind_config", "per_connection_buffer_limit_bytes",
-        "common_http_protocol_options", "http2_protocol_options", "http_protocol_options"]
-        ack [("circuit_breakers", RESILIENCE), ("outlier_detection", RESILIENCE),
+        "metadata", "transport_socket", "upstream_bind_config",
+        "common_http_protocol_options", "http2_protocol_options", "http_protocol_options", "original_dst_lb_config"]
+        ack [("per_connection_buffer_limit_bytes", BUFFERS), ("circuit_breakers", RESILIENCE), ("outlier_detection", RESILIENCE),
              ("health_checks", RESILIENCE), ("common_lb_config", RESILIENCE),
-             ("eds_cluster_config", XDS), ("cleanup_interval", "ORIGINAL_DST clusters come with issue 7"),
+             ("eds_cluster_config", XDS), ("cleanup_interval", "ORIGINAL_DST hosts are not cached between connections, so there is nothing to clean up"),
              ("track_cluster_stats", STATS), ("transport_socket_matches", TLS),
              ("wait_for_warm_on_init", XDS)];
     "envoy.config.cluster.v3.UpstreamConnectionOptions" => ["tcp_keepalive"];
+    "envoy.config.cluster.v3.Cluster.OriginalDstLbConfig" => ["use_http_header", "http_header_name", "upstream_port_override"];
     "envoy.config.core.v3.BindConfig" => ["source_address"];
     "envoy.config.endpoint.v3.ClusterLoadAssignment" => ["cluster_name", "endpoints"]
         ack [("policy", RESILIENCE)];

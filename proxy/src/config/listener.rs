@@ -31,10 +31,17 @@ pub struct Listener {
     pub bind_to_port: bool,
     pub backlog: u32,
     pub listener_filters_timeout: Option<Duration>,
-    pub per_connection_buffer_limit_bytes: u32,
     pub stat_prefix: String,
     /// `traffic_direction: INBOUND`; `/drain_listeners?inboundonly` drains only these.
     pub inbound: bool,
+    /// The `original_dst` listener filter: the connection's destination before iptables
+    /// redirected it becomes its local address.
+    pub original_dst: bool,
+    /// `use_original_dst`: hand the connection to the listener bound (or not bound) at that
+    /// original destination, if there is one.
+    pub use_original_dst: bool,
+    /// `transparent`: IP_TRANSPARENT, for TPROXY interception.
+    pub transparent: bool,
 }
 
 #[derive(Debug)]
@@ -124,8 +131,10 @@ pub fn translate_listener(
             l.name
         )));
     }
+    let mut original_dst = false;
     for (i, f) in l.listener_filters.iter().enumerate() {
-        translate_listener_filter(f, &path.field("listener_filters").index(i), acks)?;
+        original_dst |=
+            translate_listener_filter(f, &path.field("listener_filters").index(i), acks)?;
     }
     let mut filter_chains: Vec<FilterChain> = Vec::with_capacity(l.filter_chains.len());
     for (i, fc) in l.filter_chains.iter().enumerate() {
@@ -162,14 +171,12 @@ pub fn translate_listener(
         )?
         .or(Some(Duration::from_secs(15)))
         .filter(|d| !d.is_zero()),
-        per_connection_buffer_limit_bytes: l
-            .per_connection_buffer_limit_bytes
-            .as_ref()
-            .map(|v| v.value)
-            .unwrap_or(1024 * 1024),
         stat_prefix: l.stat_prefix.clone(),
         inbound: l.traffic_direction
             == xds_proto::pb::envoy::config::core::v3::TrafficDirection::Inbound as i32,
+        original_dst,
+        use_original_dst: l.use_original_dst.as_ref().is_some_and(|b| b.value),
+        transparent: l.transparent.as_ref().is_some_and(|b| b.value),
     })
 }
 
@@ -177,7 +184,7 @@ fn translate_listener_filter(
     f: &xds_proto::pb::envoy::config::listener::v3::ListenerFilter,
     path: &FieldPath,
     acks: &mut Vec<Acknowledged>,
-) -> Result<()> {
+) -> Result<bool> {
     let any = match &f.config_type {
         Some(ListenerFilterConfig::TypedConfig(any)) => any,
         Some(_) => return Err(path.error("listener filter config discovery is not supported")),
@@ -195,7 +202,7 @@ fn translate_listener_filter(
         }
         Some(Extension::OriginalDst(m)) => {
             check(&m, &tc, acks)?;
-            "original destination recovery is not implemented yet (issue 7)"
+            return Ok(true);
         }
         _ => return Err(extension::unregistered(&tc, &f.name, any)),
     };
@@ -203,7 +210,7 @@ fn translate_listener_filter(
         path: path.to_string(),
         reason,
     });
-    Ok(())
+    Ok(false)
 }
 
 fn translate_filter_chain(

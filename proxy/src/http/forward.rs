@@ -5,7 +5,7 @@
 
 use super::connection::HttpContext;
 use super::local_reply::{local_reply, ResponseFlag};
-use super::router::{BoxError, Outcome, ResponseBody};
+use super::router::{BoxError, Outcome, RequestExtras, ResponseBody};
 use crate::config::cluster::UpstreamProtocol;
 use crate::config::hcm::ServerHeader;
 use crate::config::route::{
@@ -46,6 +46,7 @@ struct Target<'a> {
     weighted: Option<&'a WeightedTarget>,
     /// An allowed upgrade (websocket): `Upgrade` and `Connection` go upstream.
     upgrade: bool,
+    original_destination: Option<std::net::SocketAddr>,
 }
 
 /// After a `101 Switching Protocols`, joins the two upgraded connections and copies bytes
@@ -81,8 +82,12 @@ pub async fn forward(
     route: &Route,
     f: &Forward,
     request: Request<Incoming>,
-    on_upgrade: Option<hyper::upgrade::OnUpgrade>,
+    extras: RequestExtras,
 ) -> Outcome {
+    let RequestExtras {
+        on_upgrade,
+        original_destination,
+    } = extras;
     let server = &ctx.hcm.server_name;
     let (index, weighted) = match &f.target {
         ClusterTarget::Named(c) => (c.index, None),
@@ -109,6 +114,7 @@ pub async fn forward(
         forward: f,
         weighted,
         upgrade: on_upgrade.is_some(),
+        original_destination,
     };
     let mut outcome = send_to_cluster(ctx, cluster, &target, request).await;
     if let Some(downstream) = on_upgrade {
@@ -138,7 +144,8 @@ async fn send_to_cluster(
             flag: Some(ResponseFlag::UpstreamConnectionFailure),
         };
     }
-    let Some(host) = cluster.hosts().pick().cloned() else {
+    let Some(host) = cluster.choose_host(target.original_destination, Some(request.headers()))
+    else {
         cluster.stats.upstream_cx_none_healthy.inc();
         return Outcome {
             response: local_reply(

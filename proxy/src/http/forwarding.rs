@@ -40,6 +40,9 @@ static INTERNAL_ONLY: [HeaderName; 18] = [
 pub struct Downstream {
     /// None on a Unix socket.
     pub remote: Option<SocketAddr>,
+    /// The connection's local address, after the original_dst filter: where the client meant
+    /// to connect (ORIGINAL_DST clusters send there).
+    pub local: Option<SocketAddr>,
     /// This host's address, appended to `x-forwarded-for` instead of a loopback peer (Envoy's
     /// "local address": the first non-loopback interface address).
     pub node_address: Option<IpAddr>,
@@ -175,6 +178,7 @@ mod tests {
         }
         let downstream = Downstream {
             remote: Some(remote.parse().expect("addr")),
+            local: None,
             node_address: Some("192.0.2.2".parse().expect("ip")),
         };
         mutate_request_headers(f, &mut map, &downstream);

@@ -14,6 +14,14 @@ use http::{header, Request, Response, StatusCode};
 use http_body_util::combinators::UnsyncBoxBody;
 use hyper::body::Incoming;
 
+/// What a request carries beside itself into forwarding.
+pub struct RequestExtras {
+    /// The downstream's half of an allowed upgrade (websocket).
+    pub on_upgrade: Option<hyper::upgrade::OnUpgrade>,
+    /// Where the client meant to connect (ORIGINAL_DST clusters send there).
+    pub original_destination: Option<std::net::SocketAddr>,
+}
+
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 pub type ResponseBody = UnsyncBoxBody<Bytes, BoxError>;
 
@@ -35,14 +43,17 @@ pub async fn route_request(
         Ok(upgrade) => upgrade,
         Err(refusal) => return refused(refusal, server),
     };
-    let on_upgrade = upgrade.then(|| hyper::upgrade::on(&mut request));
+    let extras = RequestExtras {
+        on_upgrade: upgrade.then(|| hyper::upgrade::on(&mut request)),
+        original_destination: downstream.local,
+    };
     let forwarding = &ctx.hcm.forwarding;
     mutate_request_headers(forwarding, request.headers_mut(), downstream);
     let request_id = forwarding
         .always_set_request_id_in_response
         .then(|| request.headers().get(&X_REQUEST_ID).cloned())
         .flatten();
-    let mut outcome = route_and_act(ctx, request, on_upgrade).await;
+    let mut outcome = route_and_act(ctx, request, extras).await;
     let headers = outcome.response.headers_mut();
     if let Some(via) = &forwarding.via {
         append_via(headers, via);
@@ -85,7 +96,7 @@ fn refused(refusal: Refusal, server: &http::HeaderValue) -> Outcome {
 async fn route_and_act(
     ctx: &HttpContext,
     request: Request<Incoming>,
-    on_upgrade: Option<hyper::upgrade::OnUpgrade>,
+    extras: RequestExtras,
 ) -> Outcome {
     let server = &ctx.hcm.server_name;
     let route_config = &ctx.hcm.route_config;
@@ -133,7 +144,7 @@ async fn route_and_act(
                 flag: None,
             }
         }
-        Action::Forward(f) => forward(ctx, route_config, vh, route, f, request, on_upgrade).await,
+        Action::Forward(f) => forward(ctx, route_config, vh, route, f, request, extras).await,
     };
     // Response headers: route first, then virtual host, then route configuration (Envoy's
     // default order, where the least specific level has the last word).

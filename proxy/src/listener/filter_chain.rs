@@ -125,9 +125,11 @@ mod tests {
             bind_to_port: true,
             backlog: 128,
             listener_filters_timeout: None,
-            per_connection_buffer_limit_bytes: 0,
             stat_prefix: String::new(),
             inbound: false,
+            original_dst: false,
+            use_original_dst: false,
+            transparent: false,
         }
     }
 

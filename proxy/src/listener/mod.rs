@@ -2,14 +2,16 @@
 //! chain, and hand the connection to its network filter.
 
 mod filter_chain;
+mod original_dst;
+mod runtime;
 
 pub use filter_chain::select_filter_chain;
+pub use original_dst::original_destination;
+pub use runtime::{address_scope, is_own_address, ChainRuntime, ListenerRuntime, ListenerTable};
 
 use crate::config::address::Endpoint;
-use crate::config::listener::{FilterChain, Listener, NetworkFilter};
-use crate::http::{serve_connection, Downstream, HcmStats, HttpContext};
-use crate::stats::{Counter, Gauge, Store};
-use crate::tcp::{TcpContext, TcpStats};
+use crate::config::listener::Listener;
+use crate::http::{serve_connection, Downstream};
 use crate::upstream::ClusterManager;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -40,9 +42,7 @@ impl BoundSocket {
 /// startup error, as in Envoy.
 pub fn bind(listener: &Listener) -> std::io::Result<BoundSocket> {
     match &listener.address {
-        Endpoint::Tcp(addr) => {
-            bind_tcp(*addr, listener.reuse_port, listener.backlog).map(BoundSocket::Tcp)
-        }
+        Endpoint::Tcp(addr) => bind_tcp(*addr, listener).map(BoundSocket::Tcp),
         Endpoint::Unix(path) => {
             // A stale socket file from an earlier run would make bind fail.
             let _ = std::fs::remove_file(path);
@@ -51,7 +51,8 @@ pub fn bind(listener: &Listener) -> std::io::Result<BoundSocket> {
     }
 }
 
-fn bind_tcp(addr: SocketAddr, reuse_port: bool, backlog: u32) -> std::io::Result<TcpListener> {
+fn bind_tcp(addr: SocketAddr, listener: &Listener) -> std::io::Result<TcpListener> {
+    let (reuse_port, backlog) = (listener.reuse_port, listener.backlog);
     let domain = if addr.is_ipv4() {
         socket2::Domain::IPV4
     } else {
@@ -66,91 +67,49 @@ fn bind_tcp(addr: SocketAddr, reuse_port: bool, backlog: u32) -> std::io::Result
         // Envoy binds `::` dual-stack only when asked (ipv4_compat); default is IPv6 only.
         socket.set_only_v6(true)?;
     }
+    if listener.transparent {
+        // TPROXY delivers connections for addresses that are not local: IP_TRANSPARENT lets
+        // the socket accept them (needs CAP_NET_ADMIN).
+        if addr.is_ipv4() {
+            socket.set_ip_transparent_v4(true)?;
+        } else {
+            socket.set_ip_transparent_v6(true)?;
+        }
+    }
     socket.set_nonblocking(true)?;
     socket.bind(&addr.into())?;
     socket.listen(i32::try_from(backlog).unwrap_or(i32::MAX))?;
     TcpListener::from_std(socket.into())
 }
 
-/// Per-listener stats (`listener.<address>.*`).
-#[derive(Debug)]
-struct ListenerStats {
-    downstream_cx_total: Arc<Counter>,
-    downstream_cx_active: Arc<Gauge>,
-    no_filter_chain_match: Arc<Counter>,
-}
-
-/// What a filter chain runs, built once per listener with its stats resolved.
-#[derive(Clone)]
-enum ChainRuntime {
-    Http(Arc<HttpContext>),
-    Tcp(Arc<TcpContext>),
-    /// No filters (valid in Envoy): the connection is closed.
-    Close,
-}
-
-impl ChainRuntime {
-    fn build(chain: &FilterChain, clusters: &Arc<ClusterManager>, store: &Store) -> Self {
-        match chain.filters.last() {
-            Some(NetworkFilter::HttpConnectionManager(hcm)) => {
-                ChainRuntime::Http(Arc::new(HttpContext {
-                    hcm: hcm.clone(),
-                    clusters: clusters.clone(),
-                    stats: HcmStats::new(store, &hcm.stat_prefix),
-                }))
-            }
-            Some(NetworkFilter::TcpProxy(t)) => ChainRuntime::Tcp(Arc::new(TcpContext {
-                config: t.clone(),
-                stats: TcpStats::new(store, &t.stat_prefix),
-            })),
-            None => ChainRuntime::Close,
-        }
-    }
-}
-
 /// Accepts connections until `drain` fires, then stops accepting; connections in flight are
-/// told to finish (their own drain receivers fire too).
+/// told to finish (their own drain receivers fire too). With the `original_dst` filter the
+/// connection's pre-redirect destination becomes its local address, and with
+/// `use_original_dst` it is handed to the listener at that address.
 pub async fn run(
-    listener: Arc<Listener>,
+    runtime: Arc<ListenerRuntime>,
     socket: BoundSocket,
+    table: Arc<ListenerTable>,
     clusters: Arc<ClusterManager>,
-    store: Arc<Store>,
     mut drain: watch::Receiver<bool>,
     node_address: Option<std::net::IpAddr>,
 ) {
-    let scope = match &socket {
-        // Envoy's stat names replace `:` in addresses: `listener.127.0.0.1_8080.*`.
-        BoundSocket::Tcp(l) => l
-            .local_addr()
-            .map(|a| a.to_string().replace(':', "_"))
-            .unwrap_or_default(),
-        BoundSocket::Unix(_) => listener.name.clone(),
+    let listener = runtime.config.clone();
+    let bound = match &socket {
+        BoundSocket::Tcp(l) => l.local_addr().ok(),
+        BoundSocket::Unix(_) => None,
     };
-    let scope = if listener.stat_prefix.is_empty() {
-        scope
-    } else {
-        listener.stat_prefix.clone()
-    };
-    let stats = Arc::new(ListenerStats {
-        downstream_cx_total: store.counter(&format!("listener.{scope}.downstream_cx_total")),
-        downstream_cx_active: store.gauge(&format!("listener.{scope}.downstream_cx_active")),
-        no_filter_chain_match: store.counter(&format!("listener.{scope}.no_filter_chain_match")),
-    });
-    let runtimes: Vec<ChainRuntime> = listener
-        .filter_chains
-        .iter()
-        .map(|c| ChainRuntime::build(c, &clusters, &store))
-        .collect();
-    let default_runtime = listener
-        .default_filter_chain
-        .as_ref()
-        .map(|c| ChainRuntime::build(c, &clusters, &store));
     loop {
         let accepted = tokio::select! {
             _ = crate::server::wait_drain(&mut drain) => break,
-            accepted = accept(&socket) => accepted,
+            accepted = accept(&socket, &listener) => accepted,
         };
-        let (stream, peer, local) = match accepted {
+        let Accepted {
+            stream,
+            peer,
+            mut local,
+            original,
+        } = match accepted {
             Ok(a) => a,
             Err(e) => {
                 // Out of file descriptors and similar: log, back off briefly, keep listening.
@@ -159,47 +118,61 @@ pub async fn run(
                 continue;
             }
         };
-        stats.downstream_cx_total.inc();
-        let index = select_filter_chain(&listener, local, peer);
+        let mut target = &runtime;
+        if let (Some(destination), Some(bound)) = (original, bound) {
+            if is_own_address(destination, bound) {
+                tracing::debug!(target: "conn_handler", "listener {}: connection to the capture port itself ({destination}) closed", listener.name);
+                continue;
+            }
+            local = Some(destination);
+            if listener.use_original_dst {
+                if let Some(other) = table.find(destination) {
+                    target = other;
+                }
+            }
+        }
+        target.stats.downstream_cx_total.inc();
+        let index = select_filter_chain(&target.config, local, peer);
         let chain = match index {
-            Some(i) => listener.filter_chains.get(i),
-            None => listener.default_filter_chain.as_ref(),
+            Some(i) => target
+                .config
+                .filter_chains
+                .get(i)
+                .map(|c| (c, target.chains.get(i))),
+            None => target
+                .config
+                .default_filter_chain
+                .as_ref()
+                .map(|c| (c, target.default_chain.as_ref())),
         };
-        let Some(chain) = chain else {
-            stats.no_filter_chain_match.inc();
-            tracing::debug!(target: "conn_handler", "listener {}: no filter chain matches {peer:?}", listener.name);
+        let Some((chain, Some(chain_runtime))) = chain else {
+            target.stats.no_filter_chain_match.inc();
+            tracing::debug!(target: "conn_handler", "listener {}: no filter chain matches {peer:?}", target.config.name);
             continue;
         };
         if let Some(transport) = &chain.unsupported_transport {
-            tracing::debug!(target: "conn_handler", "listener {}: closing connection: transport socket {transport} is not supported yet", listener.name);
+            tracing::debug!(target: "conn_handler", "listener {}: closing connection: transport socket {transport} is not supported yet", target.config.name);
             continue;
         }
-        let runtime = match index {
-            Some(i) => runtimes.get(i).cloned(),
-            None => default_runtime.clone(),
-        };
-        let stats = stats.clone();
+        let chain_runtime = chain_runtime.clone();
+        let target = target.clone();
         let drain = drain.clone();
         let clusters = clusters.clone();
-        stats.downstream_cx_active.inc();
+        target.stats.downstream_cx_active.inc();
         tokio::spawn(async move {
-            match runtime {
-                Some(ChainRuntime::Http(ctx)) => {
-                    serve_connection(
-                        stream,
-                        ctx,
-                        Downstream {
-                            remote: peer,
-                            node_address,
-                        },
-                        drain,
-                    )
-                    .await
+            let downstream = Downstream {
+                remote: peer,
+                local,
+                node_address,
+            };
+            match chain_runtime {
+                ChainRuntime::Http(ctx) => serve_connection(stream, ctx, downstream, drain).await,
+                ChainRuntime::Tcp(ctx) => {
+                    crate::tcp::proxy(stream, ctx, clusters, downstream).await
                 }
-                Some(ChainRuntime::Tcp(ctx)) => crate::tcp::proxy(stream, ctx, clusters).await,
-                Some(ChainRuntime::Close) | None => {}
+                ChainRuntime::Close => {}
             }
-            stats.downstream_cx_active.dec();
+            target.stats.downstream_cx_active.dec();
         });
     }
 }
@@ -207,19 +180,41 @@ pub async fn run(
 /// A downstream stream: TCP or Unix.
 pub type DownstreamStream = crate::upstream::Stream;
 
-async fn accept(
-    socket: &BoundSocket,
-) -> std::io::Result<(DownstreamStream, Option<SocketAddr>, Option<SocketAddr>)> {
+struct Accepted {
+    stream: DownstreamStream,
+    peer: Option<SocketAddr>,
+    local: Option<SocketAddr>,
+    /// The destination before redirection, when the listener runs the original_dst filter.
+    original: Option<SocketAddr>,
+}
+
+async fn accept(socket: &BoundSocket, listener: &Listener) -> std::io::Result<Accepted> {
     match socket {
         BoundSocket::Tcp(l) => {
             let (stream, peer) = l.accept().await?;
             let _ = stream.set_nodelay(true);
             let local = stream.local_addr().ok();
-            Ok((DownstreamStream::Tcp(stream), Some(peer), local))
+            let original = match local {
+                Some(local) if listener.original_dst => {
+                    original_destination(&stream, local, listener.transparent)
+                }
+                _ => None,
+            };
+            Ok(Accepted {
+                stream: DownstreamStream::Tcp(stream),
+                peer: Some(peer),
+                local,
+                original,
+            })
         }
         BoundSocket::Unix(l) => {
             let (stream, _) = l.accept().await?;
-            Ok((DownstreamStream::Unix(stream), None, None))
+            Ok(Accepted {
+                stream: DownstreamStream::Unix(stream),
+                peer: None,
+                local: None,
+                original: None,
+            })
         }
     }
 }

@@ -119,13 +119,16 @@ async fn run(
     }
 
     let node_address = node_address(server.options.local_address_ip_version);
-    let mut drains = Vec::new();
+    // Bind every listener first (a conflict is a startup error), then build each listener's
+    // runtime, named for stats by its bound address, and the table `use_original_dst` needs.
+    let mut bound = Vec::new();
     for l in &config.listeners {
         if !l.bind_to_port {
+            bound.push(None);
             continue;
         }
-        let socket = match listener::bind(l) {
-            Ok(s) => s,
+        match listener::bind(l) {
+            Ok(socket) => bound.push(Some(socket)),
             Err(e) => {
                 eprintln!(
                     "error: listener '{}' cannot bind {}: {e}",
@@ -133,7 +136,33 @@ async fn run(
                 );
                 return ExitCode::FAILURE;
             }
-        };
+        }
+    }
+    let runtimes: Vec<Arc<listener::ListenerRuntime>> = config
+        .listeners
+        .iter()
+        .zip(&bound)
+        .map(|(l, socket)| {
+            let scope = match socket {
+                Some(listener::BoundSocket::Tcp(s)) => s
+                    .local_addr()
+                    .map(|a| a.to_string().replace(':', "_"))
+                    .unwrap_or_default(),
+                _ => listener::address_scope(&l.address),
+            };
+            Arc::new(listener::ListenerRuntime::build(
+                l.clone(),
+                &scope,
+                &clusters,
+                &stats,
+            ))
+        })
+        .collect();
+    let table = Arc::new(listener::ListenerTable::new(runtimes.clone()));
+    let mut drains = Vec::new();
+    for (runtime, socket) in runtimes.into_iter().zip(bound) {
+        let Some(socket) = socket else { continue };
+        let l = &runtime.config;
         let address = socket.local_address();
         println!("listener {}: {}", l.name, address);
         server.add_bound_listener(BoundListener {
@@ -144,10 +173,10 @@ async fn run(
         let (drain_tx, drain_rx) = watch::channel(false);
         drains.push((l.inbound, drain_tx));
         tokio::spawn(listener::run(
-            l.clone(),
+            runtime,
             socket,
+            table.clone(),
             clusters.clone(),
-            stats.clone(),
             drain_rx,
             node_address,
         ));

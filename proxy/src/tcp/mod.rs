@@ -25,7 +25,12 @@ pub struct TcpContext {
     pub stats: TcpStats,
 }
 
-pub async fn proxy(downstream: Stream, ctx: Arc<TcpContext>, clusters: Arc<ClusterManager>) {
+pub async fn proxy(
+    downstream: Stream,
+    ctx: Arc<TcpContext>,
+    clusters: Arc<ClusterManager>,
+    info: crate::http::Downstream,
+) {
     let stats = &ctx.stats;
     stats.downstream_cx_total.inc();
     let config = &ctx.config;
@@ -35,7 +40,7 @@ pub async fn proxy(downstream: Stream, ctx: Arc<TcpContext>, clusters: Arc<Clust
         tracing::debug!(target: "filter", "tcp_proxy {}: no cluster", config.stat_prefix);
         return;
     };
-    let Some(upstream) = connect(cluster, config).await else {
+    let Some(upstream) = connect(cluster, config, info.local).await else {
         return;
     };
     let (sent, received, idle) = copy_both_ways(downstream, upstream, config.idle_timeout).await;
@@ -52,6 +57,7 @@ pub async fn proxy(downstream: Stream, ctx: Arc<TcpContext>, clusters: Arc<Clust
 async fn connect(
     cluster: &ClusterRuntime,
     config: &TcpProxy,
+    original_destination: Option<std::net::SocketAddr>,
 ) -> Option<crate::upstream::connector::CountedStream> {
     if cluster.config.unsupported_transport.is_some() {
         cluster.stats.upstream_cx_connect_fail.inc();
@@ -59,7 +65,7 @@ async fn connect(
     }
     let mut connector = cluster.pool.connector();
     for _ in 0..config.max_connect_attempts {
-        let Some(host) = cluster.hosts().pick().cloned() else {
+        let Some(host) = cluster.choose_host(original_destination, None) else {
             cluster.stats.upstream_cx_none_healthy.inc();
             return None;
         };

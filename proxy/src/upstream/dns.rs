@@ -22,7 +22,7 @@ pub fn spawn(cluster: Arc<ClusterRuntime>) {
             family,
             ..
         } => (vec![host.clone()], *refresh, *family, true),
-        Discovery::Static(_) | Discovery::Eds => return,
+        Discovery::Static(_) | Discovery::Eds | Discovery::OriginalDst { .. } => return,
     };
     tokio::spawn(async move {
         loop {

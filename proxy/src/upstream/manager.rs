@@ -202,3 +202,39 @@ impl ClusterManager {
         }
     }
 }
+
+impl ClusterRuntime {
+    /// The host a request or connection goes to: the balancer's pick, or for ORIGINAL_DST
+    /// clusters the downstream's original destination (an address in the configured header
+    /// wins when present), with the port override applied.
+    pub fn choose_host(
+        &self,
+        original_destination: Option<std::net::SocketAddr>,
+        headers: Option<&http::HeaderMap>,
+    ) -> Option<Arc<Host>> {
+        match &self.config.discovery {
+            Discovery::OriginalDst {
+                http_header,
+                port_override,
+            } => {
+                let from_header = http_header
+                    .as_ref()
+                    .and_then(|name| headers?.get(name))
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.parse::<std::net::SocketAddr>().ok());
+                let mut address = from_header.or(original_destination)?;
+                if let Some(port) = port_override {
+                    address.set_port(*port);
+                }
+                Some(Arc::new(Host {
+                    authority: address.to_string().parse().ok()?,
+                    address: Endpoint::Tcp(address),
+                    hostname: String::new(),
+                    weight: 1,
+                    stats: HostStats::default(),
+                }))
+            }
+            _ => self.hosts().pick().cloned(),
+        }
+    }
+}

@@ -1,0 +1,151 @@
+//! Listeners as they run: each filter chain's network filter with its stats resolved, and the
+//! table of all listeners (bound or not) that `use_original_dst` hands connections across.
+
+use crate::config::address::Endpoint;
+use crate::config::listener::{FilterChain, Listener, NetworkFilter};
+use crate::http::{HcmStats, HttpContext};
+use crate::stats::{Counter, Gauge, Store};
+use crate::tcp::{TcpContext, TcpStats};
+use crate::upstream::ClusterManager;
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+
+/// What a filter chain runs.
+#[derive(Clone)]
+pub enum ChainRuntime {
+    Http(Arc<HttpContext>),
+    Tcp(Arc<TcpContext>),
+    /// No filters (valid in Envoy): the connection is closed.
+    Close,
+}
+
+impl ChainRuntime {
+    fn build(chain: &FilterChain, clusters: &Arc<ClusterManager>, store: &Store) -> Self {
+        match chain.filters.last() {
+            Some(NetworkFilter::HttpConnectionManager(hcm)) => {
+                ChainRuntime::Http(Arc::new(HttpContext {
+                    hcm: hcm.clone(),
+                    clusters: clusters.clone(),
+                    stats: HcmStats::new(store, &hcm.stat_prefix),
+                }))
+            }
+            Some(NetworkFilter::TcpProxy(t)) => ChainRuntime::Tcp(Arc::new(TcpContext {
+                config: t.clone(),
+                stats: TcpStats::new(store, &t.stat_prefix),
+            })),
+            None => ChainRuntime::Close,
+        }
+    }
+}
+
+/// Per-listener stats (`listener.<address>.*`).
+#[derive(Debug)]
+pub struct ListenerStats {
+    pub downstream_cx_total: Arc<Counter>,
+    pub downstream_cx_active: Arc<Gauge>,
+    pub no_filter_chain_match: Arc<Counter>,
+}
+
+pub struct ListenerRuntime {
+    pub config: Arc<Listener>,
+    pub chains: Vec<ChainRuntime>,
+    pub default_chain: Option<ChainRuntime>,
+    pub stats: ListenerStats,
+}
+
+impl ListenerRuntime {
+    /// `scope` names the stats: the bound address (`127.0.0.1_8080`) or the stat prefix.
+    pub fn build(
+        config: Arc<Listener>,
+        scope: &str,
+        clusters: &Arc<ClusterManager>,
+        store: &Store,
+    ) -> Self {
+        let scope = if config.stat_prefix.is_empty() {
+            scope.to_string()
+        } else {
+            config.stat_prefix.clone()
+        };
+        let stats = ListenerStats {
+            downstream_cx_total: store.counter(&format!("listener.{scope}.downstream_cx_total")),
+            downstream_cx_active: store.gauge(&format!("listener.{scope}.downstream_cx_active")),
+            no_filter_chain_match: store
+                .counter(&format!("listener.{scope}.no_filter_chain_match")),
+        };
+        Self {
+            chains: config
+                .filter_chains
+                .iter()
+                .map(|c| ChainRuntime::build(c, clusters, store))
+                .collect(),
+            default_chain: config
+                .default_filter_chain
+                .as_ref()
+                .map(|c| ChainRuntime::build(c, clusters, store)),
+            config,
+            stats,
+        }
+    }
+}
+
+/// Envoy's stat scope for a listener address: `:` replaced, `listener.127.0.0.1_8080.*`.
+pub fn address_scope(address: &Endpoint) -> String {
+    address.to_string().replace(':', "_")
+}
+
+/// Every listener by address, for `use_original_dst` redirection: an exact `ip:port` first,
+/// then the wildcard address (`0.0.0.0` or `::`) on that port, as Envoy looks them up.
+#[derive(Default)]
+pub struct ListenerTable {
+    listeners: Vec<Arc<ListenerRuntime>>,
+    exact: HashMap<SocketAddr, usize>,
+    wildcard: HashMap<(bool, u16), usize>,
+}
+
+impl ListenerTable {
+    pub fn new(listeners: Vec<Arc<ListenerRuntime>>) -> Self {
+        let mut table = Self {
+            listeners,
+            ..Default::default()
+        };
+        for (i, l) in table.listeners.iter().enumerate() {
+            if let Endpoint::Tcp(addr) = &l.config.address {
+                if addr.ip().is_unspecified() {
+                    table
+                        .wildcard
+                        .entry((addr.is_ipv4(), addr.port()))
+                        .or_insert(i);
+                } else {
+                    table.exact.entry(*addr).or_insert(i);
+                }
+            }
+        }
+        table
+    }
+
+    pub fn find(&self, destination: SocketAddr) -> Option<&Arc<ListenerRuntime>> {
+        let i = self.exact.get(&destination).or_else(|| {
+            self.wildcard
+                .get(&(destination.is_ipv4(), destination.port()))
+        })?;
+        self.listeners.get(*i)
+    }
+
+    pub fn all(&self) -> &[Arc<ListenerRuntime>] {
+        &self.listeners
+    }
+}
+
+/// Whether `destination` is this proxy's own listening socket (a connection made to the
+/// capture port itself): handing it to an upstream would loop back into the proxy.
+pub fn is_own_address(destination: SocketAddr, bound: SocketAddr) -> bool {
+    destination.port() == bound.port()
+        && (destination.ip() == bound.ip()
+            || bound.ip().is_unspecified()
+            || is_local(destination.ip()))
+}
+
+fn is_local(ip: IpAddr) -> bool {
+    ip.is_loopback()
+}
