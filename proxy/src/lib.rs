@@ -4,6 +4,7 @@ pub mod admin;
 pub mod bootstrap;
 pub mod cli;
 pub mod config;
+pub mod format;
 pub mod http;
 pub mod listener;
 pub mod logging;

@@ -1,10 +1,11 @@
-//! `*_headers_to_add` / `*_headers_to_remove`, compiled to header names and values.
+//! `*_headers_to_add` / `*_headers_to_remove`, compiled to header names and values. Values
+//! with command operators (`%DOWNSTREAM_REMOTE_ADDRESS%`, ...) are compiled templates
+//! rendered per request; plain values are ready-made header values.
 //! Envoy: https://www.envoyproxy.io/docs/envoy/latest/api-v3/config/core/v3/base.proto#config-core-v3-headervalueoption
-//! Values are literal for now; `%VAR%` substitutions come with the data-path issue and are
-//! refused until then rather than sent verbatim.
 #![allow(deprecated)] // `append` is deprecated but still honoured by Envoy.
 
 use super::error::{FieldPath, Result};
+use crate::format::{Context, Template};
 use http::{HeaderName, HeaderValue};
 use xds_proto::pb::envoy::config::core::v3::{
     header_value_option::HeaderAppendAction, HeaderValueOption,
@@ -18,10 +19,20 @@ pub enum AppendAction {
     OverwriteIfExists,
 }
 
+#[derive(Debug, Clone)]
+pub enum HeaderTemplate {
+    Literal(HeaderValue),
+    /// Rendered per request; an empty result drops the header unless `keep_empty`.
+    Formatted {
+        template: Template,
+        keep_empty: bool,
+    },
+}
+
 #[derive(Debug, Clone, Default)]
 pub struct HeaderMutation {
     pub remove: Vec<HeaderName>,
-    pub add: Vec<(HeaderName, HeaderValue, AppendAction)>,
+    pub add: Vec<(HeaderName, HeaderTemplate, AppendAction)>,
 }
 
 impl HeaderMutation {
@@ -29,27 +40,56 @@ impl HeaderMutation {
         self.remove.is_empty() && self.add.is_empty()
     }
 
-    /// Envoy removes first, then adds.
-    pub fn apply(&self, headers: &mut http::HeaderMap) {
+    /// Whether a value reads request headers; the caller then passes a copy of them in the
+    /// context (so they are read as they were before this mutation).
+    pub fn reads_request_headers(&self) -> bool {
+        self.add.iter().any(|(_, v, _)| matches!(v, HeaderTemplate::Formatted { template, .. } if template.reads_request_headers()))
+    }
+
+    /// Envoy removes first, then adds. Templates read `ctx`; those that read the headers being
+    /// changed see them before this mutation (all values are rendered first).
+    pub fn apply(&self, headers: &mut http::HeaderMap, ctx: &Context<'_>) {
+        if self.is_empty() {
+            return;
+        }
+        let rendered: Vec<Option<HeaderValue>> = self
+            .add
+            .iter()
+            .map(|(_, value, _)| match value {
+                HeaderTemplate::Literal(v) => Some(v.clone()),
+                HeaderTemplate::Formatted {
+                    template,
+                    keep_empty,
+                } => {
+                    let text = template.render(ctx);
+                    if text.is_empty() && !keep_empty {
+                        None
+                    } else {
+                        HeaderValue::from_str(&text).ok()
+                    }
+                }
+            })
+            .collect();
         for name in &self.remove {
             headers.remove(name);
         }
-        for (name, value, action) in &self.add {
+        for ((name, _, action), value) in self.add.iter().zip(rendered) {
+            let Some(value) = value else { continue };
             match action {
                 AppendAction::AppendIfExistsOrAdd => {
-                    headers.append(name.clone(), value.clone());
+                    headers.append(name.clone(), value);
                 }
                 AppendAction::AddIfAbsent => {
                     if !headers.contains_key(name) {
-                        headers.insert(name.clone(), value.clone());
+                        headers.insert(name.clone(), value);
                     }
                 }
                 AppendAction::OverwriteIfExistsOrAdd => {
-                    headers.insert(name.clone(), value.clone());
+                    headers.insert(name.clone(), value);
                 }
                 AppendAction::OverwriteIfExists => {
                     if headers.contains_key(name) {
-                        headers.insert(name.clone(), value.clone());
+                        headers.insert(name.clone(), value);
                     }
                 }
             }
@@ -91,21 +131,20 @@ pub fn header_mutation(
                 .field("raw_value")
                 .error("raw_value is not supported; use value"));
         }
-        if header.value.replace("%%", "").contains('%') {
-            return Err(p
-                .field("header")
-                .field("value")
-                .error("%VARIABLE% substitutions are not supported yet"));
-        }
-        if header.value.is_empty() && !option.keep_empty_value {
+        let value_path = p.field("header").field("value");
+        let template = Template::parse(&header.value).map_err(|e| value_path.error(e))?;
+        let value = match template.literal() {
             // Envoy drops headers whose value is empty unless keep_empty_value is set.
-            continue;
-        }
-        let value = HeaderValue::from_str(&header.value.replace("%%", "%")).map_err(|_| {
-            p.field("header")
-                .field("value")
-                .error("invalid header value")
-        })?;
+            Some("") if !option.keep_empty_value => continue,
+            Some(text) => HeaderTemplate::Literal(
+                HeaderValue::from_str(text)
+                    .map_err(|_| value_path.error("invalid header value"))?,
+            ),
+            None => HeaderTemplate::Formatted {
+                template,
+                keep_empty: option.keep_empty_value,
+            },
+        };
         let action = match (
             &option.append,
             HeaderAppendAction::try_from(option.append_action),

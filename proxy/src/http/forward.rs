@@ -5,7 +5,7 @@
 
 use super::connection::HttpContext;
 use super::local_reply::{local_reply, ResponseFlag};
-use super::router::{BoxError, Outcome, RequestExtras, ResponseBody};
+use super::router::{BoxError, Outcome, RequestExtras, RequestInfo, ResponseBody};
 use crate::config::cluster::UpstreamProtocol;
 use crate::config::hcm::ServerHeader;
 use crate::config::route::{
@@ -46,7 +46,7 @@ struct Target<'a> {
     weighted: Option<&'a WeightedTarget>,
     /// An allowed upgrade (websocket): `Upgrade` and `Connection` go upstream.
     upgrade: bool,
-    original_destination: Option<std::net::SocketAddr>,
+    info: RequestInfo,
 }
 
 /// After a `101 Switching Protocols`, joins the two upgraded connections and copies bytes
@@ -84,10 +84,7 @@ pub async fn forward(
     request: Request<Incoming>,
     extras: RequestExtras,
 ) -> Outcome {
-    let RequestExtras {
-        on_upgrade,
-        original_destination,
-    } = extras;
+    let RequestExtras { on_upgrade, info } = extras;
     let server = &ctx.hcm.server_name;
     let (index, weighted) = match &f.target {
         ClusterTarget::Named(c) => (c.index, None),
@@ -105,6 +102,7 @@ pub async fn forward(
         return Outcome {
             response: local_reply(StatusCode::SERVICE_UNAVAILABLE, Bytes::new(), server),
             flag: Some(ResponseFlag::NoClusterFound),
+            upstream: None,
         };
     };
     let target = Target {
@@ -114,14 +112,21 @@ pub async fn forward(
         forward: f,
         weighted,
         upgrade: on_upgrade.is_some(),
-        original_destination,
+        info,
     };
     let mut outcome = send_to_cluster(ctx, cluster, &target, request).await;
     if let Some(downstream) = on_upgrade {
         splice_upgrade(&mut outcome, downstream);
     }
     if let Some(w) = weighted {
-        w.response_headers.apply(outcome.response.headers_mut());
+        let upstream = outcome.upstream.clone();
+        let format = info.format_context(
+            http::Version::HTTP_11,
+            upstream.as_ref().map(|a| a.as_str()),
+            None,
+        );
+        w.response_headers
+            .apply(outcome.response.headers_mut(), &format);
     }
     outcome
 }
@@ -142,9 +147,10 @@ async fn send_to_cluster(
         return Outcome {
             response: local_reply(StatusCode::SERVICE_UNAVAILABLE, body, server),
             flag: Some(ResponseFlag::UpstreamConnectionFailure),
+            upstream: None,
         };
     }
-    let Some(host) = cluster.choose_host(target.original_destination, Some(request.headers()))
+    let Some(host) = cluster.choose_host(target.info.downstream.local, Some(request.headers()))
     else {
         cluster.stats.upstream_cx_none_healthy.inc();
         return Outcome {
@@ -154,6 +160,7 @@ async fn send_to_cluster(
                 server,
             ),
             flag: Some(ResponseFlag::NoHealthyUpstream),
+            upstream: None,
         };
     };
     let use_h2 = match cluster.config.protocol {
@@ -161,10 +168,13 @@ async fn send_to_cluster(
         UpstreamProtocol::Http2 => true,
         UpstreamProtocol::UseDownstream => request.version() == http::Version::HTTP_2,
     };
-    let Some(upstream_request) = upstream_request(request, target, &host.hostname) else {
+    let Some(upstream_request) =
+        upstream_request(request, target, &host.hostname, host.authority.as_str())
+    else {
         return Outcome {
             response: local_reply(StatusCode::BAD_REQUEST, Bytes::new(), server),
             flag: None,
+            upstream: None,
         };
     };
     let started = Instant::now();
@@ -198,6 +208,7 @@ async fn send_to_cluster(
             Outcome {
                 response: downstream_response(response, elapsed, server, ctx.hcm.server_header),
                 flag: None,
+                upstream: Some(host.authority.clone()),
             }
         }
         Err(e) => upstream_failure(cluster, &host.stats, e, server),
@@ -251,6 +262,7 @@ fn upstream_failure(
     Outcome {
         response: local_reply(status, body, server),
         flag: Some(flag),
+        upstream: None,
     }
 }
 
@@ -261,6 +273,7 @@ fn upstream_request(
     request: Request<Incoming>,
     t: &Target<'_>,
     upstream_hostname: &str,
+    upstream_authority: &str,
 ) -> Option<Request<UpstreamBody>> {
     let (mut parts, body) = request.into_parts();
     let original_authority = parts
@@ -340,12 +353,24 @@ fn upstream_request(
             .headers
             .insert(X_ENVOY_ATTEMPT_COUNT.clone(), HeaderValue::from_static("1"));
     }
-    if let Some(w) = t.weighted {
-        w.request_headers.apply(&mut parts.headers);
+    let mutations = [
+        t.weighted.map(|w| &w.request_headers),
+        Some(&t.route.request_headers),
+        Some(&t.vh.request_headers),
+        Some(&t.rc.request_headers),
+    ];
+    // Values reading request headers see them as they arrived (a copy, made only then).
+    let snapshot = mutations
+        .iter()
+        .flatten()
+        .any(|m| m.reads_request_headers())
+        .then(|| parts.headers.clone());
+    let format = t
+        .info
+        .format_context(parts.version, Some(upstream_authority), snapshot.as_ref());
+    for mutation in mutations.into_iter().flatten() {
+        mutation.apply(&mut parts.headers, &format);
     }
-    t.route.request_headers.apply(&mut parts.headers);
-    t.vh.request_headers.apply(&mut parts.headers);
-    t.rc.request_headers.apply(&mut parts.headers);
     Some(Request::from_parts(
         parts,
         body.map_err(|e| Box::new(e) as BoxError).boxed_unsync(),

@@ -18,8 +18,36 @@ use hyper::body::Incoming;
 pub struct RequestExtras {
     /// The downstream's half of an allowed upgrade (websocket).
     pub on_upgrade: Option<hyper::upgrade::OnUpgrade>,
-    /// Where the client meant to connect (ORIGINAL_DST clusters send there).
-    pub original_destination: Option<std::net::SocketAddr>,
+    pub info: RequestInfo,
+}
+
+/// Facts about a request that command operators read.
+#[derive(Debug, Clone, Copy)]
+pub struct RequestInfo {
+    /// The connection it came on (its local address is where the client meant to connect,
+    /// which ORIGINAL_DST clusters send to).
+    pub downstream: Downstream,
+    /// When the request started, for `%START_TIME%`.
+    pub start: std::time::SystemTime,
+}
+
+impl RequestInfo {
+    /// The context command operators in header values read.
+    pub fn format_context<'a>(
+        &self,
+        version: http::Version,
+        upstream: Option<&'a str>,
+        request_headers: Option<&'a http::HeaderMap>,
+    ) -> crate::format::Context<'a> {
+        crate::format::Context {
+            downstream_remote: self.downstream.remote,
+            downstream_local: self.downstream.local,
+            upstream_remote: upstream,
+            start: self.start,
+            protocol: version,
+            request_headers,
+        }
+    }
 }
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -29,6 +57,8 @@ pub type ResponseBody = UnsyncBoxBody<Bytes, BoxError>;
 pub struct Outcome {
     pub response: Response<ResponseBody>,
     pub flag: Option<ResponseFlag>,
+    /// The upstream host that answered, if any (for `%UPSTREAM_REMOTE_ADDRESS%`).
+    pub upstream: Option<http::uri::Authority>,
 }
 
 pub async fn route_request(
@@ -45,7 +75,10 @@ pub async fn route_request(
     };
     let extras = RequestExtras {
         on_upgrade: upgrade.then(|| hyper::upgrade::on(&mut request)),
-        original_destination: downstream.local,
+        info: RequestInfo {
+            downstream: *downstream,
+            start: std::time::SystemTime::now(),
+        },
     };
     let forwarding = &ctx.hcm.forwarding;
     mutate_request_headers(forwarding, request.headers_mut(), downstream);
@@ -90,6 +123,7 @@ fn refused(refusal: Refusal, server: &http::HeaderValue) -> Outcome {
     Outcome {
         response,
         flag: None,
+        upstream: None,
     }
 }
 
@@ -113,6 +147,7 @@ async fn route_and_act(
             )
             .response,
             flag: None,
+            upstream: None,
         };
     };
     let uri = request.uri();
@@ -127,14 +162,26 @@ async fn route_and_act(
         return Outcome {
             response: local_reply(StatusCode::NOT_FOUND, Bytes::new(), server),
             flag: Some(ResponseFlag::NoRouteFound),
+            upstream: None,
         };
     };
+    let info = extras.info;
+    let version = request.version();
+    let reads_request = [
+        &route.response_headers,
+        &vh.response_headers,
+        &route_config.response_headers,
+    ]
+    .iter()
+    .any(|m| m.reads_request_headers());
+    let request_headers = reads_request.then(|| request.headers().clone());
     let mut outcome = match &route.action {
         Action::DirectResponse { status, body } => {
             ctx.stats.rq_direct_response.inc();
             Outcome {
                 response: local_reply(*status, body.clone(), server),
                 flag: None,
+                upstream: None,
             }
         }
         Action::Redirect(r) => {
@@ -142,16 +189,19 @@ async fn route_and_act(
             Outcome {
                 response: redirect(r, route, &request, host, server),
                 flag: None,
+                upstream: None,
             }
         }
         Action::Forward(f) => forward(ctx, route_config, vh, route, f, request, extras).await,
     };
     // Response headers: route first, then virtual host, then route configuration (Envoy's
     // default order, where the least specific level has the last word).
+    let upstream = outcome.upstream.as_ref().map(|a| a.as_str());
+    let format = info.format_context(version, upstream, request_headers.as_ref());
     let headers = outcome.response.headers_mut();
-    route.response_headers.apply(headers);
-    vh.response_headers.apply(headers);
-    route_config.response_headers.apply(headers);
+    route.response_headers.apply(headers, &format);
+    vh.response_headers.apply(headers, &format);
+    route_config.response_headers.apply(headers, &format);
     outcome
 }
 
