@@ -245,7 +245,7 @@ mod tests {
         );
         assert_eq!(
             Template::parse("plain 50%%").expect("parses").literal(),
-            None
+            Some("plain 50%")
         );
         assert_eq!(
             Template::parse("plain").expect("parses").literal(),
