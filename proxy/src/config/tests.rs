@@ -342,3 +342,45 @@ fn indexed_route_lookup_keeps_first_match_order() {
     );
     assert_eq!(name("/zzz", &none), "r9");
 }
+
+/// The config boundary never panics: mutated encodings of a valid bootstrap (bit flips,
+/// truncations, splices) either fail to decode or translate to a result, never a panic.
+#[test]
+fn mutated_bootstraps_never_panic_the_translator() {
+    use xds_proto::XdsMessage;
+    let valid = load(&Sources {
+        config_yaml: Some(&listener(ROUTES, "")),
+        ..Default::default()
+    })
+    .expect("valid")
+    .bootstrap;
+    let bytes = valid.encode_bytes();
+    let mut translated = 0;
+    for round in 0..3000u64 {
+        let mut mutated = bytes.clone();
+        let r = crate::random::next_u64();
+        match round % 3 {
+            0 => {
+                let i = (r as usize) % mutated.len();
+                mutated[i] ^= 1 << (r >> 32) % 8;
+            }
+            1 => mutated.truncate((r as usize) % mutated.len()),
+            _ => {
+                let at = (r as usize) % mutated.len();
+                let len = ((r >> 20) as usize) % 16;
+                let junk: Vec<u8> = (0..len).map(|k| (r >> (k % 8)) as u8).collect();
+                mutated.splice(at..at, junk);
+            }
+        }
+        if let Ok(b) =
+            xds_proto::pb::envoy::config::bootstrap::v3::Bootstrap::decode_bytes(&mutated)
+        {
+            let _ = translate_bootstrap(&b);
+            translated += 1;
+        }
+    }
+    assert!(
+        translated > 100,
+        "the mutations should mostly still decode ({translated})"
+    );
+}
