@@ -362,7 +362,7 @@ fn mutated_bootstraps_never_panic_the_translator() {
         match round % 3 {
             0 => {
                 let i = (r as usize) % mutated.len();
-                mutated[i] ^= 1 << (r >> 32) % 8;
+                mutated[i] ^= 1 << ((r >> 32) % 8);
             }
             1 => mutated.truncate((r as usize) % mutated.len()),
             _ => {
