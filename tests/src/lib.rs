@@ -9,12 +9,14 @@ pub mod binaries;
 pub mod bootstraps;
 pub mod corpus;
 pub mod curl;
+pub mod differential;
 pub mod fixed_ports;
 pub mod istio;
 pub mod parallel;
 pub mod ports;
 pub mod process;
 pub mod running;
+pub mod scripted;
 pub mod upstream;
 pub mod validate;
 

@@ -1,0 +1,803 @@
+//! Differential traffic scenarios: one scenario is a bootstrap (an HTTP connection manager with
+//! a scenario's options and route configuration, in front of a fixed set of clusters), an
+//! upstream behaviour and client steps. [`run`] plays every scenario against Envoy (the oracle)
+//! and against Outrigger — each with its own ports and its own scripted upstreams — reduces what
+//! a user sees to text ([`Observation`]), and reports every scenario whose two texts differ.
+//!
+//! Clusters every bootstrap has (the scenario's routes pick among them):
+//! `backend` (HTTP/1.1 to upstream `a`), `other` (HTTP/1.1 to upstream `b`), `backend_h2`
+//! (explicit HTTP/2 to `a`), `backend_downstream` (use_downstream_protocol to `a`), `dead`
+//! (a port nothing listens on), `empty` (no endpoints) and `grpc` (HTTP/2 to `{{grpc_port}}`,
+//! where a scenario may start its own server).
+
+use crate::binaries::Kind;
+use crate::curl;
+use crate::parallel;
+use crate::ports::{free_port, Ports};
+use crate::running::RunningProxy;
+use crate::scripted::{Behaviour, Scripted};
+use crate::upstream::{Received, Reply};
+use std::fmt::Write as _;
+use std::io::{Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+/// What one proxy side of a scenario runs against.
+pub struct Side {
+    pub kind: Kind,
+    pub proxy: RunningProxy,
+    pub ports: Ports,
+    /// Upstream `a` (clusters `backend`, `backend_h2`, `backend_downstream`).
+    pub a: Scripted,
+    /// Upstream `b` (cluster `other`).
+    pub b: Scripted,
+}
+
+impl Side {
+    /// `http://127.0.0.1:<listener_port><path>`.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.ports.get("listener_port"))
+    }
+
+    pub fn addr(&self, name: &str) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.ports.get(name)))
+    }
+
+    /// Both upstreams' requests so far, tagged with the upstream's name.
+    pub fn upstream_requests(&self) -> Vec<(&'static str, Received)> {
+        let a = self.a.requests().into_iter().map(|r| ("a", r));
+        let b = self.b.requests().into_iter().map(|r| ("b", r));
+        a.chain(b).collect()
+    }
+
+    /// `text` with this side's port numbers replaced by their names, so Envoy's and
+    /// Outrigger's texts compare although each runs on its own ports (a `Host` header, a
+    /// redirect `Location`, an upstream address in a header all carry them).
+    pub fn normalise_ports(&self, text: &str) -> String {
+        let mut named: Vec<(String, u16)> = ["listener_port", "tcp_port", "admin_port"]
+            .iter()
+            .map(|n| (n.to_string(), self.ports.get(n)))
+            .chain([
+                ("upstream_a".to_string(), self.a.port()),
+                ("upstream_b".to_string(), self.b.port()),
+                ("dead_port".to_string(), self.ports.get("dead_port")),
+                ("grpc_port".to_string(), self.ports.get("grpc_port")),
+            ])
+            .collect();
+        // Longer numbers first, so 4567 is not replaced inside 45678.
+        named.sort_by_key(|(_, p)| std::cmp::Reverse(p.to_string().len()));
+        text.lines()
+            .map(|line| {
+                // A long body's summary (a checksum and its first bytes) is data, not an
+                // address; a port number may occur in it by chance.
+                if line.trim_start().starts_with("body <") {
+                    return format!("{line}\n");
+                }
+                let mut line = line.to_string();
+                for (name, port) in &named {
+                    line = line.replace(&port.to_string(), &format!("{{{name}}}"));
+                }
+                format!("{line}\n")
+            })
+            .collect()
+    }
+}
+
+/// How a scenario's bootstrap is made.
+#[derive(Debug, Clone)]
+pub enum Config {
+    /// The standard bootstrap with these extra HTTP connection manager fields (YAML, any
+    /// indentation) and this `route_config` (YAML, the message's fields).
+    Http { hcm: String, route_config: String },
+    /// A whole bootstrap template of the scenario's own (`{{admin_port}}`, `{{listener_port}}`,
+    /// `{{tcp_port}}`, `{{upstream_a}}`, `{{upstream_b}}`, `{{dead_port}}`, `{{grpc_port}}`).
+    Full(String),
+}
+
+/// A client step.
+#[derive(Debug, Clone)]
+pub enum Step {
+    /// curl `args` against the listener's `path` (`--path-as-is` always: normalisation is
+    /// the proxy's job, not curl's).
+    Curl { path: String, args: Vec<String> },
+    /// These bytes on a fresh TCP connection to the listener; the response read until the
+    /// peer closes or [`RAW_READ`] passes.
+    Raw(Vec<u8>),
+    /// A step of the scenario's own, returning the text to compare.
+    Custom(fn(&Side) -> String),
+}
+
+/// How long a raw step waits for the proxy to answer and close.
+pub const RAW_READ: Duration = Duration::from_millis(1500);
+
+/// One named scenario.
+#[derive(Debug, Clone)]
+pub struct Scenario {
+    pub name: &'static str,
+    /// The Envoy documentation page for the behaviour.
+    pub doc: &'static str,
+    pub config: Config,
+    /// Behaviour of upstream `a`; upstream `b` always answers 200 `from b\n`.
+    pub upstream: Behaviour,
+    pub steps: Vec<Step>,
+}
+
+impl Scenario {
+    /// A scenario on the standard bootstrap, upstream `a` answering 200 `from a\n`.
+    pub fn http(name: &'static str, doc: &'static str, route_config: &str) -> Scenario {
+        Scenario {
+            name,
+            doc,
+            config: Config::Http {
+                hcm: String::new(),
+                route_config: route_config.to_string(),
+            },
+            upstream: Behaviour::Reply(Reply::text("from a\n")),
+            steps: Vec::new(),
+        }
+    }
+
+    /// Extra HTTP connection manager fields.
+    pub fn hcm(mut self, fields: &str) -> Scenario {
+        if let Config::Http { hcm, .. } = &mut self.config {
+            hcm.push_str(&dedent(fields));
+            hcm.push('\n');
+        }
+        self
+    }
+
+    pub fn upstream(mut self, behaviour: Behaviour) -> Scenario {
+        self.upstream = behaviour;
+        self
+    }
+
+    /// A curl step: `args` are curl arguments, e.g. `["-H", "host: a.example"]`.
+    pub fn curl(mut self, path: &str, args: &[&str]) -> Scenario {
+        self.steps.push(Step::Curl {
+            path: path.to_string(),
+            args: args.iter().map(|a| a.to_string()).collect(),
+        });
+        self
+    }
+
+    /// A GET with curl and no extra arguments.
+    pub fn get(self, path: &str) -> Scenario {
+        self.curl(path, &[])
+    }
+
+    pub fn raw(mut self, bytes: impl Into<Vec<u8>>) -> Scenario {
+        self.steps.push(Step::Raw(bytes.into()));
+        self
+    }
+
+    pub fn custom(mut self, step: fn(&Side) -> String) -> Scenario {
+        self.steps.push(Step::Custom(step));
+        self
+    }
+}
+
+/// A route configuration with one virtual host `all` (domains `*`) holding `routes` (YAML list
+/// items).
+pub fn one_vhost(routes: &str) -> String {
+    format!(
+        "name: traffic_route\nvirtual_hosts:\n- name: all\n  domains: [\"*\"]\n  routes:\n{}",
+        indent(&dedent(routes), 2)
+    )
+}
+
+/// The standard bootstrap template.
+const BOOTSTRAP: &str = r#"
+node: { id: traffic-node, cluster: traffic-cluster }
+admin:
+  address:
+    socket_address: { address: 127.0.0.1, port_value: {{admin_port}} }
+static_resources:
+  listeners:
+  - name: http_listener
+    address:
+      socket_address: { address: 127.0.0.1, port_value: {{listener_port}} }
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: traffic
+%HCM%
+          route_config:
+%ROUTE_CONFIG%
+          http_filters:
+          - name: envoy.filters.http.router
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
+  clusters:
+%CLUSTERS%
+"#;
+
+/// The clusters every bootstrap has (see the module documentation).
+pub const CLUSTERS: &str = r#"
+- name: backend
+  type: STATIC
+  connect_timeout: 5s
+  load_assignment:
+    cluster_name: backend
+    endpoints:
+    - lb_endpoints:
+      - endpoint: { address: { socket_address: { address: 127.0.0.1, port_value: {{upstream_a}} } } }
+- name: other
+  type: STATIC
+  connect_timeout: 5s
+  load_assignment:
+    cluster_name: other
+    endpoints:
+    - lb_endpoints:
+      - endpoint: { address: { socket_address: { address: 127.0.0.1, port_value: {{upstream_b}} } } }
+- name: backend_h2
+  type: STATIC
+  connect_timeout: 5s
+  typed_extension_protocol_options:
+    envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
+      "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
+      explicit_http_config: { http2_protocol_options: {} }
+  load_assignment:
+    cluster_name: backend_h2
+    endpoints:
+    - lb_endpoints:
+      - endpoint: { address: { socket_address: { address: 127.0.0.1, port_value: {{upstream_a}} } } }
+- name: backend_downstream
+  type: STATIC
+  connect_timeout: 5s
+  typed_extension_protocol_options:
+    envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
+      "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
+      use_downstream_protocol_config: { http_protocol_options: {}, http2_protocol_options: {} }
+  load_assignment:
+    cluster_name: backend_downstream
+    endpoints:
+    - lb_endpoints:
+      - endpoint: { address: { socket_address: { address: 127.0.0.1, port_value: {{upstream_a}} } } }
+- name: dead
+  type: STATIC
+  connect_timeout: 5s
+  load_assignment:
+    cluster_name: dead
+    endpoints:
+    - lb_endpoints:
+      - endpoint: { address: { socket_address: { address: 127.0.0.1, port_value: {{dead_port}} } } }
+- name: empty
+  type: STATIC
+  connect_timeout: 5s
+  load_assignment: { cluster_name: empty }
+- name: grpc
+  type: STATIC
+  connect_timeout: 5s
+  typed_extension_protocol_options:
+    envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
+      "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
+      explicit_http_config: { http2_protocol_options: {} }
+  load_assignment:
+    cluster_name: grpc
+    endpoints:
+    - lb_endpoints:
+      - endpoint: { address: { socket_address: { address: 127.0.0.1, port_value: {{grpc_port}} } } }
+"#;
+
+fn template(config: &Config) -> String {
+    match config {
+        Config::Http { hcm, route_config } => BOOTSTRAP
+            .replace("%HCM%", &indent(hcm, 10))
+            .replace("%ROUTE_CONFIG%", &indent(&dedent(route_config), 12))
+            .replace("%CLUSTERS%", &indent(&dedent(CLUSTERS), 2)),
+        Config::Full(text) => text.clone(),
+    }
+}
+
+/// `text` without the indentation its non-blank lines share.
+pub fn dedent(text: &str) -> String {
+    let width = text
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| l.len() - l.trim_start().len())
+        .min()
+        .unwrap_or(0);
+    text.lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| format!("{}\n", &l[width.min(l.len())..]))
+        .collect()
+}
+
+/// Every non-blank line of `text` indented by `n` spaces.
+pub fn indent(text: &str, n: usize) -> String {
+    text.lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| format!("{}{l}\n", " ".repeat(n)))
+        .collect::<String>()
+        .trim_end_matches('\n')
+        .to_string()
+}
+
+/// Starts one side of a scenario: its upstreams, then the proxy on the rendered bootstrap.
+fn start_side(kind: Kind, scenario: &Scenario) -> Side {
+    let a = Scripted::start("a", scenario.upstream.clone());
+    let b = Scripted::start("b", Behaviour::Reply(Reply::text("from b\n")));
+    let ports = Ports::new(&["admin_port", "listener_port", "tcp_port", "grpc_port"])
+        .with("upstream_a", a.port())
+        .with("upstream_b", b.port())
+        .with("dead_port", free_port());
+    let bootstrap = ports.render(&template(&scenario.config));
+    let proxy = RunningProxy::start(kind, &bootstrap, &["--concurrency", "1"]);
+    Side {
+        kind,
+        proxy,
+        ports,
+        a,
+        b,
+    }
+}
+
+/// Starts one side and plays the scenario on it. A proxy that refuses the bootstrap is an
+/// observation too (a configuration one side accepts and the other rejects is a difference),
+/// so the start's panic is caught and reduced to its first line.
+///
+/// A free port can be taken by someone else between being found and being bound (another
+/// test's upstream, an outgoing connection's ephemeral port): a start that fails with
+/// "address in use" is retried with fresh ports, a bounded number of times.
+fn play(kind: Kind, scenario: &Scenario) -> String {
+    let mut attempts = 0;
+    loop {
+        attempts += 1;
+        let message = match std::panic::catch_unwind(|| start_side(kind, scenario)) {
+            Ok(side) => return observe(&side, scenario),
+            Err(panic) => panic
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_else(|| "a panic".to_string()),
+        };
+        if message.contains("in use") && attempts < 3 {
+            continue;
+        }
+        // The first line says what happened; an error line from the log says why.
+        let why = message
+            .lines()
+            .find(|l| l.contains("error") || l.contains("rror:"))
+            .unwrap_or_default();
+        return format!(
+            "did not start: {}\n  {}\n",
+            message.lines().next().unwrap_or_default(),
+            why.trim()
+        );
+    }
+}
+
+/// Past this many upstream requests in one step (a load generator), only their number is
+/// compared.
+const MANY: usize = 20;
+
+/// Plays the scenario's steps on one side and returns the observed text.
+fn observe(side: &Side, scenario: &Scenario) -> String {
+    let mut out = String::new();
+    for (i, step) in scenario.steps.iter().enumerate() {
+        let before = side.upstream_requests().len();
+        let seen = match step {
+            Step::Curl { path, args } => {
+                let _ = writeln!(
+                    out,
+                    "step {i}: curl {} {path}",
+                    summarise(args.join(" ").as_bytes(), 120)
+                );
+                curl_step(side, path, args)
+            }
+            Step::Raw(bytes) => {
+                let _ = writeln!(out, "step {i}: raw {:?}", summarise(bytes, 80));
+                raw_step(side, bytes)
+            }
+            Step::Custom(step) => {
+                let _ = writeln!(out, "step {i}: custom");
+                step(side)
+            }
+        };
+        out.push_str(&seen);
+        // The upstream records a request before it answers, so by the time the client has
+        // its response, what the upstream received is in the log.
+        let new: Vec<_> = side.upstream_requests().into_iter().skip(before).collect();
+        if new.len() > MANY {
+            let _ = writeln!(out, "  upstream received {} requests", new.len());
+        } else {
+            for (name, r) in new {
+                out.push_str(&received_text(name, &r));
+            }
+        }
+    }
+    side.normalise_ports(&out)
+}
+
+fn curl_step(side: &Side, path: &str, args: &[String]) -> String {
+    let mut all: Vec<&str> = vec!["--path-as-is"];
+    all.extend(args.iter().map(String::as_str));
+    let method = method_of(args);
+    match curl::request(method, &side.url(path), &all) {
+        Ok(r) => response_text(r.status, &r.headers, r.body.as_bytes()),
+        Err(f) => format!("  no response: curl exit {:?}\n", f.exit_code),
+    }
+}
+
+/// The method curl should send: `-X` among the args wins, else GET (curl switches to POST
+/// by itself for `--data`, which `curl::request`'s own `-X` would override).
+fn method_of(args: &[String]) -> &str {
+    if let Some(i) = args.iter().position(|a| a == "-X") {
+        return args.get(i + 1).map_or("GET", String::as_str);
+    }
+    if args
+        .iter()
+        .any(|a| a.starts_with("--data") || a == "-d" || a == "-T" || a == "-F")
+    {
+        return "POST";
+    }
+    "GET"
+}
+
+fn raw_step(side: &Side, bytes: &[u8]) -> String {
+    let (response, closed) = raw_exchange(side.addr("listener_port"), bytes, RAW_READ);
+    if response.is_empty() {
+        return format!("  no response; closed: {closed}\n");
+    }
+    let text = String::from_utf8_lossy(&response).into_owned();
+    // Interim (1xx) responses come first, each a head of its own.
+    let mut informational = String::new();
+    let mut text = text.as_str();
+    while text.starts_with("HTTP/1.1 1") {
+        let Some((head, rest)) = text.split_once("\r\n\r\n") else {
+            break;
+        };
+        let _ = writeln!(informational, "  informational {head:?}");
+        text = rest;
+    }
+    let Some((head, body)) = text.split_once("\r\n\r\n") else {
+        return format!(
+            "  partial response {:?}; closed: {closed}\n",
+            summarise(&response, 200)
+        );
+    };
+    let mut lines = head.split("\r\n");
+    let status = lines
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    format!(
+        "{informational}{}  closed: {closed}\n",
+        response_text(status, &headers, body.as_bytes())
+    )
+}
+
+/// Writes `bytes` to a fresh connection and reads until the peer closes or `wait` passes.
+/// Returns what was read and whether the peer closed.
+pub fn raw_exchange(addr: SocketAddr, bytes: &[u8], wait: Duration) -> (Vec<u8>, bool) {
+    let Ok(mut stream) = TcpStream::connect_timeout(&addr, Duration::from_secs(2)) else {
+        return (Vec::new(), true);
+    };
+    // A peer may close (and reset) before reading everything; what it answered still counts.
+    let _ = stream.write_all(bytes);
+    let deadline = Instant::now() + wait;
+    let mut response = Vec::new();
+    let mut buf = [0u8; 16 * 1024];
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return (response, false);
+        }
+        let _ = stream.set_read_timeout(Some(left));
+        match stream.read(&mut buf) {
+            Ok(0) => return (response, true),
+            Ok(n) => response.extend_from_slice(&buf[..n]),
+            Err(e)
+                if e.kind() == std::io::ErrorKind::WouldBlock
+                    || e.kind() == std::io::ErrorKind::TimedOut =>
+            {
+                return (response, false)
+            }
+            Err(_) => return (response, true),
+        }
+    }
+}
+
+/// Shuts the write side of `stream` (a helper for half-close steps).
+pub fn shutdown_write(stream: &TcpStream) {
+    let _ = stream.shutdown(Shutdown::Write);
+}
+
+/// Headers whose values differ between any two runs, reduced to their presence:
+/// `date` (the clock) and `x-envoy-upstream-service-time` (a measured duration). An
+/// `x-request-id` is reduced only when it is a UUID (one the proxy generated), so a client's
+/// id that must be preserved is still compared.
+const VOLATILE: &[&str] = &["date", "x-envoy-upstream-service-time"];
+
+fn is_uuid(v: &str) -> bool {
+    v.len() == 36
+        && v.char_indices().all(|(i, c)| match i {
+            8 | 13 | 18 | 23 => c == '-',
+            _ => c.is_ascii_hexdigit(),
+        })
+}
+
+/// The status, the headers and the body as text. Headers are sorted by name, keeping the
+/// order of repeated names: only the relative order of same-name fields carries meaning
+/// (RFC 9110 §5.3), and neither proxy promises an order across names.
+pub fn response_text(status: u16, headers: &[(String, String)], body: &[u8]) -> String {
+    let mut out = format!("  status {status}\n");
+    out.push_str(&headers_text("    ", headers));
+    let _ = writeln!(out, "  body {}", summarise(body, 400));
+    out
+}
+
+fn headers_text(prefix: &str, headers: &[(String, String)]) -> String {
+    let mut sorted: Vec<(String, String)> = headers
+        .iter()
+        .map(|(n, v)| {
+            let n = n.to_ascii_lowercase();
+            let v = if VOLATILE.contains(&n.as_str()) || (n == "x-request-id" && is_uuid(v)) {
+                "<volatile>".to_string()
+            } else {
+                v.clone()
+            };
+            (n, v)
+        })
+        .collect();
+    sorted.sort_by(|x, y| x.0.cmp(&y.0));
+    sorted
+        .iter()
+        .map(|(n, v)| format!("{prefix}{n}: {v}\n"))
+        .collect()
+}
+
+fn received_text(name: &str, r: &Received) -> String {
+    format!(
+        "  upstream {name} got {} {} {}\n{}    body {}\n",
+        r.method,
+        r.path,
+        r.version,
+        headers_text("      ", &r.headers),
+        summarise(&r.body, 400)
+    )
+}
+
+/// Bytes as text: short ones whole (escaped), long ones by length and a checksum.
+pub fn summarise(bytes: &[u8], limit: usize) -> String {
+    if bytes.len() <= limit {
+        return format!("{:?}", String::from_utf8_lossy(bytes));
+    }
+    let sum = bytes.iter().fold(0u64, |acc, b| {
+        acc.wrapping_mul(31).wrapping_add(u64::from(*b))
+    });
+    format!(
+        "<{} bytes, checksum {sum:x}, starting {:?}>",
+        bytes.len(),
+        String::from_utf8_lossy(&bytes[..64.min(bytes.len())])
+    )
+}
+
+/// A scenario's outcome on both sides.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    pub name: &'static str,
+    pub doc: &'static str,
+    pub envoy: String,
+    pub outrigger: String,
+}
+
+impl Outcome {
+    pub fn matches(&self) -> bool {
+        self.envoy == self.outrigger
+    }
+
+    /// The lines that differ (`-` Envoy only, `+` Outrigger only), each under the step it
+    /// belongs to, from a longest-common-subsequence diff of the two texts.
+    pub fn report(&self) -> String {
+        let mut out = format!("=== {} ({})\n", self.name, self.doc);
+        let mut step = "";
+        let mut shown = "";
+        for (mark, line) in diff_lines(&self.envoy, &self.outrigger) {
+            if line.starts_with("step ") {
+                step = line;
+            }
+            if mark != ' ' {
+                if shown != step {
+                    let _ = writeln!(out, "  {step}");
+                    shown = step;
+                }
+                let who = if mark == '-' {
+                    "envoy    "
+                } else {
+                    "outrigger"
+                };
+                let _ = writeln!(out, "{mark} {who} | {line}");
+            }
+        }
+        out
+    }
+}
+
+/// A line diff of `a` and `b`: `' '` common, `'-'` only in `a`, `'+'` only in `b`.
+fn diff_lines<'t>(a: &'t str, b: &'t str) -> Vec<(char, &'t str)> {
+    let a: Vec<&str> = a.lines().collect();
+    let b: Vec<&str> = b.lines().collect();
+    // lcs[i][j]: the longest common subsequence of a[i..] and b[j..].
+    let mut lcs = vec![vec![0usize; b.len() + 1]; a.len() + 1];
+    for i in (0..a.len()).rev() {
+        for j in (0..b.len()).rev() {
+            lcs[i][j] = if a[i] == b[j] {
+                lcs[i + 1][j + 1] + 1
+            } else {
+                lcs[i + 1][j].max(lcs[i][j + 1])
+            };
+        }
+    }
+    let (mut i, mut j) = (0, 0);
+    let mut out = Vec::new();
+    while i < a.len() || j < b.len() {
+        if i < a.len() && j < b.len() && a[i] == b[j] {
+            out.push((' ', a[i]));
+            i += 1;
+            j += 1;
+        } else if j < b.len() && (i == a.len() || lcs[i][j + 1] >= lcs[i + 1][j]) {
+            out.push(('+', b[j]));
+            j += 1;
+        } else {
+            out.push(('-', a[i]));
+            i += 1;
+        }
+    }
+    out
+}
+
+/// Scenarios running at once: each holds two proxies and a few curl processes, mostly waiting.
+pub const WORKERS: usize = 6;
+
+/// Runs every scenario on both proxies (Outrigger only when Envoy is not installed: then the
+/// Envoy text is empty and nothing is compared).
+pub fn run(scenarios: &[Scenario], with_envoy: bool) -> Vec<Outcome> {
+    parallel::map(scenarios, WORKERS, |scenario| {
+        let started = Instant::now();
+        let envoy = if with_envoy {
+            play(Kind::Envoy, scenario)
+        } else {
+            String::new()
+        };
+        let envoy_took = started.elapsed();
+        let outrigger = play(Kind::Outrigger, scenario);
+        eprintln!(
+            "scenario {}: envoy {envoy_took:.1?}, outrigger {:.1?}",
+            scenario.name,
+            started.elapsed() - envoy_took
+        );
+        Outcome {
+            name: scenario.name,
+            doc: scenario.doc,
+            envoy,
+            outrigger,
+        }
+    })
+}
+
+/// A difference the project knows of and documents (an acknowledged field in
+/// `proxy/src/config/fields.rs`), kept so the scenario still runs and the list stays true.
+#[derive(Debug, Clone, Copy)]
+pub struct Known {
+    pub scenario: &'static str,
+    pub reason: &'static str,
+}
+
+/// Runs `scenarios` and panics with one report of every mismatch not in `known`, and of
+/// every `known` entry whose scenario now matches (the list must stay true).
+pub fn check(test: &str, scenarios: &[Scenario], known: &[Known]) {
+    for k in known {
+        assert!(
+            scenarios.iter().any(|s| s.name == k.scenario),
+            "{test}: known difference for a scenario that does not exist: {}",
+            k.scenario
+        );
+    }
+    let mut names: Vec<&str> = scenarios.iter().map(|s| s.name).collect();
+    names.sort_unstable();
+    names.dedup();
+    assert_eq!(
+        names.len(),
+        scenarios.len(),
+        "{test}: scenario names repeat"
+    );
+    let with_envoy = crate::binaries::envoy_or_skip(test).is_some();
+    let outcomes = run(scenarios, with_envoy);
+    if !with_envoy {
+        return;
+    }
+    // TRAFFIC_VERBOSE=1 prints every scenario's observation, to see what was compared.
+    if std::env::var_os("TRAFFIC_VERBOSE").is_some() {
+        for outcome in &outcomes {
+            eprintln!("=== {}\n{}", outcome.name, outcome.outrigger);
+        }
+    }
+    let mut failures = String::new();
+    let mut mismatched = 0;
+    for outcome in &outcomes {
+        let known = known.iter().find(|k| k.scenario == outcome.name);
+        match (outcome.matches(), known) {
+            (true, None) => {}
+            (false, Some(_)) => {}
+            (false, None) => {
+                mismatched += 1;
+                failures.push_str(&outcome.report());
+            }
+            (true, Some(k)) => {
+                mismatched += 1;
+                let _ = writeln!(
+                    failures,
+                    "=== {}: listed as a known difference ({}) but Envoy and Outrigger now agree: remove it from the list",
+                    k.scenario, k.reason
+                );
+            }
+        }
+    }
+    let passed = outcomes.len() - mismatched;
+    eprintln!("{test}: {passed}/{} scenarios as expected", outcomes.len());
+    assert!(
+        failures.is_empty(),
+        "{test}: {mismatched} of {} scenarios differ from Envoy:\n{failures}",
+        outcomes.len()
+    );
+}
+
+/// Runs `program` with `args` (a client such as h2load or python) with a deadline and returns
+/// its exit status, stdout and stderr as text.
+pub fn run_client(
+    program: &str,
+    args: &[&str],
+    timeout: Duration,
+) -> (Option<i32>, String, String) {
+    let mut command = Command::new(program);
+    command.args(args);
+    match crate::process::run(&mut command, timeout) {
+        Ok(f) => (f.status.and_then(|s| s.code()), f.stdout, f.stderr),
+        Err(e) => (None, String::new(), format!("cannot run {program}: {e}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{dedent, indent, one_vhost, response_text};
+
+    #[test]
+    fn indents_snippets_into_the_template() {
+        assert_eq!(dedent("  a:\n    b: 1\n\n"), "a:\n  b: 1\n");
+        assert_eq!(indent("a:\n  b: 1\n", 4), "    a:\n      b: 1");
+        let rc = one_vhost("- match: { prefix: / }\n  route: { cluster: backend }");
+        let doc: serde_json::Value = serde_yaml_ng::from_str(&rc).expect("yaml");
+        assert_eq!(
+            doc["virtual_hosts"][0]["routes"][0]["route"]["cluster"],
+            "backend"
+        );
+    }
+
+    #[test]
+    fn volatile_headers_keep_presence_and_order_by_name() {
+        let h = |n: &str, v: &str| (n.to_string(), v.to_string());
+        let text = response_text(
+            200,
+            &[
+                h("x-b", "1"),
+                h("Date", "now"),
+                h("x-a", "2"),
+                h("x-b", "0"),
+            ],
+            b"hi",
+        );
+        assert_eq!(
+            text,
+            "  status 200\n    date: <volatile>\n    x-a: 2\n    x-b: 1\n    x-b: 0\n  body \"hi\"\n"
+        );
+    }
+}

@@ -1,0 +1,375 @@
+//! A scripted upstream for differential traffic tests: like [`crate::upstream::Upstream`] it
+//! records every request it receives, but each instance follows a [`Behaviour`] (a fixed reply,
+//! echo, a slow answer, an early close, a streamed body, trailers, a websocket upgrade, or raw
+//! TCP for tcp_proxy), and tags its HTTP answers with `x-upstream: <name>` so a test sees which
+//! cluster a request went to. Its tokio runtime lives on a thread of its own; dropping the
+//! server stops it.
+
+use crate::upstream::{Received, Reply};
+use bytes::Bytes;
+use http_body_util::{combinators::BoxBody, BodyExt, Full};
+use hyper::body::{Frame, Incoming};
+use hyper::service::service_fn;
+use hyper::{Request, Response};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::thread;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::oneshot;
+
+/// What the upstream does with each request or connection.
+#[derive(Debug, Clone)]
+pub enum Behaviour {
+    /// Answers every request with this reply.
+    Reply(Reply),
+    /// 200 with the request body as the response body.
+    Echo,
+    /// Waits this long, then answers 200 `slow\n` (for route timeouts).
+    Delay(Duration),
+    /// Reads the request head and closes the connection without answering (raw TCP).
+    CloseBeforeResponse,
+    /// 200 with a body of this many bytes (`x` repeated), sent in 64 KiB chunks.
+    Stream(u64),
+    /// 200 `with trailers\n` followed by the trailer `x-trailer: yes`.
+    Trailers,
+    /// Answers a websocket upgrade with 101 and then echoes bytes until the peer closes;
+    /// any other request gets 200 `no upgrade\n`.
+    WebsocketEcho,
+    /// Raw TCP: echoes bytes until the peer half-closes, then closes.
+    TcpEcho,
+    /// Raw TCP: reads until the peer half-closes, then writes `got <n> bytes\n` and closes.
+    TcpHalfClose,
+}
+
+#[derive(Debug, Default)]
+struct Shared {
+    received: Mutex<Vec<Received>>,
+    connections: AtomicUsize,
+}
+
+/// A running scripted upstream; stops when dropped.
+#[derive(Debug)]
+pub struct Scripted {
+    addr: SocketAddr,
+    shared: Arc<Shared>,
+    stop: Option<oneshot::Sender<()>>,
+    thread: Option<thread::JoinHandle<()>>,
+}
+
+impl Scripted {
+    /// Starts an upstream named `name` (the value of its `x-upstream` header) on `listener`
+    /// (bound by the caller, so a bootstrap can name the port before the server starts).
+    pub fn start_on(listener: std::net::TcpListener, name: &str, behaviour: Behaviour) -> Scripted {
+        listener
+            .set_nonblocking(true)
+            .expect("a non-blocking listener");
+        let addr = listener.local_addr().expect("a bound address");
+        let shared = Arc::new(Shared::default());
+        let (stop, stopped) = oneshot::channel();
+        let thread = {
+            let shared = Arc::clone(&shared);
+            let name = name.to_string();
+            thread::Builder::new()
+                .name(format!("scripted-{}", addr.port()))
+                .spawn(move || serve(listener, name, behaviour, shared, stopped))
+                .expect("spawn the upstream thread")
+        };
+        Scripted {
+            addr,
+            shared,
+            stop: Some(stop),
+            thread: Some(thread),
+        }
+    }
+
+    /// Starts on a fresh port of 127.0.0.1.
+    pub fn start(name: &str, behaviour: Behaviour) -> Scripted {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+        Self::start_on(listener, name, behaviour)
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub fn port(&self) -> u16 {
+        self.addr.port()
+    }
+
+    /// Every request received so far, in arrival order.
+    pub fn requests(&self) -> Vec<Received> {
+        self.shared
+            .received
+            .lock()
+            .expect("no panic while holding the request log")
+            .clone()
+    }
+
+    /// Connections accepted so far.
+    pub fn connections(&self) -> usize {
+        self.shared.connections.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for Scripted {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+fn serve(
+    listener: std::net::TcpListener,
+    name: String,
+    behaviour: Behaviour,
+    shared: Arc<Shared>,
+    mut stopped: oneshot::Receiver<()>,
+) {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a tokio runtime for the upstream");
+    runtime.block_on(async move {
+        let listener =
+            tokio::net::TcpListener::from_std(listener).expect("a tokio listener for the upstream");
+        let behaviour = Arc::new(behaviour);
+        let name = Arc::new(name);
+        loop {
+            let (stream, _) = tokio::select! {
+                _ = &mut stopped => return,
+                accepted = listener.accept() => match accepted {
+                    Ok(accepted) => accepted,
+                    Err(_) => continue,
+                },
+            };
+            shared.connections.fetch_add(1, Ordering::SeqCst);
+            let shared = Arc::clone(&shared);
+            let behaviour = Arc::clone(&behaviour);
+            let name = Arc::clone(&name);
+            tokio::spawn(async move {
+                match &*behaviour {
+                    Behaviour::CloseBeforeResponse => close_before_response(stream, &shared).await,
+                    Behaviour::TcpEcho => tcp_echo(stream).await,
+                    Behaviour::TcpHalfClose => tcp_half_close(stream).await,
+                    _ => {
+                        let service = service_fn(move |request| {
+                            let shared = Arc::clone(&shared);
+                            let behaviour = Arc::clone(&behaviour);
+                            let name = Arc::clone(&name);
+                            async move {
+                                Ok::<_, Infallible>(
+                                    answer(request, &behaviour, &name, &shared).await,
+                                )
+                            }
+                        });
+                        // A client that goes away mid-request is not the upstream's problem.
+                        let _ = auto::Builder::new(TokioExecutor::new())
+                            .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                            .await;
+                    }
+                }
+            });
+        }
+    });
+}
+
+type Body = BoxBody<Bytes, Infallible>;
+
+fn full(body: impl Into<Bytes>) -> Body {
+    Full::new(body.into()).boxed()
+}
+
+async fn answer(
+    mut request: Request<Incoming>,
+    behaviour: &Behaviour,
+    name: &str,
+    shared: &Shared,
+) -> Response<Body> {
+    let on_upgrade = hyper::upgrade::on(&mut request);
+    let (parts, body) = request.into_parts();
+    let body = body
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    let received = Received {
+        method: parts.method.to_string(),
+        path: parts
+            .uri
+            .path_and_query()
+            .map_or_else(|| parts.uri.path().to_string(), |p| p.to_string()),
+        version: format!("{:?}", parts.version),
+        headers: parts
+            .headers
+            .iter()
+            .map(|(n, v)| {
+                (
+                    n.as_str().to_string(),
+                    String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                )
+            })
+            .collect(),
+        body: body.clone(),
+    };
+    shared
+        .received
+        .lock()
+        .expect("no panic while holding the request log")
+        .push(received);
+    let ok = || {
+        Response::builder()
+            .status(200)
+            .header("x-upstream", name)
+            .header("content-type", "text/plain")
+    };
+    let built = match behaviour {
+        Behaviour::Reply(reply) => {
+            let mut response = Response::builder()
+                .status(reply.status)
+                .header("x-upstream", name);
+            for (n, v) in &reply.headers {
+                response = response.header(n, v);
+            }
+            response.body(full(reply.body.clone()))
+        }
+        Behaviour::Echo => ok().body(full(body)),
+        Behaviour::Delay(delay) => {
+            tokio::time::sleep(*delay).await;
+            ok().body(full("slow\n"))
+        }
+        Behaviour::Stream(total) => {
+            let total = *total;
+            ok().body(chunks(total, Bytes::from(vec![b'x'; 64 * 1024])).boxed())
+        }
+        Behaviour::Trailers => {
+            let mut trailers = hyper::HeaderMap::new();
+            trailers.insert("x-trailer", hyper::header::HeaderValue::from_static("yes"));
+            let frames = vec![
+                Frame::data(Bytes::from_static(b"with trailers\n")),
+                Frame::trailers(trailers),
+            ];
+            ok().body(Frames(Box::new(frames.into_iter())).boxed())
+        }
+        Behaviour::WebsocketEcho => {
+            let wants_upgrade = parts
+                .headers
+                .get("upgrade")
+                .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"websocket"));
+            if wants_upgrade {
+                tokio::spawn(async move {
+                    if let Ok(upgraded) = on_upgrade.await {
+                        let mut io = TokioIo::new(upgraded);
+                        let mut buf = vec![0u8; 16 * 1024];
+                        while let Ok(n) = io.read(&mut buf).await {
+                            if n == 0 || io.write_all(&buf[..n]).await.is_err() {
+                                break;
+                            }
+                        }
+                        let _ = io.shutdown().await;
+                    }
+                });
+                Response::builder()
+                    .status(101)
+                    .header("x-upstream", name)
+                    .header("connection", "upgrade")
+                    .header("upgrade", "websocket")
+                    .body(full(Bytes::new()))
+            } else {
+                ok().body(full("no upgrade\n"))
+            }
+        }
+        Behaviour::CloseBeforeResponse | Behaviour::TcpEcho | Behaviour::TcpHalfClose => {
+            unreachable!("raw TCP behaviours do not speak HTTP")
+        }
+    };
+    built.unwrap_or_else(|e| panic!("the scenario's reply is not a valid response: {e}"))
+}
+
+/// `total` bytes as `chunk`-sized data frames (the last one shorter).
+fn chunks(total: u64, chunk: Bytes) -> Frames {
+    let size = chunk.len() as u64;
+    Frames(Box::new((0..total.div_ceil(size)).map(move |i| {
+        let len = size.min(total - i * size) as usize;
+        Frame::data(chunk.slice(..len))
+    })))
+}
+
+/// A body that yields frames from an iterator, each as soon as it is polled (so the sender
+/// is paced by the receiver's flow control, never buffering ahead).
+struct Frames(Box<dyn Iterator<Item = Frame<Bytes>> + Send + Sync + Unpin>);
+
+impl hyper::body::Body for Frames {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        Poll::Ready(self.0.next().map(Ok))
+    }
+}
+
+async fn close_before_response(mut stream: tokio::net::TcpStream, shared: &Shared) {
+    let mut head = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        match stream.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => head.extend_from_slice(&buf[..n]),
+        }
+    }
+    let first = String::from_utf8_lossy(&head)
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .to_string();
+    shared
+        .received
+        .lock()
+        .expect("no panic while holding the request log")
+        .push(Received {
+            method: "RAW".into(),
+            path: first,
+            version: String::new(),
+            headers: Vec::new(),
+            body: Bytes::new(),
+        });
+    // Dropping the stream closes it without a response.
+}
+
+async fn tcp_echo(mut stream: tokio::net::TcpStream) {
+    let mut buf = vec![0u8; 16 * 1024];
+    while let Ok(n) = stream.read(&mut buf).await {
+        if n == 0 || stream.write_all(&buf[..n]).await.is_err() {
+            break;
+        }
+    }
+    let _ = stream.shutdown().await;
+}
+
+async fn tcp_half_close(mut stream: tokio::net::TcpStream) {
+    let mut total = 0usize;
+    let mut buf = vec![0u8; 16 * 1024];
+    while let Ok(n) = stream.read(&mut buf).await {
+        if n == 0 {
+            break;
+        }
+        total += n;
+    }
+    let _ = stream
+        .write_all(format!("got {total} bytes\n").as_bytes())
+        .await;
+    let _ = stream.shutdown().await;
+}

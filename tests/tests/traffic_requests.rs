@@ -1,0 +1,134 @@
+//! Differential traffic tests for what the connection manager does to a request before
+//! routing: malformed requests (which must get Envoy's status and never reach the upstream),
+//! header limits, headers with underscores, and path normalisation.
+
+use tests::differential::{check, one_vhost, Known, Scenario};
+
+const HCM: &str = "https://www.envoyproxy.io/docs/envoy/latest/api-v3/extensions/filters/network/http_connection_manager/v3/http_connection_manager.proto";
+const PROTO: &str = "https://www.envoyproxy.io/docs/envoy/latest/api-v3/config/core/v3/protocol.proto#config-core-v3-httpprotocoloptions";
+const PATHS: &str = "https://www.envoyproxy.io/docs/envoy/latest/api-v3/extensions/filters/network/http_connection_manager/v3/http_connection_manager.proto#envoy-v3-api-field-extensions-filters-network-http-connection-manager-v3-httpconnectionmanager-normalize-path";
+
+/// Differences Outrigger documents (acknowledged fields); none here.
+const KNOWN: &[Known] = &[];
+
+const TO_BACKEND: &str = "- match: { prefix: / }\n  route: { cluster: backend }";
+
+fn many_headers(n: usize) -> String {
+    let mut request = String::from("GET / HTTP/1.1\r\nHost: x\r\n");
+    for i in 0..n {
+        request.push_str(&format!("x-h{i}: v\r\n"));
+    }
+    request.push_str("\r\n");
+    request
+}
+
+fn big_header(bytes: usize) -> String {
+    format!(
+        "GET / HTTP/1.1\r\nHost: x\r\nx-big: {}\r\n\r\n",
+        "a".repeat(bytes)
+    )
+}
+
+fn scenarios() -> Vec<Scenario> {
+    vec![
+        Scenario::http("malformed_missing_host", HCM, &one_vhost(TO_BACKEND))
+            .raw("GET / HTTP/1.1\r\n\r\n")
+            .raw("GET / HTTP/1.0\r\n\r\n"),
+        Scenario::http("malformed_garbage", HCM, &one_vhost(TO_BACKEND))
+            .raw("this is not http\r\n\r\n")
+            .raw("G@T / HTTP/1.1\r\nHost: x\r\n\r\n")
+            .raw("GET / HTTP/9.9\r\nHost: x\r\n\r\n")
+            .raw("GET /\r\nHost: x\r\n\r\n")
+            .raw("GET / HTTP/1.1\r\nHost: x\r\nbad header line\r\n\r\n")
+            .raw("GET / HTTP/1.1\r\nHost: x\r\nx-bad: a\x01b\r\n\r\n"),
+        Scenario::http("malformed_conflicting_lengths", HCM, &one_vhost(TO_BACKEND))
+            .raw("POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabcd")
+            .raw("POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n")
+            .raw("POST / HTTP/1.1\r\nHost: x\r\nContent-Length: -1\r\n\r\n")
+            .raw("POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip\r\n\r\n"),
+        Scenario::http("well_formed_raw_keepalive", HCM, &one_vhost(TO_BACKEND))
+            .raw("GET /raw HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .raw("POST /chunked HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n3\r\nabc\r\n0\r\n\r\n"),
+        Scenario::http("too_many_headers_default_100", PROTO, &one_vhost(TO_BACKEND))
+            .raw(many_headers(99))
+            .raw(many_headers(101)),
+        Scenario::http("too_many_headers_configured", PROTO, &one_vhost(TO_BACKEND))
+            .hcm("common_http_protocol_options: { max_headers_count: 10 }")
+            .raw(many_headers(5))
+            .raw(many_headers(12))
+            .curl(
+                "/",
+                &[
+                    "--http2-prior-knowledge", "-H", "a1: 1", "-H", "a2: 1", "-H", "a3: 1", "-H",
+                    "a4: 1", "-H", "a5: 1", "-H", "a6: 1", "-H", "a7: 1", "-H", "a8: 1",
+                ],
+            ),
+        Scenario::http("oversized_headers_default_60k", HCM, &one_vhost(TO_BACKEND))
+            .raw(big_header(50 * 1024))
+            .raw(big_header(61 * 1024)),
+        Scenario::http("oversized_headers_configured", HCM, &one_vhost(TO_BACKEND))
+            .hcm("max_request_headers_kb: 2")
+            .raw(big_header(1024))
+            .raw(big_header(3 * 1024))
+            .curl("/", &["--http2-prior-knowledge", "-H", &format!("x-big: {}", "b".repeat(3000))]),
+        Scenario::http("underscores_allowed_by_default", PROTO, &one_vhost(TO_BACKEND))
+            .curl("/", &["-H", "x_under: 1"]),
+        Scenario::http("underscores_reject_request", PROTO, &one_vhost(TO_BACKEND))
+            .hcm("common_http_protocol_options: { headers_with_underscores_action: REJECT_REQUEST }")
+            .curl("/", &["-H", "x_under: 1"])
+            .curl("/", &["--http2-prior-knowledge", "-H", "x_under: 1"])
+            .get("/fine"),
+        Scenario::http("underscores_drop_header", PROTO, &one_vhost(TO_BACKEND))
+            .hcm("common_http_protocol_options: { headers_with_underscores_action: DROP_HEADER }")
+            .curl("/", &["-H", "x_under: 1", "-H", "x-dash: 1"])
+            .curl("/", &["--http2-prior-knowledge", "-H", "x_under: 1"]),
+        Scenario::http("path_not_normalised_by_default", PATHS, &one_vhost(TO_BACKEND))
+            .get("/a/../b")
+            .get("/a/./b")
+            .get("/a//b")
+            .get("/a%2Fb")
+            .get("/%61bc"),
+        Scenario::http("path_normalize_path", PATHS, &one_vhost(TO_BACKEND))
+            .hcm("normalize_path: true")
+            .get("/a/../b")
+            .get("/a/./b/")
+            .get("/../../x")
+            .get("/a//b")
+            .get("/a%2Fb")
+            .get("/%61bc?q=/../")
+            .get("/a\\b"),
+        Scenario::http("path_merge_slashes", PATHS, &one_vhost(TO_BACKEND))
+            .hcm("merge_slashes: true")
+            .get("//a///b//?x=//")
+            .get("/a/../b"),
+        Scenario::http("path_normalised_before_routing", PATHS, &one_vhost(
+            "- match: { prefix: /public }\n  route: { cluster: backend }\n- match: { prefix: / }\n  direct_response: { status: 403 }",
+        ))
+        .hcm("normalize_path: true\nmerge_slashes: true")
+        .get("/public/../secret")
+        .get("//public//x"),
+        Scenario::http("path_escaped_slashes_reject", PATHS, &one_vhost(TO_BACKEND))
+            .hcm("path_with_escaped_slashes_action: REJECT_REQUEST")
+            .get("/a%2Fb")
+            .get("/a%5cb")
+            .get("/plain"),
+        Scenario::http("path_escaped_slashes_unescape_and_redirect", PATHS, &one_vhost(TO_BACKEND))
+            .hcm("path_with_escaped_slashes_action: UNESCAPE_AND_REDIRECT")
+            .get("/a%2Fb?q=1")
+            .get("/a%2fb")
+            .curl("/a%2Fb", &["--http2-prior-knowledge"]),
+        Scenario::http("path_escaped_slashes_unescape_and_forward", PATHS, &one_vhost(TO_BACKEND))
+            .hcm("path_with_escaped_slashes_action: UNESCAPE_AND_FORWARD")
+            .get("/a%2Fb%5Cc")
+            .get("/keep%20space"),
+        Scenario::http("absolute_form_and_connect", HCM, &one_vhost(TO_BACKEND))
+            .raw("GET http://abs.example/path?q HTTP/1.1\r\nHost: other.example\r\nConnection: close\r\n\r\n")
+            .raw("CONNECT abs.example:443 HTTP/1.1\r\nHost: abs.example:443\r\n\r\n")
+            .raw("OPTIONS * HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"),
+    ]
+}
+
+#[test]
+fn requests_match_envoy() {
+    check("requests_match_envoy", &scenarios(), KNOWN);
+}
