@@ -11,6 +11,7 @@ pub mod corpus;
 pub mod curl;
 pub mod fixed_ports;
 pub mod istio;
+pub mod netns;
 pub mod parallel;
 pub mod ports;
 pub mod process;
