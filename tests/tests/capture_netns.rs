@@ -811,6 +811,37 @@ fn redirect_mode_captures_outbound_and_inbound_without_loops() {
     });
 }
 
+/// A remote service that happens to listen on 15001 is not the proxy's own capture port: the
+/// app's connection to it is passed through, as Envoy's virtualOutbound does (checked with
+/// Envoy 1.40 in this same topology); only destinations that are the proxy itself are closed.
+/// (Port 15006 elsewhere is not checked: Envoy hands such a connection to virtualInbound,
+/// whose 127.0.0.6 source cannot leave the pod, so it fails with Envoy too.)
+#[test]
+fn outbound_to_a_remote_port_15001_is_passed_through() {
+    if !prerequisites_met("outbound_to_a_remote_port_15001_is_passed_through", TOOLS) {
+        return;
+    }
+    with_pod("REDIRECT", |topo| {
+        let proxy = Sidecar::start(&topo.pod, &bootstrap(Inbound::Redirect), false);
+        {
+            let port = 15001u16;
+            let remote = Server::start(
+                &topo.remote,
+                &format!("{REMOTE_IP}:{port}"),
+                Protocol::Line("remote"),
+            );
+            let out = topo.app_exchange(REMOTE_IP, port, "hello-remote-capture-port");
+            assert!(
+                stdout(&out).starts_with("remote got hello-remote-capture-port"),
+                "app → {REMOTE_IP}:{port}: got {:?}; the remote saw {:?}\n{}",
+                stdout(&out),
+                remote.pending(),
+                proxy.logs()
+            );
+        }
+    });
+}
+
 #[test]
 fn tproxy_mode_captures_inbound_with_the_original_destination() {
     if !prerequisites_met(
