@@ -121,3 +121,18 @@ pub fn envoy_or_skip(test: &str) -> Option<Proxy> {
     eprintln!("{test}: SKIPPED the Envoy side: envoy not found ({how})");
     None
 }
+
+/// The `outrigger-iptables` binary: `OUTRIGGER_IPTABLES_BIN`, else beside the test executable
+/// (`cargo build -p iptables-init` puts it there).
+pub fn outrigger_iptables() -> PathBuf {
+    let path = match env::var_os("OUTRIGGER_IPTABLES_BIN") {
+        Some(path) => PathBuf::from(path),
+        None => beside_test_executable("outrigger-iptables"),
+    };
+    assert!(
+        path.is_file(),
+        "outrigger-iptables not found at {}: build it first: cargo build -p iptables-init",
+        path.display()
+    );
+    path
+}

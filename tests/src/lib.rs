@@ -12,6 +12,7 @@ pub mod curl;
 pub mod differential;
 pub mod fixed_ports;
 pub mod istio;
+pub mod netns;
 pub mod parallel;
 pub mod ports;
 pub mod process;
