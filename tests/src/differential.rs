@@ -685,7 +685,8 @@ pub fn run(scenarios: &[Scenario], with_envoy: bool) -> Vec<Outcome> {
 }
 
 /// A difference the project knows of and documents (an acknowledged field in
-/// `proxy/src/config/fields.rs`), kept so the scenario still runs and the list stays true.
+/// `proxy/src/config/fields.rs`, or a gap still open in an issue, named in the reason), kept
+/// so the scenario still runs and the list stays true.
 #[derive(Debug, Clone, Copy)]
 pub struct Known {
     pub scenario: &'static str,

@@ -384,7 +384,8 @@ fn translate_route(
     })
 }
 
-/// A query parameter condition: present, or its (percent-decoded) value matching.
+/// A query parameter condition: present, or its raw value matching (Envoy 1.40 does not
+/// percent-decode before matching).
 #[derive(Debug)]
 pub struct QueryMatcher {
     pub name: String,
@@ -396,43 +397,14 @@ impl QueryMatcher {
     pub fn matches(&self, query: &str) -> bool {
         let found = query.split('&').find_map(|pair| {
             let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-            (percent_decode(k) == self.name).then(|| percent_decode(v))
+            (k == self.name).then_some(v)
         });
         match (&self.value, found) {
             (None, found) => found.is_some(),
-            (Some(m), Some(v)) => m.matches(&v),
+            (Some(m), Some(v)) => m.matches(v),
             (Some(_), None) => false,
         }
     }
-}
-
-fn percent_decode(s: &str) -> std::borrow::Cow<'_, str> {
-    if !s.contains(['%', '+']) {
-        return std::borrow::Cow::Borrowed(s);
-    }
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'%' if i + 2 < bytes.len() => {
-                let hex = std::str::from_utf8(&bytes[i + 1..i + 3])
-                    .ok()
-                    .and_then(|h| u8::from_str_radix(h, 16).ok());
-                match hex {
-                    Some(b) => {
-                        out.push(b);
-                        i += 3;
-                        continue;
-                    }
-                    None => out.push(b'%'),
-                }
-            }
-            b => out.push(b),
-        }
-        i += 1;
-    }
-    std::borrow::Cow::Owned(String::from_utf8_lossy(&out).into_owned())
 }
 
 fn query_matcher(q: &proto::QueryParameterMatcher, path: &FieldPath) -> Result<QueryMatcher> {

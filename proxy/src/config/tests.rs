@@ -241,7 +241,7 @@ fn route_table(routes: &str) -> std::sync::Arc<crate::config::route::RouteConfig
 fn query_parameters_grpc_and_headers_narrow_routes() {
     let table = route_table(
         r#"{ virtual_hosts: [{ name: v, domains: ["*"], routes: [
-            { name: q, match: { prefix: "/", query_parameters: [{ name: debug, string_match: { exact: "on now" } }] }, route: { cluster: c } },
+            { name: q, match: { prefix: "/", query_parameters: [{ name: debug, string_match: { exact: "on%20now" } }] }, route: { cluster: c } },
             { name: p, match: { prefix: "/", query_parameters: [{ name: flag, present_match: true }] }, route: { cluster: c } },
             { name: g, match: { prefix: "/", grpc: {} }, route: { cluster: c } },
             { name: never, match: { prefix: "/", runtime_fraction: { default_value: { numerator: 0 } } }, route: { cluster: c } },

@@ -32,7 +32,8 @@ enum Operator {
     },
     DownstreamLocalPort,
     UpstreamRemoteAddress,
-    StartTime,
+    /// With a strftime-style format, or Envoy's default ISO 8601 rendering.
+    StartTime(Option<String>),
     Protocol,
     Hostname(String),
     Request {
@@ -68,8 +69,7 @@ impl Template {
                 rest = after;
                 continue;
             }
-            let end = rest
-                .find('%')
+            let end = operator_end(rest)
                 .ok_or_else(|| format!("unterminated command operator in {text:?}"))?;
             let (op, after) = rest.split_at(end);
             rest = &after[1..];
@@ -113,6 +113,19 @@ impl Template {
     }
 }
 
+/// Where an operator's closing `%` is: after its name and any `(...)` argument, which may
+/// itself contain `%` (as in `%START_TIME(%Y)%`).
+fn operator_end(rest: &str) -> Option<usize> {
+    let name_end = rest
+        .find(|c: char| !(c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_'))
+        .unwrap_or(rest.len());
+    let after_argument = match rest[name_end..].strip_prefix('(') {
+        Some(arg) => name_end + 1 + arg.find(')')? + 1,
+        None => name_end,
+    };
+    Some(after_argument + rest[after_argument..].find('%')?)
+}
+
 fn parse_operator(op: &str) -> Result<Operator, String> {
     Ok(match op {
         "DOWNSTREAM_REMOTE_ADDRESS" => Operator::DownstreamRemoteAddress { port: true },
@@ -123,7 +136,10 @@ fn parse_operator(op: &str) -> Result<Operator, String> {
         "DOWNSTREAM_LOCAL_ADDRESS_WITHOUT_PORT" => Operator::DownstreamLocalAddress { port: false },
         "DOWNSTREAM_LOCAL_PORT" => Operator::DownstreamLocalPort,
         "UPSTREAM_REMOTE_ADDRESS" => Operator::UpstreamRemoteAddress,
-        "START_TIME" => Operator::StartTime,
+        "START_TIME" => Operator::StartTime(None),
+        _ if op.starts_with("START_TIME(") && op.ends_with(')') => {
+            Operator::StartTime(Some(op["START_TIME(".len()..op.len() - 1].to_string()))
+        }
         "PROTOCOL" => Operator::Protocol,
         "HOSTNAME" => Operator::Hostname(
             nix::unistd::gethostname()
@@ -163,7 +179,8 @@ fn parse_request(op: &str) -> Result<Operator, String> {
 }
 
 fn render_operator(op: &Operator, ctx: &Context<'_>, out: &mut String) {
-    // Envoy renders a value it does not have as `-` in headers too.
+    // In header values a value that is not there renders empty (the header is then dropped,
+    // as Envoy does); access logs will render `-` instead.
     let address = |a: Option<SocketAddr>, port: bool, out: &mut String| match a {
         Some(a) if port => {
             let _ = write!(out, "{a}");
@@ -171,19 +188,19 @@ fn render_operator(op: &Operator, ctx: &Context<'_>, out: &mut String) {
         Some(a) => {
             let _ = write!(out, "{}", a.ip());
         }
-        None => out.push('-'),
+        None => {}
     };
     match op {
         Operator::DownstreamRemoteAddress { port } => address(ctx.downstream_remote, *port, out),
         Operator::DownstreamLocalAddress { port } => address(ctx.downstream_local, *port, out),
-        Operator::DownstreamLocalPort => match ctx.downstream_local {
-            Some(a) => {
+        Operator::DownstreamLocalPort => {
+            if let Some(a) = ctx.downstream_local {
                 let _ = write!(out, "{}", a.port());
             }
-            None => out.push('-'),
-        },
-        Operator::UpstreamRemoteAddress => out.push_str(ctx.upstream_remote.unwrap_or("-")),
-        Operator::StartTime => time::iso8601_millis(ctx.start, out),
+        }
+        Operator::UpstreamRemoteAddress => out.push_str(ctx.upstream_remote.unwrap_or("")),
+        Operator::StartTime(None) => time::iso8601_millis(ctx.start, out),
+        Operator::StartTime(Some(format)) => time::strftime(ctx.start, format, out),
         Operator::Protocol => out.push_str(match ctx.protocol {
             http::Version::HTTP_10 => "HTTP/1.0",
             http::Version::HTTP_11 => "HTTP/1.1",
@@ -204,15 +221,12 @@ fn render_operator(op: &Operator, ctx: &Context<'_>, out: &mut String) {
                         .or_else(|| alternative.as_ref().and_then(|a| h.get(a)))
                 })
                 .and_then(|v| v.to_str().ok());
-            match value {
-                Some(v) => {
-                    let v = match max_len {
-                        Some(n) => v.get(..*n).unwrap_or(v),
-                        None => v,
-                    };
-                    out.push_str(v);
-                }
-                None => out.push('-'),
+            if let Some(v) = value {
+                let v = match max_len {
+                    Some(n) => v.get(..*n).unwrap_or(v),
+                    None => v,
+                };
+                out.push_str(v);
             }
         }
     }
@@ -237,11 +251,11 @@ mod tests {
     fn operators_render_like_envoy() {
         let mut headers = HeaderMap::new();
         headers.insert("x-b", http::HeaderValue::from_static("bee-value"));
-        let t = Template::parse("%DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT% %DOWNSTREAM_LOCAL_PORT% %PROTOCOL% %REQ(x-a?x-b):3% %UPSTREAM_REMOTE_ADDRESS% 100%% %START_TIME%")
+        let t = Template::parse("%DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT% %DOWNSTREAM_LOCAL_PORT% %PROTOCOL% %REQ(x-a?x-b):3% %UPSTREAM_REMOTE_ADDRESS% 100%% %START_TIME% [%START_TIME(%Y/%m/%d %H:%M:%S.%3f %s)%]")
             .expect("parses");
         assert_eq!(
             t.render(&ctx(&headers)),
-            "10.0.0.1 8080 HTTP/1.1 bee - 100% 2025-11-22T04:34:56.123Z"
+            "10.0.0.1 8080 HTTP/1.1 bee  100% 2025-11-22T04:34:56.123Z [2025/11/22 04:34:56.123 1763786096]"
         );
         assert_eq!(
             Template::parse("plain 50%%").expect("parses").literal(),

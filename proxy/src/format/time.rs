@@ -32,3 +32,38 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
     let y = yoe + era * 400 + i64::from(m <= 2);
     (y, m, d)
 }
+
+/// `%START_TIME(format)%`: the strftime specifiers Envoy users write (`%Y %m %d %H %M %S %s`,
+/// `%z` as `+0000`, `%%`) plus Envoy's `%Nf` fractional seconds; others are kept verbatim.
+pub fn strftime(t: SystemTime, format: &str, out: &mut String) {
+    let since = t.duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    let secs = since.as_secs();
+    let rem = secs % 86_400;
+    let (y, m, d) = civil_from_days((secs / 86_400) as i64);
+    let mut chars = format.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c != '%' {
+            out.push(c);
+            continue;
+        }
+        let _ = match chars.next() {
+            Some('Y') => write!(out, "{y:04}"),
+            Some('m') => write!(out, "{m:02}"),
+            Some('d') => write!(out, "{d:02}"),
+            Some('H') => write!(out, "{:02}", rem / 3600),
+            Some('M') => write!(out, "{:02}", rem % 3600 / 60),
+            Some('S') => write!(out, "{:02}", rem % 60),
+            Some('s') => write!(out, "{secs}"),
+            Some('z') => write!(out, "+0000"),
+            Some('%') => write!(out, "%"),
+            Some(n @ '1'..='9') if chars.peek() == Some(&'f') => {
+                chars.next();
+                let digits = n.to_digit(10).unwrap_or(9) as usize;
+                let nanos = format!("{:09}", since.subsec_nanos());
+                write!(out, "{}", &nanos[..digits.min(9)])
+            }
+            Some(other) => write!(out, "%{other}"),
+            None => write!(out, "%"),
+        };
+    }
+}

@@ -25,6 +25,10 @@ static X_ENVOY_UPSTREAM_SERVICE_TIME: HeaderName =
 static X_ENVOY_EXPECTED_RQ_TIMEOUT_MS: HeaderName =
     HeaderName::from_static("x-envoy-expected-rq-timeout-ms");
 static X_ENVOY_ATTEMPT_COUNT: HeaderName = HeaderName::from_static("x-envoy-attempt-count");
+static X_ENVOY_ORIGINAL_PATH: HeaderName = HeaderName::from_static("x-envoy-original-path");
+static X_ENVOY_ORIGINAL_HOST: HeaderName = HeaderName::from_static("x-envoy-original-host");
+static X_ENVOY_UPSTREAM_RQ_TIMEOUT_MS: HeaderName =
+    HeaderName::from_static("x-envoy-upstream-rq-timeout-ms");
 
 /// Headers that describe one hop and are never forwarded (RFC 9110 §7.6.1).
 static HOP_BY_HOP: [HeaderName; 7] = [
@@ -168,9 +172,20 @@ async fn send_to_cluster(
         UpstreamProtocol::Http2 => true,
         UpstreamProtocol::UseDownstream => request.version() == http::Version::HTTP_2,
     };
-    let Some(upstream_request) =
-        upstream_request(request, target, &host.hostname, host.authority.as_str())
-    else {
+    // Envoy 1.40 consumes `x-envoy-upstream-rq-timeout-ms` without honouring it on these routes
+    // (checked against Envoy; honouring it for trusted requests comes with issue 4).
+    let mut request = request;
+    request
+        .headers_mut()
+        .remove(&X_ENVOY_UPSTREAM_RQ_TIMEOUT_MS);
+    let timeout = target.forward.timeout;
+    let Some(upstream_request) = upstream_request(
+        request,
+        target,
+        &host.hostname,
+        host.authority.as_str(),
+        timeout,
+    ) else {
         return Outcome {
             response: local_reply(StatusCode::BAD_REQUEST, Bytes::new(), server),
             flag: None,
@@ -182,7 +197,7 @@ async fn send_to_cluster(
     host.stats.rq_active.fetch_add(1, Relaxed);
     host.stats.rq_total.fetch_add(1, Relaxed);
     let send = cluster.pool.send(&host, upstream_request, use_h2);
-    let result = match target.forward.timeout {
+    let result = match timeout {
         Some(t) => tokio::time::timeout(t, send)
             .await
             .unwrap_or(Err(UpstreamError::Timeout)),
@@ -274,6 +289,7 @@ fn upstream_request(
     t: &Target<'_>,
     upstream_hostname: &str,
     upstream_authority: &str,
+    timeout: Option<Duration>,
 ) -> Option<Request<UpstreamBody>> {
     let (mut parts, body) = request.into_parts();
     let original_authority = parts
@@ -287,6 +303,7 @@ fn upstream_request(
                 .and_then(|h| h.to_str().ok())
         })?
         .to_string();
+    let original_authority_text = original_authority.clone();
     let authority = match (
         &t.forward.host_rewrite,
         t.weighted.and_then(|w| w.host_rewrite.as_ref()),
@@ -309,6 +326,15 @@ fn upstream_request(
         .map(|p| p.as_str())
         .unwrap_or("/");
     let rewritten = rewrite_path(path_and_query, t.route, t.forward);
+    // Envoy tells the upstream what a rewrite replaced.
+    let original_path = (t.forward.prefix_rewrite.is_some() || t.forward.regex_rewrite.is_some())
+        .then(|| HeaderValue::from_str(path_and_query).ok())
+        .flatten();
+    // Only a route-level host rewrite is reported (not a weighted cluster's own).
+    let original_host = (!matches!(t.forward.host_rewrite, HostRewrite::None)
+        && authority != original_authority_text)
+        .then(|| HeaderValue::from_str(&original_authority_text).ok())
+        .flatten();
     parts.uri = http::Uri::builder()
         .scheme("http")
         .authority(authority.as_str())
@@ -342,7 +368,13 @@ fn upstream_request(
             .headers
             .insert(header::HOST, HeaderValue::from_str(&authority).ok()?);
     }
-    if let Some(timeout) = t.forward.timeout {
+    if let Some(path) = original_path {
+        parts.headers.insert(X_ENVOY_ORIGINAL_PATH.clone(), path);
+    }
+    if let Some(host) = original_host {
+        parts.headers.insert(X_ENVOY_ORIGINAL_HOST.clone(), host);
+    }
+    if let Some(timeout) = timeout {
         parts.headers.insert(
             X_ENVOY_EXPECTED_RQ_TIMEOUT_MS.clone(),
             HeaderValue::from(timeout.as_millis() as u64),

@@ -84,6 +84,8 @@ pub fn mutate_request_headers(f: &Forwarding, headers: &mut HeaderMap, downstrea
             }
         }
     }
+    // Only this proxy says whether a request is internal.
+    headers.remove(&X_ENVOY_INTERNAL);
     let internal = match client {
         Some(ip) => f.internal_cidrs.iter().any(|c| c.contains(ip)),
         None => f.internal_unix_sockets,

@@ -54,7 +54,8 @@ pub fn local_reply(
     if !body.is_empty() {
         headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
     }
-    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
+    // hyper writes the length from the body (`content-length: 0` on HTTP/1.1, nothing on
+    // HTTP/2 for an empty body, as Envoy).
     headers.insert(header::SERVER, server.clone());
     response
 }

@@ -20,10 +20,9 @@ pub fn redirect(
     let new_host = r.host.as_deref().unwrap_or(bare_host);
     let port = match (r.port, r.scheme.as_deref()) {
         (Some(p), _) => Some(p.to_string()),
-        // Changing scheme drops the original port; Envoy does the same.
-        (None, Some(_)) => None,
-        (None, None) if r.host.is_some() => None,
-        (None, None) => original_port.map(str::to_string),
+        // A new host drops the original port; a new scheme keeps it (Envoy 1.40).
+        (None, _) if r.host.is_some() => None,
+        (None, _) => original_port.map(str::to_string),
     };
     let path_and_query = request
         .uri()

@@ -51,6 +51,32 @@ pub fn is_allowed_upgrade(
 }
 
 pub fn check<B>(hcm: &HttpConnectionManager, request: &mut Request<B>) -> Result<(), Refusal> {
+    // Both a length and a transfer coding make the body's end ambiguous (request smuggling):
+    // refused, as Envoy does; a coding other than chunked is not implemented (501).
+    if let Some(te) = request.headers().get(header::TRANSFER_ENCODING) {
+        if request.headers().contains_key(header::CONTENT_LENGTH) {
+            return Err(Refusal::Local {
+                status: StatusCode::BAD_REQUEST,
+                body: "Bad Request",
+                close: true,
+            });
+        }
+        if !te.as_bytes().eq_ignore_ascii_case(b"chunked") {
+            return Err(Refusal::Local {
+                status: StatusCode::NOT_IMPLEMENTED,
+                body: "Not Implemented",
+                close: true,
+            });
+        }
+    }
+    // Envoy refuses HTTP/1.0 unless `accept_http_10` is set (not supported here).
+    if request.version() == http::Version::HTTP_10 {
+        return Err(Refusal::Local {
+            status: StatusCode::UPGRADE_REQUIRED,
+            body: "Upgrade Required",
+            close: true,
+        });
+    }
     let limits = &hcm.limits;
     let size: usize = request
         .headers()
@@ -76,7 +102,7 @@ pub fn check<B>(hcm: &HttpConnectionManager, request: &mut Request<B>) -> Result
             if limits.headers_with_underscores == UnderscoreAction::RejectRequest {
                 return Err(Refusal::Local {
                     status: StatusCode::BAD_REQUEST,
-                    body: "",
+                    body: "Bad Request",
                     close: true,
                 });
             }
@@ -94,7 +120,16 @@ pub fn check<B>(hcm: &HttpConnectionManager, request: &mut Request<B>) -> Result
     {
         request.headers_mut().remove(header::EXPECT);
     }
-    if let Some(new_path) = normalize(request.uri().path(), &hcm.paths)? {
+    let normalized =
+        normalize(request.uri().path(), &hcm.paths).map_err(|refusal| match refusal {
+            // The redirect keeps the query (Envoy does).
+            Refusal::Redirect(path) => match request.uri().query() {
+                Some(q) => Refusal::Redirect(format!("{path}?{q}")),
+                None => Refusal::Redirect(path),
+            },
+            other => other,
+        })?;
+    if let Some(new_path) = normalized {
         let query = request
             .uri()
             .query()
@@ -118,17 +153,22 @@ pub fn normalize(path: &str, cfg: &PathHandling) -> Result<Option<String>, Refus
                 return Err(Refusal::Local {
                     status: StatusCode::BAD_REQUEST,
                     body: "",
-                    close: false,
+                    close: true,
                 })
             }
             EscapedSlashes::UnescapeAndRedirect => {
-                return Err(Refusal::Redirect(unescape_slashes(&current)))
+                return Err(Refusal::Redirect(unescape_slashes(&current)));
             }
             EscapedSlashes::UnescapeAndForward => current = Cow::Owned(unescape_slashes(&current)),
             EscapedSlashes::Keep => {}
         }
     }
     if cfg.normalize {
+        // Like Envoy's canonicalisation: `\` is a separator and percent-encoded unreserved
+        // characters are decoded before dot segments are resolved.
+        if current.contains(['\\', '%']) {
+            current = Cow::Owned(decode_unreserved(&current.replace('\\', "/")));
+        }
         if let Some(p) = remove_dot_segments(&current) {
             current = Cow::Owned(p);
         }
@@ -147,6 +187,28 @@ pub fn normalize(path: &str, cfg: &PathHandling) -> Result<Option<String>, Refus
         Cow::Owned(p) if p == path => None,
         Cow::Owned(p) => Some(p),
     })
+}
+
+/// Decodes `%XX` where XX is an unreserved character (RFC 3986 §2.3); others stay encoded.
+fn decode_unreserved(path: &str) -> String {
+    let bytes = path.as_bytes();
+    let mut out = String::with_capacity(path.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' && i + 2 < bytes.len() {
+            let decoded = std::str::from_utf8(&bytes[i + 1..i + 3])
+                .ok()
+                .and_then(|h| u8::from_str_radix(h, 16).ok());
+            if let Some(b) = decoded.filter(|b| b.is_ascii_alphanumeric() || b"-._~".contains(b)) {
+                out.push(char::from(b));
+                i += 3;
+                continue;
+            }
+        }
+        out.push(char::from(bytes[i]));
+        i += 1;
+    }
+    out
 }
 
 fn has_escaped_slash(path: &str) -> bool {

@@ -86,7 +86,37 @@ pub async fn route_request(
         .always_set_request_id_in_response
         .then(|| request.headers().get(&X_REQUEST_ID).cloned())
         .flatten();
+    // Envoy closes an HTTP/1.1 connection after answering locally before reading a request
+    // body it did not consume.
+    let closes_after_local_reply = request.method() == http::Method::CONNECT;
+    let has_body = request.version() < http::Version::HTTP_2
+        && (request
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .is_some_and(|v| v.as_bytes() != b"0")
+            || request.headers().contains_key(header::TRANSFER_ENCODING));
     let mut outcome = route_and_act(ctx, request, extras).await;
+    if outcome.upstream.is_none() {
+        // Replies made before any upstream attempt leave the body unread; after an attempt
+        // (UF, UR, UT) it was consumed.
+        let before_upstream = !matches!(
+            outcome.flag,
+            Some(
+                ResponseFlag::UpstreamConnectionFailure
+                    | ResponseFlag::UpstreamRemoteReset
+                    | ResponseFlag::UpstreamRequestTimeout
+            )
+        );
+        if (has_body && before_upstream) || closes_after_local_reply {
+            outcome
+                .response
+                .headers_mut()
+                .insert(header::CONNECTION, http::HeaderValue::from_static("close"));
+        }
+        if ctx.hcm.server_header == crate::config::hcm::ServerHeader::PassThrough {
+            outcome.response.headers_mut().remove(header::SERVER);
+        }
+    }
     let headers = outcome.response.headers_mut();
     if let Some(via) = &forwarding.via {
         append_via(headers, via);

@@ -7,7 +7,9 @@ mod runtime;
 
 pub use filter_chain::select_filter_chain;
 pub use original_dst::original_destination;
-pub use runtime::{address_scope, is_own_address, ChainRuntime, ListenerRuntime, ListenerTable};
+pub use runtime::{
+    address_scope, is_own_address, local_ips, ChainRuntime, ListenerRuntime, ListenerTable,
+};
 
 use crate::config::address::Endpoint;
 use crate::config::listener::Listener;
@@ -99,6 +101,11 @@ pub async fn run(
         BoundSocket::Tcp(l) => l.local_addr().ok(),
         BoundSocket::Unix(_) => None,
     };
+    let local_ips = if listener.original_dst {
+        local_ips()
+    } else {
+        Vec::new()
+    };
     loop {
         let accepted = tokio::select! {
             _ = crate::server::wait_drain(&mut drain) => break,
@@ -120,7 +127,7 @@ pub async fn run(
         };
         let mut target = &runtime;
         if let (Some(destination), Some(bound)) = (original, bound) {
-            if is_own_address(destination, bound) {
+            if is_own_address(destination, bound, &local_ips) {
                 tracing::debug!(target: "conn_handler", "listener {}: connection to the capture port itself ({destination}) closed", listener.name);
                 continue;
             }

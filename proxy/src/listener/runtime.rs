@@ -138,14 +138,26 @@ impl ListenerTable {
 }
 
 /// Whether `destination` is this proxy's own listening socket (a connection made to the
-/// capture port itself): handing it to an upstream would loop back into the proxy.
-pub fn is_own_address(destination: SocketAddr, bound: SocketAddr) -> bool {
+/// capture port itself): handing it to an upstream would loop back into the proxy. A remote
+/// service on the same port number is not (`local_ips` are this host's addresses).
+pub fn is_own_address(destination: SocketAddr, bound: SocketAddr, local_ips: &[IpAddr]) -> bool {
     destination.port() == bound.port()
         && (destination.ip() == bound.ip()
-            || bound.ip().is_unspecified()
-            || is_local(destination.ip()))
+            || destination.ip().is_loopback()
+            || (bound.ip().is_unspecified() && local_ips.contains(&destination.ip())))
 }
 
-fn is_local(ip: IpAddr) -> bool {
-    ip.is_loopback()
+/// This host's interface addresses.
+pub fn local_ips() -> Vec<IpAddr> {
+    let Ok(addrs) = nix::ifaddrs::getifaddrs() else {
+        return Vec::new();
+    };
+    addrs
+        .filter_map(|ifa| ifa.address)
+        .filter_map(|a| {
+            a.as_sockaddr_in()
+                .map(|v4| IpAddr::V4(v4.ip()))
+                .or_else(|| a.as_sockaddr_in6().map(|v6| IpAddr::V6(v6.ip())))
+        })
+        .collect()
 }

@@ -85,6 +85,8 @@ impl Pool {
     ) -> Result<http::Response<Incoming>, UpstreamError> {
         if http2 {
             *request.version_mut() = http::Version::HTTP_2;
+            // HTTP/2 carries the authority in `:authority` (from the URI); no `host` header.
+            request.headers_mut().remove(http::header::HOST);
             return self.send_http2(host, request).await;
         }
         *request.version_mut() = http::Version::HTTP_11;
