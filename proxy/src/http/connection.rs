@@ -43,6 +43,13 @@ pub async fn serve_connection<I>(
         let activity = service_activity.clone();
         async move {
             let _active = activity.begin();
+            // The codec is known once the first request arrives (AUTO sniffs it).
+            if !activity.protocol_counted.swap(true, Ordering::Relaxed) {
+                match request.version() {
+                    http::Version::HTTP_2 => ctx.stats.downstream_cx_http2_total.inc(),
+                    _ => ctx.stats.downstream_cx_http1_total.inc(),
+                }
+            }
             Ok::<_, Infallible>(handle(&ctx, downstream, request).await)
         }
     });
@@ -131,6 +138,7 @@ async fn sleep_or_forever(duration: Option<Duration>) {
 /// Requests in flight on a connection and when the last one ended, for the idle timeout.
 struct Activity {
     active: AtomicUsize,
+    protocol_counted: std::sync::atomic::AtomicBool,
     since: std::sync::Mutex<tokio::time::Instant>,
 }
 
@@ -148,6 +156,7 @@ impl Activity {
     fn new() -> Self {
         Self {
             active: AtomicUsize::new(0),
+            protocol_counted: std::sync::atomic::AtomicBool::new(false),
             since: std::sync::Mutex::new(tokio::time::Instant::now()),
         }
     }
