@@ -47,30 +47,13 @@ const ENVOY_REJECTS: &[(&str, &str, &str)] = &[
     ),
 ];
 
-fn goldens_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/vectors/istio-bootstrap")
-}
-
+/// The goldens (shared with the tests that run them), all 30 of them.
 fn goldens() -> Vec<PathBuf> {
-    let dir = goldens_dir();
-    let entries = std::fs::read_dir(&dir).unwrap_or_else(|e| {
-        panic!(
-            "cannot read {}: {e} (CI clones shared/ beside the repository)",
-            dir.display()
-        )
-    });
-    let mut files: Vec<PathBuf> = entries
-        .map(|e| e.expect("a readable directory entry").path())
-        .filter(|p| {
-            p.file_name()
-                .is_some_and(|n| n.to_string_lossy().ends_with("_golden.json"))
-        })
-        .collect();
-    files.sort();
+    let files = tests::istio::goldens();
     assert!(
         files.len() >= 30,
         "expected the 30 Istio goldens in {}, found {}",
-        dir.display(),
+        tests::istio::goldens_dir().display(),
         files.len()
     );
     files
