@@ -26,9 +26,8 @@ pub fn handle(server: &Server, query: &Query) -> AdminResponse {
         },
         None => None,
     };
-    let clusters: Vec<_> = server
-        .clusters
-        .all()
+    let all = server.clusters.all();
+    let clusters: Vec<_> = all
         .iter()
         .filter(|c| filter.as_ref().is_none_or(|re| re.is_match(&c.config.name)))
         .collect();

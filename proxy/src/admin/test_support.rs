@@ -108,7 +108,11 @@ pub fn server() -> Arc<Server> {
         Arc::new(crate::config::translate_bootstrap(&loaded.bootstrap).expect("translates"));
     let stats = Store::new();
     let logging = LogControl::detached("info", None).expect("levels");
-    let clusters = Arc::new(ClusterManager::new(&config.clusters, &stats));
+    let clusters = Arc::new(ClusterManager::new(
+        config.cluster_slots.clone(),
+        &config.clusters,
+        &stats,
+    ));
     Server::new(options, loaded.bootstrap, config, stats, logging, clusters)
 }
 

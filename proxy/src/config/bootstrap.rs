@@ -6,7 +6,9 @@ use super::cluster::{translate_cluster, Cluster};
 use super::error::{FieldPath, Result};
 use super::fields::{check, Acknowledged};
 use super::listener::{translate_listener, Listener};
-use std::collections::HashMap;
+use super::slots::Slots;
+use crate::upstream::ClusterRuntime;
+use std::collections::HashSet;
 use std::sync::Arc;
 use xds_proto::pb::envoy::config::bootstrap::v3::{runtime_layer::LayerSpecifier, Bootstrap};
 
@@ -17,6 +19,8 @@ pub struct Config {
     pub admin_address: Option<Endpoint>,
     pub listeners: Vec<Arc<Listener>>,
     pub clusters: Vec<Arc<Cluster>>,
+    /// The slots routes resolved their cluster names to; the cluster manager fills them.
+    pub cluster_slots: Arc<Slots<ClusterRuntime>>,
     pub runtime: Vec<RuntimeLayer>,
     /// Fields accepted without being acted on; logged at startup and by `--mode validate`.
     pub acknowledged: Vec<Acknowledged>,
@@ -66,11 +70,11 @@ pub fn translate_bootstrap(b: &Bootstrap) -> Result<Config> {
     let sr = root.field("static_resources");
 
     let mut clusters = Vec::with_capacity(statics.clusters.len());
-    let mut by_name: HashMap<String, usize> = HashMap::new();
+    let mut known_clusters = HashSet::new();
     for (i, c) in statics.clusters.iter().enumerate() {
         let path = sr.field("clusters").index(i);
         let cluster = translate_cluster(c, &path, &mut acks)?;
-        if by_name.insert(cluster.name.clone(), i).is_some() {
+        if !known_clusters.insert(cluster.name.clone()) {
             return Err(path.field("name").error(format!(
                 "cluster manager: duplicate cluster '{}' found",
                 cluster.name
@@ -79,8 +83,10 @@ pub fn translate_bootstrap(b: &Bootstrap) -> Result<Config> {
         clusters.push(Arc::new(cluster));
     }
     let runtime = runtime_layers(b, &root)?;
+    let cluster_slots = Arc::new(Slots::default());
     let resolve = super::resolver::Resolver {
-        clusters: &by_name,
+        slots: &cluster_slots,
+        known_clusters: &known_clusters,
         runtime: &runtime,
     };
 
@@ -113,6 +119,7 @@ pub fn translate_bootstrap(b: &Bootstrap) -> Result<Config> {
         admin_address,
         listeners,
         clusters,
+        cluster_slots,
         runtime,
         acknowledged: acks,
     })

@@ -13,6 +13,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 use xds_proto::pb::envoy::config::cluster::v3::{cluster, Cluster as ProtoCluster};
 use xds_proto::pb::envoy::config::core::v3::{address, HealthStatus};
+use xds_proto::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
 use xds_proto::pb::envoy::extensions::upstreams::http::v3::{
     http_protocol_options, HttpProtocolOptions,
 };
@@ -52,8 +53,11 @@ pub enum Discovery {
         respect_ttl: bool,
         family: DnsFamily,
     },
-    /// Endpoints arrive over EDS (issue 5); until then the cluster has none.
-    Eds,
+    /// Endpoints arrive over EDS under `service_name` (the cluster's
+    /// `eds_cluster_config.service_name`, or its own name); until then the cluster has none.
+    Eds {
+        service_name: String,
+    },
     /// The upstream is the downstream connection's original destination (or the address in
     /// an HTTP header), Envoy's ORIGINAL_DST.
     OriginalDst {
@@ -198,7 +202,14 @@ pub fn translate_cluster(
         cluster::DiscoveryType::Eds if c.eds_cluster_config.is_none() => {
             return Err(path.error("cannot create an EDS cluster without an EDS config"))
         }
-        cluster::DiscoveryType::Eds => Discovery::Eds,
+        cluster::DiscoveryType::Eds => {
+            let eds = c.eds_cluster_config.as_ref();
+            let service_name = eds
+                .map(|e| e.service_name.clone())
+                .filter(|n| !n.is_empty())
+                .unwrap_or_else(|| c.name.clone());
+            Discovery::Eds { service_name }
+        }
         cluster::DiscoveryType::OriginalDst => {
             if c.load_assignment
                 .as_ref()
@@ -286,8 +297,10 @@ fn is_raw_buffer(ts: &xds_proto::pb::envoy::config::core::v3::TransportSocket) -
 
 /// Priority 0 endpoints serve; higher priorities are failover targets, and without health
 /// checking (issue 4) every host is healthy, so Envoy never fails over either.
+/// The endpoints that take traffic: priority 0 (failover to other priorities comes with the
+/// resilience issue), without the ones the assignment marks unhealthy, draining or timed out.
 fn selected_endpoints(
-    c: &ProtoCluster,
+    la: Option<&ClusterLoadAssignment>,
 ) -> impl Iterator<
     Item = (
         usize,
@@ -295,7 +308,7 @@ fn selected_endpoints(
         &xds_proto::pb::envoy::config::endpoint::v3::LbEndpoint,
     ),
 > {
-    c.load_assignment.iter().flat_map(|la| {
+    la.into_iter().flat_map(|la| {
         la.endpoints
             .iter()
             .enumerate()
@@ -376,9 +389,9 @@ fn check_locality_weights(c: &ProtoCluster, path: &FieldPath) -> Result<()> {
     Ok(())
 }
 
+/// The path of one endpoint under a load assignment at `path`.
 fn endpoint_path(path: &FieldPath, i: usize, j: usize) -> FieldPath {
-    path.field("load_assignment")
-        .field("endpoints")
+    path.field("endpoints")
         .index(i)
         .field("lb_endpoints")
         .index(j)
@@ -412,7 +425,37 @@ fn endpoint_address<'a>(
 }
 
 fn static_endpoints(c: &ProtoCluster, path: &FieldPath) -> Result<Vec<LbEndpoint>> {
-    selected_endpoints(c)
+    assignment_endpoints(c.load_assignment.as_ref(), &path.field("load_assignment"))
+}
+
+/// An EDS `ClusterLoadAssignment` (or a cluster's inline `load_assignment`) at `path`.
+/// Envoy: https://www.envoyproxy.io/docs/envoy/latest/api-v3/config/endpoint/v3/endpoint.proto
+pub fn translate_load_assignment(
+    la: &ClusterLoadAssignment,
+    path: &FieldPath,
+    acks: &mut Vec<Acknowledged>,
+) -> Result<Vec<LbEndpoint>> {
+    check(la, path, acks)?;
+    for (i, l) in la.endpoints.iter().enumerate() {
+        if l.load_balancing_weight
+            .as_ref()
+            .is_some_and(|w| w.value == 0)
+        {
+            return Err(path
+                .field("endpoints")
+                .index(i)
+                .field("load_balancing_weight")
+                .error("value must be greater than or equal to 1"));
+        }
+    }
+    assignment_endpoints(Some(la), path)
+}
+
+fn assignment_endpoints(
+    la: Option<&ClusterLoadAssignment>,
+    path: &FieldPath,
+) -> Result<Vec<LbEndpoint>> {
+    selected_endpoints(la)
         .map(|(i, j, e)| {
             let p = endpoint_path(path, i, j);
             let address = resolved(
@@ -428,9 +471,9 @@ fn static_endpoints(c: &ProtoCluster, path: &FieldPath) -> Result<Vec<LbEndpoint
 }
 
 fn dns_hosts(c: &ProtoCluster, path: &FieldPath) -> Result<Vec<DnsHost>> {
-    selected_endpoints(c)
+    selected_endpoints(c.load_assignment.as_ref())
         .map(|(i, j, e)| {
-            let p = endpoint_path(path, i, j);
+            let p = endpoint_path(&path.field("load_assignment"), i, j);
             let address = endpoint_address(e, &p)?;
             if matches!(
                 address.and_then(|a| a.address.as_ref()),

@@ -18,6 +18,7 @@ pub mod resolver;
 pub mod route;
 pub mod route_action;
 mod route_index;
+pub mod slots;
 pub mod tcp_proxy;
 mod values;
 

@@ -1,17 +1,28 @@
-//! What a translator may look up while compiling a resource: cluster indexes and static
-//! runtime values. Both are resolved at config time so the data path never looks up by name.
+//! What a translator may look up while compiling a resource: the cluster slots routes point
+//! at, which clusters exist now, and static runtime values. All of it is resolved at config
+//! time so the data path never looks up by name.
 
 use super::bootstrap::RuntimeLayer;
-use std::collections::HashMap;
+use super::slots::{Slot, Slots};
+use crate::upstream::ClusterRuntime;
+use std::collections::HashSet;
+use std::sync::Arc;
 
 pub struct Resolver<'a> {
-    pub clusters: &'a HashMap<String, usize>,
+    /// The slot every cluster name resolves to, whether or not the cluster exists yet.
+    pub slots: &'a Slots<ClusterRuntime>,
+    /// The clusters that exist when the resource is translated (`validate_clusters`).
+    pub known_clusters: &'a HashSet<String>,
     pub runtime: &'a [RuntimeLayer],
 }
 
 impl Resolver<'_> {
-    pub fn cluster(&self, name: &str) -> Option<usize> {
-        self.clusters.get(name).copied()
+    pub fn cluster_slot(&self, name: &str) -> Arc<Slot<ClusterRuntime>> {
+        self.slots.slot(name)
+    }
+
+    pub fn cluster_exists(&self, name: &str) -> bool {
+        self.known_clusters.contains(name)
     }
 
     /// The value of a runtime key: the last layer that sets it wins (Envoy's layering).

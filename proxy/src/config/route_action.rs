@@ -7,7 +7,9 @@ use super::error::{FieldPath, Result};
 use super::header_mutation::{header_mutation, HeaderMutation};
 use super::matcher::full_regex;
 use super::resolver::Resolver;
+use super::slots::Slot;
 use super::values::optional_duration;
+use crate::upstream::ClusterRuntime;
 use regex::Regex;
 use std::sync::Arc;
 use std::time::Duration;
@@ -24,12 +26,23 @@ pub struct Forward {
     pub host_rewrite: HostRewrite,
 }
 
-/// A cluster resolved at config time. `index` is None when the cluster is unknown and
-/// `validate_clusters` is off: the request then gets 503 (Envoy's NC).
+/// A cluster resolved at config time to its slot. The slot is empty while the cluster is
+/// unknown (allowed when `validate_clusters` is off, and for clusters CDS has not sent yet):
+/// the request then gets 503 (Envoy's NC).
 #[derive(Debug, Clone)]
 pub struct NamedCluster {
-    pub index: Option<usize>,
-    pub name: Arc<str>,
+    pub slot: Arc<Slot<ClusterRuntime>>,
+}
+
+impl NamedCluster {
+    pub fn name(&self) -> &str {
+        &self.slot.name
+    }
+
+    /// The cluster as it is now, kept by the caller for the life of its request.
+    pub fn current(&self) -> Option<Arc<ClusterRuntime>> {
+        self.slot.get()
+    }
 }
 
 #[derive(Debug)]
@@ -87,13 +100,11 @@ pub fn translate_forward(
         if name.is_empty() {
             return Err(p.error("must not be empty"));
         }
-        let index = resolve.cluster(name);
-        if index.is_none() && validate {
+        if validate && !resolve.cluster_exists(name) {
             return Err(p.error(format!("unknown cluster '{name}'")));
         }
         Ok(NamedCluster {
-            index,
-            name: Arc::from(name),
+            slot: resolve.cluster_slot(name),
         })
     };
     let target = match &ra.cluster_specifier {

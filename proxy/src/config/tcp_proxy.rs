@@ -6,7 +6,6 @@ use super::fields::{check, Acknowledged};
 use super::resolver::Resolver;
 use super::route_action::NamedCluster;
 use super::values::optional_duration;
-use std::sync::Arc;
 use std::time::Duration;
 use xds_proto::pb::envoy::extensions::filters::network::tcp_proxy::v3::{
     tcp_proxy::ClusterSpecifier, TcpProxy as ProtoTcpProxy,
@@ -50,8 +49,7 @@ pub fn translate_tcp_proxy(
         return Err(path.field("stat_prefix").error("must not be empty"));
     }
     let named = |name: &str| NamedCluster {
-        index: resolve.cluster(name),
-        name: Arc::from(name),
+        slot: resolve.cluster_slot(name),
     };
     let clusters = match &t.cluster_specifier {
         Some(ClusterSpecifier::Cluster(c)) if !c.is_empty() => vec![(named(c), 1)],

@@ -90,18 +90,18 @@ pub async fn forward(
 ) -> Outcome {
     let RequestExtras { on_upgrade, info } = extras;
     let server = &ctx.hcm.server_name;
-    let (index, weighted) = match &f.target {
-        ClusterTarget::Named(c) => (c.index, None),
+    let (cluster, weighted) = match &f.target {
+        ClusterTarget::Named(c) => (c.current(), None),
         ClusterTarget::Header(name) => {
             let cluster = request.headers().get(name).and_then(|v| v.to_str().ok());
-            (cluster.and_then(|c| ctx.clusters.index_of(c)), None)
+            (cluster.and_then(|c| ctx.clusters.by_name(c)), None)
         }
         ClusterTarget::Weighted { total, .. } => {
             let picked = f.target.weighted_pick(crate::random::below(*total));
-            (picked.and_then(|w| w.cluster.index), picked)
+            (picked.and_then(|w| w.cluster.current()), picked)
         }
     };
-    let Some(cluster) = index.and_then(|i| ctx.clusters.get(i)) else {
+    let Some(cluster) = cluster else {
         ctx.stats.no_cluster.inc();
         return Outcome {
             response: local_reply(StatusCode::SERVICE_UNAVAILABLE, Bytes::new(), server),
@@ -118,7 +118,7 @@ pub async fn forward(
         upgrade: on_upgrade.is_some(),
         info,
     };
-    let mut outcome = send_to_cluster(ctx, cluster, &target, request).await;
+    let mut outcome = send_to_cluster(ctx, &cluster, &target, request).await;
     if let Some(downstream) = on_upgrade {
         splice_upgrade(&mut outcome, downstream);
     }

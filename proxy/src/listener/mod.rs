@@ -2,8 +2,11 @@
 //! chain, and hand the connection to its network filter.
 
 mod filter_chain;
+mod manager;
 mod original_dst;
 mod runtime;
+
+pub use manager::{Generation, ListenerError, ListenerManager};
 
 pub use filter_chain::select_filter_chain;
 pub use original_dst::original_destination;
@@ -14,7 +17,7 @@ pub use runtime::{
 use crate::config::address::Endpoint;
 use crate::config::listener::Listener;
 use crate::http::{serve_connection, Downstream};
-use crate::upstream::ClusterManager;
+use arc_swap::ArcSwap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use tokio::net::{TcpListener, UnixListener};
@@ -84,38 +87,40 @@ fn bind_tcp(addr: SocketAddr, listener: &Listener) -> std::io::Result<TcpListene
     TcpListener::from_std(socket.into())
 }
 
-/// Accepts connections until `drain` fires, then stops accepting; connections in flight are
-/// told to finish (their own drain receivers fire too). With the `original_dst` filter the
-/// connection's pre-redirect destination becomes its local address, and with
-/// `use_original_dst` it is handed to the listener at that address.
+/// Accepts connections until `stop` fires, then closes the socket; each connection is served
+/// by the listener's generation current when it was accepted and watches that generation's
+/// drain signal. With the `original_dst` filter the connection's pre-redirect destination
+/// becomes its local address, and with `use_original_dst` it is handed to the listener at
+/// that address.
 pub async fn run(
-    runtime: Arc<ListenerRuntime>,
+    generation: Arc<ArcSwap<Generation>>,
     socket: BoundSocket,
-    table: Arc<ListenerTable>,
-    clusters: Arc<ClusterManager>,
-    mut drain: watch::Receiver<bool>,
+    table: Arc<ArcSwap<ListenerTable>>,
+    mut stop: watch::Receiver<bool>,
     node_address: Option<std::net::IpAddr>,
 ) {
-    let listener = runtime.config.clone();
     let bound = match &socket {
         BoundSocket::Tcp(l) => l.local_addr().ok(),
         BoundSocket::Unix(_) => None,
     };
-    let local_ips = if listener.original_dst {
+    // Read once: a listener that gains the original_dst filter in an update is rare enough
+    // that listing interfaces up front for every TCP listener is the simpler choice.
+    let local_ips = if bound.is_some() {
         local_ips()
     } else {
         Vec::new()
     };
     loop {
         let accepted = tokio::select! {
-            _ = crate::server::wait_drain(&mut drain) => break,
-            accepted = accept(&socket, &listener) => accepted,
+            _ = crate::server::wait_drain(&mut stop) => break,
+            accepted = accept(&socket) => accepted,
         };
+        let current = generation.load_full();
+        let listener = &current.runtime.config;
         let Accepted {
             stream,
             peer,
             mut local,
-            original,
         } = match accepted {
             Ok(a) => a,
             Err(e) => {
@@ -125,7 +130,14 @@ pub async fn run(
                 continue;
             }
         };
-        let mut target = &runtime;
+        let original = match (&stream, local) {
+            (DownstreamStream::Tcp(tcp), Some(l)) if listener.original_dst => {
+                original_destination(tcp, l, listener.transparent)
+            }
+            _ => None,
+        };
+        let table = table.load();
+        let mut target = &current.runtime;
         if let (Some(destination), Some(bound)) = (original, bound) {
             if is_own_address(destination, bound, &local_ips) {
                 tracing::debug!(target: "conn_handler", "listener {}: connection to the capture port itself ({destination}) closed", listener.name);
@@ -163,8 +175,7 @@ pub async fn run(
         }
         let chain_runtime = chain_runtime.clone();
         let target = target.clone();
-        let drain = drain.clone();
-        let clusters = clusters.clone();
+        let drain = current.drain.clone();
         target.stats.downstream_cx_active.inc();
         tokio::spawn(async move {
             let downstream = Downstream {
@@ -174,9 +185,7 @@ pub async fn run(
             };
             match chain_runtime {
                 ChainRuntime::Http(ctx) => serve_connection(stream, ctx, downstream, drain).await,
-                ChainRuntime::Tcp(ctx) => {
-                    crate::tcp::proxy(stream, ctx, clusters, downstream).await
-                }
+                ChainRuntime::Tcp(ctx) => crate::tcp::proxy(stream, ctx, downstream).await,
                 ChainRuntime::Close => {}
             }
             target.stats.downstream_cx_active.dec();
@@ -191,27 +200,18 @@ struct Accepted {
     stream: DownstreamStream,
     peer: Option<SocketAddr>,
     local: Option<SocketAddr>,
-    /// The destination before redirection, when the listener runs the original_dst filter.
-    original: Option<SocketAddr>,
 }
 
-async fn accept(socket: &BoundSocket, listener: &Listener) -> std::io::Result<Accepted> {
+async fn accept(socket: &BoundSocket) -> std::io::Result<Accepted> {
     match socket {
         BoundSocket::Tcp(l) => {
             let (stream, peer) = l.accept().await?;
             let _ = stream.set_nodelay(true);
             let local = stream.local_addr().ok();
-            let original = match local {
-                Some(local) if listener.original_dst => {
-                    original_destination(&stream, local, listener.transparent)
-                }
-                _ => None,
-            };
             Ok(Accepted {
                 stream: DownstreamStream::Tcp(stream),
                 peer: Some(peer),
                 local,
-                original,
             })
         }
         BoundSocket::Unix(l) => {
@@ -220,7 +220,6 @@ async fn accept(socket: &BoundSocket, listener: &Listener) -> std::io::Result<Ac
                 stream: DownstreamStream::Unix(stream),
                 peer: None,
                 local: None,
-                original: None,
             })
         }
     }

@@ -6,10 +6,11 @@ pub use state::{BoundListener, DrainRequest, Server, ServerState};
 
 use crate::cli::{Mode, Options};
 use crate::config::Config;
+use crate::listener::ListenerManager;
 use crate::logging::LogControl;
 use crate::stats::Store;
 use crate::upstream::ClusterManager;
-use crate::{bootstrap, config, listener};
+use crate::{bootstrap, config};
 use std::process::ExitCode;
 use std::sync::Arc;
 use tokio::sync::watch;
@@ -84,7 +85,11 @@ async fn run(
 ) -> ExitCode {
     let stats = Store::new();
     stats.gauge("server.concurrency").set(workers as u64);
-    let clusters = Arc::new(ClusterManager::new(&config.clusters, &stats));
+    let clusters = Arc::new(ClusterManager::new(
+        config.cluster_slots.clone(),
+        &config.clusters,
+        &stats,
+    ));
     clusters.start_discovery();
     let init_only = options.mode == Mode::InitOnly;
     let server = Server::new(
@@ -119,94 +124,36 @@ async fn run(
     }
 
     let node_address = node_address(server.options.local_address_ip_version);
-    // Bind every listener first (a conflict is a startup error), then build each listener's
-    // runtime, named for stats by its bound address, and the table `use_original_dst` needs.
-    let mut bound = Vec::new();
+    let listeners = ListenerManager::new(server.clone(), clusters.clone(), node_address);
+    // Static listeners bind before the server reports LIVE: a conflict is a startup error.
     for l in &config.listeners {
-        if !l.bind_to_port {
-            bound.push(None);
-            continue;
+        if let Err(e) = listeners.add_or_update(l.clone(), true) {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
         }
-        match listener::bind(l) {
-            Ok(socket) => bound.push(Some(socket)),
-            Err(e) => {
-                eprintln!(
-                    "error: listener '{}' cannot bind {}: {e}",
-                    l.name, l.address
-                );
-                return ExitCode::FAILURE;
-            }
-        }
-    }
-    let runtimes: Vec<Arc<listener::ListenerRuntime>> = config
-        .listeners
-        .iter()
-        .zip(&bound)
-        .map(|(l, socket)| {
-            let scope = match socket {
-                Some(listener::BoundSocket::Tcp(s)) => s
-                    .local_addr()
-                    .map(|a| a.to_string().replace(':', "_"))
-                    .unwrap_or_default(),
-                _ => listener::address_scope(&l.address),
-            };
-            Arc::new(listener::ListenerRuntime::build(
-                l.clone(),
-                &scope,
-                &clusters,
-                &stats,
-            ))
-        })
-        .collect();
-    let table = Arc::new(listener::ListenerTable::new(runtimes.clone()));
-    let mut drains = Vec::new();
-    for (runtime, socket) in runtimes.into_iter().zip(bound) {
-        let Some(socket) = socket else { continue };
-        let l = &runtime.config;
-        let address = socket.local_address();
-        println!("listener {}: {}", l.name, address);
-        server.add_bound_listener(BoundListener {
-            name: l.name.clone(),
-            address,
-            inbound: l.inbound,
-        });
-        let (drain_tx, drain_rx) = watch::channel(false);
-        drains.push((l.inbound, drain_tx));
-        tokio::spawn(listener::run(
-            runtime,
-            socket,
-            table.clone(),
-            clusters.clone(),
-            drain_rx,
-            node_address,
-        ));
     }
     server.set_state(ServerState::Live);
     stats.gauge("server.live").set(1);
-    record_listener_manager_stats(&stats, config.listeners.len() as u64);
+    record_listener_manager_stats(&stats);
     if init_only {
         return ExitCode::SUCCESS;
     }
-    tokio::spawn(forward_drains(server.drain_signal(), drains));
+    tokio::spawn(forward_drains(server.drain_signal(), listeners.clone()));
     tokio::spawn(track_uptime(server.clone()));
     wait_for_shutdown(&server).await;
     tracing::info!(target: "main", "shutting down");
     ExitCode::SUCCESS
 }
 
-/// Turns `/drain_listeners` requests into each listener's drain signal.
+/// Turns `/drain_listeners` requests into the listeners' drain.
 async fn forward_drains(
     mut requests: watch::Receiver<Option<DrainRequest>>,
-    drains: Vec<(bool, watch::Sender<bool>)>,
+    listeners: Arc<ListenerManager>,
 ) {
     while requests.changed().await.is_ok() {
         let request = *requests.borrow_and_update();
         if let Some(r) = request {
-            for (inbound, tx) in &drains {
-                if *inbound || !r.inbound_only {
-                    tx.send_replace(true);
-                }
-            }
+            listeners.drain(r.inbound_only);
         }
     }
 }
@@ -252,8 +199,8 @@ fn node_address(version: crate::cli::IpVersion) -> Option<std::net::IpAddr> {
         .find(|ip| !ip.is_loopback() && ip.is_ipv4() == (version == crate::cli::IpVersion::V4))
 }
 
-/// `listener_manager.*` after the static listeners are up, with every name Envoy creates.
-fn record_listener_manager_stats(stats: &Store, listeners: u64) {
+/// `listener_manager.*` names Envoy creates at startup; the listener manager counts into them.
+fn record_listener_manager_stats(stats: &Store) {
     for name in [
         "listener_added",
         "listener_create_success",
@@ -265,23 +212,12 @@ fn record_listener_manager_stats(stats: &Store, listeners: u64) {
     ] {
         stats.counter(&format!("listener_manager.{name}"));
     }
-    stats
-        .counter("listener_manager.listener_added")
-        .add(listeners);
-    stats
-        .counter("listener_manager.listener_create_success")
-        .add(listeners);
-    stats
-        .gauge("listener_manager.total_listeners_active")
-        .set(listeners);
-    stats
-        .gauge("listener_manager.total_listeners_warming")
-        .set(0);
-    stats
-        .gauge("listener_manager.total_listeners_draining")
-        .set(0);
-    stats
-        .gauge("listener_manager.total_filter_chains_draining")
-        .set(0);
+    for name in [
+        "total_listeners_warming",
+        "total_listeners_draining",
+        "total_filter_chains_draining",
+    ] {
+        stats.gauge(&format!("listener_manager.{name}")).set(0);
+    }
     stats.gauge("listener_manager.workers_started").set(1);
 }

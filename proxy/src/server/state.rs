@@ -161,6 +161,13 @@ impl Server {
             .push(listener);
     }
 
+    pub fn remove_bound_listener(&self, name: &str) {
+        self.listeners
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|l| l.name != name);
+    }
+
     pub fn bound_listeners(&self) -> Vec<BoundListener> {
         self.listeners
             .lock()

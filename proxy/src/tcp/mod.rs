@@ -9,7 +9,7 @@ mod stats;
 pub use stats::TcpStats;
 
 use crate::config::tcp_proxy::TcpProxy;
-use crate::upstream::{ClusterManager, ClusterRuntime, Stream};
+use crate::upstream::{ClusterRuntime, Stream};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Duration;
@@ -27,22 +27,17 @@ pub struct TcpContext {
     pub stats: TcpStats,
 }
 
-pub async fn proxy(
-    downstream: Stream,
-    ctx: Arc<TcpContext>,
-    clusters: Arc<ClusterManager>,
-    info: crate::http::Downstream,
-) {
+pub async fn proxy(downstream: Stream, ctx: Arc<TcpContext>, info: crate::http::Downstream) {
     let stats = &ctx.stats;
     stats.downstream_cx_total.inc();
     let config = &ctx.config;
     let named = config.pick(crate::random::below(config.total_weight));
-    let Some(cluster) = named.and_then(|c| c.index).and_then(|i| clusters.get(i)) else {
+    let Some(cluster) = named.and_then(|c| c.current()) else {
         stats.downstream_cx_no_route.inc();
         tracing::debug!(target: "filter", "tcp_proxy {}: no cluster", config.stat_prefix);
         return;
     };
-    let Some(upstream) = connect(cluster, config, info.local).await else {
+    let Some(upstream) = connect(&cluster, config, info.local).await else {
         return;
     };
     let (sent, received, idle) = copy_both_ways(downstream, upstream, config.idle_timeout).await;

@@ -8,7 +8,9 @@ use crate::config::cluster::{Discovery, DnsFamily, DnsHost};
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-pub fn spawn(cluster: Arc<ClusterRuntime>) {
+/// Resolves the cluster's hosts until the cluster is replaced or removed (the task holds it
+/// weakly, so it ends with the last request using that instance).
+pub fn spawn(cluster: &Arc<ClusterRuntime>) {
     let (hosts, refresh, family, first_only) = match &cluster.config.discovery {
         Discovery::StrictDns {
             hosts,
@@ -22,13 +24,19 @@ pub fn spawn(cluster: Arc<ClusterRuntime>) {
             family,
             ..
         } => (vec![host.clone()], *refresh, *family, true),
-        Discovery::Static(_) | Discovery::Eds | Discovery::OriginalDst { .. } => return,
+        Discovery::Static(_) | Discovery::Eds { .. } | Discovery::OriginalDst { .. } => return,
     };
+    let cluster = Arc::downgrade(cluster);
     tokio::spawn(async move {
         loop {
-            if let Some(resolved) = resolve_all(&hosts, family, first_only).await {
+            let resolved = resolve_all(&hosts, family, first_only).await;
+            let Some(cluster) = cluster.upgrade() else {
+                return;
+            };
+            if let Some(resolved) = resolved {
                 cluster.set_hosts(resolved);
             }
+            drop(cluster);
             tokio::time::sleep(refresh).await;
         }
     });

@@ -4,10 +4,13 @@
 use super::host::{Host, HostSet, HostStats};
 use super::pool::Pool;
 use crate::config::address::Endpoint;
-use crate::config::cluster::{Cluster, Discovery};
+use crate::config::cluster::{Cluster, Discovery, LbEndpoint};
+use crate::config::slots::Slots;
 use crate::stats::{Counter, Gauge, Store};
 use arc_swap::ArcSwap;
-use std::sync::{Arc, OnceLock};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock, RwLock};
 
 /// The per-cluster stats the data path bumps, resolved once (`cluster.<name>.<stat>`).
 #[derive(Debug)]
@@ -96,6 +99,35 @@ impl std::fmt::Debug for ClusterRuntime {
 }
 
 impl ClusterRuntime {
+    fn build(config: Arc<Cluster>, store: &Arc<Store>) -> Self {
+        let stats = ClusterStats::new(store, &config.stat_name);
+        let hosts = Arc::new(ArcSwap::from_pointee(HostSet::default()));
+        let accounting = super::ConnectionAccounting {
+            cx_total: stats.upstream_cx_total.clone(),
+            cx_active: stats.upstream_cx_active.clone(),
+            hosts: hosts.clone(),
+        };
+        let runtime = Self {
+            pool: Pool::new(&config, accounting),
+            config,
+            hosts,
+            stats,
+        };
+        if let Discovery::Static(endpoints) = &runtime.config.discovery {
+            runtime.set_endpoints(endpoints);
+        }
+        runtime
+    }
+
+    fn set_endpoints(&self, endpoints: &[LbEndpoint]) {
+        self.set_hosts(
+            endpoints
+                .iter()
+                .map(|e| (e.address.clone(), String::new(), e.weight))
+                .collect(),
+        );
+    }
+
     pub fn hosts(&self) -> arc_swap::Guard<Arc<HostSet>> {
         self.hosts.load()
     }
@@ -132,73 +164,164 @@ impl ClusterRuntime {
     }
 }
 
-#[derive(Debug, Default)]
+/// Every active cluster: the static ones from the bootstrap and those CDS adds, updates and
+/// removes. Routes reach a cluster through its [`Slot`], so replacing a cluster is one store
+/// into the slot; requests already running keep the instance they started on.
 pub struct ClusterManager {
-    clusters: Vec<Arc<ClusterRuntime>>,
-    /// For the few lookups by name that happen per request (`cluster_header` routes).
-    by_name: std::collections::HashMap<String, usize>,
+    slots: Arc<Slots<ClusterRuntime>>,
+    store: Arc<Store>,
+    /// Active clusters in the order they were added (the admin endpoints list them so).
+    active: RwLock<Vec<Arc<ClusterRuntime>>>,
+    /// EDS assignments by service name, kept so a cluster added or replaced later starts
+    /// with the endpoints already received.
+    assignments: RwLock<HashMap<String, Arc<Vec<LbEndpoint>>>>,
+    /// Set once the runtime runs: from then on new DNS clusters start resolving at once.
+    discovery_started: AtomicBool,
+}
+
+impl std::fmt::Debug for ClusterManager {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClusterManager").finish_non_exhaustive()
+    }
 }
 
 impl ClusterManager {
-    pub fn new(clusters: &[Arc<Cluster>], store: &Arc<Store>) -> Self {
-        let clusters: Vec<Arc<ClusterRuntime>> = clusters
-            .iter()
-            .map(|c| {
-                let stats = ClusterStats::new(store, &c.stat_name);
-                let hosts = Arc::new(ArcSwap::from_pointee(HostSet::default()));
-                let accounting = super::ConnectionAccounting {
-                    cx_total: stats.upstream_cx_total.clone(),
-                    cx_active: stats.upstream_cx_active.clone(),
-                    hosts: hosts.clone(),
-                };
-                let runtime = Arc::new(ClusterRuntime {
-                    config: c.clone(),
-                    hosts,
-                    pool: Pool::new(c, accounting),
-                    stats,
-                });
-                if let Discovery::Static(endpoints) = &c.discovery {
-                    runtime.set_hosts(
-                        endpoints
-                            .iter()
-                            .map(|e| (e.address.clone(), String::new(), e.weight))
-                            .collect(),
-                    );
+    pub fn new(
+        slots: Arc<Slots<ClusterRuntime>>,
+        clusters: &[Arc<Cluster>],
+        store: &Arc<Store>,
+    ) -> Self {
+        let manager = Self {
+            slots,
+            store: store.clone(),
+            active: RwLock::new(Vec::with_capacity(clusters.len())),
+            assignments: RwLock::new(HashMap::new()),
+            discovery_started: AtomicBool::new(false),
+        };
+        for c in clusters {
+            manager.add_or_update(c.clone());
+        }
+        manager
+    }
+
+    /// The slots routes resolve cluster names to (for translating routes and listeners).
+    pub fn slots(&self) -> &Arc<Slots<ClusterRuntime>> {
+        &self.slots
+    }
+
+    /// Adds a cluster, or replaces the one of the same name. The new instance gets its own
+    /// connection pool; the old one serves the requests that hold it until they finish.
+    pub fn add_or_update(&self, config: Arc<Cluster>) -> Arc<ClusterRuntime> {
+        let runtime = Arc::new(ClusterRuntime::build(config, &self.store));
+        if let Discovery::Eds { service_name } = &runtime.config.discovery {
+            if let Some(endpoints) = self.read_assignments().get(service_name) {
+                runtime.set_endpoints(endpoints);
+            }
+        }
+        {
+            let mut active = self.active.write().unwrap_or_else(|e| e.into_inner());
+            match active
+                .iter_mut()
+                .find(|c| c.config.name == runtime.config.name)
+            {
+                Some(slot) => *slot = runtime.clone(),
+                None => active.push(runtime.clone()),
+            }
+            self.store
+                .gauge("cluster_manager.active_clusters")
+                .set(active.len() as u64);
+        }
+        self.slots
+            .slot(&runtime.config.name)
+            .set(Some(runtime.clone()));
+        if self.discovery_started.load(Ordering::Acquire) {
+            super::dns::spawn(&runtime);
+        }
+        runtime
+    }
+
+    /// Removes a cluster: routes naming it answer 503 (no cluster) from the next request,
+    /// and its stats go away with it, as in Envoy.
+    pub fn remove(&self, name: &str) -> bool {
+        let removed = {
+            let mut active = self.active.write().unwrap_or_else(|e| e.into_inner());
+            let before = active.len();
+            let mut stat_name = None;
+            active.retain(|c| {
+                let keep = c.config.name != name;
+                if !keep {
+                    stat_name = Some(c.config.stat_name.clone());
                 }
-                runtime
-            })
-            .collect();
-        store
-            .gauge("cluster_manager.active_clusters")
-            .set(clusters.len() as u64);
-        let by_name = clusters
-            .iter()
-            .enumerate()
-            .map(|(i, c)| (c.config.name.clone(), i))
-            .collect();
-        Self { clusters, by_name }
+                keep
+            });
+            self.store
+                .gauge("cluster_manager.active_clusters")
+                .set(active.len() as u64);
+            (active.len() != before).then_some(stat_name).flatten()
+        };
+        let Some(stat_name) = removed else {
+            return false;
+        };
+        if let Some(slot) = self.slots.find(name) {
+            slot.set(None);
+        }
+        self.store.remove_scope(&format!("cluster.{stat_name}."));
+        true
     }
 
-    pub fn get(&self, index: usize) -> Option<&Arc<ClusterRuntime>> {
-        self.clusters.get(index)
+    /// An EDS assignment for `service_name`: every cluster fed by it takes the new endpoints
+    /// for its next pick.
+    pub fn set_assignment(&self, service_name: &str, endpoints: Vec<LbEndpoint>) {
+        let endpoints = Arc::new(endpoints);
+        self.assignments
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(service_name.to_string(), endpoints.clone());
+        for cluster in self.all() {
+            if matches!(&cluster.config.discovery, Discovery::Eds { service_name: s } if s == service_name)
+            {
+                cluster.set_endpoints(&endpoints);
+            }
+        }
     }
 
-    pub fn by_name(&self, name: &str) -> Option<&Arc<ClusterRuntime>> {
-        self.index_of(name).and_then(|i| self.clusters.get(i))
+    /// Forgets an EDS assignment (removed by the control plane); its clusters keep their hosts
+    /// until a new assignment arrives, as Envoy does.
+    pub fn remove_assignment(&self, service_name: &str) {
+        self.assignments
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(service_name);
     }
 
-    pub fn index_of(&self, name: &str) -> Option<usize> {
-        self.by_name.get(name).copied()
+    pub fn has_assignment(&self, service_name: &str) -> bool {
+        self.read_assignments().contains_key(service_name)
     }
 
-    pub fn all(&self) -> &[Arc<ClusterRuntime>] {
-        &self.clusters
+    fn read_assignments(
+        &self,
+    ) -> std::sync::RwLockReadGuard<'_, HashMap<String, Arc<Vec<LbEndpoint>>>> {
+        self.assignments.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A cluster by name, for the few lookups by name (`cluster_header` routes, admin).
+    pub fn by_name(&self, name: &str) -> Option<Arc<ClusterRuntime>> {
+        self.slots.find(name)?.get()
+    }
+
+    /// Every active cluster, in the order they were added.
+    pub fn all(&self) -> Vec<Arc<ClusterRuntime>> {
+        self.active
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// Starts DNS resolution for STRICT_DNS and LOGICAL_DNS clusters. Call inside the runtime.
     pub fn start_discovery(&self) {
-        for cluster in &self.clusters {
-            super::dns::spawn(cluster.clone());
+        self.discovery_started.store(true, Ordering::Release);
+        for cluster in self.all() {
+            super::dns::spawn(&cluster);
         }
     }
 }

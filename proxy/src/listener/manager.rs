@@ -1,0 +1,278 @@
+//! The set of listeners as it changes: static ones at startup, then LDS adds, replaces and
+//! removes listeners while traffic flows.
+//!
+//! A replaced listener keeps its socket when its address is unchanged (no connection is
+//! refused during the swap): new connections go to the new configuration at once, and the
+//! connections of the old one are told to drain (HTTP finishes in-flight requests, then
+//! closes). A removed listener stops accepting, closes its socket and drains its connections.
+//! Envoy: https://www.envoyproxy.io/docs/envoy/latest/configuration/listeners/lds
+
+use super::runtime::{address_scope, ListenerRuntime, ListenerTable};
+use super::{bind, BoundSocket};
+use crate::config::address::Endpoint;
+use crate::config::listener::Listener;
+use crate::server::{BoundListener, Server};
+use crate::upstream::ClusterManager;
+use arc_swap::ArcSwap;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+use tokio::sync::watch;
+
+/// What an accept loop serves new connections with: the listener's current runtime and the
+/// drain signal its connections watch. Replaced as a whole when the listener is updated.
+pub struct Generation {
+    pub runtime: Arc<ListenerRuntime>,
+    pub drain: watch::Receiver<bool>,
+}
+
+struct Active {
+    config: Arc<Listener>,
+    /// The stat scope, fixed when the socket was bound (`127.0.0.1_8080`).
+    scope: String,
+    generation: Arc<ArcSwap<Generation>>,
+    /// Drains the connections of the current generation.
+    drain: watch::Sender<bool>,
+    /// Stops the accept loop (and so closes the socket).
+    stop: watch::Sender<bool>,
+    /// Added from the bootstrap: LDS may not change or remove it.
+    from_bootstrap: bool,
+}
+
+pub struct ListenerManager {
+    server: Arc<Server>,
+    clusters: Arc<ClusterManager>,
+    node_address: Option<IpAddr>,
+    table: Arc<ArcSwap<ListenerTable>>,
+    active: Mutex<Vec<Active>>,
+}
+
+/// Why a listener could not be added or changed; the LDS response is rejected with it.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ListenerError(pub String);
+
+impl ListenerManager {
+    pub fn new(
+        server: Arc<Server>,
+        clusters: Arc<ClusterManager>,
+        node_address: Option<IpAddr>,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            server,
+            clusters,
+            node_address,
+            table: Arc::new(ArcSwap::from_pointee(ListenerTable::default())),
+            active: Mutex::new(Vec::new()),
+        })
+    }
+
+    /// Adds a listener, or replaces the one of the same name. Binds before anything changes,
+    /// so a bind failure leaves the running listeners as they were.
+    pub fn add_or_update(
+        &self,
+        config: Arc<Listener>,
+        from_bootstrap: bool,
+    ) -> Result<(), ListenerError> {
+        let mut active = self.lock();
+        if let Some(other) = active.iter().find(|a| {
+            a.config.name != config.name
+                && a.config.address == config.address
+                && a.config.bind_to_port
+                && config.bind_to_port
+                && !is_port_zero(&config.address)
+        }) {
+            return Err(ListenerError(format!(
+                "error adding listener '{}': listener '{}' has duplicate address '{}' as existing listener",
+                config.address, config.name, other.config.name
+            )));
+        }
+        let existing = active.iter().position(|a| a.config.name == config.name);
+        if let Some(i) = existing {
+            let old = &active[i];
+            if old.from_bootstrap && !from_bootstrap {
+                return Err(ListenerError(format!(
+                    "listener '{}' was added by the bootstrap and cannot be changed by LDS",
+                    config.name
+                )));
+            }
+            if old.config.address == config.address
+                && old.config.bind_to_port == config.bind_to_port
+            {
+                self.replace_in_place(&mut active[i], config);
+                self.server
+                    .stats
+                    .counter("listener_manager.listener_modified")
+                    .inc();
+                self.rebuild_table(&active);
+                return Ok(());
+            }
+        }
+        let socket = if config.bind_to_port {
+            Some(bind(&config).map_err(|e| {
+                self.server
+                    .stats
+                    .counter("listener_manager.listener_create_failure")
+                    .inc();
+                ListenerError(format!(
+                    "cannot bind '{}' for listener '{}': {e}",
+                    config.address, config.name
+                ))
+            })?)
+        } else {
+            None
+        };
+        if let Some(i) = existing {
+            let old = active.remove(i);
+            self.retire(old);
+            self.server
+                .stats
+                .counter("listener_manager.listener_modified")
+                .inc();
+        } else {
+            self.server
+                .stats
+                .counter("listener_manager.listener_added")
+                .inc();
+        }
+        let scope = match &socket {
+            Some(BoundSocket::Tcp(s)) => s
+                .local_addr()
+                .map(|a| a.to_string().replace(':', "_"))
+                .unwrap_or_default(),
+            _ => address_scope(&config.address),
+        };
+        let (drain, drain_rx) = watch::channel(false);
+        let (stop, stop_rx) = watch::channel(false);
+        let generation = Arc::new(ArcSwap::from_pointee(Generation {
+            runtime: Arc::new(ListenerRuntime::build(
+                config.clone(),
+                &scope,
+                &self.clusters,
+                &self.server.stats,
+            )),
+            drain: drain_rx,
+        }));
+        if let Some(socket) = socket {
+            let address = socket.local_address();
+            println!("listener {}: {}", config.name, address);
+            self.server.add_bound_listener(BoundListener {
+                name: config.name.clone(),
+                address,
+                inbound: config.inbound,
+            });
+            tokio::spawn(super::run(
+                generation.clone(),
+                socket,
+                self.table.clone(),
+                stop_rx,
+                self.node_address,
+            ));
+        }
+        self.server
+            .stats
+            .counter("listener_manager.listener_create_success")
+            .inc();
+        active.push(Active {
+            config,
+            scope,
+            generation,
+            drain,
+            stop,
+            from_bootstrap,
+        });
+        self.rebuild_table(&active);
+        self.update_gauges(&active);
+        Ok(())
+    }
+
+    /// Removes an LDS listener: it stops accepting and its connections drain.
+    pub fn remove(&self, name: &str) -> bool {
+        let mut active = self.lock();
+        let Some(i) = active
+            .iter()
+            .position(|a| a.config.name == name && !a.from_bootstrap)
+        else {
+            return false;
+        };
+        let old = active.remove(i);
+        self.retire(old);
+        self.server
+            .stats
+            .counter("listener_manager.listener_removed")
+            .inc();
+        self.rebuild_table(&active);
+        self.update_gauges(&active);
+        true
+    }
+
+    /// The names of the listeners LDS manages.
+    pub fn dynamic_names(&self) -> Vec<String> {
+        self.lock()
+            .iter()
+            .filter(|a| !a.from_bootstrap)
+            .map(|a| a.config.name.clone())
+            .collect()
+    }
+
+    /// `/drain_listeners`: every listener (or the inbound ones) stops accepting and drains.
+    pub fn drain(&self, inbound_only: bool) {
+        for a in self.lock().iter() {
+            if a.config.inbound || !inbound_only {
+                a.stop.send_replace(true);
+                a.drain.send_replace(true);
+            }
+        }
+    }
+
+    fn replace_in_place(&self, old: &mut Active, config: Arc<Listener>) {
+        let (drain, drain_rx) = watch::channel(false);
+        let runtime = Arc::new(ListenerRuntime::build(
+            config.clone(),
+            &old.scope,
+            &self.clusters,
+            &self.server.stats,
+        ));
+        old.generation.store(Arc::new(Generation {
+            runtime,
+            drain: drain_rx,
+        }));
+        // Connections accepted under the old configuration finish what they are doing and
+        // close; the socket itself never stops accepting.
+        std::mem::replace(&mut old.drain, drain).send_replace(true);
+        old.config = config;
+    }
+
+    fn retire(&self, old: Active) {
+        old.stop.send_replace(true);
+        old.drain.send_replace(true);
+        if old.config.bind_to_port {
+            self.server.remove_bound_listener(&old.config.name);
+        }
+        if let Endpoint::Unix(path) = &old.config.address {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+
+    fn rebuild_table(&self, active: &[Active]) {
+        let runtimes = active
+            .iter()
+            .map(|a| a.generation.load().runtime.clone())
+            .collect();
+        self.table.store(Arc::new(ListenerTable::new(runtimes)));
+    }
+
+    fn update_gauges(&self, active: &[Active]) {
+        let stats = &self.server.stats;
+        stats
+            .gauge("listener_manager.total_listeners_active")
+            .set(active.len() as u64);
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Active>> {
+        self.active.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+fn is_port_zero(address: &Endpoint) -> bool {
+    matches!(address, Endpoint::Tcp(a) if a.port() == 0)
+}
