@@ -23,7 +23,7 @@ fn route_match(c: &mut Criterion) {
         else {
             panic!("the listener runs an HTTP connection manager");
         };
-        let table = hcm.route_config.clone();
+        let table = hcm.routes.current();
         let headers = http::HeaderMap::new();
         for (label, path) in [
             ("first", "/api/v1/resource0".to_string()),

@@ -13,3 +13,4 @@ pub mod server;
 pub mod stats;
 pub mod tcp;
 pub mod upstream;
+pub mod xds;

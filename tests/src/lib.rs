@@ -7,6 +7,7 @@
 
 pub mod binaries;
 pub mod bootstraps;
+pub mod control_plane;
 pub mod corpus;
 pub mod curl;
 pub mod differential;

@@ -12,7 +12,7 @@ mod memory;
 mod misc;
 mod redact;
 mod runtime;
-mod server_info;
+pub mod server_info;
 mod stats;
 #[cfg(test)]
 mod test_support;

@@ -3,9 +3,11 @@
 
 use super::address::{resolved, Endpoint};
 use super::cluster::{translate_cluster, Cluster};
+use super::dynamic::{dynamic_resources, DynamicResources};
 use super::error::{FieldPath, Result};
 use super::fields::{check, Acknowledged};
 use super::listener::{translate_listener, Listener};
+use super::route::RouteConfig;
 use super::slots::Slots;
 use crate::upstream::ClusterRuntime;
 use std::collections::HashSet;
@@ -21,6 +23,10 @@ pub struct Config {
     pub clusters: Vec<Arc<Cluster>>,
     /// The slots routes resolved their cluster names to; the cluster manager fills them.
     pub cluster_slots: Arc<Slots<ClusterRuntime>>,
+    /// The slots HTTP connection managers resolved their RDS names to.
+    pub route_slots: Arc<Slots<RouteConfig>>,
+    /// The ADS stream and the LDS/CDS sources, when the bootstrap has `dynamic_resources`.
+    pub dynamic: DynamicResources,
     pub runtime: Vec<RuntimeLayer>,
     /// Fields accepted without being acted on; logged at startup and by `--mode validate`.
     pub acknowledged: Vec<Acknowledged>,
@@ -84,8 +90,14 @@ pub fn translate_bootstrap(b: &Bootstrap) -> Result<Config> {
     }
     let runtime = runtime_layers(b, &root)?;
     let cluster_slots = Arc::new(Slots::default());
+    let route_slots = Arc::new(Slots::default());
+    let dynamic = match &b.dynamic_resources {
+        Some(d) => dynamic_resources(d, &root.field("dynamic_resources"), &known_clusters)?,
+        None => DynamicResources::default(),
+    };
     let resolve = super::resolver::Resolver {
         slots: &cluster_slots,
+        route_slots: &route_slots,
         known_clusters: &known_clusters,
         runtime: &runtime,
     };
@@ -120,6 +132,8 @@ pub fn translate_bootstrap(b: &Bootstrap) -> Result<Config> {
         listeners,
         clusters,
         cluster_slots,
+        route_slots,
+        dynamic,
         runtime,
         acknowledged: acks,
     })

@@ -57,6 +57,8 @@ pub enum Discovery {
     /// `eds_cluster_config.service_name`, or its own name); until then the cluster has none.
     Eds {
         service_name: String,
+        /// How long the cluster warms waiting for its first assignment (None: forever).
+        initial_fetch_timeout: Option<Duration>,
     },
     /// The upstream is the downstream connection's original destination (or the address in
     /// an HTTP header), Envoy's ORIGINAL_DST.
@@ -208,7 +210,20 @@ pub fn translate_cluster(
                 .map(|e| e.service_name.clone())
                 .filter(|n| !n.is_empty())
                 .unwrap_or_else(|| c.name.clone());
-            Discovery::Eds { service_name }
+            let source = eds
+                .and_then(|e| e.eds_config.as_ref())
+                .map(|c| {
+                    super::dynamic::config_source(
+                        c,
+                        &path.field("eds_cluster_config").field("eds_config"),
+                    )
+                })
+                .transpose()?;
+            Discovery::Eds {
+                service_name,
+                initial_fetch_timeout: source
+                    .map_or(Some(Duration::from_secs(15)), |s| s.initial_fetch_timeout),
+            }
         }
         cluster::DiscoveryType::OriginalDst => {
             if c.load_assignment

@@ -69,8 +69,9 @@ macro_rules! policies {
 }
 
 static POLICIES: &[(&str, Policy)] = policies! {
-    "envoy.config.bootstrap.v3.Bootstrap" => ["node", "static_resources", "admin", "layered_runtime"]
-        ack [("dynamic_resources", XDS), ("stats_config", STATS), ("stats_sinks", STATS),
+    "envoy.config.bootstrap.v3.Bootstrap" => ["node", "static_resources", "admin", "layered_runtime",
+        "dynamic_resources"]
+        ack [("stats_config", STATS), ("stats_sinks", STATS),
              ("stats_flush_interval", STATS), ("stats_eviction_interval", STATS),
              ("deferred_stat_options", NO_EFFECT), ("tracing", TRACING),
              ("overload_manager", OVERLOAD), ("bootstrap_extensions", "bootstrap extensions (internal listeners, Istio metadata discovery) are not implemented"),
@@ -78,6 +79,19 @@ static POLICIES: &[(&str, Policy)] = policies! {
              ("application_log_config", "Outrigger writes its own log format (see --log-format)"),
              ("stats_server_version_override", STATS), ("enable_dispatcher_stats", STATS),
              ("watchdog", NO_EFFECT), ("watchdogs", NO_EFFECT), ("flags_path", NO_EFFECT)];
+    "envoy.config.bootstrap.v3.Bootstrap.DynamicResources" => ["lds_config", "cds_config", "ads_config"];
+    "envoy.config.core.v3.ConfigSource" => ["ads", "initial_fetch_timeout", "resource_api_version"];
+    "envoy.config.core.v3.AggregatedConfigSource" => [];
+    "envoy.config.core.v3.ApiConfigSource" => ["api_type", "transport_api_version", "grpc_services",
+        "set_node_on_first_message_only", "cluster_names"]
+        ack [("refresh_delay", "applies to REST config sources only"),
+             ("request_timeout", "applies to REST config sources only"),
+             ("rate_limit_settings", "discovery requests are not rate limited")];
+    "envoy.config.core.v3.GrpcService" => ["envoy_grpc", "google_grpc", "initial_metadata"]
+        ack [("timeout", "the ADS stream is long-lived; Outrigger sets no deadline on it")];
+    "envoy.config.core.v3.GrpcService.EnvoyGrpc" => ["cluster_name"];
+    "envoy.config.cluster.v3.Cluster.EdsClusterConfig" => ["eds_config", "service_name"];
+    "envoy.extensions.filters.network.http_connection_manager.v3.Rds" => ["config_source", "route_config_name"];
     "envoy.config.core.v3.Node" => ["id", "cluster", "metadata", "locality", "user_agent_name",
         "user_agent_version", "user_agent_build_version", "extensions", "client_features",
         "listening_addresses", "dynamic_parameters"];
@@ -111,13 +125,13 @@ static POLICIES: &[(&str, Policy)] = policies! {
     "envoy.config.core.v3.TransportSocket" => ["name", "typed_config"];
     "envoy.config.core.v3.TypedExtensionConfig" => ["name", "typed_config"];
     "envoy.config.cluster.v3.Cluster" => ["name", "alt_stat_name", "type", "connect_timeout",
-        "lb_policy", "load_assignment", "max_requests_per_connection", "typed_extension_protocol_options",
+        "lb_policy", "load_assignment", "eds_cluster_config", "max_requests_per_connection", "typed_extension_protocol_options",
         "dns_lookup_family", "dns_refresh_rate", "respect_dns_ttl", "upstream_connection_options",
         "metadata", "transport_socket", "upstream_bind_config",
         "common_http_protocol_options", "http2_protocol_options", "http_protocol_options", "original_dst_lb_config"]
         ack [("per_connection_buffer_limit_bytes", BUFFERS), ("circuit_breakers", RESILIENCE), ("outlier_detection", RESILIENCE),
              ("health_checks", RESILIENCE), ("common_lb_config", RESILIENCE),
-             ("eds_cluster_config", XDS), ("cleanup_interval", "ORIGINAL_DST hosts are not cached between connections, so there is nothing to clean up"),
+             ("cleanup_interval", "ORIGINAL_DST hosts are not cached between connections, so there is nothing to clean up"),
              ("track_cluster_stats", STATS), ("transport_socket_matches", TLS),
              ("wait_for_warm_on_init", XDS)];
     "envoy.config.cluster.v3.UpstreamConnectionOptions" => ["tcp_keepalive"];
@@ -145,8 +159,8 @@ static POLICIES: &[(&str, Policy)] = policies! {
         "use_remote_address", "xff_num_trusted_hops", "skip_xff_append", "internal_address_config", "via",
         "generate_request_id", "preserve_external_request_id", "always_set_request_id_in_response",
         "server_header_transformation", "max_request_headers_kb", "common_http_protocol_options", "request_headers_timeout",
-        "normalize_path", "merge_slashes", "path_with_escaped_slashes_action", "upgrade_configs"]
-        ack [("rds", XDS), ("access_log", ACCESS_LOG), ("tracing", TRACING),
+        "normalize_path", "merge_slashes", "path_with_escaped_slashes_action", "upgrade_configs", "rds"]
+        ack [("access_log", ACCESS_LOG), ("tracing", TRACING),
              ("stream_idle_timeout", DOWNSTREAM_TIMEOUTS), ("request_timeout", DOWNSTREAM_TIMEOUTS),
              ("drain_timeout", DOWNSTREAM_TIMEOUTS)];
     "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager.InternalAddressConfig" => ["cidr_ranges", "unix_sockets"];

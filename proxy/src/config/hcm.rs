@@ -1,6 +1,7 @@
 //! The HTTP connection manager and its HTTP filter chain.
 //! Envoy: https://www.envoyproxy.io/docs/envoy/latest/api-v3/extensions/filters/network/http_connection_manager/v3/http_connection_manager.proto
 
+use super::dynamic::{config_source, ConfigSource};
 use super::error::{FieldPath, Result};
 use super::extension;
 use super::fields::{check, Acknowledged};
@@ -9,6 +10,7 @@ use super::hcm_options::{
 };
 use super::resolver::Resolver;
 use super::route::{translate_route_config, RouteConfig};
+use super::slots::Slot;
 use std::sync::Arc;
 use xds_proto::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
     http_connection_manager::{CodecType, RouteSpecifier},
@@ -21,7 +23,7 @@ use xds_proto::Extension;
 pub struct HttpConnectionManager {
     pub stat_prefix: String,
     pub codec: Codec,
-    pub route_config: Arc<RouteConfig>,
+    pub routes: RouteSource,
     /// The `server` header on responses Outrigger generates or forwards.
     pub server_name: http::HeaderValue,
     pub server_header: ServerHeader,
@@ -31,6 +33,29 @@ pub struct HttpConnectionManager {
     pub paths: PathHandling,
     /// Upgrade types proxied (`upgrade_configs`), e.g. `websocket`.
     pub upgrades: Vec<String>,
+}
+
+/// Where the connection manager's route table comes from.
+#[derive(Debug)]
+pub enum RouteSource {
+    /// `route_config`: inline, fixed for the life of the listener.
+    Static(Arc<RouteConfig>),
+    /// `rds`: the named route configuration as RDS last delivered it.
+    Rds {
+        slot: Arc<Slot<RouteConfig>>,
+        source: ConfigSource,
+        empty: Arc<RouteConfig>,
+    },
+}
+
+impl RouteSource {
+    /// The table a request is routed with; it stays the same for the whole request.
+    pub fn current(&self) -> Arc<RouteConfig> {
+        match self {
+            RouteSource::Static(rc) => rc.clone(),
+            RouteSource::Rds { slot, empty, .. } => slot.get().unwrap_or_else(|| empty.clone()),
+        }
+    }
 }
 
 /// `server_header_transformation`.
@@ -83,13 +108,32 @@ pub fn translate_hcm(
         }
         Err(_) => return Err(path.field("codec_type").error("unknown codec")),
     };
-    let route_config = match &hcm.route_specifier {
-        Some(RouteSpecifier::RouteConfig(rc)) => {
-            translate_route_config(rc, &path.field("route_config"), resolve)?
-        }
-        Some(RouteSpecifier::Rds(_)) => {
-            // Acknowledged by the field check: the listener serves 404 until RDS arrives (issue 5).
-            translate_route_config(&Default::default(), &path.field("rds"), resolve)?
+    let routes = match &hcm.route_specifier {
+        Some(RouteSpecifier::RouteConfig(rc)) => RouteSource::Static(Arc::new(
+            translate_route_config(rc, &path.field("route_config"), resolve, true)?,
+        )),
+        Some(RouteSpecifier::Rds(rds)) => {
+            let p = path.field("rds");
+            if rds.route_config_name.is_empty() {
+                return Err(p.field("route_config_name").error("must not be empty"));
+            }
+            let source = config_source(
+                rds.config_source
+                    .as_ref()
+                    .ok_or_else(|| p.field("config_source").error("is required"))?,
+                &p.field("config_source"),
+            )?;
+            RouteSource::Rds {
+                slot: resolve.route_slot(&rds.route_config_name),
+                source,
+                // Envoy routes with an empty table (404) until the first RDS response.
+                empty: Arc::new(translate_route_config(
+                    &Default::default(),
+                    &p,
+                    resolve,
+                    false,
+                )?),
+            }
         }
         Some(RouteSpecifier::ScopedRoutes(_)) => {
             return Err(path
@@ -150,7 +194,7 @@ pub fn translate_hcm(
     Ok(HttpConnectionManager {
         stat_prefix: hcm.stat_prefix.clone(),
         codec,
-        route_config: Arc::new(route_config),
+        routes,
         server_name,
         server_header,
         forwarding,

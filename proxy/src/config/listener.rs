@@ -373,3 +373,29 @@ pub(super) fn cidrs(ranges: &[CidrRange], path: &FieldPath) -> Result<Vec<Cidr>>
         })
         .collect()
 }
+
+impl Listener {
+    /// The RDS route configurations this listener's HTTP connection managers route with: the
+    /// listener warms until each has arrived.
+    pub fn rds_routes(
+        &self,
+    ) -> Vec<(
+        Arc<super::slots::Slot<super::route::RouteConfig>>,
+        super::dynamic::ConfigSource,
+    )> {
+        self.filter_chains
+            .iter()
+            .chain(self.default_filter_chain.as_ref())
+            .flat_map(|chain| &chain.filters)
+            .filter_map(|filter| match filter {
+                NetworkFilter::HttpConnectionManager(hcm) => match &hcm.routes {
+                    super::hcm::RouteSource::Rds { slot, source, .. } => {
+                        Some((slot.clone(), *source))
+                    }
+                    super::hcm::RouteSource::Static(_) => None,
+                },
+                NetworkFilter::TcpProxy(_) => None,
+            })
+            .collect()
+    }
+}

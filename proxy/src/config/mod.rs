@@ -5,6 +5,7 @@
 pub mod address;
 mod bootstrap;
 pub mod cluster;
+pub mod dynamic;
 pub mod error;
 pub mod extension;
 pub mod fields;

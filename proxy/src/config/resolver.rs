@@ -3,6 +3,7 @@
 //! time so the data path never looks up by name.
 
 use super::bootstrap::RuntimeLayer;
+use super::route::RouteConfig;
 use super::slots::{Slot, Slots};
 use crate::upstream::ClusterRuntime;
 use std::collections::HashSet;
@@ -11,6 +12,8 @@ use std::sync::Arc;
 pub struct Resolver<'a> {
     /// The slot every cluster name resolves to, whether or not the cluster exists yet.
     pub slots: &'a Slots<ClusterRuntime>,
+    /// The slot every RDS route configuration name resolves to.
+    pub route_slots: &'a Slots<RouteConfig>,
     /// The clusters that exist when the resource is translated (`validate_clusters`).
     pub known_clusters: &'a HashSet<String>,
     pub runtime: &'a [RuntimeLayer],
@@ -19,6 +22,10 @@ pub struct Resolver<'a> {
 impl Resolver<'_> {
     pub fn cluster_slot(&self, name: &str) -> Arc<Slot<ClusterRuntime>> {
         self.slots.slot(name)
+    }
+
+    pub fn route_slot(&self, name: &str) -> Arc<Slot<RouteConfig>> {
+        self.route_slots.slot(name)
     }
 
     pub fn cluster_exists(&self, name: &str) -> bool {

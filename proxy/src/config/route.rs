@@ -138,10 +138,13 @@ struct DomainIndex {
 
 /// Translates a route configuration. `resolve` resolves a cluster name; static route
 /// tables refuse unknown clusters (Envoy's `validate_clusters` default for static config).
+/// `validate_by_default`: what an unset `validate_clusters` means. Envoy checks the clusters of
+/// inline route tables but not of RDS ones (clusters may arrive later by CDS).
 pub fn translate_route_config(
     rc: &proto::RouteConfiguration,
     path: &FieldPath,
     resolve: &Resolver<'_>,
+    validate_by_default: bool,
 ) -> Result<RouteConfig> {
     // Envoy's default limit on inline direct_response bodies.
     let max_body = rc
@@ -153,7 +156,7 @@ pub fn translate_route_config(
         .validate_clusters
         .as_ref()
         .map(|b| b.value)
-        .unwrap_or(true);
+        .unwrap_or(validate_by_default);
     let mut domains = DomainIndex::default();
     let mut virtual_hosts = Vec::with_capacity(rc.virtual_hosts.len());
     for (i, vh) in rc.virtual_hosts.iter().enumerate() {

@@ -147,7 +147,8 @@ fn domain_precedence_is_exact_then_suffix_then_prefix_then_default() {
     else {
         panic!("hcm expected");
     };
-    let vh = |host: &str| hcm.route_config.virtual_host(host).map(|v| v.name.as_str());
+    let routes = hcm.routes.current();
+    let vh = |host: &str| routes.virtual_host(host).map(|v| v.name.as_str());
     assert_eq!(vh("foo.example.com"), Some("exact"));
     assert_eq!(vh("FOO.example.com"), Some("exact"));
     assert_eq!(vh("bar.example.com"), Some("long-suffix"));
@@ -234,7 +235,7 @@ fn route_table(routes: &str) -> std::sync::Arc<crate::config::route::RouteConfig
     else {
         panic!("hcm expected");
     };
-    hcm.route_config.clone()
+    hcm.routes.current()
 }
 
 #[test]

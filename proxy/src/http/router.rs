@@ -163,7 +163,7 @@ async fn route_and_act(
     extras: RequestExtras,
 ) -> Outcome {
     let server = &ctx.hcm.server_name;
-    let route_config = &ctx.hcm.route_config;
+    let route_config = &ctx.hcm.routes.current();
     let Some(host) = authority(&request) else {
         return Outcome {
             // Envoy: 400, empty body, and the connection closes.

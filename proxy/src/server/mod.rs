@@ -132,8 +132,11 @@ async fn run(
             return ExitCode::FAILURE;
         }
     }
-    server.set_state(ServerState::Live);
-    stats.gauge("server.live").set(1);
+    // With ADS the client reports LIVE once the initial resources are warm.
+    if !crate::xds::spawn(&server, &clusters, &listeners, &config) {
+        server.set_state(ServerState::Live);
+        stats.gauge("server.live").set(1);
+    }
     record_listener_manager_stats(&stats);
     if init_only {
         return ExitCode::SUCCESS;

@@ -64,6 +64,8 @@ pub struct Server {
     pub stats: Arc<Store>,
     pub logging: LogControl,
     pub clusters: Arc<crate::upstream::ClusterManager>,
+    /// What the control plane sent, for `/config_dump`.
+    pub xds: Arc<crate::xds::Records>,
     pub started_at: Instant,
     pub started_wall: SystemTime,
     state: AtomicU8,
@@ -100,6 +102,7 @@ impl Server {
             stats,
             logging,
             clusters,
+            xds: Arc::default(),
             started_at: Instant::now(),
             started_wall: SystemTime::now(),
             state: AtomicU8::new(ServerState::PreInitializing as u8),

@@ -213,7 +213,7 @@ impl ClusterManager {
     /// connection pool; the old one serves the requests that hold it until they finish.
     pub fn add_or_update(&self, config: Arc<Cluster>) -> Arc<ClusterRuntime> {
         let runtime = Arc::new(ClusterRuntime::build(config, &self.store));
-        if let Discovery::Eds { service_name } = &runtime.config.discovery {
+        if let Discovery::Eds { service_name, .. } = &runtime.config.discovery {
             if let Some(endpoints) = self.read_assignments().get(service_name) {
                 runtime.set_endpoints(endpoints);
             }
@@ -278,7 +278,7 @@ impl ClusterManager {
             .unwrap_or_else(|e| e.into_inner())
             .insert(service_name.to_string(), endpoints.clone());
         for cluster in self.all() {
-            if matches!(&cluster.config.discovery, Discovery::Eds { service_name: s } if s == service_name)
+            if matches!(&cluster.config.discovery, Discovery::Eds { service_name: s, .. } if s == service_name)
             {
                 cluster.set_endpoints(&endpoints);
             }

@@ -1,0 +1,601 @@
+//! The aggregated discovery stream: one gRPC stream to the control plane carrying every type,
+//! in the state-of-the-world or the incremental (delta) variant.
+//! Envoy: https://www.envoyproxy.io/docs/envoy/latest/api-docs/xds_protocol
+//!
+//! Protocol points that matter to a control plane such as istiod:
+//! - every response is answered by exactly one request: an ACK (its version and nonce) or a
+//!   NACK (the previous version, its nonce and an `error_detail` naming each refused resource);
+//! - the node goes in the first request of each stream, or in every request unless
+//!   `set_node_on_first_message_only`;
+//! - subscription order follows Envoy: CDS, then EDS for the clusters it names, then LDS once
+//!   the clusters are warm, then RDS for the route tables the listeners name;
+//! - after a reconnect every started type is requested again with what the proxy holds (the
+//!   accepted version; in delta, `initial_resource_versions`), and the proxy serves its last
+//!   accepted configuration throughout.
+
+use super::apply::{Applier, Update};
+use super::records::{Kind, Records};
+use crate::config::dynamic::{AdsConfig, ConfigSource};
+use crate::config::listener::Listener;
+use crate::server::{Server, ServerState};
+use crate::stats::{Counter, Gauge, Store};
+use crate::upstream::ClusterManager;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::UnboundedReceiverStream;
+use xds_proto::pb::envoy::config::core::v3::Node;
+use xds_proto::pb::envoy::service::discovery::v3::{
+    aggregated_discovery_service_client::AggregatedDiscoveryServiceClient, DeltaDiscoveryRequest,
+    DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
+};
+use xds_proto::pb::google::rpc::Status;
+
+/// gRPC `INTERNAL`, the code Envoy puts in a NACK's `error_detail`.
+const NACK_CODE: i32 = 13;
+const BACKOFF_BASE: Duration = Duration::from_millis(500);
+const BACKOFF_MAX: Duration = Duration::from_secs(30);
+
+/// What the proxy has asked for and accepted, per type; it outlives streams.
+#[derive(Debug, Default)]
+struct Subscription {
+    /// Requested at least once (it is requested again on every new stream).
+    started: bool,
+    /// Resource names, for the non-wildcard types.
+    names: BTreeSet<String>,
+    /// The last accepted `version_info` (state of the world).
+    version: String,
+    /// The nonce of the last response on the current stream.
+    nonce: String,
+    /// A response has been applied (accepted or not): initial fetch is over.
+    first_response: bool,
+    started_at: Option<Instant>,
+}
+
+/// `<prefix>.update_attempt|update_success|update_rejected|update_failure|version`.
+struct TypeStats {
+    attempt: Arc<Counter>,
+    success: Arc<Counter>,
+    rejected: Arc<Counter>,
+    failure: Arc<Counter>,
+    version: Arc<Gauge>,
+}
+
+impl TypeStats {
+    fn new(store: &Store, prefix: &str) -> Self {
+        Self {
+            attempt: store.counter(&format!("{prefix}.update_attempt")),
+            success: store.counter(&format!("{prefix}.update_success")),
+            rejected: store.counter(&format!("{prefix}.update_rejected")),
+            failure: store.counter(&format!("{prefix}.update_failure")),
+            version: store.gauge(&format!("{prefix}.version")),
+        }
+    }
+}
+
+/// The two wire variants behind one interface.
+enum Outbound {
+    Sotw(mpsc::UnboundedSender<DiscoveryRequest>),
+    Delta(mpsc::UnboundedSender<DeltaDiscoveryRequest>),
+}
+
+enum Inbound {
+    Sotw(tonic::Streaming<DiscoveryResponse>),
+    Delta(tonic::Streaming<DeltaDiscoveryResponse>),
+}
+
+/// A response of either variant, reduced to what applying it needs.
+struct Response {
+    type_url: String,
+    version: String,
+    nonce: String,
+    updates: Vec<Update>,
+    /// Delta: names removed. State of the world: computed for wildcard types.
+    removed: Vec<String>,
+}
+
+pub struct AdsClient {
+    ads: AdsConfig,
+    node: Node,
+    server: Arc<Server>,
+    clusters: Arc<ClusterManager>,
+    applier: Applier,
+    records: Arc<Records>,
+    static_listeners: Vec<Arc<Listener>>,
+    cds: Option<ConfigSource>,
+    lds: Option<ConfigSource>,
+    subscriptions: BTreeMap<Kind, Subscription>,
+    stats: HashMap<Kind, TypeStats>,
+    connected: Arc<Gauge>,
+    /// Whether the node went out on the current stream.
+    node_sent: bool,
+    live: bool,
+}
+
+impl AdsClient {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        ads: AdsConfig,
+        node: Node,
+        server: Arc<Server>,
+        clusters: Arc<ClusterManager>,
+        applier: Applier,
+        records: Arc<Records>,
+        config: &crate::config::Config,
+    ) -> Self {
+        let store = &server.stats;
+        let stats = HashMap::from([
+            (Kind::Cluster, TypeStats::new(store, "cluster_manager.cds")),
+            (
+                Kind::Listener,
+                TypeStats::new(store, "listener_manager.lds"),
+            ),
+            (Kind::Endpoint, TypeStats::new(store, "cluster_manager.eds")),
+            (Kind::Route, TypeStats::new(store, "http.rds")),
+            (Kind::Secret, TypeStats::new(store, "sds")),
+        ]);
+        Self {
+            connected: store.gauge("control_plane.connected_state"),
+            ads,
+            node,
+            clusters,
+            applier,
+            records,
+            static_listeners: config.listeners.clone(),
+            cds: config.dynamic.cds,
+            lds: config.dynamic.lds,
+            subscriptions: Kind::ALL
+                .into_iter()
+                .map(|k| (k, Subscription::default()))
+                .collect(),
+            stats,
+            node_sent: false,
+            live: false,
+            server,
+        }
+    }
+
+    /// Runs for the life of the proxy: connects, serves the stream, and after any failure
+    /// reconnects with jittered exponential backoff. Never gives up; never stops the proxy.
+    pub async fn run(mut self) {
+        self.connected.set(0);
+        // What to ask for first: CDS, or LDS when there is no CDS.
+        if self.cds.is_some() {
+            self.start(Kind::Cluster);
+        } else if self.lds.is_some() {
+            self.start(Kind::Listener);
+        }
+        self.progress_init();
+        let mut backoff = BACKOFF_BASE;
+        loop {
+            match self.session().await {
+                Ok(received) => {
+                    tracing::info!(target: "config", "ADS stream closed by the control plane");
+                    if received {
+                        backoff = BACKOFF_BASE;
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(target: "config", "ADS stream to cluster '{}' failed: {e}", self.ads.cluster);
+                    for kind in Kind::ALL {
+                        if self.subscriptions[&kind].started {
+                            self.stats[&kind].failure.inc();
+                        }
+                    }
+                }
+            }
+            self.connected.set(0);
+            let wait = crate::random::below(backoff.as_millis() as u64 + 1);
+            tokio::time::sleep(Duration::from_millis(wait)).await;
+            backoff = (backoff * 2).min(BACKOFF_MAX);
+            // Warming deadlines keep running while disconnected.
+            self.applier.expire_warming();
+            self.progress_init();
+        }
+    }
+
+    fn start(&mut self, kind: Kind) {
+        let sub = self.sub(kind);
+        if !sub.started {
+            sub.started = true;
+            sub.started_at = Some(Instant::now());
+        }
+    }
+
+    fn sub(&mut self, kind: Kind) -> &mut Subscription {
+        self.subscriptions.entry(kind).or_default()
+    }
+
+    /// One stream, from connect to its end. Ok(true) when a response arrived on it.
+    async fn session(&mut self) -> Result<bool, String> {
+        let channel = self.channel()?;
+        let mut client =
+            AggregatedDiscoveryServiceClient::new(channel).max_decoding_message_size(usize::MAX);
+        self.node_sent = false;
+        for sub in self.subscriptions.values_mut() {
+            sub.nonce.clear();
+        }
+        let (outbound, mut inbound) = if self.ads.delta {
+            let (tx, rx) = mpsc::unbounded_channel();
+            let request = self.with_metadata(UnboundedReceiverStream::new(rx));
+            // The first requests go into the channel before the call so they open the stream.
+            let out = Outbound::Delta(tx);
+            self.send_initial(&out);
+            let stream = client
+                .delta_aggregated_resources(request)
+                .await
+                .map_err(|s| s.to_string())?
+                .into_inner();
+            (out, Inbound::Delta(stream))
+        } else {
+            let (tx, rx) = mpsc::unbounded_channel();
+            let request = self.with_metadata(UnboundedReceiverStream::new(rx));
+            let out = Outbound::Sotw(tx);
+            self.send_initial(&out);
+            let stream = client
+                .stream_aggregated_resources(request)
+                .await
+                .map_err(|s| s.to_string())?
+                .into_inner();
+            (out, Inbound::Sotw(stream))
+        };
+        self.connected.set(1);
+        tracing::info!(target: "config", "ADS stream to cluster '{}' established ({})", self.ads.cluster, if self.ads.delta { "delta" } else { "state of the world" });
+        let mut received = false;
+        let mut tick = tokio::time::interval(Duration::from_millis(250));
+        loop {
+            let next = tokio::select! {
+                next = next_response(&mut inbound, &self.applier) => next,
+                _ = tick.tick() => {
+                    self.applier.expire_warming();
+                    self.progress(&outbound);
+                    continue;
+                }
+            };
+            match next {
+                Ok(Some(response)) => {
+                    received = true;
+                    self.handle(response, &outbound);
+                    self.progress(&outbound);
+                }
+                Ok(None) => return Ok(received),
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    fn with_metadata<T>(&self, message: T) -> tonic::Request<T> {
+        let mut request = tonic::Request::new(message);
+        for (key, value) in &self.ads.initial_metadata {
+            if let (Ok(k), Ok(v)) = (
+                key.parse::<tonic::metadata::MetadataKey<tonic::metadata::Ascii>>(),
+                value.parse(),
+            ) {
+                request.metadata_mut().insert(k, v);
+            }
+        }
+        request
+    }
+
+    /// A channel over the bootstrap's static gRPC cluster, through its own connector (TCP or
+    /// a Unix socket, relative paths included).
+    fn channel(&self) -> Result<tonic::transport::Channel, String> {
+        let cluster = self
+            .clusters
+            .by_name(&self.ads.cluster)
+            .ok_or_else(|| format!("no cluster '{}'", self.ads.cluster))?;
+        let host = cluster
+            .choose_host(None, None)
+            .ok_or_else(|| format!("cluster '{}' has no hosts", self.ads.cluster))?;
+        let endpoint =
+            tonic::transport::Endpoint::from_shared(format!("http://{}", host.authority))
+                .map_err(|e| e.to_string())?
+                .connect_timeout(cluster.config.connect_timeout)
+                .http2_keep_alive_interval(Duration::from_secs(30))
+                .keep_alive_while_idle(true);
+        Ok(endpoint.connect_with_connector_lazy(cluster.pool.connector()))
+    }
+
+    fn node_for_request(&mut self) -> Option<Node> {
+        if self.node_sent && self.ads.set_node_on_first_message_only {
+            return None;
+        }
+        self.node_sent = true;
+        Some(self.node.clone())
+    }
+
+    fn send_initial(&mut self, out: &Outbound) {
+        for kind in Kind::ALL {
+            if self.subscriptions[&kind].started {
+                self.send_subscription(kind, out, true);
+            }
+        }
+    }
+
+    /// A request stating the subscription of `kind`: the opening request of a stream, or a
+    /// change of names. Wildcard types subscribe with no names.
+    fn send_subscription(&mut self, kind: Kind, out: &Outbound, opening: bool) {
+        let node = self.node_for_request();
+        let sub = &self.subscriptions[&kind];
+        let names: Vec<String> = if kind.is_wildcard() {
+            Vec::new()
+        } else {
+            sub.names.iter().cloned().collect()
+        };
+        match out {
+            Outbound::Sotw(tx) => {
+                let _ = tx.send(DiscoveryRequest {
+                    version_info: sub.version.clone(),
+                    node,
+                    resource_names: names,
+                    type_url: kind.type_url().to_string(),
+                    response_nonce: sub.nonce.clone(),
+                    ..Default::default()
+                });
+            }
+            Outbound::Delta(tx) => {
+                let initial_resource_versions = if opening {
+                    self.records.resource_versions(kind).into_iter().collect()
+                } else {
+                    HashMap::new()
+                };
+                let _ = tx.send(DeltaDiscoveryRequest {
+                    node,
+                    type_url: kind.type_url().to_string(),
+                    resource_names_subscribe: names,
+                    initial_resource_versions,
+                    ..Default::default()
+                });
+            }
+        }
+    }
+
+    fn handle(&mut self, response: Response, out: &Outbound) {
+        let Some(kind) = Kind::from_type_url(&response.type_url) else {
+            tracing::warn!(target: "config", "ignoring a response of unknown type {}", response.type_url);
+            let node = self.node_for_request();
+            self.send_ack(
+                out,
+                &response.type_url,
+                String::new(),
+                &response.nonce,
+                node,
+                Some(format!("unknown type URL {}", response.type_url)),
+            );
+            return;
+        };
+        let stats = &self.stats[&kind];
+        stats.attempt.inc();
+        let errors = self
+            .applier
+            .apply(kind, response.updates, &response.removed);
+        let sub = self.subscriptions.entry(kind).or_default();
+        sub.first_response = true;
+        sub.nonce = response.nonce.clone();
+        let error = if errors.is_empty() {
+            sub.version = response.version.clone();
+            self.records.set_version(kind, &response.version);
+            stats.success.inc();
+            stats.version.set(version_hash(&response.version));
+            None
+        } else {
+            stats.rejected.inc();
+            Some(errors.join("\n"))
+        };
+        let version = sub.version.clone();
+        let node = self.node_for_request();
+        self.send_ack(out, kind.type_url(), version, &response.nonce, node, error);
+    }
+
+    fn send_ack(
+        &self,
+        out: &Outbound,
+        type_url: &str,
+        version: String,
+        nonce: &str,
+        node: Option<Node>,
+        error: Option<String>,
+    ) {
+        let error_detail = error.map(|message| Status {
+            code: NACK_CODE,
+            message,
+            details: Vec::new(),
+        });
+        match out {
+            Outbound::Sotw(tx) => {
+                let kind = Kind::from_type_url(type_url);
+                let names = match kind {
+                    Some(k) if !k.is_wildcard() => {
+                        self.subscriptions[&k].names.iter().cloned().collect()
+                    }
+                    _ => Vec::new(),
+                };
+                let _ = tx.send(DiscoveryRequest {
+                    version_info: version,
+                    node,
+                    resource_names: names,
+                    type_url: type_url.to_string(),
+                    response_nonce: nonce.to_string(),
+                    error_detail,
+                    ..Default::default()
+                });
+            }
+            Outbound::Delta(tx) => {
+                let _ = tx.send(DeltaDiscoveryRequest {
+                    node,
+                    type_url: type_url.to_string(),
+                    response_nonce: nonce.to_string(),
+                    error_detail,
+                    ..Default::default()
+                });
+            }
+        }
+    }
+
+    /// After each response: follow the names EDS and RDS need, start LDS once clusters are
+    /// initialised, and report LIVE once everything initial is warm.
+    fn progress(&mut self, out: &Outbound) {
+        for (kind, wanted) in [
+            (Kind::Endpoint, self.applier.wanted_endpoints()),
+            (
+                Kind::Route,
+                self.applier.wanted_routes(&self.static_listeners),
+            ),
+        ] {
+            let sub = self.sub(kind);
+            if wanted == sub.names {
+                continue;
+            }
+            if wanted.is_empty() && !self.ads.delta {
+                continue;
+            }
+            let sub = self.sub(kind);
+            let before = std::mem::replace(&mut sub.names, wanted.clone());
+            if !wanted.is_empty() {
+                self.start(kind);
+            }
+            if !self.subscriptions[&kind].started {
+                continue;
+            }
+            match out {
+                Outbound::Sotw(_) => {
+                    // An empty name list would mean "everything" in the state of the world, so
+                    // the last names stay subscribed (Envoy too keeps them until the listeners
+                    // using them are gone after draining).
+                    if !wanted.is_empty() {
+                        self.send_subscription(kind, out, false);
+                    }
+                }
+                Outbound::Delta(tx) => {
+                    let subscribe: Vec<String> = wanted.difference(&before).cloned().collect();
+                    let unsubscribe: Vec<String> = before.difference(&wanted).cloned().collect();
+                    let node = self.node_for_request();
+                    let _ = tx.send(DeltaDiscoveryRequest {
+                        node,
+                        type_url: kind.type_url().to_string(),
+                        resource_names_subscribe: subscribe,
+                        resource_names_unsubscribe: unsubscribe,
+                        ..Default::default()
+                    });
+                }
+            }
+        }
+        let starting_lds = !self.subscriptions[&Kind::Listener].started
+            && self.lds.is_some()
+            && self.clusters_initialized();
+        if starting_lds {
+            self.start(Kind::Listener);
+            self.send_subscription(Kind::Listener, out, false);
+        }
+        self.progress_init();
+    }
+
+    fn initial_fetch_done(&self, kind: Kind, source: Option<ConfigSource>) -> bool {
+        let Some(source) = source else {
+            return true;
+        };
+        let sub = &self.subscriptions[&kind];
+        sub.first_response
+            || match (source.initial_fetch_timeout, sub.started_at) {
+                (Some(t), Some(at)) => at.elapsed() >= t,
+                _ => false,
+            }
+    }
+
+    fn clusters_initialized(&self) -> bool {
+        self.initial_fetch_done(Kind::Cluster, self.cds) && !self.applier.clusters_warming()
+    }
+
+    /// PRE_INITIALIZING/INITIALIZING until the initial clusters and listeners are warm, then
+    /// LIVE (once; later warming does not take the server back).
+    fn progress_init(&mut self) {
+        if self.live {
+            return;
+        }
+        let done = self.clusters_initialized()
+            && self.initial_fetch_done(Kind::Listener, self.lds)
+            && !self.applier.listeners_warming();
+        if done {
+            self.live = true;
+            if self.server.state() != ServerState::Draining {
+                self.server.set_state(ServerState::Live);
+                self.server.stats.gauge("server.live").set(1);
+            }
+            tracing::info!(target: "main", "all dependencies initialized. starting workers");
+        }
+    }
+}
+
+async fn next_response(
+    inbound: &mut Inbound,
+    applier: &Applier,
+) -> Result<Option<Response>, String> {
+    match inbound {
+        Inbound::Sotw(stream) => {
+            let Some(r) = stream.message().await.map_err(|s| s.to_string())? else {
+                return Ok(None);
+            };
+            let kind = Kind::from_type_url(&r.type_url);
+            let mut updates = Vec::with_capacity(r.resources.len());
+            for resource in r.resources {
+                updates.push(Update {
+                    name: super::resource_name(&resource),
+                    version: r.version_info.clone(),
+                    resource,
+                });
+            }
+            // State of the world: a wildcard type's response is the whole set.
+            let removed = match kind {
+                Some(k) if k.is_wildcard() => {
+                    let present: BTreeSet<&str> = updates.iter().map(|u| u.name.as_str()).collect();
+                    applier
+                        .dynamic_names(k)
+                        .into_iter()
+                        .filter(|n| !present.contains(n.as_str()))
+                        .collect()
+                }
+                _ => Vec::new(),
+            };
+            Ok(Some(Response {
+                type_url: r.type_url,
+                version: r.version_info,
+                nonce: r.nonce,
+                updates,
+                removed,
+            }))
+        }
+        Inbound::Delta(stream) => {
+            let Some(r) = stream.message().await.map_err(|s| s.to_string())? else {
+                return Ok(None);
+            };
+            let updates = r
+                .resources
+                .into_iter()
+                .filter_map(|res| {
+                    Some(Update {
+                        name: res.name,
+                        version: res.version,
+                        resource: res.resource?,
+                    })
+                })
+                .collect();
+            Ok(Some(Response {
+                type_url: r.type_url,
+                version: r.system_version_info,
+                nonce: r.nonce,
+                updates,
+                removed: r.removed_resources,
+            }))
+        }
+    }
+}
+
+/// Envoy's `version` stat is a hash of the version string; any stable 64-bit hash serves the
+/// purpose (telling versions apart), though the numbers differ from Envoy's.
+fn version_hash(version: &str) -> u64 {
+    // FNV-1a, 64-bit.
+    version.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}

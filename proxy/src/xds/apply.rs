@@ -1,0 +1,427 @@
+//! Applying xDS resources: each one is decoded and translated by the same code as the
+//! bootstrap (so a NACK names the same field path `--mode validate` would), then handed to the
+//! cluster manager, the listener manager or a route slot.
+//!
+//! Warming follows Envoy: an EDS cluster waits for its endpoints, a listener for its RDS route
+//! tables, before they take traffic; the ones they replace keep serving meanwhile.
+//! Envoy: https://www.envoyproxy.io/docs/envoy/latest/api-docs/xds_protocol#resource-warming
+
+use super::records::{Failure, Kind, Record, Records};
+use crate::config::cluster::{translate_cluster, translate_load_assignment, Cluster, Discovery};
+use crate::config::listener::{translate_listener, Listener};
+use crate::config::resolver::Resolver;
+use crate::config::route::{translate_route_config, RouteConfig};
+use crate::config::slots::Slots;
+use crate::config::{ConfigError, FieldPath, RuntimeLayer};
+use crate::listener::ListenerManager;
+use crate::stats::Store;
+use crate::upstream::ClusterManager;
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+use xds_proto::pb::envoy::config::cluster::v3::Cluster as ProtoCluster;
+use xds_proto::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
+use xds_proto::pb::envoy::config::listener::v3::Listener as ProtoListener;
+use xds_proto::pb::envoy::config::route::v3::RouteConfiguration;
+use xds_proto::pb::envoy::extensions::transport_sockets::tls::v3::Secret;
+use xds_proto::pb::google::protobuf::Any;
+
+/// One resource of a response: its name, version and payload.
+#[derive(Debug, Clone)]
+pub struct Update {
+    pub name: String,
+    pub version: String,
+    pub resource: Any,
+}
+
+/// Everything the resources of one response change.
+pub struct Applier {
+    clusters: Arc<ClusterManager>,
+    listeners: Arc<ListenerManager>,
+    route_slots: Arc<Slots<RouteConfig>>,
+    runtime: Vec<RuntimeLayer>,
+    records: Arc<Records>,
+    store: Arc<Store>,
+    static_clusters: HashSet<String>,
+    static_listeners: HashSet<String>,
+    /// EDS clusters waiting for their first assignment, by cluster name.
+    warming_clusters: BTreeMap<String, (Arc<Cluster>, Instant)>,
+    /// Listeners waiting for their route tables, by name.
+    warming_listeners: BTreeMap<String, (Arc<Listener>, Instant)>,
+    /// The RDS names each LDS listener (active or warming) routes with.
+    listener_routes: BTreeMap<String, Vec<String>>,
+    /// Secrets by name (TLS consumes them with the mTLS work).
+    secrets: BTreeMap<String, Secret>,
+}
+
+impl Applier {
+    pub fn new(
+        clusters: Arc<ClusterManager>,
+        listeners: Arc<ListenerManager>,
+        config: &crate::config::Config,
+        records: Arc<Records>,
+        store: Arc<Store>,
+    ) -> Self {
+        Self {
+            clusters,
+            listeners,
+            route_slots: config.route_slots.clone(),
+            runtime: config.runtime.clone(),
+            records,
+            store,
+            static_clusters: config.clusters.iter().map(|c| c.name.clone()).collect(),
+            static_listeners: config.listeners.iter().map(|l| l.name.clone()).collect(),
+            warming_clusters: BTreeMap::new(),
+            warming_listeners: BTreeMap::new(),
+            listener_routes: BTreeMap::new(),
+            secrets: BTreeMap::new(),
+        }
+    }
+
+    /// Applies one response's resources and removals. Each resource stands alone: a bad one is
+    /// reported and the rest are applied, as Envoy does. Returns the errors, one per refused
+    /// resource, for the NACK.
+    pub fn apply(&mut self, kind: Kind, updates: Vec<Update>, removed: &[String]) -> Vec<String> {
+        let mut errors = Vec::new();
+        for name in removed {
+            self.remove(kind, name);
+        }
+        for update in updates {
+            if let Err(e) = self.apply_one(kind, &update) {
+                let details = describe(kind, &update.name, &e);
+                tracing::warn!(target: "config", "rejected {}: {details}", kind.short());
+                self.records.fail(
+                    kind,
+                    &update.name,
+                    Failure {
+                        resource: update.resource.clone(),
+                        details: details.clone(),
+                        version: update.version.clone(),
+                        at: SystemTime::now(),
+                    },
+                );
+                errors.push(details);
+            }
+        }
+        errors
+    }
+
+    /// The names of the dynamic resources of `kind` held now (for state-of-the-world removals).
+    pub fn dynamic_names(&self, kind: Kind) -> BTreeSet<String> {
+        let mut names: BTreeSet<String> = self
+            .records
+            .of(kind)
+            .into_iter()
+            .filter(|(_, e)| e.active.is_some() || e.warming.is_some())
+            .map(|(n, _)| n)
+            .collect();
+        if kind == Kind::Listener {
+            names.extend(self.listeners.dynamic_names());
+        }
+        names
+    }
+
+    /// EDS service names the clusters need, static ones included.
+    pub fn wanted_endpoints(&self) -> BTreeSet<String> {
+        let active = self.clusters.all();
+        active
+            .iter()
+            .map(|c| &c.config)
+            .chain(self.warming_clusters.values().map(|(c, _)| c))
+            .filter_map(|c| match &c.discovery {
+                Discovery::Eds { service_name, .. } => Some(service_name.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// RDS route configuration names the listeners need, static ones included.
+    pub fn wanted_routes(&self, static_listeners: &[Arc<Listener>]) -> BTreeSet<String> {
+        static_listeners
+            .iter()
+            .flat_map(|l| l.rds_routes())
+            .map(|(slot, _)| slot.name.to_string())
+            .chain(self.listener_routes.values().flatten().cloned())
+            .collect()
+    }
+
+    /// Whether clusters are still warming (the cluster manager is not initialised yet).
+    pub fn clusters_warming(&self) -> bool {
+        !self.warming_clusters.is_empty()
+    }
+
+    pub fn listeners_warming(&self) -> bool {
+        !self.warming_listeners.is_empty()
+    }
+
+    /// Ends warming that waited longer than the initial fetch timeout: the cluster starts with
+    /// no endpoints, the listener with an empty route table (Envoy's behaviour on timeout).
+    pub fn expire_warming(&mut self) {
+        let now = Instant::now();
+        let expired: Vec<String> = self
+            .warming_clusters
+            .iter()
+            .filter(|(_, (c, since))| match &c.discovery {
+                Discovery::Eds {
+                    initial_fetch_timeout: Some(t),
+                    ..
+                } => now.duration_since(*since) >= *t,
+                _ => false,
+            })
+            .map(|(n, _)| n.clone())
+            .collect();
+        for name in expired {
+            if let Some((cluster, _)) = self.warming_clusters.remove(&name) {
+                self.clusters.add_or_update(cluster);
+                self.records.promote(Kind::Cluster, &name);
+            }
+        }
+        let expired: Vec<String> = self
+            .warming_listeners
+            .iter()
+            .filter(|(_, (l, since))| {
+                l.rds_routes().iter().any(|(slot, source)| {
+                    slot.get().is_none()
+                        && source
+                            .initial_fetch_timeout
+                            .is_some_and(|t| now.duration_since(*since) >= t)
+                })
+            })
+            .map(|(n, _)| n.clone())
+            .collect();
+        for name in expired {
+            if let Some((listener, _)) = self.warming_listeners.remove(&name) {
+                self.activate_listener(&name, listener);
+            }
+        }
+    }
+
+    fn apply_one(&mut self, kind: Kind, update: &Update) -> Result<(), ConfigError> {
+        let unchanged = self
+            .records
+            .holds(kind, &update.name, &update.resource.value);
+        if unchanged {
+            // Envoy skips resources whose content did not change: no new pools or drains.
+            return Ok(());
+        }
+        let record = Record {
+            version: update.version.clone(),
+            last_updated: SystemTime::now(),
+            resource: update.resource.clone(),
+        };
+        let root = FieldPath::root("");
+        match kind {
+            Kind::Cluster => {
+                let proto: ProtoCluster = unpack(&update.resource)?;
+                check_name(&proto.name, &update.name)?;
+                if self.static_clusters.contains(&proto.name) {
+                    return Err(root.field("name").error(format!(
+                        "cluster '{}' is a static cluster and cannot be changed by CDS",
+                        proto.name
+                    )));
+                }
+                let cluster = Arc::new(translate_cluster(&proto, &root, &mut Vec::new())?);
+                let waits = match &cluster.discovery {
+                    Discovery::Eds { service_name, .. } => {
+                        !self.clusters.has_assignment(service_name)
+                    }
+                    _ => false,
+                };
+                if waits {
+                    self.warming_clusters
+                        .insert(proto.name.clone(), (cluster, Instant::now()));
+                    self.records.warm(kind, &proto.name, record);
+                } else {
+                    self.warming_clusters.remove(&proto.name);
+                    self.clusters.add_or_update(cluster);
+                    self.records.activate(kind, &proto.name, record);
+                }
+            }
+            Kind::Endpoint => {
+                let proto: ClusterLoadAssignment = unpack(&update.resource)?;
+                check_name(&proto.cluster_name, &update.name)?;
+                let endpoints = translate_load_assignment(&proto, &root, &mut Vec::new())?;
+                self.clusters.set_assignment(&proto.cluster_name, endpoints);
+                self.records.activate(kind, &proto.cluster_name, record);
+                self.store
+                    .counter(&format!("cluster.{}.update_success", proto.cluster_name))
+                    .inc();
+                let ready: Vec<String> = self
+                    .warming_clusters
+                    .iter()
+                    .filter(|(_, (c, _))| matches!(&c.discovery, Discovery::Eds { service_name, .. } if *service_name == proto.cluster_name))
+                    .map(|(n, _)| n.clone())
+                    .collect();
+                for name in ready {
+                    if let Some((cluster, _)) = self.warming_clusters.remove(&name) {
+                        self.clusters.add_or_update(cluster);
+                        self.records.promote(Kind::Cluster, &name);
+                    }
+                }
+            }
+            Kind::Listener => {
+                let proto: ProtoListener = unpack(&update.resource)?;
+                check_name(&proto.name, &update.name)?;
+                if self.static_listeners.contains(&proto.name) {
+                    return Err(root.field("name").error(format!(
+                        "listener '{}' is a static listener and cannot be changed by LDS",
+                        proto.name
+                    )));
+                }
+                let known: HashSet<String> = self
+                    .clusters
+                    .all()
+                    .iter()
+                    .map(|c| c.config.name.clone())
+                    .collect();
+                let resolve = Resolver {
+                    slots: self.clusters.slots(),
+                    route_slots: &self.route_slots,
+                    known_clusters: &known,
+                    runtime: &self.runtime,
+                };
+                let listener = Arc::new(translate_listener(
+                    &proto,
+                    &root,
+                    &resolve,
+                    &mut Vec::new(),
+                )?);
+                let routes = listener.rds_routes();
+                self.listener_routes.insert(
+                    proto.name.clone(),
+                    routes
+                        .iter()
+                        .map(|(slot, _)| slot.name.to_string())
+                        .collect(),
+                );
+                if listener
+                    .rds_routes()
+                    .iter()
+                    .all(|(slot, _)| slot.get().is_some())
+                {
+                    self.warming_listeners.remove(&proto.name);
+                    self.listeners
+                        .add_or_update(listener, false)
+                        .map_err(|e| root.field("address").error(e.0))?;
+                    self.records.activate(kind, &proto.name, record);
+                } else {
+                    self.warming_listeners
+                        .insert(proto.name.clone(), (listener, Instant::now()));
+                    self.records.warm(kind, &proto.name, record);
+                }
+            }
+            Kind::Route => {
+                let proto: RouteConfiguration = unpack(&update.resource)?;
+                check_name(&proto.name, &update.name)?;
+                let known: HashSet<String> = self
+                    .clusters
+                    .all()
+                    .iter()
+                    .map(|c| c.config.name.clone())
+                    .collect();
+                let resolve = Resolver {
+                    slots: self.clusters.slots(),
+                    route_slots: &self.route_slots,
+                    known_clusters: &known,
+                    runtime: &self.runtime,
+                };
+                let table = translate_route_config(&proto, &root, &resolve, false)?;
+                self.route_slots
+                    .slot(&proto.name)
+                    .set(Some(Arc::new(table)));
+                self.records.activate(kind, &proto.name, record);
+                let ready: Vec<String> = self
+                    .warming_listeners
+                    .iter()
+                    .filter(|(_, (l, _))| l.rds_routes().iter().all(|(s, _)| s.get().is_some()))
+                    .map(|(n, _)| n.clone())
+                    .collect();
+                for name in ready {
+                    if let Some((listener, _)) = self.warming_listeners.remove(&name) {
+                        self.activate_listener(&name, listener);
+                    }
+                }
+            }
+            Kind::Secret => {
+                let proto: Secret = unpack(&update.resource)?;
+                check_name(&proto.name, &update.name)?;
+                self.secrets.insert(proto.name.clone(), proto.clone());
+                self.records.activate(kind, &proto.name, record);
+            }
+        }
+        Ok(())
+    }
+
+    fn activate_listener(&mut self, name: &str, listener: Arc<Listener>) {
+        match self.listeners.add_or_update(listener, false) {
+            Ok(()) => self.records.promote(Kind::Listener, name),
+            Err(e) => {
+                tracing::warn!(target: "config", "listener '{name}' could not start after warming: {e}");
+                self.records.remove(Kind::Listener, name);
+            }
+        }
+    }
+
+    fn remove(&mut self, kind: Kind, name: &str) {
+        match kind {
+            Kind::Cluster => {
+                if self.static_clusters.contains(name) {
+                    return;
+                }
+                self.warming_clusters.remove(name);
+                self.clusters.remove(name);
+            }
+            Kind::Listener => {
+                if self.static_listeners.contains(name) {
+                    return;
+                }
+                self.warming_listeners.remove(name);
+                self.listener_routes.remove(name);
+                self.listeners.remove(name);
+            }
+            Kind::Route => {
+                if let Some(slot) = self.route_slots.find(name) {
+                    slot.set(None);
+                }
+            }
+            Kind::Endpoint => self.clusters.remove_assignment(name),
+            Kind::Secret => {
+                self.secrets.remove(name);
+            }
+        }
+        self.records.remove(kind, name);
+    }
+}
+
+fn unpack<M: xds_proto::XdsMessage>(any: &Any) -> Result<M, ConfigError> {
+    xds_proto::unpack(any).map_err(|e| FieldPath::root("").error(e.to_string()))
+}
+
+/// Delta responses name each resource; the name inside must agree.
+fn check_name(inner: &str, outer: &str) -> Result<(), ConfigError> {
+    if !outer.is_empty() && inner != outer {
+        return Err(FieldPath::root("name").error(format!(
+            "resource is named '{outer}' but contains '{inner}'"
+        )));
+    }
+    if inner.is_empty() {
+        return Err(FieldPath::root("name").error("must not be empty"));
+    }
+    Ok(())
+}
+
+/// The text of a rejection, for the NACK's `error_detail` and `error_state`.
+fn describe(kind: Kind, name: &str, e: &ConfigError) -> String {
+    let what = match kind {
+        Kind::Cluster => "cluster",
+        Kind::Endpoint => "cluster load assignment",
+        Kind::Listener => "listener",
+        Kind::Route => "route configuration",
+        Kind::Secret => "secret",
+    };
+    if e.path.is_empty() {
+        format!("{what} '{name}': {}", e.message)
+    } else {
+        format!("{what} '{name}': {}: {}", e.path, e.message)
+    }
+}

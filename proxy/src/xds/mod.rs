@@ -1,0 +1,60 @@
+//! Dynamic configuration from a control plane over ADS: the stream client, the application of
+//! resources (with warming), and the records `/config_dump` shows.
+
+mod ads;
+pub mod apply;
+pub mod records;
+
+pub use records::{Kind, Records};
+
+use crate::config::Config;
+use crate::listener::ListenerManager;
+use crate::server::Server;
+use crate::upstream::ClusterManager;
+use std::sync::Arc;
+use xds_proto::pb::google::protobuf::Any;
+
+/// Starts the ADS client when the bootstrap has `dynamic_resources.ads_config`. Returns
+/// whether it did (the server then reaches LIVE only when the initial resources are warm).
+pub fn spawn(
+    server: &Arc<Server>,
+    clusters: &Arc<ClusterManager>,
+    listeners: &Arc<ListenerManager>,
+    config: &Config,
+) -> bool {
+    let Some(ads) = config.dynamic.ads.clone() else {
+        return false;
+    };
+    let applier = apply::Applier::new(
+        clusters.clone(),
+        listeners.clone(),
+        config,
+        server.xds.clone(),
+        server.stats.clone(),
+    );
+    let node = crate::admin::server_info::node(server);
+    let client = ads::AdsClient::new(
+        ads,
+        node,
+        server.clone(),
+        clusters.clone(),
+        applier,
+        server.xds.clone(),
+        config,
+    );
+    tokio::spawn(client.run());
+    true
+}
+
+/// The name inside a state-of-the-world resource. Every type Outrigger subscribes to keeps its
+/// name in field 1 (`name`, or `cluster_name` for an assignment), so only that field is read.
+pub fn resource_name(resource: &Any) -> String {
+    #[derive(Clone, PartialEq, prost::Message)]
+    struct NameOnly {
+        #[prost(string, tag = "1")]
+        name: String,
+    }
+    <NameOnly as prost::Message>::decode(resource.value.as_slice())
+        .map(|n| n.name)
+        .unwrap_or_default()
+}

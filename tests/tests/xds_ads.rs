@@ -1,0 +1,317 @@
+//! Dynamic configuration over ADS, state of the world and delta, against a real gRPC control
+//! plane: initial fetch and warming, endpoint and route updates, a rejected listener (NACK)
+//! that leaves the running one serving, listener removal, and a dropped stream. The same
+//! script runs against Envoy (the oracle); both must ACK and NACK the same responses and give
+//! the same traffic outcome after every step.
+//! Envoy: https://www.envoyproxy.io/docs/envoy/latest/api-docs/xds_protocol
+
+use std::time::{Duration, Instant};
+use tests::control_plane::{ControlPlane, Recorded, CLUSTER, ENDPOINT, LISTENER, ROUTE};
+use tests::{curl, envoy_or_skip, free_port, Kind, RunningProxy, Upstream};
+use xds_proto::pb::envoy::config::cluster::v3::Cluster;
+use xds_proto::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
+use xds_proto::pb::envoy::config::listener::v3::Listener;
+use xds_proto::pb::envoy::config::route::v3::RouteConfiguration;
+use xds_proto::pb::google::protobuf::Any;
+use xds_proto::{DocumentFormat, ParseOptions, XdsMessage};
+
+fn resource<M: XdsMessage>(name: &str, yaml: &str) -> (String, Any) {
+    let parsed =
+        xds_proto::parse_document::<M>(yaml, DocumentFormat::Yaml, ParseOptions::default())
+            .unwrap_or_else(|e| panic!("test resource {name}: {e}"));
+    (name.to_string(), xds_proto::pack(&parsed.value))
+}
+
+fn cluster() -> (String, Any) {
+    resource::<Cluster>(
+        "backend",
+        r#"
+name: backend
+type: EDS
+connect_timeout: 1s
+eds_cluster_config: { eds_config: { ads: {}, resource_api_version: V3 } }
+"#,
+    )
+}
+
+fn endpoints(port: u16) -> (String, Any) {
+    resource::<ClusterLoadAssignment>(
+        "backend",
+        &format!(
+            r#"
+cluster_name: backend
+endpoints:
+- lb_endpoints:
+  - endpoint: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {port} }} }} }}
+"#
+        ),
+    )
+}
+
+fn listener(address: &str, port: u16) -> (String, Any) {
+    resource::<Listener>(
+        "http",
+        &format!(
+            r#"
+name: http
+address: {{ socket_address: {{ address: "{address}", port_value: {port} }} }}
+filter_chains:
+- filters:
+  - name: envoy.filters.network.http_connection_manager
+    typed_config:
+      "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+      stat_prefix: ingress
+      rds:
+        route_config_name: local_route
+        config_source: {{ ads: {{}}, resource_api_version: V3 }}
+      http_filters:
+      - name: envoy.filters.http.router
+        typed_config: {{ "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router }}
+"#
+        ),
+    )
+}
+
+fn route_to_backend() -> (String, Any) {
+    resource::<RouteConfiguration>(
+        "local_route",
+        r#"
+name: local_route
+virtual_hosts:
+- name: all
+  domains: ["*"]
+  routes:
+  - match: { prefix: "/" }
+    route: { cluster: backend }
+"#,
+    )
+}
+
+fn route_direct() -> (String, Any) {
+    resource::<RouteConfiguration>(
+        "local_route",
+        r#"
+name: local_route
+virtual_hosts:
+- name: all
+  domains: ["*"]
+  routes:
+  - match: { prefix: "/" }
+    direct_response: { status: 200, body: { inline_string: "direct" } }
+"#,
+    )
+}
+
+fn bootstrap(admin: u16, control_plane: u16, delta: bool) -> String {
+    let api = if delta { "DELTA_GRPC" } else { "GRPC" };
+    format!(
+        r#"
+node: {{ id: sidecar~127.0.0.1~test.default~default.svc.cluster.local, cluster: test }}
+admin: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {admin} }} }} }}
+dynamic_resources:
+  ads_config:
+    api_type: {api}
+    transport_api_version: V3
+    set_node_on_first_message_only: true
+    grpc_services: [{{ envoy_grpc: {{ cluster_name: xds-grpc }} }}]
+  cds_config: {{ ads: {{}}, initial_fetch_timeout: 0s, resource_api_version: V3 }}
+  lds_config: {{ ads: {{}}, initial_fetch_timeout: 0s, resource_api_version: V3 }}
+static_resources:
+  clusters:
+  - name: xds-grpc
+    type: STATIC
+    connect_timeout: 1s
+    typed_extension_protocol_options:
+      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
+        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
+        explicit_http_config: {{ http2_protocol_options: {{}} }}
+    load_assignment:
+      cluster_name: xds-grpc
+      endpoints:
+      - lb_endpoints:
+        - endpoint: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {control_plane} }} }} }}
+"#
+    )
+}
+
+/// What one response got: the type, and ACK (with the version accepted) or NACK.
+fn answers(requests: &[Recorded]) -> Vec<String> {
+    requests
+        .iter()
+        .filter(|r| r.answers())
+        .map(|r| {
+            let verdict = if r.error.is_some() { "NACK" } else { "ACK" };
+            if r.delta {
+                format!("{} {verdict}", r.short_type())
+            } else {
+                format!("{} {verdict} v{}", r.short_type(), r.version_info)
+            }
+        })
+        .collect()
+}
+
+/// The body at `url`, or what went wrong, polled until it equals `want` (or time runs out).
+fn body_becomes(url: &str, want: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let got = match curl::request("GET", url, &["--max-time", "2"]) {
+            Ok(r) => format!("{} {}", r.status, r.body),
+            Err(_) => "refused".to_string(),
+        };
+        if got == want || Instant::now() > deadline {
+            return got;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The scripted session; returns, per step, the traffic outcome and the answers so far.
+fn script(kind: Kind, delta: bool) -> Vec<(String, String, Vec<String>)> {
+    let one = Upstream::start("one");
+    let two = Upstream::start("two");
+    let cp = ControlPlane::start();
+    let port = free_port();
+    cp.set(CLUSTER, vec![cluster()]);
+    cp.set(ENDPOINT, vec![endpoints(one.port())]);
+    cp.set(LISTENER, vec![listener("127.0.0.1", port)]);
+    cp.set(ROUTE, vec![route_to_backend()]);
+    let admin = free_port();
+    let proxy = RunningProxy::start(kind, &bootstrap(admin, cp.port(), delta), &[]);
+    let url = format!("http://127.0.0.1:{port}/");
+    let mut steps = Vec::new();
+    let mut step = |name: &str, outcome: String, cp: &ControlPlane| {
+        steps.push((name.to_string(), outcome, answers(&cp.requests())));
+    };
+
+    // Initial fetch: the listener serves once CDS, EDS, LDS and RDS are in.
+    step("initial", body_becomes(&url, "200 one"), &cp);
+
+    // An endpoint change takes effect without touching the listener.
+    cp.set(ENDPOINT, vec![endpoints(two.port())]);
+    let outcome = body_becomes(&url, "200 two");
+    cp.wait_for(Duration::from_secs(5), "the EDS ACK", |r| {
+        r.iter()
+            .filter(|r| r.answers() && r.type_url == ENDPOINT)
+            .count()
+            >= 2
+    });
+    step("eds update", outcome, &cp);
+
+    // A listener that cannot be built is refused; the running one keeps serving.
+    cp.set(LISTENER, vec![listener("not-an-ip", port)]);
+    cp.wait_for(Duration::from_secs(5), "the LDS NACK", |r| {
+        r.iter()
+            .any(|r| r.type_url == LISTENER && r.error.is_some())
+    });
+    step("bad listener", body_becomes(&url, "200 two"), &cp);
+
+    // A route update is an atomic swap of the table.
+    cp.set(LISTENER, vec![listener("127.0.0.1", port)]);
+    cp.set(ROUTE, vec![route_direct()]);
+    step("rds update", body_becomes(&url, "200 direct"), &cp);
+
+    // A dropped stream: the proxy reconnects and keeps serving meanwhile.
+    let streams = cp.streams();
+    cp.drop_streams();
+    // Both proxies back off before reconnecting; wait until every type is answered again.
+    cp.wait_for(
+        Duration::from_secs(30),
+        "every type answered on a new stream",
+        |r| {
+            [CLUSTER, ENDPOINT, LISTENER, ROUTE].iter().all(|t| {
+                r.iter()
+                    .any(|r| r.stream > streams && r.answers() && r.type_url == *t)
+            })
+        },
+    );
+    step("reconnect", body_becomes(&url, "200 direct"), &cp);
+
+    // Removing the listener closes its port.
+    cp.set(LISTENER, vec![]);
+    step("listener removed", body_becomes(&url, "refused"), &cp);
+    drop(proxy);
+    steps
+}
+
+fn check_against_envoy(delta: bool) {
+    let ours = script(Kind::Outrigger, delta);
+    for (name, outcome, _) in &ours {
+        let want = match name.as_str() {
+            "initial" => "200 one",
+            "eds update" | "bad listener" => "200 two",
+            "rds update" | "reconnect" => "200 direct",
+            _ => "refused",
+        };
+        assert_eq!(outcome, want, "step {name}: {ours:#?}");
+    }
+    let Some(_) = envoy_or_skip("xds_ads") else {
+        return;
+    };
+    let envoy = script(Kind::Envoy, delta);
+    for ((step, ours_outcome, ours_answers), (_, envoy_outcome, envoy_answers)) in
+        ours.iter().zip(&envoy)
+    {
+        assert_eq!(ours_outcome, envoy_outcome, "traffic after step {step}");
+        assert_eq!(
+            ours_answers, envoy_answers,
+            "ACK/NACK sequence after step {step}"
+        );
+    }
+}
+
+#[test]
+fn state_of_the_world_follows_envoy() {
+    check_against_envoy(false);
+}
+
+#[test]
+fn delta_follows_envoy() {
+    check_against_envoy(true);
+}
+
+#[test]
+fn delta_reconnect_sends_the_versions_held() {
+    let up = Upstream::start("one");
+    let cp = ControlPlane::start();
+    let port = free_port();
+    cp.set(CLUSTER, vec![cluster()]);
+    cp.set(ENDPOINT, vec![endpoints(up.port())]);
+    cp.set(LISTENER, vec![listener("127.0.0.1", port)]);
+    cp.set(ROUTE, vec![route_to_backend()]);
+    let admin = free_port();
+    let proxy = RunningProxy::start(Kind::Outrigger, &bootstrap(admin, cp.port(), true), &[]);
+    assert_eq!(
+        body_becomes(&format!("http://127.0.0.1:{port}/"), "200 one"),
+        "200 one"
+    );
+    cp.drop_streams();
+    let requests = cp.wait_for(Duration::from_secs(10), "re-subscription", |r| {
+        r.iter().any(|r| r.stream == 2 && r.type_url == LISTENER)
+    });
+    let first_of_stream_2: Vec<&Recorded> = requests
+        .iter()
+        .filter(|r| r.stream == 2 && !r.answers())
+        .collect();
+    let cds = first_of_stream_2
+        .iter()
+        .find(|r| r.type_url == CLUSTER)
+        .expect("CDS re-requested");
+    assert!(
+        cds.has_node,
+        "the first request of a stream carries the node"
+    );
+    assert_eq!(
+        cds.initial_versions.keys().collect::<Vec<_>>(),
+        vec!["backend"],
+        "{cds:?}"
+    );
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let stats = proxy.get("/stats?filter=control_plane").body;
+        if stats.contains("control_plane.connected_state: 1") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "not connected again: {stats}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
