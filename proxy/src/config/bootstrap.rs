@@ -22,6 +22,8 @@ pub struct Config {
     /// The slots routes resolved their cluster names to; the cluster manager fills them.
     pub cluster_slots: Arc<Slots<ClusterRuntime>>,
     pub runtime: Vec<RuntimeLayer>,
+    /// `stats_config`: tag extractors and the stats matcher, compiled.
+    pub stats: Arc<crate::stats::StatsConfig>,
     /// Fields accepted without being acted on; logged at startup and by `--mode validate`.
     pub acknowledged: Vec<Acknowledged>,
 }
@@ -84,6 +86,10 @@ pub fn translate_bootstrap(b: &Bootstrap) -> Result<Config> {
     }
     let runtime = runtime_layers(b, &root)?;
     let cluster_slots = Arc::new(Slots::default());
+    let stats = Arc::new(super::stats::translate_stats_config(
+        b.stats_config.as_ref(),
+        &root.field("stats_config"),
+    )?);
     let resolve = super::resolver::Resolver {
         slots: &cluster_slots,
         known_clusters: &known_clusters,
@@ -121,6 +127,7 @@ pub fn translate_bootstrap(b: &Bootstrap) -> Result<Config> {
         clusters,
         cluster_slots,
         runtime,
+        stats,
         acknowledged: acks,
     })
 }
