@@ -121,8 +121,8 @@ impl Extractor {
                 let mut end = start + value.len();
                 if at + 1 < input.len() {
                     end += 1; // the dot after the value
-                } else if start > 0 {
-                    start -= 1; // the last token: the dot before it
+                } else {
+                    start = start.saturating_sub(1); // the last token: the dot before it
                 }
                 Some(Found {
                     value,
