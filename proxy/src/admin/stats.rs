@@ -164,38 +164,22 @@ fn quantile(h: &HistogramSnapshot, q: f64) -> f64 {
     lower
 }
 
-/// `/stats/prometheus`. `?filter` is matched against Envoy's stat name, then the blocks of
-/// the metrics it keeps are taken from the store's rendering.
+/// `/stats/prometheus`: names and labels from the tags extracted when each stat was created;
+/// `?filter` is matched against Envoy's full stat name, as Envoy does.
 pub fn prometheus(server: &Server, query: &Query) -> AdminResponse {
     let selection = match Selection::parse(query) {
         Ok(s) => s,
         Err(message) => return text(StatusCode::BAD_REQUEST, message),
     };
-    let rendered = crate::stats::prometheus::render(&server.stats, selection.used_only);
-    let Some(filter) = &selection.filter else {
-        return respond(StatusCode::OK, TEXT, rendered);
+    let options = crate::stats::prometheus::Options {
+        used_only: selection.used_only,
+        filter: selection.filter.as_ref(),
     };
-    let keep: std::collections::HashSet<String> = server
-        .stats
-        .snapshot()
-        .into_iter()
-        .filter(|(name, _)| filter.is_match(name))
-        .map(|(name, _)| crate::stats::prometheus::sanitize(&name))
-        .collect();
-    let mut out = String::new();
-    let mut keeping = false;
-    for line in rendered.lines() {
-        if let Some(rest) = line.strip_prefix("# TYPE envoy_") {
-            keeping = rest
-                .split_once(' ')
-                .is_some_and(|(name, _)| keep.contains(name));
-        }
-        if keeping {
-            out.push_str(line);
-            out.push('\n');
-        }
-    }
-    respond(StatusCode::OK, TEXT, out)
+    respond(
+        StatusCode::OK,
+        TEXT,
+        crate::stats::prometheus::render(&server.stats, &options),
+    )
 }
 
 #[cfg(test)]
@@ -259,10 +243,9 @@ mod tests {
         ));
         assert_eq!(
             b,
-            "# TYPE envoy_cluster_backend_membership_total gauge\n\
-             envoy_cluster_backend_membership_total{} 2\n\
-             # TYPE envoy_cluster_tls_backend_membership_total gauge\n\
-             envoy_cluster_tls_backend_membership_total{} 1\n"
+            "# TYPE envoy_cluster_membership_total gauge\n\
+             envoy_cluster_membership_total{envoy_cluster_name=\"backend\"} 2\n\
+             envoy_cluster_membership_total{envoy_cluster_name=\"tls_backend\"} 1\n"
         );
         let r = handle(&s, &Method::GET, "/stats?format=xml");
         assert_eq!(r.status(), http::StatusCode::BAD_REQUEST);

@@ -106,7 +106,7 @@ pub fn server() -> Arc<Server> {
     .expect("test bootstrap loads");
     let config =
         Arc::new(crate::config::translate_bootstrap(&loaded.bootstrap).expect("translates"));
-    let stats = Store::new();
+    let stats = Store::with_config(config.stats.clone());
     let logging = LogControl::detached("info", None).expect("levels");
     let clusters = Arc::new(ClusterManager::new(
         config.cluster_slots.clone(),

@@ -28,6 +28,8 @@ pub struct Config {
     /// The ADS stream and the LDS/CDS sources, when the bootstrap has `dynamic_resources`.
     pub dynamic: DynamicResources,
     pub runtime: Vec<RuntimeLayer>,
+    /// `stats_config`: tag extractors and the stats matcher, compiled.
+    pub stats: Arc<crate::stats::StatsConfig>,
     /// Fields accepted without being acted on; logged at startup and by `--mode validate`.
     pub acknowledged: Vec<Acknowledged>,
 }
@@ -95,6 +97,10 @@ pub fn translate_bootstrap(b: &Bootstrap) -> Result<Config> {
         Some(d) => dynamic_resources(d, &root.field("dynamic_resources"), &known_clusters)?,
         None => DynamicResources::default(),
     };
+    let stats = Arc::new(super::stats::translate_stats_config(
+        b.stats_config.as_ref(),
+        &root.field("stats_config"),
+    )?);
     let resolve = super::resolver::Resolver {
         slots: &cluster_slots,
         route_slots: &route_slots,
@@ -135,6 +141,7 @@ pub fn translate_bootstrap(b: &Bootstrap) -> Result<Config> {
         route_slots,
         dynamic,
         runtime,
+        stats,
         acknowledged: acks,
     })
 }

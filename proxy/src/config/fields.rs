@@ -26,7 +26,7 @@ struct Policy {
 }
 
 const XDS: &str = "xDS subscriptions are not implemented yet (issue 5)";
-const STATS: &str = "stats tags, matchers and sinks are not implemented yet (issue 8)";
+const STATS: &str = "stats sinks and flushing are not implemented yet (issue 8)";
 const TRACING: &str = "tracing is not implemented yet (issue 8)";
 const ACCESS_LOG: &str = "access logs are not implemented yet (issue 8)";
 const RESILIENCE: &str = "not enforced yet (issue 4: upstream resilience)";
@@ -70,8 +70,8 @@ macro_rules! policies {
 
 static POLICIES: &[(&str, Policy)] = policies! {
     "envoy.config.bootstrap.v3.Bootstrap" => ["node", "static_resources", "admin", "layered_runtime",
-        "dynamic_resources"]
-        ack [("stats_config", STATS), ("stats_sinks", STATS),
+        "dynamic_resources", "stats_config"]
+        ack [("stats_sinks", STATS),
              ("stats_flush_interval", STATS), ("stats_eviction_interval", STATS),
              ("deferred_stat_options", NO_EFFECT), ("tracing", TRACING),
              ("overload_manager", OVERLOAD), ("bootstrap_extensions", "bootstrap extensions (internal listeners, Istio metadata discovery) are not implemented"),
@@ -92,6 +92,11 @@ static POLICIES: &[(&str, Policy)] = policies! {
     "envoy.config.core.v3.GrpcService.EnvoyGrpc" => ["cluster_name"];
     "envoy.config.cluster.v3.Cluster.EdsClusterConfig" => ["eds_config", "service_name"];
     "envoy.extensions.filters.network.http_connection_manager.v3.Rds" => ["config_source", "route_config_name"];
+    "envoy.config.metrics.v3.StatsConfig" => ["stats_tags", "use_all_default_tags", "stats_matcher"]
+        ack [("histogram_bucket_settings", "custom histogram buckets are not implemented; Envoy's default buckets are used")];
+    "envoy.config.metrics.v3.TagSpecifier" => ["tag_name", "regex", "fixed_value"];
+    "envoy.config.metrics.v3.StatsMatcher" => ["reject_all", "exclusion_list", "inclusion_list"];
+    "envoy.type.matcher.v3.ListStringMatcher" => ["patterns"];
     "envoy.config.core.v3.Node" => ["id", "cluster", "metadata", "locality", "user_agent_name",
         "user_agent_version", "user_agent_build_version", "extensions", "client_features",
         "listening_addresses", "dynamic_parameters"];

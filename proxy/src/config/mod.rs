@@ -20,6 +20,7 @@ pub mod route;
 pub mod route_action;
 mod route_index;
 pub mod slots;
+pub mod stats;
 pub mod tcp_proxy;
 mod values;
 

@@ -83,7 +83,7 @@ async fn run(
     logging: LogControl,
     workers: usize,
 ) -> ExitCode {
-    let stats = Store::new();
+    let stats = Store::with_config(config.stats.clone());
     stats.gauge("server.concurrency").set(workers as u64);
     let clusters = Arc::new(ClusterManager::new(
         config.cluster_slots.clone(),

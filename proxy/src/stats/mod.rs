@@ -3,9 +3,13 @@
 //! formatting and no map lookup per request.
 
 mod histogram;
+pub mod matcher;
 pub mod prometheus;
+pub mod tags;
 
 pub use histogram::{Histogram, HistogramSnapshot, DEFAULT_BUCKETS};
+pub use matcher::StatsMatcher;
+pub use tags::{Tag, TagProducer};
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -69,56 +73,130 @@ pub enum Metric {
     Histogram(Arc<Histogram>),
 }
 
+/// What `stats_config` decides about stats: how names become tags, and which stats exist.
+#[derive(Debug)]
+pub struct StatsConfig {
+    pub tags: TagProducer,
+    pub matcher: StatsMatcher,
+}
+
+impl StatsConfig {
+    /// Envoy without `stats_config`: the built-in tag extractors, every stat kept.
+    pub fn envoy_default() -> Self {
+        Self {
+            tags: TagProducer::envoy_default(),
+            matcher: StatsMatcher::AcceptAll,
+        }
+    }
+}
+
+/// A stat's tag-extracted name (`cluster.upstream_rq`) and tags, computed once at creation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TagInfo {
+    pub tag_extracted_name: String,
+    pub tags: Vec<Tag>,
+}
+
+/// One stat of the store: its handle and its tags.
+#[derive(Debug, Clone)]
+pub struct Entry {
+    pub metric: Metric,
+    pub info: Arc<TagInfo>,
+}
+
 /// The store of every stat by its full Envoy name (`cluster.backend.upstream_rq_total`).
-#[derive(Debug, Default)]
+/// Stats that `stats_matcher` rejects are never stored: their creator gets a handle of its
+/// own that works but is not exported, as Envoy hands out null stats.
+#[derive(Debug)]
 pub struct Store {
-    metrics: Mutex<BTreeMap<String, Metric>>,
+    config: Arc<StatsConfig>,
+    metrics: Mutex<BTreeMap<String, Entry>>,
+}
+
+impl Default for Store {
+    fn default() -> Self {
+        Self::from_config(Arc::new(StatsConfig::envoy_default()))
+    }
 }
 
 impl Store {
+    /// A store with Envoy's defaults (built-in tags, no matcher).
     pub fn new() -> Arc<Self> {
         Arc::new(Self::default())
     }
 
+    /// A store applying the bootstrap's `stats_config`.
+    pub fn with_config(config: Arc<StatsConfig>) -> Arc<Self> {
+        Arc::new(Self::from_config(config))
+    }
+
+    fn from_config(config: Arc<StatsConfig>) -> Self {
+        Self {
+            config,
+            metrics: Mutex::new(BTreeMap::new()),
+        }
+    }
+
     /// The counter named `name`, created on first use. Config-time only.
     pub fn counter(&self, name: &str) -> Arc<Counter> {
-        let mut metrics = self.lock();
-        match metrics.get(name) {
-            Some(Metric::Counter(c)) => c.clone(),
-            _ => {
-                let c = Arc::new(Counter::default());
-                metrics.insert(name.to_string(), Metric::Counter(c.clone()));
-                c
-            }
+        match self.get_or_create(name, || Metric::Counter(Arc::default())) {
+            Metric::Counter(c) => c,
+            _ => Arc::default(),
         }
     }
 
     pub fn gauge(&self, name: &str) -> Arc<Gauge> {
-        let mut metrics = self.lock();
-        match metrics.get(name) {
-            Some(Metric::Gauge(g)) => g.clone(),
-            _ => {
-                let g = Arc::new(Gauge::default());
-                metrics.insert(name.to_string(), Metric::Gauge(g.clone()));
-                g
-            }
+        match self.get_or_create(name, || Metric::Gauge(Arc::default())) {
+            Metric::Gauge(g) => g,
+            _ => Arc::default(),
         }
     }
 
     pub fn histogram(&self, name: &str) -> Arc<Histogram> {
+        match self.get_or_create(name, || Metric::Histogram(Arc::default())) {
+            Metric::Histogram(h) => h,
+            _ => Arc::default(),
+        }
+    }
+
+    /// The stat `name` if it exists with the same kind as `make` builds, else a new one:
+    /// stored (with its tags extracted now) unless the matcher rejects the name. A stat of
+    /// another kind under the same name is replaced, as before tags existed.
+    fn get_or_create(&self, name: &str, make: impl FnOnce() -> Metric) -> Metric {
+        let fresh = make();
         let mut metrics = self.lock();
-        match metrics.get(name) {
-            Some(Metric::Histogram(h)) => h.clone(),
-            _ => {
-                let h = Arc::new(Histogram::default());
-                metrics.insert(name.to_string(), Metric::Histogram(h.clone()));
-                h
+        if let Some(existing) = metrics.get(name) {
+            if std::mem::discriminant(&existing.metric) == std::mem::discriminant(&fresh) {
+                return existing.metric.clone();
             }
         }
+        if self.config.matcher.rejects(name) {
+            return fresh;
+        }
+        let (tag_extracted_name, tags) = self.config.tags.produce(name);
+        metrics.insert(
+            name.to_string(),
+            Entry {
+                metric: fresh.clone(),
+                info: Arc::new(TagInfo {
+                    tag_extracted_name,
+                    tags,
+                }),
+            },
+        );
+        fresh
     }
 
     /// Every stat, sorted by name.
     pub fn snapshot(&self) -> Vec<(String, Metric)> {
+        self.lock()
+            .iter()
+            .map(|(k, v)| (k.clone(), v.metric.clone()))
+            .collect()
+    }
+
+    /// Every stat with its tags, sorted by name.
+    pub fn entries(&self) -> Vec<(String, Entry)> {
         self.lock()
             .iter()
             .map(|(k, v)| (k.clone(), v.clone()))
@@ -130,7 +208,7 @@ impl Store {
         self.lock().retain(|name, _| !name.starts_with(prefix));
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Metric>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Entry>> {
         // A panic while holding this lock cannot leave the map inconsistent (single inserts).
         self.metrics.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -149,6 +227,41 @@ mod tests {
         b.add(2);
         assert_eq!(a.value(), 3);
         store.remove_scope("cluster.x.");
+        assert!(store.snapshot().is_empty());
+    }
+
+    #[test]
+    fn tags_are_extracted_once_at_creation() {
+        let store = Store::new();
+        store.counter("cluster.backend.upstream_rq_200").inc();
+        let entries = store.entries();
+        let info = &entries[0].1.info;
+        assert_eq!(info.tag_extracted_name, "cluster.upstream_rq");
+        assert_eq!(
+            info.tags,
+            vec![
+                Tag {
+                    name: "envoy.response_code".into(),
+                    value: "200".into()
+                },
+                Tag {
+                    name: "envoy.cluster_name".into(),
+                    value: "backend".into()
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn rejected_stats_work_but_are_not_stored() {
+        let config = StatsConfig {
+            tags: TagProducer::envoy_default(),
+            matcher: StatsMatcher::RejectAll,
+        };
+        let store = Store::with_config(Arc::new(config));
+        let c = store.counter("cluster.x.upstream_rq_total");
+        c.inc();
+        assert_eq!(c.value(), 1);
         assert!(store.snapshot().is_empty());
     }
 

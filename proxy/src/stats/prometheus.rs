@@ -1,57 +1,110 @@
-//! Prometheus text exposition (format 0.0.4) of the store, named as Envoy does: `envoy_`
-//! prefix, `.` and other invalid characters become `_`. Tag extraction (labels such as
-//! `envoy_cluster_name`) comes with the observability issue; until then names carry their
-//! scope in the metric name.
+//! Prometheus text exposition (format 0.0.4) of the store, as Envoy's `/stats/prometheus`:
+//! the metric name is `envoy_` and the tag-extracted name with every character outside
+//! `[a-zA-Z0-9_]` turned into `_`; tags are labels (names sanitised the same way, values
+//! escaped); one `# TYPE` line per family with all its label sets under it; counters first,
+//! then gauges, then histograms (cumulative buckets, Envoy's default bounds).
+//! https://www.envoyproxy.io/docs/envoy/latest/operations/admin#get--stats-prometheus
 
-use super::{Metric, Store, DEFAULT_BUCKETS};
+use super::{Entry, Metric, Store, Tag, DEFAULT_BUCKETS};
+use std::collections::BTreeMap;
 use std::fmt::Write;
 
-pub fn render(store: &Store, used_only: bool) -> String {
-    let mut out = String::new();
-    for (name, metric) in store.snapshot() {
-        let name = sanitize(&name);
-        match metric {
+/// Which stats to print.
+#[derive(Default)]
+pub struct Options<'a> {
+    /// `?usedonly`: only stats written since start.
+    pub used_only: bool,
+    /// `?filter=`: matched against the full Envoy stat name.
+    pub filter: Option<&'a regex::Regex>,
+}
+
+pub fn render(store: &Store, options: &Options<'_>) -> String {
+    // (kind, metric name) → (labels, metric) for each series of the family.
+    let mut families: BTreeMap<(u8, String), Vec<(String, Metric)>> = BTreeMap::new();
+    for (name, Entry { metric, info }) in store.entries() {
+        if options.filter.is_some_and(|re| !re.is_match(&name)) {
+            continue;
+        }
+        let kind = match &metric {
             Metric::Counter(c) => {
-                if used_only && c.value() == 0 {
+                if options.used_only && c.value() == 0 {
                     continue;
                 }
-                let _ = write!(
-                    out,
-                    "# TYPE envoy_{name} counter\nenvoy_{name}{{}} {}\n",
-                    c.value()
-                );
+                0
             }
             Metric::Gauge(g) => {
-                if used_only && !g.used() {
+                if options.used_only && !g.used() {
                     continue;
                 }
-                let _ = write!(
-                    out,
-                    "# TYPE envoy_{name} gauge\nenvoy_{name}{{}} {}\n",
-                    g.value()
-                );
+                1
             }
             Metric::Histogram(h) => {
-                let s = h.snapshot();
-                if used_only && s.count == 0 {
+                if options.used_only && h.snapshot().count == 0 {
                     continue;
                 }
-                let _ = writeln!(out, "# TYPE envoy_{name} histogram");
-                for (bound, count) in DEFAULT_BUCKETS.iter().zip(&s.cumulative) {
-                    let le = if bound.is_infinite() {
-                        "+Inf".to_string()
-                    } else {
-                        format_bound(*bound)
-                    };
-                    let _ = writeln!(out, "envoy_{name}_bucket{{le=\"{le}\"}} {count}");
+                2
+            }
+        };
+        let family = format!("envoy_{}", sanitize(&info.tag_extracted_name));
+        families
+            .entry((kind, family))
+            .or_default()
+            .push((labels(&info.tags), metric));
+    }
+    let mut out = String::new();
+    for ((_, family), mut series) in families {
+        series.sort_by(|a, b| a.0.cmp(&b.0));
+        let kind = match series.first() {
+            Some((_, Metric::Counter(_))) => "counter",
+            Some((_, Metric::Gauge(_))) => "gauge",
+            _ => "histogram",
+        };
+        let _ = writeln!(out, "# TYPE {family} {kind}");
+        for (labels, metric) in series {
+            match metric {
+                Metric::Counter(c) => {
+                    let _ = writeln!(out, "{family}{{{labels}}} {}", c.value());
                 }
-                let _ = write!(
-                    out,
-                    "envoy_{name}_sum{{}} {}\nenvoy_{name}_count{{}} {}\n",
-                    s.sum, s.count
-                );
+                Metric::Gauge(g) => {
+                    let _ = writeln!(out, "{family}{{{labels}}} {}", g.value());
+                }
+                Metric::Histogram(h) => {
+                    let s = h.snapshot();
+                    let sep = if labels.is_empty() { "" } else { "," };
+                    for (bound, count) in DEFAULT_BUCKETS.iter().zip(&s.cumulative) {
+                        let le = if bound.is_infinite() {
+                            "+Inf".to_string()
+                        } else {
+                            format_bound(*bound)
+                        };
+                        let _ =
+                            writeln!(out, "{family}_bucket{{{labels}{sep}le=\"{le}\"}} {count}");
+                    }
+                    let _ = write!(
+                        out,
+                        "{family}_sum{{{labels}}} {}\n{family}_count{{{labels}}} {}\n",
+                        s.sum, s.count
+                    );
+                }
             }
         }
+    }
+    out
+}
+
+/// `name="value",...` in the stat's tag order.
+fn labels(tags: &[Tag]) -> String {
+    let mut out = String::new();
+    for (i, tag) in tags.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        let _ = write!(
+            out,
+            "{}=\"{}\"",
+            sanitize(&tag.name),
+            escape_value(&tag.value)
+        );
     }
     out
 }
@@ -75,4 +128,77 @@ pub fn sanitize(name: &str) -> String {
             }
         })
         .collect()
+}
+
+/// Label values as the text format requires: `\` → `\\`, `"` → `\"`, newline → `\n`.
+pub fn escape_value(value: &str) -> String {
+    let mut out = String::with_capacity(value.len());
+    for c in value.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '"' => out.push_str("\\\""),
+            '\n' => out.push_str("\\n"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn families_group_label_sets_under_one_type_line() {
+        let store = Store::new();
+        store.counter("cluster.a.upstream_rq_200").add(2);
+        store.counter("cluster.b.upstream_rq_200").inc();
+        store.counter("cluster.b.upstream_rq_503").inc();
+        store.gauge("server.live").set(1);
+        store.counter("cluster.b.upstream_cx_total");
+        let all = render(&store, &Options::default());
+        assert_eq!(
+            all,
+            "# TYPE envoy_cluster_upstream_cx_total counter\n\
+             envoy_cluster_upstream_cx_total{envoy_cluster_name=\"b\"} 0\n\
+             # TYPE envoy_cluster_upstream_rq counter\n\
+             envoy_cluster_upstream_rq{envoy_response_code=\"200\",envoy_cluster_name=\"a\"} 2\n\
+             envoy_cluster_upstream_rq{envoy_response_code=\"200\",envoy_cluster_name=\"b\"} 1\n\
+             envoy_cluster_upstream_rq{envoy_response_code=\"503\",envoy_cluster_name=\"b\"} 1\n\
+             # TYPE envoy_server_live gauge\n\
+             envoy_server_live{} 1\n"
+        );
+        let used = render(
+            &store,
+            &Options {
+                used_only: true,
+                filter: None,
+            },
+        );
+        assert!(!used.contains("upstream_cx_total"), "{used}");
+    }
+
+    #[test]
+    fn histograms_put_le_after_the_tags() {
+        let store = Store::new();
+        store.histogram("cluster.a.upstream_rq_time").record(3.0);
+        let out = render(&store, &Options::default());
+        assert!(out.starts_with("# TYPE envoy_cluster_upstream_rq_time histogram\n"));
+        assert!(out.contains(
+            "envoy_cluster_upstream_rq_time_bucket{envoy_cluster_name=\"a\",le=\"0.5\"} 0\n"
+        ));
+        assert!(out.contains(
+            "envoy_cluster_upstream_rq_time_bucket{envoy_cluster_name=\"a\",le=\"+Inf\"} 1\n"
+        ));
+        assert!(out.ends_with(
+            "envoy_cluster_upstream_rq_time_sum{envoy_cluster_name=\"a\"} 3\n\
+             envoy_cluster_upstream_rq_time_count{envoy_cluster_name=\"a\"} 1\n"
+        ));
+    }
+
+    #[test]
+    fn label_values_are_escaped() {
+        assert_eq!(escape_value("a\"b\\c\nd"), "a\\\"b\\\\c\\nd");
+        assert_eq!(sanitize("envoy.cluster-name"), "envoy_cluster_name");
+    }
 }
