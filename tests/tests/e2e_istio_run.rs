@@ -41,9 +41,11 @@ fn name(path: &Path) -> String {
 fn check_golden(path: &Path) {
     let golden = fs::read_to_string(path).expect("read the golden");
     let ports = SidecarPorts::allocate();
+    // With the agent down there is no control plane: like Envoy, Outrigger would wait for it
+    // forever with the goldens' `initial_fetch_timeout: 0s`, so the wait is shortened.
     let proxy = RunningProxy::start(
         Kind::Outrigger,
-        &istio::rewrite(&golden, &ports),
+        &istio::with_initial_fetch_timeout(&istio::rewrite(&golden, &ports), "0.1s"),
         PILOT_AGENT_FLAGS,
     );
     let fixed = listener_ports(&golden);

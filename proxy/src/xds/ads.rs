@@ -36,6 +36,8 @@ use xds_proto::pb::google::rpc::Status;
 const NACK_CODE: i32 = 13;
 const BACKOFF_BASE: Duration = Duration::from_millis(500);
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
+/// How often warming and initial-fetch deadlines are checked.
+const TICK: Duration = Duration::from_millis(100);
 
 /// What the proxy has asked for and accepted, per type; it outlives streams.
 #[derive(Debug, Default)]
@@ -186,12 +188,15 @@ impl AdsClient {
                 }
             }
             self.connected.set(0);
-            let wait = crate::random::below(backoff.as_millis() as u64 + 1);
-            tokio::time::sleep(Duration::from_millis(wait)).await;
+            let wait = Duration::from_millis(crate::random::below(backoff.as_millis() as u64 + 1));
+            let until = Instant::now() + wait;
+            // Warming and initial fetch deadlines keep running while disconnected.
+            while Instant::now() < until {
+                tokio::time::sleep(until.saturating_duration_since(Instant::now()).min(TICK)).await;
+                self.applier.expire_warming();
+                self.progress_init();
+            }
             backoff = (backoff * 2).min(BACKOFF_MAX);
-            // Warming deadlines keep running while disconnected.
-            self.applier.expire_warming();
-            self.progress_init();
         }
     }
 
@@ -243,7 +248,7 @@ impl AdsClient {
         self.connected.set(1);
         tracing::info!(target: "config", "ADS stream to cluster '{}' established ({})", self.ads.cluster, if self.ads.delta { "delta" } else { "state of the world" });
         let mut received = false;
-        let mut tick = tokio::time::interval(Duration::from_millis(250));
+        let mut tick = tokio::time::interval(TICK);
         loop {
             let next = tokio::select! {
                 next = next_response(&mut inbound, &self.applier) => next,
@@ -481,14 +486,11 @@ impl AdsClient {
                 }
             }
         }
-        let starting_lds = !self.subscriptions[&Kind::Listener].started
-            && self.lds.is_some()
-            && self.clusters_initialized();
-        if starting_lds {
-            self.start(Kind::Listener);
+        let lds_started = self.subscriptions[&Kind::Listener].started;
+        self.progress_init();
+        if !lds_started && self.subscriptions[&Kind::Listener].started {
             self.send_subscription(Kind::Listener, out, false);
         }
-        self.progress_init();
     }
 
     fn initial_fetch_done(&self, kind: Kind, source: Option<ConfigSource>) -> bool {
@@ -512,6 +514,11 @@ impl AdsClient {
     fn progress_init(&mut self) {
         if self.live {
             return;
+        }
+        // LDS starts once the clusters are initialised, stream or not: its own initial fetch
+        // timeout then runs even while the control plane is unreachable.
+        if self.lds.is_some() && self.clusters_initialized() {
+            self.start(Kind::Listener);
         }
         let done = self.clusters_initialized()
             && self.initial_fetch_done(Kind::Listener, self.lds)
