@@ -24,7 +24,12 @@ pub const PILOT_AGENT_FLAGS: &[&str] = &[
 ];
 
 pub fn goldens_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/vectors/istio-bootstrap")
+    vectors_dir().join("istio-bootstrap")
+}
+
+/// `shared/vectors/`: the data taken from Istio that tests replay.
+pub fn vectors_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/vectors")
 }
 
 /// Every `*_golden.json`, sorted by name.
