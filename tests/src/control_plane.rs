@@ -105,17 +105,47 @@ impl ControlPlane {
         Self::start_on(0)
     }
 
-    /// Starts on `port` (to come back where a stopped one was).
-    pub fn start_on(port: u16) -> ControlPlane {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
+    /// Starts on the Unix socket `path` (as Istio's agent serves `./etc/istio/proxy/XDS`).
+    pub fn start_unix(path: &std::path::Path) -> ControlPlane {
+        let runtime = Self::runtime();
+        let _ = std::fs::remove_file(path);
+        let listener = {
+            let _guard = runtime.enter();
+            tokio::net::UnixListener::bind(path).expect("bind the control plane's socket")
+        };
+        let incoming = tokio_stream::wrappers::UnixListenerStream::new(listener);
+        Self::serve(runtime, incoming, SocketAddr::from(([0, 0, 0, 0], 0)))
+    }
+
+    fn runtime() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .enable_all()
             .build()
-            .expect("a runtime for the control plane");
+            .expect("a runtime for the control plane")
+    }
+
+    /// Starts on `port` (to come back where a stopped one was).
+    pub fn start_on(port: u16) -> ControlPlane {
+        let runtime = Self::runtime();
         let listener = runtime
             .block_on(tokio::net::TcpListener::bind(("127.0.0.1", port)))
             .expect("bind the control plane");
         let addr = listener.local_addr().expect("a bound address");
+        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+        Self::serve(runtime, incoming, addr)
+    }
+
+    fn serve<S, IO>(runtime: tokio::runtime::Runtime, incoming: S, addr: SocketAddr) -> ControlPlane
+    where
+        S: Stream<Item = std::io::Result<IO>> + Send + 'static,
+        IO: tokio::io::AsyncRead
+            + tokio::io::AsyncWrite
+            + tonic::transport::server::Connected
+            + Unpin
+            + Send
+            + 'static,
+    {
         let shared = Arc::new(Shared {
             state: Mutex::new(State::default()),
             changed: watch::channel(0).0,
@@ -126,7 +156,6 @@ impl ControlPlane {
             shared: shared.clone(),
         });
         runtime.spawn(async move {
-            let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
             let _ = tonic::transport::Server::builder()
                 .add_service(service)
                 .serve_with_incoming_shutdown(incoming, async {

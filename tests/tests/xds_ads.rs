@@ -396,3 +396,32 @@ fn delta_reconnect_sends_the_versions_held() {
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+/// Istio's `xds-grpc` cluster is a Unix socket at a path relative to the proxy's working
+/// directory. The proxy runs in a temporary directory under the system's; the socket is put
+/// beside it and named with `../`.
+#[test]
+fn ads_over_a_unix_socket_at_a_relative_path() {
+    let name = format!("outrigger-xds-{}-{}.sock", std::process::id(), free_port());
+    let path = std::env::temp_dir().join(&name);
+    let cp = ControlPlane::start_unix(&path);
+    let up = Upstream::start("one");
+    let port = free_port();
+    cp.set(CLUSTER, vec![cluster()]);
+    cp.set(ENDPOINT, vec![endpoints(up.port())]);
+    cp.set(LISTENER, vec![listener("127.0.0.1", port)]);
+    cp.set(ROUTE, vec![route_to_backend()]);
+    let tcp = format!(
+        "socket_address: {{ address: 127.0.0.1, port_value: {} }}",
+        cp.port()
+    );
+    let bootstrap = bootstrap(free_port(), cp.port(), true)
+        .replace(&tcp, &format!("pipe: {{ path: \"../{name}\" }}"));
+    assert!(bootstrap.contains(&name));
+    let _proxy = RunningProxy::start(Kind::Outrigger, &bootstrap, &[]);
+    assert_eq!(
+        body_becomes(&format!("http://127.0.0.1:{port}/"), "200 one"),
+        "200 one"
+    );
+    let _ = std::fs::remove_file(&path);
+}
