@@ -33,7 +33,9 @@ pub struct ClusterStats {
     /// `upstream_rq_1xx` .. `upstream_rq_5xx`, created on first use as Envoy does.
     classes: [OnceLock<Arc<Counter>>; 5],
     /// `upstream_rq_<code>`, created on a code's first use.
-    codes: Box<[OnceLock<Arc<Counter>>; 500]>,
+    /// Allocated on the cluster's first response: most of a mesh's thousands of clusters never
+    /// see traffic, and 500 slots are 4 KiB.
+    codes: OnceLock<Box<[OnceLock<Arc<Counter>>; 500]>>,
 }
 
 impl ClusterStats {
@@ -56,7 +58,7 @@ impl ClusterStats {
             membership_total: g("membership_total"),
             membership_healthy: g("membership_healthy"),
             classes: std::array::from_fn(|_| OnceLock::new()),
-            codes: Box::new(std::array::from_fn(|_| OnceLock::new())),
+            codes: OnceLock::new(),
             store: store.clone(),
             prefix,
         }
@@ -73,7 +75,10 @@ impl ClusterStats {
                 })
                 .inc();
         }
-        if let Some(slot) = self.codes.get(usize::from(code).wrapping_sub(100)) {
+        let codes = self
+            .codes
+            .get_or_init(|| Box::new(std::array::from_fn(|_| OnceLock::new())));
+        if let Some(slot) = codes.get(usize::from(code).wrapping_sub(100)) {
             slot.get_or_init(|| {
                 self.store
                     .counter(&format!("{}upstream_rq_{code}", self.prefix))
