@@ -1,6 +1,6 @@
 //! Live updates without loss: 1,000 EDS clusters of 10 endpoints arrive over delta ADS (as
 //! Istio sends them), then 100 updates (endpoint changes, cluster replacements, route table
-//! swaps) are pushed while a load generator keeps 8 connections busy on the clusters being
+//! swaps, listener replacements) are pushed while a load generator keeps 8 connections busy on the clusters being
 //! changed. Not one request may fail.
 
 use bytes::Bytes;
@@ -71,7 +71,7 @@ fn routes(version: usize) -> (String, Any) {
     )
 }
 
-fn listener(port: u16) -> (String, Any) {
+fn listener(port: u16, generation: usize) -> (String, Any) {
     yaml::<Listener>(
         "http".into(),
         &format!(
@@ -83,7 +83,7 @@ filter_chains:
   - name: envoy.filters.network.http_connection_manager
     typed_config:
       "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
-      stat_prefix: soak
+      stat_prefix: soak{generation}
       rds: {{ route_config_name: routes, config_source: {{ ads: {{}}, resource_api_version: V3 }} }}
       http_filters:
       - name: envoy.filters.http.router
@@ -212,7 +212,7 @@ fn one_hundred_updates_under_load_lose_nothing() {
             .collect(),
     );
     let port = free_port();
-    cp.set(LISTENER, vec![listener(port)]);
+    cp.set(LISTENER, vec![listener(port, 0)]);
     cp.set(ROUTE, vec![routes(0)]);
     let proxy = RunningProxy::start(Kind::Outrigger, &bootstrap(free_port(), cp.port()), &[]);
     let clusters = proxy
@@ -231,7 +231,7 @@ fn one_hundred_updates_under_load_lose_nothing() {
     let mut cluster_sets: Vec<(String, Any)> = (0..CLUSTERS).map(|i| cluster(i, 1000)).collect();
     for k in 0..UPDATES {
         let hot = k % HOT;
-        match k % 3 {
+        match k % 4 {
             // Endpoints move: a different half of the upstreams.
             0 => {
                 endpoint_sets[hot] = assignment(hot, &ports, k, ENDPOINTS / 2);
@@ -243,7 +243,9 @@ fn one_hundred_updates_under_load_lose_nothing() {
                 cp.set(CLUSTER, cluster_sets.clone());
             }
             // A new route table.
-            _ => cp.set(ROUTE, vec![routes(k)]),
+            2 => cp.set(ROUTE, vec![routes(k)]),
+            // The listener is replaced on its socket; its old connections drain.
+            _ => cp.set(LISTENER, vec![listener(port, k)]),
         }
         std::thread::sleep(Duration::from_millis(30));
     }
@@ -252,7 +254,7 @@ fn one_hundred_updates_under_load_lose_nothing() {
         Duration::from_secs(30),
         "the last updates to be answered",
         |r| {
-            [CLUSTER, ENDPOINT, ROUTE].iter().all(|t| {
+            [CLUSTER, ENDPOINT, LISTENER, ROUTE].iter().all(|t| {
                 r.iter()
                     .rev()
                     .find(|r| r.type_url == *t && r.answers())

@@ -29,7 +29,7 @@ pub async fn serve_connection<I>(
     io: I,
     ctx: Arc<HttpContext>,
     downstream: super::Downstream,
-    mut drain: tokio::sync::watch::Receiver<bool>,
+    mut drain: crate::server::Drain,
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -46,11 +46,24 @@ pub async fn serve_connection<I>(
             // The codec is known once the first request arrives (AUTO sniffs it).
             if !activity.protocol_counted.swap(true, Ordering::Relaxed) {
                 match request.version() {
-                    http::Version::HTTP_2 => ctx.stats.downstream_cx_http2_total.inc(),
+                    http::Version::HTTP_2 => {
+                        activity.http2.store(true, Ordering::Relaxed);
+                        ctx.stats.downstream_cx_http2_total.inc()
+                    }
                     _ => ctx.stats.downstream_cx_http1_total.inc(),
                 }
             }
-            Ok::<_, Infallible>(handle(&ctx, downstream, request).await)
+            let http1 = request.version() != http::Version::HTTP_2;
+            let mut response = handle(&ctx, downstream, request).await;
+            if http1 && activity.draining.load(Ordering::Relaxed) {
+                // The client learns with this response that the connection ends, so it never
+                // sends a request into a close (Envoy's drain of HTTP/1.1 connections).
+                response.headers_mut().insert(
+                    http::header::CONNECTION,
+                    http::HeaderValue::from_static("close"),
+                );
+            }
+            Ok::<_, Infallible>(response)
         }
     });
     let limits = &ctx.hcm.limits;
@@ -81,9 +94,20 @@ pub async fn serve_connection<I>(
     };
     let connection = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
     tokio::pin!(connection);
+    let drain_activity = activity.clone();
     let close_reason = async {
         tokio::select! {
-            _ = crate::server::wait_drain(&mut drain) => "drain",
+            _ = drain.started() => {
+                if !drain_activity.http2.load(Ordering::Relaxed) {
+                    // HTTP/1.1: closing an idle keep-alive connection now races with the
+                    // client's next request. Each response says `Connection: close` instead,
+                    // and the connection ends with it or when the drain time is up.
+                    drain_activity.draining.store(true, Ordering::Relaxed);
+                    drain.expired().await;
+                    return "drain time elapsed";
+                }
+                "drain"
+            },
             _ = activity.idle_for(limits.idle_timeout) => "idle timeout",
             _ = sleep_or_forever(limits.max_connection_duration) => "max connection duration",
         }
@@ -92,13 +116,27 @@ pub async fn serve_connection<I>(
         result = connection.as_mut() => result,
         reason = close_reason => {
             tracing::debug!(target: "http", "closing downstream connection: {reason}");
+            if reason == "drain time elapsed" {
+                return finish(&ctx);
+            }
             connection.as_mut().graceful_shutdown();
-            connection.await
+            // In-flight requests get the drain window to finish; then the connection closes.
+            tokio::select! {
+                result = connection.as_mut() => result,
+                _ = drain.expired() => {
+                    tracing::debug!(target: "http", "drain time is up: closing a downstream connection");
+                    Ok(())
+                }
+            }
         }
     };
     if let Err(e) = result {
         tracing::debug!(target: "http", "downstream connection ended with an error: {e}");
     }
+    finish(&ctx);
+}
+
+fn finish(ctx: &HttpContext) {
     ctx.stats.downstream_cx_active.dec();
 }
 
@@ -139,6 +177,10 @@ async fn sleep_or_forever(duration: Option<Duration>) {
 struct Activity {
     active: AtomicUsize,
     protocol_counted: std::sync::atomic::AtomicBool,
+    /// Set once the first request showed the connection is HTTP/2.
+    http2: std::sync::atomic::AtomicBool,
+    /// The listener is draining: HTTP/1.1 responses carry `Connection: close`.
+    draining: std::sync::atomic::AtomicBool,
     since: std::sync::Mutex<tokio::time::Instant>,
 }
 
@@ -157,6 +199,8 @@ impl Activity {
         Self {
             active: AtomicUsize::new(0),
             protocol_counted: std::sync::atomic::AtomicBool::new(false),
+            http2: std::sync::atomic::AtomicBool::new(false),
+            draining: std::sync::atomic::AtomicBool::new(false),
             since: std::sync::Mutex::new(tokio::time::Instant::now()),
         }
     }

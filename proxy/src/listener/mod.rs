@@ -98,6 +98,7 @@ pub async fn run(
     table: Arc<ArcSwap<ListenerTable>>,
     mut stop: watch::Receiver<bool>,
     node_address: Option<std::net::IpAddr>,
+    drain_window: std::time::Duration,
 ) {
     let bound = match &socket {
         BoundSocket::Tcp(l) => l.local_addr().ok(),
@@ -175,7 +176,10 @@ pub async fn run(
         }
         let chain_runtime = chain_runtime.clone();
         let target = target.clone();
-        let drain = current.drain.clone();
+        let drain = crate::server::Drain {
+            signal: current.drain.clone(),
+            window: drain_window,
+        };
         target.stats.downstream_cx_active.inc();
         tokio::spawn(async move {
             let downstream = Downstream {
@@ -185,7 +189,7 @@ pub async fn run(
             };
             match chain_runtime {
                 ChainRuntime::Http(ctx) => serve_connection(stream, ctx, downstream, drain).await,
-                ChainRuntime::Tcp(ctx) => crate::tcp::proxy(stream, ctx, downstream).await,
+                ChainRuntime::Tcp(ctx) => crate::tcp::proxy(stream, ctx, downstream, drain).await,
                 ChainRuntime::Close => {}
             }
             target.stats.downstream_cx_active.dec();

@@ -15,6 +15,28 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use tokio::sync::watch;
 
+/// What a connection watches to know it must wind down: the drain signal of its listener
+/// generation, and how long it may take to finish after it (`--drain-time-s`) before it is
+/// closed regardless.
+#[derive(Debug, Clone)]
+pub struct Drain {
+    pub signal: watch::Receiver<bool>,
+    pub window: std::time::Duration,
+}
+
+impl Drain {
+    /// Resolves when the listener starts draining.
+    pub async fn started(&mut self) {
+        wait_drain(&mut self.signal).await;
+    }
+
+    /// Resolves `window` after the drain started: time is up for the connection.
+    pub async fn expired(&mut self) {
+        self.started().await;
+        tokio::time::sleep(self.window).await;
+    }
+}
+
 /// Resolves once `drain` is set (or its sender is gone). `wait_for` returns a guard that is
 /// not `Send`; it is dropped here so callers can use this inside `select!` in spawned tasks.
 pub async fn wait_drain(drain: &mut watch::Receiver<bool>) {

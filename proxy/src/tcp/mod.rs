@@ -27,7 +27,14 @@ pub struct TcpContext {
     pub stats: TcpStats,
 }
 
-pub async fn proxy(downstream: Stream, ctx: Arc<TcpContext>, info: crate::http::Downstream) {
+/// Proxies one downstream connection. When its listener drains, the connection keeps going
+/// for the drain window and is then closed (Envoy's behaviour for tcp_proxy).
+pub async fn proxy(
+    downstream: Stream,
+    ctx: Arc<TcpContext>,
+    info: crate::http::Downstream,
+    mut drain: crate::server::Drain,
+) {
     let stats = &ctx.stats;
     stats.downstream_cx_total.inc();
     let config = &ctx.config;
@@ -40,7 +47,14 @@ pub async fn proxy(downstream: Stream, ctx: Arc<TcpContext>, info: crate::http::
     let Some(upstream) = connect(&cluster, config, info.local).await else {
         return;
     };
-    let (sent, received, idle) = copy_both_ways(downstream, upstream, config.idle_timeout).await;
+    let copied = tokio::select! {
+        copied = copy_both_ways(downstream, upstream, config.idle_timeout) => copied,
+        _ = drain.expired() => {
+            tracing::debug!(target: "filter", "tcp_proxy {}: drain time is up, closing", config.stat_prefix);
+            return;
+        }
+    };
+    let (sent, received, idle) = copied;
     if idle {
         stats.idle_timeout.inc();
     }
