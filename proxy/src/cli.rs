@@ -73,8 +73,9 @@ pub struct Options {
     /// Seconds listeners drain for before they close (Envoy's default: 600).
     #[arg(long = "drain-time-s", default_value_t = 600)]
     pub drain_time_s: u64,
-    /// gradual or immediate. Accepted; draining behaves as immediate until xDS listener
-    /// updates land (issue 5).
+    /// gradual or immediate. Both behave alike: from the start of a drain every HTTP/1.1
+    /// response carries `Connection: close` and HTTP/2 connections get GOAWAY (Envoy's
+    /// gradual strategy spreads the closes over the drain time instead).
     #[arg(long = "drain-strategy", value_enum, default_value = "gradual")]
     pub drain_strategy: DrainStrategy,
     /// Accepted for compatibility; hot restart does not exist in Outrigger.

@@ -4,9 +4,10 @@
 //! Envoy: https://www.envoyproxy.io/docs/envoy/latest/api-v3/config/core/v3/config_source.proto
 //! and https://www.envoyproxy.io/docs/envoy/latest/api-v3/config/bootstrap/v3/bootstrap.proto#config-bootstrap-v3-bootstrap-dynamicresources
 //!
-//! Outrigger speaks ADS (state of the world and delta). A config source that names another
-//! transport (a per-type `api_config_source`, files, `self`) is refused with its path by the
-//! field policy rather than silently never updating.
+//! Outrigger speaks ADS (state of the world and delta), and reads LDS and CDS from files
+//! (`path_config_source`, Envoy's filesystem subscriptions). A config source that names
+//! another transport (a per-type `api_config_source`, `self`) is refused with its path rather
+//! than silently never updating.
 #![allow(deprecated)] // `ApiVersion::V2` is deprecated; it is named only to refuse it.
 
 use super::error::{FieldPath, Result};
@@ -19,8 +20,10 @@ use xds_proto::pb::envoy::config::core::v3::{
 };
 
 /// A resource's config source, reduced to what changes behaviour.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfigSource {
+    /// A file holding a `DiscoveryResponse`, watched for changes; None for ADS.
+    pub path: Option<std::path::PathBuf>,
     /// How long the first fetch may take before the resource's dependents stop waiting for
     /// it. None waits forever (`0s`; Istio's choice for LDS and CDS). Envoy's default is 15 s.
     pub initial_fetch_timeout: Option<Duration>,
@@ -28,13 +31,51 @@ pub struct ConfigSource {
 
 const DEFAULT_INITIAL_FETCH_TIMEOUT: Duration = Duration::from_secs(15);
 
+/// A config source delivered over ADS (RDS, EDS): files are refused here.
 pub fn config_source(c: &ProtoConfigSource, path: &FieldPath) -> Result<ConfigSource> {
-    match &c.config_source_specifier {
-        Some(ConfigSourceSpecifier::Ads(_)) => {}
-        Some(_) => return Err(path.error(
-            "only ADS config sources are supported (set `ads: {}` and the bootstrap's ads_config)",
-        )),
+    let source = any_config_source(c, path)?;
+    if source.path.is_some() {
+        return Err(path
+            .error("file config sources are supported for LDS and CDS only; use `ads: {}` here"));
+    }
+    Ok(source)
+}
+
+/// A config source for LDS or CDS: ADS or a file.
+/// Envoy: https://www.envoyproxy.io/docs/envoy/latest/configuration/overview/xds_api#filesystem-subscriptions
+pub fn any_config_source(c: &ProtoConfigSource, path: &FieldPath) -> Result<ConfigSource> {
+    let file = match &c.config_source_specifier {
+        Some(ConfigSourceSpecifier::Ads(_)) => None,
+        Some(ConfigSourceSpecifier::PathConfigSource(p)) => {
+            if p.path.is_empty() {
+                return Err(path
+                    .field("path_config_source")
+                    .field("path")
+                    .error("must not be empty"));
+            }
+            // `watched_directory` names where an atomic move lands; the file itself is
+            // watched (polled), which sees those moves as well.
+            Some(std::path::PathBuf::from(&p.path))
+        }
+        Some(ConfigSourceSpecifier::Path(p)) if !p.is_empty() => Some(std::path::PathBuf::from(p)),
+        Some(ConfigSourceSpecifier::Path(_)) => {
+            return Err(path.field("path").error("must not be empty"))
+        }
+        Some(_) => {
+            return Err(path.error(
+                "only ADS and file config sources are supported (set `ads: {}` and the bootstrap's ads_config)",
+            ))
+        }
         None => return Err(path.error("a config source specifier is required")),
+    };
+    if let Some(f) = &file {
+        // Envoy: the path must exist at load time.
+        if !f.exists() {
+            return Err(path.error(format!(
+                "paths must refer to an existing path in the system: '{}' does not exist",
+                f.display()
+            )));
+        }
     }
     if ApiVersion::try_from(c.resource_api_version) == Ok(ApiVersion::V2) {
         return Err(path
@@ -49,6 +90,7 @@ pub fn config_source(c: &ProtoConfigSource, path: &FieldPath) -> Result<ConfigSo
         }
     };
     Ok(ConfigSource {
+        path: file,
         initial_fetch_timeout,
     })
 }
@@ -85,14 +127,15 @@ pub fn dynamic_resources(
     let lds = d
         .lds_config
         .as_ref()
-        .map(|c| config_source(c, &path.field("lds_config")))
+        .map(|c| any_config_source(c, &path.field("lds_config")))
         .transpose()?;
     let cds = d
         .cds_config
         .as_ref()
-        .map(|c| config_source(c, &path.field("cds_config")))
+        .map(|c| any_config_source(c, &path.field("cds_config")))
         .transpose()?;
-    if (lds.is_some() || cds.is_some()) && ads.is_none() {
+    let over_ads = |s: &Option<ConfigSource>| s.as_ref().is_some_and(|s| s.path.is_none());
+    if (over_ads(&lds) || over_ads(&cds)) && ads.is_none() {
         return Err(path
             .field("ads_config")
             .error("ADS config sources need the bootstrap's ads_config"));

@@ -80,7 +80,10 @@ static POLICIES: &[(&str, Policy)] = policies! {
              ("stats_server_version_override", STATS), ("enable_dispatcher_stats", STATS),
              ("watchdog", NO_EFFECT), ("watchdogs", NO_EFFECT), ("flags_path", NO_EFFECT)];
     "envoy.config.bootstrap.v3.Bootstrap.DynamicResources" => ["lds_config", "cds_config", "ads_config"];
-    "envoy.config.core.v3.ConfigSource" => ["ads", "initial_fetch_timeout", "resource_api_version"];
+    "envoy.config.core.v3.ConfigSource" => ["ads", "initial_fetch_timeout", "resource_api_version",
+        "path_config_source", "path"];
+    "envoy.config.core.v3.PathConfigSource" => ["path", "watched_directory"];
+    "envoy.config.core.v3.WatchedDirectory" => ["path"];
     "envoy.config.core.v3.AggregatedConfigSource" => [];
     "envoy.config.core.v3.ApiConfigSource" => ["api_type", "transport_api_version", "grpc_services",
         "set_node_on_first_message_only", "cluster_names"]

@@ -390,7 +390,7 @@ impl Listener {
             .filter_map(|filter| match filter {
                 NetworkFilter::HttpConnectionManager(hcm) => match &hcm.routes {
                     super::hcm::RouteSource::Rds { slot, source, .. } => {
-                        Some((slot.clone(), *source))
+                        Some((slot.clone(), source.clone()))
                     }
                     super::hcm::RouteSource::Static(_) => None,
                 },

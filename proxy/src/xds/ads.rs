@@ -13,7 +13,7 @@
 //!   accepted version; in delta, `initial_resource_versions`), and the proxy serves its last
 //!   accepted configuration throughout.
 
-use super::apply::{Applier, Update};
+use super::apply::{lock, Applier, SharedApplier, Update};
 use super::records::{Kind, Records};
 use crate::config::dynamic::{AdsConfig, ConfigSource};
 use crate::config::listener::Listener;
@@ -102,7 +102,7 @@ pub struct AdsClient {
     node: Node,
     server: Arc<Server>,
     clusters: Arc<ClusterManager>,
-    applier: Applier,
+    applier: SharedApplier,
     records: Arc<Records>,
     static_listeners: Vec<Arc<Listener>>,
     cds: Option<ConfigSource>,
@@ -122,7 +122,7 @@ impl AdsClient {
         node: Node,
         server: Arc<Server>,
         clusters: Arc<ClusterManager>,
-        applier: Applier,
+        applier: SharedApplier,
         records: Arc<Records>,
         config: &crate::config::Config,
     ) -> Self {
@@ -145,8 +145,9 @@ impl AdsClient {
             applier,
             records,
             static_listeners: config.listeners.clone(),
-            cds: config.dynamic.cds,
-            lds: config.dynamic.lds,
+            // Kinds read from files are not asked for on the stream.
+            cds: config.dynamic.cds.clone().filter(|s| s.path.is_none()),
+            lds: config.dynamic.lds.clone().filter(|s| s.path.is_none()),
             subscriptions: Kind::ALL
                 .into_iter()
                 .map(|k| (k, Subscription::default()))
@@ -193,11 +194,15 @@ impl AdsClient {
             // Warming and initial fetch deadlines keep running while disconnected.
             while Instant::now() < until {
                 tokio::time::sleep(until.saturating_duration_since(Instant::now()).min(TICK)).await;
-                self.applier.expire_warming();
+                self.applier().expire_warming();
                 self.progress_init();
             }
             backoff = (backoff * 2).min(BACKOFF_MAX);
         }
+    }
+
+    fn applier(&self) -> std::sync::MutexGuard<'_, Applier> {
+        lock(&self.applier)
     }
 
     fn start(&mut self, kind: Kind) {
@@ -253,7 +258,7 @@ impl AdsClient {
             let next = tokio::select! {
                 next = next_response(&mut inbound, &self.applier) => next,
                 _ = tick.tick() => {
-                    self.applier.expire_warming();
+                    self.applier().expire_warming();
                     self.progress(&outbound);
                     continue;
                 }
@@ -373,7 +378,7 @@ impl AdsClient {
         let stats = &self.stats[&kind];
         stats.attempt.inc();
         let errors = self
-            .applier
+            .applier()
             .apply(kind, response.updates, &response.removed);
         let sub = self.subscriptions.entry(kind).or_default();
         sub.first_response = true;
@@ -441,13 +446,14 @@ impl AdsClient {
     /// After each response: follow the names EDS and RDS need, start LDS once clusters are
     /// initialised, and report LIVE once everything initial is warm.
     fn progress(&mut self, out: &Outbound) {
-        for (kind, wanted) in [
-            (Kind::Endpoint, self.applier.wanted_endpoints()),
-            (
-                Kind::Route,
-                self.applier.wanted_routes(&self.static_listeners),
-            ),
-        ] {
+        let wanted = {
+            let applier = self.applier();
+            [
+                (Kind::Endpoint, applier.wanted_endpoints()),
+                (Kind::Route, applier.wanted_routes(&self.static_listeners)),
+            ]
+        };
+        for (kind, wanted) in wanted {
             let sub = self.sub(kind);
             if wanted == sub.names {
                 continue;
@@ -493,7 +499,7 @@ impl AdsClient {
         }
     }
 
-    fn initial_fetch_done(&self, kind: Kind, source: Option<ConfigSource>) -> bool {
+    fn initial_fetch_done(&self, kind: Kind, source: Option<&ConfigSource>) -> bool {
         let Some(source) = source else {
             return true;
         };
@@ -506,7 +512,8 @@ impl AdsClient {
     }
 
     fn clusters_initialized(&self) -> bool {
-        self.initial_fetch_done(Kind::Cluster, self.cds) && !self.applier.clusters_warming()
+        self.initial_fetch_done(Kind::Cluster, self.cds.as_ref())
+            && !self.applier().clusters_warming()
     }
 
     /// PRE_INITIALIZING/INITIALIZING until the initial clusters and listeners are warm, then
@@ -521,8 +528,8 @@ impl AdsClient {
             self.start(Kind::Listener);
         }
         let done = self.clusters_initialized()
-            && self.initial_fetch_done(Kind::Listener, self.lds)
-            && !self.applier.listeners_warming();
+            && self.initial_fetch_done(Kind::Listener, self.lds.as_ref())
+            && !self.applier().listeners_warming();
         if done {
             self.live = true;
             if self.server.state() != ServerState::Draining {
@@ -536,7 +543,7 @@ impl AdsClient {
 
 async fn next_response(
     inbound: &mut Inbound,
-    applier: &Applier,
+    applier: &SharedApplier,
 ) -> Result<Option<Response>, String> {
     match inbound {
         Inbound::Sotw(stream) => {
@@ -556,7 +563,7 @@ async fn next_response(
             let removed = match kind {
                 Some(k) if k.is_wildcard() => {
                     let present: BTreeSet<&str> = updates.iter().map(|u| u.name.as_str()).collect();
-                    applier
+                    lock(applier)
                         .dynamic_names(k)
                         .into_iter()
                         .filter(|n| !present.contains(n.as_str()))

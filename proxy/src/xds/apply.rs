@@ -26,6 +26,14 @@ use xds_proto::pb::envoy::config::route::v3::RouteConfiguration;
 use xds_proto::pb::envoy::extensions::transport_sockets::tls::v3::Secret;
 use xds_proto::pb::google::protobuf::Any;
 
+/// The applier, shared by the ADS stream and the file watchers.
+pub type SharedApplier = Arc<std::sync::Mutex<Applier>>;
+
+/// Locks the applier; a panic elsewhere while it was held does not stop configuration.
+pub fn lock(applier: &SharedApplier) -> std::sync::MutexGuard<'_, Applier> {
+    applier.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// One resource of a response: its name, version and payload.
 #[derive(Debug, Clone)]
 pub struct Update {

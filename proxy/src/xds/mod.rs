@@ -3,6 +3,7 @@
 
 mod ads;
 pub mod apply;
+mod files;
 pub mod records;
 
 pub use records::{Kind, Records};
@@ -14,24 +15,42 @@ use crate::upstream::ClusterManager;
 use std::sync::Arc;
 use xds_proto::pb::google::protobuf::Any;
 
-/// Starts the ADS client when the bootstrap has `dynamic_resources.ads_config`. Returns
-/// whether it did (the server then reaches LIVE only when the initial resources are warm).
+/// Starts dynamic configuration: LDS and CDS files are read once now (clusters first) and
+/// then watched; the ADS client starts when the bootstrap has `ads_config`. Returns whether
+/// ADS runs (the server then reaches LIVE only when the initial resources are warm).
 pub fn spawn(
     server: &Arc<Server>,
     clusters: &Arc<ClusterManager>,
     listeners: &Arc<ListenerManager>,
     config: &Config,
 ) -> bool {
-    let Some(ads) = config.dynamic.ads.clone() else {
-        return false;
-    };
-    let applier = apply::Applier::new(
+    let applier = Arc::new(std::sync::Mutex::new(apply::Applier::new(
         clusters.clone(),
         listeners.clone(),
         config,
         server.xds.clone(),
         server.stats.clone(),
-    );
+    )));
+    let files = [
+        (Kind::Cluster, &config.dynamic.cds),
+        (Kind::Listener, &config.dynamic.lds),
+    ];
+    for (kind, source) in files {
+        if let Some(path) = source.as_ref().and_then(|s| s.path.clone()) {
+            let mut file = files::FileSource::new(
+                kind,
+                path,
+                applier.clone(),
+                server.xds.clone(),
+                server.stats.clone(),
+            );
+            file.poll();
+            tokio::spawn(file.watch());
+        }
+    }
+    let Some(ads) = config.dynamic.ads.clone() else {
+        return false;
+    };
     let node = crate::admin::server_info::node(server);
     let client = ads::AdsClient::new(
         ads,
