@@ -21,6 +21,12 @@ pub(super) enum Balancer {
         schedule: Box<[u32]>,
         next: AtomicUsize,
     },
+    /// Equal weights: `choice_count` uniform draws, the one with the fewest active requests
+    /// wins (Envoy's power of two choices). Unequal weights: Envoy runs an EDF scheduler whose
+    /// weights are recomputed as `weight / (active + 1) ^ bias`, which needs a lock; here the
+    /// draws are weight-proportional (alias table) and the fewest active requests wins, so idle
+    /// hosts share by weight and busy ones are avoided. A bias of 0 ignores load, as in Envoy;
+    /// any positive bias ranks by active requests alike.
     LeastRequest {
         choice_count: u32,
         bias_free: bool,
