@@ -214,7 +214,10 @@ fn maglev(size: Option<u64>, use_hostname: bool, path: &FieldPath) -> Result<LbP
 }
 
 fn is_prime(n: u64) -> bool {
-    n >= 2 && (2..).take_while(|d| d * d <= n).all(|d| n % d != 0)
+    n >= 2
+        && (2..)
+            .take_while(|d| d * d <= n)
+            .all(|d| !n.is_multiple_of(d))
 }
 
 /// The typed extension policies Envoy ships; one Outrigger does not implement is refused

@@ -213,7 +213,7 @@ impl AliasTable {
     fn sample(&self) -> usize {
         let r = random::next_u64();
         // High bits pick the slot, low 32 bits the coin.
-        let slot = ((r >> 32) * self.keep.len() as u64 >> 32) as usize;
+        let slot = (((r >> 32) * self.keep.len() as u64) >> 32) as usize;
         if (r & 0xffff_ffff) < self.keep[slot] {
             slot
         } else {
@@ -278,8 +278,8 @@ pub(super) fn build_ring(
 }
 
 /// Maglev's lookup table (Eisenbud et al., NSDI 2016) with Envoy's weighting: host `j` starts
-/// its permutation at `xxHash64(key, seed 0) % M` and steps by `xxHash64(key, seed 1) % (M - 1)
-/// + 1`; rounds visit hosts in order, and a host claims its next free slot in round `r` when
+/// its permutation at `xxHash64(key, seed 0) % M` and steps by
+/// `xxHash64(key, seed 1) % (M - 1) + 1`; rounds visit hosts in order, and a host claims its next free slot in round `r` when
 /// `r * weight >= its running target`, the target growing by the largest weight per claim.
 /// https://www.envoyproxy.io/docs/envoy/latest/intro/arch_overview/upstream/load_balancing/load_balancers#maglev
 pub(super) fn build_maglev(hosts: &[Arc<Host>], table_size: u64, use_hostname: bool) -> Vec<u32> {
