@@ -1,6 +1,6 @@
 //! Per-request building blocks: header mutation (literal and with command operators), stat
-//! increments through resolved handles, and a round-robin pick over 1,000 hosts (weighted and
-//! not). Each must stay far below a microsecond; the balancers of issue 4 join here. The
+//! increments through resolved handles, a pick over 1,000 hosts for every load balancer
+//! (weighted and not), and a header hash policy. Each must stay far below a microsecond. The
 //! header-mutation figures include cloning a 10-header request map per iteration, measured
 //! on its own as `header_map_clone_10`.
 
@@ -8,6 +8,7 @@ use criterion::{criterion_group, criterion_main, Criterion};
 use http::{HeaderMap, HeaderName, HeaderValue};
 use outrigger::config::address::Endpoint;
 use outrigger::config::header_mutation::{AppendAction, HeaderMutation, HeaderTemplate};
+use outrigger::config::load_balancing::LbPolicy;
 use outrigger::format::{Context, Template};
 use outrigger::stats::Store;
 use outrigger::upstream::{Host, HostSet, HostStats};
@@ -96,8 +97,8 @@ fn stats(c: &mut Criterion) {
     });
 }
 
-fn hosts(n: u16, weighted: bool) -> HostSet {
-    let hosts = (0..n)
+fn host_list(n: u16, weighted: bool) -> Vec<Arc<Host>> {
+    (0..n)
         .map(|i| {
             let port = 10_000 + i;
             Arc::new(Host {
@@ -108,8 +109,11 @@ fn hosts(n: u16, weighted: bool) -> HostSet {
                 stats: HostStats::default(),
             })
         })
-        .collect();
-    HostSet::new(hosts)
+        .collect()
+}
+
+fn hosts(n: u16, weighted: bool) -> HostSet {
+    HostSet::new(host_list(n, weighted))
 }
 
 fn balancer(c: &mut Criterion) {
@@ -121,7 +125,79 @@ fn balancer(c: &mut Criterion) {
     c.bench_function("weighted_round_robin_pick_1000_hosts", |b| {
         b.iter(|| black_box(weighted.pick().is_some()))
     });
+    let policies = [
+        (
+            "least_request",
+            LbPolicy::LeastRequest {
+                choice_count: 2,
+                active_request_bias: 1.0,
+            },
+        ),
+        ("random", LbPolicy::Random),
+        (
+            "ring_hash",
+            LbPolicy::RingHash {
+                min_ring_size: 1024,
+                max_ring_size: 8 << 20,
+                use_hostname: false,
+            },
+        ),
+        (
+            "maglev",
+            LbPolicy::Maglev {
+                table_size: 65537,
+                use_hostname: false,
+            },
+        ),
+    ];
+    for (name, policy) in &policies {
+        for (label, weighted) in [("", false), ("weighted_", true)] {
+            let set = HostSet::with_policy(host_list(1000, weighted), policy);
+            let mut key: u64 = 0;
+            c.bench_function(&format!("{label}{name}_pick_1000_hosts"), |b| {
+                b.iter(|| {
+                    // A different hash each pick (the hashing balancers' input).
+                    key = key.wrapping_add(0x9e37_79b9_7f4a_7c15);
+                    black_box(set.pick_hashed(Some(key)).is_some())
+                })
+            });
+        }
+    }
+    // Building happens when the host set changes, off the request path; measured to show
+    // what an endpoint update costs.
+    let list = host_list(1000, true);
+    for (name, policy) in &policies[2..] {
+        c.bench_function(&format!("{name}_build_1000_hosts"), |b| {
+            b.iter(|| black_box(HostSet::with_policy(list.clone(), policy).hosts.len()))
+        });
+    }
 }
 
-criterion_group!(benches, header_mutation, stats, balancer);
+fn hash_policy(c: &mut Criterion) {
+    use outrigger::config::hash_policy::{translate_hash_policy, HashInput};
+    use xds_proto::pb::envoy::config::route::v3::route_action::{hash_policy as hp, HashPolicy};
+    let policy = translate_hash_policy(
+        &[HashPolicy {
+            terminal: false,
+            policy_specifier: Some(hp::PolicySpecifier::Header(hp::Header {
+                header_name: "x-user".into(),
+                regex_rewrite: None,
+            })),
+        }],
+        &outrigger::config::error::FieldPath::root("hash_policy"),
+    )
+    .expect("policy");
+    let mut headers = HeaderMap::new();
+    headers.insert("x-user", HeaderValue::from_static("user-12345"));
+    let input = HashInput {
+        headers: &headers,
+        query: "",
+        remote: Some(([10, 0, 0, 1], 5555).into()),
+    };
+    c.bench_function("hash_policy_header", |b| {
+        b.iter(|| black_box(policy.compute(black_box(&input)).hash))
+    });
+}
+
+criterion_group!(benches, header_mutation, stats, balancer, hash_policy);
 criterion_main!(benches);

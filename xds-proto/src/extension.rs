@@ -25,6 +25,12 @@ pub enum Extension {
     UpstreamTlsContext(Box<ext::transport_sockets::tls::v3::UpstreamTlsContext>),
     DownstreamTlsContext(Box<ext::transport_sockets::tls::v3::DownstreamTlsContext>),
     FileAccessLog(Box<ext::access_loggers::file::v3::FileAccessLog>),
+    RoundRobinLb(ext::load_balancing_policies::round_robin::v3::RoundRobin),
+    LeastRequestLb(Box<ext::load_balancing_policies::least_request::v3::LeastRequest>),
+    RandomLb(ext::load_balancing_policies::random::v3::Random),
+    RingHashLb(Box<ext::load_balancing_policies::ring_hash::v3::RingHash>),
+    MaglevLb(Box<ext::load_balancing_policies::maglev::v3::Maglev>),
+    ClusterProvidedLb(ext::load_balancing_policies::cluster_provided::v3::ClusterProvided),
 }
 
 fn decode<M: XdsMessage>(any: &Any) -> Result<M, AnyError> {
@@ -61,6 +67,12 @@ pub fn decode_extension(any: &Any) -> Result<Extension, AnyError> {
         UpstreamTlsContext(ext::transport_sockets::tls::v3::UpstreamTlsContext) boxed yes,
         DownstreamTlsContext(ext::transport_sockets::tls::v3::DownstreamTlsContext) boxed yes,
         FileAccessLog(ext::access_loggers::file::v3::FileAccessLog) boxed yes,
+        RoundRobinLb(ext::load_balancing_policies::round_robin::v3::RoundRobin),
+        LeastRequestLb(ext::load_balancing_policies::least_request::v3::LeastRequest) boxed yes,
+        RandomLb(ext::load_balancing_policies::random::v3::Random),
+        RingHashLb(ext::load_balancing_policies::ring_hash::v3::RingHash) boxed yes,
+        MaglevLb(ext::load_balancing_policies::maglev::v3::Maglev) boxed yes,
+        ClusterProvidedLb(ext::load_balancing_policies::cluster_provided::v3::ClusterProvided),
     }
     Err(AnyError::UnknownType(name.to_string()))
 }

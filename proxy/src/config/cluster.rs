@@ -8,6 +8,7 @@ use super::address::{host_and_port, resolved, Endpoint};
 use super::error::{FieldPath, Result};
 use super::fields::{check, Acknowledged};
 use super::hcm_options::{http2_settings, Http2Settings};
+pub use super::load_balancing::LbPolicy;
 use super::values::{duration, optional_duration};
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -26,6 +27,7 @@ pub struct Cluster {
     /// The name its stats carry: `alt_stat_name` when set.
     pub stat_name: String,
     pub discovery: Discovery,
+    pub lb: LbPolicy,
     pub connect_timeout: Duration,
     pub protocol: UpstreamProtocol,
     pub http2: Http2Settings,
@@ -114,31 +116,11 @@ pub fn translate_cluster(
     if c.name.is_empty() {
         return Err(path.field("name").error("must not be empty"));
     }
-    let lb = cluster::LbPolicy::try_from(c.lb_policy)
-        .map_err(|_| path.field("lb_policy").error("unknown policy"))?;
     let original_dst = matches!(
         &c.cluster_discovery_type,
         Some(cluster::ClusterDiscoveryType::Type(t)) if *t == cluster::DiscoveryType::OriginalDst as i32
     );
-    match (lb, original_dst) {
-        (cluster::LbPolicy::RoundRobin, false) | (cluster::LbPolicy::ClusterProvided, true) => {}
-        (_, true) => {
-            return Err(path
-                .field("lb_policy")
-                .error("cluster: LB policy must be CLUSTER_PROVIDED for an ORIGINAL_DST cluster"))
-        }
-        (cluster::LbPolicy::ClusterProvided, false) => {
-            return Err(path.field("lb_policy").error(
-                "cluster: LB policy CLUSTER_PROVIDED is only valid with an ORIGINAL_DST cluster",
-            ))
-        }
-        (other, false) => {
-            return Err(path.field("lb_policy").error(format!(
-                "{} is not supported yet (issue 4); use ROUND_ROBIN",
-                other.as_str_name()
-            )))
-        }
-    }
+    let lb = super::load_balancing::lb_policy(c, original_dst, path, acks)?;
     let connect_timeout =
         optional_duration(c.connect_timeout.as_ref(), &path.field("connect_timeout"))?
             .unwrap_or(Duration::from_secs(5));
@@ -293,6 +275,7 @@ pub fn translate_cluster(
             c.alt_stat_name.clone()
         },
         discovery,
+        lb,
         connect_timeout,
         protocol,
         http2,

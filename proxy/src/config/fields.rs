@@ -35,6 +35,8 @@ const NO_EFFECT: &str = "has no effect in Outrigger";
 const DOWNSTREAM_TIMEOUTS: &str = "downstream timeouts are not enforced yet (issue 3)";
 const BUFFERS: &str = "buffering is bounded by the codecs' own flow control (HTTP/2 windows, fixed copy buffers); this exact limit is not applied";
 const TLS: &str = "TLS is not implemented yet (issue 6); connections using it are refused";
+const SLOW_START: &str = "slow start is not implemented: a new host takes its full weight at once";
+const LOCALITY_LB: &str = "locality-weighted and zone-aware balancing are not implemented yet (issue 4, a SHOULD): hosts of every locality are balanced as one set";
 
 /// Messages whose every field Outrigger handles (well-known types, leaves of translation).
 const LEAF_MESSAGES: &[&str] = &[
@@ -136,12 +138,38 @@ static POLICIES: &[(&str, Policy)] = policies! {
         "lb_policy", "load_assignment", "eds_cluster_config", "max_requests_per_connection", "typed_extension_protocol_options",
         "dns_lookup_family", "dns_refresh_rate", "respect_dns_ttl", "upstream_connection_options",
         "metadata", "transport_socket", "upstream_bind_config",
-        "common_http_protocol_options", "http2_protocol_options", "http_protocol_options", "original_dst_lb_config"]
-        ack [("per_connection_buffer_limit_bytes", BUFFERS), ("circuit_breakers", RESILIENCE), ("outlier_detection", RESILIENCE),
-             ("health_checks", RESILIENCE), ("common_lb_config", RESILIENCE),
+        "common_http_protocol_options", "http2_protocol_options", "http_protocol_options", "original_dst_lb_config",
+        "load_balancing_policy", "least_request_lb_config", "ring_hash_lb_config", "maglev_lb_config"]
+        ack [("round_robin_lb_config", SLOW_START),
+             ("per_connection_buffer_limit_bytes", BUFFERS), ("circuit_breakers", RESILIENCE), ("outlier_detection", RESILIENCE),
+             ("health_checks", RESILIENCE),
+             ("common_lb_config", "the panic threshold, locality weighting, zone-aware routing and update merging are not implemented yet (issue 4, a SHOULD); without health checking every host is healthy, so the panic threshold would not apply"),
              ("cleanup_interval", "ORIGINAL_DST hosts are not cached between connections, so there is nothing to clean up"),
              ("track_cluster_stats", STATS), ("transport_socket_matches", TLS),
              ("wait_for_warm_on_init", XDS)];
+    "envoy.config.cluster.v3.Cluster.LeastRequestLbConfig" => ["choice_count", "active_request_bias"]
+        ack [("slow_start_config", SLOW_START)];
+    "envoy.config.cluster.v3.Cluster.RingHashLbConfig" => ["minimum_ring_size", "maximum_ring_size", "hash_function"];
+    "envoy.config.cluster.v3.Cluster.MaglevLbConfig" => ["table_size"];
+    "envoy.config.core.v3.RuntimeDouble" => ["default_value"]
+        ack [("runtime_key", "runtime overrides are not read here; default_value applies")];
+    "envoy.config.cluster.v3.LoadBalancingPolicy" => ["policies"];
+    "envoy.config.cluster.v3.LoadBalancingPolicy.Policy" => ["typed_extension_config"];
+    "envoy.extensions.load_balancing_policies.round_robin.v3.RoundRobin" => []
+        ack [("slow_start_config", SLOW_START), ("locality_lb_config", LOCALITY_LB)];
+    "envoy.extensions.load_balancing_policies.least_request.v3.LeastRequest" => ["choice_count", "active_request_bias",
+        "enable_full_scan", "selection_method"]
+        ack [("slow_start_config", SLOW_START), ("locality_lb_config", LOCALITY_LB)];
+    "envoy.extensions.load_balancing_policies.random.v3.Random" => []
+        ack [("locality_lb_config", LOCALITY_LB)];
+    "envoy.extensions.load_balancing_policies.ring_hash.v3.RingHash" => ["hash_function", "minimum_ring_size",
+        "maximum_ring_size", "use_hostname_for_hashing", "hash_balance_factor", "consistent_hashing_lb_config"]
+        ack [("locality_weighted_lb_config", LOCALITY_LB)];
+    "envoy.extensions.load_balancing_policies.maglev.v3.Maglev" => ["table_size", "consistent_hashing_lb_config"]
+        ack [("locality_weighted_lb_config", LOCALITY_LB)];
+    "envoy.extensions.load_balancing_policies.cluster_provided.v3.ClusterProvided" => [];
+    "envoy.extensions.load_balancing_policies.common.v3.ConsistentHashingLbConfig" => ["use_hostname_for_hashing",
+        "hash_balance_factor", "hash_policy"];
     "envoy.config.cluster.v3.UpstreamConnectionOptions" => ["tcp_keepalive"];
     "envoy.config.cluster.v3.Cluster.OriginalDstLbConfig" => ["use_http_header", "http_header_name", "upstream_port_override"];
     "envoy.config.core.v3.BindConfig" => ["source_address"];
@@ -194,9 +222,17 @@ static POLICIES: &[(&str, Policy)] = policies! {
     "envoy.type.matcher.v3.RegexMatcher" => ["google_re2", "regex"];
     "envoy.type.matcher.v3.RegexMatcher.GoogleRE2" => [];
     "envoy.config.route.v3.RouteAction" => ["cluster", "cluster_header", "weighted_clusters", "timeout", "prefix_rewrite",
-        "regex_rewrite", "host_rewrite_literal", "auto_host_rewrite", "host_rewrite_header"]
+        "regex_rewrite", "host_rewrite_literal", "auto_host_rewrite", "host_rewrite_header", "hash_policy"]
         ack [("retry_policy", RESILIENCE), ("max_stream_duration", "not enforced yet (issue 3)"),
              ("max_grpc_timeout", RESILIENCE)];
+    "envoy.config.route.v3.RouteAction.HashPolicy" => ["header", "cookie", "connection_properties",
+        "query_parameter", "filter_state", "terminal"];
+    "envoy.config.route.v3.RouteAction.HashPolicy.Header" => ["header_name", "regex_rewrite"];
+    "envoy.config.route.v3.RouteAction.HashPolicy.Cookie" => ["name", "ttl", "path", "attributes"];
+    "envoy.config.route.v3.RouteAction.HashPolicy.CookieAttribute" => ["name", "value"];
+    "envoy.config.route.v3.RouteAction.HashPolicy.ConnectionProperties" => ["source_ip"];
+    "envoy.config.route.v3.RouteAction.HashPolicy.QueryParameter" => ["name"];
+    "envoy.config.route.v3.RouteAction.HashPolicy.FilterState" => ["key"];
     "envoy.config.route.v3.RedirectAction" => ["https_redirect", "scheme_redirect", "host_redirect", "port_redirect",
         "path_redirect", "prefix_rewrite", "response_code", "strip_query"];
     "envoy.config.route.v3.DirectResponseAction" => ["status", "body"];

@@ -4,6 +4,7 @@
 #![allow(deprecated)] // `total_weight` is deprecated but Envoy still checks it.
 
 use super::error::{FieldPath, Result};
+use super::hash_policy::{translate_hash_policy, HashPolicy};
 use super::header_mutation::{header_mutation, HeaderMutation};
 use super::matcher::full_regex;
 use super::resolver::Resolver;
@@ -24,6 +25,8 @@ pub struct Forward {
     /// `regex_rewrite`: pattern and substitution (already in the regex crate's `$1` syntax).
     pub regex_rewrite: Option<(Regex, String)>,
     pub host_rewrite: HostRewrite,
+    /// How RING_HASH and MAGLEV clusters hash the request (empty: they pick at random).
+    pub hash_policy: HashPolicy,
 }
 
 /// A cluster resolved at config time to its slot. The slot is empty while the cluster is
@@ -168,6 +171,7 @@ pub fn translate_forward(
         prefix_rewrite: (!ra.prefix_rewrite.is_empty()).then(|| ra.prefix_rewrite.clone()),
         regex_rewrite,
         host_rewrite,
+        hash_policy: translate_hash_policy(&ra.hash_policy, &path.field("hash_policy"))?,
     })
 }
 
@@ -239,7 +243,7 @@ fn weighted(
 }
 
 /// RE2 writes capture groups as `\1`; the regex crate as `${1}`, with `$` literal as `$$`.
-fn re2_substitution(s: &str) -> String {
+pub(super) fn re2_substitution(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     let mut chars = s.chars().peekable();
     while let Some(c) = chars.next() {

@@ -385,3 +385,61 @@ fn mutated_bootstraps_never_panic_the_translator() {
         "the mutations should mostly still decode ({translated})"
     );
 }
+
+fn cluster_with(lb: &str) -> Result<super::Config, String> {
+    translate(&format!(
+        r#"
+static_resources:
+  clusters:
+  - name: c
+{lb}
+    load_assignment:
+      cluster_name: c
+      endpoints: [{{ lb_endpoints: [{{ endpoint: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: 1 }} }} }} }}] }}]
+"#
+    ))
+}
+
+#[test]
+fn load_balancing_policies_translate_with_envoy_defaults() {
+    use crate::config::load_balancing::LbPolicy;
+    let lb = |yaml: &str| cluster_with(yaml).map(|c| c.clusters[0].lb.clone());
+    assert_eq!(lb(""), Ok(LbPolicy::RoundRobin));
+    assert_eq!(
+        lb("    lb_policy: LEAST_REQUEST"),
+        Ok(LbPolicy::LeastRequest {
+            choice_count: 2,
+            active_request_bias: 1.0
+        })
+    );
+    assert_eq!(
+        lb("    lb_policy: RING_HASH\n    ring_hash_lb_config: { minimum_ring_size: 64 }"),
+        Ok(LbPolicy::RingHash {
+            min_ring_size: 64,
+            max_ring_size: 8 << 20,
+            use_hostname: false
+        })
+    );
+    assert_eq!(
+        lb("    lb_policy: MAGLEV"),
+        Ok(LbPolicy::Maglev {
+            table_size: 65537,
+            use_hostname: false
+        })
+    );
+    // The first policy Outrigger knows wins; an unknown type before it is skipped.
+    let typed = r#"    load_balancing_policy:
+      policies:
+      - typed_extension_config: { name: x, typed_config: { "@type": type.googleapis.com/google.protobuf.Struct, value: {} } }
+      - typed_extension_config: { name: r, typed_config: { "@type": type.googleapis.com/envoy.extensions.load_balancing_policies.random.v3.Random } }
+      - typed_extension_config: { name: m, typed_config: { "@type": type.googleapis.com/envoy.extensions.load_balancing_policies.maglev.v3.Maglev } }"#;
+    assert_eq!(lb(typed), Ok(LbPolicy::Random));
+    let err = lb("    lb_policy: MAGLEV\n    maglev_lb_config: { table_size: 100 }")
+        .expect_err("not prime");
+    assert!(
+        err.contains("clusters[0].maglev_lb_config.table_size"),
+        "{err}"
+    );
+    let err = lb("    type: ORIGINAL_DST\n    lb_policy: RING_HASH").expect_err("original dst");
+    assert!(err.contains("clusters[0].lb_policy"), "{err}");
+}

@@ -7,6 +7,7 @@ use super::connection::HttpContext;
 use super::local_reply::{local_reply, ResponseFlag};
 use super::router::{BoxError, Outcome, RequestExtras, RequestInfo, ResponseBody};
 use crate::config::cluster::UpstreamProtocol;
+use crate::config::hash_policy::{HashInput, RequestHash};
 use crate::config::hcm::ServerHeader;
 use crate::config::route::{
     ClusterTarget, Forward, HostRewrite, PathMatch, Route, RouteConfig, VirtualHost, WeightedTarget,
@@ -154,8 +155,21 @@ async fn send_to_cluster(
             upstream: None,
         };
     }
-    let Some(host) = cluster.choose_host(target.info.downstream.local, Some(request.headers()))
-    else {
+    // The hash is computed only for a balancer that uses it (a cookie is generated only then).
+    let hashed = if cluster.config.lb.uses_hash() && !target.forward.hash_policy.is_empty() {
+        target.forward.hash_policy.compute(&HashInput {
+            headers: request.headers(),
+            query: request.uri().query().unwrap_or(""),
+            remote: target.info.downstream.remote,
+        })
+    } else {
+        RequestHash::default()
+    };
+    let Some(host) = cluster.choose_host(
+        target.info.downstream.local,
+        Some(request.headers()),
+        hashed.hash,
+    ) else {
         cluster.stats.upstream_cx_none_healthy.inc();
         return Outcome {
             response: local_reply(
@@ -220,8 +234,13 @@ async fn send_to_cluster(
                 &host.stats.rq_success
             };
             counter.fetch_add(1, Relaxed);
+            let mut response =
+                downstream_response(response, elapsed, server, ctx.hcm.server_header);
+            if let Some(cookie) = hashed.set_cookie {
+                response.headers_mut().append(header::SET_COOKIE, cookie);
+            }
             Outcome {
-                response: downstream_response(response, elapsed, server, ctx.hcm.server_header),
+                response,
                 flag: None,
                 upstream: Some(host.authority.clone()),
             }

@@ -76,7 +76,7 @@ async fn connect(
     }
     let mut connector = cluster.pool.connector();
     for _ in 0..config.max_connect_attempts {
-        let Some(host) = cluster.choose_host(original_destination, None) else {
+        let Some(host) = cluster.choose_host(original_destination, None, None) else {
             cluster.stats.upstream_cx_none_healthy.inc();
             return None;
         };

@@ -1,8 +1,11 @@
 //! Hosts and the set a cluster balances over. A set is immutable: discovery builds a new one
-//! and swaps it in, so a pick reads one `Arc` and a counter, with no lock.
+//! and swaps it in, with its balancer built, so a pick reads one `Arc` and the prebuilt
+//! balancer, with no lock.
 
+use super::balancer::Balancer;
 use crate::config::address::Endpoint;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use crate::config::load_balancing::LbPolicy;
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 
 #[derive(Debug, Default)]
@@ -28,72 +31,38 @@ pub struct Host {
     pub stats: HostStats,
 }
 
-/// The hosts of a cluster and a precomputed weighted round-robin schedule.
+/// The hosts of a cluster and the balancer built for them.
 #[derive(Debug, Default)]
 pub struct HostSet {
     pub hosts: Vec<Arc<Host>>,
-    /// Indexes into `hosts` in smooth weighted round-robin order; empty when all weights are
-    /// equal, in which case plain rotation is used.
-    schedule: Vec<u32>,
-    next: AtomicUsize,
+    balancer: Balancer,
 }
 
-/// Longest schedule precomputed; larger weight sums are scaled down to fit.
-const MAX_SCHEDULE: u64 = 4096;
-
 impl HostSet {
+    /// A set balanced by (smooth weighted) round robin.
     pub fn new(hosts: Vec<Arc<Host>>) -> Self {
-        let equal = hosts.windows(2).all(|w| w[0].weight == w[1].weight);
-        let schedule = if equal {
-            Vec::new()
-        } else {
-            smooth_schedule(&hosts)
-        };
-        Self {
-            hosts,
-            schedule,
-            next: AtomicUsize::new(0),
-        }
+        Self::with_policy(hosts, &LbPolicy::RoundRobin)
     }
 
-    /// Round robin, weighted when weights differ. None when there are no hosts.
+    /// A set balanced by `policy`; the ring or table of a hashing policy is built here.
+    pub fn with_policy(hosts: Vec<Arc<Host>>, policy: &LbPolicy) -> Self {
+        let balancer = Balancer::build(policy, &hosts);
+        Self { hosts, balancer }
+    }
+
+    /// The balancer's pick without a request hash. None when there are no hosts.
     pub fn pick(&self) -> Option<&Arc<Host>> {
+        self.pick_hashed(None)
+    }
+
+    /// The balancer's pick; `hash` (from the route's hash policy) steers RING_HASH and MAGLEV.
+    #[inline]
+    pub fn pick_hashed(&self, hash: Option<u64>) -> Option<&Arc<Host>> {
         if self.hosts.is_empty() {
             return None;
         }
-        let n = self.next.fetch_add(1, Ordering::Relaxed);
-        if self.schedule.is_empty() {
-            self.hosts.get(n % self.hosts.len())
-        } else {
-            let i = self.schedule[n % self.schedule.len()] as usize;
-            self.hosts.get(i)
-        }
+        self.hosts.get(self.balancer.pick(&self.hosts, hash))
     }
-}
-
-/// Nginx's smooth weighted round robin, unrolled once over a full period.
-fn smooth_schedule(hosts: &[Arc<Host>]) -> Vec<u32> {
-    let total: u64 = hosts.iter().map(|h| u64::from(h.weight)).sum();
-    let scale = total.div_ceil(MAX_SCHEDULE).max(1);
-    let weights: Vec<i64> = hosts
-        .iter()
-        .map(|h| (u64::from(h.weight) / scale).max(1) as i64)
-        .collect();
-    let period: i64 = weights.iter().sum();
-    let mut current = vec![0i64; weights.len()];
-    let mut schedule = Vec::with_capacity(period as usize);
-    for _ in 0..period {
-        let mut best = 0;
-        for (i, w) in weights.iter().enumerate() {
-            current[i] += w;
-            if current[i] > current[best] {
-                best = i;
-            }
-        }
-        current[best] -= period;
-        schedule.push(best as u32);
-    }
-    schedule
 }
 
 #[cfg(test)]

@@ -165,7 +165,9 @@ impl ClusterRuntime {
             .collect();
         self.stats.membership_total.set(hosts.len() as u64);
         self.stats.membership_healthy.set(hosts.len() as u64);
-        self.hosts.store(Arc::new(HostSet::new(hosts)));
+        // The balancer (ring, table, schedule) is built here, off the request path.
+        self.hosts
+            .store(Arc::new(HostSet::with_policy(hosts, &self.config.lb)));
     }
 }
 
@@ -334,11 +336,13 @@ impl ClusterManager {
 impl ClusterRuntime {
     /// The host a request or connection goes to: the balancer's pick, or for ORIGINAL_DST
     /// clusters the downstream's original destination (an address in the configured header
-    /// wins when present), with the port override applied.
+    /// wins when present), with the port override applied. `hash` is the request hash from
+    /// the route's hash policy (RING_HASH and MAGLEV use it).
     pub fn choose_host(
         &self,
         original_destination: Option<std::net::SocketAddr>,
         headers: Option<&http::HeaderMap>,
+        hash: Option<u64>,
     ) -> Option<Arc<Host>> {
         match &self.config.discovery {
             Discovery::OriginalDst {
@@ -362,7 +366,7 @@ impl ClusterRuntime {
                     stats: HostStats::default(),
                 }))
             }
-            _ => self.hosts().pick().cloned(),
+            _ => self.hosts().pick_hashed(hash).cloned(),
         }
     }
 }

@@ -2,6 +2,7 @@
 //! selection and DNS discovery.
 
 mod accounting;
+mod balancer;
 pub mod connector;
 mod dns;
 mod host;

@@ -296,7 +296,7 @@ impl AdsClient {
             .by_name(&self.ads.cluster)
             .ok_or_else(|| format!("no cluster '{}'", self.ads.cluster))?;
         let host = cluster
-            .choose_host(None, None)
+            .choose_host(None, None, None)
             .ok_or_else(|| format!("cluster '{}' has no hosts", self.ads.cluster))?;
         let endpoint =
             tonic::transport::Endpoint::from_shared(format!("http://{}", host.authority))
