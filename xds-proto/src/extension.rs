@@ -25,6 +25,8 @@ pub enum Extension {
     UpstreamTlsContext(Box<ext::transport_sockets::tls::v3::UpstreamTlsContext>),
     DownstreamTlsContext(Box<ext::transport_sockets::tls::v3::DownstreamTlsContext>),
     FileAccessLog(Box<ext::access_loggers::file::v3::FileAccessLog>),
+    StdoutAccessLog(ext::access_loggers::stream::v3::StdoutAccessLog),
+    StderrAccessLog(ext::access_loggers::stream::v3::StderrAccessLog),
 }
 
 fn decode<M: XdsMessage>(any: &Any) -> Result<M, AnyError> {
@@ -61,6 +63,8 @@ pub fn decode_extension(any: &Any) -> Result<Extension, AnyError> {
         UpstreamTlsContext(ext::transport_sockets::tls::v3::UpstreamTlsContext) boxed yes,
         DownstreamTlsContext(ext::transport_sockets::tls::v3::DownstreamTlsContext) boxed yes,
         FileAccessLog(ext::access_loggers::file::v3::FileAccessLog) boxed yes,
+        StdoutAccessLog(ext::access_loggers::stream::v3::StdoutAccessLog),
+        StderrAccessLog(ext::access_loggers::stream::v3::StderrAccessLog),
     }
     Err(AnyError::UnknownType(name.to_string()))
 }

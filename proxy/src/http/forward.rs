@@ -107,6 +107,7 @@ pub async fn forward(
             response: local_reply(StatusCode::SERVICE_UNAVAILABLE, Bytes::new(), server),
             flag: Some(ResponseFlag::NoClusterFound),
             upstream: None,
+            info: Default::default(),
         };
     };
     let target = Target {
@@ -119,6 +120,13 @@ pub async fn forward(
         info,
     };
     let mut outcome = send_to_cluster(ctx, cluster, &target, request).await;
+    if !ctx.access_logs.is_empty() {
+        let config = &cluster.config;
+        outcome.info.upstream_cluster = Some(Arc::from(config.name.as_str()));
+        if config.stat_name != config.name {
+            outcome.info.upstream_cluster_alt = Some(Arc::from(config.stat_name.as_str()));
+        }
+    }
     if let Some(downstream) = on_upgrade {
         splice_upgrade(&mut outcome, downstream);
     }
@@ -152,6 +160,7 @@ async fn send_to_cluster(
             response: local_reply(StatusCode::SERVICE_UNAVAILABLE, body, server),
             flag: Some(ResponseFlag::UpstreamConnectionFailure),
             upstream: None,
+            info: Default::default(),
         };
     }
     let Some(host) = cluster.choose_host(target.info.downstream.local, Some(request.headers()))
@@ -165,6 +174,7 @@ async fn send_to_cluster(
             ),
             flag: Some(ResponseFlag::NoHealthyUpstream),
             upstream: None,
+            info: Default::default(),
         };
     };
     let use_h2 = match cluster.config.protocol {
@@ -190,6 +200,7 @@ async fn send_to_cluster(
             response: local_reply(StatusCode::BAD_REQUEST, Bytes::new(), server),
             flag: None,
             upstream: None,
+            info: Default::default(),
         };
     };
     let started = Instant::now();
@@ -220,13 +231,26 @@ async fn send_to_cluster(
                 &host.stats.rq_success
             };
             counter.fetch_add(1, Relaxed);
-            Outcome {
+            let upstream_local = response
+                .extensions()
+                .get::<crate::upstream::connector::UpstreamLocalAddress>()
+                .map(|a| a.0);
+            let mut outcome = Outcome {
                 response: downstream_response(response, elapsed, server, ctx.hcm.server_header),
                 flag: None,
                 upstream: Some(host.authority.clone()),
-            }
+                info: Default::default(),
+            };
+            outcome.info.upstream_host = Some(host.authority.clone());
+            outcome.info.upstream_local_address = upstream_local;
+            outcome
         }
-        Err(e) => upstream_failure(cluster, &host.stats, e, server),
+        Err(e) => {
+            let mut outcome = upstream_failure(cluster, &host.stats, e, server);
+            // Envoy names the host it tried even when it never answered.
+            outcome.info.upstream_host = Some(host.authority.clone());
+            outcome
+        }
     }
 }
 
@@ -237,6 +261,7 @@ fn upstream_failure(
     server: &HeaderValue,
 ) -> Outcome {
     host.rq_error.fetch_add(1, Relaxed);
+    let mut transport_failure = None;
     let (status, body, flag) = match error {
         UpstreamError::Timeout => {
             cluster.stats.upstream_rq_timeout.inc();
@@ -250,6 +275,7 @@ fn upstream_failure(
                 StatusCode::SERVICE_UNAVAILABLE,
                 {
                     tracing::debug!(target: "router", "upstream connect failure: {reason}");
+                    transport_failure = Some(super::access_log::transport_failure_reason(&reason));
                     // Envoy 1.40's body names the reset reason only.
                     "upstream connect error or disconnect/reset before headers. reset reason: remote connection failure".to_string()
                 },
@@ -274,11 +300,14 @@ fn upstream_failure(
         ),
     };
     cluster.stats.response(status);
-    Outcome {
+    let mut outcome = Outcome {
         response: local_reply(status, body, server),
         flag: Some(flag),
         upstream: None,
-    }
+        info: Default::default(),
+    };
+    outcome.info.upstream_transport_failure_reason = transport_failure;
+    outcome
 }
 
 /// Builds the request sent upstream: rewritten path and authority, hop-by-hop headers gone,
@@ -403,10 +432,15 @@ fn upstream_request(
     for mutation in mutations.into_iter().flatten() {
         mutation.apply(&mut parts.headers, &format);
     }
-    Some(Request::from_parts(
-        parts,
-        body.map_err(|e| Box::new(e) as BoxError).boxed_unsync(),
-    ))
+    let body = body.map_err(|e| Box::new(e) as BoxError);
+    let body = match parts
+        .extensions
+        .remove::<Arc<super::access_log::RequestProgress>>()
+    {
+        Some(progress) => super::access_log::CountedBody::new(body, progress).boxed_unsync(),
+        None => body.boxed_unsync(),
+    };
+    Some(Request::from_parts(parts, body))
 }
 
 /// The path after `prefix_rewrite` or `regex_rewrite`, or None when it stays as it is.

@@ -44,8 +44,9 @@ impl RequestInfo {
             downstream_local: self.downstream.local,
             upstream_remote: upstream,
             start: self.start,
-            protocol: version,
+            protocol: Some(version),
             request_headers,
+            stream: None,
         }
     }
 }
@@ -53,12 +54,22 @@ impl RequestInfo {
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 pub type ResponseBody = UnsyncBoxBody<Bytes, BoxError>;
 
-/// The outcome of a request, for stats (and access logs later).
+/// The outcome of a request, for stats and access logs.
 pub struct Outcome {
     pub response: Response<ResponseBody>,
     pub flag: Option<ResponseFlag>,
     /// The upstream host that answered, if any (for `%UPSTREAM_REMOTE_ADDRESS%`).
     pub upstream: Option<http::uri::Authority>,
+    /// What access logs read; filled only when the connection manager has access logs.
+    pub info: crate::format::StreamInfo,
+}
+
+/// The request's parts access logs read, kept before the request is forwarded.
+struct LoggedRequest {
+    headers: http::HeaderMap,
+    method: http::Method,
+    path: Option<http::uri::PathAndQuery>,
+    authority: Option<http::HeaderValue>,
 }
 
 pub async fn route_request(
@@ -82,6 +93,16 @@ pub async fn route_request(
     };
     let forwarding = &ctx.hcm.forwarding;
     mutate_request_headers(forwarding, request.headers_mut(), downstream);
+    // Access logs see the request as the connection manager left it (x-request-id set, ...).
+    let logged_request = (!ctx.access_logs.is_empty()).then(|| LoggedRequest {
+        headers: crate::access_log::keep_headers(
+            request.headers(),
+            &ctx.access_logs.request_headers,
+        ),
+        method: request.method().clone(),
+        path: request.uri().path_and_query().cloned(),
+        authority: authority(&request).and_then(|a| http::HeaderValue::from_str(a).ok()),
+    });
     let request_id = forwarding
         .always_set_request_id_in_response
         .then(|| request.headers().get(&X_REQUEST_ID).cloned())
@@ -96,6 +117,13 @@ pub async fn route_request(
             .is_some_and(|v| v.as_bytes() != b"0")
             || request.headers().contains_key(header::TRANSFER_ENCODING));
     let mut outcome = route_and_act(ctx, request, extras).await;
+    if let Some(r) = logged_request {
+        outcome.info.method = Some(r.method);
+        outcome.info.path = r.path;
+        outcome.info.authority = r.authority;
+        outcome.info.scheme = Some("http");
+        outcome.info.request_headers = Some(r.headers);
+    }
     if outcome.upstream.is_none() {
         // Replies made before any upstream attempt leave the body unread; after an attempt
         // (UF, UR, UT) it was consumed.
@@ -154,6 +182,7 @@ fn refused(refusal: Refusal, server: &http::HeaderValue) -> Outcome {
         response,
         flag: None,
         upstream: None,
+        info: Default::default(),
     }
 }
 
@@ -178,6 +207,7 @@ async fn route_and_act(
             .response,
             flag: None,
             upstream: None,
+            info: Default::default(),
         };
     };
     let uri = request.uri();
@@ -193,6 +223,7 @@ async fn route_and_act(
             response: local_reply(StatusCode::NOT_FOUND, Bytes::new(), server),
             flag: Some(ResponseFlag::NoRouteFound),
             upstream: None,
+            info: Default::default(),
         };
     };
     let info = extras.info;
@@ -205,6 +236,7 @@ async fn route_and_act(
     .iter()
     .any(|m| m.reads_request_headers());
     let request_headers = reads_request.then(|| request.headers().clone());
+    let logging = !ctx.access_logs.is_empty();
     let mut outcome = match &route.action {
         Action::DirectResponse { status, body } => {
             ctx.stats.rq_direct_response.inc();
@@ -212,6 +244,7 @@ async fn route_and_act(
                 response: local_reply(*status, body.clone(), server),
                 flag: None,
                 upstream: None,
+                info: Default::default(),
             }
         }
         Action::Redirect(r) => {
@@ -220,10 +253,22 @@ async fn route_and_act(
                 response: redirect(r, route, &request, host, server),
                 flag: None,
                 upstream: None,
+                info: Default::default(),
             }
         }
         Action::Forward(f) => forward(ctx, route_config, vh, route, f, request, extras).await,
     };
+    if logging {
+        if !route.name.is_empty() {
+            outcome.info.route_name = Some(std::sync::Arc::from(route.name.as_str()));
+        }
+        if matches!(
+            route.action,
+            Action::DirectResponse { .. } | Action::Redirect(_)
+        ) {
+            outcome.info.response_code_details = Some("direct_response".into());
+        }
+    }
     // Response headers: route first, then virtual host, then route configuration (Envoy's
     // default order, where the least specific level has the last word).
     let upstream = outcome.upstream.as_ref().map(|a| a.as_str());

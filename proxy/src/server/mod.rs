@@ -138,6 +138,10 @@ async fn run(
             }
         }
     }
+    let files = crate::access_log::Files::new(
+        std::time::Duration::from_millis(server.options.file_flush_interval_msec),
+        stats.clone(),
+    );
     let runtimes: Vec<Arc<listener::ListenerRuntime>> = config
         .listeners
         .iter()
@@ -155,6 +159,7 @@ async fn run(
                 &scope,
                 &clusters,
                 &stats,
+                &files,
             ))
         })
         .collect();
