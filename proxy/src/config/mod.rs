@@ -23,6 +23,8 @@ pub mod tcp_proxy;
 mod values;
 
 #[cfg(test)]
+mod access_log_tests;
+#[cfg(test)]
 mod tests;
 
 pub use bootstrap::{translate_bootstrap, Config, NodeInfo, RuntimeLayer};
