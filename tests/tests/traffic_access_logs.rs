@@ -1,0 +1,569 @@
+//! Differential access log test: Envoy (the oracle) and Outrigger run the same bootstrap with
+//! file access logs in Envoy's default text format, Istio's default text format and JSON (typed,
+//! nested, and with `omit_empty_values`) on an HTTP connection manager and on tcp_proxy
+//! listeners. The same deterministic traffic goes through both (a 200 from the upstream over
+//! HTTP/1.1 and HTTP/2, a POST with a body, a 404 NR, a 503 UF from a dead upstream, a direct
+//! response, a TCP connection and a TCP connection to a dead upstream), then every line is
+//! compared field by field. Fields that differ between any two runs (times, durations, ids,
+//! ephemeral ports) are normalised; intentional differences are listed in [`KNOWN`], and a
+//! listed difference that no longer occurs fails the test too, so the list stays true.
+//! Envoy: https://www.envoyproxy.io/docs/envoy/latest/configuration/observability/access_log/usage
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::Path;
+use std::time::{Duration, Instant};
+use tests::binaries::Kind;
+use tests::{curl, envoy_or_skip, Ports, RunningProxy, Upstream};
+
+/// Istio's default text format (meshConfig `accessLogFormat` when empty; `EnvoyTextLogFormat`
+/// in istio/istio `pilot/pkg/model/telemetry_logging.go`).
+const ISTIO_FORMAT: &str = r#"[%START_TIME%] \"%REQ(:METHOD)% %REQ(X-ENVOY-ORIGINAL-PATH?:PATH)% %PROTOCOL%\" %RESPONSE_CODE% %RESPONSE_FLAGS% %RESPONSE_CODE_DETAILS% %CONNECTION_TERMINATION_DETAILS% \"%UPSTREAM_TRANSPORT_FAILURE_REASON%\" %BYTES_RECEIVED% %BYTES_SENT% %DURATION% %RESP(X-ENVOY-UPSTREAM-SERVICE-TIME)% \"%REQ(X-FORWARDED-FOR)%\" \"%REQ(USER-AGENT)%\" \"%REQ(X-REQUEST-ID)%\" \"%REQ(:AUTHORITY)%\" \"%UPSTREAM_HOST%\" %UPSTREAM_CLUSTER_RAW% %UPSTREAM_LOCAL_ADDRESS% %DOWNSTREAM_LOCAL_ADDRESS% %DOWNSTREAM_REMOTE_ADDRESS% %REQUESTED_SERVER_NAME% %ROUTE_NAME%\n"#;
+
+/// Field names of Istio's format, in order (for the field-by-field comparison).
+const ISTIO_FIELDS: &[&str] = &[
+    "start_time",
+    "request",
+    "response_code",
+    "response_flags",
+    "response_code_details",
+    "connection_termination_details",
+    "upstream_transport_failure_reason",
+    "bytes_received",
+    "bytes_sent",
+    "duration",
+    "upstream_service_time",
+    "x_forwarded_for",
+    "user_agent",
+    "request_id",
+    "authority",
+    "upstream_host",
+    "upstream_cluster",
+    "upstream_local_address",
+    "downstream_local_address",
+    "downstream_remote_address",
+    "requested_server_name",
+    "route_name",
+];
+
+/// Field names of Envoy's default format, in order.
+const DEFAULT_FIELDS: &[&str] = &[
+    "start_time",
+    "request",
+    "response_code",
+    "response_flags",
+    "bytes_received",
+    "bytes_sent",
+    "duration",
+    "upstream_service_time",
+    "x_forwarded_for",
+    "user_agent",
+    "request_id",
+    "authority",
+    "upstream_host",
+];
+
+/// Fields whose value changes from run to run: compared only for being present or not.
+const VARYING: &[&str] = &[
+    "start_time",
+    "duration",
+    "upstream_service_time",
+    "request_duration",
+    "response_duration",
+    "connection_id",
+];
+
+/// A difference Outrigger documents: the log file, the line's label and the field.
+struct Known {
+    log: &'static str,
+    line: &'static str,
+    field: &'static str,
+    reason: &'static str,
+}
+
+const KNOWN: &[Known] = &[];
+
+const BOOTSTRAP: &str = r#"
+admin:
+  address: { socket_address: { address: 127.0.0.1, port_value: {{admin_port}} } }
+static_resources:
+  listeners:
+  - name: http
+    address: { socket_address: { address: 127.0.0.1, port_value: {{http_port}} } }
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: alog
+          access_log:
+          - name: envoy.access_loggers.file
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog
+              path: LOG_DIR/http_default.log
+          - name: envoy.access_loggers.file
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog
+              path: LOG_DIR/http_istio.log
+              log_format:
+                text_format_source:
+                  inline_string: "ISTIO_FORMAT"
+          - name: envoy.access_loggers.file
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog
+              path: LOG_DIR/http_json.log
+              log_format:
+                json_format:
+                  start_time: "%START_TIME%"
+                  method: "%REQ(:METHOD)%"
+                  path: "%REQ(X-ENVOY-ORIGINAL-PATH?:PATH):12%"
+                  protocol: "%PROTOCOL%"
+                  response_code: "%RESPONSE_CODE%"
+                  response_flags: "%RESPONSE_FLAGS%"
+                  response_code_details: "%RESPONSE_CODE_DETAILS%"
+                  connection_termination_details: "%CONNECTION_TERMINATION_DETAILS%"
+                  upstream_transport_failure_reason: "%UPSTREAM_TRANSPORT_FAILURE_REASON%"
+                  bytes_received: "%BYTES_RECEIVED%"
+                  bytes_sent: "%BYTES_SENT%"
+                  duration: "%DURATION%"
+                  request_duration: "%REQUEST_DURATION%"
+                  response_duration: "%RESPONSE_DURATION%"
+                  upstream_service_time: "%RESP(X-ENVOY-UPSTREAM-SERVICE-TIME)%"
+                  content_type: "%RESP(CONTENT-TYPE)%"
+                  grpc_status: "%TRAILER(GRPC-STATUS)%"
+                  upstream_host: "%UPSTREAM_HOST%"
+                  upstream_cluster: "%UPSTREAM_CLUSTER%"
+                  upstream_local_address: "%UPSTREAM_LOCAL_ADDRESS%"
+                  upstream_remote_address: "%UPSTREAM_REMOTE_ADDRESS%"
+                  downstream_local_address: "%DOWNSTREAM_LOCAL_ADDRESS%"
+                  downstream_local_port: "%DOWNSTREAM_LOCAL_PORT%"
+                  downstream_remote_address: "%DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT%"
+                  requested_server_name: "%REQUESTED_SERVER_NAME%"
+                  route_name: "%ROUTE_NAME%"
+                  hostname: "%HOSTNAME%"
+                  connection_id: "%CONNECTION_ID%"
+                  summary: "%RESPONSE_CODE% %RESPONSE_FLAGS% %ROUTE_NAME%"
+                  nested: { ua: "%REQ(USER-AGENT)%", constant: 7, flag: true }
+          - name: envoy.access_loggers.file
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog
+              path: LOG_DIR/http_omit.log
+              log_format:
+                omit_empty_values: true
+                json_format:
+                  response_code: "%RESPONSE_CODE%"
+                  upstream_host: "%UPSTREAM_HOST%"
+                  route_name: "%ROUTE_NAME%"
+                  literal: ""
+          - name: envoy.access_loggers.file
+            filter:
+              or_filter:
+                filters:
+                - response_flag_filter: { flags: [UF] }
+                - status_code_filter: { comparison: { op: EQ, value: { default_value: 404, runtime_key: unset } } }
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog
+              path: LOG_DIR/http_filtered.log
+              log_format:
+                text_format_source:
+                  inline_string: "%RESPONSE_CODE% %RESPONSE_FLAGS% %REQ(X-REQUEST-ID)%\n"
+          route_config:
+            name: alog_route
+            virtual_hosts:
+            - name: vh
+              domains: ["*"]
+              routes:
+              - name: to_backend
+                match: { prefix: "/backend" }
+                route: { cluster: backend }
+              - match: { prefix: "/dead" }
+                route: { cluster: dead }
+              - name: direct
+                match: { prefix: "/direct" }
+                direct_response: { status: 503, body: { inline_string: "local reply" } }
+          http_filters:
+          - name: envoy.filters.http.router
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
+  - name: tcp
+    address: { socket_address: { address: 127.0.0.1, port_value: {{tcp_port}} } }
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.tcp_proxy
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy
+          stat_prefix: alog_tcp
+          cluster: backend
+          access_log: &tcp_logs
+          - name: envoy.access_loggers.file
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog
+              path: LOG_DIR/tcp_default.log
+          - name: envoy.access_loggers.file
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog
+              path: LOG_DIR/tcp_istio.log
+              log_format:
+                text_format_source:
+                  inline_string: "ISTIO_FORMAT"
+          - name: envoy.access_loggers.file
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog
+              path: LOG_DIR/tcp_json.log
+              log_format:
+                json_format:
+                  response_code: "%RESPONSE_CODE%"
+                  response_flags: "%RESPONSE_FLAGS%"
+                  response_code_details: "%RESPONSE_CODE_DETAILS%"
+                  bytes_received: "%BYTES_RECEIVED%"
+                  bytes_sent: "%BYTES_SENT%"
+                  upstream_host: "%UPSTREAM_HOST%"
+                  upstream_cluster: "%UPSTREAM_CLUSTER%"
+                  upstream_local_address: "%UPSTREAM_LOCAL_ADDRESS%"
+                  downstream_local_address: "%DOWNSTREAM_LOCAL_ADDRESS%"
+                  protocol: "%PROTOCOL%"
+                  method: "%REQ(:METHOD)%"
+                  route_name: "%ROUTE_NAME%"
+                  duration: "%DURATION%"
+  - name: tcp_dead
+    address: { socket_address: { address: 127.0.0.1, port_value: {{tcp_dead_port}} } }
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.tcp_proxy
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy
+          stat_prefix: alog_tcp_dead
+          cluster: dead
+          access_log: *tcp_logs
+  clusters:
+  - name: backend
+    type: STATIC
+    connect_timeout: 1s
+    load_assignment:
+      cluster_name: backend
+      endpoints: [{ lb_endpoints: [{ endpoint: { address: { socket_address: { address: 127.0.0.1, port_value: {{upstream_port}} } } } }] }]
+  - name: dead
+    type: STATIC
+    connect_timeout: 1s
+    load_assignment:
+      cluster_name: dead
+      endpoints: [{ lb_endpoints: [{ endpoint: { address: { socket_address: { address: 127.0.0.1, port_value: {{dead_port}} } } } }] }]
+"#;
+
+/// The HTTP requests, in order: (label, curl method, path, extra curl arguments). Each sets
+/// its own x-request-id and user-agent so both proxies log the same values.
+const HTTP_TRAFFIC: &[(&str, &str, &str, &[&str])] = &[
+    ("200 via upstream", "GET", "/backend/ok", &[]),
+    (
+        "200 over HTTP/2",
+        "GET",
+        "/backend/h2",
+        &["--http2-prior-knowledge"],
+    ),
+    (
+        "POST with a body",
+        "POST",
+        "/backend/post",
+        &["--data-binary", "nine byte"],
+    ),
+    ("404 NR", "GET", "/nowhere", &[]),
+    ("503 UF", "GET", "/dead/x", &[]),
+    ("direct response", "GET", "/direct", &[]),
+];
+
+const TCP_TRAFFIC: &[&str] = &["tcp to the upstream", "tcp to a dead upstream"];
+
+/// Each log file and the labels of its lines, in order.
+fn expected_lines() -> Vec<(&'static str, Vec<&'static str>)> {
+    let http: Vec<&str> = HTTP_TRAFFIC.iter().map(|t| t.0).collect();
+    let tcp: Vec<&str> = TCP_TRAFFIC.to_vec();
+    vec![
+        ("http_default.log", http.clone()),
+        ("http_istio.log", http.clone()),
+        ("http_json.log", http.clone()),
+        ("http_omit.log", http),
+        ("http_filtered.log", vec!["404 NR", "503 UF"]),
+        ("tcp_default.log", tcp.clone()),
+        ("tcp_istio.log", tcp.clone()),
+        ("tcp_json.log", tcp),
+    ]
+}
+
+struct Run {
+    /// Log file name to its lines.
+    logs: BTreeMap<&'static str, Vec<String>>,
+    /// Port number to the name it is normalised to.
+    ports: BTreeMap<u16, String>,
+}
+
+fn run(kind: Kind) -> Run {
+    let upstream = Upstream::start("hello from the upstream\n");
+    let ports = Ports::new(&[
+        "admin_port",
+        "http_port",
+        "tcp_port",
+        "tcp_dead_port",
+        "dead_port",
+    ])
+    .with("upstream_port", upstream.port());
+    let dir = tempfile::tempdir().expect("a log directory");
+    let bootstrap = ports
+        .render(BOOTSTRAP)
+        .replace("LOG_DIR", &dir.path().display().to_string())
+        .replace("ISTIO_FORMAT", ISTIO_FORMAT);
+    let proxy = RunningProxy::start(kind, &bootstrap, &["--file-flush-interval-msec", "50"]);
+    let http = ports.get("http_port");
+    for (i, (_, method, path, args)) in HTTP_TRAFFIC.iter().enumerate() {
+        let id = format!("request-{i}");
+        let mut all = vec!["-H", "user-agent: alog-test"];
+        let header = format!("x-request-id: {id}");
+        all.extend(["-H", header.as_str()]);
+        all.extend(args.iter());
+        let url = format!("http://127.0.0.1:{http}{path}");
+        curl::request(method, &url, &all).unwrap_or_else(|f| panic!("{}", f.message));
+    }
+    tcp_exchange(
+        ports.get("tcp_port"),
+        b"GET /tcp HTTP/1.0\r\nuser-agent: t\r\n\r\n",
+    );
+    tcp_exchange(ports.get("tcp_dead_port"), b"nobody listens");
+    let logs = read_logs(dir.path(), &proxy);
+    let mut names: BTreeMap<u16, String> = [
+        "admin_port",
+        "http_port",
+        "tcp_port",
+        "tcp_dead_port",
+        "dead_port",
+        "upstream_port",
+    ]
+    .iter()
+    .map(|n| (ports.get(n), format!("{{{n}}}")))
+    .collect();
+    names.insert(0, "0".into());
+    drop(proxy);
+    Run { logs, ports: names }
+}
+
+/// Sends `bytes`, half-closes, and reads until the proxy closes.
+fn tcp_exchange(port: u16, bytes: &[u8]) {
+    let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else {
+        return;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+    let _ = s.write_all(bytes);
+    let _ = s.shutdown(std::net::Shutdown::Write);
+    let mut sink = Vec::new();
+    let _ = s.read_to_end(&mut sink);
+    // The proxy logs a TCP connection when both directions are done; give it a moment
+    // before the next connection so lines keep the traffic's order.
+    std::thread::sleep(Duration::from_millis(100));
+}
+
+/// Waits until every log has its expected number of lines (flushes are timer-driven).
+fn read_logs(dir: &Path, proxy: &RunningProxy) -> BTreeMap<&'static str, Vec<String>> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let logs: BTreeMap<&'static str, Vec<String>> = expected_lines()
+            .into_iter()
+            .map(|(name, _)| {
+                let text = std::fs::read_to_string(dir.join(name)).unwrap_or_default();
+                (name, text.lines().map(str::to_string).collect())
+            })
+            .collect();
+        let complete = expected_lines()
+            .iter()
+            .all(|(name, labels)| logs[name].len() >= labels.len());
+        if complete || Instant::now() > deadline {
+            if !complete {
+                eprintln!(
+                    "{:?}: logs incomplete after 10 s: {logs:#?}\n{}",
+                    proxy.kind(),
+                    proxy.logs_for_failure()
+                );
+            }
+            return logs;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Splits a text line into fields: `[...]`, `"..."` or space-separated words.
+fn text_fields(line: &str) -> Vec<String> {
+    let mut fields = Vec::new();
+    let mut rest = line.trim_end();
+    while !rest.is_empty() {
+        rest = rest.trim_start();
+        let (field, after) = match rest.chars().next() {
+            Some(open @ ('[' | '"')) => {
+                let close = if open == '[' { ']' } else { '"' };
+                let end = rest[1..].find(close).map_or(rest.len(), |i| i + 2);
+                (&rest[1..end.saturating_sub(1).max(1)], &rest[end..])
+            }
+            _ => {
+                let end = rest.find(' ').unwrap_or(rest.len());
+                (&rest[..end], &rest[end..])
+            }
+        };
+        fields.push(field.to_string());
+        rest = after;
+    }
+    fields
+}
+
+/// A line as (field, value) pairs, normalised: ports named, varying values reduced to
+/// whether they are there.
+fn normalise(log: &str, line: &str, ports: &BTreeMap<u16, String>) -> Vec<(String, String)> {
+    let pairs: Vec<(String, String)> = if log.ends_with("json.log") || log.ends_with("omit.log") {
+        let value: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("{log}: not JSON ({e}): {line}"));
+        let mut flat = Vec::new();
+        flatten("", &value, &mut flat);
+        flat
+    } else if log.ends_with("filtered.log") {
+        let parts: Vec<&str> = line.split(' ').collect();
+        ["response_code", "response_flags", "request_id"]
+            .iter()
+            .zip(parts)
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    } else {
+        let names = if log.ends_with("istio.log") {
+            ISTIO_FIELDS
+        } else {
+            DEFAULT_FIELDS
+        };
+        let fields = text_fields(line);
+        assert_eq!(
+            fields.len(),
+            names.len(),
+            "{log}: unexpected field count: {line}"
+        );
+        names
+            .iter()
+            .zip(fields)
+            .map(|(k, v)| (k.to_string(), v))
+            .collect()
+    };
+    pairs
+        .into_iter()
+        .map(|(k, v)| {
+            let v = if VARYING.contains(&k.as_str()) {
+                match v.as_str() {
+                    "-" | "null" => v,
+                    _ => "<varies>".to_string(),
+                }
+            } else {
+                name_ports(&v, ports)
+            };
+            (k, v)
+        })
+        .collect()
+}
+
+fn flatten(prefix: &str, value: &serde_json::Value, into: &mut Vec<(String, String)>) {
+    match value {
+        serde_json::Value::Object(map) => {
+            for (k, v) in map {
+                let key = if prefix.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{prefix}.{k}")
+                };
+                flatten(&key, v, into);
+            }
+        }
+        other => into.push((prefix.to_string(), other.to_string())),
+    }
+}
+
+/// `127.0.0.1:<port>` with known ports named and any other (a client's or an upstream
+/// connection's ephemeral port) written `{ephemeral}`; a bare known port is named too.
+fn name_ports(value: &str, ports: &BTreeMap<u16, String>) -> String {
+    let name = |p: &str| -> String {
+        match p.parse::<u16>().ok().and_then(|n| ports.get(&n)) {
+            Some(n) => n.clone(),
+            None => "{ephemeral}".to_string(),
+        }
+    };
+    if let Ok(n) = value.trim_matches('"').parse::<u16>() {
+        if let Some(named) = ports.get(&n).filter(|_| n > 1024) {
+            return named.clone();
+        }
+    }
+    let mut out = String::new();
+    let mut rest = value;
+    while let Some(i) = rest.find("127.0.0.1:") {
+        let after = &rest[i + 10..];
+        let digits = after
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(after.len());
+        out.push_str(&rest[..i + 10]);
+        out.push_str(&name(&after[..digits]));
+        rest = &after[digits..];
+    }
+    out.push_str(rest);
+    out
+}
+
+#[test]
+fn access_logs_match_envoy_field_by_field() {
+    let Some(_) = envoy_or_skip("access_logs_match_envoy_field_by_field") else {
+        return;
+    };
+    let envoy = run(Kind::Envoy);
+    let outrigger = run(Kind::Outrigger);
+    let mut unexpected = Vec::new();
+    let mut seen_known = vec![false; KNOWN.len()];
+    let mut compared = 0;
+    for (log, labels) in expected_lines() {
+        let (e, o) = (&envoy.logs[log], &outrigger.logs[log]);
+        if e.len() != labels.len() || o.len() != labels.len() {
+            unexpected.push(format!(
+                "{log}: expected {} lines; Envoy wrote {}, Outrigger {}\n  envoy: {e:#?}\n  outrigger: {o:#?}",
+                labels.len(),
+                e.len(),
+                o.len()
+            ));
+            continue;
+        }
+        for ((label, e), o) in labels.iter().zip(e).zip(o) {
+            let e = normalise(log, e, &envoy.ports);
+            let o = normalise(log, o, &outrigger.ports);
+            let e_map: BTreeMap<_, _> = e.iter().cloned().collect();
+            let o_map: BTreeMap<_, _> = o.iter().cloned().collect();
+            let keys: std::collections::BTreeSet<_> = e_map.keys().chain(o_map.keys()).collect();
+            for key in keys {
+                compared += 1;
+                let (ev, ov) = (e_map.get(key), o_map.get(key));
+                if ev == ov {
+                    continue;
+                }
+                let known = KNOWN
+                    .iter()
+                    .position(|k| k.log == log && k.line == *label && k.field == key);
+                match known {
+                    Some(i) => seen_known[i] = true,
+                    None => unexpected.push(format!(
+                        "{log} [{label}] {key}: Envoy {ev:?}, Outrigger {ov:?}"
+                    )),
+                }
+            }
+        }
+    }
+    eprintln!("compared {compared} fields");
+    assert!(compared > 400, "too few fields compared: {compared}");
+    for (k, seen) in KNOWN.iter().zip(&seen_known) {
+        if !seen {
+            unexpected.push(format!(
+                "known difference no longer occurs (remove it from KNOWN): {} [{}] {} ({})",
+                k.log, k.line, k.field, k.reason
+            ));
+        }
+    }
+    assert!(
+        unexpected.is_empty(),
+        "access logs differ from Envoy's:\n{}",
+        unexpected.join("\n")
+    );
+}
