@@ -16,7 +16,8 @@ use tokio::sync::mpsc;
 /// Lines waiting per sink before new ones are dropped. At a few hundred bytes a line this
 /// bounds the memory a stalled disk can take to a few MiB per sink.
 const QUEUE: usize = 8192;
-/// The buffer size that triggers a write before the flush interval (Envoy's is 64 KiB).
+/// The buffer size that triggers a write before the flush interval, unless
+/// `--file-flush-min-size-kb` sets another (Envoy's default is 64 KiB).
 const FLUSH_BYTES: usize = 64 * 1024;
 
 #[derive(Debug)]
@@ -26,7 +27,6 @@ struct FsStats {
     write_failed: Arc<Counter>,
     flushed_by_timer: Arc<Counter>,
     reopen_failed: Arc<Counter>,
-    write_dropped: Arc<Counter>,
     write_total_buffered: Arc<Gauge>,
     buffered: AtomicU64,
 }
@@ -40,7 +40,6 @@ impl FsStats {
             write_failed: c("write_failed"),
             flushed_by_timer: c("flushed_by_timer"),
             reopen_failed: c("reopen_failed"),
-            write_dropped: c("write_dropped"),
             write_total_buffered: store.gauge("filesystem.write_total_buffered"),
             buffered: AtomicU64::new(0),
         }
@@ -61,8 +60,9 @@ impl FsStats {
 #[derive(Debug)]
 pub struct Files {
     flush_interval: Duration,
+    flush_bytes: usize,
     store: Arc<Store>,
-    stats: Mutex<Option<Arc<FsStats>>>,
+    stats: Arc<FsStats>,
     open: Mutex<HashMap<Sink, LogSender>>,
 }
 
@@ -70,25 +70,27 @@ pub struct Files {
 #[derive(Debug, Clone)]
 pub struct LogSender {
     tx: mpsc::Sender<String>,
-    stats: Arc<FsStats>,
+    dropped: Arc<Counter>,
 }
 
 impl LogSender {
     /// Queues `line` for writing, or drops it (counted) when the writer is behind.
     pub fn send(&self, line: String) {
         if self.tx.try_send(line).is_err() {
-            self.stats.write_dropped.inc();
+            self.dropped.inc();
         }
     }
 }
 
 impl Files {
-    pub fn new(flush_interval: Duration, store: Arc<Store>) -> Self {
+    pub fn new(flush_interval: Duration, flush_bytes: Option<usize>, store: Arc<Store>) -> Self {
         Self {
+            flush_bytes: flush_bytes.unwrap_or(FLUSH_BYTES).max(1),
             // A zero interval would spin; Envoy treats it as "flush as soon as possible".
             flush_interval: flush_interval.max(Duration::from_millis(1)),
+            // Envoy has its filesystem stats whether or not anything logs.
+            stats: Arc::new(FsStats::new(&store)),
             store,
-            stats: Mutex::new(None),
             open: Mutex::new(HashMap::new()),
         }
     }
@@ -100,21 +102,23 @@ impl Files {
         if let Some(s) = open.get(sink) {
             return s.clone();
         }
-        // The filesystem stats appear with the first sink, so a proxy without access logs
-        // has none.
-        let stats = self
-            .stats
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get_or_insert_with(|| Arc::new(FsStats::new(&self.store)))
-            .clone();
+        let stats = self.stats.clone();
+        // Outrigger's own stat (Envoy's buffer grows without bound instead): it appears with the first
+        // sink, so a proxy without access logs shows only Envoy's stats.
+        let dropped = self.store.counter("filesystem.write_dropped");
         let (tx, rx) = mpsc::channel(QUEUE);
         let output = open_sink(sink);
         if output.is_none() {
             stats.reopen_failed.inc();
         }
-        tokio::spawn(write_lines(output, rx, self.flush_interval, stats.clone()));
-        let sender = LogSender { tx, stats };
+        tokio::spawn(write_lines(
+            output,
+            rx,
+            self.flush_interval,
+            self.flush_bytes,
+            stats.clone(),
+        ));
+        let sender = LogSender { tx, dropped };
         open.insert(sink.clone(), sender.clone());
         sender
     }
@@ -144,9 +148,10 @@ async fn write_lines(
     mut output: Option<Output>,
     mut lines: mpsc::Receiver<String>,
     flush_interval: Duration,
+    flush_bytes: usize,
     stats: Arc<FsStats>,
 ) {
-    let mut buffer: Vec<u8> = Vec::with_capacity(FLUSH_BYTES);
+    let mut buffer: Vec<u8> = Vec::with_capacity(flush_bytes.min(FLUSH_BYTES));
     let mut tick = tokio::time::interval(flush_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -156,7 +161,7 @@ async fn write_lines(
                 buffer.extend_from_slice(line.as_bytes());
                 stats.write_buffered.inc();
                 stats.buffered(line.len() as i64);
-                if buffer.len() >= FLUSH_BYTES {
+                if buffer.len() >= flush_bytes {
                     flush(&mut output, &mut buffer, &stats).await;
                 }
             }
@@ -186,4 +191,44 @@ async fn flush(output: &mut Option<Output>, buffer: &mut Vec<u8>, stats: &FsStat
     }
     stats.buffered(-(buffer.len() as i64));
     buffer.clear();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn lines_are_flushed_by_the_timer_and_a_full_queue_drops() {
+        let store = Store::new();
+        let files = Files::new(Duration::from_millis(20), None, store.clone());
+        let path = std::env::temp_dir().join(format!("outrigger-alog-{}.log", std::process::id()));
+        let _ = std::fs::remove_file(&path);
+        let sink = Sink::File(path.clone());
+        let sender = files.sender(&sink);
+        sender.send("one\n".to_string());
+        files.sender(&sink).send("two\n".to_string());
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        let text = loop {
+            let text = std::fs::read_to_string(&path).unwrap_or_default();
+            if text.lines().count() == 2 || tokio::time::Instant::now() > deadline {
+                break text;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        };
+        assert_eq!(text, "one\ntwo\n");
+        assert_eq!(store.counter("filesystem.write_buffered").value(), 2);
+        assert!(store.counter("filesystem.flushed_by_timer").value() >= 1);
+        let _ = std::fs::remove_file(&path);
+
+        // A writer that does not keep up: the line is dropped and counted, never waited for.
+        let (tx, _rx) = mpsc::channel(1);
+        let dropped = store.counter("filesystem.write_dropped");
+        let slow = LogSender {
+            tx,
+            dropped: dropped.clone(),
+        };
+        slow.send("kept".into());
+        slow.send("dropped".into());
+        assert_eq!(dropped.value(), 1);
+    }
 }

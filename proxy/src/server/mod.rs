@@ -140,6 +140,10 @@ async fn run(
     }
     let files = crate::access_log::Files::new(
         std::time::Duration::from_millis(server.options.file_flush_interval_msec),
+        server
+            .options
+            .file_flush_min_size_kb
+            .map(|kb| kb as usize * 1024),
         stats.clone(),
     );
     let runtimes: Vec<Arc<listener::ListenerRuntime>> = config
