@@ -179,6 +179,14 @@ static_resources:
                 route: { cluster: backend }
               - match: { prefix: "/dead" }
                 route: { cluster: dead }
+              - name: rewrite
+                match: { prefix: "/rewrite" }
+                route: { cluster: backend, prefix_rewrite: "/backend/rewritten" }
+              - match: { prefix: "/empty" }
+                route: { cluster: empty }
+              - name: redirect
+                match: { prefix: "/redirect" }
+                redirect: { path_redirect: "/elsewhere" }
               - name: direct
                 match: { prefix: "/direct" }
                 direct_response: { status: 503, body: { inline_string: "local reply" } }
@@ -236,7 +244,36 @@ static_resources:
           stat_prefix: alog_tcp_dead
           cluster: dead
           access_log: *tcp_logs
+  - name: no_chain
+    address: { socket_address: { address: 127.0.0.1, port_value: {{no_chain_port}} } }
+    access_log:
+    - name: envoy.access_loggers.file
+      typed_config:
+        "@type": type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog
+        path: LOG_DIR/listener.log
+        log_format:
+          json_format:
+            response_code: "%RESPONSE_CODE%"
+            response_flags: "%RESPONSE_FLAGS%"
+            response_code_details: "%RESPONSE_CODE_DETAILS%"
+            connection_termination_details: "%CONNECTION_TERMINATION_DETAILS%"
+            downstream_local_address: "%DOWNSTREAM_LOCAL_ADDRESS%"
+            upstream_host: "%UPSTREAM_HOST%"
+            bytes_received: "%BYTES_RECEIVED%"
+            protocol: "%PROTOCOL%"
+    filter_chains:
+    - filter_chain_match: { destination_port: 1 }
+      filters:
+      - name: envoy.filters.network.tcp_proxy
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy
+          stat_prefix: never
+          cluster: backend
   clusters:
+  - name: empty
+    type: STATIC
+    connect_timeout: 1s
+    load_assignment: { cluster_name: empty }
   - name: backend
     type: STATIC
     connect_timeout: 1s
@@ -270,6 +307,9 @@ const HTTP_TRAFFIC: &[(&str, &str, &str, &[&str])] = &[
     ("404 NR", "GET", "/nowhere", &[]),
     ("503 UF", "GET", "/dead/x", &[]),
     ("direct response", "GET", "/direct", &[]),
+    ("prefix rewrite", "GET", "/rewrite/a?b=c", &[]),
+    ("503 UH", "GET", "/empty", &[]),
+    ("redirect", "GET", "/redirect", &[]),
 ];
 
 const TCP_TRAFFIC: &[&str] = &["tcp to the upstream", "tcp to a dead upstream"];
@@ -287,6 +327,7 @@ fn expected_lines() -> Vec<(&'static str, Vec<&'static str>)> {
         ("tcp_default.log", tcp.clone()),
         ("tcp_istio.log", tcp.clone()),
         ("tcp_json.log", tcp),
+        ("listener.log", vec!["no filter chain"]),
     ]
 }
 
@@ -305,6 +346,7 @@ fn run(kind: Kind) -> Run {
         "tcp_port",
         "tcp_dead_port",
         "dead_port",
+        "no_chain_port",
     ])
     .with("upstream_port", upstream.port());
     let dir = tempfile::tempdir().expect("a log directory");
@@ -328,6 +370,7 @@ fn run(kind: Kind) -> Run {
         b"GET /tcp HTTP/1.0\r\nuser-agent: t\r\n\r\n",
     );
     tcp_exchange(ports.get("tcp_dead_port"), b"nobody listens");
+    tcp_exchange(ports.get("no_chain_port"), b"no chain matches");
     let logs = read_logs(dir.path(), &proxy);
     let mut names: BTreeMap<u16, String> = [
         "admin_port",
@@ -335,6 +378,7 @@ fn run(kind: Kind) -> Run {
         "tcp_port",
         "tcp_dead_port",
         "dead_port",
+        "no_chain_port",
         "upstream_port",
     ]
     .iter()
@@ -345,14 +389,14 @@ fn run(kind: Kind) -> Run {
     Run { logs, ports: names }
 }
 
-/// Sends `bytes`, half-closes, and reads until the proxy closes.
+/// Sends `bytes` and reads until the proxy closes (the upstream closes after answering an
+/// HTTP/1.0 request; a half-close from the client would race with its answer).
 fn tcp_exchange(port: u16, bytes: &[u8]) {
     let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else {
         return;
     };
     let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
     let _ = s.write_all(bytes);
-    let _ = s.shutdown(std::net::Shutdown::Write);
     let mut sink = Vec::new();
     let _ = s.read_to_end(&mut sink);
     // The proxy logs a TCP connection when both directions are done; give it a moment
@@ -414,7 +458,8 @@ fn text_fields(line: &str) -> Vec<String> {
 /// A line as (field, value) pairs, normalised: ports named, varying values reduced to
 /// whether they are there.
 fn normalise(log: &str, line: &str, ports: &BTreeMap<u16, String>) -> Vec<(String, String)> {
-    let pairs: Vec<(String, String)> = if log.ends_with("json.log") || log.ends_with("omit.log") {
+    let json = ["json.log", "omit.log", "listener.log"];
+    let pairs: Vec<(String, String)> = if json.iter().any(|j| log.ends_with(j)) {
         let value: serde_json::Value =
             serde_json::from_str(line).unwrap_or_else(|e| panic!("{log}: not JSON ({e}): {line}"));
         let mut flat = Vec::new();

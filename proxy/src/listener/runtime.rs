@@ -103,7 +103,8 @@ impl ListenerRuntime {
 }
 
 impl ListenerRuntime {
-    /// Logs a connection closed because no filter chain matched: Envoy's `NR` flag, code 0.
+    /// Logs a connection closed because no filter chain matched: Envoy's `NR` flag, code 0,
+    /// details `filter_chain_not_found`.
     pub fn log_rejected(
         &self,
         remote: Option<SocketAddr>,
@@ -115,6 +116,7 @@ impl ListenerRuntime {
         }
         let info = StreamInfo {
             response_flags: ResponseFlags::named("NR").unwrap_or_default(),
+            response_code_details: Some("filter_chain_not_found".into()),
             connection_id: Some(connection_id),
             duration: Some(std::time::Duration::ZERO),
             ..StreamInfo::default()
