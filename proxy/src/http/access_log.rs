@@ -106,6 +106,9 @@ pub struct Pending {
     pub protocol: http::Version,
     pub request: Option<Arc<RequestProgress>>,
     pub info: StreamInfo,
+    /// Whether a connection to the upstream host was made (it answered, timed out or
+    /// closed), for `%UPSTREAM_REMOTE_ADDRESS%`.
+    pub connected: bool,
 }
 
 impl Pending {
@@ -119,10 +122,9 @@ impl Pending {
         let ctx = Context {
             downstream_remote: self.downstream.remote,
             downstream_local: self.downstream.local,
-            // `%UPSTREAM_REMOTE_ADDRESS%` is the host that answered; `%UPSTREAM_HOST%` may be
-            // one that was only tried.
-            upstream_remote: upstream
-                .filter(|_| self.info.response_code_details.as_deref() == Some("via_upstream")),
+            // `%UPSTREAM_REMOTE_ADDRESS%` is a host a connection was made to; `%UPSTREAM_HOST%`
+            // may be one that was only tried.
+            upstream_remote: upstream.filter(|_| self.connected),
             start: self.start,
             protocol: Some(self.protocol),
             request_headers: self.info.request_headers.as_ref(),
@@ -203,8 +205,8 @@ pub fn default_details(
         Some(ResponseFlag::NoRouteFound) => Cow::Borrowed("route_not_found"),
         Some(ResponseFlag::NoHealthyUpstream) => Cow::Borrowed("no_healthy_upstream"),
         Some(ResponseFlag::NoClusterFound) => Cow::Borrowed("cluster_not_found"),
-        Some(ResponseFlag::UpstreamRequestTimeout) => Cow::Borrowed("upstream_response_timeout"),
-        Some(ResponseFlag::UpstreamRemoteReset) => {
+        Some(ResponseFlag::UpstreamRequestTimeout) => Cow::Borrowed("response_timeout"),
+        Some(ResponseFlag::UpstreamRemoteReset | ResponseFlag::UpstreamConnectionTermination) => {
             Cow::Borrowed("upstream_reset_before_response_started{connection_termination}")
         }
         Some(ResponseFlag::UpstreamConnectionFailure) => match transport_failure {

@@ -2,6 +2,7 @@
 //! knowledge, else HTTP/1.1), per-request stats, and graceful close when listeners drain.
 
 use super::access_log::{default_details, flag_bits, LoggedBody, Pending, RequestProgress};
+use super::local_reply::ResponseFlag;
 use super::router::{route_request, ResponseBody};
 use super::stats::HcmStats;
 use crate::config::hcm::{Codec, HttpConnectionManager};
@@ -162,7 +163,17 @@ async fn handle(
         ));
     }
     info.connection_id = Some(downstream.connection_id);
+    let connected = outcome.upstream.is_some()
+        || matches!(
+            outcome.flag,
+            Some(
+                ResponseFlag::UpstreamRequestTimeout
+                    | ResponseFlag::UpstreamRemoteReset
+                    | ResponseFlag::UpstreamConnectionTermination
+            )
+        );
     let pending = Box::new(Pending {
+        connected,
         ctx: ctx.clone(),
         downstream,
         start,

@@ -288,7 +288,9 @@ fn upstream_failure(
                 tracing::debug!(target: "router", "upstream reset: {reason}");
                 "upstream connect error or disconnect/reset before headers. reset reason: connection termination".to_string()
             },
-            ResponseFlag::UpstreamRemoteReset,
+            // Envoy flags a connection that closed before the response UC (checked against
+            // Envoy 1.40); UR is a reset stream.
+            ResponseFlag::UpstreamConnectionTermination,
         ),
         UpstreamError::NoHealthyUpstream => {
             (StatusCode::SERVICE_UNAVAILABLE, "no healthy upstream".to_string(), ResponseFlag::NoHealthyUpstream)

@@ -132,6 +132,7 @@ pub async fn route_request(
             Some(
                 ResponseFlag::UpstreamConnectionFailure
                     | ResponseFlag::UpstreamRemoteReset
+                    | ResponseFlag::UpstreamConnectionTermination
                     | ResponseFlag::UpstreamRequestTimeout
             )
         );
