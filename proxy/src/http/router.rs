@@ -72,6 +72,28 @@ struct LoggedRequest {
     authority: Option<http::HeaderValue>,
 }
 
+impl LoggedRequest {
+    fn new(request: &Request<Incoming>, ctx: &HttpContext) -> Self {
+        Self {
+            headers: crate::access_log::keep_headers(
+                request.headers(),
+                &ctx.access_logs.request_headers,
+            ),
+            method: request.method().clone(),
+            path: request.uri().path_and_query().cloned(),
+            authority: authority(request).and_then(|a| http::HeaderValue::from_str(a).ok()),
+        }
+    }
+
+    fn fill(self, info: &mut crate::format::StreamInfo) {
+        info.method = Some(self.method);
+        info.path = self.path;
+        info.authority = self.authority;
+        info.scheme = Some("http");
+        info.request_headers = Some(self.headers);
+    }
+}
+
 pub async fn route_request(
     ctx: &HttpContext,
     downstream: &Downstream,
@@ -82,7 +104,13 @@ pub async fn route_request(
         .and_then(|()| request_checks::is_allowed_upgrade(&ctx.hcm, request.headers()))
     {
         Ok(upgrade) => upgrade,
-        Err(refusal) => return refused(refusal, server),
+        Err(refusal) => {
+            let mut outcome = refused(refusal, server);
+            if !ctx.access_logs.is_empty() {
+                LoggedRequest::new(&request, ctx).fill(&mut outcome.info);
+            }
+            return outcome;
+        }
     };
     let extras = RequestExtras {
         on_upgrade: upgrade.then(|| hyper::upgrade::on(&mut request)),
@@ -94,15 +122,7 @@ pub async fn route_request(
     let forwarding = &ctx.hcm.forwarding;
     mutate_request_headers(forwarding, request.headers_mut(), downstream);
     // Access logs see the request as the connection manager left it (x-request-id set, ...).
-    let logged_request = (!ctx.access_logs.is_empty()).then(|| LoggedRequest {
-        headers: crate::access_log::keep_headers(
-            request.headers(),
-            &ctx.access_logs.request_headers,
-        ),
-        method: request.method().clone(),
-        path: request.uri().path_and_query().cloned(),
-        authority: authority(&request).and_then(|a| http::HeaderValue::from_str(a).ok()),
-    });
+    let logged_request = (!ctx.access_logs.is_empty()).then(|| LoggedRequest::new(&request, ctx));
     let request_id = forwarding
         .always_set_request_id_in_response
         .then(|| request.headers().get(&X_REQUEST_ID).cloned())
@@ -118,11 +138,7 @@ pub async fn route_request(
             || request.headers().contains_key(header::TRANSFER_ENCODING));
     let mut outcome = route_and_act(ctx, request, extras).await;
     if let Some(r) = logged_request {
-        outcome.info.method = Some(r.method);
-        outcome.info.path = r.path;
-        outcome.info.authority = r.authority;
-        outcome.info.scheme = Some("http");
-        outcome.info.request_headers = Some(r.headers);
+        r.fill(&mut outcome.info);
     }
     if outcome.upstream.is_none() {
         // Replies made before any upstream attempt leave the body unread; after an attempt
