@@ -153,6 +153,10 @@ pub struct Template {
 impl Template {
     /// Compiles `text`; `%%` is a literal `%`. Errors name the operator that is not supported.
     pub fn parse(text: &str) -> Result<Self, String> {
+        Self::compile(text, false)
+    }
+
+    fn compile(text: &str, header_value: bool) -> Result<Self, String> {
         let mut segments = Vec::new();
         let mut literal = String::new();
         let mut rest = text;
@@ -171,13 +175,26 @@ impl Template {
             if !literal.is_empty() {
                 segments.push(Segment::Literal(std::mem::take(&mut literal)));
             }
-            segments.push(Segment::Op(parse_operator(op)?));
+            let parsed = parse_operator(op)?;
+            if header_value && parsed.needs_finished_stream() {
+                return Err(format!(
+                    "command operator %{op}% is not supported in header values by Outrigger"
+                ));
+            }
+            segments.push(Segment::Op(parsed));
         }
         literal.push_str(rest);
         if !literal.is_empty() {
             segments.push(Segment::Literal(literal));
         }
         Ok(Self { segments })
+    }
+
+    /// Compiles a header value: only the operators known while headers are mutated
+    /// (downstream and upstream addresses, start time, protocol, hostname, request headers);
+    /// the ones about a finished stream are refused rather than rendered empty.
+    pub fn parse_header_value(text: &str) -> Result<Self, String> {
+        Self::compile(text, true)
     }
 
     /// Whether rendering reads request headers (`%REQ(...)%`).
@@ -273,6 +290,29 @@ impl Template {
         match self.segments.as_slice() {
             [Segment::Op(op)] => Some(render_operator(op, ctx, out)),
             _ => None,
+        }
+    }
+}
+
+impl Operator {
+    fn needs_finished_stream(&self) -> bool {
+        match self {
+            Operator::DownstreamRemoteAddress { .. }
+            | Operator::DownstreamDirectRemoteAddress { .. }
+            | Operator::DownstreamRemotePort
+            | Operator::DownstreamLocalAddress { .. }
+            | Operator::DownstreamLocalPort
+            | Operator::UpstreamRemoteAddress
+            | Operator::StartTime(_)
+            | Operator::Protocol
+            | Operator::Hostname(_) => false,
+            Operator::Header {
+                which: Headers::Request,
+                name: HeaderRef::Name(_),
+                alternative,
+                ..
+            } => !matches!(alternative, None | Some(HeaderRef::Name(_))),
+            _ => true,
         }
     }
 }
@@ -770,6 +810,20 @@ mod tests {
             out,
             "{\"code\":200,\"empty\":\"\",\"mixed\":\"c=200 h=\",\"nested\":{\"a\":true,\"z\":5},\"quote\":\"say \\\"hi\\\"\\\\\"}\n"
         );
+    }
+
+    #[test]
+    fn header_values_refuse_operators_about_a_finished_stream() {
+        assert!(Template::parse_header_value("%DOWNSTREAM_REMOTE_ADDRESS% %REQ(x-a?x-b)%").is_ok());
+        for op in [
+            "%RESPONSE_CODE%",
+            "%RESP(x)%",
+            "%REQ(:PATH)%",
+            "%UPSTREAM_HOST%",
+        ] {
+            let err = Template::parse_header_value(op).expect_err(op);
+            assert!(err.contains("not supported in header values"), "{err}");
+        }
     }
 
     #[test]
