@@ -1,9 +1,10 @@
 //! Access logs as they run: each HTTP connection manager, tcp_proxy and listener holds an
 //! [`AccessLogs`] built once from its configuration, with the writer of each sink resolved.
-//! At the end of a stream the caller fills a [`StreamInfo`]; every logger whose filter
-//! passes renders its line into a fresh buffer and hands it to its sink's writer task over a
-//! bounded channel. Nothing on the request path waits for the disk: a full channel drops the
-//! line and counts it (`filesystem.write_dropped`, an Outrigger stat).
+//! At the end of a stream the caller fills a [`crate::format::StreamInfo`]; every logger whose
+//! filter passes renders its line into a reused per-thread buffer and appends it to its sink's
+//! buffer, which a writer task writes out (see [`writer`]). Nothing on the request path waits
+//! for the disk: when a stalled sink's buffer is full the line is dropped and counted
+//! (`filesystem.write_dropped`, an Outrigger stat).
 //! Envoy: https://www.envoyproxy.io/docs/envoy/latest/configuration/observability/access_log/usage
 
 mod writer;
@@ -69,11 +70,19 @@ impl AccessLogs {
                     continue;
                 }
             }
-            let mut line = String::with_capacity(256);
-            config.format.render(ctx, &mut line);
-            sender.send(line);
+            LINE.with(|line| {
+                let mut line = line.borrow_mut();
+                line.clear();
+                config.format.render(ctx, &mut line);
+                sender.send(&line);
+            });
         }
     }
+}
+
+thread_local! {
+    /// The line being rendered, reused so logging allocates nothing per request.
+    static LINE: std::cell::RefCell<String> = std::cell::RefCell::new(String::with_capacity(1024));
 }
 
 fn dedup(names: &mut Vec<HeaderName>) {
