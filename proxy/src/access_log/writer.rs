@@ -71,14 +71,23 @@ pub struct Files {
 }
 
 /// What loggers and the writer task of one sink share.
-#[derive(Debug)]
 struct Pending {
     buffer: Mutex<Vec<u8>>,
+    /// The sink, held while a write is in progress so a final flush keeps the order.
+    output: tokio::sync::Mutex<Option<Output>>,
     /// Wakes the writer when the buffer passes `flush_bytes`.
     full: Notify,
     flush_bytes: usize,
     stats: Arc<FsStats>,
     dropped: Arc<Counter>,
+}
+
+impl std::fmt::Debug for Pending {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pending")
+            .field("flush_bytes", &self.flush_bytes)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Where a logger writes its lines.
@@ -134,18 +143,19 @@ impl Files {
         // Outrigger's own stat: it appears with the first sink, so a proxy without access
         // logs shows only Envoy's stats.
         let dropped = self.store.counter("filesystem.write_dropped");
+        let output = open_sink(sink);
+        if output.is_none() {
+            self.stats.reopen_failed.inc();
+        }
         let pending = Arc::new(Pending {
             buffer: Mutex::new(Vec::with_capacity(self.flush_bytes.min(FLUSH_BYTES))),
+            output: tokio::sync::Mutex::new(output),
             full: Notify::new(),
             flush_bytes: self.flush_bytes,
             stats: self.stats.clone(),
             dropped,
         });
-        let output = open_sink(sink);
-        if output.is_none() {
-            self.stats.reopen_failed.inc();
-        }
-        tokio::spawn(write_lines(output, pending.clone(), self.flush_interval));
+        tokio::spawn(write_lines(pending.clone(), self.flush_interval));
         let sender = LogSender { pending };
         open.insert(sink.clone(), sender.clone());
         sender
@@ -172,9 +182,54 @@ fn open_sink(sink: &Sink) -> Option<Output> {
     }
 }
 
+impl Files {
+    /// Writes out what every sink holds, for shutdown (Envoy flushes its logs on exit).
+    pub async fn flush_all(&self) {
+        let sinks: Vec<Arc<Pending>> = self
+            .open
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .map(|s| s.pending.clone())
+            .collect();
+        let mut spare = Vec::new();
+        for pending in sinks {
+            pending.write_out(&mut spare, false).await;
+        }
+    }
+}
+
+impl Pending {
+    /// Takes the buffer (swapping in `spare`) and writes it to the sink.
+    async fn write_out(&self, spare: &mut Vec<u8>, by_timer: bool) {
+        let mut output = self.output.lock().await;
+        {
+            let mut buffer = self.buffer.lock().unwrap_or_else(|e| e.into_inner());
+            if buffer.is_empty() {
+                return;
+            }
+            std::mem::swap(&mut *buffer, spare);
+        }
+        if by_timer {
+            self.stats.flushed_by_timer.inc();
+        }
+        let ok = match &mut *output {
+            Some(out) => out.write_all(spare).await.is_ok() && out.flush().await.is_ok(),
+            None => false,
+        };
+        if ok {
+            self.stats.write_completed.inc();
+        } else {
+            self.stats.write_failed.inc();
+        }
+        self.stats.buffered(0, spare.len() as u64);
+        spare.clear();
+    }
+}
+
 /// Writes the sink's buffer whenever it fills or the interval passes. It runs as long as the
 /// process: sinks are shared and live as long as the listeners that log to them.
-async fn write_lines(mut output: Option<Output>, pending: Arc<Pending>, flush_interval: Duration) {
+async fn write_lines(pending: Arc<Pending>, flush_interval: Duration) {
     // Swapped with the shared buffer, so neither side allocates in steady state.
     let mut spare: Vec<u8> = Vec::new();
     let mut tick = tokio::time::interval(flush_interval);
@@ -184,28 +239,7 @@ async fn write_lines(mut output: Option<Output>, pending: Arc<Pending>, flush_in
             _ = pending.full.notified() => false,
             _ = tick.tick() => true,
         };
-        {
-            let mut buffer = pending.buffer.lock().unwrap_or_else(|e| e.into_inner());
-            if buffer.is_empty() {
-                continue;
-            }
-            std::mem::swap(&mut *buffer, &mut spare);
-        }
-        if by_timer {
-            pending.stats.flushed_by_timer.inc();
-        }
-        let ok = match &mut output {
-            Some(out) => out.write_all(&spare).await.is_ok() && out.flush().await.is_ok(),
-            None => false,
-        };
-        let stats = &pending.stats;
-        if ok {
-            stats.write_completed.inc();
-        } else {
-            stats.write_failed.inc();
-        }
-        stats.buffered(0, spare.len() as u64);
-        spare.clear();
+        pending.write_out(&mut spare, by_timer).await;
     }
 }
 
@@ -242,6 +276,7 @@ mod tests {
         let stalled = LogSender {
             pending: Arc::new(Pending {
                 buffer: Mutex::new(vec![b'x'; MAX_PENDING - 4]),
+                output: tokio::sync::Mutex::new(None),
                 full: Notify::new(),
                 flush_bytes: FLUSH_BYTES,
                 stats: Arc::new(FsStats::new(&store)),

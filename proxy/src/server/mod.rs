@@ -200,6 +200,7 @@ async fn run(
     tokio::spawn(track_uptime(server.clone()));
     wait_for_shutdown(&server).await;
     tracing::info!(target: "main", "shutting down");
+    files.flush_all().await;
     ExitCode::SUCCESS
 }
 
