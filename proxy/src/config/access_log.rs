@@ -216,6 +216,21 @@ fn translate_access_log(
                 }
                 Some(F::LogFormat(f)) => log_format(f, &tc.field("log_format"))?,
             };
+            // Envoy opens the file while loading the configuration (validate mode too) and
+            // refuses a path it cannot open.
+            if let Err(e) = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&file.path)
+            {
+                let reason = match e.raw_os_error() {
+                    Some(code) => nix::errno::Errno::from_raw(code).desc().to_string(),
+                    None => e.to_string(),
+                };
+                return Err(tc
+                    .field("path")
+                    .error(format!("unable to open file '{}': {reason}", file.path)));
+            }
             (Sink::File(PathBuf::from(&file.path)), format)
         }
         Some(Extension::StdoutAccessLog(s)) => {

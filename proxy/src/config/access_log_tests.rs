@@ -81,7 +81,7 @@ fn loggers_formats_and_defaults_translate() {
     let logs = format!(
         r#"[
         {{ name: a, typed_config: {{ "@type": {FILE}, path: /dev/stdout }} }},
-        {{ name: b, typed_config: {{ "@type": {FILE}, path: /tmp/x.log, log_format: {{ text_format_source: {{ inline_string: "%RESPONSE_CODE%\n" }}, omit_empty_values: true }} }} }},
+        {{ name: b, typed_config: {{ "@type": {FILE}, path: /dev/null, log_format: {{ text_format_source: {{ inline_string: "%RESPONSE_CODE%\n" }}, omit_empty_values: true }} }} }},
         {{ name: c, typed_config: {{ "@type": type.googleapis.com/envoy.extensions.access_loggers.stream.v3.StdoutAccessLog, log_format: {{ json_format: {{ code: "%RESPONSE_CODE%", n: {{ d: "%DURATION%" }} }} }} }} }},
         {{ name: d, typed_config: {{ "@type": type.googleapis.com/envoy.extensions.access_loggers.stream.v3.StderrAccessLog }} }},
         {{ name: e, typed_config: {{ "@type": {FILE}, path: /dev/null, format: "%PROTOCOL%\n" }} }}
@@ -188,6 +188,10 @@ fn refusals_name_the_field_path() {
         (
             format!(r#"[{{ name: f, typed_config: {{ "@type": {FILE}, path: "" }} }}]"#),
             "typed_config.access_log[0].typed_config.path",
+        ),
+        (
+            format!(r#"[{{ name: f, typed_config: {{ "@type": {FILE}, path: /nonexistent/dir/x.log }} }}]"#),
+            "typed_config.access_log[0].typed_config.path: unable to open file '/nonexistent/dir/x.log': No such file or directory",
         ),
     ];
     for (logs, want) in cases {
