@@ -667,6 +667,7 @@ fn access_logs_match_envoy_field_by_field() {
         }
     }
     eprintln!("compared {compared} fields");
+    // `ALOG_DUMP=1` prints both sides' raw lines (with `--no-capture`).
     if std::env::var_os("ALOG_DUMP").is_some() {
         eprintln!("Envoy: {:#?}\nOutrigger: {:#?}", envoy.logs, outrigger.logs);
     }
