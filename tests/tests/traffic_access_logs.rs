@@ -1,10 +1,12 @@
 //! Differential access log test: Envoy (the oracle) and Outrigger run the same bootstrap with
 //! file access logs in Envoy's default text format, Istio's default text format and JSON (typed,
 //! nested, and with `omit_empty_values`) on an HTTP connection manager and on tcp_proxy
-//! listeners. The same deterministic traffic goes through both (a 200 from the upstream over
-//! HTTP/1.1 and HTTP/2, a POST with a body, a 404 NR, a 503 UF from a dead upstream, a direct
-//! response, a TCP connection and a TCP connection to a dead upstream), then every line is
-//! compared field by field. Fields that differ between any two runs (times, durations, ids,
+//! listeners, and on a listener whose filter chain never matches. The same deterministic
+//! traffic goes through both (a 200 from the upstream over HTTP/1.1 and HTTP/2, a POST with a
+//! body, a prefix rewrite, a redirect, a direct response, 404 NR, 503 UF from a dead upstream,
+//! 503 UH, 504 UT, 503 UC, response trailers, a client leaving mid-response (DC), a TCP
+//! connection, a TCP connection to a dead upstream, and one no filter chain takes), then every
+//! line is compared field by field. Fields that differ between any two runs (times, durations, ids,
 //! ephemeral ports) are normalised; intentional differences are listed in [`KNOWN`], and a
 //! listed difference that no longer occurs fails the test too, so the list stays true.
 //! Envoy: https://www.envoyproxy.io/docs/envoy/latest/configuration/observability/access_log/usage
@@ -217,6 +219,8 @@ static_resources:
                 route: { cluster: slow, timeout: 0.3s }
               - match: { prefix: "/reset" }
                 route: { cluster: closer }
+              - match: { prefix: "/stream" }
+                route: { cluster: streamer }
               - match: { prefix: "/trailers" }
                 route: { cluster: trailers }
               - name: redirect
@@ -305,6 +309,12 @@ static_resources:
           stat_prefix: never
           cluster: backend
   clusters:
+  - name: streamer
+    type: STATIC
+    connect_timeout: 1s
+    load_assignment:
+      cluster_name: streamer
+      endpoints: [{ lb_endpoints: [{ endpoint: { address: { socket_address: { address: 127.0.0.1, port_value: {{streamer_port}} } } } }] }]
   - name: slow
     type: STATIC
     connect_timeout: 1s
@@ -370,6 +380,17 @@ const HTTP_TRAFFIC: &[(&str, &str, &str, &[&str])] = &[
     ("504 UT", "GET", "/slow", &[]),
     ("503 UC", "GET", "/reset", &[]),
     ("trailers", "GET", "/trailers", &["--http2-prior-knowledge"]),
+    // Not curl: a raw client that reads a little of a large response and closes.
+    (CLIENT_LEAVES, "RAW", "/stream", &[]),
+];
+
+/// The request whose client goes away mid-response (Envoy's DC flag).
+const CLIENT_LEAVES: &str = "client leaves mid-response";
+
+/// Fields that vary on one line only: how much was sent before the client left.
+const VARYING_ON: &[(&str, &str)] = &[
+    (CLIENT_LEAVES, "bytes_sent"),
+    (CLIENT_LEAVES, "upstream_service_time"),
 ];
 
 const TCP_TRAFFIC: &[&str] = &["tcp to the upstream", "tcp to a dead upstream"];
@@ -412,10 +433,12 @@ fn run(kind: Kind) -> Run {
     let slow = Scripted::start("slow", Behaviour::Delay(Duration::from_secs(2)));
     let closer = Scripted::start("closer", Behaviour::CloseBeforeResponse);
     let trailers = Scripted::start("trailers", Behaviour::Trailers);
+    let streamer = Scripted::start("streamer", Behaviour::Stream(1 << 30));
     let ports = ports
         .with("slow_port", slow.port())
         .with("closer_port", closer.port())
-        .with("trailers_port", trailers.port());
+        .with("trailers_port", trailers.port())
+        .with("streamer_port", streamer.port());
     let dir = tempfile::tempdir().expect("a log directory");
     let bootstrap = ports
         .render(BOOTSTRAP)
@@ -429,6 +452,10 @@ fn run(kind: Kind) -> Run {
         let header = format!("x-request-id: {id}");
         all.extend(["-H", header.as_str()]);
         all.extend(args.iter());
+        if *method == "RAW" {
+            leave_mid_response(http, path, &id);
+            continue;
+        }
         let url = format!("http://127.0.0.1:{http}{path}");
         curl::request(method, &url, &all).unwrap_or_else(|f| panic!("{}", f.message));
     }
@@ -450,6 +477,7 @@ fn run(kind: Kind) -> Run {
         "slow_port",
         "closer_port",
         "trailers_port",
+        "streamer_port",
     ]
     .iter()
     .map(|n| (ports.get(n), format!("{{{n}}}")))
@@ -457,6 +485,22 @@ fn run(kind: Kind) -> Run {
     names.insert(0, "0".into());
     drop(proxy);
     Run { logs, ports: names }
+}
+
+/// GETs `path` over HTTP/1.1, reads the first 64 KiB of the response and closes the
+/// connection while the upstream is still sending.
+fn leave_mid_response(port: u16, path: &str, id: &str) {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect to the HTTP listener");
+    let request = format!(
+        "GET {path} HTTP/1.1\r\nhost: 127.0.0.1:{port}\r\nuser-agent: alog-test\r\nx-request-id: {id}\r\n\r\n"
+    );
+    s.write_all(request.as_bytes()).expect("send the request");
+    let mut got = vec![0u8; 64 * 1024];
+    let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+    let _ = s.read_exact(&mut got);
+    drop(s);
+    // Both proxies log when they notice the close; wait so the lines keep the traffic's order.
+    std::thread::sleep(Duration::from_millis(300));
 }
 
 /// Sends `bytes` and reads until the proxy closes (the upstream closes after answering an
@@ -527,7 +571,12 @@ fn text_fields(line: &str) -> Vec<String> {
 
 /// A line as (field, value) pairs, normalised: ports named, varying values reduced to
 /// whether they are there.
-fn normalise(log: &str, line: &str, ports: &BTreeMap<u16, String>) -> Vec<(String, String)> {
+fn normalise(
+    log: &str,
+    label: &str,
+    line: &str,
+    ports: &BTreeMap<u16, String>,
+) -> Vec<(String, String)> {
     let json = ["json.log", "omit.log", "listener.log"];
     let pairs: Vec<(String, String)> = if json.iter().any(|j| log.ends_with(j)) {
         let value: serde_json::Value =
@@ -563,7 +612,9 @@ fn normalise(log: &str, line: &str, ports: &BTreeMap<u16, String>) -> Vec<(Strin
     pairs
         .into_iter()
         .map(|(k, v)| {
-            let v = if VARYING.contains(&k.as_str()) {
+            let varies = VARYING.contains(&k.as_str())
+                || VARYING_ON.iter().any(|(l, f)| *l == label && *f == k);
+            let v = if varies {
                 match v.as_str() {
                     "-" | "null" => v,
                     _ => "<varies>".to_string(),
@@ -643,8 +694,8 @@ fn access_logs_match_envoy_field_by_field() {
             continue;
         }
         for ((label, e), o) in labels.iter().zip(e).zip(o) {
-            let e = normalise(log, e, &envoy.ports);
-            let o = normalise(log, o, &outrigger.ports);
+            let e = normalise(log, label, e, &envoy.ports);
+            let o = normalise(log, label, o, &outrigger.ports);
             let e_map: BTreeMap<_, _> = e.iter().cloned().collect();
             let o_map: BTreeMap<_, _> = o.iter().cloned().collect();
             let keys: std::collections::BTreeSet<_> = e_map.keys().chain(o_map.keys()).collect();

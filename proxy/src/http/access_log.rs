@@ -138,6 +138,9 @@ impl Pending {
 pub struct LoggedBody {
     inner: ResponseBody,
     pending: Option<Box<Pending>>,
+    /// The body reached its end (or failed): hyper stopped for a reason other than the
+    /// client leaving.
+    ended: bool,
 }
 
 impl LoggedBody {
@@ -145,13 +148,21 @@ impl LoggedBody {
         Self {
             inner,
             pending: Some(pending),
+            ended: false,
         }
     }
 }
 
 impl Drop for LoggedBody {
     fn drop(&mut self) {
-        if let Some(pending) = self.pending.take() {
+        if let Some(mut pending) = self.pending.take() {
+            // Dropped before its end: the client went away mid-response (Envoy's DC).
+            if !self.ended && !self.inner.is_end_stream() {
+                if let Some(dc) = ResponseFlags::named("DC") {
+                    pending.info.response_flags = pending.info.response_flags.with(dc);
+                }
+                pending.info.response_code_details = Some("downstream_remote_disconnect".into());
+            }
             pending.log();
         }
     }
@@ -167,6 +178,9 @@ impl Body for LoggedBody {
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
         let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        if matches!(polled, Poll::Ready(None | Some(Err(_)))) {
+            this.ended = true;
+        }
         if let (Poll::Ready(Some(Ok(frame))), Some(pending)) = (&polled, &mut this.pending) {
             if let Some(data) = frame.data_ref() {
                 pending.info.bytes_sent += data.len() as u64;
