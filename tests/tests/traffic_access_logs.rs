@@ -4,7 +4,9 @@
 //! listeners, and on a listener whose filter chain never matches. The same deterministic
 //! traffic goes through both (a 200 from the upstream over HTTP/1.1 and HTTP/2, a POST with a
 //! body, a prefix rewrite, a redirect, a direct response, 404 NR, 503 UF from a dead upstream,
-//! 503 UH, 504 UT, 503 UC, response trailers, a client leaving mid-response (DC), a TCP
+//! 503 UH, 504 UT, 503 UC, response trailers, requests refused by the connection manager
+//! (escaped slash, underscore header, upgrade not allowed, HTTP/1.0), a client leaving
+//! mid-response (DC), a TCP
 //! connection, a TCP connection to a dead upstream, and one no filter chain takes), then every
 //! line is compared field by field. Fields that differ between any two runs (times, durations, ids,
 //! ephemeral ports) are normalised; intentional differences are listed in [`KNOWN`], and a
@@ -87,7 +89,64 @@ struct Known {
 
 const UPSTREAM_LOCAL: &str = "the local address of an upstream connection is known only from a response that came on it (HTTP/1.1 pool); a timeout or a close before the response leaves it unknown (open)";
 
+const REFUSED_BEFORE_ROUTING: &str = "Outrigger refuses an upgrade it does not allow before routing; Envoy routes first, so it logs the route and cluster (open)";
+const ESCAPED_PATH: &str = "Envoy logs a path it refused for an escaped slash with the slash unescaped; Outrigger logs it as received (open)";
+
 const KNOWN: &[Known] = &[
+    Known {
+        log: "http_istio.log",
+        line: "refused: upgrade not allowed",
+        field: "route_name",
+        reason: REFUSED_BEFORE_ROUTING,
+    },
+    Known {
+        log: "http_istio.log",
+        line: "refused: upgrade not allowed",
+        field: "upstream_cluster",
+        reason: REFUSED_BEFORE_ROUTING,
+    },
+    Known {
+        log: "http_json.log",
+        line: "refused: upgrade not allowed",
+        field: "route_name",
+        reason: REFUSED_BEFORE_ROUTING,
+    },
+    Known {
+        log: "http_json.log",
+        line: "refused: upgrade not allowed",
+        field: "upstream_cluster",
+        reason: REFUSED_BEFORE_ROUTING,
+    },
+    Known {
+        log: "http_json.log",
+        line: "refused: upgrade not allowed",
+        field: "summary",
+        reason: REFUSED_BEFORE_ROUTING,
+    },
+    Known {
+        log: "http_omit.log",
+        line: "refused: upgrade not allowed",
+        field: "route_name",
+        reason: REFUSED_BEFORE_ROUTING,
+    },
+    Known {
+        log: "http_default.log",
+        line: "refused: escaped slash",
+        field: "request",
+        reason: ESCAPED_PATH,
+    },
+    Known {
+        log: "http_istio.log",
+        line: "refused: escaped slash",
+        field: "request",
+        reason: ESCAPED_PATH,
+    },
+    Known {
+        log: "http_json.log",
+        line: "refused: escaped slash",
+        field: "path",
+        reason: ESCAPED_PATH,
+    },
     Known {
         log: "http_istio.log",
         line: "504 UT",
@@ -127,6 +186,8 @@ static_resources:
         typed_config:
           "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
           stat_prefix: alog
+          path_with_escaped_slashes_action: REJECT_REQUEST
+          common_http_protocol_options: { headers_with_underscores_action: REJECT_REQUEST }
           access_log:
           - name: envoy.access_loggers.file
             typed_config:
@@ -380,6 +441,20 @@ const HTTP_TRAFFIC: &[(&str, &str, &str, &[&str])] = &[
     ("504 UT", "GET", "/slow", &[]),
     ("503 UC", "GET", "/reset", &[]),
     ("trailers", "GET", "/trailers", &["--http2-prior-knowledge"]),
+    ("refused: escaped slash", "GET", "/backend/a%2Fb", &[]),
+    (
+        "refused: underscore header",
+        "GET",
+        "/backend/u",
+        &["-H", "x_bad: 1"],
+    ),
+    (
+        "refused: upgrade not allowed",
+        "GET",
+        "/backend/ws",
+        &["-H", "upgrade: websocket", "-H", "connection: upgrade"],
+    ),
+    ("refused: HTTP/1.0", "GET", "/backend/old", &["--http1.0"]),
     // Not curl: a raw client that reads a little of a large response and closes.
     (CLIENT_LEAVES, "RAW", "/stream", &[]),
 ];
@@ -513,9 +588,10 @@ fn tcp_exchange(port: u16, bytes: &[u8]) {
     let _ = s.write_all(bytes);
     let mut sink = Vec::new();
     let _ = s.read_to_end(&mut sink);
-    // The proxy logs a TCP connection when both directions are done; give it a moment
-    // before the next connection so lines keep the traffic's order.
-    std::thread::sleep(Duration::from_millis(100));
+    // The proxy logs a TCP connection once both sides have closed: close ours, then give it a
+    // moment before the next connection so lines keep the traffic's order.
+    drop(s);
+    std::thread::sleep(Duration::from_millis(200));
 }
 
 /// Waits until every log has its expected number of lines (flushes are timer-driven).

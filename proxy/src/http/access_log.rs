@@ -38,14 +38,19 @@ impl RequestProgress {
 
     pub fn finish(&self) {
         let micros = self.started.elapsed().as_micros() as u64;
-        let _ = self
-            .done_micros
-            .compare_exchange(0, micros + 1, Relaxed, Relaxed);
+        let _ =
+            self.done_micros
+                .compare_exchange(0, (micros + 1).min(u64::MAX - 1), Relaxed, Relaxed);
+    }
+
+    /// The request was refused before its body was read: it has no request duration.
+    pub fn abandon(&self) {
+        self.done_micros.store(u64::MAX, Relaxed);
     }
 
     fn request_duration(&self) -> Option<Duration> {
         match self.done_micros.load(Relaxed) {
-            0 => None,
+            0 | u64::MAX => None,
             n => Some(Duration::from_micros(n - 1)),
         }
     }

@@ -145,7 +145,14 @@ async fn handle(
     }
     let mut info = std::mem::take(&mut outcome.info);
     info.response_code = outcome.response.status().as_u16();
-    info.response_flags = flag_bits(outcome.flag);
+    info.response_flags = info.response_flags.with(flag_bits(outcome.flag));
+    // Envoy's HTTP/1 codec reports HTTP/1.1 for a request it refused while parsing, HTTP/1.0
+    // included.
+    let protocol = if info.response_flags.intersects(dpe()) && protocol == http::Version::HTTP_10 {
+        http::Version::HTTP_11
+    } else {
+        protocol
+    };
     if outcome.upstream.is_some() {
         info.response_duration = Some(started.elapsed());
     }
@@ -184,6 +191,10 @@ async fn handle(
     });
     let (parts, body) = outcome.response.into_parts();
     hyper::Response::from_parts(parts, LoggedBody::new(body, pending).boxed_unsync())
+}
+
+fn dpe() -> crate::format::ResponseFlags {
+    crate::format::ResponseFlags::named("DPE").unwrap_or_default()
 }
 
 async fn sleep_or_forever(duration: Option<Duration>) {

@@ -106,7 +106,21 @@ pub async fn route_request(
         Ok(upgrade) => upgrade,
         Err(refusal) => {
             let mut outcome = refused(refusal, server);
-            if !ctx.access_logs.is_empty() {
+            // Envoy answers these before it has taken the whole request (no request duration);
+            // path normalisation runs on a complete request.
+            let normalisation =
+                outcome.info.response_code_details.as_deref() == Some("path_normalization_failed");
+            if let (false, Some(p)) = (
+                normalisation,
+                request
+                    .extensions()
+                    .get::<std::sync::Arc<super::access_log::RequestProgress>>(),
+            ) {
+                p.abandon();
+            }
+            // A request Envoy's codec refuses is logged without its method, path or headers.
+            let parsed = outcome.info.response_flags.is_empty();
+            if parsed && !ctx.access_logs.is_empty() {
                 LoggedRequest::new(&request, ctx).fill(&mut outcome.info);
             }
             return outcome;
@@ -173,17 +187,25 @@ pub async fn route_request(
 }
 
 fn refused(refusal: Refusal, server: &http::HeaderValue) -> Outcome {
+    let mut info = crate::format::StreamInfo::default();
     let response = match refusal {
         Refusal::Local {
             status,
             body,
             close,
+            details,
+            protocol_error,
         } => {
             let mut response = local_reply(status, body, server);
             if close {
                 response
                     .headers_mut()
                     .insert(header::CONNECTION, http::HeaderValue::from_static("close"));
+            }
+            info.response_code_details = Some(details.into());
+            if protocol_error {
+                info.response_flags =
+                    crate::format::ResponseFlags::named("DPE").unwrap_or_default();
             }
             response
         }
@@ -199,7 +221,7 @@ fn refused(refusal: Refusal, server: &http::HeaderValue) -> Outcome {
         response,
         flag: None,
         upstream: None,
-        info: Default::default(),
+        info,
     }
 }
 
@@ -218,6 +240,8 @@ async fn route_and_act(
                     status: StatusCode::BAD_REQUEST,
                     body: "",
                     close: true,
+                    details: "missing_host_header",
+                    protocol_error: false,
                 },
                 server,
             )
