@@ -21,8 +21,9 @@ fn context(headers: &HeaderMap) -> Context<'_> {
         downstream_local: Some(([10, 0, 0, 2], 8080).into()),
         upstream_remote: Some("10.0.0.3:9000"),
         start: std::time::SystemTime::now(),
-        protocol: http::Version::HTTP_11,
+        protocol: Some(http::Version::HTTP_11),
         request_headers: Some(headers),
+        stream: None,
     }
 }
 
@@ -199,5 +200,90 @@ fn hash_policy(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, header_mutation, stats, balancer, hash_policy);
+/// Rendering one access log line at the end of a stream: Istio's default text format and a
+/// 12-field JSON format (the per-request cost access logs add, besides the channel send).
+fn access_log(c: &mut Criterion) {
+    use outrigger::format::json::{JsonFormat, JsonNode};
+    use outrigger::format::StreamInfo;
+    const ISTIO: &str = "[%START_TIME%] \"%REQ(:METHOD)% %REQ(X-ENVOY-ORIGINAL-PATH?:PATH)% %PROTOCOL%\" %RESPONSE_CODE% %RESPONSE_FLAGS% %RESPONSE_CODE_DETAILS% %CONNECTION_TERMINATION_DETAILS% \"%UPSTREAM_TRANSPORT_FAILURE_REASON%\" %BYTES_RECEIVED% %BYTES_SENT% %DURATION% %RESP(X-ENVOY-UPSTREAM-SERVICE-TIME)% \"%REQ(X-FORWARDED-FOR)%\" \"%REQ(USER-AGENT)%\" \"%REQ(X-REQUEST-ID)%\" \"%REQ(:AUTHORITY)%\" \"%UPSTREAM_HOST%\" %UPSTREAM_CLUSTER_RAW% %UPSTREAM_LOCAL_ADDRESS% %DOWNSTREAM_LOCAL_ADDRESS% %DOWNSTREAM_REMOTE_ADDRESS% %REQUESTED_SERVER_NAME% %ROUTE_NAME%\n";
+    let mut headers = HeaderMap::new();
+    headers.insert("user-agent", HeaderValue::from_static("curl/8.5.0"));
+    headers.insert(
+        "x-request-id",
+        HeaderValue::from_static("5f0b5e8c-8d1e-4a57-9a0e-2f6c1e4b7a90"),
+    );
+    let mut response = HeaderMap::new();
+    response.insert(
+        "x-envoy-upstream-service-time",
+        HeaderValue::from_static("3"),
+    );
+    let info = StreamInfo {
+        method: Some(http::Method::GET),
+        path: Some(http::uri::PathAndQuery::from_static("/api/v1/items?page=2")),
+        authority: Some(HeaderValue::from_static(
+            "reviews.default.svc.cluster.local:9080",
+        )),
+        response_code: 200,
+        response_code_details: Some("via_upstream".into()),
+        bytes_sent: 1234,
+        duration: Some(std::time::Duration::from_millis(4)),
+        upstream_host: Some(http::uri::Authority::from_static("10.0.0.3:9080")),
+        upstream_cluster: Some(Arc::from(
+            "outbound|9080||reviews.default.svc.cluster.local",
+        )),
+        upstream_local_address: Some(([10, 0, 0, 2], 40000).into()),
+        route_name: Some(Arc::from("default")),
+        response_headers: Some(response),
+        ..StreamInfo::default()
+    };
+    let ctx = Context {
+        stream: Some(&info),
+        ..context(&headers)
+    };
+    let text = Template::parse(ISTIO).expect("Istio's format parses");
+    c.bench_function("access_log_istio_text_line", |b| {
+        b.iter(|| {
+            let mut line = String::with_capacity(256);
+            text.render_log(black_box(&ctx), false, &mut line);
+            black_box(line)
+        })
+    });
+    let field = |s: &str| JsonNode::Template(Template::parse(s).expect("parses"));
+    let json = JsonFormat::new(
+        [
+            ("start_time", "%START_TIME%"),
+            ("method", "%REQ(:METHOD)%"),
+            ("path", "%REQ(X-ENVOY-ORIGINAL-PATH?:PATH)%"),
+            ("protocol", "%PROTOCOL%"),
+            ("response_code", "%RESPONSE_CODE%"),
+            ("response_flags", "%RESPONSE_FLAGS%"),
+            ("bytes_sent", "%BYTES_SENT%"),
+            ("duration", "%DURATION%"),
+            ("user_agent", "%REQ(USER-AGENT)%"),
+            ("request_id", "%REQ(X-REQUEST-ID)%"),
+            ("upstream_host", "%UPSTREAM_HOST%"),
+            ("upstream_cluster", "%UPSTREAM_CLUSTER%"),
+        ]
+        .iter()
+        .map(|(k, v)| (k.to_string(), field(v)))
+        .collect(),
+        false,
+    );
+    c.bench_function("access_log_json_line_12_fields", |b| {
+        b.iter(|| {
+            let mut line = String::with_capacity(256);
+            json.render(black_box(&ctx), &mut line);
+            black_box(line)
+        })
+    });
+}
+
+criterion_group!(
+    benches,
+    header_mutation,
+    stats,
+    balancer,
+    hash_policy,
+    access_log
+);
 criterion_main!(benches);

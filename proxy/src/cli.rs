@@ -84,10 +84,10 @@ pub struct Options {
     /// Accepted; the address family for the node's local address (v4 or v6).
     #[arg(long = "local-address-ip-version", value_enum, default_value = "v4")]
     pub local_address_ip_version: IpVersion,
-    /// Interval for flushing access logs; accepted, access logs come with issue 8.
+    /// How often buffered access log lines are written (milliseconds).
     #[arg(long = "file-flush-interval-msec", default_value_t = 10000)]
     pub file_flush_interval_msec: u64,
-    /// Accepted; access logs come with issue 8.
+    /// Buffered access log bytes that trigger a write before the interval (KiB; default 64).
     #[arg(long = "file-flush-min-size-kb")]
     pub file_flush_min_size_kb: Option<u64>,
     /// Accepted for compatibility; hot restart does not exist in Outrigger.

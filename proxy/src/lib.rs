@@ -1,5 +1,6 @@
 //! Outrigger: an Envoy-compatible sidecar proxy. The binary is a thin CLI over this library.
 
+pub mod access_log;
 pub mod admin;
 pub mod bootstrap;
 pub mod cli;

@@ -31,6 +31,8 @@ pub enum Extension {
     RingHashLb(Box<ext::load_balancing_policies::ring_hash::v3::RingHash>),
     MaglevLb(Box<ext::load_balancing_policies::maglev::v3::Maglev>),
     ClusterProvidedLb(ext::load_balancing_policies::cluster_provided::v3::ClusterProvided),
+    StdoutAccessLog(ext::access_loggers::stream::v3::StdoutAccessLog),
+    StderrAccessLog(ext::access_loggers::stream::v3::StderrAccessLog),
 }
 
 fn decode<M: XdsMessage>(any: &Any) -> Result<M, AnyError> {
@@ -73,6 +75,8 @@ pub fn decode_extension(any: &Any) -> Result<Extension, AnyError> {
         RingHashLb(ext::load_balancing_policies::ring_hash::v3::RingHash) boxed yes,
         MaglevLb(ext::load_balancing_policies::maglev::v3::Maglev) boxed yes,
         ClusterProvidedLb(ext::load_balancing_policies::cluster_provided::v3::ClusterProvided),
+        StdoutAccessLog(ext::access_loggers::stream::v3::StdoutAccessLog),
+        StderrAccessLog(ext::access_loggers::stream::v3::StderrAccessLog),
     }
     Err(AnyError::UnknownType(name.to_string()))
 }

@@ -28,7 +28,7 @@ struct Policy {
 const XDS: &str = "xDS subscriptions are not implemented yet (issue 5)";
 const STATS: &str = "stats sinks and flushing are not implemented yet (issue 8)";
 const TRACING: &str = "tracing is not implemented yet (issue 8)";
-const ACCESS_LOG: &str = "access logs are not implemented yet (issue 8)";
+const ACCESS_LOG: &str = "the admin interface writes no access log (Istio points it at /dev/null)";
 const RESILIENCE: &str = "not enforced yet (issue 4: upstream resilience)";
 const OVERLOAD: &str = "the overload manager is not implemented";
 const NO_EFFECT: &str = "has no effect in Outrigger";
@@ -119,10 +119,10 @@ static POLICIES: &[(&str, Policy)] = policies! {
     "envoy.config.listener.v3.Listener" => ["name", "address", "filter_chains", "default_filter_chain",
         "listener_filters", "listener_filters_timeout", "continue_on_listener_filters_timeout",
         "stat_prefix", "traffic_direction", "metadata", "enable_reuse_port", "reuse_port",
-        "tcp_backlog_size", "bind_to_port", "use_original_dst", "transparent"]
+        "tcp_backlog_size", "bind_to_port", "use_original_dst", "transparent", "access_log"]
         ack [("ignore_global_conn_limit", OVERLOAD), ("bypass_overload_manager", OVERLOAD),
              ("per_connection_buffer_limit_bytes", BUFFERS),
-             ("access_log", ACCESS_LOG), ("connection_balance_config", "connections are spread by the runtime's work stealing"),
+             ("connection_balance_config", "connections are spread by the runtime's work stealing"),
              ("drain_type", "drain is not implemented yet (issue 5)")];
     "envoy.config.listener.v3.FilterChain" => ["filter_chain_match", "filters", "name", "metadata",
         "transport_socket"]
@@ -195,8 +195,8 @@ static POLICIES: &[(&str, Policy)] = policies! {
         "use_remote_address", "xff_num_trusted_hops", "skip_xff_append", "internal_address_config", "via",
         "generate_request_id", "preserve_external_request_id", "always_set_request_id_in_response",
         "server_header_transformation", "max_request_headers_kb", "common_http_protocol_options", "request_headers_timeout",
-        "normalize_path", "merge_slashes", "path_with_escaped_slashes_action", "upgrade_configs", "rds"]
-        ack [("access_log", ACCESS_LOG), ("tracing", TRACING),
+        "normalize_path", "merge_slashes", "path_with_escaped_slashes_action", "upgrade_configs", "rds", "access_log"]
+        ack [("tracing", TRACING),
              ("stream_idle_timeout", DOWNSTREAM_TIMEOUTS), ("request_timeout", DOWNSTREAM_TIMEOUTS),
              ("drain_timeout", DOWNSTREAM_TIMEOUTS)];
     "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager.InternalAddressConfig" => ["cidr_ranges", "unix_sockets"];
@@ -238,8 +238,27 @@ static POLICIES: &[(&str, Policy)] = policies! {
     "envoy.config.route.v3.DirectResponseAction" => ["status", "body"];
     "envoy.config.core.v3.DataSource" => ["inline_string", "inline_bytes"];
     "envoy.config.core.v3.HeaderValueOption" => ["header", "append", "append_action", "keep_empty_value"];
-    "envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy" => ["stat_prefix", "cluster", "weighted_clusters", "idle_timeout", "max_connect_attempts"]
-        ack [("access_log", ACCESS_LOG)];
+    "envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy" => ["stat_prefix", "cluster", "weighted_clusters", "idle_timeout", "max_connect_attempts", "access_log"];
+    "envoy.config.accesslog.v3.AccessLog" => ["name", "filter", "typed_config"];
+    "envoy.config.accesslog.v3.AccessLogFilter" => ["status_code_filter", "duration_filter", "not_health_check_filter",
+        "runtime_filter", "and_filter", "or_filter", "header_filter", "response_flag_filter"];
+    "envoy.config.accesslog.v3.StatusCodeFilter" => ["comparison"];
+    "envoy.config.accesslog.v3.DurationFilter" => ["comparison"];
+    "envoy.config.accesslog.v3.ComparisonFilter" => ["op", "value"];
+    "envoy.config.core.v3.RuntimeUInt32" => ["default_value", "runtime_key"];
+    "envoy.config.accesslog.v3.NotHealthCheckFilter" => [];
+    "envoy.config.accesslog.v3.RuntimeFilter" => ["runtime_key", "percent_sampled", "use_independent_randomness"];
+    "envoy.config.accesslog.v3.AndFilter" => ["filters"];
+    "envoy.config.accesslog.v3.OrFilter" => ["filters"];
+    "envoy.config.accesslog.v3.HeaderFilter" => ["header"];
+    "envoy.config.accesslog.v3.ResponseFlagFilter" => ["flags"];
+    "envoy.extensions.access_loggers.file.v3.FileAccessLog" => ["path", "format", "json_format", "typed_json_format", "log_format"];
+    "envoy.extensions.access_loggers.stream.v3.StdoutAccessLog" => ["log_format"];
+    "envoy.extensions.access_loggers.stream.v3.StderrAccessLog" => ["log_format"];
+    "envoy.config.core.v3.SubstitutionFormatString" => ["text_format", "json_format", "text_format_source", "omit_empty_values",
+        "json_format_options"]
+        ack [("content_type", "only local reply bodies use a content type; access log lines have none")];
+    "envoy.config.core.v3.JsonFormatOptions" => ["sort_properties"];
     "envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy.WeightedCluster" => ["clusters"];
     "envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy.WeightedCluster.ClusterWeight" => ["name", "weight"];
     "envoy.extensions.filters.http.router.v3.Router" => []

@@ -1,6 +1,7 @@
 //! The HTTP connection manager and its HTTP filter chain.
 //! Envoy: https://www.envoyproxy.io/docs/envoy/latest/api-v3/extensions/filters/network/http_connection_manager/v3/http_connection_manager.proto
 
+use super::access_log::{translate_access_logs, AccessLog};
 use super::dynamic::{config_source, ConfigSource};
 use super::error::{FieldPath, Result};
 use super::extension;
@@ -33,6 +34,7 @@ pub struct HttpConnectionManager {
     pub paths: PathHandling,
     /// Upgrade types proxied (`upgrade_configs`), e.g. `websocket`.
     pub upgrades: Vec<String>,
+    pub access_logs: Vec<Arc<AccessLog>>,
 }
 
 /// Where the connection manager's route table comes from.
@@ -205,6 +207,12 @@ pub fn translate_hcm(
         )?,
         paths: path_handling(hcm, path)?,
         upgrades: upgrades(hcm, path)?,
+        access_logs: translate_access_logs(
+            &hcm.access_log,
+            &path.field("access_log"),
+            resolve,
+            acks,
+        )?,
     })
 }
 

@@ -132,7 +132,8 @@ pub fn header_mutation(
                 .error("raw_value is not supported; use value"));
         }
         let value_path = p.field("header").field("value");
-        let template = Template::parse(&header.value).map_err(|e| value_path.error(e))?;
+        let template =
+            Template::parse_header_value(&header.value).map_err(|e| value_path.error(e))?;
         let value = match template.literal() {
             // Envoy drops headers whose value is empty unless keep_empty_value is set.
             Some("") if !option.keep_empty_value => continue,

@@ -2,6 +2,7 @@
 //! Envoy: https://www.envoyproxy.io/docs/envoy/latest/api-v3/config/listener/v3/listener.proto and
 //! https://www.envoyproxy.io/docs/envoy/latest/api-v3/config/listener/v3/listener_components.proto
 
+use super::access_log::{translate_access_logs, AccessLog};
 use super::address::{resolved, Endpoint};
 use super::error::{FieldPath, Result};
 use super::extension;
@@ -42,6 +43,8 @@ pub struct Listener {
     pub use_original_dst: bool,
     /// `transparent`: IP_TRANSPARENT, for TPROXY interception.
     pub transparent: bool,
+    /// Logged for connections the listener closes itself (no filter chain matches).
+    pub access_logs: Vec<Arc<AccessLog>>,
 }
 
 #[derive(Debug)]
@@ -177,6 +180,12 @@ pub fn translate_listener(
         original_dst,
         use_original_dst: l.use_original_dst.as_ref().is_some_and(|b| b.value),
         transparent: l.transparent.as_ref().is_some_and(|b| b.value),
+        access_logs: translate_access_logs(
+            &l.access_log,
+            &path.field("access_log"),
+            resolve,
+            acks,
+        )?,
     })
 }
 

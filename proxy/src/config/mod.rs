@@ -2,6 +2,7 @@
 //! the data path sees only these types, with regexes compiled, clusters resolved to indexes
 //! and every refused field reported with its path.
 
+pub mod access_log;
 pub mod address;
 mod bootstrap;
 pub mod cluster;
@@ -26,6 +27,8 @@ pub mod stats;
 pub mod tcp_proxy;
 mod values;
 
+#[cfg(test)]
+mod access_log_tests;
 #[cfg(test)]
 mod tests;
 

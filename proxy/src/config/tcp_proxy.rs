@@ -1,11 +1,13 @@
 //! The TCP proxy network filter.
 //! Envoy: https://www.envoyproxy.io/docs/envoy/latest/api-v3/extensions/filters/network/tcp_proxy/v3/tcp_proxy.proto
 
+use super::access_log::{translate_access_logs, AccessLog};
 use super::error::{FieldPath, Result};
 use super::fields::{check, Acknowledged};
 use super::resolver::Resolver;
 use super::route_action::NamedCluster;
 use super::values::optional_duration;
+use std::sync::Arc;
 use std::time::Duration;
 use xds_proto::pb::envoy::extensions::filters::network::tcp_proxy::v3::{
     tcp_proxy::ClusterSpecifier, TcpProxy as ProtoTcpProxy,
@@ -22,6 +24,7 @@ pub struct TcpProxy {
     pub idle_timeout: Option<Duration>,
     /// Connection attempts before giving up (Envoy's default: 1).
     pub max_connect_attempts: u32,
+    pub access_logs: Vec<Arc<AccessLog>>,
 }
 
 impl TcpProxy {
@@ -99,5 +102,11 @@ pub fn translate_tcp_proxy(
         clusters,
         idle_timeout,
         max_connect_attempts,
+        access_logs: translate_access_logs(
+            &t.access_log,
+            &path.field("access_log"),
+            resolve,
+            acks,
+        )?,
     })
 }

@@ -1,14 +1,22 @@
 //! Envoy's command operators (`%DOWNSTREAM_REMOTE_ADDRESS%`, `%REQ(x-foo?x-bar):10%`, ...),
 //! compiled once into a [`Template`] and evaluated per request against a [`Context`]. Header
-//! values use them today; access logs (issue 8) will reuse the same engine.
+//! values and access logs (text and JSON, see [`json`]) share this engine; they differ only in
+//! how a value that is not there renders: empty in a header value, `-` in a text access log,
+//! `null` (or omitted) in JSON.
 //! Envoy: https://www.envoyproxy.io/docs/envoy/latest/configuration/observability/access_log/usage#command-operators
 
+mod flags;
+pub mod json;
 mod time;
 
-use http::{HeaderMap, HeaderName};
+pub use flags::{ResponseFlags, NAMES as RESPONSE_FLAG_NAMES};
+
+use http::{HeaderMap, HeaderName, HeaderValue};
+use std::borrow::Cow;
 use std::fmt::Write;
 use std::net::SocketAddr;
-use std::time::SystemTime;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
 
 /// What operators can read about a request.
 #[derive(Debug, Clone, Copy)]
@@ -18,8 +26,62 @@ pub struct Context<'a> {
     /// The upstream host's address, once one is chosen.
     pub upstream_remote: Option<&'a str>,
     pub start: SystemTime,
-    pub protocol: http::Version,
+    /// None on a TCP proxy connection.
+    pub protocol: Option<http::Version>,
     pub request_headers: Option<&'a HeaderMap>,
+    /// What a finished stream knows, for access logs; None while headers are being mutated.
+    pub stream: Option<&'a StreamInfo>,
+}
+
+/// The facts of a finished stream (an HTTP request or a TCP connection) that access log
+/// operators read. Fields that do not apply stay None and render as missing.
+#[derive(Debug, Default)]
+pub struct StreamInfo {
+    pub method: Option<http::Method>,
+    pub path: Option<http::uri::PathAndQuery>,
+    pub authority: Option<HeaderValue>,
+    pub scheme: Option<&'static str>,
+    /// Envoy logs 0 for TCP connections and for requests that got no response.
+    pub response_code: u16,
+    pub response_flags: ResponseFlags,
+    pub response_code_details: Option<Cow<'static, str>>,
+    pub connection_termination_details: Option<Cow<'static, str>>,
+    pub upstream_transport_failure_reason: Option<String>,
+    pub bytes_received: u64,
+    pub bytes_sent: u64,
+    pub duration: Option<Duration>,
+    pub request_duration: Option<Duration>,
+    pub response_duration: Option<Duration>,
+    pub upstream_host: Option<http::uri::Authority>,
+    pub upstream_cluster: Option<Arc<str>>,
+    /// The cluster's `alt_stat_name` when it has one (`%UPSTREAM_CLUSTER%`).
+    pub upstream_cluster_alt: Option<Arc<str>>,
+    pub upstream_local_address: Option<SocketAddr>,
+    pub route_name: Option<Arc<str>>,
+    pub requested_server_name: Option<String>,
+    pub connection_id: Option<u64>,
+    /// The request headers a logger reads, kept past forwarding (what
+    /// [`Context::request_headers`] points at when logging).
+    pub request_headers: Option<HeaderMap>,
+    pub response_headers: Option<HeaderMap>,
+    pub response_trailers: Option<HeaderMap>,
+}
+
+/// Which header an operator reads: a name, or one of the request's pseudo-headers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum HeaderRef {
+    Name(HeaderName),
+    Method,
+    Path,
+    Authority,
+    Scheme,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Headers {
+    Request,
+    Response,
+    Trailer,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -27,26 +89,59 @@ enum Operator {
     DownstreamRemoteAddress {
         port: bool,
     },
+    DownstreamDirectRemoteAddress {
+        port: bool,
+    },
+    DownstreamRemotePort,
     DownstreamLocalAddress {
         port: bool,
     },
     DownstreamLocalPort,
     UpstreamRemoteAddress,
+    UpstreamHost,
+    UpstreamCluster {
+        raw: bool,
+    },
+    UpstreamLocalAddress,
+    UpstreamTransportFailureReason,
     /// With a strftime-style format, or Envoy's default ISO 8601 rendering.
     StartTime(Option<String>),
     Protocol,
     Hostname(String),
-    Request {
-        name: HeaderName,
-        alternative: Option<HeaderName>,
+    Header {
+        which: Headers,
+        name: HeaderRef,
+        alternative: Option<HeaderRef>,
         max_len: Option<usize>,
     },
+    ResponseCode,
+    ResponseFlags,
+    ResponseCodeDetails,
+    ConnectionTerminationDetails,
+    BytesReceived,
+    BytesSent,
+    Duration,
+    RequestDuration,
+    ResponseDuration,
+    RequestedServerName,
+    RouteName,
+    ConnectionId,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Segment {
     Literal(String),
     Op(Operator),
+}
+
+/// What rendering one operator produced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Written {
+    /// Nothing: the value is not there.
+    Missing,
+    Text,
+    /// Digits, written bare in JSON.
+    Number,
 }
 
 /// A compiled format string.
@@ -58,6 +153,10 @@ pub struct Template {
 impl Template {
     /// Compiles `text`; `%%` is a literal `%`. Errors name the operator that is not supported.
     pub fn parse(text: &str) -> Result<Self, String> {
+        Self::compile(text, false)
+    }
+
+    fn compile(text: &str, header_value: bool) -> Result<Self, String> {
         let mut segments = Vec::new();
         let mut literal = String::new();
         let mut rest = text;
@@ -76,7 +175,13 @@ impl Template {
             if !literal.is_empty() {
                 segments.push(Segment::Literal(std::mem::take(&mut literal)));
             }
-            segments.push(Segment::Op(parse_operator(op)?));
+            let parsed = parse_operator(op)?;
+            if header_value && parsed.needs_finished_stream() {
+                return Err(format!(
+                    "command operator %{op}% is not supported in header values by Outrigger"
+                ));
+            }
+            segments.push(Segment::Op(parsed));
         }
         literal.push_str(rest);
         if !literal.is_empty() {
@@ -85,11 +190,60 @@ impl Template {
         Ok(Self { segments })
     }
 
+    /// Compiles a header value: only the operators known while headers are mutated
+    /// (downstream and upstream addresses, start time, protocol, hostname, request headers);
+    /// the ones about a finished stream are refused rather than rendered empty.
+    pub fn parse_header_value(text: &str) -> Result<Self, String> {
+        Self::compile(text, true)
+    }
+
     /// Whether rendering reads request headers (`%REQ(...)%`).
     pub fn reads_request_headers(&self) -> bool {
+        self.segments.iter().any(|s| {
+            matches!(
+                s,
+                Segment::Op(Operator::Header {
+                    which: Headers::Request,
+                    ..
+                })
+            )
+        })
+    }
+
+    /// The request headers `%REQ()%` reads (not pseudo-headers), so a caller can keep just
+    /// those past the point where the request is forwarded.
+    pub fn request_header_names(&self) -> impl Iterator<Item = &HeaderName> {
+        self.header_names(Headers::Request)
+    }
+
+    /// The response headers `%RESP()%` reads.
+    pub fn response_header_names(&self) -> impl Iterator<Item = &HeaderName> {
+        self.header_names(Headers::Response)
+    }
+
+    /// Whether rendering reads response trailers (`%TRAILER()%`).
+    pub fn reads_trailers(&self) -> bool {
+        self.header_names(Headers::Trailer).next().is_some()
+    }
+
+    fn header_names(&self, kind: Headers) -> impl Iterator<Item = &HeaderName> {
         self.segments
             .iter()
-            .any(|s| matches!(s, Segment::Op(Operator::Request { .. })))
+            .filter_map(move |s| match s {
+                Segment::Op(Operator::Header {
+                    which,
+                    name,
+                    alternative,
+                    ..
+                }) if *which == kind => Some([Some(name), alternative.as_ref()]),
+                _ => None,
+            })
+            .flatten()
+            .flatten()
+            .filter_map(|h| match h {
+                HeaderRef::Name(n) => Some(n),
+                _ => None,
+            })
     }
 
     /// Whether the template is plain text (nothing to evaluate per request).
@@ -101,15 +255,65 @@ impl Template {
         }
     }
 
+    /// Renders for a header value: a missing value renders empty.
     pub fn render(&self, ctx: &Context<'_>) -> String {
         let mut out = String::new();
         for segment in &self.segments {
             match segment {
                 Segment::Literal(s) => out.push_str(s),
-                Segment::Op(op) => render_operator(op, ctx, &mut out),
+                Segment::Op(op) => {
+                    render_operator(op, ctx, &mut out);
+                }
             }
         }
         out
+    }
+
+    /// Renders for a text access log into `out`: a missing value is `-`, or nothing with
+    /// `omit_empty_values`.
+    pub fn render_log(&self, ctx: &Context<'_>, omit_empty: bool, out: &mut String) {
+        for segment in &self.segments {
+            match segment {
+                Segment::Literal(s) => out.push_str(s),
+                Segment::Op(op) => {
+                    if render_operator(op, ctx, out) == Written::Missing && !omit_empty {
+                        out.push('-');
+                    }
+                }
+            }
+        }
+    }
+
+    /// A template that is exactly one operator renders typed in JSON (numbers bare, missing
+    /// as null); this renders it, or returns None for any other template.
+    pub fn render_single(&self, ctx: &Context<'_>, out: &mut String) -> Option<Written> {
+        match self.segments.as_slice() {
+            [Segment::Op(op)] => Some(render_operator(op, ctx, out)),
+            _ => None,
+        }
+    }
+}
+
+impl Operator {
+    fn needs_finished_stream(&self) -> bool {
+        match self {
+            Operator::DownstreamRemoteAddress { .. }
+            | Operator::DownstreamDirectRemoteAddress { .. }
+            | Operator::DownstreamRemotePort
+            | Operator::DownstreamLocalAddress { .. }
+            | Operator::DownstreamLocalPort
+            | Operator::UpstreamRemoteAddress
+            | Operator::StartTime(_)
+            | Operator::Protocol
+            | Operator::Hostname(_) => false,
+            Operator::Header {
+                which: Headers::Request,
+                name: HeaderRef::Name(_),
+                alternative,
+                ..
+            } => !matches!(alternative, None | Some(HeaderRef::Name(_))),
+            _ => true,
+        }
     }
 }
 
@@ -132,10 +336,22 @@ fn parse_operator(op: &str) -> Result<Operator, String> {
         "DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT" => {
             Operator::DownstreamRemoteAddress { port: false }
         }
+        "DOWNSTREAM_DIRECT_REMOTE_ADDRESS" => {
+            Operator::DownstreamDirectRemoteAddress { port: true }
+        }
+        "DOWNSTREAM_DIRECT_REMOTE_ADDRESS_WITHOUT_PORT" => {
+            Operator::DownstreamDirectRemoteAddress { port: false }
+        }
+        "DOWNSTREAM_REMOTE_PORT" => Operator::DownstreamRemotePort,
         "DOWNSTREAM_LOCAL_ADDRESS" => Operator::DownstreamLocalAddress { port: true },
         "DOWNSTREAM_LOCAL_ADDRESS_WITHOUT_PORT" => Operator::DownstreamLocalAddress { port: false },
         "DOWNSTREAM_LOCAL_PORT" => Operator::DownstreamLocalPort,
         "UPSTREAM_REMOTE_ADDRESS" => Operator::UpstreamRemoteAddress,
+        "UPSTREAM_HOST" => Operator::UpstreamHost,
+        "UPSTREAM_CLUSTER" => Operator::UpstreamCluster { raw: false },
+        "UPSTREAM_CLUSTER_RAW" => Operator::UpstreamCluster { raw: true },
+        "UPSTREAM_LOCAL_ADDRESS" => Operator::UpstreamLocalAddress,
+        "UPSTREAM_TRANSPORT_FAILURE_REASON" => Operator::UpstreamTransportFailureReason,
         "START_TIME" => Operator::StartTime(None),
         _ if op.starts_with("START_TIME(") && op.ends_with(')') => {
             Operator::StartTime(Some(op["START_TIME(".len()..op.len() - 1].to_string()))
@@ -146,15 +362,29 @@ fn parse_operator(op: &str) -> Result<Operator, String> {
                 .map(|h| h.to_string_lossy().into_owned())
                 .unwrap_or_default(),
         ),
-        _ if op.starts_with("REQ(") => parse_request(op)?,
+        "RESPONSE_CODE" => Operator::ResponseCode,
+        "RESPONSE_FLAGS" => Operator::ResponseFlags,
+        "RESPONSE_CODE_DETAILS" => Operator::ResponseCodeDetails,
+        "CONNECTION_TERMINATION_DETAILS" => Operator::ConnectionTerminationDetails,
+        "BYTES_RECEIVED" => Operator::BytesReceived,
+        "BYTES_SENT" => Operator::BytesSent,
+        "DURATION" => Operator::Duration,
+        "REQUEST_DURATION" => Operator::RequestDuration,
+        "RESPONSE_DURATION" => Operator::ResponseDuration,
+        "REQUESTED_SERVER_NAME" => Operator::RequestedServerName,
+        "ROUTE_NAME" => Operator::RouteName,
+        "CONNECTION_ID" => Operator::ConnectionId,
+        _ if op.starts_with("REQ(") => parse_header(op, 4, Headers::Request)?,
+        _ if op.starts_with("RESP(") => parse_header(op, 5, Headers::Response)?,
+        _ if op.starts_with("TRAILER(") => parse_header(op, 8, Headers::Trailer)?,
         _ => return Err(format!("command operator %{op}% is not supported")),
     })
 }
 
-/// `REQ(name?alternative):max_len`.
-fn parse_request(op: &str) -> Result<Operator, String> {
+/// `REQ(name?alternative):max_len` (and `RESP`, `TRAILER`); `open` is where the name starts.
+fn parse_header(op: &str, open: usize, which: Headers) -> Result<Operator, String> {
     let inner_end = op.find(')').ok_or_else(|| format!("malformed %{op}%"))?;
-    let inner = &op[4..inner_end];
+    let inner = &op[open..inner_end];
     let max_len = match op[inner_end + 1..].strip_prefix(':') {
         Some(n) => Some(
             n.parse()
@@ -164,71 +394,216 @@ fn parse_request(op: &str) -> Result<Operator, String> {
         None => return Err(format!("malformed %{op}%")),
     };
     let header = |n: &str| {
-        HeaderName::from_bytes(n.to_ascii_lowercase().as_bytes())
+        let lower = n.to_ascii_lowercase();
+        match (which, lower.as_str()) {
+            (Headers::Request, ":method") => return Ok(HeaderRef::Method),
+            (Headers::Request, ":path") => return Ok(HeaderRef::Path),
+            (Headers::Request, ":authority") => return Ok(HeaderRef::Authority),
+            (Headers::Request, ":scheme") => return Ok(HeaderRef::Scheme),
+            _ => {}
+        }
+        HeaderName::from_bytes(lower.as_bytes())
+            .map(HeaderRef::Name)
             .map_err(|_| format!("invalid header name in %{op}%"))
     };
     let (name, alternative) = match inner.split_once('?') {
         Some((a, b)) => (header(a)?, Some(header(b)?)),
         None => (header(inner)?, None),
     };
-    Ok(Operator::Request {
+    Ok(Operator::Header {
+        which,
         name,
         alternative,
         max_len,
     })
 }
 
-fn render_operator(op: &Operator, ctx: &Context<'_>, out: &mut String) {
-    // In header values a value that is not there renders empty (the header is then dropped,
-    // as Envoy does); access logs will render `-` instead.
-    let address = |a: Option<SocketAddr>, port: bool, out: &mut String| match a {
+fn text(out: &mut String, s: &str) -> Written {
+    out.push_str(s);
+    Written::Text
+}
+
+fn number(out: &mut String, n: u64) -> Written {
+    let _ = write!(out, "{n}");
+    Written::Number
+}
+
+fn millis(out: &mut String, d: Option<Duration>) -> Written {
+    match d {
+        Some(d) => number(out, d.as_millis() as u64),
+        None => Written::Missing,
+    }
+}
+
+fn optional(out: &mut String, s: Option<&str>) -> Written {
+    match s {
+        Some(s) if !s.is_empty() => text(out, s),
+        _ => Written::Missing,
+    }
+}
+
+/// Envoy writes details and failure reasons with spaces turned into underscores.
+fn underscored(out: &mut String, s: Option<&str>) -> Written {
+    match s {
+        Some(s) if !s.is_empty() => {
+            out.extend(s.chars().map(|c| if c == ' ' { '_' } else { c }));
+            Written::Text
+        }
+        _ => Written::Missing,
+    }
+}
+
+fn address(out: &mut String, a: Option<SocketAddr>, port: bool) -> Written {
+    match a {
         Some(a) if port => {
             let _ = write!(out, "{a}");
+            Written::Text
         }
         Some(a) => {
             let _ = write!(out, "{}", a.ip());
+            Written::Text
         }
-        None => {}
+        None => Written::Missing,
+    }
+}
+
+fn header_value<'a>(ctx: &Context<'a>, which: Headers, header: &HeaderRef) -> Option<Cow<'a, str>> {
+    let stream = ctx.stream;
+    let map = match which {
+        Headers::Request => ctx.request_headers,
+        Headers::Response => stream.and_then(|s| s.response_headers.as_ref()),
+        Headers::Trailer => stream.and_then(|s| s.response_trailers.as_ref()),
     };
+    match header {
+        HeaderRef::Name(name) => map?
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(Cow::Borrowed),
+        HeaderRef::Method => stream?.method.as_ref().map(|m| Cow::Borrowed(m.as_str())),
+        HeaderRef::Path => stream?.path.as_ref().map(|p| Cow::Borrowed(p.as_str())),
+        HeaderRef::Authority => stream?
+            .authority
+            .as_ref()
+            .and_then(|v| v.to_str().ok())
+            .map(Cow::Borrowed),
+        HeaderRef::Scheme => stream?.scheme.map(Cow::Borrowed),
+    }
+}
+
+fn render_operator(op: &Operator, ctx: &Context<'_>, out: &mut String) -> Written {
+    let stream = ctx.stream;
     match op {
-        Operator::DownstreamRemoteAddress { port } => address(ctx.downstream_remote, *port, out),
-        Operator::DownstreamLocalAddress { port } => address(ctx.downstream_local, *port, out),
-        Operator::DownstreamLocalPort => {
-            if let Some(a) = ctx.downstream_local {
-                let _ = write!(out, "{}", a.port());
-            }
+        Operator::DownstreamRemoteAddress { port }
+        | Operator::DownstreamDirectRemoteAddress { port } => {
+            address(out, ctx.downstream_remote, *port)
         }
-        Operator::UpstreamRemoteAddress => out.push_str(ctx.upstream_remote.unwrap_or("")),
-        Operator::StartTime(None) => time::iso8601_millis(ctx.start, out),
-        Operator::StartTime(Some(format)) => time::strftime(ctx.start, format, out),
-        Operator::Protocol => out.push_str(match ctx.protocol {
-            http::Version::HTTP_10 => "HTTP/1.0",
-            http::Version::HTTP_11 => "HTTP/1.1",
-            http::Version::HTTP_2 => "HTTP/2",
-            http::Version::HTTP_3 => "HTTP/3",
-            _ => "-",
-        }),
-        Operator::Hostname(h) => out.push_str(h),
-        Operator::Request {
+        Operator::DownstreamRemotePort => match ctx.downstream_remote {
+            Some(a) => number(out, u64::from(a.port())),
+            None => Written::Missing,
+        },
+        Operator::DownstreamLocalAddress { port } => address(out, ctx.downstream_local, *port),
+        Operator::DownstreamLocalPort => match ctx.downstream_local {
+            Some(a) => number(out, u64::from(a.port())),
+            None => Written::Missing,
+        },
+        Operator::UpstreamRemoteAddress => optional(out, ctx.upstream_remote),
+        Operator::UpstreamHost => optional(
+            out,
+            stream
+                .and_then(|s| s.upstream_host.as_ref())
+                .map(|a| a.as_str()),
+        ),
+        Operator::UpstreamCluster { raw } => optional(
+            out,
+            stream.and_then(|s| {
+                let alt = (!raw)
+                    .then_some(s.upstream_cluster_alt.as_deref())
+                    .flatten();
+                alt.or(s.upstream_cluster.as_deref())
+            }),
+        ),
+        Operator::UpstreamLocalAddress => {
+            address(out, stream.and_then(|s| s.upstream_local_address), true)
+        }
+        Operator::UpstreamTransportFailureReason => underscored(
+            out,
+            stream.and_then(|s| s.upstream_transport_failure_reason.as_deref()),
+        ),
+        Operator::StartTime(None) => {
+            time::iso8601_millis(ctx.start, out);
+            Written::Text
+        }
+        Operator::StartTime(Some(format)) => {
+            time::strftime(ctx.start, format, out);
+            Written::Text
+        }
+        Operator::Protocol => match ctx.protocol {
+            Some(http::Version::HTTP_10) => text(out, "HTTP/1.0"),
+            Some(http::Version::HTTP_11) => text(out, "HTTP/1.1"),
+            Some(http::Version::HTTP_2) => text(out, "HTTP/2"),
+            Some(http::Version::HTTP_3) => text(out, "HTTP/3"),
+            _ => Written::Missing,
+        },
+        Operator::Hostname(h) => text(out, h),
+        Operator::Header {
+            which,
             name,
             alternative,
             max_len,
         } => {
-            let headers = ctx.request_headers;
-            let value = headers
-                .and_then(|h| {
-                    h.get(name)
-                        .or_else(|| alternative.as_ref().and_then(|a| h.get(a)))
-                })
-                .and_then(|v| v.to_str().ok());
-            if let Some(v) = value {
-                let v = match max_len {
-                    Some(n) => v.get(..*n).unwrap_or(v),
-                    None => v,
-                };
-                out.push_str(v);
+            let value = header_value(ctx, *which, name).or_else(|| {
+                alternative
+                    .as_ref()
+                    .and_then(|a| header_value(ctx, *which, a))
+            });
+            match value {
+                Some(v) => {
+                    let v = match max_len {
+                        Some(n) => v.get(..*n).unwrap_or(&v),
+                        None => &v,
+                    };
+                    text(out, v)
+                }
+                None => Written::Missing,
             }
         }
+        Operator::ResponseCode => match stream {
+            Some(s) => number(out, u64::from(s.response_code)),
+            None => Written::Missing,
+        },
+        Operator::ResponseFlags => match stream {
+            Some(s) => {
+                s.response_flags.write(out);
+                Written::Text
+            }
+            None => Written::Missing,
+        },
+        Operator::ResponseCodeDetails => {
+            underscored(out, stream.and_then(|s| s.response_code_details.as_deref()))
+        }
+        Operator::ConnectionTerminationDetails => underscored(
+            out,
+            stream.and_then(|s| s.connection_termination_details.as_deref()),
+        ),
+        Operator::BytesReceived => match stream {
+            Some(s) => number(out, s.bytes_received),
+            None => Written::Missing,
+        },
+        Operator::BytesSent => match stream {
+            Some(s) => number(out, s.bytes_sent),
+            None => Written::Missing,
+        },
+        Operator::Duration => millis(out, stream.and_then(|s| s.duration)),
+        Operator::RequestDuration => millis(out, stream.and_then(|s| s.request_duration)),
+        Operator::ResponseDuration => millis(out, stream.and_then(|s| s.response_duration)),
+        Operator::RequestedServerName => {
+            optional(out, stream.and_then(|s| s.requested_server_name.as_deref()))
+        }
+        Operator::RouteName => optional(out, stream.and_then(|s| s.route_name.as_deref())),
+        Operator::ConnectionId => match stream.and_then(|s| s.connection_id) {
+            Some(id) => number(out, id),
+            None => Written::Missing,
+        },
     }
 }
 
@@ -242,8 +617,9 @@ mod tests {
             downstream_local: Some("10.0.0.2:8080".parse().expect("addr")),
             upstream_remote: None,
             start: std::time::UNIX_EPOCH + std::time::Duration::from_millis(1_763_786_096_123),
-            protocol: http::Version::HTTP_11,
+            protocol: Some(http::Version::HTTP_11),
             request_headers: Some(headers),
+            stream: None,
         }
     }
 
@@ -269,5 +645,196 @@ mod tests {
             .expect_err("unknown")
             .contains("%NOPE%"));
         assert!(Template::parse("%DOWNSTREAM_REMOTE_ADDRESS").is_err());
+    }
+
+    /// Istio's default text format (meshConfig accessLogFormat, `EnvoyTextLogFormat`).
+    const ISTIO: &str = "[%START_TIME%] \"%REQ(:METHOD)% %REQ(X-ENVOY-ORIGINAL-PATH?:PATH)% %PROTOCOL%\" %RESPONSE_CODE% %RESPONSE_FLAGS% %RESPONSE_CODE_DETAILS% %CONNECTION_TERMINATION_DETAILS% \"%UPSTREAM_TRANSPORT_FAILURE_REASON%\" %BYTES_RECEIVED% %BYTES_SENT% %DURATION% %RESP(X-ENVOY-UPSTREAM-SERVICE-TIME)% \"%REQ(X-FORWARDED-FOR)%\" \"%REQ(USER-AGENT)%\" \"%REQ(X-REQUEST-ID)%\" \"%REQ(:AUTHORITY)%\" \"%UPSTREAM_HOST%\" %UPSTREAM_CLUSTER_RAW% %UPSTREAM_LOCAL_ADDRESS% %DOWNSTREAM_LOCAL_ADDRESS% %DOWNSTREAM_REMOTE_ADDRESS% %REQUESTED_SERVER_NAME% %ROUTE_NAME%\n";
+
+    fn finished() -> StreamInfo {
+        let mut response = HeaderMap::new();
+        response.insert(
+            "x-envoy-upstream-service-time",
+            HeaderValue::from_static("6"),
+        );
+        let mut trailers = HeaderMap::new();
+        trailers.insert("grpc-status", HeaderValue::from_static("0"));
+        StreamInfo {
+            method: Some(http::Method::GET),
+            path: Some(http::uri::PathAndQuery::from_static("/backend/x?q=1")),
+            authority: Some(HeaderValue::from_static("example.com")),
+            scheme: Some("http"),
+            response_code: 200,
+            response_code_details: Some("via_upstream".into()),
+            bytes_received: 12,
+            bytes_sent: 335,
+            duration: Some(Duration::from_micros(7_900)),
+            request_duration: Some(Duration::ZERO),
+            response_duration: Some(Duration::from_millis(6)),
+            upstream_host: Some(http::uri::Authority::from_static("10.0.0.9:80")),
+            upstream_cluster: Some(Arc::from("outbound|80||svc")),
+            upstream_local_address: Some("10.0.0.2:40000".parse().expect("addr")),
+            route_name: Some(Arc::from("default")),
+            connection_id: Some(7),
+            response_headers: Some(response),
+            response_trailers: Some(trailers),
+            ..StreamInfo::default()
+        }
+    }
+
+    fn log_ctx<'a>(headers: &'a HeaderMap, info: &'a StreamInfo) -> Context<'a> {
+        Context {
+            stream: Some(info),
+            ..ctx(headers)
+        }
+    }
+
+    #[test]
+    fn istios_default_format_renders_like_envoy() {
+        let mut headers = HeaderMap::new();
+        headers.insert("user-agent", HeaderValue::from_static("curl/8"));
+        headers.insert("x-request-id", HeaderValue::from_static("abc"));
+        let info = finished();
+        let mut out = String::new();
+        Template::parse(ISTIO).expect("parses").render_log(
+            &log_ctx(&headers, &info),
+            false,
+            &mut out,
+        );
+        assert_eq!(
+            out,
+            "[2025-11-22T04:34:56.123Z] \"GET /backend/x?q=1 HTTP/1.1\" 200 - via_upstream - \"-\" 12 335 7 6 \"-\" \"curl/8\" \"abc\" \"example.com\" \"10.0.0.9:80\" outbound|80||svc 10.0.0.2:40000 10.0.0.2:8080 10.0.0.1:5555 - default\n"
+        );
+    }
+
+    #[test]
+    fn missing_values_are_dashes_or_empty_and_flags_always_render() {
+        let headers = HeaderMap::new();
+        let info = StreamInfo {
+            response_code: 404,
+            response_flags: ResponseFlags::named("NR").expect("flag"),
+            ..StreamInfo::default()
+        };
+        let t = Template::parse("%RESPONSE_CODE%|%RESPONSE_FLAGS%|%UPSTREAM_HOST%|%ROUTE_NAME%|%REQUEST_DURATION%|%RESP(x)%|%TRAILER(grpc-status)%")
+            .expect("parses");
+        let mut out = String::new();
+        t.render_log(&log_ctx(&headers, &info), false, &mut out);
+        assert_eq!(out, "404|NR|-|-|-|-|-");
+        out.clear();
+        t.render_log(&log_ctx(&headers, &info), true, &mut out);
+        assert_eq!(out, "404|NR|||||");
+        // In a header value nothing of the stream is known: everything renders empty.
+        assert_eq!(t.render(&ctx(&headers)), "||||||");
+    }
+
+    #[test]
+    fn response_headers_trailers_and_truncation() {
+        let headers = HeaderMap::new();
+        let info = finished();
+        let t = Template::parse(
+            "%RESP(X-Envoy-Upstream-Service-Time)% %TRAILER(grpc-status)% %REQ(:PATH):8% %REQ(:SCHEME)% %CONNECTION_ID% %RESPONSE_DURATION% %UPSTREAM_CLUSTER%",
+        )
+        .expect("parses");
+        let mut out = String::new();
+        t.render_log(&log_ctx(&headers, &info), false, &mut out);
+        assert_eq!(out, "6 0 /backend http 7 6 outbound|80||svc");
+        assert!(t.reads_trailers());
+        assert_eq!(
+            t.response_header_names()
+                .map(|n| n.as_str())
+                .collect::<Vec<_>>(),
+            ["x-envoy-upstream-service-time"]
+        );
+    }
+
+    #[test]
+    fn details_and_failure_reasons_use_underscores() {
+        let headers = HeaderMap::new();
+        let info = StreamInfo {
+            response_code: 503,
+            response_code_details: Some(
+                "upstream_reset_before_response_started{remote_connection_failure|delayed connect error: Connection refused}".into(),
+            ),
+            upstream_transport_failure_reason: Some(
+                "delayed connect error: Connection refused".into(),
+            ),
+            ..StreamInfo::default()
+        };
+        let mut out = String::new();
+        Template::parse("%RESPONSE_CODE_DETAILS% %UPSTREAM_TRANSPORT_FAILURE_REASON%")
+            .expect("parses")
+            .render_log(&log_ctx(&headers, &info), false, &mut out);
+        assert_eq!(out, "upstream_reset_before_response_started{remote_connection_failure|delayed_connect_error:_Connection_refused} delayed_connect_error:_Connection_refused");
+    }
+
+    #[test]
+    fn json_keeps_types_sorts_keys_and_omits_when_asked() {
+        use json::{JsonFormat, JsonNode};
+        let t = |s: &str| JsonNode::Template(Template::parse(s).expect("parses"));
+        let fields = || {
+            vec![
+                ("code".to_string(), t("%RESPONSE_CODE%")),
+                ("agent".to_string(), t("%REQ(USER-AGENT)%")),
+                ("route".to_string(), t("%ROUTE_NAME%")),
+                (
+                    "mixed".to_string(),
+                    t("c=%RESPONSE_CODE% h=%UPSTREAM_HOST%"),
+                ),
+                ("quote".to_string(), t("%REQ(x-q)%")),
+                (
+                    "nested".to_string(),
+                    JsonNode::Object(vec![
+                        ("z".to_string(), JsonNode::Number(5.0)),
+                        ("a".to_string(), JsonNode::Bool(true)),
+                    ]),
+                ),
+                ("empty".to_string(), t("")),
+            ]
+        };
+        let mut headers = HeaderMap::new();
+        headers.insert("x-q", HeaderValue::from_static("say \"hi\"\\"));
+        let info = StreamInfo {
+            response_code: 200,
+            ..StreamInfo::default()
+        };
+        let mut out = String::new();
+        JsonFormat::new(fields(), false).render(&log_ctx(&headers, &info), &mut out);
+        assert_eq!(
+            out,
+            "{\"agent\":null,\"code\":200,\"empty\":\"\",\"mixed\":\"c=200 h=-\",\"nested\":{\"a\":true,\"z\":5},\"quote\":\"say \\\"hi\\\"\\\\\",\"route\":null}\n"
+        );
+        let parsed: serde_json::Value = serde_json::from_str(&out).expect("valid JSON");
+        assert_eq!(parsed["quote"], "say \"hi\"\\");
+        out.clear();
+        JsonFormat::new(fields(), true).render(&log_ctx(&headers, &info), &mut out);
+        assert_eq!(
+            out,
+            "{\"code\":200,\"empty\":\"\",\"mixed\":\"c=200 h=\",\"nested\":{\"a\":true,\"z\":5},\"quote\":\"say \\\"hi\\\"\\\\\"}\n"
+        );
+    }
+
+    #[test]
+    fn header_values_refuse_operators_about_a_finished_stream() {
+        assert!(Template::parse_header_value("%DOWNSTREAM_REMOTE_ADDRESS% %REQ(x-a?x-b)%").is_ok());
+        for op in [
+            "%RESPONSE_CODE%",
+            "%RESP(x)%",
+            "%REQ(:PATH)%",
+            "%UPSTREAM_HOST%",
+        ] {
+            let err = Template::parse_header_value(op).expect_err(op);
+            assert!(err.contains("not supported in header values"), "{err}");
+        }
+    }
+
+    #[test]
+    fn unknown_and_unsupported_operators_are_refused() {
+        for bad in [
+            "%UPSTREAM_SERVICE_TIME%",
+            "%REQ(a b)%",
+            "%RESP(x):y%",
+            "%FOO%",
+        ] {
+            assert!(Template::parse(bad).is_err(), "{bad}");
+        }
     }
 }

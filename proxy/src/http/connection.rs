@@ -1,10 +1,13 @@
 //! One downstream HTTP connection: the codec (AUTO sniffs the HTTP/2 preface for h2c prior
 //! knowledge, else HTTP/1.1), per-request stats, and graceful close when listeners drain.
 
+use super::access_log::{default_details, flag_bits, LoggedBody, Pending, RequestProgress};
+use super::local_reply::ResponseFlag;
 use super::router::{route_request, ResponseBody};
 use super::stats::HcmStats;
 use crate::config::hcm::{Codec, HttpConnectionManager};
 use crate::upstream::ClusterManager;
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -21,6 +24,7 @@ pub struct HttpContext {
     pub hcm: Arc<HttpConnectionManager>,
     pub clusters: Arc<ClusterManager>,
     pub stats: HcmStats,
+    pub access_logs: crate::access_log::AccessLogs,
 }
 
 /// Serves `io` until the peer closes, or `drain` fires (then in-flight requests finish and
@@ -141,11 +145,22 @@ fn finish(ctx: &HttpContext) {
 }
 
 async fn handle(
-    ctx: &HttpContext,
+    ctx: &Arc<HttpContext>,
     downstream: super::Downstream,
-    request: hyper::Request<Incoming>,
+    mut request: hyper::Request<Incoming>,
 ) -> hyper::Response<ResponseBody> {
     let started = Instant::now();
+    let logging = !ctx.access_logs.is_empty();
+    let start = std::time::SystemTime::now();
+    let protocol = request.version();
+    let progress = logging.then(|| {
+        let progress = Arc::new(RequestProgress::new(started));
+        if hyper::body::Body::is_end_stream(request.body()) {
+            progress.finish();
+        }
+        request.extensions_mut().insert(progress.clone());
+        progress
+    });
     let stats = &ctx.stats;
     stats.downstream_rq_total.inc();
     stats.downstream_rq_active.inc();
@@ -154,7 +169,7 @@ async fn handle(
     } else {
         stats.downstream_rq_http1_total.inc();
     }
-    let outcome = route_request(ctx, &downstream, request).await;
+    let mut outcome = route_request(ctx, &downstream, request).await;
     stats.response(outcome.response.status());
     stats.downstream_rq_active.dec();
     stats
@@ -163,7 +178,61 @@ async fn handle(
     if let Some(flag) = outcome.flag {
         tracing::debug!(target: "http", "local reply {} ({})", outcome.response.status(), flag.short());
     }
-    outcome.response
+    if !logging {
+        return outcome.response;
+    }
+    let mut info = std::mem::take(&mut outcome.info);
+    info.response_code = outcome.response.status().as_u16();
+    info.response_flags = info.response_flags.with(flag_bits(outcome.flag));
+    // Envoy's HTTP/1 codec reports HTTP/1.1 for a request it refused while parsing, HTTP/1.0
+    // included.
+    let protocol = if info.response_flags.intersects(dpe()) && protocol == http::Version::HTTP_10 {
+        http::Version::HTTP_11
+    } else {
+        protocol
+    };
+    if outcome.upstream.is_some() {
+        info.response_duration = Some(started.elapsed());
+    }
+    if info.response_code_details.is_none() {
+        info.response_code_details = default_details(
+            outcome.flag,
+            outcome.upstream.is_some(),
+            info.upstream_transport_failure_reason.as_deref(),
+        );
+    }
+    if !ctx.access_logs.response_headers.is_empty() {
+        info.response_headers = Some(crate::access_log::keep_headers(
+            outcome.response.headers(),
+            &ctx.access_logs.response_headers,
+        ));
+    }
+    info.connection_id = Some(downstream.connection_id);
+    let connected = outcome.upstream.is_some()
+        || matches!(
+            outcome.flag,
+            Some(
+                ResponseFlag::UpstreamRequestTimeout
+                    | ResponseFlag::UpstreamRemoteReset
+                    | ResponseFlag::UpstreamConnectionTermination
+            )
+        );
+    let pending = Box::new(Pending {
+        connected,
+        ctx: ctx.clone(),
+        downstream,
+        start,
+        started,
+        protocol,
+        request: progress,
+        info,
+    });
+    let (parts, body) = outcome.response.into_parts();
+    hyper::Response::from_parts(parts, LoggedBody::new(body, pending).boxed_unsync())
+}
+
+fn dpe() -> crate::format::ResponseFlags {
+    crate::format::ResponseFlags::named("DPE").unwrap_or_default()
 }
 
 async fn sleep_or_forever(duration: Option<Duration>) {

@@ -108,6 +108,7 @@ pub async fn forward(
             response: local_reply(StatusCode::SERVICE_UNAVAILABLE, Bytes::new(), server),
             flag: Some(ResponseFlag::NoClusterFound),
             upstream: None,
+            info: Default::default(),
         };
     };
     let target = Target {
@@ -120,6 +121,13 @@ pub async fn forward(
         info,
     };
     let mut outcome = send_to_cluster(ctx, &cluster, &target, request).await;
+    if !ctx.access_logs.is_empty() {
+        let config = &cluster.config;
+        outcome.info.upstream_cluster = Some(Arc::from(config.name.as_str()));
+        if config.stat_name != config.name {
+            outcome.info.upstream_cluster_alt = Some(Arc::from(config.stat_name.as_str()));
+        }
+    }
     if let Some(downstream) = on_upgrade {
         splice_upgrade(&mut outcome, downstream);
     }
@@ -153,6 +161,7 @@ async fn send_to_cluster(
             response: local_reply(StatusCode::SERVICE_UNAVAILABLE, body, server),
             flag: Some(ResponseFlag::UpstreamConnectionFailure),
             upstream: None,
+            info: Default::default(),
         };
     }
     // The hash is computed only for a balancer that uses it (a cookie is generated only then).
@@ -179,6 +188,7 @@ async fn send_to_cluster(
             ),
             flag: Some(ResponseFlag::NoHealthyUpstream),
             upstream: None,
+            info: Default::default(),
         };
     };
     let use_h2 = match cluster.config.protocol {
@@ -204,6 +214,7 @@ async fn send_to_cluster(
             response: local_reply(StatusCode::BAD_REQUEST, Bytes::new(), server),
             flag: None,
             upstream: None,
+            info: Default::default(),
         };
     };
     let started = Instant::now();
@@ -234,18 +245,31 @@ async fn send_to_cluster(
                 &host.stats.rq_success
             };
             counter.fetch_add(1, Relaxed);
+            let upstream_local = response
+                .extensions()
+                .get::<crate::upstream::connector::UpstreamLocalAddress>()
+                .map(|a| a.0);
             let mut response =
                 downstream_response(response, elapsed, server, ctx.hcm.server_header);
             if let Some(cookie) = hashed.set_cookie {
                 response.headers_mut().append(header::SET_COOKIE, cookie);
             }
-            Outcome {
+            let mut outcome = Outcome {
                 response,
                 flag: None,
                 upstream: Some(host.authority.clone()),
-            }
+                info: Default::default(),
+            };
+            outcome.info.upstream_host = Some(host.authority.clone());
+            outcome.info.upstream_local_address = upstream_local;
+            outcome
         }
-        Err(e) => upstream_failure(cluster, &host.stats, e, server),
+        Err(e) => {
+            let mut outcome = upstream_failure(cluster, &host.stats, e, server);
+            // Envoy names the host it tried even when it never answered.
+            outcome.info.upstream_host = Some(host.authority.clone());
+            outcome
+        }
     }
 }
 
@@ -256,6 +280,7 @@ fn upstream_failure(
     server: &HeaderValue,
 ) -> Outcome {
     host.rq_error.fetch_add(1, Relaxed);
+    let mut transport_failure = None;
     let (status, body, flag) = match error {
         UpstreamError::Timeout => {
             cluster.stats.upstream_rq_timeout.inc();
@@ -269,6 +294,7 @@ fn upstream_failure(
                 StatusCode::SERVICE_UNAVAILABLE,
                 {
                     tracing::debug!(target: "router", "upstream connect failure: {reason}");
+                    transport_failure = Some(super::access_log::transport_failure_reason(&reason));
                     // Envoy 1.40's body names the reset reason only.
                     "upstream connect error or disconnect/reset before headers. reset reason: remote connection failure".to_string()
                 },
@@ -281,7 +307,9 @@ fn upstream_failure(
                 tracing::debug!(target: "router", "upstream reset: {reason}");
                 "upstream connect error or disconnect/reset before headers. reset reason: connection termination".to_string()
             },
-            ResponseFlag::UpstreamRemoteReset,
+            // Envoy flags a connection that closed before the response UC (checked against
+            // Envoy 1.40); UR is a reset stream.
+            ResponseFlag::UpstreamConnectionTermination,
         ),
         UpstreamError::NoHealthyUpstream => {
             (StatusCode::SERVICE_UNAVAILABLE, "no healthy upstream".to_string(), ResponseFlag::NoHealthyUpstream)
@@ -293,11 +321,14 @@ fn upstream_failure(
         ),
     };
     cluster.stats.response(status);
-    Outcome {
+    let mut outcome = Outcome {
         response: local_reply(status, body, server),
         flag: Some(flag),
         upstream: None,
-    }
+        info: Default::default(),
+    };
+    outcome.info.upstream_transport_failure_reason = transport_failure;
+    outcome
 }
 
 /// Builds the request sent upstream: rewritten path and authority, hop-by-hop headers gone,
@@ -422,10 +453,15 @@ fn upstream_request(
     for mutation in mutations.into_iter().flatten() {
         mutation.apply(&mut parts.headers, &format);
     }
-    Some(Request::from_parts(
-        parts,
-        body.map_err(|e| Box::new(e) as BoxError).boxed_unsync(),
-    ))
+    let body = body.map_err(|e| Box::new(e) as BoxError);
+    let body = match parts
+        .extensions
+        .remove::<Arc<super::access_log::RequestProgress>>()
+    {
+        Some(progress) => super::access_log::CountedBody::new(body, progress).boxed_unsync(),
+        None => body.boxed_unsync(),
+    };
+    Some(Request::from_parts(parts, body))
 }
 
 /// The path after `prefix_rewrite` or `regex_rewrite`, or None when it stays as it is.

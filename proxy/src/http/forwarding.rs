@@ -46,6 +46,14 @@ pub struct Downstream {
     /// This host's address, appended to `x-forwarded-for` instead of a loopback peer (Envoy's
     /// "local address": the first non-loopback interface address).
     pub node_address: Option<IpAddr>,
+    /// The connection's id (`%CONNECTION_ID%`), unique in the process.
+    pub connection_id: u64,
+}
+
+/// The next connection id: one sequence for the whole process, as Envoy numbers connections.
+pub fn next_connection_id() -> u64 {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
 }
 
 /// Applies Envoy's forwarding rules to a request's headers before routing.
@@ -182,6 +190,7 @@ mod tests {
             remote: Some(remote.parse().expect("addr")),
             local: None,
             node_address: Some("192.0.2.2".parse().expect("ip")),
+            connection_id: 0,
         };
         mutate_request_headers(f, &mut map, &downstream);
         map

@@ -18,6 +18,8 @@ pub enum ResponseFlag {
     UpstreamConnectionFailure,
     /// UR: upstream reset.
     UpstreamRemoteReset,
+    /// UC: the upstream connection closed before the response.
+    UpstreamConnectionTermination,
     /// UT: upstream request timeout.
     UpstreamRequestTimeout,
     /// NC: no cluster.
@@ -31,6 +33,7 @@ impl ResponseFlag {
             ResponseFlag::NoHealthyUpstream => "UH",
             ResponseFlag::UpstreamConnectionFailure => "UF",
             ResponseFlag::UpstreamRemoteReset => "UR",
+            ResponseFlag::UpstreamConnectionTermination => "UC",
             ResponseFlag::UpstreamRequestTimeout => "UT",
             ResponseFlag::NoClusterFound => "NC",
         }

@@ -1,6 +1,7 @@
 //! The HTTP connection manager: serves HTTP/1.1 and HTTP/2 (h2c) connections, selects a
 //! route, and answers locally or forwards through the router.
 
+mod access_log;
 mod connection;
 mod forward;
 pub mod forwarding;

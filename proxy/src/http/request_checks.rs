@@ -15,6 +15,11 @@ pub enum Refusal {
         status: StatusCode,
         body: &'static str,
         close: bool,
+        /// `%RESPONSE_CODE_DETAILS%`, as Envoy names the cause.
+        details: &'static str,
+        /// Envoy's codec refuses these while parsing: logged with the DPE flag and without
+        /// the request's method, path or headers.
+        protocol_error: bool,
     },
     /// `UNESCAPE_AND_REDIRECT`: tell the client the unescaped path.
     Redirect(String),
@@ -46,6 +51,8 @@ pub fn is_allowed_upgrade(
             status: StatusCode::FORBIDDEN,
             body: "",
             close: true,
+            details: "upgrade_failed",
+            protocol_error: false,
         })
     }
 }
@@ -59,6 +66,8 @@ pub fn check<B>(hcm: &HttpConnectionManager, request: &mut Request<B>) -> Result
                 status: StatusCode::BAD_REQUEST,
                 body: "Bad Request",
                 close: true,
+                details: "http1.content_length_and_chunked_not_allowed",
+                protocol_error: true,
             });
         }
         if !te.as_bytes().eq_ignore_ascii_case(b"chunked") {
@@ -66,6 +75,8 @@ pub fn check<B>(hcm: &HttpConnectionManager, request: &mut Request<B>) -> Result
                 status: StatusCode::NOT_IMPLEMENTED,
                 body: "Not Implemented",
                 close: true,
+                details: "http1.invalid_transfer_encoding",
+                protocol_error: true,
             });
         }
     }
@@ -75,6 +86,8 @@ pub fn check<B>(hcm: &HttpConnectionManager, request: &mut Request<B>) -> Result
             status: StatusCode::UPGRADE_REQUIRED,
             body: "Upgrade Required",
             close: true,
+            details: "low_version",
+            protocol_error: true,
         });
     }
     let limits = &hcm.limits;
@@ -89,6 +102,8 @@ pub fn check<B>(hcm: &HttpConnectionManager, request: &mut Request<B>) -> Result
             status: StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             body: "Request Header Fields Too Large",
             close: true,
+            details: "http1.headers_too_large",
+            protocol_error: true,
         });
     }
     if limits.headers_with_underscores != UnderscoreAction::Allow {
@@ -104,6 +119,12 @@ pub fn check<B>(hcm: &HttpConnectionManager, request: &mut Request<B>) -> Result
                     status: StatusCode::BAD_REQUEST,
                     body: "Bad Request",
                     close: true,
+                    details: if request.version() == http::Version::HTTP_2 {
+                        "http2.unexpected_underscore"
+                    } else {
+                        "http1.unexpected_underscore"
+                    },
+                    protocol_error: true,
                 });
             }
             for name in with_underscore {
@@ -154,6 +175,8 @@ pub fn normalize(path: &str, cfg: &PathHandling) -> Result<Option<String>, Refus
                     status: StatusCode::BAD_REQUEST,
                     body: "",
                     close: true,
+                    details: "path_normalization_failed",
+                    protocol_error: false,
                 })
             }
             EscapedSlashes::UnescapeAndRedirect => {

@@ -44,8 +44,9 @@ impl RequestInfo {
             downstream_local: self.downstream.local,
             upstream_remote: upstream,
             start: self.start,
-            protocol: version,
+            protocol: Some(version),
             request_headers,
+            stream: None,
         }
     }
 }
@@ -53,12 +54,44 @@ impl RequestInfo {
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 pub type ResponseBody = UnsyncBoxBody<Bytes, BoxError>;
 
-/// The outcome of a request, for stats (and access logs later).
+/// The outcome of a request, for stats and access logs.
 pub struct Outcome {
     pub response: Response<ResponseBody>,
     pub flag: Option<ResponseFlag>,
     /// The upstream host that answered, if any (for `%UPSTREAM_REMOTE_ADDRESS%`).
     pub upstream: Option<http::uri::Authority>,
+    /// What access logs read; filled only when the connection manager has access logs.
+    pub info: crate::format::StreamInfo,
+}
+
+/// The request's parts access logs read, kept before the request is forwarded.
+struct LoggedRequest {
+    headers: http::HeaderMap,
+    method: http::Method,
+    path: Option<http::uri::PathAndQuery>,
+    authority: Option<http::HeaderValue>,
+}
+
+impl LoggedRequest {
+    fn new(request: &Request<Incoming>, ctx: &HttpContext) -> Self {
+        Self {
+            headers: crate::access_log::keep_headers(
+                request.headers(),
+                &ctx.access_logs.request_headers,
+            ),
+            method: request.method().clone(),
+            path: request.uri().path_and_query().cloned(),
+            authority: authority(request).and_then(|a| http::HeaderValue::from_str(a).ok()),
+        }
+    }
+
+    fn fill(self, info: &mut crate::format::StreamInfo) {
+        info.method = Some(self.method);
+        info.path = self.path;
+        info.authority = self.authority;
+        info.scheme = Some("http");
+        info.request_headers = Some(self.headers);
+    }
 }
 
 pub async fn route_request(
@@ -71,7 +104,27 @@ pub async fn route_request(
         .and_then(|()| request_checks::is_allowed_upgrade(&ctx.hcm, request.headers()))
     {
         Ok(upgrade) => upgrade,
-        Err(refusal) => return refused(refusal, server),
+        Err(refusal) => {
+            let mut outcome = refused(refusal, server);
+            // Envoy answers these before it has taken the whole request (no request duration);
+            // path normalisation runs on a complete request.
+            let normalisation =
+                outcome.info.response_code_details.as_deref() == Some("path_normalization_failed");
+            if let (false, Some(p)) = (
+                normalisation,
+                request
+                    .extensions()
+                    .get::<std::sync::Arc<super::access_log::RequestProgress>>(),
+            ) {
+                p.abandon();
+            }
+            // A request Envoy's codec refuses is logged without its method, path or headers.
+            let parsed = outcome.info.response_flags.is_empty();
+            if parsed && !ctx.access_logs.is_empty() {
+                LoggedRequest::new(&request, ctx).fill(&mut outcome.info);
+            }
+            return outcome;
+        }
     };
     let extras = RequestExtras {
         on_upgrade: upgrade.then(|| hyper::upgrade::on(&mut request)),
@@ -82,6 +135,8 @@ pub async fn route_request(
     };
     let forwarding = &ctx.hcm.forwarding;
     mutate_request_headers(forwarding, request.headers_mut(), downstream);
+    // Access logs see the request as the connection manager left it (x-request-id set, ...).
+    let logged_request = (!ctx.access_logs.is_empty()).then(|| LoggedRequest::new(&request, ctx));
     let request_id = forwarding
         .always_set_request_id_in_response
         .then(|| request.headers().get(&X_REQUEST_ID).cloned())
@@ -96,6 +151,9 @@ pub async fn route_request(
             .is_some_and(|v| v.as_bytes() != b"0")
             || request.headers().contains_key(header::TRANSFER_ENCODING));
     let mut outcome = route_and_act(ctx, request, extras).await;
+    if let Some(r) = logged_request {
+        r.fill(&mut outcome.info);
+    }
     if outcome.upstream.is_none() {
         // Replies made before any upstream attempt leave the body unread; after an attempt
         // (UF, UR, UT) it was consumed.
@@ -104,6 +162,7 @@ pub async fn route_request(
             Some(
                 ResponseFlag::UpstreamConnectionFailure
                     | ResponseFlag::UpstreamRemoteReset
+                    | ResponseFlag::UpstreamConnectionTermination
                     | ResponseFlag::UpstreamRequestTimeout
             )
         );
@@ -128,17 +187,25 @@ pub async fn route_request(
 }
 
 fn refused(refusal: Refusal, server: &http::HeaderValue) -> Outcome {
+    let mut info = crate::format::StreamInfo::default();
     let response = match refusal {
         Refusal::Local {
             status,
             body,
             close,
+            details,
+            protocol_error,
         } => {
             let mut response = local_reply(status, body, server);
             if close {
                 response
                     .headers_mut()
                     .insert(header::CONNECTION, http::HeaderValue::from_static("close"));
+            }
+            info.response_code_details = Some(details.into());
+            if protocol_error {
+                info.response_flags =
+                    crate::format::ResponseFlags::named("DPE").unwrap_or_default();
             }
             response
         }
@@ -154,6 +221,7 @@ fn refused(refusal: Refusal, server: &http::HeaderValue) -> Outcome {
         response,
         flag: None,
         upstream: None,
+        info,
     }
 }
 
@@ -172,12 +240,15 @@ async fn route_and_act(
                     status: StatusCode::BAD_REQUEST,
                     body: "",
                     close: true,
+                    details: "missing_host_header",
+                    protocol_error: false,
                 },
                 server,
             )
             .response,
             flag: None,
             upstream: None,
+            info: Default::default(),
         };
     };
     let uri = request.uri();
@@ -193,6 +264,7 @@ async fn route_and_act(
             response: local_reply(StatusCode::NOT_FOUND, Bytes::new(), server),
             flag: Some(ResponseFlag::NoRouteFound),
             upstream: None,
+            info: Default::default(),
         };
     };
     let info = extras.info;
@@ -205,6 +277,7 @@ async fn route_and_act(
     .iter()
     .any(|m| m.reads_request_headers());
     let request_headers = reads_request.then(|| request.headers().clone());
+    let logging = !ctx.access_logs.is_empty();
     let mut outcome = match &route.action {
         Action::DirectResponse { status, body } => {
             ctx.stats.rq_direct_response.inc();
@@ -212,6 +285,7 @@ async fn route_and_act(
                 response: local_reply(*status, body.clone(), server),
                 flag: None,
                 upstream: None,
+                info: Default::default(),
             }
         }
         Action::Redirect(r) => {
@@ -220,10 +294,22 @@ async fn route_and_act(
                 response: redirect(r, route, &request, host, server),
                 flag: None,
                 upstream: None,
+                info: Default::default(),
             }
         }
         Action::Forward(f) => forward(ctx, route_config, vh, route, f, request, extras).await,
     };
+    if logging {
+        if !route.name.is_empty() {
+            outcome.info.route_name = Some(std::sync::Arc::from(route.name.as_str()));
+        }
+        if matches!(
+            route.action,
+            Action::DirectResponse { .. } | Action::Redirect(_)
+        ) {
+            outcome.info.response_code_details = Some("direct_response".into());
+        }
+    }
     // Response headers: route first, then virtual host, then route configuration (Envoy's
     // default order, where the least specific level has the last word).
     let upstream = outcome.upstream.as_ref().map(|a| a.as_str());

@@ -128,6 +128,7 @@ mod tests {
             stat_prefix: String::new(),
             inbound: false,
             original_dst: false,
+            access_logs: Vec::new(),
             use_original_dst: false,
             transparent: false,
         }

@@ -9,6 +9,7 @@
 
 use super::runtime::{address_scope, ListenerRuntime, ListenerTable};
 use super::{bind, BoundSocket};
+use crate::access_log::Files;
 use crate::config::address::Endpoint;
 use crate::config::listener::Listener;
 use crate::server::{BoundListener, Server};
@@ -40,6 +41,8 @@ struct Active {
 
 pub struct ListenerManager {
     server: Arc<Server>,
+    /// The access log files every listener's loggers write to.
+    files: Arc<Files>,
     clusters: Arc<ClusterManager>,
     node_address: Option<IpAddr>,
     table: Arc<ArcSwap<ListenerTable>>,
@@ -56,9 +59,11 @@ impl ListenerManager {
         server: Arc<Server>,
         clusters: Arc<ClusterManager>,
         node_address: Option<IpAddr>,
+        files: Arc<Files>,
     ) -> Arc<Self> {
         Arc::new(Self {
             server,
+            files,
             clusters,
             node_address,
             table: Arc::new(ArcSwap::from_pointee(ListenerTable::default())),
@@ -149,6 +154,7 @@ impl ListenerManager {
                 &scope,
                 &self.clusters,
                 &self.server.stats,
+                &self.files,
             )),
             drain: drain_rx,
         }));
@@ -232,6 +238,7 @@ impl ListenerManager {
             &old.scope,
             &self.clusters,
             &self.server.stats,
+            &self.files,
         ));
         old.generation.store(Arc::new(Generation {
             runtime,

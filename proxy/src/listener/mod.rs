@@ -152,6 +152,7 @@ pub async fn run(
             }
         }
         target.stats.downstream_cx_total.inc();
+        let connection_id = crate::http::forwarding::next_connection_id();
         let index = select_filter_chain(&target.config, local, peer);
         let chain = match index {
             Some(i) => target
@@ -167,6 +168,7 @@ pub async fn run(
         };
         let Some((chain, Some(chain_runtime))) = chain else {
             target.stats.no_filter_chain_match.inc();
+            target.log_rejected(peer, local, connection_id);
             tracing::debug!(target: "conn_handler", "listener {}: no filter chain matches {peer:?}", target.config.name);
             continue;
         };
@@ -186,6 +188,7 @@ pub async fn run(
                 remote: peer,
                 local,
                 node_address,
+                connection_id,
             };
             match chain_runtime {
                 ChainRuntime::Http(ctx) => serve_connection(stream, ctx, downstream, drain).await,

@@ -1,8 +1,10 @@
 //! Listeners as they run: each filter chain's network filter with its stats resolved, and the
 //! table of all listeners (bound or not) that `use_original_dst` hands connections across.
 
+use crate::access_log::{AccessLogs, Files};
 use crate::config::address::Endpoint;
 use crate::config::listener::{FilterChain, Listener, NetworkFilter};
+use crate::format::{Context, ResponseFlags, StreamInfo};
 use crate::http::{HcmStats, HttpContext};
 use crate::stats::{Counter, Gauge, Store};
 use crate::tcp::{TcpContext, TcpStats};
@@ -21,18 +23,25 @@ pub enum ChainRuntime {
 }
 
 impl ChainRuntime {
-    fn build(chain: &FilterChain, clusters: &Arc<ClusterManager>, store: &Store) -> Self {
+    fn build(
+        chain: &FilterChain,
+        clusters: &Arc<ClusterManager>,
+        store: &Store,
+        files: &Files,
+    ) -> Self {
         match chain.filters.last() {
             Some(NetworkFilter::HttpConnectionManager(hcm)) => {
                 ChainRuntime::Http(Arc::new(HttpContext {
                     hcm: hcm.clone(),
                     clusters: clusters.clone(),
                     stats: HcmStats::new(store, &hcm.stat_prefix),
+                    access_logs: AccessLogs::new(&hcm.access_logs, files),
                 }))
             }
             Some(NetworkFilter::TcpProxy(t)) => ChainRuntime::Tcp(Arc::new(TcpContext {
                 config: t.clone(),
                 stats: TcpStats::new(store, &t.stat_prefix),
+                access_logs: AccessLogs::new(&t.access_logs, files),
             })),
             None => ChainRuntime::Close,
         }
@@ -52,6 +61,8 @@ pub struct ListenerRuntime {
     pub chains: Vec<ChainRuntime>,
     pub default_chain: Option<ChainRuntime>,
     pub stats: ListenerStats,
+    /// The listener's own access logs: connections it closes without a filter chain.
+    pub access_logs: AccessLogs,
 }
 
 impl ListenerRuntime {
@@ -61,6 +72,7 @@ impl ListenerRuntime {
         scope: &str,
         clusters: &Arc<ClusterManager>,
         store: &Store,
+        files: &Files,
     ) -> Self {
         let scope = if config.stat_prefix.is_empty() {
             scope.to_string()
@@ -77,15 +89,47 @@ impl ListenerRuntime {
             chains: config
                 .filter_chains
                 .iter()
-                .map(|c| ChainRuntime::build(c, clusters, store))
+                .map(|c| ChainRuntime::build(c, clusters, store, files))
                 .collect(),
             default_chain: config
                 .default_filter_chain
                 .as_ref()
-                .map(|c| ChainRuntime::build(c, clusters, store)),
+                .map(|c| ChainRuntime::build(c, clusters, store, files)),
+            access_logs: AccessLogs::new(&config.access_logs, files),
             config,
             stats,
         }
+    }
+}
+
+impl ListenerRuntime {
+    /// Logs a connection closed because no filter chain matched: Envoy's `NR` flag, code 0,
+    /// details `filter_chain_not_found`.
+    pub fn log_rejected(
+        &self,
+        remote: Option<SocketAddr>,
+        local: Option<SocketAddr>,
+        connection_id: u64,
+    ) {
+        if self.access_logs.is_empty() {
+            return;
+        }
+        let info = StreamInfo {
+            response_flags: ResponseFlags::named("NR").unwrap_or_default(),
+            response_code_details: Some("filter_chain_not_found".into()),
+            connection_id: Some(connection_id),
+            duration: Some(std::time::Duration::ZERO),
+            ..StreamInfo::default()
+        };
+        self.access_logs.log(&Context {
+            downstream_remote: remote,
+            downstream_local: local,
+            upstream_remote: None,
+            start: std::time::SystemTime::now(),
+            protocol: None,
+            request_headers: None,
+            stream: Some(&info),
+        });
     }
 }
 

@@ -146,7 +146,20 @@ async fn run(
     }
 
     let node_address = node_address(server.options.local_address_ip_version);
-    let listeners = ListenerManager::new(server.clone(), clusters.clone(), node_address);
+    let files = Arc::new(crate::access_log::Files::new(
+        std::time::Duration::from_millis(server.options.file_flush_interval_msec),
+        server
+            .options
+            .file_flush_min_size_kb
+            .map(|kb| kb as usize * 1024),
+        stats.clone(),
+    ));
+    let listeners = ListenerManager::new(
+        server.clone(),
+        clusters.clone(),
+        node_address,
+        files.clone(),
+    );
     // Static listeners bind before the server reports LIVE: a conflict is a startup error.
     for l in &config.listeners {
         if let Err(e) = listeners.add_or_update(l.clone(), true) {
@@ -167,6 +180,7 @@ async fn run(
     tokio::spawn(track_uptime(server.clone()));
     wait_for_shutdown(&server).await;
     tracing::info!(target: "main", "shutting down");
+    files.flush_all().await;
     ExitCode::SUCCESS
 }
 

@@ -8,7 +8,9 @@ mod stats;
 
 pub use stats::TcpStats;
 
+use crate::access_log::AccessLogs;
 use crate::config::tcp_proxy::TcpProxy;
+use crate::format::{Context, ResponseFlags, StreamInfo};
 use crate::upstream::{ClusterRuntime, Stream};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
@@ -25,6 +27,7 @@ const BUFFER: usize = 64 * 1024;
 pub struct TcpContext {
     pub config: Arc<TcpProxy>,
     pub stats: TcpStats,
+    pub access_logs: AccessLogs,
 }
 
 /// Proxies one downstream connection. When its listener drains, the connection keeps going
@@ -37,20 +40,50 @@ pub async fn proxy(
 ) {
     let stats = &ctx.stats;
     stats.downstream_cx_total.inc();
+    let mut log = ConnectionLog::new(&ctx, info);
     let config = &ctx.config;
     let named = config.pick(crate::random::below(config.total_weight));
     let Some(cluster) = named.and_then(|c| c.current()) else {
         stats.downstream_cx_no_route.inc();
         tracing::debug!(target: "filter", "tcp_proxy {}: no cluster", config.stat_prefix);
+        log.flag("NC");
+        log.finish();
         return;
     };
-    let Some(upstream) = connect(&cluster, config, info.local).await else {
-        return;
+    if let Some(log) = &mut log.0 {
+        log.info.upstream_cluster = Some(Arc::from(cluster.config.name.as_str()));
+        if cluster.config.stat_name != cluster.config.name {
+            log.info.upstream_cluster_alt = Some(Arc::from(cluster.config.stat_name.as_str()));
+        }
+    }
+    let upstream = match connect(&cluster, config, info.local).await {
+        Ok((upstream, host)) => {
+            if let Some(log) = &mut log.0 {
+                log.info.upstream_host = Some(host);
+                if let crate::upstream::Stream::Tcp(s) = &upstream.stream {
+                    log.info.upstream_local_address = s.local_addr().ok();
+                }
+            }
+            upstream
+        }
+        Err(failure) => {
+            if let Some(log) = &mut log.0 {
+                log.info.upstream_host = failure.host;
+                log.info.upstream_transport_failure_reason = failure.reason;
+            }
+            log.flag(failure.flag);
+            if failure.attempts_exhausted {
+                log.flag("URX");
+            }
+            log.finish();
+            return;
+        }
     };
     let copied = tokio::select! {
         copied = copy_both_ways(downstream, upstream, config.idle_timeout) => copied,
         _ = drain.expired() => {
             tracing::debug!(target: "filter", "tcp_proxy {}: drain time is up, closing", config.stat_prefix);
+            log.finish();
             return;
         }
     };
@@ -58,10 +91,23 @@ pub async fn proxy(
     if idle {
         stats.idle_timeout.inc();
     }
+    if let Some(log) = &mut log.0 {
+        log.info.bytes_received = sent;
+        log.info.bytes_sent = received;
+    }
+    log.finish();
     stats.downstream_cx_rx_bytes_total.add(sent);
     stats.downstream_cx_tx_bytes_total.add(received);
     cluster.stats.upstream_cx_tx_bytes_total.add(sent);
     cluster.stats.upstream_cx_rx_bytes_total.add(received);
+}
+
+/// Why no upstream connection was made, for the access log.
+struct ConnectFailure {
+    flag: &'static str,
+    host: Option<http::uri::Authority>,
+    reason: Option<String>,
+    attempts_exhausted: bool,
 }
 
 /// Tries up to `max_connect_attempts` hosts of the cluster.
@@ -69,33 +115,112 @@ async fn connect(
     cluster: &ClusterRuntime,
     config: &TcpProxy,
     original_destination: Option<std::net::SocketAddr>,
-) -> Option<crate::upstream::connector::CountedStream> {
+) -> Result<
+    (
+        crate::upstream::connector::CountedStream,
+        http::uri::Authority,
+    ),
+    ConnectFailure,
+> {
+    let mut failure = ConnectFailure {
+        flag: "UF",
+        host: None,
+        reason: None,
+        attempts_exhausted: false,
+    };
     if cluster.config.unsupported_transport.is_some() {
         cluster.stats.upstream_cx_connect_fail.inc();
-        return None;
+        return Err(failure);
     }
     let mut connector = cluster.pool.connector();
     for _ in 0..config.max_connect_attempts {
         let Some(host) = cluster.choose_host(original_destination, None, None) else {
             cluster.stats.upstream_cx_none_healthy.inc();
-            return None;
+            failure.flag = "UH";
+            return Err(failure);
         };
         let uri = http::Uri::builder()
             .scheme("http")
             .authority(host.authority.clone())
             .path_and_query("/")
             .build()
-            .ok()?;
+            .map_err(|_| ConnectFailure {
+                host: Some(host.authority.clone()),
+                ..ConnectFailure {
+                    flag: "UF",
+                    host: None,
+                    reason: None,
+                    attempts_exhausted: false,
+                }
+            })?;
         match connector.call(uri).await {
-            Ok(io) => return Some(io.into_inner()),
+            Ok(io) => return Ok((io.into_inner(), host.authority.clone())),
             Err(e) => {
                 cluster.stats.upstream_cx_connect_fail.inc();
                 host.stats.cx_connect_fail.fetch_add(1, Relaxed);
                 tracing::debug!(target: "filter", "tcp_proxy {}: connect to {} failed: {e}", config.stat_prefix, host.authority);
+                failure.host = Some(host.authority.clone());
+                failure.reason = e.raw_os_error().map(|code| {
+                    format!(
+                        "delayed connect error: {}",
+                        nix::errno::Errno::from_raw(code).desc()
+                    )
+                });
             }
         }
     }
-    None
+    failure.attempts_exhausted = true;
+    Err(failure)
+}
+
+/// The access log record of one proxied connection, when the filter has access logs.
+struct ConnectionLog<'a>(Option<PendingConnection<'a>>);
+
+struct PendingConnection<'a> {
+    ctx: &'a TcpContext,
+    downstream: crate::http::Downstream,
+    start: std::time::SystemTime,
+    started: std::time::Instant,
+    info: StreamInfo,
+}
+
+impl<'a> ConnectionLog<'a> {
+    fn new(ctx: &'a TcpContext, downstream: crate::http::Downstream) -> Self {
+        Self((!ctx.access_logs.is_empty()).then(|| PendingConnection {
+            ctx,
+            downstream,
+            start: std::time::SystemTime::now(),
+            started: std::time::Instant::now(),
+            info: StreamInfo {
+                connection_id: Some(downstream.connection_id),
+                ..StreamInfo::default()
+            },
+        }))
+    }
+
+    fn flag(&mut self, name: &str) {
+        if let Some(p) = &mut self.0 {
+            if let Some(f) = ResponseFlags::named(name) {
+                p.info.response_flags = p.info.response_flags.with(f);
+            }
+        }
+    }
+
+    fn finish(self) {
+        let Some(mut p) = self.0 else { return };
+        p.info.duration = Some(p.started.elapsed());
+        let upstream = p.info.upstream_host.as_ref().map(|a| a.as_str());
+        let connected = p.info.response_flags.is_empty();
+        p.ctx.access_logs.log(&Context {
+            downstream_remote: p.downstream.remote,
+            downstream_local: p.downstream.local,
+            upstream_remote: upstream.filter(|_| connected),
+            start: p.start,
+            protocol: None,
+            request_headers: None,
+            stream: Some(&p.info),
+        });
+    }
 }
 
 /// Returns (bytes sent upstream, bytes received from upstream, whether the idle timeout fired).

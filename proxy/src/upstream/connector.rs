@@ -194,9 +194,20 @@ pub struct CountedStream {
     _guard: super::accounting::ConnectionGuard,
 }
 
+/// The local address of the upstream connection a response came on, which the HTTP/1.1
+/// pool puts in the response's extensions (for `%UPSTREAM_LOCAL_ADDRESS%`).
+#[derive(Debug, Clone, Copy)]
+pub struct UpstreamLocalAddress(pub std::net::SocketAddr);
+
 impl Connection for CountedStream {
     fn connected(&self) -> Connected {
-        Connected::new()
+        match &self.stream {
+            UpstreamStream::Tcp(s) => match s.local_addr() {
+                Ok(a) => Connected::new().extra(UpstreamLocalAddress(a)),
+                Err(_) => Connected::new(),
+            },
+            UpstreamStream::Unix(_) => Connected::new(),
+        }
     }
 }
 

@@ -35,9 +35,14 @@ pub struct Pool {
     http1: Client<Connector, UpstreamBody>,
     connector: Connector,
     http2_settings: crate::config::hcm_options::Http2Settings,
-    http2: std::sync::Mutex<
-        std::collections::HashMap<http::uri::Authority, http2::SendRequest<UpstreamBody>>,
-    >,
+    http2: std::sync::Mutex<std::collections::HashMap<http::uri::Authority, Http2Connection>>,
+}
+
+/// A pooled HTTP/2 connection and its local address (for `%UPSTREAM_LOCAL_ADDRESS%`).
+#[derive(Clone)]
+struct Http2Connection {
+    sender: http2::SendRequest<UpstreamBody>,
+    local: Option<std::net::SocketAddr>,
 }
 
 impl std::fmt::Debug for Pool {
@@ -119,23 +124,26 @@ impl Pool {
         host: &Host,
         request: http::Request<UpstreamBody>,
     ) -> Result<http::Response<Incoming>, UpstreamError> {
-        let mut sender = self.http2_sender(host).await?;
+        let Http2Connection { mut sender, local } = self.http2_sender(host).await?;
         sender
             .ready()
             .await
             .map_err(|e| UpstreamError::Reset(reset_reason(&e)))?;
-        sender
+        let mut response = sender
             .send_request(request)
             .await
-            .map_err(|e| UpstreamError::Reset(reset_reason(&e)))
+            .map_err(|e| UpstreamError::Reset(reset_reason(&e)))?;
+        if let Some(local) = local {
+            response
+                .extensions_mut()
+                .insert(super::connector::UpstreamLocalAddress(local));
+        }
+        Ok(response)
     }
 
-    async fn http2_sender(
-        &self,
-        host: &Host,
-    ) -> Result<http2::SendRequest<UpstreamBody>, UpstreamError> {
+    async fn http2_sender(&self, host: &Host) -> Result<Http2Connection, UpstreamError> {
         if let Some(s) = self.lock_http2().get(&host.authority) {
-            if !s.is_closed() {
+            if !s.sender.is_closed() {
                 return Ok(s.clone());
             }
         }
@@ -151,6 +159,10 @@ impl Pool {
             .call(uri)
             .await
             .map_err(|e| UpstreamError::ConnectFailure(io_reason(&e)))?;
+        let local = match &io.inner().stream {
+            super::connector::UpstreamStream::Tcp(s) => s.local_addr().ok(),
+            super::connector::UpstreamStream::Unix(_) => None,
+        };
         let settings = self.http2_settings;
         let (sender, connection) = http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
@@ -166,17 +178,16 @@ impl Pool {
         });
         // Two requests racing here may both connect; the later one wins the slot and the
         // other connection closes when its last stream ends.
+        let connection = Http2Connection { sender, local };
         self.lock_http2()
-            .insert(host.authority.clone(), sender.clone());
-        Ok(sender)
+            .insert(host.authority.clone(), connection.clone());
+        Ok(connection)
     }
 
     fn lock_http2(
         &self,
-    ) -> std::sync::MutexGuard<
-        '_,
-        std::collections::HashMap<http::uri::Authority, http2::SendRequest<UpstreamBody>>,
-    > {
+    ) -> std::sync::MutexGuard<'_, std::collections::HashMap<http::uri::Authority, Http2Connection>>
+    {
         self.http2.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
