@@ -6,6 +6,7 @@ use crate::config::listener::{FilterChain, Listener, NetworkFilter};
 use crate::http::{HcmStats, HttpContext};
 use crate::stats::{Counter, Gauge, Store};
 use crate::tcp::{TcpContext, TcpStats};
+use crate::tls::{ServerTls, TlsStats};
 use crate::upstream::ClusterManager;
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -51,6 +52,9 @@ pub struct ListenerRuntime {
     pub config: Arc<Listener>,
     pub chains: Vec<ChainRuntime>,
     pub default_chain: Option<ChainRuntime>,
+    /// Each chain's TLS transport socket, by the same index as `chains`.
+    pub tls: Vec<Option<Arc<ServerTls>>>,
+    pub default_tls: Option<Arc<ServerTls>>,
     pub stats: ListenerStats,
 }
 
@@ -73,7 +77,16 @@ impl ListenerRuntime {
             no_filter_chain_match: store
                 .counter(&format!("listener.{scope}.no_filter_chain_match")),
         };
+        let tls_stats = Arc::new(TlsStats::new(store, &format!("listener.{scope}.")));
+        let tls = |chain: &FilterChain| {
+            chain
+                .tls
+                .as_ref()
+                .map(|t| Arc::new(ServerTls::new(t.clone(), tls_stats.clone())))
+        };
         Self {
+            tls: config.filter_chains.iter().map(tls).collect(),
+            default_tls: config.default_filter_chain.as_ref().and_then(tls),
             chains: config
                 .filter_chains
                 .iter()

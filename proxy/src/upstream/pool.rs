@@ -52,12 +52,17 @@ impl Pool {
         self.connector.clone()
     }
 
-    pub fn new(cluster: &Cluster, accounting: super::ConnectionAccounting) -> Self {
+    pub fn new(
+        cluster: &Cluster,
+        accounting: super::ConnectionAccounting,
+        tls: Option<std::sync::Arc<crate::tls::ClientTls>>,
+    ) -> Self {
         let connector = Connector {
             connect_timeout: cluster.connect_timeout,
             keepalive: cluster.tcp_keepalive,
             source: cluster.source_address,
             accounting,
+            tls,
         };
         let mut builder = Client::builder(TokioExecutor::new());
         builder
