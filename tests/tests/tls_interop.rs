@@ -180,7 +180,11 @@ fn envoy_client_sidecar_reaches_an_outrigger_server_over_mutual_tls() {
         outrigger.port,
         Some(upstream_tls(&pki, &client, &server.uri)),
     );
-    expect_ok(&get(envoy.port), "curl → Envoy → mTLS → Outrigger", &[&envoy.proxy, &outrigger.proxy]);
+    expect_ok(
+        &get(envoy.port),
+        "curl → Envoy → mTLS → Outrigger",
+        &[&envoy.proxy, &outrigger.proxy],
+    );
     let scope = format!("listener.127.0.0.1_{}", outrigger.port);
     assert_eq!(stat(&outrigger.proxy, &format!("{scope}.ssl.handshake")), 1);
     assert_eq!(stat(&envoy.proxy, "cluster.next.ssl.handshake"), 1);
@@ -209,7 +213,11 @@ fn outrigger_client_reaches_an_envoy_server_over_mutual_tls() {
         Some(upstream_tls(&pki, &client, &server.uri)),
     );
     for _ in 0..3 {
-        expect_ok(&get(outrigger.port), "curl → Outrigger → mTLS → Envoy", &[&outrigger.proxy, &envoy.proxy]);
+        expect_ok(
+            &get(outrigger.port),
+            "curl → Outrigger → mTLS → Envoy",
+            &[&outrigger.proxy, &envoy.proxy],
+        );
     }
     // Keep-alive: one upstream connection, one handshake.
     assert_eq!(stat(&outrigger.proxy, "cluster.next.ssl.handshake"), 1);
@@ -229,7 +237,11 @@ fn a_permissive_port_serves_plaintext_and_mutual_tls() {
         None,
     );
     let logs = [&outrigger.proxy];
-    expect_ok(&get(outrigger.port), "plaintext curl → permissive port", &logs);
+    expect_ok(
+        &get(outrigger.port),
+        "plaintext curl → permissive port",
+        &logs,
+    );
     let (cert, key, root) = (
         client.cert.display().to_string(),
         client.key.display().to_string(),
@@ -239,9 +251,23 @@ fn a_permissive_port_serves_plaintext_and_mutual_tls() {
     let mtls = curl::request(
         "GET",
         &format!("https://127.0.0.1:{}/hello", outrigger.port),
-        &["--cert", &cert, "--key", &key, "--cacert", &root, "--insecure"],
+        &[
+            "--cert",
+            &cert,
+            "--key",
+            &key,
+            "--cacert",
+            &root,
+            "--insecure",
+        ],
     )
-    .unwrap_or_else(|f| panic!("mTLS curl: {}\n{}", f.message, outrigger.proxy.logs_for_failure()));
+    .unwrap_or_else(|f| {
+        panic!(
+            "mTLS curl: {}\n{}",
+            f.message,
+            outrigger.proxy.logs_for_failure()
+        )
+    });
     expect_ok(&mtls, "mTLS curl → permissive port", &logs);
     // TLS without a client certificate matches the TLS chain, which requires one.
     let no_cert = curl::request(
@@ -249,10 +275,16 @@ fn a_permissive_port_serves_plaintext_and_mutual_tls() {
         &format!("https://127.0.0.1:{}/hello", outrigger.port),
         &["--insecure"],
     );
-    assert!(no_cert.is_err(), "a TLS client without a certificate was served");
+    assert!(
+        no_cert.is_err(),
+        "a TLS client without a certificate was served"
+    );
     let scope = format!("listener.127.0.0.1_{}", outrigger.port);
     assert_eq!(stat(&outrigger.proxy, &format!("{scope}.ssl.handshake")), 1);
-    assert_eq!(stat(&outrigger.proxy, &format!("{scope}.ssl.connection_error")), 1);
+    assert_eq!(
+        stat(&outrigger.proxy, &format!("{scope}.ssl.connection_error")),
+        1
+    );
 
     // An Envoy sidecar reaches the same port over mTLS.
     if envoy_or_skip("a_permissive_port_serves_plaintext_and_mutual_tls").is_some() {
@@ -262,7 +294,11 @@ fn a_permissive_port_serves_plaintext_and_mutual_tls() {
             outrigger.port,
             Some(upstream_tls(&pki, &client, &server.uri)),
         );
-        expect_ok(&get(envoy.port), "curl → Envoy → mTLS → permissive port", &[&envoy.proxy, &outrigger.proxy]);
+        expect_ok(
+            &get(envoy.port),
+            "curl → Envoy → mTLS → permissive port",
+            &[&envoy.proxy, &outrigger.proxy],
+        );
     }
 }
 
