@@ -13,5 +13,6 @@ pub mod random;
 pub mod server;
 pub mod stats;
 pub mod tcp;
+pub mod tls;
 pub mod upstream;
 pub mod xds;

@@ -15,6 +15,7 @@ pub mod fixed_ports;
 pub mod istio;
 pub mod netns;
 pub mod parallel;
+pub mod pki;
 pub mod ports;
 pub mod process;
 pub mod running;

@@ -144,4 +144,48 @@ mod tests {
         assert_eq!(cert.certificate_chain, Some(inline("CERT")));
         assert_eq!(out.sni, "example.com");
     }
+
+    /// Every place a key can sit in a bootstrap: a static secret, a listener's and a cluster's
+    /// transport socket (inside their `Any`s), inline as bytes or as a string.
+    #[test]
+    fn no_private_key_survives_in_a_redacted_bootstrap() {
+        let yaml = r#"
+static_resources:
+  secrets:
+  - name: default
+    tls_certificate:
+      certificate_chain: { inline_string: CERT }
+      private_key: { inline_bytes: S0VZLUlOLUJZVEVT }
+  listeners:
+  - name: l
+    address: { socket_address: { address: 127.0.0.1, port_value: 1 } }
+    filter_chains:
+    - filters: []
+      transport_socket:
+        name: envoy.transport_sockets.tls
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext
+          common_tls_context:
+            tls_certificates: [{ certificate_chain: { inline_string: CERT }, private_key: { inline_string: KEY-IN-LISTENER } }]
+  clusters:
+  - name: c
+    transport_socket:
+      name: envoy.transport_sockets.tls
+      typed_config:
+        "@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext
+        common_tls_context:
+          tls_certificates: [{ certificate_chain: { inline_string: CERT }, private_key: { inline_string: KEY-IN-CLUSTER } }]
+"#;
+        let loaded = crate::bootstrap::load(&crate::bootstrap::Sources {
+            config_yaml: Some(yaml),
+            ..Default::default()
+        })
+        .expect("parses");
+        let out = redacted(&loaded.bootstrap);
+        let json = xds_proto::to_json_value(&out).expect("json").to_string();
+        for key in ["KEY-IN-LISTENER", "KEY-IN-CLUSTER", "S0VZLUlOLUJZVEVT"] {
+            assert!(!json.contains(key), "{key} leaked: {json}");
+        }
+        assert!(json.contains("CERT"));
+    }
 }

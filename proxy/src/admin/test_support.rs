@@ -10,7 +10,7 @@ use clap::Parser;
 use http_body_util::BodyExt;
 use std::sync::Arc;
 
-pub const BOOTSTRAP: &str = r#"
+const BOOTSTRAP_TEMPLATE: &str = r#"
 node:
   id: test-node
   cluster: test-cluster
@@ -84,8 +84,8 @@ static_resources:
         "@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext
         common_tls_context:
           tls_certificates:
-          - certificate_chain: { inline_string: "CERT" }
-            private_key: { inline_string: "SECRET-KEY" }
+          - certificate_chain: { inline_string: {{CERT}} }
+            private_key: { inline_string: {{KEY}} }
         sni: example.com
     load_assignment:
       cluster_name: tls_backend
@@ -96,11 +96,29 @@ static_resources:
               socket_address: { address: 127.0.0.1, port_value: 8443 }
 "#;
 
+/// A generated certificate and its private key (PEM), for the TLS cluster of [`BOOTSTRAP`].
+pub static TLS_PAIR: std::sync::LazyLock<(String, String)> = std::sync::LazyLock::new(|| {
+    let key = rcgen::KeyPair::generate().expect("key");
+    let cert = rcgen::CertificateParams::new(vec!["example.com".into()])
+        .expect("params")
+        .self_signed(&key)
+        .expect("certificate");
+    (cert.pem(), key.serialize_pem())
+});
+
+/// The admin tests' bootstrap, with [`TLS_PAIR`] inline.
+pub static BOOTSTRAP: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    let quoted = |s: &str| serde_json::to_string(s).expect("a string");
+    BOOTSTRAP_TEMPLATE
+        .replace("{{CERT}}", &quoted(&TLS_PAIR.0))
+        .replace("{{KEY}}", &quoted(&TLS_PAIR.1))
+});
+
 /// A server for [`BOOTSTRAP`], as `server::main` would build it (no sockets).
 pub fn server() -> Arc<Server> {
-    let options = Options::parse_from(["outrigger", "--config-yaml", BOOTSTRAP]);
+    let options = Options::parse_from(["outrigger", "--config-yaml", BOOTSTRAP.as_str()]);
     let loaded = bootstrap::load(&Sources {
-        config_yaml: Some(BOOTSTRAP),
+        config_yaml: Some(BOOTSTRAP.as_str()),
         ..Default::default()
     })
     .expect("test bootstrap loads");

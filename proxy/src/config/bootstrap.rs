@@ -25,6 +25,9 @@ pub struct Config {
     pub cluster_slots: Arc<Slots<ClusterRuntime>>,
     /// The slots HTTP connection managers resolved their RDS names to.
     pub route_slots: Arc<Slots<RouteConfig>>,
+    /// The slots TLS contexts resolved their SDS secret names to, static secrets filled in;
+    /// the xDS client fills the rest as SDS delivers.
+    pub secret_slots: Arc<super::tls::SecretSlots>,
     /// The ADS stream and the LDS/CDS sources, when the bootstrap has `dynamic_resources`.
     pub dynamic: DynamicResources,
     pub runtime: Vec<RuntimeLayer>,
@@ -56,6 +59,7 @@ pub fn translate_bootstrap(b: &Bootstrap) -> Result<Config> {
     if let Some(sr) = top.static_resources.as_mut() {
         sr.listeners.clear();
         sr.clusters.clear();
+        sr.secrets.clear();
     }
     check(&top, &root, &mut acks)?;
     let node = b.node.as_ref().map(|n| NodeInfo {
@@ -77,11 +81,24 @@ pub fn translate_bootstrap(b: &Bootstrap) -> Result<Config> {
     let statics = b.static_resources.clone().unwrap_or_default();
     let sr = root.field("static_resources");
 
+    let secret_slots = Arc::new(super::tls::SecretSlots::default());
+    for (i, s) in statics.secrets.iter().enumerate() {
+        let path = sr.field("secrets").index(i);
+        let secret = super::tls::translate_secret(s, &path, &mut acks)?;
+        let slot = secret_slots.slot(&s.name);
+        if slot.get().is_some() {
+            return Err(path.field("name").error(format!(
+                "Duplicate static TlsCertificate secret name {}",
+                s.name
+            )));
+        }
+        slot.set(Some(Arc::new(secret)));
+    }
     let mut clusters = Vec::with_capacity(statics.clusters.len());
     let mut known_clusters = HashSet::new();
     for (i, c) in statics.clusters.iter().enumerate() {
         let path = sr.field("clusters").index(i);
-        let cluster = translate_cluster(c, &path, &mut acks)?;
+        let cluster = translate_cluster(c, &path, &secret_slots, &mut acks)?;
         if !known_clusters.insert(cluster.name.clone()) {
             return Err(path.field("name").error(format!(
                 "cluster manager: duplicate cluster '{}' found",
@@ -106,6 +123,7 @@ pub fn translate_bootstrap(b: &Bootstrap) -> Result<Config> {
         route_slots: &route_slots,
         known_clusters: &known_clusters,
         runtime: &runtime,
+        secrets: &secret_slots,
     };
 
     let mut listeners: Vec<Arc<Listener>> = Vec::with_capacity(statics.listeners.len());
@@ -139,6 +157,7 @@ pub fn translate_bootstrap(b: &Bootstrap) -> Result<Config> {
         clusters,
         cluster_slots,
         route_slots,
+        secret_slots,
         dynamic,
         runtime,
         stats,

@@ -35,8 +35,10 @@ pub struct Cluster {
     pub idle_timeout: Option<Duration>,
     pub tcp_keepalive: Option<TcpKeepalive>,
     pub source_address: Option<SocketAddr>,
-    /// The cluster asks for a transport socket Outrigger does not speak yet (TLS). Requests to
-    /// it fail with 503 UF rather than going out in plain text.
+    /// `envoy.transport_sockets.tls`: connections to the cluster's hosts are TLS.
+    pub tls: Option<std::sync::Arc<super::tls::UpstreamTls>>,
+    /// The cluster asks for a transport socket Outrigger does not speak. Requests to it fail
+    /// with 503 UF rather than going out in plain text.
     pub unsupported_transport: Option<String>,
 }
 
@@ -110,6 +112,7 @@ pub struct TcpKeepalive {
 pub fn translate_cluster(
     c: &ProtoCluster,
     path: &FieldPath,
+    secrets: &super::tls::SecretSlots,
     acks: &mut Vec<Acknowledged>,
 ) -> Result<Cluster> {
     check(c, path, acks)?;
@@ -256,16 +259,29 @@ pub fn translate_cluster(
         }
         None => None,
     };
-    let unsupported_transport = match &c.transport_socket {
-        Some(ts) if ts.name == "envoy.transport_sockets.raw_buffer" || is_raw_buffer(ts) => None,
+    let (tls, unsupported_transport) = match &c.transport_socket {
+        None => (None, None),
         Some(ts) => {
-            acks.push(Acknowledged {
-                path: path.field("transport_socket").to_string(),
-                reason: "TLS is not implemented yet (issue 6); requests to this cluster fail with 503 UF",
-            });
-            Some(ts.name.clone())
+            use super::listener::{transport_socket, Transport};
+            match transport_socket(ts, &path.field("transport_socket"), acks)? {
+                Transport::Raw => (None, None),
+                Transport::Tls(any) => {
+                    let p = path.field("transport_socket").field("typed_config");
+                    let Some(xds_proto::Extension::UpstreamTlsContext(ctx)) =
+                        super::extension::decode(&any, &p)?
+                    else {
+                        return Err(p.error(format!(
+                            "{} needs an UpstreamTlsContext on a cluster",
+                            ts.name
+                        )));
+                    };
+                    let resolve = super::tls::TlsResolve { secrets };
+                    let ctx = super::tls::translate_upstream(&ctx, &p, &resolve, acks)?;
+                    (Some(std::sync::Arc::new(ctx)), None)
+                }
+                Transport::Unsupported => (None, Some(ts.name.clone())),
+            }
         }
-        None => None,
     };
     Ok(Cluster {
         name: c.name.clone(),
@@ -283,14 +299,9 @@ pub fn translate_cluster(
         idle_timeout,
         tcp_keepalive,
         source_address,
+        tls,
         unsupported_transport,
     })
-}
-
-fn is_raw_buffer(ts: &xds_proto::pb::envoy::config::core::v3::TransportSocket) -> bool {
-    use xds_proto::pb::envoy::config::core::v3::transport_socket::ConfigType;
-    matches!(&ts.config_type, Some(ConfigType::TypedConfig(any))
-        if matches!(xds_proto::decode_extension(any), Ok(xds_proto::Extension::RawBuffer(_))))
 }
 
 /// Priority 0 endpoints serve; higher priorities are failover targets, and without health

@@ -34,9 +34,10 @@ const OVERLOAD: &str = "the overload manager is not implemented";
 const NO_EFFECT: &str = "has no effect in Outrigger";
 const DOWNSTREAM_TIMEOUTS: &str = "downstream timeouts are not enforced yet (issue 3)";
 const BUFFERS: &str = "buffering is bounded by the codecs' own flow control (HTTP/2 windows, fixed copy buffers); this exact limit is not applied";
-const TLS: &str = "TLS is not implemented yet (issue 6); connections using it are refused";
 const SLOW_START: &str = "slow start is not implemented: a new host takes its full weight at once";
 const LOCALITY_LB: &str = "locality-weighted and zone-aware balancing are not implemented yet (issue 4, a SHOULD): hosts of every locality are balanced as one set";
+const NO_TICKETS: &str =
+    "Outrigger issues no TLS session tickets (resumption uses the server's session cache)";
 
 /// Messages whose every field Outrigger handles (well-known types, leaves of translation).
 const LEAF_MESSAGES: &[&str] = &[
@@ -105,8 +106,7 @@ static POLICIES: &[(&str, Policy)] = policies! {
     "envoy.config.core.v3.Node" => ["id", "cluster", "metadata", "locality", "user_agent_name",
         "user_agent_version", "user_agent_build_version", "extensions", "client_features",
         "listening_addresses", "dynamic_parameters"];
-    "envoy.config.bootstrap.v3.Bootstrap.StaticResources" => ["listeners", "clusters"]
-        ack [("secrets", TLS)];
+    "envoy.config.bootstrap.v3.Bootstrap.StaticResources" => ["listeners", "clusters", "secrets"];
     "envoy.config.bootstrap.v3.Admin" => ["address", "profile_path", "ignore_global_conn_limit"]
         ack [("access_log", ACCESS_LOG), ("access_log_path", ACCESS_LOG)];
     "envoy.config.bootstrap.v3.LayeredRuntime" => ["layers"];
@@ -126,7 +126,7 @@ static POLICIES: &[(&str, Policy)] = policies! {
              ("drain_type", "drain is not implemented yet (issue 5)")];
     "envoy.config.listener.v3.FilterChain" => ["filter_chain_match", "filters", "name", "metadata",
         "transport_socket"]
-        ack [("transport_socket_connect_timeout", TLS)];
+        ack [("transport_socket_connect_timeout", "TLS handshakes are bounded only by the connection's own timeouts")];
     "envoy.config.listener.v3.FilterChainMatch" => ["destination_port", "prefix_ranges",
         "direct_source_prefix_ranges", "source_type", "source_prefix_ranges", "source_ports",
         "server_names", "transport_protocol", "application_protocols"];
@@ -145,7 +145,8 @@ static POLICIES: &[(&str, Policy)] = policies! {
              ("health_checks", RESILIENCE),
              ("common_lb_config", "the panic threshold, locality weighting, zone-aware routing and update merging are not implemented yet (issue 4, a SHOULD); without health checking every host is healthy, so the panic threshold would not apply"),
              ("cleanup_interval", "ORIGINAL_DST hosts are not cached between connections, so there is nothing to clean up"),
-             ("track_cluster_stats", STATS), ("transport_socket_matches", TLS),
+             ("track_cluster_stats", STATS),
+             ("transport_socket_matches", "matching transport sockets on endpoint metadata is not implemented yet (issue 6): every endpoint uses the cluster's transport_socket, plaintext when it has none"),
              ("wait_for_warm_on_init", XDS)];
     "envoy.config.cluster.v3.Cluster.LeastRequestLbConfig" => ["choice_count", "active_request_bias"]
         ack [("slow_start_config", SLOW_START)];
@@ -236,7 +237,7 @@ static POLICIES: &[(&str, Policy)] = policies! {
     "envoy.config.route.v3.RedirectAction" => ["https_redirect", "scheme_redirect", "host_redirect", "port_redirect",
         "path_redirect", "prefix_rewrite", "response_code", "strip_query"];
     "envoy.config.route.v3.DirectResponseAction" => ["status", "body"];
-    "envoy.config.core.v3.DataSource" => ["inline_string", "inline_bytes"];
+    "envoy.config.core.v3.DataSource" => ["inline_string", "inline_bytes", "filename", "environment_variable"];
     "envoy.config.core.v3.HeaderValueOption" => ["header", "append", "append_action", "keep_empty_value"];
     "envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy" => ["stat_prefix", "cluster", "weighted_clusters", "idle_timeout", "max_connect_attempts", "access_log"];
     "envoy.config.accesslog.v3.AccessLog" => ["name", "filter", "typed_config"];
@@ -267,11 +268,37 @@ static POLICIES: &[(&str, Policy)] = policies! {
         ack [("compressor_library", "response compression is not implemented yet (issue 8); responses go uncompressed"),
              ("response_direction_config", "response compression is not implemented yet (issue 8)"),
              ("request_direction_config", "request compression is not implemented yet")];
-    "envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector" => []
-        ack [("enable_ja3_fingerprinting", TLS), ("enable_ja4_fingerprinting", TLS)];
+    "envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector" => ["initial_read_buffer_size"]
+        ack [("enable_ja3_fingerprinting", "JA3 fingerprints are not computed"),
+             ("enable_ja4_fingerprinting", "JA4 fingerprints are not computed")];
     "envoy.extensions.filters.listener.http_inspector.v3.HttpInspector" => [];
     "envoy.extensions.filters.listener.original_dst.v3.OriginalDst" => [];
     "envoy.extensions.transport_sockets.raw_buffer.v3.RawBuffer" => [];
+    "envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext" => ["common_tls_context",
+        "require_client_certificate", "require_sni", "disable_stateful_session_resumption", "prefer_client_ciphers"]
+        ack [("disable_stateless_session_resumption", NO_TICKETS),
+             ("session_timeout", "rustls keeps sessions in its cache until they are evicted"),
+             ("full_scan_certs_on_sni_mismatch", "a context holds one certificate, so there is nothing to scan"),
+             ("ocsp_staple_policy", "OCSP stapling is not implemented; no staple is sent")];
+    "envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext" => ["common_tls_context", "sni"]
+        ack [("allow_renegotiation", "rustls never renegotiates; TLS 1.3 has no renegotiation and Istio never asks for it"),
+             ("max_session_keys", "rustls keeps up to 256 client sessions per cluster")];
+    "envoy.extensions.transport_sockets.tls.v3.CommonTlsContext" => ["tls_params", "tls_certificates",
+        "tls_certificate_sds_secret_configs", "validation_context", "validation_context_sds_secret_config",
+        "combined_validation_context", "alpn_protocols"]
+        ack [("key_log", "TLS key logging is not implemented; no keys are written")];
+    "envoy.extensions.transport_sockets.tls.v3.CommonTlsContext.CombinedCertificateValidationContext" => [
+        "default_validation_context", "validation_context_sds_secret_config"];
+    "envoy.extensions.transport_sockets.tls.v3.TlsParameters" => ["tls_minimum_protocol_version",
+        "tls_maximum_protocol_version", "cipher_suites", "ecdh_curves"];
+    "envoy.extensions.transport_sockets.tls.v3.TlsCertificate" => ["certificate_chain", "private_key"];
+    "envoy.extensions.transport_sockets.tls.v3.CertificateValidationContext" => ["trusted_ca",
+        "match_typed_subject_alt_names", "match_subject_alt_names", "trust_chain_verification"];
+    "envoy.extensions.transport_sockets.tls.v3.SubjectAltNameMatcher" => ["san_type", "matcher"];
+    "envoy.extensions.transport_sockets.tls.v3.SdsSecretConfig" => ["name", "sds_config"];
+    "envoy.extensions.transport_sockets.tls.v3.Secret" => ["name", "tls_certificate", "validation_context"]
+        ack [("session_ticket_keys", NO_TICKETS),
+             ("generic_secret", "generic secrets are consumed by filters Outrigger does not implement")];
 };
 
 static INDEX: LazyLock<HashMap<&'static str, &'static Policy>> = LazyLock::new(|| {

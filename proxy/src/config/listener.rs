@@ -10,6 +10,7 @@ use super::fields::{check, Acknowledged};
 use super::hcm::{translate_hcm, HttpConnectionManager};
 use super::resolver::Resolver;
 use super::tcp_proxy::{translate_tcp_proxy, TcpProxy};
+use super::tls::{translate_downstream, DownstreamTls};
 use super::values::optional_duration;
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -32,6 +33,11 @@ pub struct Listener {
     pub bind_to_port: bool,
     pub backlog: u32,
     pub listener_filters_timeout: Option<Duration>,
+    /// `continue_on_listener_filters_timeout`: when the listener filters time out, match the
+    /// chain with what they found so far instead of closing the connection.
+    pub continue_on_listener_filters_timeout: bool,
+    /// The `tls_inspector` listener filter: SNI, ALPN and `tls`/`raw_buffer` for matching.
+    pub tls_inspector: bool,
     pub stat_prefix: String,
     /// `traffic_direction: INBOUND`; `/drain_listeners?inboundonly` drains only these.
     pub inbound: bool,
@@ -52,8 +58,10 @@ pub struct FilterChain {
     pub name: String,
     pub matcher: ChainMatch,
     pub filters: Vec<NetworkFilter>,
-    /// The chain asks for a transport socket Outrigger does not speak yet (TLS): its
-    /// connections are closed instead of being served in plain text.
+    /// `envoy.transport_sockets.tls`: connections on this chain are TLS-terminated.
+    pub tls: Option<Arc<DownstreamTls>>,
+    /// The chain asks for a transport socket Outrigger does not speak: its connections are
+    /// closed instead of being served in plain text.
     pub unsupported_transport: Option<String>,
 }
 
@@ -134,10 +142,13 @@ pub fn translate_listener(
             l.name
         )));
     }
-    let mut original_dst = false;
+    let (mut original_dst, mut tls_inspector) = (false, false);
     for (i, f) in l.listener_filters.iter().enumerate() {
-        original_dst |=
-            translate_listener_filter(f, &path.field("listener_filters").index(i), acks)?;
+        match translate_listener_filter(f, &path.field("listener_filters").index(i), acks)? {
+            Some(ListenerFilter::OriginalDst) => original_dst = true,
+            Some(ListenerFilter::TlsInspector) => tls_inspector = true,
+            None => {}
+        }
     }
     let mut filter_chains: Vec<FilterChain> = Vec::with_capacity(l.filter_chains.len());
     for (i, fc) in l.filter_chains.iter().enumerate() {
@@ -174,6 +185,8 @@ pub fn translate_listener(
         )?
         .or(Some(Duration::from_secs(15)))
         .filter(|d| !d.is_zero()),
+        continue_on_listener_filters_timeout: l.continue_on_listener_filters_timeout,
+        tls_inspector,
         stat_prefix: l.stat_prefix.clone(),
         inbound: l.traffic_direction
             == xds_proto::pb::envoy::config::core::v3::TrafficDirection::Inbound as i32,
@@ -189,11 +202,17 @@ pub fn translate_listener(
     })
 }
 
+/// The listener filters that act; the others are acknowledged.
+enum ListenerFilter {
+    OriginalDst,
+    TlsInspector,
+}
+
 fn translate_listener_filter(
     f: &xds_proto::pb::envoy::config::listener::v3::ListenerFilter,
     path: &FieldPath,
     acks: &mut Vec<Acknowledged>,
-) -> Result<bool> {
+) -> Result<Option<ListenerFilter>> {
     let any = match &f.config_type {
         Some(ListenerFilterConfig::TypedConfig(any)) => any,
         Some(_) => return Err(path.error("listener filter config discovery is not supported")),
@@ -203,7 +222,7 @@ fn translate_listener_filter(
     let reason = match extension::decode(any, &tc)? {
         Some(Extension::TlsInspector(m)) => {
             check(&m, &tc, acks)?;
-            "the TLS inspector is not implemented yet (issue 6): connections are matched as raw_buffer without SNI or ALPN"
+            return Ok(Some(ListenerFilter::TlsInspector));
         }
         Some(Extension::HttpInspector(m)) => {
             check(&m, &tc, acks)?;
@@ -211,7 +230,7 @@ fn translate_listener_filter(
         }
         Some(Extension::OriginalDst(m)) => {
             check(&m, &tc, acks)?;
-            return Ok(true);
+            return Ok(Some(ListenerFilter::OriginalDst));
         }
         _ => return Err(extension::unregistered(&tc, &f.name, any)),
     };
@@ -219,7 +238,7 @@ fn translate_listener_filter(
         path: path.to_string(),
         reason,
     });
-    Ok(false)
+    Ok(None)
 }
 
 fn translate_filter_chain(
@@ -302,24 +321,73 @@ fn translate_filter_chain(
         }
         filters.push(filter);
     }
-    let unsupported_transport = match &fc.transport_socket {
-        Some(ts) if ts.name == "envoy.transport_sockets.raw_buffer" => None,
-        Some(ts) => {
-            acks.push(Acknowledged {
-                path: path.field("transport_socket").to_string(),
-                reason:
-                    "TLS is not implemented yet (issue 6); connections on this chain are closed",
-            });
-            Some(ts.name.clone())
-        }
-        None => None,
+    let (tls, unsupported_transport) = match &fc.transport_socket {
+        None => (None, None),
+        Some(ts) => match transport_socket(ts, &path.field("transport_socket"), acks)? {
+            Transport::Raw => (None, None),
+            Transport::Tls(any) => {
+                let p = path.field("transport_socket").field("typed_config");
+                let Some(Extension::DownstreamTlsContext(ctx)) = extension::decode(&any, &p)?
+                else {
+                    return Err(p.error(format!(
+                        "{} needs a DownstreamTlsContext on a listener",
+                        ts.name
+                    )));
+                };
+                let ctx = translate_downstream(&ctx, &p, &resolve.tls(), acks)?;
+                (Some(Arc::new(ctx)), None)
+            }
+            Transport::Unsupported => (None, Some(ts.name.clone())),
+        },
     };
     Ok(FilterChain {
         name: fc.name.clone(),
         matcher,
         filters,
+        tls,
         unsupported_transport,
     })
+}
+
+/// A transport socket, by its typed config (or, without one, its name).
+pub(super) enum Transport {
+    Raw,
+    Tls(xds_proto::pb::google::protobuf::Any),
+    /// Acknowledged: its connections are refused rather than served in plain text.
+    Unsupported,
+}
+
+pub(super) fn transport_socket(
+    ts: &xds_proto::pb::envoy::config::core::v3::TransportSocket,
+    path: &FieldPath,
+    acks: &mut Vec<Acknowledged>,
+) -> Result<Transport> {
+    use xds_proto::pb::envoy::config::core::v3::transport_socket::ConfigType;
+    let any = match &ts.config_type {
+        Some(ConfigType::TypedConfig(any)) => any.clone(),
+        None if ts.name == "envoy.transport_sockets.raw_buffer" || ts.name == "raw_buffer" => {
+            return Ok(Transport::Raw)
+        }
+        None => return Err(path.error(format!("transport socket {} has no typed_config", ts.name))),
+    };
+    let tc = path.field("typed_config");
+    match extension::decode(&any, &tc)? {
+        Some(Extension::RawBuffer(m)) => {
+            check(&m, &tc, acks)?;
+            Ok(Transport::Raw)
+        }
+        Some(Extension::DownstreamTlsContext(_)) | Some(Extension::UpstreamTlsContext(_)) => {
+            Ok(Transport::Tls(any))
+        }
+        _ => {
+            acks.push(Acknowledged {
+                path: path.to_string(),
+                reason:
+                    "this transport socket is not implemented; connections using it are refused",
+            });
+            Ok(Transport::Unsupported)
+        }
+    }
 }
 
 /// `server_names` entries: exact names or a leading `*.` wildcard, lowercased.

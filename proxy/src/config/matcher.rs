@@ -30,6 +30,14 @@ pub struct StringMatcher {
 }
 
 impl StringMatcher {
+    /// The pattern of an exact, case-sensitive matcher.
+    pub fn exact(&self) -> Option<&str> {
+        match &self.pattern {
+            StringMatch::Exact(p) if !self.ignore_case => Some(p),
+            _ => None,
+        }
+    }
+
     pub fn matches(&self, value: &str) -> bool {
         if self.ignore_case {
             match &self.pattern {

@@ -25,6 +25,7 @@ mod route_index;
 pub mod slots;
 pub mod stats;
 pub mod tcp_proxy;
+pub mod tls;
 mod values;
 
 #[cfg(test)]

@@ -17,9 +17,17 @@ pub struct Resolver<'a> {
     /// The clusters that exist when the resource is translated (`validate_clusters`).
     pub known_clusters: &'a HashSet<String>,
     pub runtime: &'a [RuntimeLayer],
+    /// The slot every SDS secret name resolves to.
+    pub secrets: &'a super::tls::SecretSlots,
 }
 
 impl Resolver<'_> {
+    pub fn tls(&self) -> super::tls::TlsResolve<'_> {
+        super::tls::TlsResolve {
+            secrets: self.secrets,
+        }
+    }
+
     pub fn cluster_slot(&self, name: &str) -> Arc<Slot<ClusterRuntime>> {
         self.slots.slot(name)
     }

@@ -3,10 +3,11 @@
 //! match drop out.
 //! Envoy: https://www.envoyproxy.io/docs/envoy/latest/api-v3/config/listener/v3/listener_components.proto#config-listener-v3-filterchainmatch
 //!
-//! SNI and ALPN come from the TLS inspector (issue 6); until then a connection has neither,
-//! and its transport protocol is `raw_buffer`.
+//! SNI, ALPN and the transport protocol come from the TLS inspector; without it a connection
+//! has neither SNI nor ALPN, and its transport protocol is `raw_buffer`.
 
 use crate::config::listener::{ChainMatch, Cidr, Listener, SourceType};
+use crate::tls::inspector::Detected;
 use std::net::{IpAddr, SocketAddr};
 
 /// The index of the chain for a connection, or None (use the default chain, if any).
@@ -14,6 +15,7 @@ pub fn select_filter_chain(
     listener: &Listener,
     local: Option<SocketAddr>,
     peer: Option<SocketAddr>,
+    detected: &Detected,
 ) -> Option<usize> {
     let mut candidates: Vec<usize> = (0..listener.filter_chains.len()).collect();
     let m = |i: &usize| &listener.filter_chains[*i].matcher;
@@ -27,17 +29,26 @@ pub fn select_filter_chain(
     let dst = local.map(|a| a.ip());
     narrow(&mut candidates, |i| cidr_rank(&m(i).prefix_ranges, dst));
     narrow(&mut candidates, |i| {
-        m(i).server_names.is_empty().then_some(0)
+        server_name_rank(&m(i).server_names, detected.sni.as_deref())
     });
     narrow(&mut candidates, |i| {
         match m(i).transport_protocol.as_str() {
             "" => Some(0),
-            "raw_buffer" => Some(1),
+            p if p == detected.transport => Some(1),
             _ => None,
         }
     });
     narrow(&mut candidates, |i| {
-        m(i).application_protocols.is_empty().then_some(0)
+        let wanted = &m(i).application_protocols;
+        if wanted.is_empty() {
+            Some(0)
+        } else {
+            detected
+                .alpn
+                .iter()
+                .any(|p| wanted.contains(p))
+                .then_some(1)
+        }
     });
     let src = peer.map(|a| a.ip());
     narrow(&mut candidates, |i| {
@@ -56,6 +67,24 @@ pub fn select_filter_chain(
         }
     });
     candidates.first().copied()
+}
+
+/// An exact name ranks above every wildcard, a longer wildcard suffix above a shorter one
+/// (`*.b.example.com` over `*.example.com`), and chains without names rank lowest.
+fn server_name_rank(names: &[String], sni: Option<&str>) -> Option<u32> {
+    if names.is_empty() {
+        return Some(0);
+    }
+    let sni = sni?;
+    names
+        .iter()
+        .filter_map(|name| match name.strip_prefix('*') {
+            None => (name == sni).then_some(u32::MAX),
+            // `*.example.com` keeps ".example.com"; the SNI needs a label before it.
+            Some(suffix) => (sni.len() > suffix.len() && sni.ends_with(suffix))
+                .then(|| 1 + u32::try_from(suffix.len()).unwrap_or(u32::MAX - 2)),
+        })
+        .max()
 }
 
 /// Keeps the candidates with the highest rank; None drops a candidate.
@@ -117,6 +146,7 @@ mod tests {
                     name: String::new(),
                     matcher,
                     filters: Vec::new(),
+                    tls: None,
                     unsupported_transport: None,
                 })
                 .collect(),
@@ -125,6 +155,8 @@ mod tests {
             bind_to_port: true,
             backlog: 128,
             listener_filters_timeout: None,
+            continue_on_listener_filters_timeout: false,
+            tls_inspector: false,
             stat_prefix: String::new(),
             inbound: false,
             original_dst: false,
@@ -165,25 +197,116 @@ mod tests {
             },
         ]);
         assert_eq!(
-            select_filter_chain(&l, addr("10.1.2.3:8080"), addr("1.1.1.1:5")),
+            select_filter_chain(
+                &l,
+                addr("10.1.2.3:8080"),
+                addr("1.1.1.1:5"),
+                &Detected::raw()
+            ),
             Some(1)
         );
         assert_eq!(
-            select_filter_chain(&l, addr("10.1.2.3:9090"), addr("1.1.1.1:5")),
+            select_filter_chain(
+                &l,
+                addr("10.1.2.3:9090"),
+                addr("1.1.1.1:5"),
+                &Detected::raw()
+            ),
             Some(3)
         );
         assert_eq!(
-            select_filter_chain(&l, addr("10.2.2.3:9090"), addr("1.1.1.1:5")),
+            select_filter_chain(
+                &l,
+                addr("10.2.2.3:9090"),
+                addr("1.1.1.1:5"),
+                &Detected::raw()
+            ),
             Some(2)
         );
         // Port 9090 chains exist but none matches the IP: no fallback to other ports.
         assert_eq!(
-            select_filter_chain(&l, addr("11.0.0.1:9090"), addr("1.1.1.1:5")),
+            select_filter_chain(
+                &l,
+                addr("11.0.0.1:9090"),
+                addr("1.1.1.1:5"),
+                &Detected::raw()
+            ),
             None
         );
         assert_eq!(
-            select_filter_chain(&l, addr("11.0.0.1:7000"), addr("1.1.1.1:5")),
+            select_filter_chain(
+                &l,
+                addr("11.0.0.1:7000"),
+                addr("1.1.1.1:5"),
+                &Detected::raw()
+            ),
             Some(0)
+        );
+    }
+
+    #[test]
+    fn permissive_chains_split_on_transport_and_server_names_prefer_exact() {
+        let l = listener(vec![
+            ChainMatch {
+                transport_protocol: "tls".into(),
+                application_protocols: vec!["istio-http/1.1".into()],
+                ..Default::default()
+            },
+            ChainMatch {
+                transport_protocol: "raw_buffer".into(),
+                ..Default::default()
+            },
+            ChainMatch {
+                transport_protocol: "tls".into(),
+                ..Default::default()
+            },
+            ChainMatch {
+                server_names: vec!["*.example.com".into()],
+                ..Default::default()
+            },
+            ChainMatch {
+                server_names: vec!["api.example.com".into()],
+                ..Default::default()
+            },
+            ChainMatch {
+                server_names: vec!["*.v1.example.com".into()],
+                ..Default::default()
+            },
+        ]);
+        let local = addr("10.0.0.1:8080");
+        let peer = addr("10.0.0.2:5000");
+        let tls = |sni: Option<&str>, alpn: &[&str]| Detected {
+            transport: "tls",
+            sni: sni.map(str::to_string),
+            alpn: alpn.iter().map(|s| s.to_string()).collect(),
+        };
+        assert_eq!(
+            select_filter_chain(&l, local, peer, &Detected::raw()),
+            Some(1)
+        );
+        assert_eq!(
+            select_filter_chain(&l, local, peer, &tls(None, &["istio-http/1.1", "h2"])),
+            Some(0)
+        );
+        assert_eq!(
+            select_filter_chain(&l, local, peer, &tls(None, &["h2"])),
+            Some(2)
+        );
+        assert_eq!(
+            select_filter_chain(&l, local, peer, &tls(Some("api.example.com"), &[])),
+            Some(4)
+        );
+        assert_eq!(
+            select_filter_chain(&l, local, peer, &tls(Some("a.v1.example.com"), &[])),
+            Some(5)
+        );
+        assert_eq!(
+            select_filter_chain(&l, local, peer, &tls(Some("web.example.com"), &[])),
+            Some(3)
+        );
+        assert_eq!(
+            select_filter_chain(&l, local, peer, &tls(Some("example.com"), &[])),
+            Some(2)
         );
     }
 
@@ -204,15 +327,30 @@ mod tests {
             },
         ]);
         assert_eq!(
-            select_filter_chain(&l, addr("127.0.0.1:80"), addr("127.0.0.1:1")),
+            select_filter_chain(
+                &l,
+                addr("127.0.0.1:80"),
+                addr("127.0.0.1:1"),
+                &Detected::raw()
+            ),
             Some(1)
         );
         assert_eq!(
-            select_filter_chain(&l, addr("10.0.0.1:80"), addr("10.0.0.2:4000")),
+            select_filter_chain(
+                &l,
+                addr("10.0.0.1:80"),
+                addr("10.0.0.2:4000"),
+                &Detected::raw()
+            ),
             Some(2)
         );
         assert_eq!(
-            select_filter_chain(&l, addr("10.0.0.1:80"), addr("10.0.0.2:1")),
+            select_filter_chain(
+                &l,
+                addr("10.0.0.1:80"),
+                addr("10.0.0.2:1"),
+                &Detected::raw()
+            ),
             None
         );
     }

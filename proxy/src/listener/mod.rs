@@ -17,6 +17,7 @@ pub use runtime::{
 use crate::config::address::Endpoint;
 use crate::config::listener::Listener;
 use crate::http::{serve_connection, Downstream};
+use crate::tls::inspector::Detected;
 use arc_swap::ArcSwap;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -153,50 +154,99 @@ pub async fn run(
         }
         target.stats.downstream_cx_total.inc();
         let connection_id = crate::http::forwarding::next_connection_id();
-        let index = select_filter_chain(&target.config, local, peer);
-        let chain = match index {
-            Some(i) => target
-                .config
-                .filter_chains
-                .get(i)
-                .map(|c| (c, target.chains.get(i))),
-            None => target
-                .config
-                .default_filter_chain
-                .as_ref()
-                .map(|c| (c, target.default_chain.as_ref())),
-        };
-        let Some((chain, Some(chain_runtime))) = chain else {
-            target.stats.no_filter_chain_match.inc();
-            target.log_rejected(peer, local, connection_id);
-            tracing::debug!(target: "conn_handler", "listener {}: no filter chain matches {peer:?}", target.config.name);
-            continue;
-        };
-        if let Some(transport) = &chain.unsupported_transport {
-            tracing::debug!(target: "conn_handler", "listener {}: closing connection: transport socket {transport} is not supported yet", target.config.name);
-            continue;
-        }
-        let chain_runtime = chain_runtime.clone();
         let target = target.clone();
+        let downstream = Downstream {
+            remote: peer,
+            local,
+            node_address,
+            connection_id,
+        };
         let drain = crate::server::Drain {
             signal: current.drain.clone(),
             window: drain_window,
         };
-        target.stats.downstream_cx_active.inc();
+        // Listener filters, the chain's transport socket and its network filter run on the
+        // connection's own task, so a slow ClientHello or handshake never holds up accepting.
         tokio::spawn(async move {
-            let downstream = Downstream {
-                remote: peer,
-                local,
-                node_address,
-                connection_id,
-            };
-            match chain_runtime {
-                ChainRuntime::Http(ctx) => serve_connection(stream, ctx, downstream, drain).await,
-                ChainRuntime::Tcp(ctx) => crate::tcp::proxy(stream, ctx, downstream, drain).await,
-                ChainRuntime::Close => {}
-            }
+            target.stats.downstream_cx_active.inc();
+            serve(&target, stream, downstream, drain).await;
             target.stats.downstream_cx_active.dec();
         });
+    }
+}
+
+/// Runs the listener filters, picks the filter chain, terminates TLS if the chain has it and
+/// hands the connection to the chain's network filter.
+async fn serve(
+    target: &ListenerRuntime,
+    stream: DownstreamStream,
+    downstream: Downstream,
+    drain: crate::server::Drain,
+) {
+    let config = &target.config;
+    let Some(detected) = listener_filters(config, &stream).await else {
+        tracing::debug!(target: "conn_handler", "listener {}: listener filters timed out; closing", config.name);
+        return;
+    };
+    let chosen = match select_filter_chain(config, downstream.local, downstream.remote, &detected) {
+        Some(i) => config.filter_chains.get(i).map(|c| {
+            (
+                c,
+                target.chains.get(i),
+                target.tls.get(i).cloned().flatten(),
+            )
+        }),
+        None => config
+            .default_filter_chain
+            .as_ref()
+            .map(|c| (c, target.default_chain.as_ref(), target.default_tls.clone())),
+    };
+    let Some((chain, Some(chain_runtime), tls)) = chosen else {
+        target.stats.no_filter_chain_match.inc();
+        target.log_rejected(
+            downstream.remote,
+            downstream.local,
+            downstream.connection_id,
+        );
+        tracing::debug!(target: "conn_handler", "listener {}: no filter chain matches {:?} ({detected:?})", config.name, downstream.remote);
+        return;
+    };
+    if let Some(transport) = &chain.unsupported_transport {
+        tracing::debug!(target: "conn_handler", "listener {}: closing connection: transport socket {transport} is not supported", config.name);
+        return;
+    }
+    let stream = match tls {
+        None => stream,
+        Some(tls) => match tls.accept(stream).await {
+            Ok(s) => DownstreamStream::Tls(Box::new(tokio_rustls::TlsStream::Server(s))),
+            Err(e) => {
+                tracing::debug!(target: "connection", "listener {}: TLS handshake with {:?} failed: {e}", config.name, downstream.remote);
+                return;
+            }
+        },
+    };
+    match chain_runtime.clone() {
+        ChainRuntime::Http(ctx) => serve_connection(stream, ctx, downstream, drain).await,
+        ChainRuntime::Tcp(ctx) => crate::tcp::proxy(stream, ctx, downstream, drain).await,
+        ChainRuntime::Close => {}
+    }
+}
+
+/// What the listener filters learn for chain matching; None when they time out and the
+/// listener says to close (`continue_on_listener_filters_timeout: false`).
+async fn listener_filters(config: &Listener, stream: &DownstreamStream) -> Option<Detected> {
+    let tcp = match stream {
+        DownstreamStream::Tcp(tcp) if config.tls_inspector => tcp,
+        _ => return Some(Detected::raw()),
+    };
+    let inspect = crate::tls::inspector::inspect(tcp);
+    match config.listener_filters_timeout {
+        None => Some(inspect.await),
+        Some(limit) => match tokio::time::timeout(limit, inspect).await {
+            Ok(detected) => Some(detected),
+            Err(_) if config.continue_on_listener_filters_timeout => Some(Detected::raw()),
+            Err(_) => None,
+        },
     }
 }
 

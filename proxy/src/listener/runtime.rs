@@ -8,6 +8,7 @@ use crate::format::{Context, ResponseFlags, StreamInfo};
 use crate::http::{HcmStats, HttpContext};
 use crate::stats::{Counter, Gauge, Store};
 use crate::tcp::{TcpContext, TcpStats};
+use crate::tls::{ServerTls, TlsStats};
 use crate::upstream::ClusterManager;
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -60,6 +61,9 @@ pub struct ListenerRuntime {
     pub config: Arc<Listener>,
     pub chains: Vec<ChainRuntime>,
     pub default_chain: Option<ChainRuntime>,
+    /// Each chain's TLS transport socket, by the same index as `chains`.
+    pub tls: Vec<Option<Arc<ServerTls>>>,
+    pub default_tls: Option<Arc<ServerTls>>,
     pub stats: ListenerStats,
     /// The listener's own access logs: connections it closes without a filter chain.
     pub access_logs: AccessLogs,
@@ -85,7 +89,24 @@ impl ListenerRuntime {
             no_filter_chain_match: store
                 .counter(&format!("listener.{scope}.no_filter_chain_match")),
         };
+        // Envoy has `listener.<scope>.ssl.*` only for listeners that terminate TLS.
+        let any_tls = config
+            .filter_chains
+            .iter()
+            .chain(config.default_filter_chain.as_ref())
+            .any(|c| c.tls.is_some());
+        let tls_stats =
+            any_tls.then(|| Arc::new(TlsStats::new(store, &format!("listener.{scope}."))));
+        let tls = |chain: &FilterChain| {
+            let stats = tls_stats.clone()?;
+            chain
+                .tls
+                .as_ref()
+                .map(|t| Arc::new(ServerTls::new(t.clone(), stats)))
+        };
         Self {
+            tls: config.filter_chains.iter().map(tls).collect(),
+            default_tls: config.default_filter_chain.as_ref().and_then(tls),
             chains: config
                 .filter_chains
                 .iter()

@@ -60,9 +60,7 @@ pub async fn proxy(
         Ok((upstream, host)) => {
             if let Some(log) = &mut log.0 {
                 log.info.upstream_host = Some(host);
-                if let crate::upstream::Stream::Tcp(s) = &upstream.stream {
-                    log.info.upstream_local_address = s.local_addr().ok();
-                }
+                log.info.upstream_local_address = upstream.stream.local_addr();
             }
             upstream
         }

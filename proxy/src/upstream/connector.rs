@@ -21,6 +21,9 @@ pub struct Connector {
     pub keepalive: Option<TcpKeepalive>,
     pub source: Option<SocketAddr>,
     pub accounting: super::ConnectionAccounting,
+    /// The cluster's TLS transport socket; the handshake counts against the connect timeout,
+    /// as in Envoy, where a connection is "connected" once its transport socket is.
+    pub tls: Option<std::sync::Arc<crate::tls::ClientTls>>,
 }
 
 /// The authority a Unix socket path is pooled under.
@@ -64,16 +67,30 @@ impl tower::Service<http::Uri> for Connector {
                 .authority()
                 .ok_or_else(|| io::Error::other("upstream URI has no authority"))?;
             let connect = async {
-                if let Some(path) = unix_path(authority.host()) {
-                    return UnixStream::connect(path).await.map(UpstreamStream::Unix);
-                }
-                let addr: SocketAddr = authority.as_str().parse().map_err(|_| {
-                    io::Error::new(
-                        io::ErrorKind::InvalidInput,
-                        "upstream address is not an IP:port",
+                let (stream, peer) = if let Some(path) = unix_path(authority.host()) {
+                    (
+                        UnixStream::connect(path).await.map(UpstreamStream::Unix)?,
+                        None,
                     )
-                })?;
-                this.connect_tcp(addr).await.map(UpstreamStream::Tcp)
+                } else {
+                    let addr: SocketAddr = authority.as_str().parse().map_err(|_| {
+                        io::Error::new(
+                            io::ErrorKind::InvalidInput,
+                            "upstream address is not an IP:port",
+                        )
+                    })?;
+                    (
+                        this.connect_tcp(addr).await.map(UpstreamStream::Tcp)?,
+                        Some(addr.ip()),
+                    )
+                };
+                match &this.tls {
+                    None => Ok(stream),
+                    Some(tls) => tls
+                        .connect(stream, peer)
+                        .await
+                        .map(|s| UpstreamStream::Tls(Box::new(tokio_rustls::TlsStream::Client(s)))),
+                }
             };
             match tokio::time::timeout(this.connect_timeout, connect).await {
                 Ok(result) => result.map(|stream| {
@@ -122,11 +139,24 @@ impl Connector {
     }
 }
 
-/// A connected upstream socket.
+/// A connected socket, upstream or downstream.
 #[derive(Debug)]
 pub enum UpstreamStream {
     Tcp(TcpStream),
     Unix(UnixStream),
+    /// TLS over one of the others: client side upstream, server side downstream.
+    Tls(Box<tokio_rustls::TlsStream<UpstreamStream>>),
+}
+
+impl UpstreamStream {
+    /// The socket's local address (TCP, under TLS or not); None for a Unix socket.
+    pub fn local_addr(&self) -> Option<std::net::SocketAddr> {
+        match self {
+            UpstreamStream::Tcp(s) => s.local_addr().ok(),
+            UpstreamStream::Unix(_) => None,
+            UpstreamStream::Tls(s) => s.get_ref().0.local_addr(),
+        }
+    }
 }
 
 impl Connection for UpstreamStream {
@@ -144,6 +174,7 @@ impl AsyncRead for UpstreamStream {
         match self.get_mut() {
             UpstreamStream::Tcp(s) => Pin::new(s).poll_read(cx, buf),
             UpstreamStream::Unix(s) => Pin::new(s).poll_read(cx, buf),
+            UpstreamStream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
         }
     }
 }
@@ -157,18 +188,21 @@ impl AsyncWrite for UpstreamStream {
         match self.get_mut() {
             UpstreamStream::Tcp(s) => Pin::new(s).poll_write(cx, buf),
             UpstreamStream::Unix(s) => Pin::new(s).poll_write(cx, buf),
+            UpstreamStream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
         }
     }
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
             UpstreamStream::Tcp(s) => Pin::new(s).poll_flush(cx),
             UpstreamStream::Unix(s) => Pin::new(s).poll_flush(cx),
+            UpstreamStream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
         }
     }
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
             UpstreamStream::Tcp(s) => Pin::new(s).poll_shutdown(cx),
             UpstreamStream::Unix(s) => Pin::new(s).poll_shutdown(cx),
+            UpstreamStream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
         }
     }
 }
@@ -201,12 +235,9 @@ pub struct UpstreamLocalAddress(pub std::net::SocketAddr);
 
 impl Connection for CountedStream {
     fn connected(&self) -> Connected {
-        match &self.stream {
-            UpstreamStream::Tcp(s) => match s.local_addr() {
-                Ok(a) => Connected::new().extra(UpstreamLocalAddress(a)),
-                Err(_) => Connected::new(),
-            },
-            UpstreamStream::Unix(_) => Connected::new(),
+        match self.stream.local_addr() {
+            Some(a) => Connected::new().extra(UpstreamLocalAddress(a)),
+            None => Connected::new(),
         }
     }
 }

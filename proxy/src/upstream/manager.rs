@@ -112,8 +112,12 @@ impl ClusterRuntime {
             cx_active: stats.upstream_cx_active.clone(),
             hosts: hosts.clone(),
         };
+        let tls = config.tls.as_ref().map(|t| {
+            let stats = crate::tls::TlsStats::new(store, &format!("cluster.{}.", config.stat_name));
+            Arc::new(crate::tls::ClientTls::new(t.clone(), Arc::new(stats)))
+        });
         let runtime = Self {
-            pool: Pool::new(&config, accounting),
+            pool: Pool::new(&config, accounting, tls),
             config,
             hosts,
             stats,

@@ -57,12 +57,17 @@ impl Pool {
         self.connector.clone()
     }
 
-    pub fn new(cluster: &Cluster, accounting: super::ConnectionAccounting) -> Self {
+    pub fn new(
+        cluster: &Cluster,
+        accounting: super::ConnectionAccounting,
+        tls: Option<std::sync::Arc<crate::tls::ClientTls>>,
+    ) -> Self {
         let connector = Connector {
             connect_timeout: cluster.connect_timeout,
             keepalive: cluster.tcp_keepalive,
             source: cluster.source_address,
             accounting,
+            tls,
         };
         let mut builder = Client::builder(TokioExecutor::new());
         builder
@@ -159,10 +164,7 @@ impl Pool {
             .call(uri)
             .await
             .map_err(|e| UpstreamError::ConnectFailure(io_reason(&e)))?;
-        let local = match &io.inner().stream {
-            super::connector::UpstreamStream::Tcp(s) => s.local_addr().ok(),
-            super::connector::UpstreamStream::Unix(_) => None,
-        };
+        let local = io.inner().stream.local_addr();
         let settings = self.http2_settings;
         let (sender, connection) = http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())

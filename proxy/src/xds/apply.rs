@@ -58,8 +58,10 @@ pub struct Applier {
     warming_listeners: BTreeMap<String, (Arc<Listener>, Instant)>,
     /// The RDS names each LDS listener (active or warming) routes with.
     listener_routes: BTreeMap<String, Vec<String>>,
-    /// Secrets by name (TLS consumes them with the mTLS work).
+    /// Secrets by name, as delivered (for config_dump and state-of-the-world bookkeeping).
     secrets: BTreeMap<String, Secret>,
+    /// The compiled secrets TLS contexts read; SDS updates are published here.
+    secret_slots: Arc<crate::config::tls::SecretSlots>,
 }
 
 impl Applier {
@@ -83,6 +85,7 @@ impl Applier {
             warming_listeners: BTreeMap::new(),
             listener_routes: BTreeMap::new(),
             secrets: BTreeMap::new(),
+            secret_slots: config.secret_slots.clone(),
         }
     }
 
@@ -228,7 +231,12 @@ impl Applier {
                         proto.name
                     )));
                 }
-                let cluster = Arc::new(translate_cluster(&proto, &root, &mut Vec::new())?);
+                let cluster = Arc::new(translate_cluster(
+                    &proto,
+                    &root,
+                    &self.secret_slots,
+                    &mut Vec::new(),
+                )?);
                 let waits = match &cluster.discovery {
                     Discovery::Eds { service_name, .. } => {
                         !self.clusters.has_assignment(service_name)
@@ -287,6 +295,7 @@ impl Applier {
                     route_slots: &self.route_slots,
                     known_clusters: &known,
                     runtime: &self.runtime,
+                    secrets: &self.secret_slots,
                 };
                 let listener = Arc::new(translate_listener(
                     &proto,
@@ -332,6 +341,7 @@ impl Applier {
                     route_slots: &self.route_slots,
                     known_clusters: &known,
                     runtime: &self.runtime,
+                    secrets: &self.secret_slots,
                 };
                 let table = translate_route_config(&proto, &root, &resolve, false)?;
                 self.route_slots
@@ -353,6 +363,7 @@ impl Applier {
             Kind::Secret => {
                 let proto: Secret = unpack(&update.resource)?;
                 check_name(&proto.name, &update.name)?;
+                crate::config::tls::apply_secret(&self.secret_slots, &proto, &root)?;
                 self.secrets.insert(proto.name.clone(), proto.clone());
                 self.records.activate(kind, &proto.name, record);
             }
@@ -394,6 +405,7 @@ impl Applier {
             }
             Kind::Endpoint => self.clusters.remove_assignment(name),
             Kind::Secret => {
+                crate::config::tls::remove_secret(&self.secret_slots, name);
                 self.secrets.remove(name);
             }
         }

@@ -1,0 +1,886 @@
+//! TLS transport sockets and secrets, compiled: certificates parsed and keys loaded at config
+//! time (a bad key is a config error with a path, never a failed handshake), SAN matchers
+//! compiled, and every SDS reference resolved to the secret slot it reads at handshake time.
+//! Building the rustls configurations from these is `crate::tls`'s job.
+//! Envoy: https://www.envoyproxy.io/docs/envoy/latest/api-v3/extensions/transport_sockets/tls/v3/tls.proto
+//! https://www.envoyproxy.io/docs/envoy/latest/api-v3/extensions/transport_sockets/tls/v3/common.proto
+//! https://www.envoyproxy.io/docs/envoy/latest/api-v3/extensions/transport_sockets/tls/v3/secret.proto
+
+use super::error::{FieldPath, Result};
+use super::fields::{check, Acknowledged};
+use super::matcher::{string_matcher, StringMatcher};
+use super::slots::{Slot, Slots};
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::sign::CertifiedKey;
+use rustls::{CipherSuite, NamedGroup, ProtocolVersion};
+use std::sync::Arc;
+use xds_proto::pb::envoy::config::core::v3::{
+    config_source::ConfigSourceSpecifier, data_source::Specifier, DataSource,
+};
+use xds_proto::pb::envoy::extensions::transport_sockets::tls::v3 as tls;
+use xds_proto::pb::envoy::extensions::transport_sockets::tls::v3::{
+    common_tls_context::ValidationContextType, secret, subject_alt_name_matcher::SanType,
+    tls_parameters::TlsProtocol,
+};
+
+/// A secret as the proxy uses it; SDS and static `secrets` compile to this. Its `Debug`
+/// never shows key material (see [`CertificateSource`]).
+pub enum Secret {
+    Certificate(Arc<CertifiedKey>),
+    Validation(Arc<Validation>),
+    /// Session ticket keys and generic secrets: accepted, consumed by nothing yet.
+    Unused,
+}
+
+/// The slots every secret name resolves to; static secrets fill them at bootstrap and the
+/// xDS client fills them as SDS delivers (see [`apply_secret`]).
+pub type SecretSlots = Slots<Secret>;
+
+/// `DownstreamTlsContext`.
+#[derive(Debug)]
+pub struct DownstreamTls {
+    pub common: CommonTls,
+    pub require_client_certificate: bool,
+    pub require_sni: bool,
+    /// `disable_stateful_session_resumption`: no server-side session cache.
+    pub session_cache: bool,
+    /// `prefer_client_ciphers`: else the server's cipher order wins, Envoy's default.
+    pub prefer_client_ciphers: bool,
+}
+
+/// `UpstreamTlsContext`.
+#[derive(Debug)]
+pub struct UpstreamTls {
+    pub common: CommonTls,
+    /// Sent as SNI; None sends none (Envoy sends no SNI unless `sni` is set).
+    pub sni: Option<String>,
+}
+
+/// `CommonTlsContext`.
+#[derive(Debug)]
+pub struct CommonTls {
+    /// At most one (see [`certificates`]).
+    pub certificate: Option<CertificateSource>,
+    pub validation: Option<ValidationSource>,
+    /// ALPN, in preference order.
+    pub alpn: Vec<Vec<u8>>,
+    pub params: TlsParams,
+}
+
+pub enum CertificateSource {
+    Inline(Arc<CertifiedKey>),
+    Sds(Arc<Slot<Secret>>),
+}
+
+/// Configs are debug-printed in logs and errors; a certificate prints as its chain length
+/// only, so no key (nor anything derived from one) can reach a log.
+impl std::fmt::Debug for CertificateSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CertificateSource::Inline(k) => {
+                write!(f, "Inline(certificate chain of {})", k.cert.len())
+            }
+            CertificateSource::Sds(slot) => write!(f, "Sds({})", slot.name),
+        }
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Secret::Certificate(k) => write!(f, "Certificate(chain of {})", k.cert.len()),
+            Secret::Validation(v) => f.debug_tuple("Validation").field(v).finish(),
+            Secret::Unused => f.write_str("Unused"),
+        }
+    }
+}
+
+#[derive(Debug)]
+pub enum ValidationSource {
+    Inline(Arc<Validation>),
+    Sds(Arc<Slot<Secret>>),
+    /// `combined_validation_context`: the SDS secret's fields over the default's; SAN matchers
+    /// of both apply (Envoy merges the messages, and repeated fields concatenate).
+    Combined {
+        default: Arc<Validation>,
+        sds: Arc<Slot<Secret>>,
+    },
+}
+
+/// `CertificateValidationContext`, compiled.
+#[derive(Debug, Default)]
+pub struct Validation {
+    /// Trust anchors (`trusted_ca`), DER.
+    pub trusted_ca: Vec<CertificateDer<'static>>,
+    /// The peer passes when any matcher matches (or there are none).
+    pub san_matchers: Vec<SanMatcher>,
+}
+
+impl Validation {
+    /// This validation with `over`'s fields laid on top (for `combined_validation_context`).
+    pub fn merged(&self, over: &Validation) -> Validation {
+        Validation {
+            trusted_ca: if over.trusted_ca.is_empty() {
+                self.trusted_ca.clone()
+            } else {
+                over.trusted_ca.clone()
+            },
+            san_matchers: self
+                .san_matchers
+                .iter()
+                .chain(&over.san_matchers)
+                .cloned()
+                .collect(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SanKind {
+    /// The deprecated `match_subject_alt_names`: any DNS, URI, email or IP SAN.
+    Any,
+    Dns,
+    Uri,
+    Email,
+    Ip,
+}
+
+#[derive(Debug, Clone)]
+pub struct SanMatcher {
+    pub kind: SanKind,
+    pub matcher: StringMatcher,
+}
+
+/// `tls_params`, mapped to what rustls offers. Empty lists mean rustls' defaults.
+#[derive(Debug, Clone)]
+pub struct TlsParams {
+    pub min: ProtocolVersion,
+    pub max: ProtocolVersion,
+    /// TLS 1.2 suites, in preference order (TLS 1.3 suites are not configurable, as in Envoy).
+    pub cipher_suites: Vec<CipherSuite>,
+    pub curves: Vec<NamedGroup>,
+}
+
+impl Default for TlsParams {
+    fn default() -> Self {
+        // Envoy's defaults for both sides: TLS 1.2 to 1.3.
+        Self {
+            min: ProtocolVersion::TLSv1_2,
+            max: ProtocolVersion::TLSv1_3,
+            cipher_suites: Vec::new(),
+            curves: Vec::new(),
+        }
+    }
+}
+
+/// The provider every key is loaded with and every configuration is built from. Ring: see
+/// DESIGN.md ("TLS provider") for the measurement behind the choice.
+pub fn provider() -> CryptoProvider {
+    rustls::crypto::ring::default_provider()
+}
+
+/// What a TLS translator needs besides the proto.
+pub struct TlsResolve<'a> {
+    pub secrets: &'a SecretSlots,
+}
+
+pub fn translate_downstream(
+    ctx: &tls::DownstreamTlsContext,
+    path: &FieldPath,
+    resolve: &TlsResolve<'_>,
+    acks: &mut Vec<Acknowledged>,
+) -> Result<DownstreamTls> {
+    let mut ctx = ctx.clone();
+    let common_path = path.field("common_tls_context");
+    if let Some(c) = ctx.common_tls_context.as_mut() {
+        strip_sds_sources(c, &common_path, acks);
+    }
+    check(&ctx, path, acks)?;
+    let common = ctx.common_tls_context.unwrap_or_default();
+    let common = common_tls(&common, &common_path, resolve, acks)?;
+    if common.certificate.is_none() {
+        return Err(common_path
+            .field("tls_certificates")
+            .error("No TLS certificates found for server context"));
+    }
+    let require_client_certificate = ctx.require_client_certificate.is_some_and(|b| b.value);
+    if require_client_certificate && common.validation.is_none() {
+        return Err(path
+            .field("require_client_certificate")
+            .error("requires a validation context to verify client certificates against"));
+    }
+    let session_cache = !ctx.disable_stateful_session_resumption;
+    Ok(DownstreamTls {
+        common,
+        require_client_certificate,
+        require_sni: ctx.require_sni.is_some_and(|b| b.value),
+        session_cache,
+        prefer_client_ciphers: ctx.prefer_client_ciphers,
+    })
+}
+
+pub fn translate_upstream(
+    ctx: &tls::UpstreamTlsContext,
+    path: &FieldPath,
+    resolve: &TlsResolve<'_>,
+    acks: &mut Vec<Acknowledged>,
+) -> Result<UpstreamTls> {
+    let mut ctx = ctx.clone();
+    let common_path = path.field("common_tls_context");
+    if let Some(c) = ctx.common_tls_context.as_mut() {
+        strip_sds_sources(c, &common_path, acks);
+    }
+    check(&ctx, path, acks)?;
+    let common = ctx.common_tls_context.unwrap_or_default();
+    let common = common_tls(&common, &common_path, resolve, acks)?;
+    let sni = if ctx.sni.is_empty() {
+        None
+    } else {
+        rustls::pki_types::ServerName::try_from(ctx.sni.as_str()).map_err(|_| {
+            path.field("sni")
+                .error(format!("invalid SNI {:?}", ctx.sni))
+        })?;
+        Some(ctx.sni.clone())
+    };
+    Ok(UpstreamTls { common, sni })
+}
+
+/// `sds_config` with an `api_config_source` (Istio's `sds-grpc` cluster): the separate SDS
+/// stream is not implemented yet, so the field is acknowledged here rather than refused by the
+/// field table, and the secret arrives only if ADS delivers it.
+fn strip_sds_sources(
+    c: &mut tls::CommonTlsContext,
+    path: &FieldPath,
+    acks: &mut Vec<Acknowledged>,
+) {
+    const REASON: &str = "SDS from a separate gRPC config source is not implemented yet (issue 6): the secret is filled only from static secrets or ADS, and handshakes needing it fail until then";
+    let mut strip = |sds: &mut tls::SdsSecretConfig, p: FieldPath| {
+        if let Some(source) = sds.sds_config.as_mut() {
+            if matches!(
+                source.config_source_specifier,
+                Some(ConfigSourceSpecifier::ApiConfigSource(_))
+            ) {
+                source.config_source_specifier = Some(ConfigSourceSpecifier::Ads(
+                    xds_proto::pb::envoy::config::core::v3::AggregatedConfigSource {},
+                ));
+                acks.push(Acknowledged {
+                    path: p.field("sds_config").field("api_config_source").to_string(),
+                    reason: REASON,
+                });
+            }
+        }
+    };
+    for (i, s) in c.tls_certificate_sds_secret_configs.iter_mut().enumerate() {
+        strip(s, path.field("tls_certificate_sds_secret_configs").index(i));
+    }
+    match c.validation_context_type.as_mut() {
+        Some(ValidationContextType::ValidationContextSdsSecretConfig(s)) => {
+            strip(s, path.field("validation_context_sds_secret_config"))
+        }
+        Some(ValidationContextType::CombinedValidationContext(combined)) => {
+            if let Some(s) = combined.validation_context_sds_secret_config.as_mut() {
+                strip(
+                    s,
+                    path.field("combined_validation_context")
+                        .field("validation_context_sds_secret_config"),
+                )
+            }
+        }
+        _ => {}
+    }
+}
+
+fn common_tls(
+    c: &tls::CommonTlsContext,
+    path: &FieldPath,
+    resolve: &TlsResolve<'_>,
+    acks: &mut Vec<Acknowledged>,
+) -> Result<CommonTls> {
+    let mut certificates = Vec::new();
+    for (i, cert) in c.tls_certificates.iter().enumerate() {
+        let p = path.field("tls_certificates").index(i);
+        certificates.push(CertificateSource::Inline(Arc::new(certified_key(
+            cert, &p,
+        )?)));
+    }
+    for (i, sds) in c.tls_certificate_sds_secret_configs.iter().enumerate() {
+        let p = path.field("tls_certificate_sds_secret_configs").index(i);
+        certificates.push(CertificateSource::Sds(sds_slot(sds, &p, resolve)?));
+    }
+    if certificates.len() > 1 {
+        // Envoy picks among several by SNI and key type; one per context is what Istio sends.
+        return Err(path
+            .field("tls_certificates")
+            .error("more than one certificate per TLS context is not supported"));
+    }
+    let validation = match &c.validation_context_type {
+        None => None,
+        Some(ValidationContextType::ValidationContext(v)) => {
+            let p = path.field("validation_context");
+            let v = validation(v, &p)?;
+            require_trust_anchors(&v, &p)?;
+            Some(ValidationSource::Inline(Arc::new(v)))
+        }
+        Some(ValidationContextType::ValidationContextSdsSecretConfig(sds)) => {
+            Some(ValidationSource::Sds(sds_slot(
+                sds,
+                &path.field("validation_context_sds_secret_config"),
+                resolve,
+            )?))
+        }
+        Some(ValidationContextType::CombinedValidationContext(combined)) => {
+            let p = path.field("combined_validation_context");
+            let default = combined
+                .default_validation_context
+                .as_ref()
+                .map(|v| validation(v, &p.field("default_validation_context")))
+                .transpose()?
+                .unwrap_or_default();
+            let Some(sds) = &combined.validation_context_sds_secret_config else {
+                return Err(p
+                    .field("validation_context_sds_secret_config")
+                    .error("is required"));
+            };
+            Some(ValidationSource::Combined {
+                default: Arc::new(default),
+                sds: sds_slot(
+                    sds,
+                    &p.field("validation_context_sds_secret_config"),
+                    resolve,
+                )?,
+            })
+        }
+        Some(_) => {
+            return Err(path.error("certificate providers are not supported"));
+        }
+    };
+    let mut alpn = Vec::with_capacity(c.alpn_protocols.len());
+    for (i, protocol) in c.alpn_protocols.iter().enumerate() {
+        if protocol == ISTIO_PEER_EXCHANGE {
+            acks.push(Acknowledged {
+                path: path.field("alpn_protocols").index(i).to_string(),
+                reason: "istio-peer-exchange is never negotiated: the TCP metadata exchange behind it is not implemented, and selecting it without speaking it would corrupt the stream",
+            });
+            continue;
+        }
+        if protocol.is_empty() || protocol.len() > 255 {
+            return Err(path
+                .field("alpn_protocols")
+                .index(i)
+                .error("an ALPN protocol is 1 to 255 bytes"));
+        }
+        alpn.push(protocol.as_bytes().to_vec());
+    }
+    let params = match &c.tls_params {
+        Some(p) => tls_params(p, &path.field("tls_params"), acks)?,
+        None => TlsParams::default(),
+    };
+    Ok(CommonTls {
+        certificate: certificates.into_iter().next(),
+        validation,
+        alpn,
+        params,
+    })
+}
+
+/// Istio's ALPN for its TCP metadata exchange.
+pub const ISTIO_PEER_EXCHANGE: &str = "istio-peer-exchange";
+
+fn sds_slot(
+    sds: &tls::SdsSecretConfig,
+    path: &FieldPath,
+    resolve: &TlsResolve<'_>,
+) -> Result<Arc<Slot<Secret>>> {
+    if sds.name.is_empty() {
+        return Err(path.field("name").error("must not be empty"));
+    }
+    let slot = resolve.secrets.slot(&sds.name);
+    if sds.sds_config.is_none() && slot.get().is_none() {
+        // Without a config source the secret must be one of the bootstrap's static secrets.
+        return Err(path
+            .field("name")
+            .error(format!("Unknown static secret: {}", sds.name)));
+    }
+    Ok(slot)
+}
+
+/// A `TlsCertificate` as a certificate chain with its loaded key. Errors never quote the key.
+fn certified_key(cert: &tls::TlsCertificate, path: &FieldPath) -> Result<CertifiedKey> {
+    let chain_path = path.field("certificate_chain");
+    let key_path = path.field("private_key");
+    let chain_pem = data(cert.certificate_chain.as_ref(), &chain_path)?;
+    let key_pem = data(cert.private_key.as_ref(), &key_path)?;
+    if chain_pem.is_empty() {
+        return Err(chain_path.error("is required"));
+    }
+    if key_pem.is_empty() {
+        return Err(key_path.error("is required"));
+    }
+    let chain = certificates(&chain_pem, &chain_path)?;
+    let key = PrivateKeyDer::from_pem_slice(&key_pem)
+        .map_err(|_| key_path.error("Failed to load private key: no PEM private key found"))?;
+    CertifiedKey::from_der(chain, key, &provider()).map_err(|e| {
+        // rustls' errors describe the failure, never the key material.
+        path.error(format!(
+            "Failed to load certificate chain and private key: {e}"
+        ))
+    })
+}
+
+/// PEM certificates; at least one.
+fn certificates(pem: &[u8], path: &FieldPath) -> Result<Vec<CertificateDer<'static>>> {
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(pem)
+        .collect::<std::result::Result<_, _>>()
+        .map_err(|e| path.error(format!("Failed to load certificate: {e}")))?;
+    if certs.is_empty() {
+        return Err(path.error("Failed to load certificate: no PEM certificate found"));
+    }
+    Ok(certs)
+}
+
+/// A data source's bytes: inline, a file (read now; `watched_directory` rotation is not
+/// implemented) or an environment variable.
+fn data(source: Option<&DataSource>, path: &FieldPath) -> Result<Vec<u8>> {
+    match source.and_then(|s| s.specifier.as_ref()) {
+        None => Ok(Vec::new()),
+        Some(Specifier::InlineBytes(b)) => Ok(b.clone()),
+        Some(Specifier::InlineString(s)) => Ok(s.as_bytes().to_vec()),
+        Some(Specifier::Filename(f)) => std::fs::read(f).map_err(|e| {
+            path.field("filename")
+                .error(format!("cannot read {f}: {e}"))
+        }),
+        Some(Specifier::EnvironmentVariable(v)) => {
+            std::env::var(v).map(String::into_bytes).map_err(|_| {
+                path.field("environment_variable")
+                    .error(format!("environment variable {v} is not set"))
+            })
+        }
+    }
+}
+
+fn validation(v: &tls::CertificateValidationContext, path: &FieldPath) -> Result<Validation> {
+    let ca_path = path.field("trusted_ca");
+    let ca = data(v.trusted_ca.as_ref(), &ca_path)?;
+    let trusted_ca = if ca.is_empty() {
+        Vec::new()
+    } else {
+        certificates(&ca, &ca_path)?
+    };
+    if v.trust_chain_verification
+        != tls::certificate_validation_context::TrustChainVerification::VerifyTrustChain as i32
+    {
+        return Err(path
+            .field("trust_chain_verification")
+            .error("only VERIFY_TRUST_CHAIN is supported"));
+    }
+    let mut san_matchers = Vec::new();
+    for (i, m) in v.match_typed_subject_alt_names.iter().enumerate() {
+        let p = path.field("match_typed_subject_alt_names").index(i);
+        let kind = match SanType::try_from(m.san_type) {
+            Ok(SanType::Dns) => SanKind::Dns,
+            Ok(SanType::Uri) => SanKind::Uri,
+            Ok(SanType::Email) => SanKind::Email,
+            Ok(SanType::IpAddress) => SanKind::Ip,
+            Ok(SanType::OtherName) => {
+                return Err(p.field("san_type").error("OTHER_NAME is not supported"))
+            }
+            _ => return Err(p.field("san_type").error("a SAN type is required")),
+        };
+        let Some(matcher) = &m.matcher else {
+            return Err(p.field("matcher").error("is required"));
+        };
+        san_matchers.push(SanMatcher {
+            kind,
+            matcher: string_matcher(matcher, &p.field("matcher"))?,
+        });
+    }
+    #[allow(deprecated)]
+    for (i, m) in v.match_subject_alt_names.iter().enumerate() {
+        let p = path.field("match_subject_alt_names").index(i);
+        san_matchers.push(SanMatcher {
+            kind: SanKind::Any,
+            matcher: string_matcher(m, &p)?,
+        });
+    }
+    Ok(Validation {
+        trusted_ca,
+        san_matchers,
+    })
+}
+
+/// Checks a validation context that must stand alone (not the default half of a combined
+/// one): SAN matching without trust anchors would accept any self-signed certificate.
+pub fn require_trust_anchors(v: &Validation, path: &FieldPath) -> Result<()> {
+    if v.trusted_ca.is_empty() && !v.san_matchers.is_empty() {
+        return Err(path.error(
+            "SAN-based verification of peer certificates without trusted CA is insecure and not allowed",
+        ));
+    }
+    Ok(())
+}
+
+fn tls_params(
+    p: &tls::TlsParameters,
+    path: &FieldPath,
+    acks: &mut Vec<Acknowledged>,
+) -> Result<TlsParams> {
+    let version = |value: i32, field: &str, default: ProtocolVersion| {
+        let fp = path.field(field);
+        match TlsProtocol::try_from(value) {
+            Ok(TlsProtocol::TlsAuto) => Ok(default),
+            Ok(TlsProtocol::TlSv10) | Ok(TlsProtocol::TlSv11) => Ok(ProtocolVersion::TLSv1_0),
+            Ok(TlsProtocol::TlSv12) => Ok(ProtocolVersion::TLSv1_2),
+            Ok(TlsProtocol::TlSv13) => Ok(ProtocolVersion::TLSv1_3),
+            Err(_) => Err(fp.error("unknown TLS version")),
+        }
+    };
+    let mut min = version(
+        p.tls_minimum_protocol_version,
+        "tls_minimum_protocol_version",
+        ProtocolVersion::TLSv1_2,
+    )?;
+    let max = version(
+        p.tls_maximum_protocol_version,
+        "tls_maximum_protocol_version",
+        ProtocolVersion::TLSv1_3,
+    )?;
+    if max == ProtocolVersion::TLSv1_0 {
+        return Err(path
+            .field("tls_maximum_protocol_version")
+            .error("TLS 1.0 and 1.1 are not supported (rustls speaks TLS 1.2 and 1.3)"));
+    }
+    if min == ProtocolVersion::TLSv1_0 {
+        acks.push(Acknowledged {
+            path: path.field("tls_minimum_protocol_version").to_string(),
+            reason: "TLS 1.0 and 1.1 are not offered (rustls speaks TLS 1.2 and 1.3); the minimum is TLS 1.2",
+        });
+        min = ProtocolVersion::TLSv1_2;
+    }
+    if version_rank(min) > version_rank(max) {
+        return Err(
+            path.error("tls_minimum_protocol_version is above tls_maximum_protocol_version")
+        );
+    }
+    let mut cipher_suites = Vec::new();
+    for (i, entry) in p.cipher_suites.iter().enumerate() {
+        let fp = path.field("cipher_suites").index(i);
+        // BoringSSL's equal-preference groups, `[A|B]`, keep their order here.
+        let names = entry.trim_start_matches('[').trim_end_matches(']');
+        for name in names.split('|') {
+            match cipher_suite(name) {
+                Suite::Rustls(s) => cipher_suites.push(s),
+                Suite::Known => acks.push(Acknowledged {
+                    path: fp.to_string(),
+                    reason: "a cipher suite rustls does not implement (RSA key exchange, CBC, 3DES or TLS 1.3 names); it is never negotiated",
+                }),
+                Suite::Unknown => {
+                    return Err(fp.error(format!("Failed to initialize cipher suites {name}")))
+                }
+            }
+        }
+    }
+    if !p.cipher_suites.is_empty() && cipher_suites.is_empty() {
+        return Err(path
+            .field("cipher_suites")
+            .error("none of the cipher suites is implemented by rustls"));
+    }
+    let mut curves = Vec::new();
+    for (i, name) in p.ecdh_curves.iter().enumerate() {
+        let group = match name.as_str() {
+            "X25519" => NamedGroup::X25519,
+            "P-256" | "prime256v1" | "secp256r1" => NamedGroup::secp256r1,
+            "P-384" | "secp384r1" => NamedGroup::secp384r1,
+            _ => {
+                return Err(path
+                    .field("ecdh_curves")
+                    .index(i)
+                    .error(format!("Failed to initialize ECDH curves {name}: not supported by the ring provider (X25519, P-256, P-384)")))
+            }
+        };
+        curves.push(group);
+    }
+    Ok(TlsParams {
+        min,
+        max,
+        cipher_suites,
+        curves,
+    })
+}
+
+fn version_rank(v: ProtocolVersion) -> u8 {
+    match v {
+        ProtocolVersion::TLSv1_3 => 3,
+        ProtocolVersion::TLSv1_2 => 2,
+        _ => 1,
+    }
+}
+
+enum Suite {
+    Rustls(CipherSuite),
+    /// A name BoringSSL accepts that rustls does not implement.
+    Known,
+    Unknown,
+}
+
+/// BoringSSL (OpenSSL-style) cipher names.
+fn cipher_suite(name: &str) -> Suite {
+    use CipherSuite::*;
+    Suite::Rustls(match name {
+        "ECDHE-ECDSA-AES128-GCM-SHA256" => TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
+        "ECDHE-RSA-AES128-GCM-SHA256" => TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256,
+        "ECDHE-ECDSA-AES256-GCM-SHA384" => TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384,
+        "ECDHE-RSA-AES256-GCM-SHA384" => TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384,
+        "ECDHE-ECDSA-CHACHA20-POLY1305" => TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256,
+        "ECDHE-RSA-CHACHA20-POLY1305" => TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256,
+        "AES128-GCM-SHA256"
+        | "AES256-GCM-SHA384"
+        | "AES128-SHA"
+        | "AES256-SHA"
+        | "ECDHE-ECDSA-AES128-SHA"
+        | "ECDHE-RSA-AES128-SHA"
+        | "ECDHE-ECDSA-AES256-SHA"
+        | "ECDHE-RSA-AES256-SHA"
+        | "ECDHE-PSK-AES128-CBC-SHA"
+        | "ECDHE-PSK-AES256-CBC-SHA"
+        | "ECDHE-PSK-CHACHA20-POLY1305"
+        | "PSK-AES128-CBC-SHA"
+        | "PSK-AES256-CBC-SHA"
+        | "DES-CBC3-SHA"
+        | "TLS_AES_128_GCM_SHA256"
+        | "TLS_AES_256_GCM_SHA384"
+        | "TLS_CHACHA20_POLY1305_SHA256" => return Suite::Known,
+        _ => return Suite::Unknown,
+    })
+}
+
+/// A `Secret` resource compiled. `check` has accepted its fields.
+pub fn translate_secret(
+    s: &tls::Secret,
+    path: &FieldPath,
+    acks: &mut Vec<Acknowledged>,
+) -> Result<Secret> {
+    check(s, path, acks)?;
+    if s.name.is_empty() {
+        return Err(path.field("name").error("must not be empty"));
+    }
+    Ok(match &s.r#type {
+        Some(secret::Type::TlsCertificate(c)) => {
+            Secret::Certificate(Arc::new(certified_key(c, &path.field("tls_certificate"))?))
+        }
+        Some(secret::Type::ValidationContext(v)) => {
+            Secret::Validation(Arc::new(validation(v, &path.field("validation_context"))?))
+        }
+        _ => Secret::Unused,
+    })
+}
+
+/// The hook the xDS client calls when SDS delivers (or replaces) a secret: it is compiled and
+/// published to its slot, so new handshakes use it and established connections keep theirs.
+pub fn apply_secret(slots: &SecretSlots, s: &tls::Secret, path: &FieldPath) -> Result<()> {
+    let secret = translate_secret(s, path, &mut Vec::new())?;
+    slots.slot(&s.name).set(Some(Arc::new(secret)));
+    Ok(())
+}
+
+/// The hook for an SDS removal: handshakes needing the secret fail until it returns.
+pub fn remove_secret(slots: &SecretSlots, name: &str) {
+    if let Some(slot) = slots.find(name) {
+        slot.set(None);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::translate_bootstrap;
+
+    fn pem_pair() -> (String, String) {
+        let key = rcgen::KeyPair::generate().expect("key");
+        let cert = rcgen::CertificateParams::new(vec!["example.com".into()])
+            .expect("params")
+            .self_signed(&key)
+            .expect("cert");
+        (cert.pem(), key.serialize_pem())
+    }
+
+    /// A bootstrap with one listener whose chain has `tls` (YAML flow mapping) as its
+    /// DownstreamTlsContext, plus `extra` static resources.
+    fn listener_with(tls: &str, extra: &str) -> Result<crate::config::Config> {
+        let yaml = format!(
+            r#"
+static_resources:
+  listeners:
+  - name: l
+    address: {{ socket_address: {{ address: 127.0.0.1, port_value: 0 }} }}
+    filter_chains:
+    - filters:
+      - name: tcp
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy
+          stat_prefix: t
+          cluster: c
+      transport_socket:
+        name: envoy.transport_sockets.tls
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext
+          {tls}
+  clusters:
+  - name: c
+    load_assignment: {{ cluster_name: c }}
+{extra}
+"#
+        );
+        let loaded = crate::bootstrap::load(&crate::bootstrap::Sources {
+            config_yaml: Some(&yaml),
+            ..Default::default()
+        })
+        .expect("parses");
+        translate_bootstrap(&loaded.bootstrap)
+    }
+
+    fn quoted(s: &str) -> String {
+        serde_json::to_string(s).expect("string")
+    }
+
+    fn inline_certificate() -> String {
+        let (cert, key) = pem_pair();
+        format!(
+            "common_tls_context: {{ tls_certificates: [{{ certificate_chain: {{ inline_string: {} }}, private_key: {{ inline_string: {} }} }}] }}",
+            quoted(&cert),
+            quoted(&key)
+        )
+    }
+
+    fn error_of(r: Result<crate::config::Config>) -> (String, String) {
+        let e = r.expect_err("refused");
+        (e.path.clone(), e.message.clone())
+    }
+
+    #[test]
+    fn a_downstream_context_with_an_inline_certificate_translates() {
+        let config = listener_with(&inline_certificate(), "").expect("translates");
+        let chain = &config.listeners[0].filter_chains[0];
+        let tls = chain.tls.as_ref().expect("a TLS chain");
+        assert!(matches!(
+            tls.common.certificate,
+            Some(CertificateSource::Inline(_))
+        ));
+        assert!(
+            !format!("{tls:?}").contains("PRIVATE"),
+            "Debug shows no key"
+        );
+    }
+
+    #[test]
+    fn refusals_name_their_paths() {
+        let base = "static_resources.listeners[0].filter_chains[0].transport_socket.typed_config";
+        let (path, message) = error_of(listener_with("common_tls_context: {}", ""));
+        assert_eq!(path, format!("{base}.common_tls_context.tls_certificates"));
+        assert!(message.contains("No TLS certificates"), "{message}");
+
+        let garbage = "common_tls_context: { tls_certificates: [{ certificate_chain: { inline_string: x }, private_key: { inline_string: SECRET-KEY } }] }";
+        let (path, message) = error_of(listener_with(garbage, ""));
+        assert_eq!(
+            path,
+            format!("{base}.common_tls_context.tls_certificates[0].certificate_chain")
+        );
+        assert!(!message.contains("SECRET-KEY"));
+
+        let unsupported = format!(
+            "{}\n          ocsp_staple_policy: MUST_STAPLE",
+            inline_certificate()
+        );
+        assert!(listener_with(&unsupported, "").is_ok(), "acknowledged");
+        let curve = inline_certificate().replace(
+            "common_tls_context: {",
+            "common_tls_context: { tls_params: { ecdh_curves: [X25519, P-521] },",
+        );
+        let (path, _) = error_of(listener_with(&curve, ""));
+        assert_eq!(
+            path,
+            format!("{base}.common_tls_context.tls_params.ecdh_curves[1]")
+        );
+        let sigalgs = inline_certificate().replace(
+            "common_tls_context: {",
+            "common_tls_context: { tls_params: { signature_algorithms: [ed25519] },",
+        );
+        let (path, _) = error_of(listener_with(&sigalgs, ""));
+        assert_eq!(
+            path,
+            format!("{base}.common_tls_context.tls_params.signature_algorithms")
+        );
+        let san_without_ca = inline_certificate().replace(
+            "common_tls_context: {",
+            "common_tls_context: { validation_context: { match_typed_subject_alt_names: [{ san_type: URI, matcher: { exact: a } }] },",
+        );
+        let (path, message) = error_of(listener_with(&san_without_ca, ""));
+        assert_eq!(
+            path,
+            format!("{base}.common_tls_context.validation_context")
+        );
+        assert!(message.contains("without trusted CA"), "{message}");
+        let missing =
+            "common_tls_context: { tls_certificate_sds_secret_configs: [{ name: nope }] }";
+        let (path, message) = error_of(listener_with(missing, ""));
+        assert_eq!(
+            path,
+            format!("{base}.common_tls_context.tls_certificate_sds_secret_configs[0].name")
+        );
+        assert_eq!(message, "Unknown static secret: nope");
+    }
+
+    #[test]
+    fn cipher_suites_map_to_rustls_or_are_acknowledged_or_refused() {
+        let with = |suites: &str| {
+            listener_with(
+                &inline_certificate().replace(
+                    "common_tls_context: {",
+                    &format!("common_tls_context: {{ tls_params: {{ cipher_suites: [{suites}] }},"),
+                ),
+                "",
+            )
+        };
+        let config = with(
+            "\"[ECDHE-ECDSA-AES128-GCM-SHA256|ECDHE-ECDSA-CHACHA20-POLY1305]\", AES128-GCM-SHA256",
+        )
+        .expect("Istio's list translates");
+        let tls = config.listeners[0].filter_chains[0]
+            .tls
+            .as_ref()
+            .expect("tls");
+        assert_eq!(tls.common.params.cipher_suites.len(), 2);
+        assert!(config
+            .acknowledged
+            .iter()
+            .any(|a| a.path.ends_with("cipher_suites[1]")));
+        assert!(with("AES128-GCM-SHA256").is_err(), "nothing rustls can use");
+        assert!(with("NOT-A-CIPHER").is_err());
+    }
+
+    #[test]
+    fn static_secrets_feed_sds_references_and_istio_peer_exchange_is_dropped() {
+        let (cert, key) = pem_pair();
+        let secrets = format!(
+            "  secrets:\n  - name: default\n    tls_certificate: {{ certificate_chain: {{ inline_string: {} }}, private_key: {{ inline_string: {} }} }}\n  - name: ROOTCA\n    validation_context: {{ trusted_ca: {{ inline_string: {} }} }}",
+            quoted(&cert),
+            quoted(&key),
+            quoted(&cert)
+        );
+        let tls = "common_tls_context: { alpn_protocols: [istio-peer-exchange, h2], tls_certificate_sds_secret_configs: [{ name: default }], combined_validation_context: { default_validation_context: { match_typed_subject_alt_names: [{ san_type: URI, matcher: { prefix: \"spiffe://cluster.local/\" } }] }, validation_context_sds_secret_config: { name: ROOTCA } } }";
+        let config = listener_with(tls, &secrets).expect("translates");
+        let ctx = config.listeners[0].filter_chains[0]
+            .tls
+            .as_ref()
+            .expect("tls");
+        assert_eq!(ctx.common.alpn, vec![b"h2".to_vec()]);
+        assert!(
+            matches!(ctx.common.certificate, Some(CertificateSource::Sds(ref s)) if s.get().is_some())
+        );
+        assert!(matches!(
+            ctx.common.validation,
+            Some(ValidationSource::Combined { .. })
+        ));
+    }
+}

@@ -1,0 +1,88 @@
+//! A throwaway PKI for TLS tests: a root CA and workload certificates with SPIFFE URI SANs,
+//! generated per test (rcgen) and written as PEM files into a temporary directory, so both
+//! proxies can load them by `filename`.
+
+use std::path::PathBuf;
+use tempfile::TempDir;
+
+/// `spiffe://cluster.local/ns/default/sa/<sa>`, Istio's identity form.
+pub fn spiffe(sa: &str) -> String {
+    format!("spiffe://cluster.local/ns/default/sa/{sa}")
+}
+
+/// A root CA whose certificates live in `dir`.
+pub struct Pki {
+    dir: TempDir,
+    cert: rcgen::Certificate,
+    key: rcgen::KeyPair,
+}
+
+/// A workload's files.
+#[derive(Debug, Clone)]
+pub struct Identity {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub uri: String,
+}
+
+impl Pki {
+    pub fn new() -> Pki {
+        let mut params = rcgen::CertificateParams::default();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(rcgen::DnType::OrganizationName, "cluster.local");
+        params.key_usages = vec![
+            rcgen::KeyUsagePurpose::KeyCertSign,
+            rcgen::KeyUsagePurpose::CrlSign,
+            rcgen::KeyUsagePurpose::DigitalSignature,
+        ];
+        let key = rcgen::KeyPair::generate().expect("CA key");
+        let cert = params.self_signed(&key).expect("CA certificate");
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        std::fs::write(dir.path().join("root-cert.pem"), cert.pem()).expect("write the root");
+        Pki { dir, cert, key }
+    }
+
+    /// The root certificate (PEM file).
+    pub fn root(&self) -> PathBuf {
+        self.dir.path().join("root-cert.pem")
+    }
+
+    /// A workload certificate for service account `sa`, signed by the root, usable as client
+    /// and server (as Istio's are).
+    pub fn identity(&self, sa: &str) -> Identity {
+        let mut params = rcgen::CertificateParams::default();
+        let uri = spiffe(sa);
+        params.subject_alt_names = vec![rcgen::SanType::URI(
+            rcgen::Ia5String::try_from(uri.as_str()).expect("a URI SAN"),
+        )];
+        params.extended_key_usages = vec![
+            rcgen::ExtendedKeyUsagePurpose::ServerAuth,
+            rcgen::ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        params.key_usages = vec![
+            rcgen::KeyUsagePurpose::DigitalSignature,
+            rcgen::KeyUsagePurpose::KeyEncipherment,
+        ];
+        let key = rcgen::KeyPair::generate().expect("workload key");
+        let cert = params
+            .signed_by(&key, &self.cert, &self.key)
+            .expect("workload certificate");
+        let cert_path = self.dir.path().join(format!("{sa}-cert.pem"));
+        let key_path = self.dir.path().join(format!("{sa}-key.pem"));
+        std::fs::write(&cert_path, cert.pem()).expect("write the certificate");
+        std::fs::write(&key_path, key.serialize_pem()).expect("write the key");
+        Identity {
+            cert: cert_path,
+            key: key_path,
+            uri,
+        }
+    }
+}
+
+impl Default for Pki {
+    fn default() -> Self {
+        Self::new()
+    }
+}
