@@ -460,6 +460,21 @@ impl Listener {
         Arc<super::slots::Slot<super::route::RouteConfig>>,
         super::dynamic::ConfigSource,
     )> {
+        self.rds_subscriptions()
+            .into_iter()
+            .map(|(slot, source, _)| (slot, source))
+            .collect()
+    }
+
+    /// As [`Listener::rds_routes`], with the stat prefix of the connection manager that uses
+    /// each (its RDS stats are `http.<stat_prefix>.rds.<name>.*`).
+    pub fn rds_subscriptions(
+        &self,
+    ) -> Vec<(
+        Arc<super::slots::Slot<super::route::RouteConfig>>,
+        super::dynamic::ConfigSource,
+        String,
+    )> {
         self.filter_chains
             .iter()
             .chain(self.default_filter_chain.as_ref())
@@ -467,7 +482,7 @@ impl Listener {
             .filter_map(|filter| match filter {
                 NetworkFilter::HttpConnectionManager(hcm) => match &hcm.routes {
                     super::hcm::RouteSource::Rds { slot, source, .. } => {
-                        Some((slot.clone(), source.clone()))
+                        Some((slot.clone(), source.clone(), hcm.stat_prefix.clone()))
                     }
                     super::hcm::RouteSource::Static(_) => None,
                 },

@@ -30,6 +30,13 @@ pub struct ClusterStats {
     pub upstream_rq_time: Arc<crate::stats::Histogram>,
     pub membership_total: Arc<Gauge>,
     pub membership_healthy: Arc<Gauge>,
+    /// Host set updates (`update_attempt`, `update_success`, `update_empty`,
+    /// `update_no_rebuild`; `update_failure` stays for Envoy's name: a host set is never
+    /// refused once translated).
+    update_attempt: Arc<Counter>,
+    update_success: Arc<Counter>,
+    update_empty: Arc<Counter>,
+    update_no_rebuild: Arc<Counter>,
     /// `upstream_rq_1xx` .. `upstream_rq_5xx`, created on first use as Envoy does.
     classes: [OnceLock<Arc<Counter>>; 5],
     /// `upstream_rq_<code>`, created on a code's first use.
@@ -57,6 +64,13 @@ impl ClusterStats {
             upstream_rq_time: store.histogram(&format!("{prefix}upstream_rq_time")),
             membership_total: g("membership_total"),
             membership_healthy: g("membership_healthy"),
+            update_attempt: c("update_attempt"),
+            update_success: c("update_success"),
+            update_empty: c("update_empty"),
+            update_no_rebuild: {
+                c("update_failure");
+                c("update_no_rebuild")
+            },
             classes: std::array::from_fn(|_| OnceLock::new()),
             codes: OnceLock::new(),
             store: store.clone(),
@@ -116,6 +130,13 @@ impl ClusterRuntime {
             let stats = crate::tls::TlsStats::new(store, &format!("cluster.{}.", config.stat_name));
             Arc::new(crate::tls::ClientTls::new(t.clone(), Arc::new(stats)))
         });
+        if matches!(config.discovery, Discovery::Eds { .. }) {
+            // Envoy's EDS clusters have these from the start.
+            let prefix = format!("cluster.{}.", config.stat_name);
+            store.counter(&format!("{prefix}update_rejected"));
+            store.gauge(&format!("{prefix}update_time"));
+            store.histogram(&format!("{prefix}update_duration"));
+        }
         let runtime = Self {
             pool: Pool::new(&config, accounting, tls),
             config,
@@ -128,13 +149,9 @@ impl ClusterRuntime {
         runtime
     }
 
+    /// The cluster's first host set (static, or an EDS assignment already received).
     fn set_endpoints(&self, endpoints: &[LbEndpoint]) {
-        self.set_hosts(
-            endpoints
-                .iter()
-                .map(|e| (e.address.clone(), String::new(), e.weight))
-                .collect(),
-        );
+        self.replace_hosts(host_specs(endpoints));
     }
 
     pub fn hosts(&self) -> arc_swap::Guard<Arc<HostSet>> {
@@ -143,7 +160,28 @@ impl ClusterRuntime {
 
     /// Replaces the host set, keeping the stats of hosts that stay.
     pub fn set_hosts(&self, hosts: Vec<(Endpoint, String, u32)>) {
+        self.stats.update_attempt.inc();
+        self.stats.update_success.inc();
+        if hosts.is_empty() {
+            self.stats.update_empty.inc();
+        }
+        self.replace_hosts(hosts);
+    }
+
+    /// Installs a host set; `set_hosts` also counts it as an update (the set a cluster is
+    /// built with is not one, in Envoy's stats).
+    fn replace_hosts(&self, hosts: Vec<(Endpoint, String, u32)>) {
         let old = self.hosts.load_full();
+        let same = hosts.len() == old.hosts.len()
+            && hosts
+                .iter()
+                .zip(&old.hosts)
+                .all(|((a, _, w), h)| *a == h.address && *w == h.weight);
+        if same && !old.hosts.is_empty() {
+            // Nothing to rebuild: the balancer and its hosts stay as they are.
+            self.stats.update_no_rebuild.inc();
+            return;
+        }
         let hosts: Vec<Arc<Host>> = hosts
             .into_iter()
             .filter_map(|(address, hostname, weight)| {
@@ -173,6 +211,13 @@ impl ClusterRuntime {
         self.hosts
             .store(Arc::new(HostSet::with_policy(hosts, &self.config.lb)));
     }
+}
+
+fn host_specs(endpoints: &[LbEndpoint]) -> Vec<(Endpoint, String, u32)> {
+    endpoints
+        .iter()
+        .map(|e| (e.address.clone(), String::new(), e.weight))
+        .collect()
 }
 
 /// Every active cluster: the static ones from the bootstrap and those CDS adds, updates and
@@ -209,6 +254,9 @@ impl ClusterManager {
             assignments: RwLock::new(HashMap::new()),
             discovery_started: AtomicBool::new(false),
         };
+        // Envoy's names for merged host updates; Outrigger applies every update at once.
+        store.counter("cluster_manager.update_merge_cancelled");
+        store.counter("cluster_manager.update_out_of_merge_window");
         for c in clusters {
             manager.add_or_update(c.clone());
         }
@@ -291,7 +339,7 @@ impl ClusterManager {
         for cluster in self.all() {
             if matches!(&cluster.config.discovery, Discovery::Eds { service_name: s, .. } if s == service_name)
             {
-                cluster.set_endpoints(&endpoints);
+                cluster.set_hosts(host_specs(&endpoints));
             }
         }
     }

@@ -18,7 +18,7 @@ use super::records::{Kind, Records};
 use crate::config::dynamic::{AdsConfig, ConfigSource};
 use crate::config::listener::Listener;
 use crate::server::{Server, ServerState};
-use crate::stats::{Counter, Gauge, Store};
+use crate::stats::Gauge;
 use crate::upstream::ClusterManager;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
@@ -53,27 +53,8 @@ struct Subscription {
     /// A response has been applied (accepted or not): initial fetch is over.
     first_response: bool,
     started_at: Option<Instant>,
-}
-
-/// `<prefix>.update_attempt|update_success|update_rejected|update_failure|version`.
-struct TypeStats {
-    attempt: Arc<Counter>,
-    success: Arc<Counter>,
-    rejected: Arc<Counter>,
-    failure: Arc<Counter>,
-    version: Arc<Gauge>,
-}
-
-impl TypeStats {
-    fn new(store: &Store, prefix: &str) -> Self {
-        Self {
-            attempt: store.counter(&format!("{prefix}.update_attempt")),
-            success: store.counter(&format!("{prefix}.update_success")),
-            rejected: store.counter(&format!("{prefix}.update_rejected")),
-            failure: store.counter(&format!("{prefix}.update_failure")),
-            version: store.gauge(&format!("{prefix}.version")),
-        }
-    }
+    /// `init_fetch_timeout` was counted for this type.
+    fetch_timeout_counted: bool,
 }
 
 /// The two wire variants behind one interface.
@@ -108,7 +89,6 @@ pub struct AdsClient {
     cds: Option<ConfigSource>,
     lds: Option<ConfigSource>,
     subscriptions: BTreeMap<Kind, Subscription>,
-    stats: HashMap<Kind, TypeStats>,
     connected: Arc<Gauge>,
     /// Whether the node went out on the current stream.
     node_sent: bool,
@@ -127,16 +107,9 @@ impl AdsClient {
         config: &crate::config::Config,
     ) -> Self {
         let store = &server.stats;
-        let stats = HashMap::from([
-            (Kind::Cluster, TypeStats::new(store, "cluster_manager.cds")),
-            (
-                Kind::Listener,
-                TypeStats::new(store, "listener_manager.lds"),
-            ),
-            (Kind::Endpoint, TypeStats::new(store, "cluster_manager.eds")),
-            (Kind::Route, TypeStats::new(store, "http.rds")),
-            (Kind::Secret, TypeStats::new(store, "sds")),
-        ]);
+        // Envoy's names; Outrigger neither rate limits requests nor queues them.
+        store.gauge("control_plane.pending_requests").set(0);
+        store.counter("control_plane.rate_limit_enforced");
         Self {
             connected: store.gauge("control_plane.connected_state"),
             ads,
@@ -152,7 +125,6 @@ impl AdsClient {
                 .into_iter()
                 .map(|k| (k, Subscription::default()))
                 .collect(),
-            stats,
             node_sent: false,
             live: false,
             server,
@@ -181,9 +153,12 @@ impl AdsClient {
                 }
                 Err(e) => {
                     tracing::warn!(target: "config", "ADS stream to cluster '{}' failed: {e}", self.ads.cluster);
-                    for kind in Kind::ALL {
+                    let applier = self.applier();
+                    for kind in [Kind::Cluster, Kind::Listener] {
                         if self.subscriptions[&kind].started {
-                            self.stats[&kind].failure.inc();
+                            if let Some(stats) = applier.type_stats(kind) {
+                                stats.failure.inc();
+                            }
                         }
                     }
                 }
@@ -375,22 +350,20 @@ impl AdsClient {
             );
             return;
         };
-        let stats = &self.stats[&kind];
-        stats.attempt.inc();
+        let started = Instant::now();
         let errors = self
             .applier()
             .apply(kind, response.updates, &response.removed);
+        self.applier()
+            .account(kind, &response.version, errors.is_empty(), started);
         let sub = self.subscriptions.entry(kind).or_default();
         sub.first_response = true;
         sub.nonce = response.nonce.clone();
         let error = if errors.is_empty() {
             sub.version = response.version.clone();
             self.records.set_version(kind, &response.version);
-            stats.success.inc();
-            stats.version.set(version_hash(&response.version));
             None
         } else {
-            stats.rejected.inc();
             Some(errors.join("\n"))
         };
         let version = sub.version.clone();
@@ -511,6 +484,25 @@ impl AdsClient {
             }
     }
 
+    /// Counts `init_fetch_timeout` once per type whose first fetch timed out.
+    fn count_fetch_timeouts(&mut self) {
+        for (kind, source) in [
+            (Kind::Cluster, self.cds.clone()),
+            (Kind::Listener, self.lds.clone()),
+        ] {
+            let sub = &self.subscriptions[&kind];
+            let timed_out = !sub.first_response
+                && !sub.fetch_timeout_counted
+                && matches!((source.and_then(|s| s.initial_fetch_timeout), sub.started_at), (Some(t), Some(at)) if at.elapsed() >= t);
+            if timed_out {
+                self.sub(kind).fetch_timeout_counted = true;
+                if let Some(stats) = self.applier().type_stats(kind) {
+                    stats.init_fetch_timeout.inc();
+                }
+            }
+        }
+    }
+
     fn clusters_initialized(&self) -> bool {
         self.initial_fetch_done(Kind::Cluster, self.cds.as_ref())
             && !self.applier().clusters_warming()
@@ -519,6 +511,7 @@ impl AdsClient {
     /// PRE_INITIALIZING/INITIALIZING until the initial clusters and listeners are warm, then
     /// LIVE (once; later warming does not take the server back).
     fn progress_init(&mut self) {
+        self.count_fetch_timeouts();
         if self.live {
             return;
         }
@@ -603,13 +596,4 @@ async fn next_response(
             }))
         }
     }
-}
-
-/// Envoy's `version` stat is a hash of the version string; any stable 64-bit hash serves the
-/// purpose (telling versions apart), though the numbers differ from Envoy's.
-fn version_hash(version: &str) -> u64 {
-    // FNV-1a, 64-bit.
-    version.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
-        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-    })
 }

@@ -7,6 +7,7 @@
 //! Envoy: https://www.envoyproxy.io/docs/envoy/latest/api-docs/xds_protocol#resource-warming
 
 use super::records::{Failure, Kind, Record, Records};
+use super::stats::SubscriptionStats;
 use crate::config::cluster::{translate_cluster, translate_load_assignment, Cluster, Discovery};
 use crate::config::listener::{translate_listener, Listener};
 use crate::config::resolver::Resolver;
@@ -58,6 +59,13 @@ pub struct Applier {
     warming_listeners: BTreeMap<String, (Arc<Listener>, Instant)>,
     /// The RDS names each LDS listener (active or warming) routes with.
     listener_routes: BTreeMap<String, Vec<String>>,
+    /// `cluster_manager.cds.*` and `listener_manager.lds.*`.
+    cds_stats: SubscriptionStats,
+    lds_stats: SubscriptionStats,
+    /// `http.<stat_prefix>.rds.<name>.*`, per route table and connection manager using it.
+    rds_stats: BTreeMap<(String, String), SubscriptionStats>,
+    /// Whether the response being applied changed anything (for `config_reload`).
+    reloaded: bool,
     /// Secrets by name, as delivered (for config_dump and state-of-the-world bookkeeping).
     secrets: BTreeMap<String, Secret>,
     /// The compiled secrets TLS contexts read; SDS updates are published here.
@@ -72,6 +80,7 @@ impl Applier {
         records: Arc<Records>,
         store: Arc<Store>,
     ) -> Self {
+        let store_for_stats = store.clone();
         Self {
             clusters,
             listeners,
@@ -84,6 +93,10 @@ impl Applier {
             warming_clusters: BTreeMap::new(),
             warming_listeners: BTreeMap::new(),
             listener_routes: BTreeMap::new(),
+            cds_stats: SubscriptionStats::cds(&store_for_stats),
+            lds_stats: SubscriptionStats::lds(&store_for_stats),
+            rds_stats: BTreeMap::new(),
+            reloaded: false,
             secrets: BTreeMap::new(),
             secret_slots: config.secret_slots.clone(),
         }
@@ -94,6 +107,7 @@ impl Applier {
     /// resource, for the NACK.
     pub fn apply(&mut self, kind: Kind, updates: Vec<Update>, removed: &[String]) -> Vec<String> {
         let mut errors = Vec::new();
+        self.reloaded = !removed.is_empty();
         for name in removed {
             self.remove(kind, name);
         }
@@ -112,9 +126,83 @@ impl Applier {
                     },
                 );
                 errors.push(details);
+                if kind == Kind::Route {
+                    for stats in self.route_stats(&update.name) {
+                        stats.refused(Instant::now());
+                    }
+                }
+                if kind == Kind::Endpoint {
+                    self.eds_stats(&update.name, |prefix, store| {
+                        store.counter(&format!("{prefix}update_rejected")).inc();
+                    });
+                }
             }
         }
         errors
+    }
+
+    /// Runs `f` with the stat prefix (`cluster.<stat_name>.`) of every cluster fed by EDS
+    /// under `service_name`. EDS updates are rare next to requests: the names are formatted here.
+    fn eds_stats(&self, service_name: &str, f: impl Fn(&str, &Store)) {
+        for cluster in self.clusters.all() {
+            if matches!(&cluster.config.discovery, Discovery::Eds { service_name: s, .. } if s == service_name)
+            {
+                f(
+                    &format!("cluster.{}.", cluster.config.stat_name),
+                    &self.store,
+                );
+            }
+        }
+    }
+
+    /// Counts a response of a wildcard type (CDS, LDS) in its subscription stats.
+    pub fn account(&self, kind: Kind, version: &str, accepted: bool, started: Instant) {
+        let stats = match kind {
+            Kind::Cluster => &self.cds_stats,
+            Kind::Listener => &self.lds_stats,
+            _ => return,
+        };
+        stats.attempt.inc();
+        if accepted {
+            stats.accepted(version, started, self.reloaded);
+        } else {
+            stats.refused(started);
+        }
+    }
+
+    /// The subscription stats of a wildcard type, for stream failures and fetch timeouts.
+    pub fn type_stats(&self, kind: Kind) -> Option<&SubscriptionStats> {
+        match kind {
+            Kind::Cluster => Some(&self.cds_stats),
+            Kind::Listener => Some(&self.lds_stats),
+            _ => None,
+        }
+    }
+
+    fn route_stats<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a SubscriptionStats> {
+        self.rds_stats
+            .range((name.to_string(), String::new())..)
+            .take_while(move |((n, _), _)| n == name)
+            .map(|(_, s)| s)
+    }
+
+    /// Creates the RDS stats of a listener's connection managers (Envoy has them from the
+    /// moment the subscription exists).
+    fn add_route_stats(&mut self, listener: &Listener) {
+        for (slot, _, prefix) in listener.rds_subscriptions() {
+            let key = (slot.name.to_string(), prefix);
+            if !self.rds_stats.contains_key(&key) {
+                let stats = SubscriptionStats::rds(&self.store, &key.1, &key.0);
+                self.rds_stats.insert(key, stats);
+            }
+        }
+    }
+
+    /// The RDS stats of the bootstrap's listeners.
+    pub fn add_static_route_stats(&mut self, listeners: &[Arc<Listener>]) {
+        for l in listeners {
+            self.add_route_stats(l);
+        }
     }
 
     /// The names of the dynamic resources of `kind` held now (for state-of-the-world removals).
@@ -215,6 +303,8 @@ impl Applier {
             // Envoy skips resources whose content did not change: no new pools or drains.
             return Ok(());
         }
+        self.reloaded = true;
+        let started = Instant::now();
         let record = Record {
             version: update.version.clone(),
             last_updated: SystemTime::now(),
@@ -259,9 +349,14 @@ impl Applier {
                 let endpoints = translate_load_assignment(&proto, &root, &mut Vec::new())?;
                 self.clusters.set_assignment(&proto.cluster_name, endpoints);
                 self.records.activate(kind, &proto.cluster_name, record);
-                self.store
-                    .counter(&format!("cluster.{}.update_success", proto.cluster_name))
-                    .inc();
+                self.eds_stats(&proto.cluster_name, |prefix, store| {
+                    store
+                        .gauge(&format!("{prefix}update_time"))
+                        .set(super::stats::epoch_ms());
+                    store
+                        .histogram(&format!("{prefix}update_duration"))
+                        .record(started.elapsed().as_secs_f64() * 1000.0);
+                });
                 let ready: Vec<String> = self
                     .warming_clusters
                     .iter()
@@ -303,6 +398,7 @@ impl Applier {
                     &resolve,
                     &mut Vec::new(),
                 )?);
+                self.add_route_stats(&listener);
                 let routes = listener.rds_routes();
                 self.listener_routes.insert(
                     proto.name.clone(),
@@ -347,6 +443,10 @@ impl Applier {
                 self.route_slots
                     .slot(&proto.name)
                     .set(Some(Arc::new(table)));
+                for stats in self.route_stats(&proto.name) {
+                    stats.attempt.inc();
+                    stats.accepted(&update.version, started, true);
+                }
                 self.records.activate(kind, &proto.name, record);
                 let ready: Vec<String> = self
                     .warming_listeners

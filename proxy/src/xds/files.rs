@@ -7,7 +7,6 @@
 
 use super::apply::{lock, SharedApplier, Update};
 use super::records::{Kind, Records};
-use crate::stats::Store;
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -33,24 +32,16 @@ pub struct FileSource {
     path: PathBuf,
     applier: SharedApplier,
     records: Arc<Records>,
-    store: Arc<Store>,
     last: Stamp,
 }
 
 impl FileSource {
-    pub fn new(
-        kind: Kind,
-        path: PathBuf,
-        applier: SharedApplier,
-        records: Arc<Records>,
-        store: Arc<Store>,
-    ) -> Self {
+    pub fn new(kind: Kind, path: PathBuf, applier: SharedApplier, records: Arc<Records>) -> Self {
         Self {
             kind,
             path,
             applier,
             records,
-            store,
             last: None,
         }
     }
@@ -62,25 +53,15 @@ impl FileSource {
             return;
         }
         self.last = now;
-        let prefix = match self.kind {
-            Kind::Cluster => "cluster_manager.cds",
-            _ => "listener_manager.lds",
-        };
-        self.store
-            .counter(&format!("{prefix}.update_attempt"))
-            .inc();
+        let started = std::time::Instant::now();
         match self.apply() {
             Ok(version) => {
-                self.store
-                    .counter(&format!("{prefix}.update_success"))
-                    .inc();
+                lock(&self.applier).account(self.kind, &version, true, started);
                 self.records.set_version(self.kind, &version);
             }
             Err(e) => {
                 tracing::warn!(target: "config", "{}: rejected: {e}", self.path.display());
-                self.store
-                    .counter(&format!("{prefix}.update_rejected"))
-                    .inc();
+                lock(&self.applier).account(self.kind, "", false, started);
             }
         }
     }

@@ -5,6 +5,7 @@ mod ads;
 pub mod apply;
 mod files;
 pub mod records;
+mod stats;
 
 pub use records::{Kind, Records};
 
@@ -24,6 +25,11 @@ pub fn spawn(
     listeners: &Arc<ListenerManager>,
     config: &Config,
 ) -> bool {
+    let dynamic = &config.dynamic;
+    if dynamic.ads.is_none() && dynamic.cds.is_none() && dynamic.lds.is_none() {
+        // Nothing dynamic: no subscription stats either, as in Envoy.
+        return false;
+    }
     let applier = Arc::new(std::sync::Mutex::new(apply::Applier::new(
         clusters.clone(),
         listeners.clone(),
@@ -31,19 +37,14 @@ pub fn spawn(
         server.xds.clone(),
         server.stats.clone(),
     )));
+    apply::lock(&applier).add_static_route_stats(&config.listeners);
     let files = [
         (Kind::Cluster, &config.dynamic.cds),
         (Kind::Listener, &config.dynamic.lds),
     ];
     for (kind, source) in files {
         if let Some(path) = source.as_ref().and_then(|s| s.path.clone()) {
-            let mut file = files::FileSource::new(
-                kind,
-                path,
-                applier.clone(),
-                server.xds.clone(),
-                server.stats.clone(),
-            );
+            let mut file = files::FileSource::new(kind, path, applier.clone(), server.xds.clone());
             file.poll();
             tokio::spawn(file.watch());
         }
