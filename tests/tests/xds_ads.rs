@@ -451,3 +451,73 @@ fn ads_over_a_unix_socket_at_a_relative_path() {
     );
     let _ = std::fs::remove_file(&path);
 }
+
+/// A replaced listener is listed with its old configuration as `draining_state`, and counted
+/// in `listener_manager.total_listeners_draining`, until `--drain-time-s` is up; then it is
+/// gone. Same in Envoy.
+#[test]
+fn a_replaced_listener_drains_for_the_drain_time_like_envoy() {
+    let run = |kind: Kind| -> Vec<String> {
+        let up = Upstream::start("one");
+        let cp = ControlPlane::start();
+        let port = free_port();
+        cp.set(CLUSTER, vec![cluster()]);
+        cp.set(ENDPOINT, vec![endpoints(up.port())]);
+        cp.set(LISTENER, vec![listener("127.0.0.1", port)]);
+        cp.set(ROUTE, vec![route_to_backend()]);
+        let proxy = RunningProxy::start(
+            kind,
+            &bootstrap(free_port(), cp.port(), false),
+            &["--drain-time-s", "2"],
+        );
+        let state = |proxy: &RunningProxy| {
+            let dump = proxy.get("/config_dump?resource=dynamic_listeners").json();
+            let listeners = dump["configs"].as_array().cloned().unwrap_or_default();
+            let http = listeners
+                .iter()
+                .find(|l| l["name"] == "http")
+                .cloned()
+                .unwrap_or_default();
+            let gauge = proxy
+                .get("/stats?filter=total_listeners_draining")
+                .body
+                .trim()
+                .to_string();
+            format!(
+                "active@{} draining@{} {gauge}",
+                http["active_state"]["version_info"].as_str().unwrap_or("-"),
+                http["draining_state"]["version_info"]
+                    .as_str()
+                    .unwrap_or("-"),
+            )
+        };
+        let before = state(&proxy);
+        // The same listener with another stat prefix: replaced on its socket.
+        let (name, any) = listener("127.0.0.1", port);
+        let mut changed: Listener = xds_proto::unpack(&any).expect("a listener");
+        changed.stat_prefix = "replaced".into();
+        cp.set(LISTENER, vec![(name, xds_proto::pack(&changed))]);
+        cp.wait_for(Duration::from_secs(5), "the LDS ACK", |r| {
+            r.iter()
+                .any(|r| r.type_url == LISTENER && r.answers() && r.version_info == "2")
+        });
+        std::thread::sleep(Duration::from_millis(200));
+        let during = state(&proxy);
+        std::thread::sleep(Duration::from_millis(3500));
+        let after = state(&proxy);
+        vec![before, during, after]
+    };
+    let ours = run(Kind::Outrigger);
+    assert_eq!(
+        ours,
+        vec![
+            "active@1 draining@- listener_manager.total_listeners_draining: 0",
+            "active@2 draining@1 listener_manager.total_listeners_draining: 1",
+            "active@2 draining@- listener_manager.total_listeners_draining: 0",
+        ]
+    );
+    let Some(_) = envoy_or_skip("a_replaced_listener_drains_for_the_drain_time_like_envoy") else {
+        return;
+    };
+    assert_eq!(ours, run(Kind::Envoy));
+}

@@ -305,7 +305,7 @@ mod dynamic {
                 name,
                 active_state: e.active.as_ref().map(state),
                 warming_state: e.warming.as_ref().map(state),
-                draining_state: None,
+                draining_state: e.draining.as_ref().map(state),
                 error_state: e.error.as_ref().map(failure::<Listener>),
                 ..Default::default()
             })

@@ -17,6 +17,7 @@ use crate::upstream::ClusterManager;
 use arc_swap::ArcSwap;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 use tokio::sync::watch;
 
 /// What an accept loop serves new connections with: the listener's current runtime and the
@@ -24,6 +25,13 @@ use tokio::sync::watch;
 pub struct Generation {
     pub runtime: Arc<ListenerRuntime>,
     pub drain: watch::Receiver<bool>,
+}
+
+/// A replaced or removed listener generation, draining until the drain time is up (as in
+/// Envoy, for the whole drain time even once its last connection closed).
+struct Draining {
+    name: String,
+    until: Instant,
 }
 
 struct Active {
@@ -47,6 +55,7 @@ pub struct ListenerManager {
     node_address: Option<IpAddr>,
     table: Arc<ArcSwap<ListenerTable>>,
     active: Mutex<Vec<Active>>,
+    draining: Mutex<Vec<Draining>>,
 }
 
 /// Why a listener could not be added or changed; the LDS response is rejected with it.
@@ -68,6 +77,7 @@ impl ListenerManager {
             node_address,
             table: Arc::new(ArcSwap::from_pointee(ListenerTable::default())),
             active: Mutex::new(Vec::new()),
+            draining: Mutex::new(Vec::new()),
         })
     }
 
@@ -244,6 +254,7 @@ impl ListenerManager {
             runtime,
             drain: drain_rx,
         }));
+        self.start_draining(&old.config.name);
         // Connections accepted under the old configuration finish what they are doing and
         // close; the socket itself never stops accepting.
         std::mem::replace(&mut old.drain, drain).send_replace(true);
@@ -251,6 +262,7 @@ impl ListenerManager {
     }
 
     fn retire(&self, old: Active) {
+        self.start_draining(&old.config.name);
         old.stop.send_replace(true);
         old.drain.send_replace(true);
         if old.config.bind_to_port {
@@ -259,6 +271,39 @@ impl ListenerManager {
         if let Endpoint::Unix(path) = &old.config.address {
             let _ = std::fs::remove_file(path);
         }
+    }
+
+    /// Tracks a generation until the drain time is up (`draining_state` in config_dump,
+    /// `total_listeners_draining`); its connections are closed by then.
+    fn start_draining(&self, name: &str) {
+        let window = std::time::Duration::from_secs(self.server.options.drain_time_s);
+        self.draining_lock().push(Draining {
+            name: name.to_string(),
+            until: Instant::now() + window,
+        });
+        self.prune_draining();
+    }
+
+    /// Forgets drains that are over; the names of those still draining.
+    pub fn prune_draining(&self) -> Vec<String> {
+        let mut draining = self.draining_lock();
+        let now = Instant::now();
+        draining.retain(|d| {
+            let done = now >= d.until;
+            if done {
+                self.server.xds.end_drain(&d.name);
+            }
+            !done
+        });
+        self.server
+            .stats
+            .gauge("listener_manager.total_listeners_draining")
+            .set(draining.len() as u64);
+        draining.iter().map(|d| d.name.clone()).collect()
+    }
+
+    fn draining_lock(&self) -> std::sync::MutexGuard<'_, Vec<Draining>> {
+        self.draining.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn rebuild_table(&self, active: &[Active]) {

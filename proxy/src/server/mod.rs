@@ -177,11 +177,21 @@ async fn run(
         return ExitCode::SUCCESS;
     }
     tokio::spawn(forward_drains(server.drain_signal(), listeners.clone()));
+    tokio::spawn(watch_drains(listeners.clone()));
     tokio::spawn(track_uptime(server.clone()));
     wait_for_shutdown(&server).await;
     tracing::info!(target: "main", "shutting down");
     files.flush_all().await;
     ExitCode::SUCCESS
+}
+
+/// Notices when replaced listeners have drained (their config_dump `draining_state` and the
+/// `total_listeners_draining` gauge).
+async fn watch_drains(listeners: Arc<ListenerManager>) {
+    loop {
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        listeners.prune_draining();
+    }
 }
 
 /// Turns `/drain_listeners` requests into the listeners' drain.

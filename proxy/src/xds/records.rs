@@ -79,6 +79,8 @@ pub struct Entry {
     /// Accepted but waiting for what it depends on (EDS for a cluster, RDS for a listener).
     pub warming: Option<Record>,
     pub error: Option<Failure>,
+    /// The configuration a replaced or removed listener's connections still run on.
+    pub draining: Option<Record>,
 }
 
 #[derive(Debug, Default)]
@@ -120,7 +122,39 @@ impl Records {
     }
 
     pub fn remove(&self, kind: Kind, name: &str) {
-        self.lock().remove(&(kind, name.to_string()));
+        let mut inner = self.lock();
+        let key = (kind, name.to_string());
+        // A removed listener stays listed while its connections drain.
+        if let Some(entry) = inner.get_mut(&key) {
+            if entry.draining.is_some() {
+                entry.active = None;
+                entry.warming = None;
+                entry.error = None;
+                return;
+            }
+        }
+        inner.remove(&key);
+    }
+
+    /// A listener is being replaced or removed: its active configuration starts draining.
+    pub fn start_drain(&self, name: &str) {
+        if let Some(entry) = self.lock().get_mut(&(Kind::Listener, name.to_string())) {
+            if let Some(active) = entry.active.clone() {
+                entry.draining = Some(active);
+            }
+        }
+    }
+
+    /// The listener's old connections are gone.
+    pub fn end_drain(&self, name: &str) {
+        let mut inner = self.lock();
+        let key = (Kind::Listener, name.to_string());
+        if let Some(entry) = inner.get_mut(&key) {
+            entry.draining = None;
+            if entry.active.is_none() && entry.warming.is_none() && entry.error.is_none() {
+                inner.remove(&key);
+            }
+        }
     }
 
     /// Whether the accepted resource `name` has exactly this content already.
