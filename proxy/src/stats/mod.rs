@@ -93,7 +93,7 @@ impl StatsConfig {
 /// A stat's tag-extracted name (`cluster.upstream_rq`) and tags, computed once at creation.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TagInfo {
-    pub tag_extracted_name: String,
+    pub tag_extracted_name: Arc<str>,
     pub tags: Vec<Tag>,
 }
 
@@ -111,6 +111,9 @@ pub struct Entry {
 pub struct Store {
     config: Arc<StatsConfig>,
     metrics: Mutex<BTreeMap<String, Entry>>,
+    /// Tag-extracted names and tag values, stored once: a mesh has thousands of clusters
+    /// whose dozens of stats share one name shape each and one cluster name.
+    interned: Mutex<std::collections::HashSet<Arc<str>>>,
 }
 
 impl Default for Store {
@@ -134,6 +137,7 @@ impl Store {
         Self {
             config,
             metrics: Mutex::new(BTreeMap::new()),
+            interned: Mutex::new(std::collections::HashSet::new()),
         }
     }
 
@@ -173,13 +177,16 @@ impl Store {
         if self.config.matcher.rejects(name) {
             return fresh;
         }
-        let (tag_extracted_name, tags) = self.config.tags.produce(name);
+        let (tag_extracted_name, mut tags) = self.config.tags.produce(name);
+        for tag in &mut tags {
+            tag.value = self.intern(&tag.value);
+        }
         metrics.insert(
             name.to_string(),
             Entry {
                 metric: fresh.clone(),
                 info: Arc::new(TagInfo {
-                    tag_extracted_name,
+                    tag_extracted_name: self.intern(&tag_extracted_name),
                     tags,
                 }),
             },
@@ -206,6 +213,22 @@ impl Store {
     /// Removes every stat under `prefix` (a removed cluster's or listener's scope).
     pub fn remove_scope(&self, prefix: &str) {
         self.lock().retain(|name, _| !name.starts_with(prefix));
+        // Strings only the table still holds belonged to the stats just removed.
+        self.interned_lock().retain(|s| Arc::strong_count(s) > 1);
+    }
+
+    fn intern(&self, s: &str) -> Arc<str> {
+        let mut interned = self.interned_lock();
+        if let Some(existing) = interned.get(s) {
+            return existing.clone();
+        }
+        let new: Arc<str> = Arc::from(s);
+        interned.insert(new.clone());
+        new
+    }
+
+    fn interned_lock(&self) -> std::sync::MutexGuard<'_, std::collections::HashSet<Arc<str>>> {
+        self.interned.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Entry>> {
@@ -236,7 +259,7 @@ mod tests {
         store.counter("cluster.backend.upstream_rq_200").inc();
         let entries = store.entries();
         let info = &entries[0].1.info;
-        assert_eq!(info.tag_extracted_name, "cluster.upstream_rq");
+        assert_eq!(&*info.tag_extracted_name, "cluster.upstream_rq");
         assert_eq!(
             info.tags,
             vec![

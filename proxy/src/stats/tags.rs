@@ -25,8 +25,10 @@ use std::collections::HashMap;
 /// A tag of a stat: Envoy's tag name (`envoy.cluster_name`) and its value.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Tag {
-    pub name: String,
-    pub value: String,
+    /// Shared with the extractor that found it: a tag name is stored once, not per stat.
+    pub name: std::sync::Arc<str>,
+    /// Interned by the store, so the stats of one cluster or listener share their values.
+    pub value: std::sync::Arc<str>,
 }
 
 /// One configured `stats_tags` entry.
@@ -59,7 +61,7 @@ enum Engine {
 
 #[derive(Debug)]
 struct Extractor {
-    name: String,
+    name: std::sync::Arc<str>,
     engine: Engine,
     /// Another extractor has the same tag name: only the first match of the name counts.
     shares_name: bool,
@@ -241,7 +243,7 @@ impl TagProducer {
                         .map_err(|e| format!("Invalid regex '{regex}': {e}"))?;
                     all.push((
                         Extractor {
-                            name: name.clone(),
+                            name: name.as_str().into(),
                             engine: Engine::Configured(compiled),
                             shares_name: false,
                         },
@@ -268,7 +270,7 @@ impl TagProducer {
                     }
                     all.push((
                         Extractor {
-                            name: name.clone(),
+                            name: name.as_str().into(),
                             engine: Engine::Fixed(value.clone()),
                             shares_name: false,
                         },
@@ -279,7 +281,7 @@ impl TagProducer {
                 }
             }
         }
-        let mut counts: HashMap<String, usize> = HashMap::new();
+        let mut counts: HashMap<std::sync::Arc<str>, usize> = HashMap::new();
         for (e, _) in &all {
             *counts.entry(e.name.clone()).or_default() += 1;
         }
@@ -307,13 +309,13 @@ impl TagProducer {
             .iter()
             .chain(bucket.into_iter().flatten())
         {
-            if e.shares_name && matched.contains(&e.name.as_str()) {
+            if e.shares_name && matched.contains(&&*e.name) {
                 continue;
             }
             if let Some(found) = e.extract(name, &mut tokens) {
                 tags.push(Tag {
                     name: e.name.clone(),
-                    value: found.value.to_string(),
+                    value: found.value.into(),
                 });
                 removed.extend(found.remove);
                 if e.shares_name {
@@ -330,7 +332,7 @@ fn builtin_regex(b: &builtin::Regex) -> Result<(Extractor, Option<String>), Stri
         .map_err(|e| format!("built-in tag regex for {}: {e}", b.name))?;
     Ok((
         Extractor {
-            name: b.name.to_string(),
+            name: b.name.into(),
             engine: Engine::Builtin {
                 regex,
                 not_value: b.not_value,
@@ -346,7 +348,7 @@ fn tokens(name: &str, pattern: &str) -> (Extractor, Option<String>) {
     let value_index = tokens.iter().position(|t| t == "$").unwrap_or(0);
     (
         Extractor {
-            name: name.to_string(),
+            name: name.into(),
             engine: Engine::Tokens {
                 tokens,
                 value_index,
@@ -573,8 +575,8 @@ mod tests {
         pairs
             .iter()
             .map(|(n, v)| Tag {
-                name: n.to_string(),
-                value: v.to_string(),
+                name: (*n).into(),
+                value: (*v).into(),
             })
             .collect()
     }
