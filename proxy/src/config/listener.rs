@@ -51,6 +51,9 @@ pub struct Listener {
     pub transparent: bool,
     /// Logged for connections the listener closes itself (no filter chain matches).
     pub access_logs: Vec<Arc<AccessLog>>,
+    /// A digest of everything but the filter chains: when an update keeps it, only the
+    /// changed chains drain (Envoy's in-place filter chain update).
+    pub fingerprint_without_chains: u64,
 }
 
 #[derive(Debug)]
@@ -63,6 +66,9 @@ pub struct FilterChain {
     /// The chain asks for a transport socket Outrigger does not speak: its connections are
     /// closed instead of being served in plain text.
     pub unsupported_transport: Option<String>,
+    /// A digest of the chain's configuration: an update that keeps a chain unchanged leaves
+    /// its connections alone.
+    pub fingerprint: u64,
 }
 
 #[derive(Debug)]
@@ -167,7 +173,14 @@ pub fn translate_listener(
         .as_ref()
         .map(|fc| translate_filter_chain(fc, &path.field("default_filter_chain"), resolve, acks))
         .transpose()?;
+    let fingerprint_without_chains = {
+        let mut rest = l.clone();
+        rest.filter_chains.clear();
+        rest.default_filter_chain = None;
+        fingerprint(&xds_proto::XdsMessage::encode_bytes(&rest))
+    };
     Ok(Listener {
+        fingerprint_without_chains,
         name,
         address,
         filter_chains,
@@ -346,6 +359,7 @@ fn translate_filter_chain(
         filters,
         tls,
         unsupported_transport,
+        fingerprint: fingerprint(&prost::Message::encode_to_vec(fc)),
     })
 }
 
@@ -490,4 +504,13 @@ impl Listener {
             })
             .collect()
     }
+}
+
+/// A digest of a message's encoding, to tell an unchanged piece of configuration from a
+/// changed one (not a security boundary).
+fn fingerprint(encoded: &[u8]) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    encoded.hash(&mut hasher);
+    hasher.finish()
 }

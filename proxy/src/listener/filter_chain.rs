@@ -142,12 +142,14 @@ mod tests {
             address: Endpoint::Tcp(([0, 0, 0, 0], 0).into()),
             filter_chains: matchers
                 .into_iter()
-                .map(|matcher| FilterChain {
+                .enumerate()
+                .map(|(i, matcher)| FilterChain {
                     name: String::new(),
                     matcher,
                     filters: Vec::new(),
                     tls: None,
                     unsupported_transport: None,
+                    fingerprint: i as u64,
                 })
                 .collect(),
             default_filter_chain: None,
@@ -163,6 +165,7 @@ mod tests {
             access_logs: Vec::new(),
             use_original_dst: false,
             transparent: false,
+            fingerprint_without_chains: 0,
         }
     }
 

@@ -4,9 +4,11 @@
 //! A replaced listener keeps its socket when its address is unchanged (no connection is
 //! refused during the swap): new connections go to the new configuration at once, and the
 //! connections of the old one are told to drain (HTTP finishes in-flight requests, then
-//! closes). A removed listener stops accepting, closes its socket and drains its connections.
+//! closes). When only filter chains changed, only the connections of the changed chains
+//! drain. A removed listener stops accepting, closes its socket and drains its connections.
 //! Envoy: https://www.envoyproxy.io/docs/envoy/latest/configuration/listeners/lds
 
+use super::drains::ChainDrainSenders;
 use super::runtime::{address_scope, ListenerRuntime, ListenerTable};
 use super::{bind, BoundSocket};
 use crate::access_log::Files;
@@ -20,11 +22,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 use tokio::sync::watch;
 
-/// What an accept loop serves new connections with: the listener's current runtime and the
-/// drain signal its connections watch. Replaced as a whole when the listener is updated.
+/// What an accept loop serves new connections with: the listener's current runtime (with
+/// the drain signals its connections watch). Replaced as a whole when the listener changes.
 pub struct Generation {
     pub runtime: Arc<ListenerRuntime>,
-    pub drain: watch::Receiver<bool>,
 }
 
 /// A replaced or removed listener generation, draining until the drain time is up (as in
@@ -39,8 +40,8 @@ struct Active {
     /// The stat scope, fixed when the socket was bound (`127.0.0.1_8080`).
     scope: String,
     generation: Arc<ArcSwap<Generation>>,
-    /// Drains the connections of the current generation.
-    drain: watch::Sender<bool>,
+    /// Drains the connections of each filter chain of the current configuration.
+    drains: ChainDrainSenders,
     /// Stops the accept loop (and so closes the socket).
     stop: watch::Sender<bool>,
     /// Added from the bootstrap: LDS may not change or remove it.
@@ -156,7 +157,7 @@ impl ListenerManager {
                 .unwrap_or_default(),
             _ => address_scope(&config.address),
         };
-        let (drain, drain_rx) = watch::channel(false);
+        let (drains, _) = ChainDrainSenders::for_listener(&config, ChainDrainSenders::default());
         let (stop, stop_rx) = watch::channel(false);
         let generation = Arc::new(ArcSwap::from_pointee(Generation {
             runtime: Arc::new(ListenerRuntime::build(
@@ -165,8 +166,8 @@ impl ListenerManager {
                 &self.clusters,
                 &self.server.stats,
                 &self.files,
+                drains.receivers(),
             )),
-            drain: drain_rx,
         }));
         if let Some(socket) = socket {
             let address = socket.local_address();
@@ -193,7 +194,7 @@ impl ListenerManager {
             config,
             scope,
             generation,
-            drain,
+            drains,
             stop,
             from_bootstrap,
         });
@@ -236,35 +237,50 @@ impl ListenerManager {
         for a in self.lock().iter() {
             if a.config.inbound || !inbound_only {
                 a.stop.send_replace(true);
-                a.drain.send_replace(true);
+                a.drains.drain_all();
             }
         }
     }
 
     fn replace_in_place(&self, old: &mut Active, config: Arc<Listener>) {
-        let (drain, drain_rx) = watch::channel(false);
+        // Envoy updates in place when only filter chains changed: the connections of the
+        // chains that stay keep running undisturbed.
+        let in_place = old.config.fingerprint_without_chains == config.fingerprint_without_chains;
+        let previous = std::mem::take(&mut old.drains);
+        let (drains, changed) = if in_place {
+            ChainDrainSenders::for_listener(&config, previous)
+        } else {
+            let (fresh, _) = ChainDrainSenders::for_listener(&config, ChainDrainSenders::default());
+            (fresh, previous)
+        };
         let runtime = Arc::new(ListenerRuntime::build(
             config.clone(),
             &old.scope,
             &self.clusters,
             &self.server.stats,
             &self.files,
+            drains.receivers(),
         ));
-        old.generation.store(Arc::new(Generation {
-            runtime,
-            drain: drain_rx,
-        }));
-        self.start_draining(&old.config.name);
+        old.generation.store(Arc::new(Generation { runtime }));
         // Connections accepted under the old configuration finish what they are doing and
         // close; the socket itself never stops accepting.
-        std::mem::replace(&mut old.drain, drain).send_replace(true);
+        changed.drain_all();
+        old.drains = drains;
+        if in_place {
+            self.server
+                .stats
+                .counter("listener_manager.listener_in_place_updated")
+                .inc();
+        } else {
+            self.start_draining(&old.config.name);
+        }
         old.config = config;
     }
 
     fn retire(&self, old: Active) {
         self.start_draining(&old.config.name);
         old.stop.send_replace(true);
-        old.drain.send_replace(true);
+        old.drains.drain_all();
         if old.config.bind_to_port {
             self.server.remove_bound_listener(&old.config.name);
         }
@@ -276,6 +292,7 @@ impl ListenerManager {
     /// Tracks a generation until the drain time is up (`draining_state` in config_dump,
     /// `total_listeners_draining`); its connections are closed by then.
     fn start_draining(&self, name: &str) {
+        self.server.xds.start_drain(name);
         let window = std::time::Duration::from_secs(self.server.options.drain_time_s);
         self.draining_lock().push(Draining {
             name: name.to_string(),

@@ -1,6 +1,7 @@
 //! Listeners: bind (with SO_REUSEPORT and the configured backlog), accept, choose the filter
 //! chain, and hand the connection to its network filter.
 
+mod drains;
 mod filter_chain;
 mod manager;
 mod original_dst;
@@ -161,15 +162,12 @@ pub async fn run(
             node_address,
             connection_id,
         };
-        let drain = crate::server::Drain {
-            signal: current.drain.clone(),
-            window: drain_window,
-        };
+
         // Listener filters, the chain's transport socket and its network filter run on the
         // connection's own task, so a slow ClientHello or handshake never holds up accepting.
         tokio::spawn(async move {
             target.stats.downstream_cx_active.inc();
-            serve(&target, stream, downstream, drain).await;
+            serve(&target, stream, downstream, drain_window).await;
             target.stats.downstream_cx_active.dec();
         });
     }
@@ -181,7 +179,7 @@ async fn serve(
     target: &ListenerRuntime,
     stream: DownstreamStream,
     downstream: Downstream,
-    drain: crate::server::Drain,
+    drain_window: std::time::Duration,
 ) {
     let config = &target.config;
     let Some(detected) = listener_filters(config, &stream).await else {
@@ -224,6 +222,11 @@ async fn serve(
                 return;
             }
         },
+    };
+    // The connection drains with its chain: an update that keeps the chain leaves it alone.
+    let drain = crate::server::Drain {
+        signal: target.drains.for_chain(chain.fingerprint),
+        window: drain_window,
     };
     match chain_runtime.clone() {
         ChainRuntime::Http(ctx) => serve_connection(stream, ctx, downstream, drain).await,

@@ -67,6 +67,8 @@ pub struct ListenerRuntime {
     pub stats: ListenerStats,
     /// The listener's own access logs: connections it closes without a filter chain.
     pub access_logs: AccessLogs,
+    /// What each chain's connections watch to know they must drain.
+    pub drains: super::drains::ChainDrains,
 }
 
 impl ListenerRuntime {
@@ -77,6 +79,7 @@ impl ListenerRuntime {
         clusters: &Arc<ClusterManager>,
         store: &Store,
         files: &Files,
+        drains: super::drains::ChainDrains,
     ) -> Self {
         let scope = if config.stat_prefix.is_empty() {
             scope.to_string()
@@ -117,6 +120,7 @@ impl ListenerRuntime {
                 .as_ref()
                 .map(|c| ChainRuntime::build(c, clusters, store, files)),
             access_logs: AccessLogs::new(&config.access_logs, files),
+            drains,
             config,
             stats,
         }

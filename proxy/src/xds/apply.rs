@@ -413,9 +413,7 @@ impl Applier {
                     .all(|(slot, _)| slot.get().is_some())
                 {
                     self.warming_listeners.remove(&proto.name);
-                    self.records.start_drain(&proto.name);
                     if let Err(e) = self.listeners.add_or_update(listener, false) {
-                        self.records.end_drain(&proto.name);
                         return Err(root.field("address").error(e.0));
                     }
                     self.records.activate(kind, &proto.name, record);
@@ -474,11 +472,9 @@ impl Applier {
     }
 
     fn activate_listener(&mut self, name: &str, listener: Arc<Listener>) {
-        self.records.start_drain(name);
         match self.listeners.add_or_update(listener, false) {
             Ok(()) => self.records.promote(Kind::Listener, name),
             Err(e) => {
-                self.records.end_drain(name);
                 tracing::warn!(target: "config", "listener '{name}' could not start after warming: {e}");
                 self.records.remove(Kind::Listener, name);
             }
@@ -500,7 +496,6 @@ impl Applier {
                 }
                 self.warming_listeners.remove(name);
                 self.listener_routes.remove(name);
-                self.records.start_drain(name);
                 self.listeners.remove(name);
             }
             Kind::Route => {
