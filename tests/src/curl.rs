@@ -109,6 +109,22 @@ pub fn connects(addr: SocketAddr) -> bool {
     TcpStream::connect_timeout(&addr, Duration::from_secs(1)).is_ok()
 }
 
+/// `"<status> <body>"` of GET `url`, or `"refused"`, polled every 50 ms until it equals `want`
+/// or `within` has passed; the last answer either way.
+pub fn body_becomes(url: &str, want: &str, within: std::time::Duration) -> String {
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        let got = match request("GET", url, &["--max-time", "2"]) {
+            Ok(r) => format!("{} {}", r.status, r.body),
+            Err(_) => "refused".to_string(),
+        };
+        if got == want || std::time::Instant::now() > deadline {
+            return got;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::parse;

@@ -22,6 +22,7 @@ pub mod running;
 pub mod scripted;
 pub mod upstream;
 pub mod validate;
+pub mod xds_resources;
 
 pub use binaries::{envoy_or_skip, outrigger, Kind, Proxy};
 pub use ports::{free_port, Ports};

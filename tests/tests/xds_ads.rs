@@ -7,20 +7,14 @@
 
 use std::time::{Duration, Instant};
 use tests::control_plane::{ControlPlane, Recorded, CLUSTER, ENDPOINT, LISTENER, ROUTE};
-use tests::{curl, envoy_or_skip, free_port, Kind, RunningProxy, Upstream};
+use tests::curl::body_becomes;
+use tests::xds_resources::{ads_bootstrap, rds_listener, resource};
+use tests::{envoy_or_skip, free_port, Kind, RunningProxy, Upstream};
 use xds_proto::pb::envoy::config::cluster::v3::Cluster;
 use xds_proto::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
 use xds_proto::pb::envoy::config::listener::v3::Listener;
 use xds_proto::pb::envoy::config::route::v3::RouteConfiguration;
 use xds_proto::pb::google::protobuf::Any;
-use xds_proto::{DocumentFormat, ParseOptions, XdsMessage};
-
-fn resource<M: XdsMessage>(name: &str, yaml: &str) -> (String, Any) {
-    let parsed =
-        xds_proto::parse_document::<M>(yaml, DocumentFormat::Yaml, ParseOptions::default())
-            .unwrap_or_else(|e| panic!("test resource {name}: {e}"));
-    (name.to_string(), xds_proto::pack(&parsed.value))
-}
 
 fn cluster() -> (String, Any) {
     resource::<Cluster>(
@@ -49,27 +43,7 @@ endpoints:
 }
 
 fn listener(address: &str, port: u16) -> (String, Any) {
-    resource::<Listener>(
-        "http",
-        &format!(
-            r#"
-name: http
-address: {{ socket_address: {{ address: "{address}", port_value: {port} }} }}
-filter_chains:
-- filters:
-  - name: envoy.filters.network.http_connection_manager
-    typed_config:
-      "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
-      stat_prefix: ingress
-      rds:
-        route_config_name: local_route
-        config_source: {{ ads: {{}}, resource_api_version: V3 }}
-      http_filters:
-      - name: envoy.filters.http.router
-        typed_config: {{ "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router }}
-"#
-        ),
-    )
+    rds_listener("http", address, port, "ingress", "local_route")
 }
 
 fn route_to_backend() -> (String, Any) {
@@ -102,38 +76,6 @@ virtual_hosts:
     )
 }
 
-fn bootstrap(admin: u16, control_plane: u16, delta: bool) -> String {
-    let api = if delta { "DELTA_GRPC" } else { "GRPC" };
-    format!(
-        r#"
-node: {{ id: sidecar~127.0.0.1~test.default~default.svc.cluster.local, cluster: test }}
-admin: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {admin} }} }} }}
-dynamic_resources:
-  ads_config:
-    api_type: {api}
-    transport_api_version: V3
-    set_node_on_first_message_only: true
-    grpc_services: [{{ envoy_grpc: {{ cluster_name: xds-grpc }} }}]
-  cds_config: {{ ads: {{}}, initial_fetch_timeout: 0s, resource_api_version: V3 }}
-  lds_config: {{ ads: {{}}, initial_fetch_timeout: 0s, resource_api_version: V3 }}
-static_resources:
-  clusters:
-  - name: xds-grpc
-    type: STATIC
-    connect_timeout: 1s
-    typed_extension_protocol_options:
-      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
-        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
-        explicit_http_config: {{ http2_protocol_options: {{}} }}
-    load_assignment:
-      cluster_name: xds-grpc
-      endpoints:
-      - lb_endpoints:
-        - endpoint: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {control_plane} }} }} }}
-"#
-    )
-}
-
 /// What one response got: the type, and ACK (with the version accepted) or NACK.
 fn answers(requests: &[Recorded]) -> Vec<String> {
     requests
@@ -148,21 +90,6 @@ fn answers(requests: &[Recorded]) -> Vec<String> {
             }
         })
         .collect()
-}
-
-/// The body at `url`, or what went wrong, polled until it equals `want` (or time runs out).
-fn body_becomes(url: &str, want: &str) -> String {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let got = match curl::request("GET", url, &["--max-time", "2"]) {
-            Ok(r) => format!("{} {}", r.status, r.body),
-            Err(_) => "refused".to_string(),
-        };
-        if got == want || Instant::now() > deadline {
-            return got;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 /// The dynamic parts of `/config_dump?include_eds`: which sections hold which resources, with
@@ -278,7 +205,7 @@ fn script(kind: Kind, delta: bool) -> Vec<(String, String, Vec<String>)> {
     cp.set(LISTENER, vec![listener("127.0.0.1", port)]);
     cp.set(ROUTE, vec![route_to_backend()]);
     let admin = free_port();
-    let proxy = RunningProxy::start(kind, &bootstrap(admin, cp.port(), delta), &[]);
+    let proxy = RunningProxy::start(kind, &ads_bootstrap(admin, cp.port(), delta), &[]);
     let url = format!("http://127.0.0.1:{port}/");
     let mut steps = Vec::new();
     let mut step = |name: &str, outcome: String, cp: &ControlPlane| {
@@ -286,11 +213,15 @@ fn script(kind: Kind, delta: bool) -> Vec<(String, String, Vec<String>)> {
     };
 
     // Initial fetch: the listener serves once CDS, EDS, LDS and RDS are in.
-    step("initial", body_becomes(&url, "200 one"), &cp);
+    step(
+        "initial",
+        body_becomes(&url, "200 one", Duration::from_secs(10)),
+        &cp,
+    );
 
     // An endpoint change takes effect without touching the listener.
     cp.set(ENDPOINT, vec![endpoints(two.port())]);
-    let outcome = body_becomes(&url, "200 two");
+    let outcome = body_becomes(&url, "200 two", Duration::from_secs(10));
     cp.wait_for(Duration::from_secs(5), "the EDS ACK", |r| {
         r.iter()
             .filter(|r| r.answers() && r.type_url == ENDPOINT)
@@ -305,13 +236,21 @@ fn script(kind: Kind, delta: bool) -> Vec<(String, String, Vec<String>)> {
         r.iter()
             .any(|r| r.type_url == LISTENER && r.error.is_some())
     });
-    step("bad listener", body_becomes(&url, "200 two"), &cp);
+    step(
+        "bad listener",
+        body_becomes(&url, "200 two", Duration::from_secs(10)),
+        &cp,
+    );
     step("config_dump", dump_summary(&proxy), &cp);
 
     // A route update is an atomic swap of the table.
     cp.set(LISTENER, vec![listener("127.0.0.1", port)]);
     cp.set(ROUTE, vec![route_direct()]);
-    step("rds update", body_becomes(&url, "200 direct"), &cp);
+    step(
+        "rds update",
+        body_becomes(&url, "200 direct", Duration::from_secs(10)),
+        &cp,
+    );
 
     // A dropped stream: the proxy reconnects and keeps serving meanwhile.
     let streams = cp.streams();
@@ -327,14 +266,22 @@ fn script(kind: Kind, delta: bool) -> Vec<(String, String, Vec<String>)> {
             })
         },
     );
-    step("reconnect", body_becomes(&url, "200 direct"), &cp);
+    step(
+        "reconnect",
+        body_becomes(&url, "200 direct", Duration::from_secs(10)),
+        &cp,
+    );
 
     // The xDS stats both keep (names only: counts depend on timing).
     step("stats", xds_stat_names(&proxy), &cp);
 
     // Removing the listener closes its port.
     cp.set(LISTENER, vec![]);
-    step("listener removed", body_becomes(&url, "refused"), &cp);
+    step(
+        "listener removed",
+        body_becomes(&url, "refused", Duration::from_secs(10)),
+        &cp,
+    );
     drop(proxy);
     steps
 }
@@ -386,9 +333,13 @@ fn delta_reconnect_sends_the_versions_held() {
     cp.set(LISTENER, vec![listener("127.0.0.1", port)]);
     cp.set(ROUTE, vec![route_to_backend()]);
     let admin = free_port();
-    let proxy = RunningProxy::start(Kind::Outrigger, &bootstrap(admin, cp.port(), true), &[]);
+    let proxy = RunningProxy::start(Kind::Outrigger, &ads_bootstrap(admin, cp.port(), true), &[]);
     assert_eq!(
-        body_becomes(&format!("http://127.0.0.1:{port}/"), "200 one"),
+        body_becomes(
+            &format!("http://127.0.0.1:{port}/"),
+            "200 one",
+            Duration::from_secs(10)
+        ),
         "200 one"
     );
     cp.drop_streams();
@@ -441,12 +392,16 @@ fn ads_over_a_unix_socket_at_a_relative_path() {
         "socket_address: {{ address: 127.0.0.1, port_value: {} }}",
         cp.port()
     );
-    let bootstrap = bootstrap(free_port(), cp.port(), true)
+    let bootstrap = ads_bootstrap(free_port(), cp.port(), true)
         .replace(&tcp, &format!("pipe: {{ path: \"../{name}\" }}"));
     assert!(bootstrap.contains(&name));
     let _proxy = RunningProxy::start(Kind::Outrigger, &bootstrap, &[]);
     assert_eq!(
-        body_becomes(&format!("http://127.0.0.1:{port}/"), "200 one"),
+        body_becomes(
+            &format!("http://127.0.0.1:{port}/"),
+            "200 one",
+            Duration::from_secs(10)
+        ),
         "200 one"
     );
     let _ = std::fs::remove_file(&path);
@@ -467,7 +422,7 @@ fn a_replaced_listener_drains_for_the_drain_time_like_envoy() {
         cp.set(ROUTE, vec![route_to_backend()]);
         let proxy = RunningProxy::start(
             kind,
-            &bootstrap(free_port(), cp.port(), false),
+            &ads_bootstrap(free_port(), cp.port(), false),
             &["--drain-time-s", "2"],
         );
         let state = |proxy: &RunningProxy| {
@@ -603,7 +558,7 @@ fn a_filter_chain_update_drains_only_that_chains_connections_like_envoy() {
         cp.set(ROUTE, vec![route_to_backend()]);
         let proxy = RunningProxy::start(
             kind,
-            &bootstrap(free_port(), cp.port(), false),
+            &ads_bootstrap(free_port(), cp.port(), false),
             &["--drain-strategy", "immediate"],
         );
         let mut client = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");

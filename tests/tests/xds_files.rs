@@ -6,7 +6,11 @@
 
 use std::path::Path;
 use std::time::{Duration, Instant};
-use tests::{curl, envoy_or_skip, free_port, Kind, RunningProxy, Upstream};
+use tests::curl::body_becomes;
+use tests::{envoy_or_skip, free_port, Kind, RunningProxy, Upstream};
+
+/// How long a change may take to show in traffic.
+const WAIT: Duration = Duration::from_secs(10);
 
 fn cds(port: u16) -> String {
     format!(
@@ -63,20 +67,6 @@ fn replace(path: &Path, text: &str) {
     std::fs::rename(&tmp, path).expect("move it into place");
 }
 
-fn body_becomes(url: &str, want: &str) -> String {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let got = match curl::request("GET", url, &["--max-time", "2"]) {
-            Ok(r) => format!("{} {}", r.status, r.body),
-            Err(_) => "refused".to_string(),
-        };
-        if got == want || Instant::now() > deadline {
-            return got;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 fn stat(proxy: &RunningProxy, name: &str) -> String {
     let body = proxy.get(&format!("/stats?filter=^{name}$")).body;
     body.trim().rsplit(": ").next().unwrap_or("").to_string()
@@ -107,18 +97,21 @@ dynamic_resources:
     let proxy = RunningProxy::start(kind, &bootstrap, &[]);
     let url = |port: u16, path: &str| format!("http://127.0.0.1:{port}{path}");
     let mut steps = Vec::new();
-    steps.push(("initial".into(), body_becomes(&url(port, "/"), "200 one")));
+    steps.push((
+        "initial".into(),
+        body_becomes(&url(port, "/"), "200 one", WAIT),
+    ));
 
     replace(&cds_path, &cds(two.port()));
     steps.push((
         "cluster moved".into(),
-        body_becomes(&url(port, "/"), "200 two"),
+        body_becomes(&url(port, "/"), "200 two", WAIT),
     ));
 
     replace(&lds_path, &lds(port, "second"));
     steps.push((
         "listener changed".into(),
-        body_becomes(&url(port, "/direct"), "200 second"),
+        body_becomes(&url(port, "/direct"), "200 second", WAIT),
     ));
 
     // A file that does not describe a valid listener: refused, the last good one serves.
@@ -134,7 +127,7 @@ dynamic_resources:
         "bad listener file".into(),
         format!(
             "{} rejected={}",
-            body_becomes(&url(port, "/direct"), "200 second"),
+            body_becomes(&url(port, "/direct"), "200 second", WAIT),
             stat(&proxy, "listener_manager.lds.update_rejected")
         ),
     ));
@@ -144,8 +137,8 @@ dynamic_resources:
         "listener moved".into(),
         format!(
             "{} / old port {}",
-            body_becomes(&url(other_port, "/direct"), "200 moved"),
-            body_becomes(&url(port, "/direct"), "refused")
+            body_becomes(&url(other_port, "/direct"), "200 moved", WAIT),
+            body_becomes(&url(port, "/direct"), "refused", WAIT)
         ),
     ));
     steps

@@ -9,6 +9,7 @@ use serde_json::Value;
 use std::collections::BTreeMap;
 use std::time::Duration;
 use tests::control_plane::{ControlPlane, CLUSTER, ENDPOINT, LISTENER, ROUTE};
+use tests::xds_resources::ads_bootstrap;
 use tests::{envoy_or_skip, free_port, istio, Kind, RunningProxy};
 use xds_proto::pb::envoy::config::cluster::v3::Cluster;
 use xds_proto::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
@@ -188,36 +189,6 @@ fn items() -> Vec<Item> {
     out
 }
 
-fn bootstrap(admin: u16, control_plane: u16) -> String {
-    format!(
-        r#"
-node: {{ id: sidecar~10.244.0.7~replay.default~default.svc.cluster.local, cluster: replay.default }}
-admin: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {admin} }} }} }}
-dynamic_resources:
-  ads_config:
-    api_type: GRPC
-    transport_api_version: V3
-    grpc_services: [{{ envoy_grpc: {{ cluster_name: xds-grpc }} }}]
-  cds_config: {{ ads: {{}}, resource_api_version: V3 }}
-  lds_config: {{ ads: {{}}, resource_api_version: V3 }}
-static_resources:
-  clusters:
-  - name: xds-grpc
-    type: STATIC
-    connect_timeout: 1s
-    typed_extension_protocol_options:
-      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
-        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
-        explicit_http_config: {{ http2_protocol_options: {{}} }}
-    load_assignment:
-      cluster_name: xds-grpc
-      endpoints:
-      - lb_endpoints:
-        - endpoint: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {control_plane} }} }} }}
-"#
-    )
-}
-
 /// Pushes every item and returns its verdict: "ACK", or "NACK: <details>".
 fn replay(kind: Kind, items: &[Item]) -> BTreeMap<String, String> {
     let cp = ControlPlane::start();
@@ -234,7 +205,7 @@ fn replay(kind: Kind, items: &[Item]) -> BTreeMap<String, String> {
             .map(|i| (i.name.clone(), i.resource.clone()))
             .collect(),
     );
-    let proxy = RunningProxy::start(kind, &bootstrap(free_port(), cp.port()), &[]);
+    let proxy = RunningProxy::start(kind, &ads_bootstrap(free_port(), cp.port(), false), &[]);
     let mut accepted: BTreeMap<&str, Vec<(String, Any)>> = BTreeMap::new();
     let mut verdicts = BTreeMap::new();
     for item in items.iter().filter(|i| i.type_url != ENDPOINT) {

@@ -11,13 +11,12 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tests::control_plane::{ControlPlane, CLUSTER, ENDPOINT, LISTENER, ROUTE};
+use tests::xds_resources::{ads_bootstrap, rds_listener, resource};
 use tests::{free_port, Kind, RunningProxy, Upstream};
 use xds_proto::pb::envoy::config::cluster::v3::Cluster;
 use xds_proto::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
-use xds_proto::pb::envoy::config::listener::v3::Listener;
 use xds_proto::pb::envoy::config::route::v3::RouteConfiguration;
 use xds_proto::pb::google::protobuf::Any;
-use xds_proto::{DocumentFormat, ParseOptions, XdsMessage};
 
 const CLUSTERS: usize = 1000;
 const ENDPOINTS: usize = 10;
@@ -25,16 +24,9 @@ const ENDPOINTS: usize = 10;
 const HOT: usize = 20;
 const UPDATES: usize = 100;
 
-fn yaml<M: XdsMessage>(name: String, text: &str) -> (String, Any) {
-    let parsed =
-        xds_proto::parse_document::<M>(text, DocumentFormat::Yaml, ParseOptions::default())
-            .unwrap_or_else(|e| panic!("{name}: {e}"));
-    (name, xds_proto::pack(&parsed.value))
-}
-
 fn cluster(i: usize, timeout_ms: u64) -> (String, Any) {
-    yaml::<Cluster>(
-        format!("c{i}"),
+    resource::<Cluster>(
+        &format!("c{i}"),
         &format!(
             "name: c{i}\ntype: EDS\nconnect_timeout: {}.{:03}s\neds_cluster_config: {{ eds_config: {{ ads: {{}}, resource_api_version: V3 }} }}\n",
             timeout_ms / 1000,
@@ -51,8 +43,8 @@ fn assignment(i: usize, ports: &[u16], offset: usize, count: usize) -> (String, 
             format!("  - endpoint: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {port} }} }} }}\n")
         })
         .collect();
-    yaml::<ClusterLoadAssignment>(
-        format!("c{i}"),
+    resource::<ClusterLoadAssignment>(
+        &format!("c{i}"),
         &format!("cluster_name: c{i}\nendpoints:\n- lb_endpoints:\n{endpoints}"),
     )
 }
@@ -63,8 +55,8 @@ fn routes(version: usize) -> (String, Any) {
             format!("    - match: {{ prefix: \"/c{i}/\" }}\n      route: {{ cluster: c{i} }}\n")
         })
         .collect();
-    yaml::<RouteConfiguration>(
-        "routes".into(),
+    resource::<RouteConfiguration>(
+        "routes",
         &format!(
             "name: routes\nresponse_headers_to_add: [{{ header: {{ key: x-routes, value: \"{version}\" }} }}]\nvirtual_hosts:\n- name: all\n  domains: [\"*\"]\n  routes:\n{routes}"
         ),
@@ -72,55 +64,12 @@ fn routes(version: usize) -> (String, Any) {
 }
 
 fn listener(port: u16, generation: usize) -> (String, Any) {
-    yaml::<Listener>(
-        "http".into(),
-        &format!(
-            r#"
-name: http
-address: {{ socket_address: {{ address: 127.0.0.1, port_value: {port} }} }}
-filter_chains:
-- filters:
-  - name: envoy.filters.network.http_connection_manager
-    typed_config:
-      "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
-      stat_prefix: soak{generation}
-      rds: {{ route_config_name: routes, config_source: {{ ads: {{}}, resource_api_version: V3 }} }}
-      http_filters:
-      - name: envoy.filters.http.router
-        typed_config: {{ "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router }}
-"#
-        ),
-    )
-}
-
-fn bootstrap(admin: u16, control_plane: u16) -> String {
-    format!(
-        r#"
-node: {{ id: sidecar~127.0.0.1~soak.default~default.svc.cluster.local, cluster: soak }}
-admin: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {admin} }} }} }}
-dynamic_resources:
-  ads_config:
-    api_type: DELTA_GRPC
-    transport_api_version: V3
-    set_node_on_first_message_only: true
-    grpc_services: [{{ envoy_grpc: {{ cluster_name: xds-grpc }} }}]
-  cds_config: {{ ads: {{}}, initial_fetch_timeout: 0s, resource_api_version: V3 }}
-  lds_config: {{ ads: {{}}, initial_fetch_timeout: 0s, resource_api_version: V3 }}
-static_resources:
-  clusters:
-  - name: xds-grpc
-    type: STATIC
-    connect_timeout: 1s
-    typed_extension_protocol_options:
-      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
-        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
-        explicit_http_config: {{ http2_protocol_options: {{}} }}
-    load_assignment:
-      cluster_name: xds-grpc
-      endpoints:
-      - lb_endpoints:
-        - endpoint: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {control_plane} }} }} }}
-"#
+    rds_listener(
+        "http",
+        "127.0.0.1",
+        port,
+        &format!("soak{generation}"),
+        "routes",
     )
 }
 
@@ -214,7 +163,11 @@ fn one_hundred_updates_under_load_lose_nothing() {
     let port = free_port();
     cp.set(LISTENER, vec![listener(port, 0)]);
     cp.set(ROUTE, vec![routes(0)]);
-    let proxy = RunningProxy::start(Kind::Outrigger, &bootstrap(free_port(), cp.port()), &[]);
+    let proxy = RunningProxy::start(
+        Kind::Outrigger,
+        &ads_bootstrap(free_port(), cp.port(), true),
+        &[],
+    );
     let clusters = proxy
         .get("/stats?filter=cluster_manager.active_clusters")
         .body;

@@ -20,9 +20,9 @@ mod procfs;
 use clap::Parser;
 use std::time::{Duration, Instant};
 use tests::control_plane::{ControlPlane, CLUSTER, ENDPOINT, LISTENER, ROUTE};
+use tests::xds_resources::{ads_bootstrap, rds_listener, resource};
 use tests::{free_port, Kind, RunningProxy, Upstream};
 use xds_proto::pb::google::protobuf::Any;
-use xds_proto::{DocumentFormat, ParseOptions, XdsMessage};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -51,15 +51,8 @@ struct Sample {
     eds_to_traffic_ms: f64,
 }
 
-fn message<M: XdsMessage>(name: &str, yaml: &str) -> (String, Any) {
-    let parsed =
-        xds_proto::parse_document::<M>(yaml, DocumentFormat::Yaml, ParseOptions::default())
-            .unwrap_or_else(|e| panic!("{name}: {e}"));
-    (name.to_string(), xds_proto::pack(&parsed.value))
-}
-
 fn cluster(name: &str) -> (String, Any) {
-    message::<xds_proto::pb::envoy::config::cluster::v3::Cluster>(
+    resource::<xds_proto::pb::envoy::config::cluster::v3::Cluster>(
         name,
         &format!("name: {name}\ntype: EDS\nconnect_timeout: 1s\neds_cluster_config: {{ eds_config: {{ ads: {{}}, resource_api_version: V3 }} }}\n"),
     )
@@ -73,69 +66,20 @@ fn assignment(name: &str, endpoints: &[String]) -> (String, Any) {
             format!("  - endpoint: {{ address: {{ socket_address: {{ address: {ip}, port_value: {port} }} }} }}\n")
         })
         .collect();
-    message::<xds_proto::pb::envoy::config::endpoint::v3::ClusterLoadAssignment>(
+    resource::<xds_proto::pb::envoy::config::endpoint::v3::ClusterLoadAssignment>(
         name,
         &format!("cluster_name: {name}\nendpoints:\n- lb_endpoints:\n{lb}"),
     )
 }
 
 fn listener(port: u16) -> (String, Any) {
-    message::<xds_proto::pb::envoy::config::listener::v3::Listener>(
-        "http",
-        &format!(
-            r#"
-name: http
-address: {{ socket_address: {{ address: 127.0.0.1, port_value: {port} }} }}
-filter_chains:
-- filters:
-  - name: envoy.filters.network.http_connection_manager
-    typed_config:
-      "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
-      stat_prefix: bench
-      rds: {{ route_config_name: routes, config_source: {{ ads: {{}}, resource_api_version: V3 }} }}
-      http_filters:
-      - name: envoy.filters.http.router
-        typed_config: {{ "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router }}
-"#
-        ),
-    )
+    rds_listener("http", "127.0.0.1", port, "bench", "routes")
 }
 
 fn routes() -> (String, Any) {
-    message::<xds_proto::pb::envoy::config::route::v3::RouteConfiguration>(
+    resource::<xds_proto::pb::envoy::config::route::v3::RouteConfiguration>(
         "routes",
         "name: routes\nvirtual_hosts:\n- name: all\n  domains: [\"*\"]\n  routes:\n  - match: { prefix: \"/\" }\n    route: { cluster: probe }\n",
-    )
-}
-
-fn bootstrap(admin: u16, control_plane: u16) -> String {
-    format!(
-        r#"
-node: {{ id: sidecar~127.0.0.1~bench.default~default.svc.cluster.local, cluster: bench }}
-admin: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {admin} }} }} }}
-dynamic_resources:
-  ads_config:
-    api_type: DELTA_GRPC
-    transport_api_version: V3
-    set_node_on_first_message_only: true
-    grpc_services: [{{ envoy_grpc: {{ cluster_name: xds-grpc }} }}]
-  cds_config: {{ ads: {{}}, initial_fetch_timeout: 0s, resource_api_version: V3 }}
-  lds_config: {{ ads: {{}}, initial_fetch_timeout: 0s, resource_api_version: V3 }}
-static_resources:
-  clusters:
-  - name: xds-grpc
-    type: STATIC
-    connect_timeout: 1s
-    typed_extension_protocol_options:
-      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
-        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
-        explicit_http_config: {{ http2_protocol_options: {{}} }}
-    load_assignment:
-      cluster_name: xds-grpc
-      endpoints:
-      - lb_endpoints:
-        - endpoint: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {control_plane} }} }} }}
-"#
     )
 }
 
@@ -169,7 +113,7 @@ fn measure(kind: Kind, clusters: usize, a: &Upstream, b: &Upstream) -> Sample {
     cp.set(ENDPOINT, vec![probe(a)]);
     cp.set(LISTENER, vec![listener(port)]);
     cp.set(ROUTE, vec![routes()]);
-    let proxy = RunningProxy::start(kind, &bootstrap(free_port(), cp.port()), &[]);
+    let proxy = RunningProxy::start(kind, &ads_bootstrap(free_port(), cp.port(), true), &[]);
     let url = format!("http://127.0.0.1:{port}/");
     assert_eq!(
         get(&url).as_deref(),

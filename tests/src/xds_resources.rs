@@ -1,0 +1,82 @@
+//! Resources and bootstraps for the tests that drive a proxy over ADS: a bootstrap whose only
+//! static cluster is the control plane, and the few resources most scenarios need, written
+//! once so every test (and `xds-bench`) gives Envoy and Outrigger the same thing.
+
+use xds_proto::pb::envoy::config::listener::v3::Listener;
+use xds_proto::pb::google::protobuf::Any;
+use xds_proto::{DocumentFormat, ParseOptions, XdsMessage};
+
+/// A bootstrap that takes clusters and listeners from the control plane on `control_plane`
+/// (127.0.0.1), over delta or state-of-the-world ADS, waiting for it indefinitely as Istio's
+/// does (`initial_fetch_timeout: 0s`, node on the first message only).
+pub fn ads_bootstrap(admin: u16, control_plane: u16, delta: bool) -> String {
+    let api = if delta { "DELTA_GRPC" } else { "GRPC" };
+    format!(
+        r#"
+node: {{ id: sidecar~127.0.0.1~test.default~default.svc.cluster.local, cluster: test }}
+admin: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {admin} }} }} }}
+dynamic_resources:
+  ads_config:
+    api_type: {api}
+    transport_api_version: V3
+    set_node_on_first_message_only: true
+    grpc_services: [{{ envoy_grpc: {{ cluster_name: xds-grpc }} }}]
+  cds_config: {{ ads: {{}}, initial_fetch_timeout: 0s, resource_api_version: V3 }}
+  lds_config: {{ ads: {{}}, initial_fetch_timeout: 0s, resource_api_version: V3 }}
+static_resources:
+  clusters:
+  - name: xds-grpc
+    type: STATIC
+    connect_timeout: 1s
+    typed_extension_protocol_options:
+      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
+        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
+        explicit_http_config: {{ http2_protocol_options: {{}} }}
+    load_assignment:
+      cluster_name: xds-grpc
+      endpoints:
+      - lb_endpoints:
+        - endpoint: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {control_plane} }} }} }}
+"#
+    )
+}
+
+/// `yaml` parsed as `M` and packed, named `name` for the control plane. Panics on a typo.
+pub fn resource<M: XdsMessage>(name: &str, yaml: &str) -> (String, Any) {
+    let parsed =
+        xds_proto::parse_document::<M>(yaml, DocumentFormat::Yaml, ParseOptions::default())
+            .unwrap_or_else(|e| panic!("test resource {name}: {e}"));
+    (name.to_string(), xds_proto::pack(&parsed.value))
+}
+
+/// A listener named `name` on `address:port` whose HTTP connection manager (`stat_prefix`)
+/// routes with the RDS table `routes`.
+pub fn rds_listener(
+    name: &str,
+    address: &str,
+    port: u16,
+    stat_prefix: &str,
+    routes: &str,
+) -> (String, Any) {
+    resource::<Listener>(
+        name,
+        &format!(
+            r#"
+name: {name}
+address: {{ socket_address: {{ address: "{address}", port_value: {port} }} }}
+filter_chains:
+- filters:
+  - name: envoy.filters.network.http_connection_manager
+    typed_config:
+      "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+      stat_prefix: {stat_prefix}
+      rds:
+        route_config_name: {routes}
+        config_source: {{ ads: {{}}, resource_api_version: V3 }}
+      http_filters:
+      - name: envoy.filters.http.router
+        typed_config: {{ "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router }}
+"#
+        ),
+    )
+}
