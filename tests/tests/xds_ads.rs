@@ -604,3 +604,82 @@ fn a_filter_chain_update_drains_only_that_chains_connections_like_envoy() {
     };
     assert_eq!(ours, run(Kind::Envoy));
 }
+
+/// Input from the control plane never takes the proxy down: resources that are not valid
+/// protobuf, resources of another type than the response's, and an unknown type are each
+/// refused (NACK) while the running configuration keeps serving.
+#[test]
+fn garbage_from_the_control_plane_is_refused_and_serving_goes_on() {
+    let up = Upstream::start("one");
+    let cp = ControlPlane::start();
+    let port = free_port();
+    cp.set(CLUSTER, vec![cluster()]);
+    cp.set(ENDPOINT, vec![endpoints(up.port())]);
+    cp.set(LISTENER, vec![listener("127.0.0.1", port)]);
+    cp.set(ROUTE, vec![route_to_backend()]);
+    let proxy = RunningProxy::start(
+        Kind::Outrigger,
+        &ads_bootstrap(free_port(), cp.port(), true),
+        &[],
+    );
+    let url = format!("http://127.0.0.1:{port}/");
+    assert_eq!(
+        body_becomes(&url, "200 one", Duration::from_secs(10)),
+        "200 one"
+    );
+    let garbage = |type_url: &str, bytes: &[u8]| Any {
+        type_url: type_url.to_string(),
+        value: bytes.to_vec(),
+    };
+    let cases: Vec<(&str, Any)> = vec![
+        (CLUSTER, garbage(CLUSTER, &[0xff, 0xff, 0xff, 0xff, 0x0f])),
+        (LISTENER, garbage(LISTENER, b"\x0a\x05ab")),
+        (ROUTE, garbage(ROUTE, &[0x12, 0x80, 0x80, 0x80, 0x80, 0x10])),
+        (ENDPOINT, garbage(ENDPOINT, &[0x0a, 0xff])),
+        // A listener where a cluster should be.
+        (CLUSTER, listener("127.0.0.1", port).1),
+    ];
+    for (i, (type_url, any)) in cases.into_iter().enumerate() {
+        let before = cp
+            .requests()
+            .iter()
+            .filter(|r| r.type_url == type_url && r.error.is_some())
+            .count();
+        let name = if type_url == ENDPOINT || type_url == ROUTE {
+            // Named resources are only sent when subscribed.
+            if type_url == ENDPOINT {
+                "backend"
+            } else {
+                "local_route"
+            }
+            .to_string()
+        } else {
+            format!("garbage-{i}")
+        };
+        let mut set = vec![(name, any)];
+        if type_url == CLUSTER {
+            set.push(cluster());
+        }
+        if type_url == LISTENER {
+            set.push(listener("127.0.0.1", port));
+        }
+        cp.set(type_url, set);
+        cp.wait_for(
+            Duration::from_secs(5),
+            &format!("a NACK for case {i}"),
+            |r| {
+                r.iter()
+                    .filter(|r| r.type_url == type_url && r.error.is_some())
+                    .count()
+                    > before
+            },
+        );
+        assert_eq!(
+            body_becomes(&url, "200 one", Duration::from_secs(5)),
+            "200 one",
+            "case {i}: {}",
+            proxy.logs_for_failure()
+        );
+    }
+    assert_eq!(proxy.get("/ready").status, 200);
+}
