@@ -22,12 +22,16 @@ use xds_proto::pb::envoy::service::discovery::v3::{
     },
     DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse, Resource,
 };
+use xds_proto::pb::envoy::service::secret::v3::secret_discovery_service_server::{
+    SecretDiscoveryService, SecretDiscoveryServiceServer,
+};
 use xds_proto::pb::google::protobuf::Any;
 
 pub const CLUSTER: &str = "type.googleapis.com/envoy.config.cluster.v3.Cluster";
 pub const ENDPOINT: &str = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment";
 pub const LISTENER: &str = "type.googleapis.com/envoy.config.listener.v3.Listener";
 pub const ROUTE: &str = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration";
+pub const SECRET: &str = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret";
 
 fn is_wildcard(type_url: &str) -> bool {
     type_url == CLUSTER || type_url == LISTENER
@@ -155,9 +159,14 @@ impl ControlPlane {
         let service = AggregatedDiscoveryServiceServer::new(Ads {
             shared: shared.clone(),
         });
+        // The same server answers SDS streams of their own (Istio's `sds-grpc`).
+        let secrets = SecretDiscoveryServiceServer::new(Ads {
+            shared: shared.clone(),
+        });
         runtime.spawn(async move {
             let _ = tonic::transport::Server::builder()
                 .add_service(service)
+                .add_service(secrets)
                 .serve_with_incoming_shutdown(incoming, async {
                     let _ = stopped.await;
                 })
@@ -288,6 +297,35 @@ impl AggregatedDiscoveryService for Ads {
         Ok(tonic::Response::new(Box::pin(
             tokio_stream::wrappers::UnboundedReceiverStream::new(rx),
         )))
+    }
+}
+
+#[tonic::async_trait]
+impl SecretDiscoveryService for Ads {
+    type StreamSecretsStream = Responses<DiscoveryResponse>;
+    type DeltaSecretsStream = Responses<DeltaDiscoveryResponse>;
+
+    async fn stream_secrets(
+        &self,
+        request: tonic::Request<tonic::Streaming<DiscoveryRequest>>,
+    ) -> Result<tonic::Response<Self::StreamSecretsStream>, tonic::Status> {
+        self.stream_aggregated_resources(request).await
+    }
+
+    async fn delta_secrets(
+        &self,
+        request: tonic::Request<tonic::Streaming<DeltaDiscoveryRequest>>,
+    ) -> Result<tonic::Response<Self::DeltaSecretsStream>, tonic::Status> {
+        self.delta_aggregated_resources(request).await
+    }
+
+    async fn fetch_secrets(
+        &self,
+        _: tonic::Request<DiscoveryRequest>,
+    ) -> Result<tonic::Response<DiscoveryResponse>, tonic::Status> {
+        Err(tonic::Status::unimplemented(
+            "the test control plane only streams",
+        ))
     }
 }
 

@@ -24,6 +24,8 @@ use xds_proto::pb::envoy::config::core::v3::{
 pub struct ConfigSource {
     /// A file holding a `DiscoveryResponse`, watched for changes; None for ADS.
     pub path: Option<std::path::PathBuf>,
+    /// A gRPC stream of its own (`api_config_source`); None for ADS.
+    pub grpc: Option<AdsConfig>,
     /// How long the first fetch may take before the resource's dependents stop waiting for
     /// it. None waits forever (`0s`; Istio's choice for LDS and CDS). Envoy's default is 15 s.
     pub initial_fetch_timeout: Option<Duration>,
@@ -31,14 +33,29 @@ pub struct ConfigSource {
 
 const DEFAULT_INITIAL_FETCH_TIMEOUT: Duration = Duration::from_secs(15);
 
-/// A config source delivered over ADS (RDS, EDS): files are refused here.
+/// A config source delivered over ADS (RDS, EDS): files and separate gRPC streams are
+/// refused here.
 pub fn config_source(c: &ProtoConfigSource, path: &FieldPath) -> Result<ConfigSource> {
     let source = any_config_source(c, path)?;
     if source.path.is_some() {
         return Err(path
             .error("file config sources are supported for LDS and CDS only; use `ads: {}` here"));
     }
+    if source.grpc.is_some() {
+        return Err(path
+            .field("api_config_source")
+            .error("a separate gRPC config source is supported for SDS only; use `ads: {}` here"));
+    }
     Ok(source)
+}
+
+/// An SDS config source: ADS, or a gRPC stream of its own (Istio's `sds-grpc`).
+pub fn sds_source(c: &ProtoConfigSource, path: &FieldPath) -> Result<Option<AdsConfig>> {
+    let source = any_config_source(c, path)?;
+    if source.path.is_some() {
+        return Err(path.error("file config sources are not supported for SDS"));
+    }
+    Ok(source.grpc)
 }
 
 /// A config source for LDS or CDS: ADS or a file.
@@ -61,6 +78,7 @@ pub fn any_config_source(c: &ProtoConfigSource, path: &FieldPath) -> Result<Conf
         Some(ConfigSourceSpecifier::Path(_)) => {
             return Err(path.field("path").error("must not be empty"))
         }
+        Some(ConfigSourceSpecifier::ApiConfigSource(_)) => None,
         Some(_) => {
             return Err(path.error(
                 "only ADS and file config sources are supported (set `ads: {}` and the bootstrap's ads_config)",
@@ -89,8 +107,15 @@ pub fn any_config_source(c: &ProtoConfigSource, path: &FieldPath) -> Result<Conf
             (!d.is_zero()).then_some(d)
         }
     };
+    let grpc = match &c.config_source_specifier {
+        Some(ConfigSourceSpecifier::ApiConfigSource(a)) => {
+            Some(ads_config(a, &path.field("api_config_source"), None)?)
+        }
+        _ => None,
+    };
     Ok(ConfigSource {
         path: file,
+        grpc,
         initial_fetch_timeout,
     })
 }
@@ -122,7 +147,7 @@ pub fn dynamic_resources(
     let ads = d
         .ads_config
         .as_ref()
-        .map(|a| ads_config(a, &path.field("ads_config"), static_clusters))
+        .map(|a| ads_config(a, &path.field("ads_config"), Some(static_clusters)))
         .transpose()?;
     let lds = d
         .lds_config
@@ -134,6 +159,13 @@ pub fn dynamic_resources(
         .as_ref()
         .map(|c| any_config_source(c, &path.field("cds_config")))
         .transpose()?;
+    for (name, source) in [("lds_config", &lds), ("cds_config", &cds)] {
+        if source.as_ref().is_some_and(|s| s.grpc.is_some()) {
+            return Err(path.field(name).field("api_config_source").error(
+                "LDS and CDS come over ADS or from files; a separate gRPC stream is not supported",
+            ));
+        }
+    }
     let over_ads = |s: &Option<ConfigSource>| s.as_ref().is_some_and(|s| s.path.is_none());
     if (over_ads(&lds) || over_ads(&cds)) && ads.is_none() {
         return Err(path
@@ -146,7 +178,7 @@ pub fn dynamic_resources(
 fn ads_config(
     a: &ApiConfigSource,
     path: &FieldPath,
-    static_clusters: &std::collections::HashSet<String>,
+    static_clusters: Option<&std::collections::HashSet<String>>,
 ) -> Result<AdsConfig> {
     let delta = match ApiType::try_from(a.api_type) {
         Ok(ApiType::Grpc | ApiType::AggregatedGrpc) => false,
@@ -182,7 +214,7 @@ fn ads_config(
         }
         None => return Err(service_path.error("a gRPC target is required")),
     };
-    if !static_clusters.contains(&cluster) {
+    if static_clusters.is_some_and(|known| !known.contains(&cluster)) {
         return Err(service_path
             .field("envoy_grpc")
             .field("cluster_name")

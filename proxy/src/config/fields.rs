@@ -84,7 +84,7 @@ static POLICIES: &[(&str, Policy)] = policies! {
              ("watchdog", NO_EFFECT), ("watchdogs", NO_EFFECT), ("flags_path", NO_EFFECT)];
     "envoy.config.bootstrap.v3.Bootstrap.DynamicResources" => ["lds_config", "cds_config", "ads_config"];
     "envoy.config.core.v3.ConfigSource" => ["ads", "initial_fetch_timeout", "resource_api_version",
-        "path_config_source", "path"];
+        "path_config_source", "path", "api_config_source"];
     "envoy.config.core.v3.PathConfigSource" => ["path", "watched_directory"];
     "envoy.config.core.v3.WatchedDirectory" => ["path"];
     "envoy.config.core.v3.AggregatedConfigSource" => [];

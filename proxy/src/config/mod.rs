@@ -22,6 +22,7 @@ pub mod resolver;
 pub mod route;
 pub mod route_action;
 mod route_index;
+pub mod secret_slots;
 pub mod slots;
 pub mod stats;
 pub mod tcp_proxy;

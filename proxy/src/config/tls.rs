@@ -9,16 +9,14 @@
 use super::error::{FieldPath, Result};
 use super::fields::{check, Acknowledged};
 use super::matcher::{string_matcher, StringMatcher};
-use super::slots::{Slot, Slots};
+use super::slots::Slot;
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::sign::CertifiedKey;
 use rustls::{CipherSuite, NamedGroup, ProtocolVersion};
 use std::sync::Arc;
-use xds_proto::pb::envoy::config::core::v3::{
-    config_source::ConfigSourceSpecifier, data_source::Specifier, DataSource,
-};
+use xds_proto::pb::envoy::config::core::v3::{data_source::Specifier, DataSource};
 use xds_proto::pb::envoy::extensions::transport_sockets::tls::v3 as tls;
 use xds_proto::pb::envoy::extensions::transport_sockets::tls::v3::{
     common_tls_context::ValidationContextType, secret, subject_alt_name_matcher::SanType,
@@ -35,8 +33,8 @@ pub enum Secret {
 }
 
 /// The slots every secret name resolves to; static secrets fill them at bootstrap and the
-/// xDS client fills them as SDS delivers (see [`apply_secret`]).
-pub type SecretSlots = Slots<Secret>;
+/// xDS clients fill them as SDS delivers (see [`apply_secret`]).
+pub use super::secret_slots::SecretSlots;
 
 /// `DownstreamTlsContext`.
 #[derive(Debug)]
@@ -192,13 +190,9 @@ pub fn translate_downstream(
     resolve: &TlsResolve<'_>,
     acks: &mut Vec<Acknowledged>,
 ) -> Result<DownstreamTls> {
-    let mut ctx = ctx.clone();
     let common_path = path.field("common_tls_context");
-    if let Some(c) = ctx.common_tls_context.as_mut() {
-        strip_sds_sources(c, &common_path, acks);
-    }
-    check(&ctx, path, acks)?;
-    let common = ctx.common_tls_context.unwrap_or_default();
+    check(ctx, path, acks)?;
+    let common = ctx.common_tls_context.clone().unwrap_or_default();
     let common = common_tls(&common, &common_path, resolve, acks)?;
     if common.certificate.is_none() {
         return Err(common_path
@@ -227,13 +221,9 @@ pub fn translate_upstream(
     resolve: &TlsResolve<'_>,
     acks: &mut Vec<Acknowledged>,
 ) -> Result<UpstreamTls> {
-    let mut ctx = ctx.clone();
     let common_path = path.field("common_tls_context");
-    if let Some(c) = ctx.common_tls_context.as_mut() {
-        strip_sds_sources(c, &common_path, acks);
-    }
-    check(&ctx, path, acks)?;
-    let common = ctx.common_tls_context.unwrap_or_default();
+    check(ctx, path, acks)?;
+    let common = ctx.common_tls_context.clone().unwrap_or_default();
     let common = common_tls(&common, &common_path, resolve, acks)?;
     let sni = if ctx.sni.is_empty() {
         None
@@ -245,51 +235,6 @@ pub fn translate_upstream(
         Some(ctx.sni.clone())
     };
     Ok(UpstreamTls { common, sni })
-}
-
-/// `sds_config` with an `api_config_source` (Istio's `sds-grpc` cluster): the separate SDS
-/// stream is not implemented yet, so the field is acknowledged here rather than refused by the
-/// field table, and the secret arrives only if ADS delivers it.
-fn strip_sds_sources(
-    c: &mut tls::CommonTlsContext,
-    path: &FieldPath,
-    acks: &mut Vec<Acknowledged>,
-) {
-    const REASON: &str = "SDS from a separate gRPC config source is not implemented yet (issue 6): the secret is filled only from static secrets or ADS, and handshakes needing it fail until then";
-    let mut strip = |sds: &mut tls::SdsSecretConfig, p: FieldPath| {
-        if let Some(source) = sds.sds_config.as_mut() {
-            if matches!(
-                source.config_source_specifier,
-                Some(ConfigSourceSpecifier::ApiConfigSource(_))
-            ) {
-                source.config_source_specifier = Some(ConfigSourceSpecifier::Ads(
-                    xds_proto::pb::envoy::config::core::v3::AggregatedConfigSource {},
-                ));
-                acks.push(Acknowledged {
-                    path: p.field("sds_config").field("api_config_source").to_string(),
-                    reason: REASON,
-                });
-            }
-        }
-    };
-    for (i, s) in c.tls_certificate_sds_secret_configs.iter_mut().enumerate() {
-        strip(s, path.field("tls_certificate_sds_secret_configs").index(i));
-    }
-    match c.validation_context_type.as_mut() {
-        Some(ValidationContextType::ValidationContextSdsSecretConfig(s)) => {
-            strip(s, path.field("validation_context_sds_secret_config"))
-        }
-        Some(ValidationContextType::CombinedValidationContext(combined)) => {
-            if let Some(s) = combined.validation_context_sds_secret_config.as_mut() {
-                strip(
-                    s,
-                    path.field("combined_validation_context")
-                        .field("validation_context_sds_secret_config"),
-                )
-            }
-        }
-        _ => {}
-    }
 }
 
 fn common_tls(
@@ -397,6 +342,11 @@ fn sds_slot(
         return Err(path.field("name").error("must not be empty"));
     }
     let slot = resolve.secrets.slot(&sds.name);
+    if let Some(source) = &sds.sds_config {
+        // Where the xDS clients fetch it from: ADS, or its own stream (Istio's sds-grpc).
+        let grpc = super::dynamic::sds_source(source, &path.field("sds_config"))?;
+        resolve.secrets.subscribe(&sds.name, grpc);
+    }
     if sds.sds_config.is_none() && slot.get().is_none() {
         // Without a config source the secret must be one of the bootstrap's static secrets.
         return Err(path

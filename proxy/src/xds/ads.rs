@@ -30,6 +30,7 @@ use xds_proto::pb::envoy::service::discovery::v3::{
     aggregated_discovery_service_client::AggregatedDiscoveryServiceClient, DeltaDiscoveryRequest,
     DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
 };
+use xds_proto::pb::envoy::service::secret::v3::secret_discovery_service_client::SecretDiscoveryServiceClient;
 use xds_proto::pb::google::rpc::Status;
 
 /// gRPC `INTERNAL`, the code Envoy puts in a NACK's `error_detail`.
@@ -78,7 +79,19 @@ struct Response {
     removed: Vec<String>,
 }
 
+/// What a stream carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// The aggregated stream: CDS, EDS, LDS, RDS and the secrets named with `ads: {}`; it
+    /// drives the server's initialisation.
+    Aggregated,
+    /// A `SecretDiscoveryService` stream of its own (`api_config_source`, Istio's `sds-grpc`):
+    /// the secrets named with that source.
+    Secrets,
+}
+
 pub struct AdsClient {
+    role: Role,
     ads: AdsConfig,
     node: Node,
     server: Arc<Server>,
@@ -90,6 +103,8 @@ pub struct AdsClient {
     lds: Option<ConfigSource>,
     subscriptions: BTreeMap<Kind, Subscription>,
     connected: Arc<Gauge>,
+    /// The secrets TLS contexts name, with where each comes from.
+    secrets: Arc<crate::config::tls::SecretSlots>,
     /// Whether the node went out on the current stream.
     node_sent: bool,
     live: bool,
@@ -98,6 +113,7 @@ pub struct AdsClient {
 impl AdsClient {
     #[allow(clippy::too_many_arguments)]
     pub fn new(
+        role: Role,
         ads: AdsConfig,
         node: Node,
         server: Arc<Server>,
@@ -107,20 +123,42 @@ impl AdsClient {
         config: &crate::config::Config,
     ) -> Self {
         let store = &server.stats;
-        // Envoy's names; Outrigger neither rate limits requests nor queues them.
-        store.gauge("control_plane.pending_requests").set(0);
-        store.counter("control_plane.rate_limit_enforced");
+        let aggregated = role == Role::Aggregated;
+        if aggregated {
+            // Envoy's names; Outrigger neither rate limits requests nor queues them.
+            store.gauge("control_plane.pending_requests").set(0);
+            store.counter("control_plane.rate_limit_enforced");
+        }
         Self {
-            connected: store.gauge("control_plane.connected_state"),
+            // `control_plane.*` describes the ADS stream; a secret stream has a detached gauge.
+            connected: if aggregated {
+                store.gauge("control_plane.connected_state")
+            } else {
+                Arc::default()
+            },
+            role,
             ads,
             node,
             clusters,
             applier,
             records,
-            static_listeners: config.listeners.clone(),
+            static_listeners: if aggregated {
+                config.listeners.clone()
+            } else {
+                Vec::new()
+            },
             // Kinds read from files are not asked for on the stream.
-            cds: config.dynamic.cds.clone().filter(|s| s.path.is_none()),
-            lds: config.dynamic.lds.clone().filter(|s| s.path.is_none()),
+            cds: config
+                .dynamic
+                .cds
+                .clone()
+                .filter(|s| aggregated && s.path.is_none()),
+            lds: config
+                .dynamic
+                .lds
+                .clone()
+                .filter(|s| aggregated && s.path.is_none()),
+            secrets: config.secret_slots.clone(),
             subscriptions: Kind::ALL
                 .into_iter()
                 .map(|k| (k, Subscription::default()))
@@ -195,8 +233,10 @@ impl AdsClient {
     /// One stream, from connect to its end. Ok(true) when a response arrived on it.
     async fn session(&mut self) -> Result<bool, String> {
         let channel = self.channel()?;
-        let mut client =
-            AggregatedDiscoveryServiceClient::new(channel).max_decoding_message_size(usize::MAX);
+        let mut client = AggregatedDiscoveryServiceClient::new(channel.clone())
+            .max_decoding_message_size(usize::MAX);
+        let mut secrets_client =
+            SecretDiscoveryServiceClient::new(channel).max_decoding_message_size(usize::MAX);
         self.node_sent = false;
         for sub in self.subscriptions.values_mut() {
             sub.nonce.clear();
@@ -207,22 +247,24 @@ impl AdsClient {
             // The first requests go into the channel before the call so they open the stream.
             let out = Outbound::Delta(tx);
             self.send_initial(&out);
-            let stream = client
-                .delta_aggregated_resources(request)
-                .await
-                .map_err(|s| s.to_string())?
-                .into_inner();
+            let stream = match self.role {
+                Role::Aggregated => client.delta_aggregated_resources(request).await,
+                Role::Secrets => secrets_client.delta_secrets(request).await,
+            }
+            .map_err(|s| s.to_string())?
+            .into_inner();
             (out, Inbound::Delta(stream))
         } else {
             let (tx, rx) = mpsc::unbounded_channel();
             let request = self.with_metadata(UnboundedReceiverStream::new(rx));
             let out = Outbound::Sotw(tx);
             self.send_initial(&out);
-            let stream = client
-                .stream_aggregated_resources(request)
-                .await
-                .map_err(|s| s.to_string())?
-                .into_inner();
+            let stream = match self.role {
+                Role::Aggregated => client.stream_aggregated_resources(request).await,
+                Role::Secrets => secrets_client.stream_secrets(request).await,
+            }
+            .map_err(|s| s.to_string())?
+            .into_inner();
             (out, Inbound::Sotw(stream))
         };
         self.connected.set(1);
@@ -419,12 +461,16 @@ impl AdsClient {
     /// After each response: follow the names EDS and RDS need, start LDS once clusters are
     /// initialised, and report LIVE once everything initial is warm.
     fn progress(&mut self, out: &Outbound) {
-        let wanted = {
-            let applier = self.applier();
-            [
-                (Kind::Endpoint, applier.wanted_endpoints()),
-                (Kind::Route, applier.wanted_routes(&self.static_listeners)),
-            ]
+        let wanted = match self.role {
+            Role::Aggregated => {
+                let applier = self.applier();
+                vec![
+                    (Kind::Endpoint, applier.wanted_endpoints()),
+                    (Kind::Route, applier.wanted_routes(&self.static_listeners)),
+                    (Kind::Secret, self.secrets.names_from(None)),
+                ]
+            }
+            Role::Secrets => vec![(Kind::Secret, self.secrets.names_from(Some(&self.ads)))],
         };
         for (kind, wanted) in wanted {
             let sub = self.sub(kind);
@@ -511,6 +557,10 @@ impl AdsClient {
     /// PRE_INITIALIZING/INITIALIZING until the initial clusters and listeners are warm, then
     /// LIVE (once; later warming does not take the server back).
     fn progress_init(&mut self) {
+        if self.role == Role::Secrets {
+            // Secret streams do not take part in the server's initialisation.
+            return;
+        }
         self.count_fetch_timeouts();
         if self.live {
             return;

@@ -60,8 +60,9 @@ pub struct Applier {
     /// The RDS names each LDS listener (active or warming) routes with.
     listener_routes: BTreeMap<String, Vec<String>>,
     /// `cluster_manager.cds.*` and `listener_manager.lds.*`.
-    cds_stats: SubscriptionStats,
-    lds_stats: SubscriptionStats,
+    /// Present when the bootstrap subscribes the type (Envoy has them only then).
+    cds_stats: Option<SubscriptionStats>,
+    lds_stats: Option<SubscriptionStats>,
     /// `http.<stat_prefix>.rds.<name>.*`, per route table and connection manager using it.
     rds_stats: BTreeMap<(String, String), SubscriptionStats>,
     /// Whether the response being applied changed anything (for `config_reload`).
@@ -93,8 +94,16 @@ impl Applier {
             warming_clusters: BTreeMap::new(),
             warming_listeners: BTreeMap::new(),
             listener_routes: BTreeMap::new(),
-            cds_stats: SubscriptionStats::cds(&store_for_stats),
-            lds_stats: SubscriptionStats::lds(&store_for_stats),
+            cds_stats: config
+                .dynamic
+                .cds
+                .is_some()
+                .then(|| SubscriptionStats::cds(&store_for_stats)),
+            lds_stats: config
+                .dynamic
+                .lds
+                .is_some()
+                .then(|| SubscriptionStats::lds(&store_for_stats)),
             rds_stats: BTreeMap::new(),
             reloaded: false,
             secrets: BTreeMap::new(),
@@ -157,10 +166,8 @@ impl Applier {
 
     /// Counts a response of a wildcard type (CDS, LDS) in its subscription stats.
     pub fn account(&self, kind: Kind, version: &str, accepted: bool, started: Instant) {
-        let stats = match kind {
-            Kind::Cluster => &self.cds_stats,
-            Kind::Listener => &self.lds_stats,
-            _ => return,
+        let Some(stats) = self.type_stats(kind) else {
+            return;
         };
         stats.attempt.inc();
         if accepted {
@@ -173,8 +180,8 @@ impl Applier {
     /// The subscription stats of a wildcard type, for stream failures and fetch timeouts.
     pub fn type_stats(&self, kind: Kind) -> Option<&SubscriptionStats> {
         match kind {
-            Kind::Cluster => Some(&self.cds_stats),
-            Kind::Listener => Some(&self.lds_stats),
+            Kind::Cluster => self.cds_stats.as_ref(),
+            Kind::Listener => self.lds_stats.as_ref(),
             _ => None,
         }
     }

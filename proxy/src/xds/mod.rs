@@ -23,10 +23,12 @@ pub fn spawn(
     server: &Arc<Server>,
     clusters: &Arc<ClusterManager>,
     listeners: &Arc<ListenerManager>,
-    config: &Config,
+    config: &Arc<Config>,
 ) -> bool {
     let dynamic = &config.dynamic;
-    if dynamic.ads.is_none() && dynamic.cds.is_none() && dynamic.lds.is_none() {
+    let secrets = &config.secret_slots;
+    let sds_needed = !secrets.grpc_sources().is_empty() || !secrets.names_from(None).is_empty();
+    if dynamic.ads.is_none() && dynamic.cds.is_none() && dynamic.lds.is_none() && !sds_needed {
         // Nothing dynamic: no subscription stats either, as in Envoy.
         return false;
     }
@@ -49,11 +51,19 @@ pub fn spawn(
             tokio::spawn(file.watch());
         }
     }
+    let node = crate::admin::server_info::node(server);
+    tokio::spawn(start_secret_streams(
+        server.clone(),
+        clusters.clone(),
+        applier.clone(),
+        config.clone(),
+        node.clone(),
+    ));
     let Some(ads) = config.dynamic.ads.clone() else {
         return false;
     };
-    let node = crate::admin::server_info::node(server);
     let client = ads::AdsClient::new(
+        ads::Role::Aggregated,
         ads,
         node,
         server.clone(),
@@ -64,6 +74,38 @@ pub fn spawn(
     );
     tokio::spawn(client.run());
     true
+}
+
+/// Starts one `SecretDiscoveryService` stream per gRPC source the TLS contexts name (Istio's
+/// `sds-grpc`), now and whenever a new listener or cluster names another.
+async fn start_secret_streams(
+    server: Arc<Server>,
+    clusters: Arc<ClusterManager>,
+    applier: apply::SharedApplier,
+    config: Arc<Config>,
+    node: xds_proto::pb::envoy::config::core::v3::Node,
+) {
+    let mut started: Vec<crate::config::dynamic::AdsConfig> = Vec::new();
+    loop {
+        for source in config.secret_slots.grpc_sources() {
+            if started.contains(&source) {
+                continue;
+            }
+            started.push(source.clone());
+            let client = ads::AdsClient::new(
+                ads::Role::Secrets,
+                source,
+                node.clone(),
+                server.clone(),
+                clusters.clone(),
+                applier.clone(),
+                server.xds.clone(),
+                &config,
+            );
+            tokio::spawn(client.run());
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    }
 }
 
 /// The name inside a state-of-the-world resource. Every type Outrigger subscribes to keeps its

@@ -1,0 +1,56 @@
+//! The secrets TLS contexts name (`sds_config`): their slots, and where each is subscribed
+//! from (ADS, or a gRPC config source such as Istio's `sds-grpc`), so the xDS clients know
+//! what to ask for.
+
+use super::dynamic::AdsConfig;
+use super::slots::{Slot, Slots};
+use super::tls::Secret;
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+#[derive(Debug, Default)]
+pub struct SecretSlots {
+    slots: Slots<Secret>,
+    /// Secret name → its source: None is ADS.
+    sources: Mutex<BTreeMap<String, Option<AdsConfig>>>,
+}
+
+impl SecretSlots {
+    pub fn slot(&self, name: &str) -> Arc<Slot<Secret>> {
+        self.slots.slot(name)
+    }
+
+    pub fn find(&self, name: &str) -> Option<Arc<Slot<Secret>>> {
+        self.slots.find(name)
+    }
+
+    /// Records that a TLS context wants `name` from `source`. The first source named for a
+    /// secret is the one it is fetched from.
+    pub fn subscribe(&self, name: &str, source: Option<AdsConfig>) {
+        self.lock().entry(name.to_string()).or_insert(source);
+    }
+
+    /// The secret names fetched from `source` (None: over ADS).
+    pub fn names_from(&self, source: Option<&AdsConfig>) -> std::collections::BTreeSet<String> {
+        self.lock()
+            .iter()
+            .filter(|(_, s)| s.as_ref() == source)
+            .map(|(n, _)| n.clone())
+            .collect()
+    }
+
+    /// The distinct gRPC sources secrets come from.
+    pub fn grpc_sources(&self) -> Vec<AdsConfig> {
+        let mut sources: Vec<AdsConfig> = Vec::new();
+        for source in self.lock().values().flatten() {
+            if !sources.contains(source) {
+                sources.push(source.clone());
+            }
+        }
+        sources
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Option<AdsConfig>>> {
+        self.sources.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}

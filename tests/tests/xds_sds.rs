@@ -1,0 +1,181 @@
+//! Certificates from an SDS stream of its own, as Istio's sidecars get them: a TLS listener
+//! names its certificate `default` with an `api_config_source` on the `sds-grpc` cluster, and
+//! the control plane's SecretDiscoveryService delivers it. Envoy and Outrigger must ask for
+//! the same secret, ACK it the same way, and serve TLS with it; a rotated certificate is used
+//! by the next connection.
+//! Envoy: https://www.envoyproxy.io/docs/envoy/latest/configuration/security/secret
+
+use std::time::{Duration, Instant};
+use tests::control_plane::{ControlPlane, Recorded, SECRET};
+use tests::pki::{Identity, Pki};
+use tests::xds_resources::resource;
+use tests::{envoy_or_skip, free_port, Kind, RunningProxy};
+use xds_proto::pb::envoy::extensions::transport_sockets::tls::v3::Secret;
+use xds_proto::pb::google::protobuf::Any;
+
+fn certificate(identity: &Identity) -> (String, Any) {
+    let read = |p: &std::path::Path| std::fs::read_to_string(p).expect("read a PEM file");
+    let json_string = |s: String| serde_json::to_string(&s).expect("a JSON string");
+    resource::<Secret>(
+        "default",
+        &format!(
+            "name: default\ntls_certificate:\n  certificate_chain: {{ inline_string: {} }}\n  private_key: {{ inline_string: {} }}\n",
+            json_string(read(&identity.cert)),
+            json_string(read(&identity.key)),
+        ),
+    )
+}
+
+fn bootstrap(admin: u16, control_plane: u16, port: u16) -> String {
+    format!(
+        r#"
+node: {{ id: sidecar~127.0.0.1~sds.default~default.svc.cluster.local, cluster: sds }}
+admin: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {admin} }} }} }}
+static_resources:
+  clusters:
+  - name: sds-grpc
+    type: STATIC
+    connect_timeout: 1s
+    typed_extension_protocol_options:
+      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
+        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
+        explicit_http_config: {{ http2_protocol_options: {{}} }}
+    load_assignment:
+      cluster_name: sds-grpc
+      endpoints:
+      - lb_endpoints:
+        - endpoint: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {control_plane} }} }} }}
+  listeners:
+  - name: tls
+    address: {{ socket_address: {{ address: 127.0.0.1, port_value: {port} }} }}
+    filter_chains:
+    - transport_socket:
+        name: envoy.transport_sockets.tls
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext
+          common_tls_context:
+            tls_certificate_sds_secret_configs:
+            - name: default
+              sds_config:
+                resource_api_version: V3
+                api_config_source:
+                  api_type: GRPC
+                  transport_api_version: V3
+                  grpc_services: [{{ envoy_grpc: {{ cluster_name: sds-grpc }} }}]
+      filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: tls
+          route_config:
+            virtual_hosts:
+            - name: all
+              domains: ["*"]
+              routes:
+              - match: {{ prefix: "/" }}
+                direct_response: {{ status: 200, body: {{ inline_string: secure }} }}
+          http_filters:
+          - name: envoy.filters.http.router
+            typed_config: {{ "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router }}
+"#
+    )
+}
+
+/// The serial number of the certificate served on `port`, once a TLS handshake succeeds
+/// (curl checks the chain against `root`; the certificates carry only a SPIFFE URI, so the
+/// host name check is left out).
+fn served_serial(port: u16, root: &std::path::Path) -> Option<String> {
+    let out = std::process::Command::new("openssl")
+        .args([
+            "s_client",
+            "-connect",
+            &format!("127.0.0.1:{port}"),
+            "-CAfile",
+        ])
+        .arg(root)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .ok()?;
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let pem_start = text.find("-----BEGIN CERTIFICATE-----")?;
+    let pem_end = text.find("-----END CERTIFICATE-----")? + "-----END CERTIFICATE-----".len();
+    if !text.contains("Verify return code: 0 (ok)") {
+        return None;
+    }
+    let mut x509 = std::process::Command::new("openssl")
+        .args(["x509", "-noout", "-serial"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .ok()?;
+    use std::io::Write;
+    x509.stdin
+        .take()?
+        .write_all(&text.as_bytes()[pem_start..pem_end])
+        .ok()?;
+    let out = x509.wait_with_output().ok()?;
+    Some(String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+fn serial_becomes(port: u16, root: &std::path::Path, not: Option<&str>) -> String {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        if let Some(serial) = served_serial(port, root) {
+            if Some(serial.as_str()) != not {
+                return serial;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no new certificate served on {port}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn secret_answers(requests: &[Recorded]) -> Vec<String> {
+    requests
+        .iter()
+        .filter(|r| r.type_url == SECRET)
+        .map(|r| {
+            if r.answers() {
+                format!(
+                    "{} v{}",
+                    if r.error.is_some() { "NACK" } else { "ACK" },
+                    r.version_info
+                )
+            } else {
+                format!("ask {:?}", r.names)
+            }
+        })
+        .collect()
+}
+
+fn run(kind: Kind) -> Vec<String> {
+    let pki = Pki::new();
+    let first = pki.identity("first");
+    let second = pki.identity("second");
+    let cp = ControlPlane::start();
+    cp.set(SECRET, vec![certificate(&first)]);
+    let port = free_port();
+    let _proxy = RunningProxy::start(kind, &bootstrap(free_port(), cp.port(), port), &[]);
+    let served_first = serial_becomes(port, &pki.root(), None);
+    cp.set(SECRET, vec![certificate(&second)]);
+    let served_second = serial_becomes(port, &pki.root(), Some(&served_first));
+    assert_ne!(served_first, served_second);
+    cp.wait_for(Duration::from_secs(5), "the rotation's ACK", |r| {
+        r.iter()
+            .any(|r| r.type_url == SECRET && r.answers() && r.version_info == "2")
+    });
+    secret_answers(&cp.requests())
+}
+
+#[test]
+fn certificates_from_an_sds_stream_of_their_own_follow_envoy() {
+    let ours = run(Kind::Outrigger);
+    assert_eq!(ours, vec!["ask [\"default\"]", "ACK v1", "ACK v2"]);
+    let Some(_) = envoy_or_skip("certificates_from_an_sds_stream_of_their_own_follow_envoy") else {
+        return;
+    };
+    assert_eq!(ours, run(Kind::Envoy));
+}
