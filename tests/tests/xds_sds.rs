@@ -179,3 +179,73 @@ fn certificates_from_an_sds_stream_of_their_own_follow_envoy() {
     };
     assert_eq!(ours, run(Kind::Envoy));
 }
+
+/// An LDS listener whose certificate comes over ADS warms until the secret arrives: it is
+/// listed as warming and its port is not open; the secret starts it. Same in Envoy.
+#[test]
+fn a_listener_warms_until_its_secret_arrives_like_envoy() {
+    use tests::control_plane::{CLUSTER, LISTENER};
+    use xds_proto::pb::envoy::config::listener::v3::Listener;
+    let run = |kind: Kind| -> Vec<String> {
+        let pki = Pki::new();
+        let identity = pki.identity("server");
+        let cp = ControlPlane::start();
+        cp.set(CLUSTER, vec![]);
+        cp.set(LISTENER, vec![]);
+        let proxy = RunningProxy::start(
+            kind,
+            &tests::xds_resources::ads_bootstrap(free_port(), cp.port(), true),
+            &[],
+        );
+        let port = free_port();
+        // The static listener of `bootstrap` above, with its secret over ADS instead.
+        let doc: serde_json::Value =
+            serde_yaml_ng::from_str(&bootstrap(0, 0, port)).expect("the bootstrap parses");
+        let mut listener = doc["static_resources"]["listeners"][0].clone();
+        listener["filter_chains"][0]["transport_socket"]["typed_config"]["common_tls_context"]
+            ["tls_certificate_sds_secret_configs"][0]["sds_config"] =
+            serde_json::json!({"ads": {}, "resource_api_version": "V3"});
+        let listener =
+            resource::<Listener>("tls", &serde_json::to_string(&listener).expect("JSON"));
+        cp.set(LISTENER, vec![listener]);
+        let state = |proxy: &RunningProxy| {
+            let dump = proxy.get("/config_dump?resource=dynamic_listeners").json();
+            let tls = dump["configs"]
+                .as_array()
+                .and_then(|ls| ls.iter().find(|l| l["name"] == "tls").cloned())
+                .unwrap_or_default();
+            format!(
+                "active={} warming={} open={}",
+                !tls["active_state"].is_null(),
+                !tls["warming_state"].is_null(),
+                std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+            )
+        };
+        cp.wait_for(Duration::from_secs(5), "the secret asked for", |r| {
+            r.iter()
+                .any(|r| r.type_url == SECRET && r.names == ["default"])
+        });
+        std::thread::sleep(Duration::from_millis(300));
+        let before = state(&proxy);
+        cp.set(SECRET, vec![certificate(&identity)]);
+        let served = serial_becomes(port, &pki.root(), None);
+        vec![
+            before,
+            state(&proxy),
+            format!("served={}", !served.is_empty()),
+        ]
+    };
+    let ours = run(Kind::Outrigger);
+    assert_eq!(
+        ours,
+        vec![
+            "active=false warming=true open=false",
+            "active=true warming=false open=true",
+            "served=true"
+        ]
+    );
+    let Some(_) = envoy_or_skip("a_listener_warms_until_its_secret_arrives_like_envoy") else {
+        return;
+    };
+    assert_eq!(ours, run(Kind::Envoy));
+}

@@ -27,6 +27,10 @@ use xds_proto::pb::envoy::config::route::v3::RouteConfiguration;
 use xds_proto::pb::envoy::extensions::transport_sockets::tls::v3::Secret;
 use xds_proto::pb::google::protobuf::Any;
 
+/// How long a listener warms for a secret that has not arrived (Envoy's default
+/// `initial_fetch_timeout`); it then starts, and handshakes needing the secret fail.
+const SECRET_FETCH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(15);
+
 /// The applier, shared by the ADS stream and the file watchers.
 pub type SharedApplier = Arc<std::sync::Mutex<Applier>>;
 
@@ -286,12 +290,15 @@ impl Applier {
             .warming_listeners
             .iter()
             .filter(|(_, (l, since))| {
-                l.rds_routes().iter().any(|(slot, source)| {
+                let waited = now.duration_since(*since);
+                let route_timed_out = l.rds_routes().iter().any(|(slot, source)| {
                     slot.get().is_none()
-                        && source
-                            .initial_fetch_timeout
-                            .is_some_and(|t| now.duration_since(*since) >= t)
-                })
+                        && source.initial_fetch_timeout.is_some_and(|t| waited >= t)
+                });
+                // SDS sources use Envoy's default initial fetch timeout.
+                let secret_timed_out = waited >= SECRET_FETCH_TIMEOUT
+                    && l.sds_secrets().iter().any(|slot| slot.get().is_none());
+                route_timed_out || secret_timed_out
             })
             .map(|(n, _)| n.clone())
             .collect();
@@ -414,11 +421,7 @@ impl Applier {
                         .map(|(slot, _)| slot.name.to_string())
                         .collect(),
                 );
-                if listener
-                    .rds_routes()
-                    .iter()
-                    .all(|(slot, _)| slot.get().is_some())
-                {
+                if listener.dependencies_ready() {
                     self.warming_listeners.remove(&proto.name);
                     if let Err(e) = self.listeners.add_or_update(listener, false) {
                         return Err(root.field("address").error(e.0));
@@ -455,17 +458,7 @@ impl Applier {
                     stats.accepted(&update.version, started, true);
                 }
                 self.records.activate(kind, &proto.name, record);
-                let ready: Vec<String> = self
-                    .warming_listeners
-                    .iter()
-                    .filter(|(_, (l, _))| l.rds_routes().iter().all(|(s, _)| s.get().is_some()))
-                    .map(|(n, _)| n.clone())
-                    .collect();
-                for name in ready {
-                    if let Some((listener, _)) = self.warming_listeners.remove(&name) {
-                        self.activate_listener(&name, listener);
-                    }
-                }
+                self.activate_ready_listeners();
             }
             Kind::Secret => {
                 let proto: Secret = unpack(&update.resource)?;
@@ -473,9 +466,25 @@ impl Applier {
                 crate::config::tls::apply_secret(&self.secret_slots, &proto, &root)?;
                 self.secrets.insert(proto.name.clone(), proto.clone());
                 self.records.activate(kind, &proto.name, record);
+                self.activate_ready_listeners();
             }
         }
         Ok(())
+    }
+
+    /// Starts the warming listeners whose route tables and secrets have all arrived.
+    fn activate_ready_listeners(&mut self) {
+        let ready: Vec<String> = self
+            .warming_listeners
+            .iter()
+            .filter(|(_, (l, _))| l.dependencies_ready())
+            .map(|(n, _)| n.clone())
+            .collect();
+        for name in ready {
+            if let Some((listener, _)) = self.warming_listeners.remove(&name) {
+                self.activate_listener(&name, listener);
+            }
+        }
     }
 
     fn activate_listener(&mut self, name: &str, listener: Arc<Listener>) {
