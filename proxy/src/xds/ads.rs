@@ -380,7 +380,7 @@ impl AdsClient {
 
     fn handle(&mut self, response: Response, out: &Outbound) {
         let Some(kind) = Kind::from_type_url(&response.type_url) else {
-            tracing::warn!(target: "config", "ignoring a response of unknown type {}", response.type_url);
+            tracing::warn!(target: "config", "refusing (NACK) a response of unknown type {}", response.type_url);
             let node = self.node_for_request();
             self.send_ack(
                 out,
