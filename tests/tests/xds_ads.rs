@@ -683,3 +683,59 @@ fn garbage_from_the_control_plane_is_refused_and_serving_goes_on() {
     }
     assert_eq!(proxy.get("/ready").status, 200);
 }
+
+/// A state-of-the-world response with one bad resource among good ones: the response is
+/// NACKed, and the good resources are applied or not exactly as Envoy does.
+#[test]
+fn one_bad_cluster_among_good_ones_is_handled_like_envoy() {
+    let run = |kind: Kind| -> Vec<String> {
+        let up = Upstream::start("one");
+        let cp = ControlPlane::start();
+        let port = free_port();
+        cp.set(CLUSTER, vec![cluster()]);
+        cp.set(ENDPOINT, vec![endpoints(up.port())]);
+        cp.set(LISTENER, vec![listener("127.0.0.1", port)]);
+        cp.set(ROUTE, vec![route_to_backend()]);
+        let proxy = RunningProxy::start(kind, &ads_bootstrap(free_port(), cp.port(), false), &[]);
+        let extra = resource::<Cluster>(
+            "extra",
+            "name: extra\ntype: STATIC\nconnect_timeout: 1s\nload_assignment: { cluster_name: extra }\n",
+        );
+        // EDS without an EDS config: both proxies refuse it.
+        let broken =
+            resource::<Cluster>("broken", "name: broken\ntype: EDS\nconnect_timeout: 1s\n");
+        cp.set(CLUSTER, vec![cluster(), extra, broken]);
+        cp.wait_for(Duration::from_secs(5), "the CDS NACK", |r| {
+            r.iter().any(|r| r.type_url == CLUSTER && r.error.is_some())
+        });
+        std::thread::sleep(Duration::from_millis(300));
+        let dump = proxy
+            .get("/config_dump?resource=dynamic_active_clusters")
+            .json();
+        let mut names: Vec<String> = dump["configs"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|c| c["cluster"]["name"].as_str().map(str::to_string))
+            .collect();
+        names.sort();
+        let nacked_version = cp
+            .requests()
+            .iter()
+            .rev()
+            .find(|r| r.type_url == CLUSTER && r.error.is_some())
+            .map(|r| r.version_info.clone())
+            .unwrap_or_default();
+        vec![
+            format!("{names:?}"),
+            format!("NACK keeps v{nacked_version}"),
+        ]
+    };
+    let ours = run(Kind::Outrigger);
+    // The good new cluster is applied; the NACK names the version still held.
+    assert_eq!(ours, vec!["[\"backend\", \"extra\"]", "NACK keeps v1"]);
+    let Some(_) = envoy_or_skip("one_bad_cluster_among_good_ones_is_handled_like_envoy") else {
+        return;
+    };
+    assert_eq!(ours, run(Kind::Envoy));
+}
