@@ -122,11 +122,8 @@ pub async fn forward(
     };
     let mut outcome = send_to_cluster(ctx, &cluster, &target, request).await;
     if !ctx.access_logs.is_empty() {
-        let config = &cluster.config;
-        outcome.info.upstream_cluster = Some(Arc::from(config.name.as_str()));
-        if config.stat_name != config.name {
-            outcome.info.upstream_cluster_alt = Some(Arc::from(config.stat_name.as_str()));
-        }
+        outcome.info.upstream_cluster = Some(cluster.log_names.0.clone());
+        outcome.info.upstream_cluster_alt = cluster.log_names.1.clone();
     }
     if let Some(downstream) = on_upgrade {
         splice_upgrade(&mut outcome, downstream);

@@ -51,10 +51,8 @@ pub async fn proxy(
         return;
     };
     if let Some(log) = &mut log.0 {
-        log.info.upstream_cluster = Some(Arc::from(cluster.config.name.as_str()));
-        if cluster.config.stat_name != cluster.config.name {
-            log.info.upstream_cluster_alt = Some(Arc::from(cluster.config.stat_name.as_str()));
-        }
+        log.info.upstream_cluster = Some(cluster.log_names.0.clone());
+        log.info.upstream_cluster_alt = cluster.log_names.1.clone();
     }
     let upstream = match connect(&cluster, config, info.local).await {
         Ok((upstream, host)) => {

@@ -104,6 +104,9 @@ impl ClusterStats {
 
 pub struct ClusterRuntime {
     pub config: Arc<Cluster>,
+    /// The name, and the `alt_stat_name` when it differs, shared with every access log line
+    /// (`%UPSTREAM_CLUSTER%`, `%UPSTREAM_CLUSTER_RAW%`) instead of copied per request.
+    pub log_names: (Arc<str>, Option<Arc<str>>),
     hosts: Arc<ArcSwap<HostSet>>,
     pub pool: Pool,
     pub stats: ClusterStats,
@@ -137,8 +140,13 @@ impl ClusterRuntime {
             store.gauge(&format!("{prefix}update_time"));
             store.histogram(&format!("{prefix}update_duration"));
         }
+        let log_names = (
+            Arc::from(config.name.as_str()),
+            (config.stat_name != config.name).then(|| Arc::from(config.stat_name.as_str())),
+        );
         let runtime = Self {
             pool: Pool::new(&config, accounting, tls),
+            log_names,
             config,
             hosts,
             stats,
