@@ -301,8 +301,8 @@ impl ListenerManager {
         self.prune_draining();
     }
 
-    /// Forgets drains that are over; the names of those still draining.
-    pub fn prune_draining(&self) -> Vec<String> {
+    /// Forgets drains that are over.
+    pub fn prune_draining(&self) {
         let mut draining = self.draining_lock();
         let now = Instant::now();
         draining.retain(|d| {
@@ -316,7 +316,6 @@ impl ListenerManager {
             .stats
             .gauge("listener_manager.total_listeners_draining")
             .set(draining.len() as u64);
-        draining.iter().map(|d| d.name.clone()).collect()
     }
 
     fn draining_lock(&self) -> std::sync::MutexGuard<'_, Vec<Draining>> {

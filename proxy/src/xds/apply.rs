@@ -71,8 +71,6 @@ pub struct Applier {
     rds_stats: BTreeMap<(String, String), SubscriptionStats>,
     /// Whether the response being applied changed anything (for `config_reload`).
     reloaded: bool,
-    /// Secrets by name, as delivered (for config_dump and state-of-the-world bookkeeping).
-    secrets: BTreeMap<String, Secret>,
     /// The compiled secrets TLS contexts read; SDS updates are published here.
     secret_slots: Arc<crate::config::tls::SecretSlots>,
 }
@@ -110,7 +108,6 @@ impl Applier {
                 .then(|| SubscriptionStats::lds(&store_for_stats)),
             rds_stats: BTreeMap::new(),
             reloaded: false,
-            secrets: BTreeMap::new(),
             secret_slots: config.secret_slots.clone(),
         }
     }
@@ -134,7 +131,6 @@ impl Applier {
                     Failure {
                         resource: update.resource.clone(),
                         details: details.clone(),
-                        version: update.version.clone(),
                         at: SystemTime::now(),
                     },
                 );
@@ -464,7 +460,6 @@ impl Applier {
                 let proto: Secret = unpack(&update.resource)?;
                 check_name(&proto.name, &update.name)?;
                 crate::config::tls::apply_secret(&self.secret_slots, &proto, &root)?;
-                self.secrets.insert(proto.name.clone(), proto.clone());
                 self.records.activate(kind, &proto.name, record);
                 self.activate_ready_listeners();
             }
@@ -522,7 +517,6 @@ impl Applier {
             Kind::Endpoint => self.clusters.remove_assignment(name),
             Kind::Secret => {
                 crate::config::tls::remove_secret(&self.secret_slots, name);
-                self.secrets.remove(name);
             }
         }
         self.records.remove(kind, name);

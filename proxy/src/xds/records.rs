@@ -69,7 +69,6 @@ pub struct Record {
 pub struct Failure {
     pub resource: Any,
     pub details: String,
-    pub version: String,
     pub at: SystemTime,
 }
 
