@@ -54,6 +54,18 @@ fn scenarios() -> Vec<Scenario> {
             ),
             "/x",
         ),
+        Scenario::http(
+            "unknown_cluster_custom_status",
+            "https://www.envoyproxy.io/docs/envoy/latest/api-v3/config/route/v3/route_components.proto#envoy-v3-api-enum-config-route-v3-routeaction-clusternotfoundresponsecode",
+            &format!(
+                "validate_clusters: false\n{}",
+                one_vhost(
+                    "- match: { prefix: /404 }\n  route: { cluster: missing, cluster_not_found_response_code: NOT_FOUND }\n- match: { prefix: / }\n  route: { cluster: missing, cluster_not_found_response_code: INTERNAL_SERVER_ERROR }"
+                )
+            ),
+        )
+        .get("/404")
+        .get("/500"),
         both_protocols(
             Scenario::http("no_healthy_upstream_503", ROUTER, &one_vhost(ALL_CLUSTERS)),
             "/empty",

@@ -83,6 +83,25 @@ fn scenarios() -> Vec<Scenario> {
                 "api.other.org:99",
             ],
         ),
+        {
+            let mut s = Scenario::http(
+                "vhost_ignore_port_in_host_matching",
+                "https://www.envoyproxy.io/docs/envoy/latest/api-v3/config/route/v3/route.proto#envoy-v3-api-field-config-route-v3-routeconfiguration-ignore-port-in-host-matching",
+                &format!("ignore_port_in_host_matching: true\n{}", DOMAINS.trim_start()),
+            );
+            for h in [
+                "api.example.com:8080",
+                "ported.example.com:8080",
+                "ported.example.com",
+                "[::1]:80",
+                "www.example.com:1234",
+                "api.example.com:",
+            ] {
+                let args = host(h);
+                s = s.curl("/", &[&args[0], &args[1]]);
+            }
+            s
+        },
         Scenario::http(
             "vhost_no_match_is_404",
             VH,

@@ -39,6 +39,7 @@ xds_messages! {
     pb::envoy::config::listener::v3::Listener => "envoy.config.listener.v3.Listener",
     pb::envoy::config::cluster::v3::Cluster => "envoy.config.cluster.v3.Cluster",
     pb::envoy::config::route::v3::RouteConfiguration => "envoy.config.route.v3.RouteConfiguration",
+    pb::envoy::config::route::v3::FilterConfig => "envoy.config.route.v3.FilterConfig",
     pb::envoy::config::endpoint::v3::ClusterLoadAssignment => "envoy.config.endpoint.v3.ClusterLoadAssignment",
     pb::envoy::extensions::transport_sockets::tls::v3::Secret => "envoy.extensions.transport_sockets.tls.v3.Secret",
     pb::envoy::extensions::transport_sockets::tls::v3::UpstreamTlsContext => "envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",

@@ -203,11 +203,28 @@ static POLICIES: &[(&str, Policy)] = policies! {
     "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager.InternalAddressConfig" => ["cidr_ranges", "unix_sockets"];
     "envoy.extensions.filters.network.http_connection_manager.v3.HttpFilter" => ["name", "typed_config", "is_optional", "disabled"];
     "envoy.config.route.v3.RouteConfiguration" => ["name", "virtual_hosts", "validate_clusters", "max_direct_response_body_size_bytes",
-        "request_headers_to_add", "request_headers_to_remove", "response_headers_to_add", "response_headers_to_remove"];
+        "request_headers_to_add", "request_headers_to_remove", "response_headers_to_add", "response_headers_to_remove",
+        "typed_per_filter_config", "ignore_port_in_host_matching"];
     "envoy.config.route.v3.VirtualHost" => ["name", "domains", "routes", "include_request_attempt_count",
-        "request_headers_to_add", "request_headers_to_remove", "response_headers_to_add", "response_headers_to_remove"];
+        "request_headers_to_add", "request_headers_to_remove", "response_headers_to_add", "response_headers_to_remove",
+        "typed_per_filter_config"];
     "envoy.config.route.v3.Route" => ["name", "match", "route", "redirect", "direct_response", "metadata",
-        "request_headers_to_add", "request_headers_to_remove", "response_headers_to_add", "response_headers_to_remove"];
+        "request_headers_to_add", "request_headers_to_remove", "response_headers_to_add", "response_headers_to_remove",
+        "typed_per_filter_config"]
+        ack [("decorator", TRACING)];
+    "envoy.config.route.v3.FilterConfig" => ["config", "is_optional", "disabled"];
+    "envoy.extensions.filters.http.fault.v3.HTTPFault" => ["delay", "abort", "upstream_cluster", "headers",
+        "downstream_nodes", "max_active_faults", "response_rate_limit", "delay_percent_runtime", "abort_percent_runtime",
+        "delay_duration_runtime", "abort_http_status_runtime", "max_active_faults_runtime",
+        "response_rate_limit_percent_runtime", "abort_grpc_status_runtime", "disable_downstream_cluster_stats"]
+        ack [("filter_metadata", "dynamic metadata is not kept: no access log operator or filter of Outrigger reads it")];
+    "envoy.extensions.filters.http.fault.v3.FaultAbort" => ["http_status", "grpc_status", "header_abort", "percentage", "response_body"];
+    "envoy.extensions.filters.http.fault.v3.FaultAbort.HeaderAbort" => [];
+    "envoy.extensions.filters.common.fault.v3.FaultDelay" => ["fixed_delay", "header_delay", "percentage"];
+    "envoy.extensions.filters.common.fault.v3.FaultDelay.HeaderDelay" => [];
+    "envoy.extensions.filters.common.fault.v3.FaultRateLimit" => ["fixed_limit", "header_limit", "percentage"];
+    "envoy.extensions.filters.common.fault.v3.FaultRateLimit.FixedLimit" => ["limit_kbps"];
+    "envoy.extensions.filters.common.fault.v3.FaultRateLimit.HeaderLimit" => [];
     "envoy.config.route.v3.RouteMatch" => ["prefix", "path", "safe_regex", "path_separated_prefix", "case_sensitive", "headers",
         "query_parameters", "grpc", "runtime_fraction"];
     "envoy.config.route.v3.RouteMatch.GrpcRouteMatchOptions" => [];
@@ -223,7 +240,8 @@ static POLICIES: &[(&str, Policy)] = policies! {
     "envoy.type.matcher.v3.RegexMatcher" => ["google_re2", "regex"];
     "envoy.type.matcher.v3.RegexMatcher.GoogleRE2" => [];
     "envoy.config.route.v3.RouteAction" => ["cluster", "cluster_header", "weighted_clusters", "timeout", "prefix_rewrite",
-        "regex_rewrite", "host_rewrite_literal", "auto_host_rewrite", "host_rewrite_header", "hash_policy"]
+        "regex_rewrite", "host_rewrite_literal", "auto_host_rewrite", "host_rewrite_header", "hash_policy",
+        "cluster_not_found_response_code"]
         ack [("retry_policy", RESILIENCE), ("max_stream_duration", "not enforced yet (issue 3)"),
              ("max_grpc_timeout", RESILIENCE)];
     "envoy.config.route.v3.RouteAction.HashPolicy" => ["header", "cookie", "connection_properties",

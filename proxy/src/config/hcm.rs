@@ -5,6 +5,7 @@ use super::access_log::{translate_access_logs, AccessLog};
 use super::dynamic::{config_source, ConfigSource};
 use super::error::{FieldPath, Result};
 use super::extension;
+use super::fault::{translate_fault, FaultSettings};
 use super::fields::{check, Acknowledged};
 use super::hcm_options::{
     http2_settings, limits, path_handling, upgrades, Http2Settings, Limits, PathHandling,
@@ -35,6 +36,18 @@ pub struct HttpConnectionManager {
     /// Upgrade types proxied (`upgrade_configs`), e.g. `websocket`.
     pub upgrades: Vec<String>,
     pub access_logs: Vec<Arc<AccessLog>>,
+    /// The fault injection filters of the chain, in order (usually none or one).
+    pub faults: Vec<FaultFilter>,
+}
+
+/// A fault injection filter in the chain: its name (which routes' `typed_per_filter_config`
+/// refer to) and its own settings.
+#[derive(Debug)]
+pub struct FaultFilter {
+    pub name: String,
+    pub settings: Arc<FaultSettings>,
+    /// `disabled`: the filter acts only on routes that configure it.
+    pub disabled_by_default: bool,
 }
 
 /// Where the connection manager's route table comes from.
@@ -112,7 +125,7 @@ pub fn translate_hcm(
     };
     let routes = match &hcm.route_specifier {
         Some(RouteSpecifier::RouteConfig(rc)) => RouteSource::Static(Arc::new(
-            translate_route_config(rc, &path.field("route_config"), resolve, true)?,
+            translate_route_config(rc, &path.field("route_config"), resolve, true, acks)?,
         )),
         Some(RouteSpecifier::Rds(rds)) => {
             let p = path.field("rds");
@@ -134,6 +147,7 @@ pub fn translate_hcm(
                     &p,
                     resolve,
                     false,
+                    acks,
                 )?),
             }
         }
@@ -144,8 +158,7 @@ pub fn translate_hcm(
         }
         None => return Err(path.error("one of route_config, rds or scoped_routes is required")),
     };
-    // The router is the only filter that acts so far; the others are checked and acknowledged.
-    translate_http_filters(hcm, path, acks)?;
+    let faults = translate_http_filters(hcm, path, resolve, acks)?;
     let server_name = if hcm.server_name.is_empty() {
         "envoy"
     } else {
@@ -213,14 +226,19 @@ pub fn translate_hcm(
             resolve,
             acks,
         )?,
+        faults,
     })
 }
 
+/// Checks the chain and returns its fault filters; the router ends it. Filters Outrigger does
+/// not implement are refused unless optional.
 fn translate_http_filters(
     hcm: &ProtoHcm,
     path: &FieldPath,
+    resolve: &Resolver<'_>,
     acks: &mut Vec<Acknowledged>,
-) -> Result<()> {
+) -> Result<Vec<FaultFilter>> {
+    let mut faults = Vec::new();
     let filters_path = path.field("http_filters");
     let count = hcm.http_filters.len();
     for (i, filter) in hcm.http_filters.iter().enumerate() {
@@ -250,6 +268,14 @@ fn translate_http_filters(
                     )));
                 }
             }
+            Some(Extension::Fault(fault)) => {
+                faults.push(FaultFilter {
+                    name: filter.name.clone(),
+                    settings: Arc::new(translate_fault(&fault, &tc, resolve, acks)?),
+                    disabled_by_default: filter.disabled,
+                });
+                non_terminal_last(is_last, &p, &filter.name, type_name)?;
+            }
             Some(Extension::Compressor(compressor)) => {
                 check(compressor.as_ref(), &tc, acks)?;
                 non_terminal_last(is_last, &p, &filter.name, type_name)?;
@@ -264,7 +290,7 @@ fn translate_http_filters(
             _ => return Err(extension::unregistered(&tc, &filter.name, any)),
         }
     }
-    Ok(())
+    Ok(faults)
 }
 
 fn non_terminal_last(is_last: bool, path: &FieldPath, name: &str, type_name: &str) -> Result<()> {

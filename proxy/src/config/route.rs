@@ -4,8 +4,10 @@
 //! https://www.envoyproxy.io/docs/envoy/latest/api-v3/config/route/v3/route_components.proto
 
 use super::error::{FieldPath, Result};
+use super::fields::Acknowledged;
 use super::header_mutation::{header_mutation, HeaderMutation};
 use super::matcher::{full_regex, header_matcher, HeaderMatcher};
+use super::per_filter::{translate_per_filter, PerFilterConfigs};
 use super::redirect::translate_redirect;
 pub use super::redirect::{Redirect, RedirectPath};
 use super::resolver::Resolver;
@@ -25,6 +27,9 @@ pub struct RouteConfig {
     domains: DomainIndex,
     pub request_headers: HeaderMutation,
     pub response_headers: HeaderMutation,
+    pub per_filter: PerFilterConfigs,
+    /// `ignore_port_in_host_matching`: virtual hosts are chosen by the host without its port.
+    pub ignore_port_in_host_matching: bool,
 }
 
 #[derive(Debug)]
@@ -35,6 +40,7 @@ pub struct VirtualHost {
     pub response_headers: HeaderMutation,
     /// `include_request_attempt_count`: send `x-envoy-attempt-count` upstream.
     pub include_request_attempt_count: bool,
+    pub per_filter: PerFilterConfigs,
     index: RouteIndex,
 }
 
@@ -51,6 +57,7 @@ pub struct Route {
     pub action: Action,
     pub request_headers: HeaderMutation,
     pub response_headers: HeaderMutation,
+    pub per_filter: PerFilterConfigs,
 }
 
 #[derive(Debug)]
@@ -85,6 +92,11 @@ impl RouteConfig {
     /// Envoy's virtual host precedence: exact domain, then the longest `*suffix`, then the
     /// longest `prefix*`, then `*`. The host is compared case-insensitively, port included.
     pub fn virtual_host(&self, host: &str) -> Option<&VirtualHost> {
+        let host = if self.ignore_port_in_host_matching {
+            without_port(host)
+        } else {
+            host
+        };
         let lower;
         let host = if host.bytes().any(|b| b.is_ascii_uppercase()) {
             lower = host.to_ascii_lowercase();
@@ -107,6 +119,19 @@ impl RouteConfig {
             }
         }
         d.default.map(|i| &self.virtual_hosts[i])
+    }
+}
+
+/// `host` without a trailing `:port` (an IPv6 literal keeps its brackets).
+fn without_port(host: &str) -> &str {
+    match host.rfind(':') {
+        Some(colon)
+            if host[colon + 1..].bytes().all(|b| b.is_ascii_digit())
+                && (!host.starts_with('[') || host[..colon].ends_with(']')) =>
+        {
+            &host[..colon]
+        }
+        _ => host,
     }
 }
 
@@ -145,6 +170,7 @@ pub fn translate_route_config(
     path: &FieldPath,
     resolve: &Resolver<'_>,
     validate_by_default: bool,
+    acks: &mut Vec<Acknowledged>,
 ) -> Result<RouteConfig> {
     // Envoy's default limit on inline direct_response bodies.
     let max_body = rc
@@ -184,6 +210,7 @@ pub fn translate_route_config(
                 resolve,
                 validate,
                 max_body,
+                acks,
             )?);
         }
         virtual_hosts.push(VirtualHost {
@@ -191,6 +218,7 @@ pub fn translate_route_config(
             index: RouteIndex::build(&routes),
             routes,
             include_request_attempt_count: vh.include_request_attempt_count,
+            per_filter: translate_per_filter(&vh.typed_per_filter_config, &vh_path, resolve, acks)?,
             request_headers: header_mutation(
                 &vh.request_headers_to_add,
                 &vh.request_headers_to_remove,
@@ -227,6 +255,8 @@ pub fn translate_route_config(
             path,
             "response",
         )?,
+        per_filter: translate_per_filter(&rc.typed_per_filter_config, path, resolve, acks)?,
+        ignore_port_in_host_matching: rc.ignore_port_in_host_matching,
     })
 }
 
@@ -269,6 +299,7 @@ fn translate_route(
     resolve: &Resolver<'_>,
     validate: bool,
     max_body: usize,
+    acks: &mut Vec<Acknowledged>,
 ) -> Result<Route> {
     let m_path = path.field("match");
     let m = route
@@ -384,6 +415,7 @@ fn translate_route(
             path,
             "response",
         )?,
+        per_filter: translate_per_filter(&route.typed_per_filter_config, path, resolve, acks)?,
     })
 }
 

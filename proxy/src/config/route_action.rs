@@ -27,6 +27,8 @@ pub struct Forward {
     pub host_rewrite: HostRewrite,
     /// How RING_HASH and MAGLEV clusters hash the request (empty: they pick at random).
     pub hash_policy: HashPolicy,
+    /// `cluster_not_found_response_code`: the status when the target cluster does not exist.
+    pub cluster_not_found: http::StatusCode,
 }
 
 /// A cluster resolved at config time to its slot. The slot is empty while the cluster is
@@ -172,7 +174,21 @@ pub fn translate_forward(
         regex_rewrite,
         host_rewrite,
         hash_policy: translate_hash_policy(&ra.hash_policy, &path.field("hash_policy"))?,
+        cluster_not_found: cluster_not_found(ra, path)?,
     })
+}
+
+/// Envoy: https://www.envoyproxy.io/docs/envoy/latest/api-v3/config/route/v3/route_components.proto#envoy-v3-api-enum-config-route-v3-routeaction-clusternotfoundresponsecode
+fn cluster_not_found(ra: &proto::RouteAction, path: &FieldPath) -> Result<http::StatusCode> {
+    use proto::route_action::ClusterNotFoundResponseCode as C;
+    match C::try_from(ra.cluster_not_found_response_code) {
+        Ok(C::ServiceUnavailable) => Ok(http::StatusCode::SERVICE_UNAVAILABLE),
+        Ok(C::NotFound) => Ok(http::StatusCode::NOT_FOUND),
+        Ok(C::InternalServerError) => Ok(http::StatusCode::INTERNAL_SERVER_ERROR),
+        Err(_) => Err(path
+            .field("cluster_not_found_response_code")
+            .error("unknown value")),
+    }
 }
 
 fn weighted(

@@ -25,6 +25,8 @@ pub struct HttpContext {
     pub clusters: Arc<ClusterManager>,
     pub stats: HcmStats,
     pub access_logs: crate::access_log::AccessLogs,
+    /// Present when the chain has fault injection filters.
+    pub fault_stats: Option<super::fault::FaultStats>,
 }
 
 /// Serves `io` until the peer closes, or `drain` fires (then in-flight requests finish and

@@ -89,7 +89,11 @@ pub async fn forward(
     request: Request<Incoming>,
     extras: RequestExtras,
 ) -> Outcome {
-    let RequestExtras { on_upgrade, info } = extras;
+    let RequestExtras {
+        on_upgrade,
+        info,
+        weighted_draw,
+    } = extras;
     let server = &ctx.hcm.server_name;
     let (cluster, weighted) = match &f.target {
         ClusterTarget::Named(c) => (c.current(), None),
@@ -98,14 +102,15 @@ pub async fn forward(
             (cluster.and_then(|c| ctx.clusters.by_name(c)), None)
         }
         ClusterTarget::Weighted { total, .. } => {
-            let picked = f.target.weighted_pick(crate::random::below(*total));
+            let draw = weighted_draw.unwrap_or_else(|| crate::random::below(*total));
+            let picked = f.target.weighted_pick(draw);
             (picked.and_then(|w| w.cluster.current()), picked)
         }
     };
     let Some(cluster) = cluster else {
         ctx.stats.no_cluster.inc();
         return Outcome {
-            response: local_reply(StatusCode::SERVICE_UNAVAILABLE, Bytes::new(), server),
+            response: local_reply(f.cluster_not_found, Bytes::new(), server),
             flag: Some(ResponseFlag::NoClusterFound),
             upstream: None,
             info: Default::default(),

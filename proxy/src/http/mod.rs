@@ -3,6 +3,7 @@
 
 mod access_log;
 mod connection;
+mod fault;
 mod forward;
 pub mod forwarding;
 mod local_reply;
@@ -10,8 +11,10 @@ mod redirect;
 mod request_checks;
 mod router;
 mod stats;
+mod throttle;
 
 pub use connection::{serve_connection, HttpContext};
+pub use fault::FaultStats;
 pub use forwarding::Downstream;
 pub use local_reply::ResponseFlag;
 pub use stats::HcmStats;

@@ -3,6 +3,7 @@
 //! Envoy: https://www.envoyproxy.io/docs/envoy/latest/configuration/http/http_filters/router_filter
 
 use super::connection::HttpContext;
+use super::fault::{self, RouteLevels};
 use super::forward::forward;
 use super::forwarding::{append_via, mutate_request_headers, Downstream, X_REQUEST_ID};
 use super::local_reply::{local_reply, ResponseFlag};
@@ -19,6 +20,8 @@ pub struct RequestExtras {
     /// The downstream's half of an allowed upgrade (websocket).
     pub on_upgrade: Option<hyper::upgrade::OnUpgrade>,
     pub info: RequestInfo,
+    /// For a weighted route, the draw already made (by the fault filter, to know the cluster).
+    pub weighted_draw: Option<u64>,
 }
 
 /// Facts about a request that command operators read.
@@ -128,6 +131,7 @@ pub async fn route_request(
     };
     let extras = RequestExtras {
         on_upgrade: upgrade.then(|| hyper::upgrade::on(&mut request)),
+        weighted_draw: None,
         info: RequestInfo {
             downstream: *downstream,
             start: std::time::SystemTime::now(),
@@ -278,6 +282,29 @@ async fn route_and_act(
     .any(|m| m.reads_request_headers());
     let request_headers = reads_request.then(|| request.headers().clone());
     let logging = !ctx.access_logs.is_empty();
+    let mut extras = extras;
+    let injected = match &ctx.fault_stats {
+        None => None,
+        Some(stats) => {
+            let (cluster, draw) = fault_target(&route.action, request.headers());
+            extras.weighted_draw = draw;
+            let levels = RouteLevels {
+                levels: [&route.per_filter, &vh.per_filter, &route_config.per_filter],
+                cluster,
+            };
+            match fault::apply(&ctx.hcm.faults, stats, &levels, request.headers(), server).await {
+                Ok(injected) => Some(injected),
+                Err(mut outcome) => {
+                    // The abort is the fault filter's reply: the router, which adds the
+                    // route's response headers, never sees the request.
+                    if logging && !route.name.is_empty() {
+                        outcome.info.route_name = Some(std::sync::Arc::from(route.name.as_str()));
+                    }
+                    return outcome;
+                }
+            }
+        }
+    };
     let mut outcome = match &route.action {
         Action::DirectResponse { status, body } => {
             ctx.stats.rq_direct_response.inc();
@@ -318,7 +345,34 @@ async fn route_and_act(
     route.response_headers.apply(headers, &format);
     vh.response_headers.apply(headers, &format);
     route_config.response_headers.apply(headers, &format);
+    if let Some(injected) = injected {
+        outcome.info.response_flags = outcome.info.response_flags.with(injected.flags);
+        injected.wrap(&mut outcome.response);
+    }
     outcome
+}
+
+/// The cluster a fault filter's `upstream_cluster` compares with, and for a weighted route
+/// the draw that picked it (the router then sends to that same cluster).
+fn fault_target<'a>(
+    action: &'a Action,
+    headers: &'a http::HeaderMap,
+) -> (Option<&'a str>, Option<u64>) {
+    use crate::config::route::ClusterTarget;
+    let Action::Forward(f) = action else {
+        return (None, None);
+    };
+    match &f.target {
+        ClusterTarget::Named(c) => (Some(c.name()), None),
+        ClusterTarget::Header(name) => (headers.get(name).and_then(|v| v.to_str().ok()), None),
+        ClusterTarget::Weighted { total, .. } => {
+            let draw = crate::random::below(*total);
+            (
+                f.target.weighted_pick(draw).map(|w| w.cluster.name()),
+                Some(draw),
+            )
+        }
+    }
 }
 
 fn authority(request: &Request<Incoming>) -> Option<&str> {

@@ -5,7 +5,7 @@ use crate::access_log::{AccessLogs, Files};
 use crate::config::address::Endpoint;
 use crate::config::listener::{FilterChain, Listener, NetworkFilter};
 use crate::format::{Context, ResponseFlags, StreamInfo};
-use crate::http::{HcmStats, HttpContext};
+use crate::http::{FaultStats, HcmStats, HttpContext};
 use crate::stats::{Counter, Gauge, Store};
 use crate::tcp::{TcpContext, TcpStats};
 use crate::tls::{ServerTls, TlsStats};
@@ -27,7 +27,7 @@ impl ChainRuntime {
     fn build(
         chain: &FilterChain,
         clusters: &Arc<ClusterManager>,
-        store: &Store,
+        store: &Arc<Store>,
         files: &Files,
     ) -> Self {
         match chain.filters.last() {
@@ -36,6 +36,7 @@ impl ChainRuntime {
                     hcm: hcm.clone(),
                     clusters: clusters.clone(),
                     stats: HcmStats::new(store, &hcm.stat_prefix),
+                    fault_stats: FaultStats::new(&hcm.faults, store, &hcm.stat_prefix),
                     access_logs: AccessLogs::new(&hcm.access_logs, files),
                 }))
             }
@@ -77,7 +78,7 @@ impl ListenerRuntime {
         config: Arc<Listener>,
         scope: &str,
         clusters: &Arc<ClusterManager>,
-        store: &Store,
+        store: &Arc<Store>,
         files: &Files,
         drains: super::drains::ChainDrains,
     ) -> Self {

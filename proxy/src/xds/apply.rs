@@ -445,7 +445,11 @@ impl Applier {
                     runtime: &self.runtime,
                     secrets: &self.secret_slots,
                 };
-                let table = translate_route_config(&proto, &root, &resolve, false)?;
+                // An RDS table is its own resource: its fields are checked here, as an
+                // inline table's are with its connection manager.
+                let mut acks = Vec::new();
+                crate::config::fields::check(&proto, &root, &mut acks)?;
+                let table = translate_route_config(&proto, &root, &resolve, false, &mut acks)?;
                 self.route_slots
                     .slot(&proto.name)
                     .set(Some(Arc::new(table)));

@@ -86,8 +86,13 @@ impl Side {
 #[derive(Debug, Clone)]
 pub enum Config {
     /// The standard bootstrap with these extra HTTP connection manager fields (YAML, any
-    /// indentation) and this `route_config` (YAML, the message's fields).
-    Http { hcm: String, route_config: String },
+    /// indentation), this `route_config` (YAML, the message's fields) and these HTTP filters
+    /// before the router (YAML list items).
+    Http {
+        hcm: String,
+        route_config: String,
+        filters: String,
+    },
     /// A whole bootstrap template of the scenario's own (`{{admin_port}}`, `{{listener_port}}`,
     /// `{{tcp_port}}`, `{{upstream_a}}`, `{{upstream_b}}`, `{{dead_port}}`, `{{grpc_port}}`).
     Full(String),
@@ -130,6 +135,7 @@ impl Scenario {
             config: Config::Http {
                 hcm: String::new(),
                 route_config: route_config.to_string(),
+                filters: String::new(),
             },
             upstream: Behaviour::Reply(Reply::text("from a\n")),
             steps: Vec::new(),
@@ -141,6 +147,14 @@ impl Scenario {
         if let Config::Http { hcm, .. } = &mut self.config {
             hcm.push_str(&dedent(fields));
             hcm.push('\n');
+        }
+        self
+    }
+
+    /// HTTP filters to put before the router (YAML list items).
+    pub fn filters(mut self, items: &str) -> Scenario {
+        if let Config::Http { filters, .. } = &mut self.config {
+            filters.push_str(&dedent(items));
         }
         self
     }
@@ -205,6 +219,7 @@ static_resources:
           route_config:
 %ROUTE_CONFIG%
           http_filters:
+%FILTERS%
           - name: envoy.filters.http.router
             typed_config:
               "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
@@ -282,8 +297,13 @@ pub const CLUSTERS: &str = r#"
 
 fn template(config: &Config) -> String {
     match config {
-        Config::Http { hcm, route_config } => BOOTSTRAP
+        Config::Http {
+            hcm,
+            route_config,
+            filters,
+        } => BOOTSTRAP
             .replace("%HCM%", &indent(hcm, 10))
+            .replace("%FILTERS%", &indent(filters, 10))
             .replace("%ROUTE_CONFIG%", &indent(&dedent(route_config), 12))
             .replace("%CLUSTERS%", &indent(&dedent(CLUSTERS), 2)),
         Config::Full(text) => text.clone(),
@@ -352,6 +372,10 @@ fn play(kind: Kind, scenario: &Scenario) -> String {
                 .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
                 .unwrap_or_else(|| "a panic".to_string()),
         };
+        // A bootstrap the test itself wrote wrong is the test's bug, not an observation.
+        if message.starts_with("the test bootstrap is not YAML/JSON") {
+            panic!("{}: {message}", scenario.name);
+        }
         if message.contains("in use") && attempts < 3 {
             continue;
         }
