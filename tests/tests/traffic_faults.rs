@@ -311,21 +311,6 @@ fn scenarios() -> Vec<Scenario> {
         ))
         .get("/faulty")
         .get("/plain"),
-        Scenario::http(
-            "an_unknown_per_route_config_is_refused",
-            "https://www.envoyproxy.io/docs/envoy/latest/api-v3/config/route/v3/route_components.proto#envoy-v3-api-field-config-route-v3-route-typed-per-filter-config",
-            &one_vhost(
-                r#"
-- match: { prefix: "/" }
-  route: { cluster: backend }
-  typed_per_filter_config:
-    envoy.filters.http.fault:
-      "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
-"#,
-            ),
-        )
-        .filters(&fault_filter(""))
-        .get("/"),
     ]
 }
 

@@ -13,12 +13,7 @@ const ROUTER: &str =
     "https://www.envoyproxy.io/docs/envoy/latest/configuration/http/http_filters/router_filter";
 
 /// Differences Outrigger documents (acknowledged fields); none for local replies.
-const KNOWN: &[Known] = &[
-    Known {
-        scenario: "grpc_local_reply",
-        reason: "local replies to gRPC requests are not turned into gRPC responses (grpc-status) yet (open, issue 3)",
-    },
-];
+const KNOWN: &[Known] = &[];
 
 const ALL_CLUSTERS: &str = r#"
 - match: { prefix: "/backend" }

@@ -18,10 +18,6 @@ const KNOWN: &[Known] = &[
         scenario: "match_headers_repeated_values",
         reason: "Envoy does not match a value matcher against a header sent twice; Outrigger joins the values with ',' (open, issue 3)",
     },
-    Known {
-        scenario: "match_grpc",
-        reason: "local replies to gRPC requests are not turned into gRPC responses (grpc-status) yet, and application/grpc-web is taken as gRPC (open, issue 3)",
-    },
 ];
 
 /// Virtual hosts whose direct responses name the one chosen.

@@ -499,10 +499,7 @@ impl Route {
     pub fn matches_rest(&self, headers: &http::HeaderMap, query: &str) -> bool {
         self.headers.iter().all(|h| h.matches(headers))
             && self.query.iter().all(|q| q.matches(query))
-            && (!self.grpc
-                || headers
-                    .get(http::header::CONTENT_TYPE)
-                    .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc")))
+            && (!self.grpc || crate::http::is_grpc(headers))
             && self
                 .fraction_per_million
                 .is_none_or(|p| crate::random::below(1_000_000) < p)

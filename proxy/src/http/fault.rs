@@ -14,7 +14,7 @@ use crate::config::hcm::FaultFilter;
 use crate::config::per_filter::{PerFilter, PerFilterConfigs};
 use crate::format::ResponseFlags;
 use crate::stats::{Counter, Gauge, Store};
-use http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
+use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -31,8 +31,6 @@ static THROUGHPUT_PERCENTAGE: HeaderName =
 static DOWNSTREAM_NODE: HeaderName = HeaderName::from_static("x-envoy-downstream-service-node");
 static DOWNSTREAM_CLUSTER: HeaderName =
     HeaderName::from_static("x-envoy-downstream-service-cluster");
-static GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
-static GRPC_MESSAGE: HeaderName = HeaderName::from_static("grpc-message");
 
 /// `http.<stat_prefix>.fault.*`, shared by every fault filter of a connection manager (Envoy
 /// names them alike, so they are the same stats).
@@ -131,7 +129,8 @@ pub async fn apply(
             None => &filter.settings,
         };
         if let Some(abort) = apply_one(settings, route, headers, stats, &mut injected).await {
-            return Err(abort_outcome(abort, injected.flags, headers, server));
+            let grpc_request = super::grpc_reply::is_grpc(headers);
+            return Err(abort_outcome(abort, injected.flags, grpc_request, server));
         }
     }
     Ok(injected)
@@ -296,36 +295,18 @@ fn header_u64(headers: &HeaderMap, name: &HeaderName) -> Option<u64> {
     header_str(headers, name).and_then(|v| v.trim().parse().ok())
 }
 
-/// The abort's local reply: for a gRPC request a trailers-only gRPC response carrying the
-/// status (mapped from the HTTP status when only that is set), otherwise the HTTP status with
-/// the body.
+/// The abort's local reply: the HTTP status with the body; a gRPC status abort answers in
+/// gRPC form (which the connection manager also gives any local reply to a gRPC request).
 fn abort_outcome(
     reply: AbortReply,
     flags: ResponseFlags,
-    request: &HeaderMap,
+    grpc_request: bool,
     server: &HeaderValue,
 ) -> Outcome {
-    let grpc_request = request
-        .get(header::CONTENT_TYPE)
-        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
-    let response = if grpc_request {
-        let grpc_status = reply
-            .grpc_status
-            .unwrap_or_else(|| grpc_status_for(reply.status));
-        let mut response = local_reply(StatusCode::OK, bytes::Bytes::new(), server);
-        let headers = response.headers_mut();
-        headers.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/grpc"),
-        );
-        headers.insert(GRPC_STATUS.clone(), HeaderValue::from(grpc_status));
-        if let Ok(message) = HeaderValue::from_bytes(&reply.body) {
-            headers.insert(GRPC_MESSAGE.clone(), message);
-        }
-        response
-    } else {
-        local_reply(reply.status, reply.body, server)
-    };
+    let mut response = local_reply(reply.status, reply.body.clone(), server);
+    if let (Some(grpc_status), true) = (reply.grpc_status, grpc_request) {
+        super::grpc_reply::set_grpc_status(&mut response, grpc_status, &reply.body);
+    }
     let mut outcome = Outcome {
         response,
         flag: None,
@@ -335,17 +316,4 @@ fn abort_outcome(
     outcome.info.response_flags = flags.with(ResponseFlags::named("FI").unwrap_or_default());
     outcome.info.response_code_details = Some("fault_filter_abort".into());
     outcome
-}
-
-/// The gRPC status for an HTTP status, as gRPC maps them.
-/// https://github.com/grpc/grpc/blob/master/doc/http-grpc-status-mapping.md
-fn grpc_status_for(status: StatusCode) -> u32 {
-    match status.as_u16() {
-        400 => 13,
-        401 => 16,
-        403 => 7,
-        404 => 12,
-        429 | 502 | 503 | 504 => 14,
-        _ => 2,
-    }
 }

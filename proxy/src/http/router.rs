@@ -154,7 +154,11 @@ pub async fn route_request(
             .get(header::CONTENT_LENGTH)
             .is_some_and(|v| v.as_bytes() != b"0")
             || request.headers().contains_key(header::TRANSFER_ENCODING));
+    let grpc = super::grpc_reply::is_grpc(request.headers());
     let mut outcome = route_and_act(ctx, request, extras).await;
+    if grpc && outcome.upstream.is_none() {
+        super::grpc_reply::into_grpc(&mut outcome.response).await;
+    }
     if let Some(r) = logged_request {
         r.fill(&mut outcome.info);
     }
