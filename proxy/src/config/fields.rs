@@ -34,6 +34,7 @@ const OVERLOAD: &str = "the overload manager is not implemented";
 const NO_EFFECT: &str = "has no effect in Outrigger";
 const DOWNSTREAM_TIMEOUTS: &str = "downstream timeouts are not enforced yet (issue 3)";
 const BUFFERS: &str = "buffering is bounded by the codecs' own flow control (HTTP/2 windows, fixed copy buffers); this exact limit is not applied";
+const GZIP_TUNING: &str = "zlib tuning for memory and ratio; Outrigger's gzip (miniz_oxide) uses its own, and its output is valid gzip all the same";
 const SLOW_START: &str = "slow start is not implemented: a new host takes its full weight at once";
 const LOCALITY_LB: &str = "locality-weighted and zone-aware balancing are not implemented yet (issue 4, a SHOULD): hosts of every locality are balanced as one set";
 const NO_TICKETS: &str =
@@ -282,10 +283,18 @@ static POLICIES: &[(&str, Policy)] = policies! {
     "envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy.WeightedCluster.ClusterWeight" => ["name", "weight"];
     "envoy.extensions.filters.http.router.v3.Router" => []
         ack [("suppress_envoy_headers", "x-envoy headers come with issue 3"), ("start_child_span", TRACING)];
-    "envoy.extensions.filters.http.compressor.v3.Compressor" => []
-        ack [("compressor_library", "response compression is not implemented yet (issue 8); responses go uncompressed"),
-             ("response_direction_config", "response compression is not implemented yet (issue 8)"),
-             ("request_direction_config", "request compression is not implemented yet")];
+    "envoy.extensions.filters.http.compressor.v3.Compressor" => ["compressor_library", "response_direction_config",
+        "request_direction_config", "choose_first", "content_length", "content_type", "disable_on_etag_header",
+        "remove_accept_encoding_header", "runtime_enabled"];
+    "envoy.extensions.filters.http.compressor.v3.Compressor.ResponseDirectionConfig" => ["common_config",
+        "disable_on_etag_header", "weaken_etag_on_compress", "remove_accept_encoding_header", "uncompressible_response_codes"];
+    "envoy.extensions.filters.http.compressor.v3.Compressor.RequestDirectionConfig" => ["common_config"];
+    "envoy.extensions.filters.http.compressor.v3.Compressor.CommonDirectionConfig" => ["enabled", "min_content_length",
+        "content_type", "content_type_matcher"];
+    "envoy.config.core.v3.RuntimeFeatureFlag" => ["default_value", "runtime_key"];
+    "envoy.extensions.compression.gzip.compressor.v3.Gzip" => ["compression_level"]
+        ack [("memory_level", GZIP_TUNING), ("window_bits", GZIP_TUNING), ("compression_strategy", GZIP_TUNING),
+             ("chunk_size", "output is flushed at every data frame of the response instead")];
     "envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector" => ["initial_read_buffer_size"]
         ack [("enable_ja3_fingerprinting", "JA3 fingerprints are not computed"),
              ("enable_ja4_fingerprinting", "JA4 fingerprints are not computed")];

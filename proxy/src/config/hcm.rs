@@ -2,6 +2,7 @@
 //! Envoy: https://www.envoyproxy.io/docs/envoy/latest/api-v3/extensions/filters/network/http_connection_manager/v3/http_connection_manager.proto
 
 use super::access_log::{translate_access_logs, AccessLog};
+use super::compressor::{translate_compressor, CompressorFilter, GzipCompressor};
 use super::dynamic::{config_source, ConfigSource};
 use super::error::{FieldPath, Result};
 use super::extension;
@@ -38,6 +39,8 @@ pub struct HttpConnectionManager {
     pub access_logs: Vec<Arc<AccessLog>>,
     /// The fault injection filters of the chain, in order (usually none or one).
     pub faults: Vec<FaultFilter>,
+    /// The gzip compressor filters of the chain, in order.
+    pub compressors: Vec<GzipCompressor>,
 }
 
 /// A fault injection filter in the chain: its name (which routes' `typed_per_filter_config`
@@ -158,7 +161,10 @@ pub fn translate_hcm(
         }
         None => return Err(path.error("one of route_config, rds or scoped_routes is required")),
     };
-    let faults = translate_http_filters(hcm, path, resolve, acks)?;
+    let HttpFilters {
+        faults,
+        compressors,
+    } = translate_http_filters(hcm, path, resolve, acks)?;
     let server_name = if hcm.server_name.is_empty() {
         "envoy"
     } else {
@@ -227,18 +233,26 @@ pub fn translate_hcm(
             acks,
         )?,
         faults,
+        compressors,
     })
 }
 
-/// Checks the chain and returns its fault filters; the router ends it. Filters Outrigger does
-/// not implement are refused unless optional.
+/// The filters of the chain that act, by kind, each in chain order.
+#[derive(Default)]
+struct HttpFilters {
+    faults: Vec<FaultFilter>,
+    compressors: Vec<GzipCompressor>,
+}
+
+/// Checks the chain and returns the filters that act; the router ends it. Filters Outrigger
+/// does not implement are refused unless optional.
 fn translate_http_filters(
     hcm: &ProtoHcm,
     path: &FieldPath,
     resolve: &Resolver<'_>,
     acks: &mut Vec<Acknowledged>,
-) -> Result<Vec<FaultFilter>> {
-    let mut faults = Vec::new();
+) -> Result<HttpFilters> {
+    let mut filters = HttpFilters::default();
     let filters_path = path.field("http_filters");
     let count = hcm.http_filters.len();
     for (i, filter) in hcm.http_filters.iter().enumerate() {
@@ -269,7 +283,7 @@ fn translate_http_filters(
                 }
             }
             Some(Extension::Fault(fault)) => {
-                faults.push(FaultFilter {
+                filters.faults.push(FaultFilter {
                     name: filter.name.clone(),
                     settings: Arc::new(translate_fault(&fault, &tc, resolve, acks)?),
                     disabled_by_default: filter.disabled,
@@ -277,7 +291,11 @@ fn translate_http_filters(
                 non_terminal_last(is_last, &p, &filter.name, type_name)?;
             }
             Some(Extension::Compressor(compressor)) => {
-                check(compressor.as_ref(), &tc, acks)?;
+                if let CompressorFilter::Gzip(gzip) =
+                    translate_compressor(&compressor, &tc, resolve, acks)?
+                {
+                    filters.compressors.push(gzip);
+                }
                 non_terminal_last(is_last, &p, &filter.name, type_name)?;
             }
             _ if filter.is_optional => {
@@ -290,7 +308,7 @@ fn translate_http_filters(
             _ => return Err(extension::unregistered(&tc, &filter.name, any)),
         }
     }
-    Ok(faults)
+    Ok(filters)
 }
 
 fn non_terminal_last(is_last: bool, path: &FieldPath, name: &str, type_name: &str) -> Result<()> {

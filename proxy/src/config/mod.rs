@@ -6,6 +6,7 @@ pub mod access_log;
 pub mod address;
 mod bootstrap;
 pub mod cluster;
+pub mod compressor;
 pub mod dynamic;
 pub mod error;
 pub mod extension;

@@ -27,6 +27,7 @@ pub struct HttpContext {
     pub access_logs: crate::access_log::AccessLogs,
     /// Present when the chain has fault injection filters.
     pub fault_stats: Option<super::fault::FaultStats>,
+    pub compressors: super::Compressors,
 }
 
 /// Serves `io` until the peer closes, or `drain` fires (then in-flight requests finish and

@@ -2,6 +2,7 @@
 //! route, and answers locally or forwards through the router.
 
 mod access_log;
+mod compressor;
 mod connection;
 mod fault;
 mod forward;
@@ -14,6 +15,7 @@ mod router;
 mod stats;
 mod throttle;
 
+pub use compressor::Compressors;
 pub use connection::{serve_connection, HttpContext};
 pub use fault::FaultStats;
 pub use forwarding::Downstream;

@@ -155,9 +155,17 @@ pub async fn route_request(
             .is_some_and(|v| v.as_bytes() != b"0")
             || request.headers().contains_key(header::TRANSFER_ENCODING));
     let grpc = super::grpc_reply::is_grpc(request.headers());
+    let compressing = !ctx.compressors.is_empty();
+    let accepted = compressing.then(|| ctx.compressors.on_request(request.headers_mut()));
+    let head = request.method() == http::Method::HEAD;
     let mut outcome = route_and_act(ctx, request, extras).await;
     if grpc && outcome.upstream.is_none() {
         super::grpc_reply::into_grpc(&mut outcome.response).await;
+    }
+    if let Some(accepted) = accepted {
+        let no_body = head || hyper::body::Body::is_end_stream(outcome.response.body());
+        ctx.compressors
+            .on_response(&accepted, &mut outcome.response, no_body);
     }
     if let Some(r) = logged_request {
         r.fill(&mut outcome.info);

@@ -5,7 +5,7 @@ use crate::access_log::{AccessLogs, Files};
 use crate::config::address::Endpoint;
 use crate::config::listener::{FilterChain, Listener, NetworkFilter};
 use crate::format::{Context, ResponseFlags, StreamInfo};
-use crate::http::{FaultStats, HcmStats, HttpContext};
+use crate::http::{Compressors, FaultStats, HcmStats, HttpContext};
 use crate::stats::{Counter, Gauge, Store};
 use crate::tcp::{TcpContext, TcpStats};
 use crate::tls::{ServerTls, TlsStats};
@@ -37,6 +37,7 @@ impl ChainRuntime {
                     clusters: clusters.clone(),
                     stats: HcmStats::new(store, &hcm.stat_prefix),
                     fault_stats: FaultStats::new(&hcm.faults, store, &hcm.stat_prefix),
+                    compressors: Compressors::new(&hcm.compressors, store, &hcm.stat_prefix),
                     access_logs: AccessLogs::new(&hcm.access_logs, files),
                 }))
             }
