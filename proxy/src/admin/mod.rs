@@ -5,6 +5,7 @@
 mod clusters;
 mod config_dump;
 mod dump_query;
+mod histogram_buckets;
 mod json;
 mod listeners;
 mod logging;

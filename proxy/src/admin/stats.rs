@@ -1,4 +1,5 @@
-//! `/stats` (text, `?format=json|prometheus`, `?filter`, `?usedonly`, `?type`) and
+//! `/stats` (text, `?format=json|prometheus`, `?filter`, `?usedonly`, `?type`,
+//! `?histogram_buckets`) and
 //! `/stats/prometheus`.
 //! https://www.envoyproxy.io/docs/envoy/latest/operations/admin#get--stats
 //!
@@ -6,6 +7,7 @@
 //! within a bucket, and there is no per-flush interval: the interval value prints as `nan`
 //! (text) or `null` (JSON), which is what Envoy prints for an interval with no samples.
 
+use super::histogram_buckets::{self, Buckets};
 use super::{respond, text, AdminResponse, Query, JSON, TEXT};
 use crate::server::Server;
 use crate::stats::{HistogramSnapshot, Metric, DEFAULT_BUCKETS};
@@ -19,6 +21,7 @@ struct Selection {
     filter: Option<regex::Regex>,
     used_only: bool,
     types: String,
+    buckets: Buckets,
 }
 
 impl Selection {
@@ -32,6 +35,7 @@ impl Selection {
             filter,
             used_only: query.has("usedonly"),
             types: query.get("type").unwrap_or("All").to_string(),
+            buckets: Buckets::Summary,
         })
     }
 
@@ -62,10 +66,16 @@ fn used(metric: &Metric) -> bool {
 }
 
 pub fn handle(server: &Server, query: &Query) -> AdminResponse {
-    let selection = match Selection::parse(query) {
+    let mut selection = match Selection::parse(query) {
         Ok(s) => s,
         Err(message) => return text(StatusCode::BAD_REQUEST, message),
     };
+    if query.get("format") != Some("prometheus") {
+        selection.buckets = match Buckets::parse(query.get("histogram_buckets")) {
+            Ok(b) => b,
+            Err(message) => return text(StatusCode::BAD_REQUEST, message),
+        };
+    }
     let mut scalars = Vec::new();
     let mut histograms = Vec::new();
     for (name, metric) in server.stats.snapshot() {
@@ -79,11 +89,14 @@ pub fn handle(server: &Server, query: &Query) -> AdminResponse {
         }
     }
     match query.get("format").unwrap_or("text") {
-        "text" | "" => text(StatusCode::OK, render_text(&scalars, &histograms)),
+        "text" | "" => text(
+            StatusCode::OK,
+            render_text(&scalars, &histograms, selection.buckets),
+        ),
         "json" => respond(
             StatusCode::OK,
             JSON,
-            render_json(&scalars, &histograms).to_string(),
+            render_json(&scalars, &histograms, selection.buckets).to_string(),
         ),
         "prometheus" => prometheus(server, query),
         _ => text(
@@ -93,31 +106,56 @@ pub fn handle(server: &Server, query: &Query) -> AdminResponse {
     }
 }
 
-fn render_text(scalars: &[(String, u64)], histograms: &[(String, HistogramSnapshot)]) -> String {
+fn render_text(
+    scalars: &[(String, u64)],
+    histograms: &[(String, HistogramSnapshot)],
+    buckets: Buckets,
+) -> String {
     let mut out = String::new();
     for (name, value) in scalars {
         out.push_str(&format!("{name}: {value}\n"));
     }
     for (name, h) in histograms {
-        if h.count == 0 {
-            out.push_str(&format!("{name}: No recorded values\n"));
-            continue;
-        }
         let values: Vec<String> = QUANTILES
             .iter()
             .map(|q| format!("P{q}(nan,{})", quantile(h, *q / 100.0)))
             .collect();
+        if buckets != Buckets::Summary {
+            out.push_str(&histogram_buckets::text(
+                name,
+                h,
+                buckets,
+                &values.join(" "),
+            ));
+            continue;
+        }
+        if h.count == 0 {
+            out.push_str(&format!("{name}: No recorded values\n"));
+            continue;
+        }
         out.push_str(&format!("{name}: {}\n", values.join(" ")));
     }
     out
 }
 
-fn render_json(scalars: &[(String, u64)], histograms: &[(String, HistogramSnapshot)]) -> Value {
+fn render_json(
+    scalars: &[(String, u64)],
+    histograms: &[(String, HistogramSnapshot)],
+    buckets: Buckets,
+) -> Value {
     let mut stats: Vec<Value> = scalars
         .iter()
         .map(|(name, value)| json!({"name": name, "value": value}))
         .collect();
-    if !histograms.is_empty() {
+    if !histograms.is_empty() && buckets != Buckets::Summary {
+        let quantiles = |h: &HistogramSnapshot| {
+            QUANTILES
+                .iter()
+                .map(|q| (h.count > 0).then(|| quantile(h, *q / 100.0)))
+                .collect()
+        };
+        stats.push(json!({"histograms": histogram_buckets::json(histograms, buckets, &QUANTILES, quantiles)}));
+    } else if !histograms.is_empty() {
         let computed: Vec<Value> = histograms
             .iter()
             .map(|(name, h)| {
@@ -219,6 +257,50 @@ mod tests {
         let r = handle(&s, &Method::GET, "/stats?filter=(");
         assert_eq!(r.status(), http::StatusCode::BAD_REQUEST);
         assert!(body(r).starts_with("Invalid re2 regex"));
+    }
+
+    #[test]
+    fn histogram_buckets_cumulative_disjoint_and_detailed() {
+        let s = server();
+        let h = s.stats.histogram("cluster.backend.upstream_rq_time");
+        for v in [0.2, 0.7, 3.0, 3.0] {
+            h.record(v);
+        }
+        let get = |q: &str| body(handle(&s, &Method::GET, q));
+        let b = get(
+            "/stats?filter=^cluster%5C.backend%5C.upstream_rq_time$&histogram_buckets=cumulative",
+        );
+        assert!(
+            b.starts_with("cluster.backend.upstream_rq_time: B0.5(0,1) B1(0,2) B5(0,4) B10(0,4)"),
+            "{b}"
+        );
+        assert!(b.ends_with(" B1.8e+06(0,4) B3.6e+06(0,4)\n"), "{b}");
+        let b = get(
+            "/stats?filter=^cluster%5C.backend%5C.upstream_rq_time$&histogram_buckets=disjoint",
+        );
+        assert!(b.contains("B0.5(0,1) B1(0,1) B5(0,2) B10(0,0)"), "{b}");
+        let b = get(
+            "/stats?filter=^cluster%5C.backend%5C.upstream_rq_time$&histogram_buckets=detailed",
+        );
+        assert!(
+            b.starts_with("cluster.backend.upstream_rq_time:\n  totals=0,0.5:1, 0.5,0.5:1, 1,4:2\n  intervals=\n  summary=P0(nan,"),
+            "{b}"
+        );
+        let v = json(handle(
+            &s,
+            &Method::GET,
+            "/stats?format=json&filter=^cluster%5C.backend%5C.upstream_rq_time$&histogram_buckets=cumulative",
+        ));
+        assert_eq!(
+            v["stats"][0]["histograms"][0]["buckets"][2],
+            serde_json::json!({"upper_bound": 5.0, "interval": 0, "cumulative": 4})
+        );
+        let r = handle(
+            &s,
+            &Method::GET,
+            "/stats?histogram_buckets=prometheusnative",
+        );
+        assert_eq!(r.status(), http::StatusCode::BAD_REQUEST);
     }
 
     #[test]
