@@ -165,7 +165,6 @@ mod tests {
         assert_eq!(Buckets::parse(Some("disjoint")), Ok(Buckets::Disjoint));
         assert!(Buckets::parse(Some("prometheusnative")).is_err());
         assert!(Buckets::parse(Some("bogus"))
-            .unwrap_err()
-            .starts_with("usage: /stats?histogram_buckets="));
+            .is_err_and(|usage| usage.starts_with("usage: /stats?histogram_buckets=")));
     }
 }
