@@ -17,6 +17,7 @@ pub mod header_mutation;
 pub mod listener;
 pub mod load_balancing;
 pub mod matcher;
+pub mod outlier;
 pub mod redirect;
 pub mod resolver;
 pub mod route;
