@@ -16,11 +16,11 @@ use tests::{envoy_or_skip, free_port, Kind, Ports, RunningProxy};
 
 /// Cluster name, then its hosts (role names) and its outlier detection / lb settings.
 const CLUSTERS: [(&str, &[&str], &str); 5] = [
-    // Three 503s in a row eject `bad` for 0.5 s (one of two is 50% ejected: within budget).
+    // Three 503s in a row eject `bad` for 2 s (one of two is 50% ejected: within budget).
     (
         "c5xx",
         &["good", "bad"],
-        "outlier_detection: { consecutive_5xx: 3, interval: 0.1s, base_ejection_time: 0.5s, max_ejection_percent: 50 }",
+        "outlier_detection: { consecutive_5xx: 3, interval: 0.1s, base_ejection_time: 2s, max_ejection_percent: 50 }",
     ),
     // The default 10% budget: Envoy ejects a host only when the share ejected after it stays
     // within the budget, so of two hosts none goes (ejections_overflow counts).
@@ -147,14 +147,12 @@ impl Run {
 
     /// Host flags and rates of every cluster, by role.
     fn snapshot(&mut self, phase: &str) {
-        let by_port: BTreeMap<u16, (&str, &str)> = CLUSTERS
-            .iter()
-            .flat_map(|(c, hosts, _)| {
-                hosts
-                    .iter()
-                    .map(|h| (self.ports.get(&format!("{c}_{h}")), (*c, *h)))
-            })
-            .collect();
+        let mut by_port: BTreeMap<u16, (&str, &str)> = BTreeMap::new();
+        for (c, hosts, _) in CLUSTERS {
+            for h in hosts {
+                by_port.insert(self.ports.get(&format!("{c}_{h}")), (c, h));
+            }
+        }
         let text = self.proxy.get("/clusters").body;
         for line in text.lines() {
             let parts: Vec<&str> = line.split("::").collect();
@@ -221,16 +219,14 @@ fn drive(kind: Kind) -> Observed {
             ports = ports.with(&format!("{cluster}_{h}"), port);
         }
     }
-    let proxy = RunningProxy::start(kind, &ports.render(&bootstrap()), &[]);
+    // One worker: Envoy keeps a round-robin position per worker, and each request here is a
+    // new connection, so with several workers the rotation would not be exact.
+    let proxy = RunningProxy::start(kind, &ports.render(&bootstrap()), &["--concurrency", "1"]);
     let mut run = Run {
         proxy,
         ports,
         seen: Observed::default(),
     };
-    // Before: round robin over every host; each bad host reaches its threshold.
-    run.send("1 before", "c5xx", 6);
-    run.send("1 before", "budget", 6);
-    run.send("1 before", "local", 4);
     // One 503 ejects here, so the order of the rest depends on when the ejection lands:
     // requests go one by one, with time for it, until each bad host has answered once.
     for cluster in ["panic", "nopanic"] {
@@ -251,6 +247,11 @@ fn drive(kind: Kind) -> Observed {
             kind.name()
         );
     }
+    // Before: round robin over every host; each bad host reaches its threshold.
+    run.send("1 before", "c5xx", 6);
+    let ejected_at = std::time::Instant::now();
+    run.send("1 before", "budget", 6);
+    run.send("1 before", "local", 4);
     // Ejections are decided off the request path (Envoy posts them to its main thread).
     thread::sleep(Duration::from_millis(100));
     run.snapshot("2 ejected");
@@ -260,8 +261,12 @@ fn drive(kind: Kind) -> Observed {
     run.send("2 ejected", "panic", 9);
     run.send("2 ejected", "nopanic", 6);
     run.snapshot("3 after ejected traffic");
-    // base_ejection_time (0.5 s) and a sweep (0.1 s) later, `bad` of c5xx is back.
-    thread::sleep(Duration::from_millis(800));
+    // base_ejection_time (2 s; long enough for the phase above on a loaded machine) and a
+    // sweep (0.1 s) after the ejection, `bad` of c5xx is back.
+    thread::sleep(
+        (ejected_at + Duration::from_millis(2300))
+            .saturating_duration_since(std::time::Instant::now()),
+    );
     run.snapshot("4 returned");
     run.send("4 returned", "c5xx", 6);
     if std::env::var_os("OUTLIER_DEBUG").is_some() {

@@ -137,16 +137,19 @@ struct DetectorStats {
     success_rate: Arc<Counter>,
 }
 
+/// A host that reached a consecutive-error threshold, posted to the detector task.
+type Posted = (Arc<Host>, Ejection);
+
 /// One cluster's detector: its configuration, stats and the channel requests post to.
 pub struct Detector {
     config: OutlierConfig,
     stats: DetectorStats,
-    events: mpsc::UnboundedSender<(Arc<Host>, Ejection)>,
+    events: mpsc::UnboundedSender<Posted>,
     /// The last sweep's success-rate mean and ejection threshold, external then local origin,
     /// as f64 bits (-1: not computed); `/clusters` prints them.
     averages: [AtomicU64; 4],
     /// Taken by the task when it starts.
-    receiver: Mutex<Option<mpsc::UnboundedReceiver<(Arc<Host>, Ejection)>>>,
+    receiver: Mutex<Option<mpsc::UnboundedReceiver<Posted>>>,
 }
 
 impl Detector {
