@@ -108,6 +108,7 @@ fn host_list(n: u16, weighted: bool) -> Vec<Arc<Host>> {
                 weight: if weighted { 1 + u32::from(i % 7) } else { 1 },
                 authority: format!("127.0.0.1:{port}").parse().expect("authority"),
                 stats: HostStats::default(),
+                health: Default::default(),
             })
         })
         .collect()

@@ -2,13 +2,13 @@
 //! as Envoy's `cluster::host::stat::value` lines or (`?format=json`) `envoy.admin.v3.Clusters`.
 //! https://www.envoyproxy.io/docs/envoy/latest/operations/admin#get--clusters
 //!
-//! Outrigger has no outlier detection, health checks, localities or priorities yet, so every
-//! host is `healthy`, priority 0, with no success rate (-1), exactly what Envoy prints for a
-//! static cluster without those features.
+//! Health flags and success rates come from outlier detection (`upstream/health.rs`); there are
+//! no active health checks, localities or priorities yet, so every host is priority 0 in an
+//! empty locality, as Envoy prints a cluster without those features.
 
 use super::{config_dump::address_proto, json, text, AdminResponse, Query};
 use crate::server::Server;
-use crate::upstream::{ClusterRuntime, Host};
+use crate::upstream::{ClusterRuntime, HealthFlag, Host};
 use http::StatusCode;
 use std::sync::atomic::Ordering;
 use xds_proto::pb::envoy::admin::v3::{
@@ -16,6 +16,7 @@ use xds_proto::pb::envoy::admin::v3::{
 };
 use xds_proto::pb::envoy::config::cluster::v3::{circuit_breakers::Thresholds, CircuitBreakers};
 use xds_proto::pb::envoy::config::core::v3::{HealthStatus, Locality, RoutingPriority};
+use xds_proto::pb::envoy::r#type::v3::Percent;
 use xds_proto::pb::google::protobuf::UInt32Value;
 
 pub fn handle(server: &Server, query: &Query) -> AdminResponse {
@@ -96,6 +97,17 @@ fn host_stats(host: &Host) -> ([Stat; 6], [Stat; 3]) {
 fn text_lines(server: &Server, cluster: &ClusterRuntime, out: &mut String) {
     let name = &cluster.config.name;
     out.push_str(&format!("{name}::observability_name::{name}\n"));
+    if let Some(averages) = cluster.health.outlier_averages() {
+        let names = [
+            "success_rate_average",
+            "success_rate_ejection_threshold",
+            "local_origin_success_rate_average",
+            "local_origin_success_rate_ejection_threshold",
+        ];
+        for (stat, value) in names.iter().zip(averages) {
+            out.push_str(&format!("{name}::outlier::{stat}::{}\n", six_digits(value)));
+        }
+    }
     for (priority, (cx, pending, rq, retries)) in ["default_priority", "high_priority"]
         .iter()
         .zip(thresholds(server, name))
@@ -117,7 +129,10 @@ fn text_lines(server: &Server, cluster: &ClusterRuntime, out: &mut String) {
             out.push_str(&format!("{prefix}::{stat}::{value}\n"));
         }
         out.push_str(&format!("{prefix}::hostname::{}\n", host.hostname));
-        out.push_str(&format!("{prefix}::health_flags::healthy\n"));
+        out.push_str(&format!(
+            "{prefix}::health_flags::{}\n",
+            host.health.flags_text()
+        ));
         out.push_str(&format!("{prefix}::weight::{}\n", host.weight));
         for line in [
             "region::",
@@ -125,16 +140,37 @@ fn text_lines(server: &Server, cluster: &ClusterRuntime, out: &mut String) {
             "sub_zone::",
             "canary::false",
             "priority::0",
-            "success_rate::-1",
-            "local_origin_success_rate::-1",
         ] {
             out.push_str(&format!("{prefix}::{line}\n"));
         }
+        out.push_str(&format!(
+            "{prefix}::success_rate::{}\n",
+            six_digits(host.health.success_rate())
+        ));
+        out.push_str(&format!(
+            "{prefix}::local_origin_success_rate::{}\n",
+            six_digits(host.health.local_origin_success_rate())
+        ));
     }
+}
+
+/// A rate as Envoy prints a double: six significant digits, no trailing zeros.
+fn six_digits(v: f64) -> String {
+    if v.fract() == 0.0 {
+        return format!("{v}");
+    }
+    let decimals = 5usize.saturating_sub(v.abs().log10().floor().max(0.0) as usize);
+    let s = format!("{v:.decimals$}");
+    s.trim_end_matches('0').trim_end_matches('.').to_string()
+}
+
+fn percent(v: f64) -> Option<Percent> {
+    (v >= 0.0).then_some(Percent { value: v })
 }
 
 fn status(server: &Server, cluster: &ClusterRuntime) -> ClusterStatus {
     let name = cluster.config.name.clone();
+    let averages = cluster.health.outlier_averages();
     let thresholds = thresholds(server, &name)
         .into_iter()
         .zip([RoutingPriority::Default, RoutingPriority::High])
@@ -169,8 +205,13 @@ fn status(server: &Server, cluster: &ClusterRuntime) -> ClusterStatus {
                     .collect(),
                 health_status: Some(HostHealthStatus {
                     eds_health_status: HealthStatus::Healthy as i32,
+                    failed_outlier_check: host.health.has(HealthFlag::FailedOutlierCheck),
+                    failed_active_health_check: host.health.has(HealthFlag::FailedActiveHc),
                     ..Default::default()
                 }),
+                // Envoy sets the rates only once an interval had enough requests.
+                success_rate: percent(host.health.success_rate()),
+                local_origin_success_rate: percent(host.health.local_origin_success_rate()),
                 weight: host.weight,
                 hostname: host.hostname.clone(),
                 locality: Some(Locality::default()),
@@ -186,6 +227,8 @@ fn status(server: &Server, cluster: &ClusterRuntime) -> ClusterStatus {
             ..Default::default()
         }),
         observability_name: name,
+        success_rate_ejection_threshold: averages.and_then(|a| percent(a[1])),
+        local_origin_success_rate_ejection_threshold: averages.and_then(|a| percent(a[3])),
         ..Default::default()
     }
 }

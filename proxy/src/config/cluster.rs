@@ -40,6 +40,10 @@ pub struct Cluster {
     /// The cluster asks for a transport socket Outrigger does not speak. Requests to it fail
     /// with 503 UF rather than going out in plain text.
     pub unsupported_transport: Option<String>,
+    /// Passive health checking (`outlier_detection`), None when not configured.
+    pub outlier: Option<super::outlier::OutlierConfig>,
+    /// `common_lb_config.healthy_panic_threshold`, in percent.
+    pub panic_threshold: f64,
 }
 
 #[derive(Debug, Clone)]
@@ -301,6 +305,12 @@ pub fn translate_cluster(
         source_address,
         tls,
         unsupported_transport,
+        outlier: c
+            .outlier_detection
+            .as_ref()
+            .map(|o| super::outlier::translate(o, &path.field("outlier_detection")))
+            .transpose()?,
+        panic_threshold: super::outlier::panic_threshold(c, path)?,
     })
 }
 

@@ -140,15 +140,32 @@ static POLICIES: &[(&str, Policy)] = policies! {
         "dns_lookup_family", "dns_refresh_rate", "respect_dns_ttl", "upstream_connection_options",
         "metadata", "transport_socket", "upstream_bind_config",
         "common_http_protocol_options", "http2_protocol_options", "http_protocol_options", "original_dst_lb_config",
-        "load_balancing_policy", "least_request_lb_config", "ring_hash_lb_config", "maglev_lb_config"]
+        "load_balancing_policy", "least_request_lb_config", "ring_hash_lb_config", "maglev_lb_config",
+        "outlier_detection", "common_lb_config"]
         ack [("round_robin_lb_config", SLOW_START),
-             ("per_connection_buffer_limit_bytes", BUFFERS), ("circuit_breakers", RESILIENCE), ("outlier_detection", RESILIENCE),
+             ("per_connection_buffer_limit_bytes", BUFFERS), ("circuit_breakers", RESILIENCE),
              ("health_checks", RESILIENCE),
-             ("common_lb_config", "the panic threshold, locality weighting, zone-aware routing and update merging are not implemented yet (issue 4, a SHOULD); without health checking every host is healthy, so the panic threshold would not apply"),
              ("cleanup_interval", "ORIGINAL_DST hosts are not cached between connections, so there is nothing to clean up"),
              ("track_cluster_stats", STATS),
              ("transport_socket_matches", "matching transport sockets on endpoint metadata is not implemented yet (issue 6): every endpoint uses the cluster's transport_socket, plaintext when it has none"),
              ("wait_for_warm_on_init", XDS)];
+    "envoy.config.cluster.v3.OutlierDetection" => ["consecutive_5xx", "interval", "base_ejection_time",
+        "max_ejection_percent", "enforcing_consecutive_5xx", "enforcing_success_rate", "success_rate_minimum_hosts",
+        "success_rate_request_volume", "success_rate_stdev_factor", "consecutive_gateway_failure",
+        "enforcing_consecutive_gateway_failure", "split_external_local_origin_errors", "consecutive_local_origin_failure",
+        "enforcing_consecutive_local_origin_failure", "enforcing_local_origin_success_rate",
+        "failure_percentage_threshold", "enforcing_failure_percentage", "enforcing_failure_percentage_local_origin",
+        "failure_percentage_minimum_hosts", "failure_percentage_request_volume", "max_ejection_time",
+        "max_ejection_time_jitter", "always_eject_one_host"]
+        ack [("successful_active_health_check_uneject_host", "active health checking is not implemented yet (issue 4), so no check can uneject a host"),
+             ("monitors", "not implemented in Envoy either (hidden in its API)")];
+    "envoy.config.cluster.v3.Cluster.CommonLbConfig" => ["healthy_panic_threshold"]
+        ack [("zone_aware_lb_config", LOCALITY_LB), ("locality_weighted_lb_config", LOCALITY_LB),
+             ("update_merge_window", "host updates are applied at once; Envoy's window only delays and merges them"),
+             ("close_connections_on_host_set_change", "connections to hosts that leave the set are not closed early; they end with their idle timeout"),
+             ("consistent_hashing_lb_config", "hashing options are read from ring_hash_lb_config, maglev_lb_config or load_balancing_policy"),
+             ("ignore_new_hosts_until_first_hc", "active health checking is not implemented yet (issue 4): new hosts take traffic at once"),
+             ("override_host_status", "host override (stateful sessions) is not implemented")];
     "envoy.config.cluster.v3.Cluster.LeastRequestLbConfig" => ["choice_count", "active_request_bias"]
         ack [("slow_start_config", SLOW_START)];
     "envoy.config.cluster.v3.Cluster.RingHashLbConfig" => ["minimum_ring_size", "maximum_ring_size", "hash_function"];

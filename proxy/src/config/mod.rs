@@ -19,6 +19,7 @@ pub mod header_mutation;
 pub mod listener;
 pub mod load_balancing;
 pub mod matcher;
+pub mod outlier;
 pub mod per_filter;
 pub mod redirect;
 pub mod resolver;

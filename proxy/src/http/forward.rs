@@ -12,7 +12,7 @@ use crate::config::hcm::ServerHeader;
 use crate::config::route::{
     ClusterTarget, Forward, HostRewrite, PathMatch, Route, RouteConfig, VirtualHost, WeightedTarget,
 };
-use crate::upstream::{ClusterRuntime, HostStats, UpstreamBody, UpstreamError};
+use crate::upstream::{ClusterRuntime, HostResult, HostStats, UpstreamBody, UpstreamError};
 use bytes::Bytes;
 use http::{header, HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode};
 use http_body_util::BodyExt;
@@ -241,6 +241,9 @@ async fn send_to_cluster(
                 .record(elapsed.as_secs_f64() * 1000.0);
             cluster.stats.upstream_rq_completed.inc();
             cluster.stats.response(response.status());
+            cluster
+                .health
+                .report(&host, HostResult::Http(response.status().as_u16()));
             let counter = if response.status().is_server_error() {
                 &host.stats.rq_error
             } else {
@@ -267,6 +270,9 @@ async fn send_to_cluster(
             outcome
         }
         Err(e) => {
+            if let Some(result) = HostResult::from_error(&e) {
+                cluster.health.report(&host, result);
+            }
             let mut outcome = upstream_failure(cluster, &host.stats, e, server);
             // Envoy names the host it tried even when it never answered.
             outcome.info.upstream_host = Some(host.authority.clone());

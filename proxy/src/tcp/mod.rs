@@ -150,8 +150,16 @@ async fn connect(
                 }
             })?;
         match connector.call(uri).await {
-            Ok(io) => return Ok((io.into_inner(), host.authority.clone())),
+            Ok(io) => {
+                cluster
+                    .health
+                    .report(&host, crate::upstream::HostResult::Connected);
+                return Ok((io.into_inner(), host.authority.clone()));
+            }
             Err(e) => {
+                cluster
+                    .health
+                    .report(&host, crate::upstream::HostResult::ConnectFailed);
                 cluster.stats.upstream_cx_connect_fail.inc();
                 host.stats.cx_connect_fail.fetch_add(1, Relaxed);
                 tracing::debug!(target: "filter", "tcp_proxy {}: connect to {} failed: {e}", config.stat_prefix, host.authority);

@@ -349,6 +349,7 @@ mod tests {
             weight,
             authority: format!("127.0.0.1:{port}").parse().expect("authority"),
             stats: HostStats::default(),
+            health: Default::default(),
         })
     }
 

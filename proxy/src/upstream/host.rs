@@ -3,8 +3,10 @@
 //! balancer, with no lock.
 
 use super::balancer::Balancer;
+use super::health::HostHealth;
 use crate::config::address::Endpoint;
 use crate::config::load_balancing::LbPolicy;
+use crate::stats::Counter;
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 
@@ -29,12 +31,19 @@ pub struct Host {
     /// The URI authority the connection pool keys this host by.
     pub authority: http::uri::Authority,
     pub stats: HostStats,
+    /// Health flags and the outlier detector's counters (see `health.rs`).
+    pub health: HostHealth,
 }
 
 /// The hosts of a cluster and the balancer built for them.
 #[derive(Debug, Default)]
 pub struct HostSet {
+    /// Every host, healthy or not.
     pub hosts: Vec<Arc<Host>>,
+    /// The hosts the balancer picks among when some are unhealthy (None: all of `hosts`).
+    routable: Option<Vec<Arc<Host>>>,
+    /// Set in panic mode: every pick counts `lb_healthy_panic`.
+    panic: Option<Arc<Counter>>,
     balancer: Balancer,
 }
 
@@ -47,7 +56,39 @@ impl HostSet {
     /// A set balanced by `policy`; the ring or table of a hashing policy is built here.
     pub fn with_policy(hosts: Vec<Arc<Host>>, policy: &LbPolicy) -> Self {
         let balancer = Balancer::build(policy, &hosts);
-        Self { hosts, balancer }
+        Self {
+            hosts,
+            routable: None,
+            panic: None,
+            balancer,
+        }
+    }
+
+    /// Some hosts are unhealthy: the balancer covers `routable` (the healthy ones) only.
+    pub(super) fn partial(
+        hosts: Vec<Arc<Host>>,
+        routable: Vec<Arc<Host>>,
+        policy: &LbPolicy,
+    ) -> Self {
+        let balancer = Balancer::build(policy, &routable);
+        Self {
+            hosts,
+            routable: Some(routable),
+            panic: None,
+            balancer,
+        }
+    }
+
+    /// Too few hosts are healthy (panic threshold): balance over all, counting each pick.
+    pub(super) fn panicking(
+        hosts: Vec<Arc<Host>>,
+        policy: &LbPolicy,
+        counter: Arc<Counter>,
+    ) -> Self {
+        Self {
+            panic: Some(counter),
+            ..Self::with_policy(hosts, policy)
+        }
     }
 
     /// The balancer's pick without a request hash. None when there are no hosts.
@@ -58,10 +99,14 @@ impl HostSet {
     /// The balancer's pick; `hash` (from the route's hash policy) steers RING_HASH and MAGLEV.
     #[inline]
     pub fn pick_hashed(&self, hash: Option<u64>) -> Option<&Arc<Host>> {
-        if self.hosts.is_empty() {
+        let hosts = self.routable.as_ref().unwrap_or(&self.hosts);
+        if hosts.is_empty() {
             return None;
         }
-        self.hosts.get(self.balancer.pick(&self.hosts, hash))
+        if let Some(panic) = &self.panic {
+            panic.inc();
+        }
+        hosts.get(self.balancer.pick(hosts, hash))
     }
 }
 
@@ -76,6 +121,7 @@ mod tests {
             weight,
             authority: format!("127.0.0.1:{port}").parse().expect("authority"),
             stats: HostStats::default(),
+            health: HostHealth::default(),
         })
     }
 

@@ -110,6 +110,8 @@ pub struct ClusterRuntime {
     hosts: Arc<ArcSwap<HostSet>>,
     pub pool: Pool,
     pub stats: ClusterStats,
+    /// Host health: the outlier detector and panic threshold (`health.rs`).
+    pub health: super::health::ClusterHealth,
 }
 
 impl std::fmt::Debug for ClusterRuntime {
@@ -144,7 +146,10 @@ impl ClusterRuntime {
             Arc::from(config.name.as_str()),
             (config.stat_name != config.name).then(|| Arc::from(config.stat_name.as_str())),
         );
+        let health =
+            super::health::ClusterHealth::new(&config, store, stats.membership_healthy.clone());
         let runtime = Self {
+            health,
             pool: Pool::new(&config, accounting, tls),
             log_names,
             config,
@@ -210,14 +215,18 @@ impl ClusterRuntime {
                     hostname,
                     weight,
                     stats: HostStats::default(),
+                    health: Default::default(),
                 }))
             })
             .collect();
         self.stats.membership_total.set(hosts.len() as u64);
-        self.stats.membership_healthy.set(hosts.len() as u64);
         // The balancer (ring, table, schedule) is built here, off the request path.
-        self.hosts
-            .store(Arc::new(HostSet::with_policy(hosts, &self.config.lb)));
+        self.health.install(&self.hosts, hosts, &self.config.lb);
+    }
+
+    /// Rebuilds the balancer after a host's health flags changed.
+    pub(super) fn refresh_health(&self) {
+        self.health.refresh(&self.hosts, &self.config.lb);
     }
 }
 
@@ -303,6 +312,7 @@ impl ClusterManager {
             .set(Some(runtime.clone()));
         if self.discovery_started.load(Ordering::Acquire) {
             super::dns::spawn(&runtime);
+            super::outlier::spawn(&runtime);
         }
         runtime
     }
@@ -389,6 +399,7 @@ impl ClusterManager {
         self.discovery_started.store(true, Ordering::Release);
         for cluster in self.all() {
             super::dns::spawn(&cluster);
+            super::outlier::spawn(&cluster);
         }
     }
 }
@@ -424,6 +435,7 @@ impl ClusterRuntime {
                     hostname: String::new(),
                     weight: 1,
                     stats: HostStats::default(),
+                    health: Default::default(),
                 }))
             }
             _ => self.hosts().pick_hashed(hash).cloned(),

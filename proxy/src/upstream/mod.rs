@@ -5,12 +5,16 @@ mod accounting;
 mod balancer;
 pub mod connector;
 mod dns;
+mod health;
 mod host;
 mod manager;
+mod outlier;
 mod pool;
 
 pub use accounting::ConnectionAccounting;
 pub use connector::{Connector, UpstreamStream as Stream};
+pub use health::{HealthFlag, HostHealth};
 pub use host::{Host, HostSet, HostStats};
 pub use manager::{ClusterManager, ClusterRuntime, ClusterStats};
+pub use outlier::HostResult;
 pub use pool::{UpstreamBody, UpstreamError};

@@ -1,0 +1,242 @@
+//! Host health: which hosts of a cluster take traffic, and how that changes without a lock or
+//! a scan on the request path.
+//!
+//! A host's health is a set of flags in one atomic on the [`Host`] (Envoy's health flags:
+//! failed active health check, failed outlier check, ...); a host with none set is healthy.
+//! Whoever changes a flag (the outlier detector here, active health checking later) rebuilds
+//! the cluster's [`HostSet`] afterwards: the set keeps every host (for `/clusters` and the
+//! stats) and a balancer built over the healthy ones, and is swapped in whole through the
+//! cluster's `ArcSwap`, so a pick reads one pointer and a prebuilt structure. Rebuilds (flag
+//! changes and discovery updates alike) take one mutex so a slow one never overwrites a newer
+//! set; none of them runs on a request.
+//!
+//! Panic threshold (`common_lb_config.healthy_panic_threshold`, default 50%): Envoy rates a
+//! priority's availability as `min(100, 1.4 * healthy / total * 100)` (1.4 is the default
+//! overprovisioning factor); below the threshold it balances over all hosts, healthy or not,
+//! and counts `lb_healthy_panic` per pick. A threshold of 0 disables panic mode.
+//! https://www.envoyproxy.io/docs/envoy/latest/intro/arch_overview/upstream/load_balancing/panic_threshold
+//!
+//! EDS `health_status`: endpoints an assignment marks UNHEALTHY, DRAINING or TIMEOUT are left
+//! out when the assignment is translated (as before this module); they do not count towards
+//! the panic threshold and `/clusters` does not list them.
+
+use super::host::{Host, HostSet};
+use crate::config::cluster::Cluster;
+use crate::stats::{Counter, Gauge, Store};
+use arc_swap::ArcSwap;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+
+/// Envoy's default overprovisioning factor (140%), which scales availability before the
+/// panic threshold is applied.
+const OVERPROVISIONING: f64 = 1.4;
+
+/// Envoy's host health flags, in the order `/clusters` prints them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u32)]
+pub enum HealthFlag {
+    FailedActiveHc = 1,
+    FailedOutlierCheck = 2,
+}
+
+impl HealthFlag {
+    const ALL: [(HealthFlag, &'static str); 2] = [
+        (HealthFlag::FailedActiveHc, "/failed_active_hc"),
+        (HealthFlag::FailedOutlierCheck, "/failed_outlier_check"),
+    ];
+}
+
+/// The per-host state health features keep: the flags, and the outlier detector's monitor.
+#[derive(Debug, Default)]
+pub struct HostHealth {
+    flags: AtomicU32,
+    pub(super) outlier: super::outlier::HostMonitor,
+}
+
+impl HostHealth {
+    pub fn healthy(&self) -> bool {
+        self.flags.load(Ordering::Acquire) == 0
+    }
+
+    pub fn has(&self, flag: HealthFlag) -> bool {
+        self.flags.load(Ordering::Acquire) & flag as u32 != 0
+    }
+
+    /// Sets or clears `flag`; true when that changed it. The caller rebuilds the host set.
+    pub(super) fn set(&self, flag: HealthFlag, on: bool) -> bool {
+        let bit = flag as u32;
+        let before = if on {
+            self.flags.fetch_or(bit, Ordering::AcqRel)
+        } else {
+            self.flags.fetch_and(!bit, Ordering::AcqRel)
+        };
+        (before & bit != 0) != on
+    }
+
+    /// `/clusters`' `health_flags`: `healthy`, or each set flag as `/name`, in Envoy's order.
+    pub fn flags_text(&self) -> String {
+        let flags = self.flags.load(Ordering::Acquire);
+        if flags == 0 {
+            return "healthy".into();
+        }
+        HealthFlag::ALL
+            .iter()
+            .filter(|(f, _)| flags & *f as u32 != 0)
+            .map(|(_, name)| *name)
+            .collect()
+    }
+
+    /// The success rate of the last outlier detection interval (`/clusters`' `success_rate`),
+    /// -1 when there was too little traffic or no detection.
+    pub fn success_rate(&self) -> f64 {
+        self.outlier.success_rate(false)
+    }
+
+    /// As [`Self::success_rate`], for locally originated results.
+    pub fn local_origin_success_rate(&self) -> f64 {
+        self.outlier.success_rate(true)
+    }
+}
+
+/// Whether a cluster with `healthy` of `total` hosts is in panic under `threshold` percent.
+pub fn in_panic(healthy: usize, total: usize, threshold: f64) -> bool {
+    if total == 0 {
+        return false;
+    }
+    let availability = (OVERPROVISIONING * 100.0 * healthy as f64 / total as f64).min(100.0);
+    availability < threshold
+}
+
+/// The health side of a cluster: its outlier detector and the one path host sets are
+/// installed through.
+pub struct ClusterHealth {
+    pub(super) outlier: Option<super::outlier::Detector>,
+    panic_threshold: f64,
+    lb_healthy_panic: Arc<Counter>,
+    membership_healthy: Arc<Gauge>,
+    /// Serialises installs, so a flag change and a discovery update never lose each other.
+    install: Mutex<()>,
+}
+
+impl std::fmt::Debug for ClusterHealth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClusterHealth").finish_non_exhaustive()
+    }
+}
+
+impl ClusterHealth {
+    pub(super) fn new(
+        config: &Cluster,
+        store: &Arc<Store>,
+        membership_healthy: Arc<Gauge>,
+    ) -> Self {
+        let prefix = format!("cluster.{}.", config.stat_name);
+        Self {
+            outlier: config
+                .outlier
+                .as_ref()
+                .map(|o| super::outlier::Detector::new(o.clone(), store, &prefix)),
+            panic_threshold: config.panic_threshold,
+            lb_healthy_panic: store.counter(&format!("{prefix}lb_healthy_panic")),
+            membership_healthy,
+            install: Mutex::new(()),
+        }
+    }
+
+    /// Feeds one result of `host` to the outlier detector, when the cluster has one (request
+    /// path: a few atomics).
+    #[inline]
+    pub fn report(&self, host: &Arc<Host>, result: super::outlier::HostResult) {
+        if let Some(detector) = &self.outlier {
+            detector.report(host, result);
+        }
+    }
+
+    /// The outlier detector's last success-rate mean and threshold (external, then local
+    /// origin), when the cluster has a detector.
+    pub fn outlier_averages(&self) -> Option<[f64; 4]> {
+        self.outlier.as_ref().map(|d| d.averages())
+    }
+
+    /// Builds and swaps in a host set over `hosts`: the balancer over the healthy ones, or
+    /// over all of them in panic. Off the request path (discovery, health changes).
+    pub(super) fn install(
+        &self,
+        slot: &ArcSwap<HostSet>,
+        hosts: Vec<Arc<Host>>,
+        policy: &crate::config::load_balancing::LbPolicy,
+    ) {
+        let _guard = self.install.lock().unwrap_or_else(|e| e.into_inner());
+        self.install_locked(slot, hosts, policy);
+    }
+
+    /// Rebuilds the current set after a flag changed.
+    pub(super) fn refresh(
+        &self,
+        slot: &ArcSwap<HostSet>,
+        policy: &crate::config::load_balancing::LbPolicy,
+    ) {
+        let _guard = self.install.lock().unwrap_or_else(|e| e.into_inner());
+        let hosts = slot.load().hosts.clone();
+        self.install_locked(slot, hosts, policy);
+    }
+
+    fn install_locked(
+        &self,
+        slot: &ArcSwap<HostSet>,
+        hosts: Vec<Arc<Host>>,
+        policy: &crate::config::load_balancing::LbPolicy,
+    ) {
+        let healthy = hosts.iter().filter(|h| h.health.healthy()).count();
+        self.membership_healthy.set(healthy as u64);
+        if let Some(detector) = &self.outlier {
+            detector.count_active(&hosts);
+        }
+        let set = if healthy == hosts.len() {
+            HostSet::with_policy(hosts, policy)
+        } else if in_panic(healthy, hosts.len(), self.panic_threshold) {
+            HostSet::panicking(hosts, policy, self.lb_healthy_panic.clone())
+        } else {
+            let routable = hosts
+                .iter()
+                .filter(|h| h.health.healthy())
+                .cloned()
+                .collect();
+            HostSet::partial(hosts, routable, policy)
+        };
+        slot.store(Arc::new(set));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn panic_follows_envoy_overprovisioned_availability() {
+        // 1 of 2: 70% available, above 50.
+        assert!(!in_panic(1, 2, 50.0));
+        // 1 of 3: 46.7%, below.
+        assert!(in_panic(1, 3, 50.0));
+        // 2 of 5: 40% healthy, but 56% available.
+        assert!(!in_panic(2, 5, 50.0));
+        // None healthy: panic, unless the threshold is 0.
+        assert!(in_panic(0, 4, 50.0));
+        assert!(!in_panic(0, 4, 0.0));
+        assert!(!in_panic(0, 0, 50.0));
+    }
+
+    #[test]
+    fn flags_print_as_envoy_does() {
+        let h = HostHealth::default();
+        assert_eq!(h.flags_text(), "healthy");
+        assert!(h.set(HealthFlag::FailedOutlierCheck, true));
+        assert!(!h.set(HealthFlag::FailedOutlierCheck, true));
+        assert!(h.set(HealthFlag::FailedActiveHc, true));
+        assert_eq!(h.flags_text(), "/failed_active_hc/failed_outlier_check");
+        assert!(h.set(HealthFlag::FailedActiveHc, false));
+        assert!(!h.healthy());
+        assert!(h.set(HealthFlag::FailedOutlierCheck, false));
+        assert!(h.healthy());
+    }
+}
