@@ -40,6 +40,8 @@ pub struct Cluster {
     /// The cluster asks for a transport socket Outrigger does not speak. Requests to it fail
     /// with 503 UF rather than going out in plain text.
     pub unsupported_transport: Option<String>,
+    /// Thresholds per routing priority (Envoy's defaults when unset).
+    pub circuit_breakers: super::circuit_breakers::CircuitBreakers,
 }
 
 #[derive(Debug, Clone)]
@@ -283,6 +285,10 @@ pub fn translate_cluster(
             }
         }
     };
+    let circuit_breakers = super::circuit_breakers::translate(
+        c.circuit_breakers.as_ref(),
+        &path.field("circuit_breakers"),
+    )?;
     Ok(Cluster {
         name: c.name.clone(),
         stat_name: if c.alt_stat_name.is_empty() {
@@ -301,6 +307,7 @@ pub fn translate_cluster(
         source_address,
         tls,
         unsupported_transport,
+        circuit_breakers,
     })
 }
 

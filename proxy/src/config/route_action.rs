@@ -27,6 +27,8 @@ pub struct Forward {
     pub host_rewrite: HostRewrite,
     /// How RING_HASH and MAGLEV clusters hash the request (empty: they pick at random).
     pub hash_policy: HashPolicy,
+    /// Which of the cluster's circuit breaker thresholds (and connection pools) the request uses.
+    pub priority: super::circuit_breakers::Priority,
 }
 
 /// A cluster resolved at config time to its slot. The slot is empty while the cluster is
@@ -172,6 +174,10 @@ pub fn translate_forward(
         regex_rewrite,
         host_rewrite,
         hash_policy: translate_hash_policy(&ra.hash_policy, &path.field("hash_policy"))?,
+        priority: super::circuit_breakers::Priority::from_proto(
+            ra.priority,
+            &path.field("priority"),
+        )?,
     })
 }
 
