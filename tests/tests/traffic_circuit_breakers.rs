@@ -172,14 +172,22 @@ fn stats(side: &Side, cluster: &str) -> String {
 }
 
 /// The access log lines, sorted (requests finish in an order timing decides).
-fn flags(side: &Side) -> String {
-    let mut lines: Vec<String> = side
-        .proxy
-        .stdout()
-        .lines()
-        .filter(|l| l.starts_with("flags "))
-        .map(|l| format!("  {l}\n"))
-        .collect();
+fn flags(side: &Side, expected: usize) -> String {
+    // Lines are flushed every 100 ms (the differential runner's `--file-flush-interval-msec`).
+    let deadline = std::time::Instant::now() + Duration::from_secs(3);
+    let mut lines: Vec<String> = loop {
+        let lines: Vec<String> = side
+            .proxy
+            .stdout()
+            .lines()
+            .filter(|l| l.starts_with("flags "))
+            .map(|l| format!("  {l}\n"))
+            .collect();
+        if lines.len() >= expected || std::time::Instant::now() > deadline {
+            break lines;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
     lines.sort();
     lines.concat()
 }
@@ -193,7 +201,7 @@ fn max_requests(side: &Side) -> String {
         "{responses}{}  upstream connections: {}\n{}",
         stats(side, "rq"),
         side.a.connections(),
-        flags(side)
+        flags(side, 3)
     )
 }
 
@@ -206,7 +214,7 @@ fn max_connections_and_pending(side: &Side) -> String {
         "{responses}{}  upstream connections: {}\n{}",
         stats(side, "cx"),
         side.a.connections(),
-        flags(side)
+        flags(side, 4)
     )
 }
 
@@ -239,15 +247,19 @@ fn tcp_max_connections(side: &Side) -> String {
     out
 }
 
-/// `/clusters` prints each cluster's thresholds per priority.
+/// `/clusters` prints each cluster's thresholds per priority (sorted: Envoy lists its
+/// clusters in hash order).
 fn clusters_page(side: &Side) -> String {
-    side.proxy
+    let mut lines: Vec<String> = side
+        .proxy
         .get("/clusters")
         .body
         .lines()
         .filter(|l| l.contains("_priority::"))
         .map(|l| format!("  {l}\n"))
-        .collect()
+        .collect();
+    lines.sort();
+    lines.concat()
 }
 
 /// The circuit breaker gauges and overflow counters in Prometheus form.

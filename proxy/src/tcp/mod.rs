@@ -164,8 +164,17 @@ async fn connect(
                     attempts_exhausted: false,
                 }
             })?;
-        match connector.call(uri).await {
-            Ok(io) => return Ok((io.into_inner(), host.authority.clone())),
+        // Envoy's TCP pool counts each attempt as a pending request until it connects, and the
+        // connected one as a request.
+        cluster.stats.upstream_rq_pending_total.inc();
+        cluster.stats.upstream_rq_pending_active.inc();
+        let connected = connector.call(uri).await;
+        cluster.stats.upstream_rq_pending_active.dec();
+        match connected {
+            Ok(io) => {
+                cluster.stats.upstream_rq_total.inc();
+                return Ok((io.into_inner(), host.authority.clone()));
+            }
             Err(e) => {
                 cluster.stats.upstream_cx_connect_fail.inc();
                 host.stats.cx_connect_fail.fetch_add(1, Relaxed);

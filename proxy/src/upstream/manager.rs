@@ -73,7 +73,11 @@ impl ClusterStats {
             upstream_cx_tx_bytes_total: c("upstream_cx_tx_bytes_total"),
             upstream_cx_rx_bytes_total: c("upstream_cx_rx_bytes_total"),
             upstream_rq_time: store.histogram(&format!("{prefix}upstream_rq_time")),
-            upstream_rq_pending_total: c("upstream_rq_pending_total"),
+            upstream_rq_pending_total: {
+                // Kept for Envoy's name: no outlier detection ejects hosts yet.
+                c("upstream_rq_pending_failure_eject");
+                c("upstream_rq_pending_total")
+            },
             upstream_rq_pending_overflow: c("upstream_rq_pending_overflow"),
             upstream_rq_pending_active: g("upstream_rq_pending_active"),
             upstream_rq_active_overflow: c("upstream_rq_active_overflow"),

@@ -323,7 +323,12 @@ fn start_side(kind: Kind, scenario: &Scenario) -> Side {
         .with("upstream_b", b.port())
         .with("dead_port", free_port());
     let bootstrap = ports.render(&template(&scenario.config));
-    let proxy = RunningProxy::start(kind, &bootstrap, &["--concurrency", "1"]);
+    // Access logs reach their files within 100 ms, so a step can read them.
+    let proxy = RunningProxy::start(
+        kind,
+        &bootstrap,
+        &["--concurrency", "1", "--file-flush-interval-msec", "100"],
+    );
     Side {
         kind,
         proxy,
