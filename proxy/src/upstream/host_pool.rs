@@ -79,13 +79,16 @@ pub trait Opener: Send + Sync + 'static {
         authority: http::uri::Authority,
         http2: bool,
         closed: ConnectionClosed,
-    ) -> std::pin::Pin<
-        Box<
-            dyn std::future::Future<Output = Result<(Sender, Option<SocketAddr>), UpstreamError>>
-                + Send,
-        >,
-    >;
+    ) -> Opening;
 }
+
+/// A connection being opened: its sender and local address, or why it failed.
+pub type Opening = std::pin::Pin<
+    Box<
+        dyn std::future::Future<Output = Result<(Sender, Option<SocketAddr>), UpstreamError>>
+            + Send,
+    >,
+>;
 
 /// Held by a connection's driver: when dropped (the connection ended or never opened), the
 /// pool forgets the connection and gives its `max_connections` unit back.

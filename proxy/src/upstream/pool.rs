@@ -5,7 +5,7 @@
 use super::circuit_breakers::CircuitBreakers;
 use super::connector::Connector;
 use super::host::Host;
-use super::host_pool::{Attached, ConnectionClosed, HostPools, Opener, PoolStats, Sender};
+use super::host_pool::{self, Attached, ConnectionClosed, HostPools, Opener, PoolStats, Sender};
 use crate::config::circuit_breakers::Priority;
 use crate::config::cluster::Cluster;
 use bytes::Bytes;
@@ -13,9 +13,6 @@ use http_body_util::combinators::UnsyncBoxBody;
 use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioTimer};
-use std::future::Future;
-use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::Arc;
 use tower::Service;
 
@@ -47,19 +44,18 @@ pub struct Pool {
 
 /// Opens the cluster's connections: TCP (and TLS) by the connector, then the HTTP/1.1 or
 /// HTTP/2 handshake, with the connection driven by a task of its own.
-struct Opening {
+struct Connecting {
     connector: Connector,
     http2_settings: crate::config::hcm_options::Http2Settings,
 }
 
-impl Opener for Opening {
+impl Opener for Connecting {
     fn open(
         &self,
         authority: http::uri::Authority,
         http2: bool,
         closed: ConnectionClosed,
-    ) -> Pin<Box<dyn Future<Output = Result<(Sender, Option<SocketAddr>), UpstreamError>> + Send>>
-    {
+    ) -> host_pool::Opening {
         let mut connector = self.connector.clone();
         let settings = self.http2_settings;
         Box::pin(async move {
@@ -131,7 +127,7 @@ impl Pool {
             accounting,
             tls,
         };
-        let opener = Arc::new(Opening {
+        let opener = Arc::new(Connecting {
             connector: connector.clone(),
             http2_settings: cluster.http2,
         });
