@@ -80,11 +80,6 @@ struct Known {
 const KNOWN: &[Known] = &[
     Known {
         variant: "*",
-        family: "envoy_cluster_upstream_rq_total",
-        reason: "Envoy counts each tcp_proxy upstream connection as an upstream request of the cluster; Outrigger's tcp_proxy does not (open, issue 8 stat values)",
-    },
-    Known {
-        variant: "*",
         family: "envoy_cluster_upstream_cx_rx_bytes_total",
         reason: "Outrigger's cluster byte counters differ from Envoy's: tcp_proxy upstream bytes are not added to the cluster, and HTTP upstream bytes are counted differently (open, issue 8 stat values)",
     },

@@ -7,6 +7,7 @@
 //! empty locality, as Envoy prints a cluster without those features.
 
 use super::{config_dump::address_proto, json, text, AdminResponse, Query};
+use crate::config::circuit_breakers::Priority;
 use crate::server::Server;
 use crate::upstream::{ClusterRuntime, HealthFlag, Host};
 use http::StatusCode;
@@ -34,40 +35,29 @@ pub fn handle(server: &Server, query: &Query) -> AdminResponse {
         .collect();
     if query.get("format") == Some("json") {
         let statuses = Clusters {
-            cluster_statuses: clusters.iter().map(|c| status(server, c)).collect(),
+            cluster_statuses: clusters.iter().map(|c| status(c)).collect(),
         };
         return json::message_response(&statuses, false);
     }
     let mut out = String::new();
     for cluster in clusters {
-        text_lines(server, cluster, &mut out);
+        text_lines(cluster, &mut out);
     }
     text(StatusCode::OK, out)
 }
 
-/// Thresholds for the DEFAULT and HIGH priorities: the bootstrap's, else Envoy's defaults.
-fn thresholds(server: &Server, name: &str) -> [(u32, u32, u32, u32); 2] {
-    let configured: Vec<Thresholds> = server
-        .bootstrap
-        .static_resources
-        .as_ref()
-        .and_then(|s| s.clusters.iter().find(|c| c.name == name))
-        .and_then(|c| c.circuit_breakers.as_ref())
-        .map(|cb| cb.thresholds.clone())
-        .unwrap_or_default();
-    let pick = |priority: RoutingPriority| {
-        let t = configured.iter().find(|t| t.priority == priority as i32);
-        let get = |f: fn(&Thresholds) -> Option<UInt32Value>, default: u32| {
-            t.and_then(f).map(|v| v.value).unwrap_or(default)
-        };
+/// Thresholds for the DEFAULT and HIGH priorities, as the cluster was translated (Envoy's
+/// defaults where unset): max connections, pending requests, requests and retries.
+fn thresholds(cluster: &ClusterRuntime) -> [(u32, u32, u32, u32); 2] {
+    [Priority::Default, Priority::High].map(|p| {
+        let t = cluster.config.circuit_breakers.thresholds(p);
         (
-            get(|t| t.max_connections, 1024),
-            get(|t| t.max_pending_requests, 1024),
-            get(|t| t.max_requests, 1024),
-            get(|t| t.max_retries, 3),
+            t.max_connections,
+            t.max_pending_requests,
+            t.max_requests,
+            t.max_retries,
         )
-    };
-    [pick(RoutingPriority::Default), pick(RoutingPriority::High)]
+    })
 }
 
 type Stat = (&'static str, u64);
@@ -88,13 +78,13 @@ fn host_stats(host: &Host) -> ([Stat; 6], [Stat; 3]) {
         [
             ("cx_active", v(&s.cx_active)),
             ("rq_active", v(&s.rq_active)),
-            // Requests wait in no queue of their own yet.
+            // Pending requests are counted per cluster (`upstream_rq_pending_active`), not per host.
             ("rq_pending_active", 0),
         ],
     )
 }
 
-fn text_lines(server: &Server, cluster: &ClusterRuntime, out: &mut String) {
+fn text_lines(cluster: &ClusterRuntime, out: &mut String) {
     let name = &cluster.config.name;
     out.push_str(&format!("{name}::observability_name::{name}\n"));
     if let Some(averages) = cluster.health.outlier_averages() {
@@ -110,7 +100,7 @@ fn text_lines(server: &Server, cluster: &ClusterRuntime, out: &mut String) {
     }
     for (priority, (cx, pending, rq, retries)) in ["default_priority", "high_priority"]
         .iter()
-        .zip(thresholds(server, name))
+        .zip(thresholds(cluster))
     {
         out.push_str(&format!("{name}::{priority}::max_connections::{cx}\n"));
         out.push_str(&format!(
@@ -168,10 +158,10 @@ fn percent(v: f64) -> Option<Percent> {
     (v >= 0.0).then_some(Percent { value: v })
 }
 
-fn status(server: &Server, cluster: &ClusterRuntime) -> ClusterStatus {
+fn status(cluster: &ClusterRuntime) -> ClusterStatus {
     let name = cluster.config.name.clone();
     let averages = cluster.health.outlier_averages();
-    let thresholds = thresholds(server, &name)
+    let thresholds = thresholds(cluster)
         .into_iter()
         .zip([RoutingPriority::Default, RoutingPriority::High])
         .map(|((cx, pending, rq, retries), priority)| Thresholds {

@@ -44,6 +44,8 @@ pub struct Cluster {
     pub outlier: Option<super::outlier::OutlierConfig>,
     /// `common_lb_config.healthy_panic_threshold`, in percent.
     pub panic_threshold: f64,
+    /// Thresholds per routing priority (Envoy's defaults when unset).
+    pub circuit_breakers: super::circuit_breakers::CircuitBreakers,
 }
 
 #[derive(Debug, Clone)]
@@ -287,6 +289,10 @@ pub fn translate_cluster(
             }
         }
     };
+    let circuit_breakers = super::circuit_breakers::translate(
+        c.circuit_breakers.as_ref(),
+        &path.field("circuit_breakers"),
+    )?;
     Ok(Cluster {
         name: c.name.clone(),
         stat_name: if c.alt_stat_name.is_empty() {
@@ -311,6 +317,7 @@ pub fn translate_cluster(
             .map(|o| super::outlier::translate(o, &path.field("outlier_detection")))
             .transpose()?,
         panic_threshold: super::outlier::panic_threshold(c, path)?,
+        circuit_breakers,
     })
 }
 

@@ -141,9 +141,9 @@ static POLICIES: &[(&str, Policy)] = policies! {
         "metadata", "transport_socket", "upstream_bind_config",
         "common_http_protocol_options", "http2_protocol_options", "http_protocol_options", "original_dst_lb_config",
         "load_balancing_policy", "least_request_lb_config", "ring_hash_lb_config", "maglev_lb_config",
-        "outlier_detection", "common_lb_config"]
+        "outlier_detection", "common_lb_config", "circuit_breakers"]
         ack [("round_robin_lb_config", SLOW_START),
-             ("per_connection_buffer_limit_bytes", BUFFERS), ("circuit_breakers", RESILIENCE),
+             ("per_connection_buffer_limit_bytes", BUFFERS),
              ("health_checks", RESILIENCE),
              ("cleanup_interval", "ORIGINAL_DST hosts are not cached between connections, so there is nothing to clean up"),
              ("track_cluster_stats", STATS),
@@ -166,6 +166,11 @@ static POLICIES: &[(&str, Policy)] = policies! {
              ("consistent_hashing_lb_config", "hashing options are read from ring_hash_lb_config, maglev_lb_config or load_balancing_policy"),
              ("ignore_new_hosts_until_first_hc", "active health checking is not implemented yet (issue 4): new hosts take traffic at once"),
              ("override_host_status", "host override (stateful sessions) is not implemented")];
+    // `per_host_thresholds` and `max_connection_pools` are refused: not enforced.
+    "envoy.config.cluster.v3.CircuitBreakers" => ["thresholds"];
+    "envoy.config.cluster.v3.CircuitBreakers.Thresholds" => ["priority", "max_connections", "max_pending_requests",
+        "max_requests", "max_retries", "retry_budget", "track_remaining"];
+    "envoy.config.cluster.v3.CircuitBreakers.Thresholds.RetryBudget" => ["budget_percent", "min_retry_concurrency"];
     "envoy.config.cluster.v3.Cluster.LeastRequestLbConfig" => ["choice_count", "active_request_bias"]
         ack [("slow_start_config", SLOW_START)];
     "envoy.config.cluster.v3.Cluster.RingHashLbConfig" => ["minimum_ring_size", "maximum_ring_size", "hash_function"];
@@ -259,7 +264,7 @@ static POLICIES: &[(&str, Policy)] = policies! {
     "envoy.type.matcher.v3.RegexMatcher.GoogleRE2" => [];
     "envoy.config.route.v3.RouteAction" => ["cluster", "cluster_header", "weighted_clusters", "timeout", "prefix_rewrite",
         "regex_rewrite", "host_rewrite_literal", "auto_host_rewrite", "host_rewrite_header", "hash_policy",
-        "cluster_not_found_response_code"]
+        "cluster_not_found_response_code", "priority"]
         ack [("retry_policy", RESILIENCE), ("max_stream_duration", "not enforced yet (issue 3)"),
              ("max_grpc_timeout", RESILIENCE)];
     "envoy.config.route.v3.RouteAction.HashPolicy" => ["header", "cookie", "connection_properties",

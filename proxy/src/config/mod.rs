@@ -5,6 +5,7 @@
 pub mod access_log;
 pub mod address;
 mod bootstrap;
+pub mod circuit_breakers;
 pub mod cluster;
 pub mod compressor;
 pub mod dynamic;

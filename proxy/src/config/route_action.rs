@@ -29,6 +29,8 @@ pub struct Forward {
     pub hash_policy: HashPolicy,
     /// `cluster_not_found_response_code`: the status when the target cluster does not exist.
     pub cluster_not_found: http::StatusCode,
+    /// Which of the cluster's circuit breaker thresholds (and connection pools) the request uses.
+    pub priority: super::circuit_breakers::Priority,
 }
 
 /// A cluster resolved at config time to its slot. The slot is empty while the cluster is
@@ -175,6 +177,10 @@ pub fn translate_forward(
         host_rewrite,
         hash_policy: translate_hash_policy(&ra.hash_policy, &path.field("hash_policy"))?,
         cluster_not_found: cluster_not_found(ra, path)?,
+        priority: super::circuit_breakers::Priority::from_proto(
+            ra.priority,
+            &path.field("priority"),
+        )?,
     })
 }
 

@@ -72,11 +72,11 @@ fn an_unknown_cluster_in_a_route_names_the_route() {
 fn an_unsupported_field_is_refused_with_its_path() {
     let routes = ROUTES.replace(
         "route: { cluster: c }",
-        "route: { cluster: c, priority: HIGH }",
+        "route: { cluster: c, priority: HIGH, internal_redirect_policy: {} }",
     );
     let err = translate(&listener(&routes, "")).expect_err("unsupported");
     assert!(
-        err.contains("routes[0].route.priority: field not supported"),
+        err.contains("routes[0].route.internal_redirect_policy: field not supported"),
         "{err}"
     );
 }

@@ -228,6 +228,9 @@ pub fn default_details(
         Some(ResponseFlag::UpstreamRemoteReset | ResponseFlag::UpstreamConnectionTermination) => {
             Cow::Borrowed("upstream_reset_before_response_started{connection_termination}")
         }
+        Some(ResponseFlag::UpstreamOverflow) => {
+            Cow::Borrowed("upstream_reset_before_response_started{overflow}")
+        }
         Some(ResponseFlag::UpstreamConnectionFailure) => match transport_failure {
             Some(reason) => Cow::Owned(format!(
                 "upstream_reset_before_response_started{{remote_connection_failure|{reason}}}"

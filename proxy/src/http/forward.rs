@@ -28,6 +28,7 @@ static X_ENVOY_EXPECTED_RQ_TIMEOUT_MS: HeaderName =
 static X_ENVOY_ATTEMPT_COUNT: HeaderName = HeaderName::from_static("x-envoy-attempt-count");
 static X_ENVOY_ORIGINAL_PATH: HeaderName = HeaderName::from_static("x-envoy-original-path");
 static X_ENVOY_ORIGINAL_HOST: HeaderName = HeaderName::from_static("x-envoy-original-host");
+static X_ENVOY_OVERLOADED: HeaderName = HeaderName::from_static("x-envoy-overloaded");
 static X_ENVOY_UPSTREAM_RQ_TIMEOUT_MS: HeaderName =
     HeaderName::from_static("x-envoy-upstream-rq-timeout-ms");
 
@@ -153,7 +154,6 @@ async fn send_to_cluster(
     request: Request<Incoming>,
 ) -> Outcome {
     let server = &ctx.hcm.server_name;
-    cluster.stats.upstream_rq_total.inc();
     if let Some(transport) = &cluster.config.unsupported_transport {
         cluster.stats.upstream_cx_connect_fail.inc();
         let body = format!(
@@ -222,8 +222,10 @@ async fn send_to_cluster(
     let started = Instant::now();
     cluster.stats.upstream_rq_active.inc();
     host.stats.rq_active.fetch_add(1, Relaxed);
-    host.stats.rq_total.fetch_add(1, Relaxed);
-    let send = cluster.pool.send(&host, upstream_request, use_h2);
+    // The pool counts `upstream_rq_total` when the request gets a connection, as Envoy does.
+    let send = cluster
+        .pool
+        .send(&host, upstream_request, use_h2, target.forward.priority);
     let result = match timeout {
         Some(t) => tokio::time::timeout(t, send)
             .await
@@ -287,7 +289,10 @@ fn upstream_failure(
     error: UpstreamError,
     server: &HeaderValue,
 ) -> Outcome {
-    host.rq_error.fetch_add(1, Relaxed);
+    // An overflowed request never reached the host.
+    if error != UpstreamError::Overflow {
+        host.rq_error.fetch_add(1, Relaxed);
+    }
     let mut transport_failure = None;
     let (status, body, flag) = match error {
         UpstreamError::Timeout => {
@@ -322,6 +327,13 @@ fn upstream_failure(
         UpstreamError::NoHealthyUpstream => {
             (StatusCode::SERVICE_UNAVAILABLE, "no healthy upstream".to_string(), ResponseFlag::NoHealthyUpstream)
         }
+        // A circuit breaker is open: Envoy's body, `x-envoy-overloaded: true` and UO.
+        // https://www.envoyproxy.io/docs/envoy/latest/configuration/http/http_filters/router_filter#x-envoy-overloaded
+        UpstreamError::Overflow => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "upstream connect error or disconnect/reset before headers. reset reason: overflow".to_string(),
+            ResponseFlag::UpstreamOverflow,
+        ),
         UpstreamError::UnsupportedTransport(t) => (
             StatusCode::SERVICE_UNAVAILABLE,
             format!("upstream connect error or disconnect/reset before headers. transport {t} is not supported"),
@@ -329,8 +341,14 @@ fn upstream_failure(
         ),
     };
     cluster.stats.response(status);
+    let mut response = local_reply(status, body, server);
+    if flag == ResponseFlag::UpstreamOverflow {
+        response
+            .headers_mut()
+            .insert(X_ENVOY_OVERLOADED.clone(), HeaderValue::from_static("true"));
+    }
     let mut outcome = Outcome {
-        response: local_reply(status, body, server),
+        response,
         flag: Some(flag),
         upstream: None,
         info: Default::default(),

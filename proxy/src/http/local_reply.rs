@@ -24,6 +24,8 @@ pub enum ResponseFlag {
     UpstreamRequestTimeout,
     /// NC: no cluster.
     NoClusterFound,
+    /// UO: a circuit breaker overflowed.
+    UpstreamOverflow,
 }
 
 impl ResponseFlag {
@@ -36,6 +38,7 @@ impl ResponseFlag {
             ResponseFlag::UpstreamConnectionTermination => "UC",
             ResponseFlag::UpstreamRequestTimeout => "UT",
             ResponseFlag::NoClusterFound => "NC",
+            ResponseFlag::UpstreamOverflow => "UO",
         }
     }
 }

@@ -54,6 +54,21 @@ pub async fn proxy(
         log.info.upstream_cluster = Some(cluster.log_names.0.clone());
         log.info.upstream_cluster_alt = cluster.log_names.1.clone();
     }
+    // Envoy's tcp_proxy checks the DEFAULT priority's `max_connections` before connecting and
+    // closes the downstream connection when it is reached (UO, `upstream_cx_overflow`). The
+    // unit is held for as long as the proxied connection lives.
+    let Some(_connection) = cluster
+        .breakers
+        .priority(crate::config::circuit_breakers::Priority::Default)
+        .connections
+        .try_acquire()
+    else {
+        cluster.stats.upstream_cx_overflow.inc();
+        tracing::debug!(target: "filter", "tcp_proxy {}: max_connections reached", config.stat_prefix);
+        log.flag("UO");
+        log.finish();
+        return;
+    };
     let upstream = match connect(&cluster, config, info.local).await {
         Ok((upstream, host)) => {
             if let Some(log) = &mut log.0 {
@@ -149,8 +164,15 @@ async fn connect(
                     attempts_exhausted: false,
                 }
             })?;
-        match connector.call(uri).await {
+        // Envoy's TCP pool counts each attempt as a pending request until it connects, and the
+        // connected one as a request.
+        cluster.stats.upstream_rq_pending_total.inc();
+        cluster.stats.upstream_rq_pending_active.inc();
+        let connected = connector.call(uri).await;
+        cluster.stats.upstream_rq_pending_active.dec();
+        match connected {
             Ok(io) => {
+                cluster.stats.upstream_rq_total.inc();
                 cluster
                     .health
                     .report(&host, crate::upstream::HostResult::Connected);

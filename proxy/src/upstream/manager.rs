@@ -1,7 +1,9 @@
 //! Clusters at runtime: hosts, stats and pools, in the same order as the configuration so
 //! routes hold plain indexes.
 
+use super::circuit_breakers::CircuitBreakers;
 use super::host::{Host, HostSet, HostStats};
+use super::host_pool::PoolStats;
 use super::pool::Pool;
 use crate::config::address::Endpoint;
 use crate::config::cluster::{Cluster, Discovery, LbEndpoint};
@@ -28,6 +30,15 @@ pub struct ClusterStats {
     pub upstream_cx_tx_bytes_total: Arc<Counter>,
     pub upstream_cx_rx_bytes_total: Arc<Counter>,
     pub upstream_rq_time: Arc<crate::stats::Histogram>,
+    /// Circuit breaking and pending requests (Envoy's names).
+    pub upstream_rq_pending_total: Arc<Counter>,
+    pub upstream_rq_pending_overflow: Arc<Counter>,
+    pub upstream_rq_pending_active: Arc<Gauge>,
+    pub upstream_rq_active_overflow: Arc<Counter>,
+    pub upstream_cx_overflow: Arc<Counter>,
+    /// Bumped by the retry logic when [`super::circuit_breakers::PriorityBreakers::try_acquire_retry`]
+    /// refuses a retry.
+    pub upstream_rq_retry_overflow: Arc<Counter>,
     pub membership_total: Arc<Gauge>,
     pub membership_healthy: Arc<Gauge>,
     /// Host set updates (`update_attempt`, `update_success`, `update_empty`,
@@ -62,6 +73,20 @@ impl ClusterStats {
             upstream_cx_tx_bytes_total: c("upstream_cx_tx_bytes_total"),
             upstream_cx_rx_bytes_total: c("upstream_cx_rx_bytes_total"),
             upstream_rq_time: store.histogram(&format!("{prefix}upstream_rq_time")),
+            upstream_rq_pending_total: {
+                // Kept for Envoy's name: no outlier detection ejects hosts yet.
+                c("upstream_rq_pending_failure_eject");
+                c("upstream_rq_pending_total")
+            },
+            upstream_rq_pending_overflow: c("upstream_rq_pending_overflow"),
+            upstream_rq_pending_active: g("upstream_rq_pending_active"),
+            upstream_rq_active_overflow: c("upstream_rq_active_overflow"),
+            upstream_cx_overflow: {
+                // Kept for Envoy's name: `max_connection_pools` is refused at translation.
+                c("upstream_cx_pool_overflow");
+                c("upstream_cx_overflow")
+            },
+            upstream_rq_retry_overflow: c("upstream_rq_retry_overflow"),
             membership_total: g("membership_total"),
             membership_healthy: g("membership_healthy"),
             update_attempt: c("update_attempt"),
@@ -112,6 +137,8 @@ pub struct ClusterRuntime {
     pub stats: ClusterStats,
     /// Host health: the outlier detector and panic threshold (`health.rs`).
     pub health: super::health::ClusterHealth,
+    /// The cluster's circuit breakers; the pools take connections and requests from them.
+    pub breakers: Arc<CircuitBreakers>,
 }
 
 impl std::fmt::Debug for ClusterRuntime {
@@ -148,9 +175,23 @@ impl ClusterRuntime {
         );
         let health =
             super::health::ClusterHealth::new(&config, store, stats.membership_healthy.clone());
+        let breakers = Arc::new(CircuitBreakers::new(
+            &config.circuit_breakers,
+            store,
+            &format!("cluster.{}.", config.stat_name),
+        ));
+        let pool_stats = PoolStats {
+            rq_total: stats.upstream_rq_total.clone(),
+            rq_pending_total: stats.upstream_rq_pending_total.clone(),
+            rq_pending_overflow: stats.upstream_rq_pending_overflow.clone(),
+            rq_pending_active: stats.upstream_rq_pending_active.clone(),
+            rq_active_overflow: stats.upstream_rq_active_overflow.clone(),
+            cx_overflow: stats.upstream_cx_overflow.clone(),
+        };
         let runtime = Self {
             health,
-            pool: Pool::new(&config, accounting, tls),
+            pool: Pool::new(&config, accounting, tls, breakers.clone(), pool_stats),
+            breakers,
             log_names,
             config,
             hosts,

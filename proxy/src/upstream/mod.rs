@@ -1,12 +1,14 @@
 //! The upstream side: clusters at runtime (their hosts, stats and connection pools), host
-//! selection and DNS discovery.
+//! selection, circuit breakers and DNS discovery.
 
 mod accounting;
 mod balancer;
+pub mod circuit_breakers;
 pub mod connector;
 mod dns;
 mod health;
 mod host;
+mod host_pool;
 mod manager;
 mod outlier;
 mod pool;

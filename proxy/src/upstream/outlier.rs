@@ -40,7 +40,8 @@ impl HostResult {
         match error {
             E::Timeout => Some(HostResult::Timeout),
             E::ConnectFailure(_) | E::Reset(_) => Some(HostResult::ConnectFailed),
-            E::NoHealthyUpstream | E::UnsupportedTransport(_) => None,
+            // A circuit breaker refusal never reached the host.
+            E::NoHealthyUpstream | E::UnsupportedTransport(_) | E::Overflow => None,
         }
     }
 }

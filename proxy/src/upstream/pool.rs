@@ -1,15 +1,19 @@
-//! Connection pools per cluster: HTTP/1.1 keep-alive connections per host (hyper-util's
-//! pool), and one multiplexed HTTP/2 connection per host, as Envoy keeps.
+//! Connection pools per cluster: HTTP/1.1 keep-alive connections per host, and one multiplexed
+//! HTTP/2 connection per host, as Envoy keeps; the pool logic (pending requests, circuit
+//! breakers) is in host_pool.rs, the connecting and request sending here.
 
+use super::circuit_breakers::CircuitBreakers;
 use super::connector::Connector;
 use super::host::Host;
+use super::host_pool::{self, Attached, ConnectionClosed, HostPools, Opener, PoolStats, Sender};
+use crate::config::circuit_breakers::Priority;
 use crate::config::cluster::Cluster;
 use bytes::Bytes;
 use http_body_util::combinators::UnsyncBoxBody;
 use hyper::body::Incoming;
-use hyper::client::conn::http2;
-use hyper_util::client::legacy::Client;
+use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioTimer};
+use std::sync::Arc;
 use tower::Service;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -29,20 +33,72 @@ pub enum UpstreamError {
     Timeout,
     /// The cluster needs a transport socket Outrigger does not speak yet.
     UnsupportedTransport(String),
+    /// A circuit breaker is open (`max_pending_requests` or `max_requests`): UO.
+    Overflow,
 }
 
 pub struct Pool {
-    http1: Client<Connector, UpstreamBody>,
     connector: Connector,
-    http2_settings: crate::config::hcm_options::Http2Settings,
-    http2: std::sync::Mutex<std::collections::HashMap<http::uri::Authority, Http2Connection>>,
+    pools: Arc<HostPools>,
 }
 
-/// A pooled HTTP/2 connection and its local address (for `%UPSTREAM_LOCAL_ADDRESS%`).
-#[derive(Clone)]
-struct Http2Connection {
-    sender: http2::SendRequest<UpstreamBody>,
-    local: Option<std::net::SocketAddr>,
+/// Opens the cluster's connections: TCP (and TLS) by the connector, then the HTTP/1.1 or
+/// HTTP/2 handshake, with the connection driven by a task of its own.
+struct Connecting {
+    connector: Connector,
+    http2_settings: crate::config::hcm_options::Http2Settings,
+}
+
+impl Opener for Connecting {
+    fn open(
+        &self,
+        authority: http::uri::Authority,
+        http2: bool,
+        closed: ConnectionClosed,
+    ) -> host_pool::Opening {
+        let mut connector = self.connector.clone();
+        let settings = self.http2_settings;
+        Box::pin(async move {
+            let uri = http::Uri::builder()
+                .scheme("http")
+                .authority(authority)
+                .path_and_query("/")
+                .build()
+                .map_err(|e| UpstreamError::ConnectFailure(e.to_string()))?;
+            let io = connector
+                .call(uri)
+                .await
+                .map_err(|e| UpstreamError::ConnectFailure(io_reason(&e)))?;
+            let local = io.inner().stream.local_addr();
+            if http2 {
+                let (sender, connection) = http2::Builder::new(TokioExecutor::new())
+                    .timer(TokioTimer::new())
+                    .initial_stream_window_size(settings.initial_stream_window_size)
+                    .initial_connection_window_size(settings.initial_connection_window_size)
+                    .handshake(io)
+                    .await
+                    .map_err(|e| UpstreamError::ConnectFailure(e.to_string()))?;
+                tokio::spawn(async move {
+                    let _closed = closed;
+                    if let Err(e) = connection.await {
+                        tracing::debug!(target: "pool", "HTTP/2 upstream connection ended: {e}");
+                    }
+                });
+                return Ok((Sender::Http2(sender), local));
+            }
+            let (sender, connection) = http1::Builder::new()
+                .handshake(io)
+                .await
+                .map_err(|e| UpstreamError::ConnectFailure(e.to_string()))?;
+            tokio::spawn(async move {
+                let _closed = closed;
+                if let Err(e) = connection.with_upgrades().await {
+                    tracing::debug!(target: "pool", "HTTP/1.1 upstream connection ended: {e}");
+                }
+            });
+            Ok((Sender::Http1(sender), local))
+        })
+    }
 }
 
 impl std::fmt::Debug for Pool {
@@ -60,7 +116,9 @@ impl Pool {
     pub fn new(
         cluster: &Cluster,
         accounting: super::ConnectionAccounting,
-        tls: Option<std::sync::Arc<crate::tls::ClientTls>>,
+        tls: Option<Arc<crate::tls::ClientTls>>,
+        breakers: Arc<CircuitBreakers>,
+        stats: PoolStats,
     ) -> Self {
         let connector = Connector {
             connect_timeout: cluster.connect_timeout,
@@ -69,128 +127,81 @@ impl Pool {
             accounting,
             tls,
         };
-        let mut builder = Client::builder(TokioExecutor::new());
-        builder
-            .timer(TokioTimer::new())
-            .pool_timer(TokioTimer::new())
-            .pool_idle_timeout(cluster.idle_timeout);
-        if cluster.max_requests_per_connection == Some(1) {
-            // One request per connection: never return a connection to the pool.
-            builder.pool_max_idle_per_host(0);
-        }
-        Self {
-            http1: builder.build(connector.clone()),
-            connector,
+        let opener = Arc::new(Connecting {
+            connector: connector.clone(),
             http2_settings: cluster.http2,
-            http2: Default::default(),
-        }
+        });
+        let pools = Arc::new_cyclic(|myself| {
+            HostPools::new(
+                breakers,
+                stats,
+                opener,
+                cluster.idle_timeout,
+                // One request per connection: never return a connection to the pool.
+                cluster.max_requests_per_connection == Some(1),
+                myself.clone(),
+            )
+        });
+        Self { connector, pools }
     }
 
-    /// Sends `request` (absolute-form URI carrying the downstream authority) to `host`.
+    /// Sends `request` (absolute-form URI carrying the downstream authority) to `host`, on a
+    /// connection of the pool for `priority`, within the cluster's circuit breakers.
     pub async fn send(
         &self,
         host: &Host,
         mut request: http::Request<UpstreamBody>,
         http2: bool,
+        priority: Priority,
     ) -> Result<http::Response<Incoming>, UpstreamError> {
         if http2 {
             *request.version_mut() = http::Version::HTTP_2;
             // HTTP/2 carries the authority in `:authority` (from the URI); no `host` header.
             request.headers_mut().remove(http::header::HOST);
-            return self.send_http2(host, request).await;
-        }
-        *request.version_mut() = http::Version::HTTP_11;
-        // The pool keys connections by the URI's authority: put the host's there, keeping the
-        // downstream authority in the Host header.
-        let original = request.uri().clone();
-        if !request.headers().contains_key(http::header::HOST) {
-            if let Some(a) = original.authority() {
-                if let Ok(v) = http::HeaderValue::from_str(a.as_str()) {
-                    request.headers_mut().insert(http::header::HOST, v);
+        } else {
+            *request.version_mut() = http::Version::HTTP_11;
+            // The downstream authority goes in the Host header, the path in origin form.
+            if !request.headers().contains_key(http::header::HOST) {
+                if let Some(a) = request.uri().authority() {
+                    if let Ok(v) = http::HeaderValue::from_str(a.as_str()) {
+                        request.headers_mut().insert(http::header::HOST, v);
+                    }
                 }
             }
+            let origin = request
+                .uri()
+                .path_and_query()
+                .map_or("/", |p| p.as_str())
+                .parse::<http::Uri>()
+                .map_err(|e| UpstreamError::Reset(e.to_string()))?;
+            *request.uri_mut() = origin;
         }
-        let mut parts = original.into_parts();
-        parts.authority = Some(host.authority.clone());
-        parts.scheme = Some(http::uri::Scheme::HTTP);
-        *request.uri_mut() =
-            http::Uri::from_parts(parts).map_err(|e| UpstreamError::Reset(e.to_string()))?;
-        self.http1.request(request).await.map_err(|e| {
-            if e.is_connect() {
-                UpstreamError::ConnectFailure(connect_reason(&e))
-            } else {
-                UpstreamError::Reset(reset_reason(&e))
+        let attached = self.pools.attach(&host.authority, priority, http2).await?;
+        host.stats
+            .rq_total
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let Attached {
+            mut conn,
+            pool,
+            request: active,
+        } = attached;
+        let sent = match &mut conn.sender {
+            Sender::Http1(s) => s.send_request(request).await,
+            Sender::Http2(s) => {
+                s.ready()
+                    .await
+                    .map_err(|e| UpstreamError::Reset(reset_reason(&e)))?;
+                s.send_request(request).await
             }
-        })
-    }
-
-    async fn send_http2(
-        &self,
-        host: &Host,
-        request: http::Request<UpstreamBody>,
-    ) -> Result<http::Response<Incoming>, UpstreamError> {
-        let Http2Connection { mut sender, local } = self.http2_sender(host).await?;
-        sender
-            .ready()
-            .await
-            .map_err(|e| UpstreamError::Reset(reset_reason(&e)))?;
-        let mut response = sender
-            .send_request(request)
-            .await
-            .map_err(|e| UpstreamError::Reset(reset_reason(&e)))?;
-        if let Some(local) = local {
+        };
+        let mut response = sent.map_err(|e| UpstreamError::Reset(reset_reason(&e)))?;
+        if let Some(local) = conn.local {
             response
                 .extensions_mut()
                 .insert(super::connector::UpstreamLocalAddress(local));
         }
+        pool.finish(conn, active);
         Ok(response)
-    }
-
-    async fn http2_sender(&self, host: &Host) -> Result<Http2Connection, UpstreamError> {
-        if let Some(s) = self.lock_http2().get(&host.authority) {
-            if !s.sender.is_closed() {
-                return Ok(s.clone());
-            }
-        }
-        let uri = http::Uri::builder()
-            .scheme("http")
-            .authority(host.authority.clone())
-            .path_and_query("/")
-            .build()
-            .map_err(|e| UpstreamError::ConnectFailure(e.to_string()))?;
-        let io = self
-            .connector
-            .clone()
-            .call(uri)
-            .await
-            .map_err(|e| UpstreamError::ConnectFailure(io_reason(&e)))?;
-        let local = io.inner().stream.local_addr();
-        let settings = self.http2_settings;
-        let (sender, connection) = http2::Builder::new(TokioExecutor::new())
-            .timer(TokioTimer::new())
-            .initial_stream_window_size(settings.initial_stream_window_size)
-            .initial_connection_window_size(settings.initial_connection_window_size)
-            .handshake(io)
-            .await
-            .map_err(|e| UpstreamError::ConnectFailure(e.to_string()))?;
-        tokio::spawn(async move {
-            if let Err(e) = connection.await {
-                tracing::debug!(target: "pool", "HTTP/2 upstream connection ended: {e}");
-            }
-        });
-        // Two requests racing here may both connect; the later one wins the slot and the
-        // other connection closes when its last stream ends.
-        let connection = Http2Connection { sender, local };
-        self.lock_http2()
-            .insert(host.authority.clone(), connection.clone());
-        Ok(connection)
-    }
-
-    fn lock_http2(
-        &self,
-    ) -> std::sync::MutexGuard<'_, std::collections::HashMap<http::uri::Authority, Http2Connection>>
-    {
-        self.http2.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
@@ -201,17 +212,6 @@ fn io_reason(e: &std::io::Error) -> String {
         None if e.kind() == std::io::ErrorKind::TimedOut => "connection timeout".to_string(),
         None => e.to_string(),
     }
-}
-
-fn connect_reason(e: &hyper_util::client::legacy::Error) -> String {
-    let mut source = std::error::Error::source(e);
-    while let Some(s) = source {
-        if let Some(io) = s.downcast_ref::<std::io::Error>() {
-            return io_reason(io);
-        }
-        source = s.source();
-    }
-    e.to_string()
 }
 
 fn reset_reason(e: &dyn std::error::Error) -> String {

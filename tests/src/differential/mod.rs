@@ -53,7 +53,7 @@ impl Side {
     /// Outrigger's texts compare although each runs on its own ports (a `Host` header, a
     /// redirect `Location`, an upstream address in a header all carry them).
     pub fn normalise_ports(&self, text: &str) -> String {
-        let mut named: Vec<(String, u16)> = ["listener_port", "tcp_port", "admin_port"]
+        let named: Vec<(String, u16)> = ["listener_port", "tcp_port", "admin_port"]
             .iter()
             .map(|n| (n.to_string(), self.ports.get(n)))
             .chain([
@@ -63,8 +63,6 @@ impl Side {
                 ("grpc_port".to_string(), self.ports.get("grpc_port")),
             ])
             .collect();
-        // Longer numbers first, so 4567 is not replaced inside 45678.
-        named.sort_by_key(|(_, p)| std::cmp::Reverse(p.to_string().len()));
         text.lines()
             .map(|line| {
                 // A long body's summary (a checksum and its first bytes) is data, not an
@@ -74,12 +72,32 @@ impl Side {
                 }
                 let mut line = line.to_string();
                 for (name, port) in &named {
-                    line = line.replace(&port.to_string(), &format!("{{{name}}}"));
+                    line = replace_number(&line, &port.to_string(), &format!("{{{name}}}"));
                 }
                 format!("{line}\n")
             })
             .collect()
     }
+}
+
+/// `text` with every occurrence of the number `digits` that is a number of its own (not
+/// part of a longer one, such as a port inside a 20-digit counter) replaced by `with`.
+fn replace_number(text: &str, digits: &str, with: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(i) = rest.find(digits) {
+        let before = rest[..i].chars().next_back();
+        let after = rest[i + digits.len()..].chars().next();
+        out.push_str(&rest[..i]);
+        if before.is_some_and(|c| c.is_ascii_digit()) || after.is_some_and(|c| c.is_ascii_digit()) {
+            out.push_str(digits);
+        } else {
+            out.push_str(with);
+        }
+        rest = &rest[i + digits.len()..];
+    }
+    out.push_str(rest);
+    out
 }
 
 /// How a scenario's bootstrap is made.
@@ -343,7 +361,12 @@ fn start_side(kind: Kind, scenario: &Scenario) -> Side {
         .with("upstream_b", b.port())
         .with("dead_port", free_port());
     let bootstrap = ports.render(&template(&scenario.config));
-    let proxy = RunningProxy::start(kind, &bootstrap, &["--concurrency", "1"]);
+    // Access logs reach their files within 100 ms, so a step can read them.
+    let proxy = RunningProxy::start(
+        kind,
+        &bootstrap,
+        &["--concurrency", "1", "--file-flush-interval-msec", "100"],
+    );
     Side {
         kind,
         proxy,
