@@ -40,7 +40,7 @@ const CLUSTERS: [(&str, &[&str], &str); 5] = [
         "nopanic",
         &["good", "bad1", "bad2"],
         "outlier_detection: { consecutive_5xx: 1, interval: 0.1s, max_ejection_percent: 100 }
-    common_lb_config: { healthy_panic_threshold: { value: 0 } }",
+    common_lb_config: { healthy_panic_threshold: { value: 0 }, update_merge_window: 0s }",
     ),
     // Connect failures counted apart from responses: two eject the dead host.
     (
@@ -65,12 +65,20 @@ fn bootstrap() -> String {
                 )
             })
             .collect();
+        // Envoy hands a change of host health to its workers up to update_merge_window (1 s
+        // by default) late; a loaded machine then sees the ejection land mid-phase. Outrigger
+        // applies changes at once, so the window is 0 here.
+        let merge_window = if extra.contains("common_lb_config") {
+            ""
+        } else {
+            "\n    common_lb_config: { update_merge_window: 0s }"
+        };
         clusters.push_str(&format!(
             r#"
   - name: {name}
     type: STATIC
     connect_timeout: 1s
-    {extra}
+    {extra}{merge_window}
     load_assignment:
       cluster_name: {name}
       endpoints:
