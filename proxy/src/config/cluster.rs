@@ -44,6 +44,8 @@ pub struct Cluster {
     pub outlier: Option<super::outlier::OutlierConfig>,
     /// `common_lb_config.healthy_panic_threshold`, in percent.
     pub panic_threshold: f64,
+    /// Active health checking (`health_checks`), None when not configured.
+    pub health_check: Option<std::sync::Arc<super::health_check::HealthCheckConfig>>,
 }
 
 #[derive(Debug, Clone)]
@@ -311,6 +313,11 @@ pub fn translate_cluster(
             .map(|o| super::outlier::translate(o, &path.field("outlier_detection")))
             .transpose()?,
         panic_threshold: super::outlier::panic_threshold(c, path)?,
+        health_check: super::health_check::translate_all(
+            &c.health_checks,
+            &path.field("health_checks"),
+        )?
+        .map(std::sync::Arc::new),
     })
 }
 

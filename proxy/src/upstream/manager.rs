@@ -215,7 +215,13 @@ impl ClusterRuntime {
                     hostname,
                     weight,
                     stats: HostStats::default(),
-                    health: Default::default(),
+                    // With active health checking a host takes no traffic until its first
+                    // check passes (Envoy marks new hosts so, at startup and after).
+                    health: if self.config.health_check.is_some() {
+                        super::health::HostHealth::failing_active_hc()
+                    } else {
+                        Default::default()
+                    },
                 }))
             })
             .collect();
@@ -313,6 +319,7 @@ impl ClusterManager {
         if self.discovery_started.load(Ordering::Acquire) {
             super::dns::spawn(&runtime);
             super::outlier::spawn(&runtime);
+            super::health_check::spawn(&runtime);
         }
         runtime
     }
@@ -400,6 +407,7 @@ impl ClusterManager {
         for cluster in self.all() {
             super::dns::spawn(&cluster);
             super::outlier::spawn(&cluster);
+            super::health_check::spawn(&cluster);
         }
     }
 }

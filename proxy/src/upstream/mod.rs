@@ -6,6 +6,7 @@ mod balancer;
 pub mod connector;
 mod dns;
 mod health;
+mod health_check;
 mod host;
 mod manager;
 mod outlier;
