@@ -23,7 +23,7 @@ use tests::upstream::Reply;
 use tests::{envoy_or_skip, free_port, Kind, Ports, RunningProxy};
 
 /// Cluster, host roles, health check.
-const CLUSTERS: [(&str, &[&str], &str); 3] = [
+const CLUSTERS: [(&str, &[&str], &str); 4] = [
     // With traffic: checks every 100 ms, two results in a row to change state (a 503 fails
     // at once: thresholds apply to network failures only).
     (
@@ -40,6 +40,14 @@ const CLUSTERS: [(&str, &[&str], &str); 3] = [
         "tcp",
         &["echo", "silent", "dead"],
         r#"{ timeout: 0.3s, interval: 0.1s, unhealthy_threshold: 1, healthy_threshold: 1, tcp_health_check: { send: { text: "70696e67" }, receive: [ { text: "70696e67" } ] } }"#,
+    ),
+    // Its host passes checks (the header on a 200 check changes nothing) but answers requests
+    // with `x-envoy-immediate-health-check-fail`: one request fails it at once, a passive
+    // failure. Checks are 60 s apart, so it stays failed for the test.
+    (
+        "passive",
+        &["p"],
+        "{ timeout: 0.3s, interval: 60s, unhealthy_threshold: 2, healthy_threshold: 1, http_health_check: { path: /healthz } }",
     ),
 ];
 
@@ -87,6 +95,7 @@ static_resources:
             - name: all
               domains: ["*"]
               routes:
+              - {{ match: {{ prefix: "/passive" }}, route: {{ cluster: passive }} }}
               - {{ match: {{ prefix: "/" }}, route: {{ cluster: live }} }}
           http_filters:
           - name: envoy.filters.http.router
@@ -244,6 +253,11 @@ fn drive(kind: Kind) -> Observed {
                 // Reads until the peer half-closes, which a check never does: no answer.
                 (_, "silent") => Some(Behaviour::TcpHalfClose),
                 (_, "ok") => Some(Behaviour::Reply(Reply::text("ok\n"))),
+                (_, "p") => Some(Behaviour::Reply(Reply {
+                    status: 200,
+                    headers: vec![("x-envoy-immediate-health-check-fail".into(), "true".into())],
+                    body: "failing\n".into(),
+                })),
                 (_, "deg") => Some(Behaviour::Reply(Reply {
                     status: 200,
                     headers: vec![("x-envoy-degraded".into(), "true".into())],
@@ -282,6 +296,7 @@ fn drive(kind: Kind) -> Observed {
             && flag(f, "live", "b") == "healthy"
             && round_done(s, "initial", 6)
             && round_done(s, "tcp", 3)
+            && round_done(s, "passive", 1)
             && !flag(f, "initial", "silent").is_empty()
             && flag(f, "initial", "silent") != "/failed_active_hc"
             && flag(f, "tcp", "silent") != "/failed_active_hc"
@@ -298,6 +313,17 @@ fn drive(kind: Kind) -> Observed {
     // The no-traffic clusters checked each host once (no_traffic_interval is 60 s).
     run.settle("4 end", |_, s| {
         round_done(s, "initial", 6) && round_done(s, "tcp", 3)
+    });
+    let passive = format!("http://127.0.0.1:{}/passive", run.ports.get("listener"));
+    let status = tests::curl::get(&passive).status;
+    run.seen
+        .served
+        .entry("5 passive".into())
+        .or_default()
+        .insert(format!("p {status}"), 1);
+    run.settle("5 passive", |f, s| {
+        flag(f, "passive", "p") != "healthy"
+            && s.get("cluster.passive.health_check.passive_failure") == Some(&1)
     });
     let live_a = &upstreams[0];
     if let Some(first) = live_a.requests().first() {
@@ -349,6 +375,18 @@ fn expect(who: &str, seen: &Observed) {
     );
     assert_eq!(f("tcp", "echo"), "healthy", "{who}");
     assert_eq!(f("tcp", "dead"), "/failed_active_hc", "{who}");
+    let p = &seen.flags[&(
+        "5 passive".to_string(),
+        "passive".to_string(),
+        "p".to_string(),
+    )];
+    assert_eq!(
+        p, "/failed_active_hc/excluded_via_immediate_hc_fail",
+        "{who}"
+    );
+    let s = |n: &str| seen.stats[&("5 passive".to_string(), n.to_string())];
+    assert_eq!(s("cluster.passive.health_check.failure"), 1, "{who}");
+    assert_eq!(s("cluster.passive.health_check.attempt"), 1, "{who}");
     let s = |n: &str| seen.stats[&("4 end".to_string(), n.to_string())];
     assert_eq!(
         s("cluster.initial.health_check.network_failure"),

@@ -137,3 +137,31 @@ fn refusals_name_the_field() {
     .contains("codec_client_type"));
     assert!(translate_yaml("[]").expect("none").is_none());
 }
+
+#[test]
+fn unimplemented_fields_are_refused_with_their_path() {
+    for (field, yaml) in [
+        ("event_log_path", "event_log_path: /tmp/hc.log"),
+        ("tls_options", "tls_options: { alpn_protocols: [h2] }"),
+        ("alt_port", "alt_port: 9000"),
+        (
+            "tcp_health_check.proxy_protocol_config",
+            "tcp_health_check: { proxy_protocol_config: {} }",
+        ),
+    ] {
+        let cluster: ProtoCluster = xds_proto::parse_document(
+            &format!("{{ name: c, health_checks: [ {{ timeout: 1s, interval: 1s, unhealthy_threshold: 1, healthy_threshold: 1, {yaml} }} ] }}"),
+            xds_proto::DocumentFormat::Yaml,
+            xds_proto::ParseOptions::default(),
+        )
+        .expect("health check yaml")
+        .value;
+        let error = crate::config::fields::check(&cluster, &FieldPath::root("c"), &mut Vec::new())
+            .expect_err("refused")
+            .to_string();
+        assert!(
+            error.contains(&format!("c.health_checks[0].{field}")),
+            "{field}: {error}"
+        );
+    }
+}

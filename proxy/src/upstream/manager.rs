@@ -230,6 +230,21 @@ impl ClusterRuntime {
         self.health.install(&self.hosts, hosts, &self.config.lb);
     }
 
+    /// Looks at an upstream response's headers for Envoy's immediate health check failure,
+    /// only in clusters with active health checking (elsewhere Envoy ignores the header too).
+    #[inline]
+    pub fn response_headers(&self, host: &Host, headers: &http::HeaderMap) {
+        if let Some(active) = &self.health.active {
+            if headers.contains_key("x-envoy-immediate-health-check-fail")
+                && active.passive_failure(host)
+            {
+                // Rare (an upstream announcing its own failure): rebuilt here, as other
+                // health changes are, rather than posted elsewhere.
+                self.refresh_health();
+            }
+        }
+    }
+
     /// Rebuilds the balancer after a host's health flags changed.
     pub(super) fn refresh_health(&self) {
         self.health.refresh(&self.hosts, &self.config.lb);

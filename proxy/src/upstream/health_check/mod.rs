@@ -29,9 +29,8 @@ pub struct CheckStats {
     success: Arc<Counter>,
     failure: Arc<Counter>,
     network_failure: Arc<Counter>,
-    /// Counted when a host's own response says `x-envoy-immediate-health-check-fail`
-    /// outside a check; Outrigger does not act on that yet, so it stays 0.
-    _passive_failure: Arc<Counter>,
+    /// A response to a request (not a check) said `x-envoy-immediate-health-check-fail`.
+    passive_failure: Arc<Counter>,
     /// Envoy's count of checks that verified `service_name_matcher` (refused here).
     _verify_cluster: Arc<Counter>,
     healthy: Arc<Gauge>,
@@ -57,7 +56,7 @@ impl ActiveChecker {
                 success: c("success"),
                 failure: c("failure"),
                 network_failure: c("network_failure"),
-                _passive_failure: c("passive_failure"),
+                passive_failure: c("passive_failure"),
                 _verify_cluster: c("verify_cluster"),
                 healthy: g("healthy"),
                 degraded: g("degraded"),
@@ -80,6 +79,20 @@ impl ActiveChecker {
         self.stats.healthy.set(healthy as u64);
         self.stats.degraded.set(degraded as u64);
         self.hosts_changed.send_replace(());
+    }
+}
+
+impl ActiveChecker {
+    /// A response from `host` carried `x-envoy-immediate-health-check-fail` (the upstream's
+    /// health check filter is failing): Envoy fails the host's active check at once and
+    /// excludes it until checks pass again. True when the host set must be rebuilt.
+    pub(super) fn passive_failure(&self, host: &Host) -> bool {
+        self.stats.failure.inc();
+        self.stats.passive_failure.inc();
+        let excluded = host
+            .health
+            .set(HealthFlag::ExcludedViaImmediateHcFail, true);
+        host.health.set(HealthFlag::FailedActiveHc, true) || excluded
     }
 }
 
