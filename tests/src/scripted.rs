@@ -46,6 +46,12 @@ pub enum Behaviour {
     TcpEcho,
     /// Raw TCP: reads until the peer half-closes, then writes `got <n> bytes\n` and closes.
     TcpHalfClose,
+    /// Health checks on `path` get 200 while `healthy` is set and 503 otherwise (the test
+    /// flips it while running); every other request gets 200 `<name>\n`.
+    HealthSwitch {
+        path: String,
+        healthy: Arc<std::sync::atomic::AtomicBool>,
+    },
 }
 
 #[derive(Debug, Default)]
@@ -244,6 +250,16 @@ async fn answer(
             response.body(full(reply.body.clone()))
         }
         Behaviour::Echo => ok().body(full(body)),
+        Behaviour::HealthSwitch { path, healthy } => {
+            if parts.uri.path() == path && !healthy.load(Ordering::SeqCst) {
+                Response::builder()
+                    .status(503)
+                    .header("x-upstream", name)
+                    .body(full("unhealthy\n"))
+            } else {
+                ok().body(full(format!("{name}\n")))
+            }
+        }
         Behaviour::Delay(delay) => {
             tokio::time::sleep(*delay).await;
             ok().body(full("slow\n"))

@@ -46,6 +46,8 @@ pub struct Cluster {
     pub panic_threshold: f64,
     /// Thresholds per routing priority (Envoy's defaults when unset).
     pub circuit_breakers: super::circuit_breakers::CircuitBreakers,
+    /// Active health checking (`health_checks`), None when not configured.
+    pub health_check: Option<std::sync::Arc<super::health_check::HealthCheckConfig>>,
 }
 
 #[derive(Debug, Clone)]
@@ -318,6 +320,11 @@ pub fn translate_cluster(
             .transpose()?,
         panic_threshold: super::outlier::panic_threshold(c, path)?,
         circuit_breakers,
+        health_check: super::health_check::translate_all(
+            &c.health_checks,
+            &path.field("health_checks"),
+        )?
+        .map(std::sync::Arc::new),
     })
 }
 

@@ -141,10 +141,9 @@ static POLICIES: &[(&str, Policy)] = policies! {
         "metadata", "transport_socket", "upstream_bind_config",
         "common_http_protocol_options", "http2_protocol_options", "http_protocol_options", "original_dst_lb_config",
         "load_balancing_policy", "least_request_lb_config", "ring_hash_lb_config", "maglev_lb_config",
-        "outlier_detection", "common_lb_config", "circuit_breakers"]
+        "outlier_detection", "common_lb_config", "circuit_breakers", "health_checks"]
         ack [("round_robin_lb_config", SLOW_START),
              ("per_connection_buffer_limit_bytes", BUFFERS),
-             ("health_checks", RESILIENCE),
              ("cleanup_interval", "ORIGINAL_DST hosts are not cached between connections, so there is nothing to clean up"),
              ("track_cluster_stats", STATS),
              ("transport_socket_matches", "matching transport sockets on endpoint metadata is not implemented yet (issue 6): every endpoint uses the cluster's transport_socket, plaintext when it has none"),
@@ -157,14 +156,22 @@ static POLICIES: &[(&str, Policy)] = policies! {
         "failure_percentage_threshold", "enforcing_failure_percentage", "enforcing_failure_percentage_local_origin",
         "failure_percentage_minimum_hosts", "failure_percentage_request_volume", "max_ejection_time",
         "max_ejection_time_jitter", "always_eject_one_host"]
-        ack [("successful_active_health_check_uneject_host", "active health checking is not implemented yet (issue 4), so no check can uneject a host"),
+        ack [("successful_active_health_check_uneject_host", "a passing active health check does not end an outlier ejection yet: the host returns when its ejection time is over"),
              ("monitors", "not implemented in Envoy either (hidden in its API)")];
+    "envoy.config.core.v3.HealthCheck" => ["timeout", "interval", "initial_jitter", "interval_jitter",
+        "interval_jitter_percent", "unhealthy_threshold", "healthy_threshold", "reuse_connection",
+        "no_traffic_interval", "no_traffic_healthy_interval", "unhealthy_interval", "unhealthy_edge_interval",
+        "healthy_edge_interval", "always_log_health_check_failures", "http_health_check", "tcp_health_check"];
+    "envoy.config.core.v3.HealthCheck.HttpHealthCheck" => ["host", "path", "request_headers_to_add",
+        "request_headers_to_remove", "expected_statuses", "codec_client_type"];
+    "envoy.config.core.v3.HealthCheck.TcpHealthCheck" => ["send", "receive"];
+    "envoy.config.core.v3.HealthCheck.Payload" => ["text", "binary"];
     "envoy.config.cluster.v3.Cluster.CommonLbConfig" => ["healthy_panic_threshold"]
         ack [("zone_aware_lb_config", LOCALITY_LB), ("locality_weighted_lb_config", LOCALITY_LB),
              ("update_merge_window", "host updates are applied at once; Envoy's window only delays and merges them"),
              ("close_connections_on_host_set_change", "connections to hosts that leave the set are not closed early; they end with their idle timeout"),
              ("consistent_hashing_lb_config", "hashing options are read from ring_hash_lb_config, maglev_lb_config or load_balancing_policy"),
-             ("ignore_new_hosts_until_first_hc", "active health checking is not implemented yet (issue 4): new hosts take traffic at once"),
+             ("ignore_new_hosts_until_first_hc", "new hosts start failing their active health check until the first one passes, but still count towards the panic threshold's total"),
              ("override_host_status", "host override (stateful sessions) is not implemented")];
     // `per_host_thresholds` and `max_connection_pools` are refused: not enforced.
     "envoy.config.cluster.v3.CircuitBreakers" => ["thresholds"];
@@ -202,7 +209,7 @@ static POLICIES: &[(&str, Policy)] = policies! {
     "envoy.config.endpoint.v3.LocalityLbEndpoints" => ["locality", "lb_endpoints", "load_balancing_weight", "priority", "metadata"];
     "envoy.config.endpoint.v3.LbEndpoint" => ["endpoint", "load_balancing_weight", "metadata", "health_status"];
     "envoy.config.endpoint.v3.Endpoint" => ["address", "hostname"]
-        ack [("health_check_config", RESILIENCE)];
+        ack [("health_check_config", "active health checks go to the endpoint's own address: its port_value, hostname and address overrides are not applied")];
     "envoy.config.core.v3.HttpProtocolOptions" => ["idle_timeout", "max_requests_per_connection", "max_connection_duration",
         "max_headers_count", "headers_with_underscores_action"]
         ack [("max_stream_duration", "not enforced yet (issue 3)")];

@@ -17,6 +17,7 @@ pub mod hash_policy;
 pub mod hcm;
 pub mod hcm_options;
 pub mod header_mutation;
+pub mod health_check;
 pub mod listener;
 pub mod load_balancing;
 pub mod matcher;

@@ -246,6 +246,7 @@ async fn send_to_cluster(
             cluster
                 .health
                 .report(&host, HostResult::Http(response.status().as_u16()));
+            cluster.response_headers(&host, response.headers());
             let counter = if response.status().is_server_error() {
                 &host.stats.rq_error
             } else {

@@ -3,7 +3,7 @@
 //!
 //! A host's health is a set of flags in one atomic on the [`Host`] (Envoy's health flags:
 //! failed active health check, failed outlier check, ...); a host with none set is healthy.
-//! Whoever changes a flag (the outlier detector here, active health checking later) rebuilds
+//! Whoever changes a flag (the outlier detector, active health checking) rebuilds
 //! the cluster's [`HostSet`] afterwards: the set keeps every host (for `/clusters` and the
 //! stats) and a balancer built over the healthy ones, and is swapped in whole through the
 //! cluster's `ArcSwap`, so a pick reads one pointer and a prebuilt structure. Rebuilds (flag
@@ -37,14 +37,30 @@ const OVERPROVISIONING: f64 = 1.4;
 pub enum HealthFlag {
     FailedActiveHc = 1,
     FailedOutlierCheck = 2,
+    /// The last active check passed with `x-envoy-degraded`: not healthy, not failed.
+    DegradedActiveHc = 4,
+    /// A check failed with `x-envoy-immediate-health-check-fail`: the host is left out of
+    /// the cluster entirely (not counted for the panic threshold) until it passes again.
+    ExcludedViaImmediateHcFail = 8,
+    /// The last failed check timed out; informational (`/clusters`), no effect on balancing.
+    ActiveHcTimeout = 16,
 }
 
 impl HealthFlag {
-    const ALL: [(HealthFlag, &'static str); 2] = [
+    const ALL: [(HealthFlag, &'static str); 5] = [
         (HealthFlag::FailedActiveHc, "/failed_active_hc"),
         (HealthFlag::FailedOutlierCheck, "/failed_outlier_check"),
+        (HealthFlag::DegradedActiveHc, "/degraded_active_hc"),
+        (
+            HealthFlag::ExcludedViaImmediateHcFail,
+            "/excluded_via_immediate_hc_fail",
+        ),
+        (HealthFlag::ActiveHcTimeout, "/active_hc_timeout"),
     ];
 }
+
+/// Flags that only inform: a host with just these is healthy.
+const INFORMATIONAL: u32 = HealthFlag::ActiveHcTimeout as u32;
 
 /// The per-host state health features keep: the flags, and the outlier detector's monitor.
 #[derive(Debug, Default)]
@@ -54,8 +70,15 @@ pub struct HostHealth {
 }
 
 impl HostHealth {
+    /// A host whose active checks have yet to pass (clusters with health checks).
+    pub(super) fn failing_active_hc() -> Self {
+        let health = Self::default();
+        health.set(HealthFlag::FailedActiveHc, true);
+        health
+    }
+
     pub fn healthy(&self) -> bool {
-        self.flags.load(Ordering::Acquire) == 0
+        self.flags.load(Ordering::Acquire) & !INFORMATIONAL == 0
     }
 
     pub fn has(&self, flag: HealthFlag) -> bool {
@@ -76,7 +99,7 @@ impl HostHealth {
     /// `/clusters`' `health_flags`: `healthy`, or each set flag as `/name`, in Envoy's order.
     pub fn flags_text(&self) -> String {
         let flags = self.flags.load(Ordering::Acquire);
-        if flags == 0 {
+        if flags & !INFORMATIONAL == 0 {
             return "healthy".into();
         }
         HealthFlag::ALL
@@ -107,10 +130,11 @@ pub fn in_panic(healthy: usize, total: usize, threshold: f64) -> bool {
     availability < threshold
 }
 
-/// The health side of a cluster: its outlier detector and the one path host sets are
-/// installed through.
+/// The health side of a cluster: its outlier detector, its active checker and the one path
+/// host sets are installed through.
 pub struct ClusterHealth {
     pub(super) outlier: Option<super::outlier::Detector>,
+    pub(super) active: Option<super::health_check::ActiveChecker>,
     panic_threshold: f64,
     lb_healthy_panic: Arc<Counter>,
     membership_healthy: Arc<Gauge>,
@@ -136,6 +160,10 @@ impl ClusterHealth {
                 .outlier
                 .as_ref()
                 .map(|o| super::outlier::Detector::new(o.clone(), store, &prefix)),
+            active: config
+                .health_check
+                .as_ref()
+                .map(|h| super::health_check::ActiveChecker::new(h.clone(), store, &prefix)),
             panic_threshold: config.panic_threshold,
             lb_healthy_panic: store.counter(&format!("{prefix}lb_healthy_panic")),
             membership_healthy,
@@ -192,10 +220,27 @@ impl ClusterHealth {
         if let Some(detector) = &self.outlier {
             detector.count_active(&hosts);
         }
+        if let Some(active) = &self.active {
+            active.installed(&hosts);
+        }
+        // Excluded hosts take no traffic, even in panic, and do not count towards it.
+        let excluded = hosts
+            .iter()
+            .filter(|h| h.health.has(HealthFlag::ExcludedViaImmediateHcFail))
+            .count();
         let set = if healthy == hosts.len() {
             HostSet::with_policy(hosts, policy)
-        } else if in_panic(healthy, hosts.len(), self.panic_threshold) {
-            HostSet::panicking(hosts, policy, self.lb_healthy_panic.clone())
+        } else if in_panic(healthy, hosts.len() - excluded, self.panic_threshold) {
+            if excluded == 0 {
+                HostSet::panicking(hosts, policy, self.lb_healthy_panic.clone())
+            } else {
+                let routable = hosts
+                    .iter()
+                    .filter(|h| !h.health.has(HealthFlag::ExcludedViaImmediateHcFail))
+                    .cloned()
+                    .collect();
+                HostSet::partial_panicking(hosts, routable, policy, self.lb_healthy_panic.clone())
+            }
         } else {
             let routable = hosts
                 .iter()
@@ -238,5 +283,15 @@ mod tests {
         assert!(!h.healthy());
         assert!(h.set(HealthFlag::FailedOutlierCheck, false));
         assert!(h.healthy());
+        // A timeout flag alone informs, it does not make the host unhealthy.
+        h.set(HealthFlag::ActiveHcTimeout, true);
+        assert!(h.healthy());
+        assert_eq!(h.flags_text(), "healthy");
+        h.set(HealthFlag::FailedActiveHc, true);
+        h.set(HealthFlag::ExcludedViaImmediateHcFail, true);
+        assert_eq!(
+            h.flags_text(),
+            "/failed_active_hc/excluded_via_immediate_hc_fail/active_hc_timeout"
+        );
     }
 }

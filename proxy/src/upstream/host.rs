@@ -91,6 +91,19 @@ impl HostSet {
         }
     }
 
+    /// Panic with some hosts excluded: balance over all the others, counting each pick.
+    pub(super) fn partial_panicking(
+        hosts: Vec<Arc<Host>>,
+        routable: Vec<Arc<Host>>,
+        policy: &LbPolicy,
+        counter: Arc<Counter>,
+    ) -> Self {
+        Self {
+            panic: Some(counter),
+            ..Self::partial(hosts, routable, policy)
+        }
+    }
+
     /// The balancer's pick without a request hash. None when there are no hosts.
     pub fn pick(&self) -> Option<&Arc<Host>> {
         self.pick_hashed(None)

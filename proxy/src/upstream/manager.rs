@@ -256,13 +256,34 @@ impl ClusterRuntime {
                     hostname,
                     weight,
                     stats: HostStats::default(),
-                    health: Default::default(),
+                    // With active health checking a host takes no traffic until its first
+                    // check passes (Envoy marks new hosts so, at startup and after).
+                    health: if self.config.health_check.is_some() {
+                        super::health::HostHealth::failing_active_hc()
+                    } else {
+                        Default::default()
+                    },
                 }))
             })
             .collect();
         self.stats.membership_total.set(hosts.len() as u64);
         // The balancer (ring, table, schedule) is built here, off the request path.
         self.health.install(&self.hosts, hosts, &self.config.lb);
+    }
+
+    /// Looks at an upstream response's headers for Envoy's immediate health check failure,
+    /// only in clusters with active health checking (elsewhere Envoy ignores the header too).
+    #[inline]
+    pub fn response_headers(&self, host: &Host, headers: &http::HeaderMap) {
+        if let Some(active) = &self.health.active {
+            if headers.contains_key("x-envoy-immediate-health-check-fail")
+                && active.passive_failure(host)
+            {
+                // Rare (an upstream announcing its own failure): rebuilt here, as other
+                // health changes are, rather than posted elsewhere.
+                self.refresh_health();
+            }
+        }
     }
 
     /// Rebuilds the balancer after a host's health flags changed.
@@ -354,6 +375,7 @@ impl ClusterManager {
         if self.discovery_started.load(Ordering::Acquire) {
             super::dns::spawn(&runtime);
             super::outlier::spawn(&runtime);
+            super::health_check::spawn(&runtime);
         }
         runtime
     }
@@ -441,6 +463,7 @@ impl ClusterManager {
         for cluster in self.all() {
             super::dns::spawn(&cluster);
             super::outlier::spawn(&cluster);
+            super::health_check::spawn(&cluster);
         }
     }
 }

@@ -7,6 +7,7 @@ pub mod circuit_breakers;
 pub mod connector;
 mod dns;
 mod health;
+mod health_check;
 mod host;
 mod host_pool;
 mod manager;
