@@ -2,7 +2,8 @@
 //! routing: malformed requests (which must get Envoy's status and never reach the upstream),
 //! header limits, headers with underscores, and path normalisation.
 
-use tests::differential::{check, one_vhost, Known, Scenario};
+use std::time::Duration;
+use tests::differential::{check, one_vhost, run_client, Known, Scenario, Side};
 
 const HCM: &str = "https://www.envoyproxy.io/docs/envoy/latest/api-v3/extensions/filters/network/http_connection_manager/v3/http_connection_manager.proto";
 const PROTO: &str = "https://www.envoyproxy.io/docs/envoy/latest/api-v3/config/core/v3/protocol.proto#config-core-v3-httpprotocoloptions";
@@ -146,11 +147,50 @@ fn scenarios() -> Vec<Scenario> {
             .hcm("path_with_escaped_slashes_action: UNESCAPE_AND_FORWARD")
             .get("/a%2Fb%5Cc")
             .get("/keep%20space"),
+        Scenario::http(
+            "failing_health_checks_closes_connections",
+            "https://www.envoyproxy.io/docs/envoy/latest/operations/admin#post--healthcheck-fail",
+            &one_vhost(TO_BACKEND),
+        )
+        .custom(health_check_fail_and_ok),
         Scenario::http("absolute_form_and_connect", HCM, &one_vhost(TO_BACKEND))
             .raw("GET http://abs.example/path?q HTTP/1.1\r\nHost: other.example\r\nConnection: close\r\n\r\n")
             .raw("CONNECT abs.example:443 HTTP/1.1\r\nHost: abs.example:443\r\n\r\n")
             .raw("OPTIONS * HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"),
     ]
+}
+
+/// After `POST /healthcheck/fail` the server drains connections as it answers them
+/// (`Connection: close` on HTTP/1.1, GOAWAY on HTTP/2); after `/healthcheck/ok` it stops.
+fn health_check_fail_and_ok(side: &Side) -> String {
+    let url = side.url("/");
+    let h1_connection = |when: &str| {
+        let r = tests::curl::get(&url);
+        format!(
+            "  {when}: http/1.1 status {} connection {:?}\n",
+            r.status,
+            r.header("connection")
+        )
+    };
+    let h2_goaways = |when: &str| {
+        let (_, _, trace) = run_client(
+            "curl",
+            &["-sv", "--http2-prior-knowledge", &url, &url],
+            Duration::from_secs(10),
+        );
+        // hyper's graceful shutdown sends a second GOAWAY once the stream ends, Envoy only
+        // its notice: what is compared is whether one came and how many connections the two
+        // requests took.
+        let goaway = trace.lines().any(|l| l.contains("GOAWAY"));
+        let connections = trace.lines().filter(|l| l.contains("Connected to")).count();
+        format!("  {when}: http/2 GOAWAY {goaway}, two requests took {connections} connections\n")
+    };
+    let mut out = h1_connection("healthy") + &h2_goaways("healthy");
+    side.proxy.post("/healthcheck/fail");
+    out += &(h1_connection("failing") + &h2_goaways("failing"));
+    side.proxy.post("/healthcheck/ok");
+    out += &(h1_connection("healthy again") + &h2_goaways("healthy again"));
+    out
 }
 
 #[test]

@@ -28,6 +28,8 @@ pub struct HttpContext {
     /// Present when the chain has fault injection filters.
     pub fault_stats: Option<super::fault::FaultStats>,
     pub compressors: super::Compressors,
+    /// The server, for state connections follow (a failed health check drains them).
+    pub server: Arc<crate::server::Server>,
 }
 
 /// Serves `io` until the peer closes, or `drain` fires (then in-flight requests finish and
@@ -61,8 +63,15 @@ pub async fn serve_connection<I>(
                 }
             }
             let http1 = request.version() != http::Version::HTTP_2;
+            // While `/healthcheck/fail` holds, Envoy closes connections as if draining:
+            // `Connection: close` on HTTP/1.1, and on HTTP/2 a GOAWAY that goes out before
+            // the response.
+            let health_check_failed = ctx.server.health_check_failed();
+            if !http1 && health_check_failed {
+                activity.goaway.notify_one();
+            }
             let mut response = handle(&ctx, downstream, request).await;
-            if http1 && activity.draining.load(Ordering::Relaxed) {
+            if http1 && (activity.draining.load(Ordering::Relaxed) || health_check_failed) {
                 // The client learns with this response that the connection ends, so it never
                 // sends a request into a close (Envoy's drain of HTTP/1.1 connections).
                 response.headers_mut().insert(
@@ -116,6 +125,7 @@ pub async fn serve_connection<I>(
                 "drain"
             },
             _ = activity.idle_for(limits.idle_timeout) => "idle timeout",
+            _ = activity.goaway.notified() => "health check failed",
             _ = sleep_or_forever(limits.max_connection_duration) => "max connection duration",
         }
     };
@@ -253,6 +263,8 @@ struct Activity {
     http2: std::sync::atomic::AtomicBool,
     /// The listener is draining: HTTP/1.1 responses carry `Connection: close`.
     draining: std::sync::atomic::AtomicBool,
+    /// An HTTP/2 connection is to end gracefully (GOAWAY), as the server fails health checks.
+    goaway: tokio::sync::Notify,
     since: std::sync::Mutex<tokio::time::Instant>,
 }
 
@@ -273,6 +285,7 @@ impl Activity {
             protocol_counted: std::sync::atomic::AtomicBool::new(false),
             http2: std::sync::atomic::AtomicBool::new(false),
             draining: std::sync::atomic::AtomicBool::new(false),
+            goaway: tokio::sync::Notify::new(),
             since: std::sync::Mutex::new(tokio::time::Instant::now()),
         }
     }

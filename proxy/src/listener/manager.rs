@@ -164,7 +164,7 @@ impl ListenerManager {
                 config.clone(),
                 &scope,
                 &self.clusters,
-                &self.server.stats,
+                &self.server,
                 &self.files,
                 drains.receivers(),
             )),
@@ -257,7 +257,7 @@ impl ListenerManager {
             config.clone(),
             &old.scope,
             &self.clusters,
-            &self.server.stats,
+            &self.server,
             &self.files,
             drains.receivers(),
         ));

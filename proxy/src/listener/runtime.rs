@@ -6,7 +6,8 @@ use crate::config::address::Endpoint;
 use crate::config::listener::{FilterChain, Listener, NetworkFilter};
 use crate::format::{Context, ResponseFlags, StreamInfo};
 use crate::http::{Compressors, FaultStats, HcmStats, HttpContext};
-use crate::stats::{Counter, Gauge, Store};
+use crate::server::Server;
+use crate::stats::{Counter, Gauge};
 use crate::tcp::{TcpContext, TcpStats};
 use crate::tls::{ServerTls, TlsStats};
 use crate::upstream::ClusterManager;
@@ -27,9 +28,10 @@ impl ChainRuntime {
     fn build(
         chain: &FilterChain,
         clusters: &Arc<ClusterManager>,
-        store: &Arc<Store>,
+        server: &Arc<Server>,
         files: &Files,
     ) -> Self {
+        let store = &server.stats;
         match chain.filters.last() {
             Some(NetworkFilter::HttpConnectionManager(hcm)) => {
                 ChainRuntime::Http(Arc::new(HttpContext {
@@ -39,6 +41,7 @@ impl ChainRuntime {
                     fault_stats: FaultStats::new(&hcm.faults, store, &hcm.stat_prefix),
                     compressors: Compressors::new(&hcm.compressors, store, &hcm.stat_prefix),
                     access_logs: AccessLogs::new(&hcm.access_logs, files),
+                    server: server.clone(),
                 }))
             }
             Some(NetworkFilter::TcpProxy(t)) => ChainRuntime::Tcp(Arc::new(TcpContext {
@@ -79,10 +82,11 @@ impl ListenerRuntime {
         config: Arc<Listener>,
         scope: &str,
         clusters: &Arc<ClusterManager>,
-        store: &Arc<Store>,
+        server: &Arc<Server>,
         files: &Files,
         drains: super::drains::ChainDrains,
     ) -> Self {
+        let store = &server.stats;
         let scope = if config.stat_prefix.is_empty() {
             scope.to_string()
         } else {
@@ -115,12 +119,12 @@ impl ListenerRuntime {
             chains: config
                 .filter_chains
                 .iter()
-                .map(|c| ChainRuntime::build(c, clusters, store, files))
+                .map(|c| ChainRuntime::build(c, clusters, server, files))
                 .collect(),
             default_chain: config
                 .default_filter_chain
                 .as_ref()
-                .map(|c| ChainRuntime::build(c, clusters, store, files)),
+                .map(|c| ChainRuntime::build(c, clusters, server, files)),
             access_logs: AccessLogs::new(&config.access_logs, files),
             drains,
             config,
