@@ -19,6 +19,7 @@ pub mod load_balancing;
 pub mod matcher;
 pub mod redirect;
 pub mod resolver;
+pub mod retry_policy;
 pub mod route;
 pub mod route_action;
 mod route_index;

@@ -7,9 +7,12 @@ mod forward;
 pub mod forwarding;
 mod local_reply;
 mod redirect;
+mod replay_body;
 mod request_checks;
+pub mod retry;
 mod router;
 mod stats;
+mod upstream_request;
 
 pub use connection::{serve_connection, HttpContext};
 pub use forwarding::Downstream;

@@ -27,6 +27,8 @@ pub enum UpstreamError {
     Reset(String),
     /// The route timeout fired (UT).
     Timeout,
+    /// The retry policy's per-try timeout fired (UT, `upstream_rq_per_try_timeout`).
+    PerTryTimeout,
     /// The cluster needs a transport socket Outrigger does not speak yet.
     UnsupportedTransport(String),
 }
