@@ -116,9 +116,7 @@ fn routes() -> String {
             &format!("retry_on: 5xx, retriable_request_headers: [ {{ name: x-retry-me, present_match: true }} ], {BACK_OFF}"),
         ),
         r("/body", "body", ""),
-        format!(
-            "\n              - match: {{ prefix: \"/big\" }}\n                per_request_buffer_limit_bytes: 1024\n                route: {{ cluster: big }}"
-        ),
+        "\n              - match: { prefix: \"/big\" }\n                per_request_buffer_limit_bytes: 1024\n                route: { cluster: big }".to_string(),
     ]
     .concat()
 }
@@ -157,7 +155,7 @@ fn cluster(name: &str, ports: &[&str]) -> String {
     let endpoints: String = ports
         .iter()
         .map(|p| {
-            format!("\n      - endpoint: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {{{{{p}}}}} }} }} }}")
+            format!("\n        - endpoint: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {{{{{p}}}}} }} }} }}")
         })
         .collect();
     format!(

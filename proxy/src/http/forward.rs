@@ -201,7 +201,6 @@ async fn send_to_cluster(
     let mut attempt = 0u32;
     loop {
         attempt += 1;
-        cluster.stats.upstream_rq_total.inc();
         let Some(request_head) = head.as_ref() else {
             break;
         };
@@ -225,7 +224,12 @@ async fn send_to_cluster(
             r.tried(&host.authority);
         }
         // The attempt's timeout: the per-try one, else what is left of the route timeout.
-        let remaining = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+        // The first attempt has the whole route timeout (Envoy's expected timeout header says
+        // exactly the route timeout then).
+        let remaining = match attempt {
+            1 => controls.timeout,
+            _ => deadline.map(|d| d.saturating_duration_since(Instant::now())),
+        };
         let per_try = retry
             .as_ref()
             .and_then(|r| r.per_try_timeout)
@@ -278,6 +282,11 @@ async fn send_to_cluster(
         };
         cluster.stats.upstream_rq_active.dec();
         host.stats.rq_active.fetch_sub(1, Relaxed);
+        // Envoy counts a request once a connection took it: not when connecting failed
+        // (checked against Envoy 1.40).
+        if !matches!(result, Err(UpstreamError::ConnectFailure(_))) {
+            cluster.stats.upstream_rq_total.inc();
+        }
         let body_kept = replay.as_ref().is_none_or(Replay::retriable);
         let decision = match (&mut retry, &result) {
             (Some(r), Ok(response)) => r.decide(

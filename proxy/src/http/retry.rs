@@ -20,7 +20,6 @@ pub static X_ENVOY_UPSTREAM_RQ_TIMEOUT_MS: HeaderName =
 pub static X_ENVOY_UPSTREAM_RQ_PER_TRY_TIMEOUT_MS: HeaderName =
     HeaderName::from_static("x-envoy-upstream-rq-per-try-timeout-ms");
 static X_ENVOY_INTERNAL: HeaderName = HeaderName::from_static("x-envoy-internal");
-static X_ENVOY_OVERLOADED: HeaderName = HeaderName::from_static("x-envoy-overloaded");
 static X_ENVOY_RATELIMITED: HeaderName = HeaderName::from_static("x-envoy-ratelimited");
 static GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
 
@@ -187,7 +186,7 @@ impl<'p> RetryState<'p> {
         self.retries += 1;
         stats.retry.upstream_rq_retry.inc();
         stats.retry.upstream_rq_retry_backoff_exponential.inc();
-        Decision::Retry(self.back_off.next())
+        Decision::Retry(self.back_off.next_wait())
     }
 
     fn retriable(&self, attempt: Attempt<'_>) -> bool {
@@ -211,10 +210,6 @@ impl<'p> RetryState<'p> {
     }
 
     fn retriable_response(&self, status: StatusCode, headers: &HeaderMap) -> bool {
-        // An upstream that says it is overloaded is not retried.
-        if headers.contains_key(&X_ENVOY_OVERLOADED) {
-            return false;
-        }
         let on = self.retry_on;
         let code = status.as_u16();
         (on.contains(RetryOn::FIVE_XX) && status.is_server_error())
@@ -296,7 +291,7 @@ impl BackOffState {
         }
     }
 
-    pub fn next(&mut self) -> Duration {
+    pub fn next_wait(&mut self) -> Duration {
         let bound = self.next_ms;
         self.next_ms = if self.next_ms < self.max_ms / 2 {
             self.next_ms * 2
@@ -321,16 +316,16 @@ mod tests {
             // The draw is uniform below the bound: a sample in its top half shows up quickly.
             for _ in 0..64 {
                 let mut copy = b;
-                let wait = copy.next().as_millis() as u64;
+                let wait = copy.next_wait().as_millis() as u64;
                 assert!(wait < bound, "{wait} >= {bound}");
                 seen_high |= wait >= bound / 2;
             }
             assert!(seen_high, "no wait near the bound {bound}");
-            b.next();
+            b.next_wait();
         }
         // A 1 ms base never waits: tests use it to keep retries immediate.
         let mut fast = BackOffState::new(Duration::from_millis(1), Duration::from_millis(10));
-        assert_eq!(fast.next(), Duration::ZERO);
+        assert_eq!(fast.next_wait(), Duration::ZERO);
         assert_eq!(BackOff::DEFAULT.max, BackOff::DEFAULT.base * 10);
     }
 
