@@ -1,6 +1,7 @@
 //! Forwarding a request to its route's cluster: pick the cluster (named, from a header, or
-//! weighted) and a host, build the upstream request, send it within the route timeout, and
-//! turn the response (or the failure) into what the client gets.
+//! weighted), then make attempts — pick a host, build the upstream request, send it within the
+//! per-try and route timeouts — until one is final under the retry policy, and turn its
+//! response (or failure) into what the client gets.
 //! Envoy: https://www.envoyproxy.io/docs/envoy/latest/configuration/http/http_filters/router_filter
 
 use super::connection::HttpContext;
@@ -8,6 +9,7 @@ use super::local_reply::{local_reply, ResponseFlag};
 use super::replay_body::Replay;
 use super::retry::{self, Attempt, Decision, RetryState};
 use super::router::{BoxError, Outcome, RequestExtras, RequestInfo, ResponseBody};
+use super::upstream_failure::{count_failure, failure_reply};
 use super::upstream_request::{
     copy_head, strip_hop_by_hop, upstream_request, X_ENVOY_ATTEMPT_COUNT,
 };
@@ -197,15 +199,10 @@ async fn send_to_cluster(
         _ => None,
     };
     let deadline = controls.timeout.map(|t| Instant::now() + t);
-    let mut head = Some(head);
     let mut attempt = 0u32;
     loop {
         attempt += 1;
-        let Some(request_head) = head.as_ref() else {
-            break;
-        };
-        let Some(host) = pick_host(cluster, target, request_head, hashed.hash, retry.as_ref())
-        else {
+        let Some(host) = pick_host(cluster, target, &head, hashed.hash, retry.as_ref()) else {
             cluster.stats.upstream_cx_none_healthy.inc();
             let mut outcome = Outcome {
                 response: local_reply(
@@ -235,12 +232,11 @@ async fn send_to_cluster(
             .and_then(|r| r.per_try_timeout)
             .filter(|p| remaining.is_none_or(|r| *p < r));
         let attempt_timeout = per_try.or(remaining);
+        // Without a policy there is one attempt: it takes the head itself (the empty head left
+        // behind allocates nothing).
         let attempt_head = match &retry {
-            Some(_) => copy_head(request_head),
-            None => match head.take() {
-                Some(h) => h,
-                None => break,
-            },
+            Some(_) => copy_head(&head),
+            None => std::mem::replace(&mut head, Request::new(()).into_parts().0),
         };
         let attempt_body = match (&replay, once.take()) {
             (Some(r), _) => r.next_attempt().boxed_unsync(),
@@ -344,13 +340,6 @@ async fn send_to_cluster(
         }
         attempt_count_in_response(&mut outcome, target, attempt);
         return outcome;
-    }
-    // Unreachable: the head is only taken on a request's single attempt, which returns.
-    Outcome {
-        response: local_reply(StatusCode::INTERNAL_SERVER_ERROR, Bytes::new(), server),
-        flag: None,
-        upstream: None,
-        info: Default::default(),
     }
 }
 
@@ -461,105 +450,6 @@ fn answered(
     };
     outcome.info.upstream_host = Some(host.authority.clone());
     outcome.info.upstream_local_address = upstream_local;
-    outcome
-}
-
-/// Counts a failed attempt, final or retried: connect failures, timeouts, the host's errors.
-fn count_failure(cluster: &ClusterRuntime, host: &HostStats, error: &UpstreamError) {
-    host.rq_error.fetch_add(1, Relaxed);
-    match error {
-        UpstreamError::Timeout => {
-            cluster.stats.upstream_rq_timeout.inc();
-            host.rq_timeout.fetch_add(1, Relaxed);
-        }
-        UpstreamError::PerTryTimeout => {
-            cluster.stats.retry.upstream_rq_per_try_timeout.inc();
-            host.rq_timeout.fetch_add(1, Relaxed);
-        }
-        UpstreamError::ConnectFailure(_) => {
-            cluster.stats.upstream_cx_connect_fail.inc();
-            host.cx_connect_fail.fetch_add(1, Relaxed);
-        }
-        UpstreamError::Reset(_)
-        | UpstreamError::NoHealthyUpstream
-        | UpstreamError::UnsupportedTransport(_) => {}
-    }
-}
-
-/// The local reply for a final failed attempt. After retries Envoy's body says so
-/// ("retried and the latest reset reason").
-fn failure_reply(
-    cluster: &ClusterRuntime,
-    error: UpstreamError,
-    server: &HeaderValue,
-    retried: bool,
-) -> Outcome {
-    let mut transport_failure = None;
-    let mut details = None;
-    let reset = |reason: &str| {
-        let lead = if retried {
-            "retried and the latest reset reason"
-        } else {
-            "reset reason"
-        };
-        format!("upstream connect error or disconnect/reset before headers. {lead}: {reason}")
-    };
-    let (status, body, flag) = match error {
-        UpstreamError::Timeout => (
-            StatusCode::GATEWAY_TIMEOUT,
-            "upstream request timeout".to_string(),
-            ResponseFlag::UpstreamRequestTimeout,
-        ),
-        UpstreamError::PerTryTimeout => {
-            details = Some("upstream_per_try_timeout");
-            (
-                StatusCode::GATEWAY_TIMEOUT,
-                "upstream request timeout".to_string(),
-                ResponseFlag::UpstreamRequestTimeout,
-            )
-        }
-        UpstreamError::ConnectFailure(reason) => {
-            tracing::debug!(target: "router", "upstream connect failure: {reason}");
-            transport_failure = Some(super::access_log::transport_failure_reason(&reason));
-            // Envoy 1.40's body names the reset reason only.
-            (
-                StatusCode::SERVICE_UNAVAILABLE,
-                reset("remote connection failure"),
-                ResponseFlag::UpstreamConnectionFailure,
-            )
-        }
-        UpstreamError::Reset(reason) => {
-            tracing::debug!(target: "router", "upstream reset: {reason}");
-            (
-                StatusCode::SERVICE_UNAVAILABLE,
-                reset("connection termination"),
-                // Envoy flags a connection that closed before the response UC (checked against
-                // Envoy 1.40); UR is a reset stream.
-                ResponseFlag::UpstreamConnectionTermination,
-            )
-        }
-        UpstreamError::NoHealthyUpstream => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "no healthy upstream".to_string(),
-            ResponseFlag::NoHealthyUpstream,
-        ),
-        UpstreamError::UnsupportedTransport(t) => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!("upstream connect error or disconnect/reset before headers. transport {t} is not supported"),
-            ResponseFlag::UpstreamConnectionFailure,
-        ),
-    };
-    // Envoy charges a local reply for an upstream failure like a response from the cluster.
-    cluster.stats.upstream_rq_completed.inc();
-    cluster.stats.response(status);
-    let mut outcome = Outcome {
-        response: local_reply(status, body, server),
-        flag: Some(flag),
-        upstream: None,
-        info: Default::default(),
-    };
-    outcome.info.upstream_transport_failure_reason = transport_failure;
-    outcome.info.response_code_details = details.map(Into::into);
     outcome
 }
 

@@ -12,6 +12,7 @@ mod request_checks;
 pub mod retry;
 mod router;
 mod stats;
+mod upstream_failure;
 mod upstream_request;
 
 pub use connection::{serve_connection, HttpContext};
