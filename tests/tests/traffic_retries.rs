@@ -62,6 +62,7 @@ fn upstreams() -> Vec<(&'static str, Behaviour)> {
             ),
         ),
         ("body", flaky(1, fail503())),
+        ("body_h2", flaky(1, fail503())),
         ("big", flaky(1, fail503())),
     ]
 }
@@ -115,6 +116,7 @@ fn routes() -> String {
             "always",
             &format!("retry_on: 5xx, retriable_request_headers: [ {{ name: x-retry-me, present_match: true }} ], {BACK_OFF}"),
         ),
+        r("/body-h2", "body_h2", ""),
         r("/body", "body", ""),
         "\n              - match: { prefix: \"/big\" }\n                per_request_buffer_limit_bytes: 1024\n                route: { cluster: big }".to_string(),
     ]
@@ -191,6 +193,11 @@ fn bootstrap() -> String {
         .filter(|(n, _)| !matches!(*n, "p1" | "p2"))
         .map(|(n, _)| cluster(n, &[n]))
         .collect();
+    // The replayed body over HTTP/2 upstream, where its length comes from the body itself.
+    clusters = clusters.replace(
+        "\n  - name: body_h2\n    type: STATIC\n",
+        "\n  - name: body_h2\n    type: STATIC\n    typed_extension_protocol_options:\n      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:\n        \"@type\": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions\n        explicit_http_config: { http2_protocol_options: {} }\n",
+    );
     clusters.push_str(&cluster("pair", &["p1", "p2"]));
     clusters.push_str(&cluster("dead", &["dead"]));
     format!(
@@ -242,6 +249,16 @@ fn steps() -> Vec<Step> {
         step("plain", "/request-headers", &["-H", "x-retry-me: 1"]),
         step("plain", "/request-headers", &[]),
         step("plain", "/body", &["--data-binary", "hello body"]),
+        step("plain", "/body-h2", &["--data-binary", "hello h2 body"]),
+        step(
+            "plain",
+            "/body-h2",
+            &[
+                "--http2-prior-knowledge",
+                "--data-binary",
+                "from an h2 client",
+            ],
+        ),
         Step {
             listener: "plain",
             path: "/big",
@@ -400,8 +417,16 @@ fn run(kind: Kind) -> String {
                 seen.push((
                     attempt.clone(),
                     format!(
-                        "  attempt {attempt} at {} {} {} expected {expected} body {} bytes other {retry_headers:?}",
-                        name, r.method, r.path, r.body.len()
+                        "  attempt {attempt} at {} {} {} {} expected {expected} body {} other {retry_headers:?}",
+                        name,
+                        r.method,
+                        r.path,
+                        r.version,
+                        if r.body.len() <= 40 {
+                            format!("{:?}", String::from_utf8_lossy(&r.body))
+                        } else {
+                            format!("{} bytes", r.body.len())
+                        }
                     ),
                 ));
             }
