@@ -52,6 +52,20 @@ pub enum Behaviour {
         path: String,
         healthy: Arc<std::sync::atomic::AtomicBool>,
     },
+    /// Fails the first `failures` requests (counted over the upstream's life) as `failure`
+    /// says, then answers 200 `from <name>\n` (retry tests: a flaky, resetting or slow host).
+    Flaky { failures: usize, failure: Failure },
+}
+
+/// How a [`Behaviour::Flaky`] upstream fails a request.
+#[derive(Debug, Clone)]
+pub enum Failure {
+    /// Answers with this reply.
+    Reply(Reply),
+    /// Closes the connection without answering, once the request has been read.
+    Reset,
+    /// Answers 200 `from <name>\n`, after this long.
+    Delay(Duration),
 }
 
 #[derive(Debug, Default)]
@@ -174,9 +188,10 @@ fn serve(
                             let behaviour = Arc::clone(&behaviour);
                             let name = Arc::clone(&name);
                             async move {
-                                Ok::<_, Infallible>(
-                                    answer(request, &behaviour, &name, &shared).await,
-                                )
+                                // No response: hyper closes the connection unanswered.
+                                answer(request, &behaviour, &name, &shared)
+                                    .await
+                                    .ok_or(ScriptedReset)
                             }
                         });
                         // A client that goes away mid-request is not the upstream's problem.
@@ -192,6 +207,18 @@ fn serve(
 
 type Body = BoxBody<Bytes, Infallible>;
 
+/// The error a service returns to have hyper drop the connection without an answer.
+#[derive(Debug)]
+struct ScriptedReset;
+
+impl std::fmt::Display for ScriptedReset {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("scripted reset")
+    }
+}
+
+impl std::error::Error for ScriptedReset {}
+
 fn full(body: impl Into<Bytes>) -> Body {
     Full::new(body.into()).boxed()
 }
@@ -201,7 +228,7 @@ async fn answer(
     behaviour: &Behaviour,
     name: &str,
     shared: &Shared,
-) -> Response<Body> {
+) -> Option<Response<Body>> {
     let on_upgrade = hyper::upgrade::on(&mut request);
     let (parts, body) = request.into_parts();
     let body = body
@@ -228,11 +255,14 @@ async fn answer(
             .collect(),
         body: body.clone(),
     };
-    shared
-        .received
-        .lock()
-        .expect("no panic while holding the request log")
-        .push(received);
+    let seen = {
+        let mut log = shared
+            .received
+            .lock()
+            .expect("no panic while holding the request log");
+        log.push(received);
+        log.len()
+    };
     let ok = || {
         Response::builder()
             .status(200)
@@ -305,11 +335,28 @@ async fn answer(
                 ok().body(full("no upgrade\n"))
             }
         }
+        Behaviour::Flaky { failures, failure } if seen <= *failures => match failure {
+            Failure::Reply(reply) => {
+                let mut response = Response::builder()
+                    .status(reply.status)
+                    .header("x-upstream", name);
+                for (n, v) in &reply.headers {
+                    response = response.header(n, v);
+                }
+                response.body(full(reply.body.clone()))
+            }
+            Failure::Reset => return None,
+            Failure::Delay(delay) => {
+                tokio::time::sleep(*delay).await;
+                ok().body(full(format!("from {name}\n")))
+            }
+        },
+        Behaviour::Flaky { .. } => ok().body(full(format!("from {name}\n"))),
         Behaviour::CloseBeforeResponse | Behaviour::TcpEcho | Behaviour::TcpHalfClose => {
             unreachable!("raw TCP behaviours do not speak HTTP")
         }
     };
-    built.unwrap_or_else(|e| panic!("the scenario's reply is not a valid response: {e}"))
+    Some(built.unwrap_or_else(|e| panic!("the scenario's reply is not a valid response: {e}")))
 }
 
 /// `total` bytes as `chunk`-sized data frames (the last one shorter).

@@ -36,6 +36,7 @@ pub enum Extension {
     ClusterProvidedLb(ext::load_balancing_policies::cluster_provided::v3::ClusterProvided),
     StdoutAccessLog(ext::access_loggers::stream::v3::StdoutAccessLog),
     StderrAccessLog(ext::access_loggers::stream::v3::StderrAccessLog),
+    PreviousHostsPredicate(ext::retry::host::previous_hosts::v3::PreviousHostsPredicate),
 }
 
 fn decode<M: XdsMessage>(any: &Any) -> Result<M, AnyError> {
@@ -83,6 +84,7 @@ pub fn decode_extension(any: &Any) -> Result<Extension, AnyError> {
         ClusterProvidedLb(ext::load_balancing_policies::cluster_provided::v3::ClusterProvided),
         StdoutAccessLog(ext::access_loggers::stream::v3::StdoutAccessLog),
         StderrAccessLog(ext::access_loggers::stream::v3::StderrAccessLog),
+        PreviousHostsPredicate(ext::retry::host::previous_hosts::v3::PreviousHostsPredicate),
     }
     Err(AnyError::UnknownType(name.to_string()))
 }

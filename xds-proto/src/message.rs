@@ -61,6 +61,7 @@ xds_messages! {
     pb::envoy::extensions::filters::listener::original_dst::v3::OriginalDst => "envoy.extensions.filters.listener.original_dst.v3.OriginalDst",
     pb::envoy::extensions::upstreams::http::v3::HttpProtocolOptions => "envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
     pb::envoy::extensions::access_loggers::file::v3::FileAccessLog => "envoy.extensions.access_loggers.file.v3.FileAccessLog",
+    pb::envoy::extensions::retry::host::previous_hosts::v3::PreviousHostsPredicate => "envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate",
     pb::envoy::extensions::load_balancing_policies::round_robin::v3::RoundRobin => "envoy.extensions.load_balancing_policies.round_robin.v3.RoundRobin",
     pb::envoy::extensions::load_balancing_policies::least_request::v3::LeastRequest => "envoy.extensions.load_balancing_policies.least_request.v3.LeastRequest",
     pb::envoy::extensions::load_balancing_policies::random::v3::Random => "envoy.extensions.load_balancing_policies.random.v3.Random",

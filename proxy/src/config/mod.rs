@@ -25,6 +25,7 @@ pub mod outlier;
 pub mod per_filter;
 pub mod redirect;
 pub mod resolver;
+pub mod retry_policy;
 pub mod route;
 pub mod route_action;
 mod route_index;

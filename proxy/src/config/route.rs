@@ -11,7 +11,8 @@ use super::per_filter::{translate_per_filter, PerFilterConfigs};
 use super::redirect::translate_redirect;
 pub use super::redirect::{Redirect, RedirectPath};
 use super::resolver::Resolver;
-use super::route_action::translate_forward;
+use super::retry_policy::translate_retry_policy;
+use super::route_action::{translate_forward, VhostDefaults};
 pub use super::route_action::{ClusterTarget, Forward, HostRewrite, NamedCluster, WeightedTarget};
 use super::route_index::RouteIndex;
 use super::values::inline_data;
@@ -40,6 +41,8 @@ pub struct VirtualHost {
     pub response_headers: HeaderMutation,
     /// `include_request_attempt_count`: send `x-envoy-attempt-count` upstream.
     pub include_request_attempt_count: bool,
+    /// `include_attempt_count_in_response`: tell the client how many attempts were made.
+    pub include_attempt_count_in_response: bool,
     pub per_filter: PerFilterConfigs,
     index: RouteIndex,
 }
@@ -202,6 +205,20 @@ pub fn translate_route_config(
                 &d_path,
             )?;
         }
+        let defaults = VhostDefaults {
+            retry: match &vh.retry_policy {
+                Some(p) => Some(std::sync::Arc::new(translate_retry_policy(
+                    p,
+                    &vh_path.field("retry_policy"),
+                )?)),
+                None => None,
+            },
+            buffer_limit: buffer_limit(
+                vh.request_body_buffer_limit.as_ref().map(|v| v.value),
+                #[allow(deprecated)]
+                vh.per_request_buffer_limit_bytes.as_ref().map(|v| v.value),
+            ),
+        };
         let mut routes = Vec::with_capacity(vh.routes.len());
         for (j, route) in vh.routes.iter().enumerate() {
             routes.push(translate_route(
@@ -210,6 +227,7 @@ pub fn translate_route_config(
                 resolve,
                 validate,
                 max_body,
+                &defaults,
                 acks,
             )?);
         }
@@ -218,6 +236,7 @@ pub fn translate_route_config(
             index: RouteIndex::build(&routes),
             routes,
             include_request_attempt_count: vh.include_request_attempt_count,
+            include_attempt_count_in_response: vh.include_attempt_count_in_response,
             per_filter: translate_per_filter(&vh.typed_per_filter_config, &vh_path, resolve, acks)?,
             request_headers: header_mutation(
                 &vh.request_headers_to_add,
@@ -260,6 +279,14 @@ pub fn translate_route_config(
     })
 }
 
+/// `request_body_buffer_limit`, else the deprecated `per_request_buffer_limit_bytes`
+/// (values past the address space are as good as unlimited).
+fn buffer_limit(limit: Option<u64>, deprecated: Option<u32>) -> Option<usize> {
+    limit
+        .map(|l| usize::try_from(l).unwrap_or(usize::MAX))
+        .or(deprecated.map(|l| l as usize))
+}
+
 fn index_domain(
     d: &mut DomainIndex,
     domain: &str,
@@ -299,6 +326,7 @@ fn translate_route(
     resolve: &Resolver<'_>,
     validate: bool,
     max_body: usize,
+    vhost: &VhostDefaults,
     acks: &mut Vec<Acknowledged>,
 ) -> Result<Route> {
     let m_path = path.field("match");
@@ -352,6 +380,15 @@ fn translate_route(
             &path.field("route"),
             resolve,
             validate,
+            vhost,
+            buffer_limit(
+                route.request_body_buffer_limit.as_ref().map(|v| v.value),
+                #[allow(deprecated)]
+                route
+                    .per_request_buffer_limit_bytes
+                    .as_ref()
+                    .map(|v| v.value),
+            ),
         )?),
         Some(A::Redirect(r)) => Action::Redirect(translate_redirect(r, &path.field("redirect"))?),
         Some(A::DirectResponse(d)) => {

@@ -8,6 +8,7 @@ use super::hash_policy::{translate_hash_policy, HashPolicy};
 use super::header_mutation::{header_mutation, HeaderMutation};
 use super::matcher::full_regex;
 use super::resolver::Resolver;
+use super::retry_policy::{translate_retry_policy, RetryPolicy};
 use super::slots::Slot;
 use super::values::optional_duration;
 use crate::upstream::ClusterRuntime;
@@ -31,7 +32,23 @@ pub struct Forward {
     pub cluster_not_found: http::StatusCode,
     /// Which of the cluster's circuit breaker thresholds (and connection pools) the request uses.
     pub priority: super::circuit_breakers::Priority,
+    /// The route's retry policy, else its virtual host's (Envoy takes the most specific one
+    /// whole; the two are not merged). Shared by the routes of a virtual host.
+    pub retry: Option<Arc<RetryPolicy>>,
+    /// How much of a request body is kept for a retry (`per_request_buffer_limit_bytes` of the
+    /// route, else of the virtual host, else 1 MiB, the listener buffer limit's default).
+    pub buffer_limit: usize,
 }
+
+/// What a virtual host passes down to its routes' actions.
+#[derive(Debug, Default, Clone)]
+pub struct VhostDefaults {
+    pub retry: Option<Arc<RetryPolicy>>,
+    pub buffer_limit: Option<usize>,
+}
+
+/// Envoy's default `per_connection_buffer_limit_bytes`.
+const DEFAULT_BUFFER_LIMIT: usize = 1024 * 1024;
 
 /// A cluster resolved at config time to its slot. The slot is empty while the cluster is
 /// unknown (allowed when `validate_clusters` is off, and for clusters CDS has not sent yet):
@@ -101,6 +118,8 @@ pub fn translate_forward(
     path: &FieldPath,
     resolve: &Resolver<'_>,
     validate: bool,
+    vhost: &VhostDefaults,
+    route_buffer_limit: Option<usize>,
 ) -> Result<Forward> {
     use proto::route_action::{ClusterSpecifier as C, HostRewriteSpecifier as H};
     let named = |name: &str, p: &FieldPath| -> Result<NamedCluster> {
@@ -181,6 +200,16 @@ pub fn translate_forward(
             ra.priority,
             &path.field("priority"),
         )?,
+        retry: match &ra.retry_policy {
+            Some(p) => Some(Arc::new(translate_retry_policy(
+                p,
+                &path.field("retry_policy"),
+            )?)),
+            None => vhost.retry.clone(),
+        },
+        buffer_limit: route_buffer_limit
+            .or(vhost.buffer_limit)
+            .unwrap_or(DEFAULT_BUFFER_LIMIT),
     })
 }
 

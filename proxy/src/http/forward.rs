@@ -1,21 +1,30 @@
 //! Forwarding a request to its route's cluster: pick the cluster (named, from a header, or
-//! weighted) and a host, build the upstream request, send it within the route timeout, and
-//! turn the response (or the failure) into what the client gets.
+//! weighted), then make attempts — pick a host, build the upstream request, send it within the
+//! per-try and route timeouts — until one is final under the retry policy, and turn its
+//! response (or failure) into what the client gets.
 //! Envoy: https://www.envoyproxy.io/docs/envoy/latest/configuration/http/http_filters/router_filter
 
 use super::connection::HttpContext;
 use super::local_reply::{local_reply, ResponseFlag};
+use super::replay_body::Replay;
+use super::retry::{self, Attempt, Decision, RetryState};
 use super::router::{BoxError, Outcome, RequestExtras, RequestInfo, ResponseBody};
+use super::upstream_failure::{count_failure, failure_reply};
+use super::upstream_request::{
+    copy_head, strip_hop_by_hop, upstream_request, X_ENVOY_ATTEMPT_COUNT,
+};
 use crate::config::cluster::UpstreamProtocol;
 use crate::config::hash_policy::{HashInput, RequestHash};
 use crate::config::hcm::ServerHeader;
 use crate::config::route::{
-    ClusterTarget, Forward, HostRewrite, PathMatch, Route, RouteConfig, VirtualHost, WeightedTarget,
+    ClusterTarget, Forward, Route, RouteConfig, VirtualHost, WeightedTarget,
 };
-use crate::upstream::{ClusterRuntime, HostResult, HostStats, UpstreamBody, UpstreamError};
+use crate::format::ResponseFlags;
+use crate::upstream::{ClusterRuntime, Host, HostResult, HostStats, UpstreamError};
 use bytes::Bytes;
-use http::{header, HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode};
+use http::{header, HeaderName, HeaderValue, Request, Response, StatusCode};
 use http_body_util::BodyExt;
+use hyper::body::Body as _;
 use hyper::body::Incoming;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
@@ -23,36 +32,17 @@ use std::time::{Duration, Instant};
 
 static X_ENVOY_UPSTREAM_SERVICE_TIME: HeaderName =
     HeaderName::from_static("x-envoy-upstream-service-time");
-static X_ENVOY_EXPECTED_RQ_TIMEOUT_MS: HeaderName =
-    HeaderName::from_static("x-envoy-expected-rq-timeout-ms");
-static X_ENVOY_ATTEMPT_COUNT: HeaderName = HeaderName::from_static("x-envoy-attempt-count");
-static X_ENVOY_ORIGINAL_PATH: HeaderName = HeaderName::from_static("x-envoy-original-path");
-static X_ENVOY_ORIGINAL_HOST: HeaderName = HeaderName::from_static("x-envoy-original-host");
-static X_ENVOY_OVERLOADED: HeaderName = HeaderName::from_static("x-envoy-overloaded");
-static X_ENVOY_UPSTREAM_RQ_TIMEOUT_MS: HeaderName =
-    HeaderName::from_static("x-envoy-upstream-rq-timeout-ms");
-
-/// Headers that describe one hop and are never forwarded (RFC 9110 §7.6.1).
-static HOP_BY_HOP: [HeaderName; 7] = [
-    header::CONNECTION,
-    HeaderName::from_static("keep-alive"),
-    HeaderName::from_static("proxy-connection"),
-    header::TRANSFER_ENCODING,
-    header::UPGRADE,
-    header::TE,
-    header::TRAILER,
-];
 
 /// Where one request goes: the route's pieces and, for weighted routes, the picked cluster.
-struct Target<'a> {
-    rc: &'a RouteConfig,
-    vh: &'a VirtualHost,
-    route: &'a Route,
-    forward: &'a Forward,
-    weighted: Option<&'a WeightedTarget>,
+pub(super) struct Target<'a> {
+    pub rc: &'a RouteConfig,
+    pub vh: &'a VirtualHost,
+    pub route: &'a Route,
+    pub forward: &'a Forward,
+    pub weighted: Option<&'a WeightedTarget>,
     /// An allowed upgrade (websocket): `Upgrade` and `Connection` go upstream.
-    upgrade: bool,
-    info: RequestInfo,
+    pub upgrade: bool,
+    pub info: RequestInfo,
 }
 
 /// After a `101 Switching Protocols`, joins the two upgraded connections and copies bytes
@@ -155,6 +145,7 @@ async fn send_to_cluster(
 ) -> Outcome {
     let server = &ctx.hcm.server_name;
     if let Some(transport) = &cluster.config.unsupported_transport {
+        cluster.stats.upstream_rq_total.inc();
         cluster.stats.upstream_cx_connect_fail.inc();
         let body = format!(
             "upstream connect error or disconnect/reset before headers. reset reason: connection failure, transport failure reason: {transport} is not supported by Outrigger yet"
@@ -176,357 +167,313 @@ async fn send_to_cluster(
     } else {
         RequestHash::default()
     };
-    let Some(host) = cluster.choose_host(
-        target.info.downstream.local,
-        Some(request.headers()),
-        hashed.hash,
-    ) else {
-        cluster.stats.upstream_cx_none_healthy.inc();
-        return Outcome {
-            response: local_reply(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "no healthy upstream",
-                server,
-            ),
-            flag: Some(ResponseFlag::NoHealthyUpstream),
-            upstream: None,
-            info: Default::default(),
-        };
-    };
     let use_h2 = match cluster.config.protocol {
         UpstreamProtocol::Http1 => false,
         UpstreamProtocol::Http2 => true,
         UpstreamProtocol::UseDownstream => request.version() == http::Version::HTTP_2,
     };
-    // Envoy 1.40 consumes `x-envoy-upstream-rq-timeout-ms` without honouring it on these routes
-    // (checked against Envoy; honouring it for trusted requests comes with issue 4).
-    let mut request = request;
-    request
-        .headers_mut()
-        .remove(&X_ENVOY_UPSTREAM_RQ_TIMEOUT_MS);
-    let timeout = target.forward.timeout;
-    let Some(upstream_request) = upstream_request(
-        request,
-        target,
-        &host.hostname,
-        host.authority.as_str(),
-        timeout,
-    ) else {
-        return Outcome {
-            response: local_reply(StatusCode::BAD_REQUEST, Bytes::new(), server),
-            flag: None,
-            upstream: None,
-            info: Default::default(),
-        };
-    };
-    let started = Instant::now();
-    cluster.stats.upstream_rq_active.inc();
-    host.stats.rq_active.fetch_add(1, Relaxed);
-    // The pool counts `upstream_rq_total` when the request gets a connection, as Envoy does.
-    let send = cluster
-        .pool
-        .send(&host, upstream_request, use_h2, target.forward.priority);
-    let result = match timeout {
-        Some(t) => tokio::time::timeout(t, send)
-            .await
-            .unwrap_or(Err(UpstreamError::Timeout)),
-        None => send.await,
-    };
-    cluster.stats.upstream_rq_active.dec();
-    host.stats.rq_active.fetch_sub(1, Relaxed);
-    match result {
-        Ok(response) => {
-            let elapsed = started.elapsed();
-            cluster
-                .stats
-                .upstream_rq_time
-                .record(elapsed.as_secs_f64() * 1000.0);
-            cluster.stats.upstream_rq_completed.inc();
-            cluster.stats.response(response.status());
-            cluster
-                .health
-                .report(&host, HostResult::Http(response.status().as_u16()));
-            cluster.response_headers(&host, response.headers());
-            let counter = if response.status().is_server_error() {
-                &host.stats.rq_error
-            } else {
-                &host.stats.rq_success
-            };
-            counter.fetch_add(1, Relaxed);
-            let upstream_local = response
-                .extensions()
-                .get::<crate::upstream::connector::UpstreamLocalAddress>()
-                .map(|a| a.0);
-            let mut response =
-                downstream_response(response, elapsed, server, ctx.hcm.server_header);
-            if let Some(cookie) = hashed.set_cookie {
-                response.headers_mut().append(header::SET_COOKIE, cookie);
-            }
-            let mut outcome = Outcome {
-                response,
-                flag: None,
-                upstream: Some(host.authority.clone()),
-                info: Default::default(),
-            };
-            outcome.info.upstream_host = Some(host.authority.clone());
-            outcome.info.upstream_local_address = upstream_local;
-            outcome
-        }
-        Err(e) => {
-            if let Some(result) = HostResult::from_error(&e) {
-                cluster.health.report(&host, result);
-            }
-            let mut outcome = upstream_failure(cluster, &host.stats, e, server);
-            // Envoy names the host it tried even when it never answered.
-            outcome.info.upstream_host = Some(host.authority.clone());
-            outcome
-        }
-    }
-}
-
-fn upstream_failure(
-    cluster: &ClusterRuntime,
-    host: &HostStats,
-    error: UpstreamError,
-    server: &HeaderValue,
-) -> Outcome {
-    // An overflowed request never reached the host.
-    if error != UpstreamError::Overflow {
-        host.rq_error.fetch_add(1, Relaxed);
-    }
-    let mut transport_failure = None;
-    let (status, body, flag) = match error {
-        UpstreamError::Timeout => {
-            cluster.stats.upstream_rq_timeout.inc();
-            host.rq_timeout.fetch_add(1, Relaxed);
-            (StatusCode::GATEWAY_TIMEOUT, "upstream request timeout".to_string(), ResponseFlag::UpstreamRequestTimeout)
-        }
-        UpstreamError::ConnectFailure(reason) => {
-            cluster.stats.upstream_cx_connect_fail.inc();
-            host.cx_connect_fail.fetch_add(1, Relaxed);
-            (
-                StatusCode::SERVICE_UNAVAILABLE,
-                {
-                    tracing::debug!(target: "router", "upstream connect failure: {reason}");
-                    transport_failure = Some(super::access_log::transport_failure_reason(&reason));
-                    // Envoy 1.40's body names the reset reason only.
-                    "upstream connect error or disconnect/reset before headers. reset reason: remote connection failure".to_string()
-                },
-                ResponseFlag::UpstreamConnectionFailure,
-            )
-        }
-        UpstreamError::Reset(reason) => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            {
-                tracing::debug!(target: "router", "upstream reset: {reason}");
-                "upstream connect error or disconnect/reset before headers. reset reason: connection termination".to_string()
-            },
-            // Envoy flags a connection that closed before the response UC (checked against
-            // Envoy 1.40); UR is a reset stream.
-            ResponseFlag::UpstreamConnectionTermination,
-        ),
-        UpstreamError::NoHealthyUpstream => {
-            (StatusCode::SERVICE_UNAVAILABLE, "no healthy upstream".to_string(), ResponseFlag::NoHealthyUpstream)
-        }
-        // A circuit breaker is open: Envoy's body, `x-envoy-overloaded: true` and UO.
-        // https://www.envoyproxy.io/docs/envoy/latest/configuration/http/http_filters/router_filter#x-envoy-overloaded
-        UpstreamError::Overflow => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "upstream connect error or disconnect/reset before headers. reset reason: overflow".to_string(),
-            ResponseFlag::UpstreamOverflow,
-        ),
-        UpstreamError::UnsupportedTransport(t) => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!("upstream connect error or disconnect/reset before headers. transport {t} is not supported"),
-            ResponseFlag::UpstreamConnectionFailure,
-        ),
-    };
-    cluster.stats.response(status);
-    let mut response = local_reply(status, body, server);
-    if flag == ResponseFlag::UpstreamOverflow {
-        response
-            .headers_mut()
-            .insert(X_ENVOY_OVERLOADED.clone(), HeaderValue::from_static("true"));
-    }
-    let mut outcome = Outcome {
-        response,
-        flag: Some(flag),
-        upstream: None,
-        info: Default::default(),
-    };
-    outcome.info.upstream_transport_failure_reason = transport_failure;
-    outcome
-}
-
-/// Builds the request sent upstream: rewritten path and authority, hop-by-hop headers gone,
-/// Envoy's added headers, then the header mutations from the most specific level to the
-/// least (weighted cluster, route, virtual host, route configuration).
-fn upstream_request(
-    request: Request<Incoming>,
-    t: &Target<'_>,
-    upstream_hostname: &str,
-    upstream_authority: &str,
-    timeout: Option<Duration>,
-) -> Option<Request<UpstreamBody>> {
-    let (mut parts, body) = request.into_parts();
-    let original_authority = parts
-        .uri
-        .authority()
-        .map(|a| a.as_str())
-        .or_else(|| {
-            parts
-                .headers
-                .get(header::HOST)
-                .and_then(|h| h.to_str().ok())
-        })?
-        .to_string();
-    let original_authority_text = original_authority.clone();
-    let authority = match (
-        &t.forward.host_rewrite,
-        t.weighted.and_then(|w| w.host_rewrite.as_ref()),
-    ) {
-        (_, Some(literal)) => literal.to_str().ok()?.to_string(),
-        (HostRewrite::None, None) => original_authority,
-        (HostRewrite::Literal(v), None) => v.to_str().ok()?.to_string(),
-        (HostRewrite::Auto, None) if !upstream_hostname.is_empty() => upstream_hostname.to_string(),
-        (HostRewrite::Auto, None) => original_authority,
-        (HostRewrite::Header(name), None) => {
-            match parts.headers.get(name).and_then(|v| v.to_str().ok()) {
-                Some(v) if !v.is_empty() => v.to_string(),
-                _ => original_authority,
-            }
-        }
-    };
-    let path_and_query = parts
-        .uri
-        .path_and_query()
-        .map(|p| p.as_str())
-        .unwrap_or("/");
-    let rewritten = rewrite_path(path_and_query, t.route, t.forward);
-    // Envoy tells the upstream what a rewrite replaced.
-    let original_path = (t.forward.prefix_rewrite.is_some() || t.forward.regex_rewrite.is_some())
-        .then(|| HeaderValue::from_str(path_and_query).ok())
-        .flatten();
-    // Only a route-level host rewrite is reported (not a weighted cluster's own).
-    let original_host = (!matches!(t.forward.host_rewrite, HostRewrite::None)
-        && authority != original_authority_text)
-        .then(|| HeaderValue::from_str(&original_authority_text).ok())
-        .flatten();
-    parts.uri = http::Uri::builder()
-        .scheme("http")
-        .authority(authority.as_str())
-        .path_and_query(rewritten.as_deref().unwrap_or(path_and_query))
-        .build()
-        .ok()?;
-    let keep_te_trailers = parts
-        .headers
-        .get(header::TE)
-        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
-    let upgrade = if t.upgrade {
-        parts.headers.get(header::UPGRADE).cloned()
-    } else {
-        None
-    };
-    strip_hop_by_hop(&mut parts.headers);
-    if let Some(kind) = upgrade {
-        parts
-            .headers
-            .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-        parts.headers.insert(header::UPGRADE, kind);
-    }
-    if keep_te_trailers {
-        // `te: trailers` is the one TE value that is end to end (gRPC needs it).
-        parts
-            .headers
-            .insert(header::TE, HeaderValue::from_static("trailers"));
-    }
-    if parts.headers.get(header::HOST).map(|h| h.as_bytes()) != Some(authority.as_bytes()) {
-        parts
-            .headers
-            .insert(header::HOST, HeaderValue::from_str(&authority).ok()?);
-    }
-    if let Some(path) = original_path {
-        parts.headers.insert(X_ENVOY_ORIGINAL_PATH.clone(), path);
-    }
-    if let Some(host) = original_host {
-        parts.headers.insert(X_ENVOY_ORIGINAL_HOST.clone(), host);
-    }
-    if let Some(timeout) = timeout {
-        parts.headers.insert(
-            X_ENVOY_EXPECTED_RQ_TIMEOUT_MS.clone(),
-            HeaderValue::from(timeout.as_millis() as u64),
-        );
-    }
-    if t.vh.include_request_attempt_count {
-        parts
-            .headers
-            .insert(X_ENVOY_ATTEMPT_COUNT.clone(), HeaderValue::from_static("1"));
-    }
-    let mutations = [
-        t.weighted.map(|w| &w.request_headers),
-        Some(&t.route.request_headers),
-        Some(&t.vh.request_headers),
-        Some(&t.rc.request_headers),
-    ];
-    // Values reading request headers see them as they arrived (a copy, made only then).
-    let snapshot = mutations
-        .iter()
-        .flatten()
-        .any(|m| m.reads_request_headers())
-        .then(|| parts.headers.clone());
-    let format = t
-        .info
-        .format_context(parts.version, Some(upstream_authority), snapshot.as_ref());
-    for mutation in mutations.into_iter().flatten() {
-        mutation.apply(&mut parts.headers, &format);
-    }
+    let (mut head, body) = request.into_parts();
     let body = body.map_err(|e| Box::new(e) as BoxError);
-    let body = match parts
+    let body = match head
         .extensions
         .remove::<Arc<super::access_log::RequestProgress>>()
     {
         Some(progress) => super::access_log::CountedBody::new(body, progress).boxed_unsync(),
         None => body.boxed_unsync(),
     };
-    Some(Request::from_parts(parts, body))
-}
-
-/// The path after `prefix_rewrite` or `regex_rewrite`, or None when it stays as it is.
-fn rewrite_path(path_and_query: &str, route: &Route, f: &Forward) -> Option<String> {
-    let (path, query) = match path_and_query.find('?') {
-        Some(i) => path_and_query.split_at(i),
-        None => (path_and_query, ""),
+    let controls = retry::controls(
+        &mut head.headers,
+        target.forward.retry.as_deref(),
+        target.forward.timeout,
+    );
+    // An upgraded connection cannot be replayed; a policy may exclude the request.
+    let mut retry = controls
+        .retry
+        .filter(|r| !target.upgrade && r.applies_to(&head.headers));
+    // A request that may be retried keeps its body (up to the limit) while it streams; one
+    // without a body sends an empty one each time. Without a policy nothing is kept.
+    let mut once = Some(body);
+    let replay = match &retry {
+        Some(_) if !once.as_ref().is_some_and(|b| b.is_end_stream()) => once.take().map(|b| {
+            Replay::new(
+                b,
+                target.forward.buffer_limit,
+                cluster.stats.retry.retry_or_shadow_abandoned.clone(),
+            )
+        }),
+        _ => None,
     };
-    if let Some((regex, substitution)) = &f.regex_rewrite {
-        return Some(format!(
-            "{}{query}",
-            regex.replace_all(path, substitution.as_str())
-        ));
-    }
-    let new_prefix = f.prefix_rewrite.as_ref()?;
-    match &route.path {
-        PathMatch::Prefix { prefix, .. } | PathMatch::SeparatedPrefix { prefix, .. } => {
-            Some(format!(
-                "{new_prefix}{}",
-                path_and_query.get(prefix.len()..).unwrap_or("")
-            ))
+    let deadline = controls.timeout.map(|t| Instant::now() + t);
+    let mut attempt = 0u32;
+    loop {
+        attempt += 1;
+        let Some(host) = pick_host(cluster, target, &head, hashed.hash, retry.as_ref()) else {
+            cluster.stats.upstream_cx_none_healthy.inc();
+            let mut outcome = Outcome {
+                response: local_reply(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "no healthy upstream",
+                    server,
+                ),
+                flag: Some(ResponseFlag::NoHealthyUpstream),
+                upstream: None,
+                info: Default::default(),
+            };
+            attempt_count_in_response(&mut outcome, target, attempt);
+            return outcome;
+        };
+        if let Some(r) = &mut retry {
+            r.tried(&host.authority);
         }
-        PathMatch::Exact { .. } | PathMatch::Regex(_) => Some(format!("{new_prefix}{query}")),
+        // The attempt's timeout: the per-try one, else what is left of the route timeout.
+        // The first attempt has the whole route timeout (Envoy's expected timeout header says
+        // exactly the route timeout then).
+        let remaining = match attempt {
+            1 => controls.timeout,
+            _ => deadline.map(|d| d.saturating_duration_since(Instant::now())),
+        };
+        let per_try = retry
+            .as_ref()
+            .and_then(|r| r.per_try_timeout)
+            .filter(|p| remaining.is_none_or(|r| *p < r));
+        let attempt_timeout = per_try.or(remaining);
+        // Without a policy there is one attempt: it takes the head itself (the empty head left
+        // behind allocates nothing).
+        let attempt_head = match &retry {
+            Some(_) => copy_head(&head),
+            None => std::mem::replace(&mut head, Request::new(()).into_parts().0),
+        };
+        let attempt_body = match (&replay, once.take()) {
+            (Some(r), _) => r.next_attempt().boxed_unsync(),
+            (None, Some(b)) => b,
+            (None, None) => http_body_util::Empty::new()
+                .map_err(|never| match never {})
+                .boxed_unsync(),
+        };
+        let Some(upstream_request) = upstream_request(
+            attempt_head,
+            attempt_body,
+            target,
+            &host.hostname,
+            host.authority.as_str(),
+            attempt_timeout,
+            attempt,
+        ) else {
+            return Outcome {
+                response: local_reply(StatusCode::BAD_REQUEST, Bytes::new(), server),
+                flag: None,
+                upstream: None,
+                info: Default::default(),
+            };
+        };
+        let started = Instant::now();
+        cluster.stats.upstream_rq_active.inc();
+        host.stats.rq_active.fetch_add(1, Relaxed);
+        // The pool counts `upstream_rq_total` (and the host's) when the request gets a
+        // connection, as Envoy does: not when connecting failed or a breaker refused it.
+        let send = cluster
+            .pool
+            .send(&host, upstream_request, use_h2, target.forward.priority);
+        let result = match attempt_timeout {
+            Some(t) => tokio::time::timeout(t, send)
+                .await
+                .unwrap_or(Err(if per_try.is_some() {
+                    UpstreamError::PerTryTimeout
+                } else {
+                    UpstreamError::Timeout
+                })),
+            None => send.await,
+        };
+        cluster.stats.upstream_rq_active.dec();
+        host.stats.rq_active.fetch_sub(1, Relaxed);
+        // Every attempt's result feeds outlier detection (and an immediate health check
+        // failure header takes the host out at once).
+        match &result {
+            Ok(response) => {
+                cluster
+                    .health
+                    .report(&host, HostResult::Http(response.status().as_u16()));
+                cluster.response_headers(&host, response.headers());
+            }
+            Err(e) => {
+                if let Some(r) = HostResult::from_error(e) {
+                    cluster.health.report(&host, r);
+                }
+            }
+        }
+        let body_kept = replay.as_ref().is_none_or(Replay::retriable);
+        let breakers = cluster.breakers.priority(target.forward.priority);
+        let admit = || breakers.try_acquire_retry().map(Some).ok_or(());
+        let decision = match (&mut retry, &result) {
+            (Some(r), Ok(response)) => r.decide_admitted(
+                Attempt::Response(response.status(), response.headers()),
+                body_kept,
+                &cluster.stats,
+                admit,
+            ),
+            (Some(r), Err(e)) => match failed_attempt(e) {
+                Some(a) => r.decide_admitted(a, body_kept, &cluster.stats, admit),
+                None => Decision::NoRetry,
+            },
+            (None, _) => Decision::NoRetry,
+        };
+        if let Decision::Retry(wait) = decision {
+            match &result {
+                Ok(response) => {
+                    cluster.stats.retried_response(response.status());
+                    count_host_response(&host.stats, response.status());
+                }
+                Err(e) => count_failure(cluster, &host.stats, e),
+            }
+            drop(result);
+            if back_off(wait, deadline).await {
+                continue;
+            }
+            // The route timeout ran out while waiting for the retry.
+            cluster.stats.upstream_rq_timeout.inc();
+            let mut outcome = failure_reply(cluster, UpstreamError::Timeout, server, true);
+            outcome.info.upstream_host = Some(host.authority.clone());
+            attempt_count_in_response(&mut outcome, target, attempt);
+            return outcome;
+        }
+        if let Some(r) = &replay {
+            r.release();
+        }
+        let retried = retry.as_ref().is_some_and(|r| r.retries > 0);
+        let mut outcome = match result {
+            Ok(response) => {
+                if retried && decision == Decision::NoRetry {
+                    cluster.stats.retry.upstream_rq_retry_success.inc();
+                }
+                answered(ctx, cluster, &host, response, started, hashed.set_cookie)
+            }
+            Err(e) => {
+                count_failure(cluster, &host.stats, &e);
+                let mut outcome = failure_reply(cluster, e, server, retried);
+                // Envoy names the host it tried even when it never answered.
+                outcome.info.upstream_host = Some(host.authority.clone());
+                outcome
+            }
+        };
+        if decision == Decision::LimitExceeded {
+            let urx = ResponseFlags::named("URX").unwrap_or_default();
+            outcome.info.response_flags = outcome.info.response_flags.with(urx);
+        }
+        attempt_count_in_response(&mut outcome, target, attempt);
+        return outcome;
     }
 }
 
-fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    // Headers named in `Connection` are hop-by-hop too.
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
-        .collect();
-    for name in named.iter().chain(HOP_BY_HOP.iter()) {
-        headers.remove(name);
+/// Picks the attempt's host. A retry under the previous-hosts predicate re-picks, up to
+/// `host_selection_retry_max_attempts` times, while the pick is a host already tried; the
+/// last pick stands if every one was.
+fn pick_host(
+    cluster: &ClusterRuntime,
+    target: &Target<'_>,
+    head: &http::request::Parts,
+    hash: Option<u64>,
+    retry: Option<&RetryState<'_>>,
+) -> Option<Arc<Host>> {
+    let picks = retry.map_or(1, RetryState::host_picks);
+    let mut picked = None;
+    for _ in 0..picks {
+        let host = cluster.choose_host(target.info.downstream.local, Some(&head.headers), hash)?;
+        let rejected = retry.is_some_and(|r| r.rejects(&host.authority));
+        picked = Some(host);
+        if !rejected {
+            break;
+        }
     }
+    picked
+}
+
+/// How a failed attempt reads to the retry decision (None: never retried).
+fn failed_attempt(e: &UpstreamError) -> Option<Attempt<'static>> {
+    match e {
+        UpstreamError::ConnectFailure(_) => Some(Attempt::ConnectFailure),
+        UpstreamError::Reset(reason) => Some(Attempt::Reset {
+            refused: reason.contains("refused"),
+        }),
+        UpstreamError::PerTryTimeout => Some(Attempt::PerTryTimeout),
+        // A circuit breaker's refusal is answered at once (UO), as Envoy does.
+        UpstreamError::Timeout
+        | UpstreamError::NoHealthyUpstream
+        | UpstreamError::Overflow
+        | UpstreamError::UnsupportedTransport(_) => None,
+    }
+}
+
+/// Waits the back-off, or until the route timeout; false when the route timeout came first.
+async fn back_off(wait: Duration, deadline: Option<Instant>) -> bool {
+    match deadline {
+        Some(d) if Instant::now() + wait >= d => {
+            tokio::time::sleep_until(d.into()).await;
+            false
+        }
+        _ => {
+            if !wait.is_zero() {
+                tokio::time::sleep(wait).await;
+            }
+            true
+        }
+    }
+}
+
+/// `x-envoy-attempt-count` on the response, when the virtual host asks for it (Envoy adds it
+/// to local replies too).
+fn attempt_count_in_response(outcome: &mut Outcome, target: &Target<'_>, attempt: u32) {
+    if target.vh.include_attempt_count_in_response {
+        outcome
+            .response
+            .headers_mut()
+            .insert(X_ENVOY_ATTEMPT_COUNT.clone(), HeaderValue::from(attempt));
+    }
+}
+
+fn count_host_response(host: &HostStats, status: StatusCode) {
+    let counter = if status.is_server_error() {
+        &host.rq_error
+    } else {
+        &host.rq_success
+    };
+    counter.fetch_add(1, Relaxed);
+}
+
+/// The final upstream response, as the client gets it.
+fn answered(
+    ctx: &HttpContext,
+    cluster: &ClusterRuntime,
+    host: &Host,
+    response: Response<Incoming>,
+    started: Instant,
+    set_cookie: Option<HeaderValue>,
+) -> Outcome {
+    let server = &ctx.hcm.server_name;
+    let elapsed = started.elapsed();
+    cluster
+        .stats
+        .upstream_rq_time
+        .record(elapsed.as_secs_f64() * 1000.0);
+    cluster.stats.upstream_rq_completed.inc();
+    cluster.stats.response(response.status());
+    count_host_response(&host.stats, response.status());
+    let upstream_local = response
+        .extensions()
+        .get::<crate::upstream::connector::UpstreamLocalAddress>()
+        .map(|a| a.0);
+    let mut response = downstream_response(response, elapsed, server, ctx.hcm.server_header);
+    if let Some(cookie) = set_cookie {
+        response.headers_mut().append(header::SET_COOKIE, cookie);
+    }
+    let mut outcome = Outcome {
+        response,
+        flag: None,
+        upstream: Some(host.authority.clone()),
+        info: Default::default(),
+    };
+    outcome.info.upstream_host = Some(host.authority.clone());
+    outcome.info.upstream_local_address = upstream_local;
+    outcome
 }
 
 fn downstream_response(

@@ -10,10 +10,14 @@ pub mod forwarding;
 mod grpc_reply;
 mod local_reply;
 mod redirect;
+mod replay_body;
 mod request_checks;
+pub mod retry;
 mod router;
 mod stats;
 mod throttle;
+mod upstream_failure;
+mod upstream_request;
 
 pub use compressor::Compressors;
 pub use connection::{serve_connection, HttpContext};

@@ -36,9 +36,6 @@ pub struct ClusterStats {
     pub upstream_rq_pending_active: Arc<Gauge>,
     pub upstream_rq_active_overflow: Arc<Counter>,
     pub upstream_cx_overflow: Arc<Counter>,
-    /// Bumped by the retry logic when [`super::circuit_breakers::PriorityBreakers::try_acquire_retry`]
-    /// refuses a retry.
-    pub upstream_rq_retry_overflow: Arc<Counter>,
     pub membership_total: Arc<Gauge>,
     pub membership_healthy: Arc<Gauge>,
     /// Host set updates (`update_attempt`, `update_success`, `update_empty`,
@@ -48,7 +45,35 @@ pub struct ClusterStats {
     update_success: Arc<Counter>,
     update_empty: Arc<Counter>,
     update_no_rebuild: Arc<Counter>,
-    /// `upstream_rq_1xx` .. `upstream_rq_5xx`, created on first use as Envoy does.
+    /// `upstream_rq_1xx` .. `upstream_rq_5xx` and `upstream_rq_<code>` of final responses.
+    codes: CodeCounters,
+    /// The same under `retry.`, for responses that were retried (and `retry.upstream_rq_completed`);
+    /// made on the cluster's first retry.
+    retried: OnceLock<Box<(CodeCounters, Arc<Counter>)>>,
+    pub retry: RetryStats,
+}
+
+/// The retry stats of a cluster, all present from the cluster's creation as in Envoy.
+/// Envoy: https://www.envoyproxy.io/docs/envoy/latest/configuration/upstream/cluster_manager/cluster_stats
+#[derive(Debug)]
+pub struct RetryStats {
+    pub upstream_rq_retry: Arc<Counter>,
+    pub upstream_rq_retry_success: Arc<Counter>,
+    /// Bumped by the circuit breakers' `max_retries` (not by this module).
+    pub upstream_rq_retry_overflow: Arc<Counter>,
+    pub upstream_rq_retry_limit_exceeded: Arc<Counter>,
+    pub upstream_rq_retry_backoff_exponential: Arc<Counter>,
+    pub upstream_rq_per_try_timeout: Arc<Counter>,
+    /// A body that outgrew the buffer limit: the request can no longer be retried.
+    pub retry_or_shadow_abandoned: Arc<Counter>,
+}
+
+/// Response counters by class and by code under one prefix, each created on first use as
+/// Envoy does.
+#[derive(Debug)]
+struct CodeCounters {
+    prefix: String,
+    /// `upstream_rq_1xx` .. `upstream_rq_5xx`.
     classes: [OnceLock<Arc<Counter>>; 5],
     /// `upstream_rq_<code>`, created on a code's first use.
     /// Allocated on the cluster's first response: most of a mesh's thousands of clusters never
@@ -56,8 +81,37 @@ pub struct ClusterStats {
     codes: OnceLock<Box<[OnceLock<Arc<Counter>>; 500]>>,
 }
 
+impl CodeCounters {
+    fn new(prefix: String) -> Self {
+        Self {
+            prefix,
+            classes: std::array::from_fn(|_| OnceLock::new()),
+            codes: OnceLock::new(),
+        }
+    }
+
+    fn count(&self, store: &Store, status: http::StatusCode) {
+        let code = status.as_u16();
+        if let Some(class) = self.classes.get(usize::from(code / 100).wrapping_sub(1)) {
+            class
+                .get_or_init(|| {
+                    store.counter(&format!("{}upstream_rq_{}xx", self.prefix, code / 100))
+                })
+                .inc();
+        }
+        let codes = self
+            .codes
+            .get_or_init(|| Box::new(std::array::from_fn(|_| OnceLock::new())));
+        if let Some(slot) = codes.get(usize::from(code).wrapping_sub(100)) {
+            slot.get_or_init(|| store.counter(&format!("{}upstream_rq_{code}", self.prefix)))
+                .inc();
+        }
+    }
+}
+
 impl ClusterStats {
-    fn new(store: &Arc<Store>, stat_name: &str) -> Self {
+    /// The stats of cluster `stat_name` in `store`.
+    pub fn new(store: &Arc<Store>, stat_name: &str) -> Self {
         let prefix = format!("cluster.{stat_name}.");
         let c = |s: &str| store.counter(&format!("{prefix}{s}"));
         let g = |s: &str| store.gauge(&format!("{prefix}{s}"));
@@ -86,7 +140,6 @@ impl ClusterStats {
                 c("upstream_cx_pool_overflow");
                 c("upstream_cx_overflow")
             },
-            upstream_rq_retry_overflow: c("upstream_rq_retry_overflow"),
             membership_total: g("membership_total"),
             membership_healthy: g("membership_healthy"),
             update_attempt: c("update_attempt"),
@@ -96,34 +149,45 @@ impl ClusterStats {
                 c("update_failure");
                 c("update_no_rebuild")
             },
-            classes: std::array::from_fn(|_| OnceLock::new()),
-            codes: OnceLock::new(),
+            retry: RetryStats {
+                upstream_rq_retry: c("upstream_rq_retry"),
+                upstream_rq_retry_success: c("upstream_rq_retry_success"),
+                upstream_rq_retry_overflow: c("upstream_rq_retry_overflow"),
+                upstream_rq_retry_limit_exceeded: c("upstream_rq_retry_limit_exceeded"),
+                upstream_rq_retry_backoff_exponential: c("upstream_rq_retry_backoff_exponential"),
+                upstream_rq_per_try_timeout: {
+                    // Envoy has these from the start; Outrigger refuses the features that
+                    // would bump them (rate-limited back-off, per-try idle timeouts).
+                    c("upstream_rq_retry_backoff_ratelimited");
+                    c("upstream_rq_per_try_idle_timeout");
+                    c("upstream_rq_per_try_timeout")
+                },
+                retry_or_shadow_abandoned: c("retry_or_shadow_abandoned"),
+            },
+            codes: CodeCounters::new(prefix.clone()),
+            retried: OnceLock::new(),
             store: store.clone(),
             prefix,
         }
     }
 
-    /// Counts a response by class and by code.
+    /// Counts a final response by class and by code.
     pub fn response(&self, status: http::StatusCode) {
-        let code = status.as_u16();
-        if let Some(class) = self.classes.get(usize::from(code / 100).wrapping_sub(1)) {
-            class
-                .get_or_init(|| {
-                    self.store
-                        .counter(&format!("{}upstream_rq_{}xx", self.prefix, code / 100))
-                })
-                .inc();
-        }
-        let codes = self
-            .codes
-            .get_or_init(|| Box::new(std::array::from_fn(|_| OnceLock::new())));
-        if let Some(slot) = codes.get(usize::from(code).wrapping_sub(100)) {
-            slot.get_or_init(|| {
-                self.store
-                    .counter(&format!("{}upstream_rq_{code}", self.prefix))
-            })
-            .inc();
-        }
+        self.codes.count(&self.store, status);
+    }
+
+    /// Counts an upstream response that was retried (`retry.upstream_rq_<code>`, its class and
+    /// `retry.upstream_rq_completed`), as Envoy keeps them apart from final responses.
+    pub fn retried_response(&self, status: http::StatusCode) {
+        let retried = self.retried.get_or_init(|| {
+            let prefix = format!("{}retry.", self.prefix);
+            let completed = self
+                .store
+                .counter(&format!("{prefix}upstream_rq_completed"));
+            Box::new((CodeCounters::new(prefix), completed))
+        });
+        retried.0.count(&self.store, status);
+        retried.1.inc();
     }
 }
 

@@ -31,6 +31,8 @@ pub enum UpstreamError {
     Reset(String),
     /// The route timeout fired (UT).
     Timeout,
+    /// The retry policy's per-try timeout fired (UT, `upstream_rq_per_try_timeout`).
+    PerTryTimeout,
     /// The cluster needs a transport socket Outrigger does not speak yet.
     UnsupportedTransport(String),
     /// A circuit breaker is open (`max_pending_requests` or `max_requests`): UO.
