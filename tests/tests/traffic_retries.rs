@@ -64,6 +64,8 @@ fn upstreams() -> Vec<(&'static str, Behaviour)> {
         ("body", flaky(1, fail503())),
         ("body_h2", flaky(1, fail503())),
         ("big", flaky(1, fail503())),
+        // Its circuit breaker admits no retry (max_retries 0): upstream_rq_retry_overflow.
+        ("breaker", Behaviour::Reply(reply(503, &[]))),
     ]
 }
 
@@ -117,6 +119,7 @@ fn routes() -> String {
             &format!("retry_on: 5xx, retriable_request_headers: [ {{ name: x-retry-me, present_match: true }} ], {BACK_OFF}"),
         ),
         r("/body-h2", "body_h2", ""),
+        r("/breaker", "breaker", &format!("retry_on: 5xx, num_retries: 2, {BACK_OFF}")),
         r("/body", "body", ""),
         "\n              - match: { prefix: \"/big\" }\n                per_request_buffer_limit_bytes: 1024\n                route: { cluster: big }".to_string(),
     ]
@@ -198,6 +201,10 @@ fn bootstrap() -> String {
         "\n  - name: body_h2\n    type: STATIC\n",
         "\n  - name: body_h2\n    type: STATIC\n    typed_extension_protocol_options:\n      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:\n        \"@type\": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions\n        explicit_http_config: { http2_protocol_options: {} }\n",
     );
+    clusters = clusters.replace(
+        "\n  - name: breaker\n    type: STATIC\n",
+        "\n  - name: breaker\n    type: STATIC\n    circuit_breakers: { thresholds: [ { max_retries: 0 } ] }\n",
+    );
     clusters.push_str(&cluster("pair", &["p1", "p2"]));
     clusters.push_str(&cluster("dead", &["dead"]));
     format!(
@@ -237,6 +244,7 @@ fn steps() -> Vec<Step> {
     vec![
         step("plain", "/vh", &[]),
         step("plain", "/limit", &[]),
+        step("plain", "/breaker", &[]),
         step("plain", "/route-wins", &[]),
         step("plain", "/reset", &[]),
         step("plain", "/slow", &[]),

@@ -355,9 +355,13 @@ async fn send_to_cluster(
                 outcome
             }
         };
-        if decision == Decision::LimitExceeded {
-            let urx = ResponseFlags::named("URX").unwrap_or_default();
-            outcome.info.response_flags = outcome.info.response_flags.with(urx);
+        let flag = match decision {
+            Decision::LimitExceeded => ResponseFlags::named("URX"),
+            Decision::Overflow => ResponseFlags::named("UO"),
+            _ => None,
+        };
+        if let Some(flag) = flag {
+            outcome.info.response_flags = outcome.info.response_flags.with(flag);
         }
         attempt_count_in_response(&mut outcome, target, attempt);
         return outcome;

@@ -127,6 +127,8 @@ pub enum Decision {
     NoRetry,
     /// The result was retriable but no retry is left (Envoy's URX).
     LimitExceeded,
+    /// The result was retriable but the circuit breaker admits no more retries (Envoy's UO).
+    Overflow,
 }
 
 pub struct RetryState<'p> {
@@ -202,7 +204,7 @@ impl<'p> RetryState<'p> {
             Ok(guard) => self.admitted = guard,
             Err(()) => {
                 stats.retry.upstream_rq_retry_overflow.inc();
-                return Decision::NoRetry;
+                return Decision::Overflow;
             }
         }
         self.retries_left -= 1;
