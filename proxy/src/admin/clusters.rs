@@ -201,7 +201,6 @@ fn status(cluster: &ClusterRuntime) -> ClusterStatus {
                 priority: host.priority,
                 hostname: host.hostname.clone(),
                 locality: Some(Locality::default()),
-                ..Default::default()
             }
         })
         .collect();

@@ -61,12 +61,11 @@ pub struct Loads {
 /// `panic_threshold` (percent).
 pub fn loads(levels: &[LevelCounts], overprovisioning: u32, panic_threshold: f64) -> Loads {
     let n = levels.len();
+    // An empty level (or one of excluded hosts only) rates 0.
     let rate = |part: u64, total: u64| -> u32 {
-        if total == 0 {
-            0
-        } else {
-            (u64::from(overprovisioning) * part / total).min(100) as u32
-        }
+        (u64::from(overprovisioning) * part)
+            .checked_div(total)
+            .map_or(0, |v| v.min(100) as u32)
     };
     let health: Vec<u32> = levels
         .iter()
