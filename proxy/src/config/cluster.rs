@@ -84,6 +84,8 @@ pub enum Discovery {
     },
 }
 
+pub use super::load_balancing::PriorityPolicy;
+
 #[derive(Debug, Clone)]
 pub struct LbEndpoint {
     pub address: Endpoint,
@@ -98,25 +100,6 @@ pub struct LbEndpoint {
 pub struct Assignment {
     pub endpoints: Vec<LbEndpoint>,
     pub priorities: PriorityPolicy,
-}
-
-/// `ClusterLoadAssignment.policy` settings that shape how load spills between priorities.
-/// https://www.envoyproxy.io/docs/envoy/latest/intro/arch_overview/upstream/load_balancing/overprovisioning
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct PriorityPolicy {
-    /// Percent (140 = Envoy's default 1.4).
-    pub overprovisioning_factor: u32,
-    /// Rate a level's health by host weights rather than host counts.
-    pub weighted_priority_health: bool,
-}
-
-impl Default for PriorityPolicy {
-    fn default() -> Self {
-        Self {
-            overprovisioning_factor: 140,
-            weighted_priority_health: false,
-        }
-    }
 }
 
 #[derive(Debug, Clone)]
@@ -352,7 +335,10 @@ pub fn translate_cluster(
             .map(|o| super::outlier::translate(o, &path.field("outlier_detection")))
             .transpose()?,
         panic_threshold: super::outlier::panic_threshold(c, path)?,
-        priorities: priority_policy(c.load_assignment.as_ref(), &path.field("load_assignment"))?,
+        priorities: super::load_balancing::priority_policy(
+            c.load_assignment.as_ref(),
+            &path.field("load_assignment"),
+        )?,
         circuit_breakers,
         health_check: super::health_check::translate_all(
             &c.health_checks,
@@ -390,28 +376,6 @@ fn selected_endpoints(
                 })
                 .map(move |(j, e)| (i, j, l.priority, e))
         })
-    })
-}
-
-/// `policy` of a load assignment at `path`: the overprovisioning factor and weighted health.
-fn priority_policy(la: Option<&ClusterLoadAssignment>, path: &FieldPath) -> Result<PriorityPolicy> {
-    let Some(policy) = la.and_then(|la| la.policy.as_ref()) else {
-        return Ok(PriorityPolicy::default());
-    };
-    let overprovisioning_factor = match &policy.overprovisioning_factor {
-        None => 140,
-        Some(f) if f.value == 0 => {
-            return Err(path
-                .field("policy")
-                .field("overprovisioning_factor")
-                .field("value")
-                .error("value must be greater than 0"))
-        }
-        Some(f) => f.value,
-    };
-    Ok(PriorityPolicy {
-        overprovisioning_factor,
-        weighted_priority_health: policy.weighted_priority_health,
     })
 }
 
@@ -535,7 +499,7 @@ pub fn translate_load_assignment(
     }
     Ok(Assignment {
         endpoints: assignment_endpoints(Some(la), path)?,
-        priorities: priority_policy(Some(la), path)?,
+        priorities: super::load_balancing::priority_policy(Some(la), path)?,
     })
 }
 
