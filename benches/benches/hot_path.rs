@@ -106,6 +106,7 @@ fn host_list(n: u16, weighted: bool) -> Vec<Arc<Host>> {
                 address: Endpoint::Tcp(([127, 0, 0, 1], port).into()),
                 hostname: String::new(),
                 weight: if weighted { 1 + u32::from(i % 7) } else { 1 },
+                priority: 0,
                 authority: format!("127.0.0.1:{port}").parse().expect("authority"),
                 stats: HostStats::default(),
                 health: Default::default(),

@@ -2,9 +2,9 @@
 //! as Envoy's `cluster::host::stat::value` lines or (`?format=json`) `envoy.admin.v3.Clusters`.
 //! https://www.envoyproxy.io/docs/envoy/latest/operations/admin#get--clusters
 //!
-//! Health flags and success rates come from outlier detection (`upstream/health.rs`); there are
-//! no active health checks, localities or priorities yet, so every host is priority 0 in an
-//! empty locality, as Envoy prints a cluster without those features.
+//! Health flags and success rates come from health checking and outlier detection
+//! (`upstream/health.rs`). Hosts of every priority are listed, in priority order, each with its
+//! priority; localities are not kept yet, so every host is in an empty locality.
 
 use super::{config_dump::address_proto, json, text, AdminResponse, Query};
 use crate::config::circuit_breakers::Priority;
@@ -124,15 +124,10 @@ fn text_lines(cluster: &ClusterRuntime, out: &mut String) {
             host.health.flags_text()
         ));
         out.push_str(&format!("{prefix}::weight::{}\n", host.weight));
-        for line in [
-            "region::",
-            "zone::",
-            "sub_zone::",
-            "canary::false",
-            "priority::0",
-        ] {
+        for line in ["region::", "zone::", "sub_zone::", "canary::false"] {
             out.push_str(&format!("{prefix}::{line}\n"));
         }
+        out.push_str(&format!("{prefix}::priority::{}\n", host.priority));
         out.push_str(&format!(
             "{prefix}::success_rate::{}\n",
             six_digits(host.health.success_rate())
@@ -203,9 +198,9 @@ fn status(cluster: &ClusterRuntime) -> ClusterStatus {
                 success_rate: percent(host.health.success_rate()),
                 local_origin_success_rate: percent(host.health.local_origin_success_rate()),
                 weight: host.weight,
+                priority: host.priority,
                 hostname: host.hostname.clone(),
                 locality: Some(Locality::default()),
-                ..Default::default()
             }
         })
         .collect();

@@ -157,37 +157,53 @@ fn inline_route_configs(listener: &Listener) -> Vec<RouteConfiguration> {
 }
 
 /// `?include_eds`: each cluster's current hosts as a normalised ClusterLoadAssignment, the way
-/// Envoy prints static endpoint configs (explicit weights, HEALTHY, overprovisioning 140).
+/// Envoy prints static endpoint configs (explicit weights, HEALTHY, the overprovisioning
+/// factor, one locality entry per priority).
 fn endpoints(server: &Server) -> EndpointsConfigDump {
     let mut dynamic_endpoint_configs = Vec::new();
     let mut static_endpoint_configs = Vec::new();
     for cluster in server.clusters.all().iter() {
         let hosts = cluster.hosts();
-        let lb_endpoints = hosts
-            .hosts
-            .iter()
-            .map(|h| LbEndpoint {
-                host_identifier: Some(HostIdentifier::Endpoint(Endpoint {
-                    address: Some(address_proto(&h.address)),
-                    health_check_config: Some(Default::default()),
-                    hostname: h.hostname.clone(),
-                    ..Default::default()
-                })),
-                health_status: HealthStatus::Healthy as i32,
-                load_balancing_weight: Some(UInt32Value { value: h.weight }),
+        let endpoint = |h: &crate::upstream::Host| LbEndpoint {
+            host_identifier: Some(HostIdentifier::Endpoint(Endpoint {
+                address: Some(address_proto(&h.address)),
+                health_check_config: Some(Default::default()),
+                hostname: h.hostname.clone(),
                 ..Default::default()
-            })
-            .collect();
-        let assignment = ClusterLoadAssignment {
-            cluster_name: cluster.config.name.clone(),
-            endpoints: vec![LocalityLbEndpoints {
+            })),
+            health_status: HealthStatus::Healthy as i32,
+            load_balancing_weight: Some(UInt32Value { value: h.weight }),
+            ..Default::default()
+        };
+        // Hosts are in priority order: one entry per priority present.
+        let mut localities: Vec<LocalityLbEndpoints> = Vec::new();
+        for h in &hosts.hosts {
+            match localities.last_mut() {
+                Some(l) if l.priority == h.priority => l.lb_endpoints.push(endpoint(h)),
+                _ => localities.push(LocalityLbEndpoints {
+                    locality: Some(Locality::default()),
+                    lb_endpoints: vec![endpoint(h)],
+                    load_balancing_weight: Some(UInt32Value { value: 0 }),
+                    priority: h.priority,
+                    ..Default::default()
+                }),
+            }
+        }
+        if localities.is_empty() {
+            localities.push(LocalityLbEndpoints {
                 locality: Some(Locality::default()),
-                lb_endpoints,
                 load_balancing_weight: Some(UInt32Value { value: 0 }),
                 ..Default::default()
-            }],
+            });
+        }
+        let assignment = ClusterLoadAssignment {
+            cluster_name: cluster.config.name.clone(),
+            endpoints: localities,
             policy: Some(Policy {
-                overprovisioning_factor: Some(UInt32Value { value: 140 }),
+                overprovisioning_factor: Some(UInt32Value {
+                    value: hosts.priorities.overprovisioning_factor,
+                }),
+                weighted_priority_health: hosts.priorities.weighted_priority_health,
                 ..Default::default()
             }),
             ..Default::default()

@@ -44,6 +44,9 @@ pub struct Cluster {
     pub outlier: Option<super::outlier::OutlierConfig>,
     /// `common_lb_config.healthy_panic_threshold`, in percent.
     pub panic_threshold: f64,
+    /// The inline `load_assignment.policy` (STATIC and DNS clusters; EDS assignments carry
+    /// their own).
+    pub priorities: PriorityPolicy,
     /// Thresholds per routing priority (Envoy's defaults when unset).
     pub circuit_breakers: super::circuit_breakers::CircuitBreakers,
     /// Active health checking (`health_checks`), None when not configured.
@@ -81,10 +84,22 @@ pub enum Discovery {
     },
 }
 
+pub use super::load_balancing::PriorityPolicy;
+
 #[derive(Debug, Clone)]
 pub struct LbEndpoint {
     pub address: Endpoint,
     pub weight: u32,
+    /// The priority of its `LocalityLbEndpoints` (0 is the highest).
+    pub priority: u32,
+}
+
+/// A translated `ClusterLoadAssignment`: its endpoints and the policy that shapes priority
+/// loads.
+#[derive(Debug, Clone)]
+pub struct Assignment {
+    pub endpoints: Vec<LbEndpoint>,
+    pub priorities: PriorityPolicy,
 }
 
 #[derive(Debug, Clone)]
@@ -92,6 +107,7 @@ pub struct DnsHost {
     pub host: String,
     pub port: u16,
     pub weight: u32,
+    pub priority: u32,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -319,6 +335,10 @@ pub fn translate_cluster(
             .map(|o| super::outlier::translate(o, &path.field("outlier_detection")))
             .transpose()?,
         panic_threshold: super::outlier::panic_threshold(c, path)?,
+        priorities: super::load_balancing::priority_policy(
+            c.load_assignment.as_ref(),
+            &path.field("load_assignment"),
+        )?,
         circuit_breakers,
         health_check: super::health_check::translate_all(
             &c.health_checks,
@@ -328,38 +348,34 @@ pub fn translate_cluster(
     })
 }
 
-/// Priority 0 endpoints serve; higher priorities are failover targets, and without health
-/// checking (issue 4) every host is healthy, so Envoy never fails over either.
-/// The endpoints that take traffic: priority 0 (failover to other priorities comes with the
-/// resilience issue), without the ones the assignment marks unhealthy, draining or timed out.
+/// The endpoints that can take traffic, of every priority (the balancer spills load between
+/// them), without the ones the assignment marks unhealthy, draining or timed out: (locality
+/// index, endpoint index, priority, endpoint).
 fn selected_endpoints(
     la: Option<&ClusterLoadAssignment>,
 ) -> impl Iterator<
     Item = (
         usize,
         usize,
+        u32,
         &xds_proto::pb::envoy::config::endpoint::v3::LbEndpoint,
     ),
 > {
     la.into_iter().flat_map(|la| {
-        la.endpoints
-            .iter()
-            .enumerate()
-            .filter(|(_, l)| l.priority == 0)
-            .flat_map(|(i, l)| {
-                l.lb_endpoints
-                    .iter()
-                    .enumerate()
-                    .filter(|(_, e)| {
-                        !matches!(
-                            HealthStatus::try_from(e.health_status),
-                            Ok(HealthStatus::Unhealthy
-                                | HealthStatus::Draining
-                                | HealthStatus::Timeout)
-                        )
-                    })
-                    .map(move |(j, e)| (i, j, e))
-            })
+        la.endpoints.iter().enumerate().flat_map(|(i, l)| {
+            l.lb_endpoints
+                .iter()
+                .enumerate()
+                .filter(|(_, e)| {
+                    !matches!(
+                        HealthStatus::try_from(e.health_status),
+                        Ok(HealthStatus::Unhealthy
+                            | HealthStatus::Draining
+                            | HealthStatus::Timeout)
+                    )
+                })
+                .map(move |(j, e)| (i, j, l.priority, e))
+        })
     })
 }
 
@@ -467,7 +483,7 @@ pub fn translate_load_assignment(
     la: &ClusterLoadAssignment,
     path: &FieldPath,
     acks: &mut Vec<Acknowledged>,
-) -> Result<Vec<LbEndpoint>> {
+) -> Result<Assignment> {
     check(la, path, acks)?;
     for (i, l) in la.endpoints.iter().enumerate() {
         if l.load_balancing_weight
@@ -481,7 +497,10 @@ pub fn translate_load_assignment(
                 .error("value must be greater than or equal to 1"));
         }
     }
-    assignment_endpoints(Some(la), path)
+    Ok(Assignment {
+        endpoints: assignment_endpoints(Some(la), path)?,
+        priorities: super::load_balancing::priority_policy(Some(la), path)?,
+    })
 }
 
 fn assignment_endpoints(
@@ -489,7 +508,7 @@ fn assignment_endpoints(
     path: &FieldPath,
 ) -> Result<Vec<LbEndpoint>> {
     selected_endpoints(la)
-        .map(|(i, j, e)| {
+        .map(|(i, j, priority, e)| {
             let p = endpoint_path(path, i, j);
             let address = resolved(
                 endpoint_address(e, &p)?,
@@ -498,6 +517,7 @@ fn assignment_endpoints(
             Ok(LbEndpoint {
                 address,
                 weight: endpoint_weight(e, &p)?,
+                priority,
             })
         })
         .collect()
@@ -505,7 +525,7 @@ fn assignment_endpoints(
 
 fn dns_hosts(c: &ProtoCluster, path: &FieldPath) -> Result<Vec<DnsHost>> {
     selected_endpoints(c.load_assignment.as_ref())
-        .map(|(i, j, e)| {
+        .map(|(i, j, priority, e)| {
             let p = endpoint_path(&path.field("load_assignment"), i, j);
             let address = endpoint_address(e, &p)?;
             if matches!(
@@ -522,6 +542,7 @@ fn dns_hosts(c: &ProtoCluster, path: &FieldPath) -> Result<Vec<DnsHost>> {
                 host,
                 port,
                 weight: endpoint_weight(e, &p)?,
+                priority,
             })
         })
         .collect()

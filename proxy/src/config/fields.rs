@@ -204,8 +204,10 @@ static POLICIES: &[(&str, Policy)] = policies! {
     "envoy.config.cluster.v3.UpstreamConnectionOptions" => ["tcp_keepalive"];
     "envoy.config.cluster.v3.Cluster.OriginalDstLbConfig" => ["use_http_header", "http_header_name", "upstream_port_override"];
     "envoy.config.core.v3.BindConfig" => ["source_address"];
-    "envoy.config.endpoint.v3.ClusterLoadAssignment" => ["cluster_name", "endpoints"]
-        ack [("policy", RESILIENCE)];
+    "envoy.config.endpoint.v3.ClusterLoadAssignment" => ["cluster_name", "endpoints", "policy"];
+    "envoy.config.endpoint.v3.ClusterLoadAssignment.Policy" => ["overprovisioning_factor",
+        "weighted_priority_health"]
+        ack [("endpoint_stale_after", "endpoints are never treated as stale: a cluster keeps its last assignment until the next one, as without this field")];
     "envoy.config.endpoint.v3.LocalityLbEndpoints" => ["locality", "lb_endpoints", "load_balancing_weight", "priority", "metadata"];
     "envoy.config.endpoint.v3.LbEndpoint" => ["endpoint", "load_balancing_weight", "metadata", "health_status"];
     "envoy.config.endpoint.v3.Endpoint" => ["address", "hostname"]

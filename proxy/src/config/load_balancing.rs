@@ -330,6 +330,50 @@ fn consistent_hashing(
     Ok(c.use_hostname_for_hashing)
 }
 
+/// `ClusterLoadAssignment.policy` settings that shape how load spills between priorities.
+/// https://www.envoyproxy.io/docs/envoy/latest/intro/arch_overview/upstream/load_balancing/overprovisioning
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PriorityPolicy {
+    /// Percent (140 = Envoy's default 1.4).
+    pub overprovisioning_factor: u32,
+    /// Rate a level's health by host weights rather than host counts.
+    pub weighted_priority_health: bool,
+}
+
+impl Default for PriorityPolicy {
+    fn default() -> Self {
+        Self {
+            overprovisioning_factor: 140,
+            weighted_priority_health: false,
+        }
+    }
+}
+
+/// `policy` of a load assignment at `path`: the overprovisioning factor and weighted health.
+pub(super) fn priority_policy(
+    la: Option<&xds_proto::pb::envoy::config::endpoint::v3::ClusterLoadAssignment>,
+    path: &FieldPath,
+) -> Result<PriorityPolicy> {
+    let Some(policy) = la.and_then(|la| la.policy.as_ref()) else {
+        return Ok(PriorityPolicy::default());
+    };
+    let overprovisioning_factor = match &policy.overprovisioning_factor {
+        None => 140,
+        Some(f) if f.value == 0 => {
+            return Err(path
+                .field("policy")
+                .field("overprovisioning_factor")
+                .field("value")
+                .error("value must be greater than 0"))
+        }
+        Some(f) => f.value,
+    };
+    Ok(PriorityPolicy {
+        overprovisioning_factor,
+        weighted_priority_health: policy.weighted_priority_health,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -347,6 +347,7 @@ mod tests {
             address: Endpoint::Tcp(([127, 0, 0, 1], port).into()),
             hostname: String::new(),
             weight,
+            priority: 0,
             authority: format!("127.0.0.1:{port}").parse().expect("authority"),
             stats: HostStats::default(),
             health: Default::default(),

@@ -2,6 +2,7 @@
 //! `dns_refresh_rate`. A failed lookup keeps the hosts already known (Envoy does the same).
 //! Envoy: https://www.envoyproxy.io/docs/envoy/latest/intro/arch_overview/upstream/service_discovery
 
+use super::host::HostSpec;
 use super::manager::ClusterRuntime;
 use crate::config::address::Endpoint;
 use crate::config::cluster::{Discovery, DnsFamily, DnsHost};
@@ -34,7 +35,7 @@ pub fn spawn(cluster: &Arc<ClusterRuntime>) {
                 return;
             };
             if let Some(resolved) = resolved {
-                cluster.set_hosts(resolved);
+                cluster.set_hosts(resolved, cluster.config.priorities);
             }
             drop(cluster);
             tokio::time::sleep(refresh).await;
@@ -46,7 +47,7 @@ async fn resolve_all(
     hosts: &[DnsHost],
     family: DnsFamily,
     first_only: bool,
-) -> Option<Vec<(Endpoint, String, u32)>> {
+) -> Option<Vec<HostSpec>> {
     let mut out = Vec::new();
     for host in hosts {
         let addrs: Vec<SocketAddr> =
@@ -61,11 +62,12 @@ async fn resolve_all(
         if first_only {
             picked.truncate(1);
         }
-        out.extend(
-            picked
-                .into_iter()
-                .map(|a| (Endpoint::Tcp(a), host.host.clone(), host.weight)),
-        );
+        out.extend(picked.into_iter().map(|a| HostSpec {
+            address: Endpoint::Tcp(a),
+            hostname: host.host.clone(),
+            weight: host.weight,
+            priority: host.priority,
+        }));
     }
     Some(out)
 }

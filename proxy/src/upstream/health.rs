@@ -10,26 +10,22 @@
 //! changes and discovery updates alike) take one mutex so a slow one never overwrites a newer
 //! set; none of them runs on a request.
 //!
-//! Panic threshold (`common_lb_config.healthy_panic_threshold`, default 50%): Envoy rates a
-//! priority's availability as `min(100, 1.4 * healthy / total * 100)` (1.4 is the default
-//! overprovisioning factor); below the threshold it balances over all hosts, healthy or not,
-//! and counts `lb_healthy_panic` per pick. A threshold of 0 disables panic mode.
+//! Priority levels and panic (`common_lb_config.healthy_panic_threshold`, default 50%): the set
+//! splits load between priorities by their overprovisioned health and puts a level in panic
+//! (all its hosts, healthy or not, counting `lb_healthy_panic` per pick) as Envoy does; the
+//! arithmetic is `priority.rs`. A threshold of 0 disables panic mode.
 //! https://www.envoyproxy.io/docs/envoy/latest/intro/arch_overview/upstream/load_balancing/panic_threshold
 //!
 //! EDS `health_status`: endpoints an assignment marks UNHEALTHY, DRAINING or TIMEOUT are left
 //! out when the assignment is translated (as before this module); they do not count towards
 //! the panic threshold and `/clusters` does not list them.
 
-use super::host::{Host, HostSet};
+use super::host::{Host, HostSet, PriorityPolicy, Standing};
 use crate::config::cluster::Cluster;
 use crate::stats::{Counter, Gauge, Store};
 use arc_swap::ArcSwap;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
-
-/// Envoy's default overprovisioning factor (140%), which scales availability before the
-/// panic threshold is applied.
-const OVERPROVISIONING: f64 = 1.4;
 
 /// Envoy's host health flags, in the order `/clusters` prints them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -81,6 +77,21 @@ impl HostHealth {
         self.flags.load(Ordering::Acquire) & !INFORMATIONAL == 0
     }
 
+    /// Envoy's coarse health: a failed or excluded host is out of the healthy list; one whose
+    /// only flag is degradation serves from the degraded list.
+    pub(super) fn standing(&self) -> Standing {
+        let flags = self.flags.load(Ordering::Acquire) & !INFORMATIONAL;
+        if flags & HealthFlag::ExcludedViaImmediateHcFail as u32 != 0 {
+            Standing::Excluded
+        } else if flags == 0 {
+            Standing::Healthy
+        } else if flags == HealthFlag::DegradedActiveHc as u32 {
+            Standing::Degraded
+        } else {
+            Standing::Unhealthy
+        }
+    }
+
     pub fn has(&self, flag: HealthFlag) -> bool {
         self.flags.load(Ordering::Acquire) & flag as u32 != 0
     }
@@ -119,15 +130,6 @@ impl HostHealth {
     pub fn local_origin_success_rate(&self) -> f64 {
         self.outlier.success_rate(true)
     }
-}
-
-/// Whether a cluster with `healthy` of `total` hosts is in panic under `threshold` percent.
-pub fn in_panic(healthy: usize, total: usize, threshold: f64) -> bool {
-    if total == 0 {
-        return false;
-    }
-    let availability = (OVERPROVISIONING * 100.0 * healthy as f64 / total as f64).min(100.0);
-    availability < threshold
 }
 
 /// The health side of a cluster: its outlier detector, its active checker and the one path
@@ -186,16 +188,17 @@ impl ClusterHealth {
         self.outlier.as_ref().map(|d| d.averages())
     }
 
-    /// Builds and swaps in a host set over `hosts`: the balancer over the healthy ones, or
-    /// over all of them in panic. Off the request path (discovery, health changes).
+    /// Builds and swaps in a host set over `hosts`: priority loads and a balancer per level
+    /// (`HostSet::build`). Off the request path (discovery, health changes).
     pub(super) fn install(
         &self,
         slot: &ArcSwap<HostSet>,
         hosts: Vec<Arc<Host>>,
         policy: &crate::config::load_balancing::LbPolicy,
+        priorities: PriorityPolicy,
     ) {
         let _guard = self.install.lock().unwrap_or_else(|e| e.into_inner());
-        self.install_locked(slot, hosts, policy);
+        self.install_locked(slot, hosts, policy, priorities);
     }
 
     /// Rebuilds the current set after a flag changed.
@@ -205,8 +208,9 @@ impl ClusterHealth {
         policy: &crate::config::load_balancing::LbPolicy,
     ) {
         let _guard = self.install.lock().unwrap_or_else(|e| e.into_inner());
-        let hosts = slot.load().hosts.clone();
-        self.install_locked(slot, hosts, policy);
+        let current = slot.load();
+        let (hosts, priorities) = (current.hosts.clone(), current.priorities);
+        self.install_locked(slot, hosts, policy, priorities);
     }
 
     fn install_locked(
@@ -214,7 +218,9 @@ impl ClusterHealth {
         slot: &ArcSwap<HostSet>,
         hosts: Vec<Arc<Host>>,
         policy: &crate::config::load_balancing::LbPolicy,
+        priorities: PriorityPolicy,
     ) {
+        // Envoy counts healthy hosts of every priority.
         let healthy = hosts.iter().filter(|h| h.health.healthy()).count();
         self.membership_healthy.set(healthy as u64);
         if let Some(detector) = &self.outlier {
@@ -223,32 +229,14 @@ impl ClusterHealth {
         if let Some(active) = &self.active {
             active.installed(&hosts);
         }
-        // Excluded hosts take no traffic, even in panic, and do not count towards it.
-        let excluded = hosts
-            .iter()
-            .filter(|h| h.health.has(HealthFlag::ExcludedViaImmediateHcFail))
-            .count();
-        let set = if healthy == hosts.len() {
-            HostSet::with_policy(hosts, policy)
-        } else if in_panic(healthy, hosts.len() - excluded, self.panic_threshold) {
-            if excluded == 0 {
-                HostSet::panicking(hosts, policy, self.lb_healthy_panic.clone())
-            } else {
-                let routable = hosts
-                    .iter()
-                    .filter(|h| !h.health.has(HealthFlag::ExcludedViaImmediateHcFail))
-                    .cloned()
-                    .collect();
-                HostSet::partial_panicking(hosts, routable, policy, self.lb_healthy_panic.clone())
-            }
-        } else {
-            let routable = hosts
-                .iter()
-                .filter(|h| h.health.healthy())
-                .cloned()
-                .collect();
-            HostSet::partial(hosts, routable, policy)
-        };
+        let set = HostSet::build(
+            hosts,
+            policy,
+            priorities,
+            self.panic_threshold,
+            &self.lb_healthy_panic,
+            |h| h.health.standing(),
+        );
         slot.store(Arc::new(set));
     }
 }
@@ -256,20 +244,6 @@ impl ClusterHealth {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn panic_follows_envoy_overprovisioned_availability() {
-        // 1 of 2: 70% available, above 50.
-        assert!(!in_panic(1, 2, 50.0));
-        // 1 of 3: 46.7%, below.
-        assert!(in_panic(1, 3, 50.0));
-        // 2 of 5: 40% healthy, but 56% available.
-        assert!(!in_panic(2, 5, 50.0));
-        // None healthy: panic, unless the threshold is 0.
-        assert!(in_panic(0, 4, 50.0));
-        assert!(!in_panic(0, 4, 0.0));
-        assert!(!in_panic(0, 0, 50.0));
-    }
 
     #[test]
     fn flags_print_as_envoy_does() {

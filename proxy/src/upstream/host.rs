@@ -1,9 +1,11 @@
 //! Hosts and the set a cluster balances over. A set is immutable: discovery builds a new one
-//! and swaps it in, with its balancer built, so a pick reads one `Arc` and the prebuilt
-//! balancer, with no lock.
+//! and swaps it in, with its priority loads and balancers built, so a pick reads one `Arc`,
+//! draws a priority against the prebuilt loads and asks that level's prebuilt balancer, with
+//! no lock.
 
 use super::balancer::Balancer;
 use super::health::HostHealth;
+use super::priority::LevelCounts;
 use crate::config::address::Endpoint;
 use crate::config::load_balancing::LbPolicy;
 use crate::stats::Counter;
@@ -28,6 +30,8 @@ pub struct Host {
     /// The DNS name it was resolved from (empty for STATIC hosts); `auto_host_rewrite` uses it.
     pub hostname: String,
     pub weight: u32,
+    /// The EDS priority of the host's locality (0 is the highest).
+    pub priority: u32,
     /// The URI authority the connection pool keys this host by.
     pub authority: http::uri::Authority,
     pub stats: HostStats,
@@ -35,16 +39,50 @@ pub struct Host {
     pub health: HostHealth,
 }
 
-/// The hosts of a cluster and the balancer built for them.
+/// The hosts of a cluster and what picks among them: per priority level a list of hosts and
+/// its balancer, and the cumulative loads a draw chooses a level by.
 #[derive(Debug, Default)]
 pub struct HostSet {
-    /// Every host, healthy or not.
+    /// Every host, healthy or not, of every priority, in priority order.
     pub hosts: Vec<Arc<Host>>,
-    /// The hosts the balancer picks among when some are unhealthy (None: all of `hosts`).
-    routable: Option<Vec<Arc<Host>>>,
-    /// Set in panic mode: every pick counts `lb_healthy_panic`.
-    panic: Option<Arc<Counter>>,
+    /// What the set was built under, kept for rebuilds after a health change.
+    pub priorities: PriorityPolicy,
+    /// Hosts a pick may land on: per priority its healthy hosts (all but the excluded ones in
+    /// panic), then per priority its degraded hosts, where loads send traffic.
+    levels: Box<[Level]>,
+    /// (cumulative percent, index into `levels`), levels without load left out. A draw of
+    /// 1..=100 takes the first entry at or above it; one entry needs no draw.
+    choice: Box<[(u32, u32)]>,
+}
+
+#[derive(Debug)]
+struct Level {
+    hosts: Vec<Arc<Host>>,
     balancer: Balancer,
+    /// The level is in panic: every pick counts `lb_healthy_panic`.
+    panic: Option<Arc<Counter>>,
+}
+
+pub use crate::config::cluster::PriorityPolicy;
+
+/// A host as discovery describes it, before it becomes a [`Host`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostSpec {
+    pub address: Endpoint,
+    /// The DNS name it was resolved from (empty for STATIC and EDS hosts).
+    pub hostname: String,
+    pub weight: u32,
+    pub priority: u32,
+}
+
+/// Where a host stands for balancing (Envoy's coarse health).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Standing {
+    Healthy,
+    Degraded,
+    Unhealthy,
+    /// Left out altogether (`excluded_via_immediate_hc_fail`).
+    Excluded,
 }
 
 impl HostSet {
@@ -53,54 +91,102 @@ impl HostSet {
         Self::with_policy(hosts, &LbPolicy::RoundRobin)
     }
 
-    /// A set balanced by `policy`; the ring or table of a hashing policy is built here.
+    /// One level over all `hosts`, health aside, balanced by `policy` (benchmarks, tests).
     pub fn with_policy(hosts: Vec<Arc<Host>>, policy: &LbPolicy) -> Self {
-        let balancer = Balancer::build(policy, &hosts);
+        let level = Level {
+            balancer: Balancer::build(policy, &hosts),
+            hosts: hosts.clone(),
+            panic: None,
+        };
         Self {
             hosts,
-            routable: None,
-            panic: None,
-            balancer,
+            priorities: PriorityPolicy::default(),
+            levels: Box::new([level]),
+            choice: Box::new([(100, 0)]),
         }
     }
 
-    /// Some hosts are unhealthy: the balancer covers `routable` (the healthy ones) only.
-    pub(super) fn partial(
-        hosts: Vec<Arc<Host>>,
-        routable: Vec<Arc<Host>>,
+    /// The set over `hosts` (sorted by priority) as Envoy balances it: loads per priority from
+    /// each level's health (`priority.rs`), a balancer per level over the hosts that take
+    /// traffic there. `standing` rates each host; `panic_threshold` in percent.
+    pub(super) fn build(
+        mut hosts: Vec<Arc<Host>>,
         policy: &LbPolicy,
+        priorities: PriorityPolicy,
+        panic_threshold: f64,
+        lb_healthy_panic: &Arc<Counter>,
+        standing: impl Fn(&Host) -> Standing,
     ) -> Self {
-        let balancer = Balancer::build(policy, &routable);
+        hosts.sort_by_key(|h| h.priority);
+        let count = hosts.last().map_or(0, |h| h.priority as usize + 1);
+        let mut counts = vec![LevelCounts::default(); count];
+        let standings: Vec<Standing> = hosts.iter().map(|h| standing(h)).collect();
+        for (h, s) in hosts.iter().zip(&standings) {
+            let c = &mut counts[h.priority as usize];
+            let w = if priorities.weighted_priority_health {
+                u64::from(h.weight)
+            } else {
+                1
+            };
+            c.hosts += 1;
+            match s {
+                Standing::Excluded => c.excluded += 1,
+                Standing::Healthy => {
+                    c.healthy += 1;
+                    c.healthy_weight += w;
+                }
+                Standing::Degraded => {
+                    c.degraded += 1;
+                    c.degraded_weight += w;
+                }
+                Standing::Unhealthy => {}
+            }
+            if *s != Standing::Excluded {
+                c.total_weight += w;
+            }
+        }
+        let loads =
+            super::priority::loads(&counts, priorities.overprovisioning_factor, panic_threshold);
+        let members = |p: usize, keep: &dyn Fn(Standing) -> bool| -> Vec<Arc<Host>> {
+            hosts
+                .iter()
+                .zip(&standings)
+                .filter(|(h, s)| h.priority as usize == p && keep(**s))
+                .map(|(h, _)| h.clone())
+                .collect()
+        };
+        let mut levels = Vec::new();
+        let mut choice = Vec::new();
+        let mut bound = 0;
+        let sources = (0..count)
+            .map(|p| (p, loads.healthy[p], false))
+            .chain((0..count).map(|p| (p, loads.degraded[p], true)));
+        for (p, load, degraded) in sources {
+            if load == 0 {
+                continue;
+            }
+            let panic = !degraded && loads.panic[p];
+            let members = if degraded {
+                members(p, &|s| s == Standing::Degraded)
+            } else if panic {
+                // Excluded hosts stay out even in panic (see `health.rs`).
+                members(p, &|s| s != Standing::Excluded)
+            } else {
+                members(p, &|s| s == Standing::Healthy)
+            };
+            bound += load;
+            choice.push((bound, levels.len() as u32));
+            levels.push(Level {
+                balancer: Balancer::build(policy, &members),
+                hosts: members,
+                panic: panic.then(|| lb_healthy_panic.clone()),
+            });
+        }
         Self {
             hosts,
-            routable: Some(routable),
-            panic: None,
-            balancer,
-        }
-    }
-
-    /// Too few hosts are healthy (panic threshold): balance over all, counting each pick.
-    pub(super) fn panicking(
-        hosts: Vec<Arc<Host>>,
-        policy: &LbPolicy,
-        counter: Arc<Counter>,
-    ) -> Self {
-        Self {
-            panic: Some(counter),
-            ..Self::with_policy(hosts, policy)
-        }
-    }
-
-    /// Panic with some hosts excluded: balance over all the others, counting each pick.
-    pub(super) fn partial_panicking(
-        hosts: Vec<Arc<Host>>,
-        routable: Vec<Arc<Host>>,
-        policy: &LbPolicy,
-        counter: Arc<Counter>,
-    ) -> Self {
-        Self {
-            panic: Some(counter),
-            ..Self::partial(hosts, routable, policy)
+            priorities,
+            levels: levels.into(),
+            choice: choice.into(),
         }
     }
 
@@ -109,17 +195,29 @@ impl HostSet {
         self.pick_hashed(None)
     }
 
-    /// The balancer's pick; `hash` (from the route's hash policy) steers RING_HASH and MAGLEV.
+    /// The pick: a priority level by a draw against the loads (the request hash when there is
+    /// one, as Envoy's hashing balancers do), then that level's balancer; `hash` (from the
+    /// route's hash policy) also steers RING_HASH and MAGLEV within the level.
     #[inline]
     pub fn pick_hashed(&self, hash: Option<u64>) -> Option<&Arc<Host>> {
-        let hosts = self.routable.as_ref().unwrap_or(&self.hosts);
-        if hosts.is_empty() {
+        let level = match &*self.choice {
+            [] => return None,
+            [(_, only)] => *only,
+            many => {
+                let draw = (hash.unwrap_or_else(crate::random::next_u64) % 100) as u32 + 1;
+                many.iter()
+                    .find(|(bound, _)| draw <= *bound)
+                    .map_or(0, |(_, level)| *level)
+            }
+        };
+        let level = self.levels.get(level as usize)?;
+        if level.hosts.is_empty() {
             return None;
         }
-        if let Some(panic) = &self.panic {
+        if let Some(panic) = &level.panic {
             panic.inc();
         }
-        hosts.get(self.balancer.pick(hosts, hash))
+        level.hosts.get(level.balancer.pick(&level.hosts, hash))
     }
 }
 
@@ -132,6 +230,7 @@ mod tests {
             address: Endpoint::Tcp(([127, 0, 0, 1], port).into()),
             hostname: String::new(),
             weight,
+            priority: 0,
             authority: format!("127.0.0.1:{port}").parse().expect("authority"),
             stats: HostStats::default(),
             health: HostHealth::default(),

@@ -2,11 +2,11 @@
 //! routes hold plain indexes.
 
 use super::circuit_breakers::CircuitBreakers;
-use super::host::{Host, HostSet, HostStats};
+use super::host::{Host, HostSet, HostSpec, HostStats, PriorityPolicy};
 use super::host_pool::PoolStats;
 use super::pool::Pool;
 use crate::config::address::Endpoint;
-use crate::config::cluster::{Cluster, Discovery, LbEndpoint};
+use crate::config::cluster::{Assignment, Cluster, Discovery, LbEndpoint};
 use crate::config::slots::Slots;
 use crate::stats::{Counter, Gauge, Store};
 use arc_swap::ArcSwap;
@@ -262,14 +262,14 @@ impl ClusterRuntime {
             stats,
         };
         if let Discovery::Static(endpoints) = &runtime.config.discovery {
-            runtime.set_endpoints(endpoints);
+            runtime.set_endpoints(endpoints, runtime.config.priorities);
         }
         runtime
     }
 
     /// The cluster's first host set (static, or an EDS assignment already received).
-    fn set_endpoints(&self, endpoints: &[LbEndpoint]) {
-        self.replace_hosts(host_specs(endpoints));
+    fn set_endpoints(&self, endpoints: &[LbEndpoint], priorities: PriorityPolicy) {
+        self.replace_hosts(host_specs(endpoints), priorities);
     }
 
     pub fn hosts(&self) -> arc_swap::Guard<Arc<HostSet>> {
@@ -277,62 +277,71 @@ impl ClusterRuntime {
     }
 
     /// Replaces the host set, keeping the stats of hosts that stay.
-    pub fn set_hosts(&self, hosts: Vec<(Endpoint, String, u32)>) {
+    pub fn set_hosts(&self, hosts: Vec<HostSpec>, priorities: PriorityPolicy) {
         self.stats.update_attempt.inc();
         self.stats.update_success.inc();
         if hosts.is_empty() {
             self.stats.update_empty.inc();
         }
-        self.replace_hosts(hosts);
+        self.replace_hosts(hosts, priorities);
     }
 
     /// Installs a host set; `set_hosts` also counts it as an update (the set a cluster is
     /// built with is not one, in Envoy's stats).
-    fn replace_hosts(&self, hosts: Vec<(Endpoint, String, u32)>) {
+    fn replace_hosts(&self, mut hosts: Vec<HostSpec>, priorities: PriorityPolicy) {
+        // The set keeps hosts in priority order (as `/clusters` lists them); compare alike.
+        hosts.sort_by_key(|h| h.priority);
         let old = self.hosts.load_full();
         let same = hosts.len() == old.hosts.len()
-            && hosts
-                .iter()
-                .zip(&old.hosts)
-                .all(|((a, _, w), h)| *a == h.address && *w == h.weight);
+            && old.priorities == priorities
+            && hosts.iter().zip(&old.hosts).all(|(a, h)| {
+                a.address == h.address && a.weight == h.weight && a.priority == h.priority
+            });
         if same && !old.hosts.is_empty() {
             // Nothing to rebuild: the balancer and its hosts stay as they are.
             self.stats.update_no_rebuild.inc();
             return;
         }
-        let hosts: Vec<Arc<Host>> = hosts
-            .into_iter()
-            .filter_map(|(address, hostname, weight)| {
-                if let Some(h) = old
-                    .hosts
-                    .iter()
-                    .find(|h| h.address == address && h.weight == weight)
-                {
-                    return Some(h.clone());
-                }
-                let authority = match &address {
-                    Endpoint::Tcp(a) => a.to_string(),
-                    Endpoint::Unix(p) => super::connector::unix_authority(p),
-                };
-                Some(Arc::new(Host {
-                    authority: authority.parse().ok()?,
-                    address,
-                    hostname,
-                    weight,
-                    stats: HostStats::default(),
-                    // With active health checking a host takes no traffic until its first
-                    // check passes (Envoy marks new hosts so, at startup and after).
-                    health: if self.config.health_check.is_some() {
-                        super::health::HostHealth::failing_active_hc()
-                    } else {
-                        Default::default()
-                    },
-                }))
-            })
-            .collect();
+        let hosts: Vec<Arc<Host>> =
+            hosts
+                .into_iter()
+                .filter_map(|spec| {
+                    let HostSpec {
+                        address,
+                        hostname,
+                        weight,
+                        priority,
+                    } = spec;
+                    if let Some(h) = old.hosts.iter().find(|h| {
+                        h.address == address && h.weight == weight && h.priority == priority
+                    }) {
+                        return Some(h.clone());
+                    }
+                    let authority = match &address {
+                        Endpoint::Tcp(a) => a.to_string(),
+                        Endpoint::Unix(p) => super::connector::unix_authority(p),
+                    };
+                    Some(Arc::new(Host {
+                        authority: authority.parse().ok()?,
+                        address,
+                        hostname,
+                        weight,
+                        priority,
+                        stats: HostStats::default(),
+                        // With active health checking a host takes no traffic until its first
+                        // check passes (Envoy marks new hosts so, at startup and after).
+                        health: if self.config.health_check.is_some() {
+                            super::health::HostHealth::failing_active_hc()
+                        } else {
+                            Default::default()
+                        },
+                    }))
+                })
+                .collect();
         self.stats.membership_total.set(hosts.len() as u64);
         // The balancer (ring, table, schedule) is built here, off the request path.
-        self.health.install(&self.hosts, hosts, &self.config.lb);
+        self.health
+            .install(&self.hosts, hosts, &self.config.lb, priorities);
     }
 
     /// Looks at an upstream response's headers for Envoy's immediate health check failure,
@@ -356,10 +365,15 @@ impl ClusterRuntime {
     }
 }
 
-fn host_specs(endpoints: &[LbEndpoint]) -> Vec<(Endpoint, String, u32)> {
+fn host_specs(endpoints: &[LbEndpoint]) -> Vec<HostSpec> {
     endpoints
         .iter()
-        .map(|e| (e.address.clone(), String::new(), e.weight))
+        .map(|e| HostSpec {
+            address: e.address.clone(),
+            hostname: String::new(),
+            weight: e.weight,
+            priority: e.priority,
+        })
         .collect()
 }
 
@@ -373,7 +387,7 @@ pub struct ClusterManager {
     active: RwLock<Vec<Arc<ClusterRuntime>>>,
     /// EDS assignments by service name, kept so a cluster added or replaced later starts
     /// with the endpoints already received.
-    assignments: RwLock<HashMap<String, Arc<Vec<LbEndpoint>>>>,
+    assignments: RwLock<HashMap<String, Arc<Assignment>>>,
     /// Set once the runtime runs: from then on new DNS clusters start resolving at once.
     discovery_started: AtomicBool,
 }
@@ -416,8 +430,8 @@ impl ClusterManager {
     pub fn add_or_update(&self, config: Arc<Cluster>) -> Arc<ClusterRuntime> {
         let runtime = Arc::new(ClusterRuntime::build(config, &self.store));
         if let Discovery::Eds { service_name, .. } = &runtime.config.discovery {
-            if let Some(endpoints) = self.read_assignments().get(service_name) {
-                runtime.set_endpoints(endpoints);
+            if let Some(a) = self.read_assignments().get(service_name) {
+                runtime.set_endpoints(&a.endpoints, a.priorities);
             }
         }
         {
@@ -475,16 +489,16 @@ impl ClusterManager {
 
     /// An EDS assignment for `service_name`: every cluster fed by it takes the new endpoints
     /// for its next pick.
-    pub fn set_assignment(&self, service_name: &str, endpoints: Vec<LbEndpoint>) {
-        let endpoints = Arc::new(endpoints);
+    pub fn set_assignment(&self, service_name: &str, assignment: Assignment) {
+        let assignment = Arc::new(assignment);
         self.assignments
             .write()
             .unwrap_or_else(|e| e.into_inner())
-            .insert(service_name.to_string(), endpoints.clone());
+            .insert(service_name.to_string(), assignment.clone());
         for cluster in self.all() {
             if matches!(&cluster.config.discovery, Discovery::Eds { service_name: s, .. } if s == service_name)
             {
-                cluster.set_hosts(host_specs(&endpoints));
+                cluster.set_hosts(host_specs(&assignment.endpoints), assignment.priorities);
             }
         }
     }
@@ -502,9 +516,7 @@ impl ClusterManager {
         self.read_assignments().contains_key(service_name)
     }
 
-    fn read_assignments(
-        &self,
-    ) -> std::sync::RwLockReadGuard<'_, HashMap<String, Arc<Vec<LbEndpoint>>>> {
+    fn read_assignments(&self) -> std::sync::RwLockReadGuard<'_, HashMap<String, Arc<Assignment>>> {
         self.assignments.read().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -562,6 +574,7 @@ impl ClusterRuntime {
                     address: Endpoint::Tcp(address),
                     hostname: String::new(),
                     weight: 1,
+                    priority: 0,
                     stats: HostStats::default(),
                     health: Default::default(),
                 }))

@@ -13,6 +13,7 @@ mod host_pool;
 mod manager;
 mod outlier;
 mod pool;
+pub mod priority;
 
 pub use accounting::ConnectionAccounting;
 pub use connector::{Connector, UpstreamStream as Stream};

@@ -13,6 +13,7 @@ fn host(port: u16) -> Arc<Host> {
         address: Endpoint::Tcp(([127, 0, 0, 1], port).into()),
         hostname: String::new(),
         weight: 1,
+        priority: 0,
         authority: format!("127.0.0.1:{port}").parse().expect("authority"),
         stats: HostStats::default(),
         health: Default::default(),

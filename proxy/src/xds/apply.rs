@@ -356,8 +356,9 @@ impl Applier {
             Kind::Endpoint => {
                 let proto: ClusterLoadAssignment = unpack(&update.resource)?;
                 check_name(&proto.cluster_name, &update.name)?;
-                let endpoints = translate_load_assignment(&proto, &root, &mut Vec::new())?;
-                self.clusters.set_assignment(&proto.cluster_name, endpoints);
+                let assignment = translate_load_assignment(&proto, &root, &mut Vec::new())?;
+                self.clusters
+                    .set_assignment(&proto.cluster_name, assignment);
                 self.records.activate(kind, &proto.cluster_name, record);
                 self.eds_stats(&proto.cluster_name, |prefix, store| {
                     store
