@@ -16,11 +16,11 @@ use tests::{envoy_or_skip, free_port, Kind, Ports, RunningProxy};
 
 /// Cluster name, then its hosts (role names) and its outlier detection / lb settings.
 const CLUSTERS: [(&str, &[&str], &str); 5] = [
-    // Three 503s in a row eject `bad` for 2 s (one of two is 50% ejected: within budget).
+    // Three 503s in a row eject `bad` for 4 s (one of two is 50% ejected: within budget).
     (
         "c5xx",
         &["good", "bad"],
-        "outlier_detection: { consecutive_5xx: 3, interval: 0.1s, base_ejection_time: 2s, max_ejection_percent: 50 }",
+        "outlier_detection: { consecutive_5xx: 3, interval: 0.1s, base_ejection_time: 4s, max_ejection_percent: 50 }",
     ),
     // The default 10% budget: Envoy ejects a host only when the share ejected after it stays
     // within the budget, so of two hosts none goes (ejections_overflow counts).
@@ -269,10 +269,10 @@ fn drive(kind: Kind) -> Observed {
     run.send("2 ejected", "panic", 9);
     run.send("2 ejected", "nopanic", 6);
     run.snapshot("3 after ejected traffic");
-    // base_ejection_time (2 s; long enough for the phase above on a loaded machine) and a
+    // base_ejection_time (4 s; long enough for the phase above on a loaded CI machine) and a
     // sweep (0.1 s) after the ejection, `bad` of c5xx is back.
     thread::sleep(
-        (ejected_at + Duration::from_millis(2300))
+        (ejected_at + Duration::from_millis(4300))
             .saturating_duration_since(std::time::Instant::now()),
     );
     run.snapshot("4 returned");
