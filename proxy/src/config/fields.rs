@@ -246,6 +246,9 @@ static POLICIES: &[(&str, Policy)] = policies! {
         "request_headers_to_add", "request_headers_to_remove", "response_headers_to_add", "response_headers_to_remove",
         "typed_per_filter_config"]
         ack [("decorator", TRACING)];
+    "envoy.config.route.v3.RouteAction.RequestMirrorPolicy" => ["cluster", "cluster_header", "runtime_fraction",
+        "disable_shadow_host_suffix_append"]
+        ack [("trace_sampled", TRACING)];
     "envoy.config.route.v3.FilterConfig" => ["config", "is_optional", "disabled"];
     "envoy.extensions.filters.http.fault.v3.HTTPFault" => ["delay", "abort", "upstream_cluster", "headers",
         "downstream_nodes", "max_active_faults", "response_rate_limit", "delay_percent_runtime", "abort_percent_runtime",
@@ -275,7 +278,7 @@ static POLICIES: &[(&str, Policy)] = policies! {
     "envoy.type.matcher.v3.RegexMatcher.GoogleRE2" => [];
     "envoy.config.route.v3.RouteAction" => ["cluster", "cluster_header", "weighted_clusters", "timeout", "prefix_rewrite",
         "regex_rewrite", "host_rewrite_literal", "auto_host_rewrite", "host_rewrite_header", "hash_policy",
-        "cluster_not_found_response_code", "priority", "retry_policy"]
+        "cluster_not_found_response_code", "priority", "retry_policy", "request_mirror_policies"]
         ack [("max_stream_duration", "not enforced yet (issue 3)"),
              ("max_grpc_timeout", RESILIENCE)];
     // Fields of a retry policy that Outrigger does not implement are refused by its translator

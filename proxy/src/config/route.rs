@@ -504,7 +504,7 @@ fn query_matcher(q: &proto::QueryParameterMatcher, path: &FieldPath) -> Result<Q
 
 /// A runtime fraction as parts per million, the runtime key's value overriding the default
 /// numerator when a static runtime layer sets it.
-fn runtime_fraction(
+pub(super) fn runtime_fraction(
     f: &xds_proto::pb::envoy::config::core::v3::RuntimeFractionalPercent,
     path: &FieldPath,
     resolve: &Resolver<'_>,

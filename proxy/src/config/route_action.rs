@@ -30,6 +30,8 @@ pub struct Forward {
     pub hash_policy: HashPolicy,
     /// `cluster_not_found_response_code`: the status when the target cluster does not exist.
     pub cluster_not_found: http::StatusCode,
+    /// `request_mirror_policies`: copies of the request sent to other clusters.
+    pub mirrors: Vec<Mirror>,
     /// Which of the cluster's circuit breaker thresholds (and connection pools) the request uses.
     pub priority: super::circuit_breakers::Priority,
     /// The route's retry policy, else its virtual host's (Envoy takes the most specific one
@@ -196,6 +198,19 @@ pub fn translate_forward(
         host_rewrite,
         hash_policy: translate_hash_policy(&ra.hash_policy, &path.field("hash_policy"))?,
         cluster_not_found: cluster_not_found(ra, path)?,
+        mirrors: ra
+            .request_mirror_policies
+            .iter()
+            .enumerate()
+            .map(|(i, m)| {
+                mirror(
+                    m,
+                    &path.field("request_mirror_policies").index(i),
+                    resolve,
+                    &named,
+                )
+            })
+            .collect::<Result<_>>()?,
         priority: super::circuit_breakers::Priority::from_proto(
             ra.priority,
             &path.field("priority"),
@@ -210,6 +225,52 @@ pub fn translate_forward(
         buffer_limit: route_buffer_limit
             .or(vhost.buffer_limit)
             .unwrap_or(DEFAULT_BUFFER_LIMIT),
+    })
+}
+
+/// Where a mirror policy sends its copy of the request.
+#[derive(Debug)]
+pub enum MirrorTarget {
+    Named(NamedCluster),
+    /// The cluster named by this request header (`cluster_header`).
+    Header(http::HeaderName),
+}
+
+/// One `request_mirror_policies` entry.
+/// Envoy: https://www.envoyproxy.io/docs/envoy/latest/api-v3/config/route/v3/route_components.proto#envoy-v3-api-msg-config-route-v3-routeaction-requestmirrorpolicy
+#[derive(Debug)]
+pub struct Mirror {
+    pub target: MirrorTarget,
+    /// `runtime_fraction` in parts per million; None mirrors every request.
+    pub per_million: Option<u64>,
+    /// `disable_shadow_host_suffix_append`: the copy keeps the host as it is, without
+    /// `-shadow`.
+    pub keep_host: bool,
+}
+
+fn mirror(
+    m: &proto::route_action::RequestMirrorPolicy,
+    path: &FieldPath,
+    resolve: &Resolver<'_>,
+    named: &dyn Fn(&str, &FieldPath) -> Result<NamedCluster>,
+) -> Result<Mirror> {
+    let target = match (m.cluster.is_empty(), m.cluster_header.is_empty()) {
+        (false, true) => MirrorTarget::Named(named(&m.cluster, &path.field("cluster"))?),
+        (true, false) => MirrorTarget::Header(
+            http::HeaderName::from_bytes(m.cluster_header.to_ascii_lowercase().as_bytes())
+                .map_err(|_| path.field("cluster_header").error("invalid header name"))?,
+        ),
+        _ => return Err(path.error("exactly one of cluster or cluster_header is required")),
+    };
+    let per_million = m
+        .runtime_fraction
+        .as_ref()
+        .map(|f| super::route::runtime_fraction(f, &path.field("runtime_fraction"), resolve))
+        .transpose()?;
+    Ok(Mirror {
+        target,
+        per_million,
+        keep_host: m.disable_shadow_host_suffix_append,
     })
 }
 

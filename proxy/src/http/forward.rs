@@ -186,6 +186,19 @@ async fn send_to_cluster(
         target.forward.retry.as_deref(),
         target.forward.timeout,
     );
+    // Mirrors copy the request as it goes to the first attempt (never an upgrade).
+    let body = if target.forward.mirrors.is_empty() || target.upgrade {
+        body
+    } else {
+        super::mirror::start(
+            ctx,
+            target,
+            &head,
+            body,
+            controls.timeout,
+            cluster.stats.retry.retry_or_shadow_abandoned.clone(),
+        )
+    };
     // An upgraded connection cannot be replayed; a policy may exclude the request.
     let mut retry = controls
         .retry

@@ -9,6 +9,7 @@ mod forward;
 pub mod forwarding;
 mod grpc_reply;
 mod local_reply;
+mod mirror;
 mod redirect;
 mod replay_body;
 mod request_checks;
