@@ -11,6 +11,7 @@ use super::hcm_options::{http2_settings, Http2Settings};
 pub use super::load_balancing::LbPolicy;
 use super::values::{duration, optional_duration};
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 use xds_proto::pb::envoy::config::cluster::v3::{cluster, Cluster as ProtoCluster};
 use xds_proto::pb::envoy::config::core::v3::{address, HealthStatus};
@@ -40,6 +41,8 @@ pub struct Cluster {
     /// The cluster asks for a transport socket Outrigger does not speak. Requests to it fail
     /// with 503 UF rather than going out in plain text.
     pub unsupported_transport: Option<String>,
+    /// What Istio's metrics read of the cluster (`destination_service*`), if anything.
+    pub istio: Option<Arc<super::istio::IstioCluster>>,
 }
 
 #[derive(Debug, Clone)]
@@ -301,6 +304,7 @@ pub fn translate_cluster(
         source_address,
         tls,
         unsupported_transport,
+        istio: super::istio::IstioCluster::of(&c.name, c.metadata.as_ref()).map(Arc::new),
     })
 }
 

@@ -16,6 +16,8 @@ pub mod hash_policy;
 pub mod hcm;
 pub mod hcm_options;
 pub mod header_mutation;
+pub mod istio;
+pub mod istio_node;
 pub mod listener;
 pub mod load_balancing;
 pub mod matcher;

@@ -12,7 +12,7 @@ pub const NAMES: [&str; 30] = [
 ];
 
 /// A set of response flags.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
 pub struct ResponseFlags(u32);
 
 impl ResponseFlags {
@@ -34,6 +34,12 @@ impl ResponseFlags {
     /// Whether any flag of `other` is set.
     pub fn intersects(self, other: Self) -> bool {
         self.0 & other.0 != 0
+    }
+
+    pub fn short_string(self) -> String {
+        let mut out = String::new();
+        self.write(&mut out);
+        out
     }
 
     /// `UF,URX`, or `-` when no flag is set (in text and JSON alike, as Envoy writes it).

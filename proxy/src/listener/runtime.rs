@@ -39,6 +39,10 @@ impl ChainRuntime {
                     fault_stats: FaultStats::new(&hcm.faults, store, &hcm.stat_prefix),
                     compressors: Compressors::new(&hcm.compressors, store, &hcm.stat_prefix),
                     access_logs: AccessLogs::new(&hcm.access_logs, files),
+                    istio: hcm
+                        .istio
+                        .as_ref()
+                        .map(|i| crate::http::istio::IstioRuntime::new(i, store)),
                 }))
             }
             Some(NetworkFilter::TcpProxy(t)) => ChainRuntime::Tcp(Arc::new(TcpContext {
