@@ -84,7 +84,9 @@ impl IstioRuntime {
                     None => headers.get(http::header::HOST).cloned(),
                 };
             }
-            r.request_header_bytes = header_bytes(headers) + uri.to_string().len() as u64 + 14;
+            // The request line: method, target, version (no formatting, lengths only).
+            let target = uri.path_and_query().map_or(1, |p| p.as_str().len());
+            r.request_header_bytes = header_bytes(headers) + target as u64 + 16;
         }
         r
     }
