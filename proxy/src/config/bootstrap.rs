@@ -42,6 +42,8 @@ pub struct NodeInfo {
     pub id: String,
     pub cluster: String,
     pub zone: String,
+    /// The node as Istio's metadata exchange and metrics see it.
+    pub workload: Arc<super::istio_node::LocalWorkload>,
 }
 
 /// A static runtime layer: its name and its flattened `key: value` entries.
@@ -70,7 +72,17 @@ pub fn translate_bootstrap(b: &Bootstrap) -> Result<Config> {
             .as_ref()
             .map(|l| l.zone.clone())
             .unwrap_or_default(),
+        workload: Arc::new(super::istio_node::LocalWorkload::new(
+            &n.id,
+            n.metadata.as_ref(),
+            n.locality.as_ref().map_or("", |l| l.region.as_str()),
+            n.locality.as_ref().map_or("", |l| l.zone.as_str()),
+        )),
     });
+    let local = node
+        .as_ref()
+        .map(|n| n.workload.clone())
+        .unwrap_or_default();
     let admin_address = match b.admin.as_ref() {
         Some(admin) if admin.address.is_some() => Some(resolved(
             admin.address.as_ref(),
@@ -124,6 +136,8 @@ pub fn translate_bootstrap(b: &Bootstrap) -> Result<Config> {
         known_clusters: &known_clusters,
         runtime: &runtime,
         secrets: &secret_slots,
+        local: &local,
+        inbound: false,
     };
 
     let mut listeners: Vec<Arc<Listener>> = Vec::with_capacity(statics.listeners.len());

@@ -11,6 +11,7 @@ use super::hcm_options::{http2_settings, Http2Settings};
 pub use super::load_balancing::LbPolicy;
 use super::values::{duration, optional_duration};
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 use xds_proto::pb::envoy::config::cluster::v3::{cluster, Cluster as ProtoCluster};
 use xds_proto::pb::envoy::config::core::v3::{address, HealthStatus};
@@ -51,6 +52,8 @@ pub struct Cluster {
     pub circuit_breakers: super::circuit_breakers::CircuitBreakers,
     /// Active health checking (`health_checks`), None when not configured.
     pub health_check: Option<std::sync::Arc<super::health_check::HealthCheckConfig>>,
+    /// What Istio's metrics read of the cluster (`destination_service*`), if anything.
+    pub istio: Option<Arc<super::istio::IstioCluster>>,
 }
 
 #[derive(Debug, Clone)]
@@ -345,6 +348,7 @@ pub fn translate_cluster(
             &path.field("health_checks"),
         )?
         .map(std::sync::Arc::new),
+        istio: super::istio::IstioCluster::of(&c.name, c.metadata.as_ref()).map(Arc::new),
     })
 }
 

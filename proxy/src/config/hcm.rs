@@ -11,6 +11,7 @@ use super::fields::{check, Acknowledged};
 use super::hcm_options::{
     http2_settings, limits, path_handling, upgrades, Http2Settings, Limits, PathHandling,
 };
+use super::istio::IstioHttp;
 use super::resolver::Resolver;
 use super::route::{translate_route_config, RouteConfig};
 use super::slots::Slot;
@@ -41,6 +42,8 @@ pub struct HttpConnectionManager {
     pub faults: Vec<FaultFilter>,
     /// The gzip compressor filters of the chain, in order.
     pub compressors: Vec<GzipCompressor>,
+    /// Istio's metadata exchange and standard metrics, when the chain has either filter.
+    pub istio: Option<Arc<IstioHttp>>,
 }
 
 /// A fault injection filter in the chain: its name (which routes' `typed_per_filter_config`
@@ -164,6 +167,7 @@ pub fn translate_hcm(
     let HttpFilters {
         faults,
         compressors,
+        istio,
     } = translate_http_filters(hcm, path, resolve, acks)?;
     let server_name = if hcm.server_name.is_empty() {
         "envoy"
@@ -234,6 +238,7 @@ pub fn translate_hcm(
         )?,
         faults,
         compressors,
+        istio,
     })
 }
 
@@ -242,6 +247,7 @@ pub fn translate_hcm(
 struct HttpFilters {
     faults: Vec<FaultFilter>,
     compressors: Vec<GzipCompressor>,
+    istio: Option<Arc<IstioHttp>>,
 }
 
 /// Checks the chain and returns the filters that act; the router ends it. Filters Outrigger
@@ -253,6 +259,7 @@ fn translate_http_filters(
     acks: &mut Vec<Acknowledged>,
 ) -> Result<HttpFilters> {
     let mut filters = HttpFilters::default();
+    let mut istio = IstioFilters::default();
     let filters_path = path.field("http_filters");
     let count = hcm.http_filters.len();
     for (i, filter) in hcm.http_filters.iter().enumerate() {
@@ -272,6 +279,10 @@ fn translate_http_filters(
         let type_name = xds_proto::type_name_of_url(&any.type_url);
         let tc = p.field("typed_config");
         let is_last = i + 1 == count;
+        if istio.translate(any, &tc, resolve, acks)? {
+            non_terminal_last(is_last, &p, &filter.name, type_name)?;
+            continue;
+        }
         match extension::decode(any, &tc)? {
             Some(Extension::Router(router)) => {
                 check(&router, &tc, acks)?;
@@ -308,7 +319,70 @@ fn translate_http_filters(
             _ => return Err(extension::unregistered(&tc, &filter.name, any)),
         }
     }
+    filters.istio = istio.finish(resolve);
     Ok(filters)
+}
+
+/// Istio's filters of one chain, gathered while the chain is read.
+#[derive(Default)]
+struct IstioFilters {
+    exchange: Option<super::istio::MetadataExchange>,
+    stats: Option<super::istio::StatsPlugin>,
+}
+
+impl IstioFilters {
+    /// Takes the filter if it is one of Istio's: `TypedStruct`-wrapped metadata exchange or
+    /// stats, or the ALPN filter. False for any other filter.
+    fn translate(
+        &mut self,
+        any: &xds_proto::pb::google::protobuf::Any,
+        tc: &FieldPath,
+        resolve: &Resolver<'_>,
+        acks: &mut Vec<Acknowledged>,
+    ) -> Result<bool> {
+        use super::istio;
+        let type_name = xds_proto::type_name_of_url(&any.type_url);
+        if type_name == istio::ALPN {
+            // Its payload is a proto Outrigger has no descriptor of; it only lists ALPN values.
+            acks.push(Acknowledged {
+                path: tc.to_string(),
+                reason: "istio.alpn is accepted but does not override the upstream TLS ALPN per request protocol (istio-http/1.1, istio-h2, ...): upstream connections offer the cluster's own ALPN list. Against an Envoy server whose inbound chains match on those values, mTLS HTTP lands on the TCP chain; needs the upstream TLS work",
+            });
+            return Ok(true);
+        }
+        let wrapper = <xds_proto::TypedStruct as xds_proto::XdsMessage>::FULL_NAME;
+        if type_name != wrapper && type_name != xds_proto::XDS_TYPED_STRUCT {
+            return Ok(false);
+        }
+        let typed = <xds_proto::TypedStruct as xds_proto::XdsMessage>::decode_bytes(&any.value)
+            .map_err(|e| tc.error(format!("invalid TypedStruct: {e}")))?;
+        let inner = xds_proto::type_name_of_url(&typed.type_url);
+        let empty = Default::default();
+        let value = typed.value.as_ref().unwrap_or(&empty);
+        let vp = tc.field("value");
+        match inner {
+            istio::PEER_METADATA => {
+                self.exchange = Some(istio::peer_metadata(value, &vp, acks)?);
+            }
+            istio::STATS => {
+                self.stats = Some(istio::stats_plugin(value, &vp, resolve.inbound, acks)?);
+            }
+            _ => return Ok(false),
+        }
+        Ok(true)
+    }
+
+    fn finish(self, resolve: &Resolver<'_>) -> Option<Arc<IstioHttp>> {
+        if self.exchange.is_none() && self.stats.is_none() {
+            return None;
+        }
+        Some(Arc::new(IstioHttp {
+            local: resolve.local.clone(),
+            exchange: self.exchange.unwrap_or_default(),
+            stats: self.stats,
+            inbound: resolve.inbound,
+        }))
+    }
 }
 
 fn non_terminal_last(is_last: bool, path: &FieldPath, name: &str, type_name: &str) -> Result<()> {

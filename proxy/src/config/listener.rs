@@ -135,6 +135,12 @@ pub fn translate_listener(
     acks: &mut Vec<Acknowledged>,
 ) -> Result<Listener> {
     check(l, path, acks)?;
+    // Istio's filters in the chains report by the listener's direction.
+    let resolve = &Resolver {
+        inbound: l.traffic_direction
+            == xds_proto::pb::envoy::config::core::v3::TrafficDirection::Inbound as i32,
+        ..*resolve
+    };
     // Envoy names an unnamed listener with a generated UUID.
     let name = if l.name.is_empty() {
         generated_name()

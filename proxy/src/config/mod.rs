@@ -18,6 +18,8 @@ pub mod hcm;
 pub mod hcm_options;
 pub mod header_mutation;
 pub mod health_check;
+pub mod istio;
+pub mod istio_node;
 pub mod listener;
 pub mod load_balancing;
 pub mod matcher;

@@ -9,6 +9,7 @@ use crate::upstream::ClusterRuntime;
 use std::collections::HashSet;
 use std::sync::Arc;
 
+#[derive(Clone, Copy)]
 pub struct Resolver<'a> {
     /// The slot every cluster name resolves to, whether or not the cluster exists yet.
     pub slots: &'a Slots<ClusterRuntime>,
@@ -19,6 +20,10 @@ pub struct Resolver<'a> {
     pub runtime: &'a [RuntimeLayer],
     /// The slot every SDS secret name resolves to.
     pub secrets: &'a super::tls::SecretSlots,
+    /// The bootstrap node as Istio's filters read it.
+    pub local: &'a Arc<super::istio_node::LocalWorkload>,
+    /// The resource is (in) a listener with `traffic_direction: INBOUND`.
+    pub inbound: bool,
 }
 
 impl Resolver<'_> {

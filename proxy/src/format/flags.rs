@@ -31,6 +31,13 @@ impl Eq for ResponseFlags {}
 
 const ORDERED: usize = 12;
 
+/// Equal sets hash alike, whatever order their flags were set in.
+impl std::hash::Hash for ResponseFlags {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.bits.hash(state);
+    }
+}
+
 impl ResponseFlags {
     pub const NONE: Self = Self { bits: 0, order: 0 };
 
@@ -75,6 +82,12 @@ impl ResponseFlags {
     /// Whether any flag of `other` is set.
     pub fn intersects(self, other: Self) -> bool {
         self.bits & other.bits != 0
+    }
+
+    pub fn short_string(self) -> String {
+        let mut out = String::new();
+        self.write(&mut out);
+        out
     }
 
     /// `URX,UF`, or `-` when no flag is set (in text and JSON alike, as Envoy writes it).

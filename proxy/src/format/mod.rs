@@ -37,6 +37,8 @@ pub struct Context<'a> {
 /// operators read. Fields that do not apply stay None and render as missing.
 #[derive(Debug, Default)]
 pub struct StreamInfo {
+    /// The upstream cluster as Istio's metrics see it (set when they are on).
+    pub istio_cluster: Option<Arc<crate::config::istio::IstioCluster>>,
     pub method: Option<http::Method>,
     pub path: Option<http::uri::PathAndQuery>,
     pub authority: Option<HeaderValue>,

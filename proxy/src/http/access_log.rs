@@ -114,6 +114,8 @@ pub struct Pending {
     /// Whether a connection to the upstream host was made (it answered, timed out or
     /// closed), for `%UPSTREAM_REMOTE_ADDRESS%`.
     pub connected: bool,
+    /// What Istio's metrics record of the request.
+    pub istio: Option<Box<super::istio::IstioRequest>>,
 }
 
 impl Pending {
@@ -136,6 +138,9 @@ impl Pending {
             stream: Some(&self.info),
         };
         self.ctx.access_logs.log(&ctx);
+        if let (Some(runtime), Some(r)) = (&self.ctx.istio, &self.istio) {
+            runtime.record(r, &self.info);
+        }
     }
 }
 
@@ -192,6 +197,9 @@ impl Body for LoggedBody {
             } else if let Some(trailers) = frame.trailers_ref() {
                 if pending.ctx.access_logs.trailers {
                     pending.info.response_trailers = Some(trailers.clone());
+                }
+                if let Some(r) = pending.istio.as_mut() {
+                    super::istio::IstioRuntime::on_trailers(r, trailers);
                 }
             }
         }

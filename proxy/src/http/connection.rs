@@ -30,6 +30,19 @@ pub struct HttpContext {
     pub compressors: super::Compressors,
     /// The server, for state connections follow (a failed health check drains them).
     pub server: Arc<crate::server::Server>,
+    /// Istio's metadata exchange and metrics, when the chain has them.
+    pub istio: Option<super::istio::IstioRuntime>,
+}
+
+impl HttpContext {
+    /// Whether streams are followed to their end: for access logs or Istio's metrics.
+    pub fn records_streams(&self) -> bool {
+        !self.access_logs.is_empty()
+            || self
+                .istio
+                .as_ref()
+                .is_some_and(|i| i.config.stats.is_some())
+    }
 }
 
 /// Serves `io` until the peer closes, or `drain` fires (then in-flight requests finish and
@@ -163,7 +176,11 @@ async fn handle(
     mut request: hyper::Request<Incoming>,
 ) -> hyper::Response<ResponseBody> {
     let started = Instant::now();
-    let logging = !ctx.access_logs.is_empty();
+    let logging = ctx.records_streams();
+    let mut istio = ctx.istio.as_ref().map(|i| {
+        let uri = request.uri().clone();
+        i.on_request(&uri, request.headers_mut())
+    });
     let start = std::time::SystemTime::now();
     let protocol = request.version();
     let progress = logging.then(|| {
@@ -183,6 +200,13 @@ async fn handle(
         stats.downstream_rq_http1_total.inc();
     }
     let mut outcome = route_request(ctx, &downstream, request).await;
+    if let (Some(runtime), Some(r)) = (&ctx.istio, istio.as_mut()) {
+        runtime.on_response(
+            r,
+            outcome.response.headers_mut(),
+            outcome.upstream.is_some(),
+        );
+    }
     stats.response(outcome.response.status());
     stats.downstream_rq_active.dec();
     stats
@@ -239,6 +263,7 @@ async fn handle(
         protocol,
         request: progress,
         info,
+        istio: istio.map(Box::new),
     });
     let (parts, body) = outcome.response.into_parts();
     hyper::Response::from_parts(parts, LoggedBody::new(body, pending).boxed_unsync())

@@ -117,9 +117,10 @@ pub async fn forward(
         info,
     };
     let mut outcome = send_to_cluster(ctx, &cluster, &target, request).await;
-    if !ctx.access_logs.is_empty() {
+    if ctx.records_streams() {
         outcome.info.upstream_cluster = Some(cluster.log_names.0.clone());
         outcome.info.upstream_cluster_alt = cluster.log_names.1.clone();
+        outcome.info.istio_cluster = cluster.config.istio.clone();
     }
     if let Some(downstream) = on_upgrade {
         splice_upgrade(&mut outcome, downstream);

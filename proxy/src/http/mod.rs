@@ -8,6 +8,7 @@ mod fault;
 mod forward;
 pub mod forwarding;
 mod grpc_reply;
+pub mod istio;
 mod local_reply;
 mod mirror;
 mod redirect;

@@ -293,7 +293,7 @@ async fn route_and_act(
     .iter()
     .any(|m| m.reads_request_headers());
     let request_headers = reads_request.then(|| request.headers().clone());
-    let logging = !ctx.access_logs.is_empty();
+    let logging = ctx.records_streams();
     let mut extras = extras;
     let injected = match &ctx.fault_stats {
         None => None,

@@ -42,6 +42,10 @@ impl ChainRuntime {
                     compressors: Compressors::new(&hcm.compressors, store, &hcm.stat_prefix),
                     access_logs: AccessLogs::new(&hcm.access_logs, files),
                     server: server.clone(),
+                    istio: hcm
+                        .istio
+                        .as_ref()
+                        .map(|i| crate::http::istio::IstioRuntime::new(i, store)),
                 }))
             }
             Some(NetworkFilter::TcpProxy(t)) => ChainRuntime::Tcp(Arc::new(TcpContext {

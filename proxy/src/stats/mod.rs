@@ -3,6 +3,7 @@
 //! formatting and no map lookup per request.
 
 mod histogram;
+pub mod istio;
 pub mod matcher;
 pub mod prometheus;
 pub mod tags;
@@ -114,6 +115,9 @@ pub struct Store {
     /// Tag-extracted names and tag values, stored once: a mesh has thousands of clusters
     /// whose dozens of stats share one name shape each and one cluster name.
     interned: Mutex<std::collections::HashSet<Arc<str>>>,
+    /// Istio's standard metrics, in their own namespace (no `envoy_` prefix, no tag
+    /// extraction, not subject to `stats_matcher`).
+    pub istio: istio::IstioMetrics,
 }
 
 impl Default for Store {
@@ -138,6 +142,7 @@ impl Store {
             config,
             metrics: Mutex::new(BTreeMap::new()),
             interned: Mutex::new(std::collections::HashSet::new()),
+            istio: istio::IstioMetrics::default(),
         }
     }
 

@@ -5,7 +5,7 @@
 //! then gauges, then histograms (cumulative buckets, Envoy's default bounds).
 //! https://www.envoyproxy.io/docs/envoy/latest/operations/admin#get--stats-prometheus
 
-use super::{Entry, Metric, Store, Tag, DEFAULT_BUCKETS};
+use super::{Entry, HistogramSnapshot, Metric, Store, Tag, DEFAULT_BUCKETS};
 use std::collections::BTreeMap;
 use std::fmt::Write;
 
@@ -68,28 +68,32 @@ pub fn render(store: &Store, options: &Options<'_>) -> String {
                 Metric::Gauge(g) => {
                     let _ = writeln!(out, "{family}{{{labels}}} {}", g.value());
                 }
-                Metric::Histogram(h) => {
-                    let s = h.snapshot();
-                    let sep = if labels.is_empty() { "" } else { "," };
-                    for (bound, count) in DEFAULT_BUCKETS.iter().zip(&s.cumulative) {
-                        let le = if bound.is_infinite() {
-                            "+Inf".to_string()
-                        } else {
-                            format_bound(*bound)
-                        };
-                        let _ =
-                            writeln!(out, "{family}_bucket{{{labels}{sep}le=\"{le}\"}} {count}");
-                    }
-                    let _ = write!(
-                        out,
-                        "{family}_sum{{{labels}}} {}\n{family}_count{{{labels}}} {}\n",
-                        s.sum, s.count
-                    );
-                }
+                Metric::Histogram(h) => write_histogram(&mut out, &family, &labels, &h.snapshot()),
             }
         }
     }
+    if options.filter.is_none() {
+        store.istio.render(&mut out);
+    }
     out
+}
+
+/// One histogram series: cumulative buckets with `le` after the labels, then sum and count.
+pub fn write_histogram(out: &mut String, family: &str, labels: &str, s: &HistogramSnapshot) {
+    let sep = if labels.is_empty() { "" } else { "," };
+    for (bound, count) in DEFAULT_BUCKETS.iter().zip(&s.cumulative) {
+        let le = if bound.is_infinite() {
+            "+Inf".to_string()
+        } else {
+            format_bound(*bound)
+        };
+        let _ = writeln!(out, "{family}_bucket{{{labels}{sep}le=\"{le}\"}} {count}");
+    }
+    let _ = write!(
+        out,
+        "{family}_sum{{{labels}}} {}\n{family}_count{{{labels}}} {}\n",
+        s.sum, s.count
+    );
 }
 
 /// `name="value",...` in the stat's tag order.

@@ -53,6 +53,8 @@ pub struct Applier {
     listeners: Arc<ListenerManager>,
     route_slots: Arc<Slots<RouteConfig>>,
     runtime: Vec<RuntimeLayer>,
+    /// The bootstrap node, for Istio's filters in LDS resources.
+    local: Arc<crate::config::istio_node::LocalWorkload>,
     records: Arc<Records>,
     store: Arc<Store>,
     static_clusters: HashSet<String>,
@@ -89,6 +91,7 @@ impl Applier {
             listeners,
             route_slots: config.route_slots.clone(),
             runtime: config.runtime.clone(),
+            local: config.node.workload.clone(),
             records,
             store,
             static_clusters: config.clusters.iter().map(|c| c.name.clone()).collect(),
@@ -402,6 +405,8 @@ impl Applier {
                     known_clusters: &known,
                     runtime: &self.runtime,
                     secrets: &self.secret_slots,
+                    local: &self.local,
+                    inbound: false,
                 };
                 let listener = Arc::new(translate_listener(
                     &proto,
@@ -445,6 +450,8 @@ impl Applier {
                     known_clusters: &known,
                     runtime: &self.runtime,
                     secrets: &self.secret_slots,
+                    local: &self.local,
+                    inbound: false,
                 };
                 // An RDS table is its own resource: its fields are checked here, as an
                 // inline table's are with its connection manager.

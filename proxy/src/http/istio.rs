@@ -1,0 +1,298 @@
+//! Istio's HTTP filters at run time: the metadata exchange (`x-envoy-peer-metadata` and
+//! `x-envoy-peer-metadata-id`: read and stripped from the peer, ours added, with values built
+//! once at config time) and the standard metrics, recorded when the stream is logged.
+//! The peer's header is network input: anything that is not base64 of a Struct means "no
+//! peer", never an error.
+
+use crate::config::istio::{IstioHttp, Reporter};
+use crate::stats::istio::{Fixed, FixedRef, LocalLabels, Peer, SeriesKey, Service};
+use crate::stats::Store;
+use http::{HeaderMap, HeaderName, HeaderValue};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use xds_proto::pb::google::protobuf::{value::Kind, Struct};
+
+static METADATA: HeaderName = HeaderName::from_static("x-envoy-peer-metadata");
+static METADATA_ID: HeaderName = HeaderName::from_static("x-envoy-peer-metadata-id");
+
+/// Decoded peers by header value: a mesh has few distinct peers, and decoding base64 and a
+/// protobuf per request would cost more than the rest of the metrics together.
+const PEER_CACHE_LIMIT: usize = 1024;
+
+#[derive(Debug)]
+pub struct IstioRuntime {
+    pub config: Arc<IstioHttp>,
+    /// Present when the chain has `istio.stats`.
+    stats: Option<(FixedRef, Arc<Store>)>,
+    peers: Mutex<HashMap<HeaderValue, Option<Arc<Peer>>>>,
+}
+
+/// What one request carries until it is logged.
+#[derive(Debug, Default)]
+pub struct IstioRequest {
+    peer: Option<Arc<Peer>>,
+    /// The client sent its id / metadata: our response carries ours back (Istio's rule).
+    peer_id_received: bool,
+    peer_metadata_received: bool,
+    grpc: bool,
+    host: Option<HeaderValue>,
+    request_header_bytes: u64,
+    response_header_bytes: u64,
+    grpc_status: Option<u32>,
+}
+
+impl IstioRuntime {
+    pub fn new(config: &Arc<IstioHttp>, store: &Arc<Store>) -> Self {
+        let stats = config.stats.map(|s| {
+            let fixed = Fixed {
+                source_reporter: s.reporter == Reporter::Source,
+                local: LocalLabels::of(&config.local),
+            };
+            (
+                store.istio.fixed(fixed, &config.local.istio_version),
+                store.clone(),
+            )
+        });
+        Self {
+            config: config.clone(),
+            stats,
+            peers: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Decode phase: discover the client (inbound), strip its headers, add ours (outbound).
+    pub fn on_request(&self, uri: &http::Uri, headers: &mut HeaderMap) -> IstioRequest {
+        let mx = &self.config.exchange;
+        let mut r = IstioRequest::default();
+        if mx.discover_downstream {
+            r.peer_id_received = headers.contains_key(&METADATA_ID);
+            r.peer_metadata_received = headers.contains_key(&METADATA);
+            r.peer = self.discover(headers);
+        }
+        if mx.propagate_upstream {
+            self.add_ours(headers);
+        }
+        if let Some((_, _)) = &self.stats {
+            r.grpc = super::grpc_reply::is_grpc(headers);
+            let fallback = self
+                .config
+                .stats
+                .is_some_and(|s| !s.disable_host_header_fallback);
+            if fallback {
+                r.host = match uri.authority() {
+                    Some(a) => HeaderValue::from_str(a.as_str()).ok(),
+                    None => headers.get(http::header::HOST).cloned(),
+                };
+            }
+            // The request line: method, target, version (no formatting, lengths only).
+            let target = uri.path_and_query().map_or(1, |p| p.as_str().len());
+            r.request_header_bytes = header_bytes(headers) + target as u64 + 16;
+        }
+        r
+    }
+
+    /// Encode phase: discover the server from an upstream's response (outbound), strip its
+    /// headers, and answer a client that sent its metadata with ours (inbound).
+    pub fn on_response(&self, r: &mut IstioRequest, headers: &mut HeaderMap, upstream: bool) {
+        let mx = &self.config.exchange;
+        if mx.discover_upstream && upstream {
+            r.peer = self.discover(headers);
+        }
+        if mx.propagate_downstream {
+            let local = &self.config.local;
+            if r.peer_id_received {
+                if let Some(id) = &local.id {
+                    headers.insert(METADATA_ID.clone(), id.clone());
+                }
+            }
+            if r.peer_metadata_received {
+                if let Some(value) = &local.metadata_header {
+                    headers.insert(METADATA.clone(), value.clone());
+                }
+            }
+        }
+        if self.stats.is_some() {
+            r.response_header_bytes = header_bytes(headers) + 17;
+            if r.grpc {
+                r.grpc_status = grpc_status(headers);
+            }
+        }
+    }
+
+    /// Trailers of a gRPC response carry its status.
+    pub fn on_trailers(r: &mut IstioRequest, trailers: &HeaderMap) {
+        if r.grpc {
+            if let Some(status) = grpc_status(trailers) {
+                r.grpc_status = Some(status);
+            }
+        }
+    }
+
+    /// Access-log time: one series lookup, then atomics.
+    pub fn record(&self, r: &IstioRequest, info: &crate::format::StreamInfo) {
+        let Some((fixed, store)) = &self.stats else {
+            return;
+        };
+        let route_special = match info.route_name.as_deref() {
+            Some("block_all") => Some("BlackHoleCluster"),
+            Some("allow_any") => Some("PassthroughCluster"),
+            _ => None,
+        };
+        let key = SeriesKey {
+            fixed: fixed.clone(),
+            peer: r.peer.clone(),
+            service: Service {
+                host_header: r.host.clone(),
+                route_special,
+                cluster: info.istio_cluster.clone(),
+            },
+            grpc: r.grpc,
+            response_code: info.response_code,
+            grpc_status: if r.grpc { r.grpc_status } else { None },
+            response_flags: info.response_flags,
+            mutual_tls: match self.config.stats.map(|s| s.reporter) {
+                // No TLS principals are read yet: a server cannot tell mutual TLS.
+                Some(Reporter::Destination) => Some(false),
+                _ => None,
+            },
+        };
+        let series = store.istio.series(key);
+        series.requests.inc();
+        if let Some(d) = info.duration {
+            // Istio records whole milliseconds.
+            series.duration_ms.record(d.as_millis() as f64);
+        }
+        series
+            .request_bytes
+            .record((info.bytes_received + r.request_header_bytes) as f64);
+        series
+            .response_bytes
+            .record((info.bytes_sent + r.response_header_bytes) as f64);
+    }
+
+    fn add_ours(&self, headers: &mut HeaderMap) {
+        let local = &self.config.local;
+        if let Some(id) = &local.id {
+            headers.insert(METADATA_ID.clone(), id.clone());
+        }
+        if let Some(value) = &local.metadata_header {
+            headers.insert(METADATA.clone(), value.clone());
+        }
+    }
+
+    /// The peer of the exchange headers, which are removed either way.
+    fn discover(&self, headers: &mut HeaderMap) -> Option<Arc<Peer>> {
+        headers.remove(&METADATA_ID);
+        let value = headers.remove(&METADATA)?;
+        if value.is_empty() {
+            return None;
+        }
+        let mut cache = self.peers.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(peer) = cache.get(&value) {
+            return peer.clone();
+        }
+        let peer = decode_peer(value.as_bytes()).map(Arc::new);
+        if cache.len() >= PEER_CACHE_LIMIT {
+            cache.clear();
+        }
+        cache.insert(value, peer.clone());
+        peer
+    }
+}
+
+/// Base64 (padded or not) of a serialized `google.protobuf.Struct` with Istio's keys.
+pub fn decode_peer(value: &[u8]) -> Option<Peer> {
+    use base64::engine::{general_purpose::GeneralPurpose, DecodePaddingMode};
+    use base64::Engine;
+    use prost::Message;
+    const LENIENT: GeneralPurpose = GeneralPurpose::new(
+        &base64::alphabet::STANDARD,
+        base64::engine::GeneralPurposeConfig::new()
+            .with_decode_padding_mode(DecodePaddingMode::Indifferent)
+            .with_decode_allow_trailing_bits(true),
+    );
+    let bytes = LENIENT.decode(value).ok()?;
+    let md = Struct::decode(bytes.as_slice()).ok()?;
+    let get = |s: &Struct, key: &str| -> Arc<str> {
+        match s.fields.get(key).and_then(|v| v.kind.as_ref()) {
+            Some(Kind::StringValue(v)) => Arc::from(v.as_str()),
+            _ => Arc::from(""),
+        }
+    };
+    let labels = match md.fields.get("LABELS").and_then(|v| v.kind.as_ref()) {
+        Some(Kind::StructValue(l)) => l.clone(),
+        _ => Struct::default(),
+    };
+    let first = |a: &str, b: &str| {
+        let v = get(&labels, a);
+        if v.is_empty() {
+            get(&labels, b)
+        } else {
+            v
+        }
+    };
+    use crate::config::istio_node::{CANONICAL_NAME, CANONICAL_REVISION};
+    Some(Peer {
+        workload_name: get(&md, "WORKLOAD_NAME"),
+        namespace: get(&md, "NAMESPACE"),
+        canonical_name: get(&labels, CANONICAL_NAME),
+        canonical_revision: get(&labels, CANONICAL_REVISION),
+        app: first("app.kubernetes.io/name", "app"),
+        version: first("app.kubernetes.io/version", "version"),
+        cluster_id: get(&md, "CLUSTER_ID"),
+    })
+}
+
+fn grpc_status(headers: &HeaderMap) -> Option<u32> {
+    headers
+        .get("grpc-status")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// Header bytes as HTTP/1.1 writes them (`name: value\r\n`): Istio's byte metrics count what
+/// went over the wire, headers included, and Outrigger's codecs do not meter that.
+fn header_bytes(headers: &HeaderMap) -> u64 {
+    headers
+        .iter()
+        .map(|(n, v)| (n.as_str().len() + v.len() + 4) as u64)
+        .sum::<u64>()
+        + 2
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn garbage_is_no_peer() {
+        for bad in [
+            &b"!!!not base64!!!"[..],
+            b"AAAA",
+            b"////",
+            b"CgA",
+            b"\xff\xfe",
+            b"",
+        ] {
+            let _ = decode_peer(bad);
+        }
+        assert!(decode_peer(b"!!!").is_none());
+        // Valid base64, not a Struct: a field of wire type 7 does not exist.
+        assert!(decode_peer(b"Dw==").is_none());
+    }
+
+    #[test]
+    fn our_header_decodes_as_a_peer_with_or_without_padding() {
+        let mut md = Struct::default();
+        let s = |v: &str| xds_proto::pb::google::protobuf::Value {
+            kind: Some(Kind::StringValue(v.into())),
+        };
+        md.fields.insert("WORKLOAD_NAME".into(), s("reviews-v2"));
+        md.fields.insert("NAMESPACE".into(), s("default"));
+        let value = crate::config::istio_node::exchange_value(&md, "", "");
+        let peer = decode_peer(value.as_bytes()).expect("a peer");
+        assert_eq!(&*peer.workload_name, "reviews-v2");
+        let unpadded = value.trim_end_matches('=');
+        assert_eq!(decode_peer(unpadded.as_bytes()), Some(peer));
+    }
+}

@@ -1,0 +1,365 @@
+//! Istio's standard HTTP metrics (`istio_requests_total`, `istio_request_duration_milliseconds`,
+//! `istio_request_bytes`, `istio_response_bytes`) and `istio_build`. They live outside Envoy's
+//! stat namespace, so Prometheus shows them without the `envoy_` prefix.
+//!
+//! A series is keyed by what varies per request (the peer, the service, the response), plus
+//! one interned handle for the labels the configuration fixes (reporter, local workload). A
+//! request hashes that key and looks it up once; label strings are only written at scrape
+//! time. Label names, order and defaults: istio/proxy `istio_stats.cc` and its golden files
+//! (`testdata/metric/*.yaml.tmpl`), as `shared/reference/istio-contract.md` §7 lists them.
+
+use super::Counter;
+use super::Histogram;
+use crate::config::istio::IstioCluster;
+use crate::config::istio_node::LocalWorkload;
+use crate::format::ResponseFlags;
+use std::collections::HashMap;
+use std::fmt::Write;
+use std::sync::{Arc, Mutex, RwLock};
+
+pub const LABELS: [&str; 25] = [
+    "reporter",
+    "source_workload",
+    "source_canonical_service",
+    "source_canonical_revision",
+    "source_workload_namespace",
+    "source_principal",
+    "source_app",
+    "source_version",
+    "source_cluster",
+    "destination_workload",
+    "destination_workload_namespace",
+    "destination_principal",
+    "destination_app",
+    "destination_version",
+    "destination_service",
+    "destination_canonical_service",
+    "destination_canonical_revision",
+    "destination_service_name",
+    "destination_service_namespace",
+    "destination_cluster",
+    "request_protocol",
+    "response_code",
+    "grpc_response_status",
+    "response_flags",
+    "connection_security_policy",
+];
+
+/// The peer workload, as the metadata exchange delivered it. Empty fields are unknown.
+#[derive(Debug, Default, Clone, PartialEq, Eq, Hash)]
+pub struct Peer {
+    pub workload_name: Arc<str>,
+    pub namespace: Arc<str>,
+    pub canonical_name: Arc<str>,
+    pub canonical_revision: Arc<str>,
+    pub app: Arc<str>,
+    pub version: Arc<str>,
+    pub cluster_id: Arc<str>,
+}
+
+/// The labels fixed by configuration: who reports, and the local workload. Interned by the
+/// registry, so series of equal configs share one and compare by pointer.
+#[derive(Debug, PartialEq, Eq, Hash)]
+pub struct Fixed {
+    pub source_reporter: bool,
+    pub local: LocalLabels,
+}
+
+#[derive(Debug, PartialEq, Eq, Hash)]
+pub struct LocalLabels {
+    pub workload_name: Arc<str>,
+    pub namespace: Arc<str>,
+    pub canonical_name: Arc<str>,
+    pub canonical_revision: Arc<str>,
+    pub app: Arc<str>,
+    pub version: Arc<str>,
+    pub cluster_id: Arc<str>,
+}
+
+impl LocalLabels {
+    pub fn of(w: &LocalWorkload) -> Self {
+        Self {
+            workload_name: w.workload_name.clone(),
+            namespace: w.namespace.clone(),
+            canonical_name: w.canonical_name.clone(),
+            canonical_revision: w.canonical_revision.clone(),
+            app: w.app.clone(),
+            version: w.version.clone(),
+            cluster_id: w.cluster_id.clone(),
+        }
+    }
+}
+
+/// Where `destination_service*` come from for one request.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Default)]
+pub struct Service {
+    /// The Host header (None with `disable_host_header_fallback`).
+    pub host_header: Option<http::HeaderValue>,
+    /// The route `block_all` / `allow_any` names the service.
+    pub route_special: Option<&'static str>,
+    pub cluster: Option<Arc<IstioCluster>>,
+}
+
+/// One series: what varies per request.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct SeriesKey {
+    pub fixed: FixedRef,
+    pub peer: Option<Arc<Peer>>,
+    pub service: Service,
+    pub grpc: bool,
+    pub response_code: u16,
+    pub grpc_status: Option<u32>,
+    pub response_flags: ResponseFlags,
+    /// `connection_security_policy` on the server side: Some(true) mutual TLS, Some(false)
+    /// none; None on the client side (`unknown`).
+    pub mutual_tls: Option<bool>,
+}
+
+/// A pointer-compared handle to interned [`Fixed`] labels.
+#[derive(Debug, Clone)]
+pub struct FixedRef(pub Arc<Fixed>);
+
+impl PartialEq for FixedRef {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+impl Eq for FixedRef {}
+impl std::hash::Hash for FixedRef {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        (Arc::as_ptr(&self.0) as usize).hash(state)
+    }
+}
+
+/// The metrics of one series.
+#[derive(Debug, Default)]
+pub struct Series {
+    pub requests: Counter,
+    pub duration_ms: Histogram,
+    pub request_bytes: Histogram,
+    pub response_bytes: Histogram,
+}
+
+/// Every Istio series of the process.
+#[derive(Debug, Default)]
+pub struct IstioMetrics {
+    series: RwLock<HashMap<SeriesKey, Arc<Series>>>,
+    fixed: Mutex<Vec<Arc<Fixed>>>,
+    /// `istio_build`'s `tag`, once an Istio stats filter was configured.
+    build: Mutex<Option<Arc<str>>>,
+}
+
+impl IstioMetrics {
+    /// The shared handle for `fixed` (config time); also publishes `istio_build`.
+    pub fn fixed(&self, fixed: Fixed, istio_version: &Arc<str>) -> FixedRef {
+        let mut build = self.build.lock().unwrap_or_else(|e| e.into_inner());
+        build.get_or_insert_with(|| istio_version.clone());
+        let mut all = self.fixed.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(existing) = all.iter().find(|f| ***f == fixed) {
+            return FixedRef(existing.clone());
+        }
+        let new = Arc::new(fixed);
+        all.push(new.clone());
+        FixedRef(new)
+    }
+
+    /// The series of `key`: one hash lookup under a read lock; created on first use.
+    pub fn series(&self, key: SeriesKey) -> Arc<Series> {
+        if let Some(s) = self
+            .series
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&key)
+        {
+            return s.clone();
+        }
+        self.series
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(key)
+            .or_default()
+            .clone()
+    }
+
+    /// The Prometheus families, text format 0.0.4.
+    pub fn render(&self, out: &mut String) {
+        if let Some(tag) = self
+            .build
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+        {
+            let tag = if tag.is_empty() { "unknown" } else { tag };
+            let _ = write!(
+                out,
+                "# TYPE istio_build gauge\nistio_build{{component=\"proxy\",tag=\"{}\"}} 1\n",
+                super::prometheus::escape_value(tag)
+            );
+        }
+        let mut rows: Vec<(String, Arc<Series>)> = self
+            .series
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|(k, s)| (labels(k), s.clone()))
+            .collect();
+        if rows.is_empty() {
+            return;
+        }
+        rows.sort_by(|a, b| a.0.cmp(&b.0));
+        let _ = writeln!(out, "# TYPE istio_requests_total counter");
+        for (labels, s) in &rows {
+            let _ = writeln!(
+                out,
+                "istio_requests_total{{{labels}}} {}",
+                s.requests.value()
+            );
+        }
+        type Pick = fn(&Series) -> &Histogram;
+        let families: [(&str, Pick); 3] = [
+            ("istio_request_bytes", |s| &s.request_bytes),
+            ("istio_request_duration_milliseconds", |s| &s.duration_ms),
+            ("istio_response_bytes", |s| &s.response_bytes),
+        ];
+        for (family, pick) in families {
+            let _ = writeln!(out, "# TYPE {family} histogram");
+            for (labels, s) in &rows {
+                super::prometheus::write_histogram(out, family, labels, &pick(s).snapshot());
+            }
+        }
+    }
+}
+
+fn or<'a>(value: &'a str, default: &'a str) -> &'a str {
+    if value.is_empty() {
+        default
+    } else {
+        value
+    }
+}
+
+/// The 25 label values of a series, Istio's rules applied: a missing peer value is
+/// `unknown` (a peer's canonical revision `latest`), the server side falls back to its own
+/// canonical name for the service.
+pub fn values(k: &SeriesKey) -> [String; 25] {
+    let fixed = &k.fixed.0;
+    let local = &fixed.local;
+    let empty = Peer::default();
+    let peer = k.peer.as_deref().unwrap_or(&empty);
+    // Principals come from the TLS peer; Outrigger does not read them yet.
+    let (peer_san, local_san) = ("", "");
+    let peer_namespace = or(&peer.namespace, "");
+    // Host header first; the route or cluster may override (Istio's order).
+    let header = k
+        .service
+        .host_header
+        .as_ref()
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("");
+    let (mut host, mut host_name, mut namespace) = (header, header, "");
+    if let Some(special) = k.service.route_special {
+        host_name = special;
+    } else {
+        match k.service.cluster.as_deref() {
+            Some(IstioCluster::Special(name)) => host_name = name,
+            Some(IstioCluster::Service {
+                host: h,
+                name,
+                namespace: ns,
+            }) => {
+                if let Some(h) = h {
+                    host = h;
+                }
+                namespace = ns.as_deref().unwrap_or("");
+                host_name = match name {
+                    Some(n) => n,
+                    None => host.split('.').next().unwrap_or_default(),
+                };
+            }
+            None => {}
+        }
+    }
+    let u = "unknown";
+    let code = k.response_code.to_string();
+    let grpc_status = k.grpc_status.map(|s| s.to_string()).unwrap_or_default();
+    let flags = k.response_flags.short_string();
+    let policy = match k.mutual_tls {
+        None => u,
+        Some(true) => "mutual_tls",
+        Some(false) => "none",
+    };
+    let protocol = if k.grpc { "grpc" } else { "http" };
+    let s = |v: &str| v.to_string();
+    if fixed.source_reporter {
+        [
+            s("source"),
+            s(&local.workload_name),
+            s(&local.canonical_name),
+            s(&local.canonical_revision),
+            s(&local.namespace),
+            s(or(local_san, u)),
+            s(&local.app),
+            s(&local.version),
+            s(&local.cluster_id),
+            s(or(&peer.workload_name, u)),
+            s(or(peer_namespace, u)),
+            s(or(peer_san, u)),
+            s(or(&peer.app, u)),
+            s(or(&peer.version, u)),
+            s(or(host, u)),
+            s(or(&peer.canonical_name, u)),
+            s(or(&peer.canonical_revision, "latest")),
+            s(or(host_name, u)),
+            s(or(or(namespace, peer_namespace), u)),
+            s(or(&peer.cluster_id, u)),
+            s(protocol),
+            code,
+            grpc_status,
+            flags,
+            s(policy),
+        ]
+    } else {
+        [
+            s("destination"),
+            s(or(&peer.workload_name, u)),
+            s(or(&peer.canonical_name, u)),
+            s(or(&peer.canonical_revision, "latest")),
+            s(or(peer_namespace, u)),
+            s(or(peer_san, u)),
+            s(or(&peer.app, u)),
+            s(or(&peer.version, u)),
+            s(or(&peer.cluster_id, u)),
+            s(&local.workload_name),
+            s(&local.namespace),
+            s(or(local_san, u)),
+            s(&local.app),
+            s(&local.version),
+            s(or(host, &local.canonical_name)),
+            s(&local.canonical_name),
+            s(&local.canonical_revision),
+            s(or(host_name, &local.canonical_name)),
+            s(&local.namespace),
+            s(&local.cluster_id),
+            s(protocol),
+            code,
+            grpc_status,
+            flags,
+            s(policy),
+        ]
+    }
+}
+
+fn labels(k: &SeriesKey) -> String {
+    let mut out = String::new();
+    for (i, (name, value)) in LABELS.iter().zip(values(k)).enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        let _ = write!(
+            out,
+            "{name}=\"{}\"",
+            super::prometheus::escape_value(&value)
+        );
+    }
+    out
+}
