@@ -2,7 +2,10 @@
 //! static cluster is the control plane, and the few resources most scenarios need, written
 //! once so every test (and `xds-bench`) gives Envoy and Outrigger the same thing.
 
+use xds_proto::pb::envoy::config::cluster::v3::Cluster;
+use xds_proto::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
 use xds_proto::pb::envoy::config::listener::v3::Listener;
+use xds_proto::pb::envoy::config::route::v3::RouteConfiguration;
 use xds_proto::pb::google::protobuf::Any;
 use xds_proto::{DocumentFormat, ParseOptions, XdsMessage};
 
@@ -78,5 +81,54 @@ filter_chains:
         typed_config: {{ "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router }}
 "#
         ),
+    )
+}
+
+/// EDS cluster `backend` over ADS.
+pub fn backend_cluster() -> (String, Any) {
+    resource::<Cluster>(
+        "backend",
+        r#"
+name: backend
+type: EDS
+connect_timeout: 1s
+eds_cluster_config: { eds_config: { ads: {}, resource_api_version: V3 } }
+"#,
+    )
+}
+
+/// The `backend` assignment: one endpoint on 127.0.0.1:`port`.
+pub fn backend_endpoints(port: u16) -> (String, Any) {
+    resource::<ClusterLoadAssignment>(
+        "backend",
+        &format!(
+            r#"
+cluster_name: backend
+endpoints:
+- lb_endpoints:
+  - endpoint: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {port} }} }} }}
+"#
+        ),
+    )
+}
+
+/// Listener `http` on `address:port` routing with RDS table `local_route`.
+pub fn backend_listener(address: &str, port: u16) -> (String, Any) {
+    rds_listener("http", address, port, "ingress", "local_route")
+}
+
+/// RDS table `local_route`: everything to `backend`.
+pub fn route_to_backend() -> (String, Any) {
+    resource::<RouteConfiguration>(
+        "local_route",
+        r#"
+name: local_route
+virtual_hosts:
+- name: all
+  domains: ["*"]
+  routes:
+  - match: { prefix: "/" }
+    route: { cluster: backend }
+"#,
     )
 }
