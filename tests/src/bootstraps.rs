@@ -66,3 +66,47 @@ pub fn http_and_tcp(upstream_port: u16) -> (String, Ports) {
         Ports::new(&["admin_port", "http_port", "tcp_port"]).with("upstream_port", upstream_port);
     (ports.render(HTTP_AND_TCP), ports)
 }
+
+/// Admin on `{{admin}}` and one HTTP listener `l` on `{{listener}}` (stat prefix `l`, one
+/// virtual host with `routes`, YAML list items at the route list's indentation) in front of
+/// `clusters` (YAML list items at the cluster list's indentation): the frame of the tests that
+/// compare how a proxy picks among a cluster's hosts.
+pub fn one_listener(routes: &str, clusters: &str) -> String {
+    format!(
+        r#"
+admin:
+  address: {{ socket_address: {{ address: 127.0.0.1, port_value: {{{{admin}}}} }} }}
+static_resources:
+  listeners:
+  - name: l
+    address: {{ socket_address: {{ address: 127.0.0.1, port_value: {{{{listener}}}} }} }}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: l
+          route_config:
+            virtual_hosts:
+            - name: all
+              domains: ["*"]
+              routes:{routes}
+          http_filters:
+          - name: envoy.filters.http.router
+            typed_config: {{ "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router }}
+  clusters:{clusters}
+"#
+    )
+}
+
+/// `lb_endpoints` items for `hosts` of `cluster`, each at the port named `{{<cluster>_<host>}}`.
+pub fn endpoint_items(cluster: &str, hosts: &[&str]) -> String {
+    hosts
+        .iter()
+        .map(|h| {
+            format!(
+                "\n        - endpoint: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {{{{{cluster}_{h}}}}} }} }} }}"
+            )
+        })
+        .collect()
+}

@@ -54,14 +54,7 @@ const CLUSTERS: [(&str, &[&str], &str); 4] = [
 fn bootstrap() -> String {
     let mut clusters = String::new();
     for (name, hosts, check) in CLUSTERS {
-        let endpoints: String = hosts
-            .iter()
-            .map(|h| {
-                format!(
-                    "\n        - endpoint: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {{{{{name}_{h}}}}} }} }} }}"
-                )
-            })
-            .collect();
+        let endpoints = tests::bootstraps::endpoint_items(name, hosts);
         clusters.push_str(&format!(
             r#"
   - name: {name}
@@ -76,33 +69,10 @@ fn bootstrap() -> String {
 "#
         ));
     }
-    format!(
-        r#"
-admin:
-  address: {{ socket_address: {{ address: 127.0.0.1, port_value: {{{{admin}}}} }} }}
-static_resources:
-  listeners:
-  - name: l
-    address: {{ socket_address: {{ address: 127.0.0.1, port_value: {{{{listener}}}} }} }}
-    filter_chains:
-    - filters:
-      - name: envoy.filters.network.http_connection_manager
-        typed_config:
-          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
-          stat_prefix: l
-          route_config:
-            virtual_hosts:
-            - name: all
-              domains: ["*"]
-              routes:
-              - {{ match: {{ prefix: "/passive" }}, route: {{ cluster: passive }} }}
-              - {{ match: {{ prefix: "/" }}, route: {{ cluster: live }} }}
-          http_filters:
-          - name: envoy.filters.http.router
-            typed_config: {{ "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router }}
-  clusters:{clusters}
-"#
-    )
+    let routes = r#"
+              - { match: { prefix: "/passive" }, route: { cluster: passive } }
+              - { match: { prefix: "/" }, route: { cluster: live } }"#;
+    tests::bootstraps::one_listener(routes, &clusters)
 }
 
 #[derive(Debug, Default, PartialEq)]

@@ -57,14 +57,7 @@ fn bootstrap() -> String {
         routes.push_str(&format!(
             "\n              - {{ match: {{ prefix: \"/{name}\" }}, route: {{ cluster: {name} }} }}"
         ));
-        let endpoints: String = hosts
-            .iter()
-            .map(|h| {
-                format!(
-                    "\n        - endpoint: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {{{{{name}_{h}}}}} }} }} }}"
-                )
-            })
-            .collect();
+        let endpoints = tests::bootstraps::endpoint_items(name, hosts);
         // Envoy hands a change of host health to its workers up to update_merge_window (1 s
         // by default) late; a loaded machine then sees the ejection land mid-phase. Outrigger
         // applies changes at once, so the window is 0 here.
@@ -86,31 +79,7 @@ fn bootstrap() -> String {
 "#
         ));
     }
-    format!(
-        r#"
-admin:
-  address: {{ socket_address: {{ address: 127.0.0.1, port_value: {{{{admin}}}} }} }}
-static_resources:
-  listeners:
-  - name: l
-    address: {{ socket_address: {{ address: 127.0.0.1, port_value: {{{{listener}}}} }} }}
-    filter_chains:
-    - filters:
-      - name: envoy.filters.network.http_connection_manager
-        typed_config:
-          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
-          stat_prefix: l
-          route_config:
-            virtual_hosts:
-            - name: all
-              domains: ["*"]
-              routes:{routes}
-          http_filters:
-          - name: envoy.filters.http.router
-            typed_config: {{ "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router }}
-  clusters:{clusters}
-"#
-    )
+    tests::bootstraps::one_listener(&routes, &clusters)
 }
 
 /// What one proxy did, keyed so the two runs compare directly.

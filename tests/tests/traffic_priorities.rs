@@ -36,14 +36,7 @@ fn bootstrap() -> String {
             "\n              - {{ match: {{ prefix: \"/{name}\" }}, route: {{ cluster: {name} }} }}"
         ));
         let locality = |priority: u32, hosts: &[&str]| -> String {
-            let endpoints: String = hosts
-                .iter()
-                .map(|h| {
-                    format!(
-                        "\n        - endpoint: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {{{{{name}_{h}}}}} }} }} }}"
-                    )
-                })
-                .collect();
+            let endpoints = tests::bootstraps::endpoint_items(name, hosts);
             format!("\n      - priority: {priority}\n        lb_endpoints:{endpoints}")
         };
         // One 503 ejects (for the default 30 s, past the test); every host may go. Envoy
@@ -63,31 +56,7 @@ fn bootstrap() -> String {
             locality(1, p1)
         ));
     }
-    format!(
-        r#"
-admin:
-  address: {{ socket_address: {{ address: 127.0.0.1, port_value: {{{{admin}}}} }} }}
-static_resources:
-  listeners:
-  - name: l
-    address: {{ socket_address: {{ address: 127.0.0.1, port_value: {{{{listener}}}} }} }}
-    filter_chains:
-    - filters:
-      - name: envoy.filters.network.http_connection_manager
-        typed_config:
-          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
-          stat_prefix: l
-          route_config:
-            virtual_hosts:
-            - name: all
-              domains: ["*"]
-              routes:{routes}
-          http_filters:
-          - name: envoy.filters.http.router
-            typed_config: {{ "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router }}
-  clusters:{clusters}
-"#
-    )
+    tests::bootstraps::one_listener(&routes, &clusters)
 }
 
 /// What one proxy did.
