@@ -323,6 +323,9 @@ fn translate_filter_chain(
         };
         let tc = p.field("typed_config");
         let is_last = i + 1 == fc.filters.len();
+        if !is_last && super::istio_tcp::acknowledge(any, &tc, acks)? {
+            continue;
+        }
         let filter = match extension::decode(any, &tc)? {
             Some(Extension::HttpConnectionManager(hcm)) => NetworkFilter::HttpConnectionManager(
                 Arc::new(translate_hcm(&hcm, &tc, resolve, acks)?),

@@ -20,6 +20,7 @@ pub mod header_mutation;
 pub mod health_check;
 pub mod istio;
 pub mod istio_node;
+mod istio_tcp;
 pub mod listener;
 pub mod load_balancing;
 pub mod matcher;

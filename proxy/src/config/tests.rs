@@ -443,3 +443,31 @@ fn load_balancing_policies_translate_with_envoy_defaults() {
     let err = lb("    type: ORIGINAL_DST\n    lb_policy: RING_HASH").expect_err("original dst");
     assert!(err.contains("clusters[0].lb_policy"), "{err}");
 }
+
+/// Istio's inbound TCP chain: metadata exchange and stats ahead of tcp_proxy. Both are
+/// acknowledged (they cannot change the connection's bytes); an unknown TypedStruct, or an
+/// Istio filter in the terminal position, is refused.
+#[test]
+fn istio_network_filters_ahead_of_tcp_proxy_are_acknowledged() {
+    let chain = |filters: &str| {
+        format!(
+            "static_resources:\n  listeners:\n  - name: l\n    address: {{ socket_address: {{ address: 127.0.0.1, port_value: 0 }} }}\n    filter_chains: [{{ filters: [{filters}] }}]\n  clusters:\n  - {{ name: c, load_assignment: {{ cluster_name: c }} }}\n"
+        )
+    };
+    let mx = r#"{ name: istio.metadata_exchange, typed_config: { "@type": type.googleapis.com/udpa.type.v1.TypedStruct, type_url: type.googleapis.com/envoy.tcp.metadataexchange.config.MetadataExchange, value: { protocol: istio-peer-exchange, enable_discovery: true } } }"#;
+    let stats = r#"{ name: istio.stats, typed_config: { "@type": type.googleapis.com/udpa.type.v1.TypedStruct, type_url: type.googleapis.com/stats.PluginConfig, value: {} } }"#;
+    let tcp = r#"{ name: t, typed_config: { "@type": type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy, stat_prefix: t, cluster: c } }"#;
+    let config = translate(&chain(&format!("{mx}, {stats}, {tcp}"))).expect("Istio's TCP chain");
+    let acked: Vec<&str> = config
+        .acknowledged
+        .iter()
+        .filter(|a| a.path.contains("filters["))
+        .map(|a| a.path.as_str())
+        .collect();
+    assert_eq!(acked.len(), 2, "{:?}", config.acknowledged);
+    let unknown = r#"{ name: x, typed_config: { "@type": type.googleapis.com/udpa.type.v1.TypedStruct, type_url: type.googleapis.com/some.Other, value: {} } }"#;
+    let err = translate(&chain(&format!("{unknown}, {tcp}"))).expect_err("unknown filter");
+    assert!(err.contains("filters[0].typed_config"), "{err}");
+    let err = translate(&chain(mx)).expect_err("MX alone is no terminal filter");
+    assert!(err.contains("filters[0].typed_config"), "{err}");
+}
