@@ -53,10 +53,10 @@ impl Conn {
     }
 }
 
-/// A ready HTTP/1.1 connection; dropping it (taken or closed) stops its idle timer.
+/// A ready connection, and since when it has waited (for the idle timeout).
 struct Ready {
     conn: Conn,
-    _idle_timer: Option<oneshot::Sender<()>>,
+    idle_since: tokio::time::Instant,
 }
 
 type Waiter = oneshot::Sender<Result<Conn, UpstreamError>>;
@@ -96,6 +96,8 @@ pub struct ConnectionClosed {
     pool: Weak<HostPool>,
     id: u64,
     _connection: Guard,
+    /// Alive while the connection is: its idle watcher stops when this goes.
+    _life: Arc<()>,
 }
 
 impl Drop for ConnectionClosed {
@@ -218,7 +220,7 @@ impl HostPools {
         };
         let Some(request) = breakers.requests.try_acquire() else {
             self.stats.rq_active_overflow.inc();
-            pool.release(conn, self);
+            pool.release(conn);
             return Err(UpstreamError::Overflow);
         };
         self.stats.rq_total.inc();
@@ -295,32 +297,40 @@ impl HostPool {
         state.connecting += 1;
         state.open += 1;
         let id = self.next_id.fetch_add(1, Relaxed);
+        let life = Arc::new(());
+        let alive = Arc::downgrade(&life);
         let closed = ConnectionClosed {
             pool: self.myself.clone(),
             id,
             _connection: guard,
+            _life: life,
         };
         let opening = pools.opener.open(self.key.0.clone(), self.http2(), closed);
         let Some(pool) = self.myself.upgrade() else {
             return;
         };
+        let idle_timeout = pools.idle_timeout.filter(|_| !self.http2());
         tokio::spawn(async move {
             let opened = opening.await;
+            if let (true, Some(timeout)) = (opened.is_ok(), idle_timeout) {
+                pool.watch_idle(id, timeout, alive);
+            }
             pool.opened(id, opened);
         });
     }
 
     fn opened(&self, id: u64, result: Result<(Sender, Option<SocketAddr>), UpstreamError>) {
-        let Some(pools) = self.owner.upgrade() else {
+        // The cluster's pools are gone (the cluster was removed): nothing waits any more.
+        if self.owner.upgrade().is_none() {
             return;
-        };
+        }
         let mut state = self.lock();
         state.connecting = state.connecting.saturating_sub(1);
         match result {
             Ok((sender, local)) => {
                 let conn = Conn { sender, local, id };
                 drop(state);
-                self.release(conn, &pools);
+                self.release(conn);
             }
             Err(e) => {
                 // Envoy fails every pending request of the pool when a connection attempt
@@ -333,9 +343,41 @@ impl HostPool {
         }
     }
 
+    /// One task per HTTP/1.1 connection for its whole life: it closes the connection once it
+    /// has sat ready (unused) for `timeout`, and ends with the connection.
+    fn watch_idle(&self, id: u64, timeout: Duration, alive: Weak<()>) {
+        let pool = self.myself.clone();
+        tokio::spawn(async move {
+            let mut wait = timeout;
+            loop {
+                tokio::time::sleep(wait).await;
+                if alive.upgrade().is_none() {
+                    return;
+                }
+                let Some(pool) = pool.upgrade() else {
+                    return;
+                };
+                let mut state = pool.lock();
+                wait = match state.ready.iter().position(|r| r.conn.id == id) {
+                    Some(i) => {
+                        let idle = state.ready[i].idle_since.elapsed();
+                        if idle >= timeout {
+                            // Dropping the sender closes the idle connection.
+                            state.ready.remove(i);
+                            return;
+                        }
+                        timeout - idle
+                    }
+                    // In use: it is stamped again when it comes back.
+                    None => timeout,
+                };
+            }
+        });
+    }
+
     /// A connection free for a request: the first waiting request takes it (HTTP/2: every
     /// waiting request shares it), else it waits on the ready list.
-    pub fn release(&self, conn: Conn, pools: &HostPools) {
+    pub fn release(&self, conn: Conn) {
         let mut state = self.lock();
         if self.http2() {
             for waiter in state.pending.drain(..) {
@@ -346,7 +388,7 @@ impl HostPool {
             if !state.ready.iter().any(|r| r.conn.id == conn.id) {
                 state.ready.push(Ready {
                     conn,
-                    _idle_timer: None,
+                    idle_since: tokio::time::Instant::now(),
                 });
             }
             return;
@@ -360,26 +402,11 @@ impl HostPool {
                 Err(Err(_)) => return,
             }
         }
-        let idle_timer = pools.idle_timeout.map(|timeout| {
-            let (stop, stopped) = oneshot::channel::<()>();
-            let pool = self.myself.clone();
-            let id = conn.id;
-            tokio::spawn(async move {
-                tokio::select! {
-                    _ = tokio::time::sleep(timeout) => {
-                        if let Some(pool) = pool.upgrade() {
-                            // Dropping the sender closes the idle connection.
-                            pool.lock().ready.retain(|r| r.conn.id != id);
-                        }
-                    }
-                    _ = stopped => {}
-                }
-            });
-            stop
-        });
+        // Stamped, not timed: the connection's one idle watcher reads the stamp, so a
+        // request costs no timer (an HTTP/1.1 connection returns here after every request).
         state.ready.push(Ready {
             conn,
-            _idle_timer: idle_timer,
+            idle_since: tokio::time::Instant::now(),
         });
     }
 
@@ -403,9 +430,7 @@ impl HostPool {
             drop(request);
             let reuse = pool.owner.upgrade().is_some_and(|p| !p.single_use);
             if ready && reuse {
-                if let Some(pools) = pool.owner.upgrade() {
-                    pool.release(conn, &pools);
-                }
+                pool.release(conn);
             }
         });
     }
