@@ -163,7 +163,7 @@ impl Compressors {
             weaken_or_drop_etag(headers, f.config.weaken_etag);
             headers.remove(header::CONTENT_LENGTH);
             headers.insert(header::CONTENT_ENCODING, GZIP.clone());
-            let body = std::mem::replace(response.body_mut(), empty());
+            let body = std::mem::replace(response.body_mut(), super::router::empty_body());
             *response.body_mut() = http_body_util::BodyExt::boxed_unsync(Gzipped::new(
                 body,
                 f.config.level,
@@ -339,13 +339,6 @@ fn weaken_or_drop_etag(headers: &mut HeaderMap, weaken: bool) {
         }
     }
     headers.remove(header::ETAG);
-}
-
-fn empty() -> ResponseBody {
-    use http_body_util::BodyExt;
-    http_body_util::Empty::<Bytes>::new()
-        .map_err(|never| match never {})
-        .boxed_unsync()
 }
 
 /// A body streamed through gzip.

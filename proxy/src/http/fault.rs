@@ -69,16 +69,9 @@ impl Injected {
         let Some(active) = self.active else {
             return;
         };
-        let body = std::mem::replace(response.body_mut(), empty_body());
+        let body = std::mem::replace(response.body_mut(), super::router::empty_body());
         *response.body_mut() = Throttled::new(body, self.rate_bytes_per_second, active).boxed();
     }
-}
-
-fn empty_body() -> ResponseBody {
-    use http_body_util::BodyExt;
-    http_body_util::Empty::new()
-        .map_err(|never| match never {})
-        .boxed_unsync()
 }
 
 /// One injected fault, counted in `active_faults` until dropped (when the response ends).

@@ -260,9 +260,7 @@ async fn send_to_cluster(
         let attempt_body = match (&replay, once.take()) {
             (Some(r), _) => r.next_attempt().boxed_unsync(),
             (None, Some(b)) => b,
-            (None, None) => http_body_util::Empty::new()
-                .map_err(|never| match never {})
-                .boxed_unsync(),
+            (None, None) => super::router::empty_body(),
         };
         let Some(upstream_request) = upstream_request(
             attempt_head,

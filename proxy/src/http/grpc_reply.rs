@@ -4,7 +4,6 @@
 //! Envoy: https://www.envoyproxy.io/docs/envoy/latest/configuration/http/http_conn_man/local_reply
 
 use super::router::ResponseBody;
-use bytes::Bytes;
 use http::{header, HeaderMap, HeaderName, HeaderValue, Response, StatusCode};
 use http_body_util::BodyExt;
 
@@ -41,7 +40,7 @@ pub async fn into_grpc(response: &mut Response<ResponseBody>) {
     if response.headers().get(header::CONTENT_TYPE) == Some(&APPLICATION_GRPC) {
         return;
     }
-    let body = std::mem::replace(response.body_mut(), empty());
+    let body = std::mem::replace(response.body_mut(), super::router::empty_body());
     let text = body
         .collect()
         .await
@@ -53,7 +52,7 @@ pub async fn into_grpc(response: &mut Response<ResponseBody>) {
 /// Makes `response` a trailers-only gRPC reply with `grpc_status` and `message`.
 pub fn set_grpc_status(response: &mut Response<ResponseBody>, grpc_status: u32, message: &[u8]) {
     *response.status_mut() = StatusCode::OK;
-    *response.body_mut() = empty();
+    *response.body_mut() = super::router::empty_body();
     let headers = response.headers_mut();
     headers.remove(header::CONTENT_LENGTH);
     headers.insert(header::CONTENT_TYPE, APPLICATION_GRPC.clone());
@@ -77,12 +76,6 @@ fn percent_encode(message: &[u8]) -> String {
         }
     }
     out
-}
-
-fn empty() -> ResponseBody {
-    http_body_util::Empty::<Bytes>::new()
-        .map_err(|never| match never {})
-        .boxed_unsync()
 }
 
 #[cfg(test)]

@@ -76,12 +76,7 @@ pub fn start(
             };
             (body.boxed_unsync(), Some(Feed { tx, held }))
         } else {
-            (
-                http_body_util::Empty::new()
-                    .map_err(|never| match never {})
-                    .boxed_unsync(),
-                None,
-            )
+            (super::router::empty_body(), None)
         };
         let Some(mut request) = upstream_request(
             copy_head(head),

@@ -57,6 +57,14 @@ impl RequestInfo {
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 pub type ResponseBody = UnsyncBoxBody<Bytes, BoxError>;
 
+/// A body with nothing in it (the type of request and response bodies alike).
+pub fn empty_body() -> ResponseBody {
+    use http_body_util::BodyExt;
+    http_body_util::Empty::new()
+        .map_err(|never| match never {})
+        .boxed_unsync()
+}
+
 /// The outcome of a request, for stats and access logs.
 pub struct Outcome {
     pub response: Response<ResponseBody>,
