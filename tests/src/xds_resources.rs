@@ -132,3 +132,18 @@ virtual_hosts:
 "#,
     )
 }
+
+/// Has `cp` serve the backend cluster (endpoint 127.0.0.1:`upstream_port`), the listener on
+/// 127.0.0.1:`listener_port` and its route table to the backend: a proxy subscribing gets a
+/// working route to the upstream.
+pub fn serve_backend(
+    cp: &crate::control_plane::ControlPlane,
+    upstream_port: u16,
+    listener_port: u16,
+) {
+    use crate::control_plane::{CLUSTER, ENDPOINT, LISTENER, ROUTE};
+    cp.set(CLUSTER, vec![backend_cluster()]);
+    cp.set(ENDPOINT, vec![backend_endpoints(upstream_port)]);
+    cp.set(LISTENER, vec![backend_listener("127.0.0.1", listener_port)]);
+    cp.set(ROUTE, vec![route_to_backend()]);
+}

@@ -388,23 +388,7 @@ fn health_checks_match_envoy() {
         envoy.check_request, ours.check_request,
         "the HTTP health check request"
     );
-    let differ: Vec<String> = envoy
-        .stats
-        .iter()
-        .filter(|(k, v)| ours.stats.get(*k) != Some(*v))
-        .map(|((phase, name), v)| {
-            format!(
-                "{phase} {name}: Envoy {v}, Outrigger {:?}",
-                ours.stats.get(&(phase.clone(), name.clone()))
-            )
-        })
-        .chain(
-            ours.stats
-                .keys()
-                .filter(|k| !envoy.stats.contains_key(*k))
-                .map(|(phase, name)| format!("{phase} {name}: only in Outrigger")),
-        )
-        .collect();
+    let differ = tests::differential::stat_differences(&envoy.stats, &ours.stats);
     assert!(differ.is_empty(), "stats differ:\n{}", differ.join("\n"));
     expect("Outrigger", &ours);
 }

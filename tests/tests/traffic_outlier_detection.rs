@@ -390,22 +390,6 @@ fn outlier_detection_matches_envoy() {
         envoy.flags, ours.flags,
         "/clusters health flags and success rates"
     );
-    let differ: Vec<String> = envoy
-        .stats
-        .iter()
-        .filter(|(k, v)| ours.stats.get(*k) != Some(*v))
-        .map(|((phase, name), v)| {
-            format!(
-                "{phase} {name}: Envoy {v}, Outrigger {:?}",
-                ours.stats.get(&(phase.clone(), name.clone()))
-            )
-        })
-        .chain(
-            ours.stats
-                .keys()
-                .filter(|k| !envoy.stats.contains_key(*k))
-                .map(|(phase, name)| format!("{phase} {name}: only in Outrigger")),
-        )
-        .collect();
+    let differ = tests::differential::stat_differences(&envoy.stats, &ours.stats);
     assert!(differ.is_empty(), "stats differ:\n{}", differ.join("\n"));
 }

@@ -9,7 +9,8 @@ use std::time::{Duration, Instant};
 use tests::control_plane::{ControlPlane, Recorded, CLUSTER, ENDPOINT, LISTENER, ROUTE};
 use tests::curl::body_becomes;
 use tests::xds_resources::{
-    ads_bootstrap, backend_cluster, backend_endpoints, backend_listener, resource, route_to_backend,
+    ads_bootstrap, backend_cluster, backend_endpoints, backend_listener, resource,
+    route_to_backend, serve_backend,
 };
 use tests::{envoy_or_skip, free_port, Kind, RunningProxy, Upstream};
 use xds_proto::pb::envoy::config::listener::v3::Listener;
@@ -155,10 +156,7 @@ fn script(kind: Kind, delta: bool) -> Vec<(String, String, Vec<String>)> {
     let two = Upstream::start("two");
     let cp = ControlPlane::start();
     let port = free_port();
-    cp.set(CLUSTER, vec![backend_cluster()]);
-    cp.set(ENDPOINT, vec![backend_endpoints(one.port())]);
-    cp.set(LISTENER, vec![backend_listener("127.0.0.1", port)]);
-    cp.set(ROUTE, vec![route_to_backend()]);
+    serve_backend(&cp, one.port(), port);
     let admin = free_port();
     let proxy = RunningProxy::start(kind, &ads_bootstrap(admin, cp.port(), delta), &[]);
     let url = format!("http://127.0.0.1:{port}/");
@@ -283,10 +281,7 @@ fn delta_reconnect_sends_the_versions_held() {
     let up = Upstream::start("one");
     let cp = ControlPlane::start();
     let port = free_port();
-    cp.set(CLUSTER, vec![backend_cluster()]);
-    cp.set(ENDPOINT, vec![backend_endpoints(up.port())]);
-    cp.set(LISTENER, vec![backend_listener("127.0.0.1", port)]);
-    cp.set(ROUTE, vec![route_to_backend()]);
+    serve_backend(&cp, up.port(), port);
     let admin = free_port();
     let proxy = RunningProxy::start(Kind::Outrigger, &ads_bootstrap(admin, cp.port(), true), &[]);
     assert_eq!(
@@ -339,10 +334,7 @@ fn ads_over_a_unix_socket_at_a_relative_path() {
     let cp = ControlPlane::start_unix(&path);
     let up = Upstream::start("one");
     let port = free_port();
-    cp.set(CLUSTER, vec![backend_cluster()]);
-    cp.set(ENDPOINT, vec![backend_endpoints(up.port())]);
-    cp.set(LISTENER, vec![backend_listener("127.0.0.1", port)]);
-    cp.set(ROUTE, vec![route_to_backend()]);
+    serve_backend(&cp, up.port(), port);
     let tcp = format!(
         "socket_address: {{ address: 127.0.0.1, port_value: {} }}",
         cp.port()
@@ -371,10 +363,7 @@ fn a_replaced_listener_drains_for_the_drain_time_like_envoy() {
         let up = Upstream::start("one");
         let cp = ControlPlane::start();
         let port = free_port();
-        cp.set(CLUSTER, vec![backend_cluster()]);
-        cp.set(ENDPOINT, vec![backend_endpoints(up.port())]);
-        cp.set(LISTENER, vec![backend_listener("127.0.0.1", port)]);
-        cp.set(ROUTE, vec![route_to_backend()]);
+        serve_backend(&cp, up.port(), port);
         let proxy = RunningProxy::start(
             kind,
             &ads_bootstrap(free_port(), cp.port(), false),

@@ -7,7 +7,7 @@ use std::time::Duration;
 use tests::control_plane::{ControlPlane, CLUSTER, ENDPOINT, LISTENER, ROUTE};
 use tests::curl::body_becomes;
 use tests::xds_resources::{
-    ads_bootstrap, backend_cluster, backend_endpoints, backend_listener, resource, route_to_backend,
+    ads_bootstrap, backend_cluster, backend_listener, resource, serve_backend,
 };
 use tests::{envoy_or_skip, free_port, Kind, RunningProxy, Upstream};
 use xds_proto::pb::envoy::config::cluster::v3::Cluster;
@@ -21,10 +21,7 @@ fn garbage_from_the_control_plane_is_refused_and_serving_goes_on() {
     let up = Upstream::start("one");
     let cp = ControlPlane::start();
     let port = free_port();
-    cp.set(CLUSTER, vec![backend_cluster()]);
-    cp.set(ENDPOINT, vec![backend_endpoints(up.port())]);
-    cp.set(LISTENER, vec![backend_listener("127.0.0.1", port)]);
-    cp.set(ROUTE, vec![route_to_backend()]);
+    serve_backend(&cp, up.port(), port);
     let proxy = RunningProxy::start(
         Kind::Outrigger,
         &ads_bootstrap(free_port(), cp.port(), true),
@@ -100,10 +97,7 @@ fn one_bad_cluster_among_good_ones_is_handled_like_envoy() {
         let up = Upstream::start("one");
         let cp = ControlPlane::start();
         let port = free_port();
-        cp.set(CLUSTER, vec![backend_cluster()]);
-        cp.set(ENDPOINT, vec![backend_endpoints(up.port())]);
-        cp.set(LISTENER, vec![backend_listener("127.0.0.1", port)]);
-        cp.set(ROUTE, vec![route_to_backend()]);
+        serve_backend(&cp, up.port(), port);
         let proxy = RunningProxy::start(kind, &ads_bootstrap(free_port(), cp.port(), false), &[]);
         let extra = resource::<Cluster>(
             "extra",

@@ -628,7 +628,7 @@ pub fn summarise(bytes: &[u8], limit: usize) -> String {
 
 mod verdict;
 
-pub use verdict::{check, run, run_client, Known, Outcome};
+pub use verdict::{check, run, run_client, stat_differences, Known, Outcome};
 
 #[cfg(test)]
 mod tests {

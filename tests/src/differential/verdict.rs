@@ -193,3 +193,26 @@ pub fn run_client(
         Err(e) => (None, String::new(), format!("cannot run {program}: {e}")),
     }
 }
+
+/// Stats keyed by (phase, name) where Envoy's and Outrigger's values differ, or that only
+/// Outrigger has, one line each; empty when they agree.
+pub fn stat_differences(
+    envoy: &std::collections::BTreeMap<(String, String), u64>,
+    ours: &std::collections::BTreeMap<(String, String), u64>,
+) -> Vec<String> {
+    envoy
+        .iter()
+        .filter(|(k, v)| ours.get(*k) != Some(*v))
+        .map(|((phase, name), v)| {
+            format!(
+                "{phase} {name}: Envoy {v}, Outrigger {:?}",
+                ours.get(&(phase.clone(), name.clone()))
+            )
+        })
+        .chain(
+            ours.keys()
+                .filter(|k| !envoy.contains_key(*k))
+                .map(|(phase, name)| format!("{phase} {name}: only in Outrigger")),
+        )
+        .collect()
+}
