@@ -14,6 +14,7 @@ use hyper::{Request, Response};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use std::convert::Infallible;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -37,6 +38,9 @@ pub enum Behaviour {
     CloseBeforeResponse,
     /// 200 with a body of this many bytes (`x` repeated), sent in 64 KiB chunks.
     Stream(u64),
+    /// 200 with `content-length: 20`: `first half` at once, then after this long
+    /// `and more..` (a response that stalls mid-body, for stream timeouts).
+    SlowBody(Duration),
     /// 200 `with trailers\n` followed by the trailer `x-trailer: yes`.
     Trailers,
     /// Answers a websocket upgrade with 101 and then echoes bytes until the peer closes;
@@ -298,6 +302,14 @@ async fn answer(
             let total = *total;
             ok().body(chunks(total, Bytes::from(vec![b'x'; 64 * 1024])).boxed())
         }
+        Behaviour::SlowBody(stall) => ok().header("content-length", "20").body(
+            Stalling {
+                first: Some(Bytes::from_static(b"first half")),
+                stall: Box::pin(tokio::time::sleep(*stall)),
+                rest: Some(Bytes::from_static(b"and more..")),
+            }
+            .boxed(),
+        ),
         Behaviour::Trailers => {
             let mut trailers = hyper::HeaderMap::new();
             trailers.insert("x-trailer", hyper::header::HeaderValue::from_static("yes"));
@@ -381,6 +393,31 @@ impl hyper::body::Body for Frames {
         _: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
         Poll::Ready(self.0.next().map(Ok))
+    }
+}
+
+/// A body that sends `first`, waits for `stall`, then sends `rest`.
+struct Stalling {
+    first: Option<Bytes>,
+    stall: Pin<Box<tokio::time::Sleep>>,
+    rest: Option<Bytes>,
+}
+
+impl hyper::body::Body for Stalling {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        if let Some(first) = self.first.take() {
+            return Poll::Ready(Some(Ok(Frame::data(first))));
+        }
+        if self.stall.as_mut().poll(cx).is_pending() {
+            return Poll::Pending;
+        }
+        Poll::Ready(self.rest.take().map(|rest| Ok(Frame::data(rest))))
     }
 }
 

@@ -652,6 +652,7 @@ fn protocol_options(
                 o.max_connection_duration.is_some(),
             ),
             ("max_headers_count", o.max_headers_count.is_some()),
+            ("max_stream_duration", o.max_stream_duration.is_some()),
             (
                 "headers_with_underscores_action",
                 o.headers_with_underscores_action != 0,

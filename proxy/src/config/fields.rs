@@ -32,7 +32,7 @@ const ACCESS_LOG: &str = "the admin interface writes no access log (Istio points
 const RESILIENCE: &str = "not enforced yet (issue 4: upstream resilience)";
 const OVERLOAD: &str = "the overload manager is not implemented";
 const NO_EFFECT: &str = "has no effect in Outrigger";
-const DOWNSTREAM_TIMEOUTS: &str = "downstream timeouts are not enforced yet (issue 3)";
+const DRAIN_TIMEOUT: &str = "an HTTP/2 connection's grace between its first GOAWAY (no new streams wanted) and the final one is one round trip (hyper's graceful shutdown: GOAWAY, PING, final GOAWAY on the PING's answer), not this duration; streams in flight still finish within the listener's drain time";
 const BUFFERS: &str = "buffering is bounded by the codecs' own flow control (HTTP/2 windows, fixed copy buffers); this exact limit is not applied";
 const GZIP_TUNING: &str = "zlib tuning for memory and ratio; Outrigger's gzip (miniz_oxide) uses its own, and its output is valid gzip all the same";
 const SLOW_START: &str = "slow start is not implemented: a new host takes its full weight at once";
@@ -213,8 +213,7 @@ static POLICIES: &[(&str, Policy)] = policies! {
     "envoy.config.endpoint.v3.Endpoint" => ["address", "hostname"]
         ack [("health_check_config", "active health checks go to the endpoint's own address: its port_value, hostname and address overrides are not applied")];
     "envoy.config.core.v3.HttpProtocolOptions" => ["idle_timeout", "max_requests_per_connection", "max_connection_duration",
-        "max_headers_count", "headers_with_underscores_action"]
-        ack [("max_stream_duration", "not enforced yet (issue 3)")];
+        "max_headers_count", "headers_with_underscores_action", "max_stream_duration"];
     "envoy.config.core.v3.Http1ProtocolOptions" => [];
     "envoy.config.core.v3.Http2ProtocolOptions" => ["max_concurrent_streams", "initial_stream_window_size", "initial_connection_window_size"];
     "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager.UpgradeConfig" => ["upgrade_type", "enabled"];
@@ -228,10 +227,9 @@ static POLICIES: &[(&str, Policy)] = policies! {
         "use_remote_address", "xff_num_trusted_hops", "skip_xff_append", "internal_address_config", "via",
         "generate_request_id", "preserve_external_request_id", "always_set_request_id_in_response",
         "server_header_transformation", "max_request_headers_kb", "common_http_protocol_options", "request_headers_timeout",
-        "normalize_path", "merge_slashes", "path_with_escaped_slashes_action", "upgrade_configs", "rds", "access_log"]
-        ack [("tracing", TRACING),
-             ("stream_idle_timeout", DOWNSTREAM_TIMEOUTS), ("request_timeout", DOWNSTREAM_TIMEOUTS),
-             ("drain_timeout", DOWNSTREAM_TIMEOUTS)];
+        "normalize_path", "merge_slashes", "path_with_escaped_slashes_action", "upgrade_configs", "rds", "access_log",
+        "stream_idle_timeout", "request_timeout"]
+        ack [("tracing", TRACING), ("drain_timeout", DRAIN_TIMEOUT)];
     "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager.InternalAddressConfig" => ["cidr_ranges", "unix_sockets"];
     "envoy.extensions.filters.network.http_connection_manager.v3.HttpFilter" => ["name", "typed_config", "is_optional", "disabled"];
     "envoy.config.route.v3.RouteConfiguration" => ["name", "virtual_hosts", "validate_clusters", "max_direct_response_body_size_bytes",
@@ -278,9 +276,11 @@ static POLICIES: &[(&str, Policy)] = policies! {
     "envoy.type.matcher.v3.RegexMatcher.GoogleRE2" => [];
     "envoy.config.route.v3.RouteAction" => ["cluster", "cluster_header", "weighted_clusters", "timeout", "prefix_rewrite",
         "regex_rewrite", "host_rewrite_literal", "auto_host_rewrite", "host_rewrite_header", "hash_policy",
-        "cluster_not_found_response_code", "priority", "retry_policy", "request_mirror_policies"]
-        ack [("max_stream_duration", "not enforced yet (issue 3)"),
-             ("max_grpc_timeout", RESILIENCE)];
+        "cluster_not_found_response_code", "priority", "retry_policy", "request_mirror_policies", "idle_timeout",
+        "max_stream_duration"]
+        ack [("max_grpc_timeout", RESILIENCE)];
+    "envoy.config.route.v3.RouteAction.MaxStreamDuration" => ["max_stream_duration", "grpc_timeout_header_max",
+        "grpc_timeout_header_offset"];
     // Fields of a retry policy that Outrigger does not implement are refused by its translator
     // (`config/retry_policy.rs`) with their path, so they are listed as walked here.
     "envoy.config.route.v3.RetryPolicy" => ["retry_on", "num_retries", "per_try_timeout", "per_try_idle_timeout",

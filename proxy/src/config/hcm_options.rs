@@ -28,6 +28,21 @@ pub struct Limits {
     pub idle_timeout: Option<Duration>,
     /// `common_http_protocol_options.max_connection_duration` (default: none).
     pub max_connection_duration: Option<Duration>,
+    /// The stream timeouts, before a route overrides them.
+    pub stream: StreamTimeouts,
+}
+
+/// A stream's own timers (a route may override the idle timeout and the duration):
+/// https://www.envoyproxy.io/docs/envoy/latest/faq/configuration/timeouts#stream-timeouts
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StreamTimeouts {
+    /// `stream_idle_timeout`: no bytes either way for this long ends the stream (default
+    /// 5 min; 0 disables).
+    pub idle: Option<Duration>,
+    /// `request_timeout`: the whole request must arrive within this (default: none).
+    pub request: Option<Duration>,
+    /// `common_http_protocol_options.max_stream_duration` (default: none).
+    pub max_duration: Option<Duration>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -104,6 +119,23 @@ pub fn limits(hcm: &ProtoHcm, path: &FieldPath) -> Result<Limits> {
             &c_path.field("max_connection_duration"),
         )?
         .filter(|d| !d.is_zero()),
+        stream: StreamTimeouts {
+            idle: match hcm.stream_idle_timeout.as_ref() {
+                Some(d) => optional_duration(Some(d), &path.field("stream_idle_timeout"))?,
+                None => Some(Duration::from_secs(300)),
+            }
+            .filter(|d| !d.is_zero()),
+            request: optional_duration(
+                hcm.request_timeout.as_ref(),
+                &path.field("request_timeout"),
+            )?
+            .filter(|d| !d.is_zero()),
+            max_duration: optional_duration(
+                common.max_stream_duration.as_ref(),
+                &c_path.field("max_stream_duration"),
+            )?
+            .filter(|d| !d.is_zero()),
+        },
     })
 }
 

@@ -20,8 +20,14 @@ use xds_proto::pb::envoy::config::route::v3 as proto;
 #[derive(Debug)]
 pub struct Forward {
     pub target: ClusterTarget,
-    /// None disables the timeout (Envoy's `timeout: 0s`); the default is 15 s.
+    /// None disables the timeout (Envoy's `timeout: 0s`); the default is 15 s. A route with
+    /// `max_stream_duration` has none: Envoy then leaves the bound to the stream's duration.
     pub timeout: Option<Duration>,
+    /// `idle_timeout`: the stream idle timeout on this route instead of the connection
+    /// manager's (`Some(None)`: disabled by `0s`).
+    pub idle_timeout: Option<Option<Duration>>,
+    /// `max_stream_duration`, when the route sets it.
+    pub stream_duration: Option<StreamDuration>,
     pub prefix_rewrite: Option<String>,
     /// `regex_rewrite`: pattern and substitution (already in the regex crate's `$1` syntax).
     pub regex_rewrite: Option<(Regex, String)>,
@@ -105,6 +111,20 @@ impl ClusterTarget {
     }
 }
 
+/// A route's `max_stream_duration`:
+/// https://www.envoyproxy.io/docs/envoy/latest/api-v3/config/route/v3/route_components.proto#config-route-v3-routeaction-maxstreamduration
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StreamDuration {
+    /// `max_stream_duration`: replaces the connection manager's (`Some(None)`: `0s` disables
+    /// it on this route); None keeps the connection manager's.
+    pub max: Option<Option<Duration>>,
+    /// `grpc_timeout_header_max`: when set, a request's `grpc-timeout` header is the stream's
+    /// duration, capped at this (zero: no cap).
+    pub grpc_header_max: Option<Duration>,
+    /// `grpc_timeout_header_offset`: taken off the header's timeout.
+    pub grpc_header_offset: Option<Duration>,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum HostRewrite {
     None,
@@ -113,6 +133,27 @@ pub enum HostRewrite {
     Auto,
     /// The value of this request header replaces the authority.
     Header(http::HeaderName),
+}
+
+fn stream_duration(
+    m: &proto::route_action::MaxStreamDuration,
+    path: &FieldPath,
+) -> Result<StreamDuration> {
+    Ok(StreamDuration {
+        max: optional_duration(
+            m.max_stream_duration.as_ref(),
+            &path.field("max_stream_duration"),
+        )?
+        .map(|d| Some(d).filter(|d| !d.is_zero())),
+        grpc_header_max: optional_duration(
+            m.grpc_timeout_header_max.as_ref(),
+            &path.field("grpc_timeout_header_max"),
+        )?,
+        grpc_header_offset: optional_duration(
+            m.grpc_timeout_header_offset.as_ref(),
+            &path.field("grpc_timeout_header_offset"),
+        )?,
+    })
 }
 
 pub fn translate_forward(
@@ -149,6 +190,19 @@ pub fn translate_forward(
         None => Some(Duration::from_secs(15)),
         Some(d) if d.is_zero() => None,
         Some(d) => Some(d),
+    };
+    let idle_timeout = optional_duration(ra.idle_timeout.as_ref(), &path.field("idle_timeout"))?
+        .map(|d| Some(d).filter(|d| !d.is_zero()));
+    let stream_duration = match &ra.max_stream_duration {
+        Some(m) => Some(stream_duration(m, &path.field("max_stream_duration"))?),
+        None => None,
+    };
+    // Envoy's router ignores `timeout` on a route with `max_stream_duration` (Istio sends
+    // both, `timeout: 0s`); verified with Envoy 1.40.
+    let timeout = if stream_duration.is_some() {
+        None
+    } else {
+        timeout
     };
     let host_rewrite = match &ra.host_rewrite_specifier {
         None => HostRewrite::None,
@@ -193,6 +247,8 @@ pub fn translate_forward(
     Ok(Forward {
         target,
         timeout,
+        idle_timeout,
+        stream_duration,
         prefix_rewrite: (!ra.prefix_rewrite.is_empty()).then(|| ra.prefix_rewrite.clone()),
         regex_rewrite,
         host_rewrite,

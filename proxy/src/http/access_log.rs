@@ -7,100 +7,15 @@ use super::connection::HttpContext;
 use super::forwarding::Downstream;
 use super::local_reply::ResponseFlag;
 use super::router::{BoxError, ResponseBody};
+use super::stream_timeouts::{Expiry, StreamProgress};
 use crate::format::{Context, ResponseFlags, StreamInfo};
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use std::borrow::Cow;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::task::{Context as TaskContext, Poll};
-use std::time::{Duration, Instant, SystemTime};
-
-/// How much of the request body went upstream, and when its end did. Put in the request's
-/// extensions by the connection when access logs are on; forwarding counts into it.
-#[derive(Debug)]
-pub struct RequestProgress {
-    started: Instant,
-    bytes: AtomicU64,
-    /// Microseconds from the start to the body's end, plus one; 0 while unfinished.
-    done_micros: AtomicU64,
-}
-
-impl RequestProgress {
-    pub fn new(started: Instant) -> Self {
-        Self {
-            started,
-            bytes: AtomicU64::new(0),
-            done_micros: AtomicU64::new(0),
-        }
-    }
-
-    pub fn finish(&self) {
-        let micros = self.started.elapsed().as_micros() as u64;
-        let _ =
-            self.done_micros
-                .compare_exchange(0, (micros + 1).min(u64::MAX - 1), Relaxed, Relaxed);
-    }
-
-    /// The request was refused before its body was read: it has no request duration.
-    pub fn abandon(&self) {
-        self.done_micros.store(u64::MAX, Relaxed);
-    }
-
-    fn request_duration(&self) -> Option<Duration> {
-        match self.done_micros.load(Relaxed) {
-            0 | u64::MAX => None,
-            n => Some(Duration::from_micros(n - 1)),
-        }
-    }
-}
-
-/// A request body that counts what passes through into a [`RequestProgress`].
-pub struct CountedBody<B> {
-    inner: B,
-    progress: Arc<RequestProgress>,
-}
-
-impl<B> CountedBody<B> {
-    pub fn new(inner: B, progress: Arc<RequestProgress>) -> Self {
-        Self { inner, progress }
-    }
-}
-
-impl<B: Body<Data = Bytes> + Unpin> Body for CountedBody<B> {
-    type Data = Bytes;
-    type Error = B::Error;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut TaskContext<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
-        let this = &mut *self;
-        let polled = Pin::new(&mut this.inner).poll_frame(cx);
-        match &polled {
-            Poll::Ready(Some(Ok(frame))) => {
-                if let Some(data) = frame.data_ref() {
-                    this.progress.bytes.fetch_add(data.len() as u64, Relaxed);
-                }
-                if this.inner.is_end_stream() {
-                    this.progress.finish();
-                }
-            }
-            Poll::Ready(None) => this.progress.finish(),
-            _ => {}
-        }
-        polled
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
-    }
-}
+use std::time::{Instant, SystemTime};
 
 /// What the connection knows when the response starts, kept until the stream is logged.
 pub struct Pending {
@@ -109,7 +24,7 @@ pub struct Pending {
     pub start: SystemTime,
     pub started: Instant,
     pub protocol: http::Version,
-    pub request: Option<Arc<RequestProgress>>,
+    pub request: Arc<StreamProgress>,
     pub info: StreamInfo,
     /// Whether a connection to the upstream host was made (it answered, timed out or
     /// closed), for `%UPSTREAM_REMOTE_ADDRESS%`.
@@ -121,9 +36,15 @@ pub struct Pending {
 impl Pending {
     fn log(mut self) {
         self.info.duration = Some(self.started.elapsed());
-        if let Some(p) = &self.request {
-            self.info.bytes_received = p.bytes.load(Relaxed);
-            self.info.request_duration = p.request_duration();
+        self.info.bytes_received = self.request.bytes();
+        self.info.request_duration = self.request.request_duration();
+        // A timer ended the stream (after the response started, by resetting it).
+        if let Some(expiry) = self.request.expiry() {
+            if expiry == Expiry::Idle {
+                let si = flag_bits(Some(ResponseFlag::StreamIdleTimeout));
+                self.info.response_flags = self.info.response_flags.with(si);
+            }
+            self.info.response_code_details = Some(expiry.details().into());
         }
         let upstream = self.info.upstream_host.as_ref().map(|a| a.as_str());
         let ctx = Context {
@@ -236,6 +157,7 @@ pub fn default_details(
         Some(ResponseFlag::UpstreamRemoteReset | ResponseFlag::UpstreamConnectionTermination) => {
             Cow::Borrowed("upstream_reset_before_response_started{connection_termination}")
         }
+        Some(ResponseFlag::StreamIdleTimeout) => Cow::Borrowed("stream_idle_timeout"),
         Some(ResponseFlag::UpstreamOverflow) => {
             Cow::Borrowed("upstream_reset_before_response_started{overflow}")
         }

@@ -1,10 +1,11 @@
 //! One downstream HTTP connection: the codec (AUTO sniffs the HTTP/2 preface for h2c prior
 //! knowledge, else HTTP/1.1), per-request stats, and graceful close when listeners drain.
 
-use super::access_log::{default_details, flag_bits, LoggedBody, Pending, RequestProgress};
+use super::access_log::{default_details, flag_bits, LoggedBody, Pending};
 use super::local_reply::ResponseFlag;
 use super::router::{route_request, ResponseBody};
 use super::stats::HcmStats;
+use super::stream_timeouts::{StreamProgress, TimedBody};
 use crate::config::hcm::{Codec, HttpConnectionManager};
 use crate::upstream::ClusterManager;
 use http_body_util::BodyExt;
@@ -183,14 +184,13 @@ async fn handle(
     });
     let start = std::time::SystemTime::now();
     let protocol = request.version();
-    let progress = logging.then(|| {
-        let progress = Arc::new(RequestProgress::new(started));
-        if hyper::body::Body::is_end_stream(request.body()) {
-            progress.finish();
-        }
-        request.extensions_mut().insert(progress.clone());
-        progress
-    });
+    // Every stream has its timers (Envoy's stream idle timeout is on by default) and counts
+    // its request body for the access log.
+    let progress = Arc::new(StreamProgress::new(started, &ctx.hcm.limits.stream));
+    if hyper::body::Body::is_end_stream(request.body()) {
+        progress.finish();
+    }
+    request.extensions_mut().insert(progress.clone());
     let stats = &ctx.stats;
     stats.downstream_rq_total.inc();
     stats.downstream_rq_active.inc();
@@ -214,6 +214,11 @@ async fn handle(
         .record(started.elapsed().as_secs_f64() * 1000.0);
     if let Some(flag) = outcome.flag {
         tracing::debug!(target: "http", "local reply {} ({})", outcome.response.status(), flag.short());
+    }
+    if progress.has_response_timers() {
+        let (parts, body) = outcome.response.into_parts();
+        let timed = TimedBody::new(body, progress.clone(), ctx.clone());
+        outcome.response = hyper::Response::from_parts(parts, timed.boxed_unsync());
     }
     if !logging {
         return outcome.response;

@@ -9,6 +9,7 @@ use super::local_reply::{local_reply, ResponseFlag};
 use super::replay_body::Replay;
 use super::retry::{self, Attempt, Decision, RetryState};
 use super::router::{BoxError, Outcome, RequestExtras, RequestInfo, ResponseBody};
+use super::stream_timeouts::{CountedBody, StreamProgress};
 use super::upstream_failure::{count_failure, failure_reply};
 use super::upstream_request::{
     copy_head, strip_hop_by_hop, upstream_request, X_ENVOY_ATTEMPT_COUNT,
@@ -175,11 +176,8 @@ async fn send_to_cluster(
     };
     let (mut head, body) = request.into_parts();
     let body = body.map_err(|e| Box::new(e) as BoxError);
-    let body = match head
-        .extensions
-        .remove::<Arc<super::access_log::RequestProgress>>()
-    {
-        Some(progress) => super::access_log::CountedBody::new(body, progress).boxed_unsync(),
+    let body = match head.extensions.remove::<Arc<StreamProgress>>() {
+        Some(progress) => CountedBody::new(body, progress).boxed_unsync(),
         None => body.boxed_unsync(),
     };
     let controls = retry::controls(

@@ -26,6 +26,8 @@ pub enum ResponseFlag {
     NoClusterFound,
     /// UO: a circuit breaker overflowed.
     UpstreamOverflow,
+    /// SI: the stream idle timeout ended the stream.
+    StreamIdleTimeout,
 }
 
 impl ResponseFlag {
@@ -39,6 +41,7 @@ impl ResponseFlag {
             ResponseFlag::UpstreamRequestTimeout => "UT",
             ResponseFlag::NoClusterFound => "NC",
             ResponseFlag::UpstreamOverflow => "UO",
+            ResponseFlag::StreamIdleTimeout => "SI",
         }
     }
 }

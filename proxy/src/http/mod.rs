@@ -17,6 +17,7 @@ mod request_checks;
 pub mod retry;
 mod router;
 mod stats;
+mod stream_timeouts;
 mod throttle;
 mod upstream_failure;
 mod upstream_request;

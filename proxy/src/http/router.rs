@@ -9,11 +9,13 @@ use super::forwarding::{append_via, mutate_request_headers, Downstream, X_REQUES
 use super::local_reply::{local_reply, ResponseFlag};
 use super::redirect::redirect;
 use super::request_checks::{self, Refusal};
+use super::stream_timeouts::{set_grpc_timeout, Expiry, StreamProgress};
 use crate::config::route::Action;
 use bytes::Bytes;
 use http::{header, Request, Response, StatusCode};
 use http_body_util::combinators::UnsyncBoxBody;
 use hyper::body::Incoming;
+use std::sync::Arc;
 
 /// What a request carries beside itself into forwarding.
 pub struct RequestExtras {
@@ -123,9 +125,7 @@ pub async fn route_request(
                 outcome.info.response_code_details.as_deref() == Some("path_normalization_failed");
             if let (false, Some(p)) = (
                 normalisation,
-                request
-                    .extensions()
-                    .get::<std::sync::Arc<super::access_log::RequestProgress>>(),
+                request.extensions().get::<Arc<StreamProgress>>(),
             ) {
                 p.abandon();
             }
@@ -166,7 +166,15 @@ pub async fn route_request(
     let compressing = !ctx.compressors.is_empty();
     let accepted = compressing.then(|| ctx.compressors.on_request(request.headers_mut()));
     let head = request.method() == http::Method::HEAD;
-    let mut outcome = route_and_act(ctx, request, extras).await;
+    let progress = request.extensions().get::<Arc<StreamProgress>>().cloned();
+    let http1 = request.version() < http::Version::HTTP_2;
+    let (mut outcome, timed_out) = match progress {
+        Some(progress) => tokio::select! {
+            outcome = route_and_act(ctx, request, extras) => (outcome, false),
+            expiry = progress.expired(ctx) => (timeout_reply(expiry, &progress, grpc, http1, server), true),
+        },
+        None => (route_and_act(ctx, request, extras).await, false),
+    };
     if grpc && outcome.upstream.is_none() {
         super::grpc_reply::into_grpc(&mut outcome.response).await;
     }
@@ -178,7 +186,7 @@ pub async fn route_request(
     if let Some(r) = logged_request {
         r.fill(&mut outcome.info);
     }
-    if outcome.upstream.is_none() {
+    if outcome.upstream.is_none() && !timed_out {
         // Replies made before any upstream attempt leave the body unread; after an attempt
         // (UF, UR, UT) it was consumed.
         let before_upstream = !matches!(
@@ -196,9 +204,11 @@ pub async fn route_request(
                 .headers_mut()
                 .insert(header::CONNECTION, http::HeaderValue::from_static("close"));
         }
-        if ctx.hcm.server_header == crate::config::hcm::ServerHeader::PassThrough {
-            outcome.response.headers_mut().remove(header::SERVER);
-        }
+    }
+    if outcome.upstream.is_none()
+        && ctx.hcm.server_header == crate::config::hcm::ServerHeader::PassThrough
+    {
+        outcome.response.headers_mut().remove(header::SERVER);
     }
     let headers = outcome.response.headers_mut();
     if let Some(via) = &forwarding.via {
@@ -208,6 +218,42 @@ pub async fn route_request(
         headers.insert(X_REQUEST_ID.clone(), id);
     }
     outcome
+}
+
+/// The local reply when a stream's timer fires before its response: Envoy's status and body
+/// for the timer; a stream duration ends a gRPC call with DEADLINE_EXCEEDED. An HTTP/1.1
+/// request cut off before its end leaves the connection unusable, so it closes.
+fn timeout_reply(
+    expiry: Expiry,
+    progress: &StreamProgress,
+    grpc: bool,
+    http1: bool,
+    server: &http::HeaderValue,
+) -> Outcome {
+    let status = progress.reply_status();
+    let mut response = local_reply(status, expiry.body(), server);
+    if grpc && expiry == Expiry::Duration {
+        const DEADLINE_EXCEEDED: u32 = 4;
+        super::grpc_reply::set_grpc_status(
+            &mut response,
+            DEADLINE_EXCEEDED,
+            expiry.body().as_bytes(),
+        );
+    }
+    if http1 && status == StatusCode::REQUEST_TIMEOUT {
+        response
+            .headers_mut()
+            .insert(header::CONNECTION, http::HeaderValue::from_static("close"));
+    }
+    Outcome {
+        response,
+        flag: (expiry == Expiry::Idle).then_some(ResponseFlag::StreamIdleTimeout),
+        upstream: None,
+        info: crate::format::StreamInfo {
+            response_code_details: Some(expiry.details().into()),
+            ..Default::default()
+        },
+    }
 }
 
 fn refused(refusal: Refusal, server: &http::HeaderValue) -> Outcome {
@@ -251,7 +297,7 @@ fn refused(refusal: Refusal, server: &http::HeaderValue) -> Outcome {
 
 async fn route_and_act(
     ctx: &HttpContext,
-    request: Request<Incoming>,
+    mut request: Request<Incoming>,
     extras: RequestExtras,
 ) -> Outcome {
     let server = &ctx.hcm.server_name;
@@ -291,6 +337,16 @@ async fn route_and_act(
             info: Default::default(),
         };
     };
+    // The route's timers apply from here, before any filter (a fault's delay) runs.
+    let grpc_timeout = match (
+        &route.action,
+        request.extensions().get::<Arc<StreamProgress>>(),
+    ) {
+        (Action::Forward(f), Some(progress)) => {
+            progress.on_route(f, &ctx.hcm.limits.stream, request.headers())
+        }
+        _ => None,
+    };
     let info = extras.info;
     let version = request.version();
     let reads_request = [
@@ -318,7 +374,7 @@ async fn route_and_act(
                     // The abort is the fault filter's reply: the router, which adds the
                     // route's response headers, never sees the request.
                     if logging && !route.name.is_empty() {
-                        outcome.info.route_name = Some(std::sync::Arc::from(route.name.as_str()));
+                        outcome.info.route_name = Some(Arc::from(route.name.as_str()));
                     }
                     return outcome;
                 }
@@ -344,11 +400,16 @@ async fn route_and_act(
                 info: Default::default(),
             }
         }
-        Action::Forward(f) => forward(ctx, route_config, vh, route, f, request, extras).await,
+        Action::Forward(f) => {
+            if let Some(timeout) = grpc_timeout {
+                set_grpc_timeout(request.headers_mut(), timeout);
+            }
+            forward(ctx, route_config, vh, route, f, request, extras).await
+        }
     };
     if logging {
         if !route.name.is_empty() {
-            outcome.info.route_name = Some(std::sync::Arc::from(route.name.as_str()));
+            outcome.info.route_name = Some(Arc::from(route.name.as_str()));
         }
         if matches!(
             route.action,

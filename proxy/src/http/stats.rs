@@ -20,6 +20,10 @@ pub struct HcmStats {
     pub rq_redirect: Arc<Counter>,
     pub no_cluster: Arc<Counter>,
     pub downstream_rq_time: Arc<crate::stats::Histogram>,
+    /// Streams ended by the stream idle timeout, the request timeout, the stream duration.
+    pub downstream_rq_idle_timeout: Arc<Counter>,
+    pub downstream_rq_timeout: Arc<Counter>,
+    pub downstream_rq_max_duration_reached: Arc<Counter>,
 }
 
 impl HcmStats {
@@ -42,6 +46,9 @@ impl HcmStats {
             rq_redirect: c("rq_redirect"),
             no_cluster: c("no_cluster"),
             downstream_rq_time: store.histogram(&format!("{p}downstream_rq_time")),
+            downstream_rq_idle_timeout: c("downstream_rq_idle_timeout"),
+            downstream_rq_timeout: c("downstream_rq_timeout"),
+            downstream_rq_max_duration_reached: c("downstream_rq_max_duration_reached"),
         }
     }
 

@@ -1,0 +1,183 @@
+//! Differential traffic tests for a stream's own timers: the connection manager's
+//! `stream_idle_timeout`, `request_timeout` and `max_stream_duration`, a route's
+//! `idle_timeout` and `max_stream_duration` (with gRPC's `grpc-timeout`), before the response
+//! (a local reply: 408 while the request arrives, 504 once it has) and after it started (the
+//! stream is reset), with the stats and access log fields Envoy gives them.
+//! Envoy: https://www.envoyproxy.io/docs/envoy/latest/faq/configuration/timeouts#stream-timeouts
+
+use std::time::Duration;
+use tests::differential::{check, one_vhost, Known, Scenario, Side};
+use tests::scripted::Behaviour;
+
+const HCM: &str = "https://www.envoyproxy.io/docs/envoy/latest/api-v3/extensions/filters/network/http_connection_manager/v3/http_connection_manager.proto#envoy-v3-api-field-extensions-filters-network-http-connection-manager-v3-httpconnectionmanager-stream-idle-timeout";
+const REQUEST: &str = "https://www.envoyproxy.io/docs/envoy/latest/api-v3/extensions/filters/network/http_connection_manager/v3/http_connection_manager.proto#envoy-v3-api-field-extensions-filters-network-http-connection-manager-v3-httpconnectionmanager-request-timeout";
+const DURATION: &str = "https://www.envoyproxy.io/docs/envoy/latest/api-v3/config/core/v3/protocol.proto#envoy-v3-api-field-config-core-v3-httpprotocoloptions-max-stream-duration";
+const ROUTE: &str = "https://www.envoyproxy.io/docs/envoy/latest/api-v3/config/route/v3/route_components.proto#envoy-v3-api-msg-config-route-v3-routeaction-maxstreamduration";
+
+const KNOWN: &[Known] = &[];
+
+/// Access log lines go to a file named after the side's admin port (each side has its own).
+const ACCESS_LOG: &str = r#"access_log:
+- name: envoy.access_loggers.file
+  typed_config:
+    "@type": type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog
+    path: /tmp/outrigger-stream-timeouts-{{admin_port}}.log
+    log_format: { text_format: "%REQ(:PATH)% %RESPONSE_CODE% %RESPONSE_FLAGS% %RESPONSE_CODE_DETAILS%\n" }"#;
+
+fn hcm(fields: &str) -> String {
+    format!("{fields}\n{ACCESS_LOG}")
+}
+
+/// The stream timer stats and the access log lines so far (the file is then removed).
+fn timer_stats_and_log(side: &Side) -> String {
+    std::thread::sleep(Duration::from_millis(400));
+    const SHOWN: &[&str] = &[
+        "idle_timeout",
+        "timeout",
+        "max_duration_reached",
+        "2xx",
+        "4xx",
+        "5xx",
+    ];
+    let stats = side.proxy.get("/stats?filter=^http.traffic.downstream_rq_");
+    let mut out: String = stats
+        .body
+        .lines()
+        .filter(|l| {
+            l.split(':').next().is_some_and(|name| {
+                SHOWN
+                    .iter()
+                    .any(|s| name == format!("http.traffic.downstream_rq_{s}"))
+            })
+        })
+        .map(|l| format!("  {l}\n"))
+        .collect();
+    let path = format!(
+        "/tmp/outrigger-stream-timeouts-{}.log",
+        side.ports.get("admin_port")
+    );
+    let log = std::fs::read_to_string(&path).unwrap_or_default();
+    let _ = std::fs::remove_file(&path);
+    let mut lines: Vec<&str> = log.lines().collect();
+    lines.sort();
+    for l in lines {
+        out.push_str(&format!("  log {l}\n"));
+    }
+    out
+}
+
+/// A POST that announces 10 bytes and sends 5, then waits.
+const HALF_A_BODY: &[u8] = b"POST /upload HTTP/1.1\r\nhost: x\r\ncontent-length: 10\r\n\r\nabcde";
+
+const GRPC: &[&str] = &["-H", "content-type: application/grpc", "-H", "te: trailers"];
+
+fn grpc_with_timeout(timeout: &'static str) -> Vec<String> {
+    let mut args: Vec<String> = GRPC.iter().map(|s| s.to_string()).collect();
+    args.extend(["-H".to_string(), format!("grpc-timeout: {timeout}")]);
+    args
+}
+
+fn scenarios() -> Vec<Scenario> {
+    let to_backend =
+        one_vhost("- match: { prefix: / }\n  route: { cluster: backend, timeout: 0s }");
+    let with_timeout = |s: Scenario, timeout: &'static str, path: &str| {
+        let args = grpc_with_timeout(timeout);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        s.curl(path, &args)
+    };
+    vec![
+        Scenario::http("idle_before_the_response_is_504", HCM, &to_backend)
+            .hcm(&hcm("stream_idle_timeout: 0.4s"))
+            .upstream(Behaviour::Delay(Duration::from_secs(2)))
+            .get("/")
+            .curl("/h2", &["--http2-prior-knowledge"])
+            .curl("/grpc", GRPC)
+            .custom(timer_stats_and_log),
+        Scenario::http("idle_while_the_request_arrives_is_408", HCM, &to_backend)
+            .hcm(&hcm("stream_idle_timeout: 0.4s"))
+            .upstream(Behaviour::Echo)
+            .raw(HALF_A_BODY)
+            .custom(timer_stats_and_log),
+        Scenario::http("idle_after_the_response_started_resets", HCM, &to_backend)
+            .hcm(&hcm("stream_idle_timeout: 0.4s"))
+            .upstream(Behaviour::SlowBody(Duration::from_secs(2)))
+            .get("/")
+            .curl("/h2", &["--http2-prior-knowledge"])
+            .custom(timer_stats_and_log),
+        Scenario::http("busy_streams_are_not_idle", HCM, &to_backend)
+            .hcm(&hcm("stream_idle_timeout: 0.4s"))
+            .upstream(Behaviour::Delay(Duration::from_millis(100)))
+            .get("/")
+            .custom(timer_stats_and_log),
+        Scenario::http(
+            "route_idle_timeout_replaces_the_connection_managers",
+            "https://www.envoyproxy.io/docs/envoy/latest/api-v3/config/route/v3/route_components.proto#envoy-v3-api-field-config-route-v3-routeaction-idle-timeout",
+            &one_vhost(
+                "- match: { prefix: /off }\n  route: { cluster: backend, timeout: 0s, idle_timeout: 0s }\n- match: { prefix: /short }\n  route: { cluster: backend, timeout: 0s, idle_timeout: 0.3s }",
+            ),
+        )
+        .hcm(&hcm("stream_idle_timeout: 0.4s"))
+        .upstream(Behaviour::Delay(Duration::from_secs(1)))
+        .get("/off")
+        .get("/short")
+        .custom(timer_stats_and_log),
+        Scenario::http("request_timeout_while_the_request_arrives_is_408", REQUEST, &to_backend)
+            .hcm(&hcm("request_timeout: 0.4s"))
+            .upstream(Behaviour::Echo)
+            .raw(HALF_A_BODY)
+            .curl("/whole", &["--data-binary", "0123456789"])
+            .custom(timer_stats_and_log),
+        Scenario::http("request_timeout_stops_once_the_request_is_whole", REQUEST, &to_backend)
+            .hcm(&hcm("request_timeout: 0.3s"))
+            .upstream(Behaviour::Delay(Duration::from_millis(800)))
+            .get("/")
+            .custom(timer_stats_and_log),
+        Scenario::http("max_stream_duration_before_the_response_is_504", DURATION, &to_backend)
+            .hcm(&hcm("common_http_protocol_options: { max_stream_duration: 0.4s }"))
+            .upstream(Behaviour::Delay(Duration::from_secs(2)))
+            .get("/")
+            .curl("/grpc", GRPC)
+            .custom(timer_stats_and_log),
+        Scenario::http("max_stream_duration_after_the_response_started_resets", DURATION, &to_backend)
+            .hcm(&hcm("common_http_protocol_options: { max_stream_duration: 0.4s }"))
+            .upstream(Behaviour::SlowBody(Duration::from_secs(2)))
+            .get("/")
+            .custom(timer_stats_and_log),
+        Scenario::http(
+            "route_max_stream_duration_replaces_the_route_timeout",
+            ROUTE,
+            &one_vhost(
+                "- match: { prefix: /longer }\n  route: { cluster: backend, timeout: 0.2s, max_stream_duration: { max_stream_duration: 3s } }\n- match: { prefix: /off }\n  route: { cluster: backend, max_stream_duration: { max_stream_duration: 0s } }\n- match: { prefix: /short }\n  route: { cluster: backend, timeout: 5s, max_stream_duration: { max_stream_duration: 0.3s } }",
+            ),
+        )
+        .hcm(&hcm("common_http_protocol_options: { max_stream_duration: 0.5s }"))
+        .upstream(Behaviour::Delay(Duration::from_millis(800)))
+        .get("/longer")
+        .get("/off")
+        .get("/short")
+        .custom(timer_stats_and_log),
+        {
+            // Istio's form: `grpc_timeout_header_max: 0s` uses the header uncapped.
+            let s = Scenario::http(
+                "grpc_timeout_header_bounds_the_stream",
+                ROUTE,
+                &one_vhost(
+                    "- match: { prefix: /uncapped }\n  route: { cluster: backend, timeout: 0s, max_stream_duration: { max_stream_duration: 0s, grpc_timeout_header_max: 0s } }\n- match: { prefix: /capped }\n  route: { cluster: backend, max_stream_duration: { grpc_timeout_header_max: 0.3s } }\n- match: { prefix: /offset }\n  route: { cluster: backend, max_stream_duration: { grpc_timeout_header_max: 0s, grpc_timeout_header_offset: 0.9s } }",
+                ),
+            )
+            .hcm(&hcm(""))
+            .upstream(Behaviour::Delay(Duration::from_secs(1)));
+            let s = with_timeout(s, "400m", "/uncapped");
+            let s = with_timeout(s, "5S", "/uncapped");
+            let s = s.curl("/uncapped/no-header", GRPC);
+            let s = with_timeout(s, "5S", "/capped");
+            let s = with_timeout(s, "1100m", "/offset");
+            s.custom(timer_stats_and_log)
+        },
+    ]
+}
+
+#[test]
+fn stream_timeouts_match_envoy() {
+    check("stream_timeouts_match_envoy", &scenarios(), KNOWN);
+}
