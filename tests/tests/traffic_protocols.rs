@@ -33,10 +33,6 @@ const KNOWN: &[Known] = &[
         scenario: "codec_http2_only",
         reason: "codec_type HTTP2 still serves HTTP/1.1: the auto codec is used for both (open, issue 3)",
     },
-    Known {
-        scenario: "websocket_upgrade",
-        reason: "the upstream handshake carries `connection: upgrade`, not the client's exact value (open, issue 3)",
-    },
 ];
 
 const ROUTES: &str = r#"

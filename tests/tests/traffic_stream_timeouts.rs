@@ -66,8 +66,37 @@ fn timer_stats_and_log(side: &Side) -> String {
     out
 }
 
-/// A POST that announces 10 bytes and sends 5, then waits.
-const HALF_A_BODY: &[u8] = b"POST /upload HTTP/1.1\r\nhost: x\r\ncontent-length: 10\r\n\r\nabcde";
+/// The stream timer stats alone. An upgraded stream's access log line differs: Envoy writes
+/// it when the tunnel ends, Outrigger when the `101` is sent (see the issue notes).
+fn timer_stats(side: &Side) -> String {
+    let all = timer_stats_and_log(side);
+    all.lines()
+        .filter(|l| !l.trim_start().starts_with("log "))
+        .map(|l| format!("{l}\n"))
+        .collect()
+}
+
+/// A POST that announces 10 bytes and sends 5, then waits for the answer. The step then
+/// gives the upstream a moment: Envoy resets the upstream request before it answers,
+/// Outrigger right after (when the downstream body ends), and the upstream records the
+/// request only when its body fails.
+fn half_a_body(side: &Side) -> String {
+    const HALF_A_BODY: &[u8] =
+        b"POST /upload HTTP/1.1\r\nhost: x\r\ncontent-length: 10\r\n\r\nabcde";
+    let (response, closed) = tests::differential::raw_exchange(
+        side.addr("listener_port"),
+        HALF_A_BODY,
+        tests::differential::RAW_READ,
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    let text = String::from_utf8_lossy(&response);
+    let mut lines: Vec<&str> = text
+        .lines()
+        .filter(|l| !l.to_ascii_lowercase().starts_with("date:"))
+        .collect();
+    lines.sort();
+    format!("  {}\n  closed: {closed}\n", lines.join("\n  "))
+}
 
 const GRPC: &[&str] = &["-H", "content-type: application/grpc", "-H", "te: trailers"];
 
@@ -75,6 +104,41 @@ fn grpc_with_timeout(timeout: &'static str) -> Vec<String> {
     let mut args: Vec<String> = GRPC.iter().map(|s| s.to_string()).collect();
     args.extend(["-H".to_string(), format!("grpc-timeout: {timeout}")]);
     args
+}
+
+/// Upgrades to a websocket, has one exchange, then stays quiet for a second: reports whether
+/// the proxy closed the idle tunnel.
+fn idle_websocket(side: &Side) -> String {
+    use std::io::{Read, Write};
+    let Ok(mut stream) = std::net::TcpStream::connect(side.addr("listener_port")) else {
+        return "  cannot connect\n".into();
+    };
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(3)));
+    let upgrade = "GET /ws HTTP/1.1\r\nHost: ws.example\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n";
+    let _ = stream.write_all(upgrade.as_bytes());
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") && stream.read(&mut byte).is_ok_and(|n| n == 1) {
+        head.push(byte[0]);
+    }
+    let status = String::from_utf8_lossy(&head)
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .to_string();
+    let _ = stream.write_all(b"ping");
+    let mut echo = [0u8; 4];
+    let echoed = stream.read_exact(&mut echo).is_ok();
+    std::thread::sleep(Duration::from_secs(1));
+    // Closed: end of stream or a reset; open: the read times out.
+    let closed = match stream.read(&mut [0u8; 16]) {
+        Ok(n) => n == 0,
+        Err(e) => !matches!(
+            e.kind(),
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+        ),
+    };
+    format!("  {status}\n  echoed {echoed}\n  closed after a quiet second: {closed}\n")
 }
 
 fn scenarios() -> Vec<Scenario> {
@@ -96,7 +160,7 @@ fn scenarios() -> Vec<Scenario> {
         Scenario::http("idle_while_the_request_arrives_is_408", HCM, &to_backend)
             .hcm(&hcm("stream_idle_timeout: 0.4s"))
             .upstream(Behaviour::Echo)
-            .raw(HALF_A_BODY)
+            .custom(half_a_body)
             .custom(timer_stats_and_log),
         Scenario::http("idle_after_the_response_started_resets", HCM, &to_backend)
             .hcm(&hcm("stream_idle_timeout: 0.4s"))
@@ -104,6 +168,11 @@ fn scenarios() -> Vec<Scenario> {
             .get("/")
             .curl("/h2", &["--http2-prior-knowledge"])
             .custom(timer_stats_and_log),
+        Scenario::http("idle_websocket_tunnels_close", HCM, &to_backend)
+            .hcm(&hcm("stream_idle_timeout: 0.4s\nupgrade_configs: [{ upgrade_type: websocket }]"))
+            .upstream(Behaviour::WebsocketEcho)
+            .custom(idle_websocket)
+            .custom(timer_stats),
         Scenario::http("busy_streams_are_not_idle", HCM, &to_backend)
             .hcm(&hcm("stream_idle_timeout: 0.4s"))
             .upstream(Behaviour::Delay(Duration::from_millis(100)))
@@ -124,7 +193,7 @@ fn scenarios() -> Vec<Scenario> {
         Scenario::http("request_timeout_while_the_request_arrives_is_408", REQUEST, &to_backend)
             .hcm(&hcm("request_timeout: 0.4s"))
             .upstream(Behaviour::Echo)
-            .raw(HALF_A_BODY)
+            .custom(half_a_body)
             .curl("/whole", &["--data-binary", "0123456789"])
             .custom(timer_stats_and_log),
         Scenario::http("request_timeout_stops_once_the_request_is_whole", REQUEST, &to_backend)

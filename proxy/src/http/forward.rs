@@ -10,6 +10,7 @@ use super::replay_body::Replay;
 use super::retry::{self, Attempt, Decision, RetryState};
 use super::router::{BoxError, Outcome, RequestExtras, RequestInfo, ResponseBody};
 use super::stream_timeouts::{CountedBody, StreamProgress};
+use super::tunnel::{splice_upgrade, TunnelTimers};
 use super::upstream_failure::{count_failure, failure_reply};
 use super::upstream_request::{
     copy_head, strip_hop_by_hop, upstream_request, X_ENVOY_ATTEMPT_COUNT,
@@ -44,32 +45,6 @@ pub(super) struct Target<'a> {
     /// An allowed upgrade (websocket): `Upgrade` and `Connection` go upstream.
     pub upgrade: bool,
     pub info: RequestInfo,
-}
-
-/// After a `101 Switching Protocols`, joins the two upgraded connections and copies bytes
-/// both ways until either side closes.
-fn splice_upgrade(outcome: &mut Outcome, downstream: hyper::upgrade::OnUpgrade) {
-    if outcome.response.status() != StatusCode::SWITCHING_PROTOCOLS {
-        return;
-    }
-    let Some(upstream) = outcome
-        .response
-        .extensions_mut()
-        .remove::<hyper::upgrade::OnUpgrade>()
-    else {
-        return;
-    };
-    tokio::spawn(async move {
-        let (Ok(down), Ok(up)) = tokio::join!(downstream, upstream) else {
-            tracing::debug!(target: "http", "upgrade failed on one side");
-            return;
-        };
-        let mut down = hyper_util::rt::TokioIo::new(down);
-        let mut up = hyper_util::rt::TokioIo::new(up);
-        if let Err(e) = tokio::io::copy_bidirectional(&mut down, &mut up).await {
-            tracing::debug!(target: "http", "upgraded connection ended: {e}");
-        }
-    });
 }
 
 pub async fn forward(
@@ -117,6 +92,16 @@ pub async fn forward(
         upgrade: on_upgrade.is_some(),
         info,
     };
+    // The tunnel of an upgrade ends on the stream's timers (forwarding takes the progress
+    // from the request to count its body).
+    let timers = on_upgrade.as_ref().and_then(|_| {
+        let progress = request.extensions().get::<Arc<StreamProgress>>()?.clone();
+        Some(TunnelTimers {
+            progress,
+            idle: ctx.stats.downstream_rq_idle_timeout.clone(),
+            duration: ctx.stats.downstream_rq_max_duration_reached.clone(),
+        })
+    });
     let mut outcome = send_to_cluster(ctx, &cluster, &target, request).await;
     if ctx.records_streams() {
         outcome.info.upstream_cluster = Some(cluster.log_names.0.clone());
@@ -124,7 +109,7 @@ pub async fn forward(
         outcome.info.istio_cluster = cluster.config.istio.clone();
     }
     if let Some(downstream) = on_upgrade {
-        splice_upgrade(&mut outcome, downstream);
+        splice_upgrade(&mut outcome, downstream, timers);
     }
     if let Some(w) = weighted {
         let upstream = outcome.upstream.clone();

@@ -19,6 +19,7 @@ mod router;
 mod stats;
 mod stream_timeouts;
 mod throttle;
+mod tunnel;
 mod upstream_failure;
 mod upstream_request;
 

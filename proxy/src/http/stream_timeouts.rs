@@ -15,8 +15,10 @@
 
 use super::connection::HttpContext;
 use super::router::{BoxError, ResponseBody};
+use super::stats::HcmStats;
 use crate::config::hcm_options::StreamTimeouts;
 use crate::config::route_action::Forward;
+use crate::stats::Counter;
 use bytes::Bytes;
 use http::HeaderMap;
 use http_body::{Body, Frame, SizeHint};
@@ -77,12 +79,12 @@ impl Expiry {
         }
     }
 
-    /// Counts the expiry in the connection manager's stats.
-    pub fn count(self, ctx: &HttpContext) {
+    /// The connection manager's counter for the expiry.
+    pub fn counter(self, stats: &HcmStats) -> &Arc<Counter> {
         match self {
-            Expiry::Idle => ctx.stats.downstream_rq_idle_timeout.inc(),
-            Expiry::Request => ctx.stats.downstream_rq_timeout.inc(),
-            Expiry::Duration => ctx.stats.downstream_rq_max_duration_reached.inc(),
+            Expiry::Idle => &stats.downstream_rq_idle_timeout,
+            Expiry::Request => &stats.downstream_rq_timeout,
+            Expiry::Duration => &stats.downstream_rq_max_duration_reached,
         }
     }
 }
@@ -253,27 +255,34 @@ impl StreamProgress {
         tokio::time::Instant::from_std(self.started + Duration::from_micros(at))
     }
 
-    /// Marks the stream ended by `which` (once) and counts it.
-    fn expire(&self, which: Expiry, ctx: &HttpContext) {
-        if self
-            .expired
+    /// Marks the stream ended by `which`: true the first time (the caller counts it).
+    pub fn mark(&self, which: Expiry) -> bool {
+        self.expired
             .compare_exchange(0, which.code(), Relaxed, Relaxed)
             .is_ok()
-        {
-            which.count(ctx);
+    }
+
+    fn expire(&self, which: Expiry, ctx: &HttpContext) {
+        if self.mark(which) {
+            which.counter(&ctx.stats).inc();
         }
     }
 
     /// Resolves when a timer ends the stream before its response starts.
     pub async fn expired(&self, ctx: &HttpContext) -> Expiry {
+        let which = self.next_expiry(false).await;
+        self.expire(which, ctx);
+        which
+    }
+
+    /// Resolves when a timer is due: before the response (`responding` false) the request
+    /// timeout counts too.
+    pub async fn next_expiry(&self, responding: bool) -> Expiry {
         loop {
             let changed = self.changed.notified();
-            match self.next_deadline(false) {
+            match self.next_deadline(responding) {
                 None => changed.await,
-                Some((at, which)) if at <= self.now_micros() => {
-                    self.expire(which, ctx);
-                    return which;
-                }
+                Some((at, which)) if at <= self.now_micros() => return which,
                 Some((at, _)) => {
                     tokio::select! {
                         _ = tokio::time::sleep_until(self.instant(at)) => {}

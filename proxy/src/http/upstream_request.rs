@@ -103,16 +103,22 @@ pub fn upstream_request(
         .headers
         .get(header::TE)
         .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
+    // An upgrade keeps its `Upgrade` and `Connection` headers as the client wrote them
+    // (Envoy strips them only from requests that are not upgrades).
     let upgrade = if t.upgrade {
-        parts.headers.get(header::UPGRADE).cloned()
+        parts.headers.get(header::UPGRADE).cloned().map(|kind| {
+            let connection = parts.headers.get(header::CONNECTION).cloned();
+            (kind, connection)
+        })
     } else {
         None
     };
     strip_hop_by_hop(&mut parts.headers);
-    if let Some(kind) = upgrade {
-        parts
-            .headers
-            .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    if let Some((kind, connection)) = upgrade {
+        parts.headers.insert(
+            header::CONNECTION,
+            connection.unwrap_or(HeaderValue::from_static("upgrade")),
+        );
         parts.headers.insert(header::UPGRADE, kind);
     }
     if keep_te_trailers {
