@@ -24,16 +24,7 @@ const GRPC: &str =
 const FLOW: &str = "https://www.envoyproxy.io/docs/envoy/latest/faq/configuration/flow_control";
 
 /// Differences Outrigger documents (acknowledged fields); none here.
-const KNOWN: &[Known] = &[
-    Known {
-        scenario: "codec_http1_only_refuses_h2c",
-        reason: "codec_type HTTP1 still serves h2c prior knowledge: the auto codec is used for both (open, issue 3)",
-    },
-    Known {
-        scenario: "codec_http2_only",
-        reason: "codec_type HTTP2 still serves HTTP/1.1: the auto codec is used for both (open, issue 3)",
-    },
-];
+const KNOWN: &[Known] = &[];
 
 const ROUTES: &str = r#"
 - match: { prefix: "/h2up" }
@@ -323,11 +314,13 @@ fn scenarios() -> Vec<Scenario> {
         Scenario::http("codec_http1_only_refuses_h2c", HCM, &one_vhost(ROUTES))
             .hcm("codec_type: HTTP1")
             .get("/h1")
-            .curl("/h2", &["--http2-prior-knowledge"]),
+            .curl("/h2", &["--http2-prior-knowledge"])
+            .raw(&b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"[..]),
         Scenario::http("codec_http2_only", HCM, &one_vhost(ROUTES))
             .hcm("codec_type: HTTP2")
             .curl("/h2", &["--http2-prior-knowledge"])
-            .get("/h1"),
+            .get("/h1")
+            .raw(&b"GET /h1 HTTP/1.1\r\nhost: x\r\n\r\n"[..]),
         Scenario::http("post_1mib_h1_echo", FLOW, &one_vhost(ROUTES))
             .upstream(Behaviour::Echo)
             .custom(post_h1),

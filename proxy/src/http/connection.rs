@@ -2,11 +2,12 @@
 //! knowledge, else HTTP/1.1), per-request stats, and graceful close when listeners drain.
 
 use super::access_log::{default_details, flag_bits, LoggedBody, Pending};
+use super::codec::NotAdmitted;
 use super::local_reply::ResponseFlag;
 use super::router::{route_request, ResponseBody};
 use super::stats::HcmStats;
 use super::stream_timeouts::{StreamProgress, TimedBody};
-use crate::config::hcm::{Codec, HttpConnectionManager};
+use crate::config::hcm::HttpConnectionManager;
 use crate::upstream::ClusterManager;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
@@ -117,10 +118,21 @@ pub async fn serve_connection<I>(
         .initial_stream_window_size(h2.initial_stream_window_size)
         .initial_connection_window_size(h2.initial_connection_window_size)
         .max_header_list_size(limits.max_request_headers_bytes as u32);
-    let builder = match ctx.hcm.codec {
-        Codec::Auto => builder,
-        Codec::Http1 => builder.http1_only(),
-        Codec::Http2 => builder.http2_only(),
+    // A peer that sends nothing is bounded as hyper would bound it: by the header timeout,
+    // else the idle timeout; a drain ends the wait too.
+    let admitted = tokio::select! {
+        admitted = super::codec::admit(io, ctx.hcm.codec) => admitted,
+        _ = sleep_or_forever(limits.request_headers_timeout.or(limits.idle_timeout)) => Err(NotAdmitted::Gone),
+        _ = drain.started() => Err(NotAdmitted::Gone),
+    };
+    let io = match admitted {
+        Ok(io) => io,
+        Err(NotAdmitted::OtherProtocol(io)) => {
+            tracing::debug!(target: "http", "closing a downstream connection in a protocol its codec does not serve");
+            super::codec::refuse(io, ctx.hcm.codec, ctx.hcm.server_name.as_bytes()).await;
+            return finish(&ctx);
+        }
+        Err(NotAdmitted::Gone) => return finish(&ctx),
     };
     let connection = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
     tokio::pin!(connection);

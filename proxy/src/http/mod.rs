@@ -2,6 +2,7 @@
 //! route, and answers locally or forwards through the router.
 
 mod access_log;
+mod codec;
 mod compressor;
 mod connection;
 mod fault;
