@@ -23,18 +23,6 @@ const KNOWN: &[Known] = &[
         scenario: "too_many_headers_default_100",
         reason: "hyper's own 431 for more than 100 headers has no body (open, issue 3)",
     },
-    Known {
-        scenario: "too_many_headers_configured",
-        reason: "on HTTP/2 Envoy resets the stream over max_headers_count; Outrigger does not check the count on HTTP/2 yet (open, issue 3)",
-    },
-    Known {
-        scenario: "oversized_headers_configured",
-        reason: "on HTTP/2 Envoy resets the stream over max_request_headers_kb; Outrigger answers 431 (open, issue 3)",
-    },
-    Known {
-        scenario: "underscores_reject_request",
-        reason: "on HTTP/2 Envoy resets the stream for REJECT_REQUEST; Outrigger answers 400 (open, issue 3)",
-    },
 ];
 
 const TO_BACKEND: &str = "- match: { prefix: / }\n  route: { cluster: backend }";

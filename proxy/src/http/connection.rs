@@ -4,7 +4,7 @@
 use super::access_log::{default_details, flag_bits, LoggedBody, Pending};
 use super::codec::NotAdmitted;
 use super::local_reply::ResponseFlag;
-use super::router::{route_request, ResponseBody};
+use super::router::{route_request, ResetStream, ResponseBody};
 use super::stats::HcmStats;
 use super::stream_timeouts::{StreamProgress, TimedBody};
 use crate::config::hcm::HttpConnectionManager;
@@ -14,7 +14,6 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use std::convert::Infallible;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -94,7 +93,12 @@ pub async fn serve_connection<I>(
                     http::HeaderValue::from_static("close"),
                 );
             }
-            Ok::<_, Infallible>(response)
+            // Envoy's HTTP/2 codec resets a stream it refuses (header limits): an error
+            // from the service makes hyper do the same.
+            if response.extensions().get::<ResetStream>().is_some() {
+                return Err(StreamRefused);
+            }
+            Ok(response)
         }
     });
     let limits = &ctx.hcm.limits;
@@ -117,7 +121,12 @@ pub async fn serve_connection<I>(
         .max_concurrent_streams(h2.max_concurrent_streams.unwrap_or(i32::MAX as u32))
         .initial_stream_window_size(h2.initial_stream_window_size)
         .initial_connection_window_size(h2.initial_connection_window_size)
-        .max_header_list_size(limits.max_request_headers_bytes as u32);
+        // Above the limit, which the connection manager checks itself (it resets the stream,
+        // as Envoy; h2 would answer 431): the HPACK size counts 32 more bytes per header.
+        .max_header_list_size(
+            (limits.max_request_headers_bytes + 32 * limits.max_headers_count.max(100) + 4096)
+                as u32,
+        );
     // A peer that sends nothing is bounded as hyper would bound it: by the header timeout,
     // else the idle timeout; a drain ends the wait too.
     let admitted = tokio::select! {
@@ -179,6 +188,18 @@ pub async fn serve_connection<I>(
     finish(&ctx);
 }
 
+/// The service's error for a stream it resets instead of answering.
+#[derive(Debug)]
+struct StreamRefused;
+
+impl std::fmt::Display for StreamRefused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("stream refused by the connection manager")
+    }
+}
+
+impl std::error::Error for StreamRefused {}
+
 fn finish(ctx: &HttpContext) {
     ctx.stats.downstream_cx_active.dec();
 }
@@ -219,7 +240,10 @@ async fn handle(
             outcome.upstream.is_some(),
         );
     }
-    stats.response(outcome.response.status());
+    let reset = outcome.response.extensions().get::<ResetStream>().is_some();
+    if !reset {
+        stats.response(outcome.response.status());
+    }
     stats.downstream_rq_active.dec();
     stats
         .downstream_rq_time
@@ -236,7 +260,11 @@ async fn handle(
         return outcome.response;
     }
     let mut info = std::mem::take(&mut outcome.info);
-    info.response_code = outcome.response.status().as_u16();
+    info.response_code = if reset {
+        0
+    } else {
+        outcome.response.status().as_u16()
+    };
     info.response_flags = info.response_flags.with(flag_bits(outcome.flag));
     // Envoy's HTTP/1 codec reports HTTP/1.1 for a request it refused while parsing, HTTP/1.0
     // included.

@@ -23,6 +23,9 @@ pub enum Refusal {
     },
     /// `UNESCAPE_AND_REDIRECT`: tell the client the unescaped path.
     Redirect(String),
+    /// HTTP/2: Envoy's codec resets the stream instead of answering (header limits,
+    /// underscores refused); `details` is its `%RESPONSE_CODE_DETAILS%`.
+    Reset { details: &'static str },
 }
 
 /// Whether the request asks for a protocol upgrade the listener allows (e.g. websocket).
@@ -55,6 +58,24 @@ pub fn is_allowed_upgrade(
             protocol_error: false,
         })
     }
+}
+
+/// How many HTTP/2 pseudo-headers a request had (`:method`, `:path`, and `:scheme` and
+/// `:authority` when present) and their size, names included.
+fn pseudo_headers<B>(request: &Request<B>) -> (usize, usize) {
+    let uri = request.uri();
+    let path = uri.path_and_query().map_or(0, |p| p.as_str().len());
+    let mut count = 2;
+    let mut size = ":method".len() + request.method().as_str().len() + ":path".len() + path;
+    if let Some(scheme) = uri.scheme_str() {
+        count += 1;
+        size += ":scheme".len() + scheme.len();
+    }
+    if let Some(authority) = uri.authority() {
+        count += 1;
+        size += ":authority".len() + authority.as_str().len();
+    }
+    (count, size)
 }
 
 pub fn check<B>(hcm: &HttpConnectionManager, request: &mut Request<B>) -> Result<(), Refusal> {
@@ -91,11 +112,28 @@ pub fn check<B>(hcm: &HttpConnectionManager, request: &mut Request<B>) -> Result
         });
     }
     let limits = &hcm.limits;
+    let http2 = request.version() == http::Version::HTTP_2;
     let size: usize = request
         .headers()
         .iter()
         .map(|(k, v)| k.as_str().len() + v.len())
         .sum();
+    // On HTTP/2 the pseudo-headers count too, as Envoy's codec sees them.
+    let (pseudo_count, pseudo_size) = if http2 {
+        pseudo_headers(request)
+    } else {
+        (0, 0)
+    };
+    if http2 && request.headers().len() + pseudo_count > limits.max_headers_count {
+        return Err(Refusal::Reset {
+            details: "http2.too_many_headers",
+        });
+    }
+    if http2 && size + pseudo_size > limits.max_request_headers_bytes {
+        return Err(Refusal::Reset {
+            details: "http2.header_list_size_too_large",
+        });
+    }
     if size > limits.max_request_headers_bytes || request.headers().len() > limits.max_headers_count
     {
         return Err(Refusal::Local {
@@ -115,15 +153,16 @@ pub fn check<B>(hcm: &HttpConnectionManager, request: &mut Request<B>) -> Result
             .collect();
         if !with_underscore.is_empty() {
             if limits.headers_with_underscores == UnderscoreAction::RejectRequest {
+                if http2 {
+                    return Err(Refusal::Reset {
+                        details: "http2.unexpected_underscore",
+                    });
+                }
                 return Err(Refusal::Local {
                     status: StatusCode::BAD_REQUEST,
                     body: "Bad Request",
                     close: true,
-                    details: if request.version() == http::Version::HTTP_2 {
-                        "http2.unexpected_underscore"
-                    } else {
-                        "http1.unexpected_underscore"
-                    },
+                    details: "http1.unexpected_underscore",
                     protocol_error: true,
                 });
             }

@@ -256,6 +256,10 @@ fn timeout_reply(
     }
 }
 
+/// Marks a response that is not to be sent: the connection resets the stream instead.
+#[derive(Debug, Clone, Copy)]
+pub struct ResetStream;
+
 fn refused(refusal: Refusal, server: &http::HeaderValue) -> Outcome {
     let mut info = crate::format::StreamInfo::default();
     let response = match refusal {
@@ -277,6 +281,13 @@ fn refused(refusal: Refusal, server: &http::HeaderValue) -> Outcome {
                 info.response_flags =
                     crate::format::ResponseFlags::named("DPE").unwrap_or_default();
             }
+            response
+        }
+        Refusal::Reset { details } => {
+            info.response_code_details = Some(details.into());
+            info.response_flags = crate::format::ResponseFlags::named("DR").unwrap_or_default();
+            let mut response = local_reply(StatusCode::BAD_REQUEST, Bytes::new(), server);
+            response.extensions_mut().insert(ResetStream);
             response
         }
         Refusal::Redirect(location) => {
