@@ -13,12 +13,7 @@ const RD: &str = "https://www.envoyproxy.io/docs/envoy/latest/api-v3/config/rout
 const DR: &str = "https://www.envoyproxy.io/docs/envoy/latest/api-v3/config/route/v3/route_components.proto#config-route-v3-directresponseaction";
 
 /// Differences Outrigger documents (acknowledged fields); none in routing.
-const KNOWN: &[Known] = &[
-    Known {
-        scenario: "match_headers_repeated_values",
-        reason: "Envoy does not match a value matcher against a header sent twice; Outrigger joins the values with ',' (open, issue 3)",
-    },
-];
+const KNOWN: &[Known] = &[];
 
 /// Virtual hosts whose direct responses name the one chosen.
 const DOMAINS: &str = r#"
@@ -238,13 +233,24 @@ fn scenarios() -> Vec<Scenario> {
             HM,
             &one_vhost(
                 r#"
-                - match: { prefix: "/", headers: [{ name: x-multi, string_match: { exact: "a,b" } }] }
+                - match: { prefix: "/joined", headers: [{ name: x-multi, string_match: { exact: "a,b" } }] }
                   direct_response: { status: 200, body: { inline_string: "joined\n" } }
+                - match: { prefix: "/second", headers: [{ name: x-multi, string_match: { exact: "b" } }] }
+                  direct_response: { status: 200, body: { inline_string: "second\n" } }
+                - match: { prefix: "/invert", headers: [{ name: x-multi, string_match: { exact: "a" }, invert_match: true }] }
+                  direct_response: { status: 200, body: { inline_string: "invert\n" } }
+                - match: { prefix: "/range", headers: [{ name: x-multi, range_match: { start: 1, end: 5 } }] }
+                  direct_response: { status: 200, body: { inline_string: "range\n" } }
                 "#,
             ),
         )
-        .curl("/", &["-H", "x-multi: a", "-H", "x-multi: b"])
-        .curl("/", &["-H", "x-multi: a,b"]),
+        .curl("/joined", &["-H", "x-multi: a", "-H", "x-multi: b"])
+        .curl("/joined", &["-H", "x-multi: a,b"])
+        .curl("/second", &["-H", "x-multi: a", "-H", "x-multi: b"])
+        .curl("/second", &["--http2-prior-knowledge", "-H", "x-multi: a", "-H", "x-multi: b"])
+        .curl("/invert", &["-H", "x-multi: a", "-H", "x-multi: b"])
+        .curl("/invert", &["-H", "x-multi: b", "-H", "x-multi: c"])
+        .curl("/range", &["-H", "x-multi: 9", "-H", "x-multi: 3"]),
         Scenario::http(
             "match_query_parameters",
             "https://www.envoyproxy.io/docs/envoy/latest/api-v3/config/route/v3/route_components.proto#config-route-v3-queryparametermatcher",

@@ -168,7 +168,8 @@ pub enum HeaderMatch {
     Range { start: i64, end: i64 },
 }
 
-/// A header condition. Envoy joins multiple values of a header with `,` before matching.
+/// A header condition. A header sent more than once matches when any one of its values does
+/// (values are not joined; Envoy 1.40 matches so), and `invert_match` inverts that outcome.
 #[derive(Debug, Clone)]
 pub struct HeaderMatcher {
     /// None for a name no request can carry (Envoy accepts such matchers; they see the
@@ -181,43 +182,34 @@ pub struct HeaderMatcher {
 
 impl HeaderMatcher {
     pub fn matches(&self, headers: &http::HeaderMap) -> bool {
-        let value = self
+        let mut values = self
             .name
             .as_ref()
-            .and_then(|name| joined_value(headers, name));
-        let result = match (&self.matcher, value) {
-            (HeaderMatch::Present(want), value) => value.is_some() == *want,
+            .map(|name| headers.get_all(name).iter())
+            .into_iter()
+            .flatten()
+            .map(|v| std::str::from_utf8(v.as_bytes()).unwrap_or(""))
+            .peekable();
+        let present = values.peek().is_some();
+        let result = match &self.matcher {
+            HeaderMatch::Present(want) => present == *want,
             // A missing header fails a value matcher whether or not it is inverted.
-            (_, None) if !self.treat_missing_as_empty => return false,
-            (HeaderMatch::String(m), value) => m.matches(value.as_deref().unwrap_or("")),
-            (HeaderMatch::Range { start, end }, value) => value
-                .as_deref()
-                .unwrap_or("")
-                .parse::<i64>()
-                .is_ok_and(|n| n >= *start && n < *end),
+            _ if !present && !self.treat_missing_as_empty => return false,
+            _ if !present => self.value_matches(""),
+            _ => values.any(|v| self.value_matches(v)),
         };
         result != self.invert
     }
-}
 
-/// The header's values joined by `,`; borrowed in the common single-value case.
-fn joined_value<'a>(
-    headers: &'a http::HeaderMap,
-    name: &http::HeaderName,
-) -> Option<std::borrow::Cow<'a, str>> {
-    let mut values = headers.get_all(name).iter();
-    let first = values.next()?;
-    let first_str = std::str::from_utf8(first.as_bytes()).unwrap_or("");
-    let mut rest = values.peekable();
-    if rest.peek().is_none() {
-        return Some(std::borrow::Cow::Borrowed(first_str));
+    fn value_matches(&self, value: &str) -> bool {
+        match &self.matcher {
+            HeaderMatch::Present(_) => true,
+            HeaderMatch::String(m) => m.matches(value),
+            HeaderMatch::Range { start, end } => {
+                value.parse::<i64>().is_ok_and(|n| n >= *start && n < *end)
+            }
+        }
     }
-    let mut all = first_str.to_string();
-    for v in rest {
-        all.push(',');
-        all.push_str(std::str::from_utf8(v.as_bytes()).unwrap_or(""));
-    }
-    Some(std::borrow::Cow::Owned(all))
 }
 
 pub fn header_matcher(m: &ProtoHeaderMatcher, path: &FieldPath) -> Result<HeaderMatcher> {
