@@ -41,6 +41,9 @@ pub enum Behaviour {
     /// 200 with `content-length: 20`: `first half` at once, then after this long
     /// `and more..` (a response that stalls mid-body, for stream timeouts).
     SlowBody(Duration),
+    /// A `grpc.health.v1.Health/Check` server answering this status (1 SERVING, 2 NOT_SERVING)
+    /// with gRPC status OK; `None`: a trailers-only UNIMPLEMENTED (grpc-status 12).
+    GrpcHealth(Option<u8>),
     /// 200 `with trailers\n` followed by the trailer `x-trailer: yes`.
     Trailers,
     /// Answers a websocket upgrade with 101 and then echoes bytes until the peer closes;
@@ -310,6 +313,27 @@ async fn answer(
             }
             .boxed(),
         ),
+        Behaviour::GrpcHealth(status) => {
+            let grpc = || {
+                Response::builder()
+                    .status(200)
+                    .header("x-upstream", name)
+                    .header("content-type", "application/grpc")
+            };
+            match status {
+                // HealthCheckResponse { status }: field 1, varint.
+                Some(status) => {
+                    let mut trailers = hyper::HeaderMap::new();
+                    trailers.insert("grpc-status", hyper::header::HeaderValue::from_static("0"));
+                    let frames = vec![
+                        Frame::data(Bytes::from(vec![0, 0, 0, 0, 2, 0x08, *status])),
+                        Frame::trailers(trailers),
+                    ];
+                    grpc().body(Frames(Box::new(frames.into_iter())).boxed())
+                }
+                None => grpc().header("grpc-status", "12").body(full(Bytes::new())),
+            }
+        }
         Behaviour::Trailers => {
             let mut trailers = hyper::HeaderMap::new();
             trailers.insert("x-trailer", hyper::header::HeaderValue::from_static("yes"));

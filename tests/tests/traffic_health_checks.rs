@@ -23,7 +23,7 @@ use tests::upstream::Reply;
 use tests::{envoy_or_skip, free_port, Kind, Ports, RunningProxy};
 
 /// Cluster, host roles, health check.
-const CLUSTERS: [(&str, &[&str], &str); 4] = [
+const CLUSTERS: [(&str, &[&str], &str); 5] = [
     // With traffic: checks every 100 ms, two results in a row to change state (a 503 fails
     // at once: thresholds apply to network failures only).
     (
@@ -41,6 +41,13 @@ const CLUSTERS: [(&str, &[&str], &str); 4] = [
         &["echo", "silent", "dead"],
         r#"{ timeout: 0.3s, interval: 0.1s, unhealthy_threshold: 1, healthy_threshold: 1, tcp_health_check: { send: { text: "70696e67" }, receive: [ { text: "70696e67" } ] } }"#,
     ),
+    // gRPC health checks (the cluster speaks HTTP/2): serving, not serving, an error status,
+    // an HTTP answer that is not gRPC, nobody listening.
+    (
+        "grpc",
+        &["serving", "notserving", "unimplemented", "plain", "dead"],
+        "{ timeout: 0.3s, interval: 0.1s, unhealthy_threshold: 1, healthy_threshold: 1, grpc_health_check: { service_name: svc, initial_metadata: [ { header: { key: x-meta, value: m } } ] } }",
+    ),
     // Its host passes checks (the header on a 200 check changes nothing) but answers requests
     // with `x-envoy-immediate-health-check-fail`: one request fails it at once, a passive
     // failure. Checks are 60 s apart, so it stays failed for the test.
@@ -55,13 +62,18 @@ fn bootstrap() -> String {
     let mut clusters = String::new();
     for (name, hosts, check) in CLUSTERS {
         let endpoints = tests::bootstraps::endpoint_items(name, hosts);
+        let http2 = if name == "grpc" {
+            "\n    http2_protocol_options: {}"
+        } else {
+            ""
+        };
         clusters.push_str(&format!(
             r#"
   - name: {name}
     type: STATIC
     connect_timeout: 1s
     health_checks: [ {check} ]
-    common_lb_config: {{ update_merge_window: 0s }}
+    common_lb_config: {{ update_merge_window: 0s }}{http2}
     load_assignment:
       cluster_name: {name}
       endpoints:
@@ -85,6 +97,8 @@ struct Observed {
     stats: BTreeMap<(String, String), u64>,
     /// What the live cluster's first health check request looked like.
     check_request: Vec<String>,
+    /// And the gRPC cluster's serving host's.
+    grpc_check_request: Vec<String>,
 }
 
 struct Run {
@@ -207,6 +221,7 @@ fn drive(kind: Kind) -> Observed {
     let mut upstreams = Vec::new();
     let mut ports = Ports::new(&["admin", "listener"]);
     let b_healthy = Arc::new(AtomicBool::new(true));
+    let mut grpc_serving = None;
     for (cluster, hosts, _) in CLUSTERS {
         for h in hosts {
             let behaviour = match (cluster, *h) {
@@ -220,6 +235,9 @@ fn drive(kind: Kind) -> Observed {
                     healthy: Arc::new(AtomicBool::new(true)),
                 }),
                 ("tcp", "echo") => Some(Behaviour::TcpEcho),
+                ("grpc", "serving") => Some(Behaviour::GrpcHealth(Some(1))),
+                ("grpc", "notserving") => Some(Behaviour::GrpcHealth(Some(2))),
+                ("grpc", "unimplemented") => Some(Behaviour::GrpcHealth(None)),
                 // Reads until the peer half-closes, which a check never does: no answer.
                 (_, "silent") => Some(Behaviour::TcpHalfClose),
                 (_, "ok") => Some(Behaviour::Reply(Reply::text("ok\n"))),
@@ -246,6 +264,9 @@ fn drive(kind: Kind) -> Observed {
             let port = match behaviour {
                 None => free_port(),
                 Some(b) => {
+                    if (cluster, *h) == ("grpc", "serving") {
+                        grpc_serving = Some(upstreams.len());
+                    }
                     let up = Scripted::start(h, b);
                     let port = up.port();
                     upstreams.push(up);
@@ -267,6 +288,7 @@ fn drive(kind: Kind) -> Observed {
             && round_done(s, "initial", 6)
             && round_done(s, "tcp", 3)
             && round_done(s, "passive", 1)
+            && round_done(s, "grpc", 5)
             && !flag(f, "initial", "silent").is_empty()
             && flag(f, "initial", "silent") != "/failed_active_hc"
             && flag(f, "tcp", "silent") != "/failed_active_hc"
@@ -282,7 +304,7 @@ fn drive(kind: Kind) -> Observed {
     run.send("3 b back", 4);
     // The no-traffic clusters checked each host once (no_traffic_interval is 60 s).
     run.settle("4 end", |_, s| {
-        round_done(s, "initial", 6) && round_done(s, "tcp", 3)
+        round_done(s, "initial", 6) && round_done(s, "tcp", 3) && round_done(s, "grpc", 5)
     });
     let passive = format!("http://127.0.0.1:{}/passive", run.ports.get("listener"));
     let status = tests::curl::get(&passive).status;
@@ -295,22 +317,32 @@ fn drive(kind: Kind) -> Observed {
         flag(f, "passive", "p") != "healthy"
             && s.get("cluster.passive.health_check.passive_failure") == Some(&1)
     });
-    let live_a = &upstreams[0];
-    if let Some(first) = live_a.requests().first() {
-        let mut headers: Vec<String> = first
-            .headers
-            .iter()
-            .map(|(n, v)| format!("{n}: {v}"))
-            .collect();
-        headers.sort();
-        run.seen.check_request = std::iter::once(format!("{} {}", first.method, first.path))
-            .chain(headers)
-            .collect();
+    run.seen.check_request = first_request(&upstreams[0]);
+    if let Some(serving) = grpc_serving.and_then(|i| upstreams.get(i)) {
+        run.seen.grpc_check_request = first_request(serving);
     }
     if std::env::var_os("HC_DEBUG").is_some() {
         eprintln!("{}: {:#?}", kind.name(), run.seen);
     }
     run.seen
+}
+
+/// An upstream's first request: method, path, version, sorted headers and the body in hex.
+fn first_request(upstream: &Scripted) -> Vec<String> {
+    let Some(first) = upstream.requests().into_iter().next() else {
+        return Vec::new();
+    };
+    let mut headers: Vec<String> = first
+        .headers
+        .iter()
+        .map(|(n, v)| format!("{n}: {v}"))
+        .collect();
+    headers.sort();
+    let body: String = first.body.iter().map(|b| format!("{b:02x}")).collect();
+    std::iter::once(format!("{} {} {}", first.method, first.path, first.version))
+        .chain(headers)
+        .chain(std::iter::once(format!("body {body}")))
+        .collect()
 }
 
 fn expect(who: &str, seen: &Observed) {
@@ -345,6 +377,10 @@ fn expect(who: &str, seen: &Observed) {
     );
     assert_eq!(f("tcp", "echo"), "healthy", "{who}");
     assert_eq!(f("tcp", "dead"), "/failed_active_hc", "{who}");
+    assert_eq!(f("grpc", "serving"), "healthy", "{who}");
+    for failing in ["notserving", "unimplemented", "plain", "dead"] {
+        assert_eq!(f("grpc", failing), "/failed_active_hc", "{who} {failing}");
+    }
     let p = &seen.flags[&(
         "5 passive".to_string(),
         "passive".to_string(),
@@ -387,6 +423,10 @@ fn health_checks_match_envoy() {
     assert_eq!(
         envoy.check_request, ours.check_request,
         "the HTTP health check request"
+    );
+    assert_eq!(
+        envoy.grpc_check_request, ours.grpc_check_request,
+        "the gRPC health check request"
     );
     let differ = tests::differential::stat_differences(&envoy.stats, &ours.stats);
     assert!(differ.is_empty(), "stats differ:\n{}", differ.join("\n"));

@@ -314,6 +314,17 @@ pub fn translate_cluster(
         c.circuit_breakers.as_ref(),
         &path.field("circuit_breakers"),
     )?;
+    let health_check =
+        super::health_check::translate_all(&c.health_checks, &path.field("health_checks"))?;
+    if let Some(super::health_check::Checker::Grpc(_)) = health_check.as_ref().map(|h| &h.checker) {
+        if protocol != UpstreamProtocol::Http2 {
+            // Envoy's wording.
+            return Err(path.field("health_checks").error(format!(
+                "{} cluster must support HTTP/2 for gRPC healthchecking",
+                c.name
+            )));
+        }
+    }
     Ok(Cluster {
         name: c.name.clone(),
         stat_name: if c.alt_stat_name.is_empty() {
@@ -343,11 +354,7 @@ pub fn translate_cluster(
             &path.field("load_assignment"),
         )?,
         circuit_breakers,
-        health_check: super::health_check::translate_all(
-            &c.health_checks,
-            &path.field("health_checks"),
-        )?
-        .map(std::sync::Arc::new),
+        health_check: health_check.map(std::sync::Arc::new),
         istio: super::istio::IstioCluster::of(&c.name, c.metadata.as_ref()).map(Arc::new),
     })
 }

@@ -161,7 +161,9 @@ static POLICIES: &[(&str, Policy)] = policies! {
     "envoy.config.core.v3.HealthCheck" => ["timeout", "interval", "initial_jitter", "interval_jitter",
         "interval_jitter_percent", "unhealthy_threshold", "healthy_threshold", "reuse_connection",
         "no_traffic_interval", "no_traffic_healthy_interval", "unhealthy_interval", "unhealthy_edge_interval",
-        "healthy_edge_interval", "always_log_health_check_failures", "http_health_check", "tcp_health_check"];
+        "healthy_edge_interval", "always_log_health_check_failures", "http_health_check", "tcp_health_check",
+        "grpc_health_check"];
+    "envoy.config.core.v3.HealthCheck.GrpcHealthCheck" => ["service_name", "authority", "initial_metadata"];
     "envoy.config.core.v3.HealthCheck.HttpHealthCheck" => ["host", "path", "request_headers_to_add",
         "request_headers_to_remove", "expected_statuses", "codec_client_type"];
     "envoy.config.core.v3.HealthCheck.TcpHealthCheck" => ["send", "receive"];

@@ -1,4 +1,4 @@
-//! `Cluster.health_checks`: active health checking settings (HTTP and TCP checkers), with
+//! `Cluster.health_checks`: active health checking settings (HTTP, TCP and gRPC checkers), with
 //! Envoy's defaults and validation. Fields outside this subset are refused by the field table.
 //! https://www.envoyproxy.io/docs/envoy/latest/api-v3/config/core/v3/health_check.proto
 //! https://www.envoyproxy.io/docs/envoy/latest/intro/arch_overview/upstream/health_checking
@@ -7,9 +7,9 @@ use super::error::{FieldPath, Result};
 use super::values::{duration, optional_duration};
 use std::time::Duration;
 use xds_proto::pb::envoy::config::core::v3::health_check::{
-    payload, HealthChecker, HttpHealthCheck, Payload, TcpHealthCheck,
+    payload, GrpcHealthCheck, HealthChecker, HttpHealthCheck, Payload, TcpHealthCheck,
 };
-use xds_proto::pb::envoy::config::core::v3::HealthCheck;
+use xds_proto::pb::envoy::config::core::v3::{HeaderValueOption, HealthCheck};
 use xds_proto::pb::envoy::r#type::v3::CodecClientType;
 
 /// One cluster's active health check, defaults applied.
@@ -41,6 +41,19 @@ pub struct HealthCheckConfig {
 pub enum Checker {
     Http(HttpCheck),
     Tcp(TcpCheck),
+    Grpc(GrpcCheck),
+}
+
+/// `grpc_health_check`: `grpc.health.v1.Health/Check` over HTTP/2; healthy when the answer
+/// is SERVING with gRPC status OK.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GrpcCheck {
+    /// `service_name`, sent in the request (empty: the server's overall health).
+    pub service: String,
+    /// The `:authority`; None: the cluster's name (Envoy's default).
+    pub authority: Option<String>,
+    /// `initial_metadata`: (name, value, append).
+    pub metadata: Vec<(http::HeaderName, http::HeaderValue, bool)>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -126,10 +139,8 @@ pub fn translate(h: &HealthCheck, path: &FieldPath) -> Result<HealthCheckConfig>
         Some(HealthChecker::TcpHealthCheck(c)) => {
             Checker::Tcp(tcp_check(c, &path.field("tcp_health_check"))?)
         }
-        Some(HealthChecker::GrpcHealthCheck(_)) => {
-            return Err(path
-                .field("grpc_health_check")
-                .error("gRPC health checks are not implemented"))
+        Some(HealthChecker::GrpcHealthCheck(c)) => {
+            Checker::Grpc(grpc_check(c, &path.field("grpc_health_check"))?)
         }
         Some(HealthChecker::CustomHealthCheck(_)) => {
             return Err(path
@@ -138,7 +149,7 @@ pub fn translate(h: &HealthCheck, path: &FieldPath) -> Result<HealthCheckConfig>
         }
         None => {
             return Err(
-                path.error("a health checker (http_health_check or tcp_health_check) is required")
+                path.error("a health checker (http_health_check, tcp_health_check or grpc_health_check) is required")
             )
         }
     };
@@ -209,34 +220,10 @@ fn http_check(c: &HttpHealthCheck, path: &FieldPath) -> Result<HttpCheck> {
     if expected_statuses.is_empty() {
         expected_statuses.push((200, 201));
     }
-    let mut headers_to_add = Vec::new();
-    for (i, o) in c.request_headers_to_add.iter().enumerate() {
-        let p = path
-            .field("request_headers_to_add")
-            .index(i)
-            .field("header");
-        let Some(h) = &o.header else {
-            return Err(p.error("value is required"));
-        };
-        // Envoy formats `%...%` commands in these values; Outrigger sends them literally, so
-        // it refuses what it would send wrong.
-        if h.value.contains('%') {
-            return Err(p
-                .field("value")
-                .error("header formatters (%...%) are not supported in health check headers"));
-        }
-        let name = http::HeaderName::from_bytes(h.key.to_ascii_lowercase().as_bytes())
-            .map_err(|_| p.field("key").error("invalid header name"))?;
-        let value = http::HeaderValue::from_str(&h.value)
-            .map_err(|_| p.field("value").error("invalid header value"))?;
-        #[allow(deprecated)]
-        let append = match o.append_action {
-            // APPEND_IF_EXISTS_OR_ADD, unless the deprecated `append` says otherwise.
-            0 => o.append.as_ref().is_none_or(|a| a.value),
-            _ => false,
-        };
-        headers_to_add.push((name, value, append));
-    }
+    let headers_to_add = headers_to_add(
+        &c.request_headers_to_add,
+        &path.field("request_headers_to_add"),
+    )?;
     let headers_to_remove = c
         .request_headers_to_remove
         .iter()
@@ -266,6 +253,52 @@ fn http_check(c: &HttpHealthCheck, path: &FieldPath) -> Result<HttpCheck> {
         headers_to_remove,
         http2,
     })
+}
+
+fn grpc_check(c: &GrpcHealthCheck, path: &FieldPath) -> Result<GrpcCheck> {
+    let authority = (!c.authority.is_empty()).then(|| c.authority.clone());
+    if let Some(a) = &authority {
+        http::uri::Authority::try_from(a.as_str())
+            .map_err(|_| path.field("authority").error("not a valid authority"))?;
+    }
+    Ok(GrpcCheck {
+        service: c.service_name.clone(),
+        authority,
+        metadata: headers_to_add(&c.initial_metadata, &path.field("initial_metadata"))?,
+    })
+}
+
+/// Headers a check adds, as (name, value, append).
+fn headers_to_add(
+    options: &[HeaderValueOption],
+    path: &FieldPath,
+) -> Result<Vec<(http::HeaderName, http::HeaderValue, bool)>> {
+    let mut headers_to_add = Vec::new();
+    for (i, o) in options.iter().enumerate() {
+        let p = path.index(i).field("header");
+        let Some(h) = &o.header else {
+            return Err(p.error("value is required"));
+        };
+        // Envoy formats `%...%` commands in these values; Outrigger sends them literally, so
+        // it refuses what it would send wrong.
+        if h.value.contains('%') {
+            return Err(p
+                .field("value")
+                .error("header formatters (%...%) are not supported in health check headers"));
+        }
+        let name = http::HeaderName::from_bytes(h.key.to_ascii_lowercase().as_bytes())
+            .map_err(|_| p.field("key").error("invalid header name"))?;
+        let value = http::HeaderValue::from_str(&h.value)
+            .map_err(|_| p.field("value").error("invalid header value"))?;
+        #[allow(deprecated)]
+        let append = match o.append_action {
+            // APPEND_IF_EXISTS_OR_ADD, unless the deprecated `append` says otherwise.
+            0 => o.append.as_ref().is_none_or(|a| a.value),
+            _ => false,
+        };
+        headers_to_add.push((name, value, append));
+    }
+    Ok(headers_to_add)
 }
 
 fn tcp_check(c: &TcpHealthCheck, path: &FieldPath) -> Result<TcpCheck> {

@@ -123,8 +123,10 @@ fn refusals_name_the_field() {
             .contains("unhealthy_threshold")
     );
     assert!(error(&format!("[{{ {base} }}]")).contains("health checker"));
-    assert!(error(&format!("[{{ {base}, grpc_health_check: {{}} }}]"))
-        .contains("c.health_checks[0].grpc_health_check"));
+    assert!(error(&format!(
+        "[{{ {base}, grpc_health_check: {{ authority: \"a b\" }} }}]"
+    ))
+    .contains("c.health_checks[0].grpc_health_check.authority"));
     assert!(error(&format!("[{{ {base}, http_health_check: {{ path: /h, expected_statuses: [ {{ start: 300, end: 200 }} ] }} }}]"))
         .contains("expected_statuses[0]"));
     assert!(error(&format!(

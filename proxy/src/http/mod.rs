@@ -31,3 +31,4 @@ pub use forwarding::Downstream;
 pub use grpc_reply::is_grpc;
 pub use local_reply::ResponseFlag;
 pub use stats::HcmStats;
+pub use stream_timeouts::set_grpc_timeout;

@@ -9,6 +9,7 @@
 //! session, one that leaves loses it. The tasks hold the cluster weakly and end with it
 //! (replaced or removed): the watch channel they wait on closes when it is dropped.
 
+mod grpc;
 mod probe;
 pub mod state;
 
@@ -106,6 +107,7 @@ pub fn spawn(cluster: &Arc<ClusterRuntime>) {
         checker: active.config.checker.clone(),
         default_host: cluster.config.name.clone(),
         tls: cluster.pool.connector().tls,
+        timeout: active.config.timeout,
     });
     let config = active.config.clone();
     let weak = Arc::downgrade(cluster);

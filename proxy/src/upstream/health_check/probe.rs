@@ -1,6 +1,6 @@
 //! One health check of one host over its own connection (never the request pool's, and not
 //! counted in the cluster's connection stats, as in Envoy): an HTTP GET judged by its status,
-//! or TCP bytes written and looked for in the answer. The connection is kept for the next
+//! TCP bytes written and looked for in the answer, or a gRPC health call (`grpc.rs`). The connection is kept for the next
 //! check when `reuse_connection` allows and the exchange left it usable.
 
 use super::state::Outcome;
@@ -20,6 +20,7 @@ pub enum Connection {
     Http1(hyper::client::conn::http1::SendRequest<Empty<Bytes>>),
     Http2(hyper::client::conn::http2::SendRequest<Empty<Bytes>>),
     Tcp(UpstreamStream),
+    Grpc(hyper::client::conn::http2::SendRequest<super::grpc::CallBody>),
 }
 
 /// What a check needs besides the host: the checker, the default `Host` header (the cluster's
@@ -28,6 +29,8 @@ pub struct Prober {
     pub checker: Checker,
     pub default_host: String,
     pub tls: Option<Arc<crate::tls::ClientTls>>,
+    /// The check's timeout (a gRPC check sends it as `grpc-timeout`).
+    pub timeout: std::time::Duration,
 }
 
 impl Prober {
@@ -37,10 +40,11 @@ impl Prober {
         match &self.checker {
             Checker::Http(http) => self.http(http, host, conn).await,
             Checker::Tcp(tcp) => self.tcp(tcp, host, conn).await,
+            Checker::Grpc(grpc) => self.grpc(grpc, host, conn).await,
         }
     }
 
-    async fn connect(&self, host: &Host) -> io::Result<UpstreamStream> {
+    pub(super) async fn connect(&self, host: &Host) -> io::Result<UpstreamStream> {
         let (stream, peer) = match &host.address {
             Endpoint::Tcp(addr) => {
                 let s = tokio::net::TcpStream::connect(addr).await?;
