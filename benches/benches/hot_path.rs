@@ -24,6 +24,7 @@ fn context(headers: &HeaderMap) -> Context<'_> {
         protocol: Some(http::Version::HTTP_11),
         request_headers: Some(headers),
         stream: None,
+        downstream_tls: None,
     }
 }
 

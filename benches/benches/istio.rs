@@ -97,7 +97,7 @@ fn istio(c: &mut Criterion) {
             |(req, resp)| {
                 let mut r = server.on_request(&uri, req);
                 server.on_response(&mut r, resp, true);
-                server.record(&r, &info);
+                server.record(&r, &info, None);
                 black_box(r);
             },
             criterion::BatchSize::SmallInput,
@@ -114,7 +114,7 @@ fn istio(c: &mut Criterion) {
             |(req, resp)| {
                 let mut r = client.on_request(&uri, req);
                 client.on_response(&mut r, resp, true);
-                client.record(&r, &info);
+                client.record(&r, &info, None);
                 black_box(r);
             },
             criterion::BatchSize::SmallInput,

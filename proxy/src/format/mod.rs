@@ -31,6 +31,8 @@ pub struct Context<'a> {
     pub request_headers: Option<&'a HeaderMap>,
     /// What a finished stream knows, for access logs; None while headers are being mutated.
     pub stream: Option<&'a StreamInfo>,
+    /// The downstream connection's TLS, when it has it.
+    pub downstream_tls: Option<&'a crate::tls::TlsInfo>,
 }
 
 /// The facts of a finished stream (an HTTP request or a TCP connection) that access log
@@ -128,6 +130,20 @@ enum Operator {
     RequestedServerName,
     RouteName,
     ConnectionId,
+    /// A fact of the downstream TLS connection.
+    DownstreamTls(TlsField),
+}
+
+/// The `%DOWNSTREAM_*%` operators of a TLS connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum TlsField {
+    PeerUriSan,
+    LocalUriSan,
+    PeerDnsSan,
+    LocalDnsSan,
+    Version,
+    Cipher,
+    PeerFingerprint256,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -306,6 +322,7 @@ impl Operator {
             | Operator::DownstreamLocalPort
             | Operator::UpstreamRemoteAddress
             | Operator::StartTime(_)
+            | Operator::DownstreamTls(_)
             | Operator::Protocol
             | Operator::Hostname(_) => false,
             Operator::Header {
@@ -376,6 +393,13 @@ fn parse_operator(op: &str) -> Result<Operator, String> {
         "REQUESTED_SERVER_NAME" => Operator::RequestedServerName,
         "ROUTE_NAME" => Operator::RouteName,
         "CONNECTION_ID" => Operator::ConnectionId,
+        "DOWNSTREAM_PEER_URI_SAN" => Operator::DownstreamTls(TlsField::PeerUriSan),
+        "DOWNSTREAM_LOCAL_URI_SAN" => Operator::DownstreamTls(TlsField::LocalUriSan),
+        "DOWNSTREAM_PEER_DNS_SAN" => Operator::DownstreamTls(TlsField::PeerDnsSan),
+        "DOWNSTREAM_LOCAL_DNS_SAN" => Operator::DownstreamTls(TlsField::LocalDnsSan),
+        "DOWNSTREAM_TLS_VERSION" => Operator::DownstreamTls(TlsField::Version),
+        "DOWNSTREAM_TLS_CIPHER" => Operator::DownstreamTls(TlsField::Cipher),
+        "DOWNSTREAM_PEER_FINGERPRINT_256" => Operator::DownstreamTls(TlsField::PeerFingerprint256),
         _ if op.starts_with("REQ(") => parse_header(op, 4, Headers::Request)?,
         _ if op.starts_with("RESP(") => parse_header(op, 5, Headers::Response)?,
         _ if op.starts_with("TRAILER(") => parse_header(op, 8, Headers::Trailer)?,
@@ -602,6 +626,21 @@ fn render_operator(op: &Operator, ctx: &Context<'_>, out: &mut String) -> Writte
             optional(out, stream.and_then(|s| s.requested_server_name.as_deref()))
         }
         Operator::RouteName => optional(out, stream.and_then(|s| s.route_name.as_deref())),
+        Operator::DownstreamTls(field) => {
+            let value = ctx.downstream_tls.and_then(|tls| {
+                let peer = tls.peer.as_ref();
+                Some(match field {
+                    TlsField::PeerUriSan => &*peer?.uri,
+                    TlsField::LocalUriSan => &*tls.local.uri,
+                    TlsField::PeerDnsSan => &*peer?.dns,
+                    TlsField::LocalDnsSan => &*tls.local.dns,
+                    TlsField::Version => tls.version,
+                    TlsField::Cipher => tls.cipher,
+                    TlsField::PeerFingerprint256 => peer?.sha256.as_str(),
+                })
+            });
+            optional(out, value)
+        }
         Operator::ConnectionId => match stream.and_then(|s| s.connection_id) {
             Some(id) => number(out, id),
             None => Written::Missing,

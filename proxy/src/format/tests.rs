@@ -9,6 +9,7 @@ fn ctx(headers: &HeaderMap) -> Context<'_> {
         protocol: Some(http::Version::HTTP_11),
         request_headers: Some(headers),
         stream: None,
+        downstream_tls: None,
     }
 }
 
@@ -223,4 +224,40 @@ fn unknown_and_unsupported_operators_are_refused() {
     ] {
         assert!(Template::parse(bad).is_err(), "{bad}");
     }
+}
+
+#[test]
+fn tls_operators_read_the_connection_and_are_missing_without_it() {
+    let headers = HeaderMap::new();
+    let t = Template::parse(
+        "%DOWNSTREAM_PEER_URI_SAN% %DOWNSTREAM_LOCAL_URI_SAN% %DOWNSTREAM_PEER_DNS_SAN% %DOWNSTREAM_TLS_VERSION% %DOWNSTREAM_TLS_CIPHER% %DOWNSTREAM_PEER_FINGERPRINT_256%",
+    )
+    .expect("parses");
+    let logged = |c: &Context<'_>| {
+        let mut out = String::new();
+        t.render_log(c, false, &mut out);
+        out
+    };
+    assert_eq!(logged(&ctx(&headers)), "- - - - - -");
+    let tls = crate::tls::TlsInfo {
+        version: "TLSv1.3",
+        cipher: "TLS_AES_128_GCM_SHA256",
+        peer: Some(crate::tls::CertNames {
+            uri: "spiffe://td/ns/a/sa/b".into(),
+            dns: "".into(),
+            sha256: "ab12".into(),
+        }),
+        local: std::sync::Arc::new(crate::tls::CertNames {
+            uri: "spiffe://td/ns/c/sa/d".into(),
+            ..Default::default()
+        }),
+    };
+    let with = Context {
+        downstream_tls: Some(&tls),
+        ..ctx(&headers)
+    };
+    assert_eq!(
+        logged(&with),
+        "spiffe://td/ns/a/sa/b spiffe://td/ns/c/sa/d - TLSv1.3 TLS_AES_128_GCM_SHA256 ab12"
+    );
 }

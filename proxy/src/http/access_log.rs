@@ -57,10 +57,11 @@ impl Pending {
             protocol: Some(self.protocol),
             request_headers: self.info.request_headers.as_ref(),
             stream: Some(&self.info),
+            downstream_tls: self.downstream.tls.as_deref(),
         };
         self.ctx.access_logs.log(&ctx);
         if let (Some(runtime), Some(r)) = (&self.ctx.istio, &self.istio) {
-            runtime.record(r, &self.info);
+            runtime.record(r, &self.info, self.downstream.tls.as_deref());
         }
     }
 }

@@ -64,6 +64,7 @@ pub async fn serve_connection<I>(
     let service = service_fn(move |request: hyper::Request<Incoming>| {
         let ctx = service_ctx.clone();
         let activity = service_activity.clone();
+        let downstream = downstream.clone();
         async move {
             let _active = activity.begin();
             // The codec is known once the first request arrives (AUTO sniffs it).

@@ -113,7 +113,7 @@ pub async fn forward(
     }
     if let Some(w) = weighted {
         let upstream = outcome.upstream.clone();
-        let format = info.format_context(
+        let format = target.info.format_context(
             http::Version::HTTP_11,
             upstream.as_ref().map(|a| a.as_str()),
             None,

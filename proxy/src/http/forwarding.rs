@@ -6,6 +6,7 @@
 use crate::config::hcm::Forwarding;
 use http::{HeaderMap, HeaderName, HeaderValue};
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
@@ -36,7 +37,7 @@ static INTERNAL_ONLY: [HeaderName; 18] = [
 ];
 
 /// The downstream connection a request arrived on.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Downstream {
     /// None on a Unix socket.
     pub remote: Option<SocketAddr>,
@@ -48,6 +49,8 @@ pub struct Downstream {
     pub node_address: Option<IpAddr>,
     /// The connection's id (`%CONNECTION_ID%`), unique in the process.
     pub connection_id: u64,
+    /// What the TLS handshake established, on a TLS connection.
+    pub tls: Option<Arc<crate::tls::TlsInfo>>,
 }
 
 /// The next connection id: one sequence for the whole process, as Envoy numbers connections.
@@ -191,6 +194,7 @@ mod tests {
             local: None,
             node_address: Some("192.0.2.2".parse().expect("ip")),
             connection_id: 0,
+            tls: None,
         };
         mutate_request_headers(f, &mut map, &downstream);
         map

@@ -5,7 +5,7 @@
 //! peer", never an error.
 
 use crate::config::istio::{IstioHttp, Reporter};
-use crate::stats::istio::{Fixed, FixedRef, LocalLabels, Peer, SeriesKey, Service};
+use crate::stats::istio::{Fixed, FixedRef, LocalLabels, Peer, Principals, SeriesKey, Service};
 use crate::stats::Store;
 use http::{HeaderMap, HeaderName, HeaderValue};
 use std::collections::HashMap;
@@ -129,7 +129,12 @@ impl IstioRuntime {
     }
 
     /// Access-log time: one series lookup, then atomics.
-    pub fn record(&self, r: &IstioRequest, info: &crate::format::StreamInfo) {
+    pub fn record(
+        &self,
+        r: &IstioRequest,
+        info: &crate::format::StreamInfo,
+        tls: Option<&crate::tls::TlsInfo>,
+    ) {
         let Some((fixed, store)) = &self.stats else {
             return;
         };
@@ -150,10 +155,19 @@ impl IstioRuntime {
             response_code: info.response_code,
             grpc_status: if r.grpc { r.grpc_status } else { None },
             response_flags: info.response_flags,
+            // The server side knows its connection: mutual TLS when the client presented a
+            // certificate, the principals from it and from ours. The client side does not
+            // read its upstream connection's certificates (`unknown`).
             mutual_tls: match self.config.stats.map(|s| s.reporter) {
-                // No TLS principals are read yet: a server cannot tell mutual TLS.
-                Some(Reporter::Destination) => Some(false),
+                Some(Reporter::Destination) => Some(tls.is_some_and(|t| t.peer.is_some())),
                 _ => None,
+            },
+            principals: match (self.config.stats.map(|s| s.reporter), tls) {
+                (Some(Reporter::Destination), Some(t)) => Principals {
+                    peer: t.peer.as_ref().map(|p| p.uri.clone()),
+                    local: Some(t.local.uri.clone()),
+                },
+                _ => Principals::default(),
             },
         };
         let series = store.istio.series(key);

@@ -27,7 +27,7 @@ pub struct RequestExtras {
 }
 
 /// Facts about a request that command operators read.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct RequestInfo {
     /// The connection it came on (its local address is where the client meant to connect,
     /// which ORIGINAL_DST clusters send to).
@@ -39,7 +39,7 @@ pub struct RequestInfo {
 impl RequestInfo {
     /// The context command operators in header values read.
     pub fn format_context<'a>(
-        &self,
+        &'a self,
         version: http::Version,
         upstream: Option<&'a str>,
         request_headers: Option<&'a http::HeaderMap>,
@@ -52,6 +52,7 @@ impl RequestInfo {
             protocol: Some(version),
             request_headers,
             stream: None,
+            downstream_tls: self.downstream.tls.as_deref(),
         }
     }
 }
@@ -141,7 +142,7 @@ pub async fn route_request(
         on_upgrade: upgrade.then(|| hyper::upgrade::on(&mut request)),
         weighted_draw: None,
         info: RequestInfo {
-            downstream: *downstream,
+            downstream: downstream.clone(),
             start: std::time::SystemTime::now(),
         },
     };
@@ -358,7 +359,7 @@ async fn route_and_act(
         }
         _ => None,
     };
-    let info = extras.info;
+    let info = extras.info.clone();
     let version = request.version();
     let reads_request = [
         &route.response_headers,

@@ -161,6 +161,7 @@ pub async fn run(
             local,
             node_address,
             connection_id,
+            tls: None,
         };
 
         // Listener filters, the chain's transport socket and its network filter run on the
@@ -213,10 +214,14 @@ async fn serve(
         tracing::debug!(target: "conn_handler", "listener {}: closing connection: transport socket {transport} is not supported", config.name);
         return;
     }
+    let mut downstream = downstream;
     let stream = match tls {
         None => stream,
         Some(tls) => match tls.accept(stream).await {
-            Ok(s) => DownstreamStream::Tls(Box::new(tokio_rustls::TlsStream::Server(s))),
+            Ok((s, info)) => {
+                downstream.tls = Some(Arc::new(info));
+                DownstreamStream::Tls(Box::new(tokio_rustls::TlsStream::Server(s)))
+            }
             Err(e) => {
                 tracing::debug!(target: "connection", "listener {}: TLS handshake with {:?} failed: {e}", config.name, downstream.remote);
                 return;

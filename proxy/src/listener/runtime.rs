@@ -164,6 +164,7 @@ impl ListenerRuntime {
             protocol: None,
             request_headers: None,
             stream: Some(&info),
+            downstream_tls: None,
         });
     }
 }

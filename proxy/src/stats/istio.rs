@@ -113,6 +113,14 @@ pub struct SeriesKey {
     /// `connection_security_policy` on the server side: Some(true) mutual TLS, Some(false)
     /// none; None on the client side (`unknown`).
     pub mutual_tls: Option<bool>,
+    pub principals: Principals,
+}
+
+/// The SPIFFE identities of the connection's two ends (URI SANs), where known.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
+pub struct Principals {
+    pub peer: Option<Arc<str>>,
+    pub local: Option<Arc<str>>,
 }
 
 /// A pointer-compared handle to interned [`Fixed`] labels.
@@ -246,8 +254,8 @@ pub fn values(k: &SeriesKey) -> [String; 25] {
     let local = &fixed.local;
     let empty = Peer::default();
     let peer = k.peer.as_deref().unwrap_or(&empty);
-    // Principals come from the TLS peer; Outrigger does not read them yet.
-    let (peer_san, local_san) = ("", "");
+    let peer_san = k.principals.peer.as_deref().unwrap_or("");
+    let local_san = k.principals.local.as_deref().unwrap_or("");
     let peer_namespace = or(&peer.namespace, "");
     // Host header first; the route or cluster may override (Istio's order).
     let header = k

@@ -40,6 +40,7 @@ pub async fn proxy(
 ) {
     let stats = &ctx.stats;
     stats.downstream_cx_total.inc();
+    let local = info.local;
     let mut log = ConnectionLog::new(&ctx, info);
     let config = &ctx.config;
     let named = config.pick(crate::random::below(config.total_weight));
@@ -69,7 +70,7 @@ pub async fn proxy(
         log.finish();
         return;
     };
-    let upstream = match connect(&cluster, config, info.local).await {
+    let upstream = match connect(&cluster, config, local).await {
         Ok((upstream, host)) => {
             if let Some(log) = &mut log.0 {
                 log.info.upstream_host = Some(host);
@@ -214,13 +215,13 @@ impl<'a> ConnectionLog<'a> {
     fn new(ctx: &'a TcpContext, downstream: crate::http::Downstream) -> Self {
         Self((!ctx.access_logs.is_empty()).then(|| PendingConnection {
             ctx,
-            downstream,
             start: std::time::SystemTime::now(),
             started: std::time::Instant::now(),
             info: StreamInfo {
                 connection_id: Some(downstream.connection_id),
                 ..StreamInfo::default()
             },
+            downstream,
         }))
     }
 
@@ -245,6 +246,7 @@ impl<'a> ConnectionLog<'a> {
             protocol: None,
             request_headers: None,
             stream: Some(&p.info),
+            downstream_tls: p.downstream.tls.as_deref(),
         });
     }
 }

@@ -7,6 +7,7 @@
 //! rotated certificate at once, while established ones keep the configuration they started on.
 
 pub mod der;
+mod info;
 pub mod inspector;
 mod verify;
 
@@ -27,6 +28,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use tokio::io::{AsyncRead, AsyncWrite};
 
+pub use info::{CertNames, TlsInfo};
 pub use verify::sans_match;
 
 /// `<scope>ssl.*`, Envoy's names for a listener's or cluster's TLS outcomes.
@@ -205,6 +207,8 @@ struct BuiltServer {
     inputs: Inputs,
     with_alpn: Arc<ServerConfig>,
     without_alpn: Arc<ServerConfig>,
+    /// The names of the certificate it presents, for logs and metrics.
+    local: Arc<CertNames>,
 }
 
 /// A listener filter chain's TLS transport socket.
@@ -261,6 +265,13 @@ impl ServerTls {
             }
             _ => builder.with_no_client_auth(),
         };
+        let local = Arc::new(
+            certificate
+                .cert
+                .first()
+                .map(|leaf| CertNames::of(leaf.as_ref()))
+                .unwrap_or_default(),
+        );
         let mut config = builder.with_cert_resolver(Arc::new(FixedCertificate(certificate)));
         config.ignore_client_order = !self.spec.prefer_client_ciphers;
         if !self.spec.session_cache {
@@ -272,30 +283,42 @@ impl ServerTls {
             inputs,
             with_alpn: Arc::new(config),
             without_alpn,
+            local,
         });
         self.built.store(Some(built.clone()));
         Ok(built)
     }
 
-    /// Terminates TLS on `io`. Failures are counted and returned; the caller closes.
-    pub async fn accept<IO>(&self, io: IO) -> io::Result<tokio_rustls::server::TlsStream<IO>>
+    /// Terminates TLS on `io`, with what the handshake established. Failures are counted and
+    /// returned; the caller closes.
+    pub async fn accept<IO>(
+        &self,
+        io: IO,
+    ) -> io::Result<(tokio_rustls::server::TlsStream<IO>, TlsInfo)>
     where
         IO: AsyncRead + AsyncWrite + Unpin,
     {
         let result = self.handshake(io).await;
-        match &result {
-            Ok(stream) => {
+        match result {
+            Ok((stream, local)) => {
                 self.stats.handshake.inc();
                 if stream.get_ref().1.peer_certificates().is_none() {
                     self.stats.no_certificate.inc();
                 }
+                let info = TlsInfo::new(stream.get_ref().1, local);
+                Ok((stream, info))
             }
-            Err(_) => self.stats.connection_error.inc(),
+            Err(e) => {
+                self.stats.connection_error.inc();
+                Err(e)
+            }
         }
-        result
     }
 
-    async fn handshake<IO>(&self, io: IO) -> io::Result<tokio_rustls::server::TlsStream<IO>>
+    async fn handshake<IO>(
+        &self,
+        io: IO,
+    ) -> io::Result<(tokio_rustls::server::TlsStream<IO>, Arc<CertNames>)>
     where
         IO: AsyncRead + AsyncWrite + Unpin,
     {
@@ -317,7 +340,7 @@ impl ServerTls {
         } else {
             built.without_alpn.clone()
         };
-        start.into_stream(config).await
+        Ok((start.into_stream(config).await?, built.local.clone()))
     }
 }
 

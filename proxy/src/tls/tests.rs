@@ -119,7 +119,7 @@ async fn handshake(s: &ServerTls, c: &ClientTls) -> (Option<Vec<u8>>, io::Result
     let (server, client) = tokio::join!(s.accept(a), c.connect(b, None));
     let alpn = server
         .ok()
-        .and_then(|s| s.get_ref().1.alpn_protocol().map(<[u8]>::to_vec));
+        .and_then(|(s, _)| s.get_ref().1.alpn_protocol().map(<[u8]>::to_vec));
     (alpn, client.map(|_| ()))
 }
 
