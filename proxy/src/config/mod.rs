@@ -37,6 +37,7 @@ pub mod slots;
 pub mod stats;
 pub mod tcp_proxy;
 pub mod tls;
+pub mod transport_match;
 mod values;
 
 #[cfg(test)]

@@ -266,9 +266,13 @@ async fn send_to_cluster(
         host.stats.rq_active.fetch_add(1, Relaxed);
         // The pool counts `upstream_rq_total` (and the host's) when the request gets a
         // connection, as Envoy does: not when connecting failed or a breaker refused it.
-        let send = cluster
-            .pool
-            .send(&host, upstream_request, use_h2, target.forward.priority);
+        let send = cluster.pool.send(
+            &host,
+            upstream_request,
+            use_h2,
+            target.forward.priority,
+            None,
+        );
         let result = match attempt_timeout {
             Some(t) => tokio::time::timeout(t, send)
                 .await
