@@ -3,7 +3,9 @@
 //! sidecar, real Envoy) and one without (a plaintext app). Envoy and Outrigger run as the
 //! client on the same bootstrap, with the certificates as SDS static secrets `default` and
 //! `ROOTCA`; both must reach both endpoints, count the same `total_match_count` per match and
-//! make one TLS handshake.
+//! make one TLS handshake. Then Istio's `istio.alpn` (Outrigger only: stock Envoy does not
+//! ship it): against an Envoy server with Istio's inbound chains, which tell mTLS HTTP from
+//! mTLS TCP by ALPN, requests through the filter land on the HTTP chain, others on the TCP one.
 //! Envoy: https://www.envoyproxy.io/docs/envoy/latest/api-v3/config/cluster/v3/cluster.proto#envoy-v3-api-field-config-cluster-v3-cluster-transport-socket-matches
 
 use serde_json::{json, Value};
@@ -31,6 +33,21 @@ fn hcm(cluster: &str, mut filters: Vec<Value>) -> Value {
             "route_config": { "virtual_hosts": [{ "name": "all", "domains": ["*"],
                 "routes": [{ "match": { "prefix": "/" }, "route": { "cluster": cluster } }] }] },
             "http_filters": filters,
+        }
+    })
+}
+
+/// A connection manager answering every request with `body` itself.
+fn answering(body: &str) -> Value {
+    json!({
+        "name": "envoy.filters.network.http_connection_manager",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+            "stat_prefix": "inbound",
+            "route_config": { "virtual_hosts": [{ "name": "all", "domains": ["*"],
+                "routes": [{ "match": { "prefix": "/" },
+                    "direct_response": { "status": 200, "body": { "inline_string": body } } }] }] },
+            "http_filters": [router()],
         }
     })
 }
@@ -124,6 +141,32 @@ fn inbound_tls(pki: &Pki, me: &Identity, peer: &Identity, alpn: &[&str]) -> Valu
             }
         }
     })
+}
+
+/// An Envoy server sidecar with Istio's inbound mTLS chains for one port: the HTTP chain
+/// (ALPN `istio-http/*`, `istio-h2`) answers `http-chain`, the TCP chain (ALPN
+/// `istio-peer-exchange`, `istio`) answers `tcp-chain`, and a TLS client offering neither
+/// (plain mTLS, as without `istio.alpn`) lands on the TCP chain's fallback, as Istio's
+/// STRICT TCP chain takes it.
+fn istio_server(pki: &Pki, server: &Identity, client: &Identity, port: u16) -> RunningProxy {
+    let inspector = json!([{ "name": "envoy.filters.listener.tls_inspector", "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector" } }]);
+    let bootstrap = json!({
+        "admin": { "address": address(free_port()) },
+        "static_resources": { "listeners": [{
+            "name": "inbound", "address": address(port), "listener_filters": inspector,
+            "filter_chains": [
+                { "name": "http", "filter_chain_match": { "transport_protocol": "tls",
+                    "application_protocols": ["istio-http/1.0", "istio-http/1.1", "istio-h2"] },
+                  "filters": [answering("http-chain")],
+                  "transport_socket": inbound_tls(pki, server, client, &["h2", "http/1.1"]) },
+                { "name": "tcp", "filter_chain_match": { "transport_protocol": "tls" },
+                  "filters": [answering("tcp-chain")],
+                  "transport_socket": inbound_tls(pki, server, client, &["istio-peer-exchange", "h2", "http/1.1"]) },
+            ]
+        }] }
+    });
+    RunningProxy::start(Kind::Envoy, &bootstrap.to_string(), &[])
 }
 
 /// A counter from the admin `/stats` (None when absent).
@@ -226,4 +269,79 @@ fn tls_mode_istio_endpoints_get_mutual_tls_and_the_others_plaintext_as_in_envoy(
     );
     assert_eq!(secure_app.requests().len(), 4);
     assert_eq!(plain_app.requests().len(), 4);
+}
+
+/// Istio's `istio.alpn` filter config, as pilot writes it.
+fn istio_alpn() -> Value {
+    json!({ "name": "istio.alpn", "typed_config": {
+        "@type": "type.googleapis.com/istio.envoy.config.filter.http.alpn.v2alpha1.FilterConfig",
+        "alpn_override": [
+            { "upstream_protocol": "HTTP10", "alpn_override": ["istio-http/1.0", "istio", "http/1.0"] },
+            { "upstream_protocol": "HTTP11", "alpn_override": ["istio-http/1.1", "istio", "http/1.1"] },
+            { "upstream_protocol": "HTTP2", "alpn_override": ["istio-h2", "istio", "h2"] },
+        ] } })
+}
+
+#[test]
+fn istio_alpn_sends_mutual_tls_http_to_the_servers_http_chain() {
+    let Some(_) = envoy_or_skip("istio_alpn_sends_mutual_tls_http_to_the_servers_http_chain")
+    else {
+        return;
+    };
+    let pki = Pki::new();
+    let (client, server) = (pki.identity("client"), pki.identity("server"));
+    let server_port = free_port();
+    let envoy = istio_server(&pki, &server, &client, server_port);
+    let [with_alpn, without_alpn, h2, opted_out] = [0; 4].map(|_| free_port());
+    let listener = |name: &str, port: u16, cluster: &str, alpn: bool| {
+        let filters = if alpn { vec![istio_alpn()] } else { vec![] };
+        json!({ "name": name, "address": address(port),
+            "filter_chains": [{ "filters": [hcm(cluster, filters)] }] })
+    };
+    let mut no_override = cluster(
+        "svc-opted-out",
+        vec![endpoint(server_port, true)],
+        &server,
+        false,
+    );
+    no_override["metadata"] =
+        json!({ "filter_metadata": { "istio": { "alpn_override": "false" } } });
+    let bootstrap = json!({
+        "admin": { "address": address(free_port()) },
+        "static_resources": {
+            "listeners": [
+                listener("with-alpn", with_alpn, "svc", true),
+                listener("without-alpn", without_alpn, "svc", false),
+                listener("h2", h2, "svc-h2", true),
+                listener("opted-out", opted_out, "svc-opted-out", true),
+            ],
+            "clusters": [
+                cluster("svc", vec![endpoint(server_port, true)], &server, false),
+                cluster("svc-h2", vec![endpoint(server_port, true)], &server, true),
+                no_override,
+            ],
+            "secrets": secrets(&pki, &client),
+        }
+    });
+    let outrigger = RunningProxy::start(Kind::Outrigger, &bootstrap.to_string(), &[]);
+    let logs = || {
+        format!(
+            "{}\n{}",
+            outrigger.logs_for_failure(),
+            envoy.logs_for_failure()
+        )
+    };
+    // Alternating keeps both kinds of connection in the same pool map: a connection opened
+    // with one ALPN offer must never carry a request that wants the other.
+    for _ in 0..2 {
+        assert_eq!(get(with_alpn), (200, "http-chain".into()), "{}", logs());
+        assert_eq!(get(without_alpn), (200, "tcp-chain".into()), "{}", logs());
+    }
+    assert_eq!(get(h2), (200, "http-chain".into()), "{}", logs());
+    assert_eq!(get(opted_out), (200, "tcp-chain".into()), "{}", logs());
+    // One connection per offer to `svc`, each reused: two handshakes for four requests.
+    assert_eq!(stat(&outrigger, "cluster.svc.ssl.handshake"), Some(2));
+    // HTTP/2 was negotiated by ALPN (the server chain offers h2 first).
+    let http2 = stat(&envoy, "http.inbound.downstream_cx_http2_total");
+    assert_eq!(http2, Some(1), "{}", logs());
 }

@@ -57,6 +57,8 @@ pub struct Cluster {
     pub health_check: Option<std::sync::Arc<super::health_check::HealthCheckConfig>>,
     /// What Istio's metrics read of the cluster (`destination_service*`), if anything.
     pub istio: Option<Arc<super::istio::IstioCluster>>,
+    /// Requests may offer `istio.alpn`'s ALPN lists (unless `istio.alpn_override: "false"`).
+    pub istio_alpn_override: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -344,6 +346,7 @@ pub fn translate_cluster(
         circuit_breakers,
         health_check: health_check.map(std::sync::Arc::new),
         istio: super::istio::IstioCluster::of(&c.name, c.metadata.as_ref()).map(Arc::new),
+        istio_alpn_override: super::istio_alpn::cluster_allows_override(c.metadata.as_ref()),
     })
 }
 

@@ -19,6 +19,7 @@ pub mod hcm_options;
 pub mod header_mutation;
 pub mod health_check;
 pub mod istio;
+pub mod istio_alpn;
 pub mod istio_node;
 mod istio_tcp;
 pub mod listener;
