@@ -238,3 +238,33 @@ fn an_unsupported_socket_in_a_match_refuses_only_its_hosts() {
     ));
     assert!(c.unsupported_transport.is_none());
 }
+
+#[test]
+fn a_matchs_sds_secrets_are_subscribed_and_read_from_their_slots_like_the_clusters_own() {
+    let sds = |name: &str| {
+        format!(r#"{{ name: {name}, sds_config: {{ ads: {{}}, resource_api_version: V3 }} }}"#)
+    };
+    let yaml = format!(
+        r#"{{ name: c, transport_socket_matches: [{{ name: tls, match: {{ tlsMode: istio }}, transport_socket: {{ name: envoy.transport_sockets.tls, typed_config: {{ "@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext, common_tls_context: {{ tls_certificate_sds_secret_configs: [{}], validation_context_sds_secret_config: {} }} }} }} }}] }}"#,
+        sds("default"),
+        sds("ROOTCA")
+    );
+    let proto: ProtoCluster =
+        xds_proto::parse_document(&yaml, xds_proto::DocumentFormat::Yaml, Default::default())
+            .expect("cluster yaml")
+            .value;
+    let secrets = SecretSlots::default();
+    let sockets = translate(&proto, &FieldPath::root("c"), &secrets, &mut Vec::new())
+        .expect("translates before its secrets arrive");
+    // Asked for over ADS, as the cluster-level socket's secrets are.
+    let wanted: Vec<String> = secrets.names_from(None).into_iter().collect();
+    assert_eq!(wanted, ["ROOTCA", "default"]);
+    // The context reads the slots SDS fills (and refills on rotation).
+    let UpstreamSocket::Tls(ctx) = &sockets.matches[0].socket else {
+        panic!("a TLS match");
+    };
+    let Some(super::super::tls::CertificateSource::Sds(slot)) = &ctx.common.certificate else {
+        panic!("an SDS certificate");
+    };
+    assert!(Arc::ptr_eq(slot, &secrets.slot("default")));
+}
