@@ -1,6 +1,7 @@
 //! Finds the FileDescriptorSet that `envoy-types` ships, strips its source info (5x smaller,
-//! 2.6x faster to load), adds the two `TypedStruct` messages that set lacks, and writes the
-//! result to `$OUT_DIR/envoy_descriptor.bin` for the JSON mapping.
+//! 2.6x faster to load), adds the two `TypedStruct` messages and Istio's ALPN filter config
+//! that set lacks, and writes the result to `$OUT_DIR/envoy_descriptor.bin` for the JSON
+//! mapping.
 //!
 //! `types.bin` is not a public API of envoy-types, hence the exact version pin in Cargo.toml and
 //! the loud failure below if it moves.
@@ -33,7 +34,7 @@ fn main() {
         file.source_code_info = None;
     }
     let present: Vec<String> = set.file.iter().filter_map(|f| f.name.clone()).collect();
-    for extra in typed_struct_files() {
+    for extra in typed_struct_files().into_iter().chain([istio_alpn_file()]) {
         if !present.iter().any(|p| Some(p) == extra.name.as_ref()) {
             set.file.push(extra);
         }
@@ -81,6 +82,82 @@ fn typed_struct_files() -> Vec<FileDescriptorProto> {
         file("udpa/type/v1/typed_struct.proto", "udpa.type.v1"),
         file("xds/type/v3/typed_struct.proto", "xds.type.v3"),
     ]
+}
+
+/// `istio.envoy.config.filter.http.alpn.v2alpha1.FilterConfig`, the config of Istio's
+/// `istio.alpn` HTTP filter: `repeated AlpnOverride alpn_override = 1;` where `AlpnOverride` is
+/// `Protocol upstream_protocol = 1; repeated string alpn_override = 2;` and `Protocol` is
+/// `HTTP10 = 0, HTTP11 = 1, HTTP2 = 2`. Written from its documented field list, so that
+/// bootstraps and config dumps can carry it as JSON/YAML.
+fn istio_alpn_file() -> FileDescriptorProto {
+    use prost_types::{EnumDescriptorProto, EnumValueDescriptorProto};
+    const PACKAGE: &str = "istio.envoy.config.filter.http.alpn.v2alpha1";
+    let field = |name: &str, json: &str, number: i32, label: Label, ty: Type, type_name: &str| {
+        FieldDescriptorProto {
+            name: Some(name.to_string()),
+            number: Some(number),
+            label: Some(label as i32),
+            r#type: Some(ty as i32),
+            type_name: (!type_name.is_empty()).then(|| type_name.to_string()),
+            json_name: Some(json.to_string()),
+            ..Default::default()
+        }
+    };
+    let protocol = EnumDescriptorProto {
+        name: Some("Protocol".to_string()),
+        value: ["HTTP10", "HTTP11", "HTTP2"]
+            .iter()
+            .zip(0..)
+            .map(|(name, number)| EnumValueDescriptorProto {
+                name: Some(name.to_string()),
+                number: Some(number),
+                ..Default::default()
+            })
+            .collect(),
+        ..Default::default()
+    };
+    let alpn_override = DescriptorProto {
+        name: Some("AlpnOverride".to_string()),
+        field: vec![
+            field(
+                "upstream_protocol",
+                "upstreamProtocol",
+                1,
+                Label::Optional,
+                Type::Enum,
+                &format!(".{PACKAGE}.FilterConfig.Protocol"),
+            ),
+            field(
+                "alpn_override",
+                "alpnOverride",
+                2,
+                Label::Repeated,
+                Type::String,
+                "",
+            ),
+        ],
+        ..Default::default()
+    };
+    FileDescriptorProto {
+        name: Some("envoy/config/filter/http/alpn/v2alpha1/config.proto".to_string()),
+        package: Some(PACKAGE.to_string()),
+        syntax: Some("proto3".to_string()),
+        message_type: vec![DescriptorProto {
+            name: Some("FilterConfig".to_string()),
+            field: vec![field(
+                "alpn_override",
+                "alpnOverride",
+                1,
+                Label::Repeated,
+                Type::Message,
+                &format!(".{PACKAGE}.FilterConfig.AlpnOverride"),
+            )],
+            nested_type: vec![alpn_override],
+            enum_type: vec![protocol],
+            ..Default::default()
+        }],
+        ..Default::default()
+    }
 }
 
 fn envoy_types_dir() -> PathBuf {

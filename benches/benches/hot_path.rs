@@ -109,6 +109,7 @@ fn host_list(n: u16, weighted: bool) -> Vec<Arc<Host>> {
                 weight: if weighted { 1 + u32::from(i % 7) } else { 1 },
                 priority: 0,
                 authority: format!("127.0.0.1:{port}").parse().expect("authority"),
+                transport: outrigger::upstream::transport::Transport::Plain,
                 stats: HostStats::default(),
                 health: Default::default(),
             })

@@ -9,6 +9,7 @@ use super::error::{FieldPath, Result};
 use super::fields::{check, Acknowledged};
 use super::hcm_options::{http2_settings, Http2Settings};
 pub use super::load_balancing::LbPolicy;
+use super::transport_match::{MatchLabels, UpstreamSocket};
 use super::values::{duration, optional_duration};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -36,10 +37,12 @@ pub struct Cluster {
     pub idle_timeout: Option<Duration>,
     pub tcp_keepalive: Option<TcpKeepalive>,
     pub source_address: Option<SocketAddr>,
-    /// `envoy.transport_sockets.tls`: connections to the cluster's hosts are TLS.
-    pub tls: Option<std::sync::Arc<super::tls::UpstreamTls>>,
-    /// The cluster asks for a transport socket Outrigger does not speak. Requests to it fail
-    /// with 503 UF rather than going out in plain text.
+    /// `transport_socket` and `transport_socket_matches`: each host's is chosen from these
+    /// when its host set is built.
+    pub transports: super::transport_match::TransportSockets,
+    /// Every host of the cluster would use a transport socket Outrigger does not speak (the
+    /// cluster's own, with no matches). Requests to it fail with 503 UF rather than going out
+    /// in plain text.
     pub unsupported_transport: Option<String>,
     /// Passive health checking (`outlier_detection`), None when not configured.
     pub outlier: Option<super::outlier::OutlierConfig>,
@@ -54,6 +57,8 @@ pub struct Cluster {
     pub health_check: Option<std::sync::Arc<super::health_check::HealthCheckConfig>>,
     /// What Istio's metrics read of the cluster (`destination_service*`), if anything.
     pub istio: Option<Arc<super::istio::IstioCluster>>,
+    /// Requests may offer `istio.alpn`'s ALPN lists (unless `istio.alpn_override: "false"`).
+    pub istio_alpn_override: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -95,6 +100,8 @@ pub struct LbEndpoint {
     pub weight: u32,
     /// The priority of its `LocalityLbEndpoints` (0 is the highest).
     pub priority: u32,
+    /// What `transport_socket_matches` read of its metadata and its locality's.
+    pub labels: MatchLabels,
 }
 
 /// A translated `ClusterLoadAssignment`: its endpoints and the policy that shapes priority
@@ -111,6 +118,8 @@ pub struct DnsHost {
     pub port: u16,
     pub weight: u32,
     pub priority: u32,
+    /// Every address the name resolves to takes the transport socket these labels select.
+    pub labels: MatchLabels,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -286,29 +295,10 @@ pub fn translate_cluster(
         }
         None => None,
     };
-    let (tls, unsupported_transport) = match &c.transport_socket {
-        None => (None, None),
-        Some(ts) => {
-            use super::listener::{transport_socket, Transport};
-            match transport_socket(ts, &path.field("transport_socket"), acks)? {
-                Transport::Raw => (None, None),
-                Transport::Tls(any) => {
-                    let p = path.field("transport_socket").field("typed_config");
-                    let Some(xds_proto::Extension::UpstreamTlsContext(ctx)) =
-                        super::extension::decode(&any, &p)?
-                    else {
-                        return Err(p.error(format!(
-                            "{} needs an UpstreamTlsContext on a cluster",
-                            ts.name
-                        )));
-                    };
-                    let resolve = super::tls::TlsResolve { secrets };
-                    let ctx = super::tls::translate_upstream(&ctx, &p, &resolve, acks)?;
-                    (Some(std::sync::Arc::new(ctx)), None)
-                }
-                Transport::Unsupported => (None, Some(ts.name.clone())),
-            }
-        }
+    let transports = super::transport_match::translate(c, path, secrets, acks)?;
+    let unsupported_transport = match &transports.default {
+        UpstreamSocket::Unsupported(name) if transports.matches.is_empty() => Some(name.clone()),
+        _ => None,
     };
     let circuit_breakers = super::circuit_breakers::translate(
         c.circuit_breakers.as_ref(),
@@ -341,7 +331,7 @@ pub fn translate_cluster(
         idle_timeout,
         tcp_keepalive,
         source_address,
-        tls,
+        transports,
         unsupported_transport,
         outlier: c
             .outlier_detection
@@ -356,12 +346,13 @@ pub fn translate_cluster(
         circuit_breakers,
         health_check: health_check.map(std::sync::Arc::new),
         istio: super::istio::IstioCluster::of(&c.name, c.metadata.as_ref()).map(Arc::new),
+        istio_alpn_override: super::istio_alpn::cluster_allows_override(c.metadata.as_ref()),
     })
 }
 
 /// The endpoints that can take traffic, of every priority (the balancer spills load between
 /// them), without the ones the assignment marks unhealthy, draining or timed out: (locality
-/// index, endpoint index, priority, endpoint).
+/// index, endpoint index, priority, endpoint, transport socket match labels).
 fn selected_endpoints(
     la: Option<&ClusterLoadAssignment>,
 ) -> impl Iterator<
@@ -370,6 +361,7 @@ fn selected_endpoints(
         usize,
         u32,
         &xds_proto::pb::envoy::config::endpoint::v3::LbEndpoint,
+        MatchLabels,
     ),
 > {
     la.into_iter().flat_map(|la| {
@@ -385,7 +377,10 @@ fn selected_endpoints(
                             | HealthStatus::Timeout)
                     )
                 })
-                .map(move |(j, e)| (i, j, l.priority, e))
+                .map(move |(j, e)| {
+                    let labels = MatchLabels::of(e.metadata.as_ref(), l.metadata.as_ref());
+                    (i, j, l.priority, e, labels)
+                })
         })
     })
 }
@@ -519,7 +514,7 @@ fn assignment_endpoints(
     path: &FieldPath,
 ) -> Result<Vec<LbEndpoint>> {
     selected_endpoints(la)
-        .map(|(i, j, priority, e)| {
+        .map(|(i, j, priority, e, labels)| {
             let p = endpoint_path(path, i, j);
             let address = resolved(
                 endpoint_address(e, &p)?,
@@ -529,6 +524,7 @@ fn assignment_endpoints(
                 address,
                 weight: endpoint_weight(e, &p)?,
                 priority,
+                labels,
             })
         })
         .collect()
@@ -536,7 +532,7 @@ fn assignment_endpoints(
 
 fn dns_hosts(c: &ProtoCluster, path: &FieldPath) -> Result<Vec<DnsHost>> {
     selected_endpoints(c.load_assignment.as_ref())
-        .map(|(i, j, priority, e)| {
+        .map(|(i, j, priority, e, labels)| {
             let p = endpoint_path(&path.field("load_assignment"), i, j);
             let address = endpoint_address(e, &p)?;
             if matches!(
@@ -554,6 +550,7 @@ fn dns_hosts(c: &ProtoCluster, path: &FieldPath) -> Result<Vec<DnsHost>> {
                 port,
                 weight: endpoint_weight(e, &p)?,
                 priority,
+                labels,
             })
         })
         .collect()

@@ -141,13 +141,13 @@ static POLICIES: &[(&str, Policy)] = policies! {
         "metadata", "transport_socket", "upstream_bind_config",
         "common_http_protocol_options", "http2_protocol_options", "http_protocol_options", "original_dst_lb_config",
         "load_balancing_policy", "least_request_lb_config", "ring_hash_lb_config", "maglev_lb_config",
-        "outlier_detection", "common_lb_config", "circuit_breakers", "health_checks"]
+        "outlier_detection", "common_lb_config", "circuit_breakers", "health_checks", "transport_socket_matches"]
         ack [("round_robin_lb_config", SLOW_START),
              ("per_connection_buffer_limit_bytes", BUFFERS),
              ("cleanup_interval", "ORIGINAL_DST hosts are not cached between connections, so there is nothing to clean up"),
              ("track_cluster_stats", STATS),
-             ("transport_socket_matches", "matching transport sockets on endpoint metadata is not implemented yet (issue 6): every endpoint uses the cluster's transport_socket, plaintext when it has none"),
              ("wait_for_warm_on_init", XDS)];
+    "envoy.config.cluster.v3.Cluster.TransportSocketMatch" => ["name", "match", "transport_socket"];
     "envoy.config.cluster.v3.OutlierDetection" => ["consecutive_5xx", "interval", "base_ejection_time",
         "max_ejection_percent", "enforcing_consecutive_5xx", "enforcing_success_rate", "success_rate_minimum_hosts",
         "success_rate_request_volume", "success_rate_stdev_factor", "consecutive_gateway_failure",

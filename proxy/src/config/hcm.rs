@@ -44,6 +44,9 @@ pub struct HttpConnectionManager {
     pub compressors: Vec<GzipCompressor>,
     /// Istio's metadata exchange and standard metrics, when the chain has either filter.
     pub istio: Option<Arc<IstioHttp>>,
+    /// Istio's `istio.alpn`: the ALPN offers upstream TLS handshakes make for this chain's
+    /// requests, when the chain has the filter.
+    pub istio_alpn: Option<super::istio_alpn::IstioAlpn>,
 }
 
 /// A fault injection filter in the chain: its name (which routes' `typed_per_filter_config`
@@ -168,6 +171,7 @@ pub fn translate_hcm(
         faults,
         compressors,
         istio,
+        istio_alpn,
     } = translate_http_filters(hcm, path, resolve, acks)?;
     let server_name = if hcm.server_name.is_empty() {
         "envoy"
@@ -239,6 +243,7 @@ pub fn translate_hcm(
         faults,
         compressors,
         istio,
+        istio_alpn,
     })
 }
 
@@ -248,6 +253,7 @@ struct HttpFilters {
     faults: Vec<FaultFilter>,
     compressors: Vec<GzipCompressor>,
     istio: Option<Arc<IstioHttp>>,
+    istio_alpn: Option<super::istio_alpn::IstioAlpn>,
 }
 
 /// Checks the chain and returns the filters that act; the router ends it. Filters Outrigger
@@ -319,6 +325,7 @@ fn translate_http_filters(
             _ => return Err(extension::unregistered(&tc, &filter.name, any)),
         }
     }
+    filters.istio_alpn = istio.alpn.take();
     filters.istio = istio.finish(resolve);
     Ok(filters)
 }
@@ -328,6 +335,7 @@ fn translate_http_filters(
 struct IstioFilters {
     exchange: Option<super::istio::MetadataExchange>,
     stats: Option<super::istio::StatsPlugin>,
+    alpn: Option<super::istio_alpn::IstioAlpn>,
 }
 
 impl IstioFilters {
@@ -343,11 +351,10 @@ impl IstioFilters {
         use super::istio;
         let type_name = xds_proto::type_name_of_url(&any.type_url);
         if type_name == istio::ALPN {
-            // Its payload is a proto Outrigger has no descriptor of; it only lists ALPN values.
-            acks.push(Acknowledged {
-                path: tc.to_string(),
-                reason: "istio.alpn is accepted but does not override the upstream TLS ALPN per request protocol (istio-http/1.1, istio-h2, ...): upstream connections offer the cluster's own ALPN list. Against an Envoy server whose inbound chains match on those values, mTLS HTTP lands on the TCP chain; needs the upstream TLS work",
-            });
+            // Two istio.alpn filters in one chain (never seen from Istio): the first's offers
+            // apply.
+            let alpn = super::istio_alpn::translate(&any.value, tc, acks)?;
+            self.alpn.get_or_insert(alpn);
             return Ok(true);
         }
         let wrapper = <xds_proto::TypedStruct as xds_proto::XdsMessage>::FULL_NAME;

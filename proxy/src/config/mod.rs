@@ -19,6 +19,7 @@ pub mod hcm_options;
 pub mod header_mutation;
 pub mod health_check;
 pub mod istio;
+pub mod istio_alpn;
 pub mod istio_node;
 mod istio_tcp;
 pub mod listener;
@@ -37,6 +38,7 @@ pub mod slots;
 pub mod stats;
 pub mod tcp_proxy;
 pub mod tls;
+pub mod transport_match;
 mod values;
 
 #[cfg(test)]

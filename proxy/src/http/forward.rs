@@ -159,6 +159,11 @@ async fn send_to_cluster(
         UpstreamProtocol::Http2 => true,
         UpstreamProtocol::UseDownstream => request.version() == http::Version::HTTP_2,
     };
+    // Istio's istio.alpn: the upstream TLS handshake offers the list for this protocol.
+    let alpn = match &ctx.hcm.istio_alpn {
+        Some(istio) if cluster.config.istio_alpn_override => istio.offer(use_h2),
+        _ => None,
+    };
     let (mut head, body) = request.into_parts();
     let body = body.map_err(|e| Box::new(e) as BoxError);
     let body = match head.extensions.remove::<Arc<StreamProgress>>() {
@@ -266,9 +271,13 @@ async fn send_to_cluster(
         host.stats.rq_active.fetch_add(1, Relaxed);
         // The pool counts `upstream_rq_total` (and the host's) when the request gets a
         // connection, as Envoy does: not when connecting failed or a breaker refused it.
-        let send = cluster
-            .pool
-            .send(&host, upstream_request, use_h2, target.forward.priority);
+        let send = cluster.pool.send(
+            &host,
+            upstream_request,
+            use_h2,
+            target.forward.priority,
+            alpn,
+        );
         let result = match attempt_timeout {
             Some(t) => tokio::time::timeout(t, send)
                 .await

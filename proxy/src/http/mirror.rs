@@ -121,11 +121,13 @@ async fn send(
     use_h2: bool,
     timeout: Option<Duration>,
 ) {
+    // A copy is a request of its own, outside the filter chain: no istio.alpn offer.
     let send = cluster.pool.send(
         &host,
         request,
         use_h2,
         crate::config::circuit_breakers::Priority::Default,
+        None,
     );
     let result = match timeout {
         Some(t) => tokio::time::timeout(t, send).await.ok(),

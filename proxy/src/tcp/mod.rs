@@ -16,7 +16,6 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tower::Service;
 
 /// Bytes moved per read. The profile in benches/README.md found bulk transfers bound by
 /// ~16 KiB system calls; larger reads mean fewer of them, at 128 KiB per proxied connection.
@@ -144,32 +143,20 @@ async fn connect(
         cluster.stats.upstream_cx_connect_fail.inc();
         return Err(failure);
     }
-    let mut connector = cluster.pool.connector();
+    let connector = cluster.pool.connector();
     for _ in 0..config.max_connect_attempts {
         let Some(host) = cluster.choose_host(original_destination, None, None) else {
             cluster.stats.upstream_cx_none_healthy.inc();
             failure.flag = "UH";
             return Err(failure);
         };
-        let uri = http::Uri::builder()
-            .scheme("http")
-            .authority(host.authority.clone())
-            .path_and_query("/")
-            .build()
-            .map_err(|_| ConnectFailure {
-                host: Some(host.authority.clone()),
-                ..ConnectFailure {
-                    flag: "UF",
-                    host: None,
-                    reason: None,
-                    attempts_exhausted: false,
-                }
-            })?;
+        // Over the host's own transport socket; tcp_proxy asks for no ALPN override.
+        let destination = crate::upstream::transport::Destination::new(&host, None);
         // Envoy's TCP pool counts each attempt as a pending request until it connects, and the
         // connected one as a request.
         cluster.stats.upstream_rq_pending_total.inc();
         cluster.stats.upstream_rq_pending_active.inc();
-        let connected = connector.call(uri).await;
+        let connected = connector.connect(&destination).await;
         cluster.stats.upstream_rq_pending_active.dec();
         match connected {
             Ok(io) => {

@@ -6,10 +6,13 @@
 //! finds a slot holding a different secret rebuilds it first. New connections therefore use a
 //! rotated certificate at once, while established ones keep the configuration they started on.
 
+mod alpn;
 pub mod der;
 mod info;
 pub mod inspector;
 mod verify;
+
+pub use alpn::AlpnOffer;
 
 use crate::config::tls::{
     provider, CertificateSource, DownstreamTls, Secret, TlsParams, UpstreamTls, Validation,
@@ -347,6 +350,34 @@ impl ServerTls {
 struct BuiltClient {
     inputs: Inputs,
     config: Arc<ClientConfig>,
+    /// The same configuration with another ALPN list, per offer asked for so far (a few:
+    /// one per upstream protocol of Istio's `istio.alpn`). Rebuilt with `config`.
+    offers: std::sync::Mutex<Vec<(AlpnOffer, Arc<ClientConfig>)>>,
+}
+
+/// Offers are made at config time, so a handful exist at once; a bound keeps a stream of
+/// config updates (each making new offers) from growing the list without end.
+const MAX_OFFERS: usize = 8;
+
+impl BuiltClient {
+    fn config_for(&self, alpn: Option<&AlpnOffer>) -> Arc<ClientConfig> {
+        let Some(alpn) = alpn else {
+            return self.config.clone();
+        };
+        let mut offers = self.offers.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((_, config)) = offers.iter().find(|(a, _)| a == alpn) {
+            return config.clone();
+        }
+        // A clone shares the verifier, certificate resolver and session cache.
+        let mut config = (*self.config).clone();
+        config.alpn_protocols = alpn.protocols().to_vec();
+        let config = Arc::new(config);
+        if offers.len() >= MAX_OFFERS {
+            offers.clear();
+        }
+        offers.push((alpn.clone(), config.clone()));
+        config
+    }
 }
 
 /// A cluster's TLS transport socket.
@@ -403,21 +434,24 @@ impl ClientTls {
         let built = Arc::new(BuiltClient {
             inputs,
             config: Arc::new(config),
+            offers: Default::default(),
         });
         self.built.store(Some(built.clone()));
         Ok(built)
     }
 
-    /// Starts TLS on `io`, a connection to `peer` (None for a Unix socket).
+    /// Starts TLS on `io`, a connection to `peer` (None for a Unix socket), offering `alpn`
+    /// instead of the context's own ALPN list when given.
     pub async fn connect<IO>(
         &self,
         io: IO,
         peer: Option<IpAddr>,
+        alpn: Option<&AlpnOffer>,
     ) -> io::Result<tokio_rustls::client::TlsStream<IO>>
     where
         IO: AsyncRead + AsyncWrite + Unpin,
     {
-        let result = self.handshake(io, peer).await;
+        let result = self.handshake(io, peer, alpn).await;
         match &result {
             Ok(_) => self.stats.handshake.inc(),
             Err(_) => self.stats.connection_error.inc(),
@@ -429,18 +463,20 @@ impl ClientTls {
         &self,
         io: IO,
         peer: Option<IpAddr>,
+        alpn: Option<&AlpnOffer>,
     ) -> io::Result<tokio_rustls::client::TlsStream<IO>>
     where
         IO: AsyncRead + AsyncWrite + Unpin,
     {
         let built = self.current().map_err(io::Error::other)?;
+        let config = built.config_for(alpn);
         // Without `sni` Envoy sends none; rustls never sends an IP address as SNI.
         let name = match &self.spec.sni {
             Some(sni) => ServerName::try_from(sni.clone())
                 .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?,
             None => ServerName::IpAddress(peer.unwrap_or(IpAddr::from([127, 0, 0, 1])).into()),
         };
-        tokio_rustls::TlsConnector::from(built.config.clone())
+        tokio_rustls::TlsConnector::from(config)
             .connect(name, io)
             .await
     }

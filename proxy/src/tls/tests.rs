@@ -116,7 +116,7 @@ fn client(ctx: pb::CommonTlsContext, secrets: &SecretSlots) -> (ClientTls, Arc<T
 /// Runs one handshake over an in-memory pipe; returns (server ALPN, client result).
 async fn handshake(s: &ServerTls, c: &ClientTls) -> (Option<Vec<u8>>, io::Result<()>) {
     let (a, b) = tokio::io::duplex(64 * 1024);
-    let (server, client) = tokio::join!(s.accept(a), c.connect(b, None));
+    let (server, client) = tokio::join!(s.accept(a), c.connect(b, None, None));
     let alpn = server
         .ok()
         .and_then(|(s, _)| s.get_ref().1.alpn_protocol().map(<[u8]>::to_vec));
@@ -220,4 +220,42 @@ async fn a_rotated_sds_certificate_is_used_by_the_next_handshake() {
     // A secret that disappears makes handshakes fail rather than fall back.
     crate::config::tls::remove_secret(&secrets, "default");
     assert!(handshake(&s, &c).await.1.is_err());
+}
+
+#[tokio::test]
+async fn an_alpn_offer_replaces_the_contexts_own_list_for_its_connection() {
+    let root = ca();
+    let (web, db) = (workload(&root, WEB), workload(&root, DB));
+    let secrets = SecretSlots::default();
+    // An Istio inbound HTTP chain's server: it only speaks h2 and http/1.1.
+    let (s, _) = server(common(&db, &root, WEB, &["h2", "http/1.1"]), &secrets);
+    let (c, _) = client(common(&web, &root, DB, &["istio"]), &secrets);
+    let offer = AlpnOffer::new(vec![
+        b"istio-http/1.1".to_vec(),
+        b"istio".to_vec(),
+        b"http/1.1".to_vec(),
+    ]);
+    assert_eq!(
+        offered(&s, &c, Some(&offer)).await.as_deref(),
+        Some(&b"http/1.1"[..])
+    );
+    // Cached per offer, and the context's own list is untouched by it.
+    assert_eq!(
+        offered(&s, &c, Some(&offer)).await.as_deref(),
+        Some(&b"http/1.1"[..])
+    );
+    assert_eq!(offered(&s, &c, None).await, None);
+}
+
+/// The ALPN the server chose for a handshake where the client offers `offer`.
+async fn offered(s: &ServerTls, c: &ClientTls, offer: Option<&AlpnOffer>) -> Option<Vec<u8>> {
+    let (a, b) = tokio::io::duplex(64 * 1024);
+    let (server, client) = tokio::join!(s.accept(a), c.connect(b, None, offer));
+    client.expect("handshake");
+    server
+        .expect("accepted")
+        .get_ref()
+        .1
+        .alpn_protocol()
+        .map(<[u8]>::to_vec)
 }

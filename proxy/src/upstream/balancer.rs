@@ -349,6 +349,7 @@ mod tests {
             weight,
             priority: 0,
             authority: format!("127.0.0.1:{port}").parse().expect("authority"),
+            transport: crate::upstream::transport::Transport::Plain,
             stats: HostStats::default(),
             health: Default::default(),
         })

@@ -2,6 +2,7 @@
 //! and source address, or a Unix socket. The pool keys connections by URI authority; a Unix
 //! socket's path is carried in the authority as `u<hex of path>.unix`.
 
+use super::transport::{Destination, Transport};
 use crate::config::cluster::TcpKeepalive;
 use hyper_util::client::legacy::connect::{Connected, Connection};
 use hyper_util::rt::TokioIo;
@@ -21,9 +22,9 @@ pub struct Connector {
     pub keepalive: Option<TcpKeepalive>,
     pub source: Option<SocketAddr>,
     pub accounting: super::ConnectionAccounting,
-    /// The cluster's TLS transport socket; the handshake counts against the connect timeout,
-    /// as in Envoy, where a connection is "connected" once its transport socket is.
-    pub tls: Option<std::sync::Arc<crate::tls::ClientTls>>,
+    /// The cluster's own transport socket, for connections made by URI (the xDS gRPC
+    /// client); pooled and proxied connections name their host's (see [`Connector::connect`]).
+    pub transport: Transport,
 }
 
 /// The authority a Unix socket path is pooled under.
@@ -66,50 +67,68 @@ impl tower::Service<http::Uri> for Connector {
             let authority = uri
                 .authority()
                 .ok_or_else(|| io::Error::other("upstream URI has no authority"))?;
-            let connect = async {
-                let (stream, peer) = if let Some(path) = unix_path(authority.host()) {
-                    (
-                        UnixStream::connect(path).await.map(UpstreamStream::Unix)?,
-                        None,
-                    )
-                } else {
-                    let addr: SocketAddr = authority.as_str().parse().map_err(|_| {
-                        io::Error::new(
-                            io::ErrorKind::InvalidInput,
-                            "upstream address is not an IP:port",
-                        )
-                    })?;
-                    (
-                        this.connect_tcp(addr).await.map(UpstreamStream::Tcp)?,
-                        Some(addr.ip()),
-                    )
-                };
-                match &this.tls {
-                    None => Ok(stream),
-                    Some(tls) => tls
-                        .connect(stream, peer)
-                        .await
-                        .map(|s| UpstreamStream::Tls(Box::new(tokio_rustls::TlsStream::Client(s)))),
-                }
+            let destination = Destination {
+                authority: authority.clone(),
+                transport: this.transport.clone(),
+                alpn: None,
             };
-            match tokio::time::timeout(this.connect_timeout, connect).await {
-                Ok(result) => result.map(|stream| {
-                    let guard = this.accounting.opened(authority.as_str());
-                    TokioIo::new(CountedStream {
-                        stream,
-                        _guard: guard,
-                    })
-                }),
-                Err(_) => Err(io::Error::new(
-                    io::ErrorKind::TimedOut,
-                    "connection timeout",
-                )),
-            }
+            this.connect(&destination).await
         })
     }
 }
 
 impl Connector {
+    /// Connects to `destination` over its transport. The TLS handshake counts against the
+    /// connect timeout, as in Envoy, where a connection is "connected" once its transport
+    /// socket is.
+    pub async fn connect(&self, destination: &Destination) -> io::Result<TokioIo<CountedStream>> {
+        let authority = &destination.authority;
+        if let Transport::Unsupported(name) = &destination.transport {
+            return Err(io::Error::other(format!(
+                "{name} is not supported by Outrigger yet"
+            )));
+        }
+        let connect = async {
+            let (stream, peer) = if let Some(path) = unix_path(authority.host()) {
+                (
+                    UnixStream::connect(path).await.map(UpstreamStream::Unix)?,
+                    None,
+                )
+            } else {
+                let addr: SocketAddr = authority.as_str().parse().map_err(|_| {
+                    io::Error::new(
+                        io::ErrorKind::InvalidInput,
+                        "upstream address is not an IP:port",
+                    )
+                })?;
+                (
+                    self.connect_tcp(addr).await.map(UpstreamStream::Tcp)?,
+                    Some(addr.ip()),
+                )
+            };
+            match &destination.transport {
+                Transport::Tls(tls) => tls
+                    .connect(stream, peer, destination.alpn.as_ref())
+                    .await
+                    .map(|s| UpstreamStream::Tls(Box::new(tokio_rustls::TlsStream::Client(s)))),
+                _ => Ok(stream),
+            }
+        };
+        match tokio::time::timeout(self.connect_timeout, connect).await {
+            Ok(result) => result.map(|stream| {
+                let guard = self.accounting.opened(authority.as_str());
+                TokioIo::new(CountedStream {
+                    stream,
+                    _guard: guard,
+                })
+            }),
+            Err(_) => Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "connection timeout",
+            )),
+        }
+    }
+
     async fn connect_tcp(&self, addr: SocketAddr) -> io::Result<TcpStream> {
         let socket = if addr.is_ipv4() {
             TcpSocket::new_v4()?

@@ -6,6 +6,7 @@ use super::host::HostSpec;
 use super::manager::ClusterRuntime;
 use crate::config::address::Endpoint;
 use crate::config::cluster::{Discovery, DnsFamily, DnsHost};
+use crate::config::transport_match::Selected;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -27,6 +28,14 @@ pub fn spawn(cluster: &Arc<ClusterRuntime>) {
         } => (vec![host.clone()], *refresh, *family, true),
         Discovery::Static(_) | Discovery::Eds { .. } | Discovery::OriginalDst { .. } => return,
     };
+    // Each name's addresses take the transport socket its endpoint's labels select.
+    let hosts: Vec<(DnsHost, Selected)> = hosts
+        .into_iter()
+        .map(|h| {
+            let selected = cluster.config.transports.select(&h.labels);
+            (h, selected)
+        })
+        .collect();
     let cluster = Arc::downgrade(cluster);
     tokio::spawn(async move {
         loop {
@@ -44,12 +53,12 @@ pub fn spawn(cluster: &Arc<ClusterRuntime>) {
 }
 
 async fn resolve_all(
-    hosts: &[DnsHost],
+    hosts: &[(DnsHost, Selected)],
     family: DnsFamily,
     first_only: bool,
 ) -> Option<Vec<HostSpec>> {
     let mut out = Vec::new();
-    for host in hosts {
+    for (host, transport) in hosts {
         let addrs: Vec<SocketAddr> =
             match tokio::net::lookup_host((host.host.as_str(), host.port)).await {
                 Ok(a) => a.collect(),
@@ -67,6 +76,7 @@ async fn resolve_all(
             hostname: host.host.clone(),
             weight: host.weight,
             priority: host.priority,
+            transport: *transport,
         }));
     }
     Some(out)

@@ -34,6 +34,9 @@ pub struct Host {
     pub priority: u32,
     /// The URI authority the connection pool keys this host by.
     pub authority: http::uri::Authority,
+    /// Its transport socket, chosen by the cluster's `transport_socket_matches` when the host
+    /// was created.
+    pub transport: super::transport::Transport,
     pub stats: HostStats,
     /// Health flags and the outlier detector's counters (see `health.rs`).
     pub health: HostHealth,
@@ -73,6 +76,8 @@ pub struct HostSpec {
     pub hostname: String,
     pub weight: u32,
     pub priority: u32,
+    /// The transport socket its endpoint's labels select.
+    pub transport: crate::config::transport_match::Selected,
 }
 
 /// Where a host stands for balancing (Envoy's coarse health).
@@ -232,6 +237,7 @@ mod tests {
             weight,
             priority: 0,
             authority: format!("127.0.0.1:{port}").parse().expect("authority"),
+            transport: crate::upstream::transport::Transport::Plain,
             stats: HostStats::default(),
             health: HostHealth::default(),
         })

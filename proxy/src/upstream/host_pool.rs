@@ -8,6 +8,7 @@
 
 use super::circuit_breakers::{CircuitBreakers, Guard, PriorityBreakers};
 use super::pool::{UpstreamBody, UpstreamError};
+use super::transport::Destination;
 use crate::config::circuit_breakers::Priority;
 use hyper::client::conn::{http1, http2};
 use std::collections::{HashMap, VecDeque};
@@ -72,14 +73,9 @@ struct State {
 
 /// Opens connections for the pools (the cluster's connector and HTTP/2 settings, in pool.rs).
 pub trait Opener: Send + Sync + 'static {
-    /// Connects to `authority` and hands back the sender; the opener spawns the connection's
-    /// driver, which must hold `closed` until the connection ends.
-    fn open(
-        &self,
-        authority: http::uri::Authority,
-        http2: bool,
-        closed: ConnectionClosed,
-    ) -> Opening;
+    /// Connects to `destination` and hands back the sender; the opener spawns the
+    /// connection's driver, which must hold `closed` until the connection ends.
+    fn open(&self, destination: Destination, http2: bool, closed: ConnectionClosed) -> Opening;
 }
 
 /// A connection being opened: its sender and local address, or why it failed.
@@ -119,9 +115,10 @@ pub struct PoolStats {
     pub cx_overflow: Arc<crate::stats::Counter>,
 }
 
-type Key = (http::uri::Authority, Priority, bool);
+type Key = (Destination, Priority, bool);
 
-/// Every pool of a cluster, by host, priority and protocol (Envoy keys its pools so too).
+/// Every pool of a cluster, by host (and its transport), priority and protocol (Envoy keys its
+/// pools so too).
 /// A pool goes away when its last connection closes with nothing pending, as Envoy's idle
 /// pools do, giving back its `max_connection_pools` unit.
 pub struct HostPools {
@@ -176,18 +173,18 @@ impl HostPools {
         self.map.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Waits for a connection to `authority` as Envoy's pool does, and admits the request on
-    /// it. Overflow of `max_pending_requests` or `max_requests` fails with
+    /// Waits for a connection to `destination` as Envoy's pool does, and admits the request
+    /// on it. Overflow of `max_pending_requests` or `max_requests` fails with
     /// [`UpstreamError::Overflow`].
     pub async fn attach(
         &self,
-        authority: &http::uri::Authority,
+        destination: &Destination,
         priority: Priority,
         http2: bool,
     ) -> Result<Attached, UpstreamError> {
         let breakers = self.breakers.priority(priority);
         let pool = {
-            let key = (authority.clone(), priority, http2);
+            let key = (destination.clone(), priority, http2);
             let mut map = self.lock();
             map.entry(key.clone())
                 .or_insert_with(|| {

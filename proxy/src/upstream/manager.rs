@@ -5,9 +5,11 @@ use super::circuit_breakers::CircuitBreakers;
 use super::host::{Host, HostSet, HostSpec, HostStats, PriorityPolicy};
 use super::host_pool::PoolStats;
 use super::pool::Pool;
+use super::transport::ClusterTransports;
 use crate::config::address::Endpoint;
 use crate::config::cluster::{Assignment, Cluster, Discovery, LbEndpoint};
 use crate::config::slots::Slots;
+use crate::config::transport_match::{MatchLabels, Selected, TransportSockets};
 use crate::stats::{Counter, Gauge, Store};
 use arc_swap::ArcSwap;
 use std::collections::HashMap;
@@ -203,6 +205,10 @@ pub struct ClusterRuntime {
     pub health: super::health::ClusterHealth,
     /// The cluster's circuit breakers; the pools take connections and requests from them.
     pub breakers: Arc<CircuitBreakers>,
+    /// Its transport sockets; each host takes one when it is created.
+    pub transports: ClusterTransports,
+    /// The one a host without labels takes (ORIGINAL_DST hosts), resolved once.
+    unlabelled: Selected,
 }
 
 impl std::fmt::Debug for ClusterRuntime {
@@ -222,10 +228,7 @@ impl ClusterRuntime {
             cx_active: stats.upstream_cx_active.clone(),
             hosts: hosts.clone(),
         };
-        let tls = config.tls.as_ref().map(|t| {
-            let stats = crate::tls::TlsStats::new(store, &format!("cluster.{}.", config.stat_name));
-            Arc::new(crate::tls::ClientTls::new(t.clone(), Arc::new(stats)))
-        });
+        let transports = ClusterTransports::build(&config.transports, store, &config.stat_name);
         if matches!(config.discovery, Discovery::Eds { .. }) {
             // Envoy's EDS clusters have these from the start.
             let prefix = format!("cluster.{}.", config.stat_name);
@@ -254,8 +257,16 @@ impl ClusterRuntime {
         };
         let runtime = Self {
             health,
-            pool: Pool::new(&config, accounting, tls, breakers.clone(), pool_stats),
+            pool: Pool::new(
+                &config,
+                accounting,
+                transports.default().clone(),
+                breakers.clone(),
+                pool_stats,
+            ),
             breakers,
+            transports,
+            unlabelled: config.transports.select(&MatchLabels::default()),
             log_names,
             config,
             hosts,
@@ -269,7 +280,7 @@ impl ClusterRuntime {
 
     /// The cluster's first host set (static, or an EDS assignment already received).
     fn set_endpoints(&self, endpoints: &[LbEndpoint], priorities: PriorityPolicy) {
-        self.replace_hosts(host_specs(endpoints), priorities);
+        self.replace_hosts(host_specs(endpoints, &self.config.transports), priorities);
     }
 
     pub fn hosts(&self) -> arc_swap::Guard<Arc<HostSet>> {
@@ -292,52 +303,57 @@ impl ClusterRuntime {
         // The set keeps hosts in priority order (as `/clusters` lists them); compare alike.
         hosts.sort_by_key(|h| h.priority);
         let old = self.hosts.load_full();
+        // A host whose labels now select another transport socket is a new host: its
+        // connections must not carry over.
+        let kept = |a: &HostSpec, h: &Host| {
+            a.address == h.address
+                && a.weight == h.weight
+                && a.priority == h.priority
+                && *self.transports.get(a.transport) == h.transport
+        };
         let same = hosts.len() == old.hosts.len()
             && old.priorities == priorities
-            && hosts.iter().zip(&old.hosts).all(|(a, h)| {
-                a.address == h.address && a.weight == h.weight && a.priority == h.priority
-            });
+            && hosts.iter().zip(&old.hosts).all(|(a, h)| kept(a, h));
         if same && !old.hosts.is_empty() {
             // Nothing to rebuild: the balancer and its hosts stay as they are.
             self.stats.update_no_rebuild.inc();
             return;
         }
-        let hosts: Vec<Arc<Host>> =
-            hosts
-                .into_iter()
-                .filter_map(|spec| {
-                    let HostSpec {
-                        address,
-                        hostname,
-                        weight,
-                        priority,
-                    } = spec;
-                    if let Some(h) = old.hosts.iter().find(|h| {
-                        h.address == address && h.weight == weight && h.priority == priority
-                    }) {
-                        return Some(h.clone());
-                    }
-                    let authority = match &address {
-                        Endpoint::Tcp(a) => a.to_string(),
-                        Endpoint::Unix(p) => super::connector::unix_authority(p),
-                    };
-                    Some(Arc::new(Host {
-                        authority: authority.parse().ok()?,
-                        address,
-                        hostname,
-                        weight,
-                        priority,
-                        stats: HostStats::default(),
-                        // With active health checking a host takes no traffic until its first
-                        // check passes (Envoy marks new hosts so, at startup and after).
-                        health: if self.config.health_check.is_some() {
-                            super::health::HostHealth::failing_active_hc()
-                        } else {
-                            Default::default()
-                        },
-                    }))
-                })
-                .collect();
+        let hosts: Vec<Arc<Host>> = hosts
+            .into_iter()
+            .filter_map(|spec| {
+                if let Some(h) = old.hosts.iter().find(|h| kept(&spec, h)) {
+                    return Some(h.clone());
+                }
+                let HostSpec {
+                    address,
+                    hostname,
+                    weight,
+                    priority,
+                    transport,
+                } = spec;
+                let authority = match &address {
+                    Endpoint::Tcp(a) => a.to_string(),
+                    Endpoint::Unix(p) => super::connector::unix_authority(p),
+                };
+                Some(Arc::new(Host {
+                    authority: authority.parse().ok()?,
+                    transport: self.transports.for_new_host(transport),
+                    address,
+                    hostname,
+                    weight,
+                    priority,
+                    stats: HostStats::default(),
+                    // With active health checking a host takes no traffic until its first
+                    // check passes (Envoy marks new hosts so, at startup and after).
+                    health: if self.config.health_check.is_some() {
+                        super::health::HostHealth::failing_active_hc()
+                    } else {
+                        Default::default()
+                    },
+                }))
+            })
+            .collect();
         self.stats.membership_total.set(hosts.len() as u64);
         // The balancer (ring, table, schedule) is built here, off the request path.
         self.health
@@ -365,7 +381,8 @@ impl ClusterRuntime {
     }
 }
 
-fn host_specs(endpoints: &[LbEndpoint]) -> Vec<HostSpec> {
+/// The hosts of `endpoints`, each with the transport socket its labels select.
+fn host_specs(endpoints: &[LbEndpoint], transports: &TransportSockets) -> Vec<HostSpec> {
     endpoints
         .iter()
         .map(|e| HostSpec {
@@ -373,6 +390,7 @@ fn host_specs(endpoints: &[LbEndpoint]) -> Vec<HostSpec> {
             hostname: String::new(),
             weight: e.weight,
             priority: e.priority,
+            transport: transports.select(&e.labels),
         })
         .collect()
 }
@@ -498,7 +516,10 @@ impl ClusterManager {
         for cluster in self.all() {
             if matches!(&cluster.config.discovery, Discovery::Eds { service_name: s, .. } if s == service_name)
             {
-                cluster.set_hosts(host_specs(&assignment.endpoints), assignment.priorities);
+                cluster.set_hosts(
+                    host_specs(&assignment.endpoints, &cluster.config.transports),
+                    assignment.priorities,
+                );
             }
         }
     }
@@ -571,6 +592,10 @@ impl ClusterRuntime {
                 }
                 Some(Arc::new(Host {
                     authority: address.to_string().parse().ok()?,
+                    // Not counted in `total_match_count`: Envoy counts each original
+                    // destination host once while it caches it; here a host lives for one
+                    // connection or request.
+                    transport: self.transports.get(self.unlabelled).clone(),
                     address: Endpoint::Tcp(address),
                     hostname: String::new(),
                     weight: 1,

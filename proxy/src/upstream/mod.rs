@@ -14,6 +14,7 @@ mod manager;
 mod outlier;
 mod pool;
 pub mod priority;
+pub mod transport;
 
 pub use accounting::ConnectionAccounting;
 pub use connector::{Connector, UpstreamStream as Stream};

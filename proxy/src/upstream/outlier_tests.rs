@@ -15,6 +15,7 @@ fn host(port: u16) -> Arc<Host> {
         weight: 1,
         priority: 0,
         authority: format!("127.0.0.1:{port}").parse().expect("authority"),
+        transport: crate::upstream::transport::Transport::Plain,
         stats: HostStats::default(),
         health: Default::default(),
     })

@@ -6,15 +6,16 @@ use super::circuit_breakers::CircuitBreakers;
 use super::connector::Connector;
 use super::host::Host;
 use super::host_pool::{self, Attached, ConnectionClosed, HostPools, Opener, PoolStats, Sender};
+use super::transport::{Destination, Transport};
 use crate::config::circuit_breakers::Priority;
 use crate::config::cluster::Cluster;
+use crate::tls::AlpnOffer;
 use bytes::Bytes;
 use http_body_util::combinators::UnsyncBoxBody;
 use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use std::sync::Arc;
-use tower::Service;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// Request bodies sent upstream: the downstream body passed through, or one built here.
@@ -54,21 +55,15 @@ struct Connecting {
 impl Opener for Connecting {
     fn open(
         &self,
-        authority: http::uri::Authority,
+        destination: Destination,
         http2: bool,
         closed: ConnectionClosed,
     ) -> host_pool::Opening {
-        let mut connector = self.connector.clone();
+        let connector = self.connector.clone();
         let settings = self.http2_settings;
         Box::pin(async move {
-            let uri = http::Uri::builder()
-                .scheme("http")
-                .authority(authority)
-                .path_and_query("/")
-                .build()
-                .map_err(|e| UpstreamError::ConnectFailure(e.to_string()))?;
             let io = connector
-                .call(uri)
+                .connect(&destination)
                 .await
                 .map_err(|e| UpstreamError::ConnectFailure(io_reason(&e)))?;
             let local = io.inner().stream.local_addr();
@@ -118,7 +113,7 @@ impl Pool {
     pub fn new(
         cluster: &Cluster,
         accounting: super::ConnectionAccounting,
-        tls: Option<Arc<crate::tls::ClientTls>>,
+        transport: Transport,
         breakers: Arc<CircuitBreakers>,
         stats: PoolStats,
     ) -> Self {
@@ -127,7 +122,7 @@ impl Pool {
             keepalive: cluster.tcp_keepalive,
             source: cluster.source_address,
             accounting,
-            tls,
+            transport,
         };
         let opener = Arc::new(Connecting {
             connector: connector.clone(),
@@ -148,14 +143,20 @@ impl Pool {
     }
 
     /// Sends `request` (absolute-form URI carrying the downstream authority) to `host`, on a
-    /// connection of the pool for `priority`, within the cluster's circuit breakers.
+    /// connection of the pool for `priority`, within the cluster's circuit breakers. With
+    /// `alpn`, a TLS connection offers that list (Istio's `istio.alpn`), on connections of its
+    /// own.
     pub async fn send(
         &self,
         host: &Host,
         mut request: http::Request<UpstreamBody>,
         http2: bool,
         priority: Priority,
+        alpn: Option<&AlpnOffer>,
     ) -> Result<http::Response<Incoming>, UpstreamError> {
+        if let Transport::Unsupported(name) = &host.transport {
+            return Err(UpstreamError::UnsupportedTransport(name.to_string()));
+        }
         if http2 {
             *request.version_mut() = http::Version::HTTP_2;
             // HTTP/2 carries the authority in `:authority` (from the URI); no `host` header.
@@ -178,7 +179,8 @@ impl Pool {
                 .map_err(|e| UpstreamError::Reset(e.to_string()))?;
             *request.uri_mut() = origin;
         }
-        let attached = self.pools.attach(&host.authority, priority, http2).await?;
+        let destination = Destination::new(host, alpn);
+        let attached = self.pools.attach(&destination, priority, http2).await?;
         host.stats
             .rq_total
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);

@@ -106,7 +106,6 @@ pub fn spawn(cluster: &Arc<ClusterRuntime>) {
     let prober = Arc::new(probe::Prober {
         checker: active.config.checker.clone(),
         default_host: cluster.config.name.clone(),
-        tls: cluster.pool.connector().tls,
         timeout: active.config.timeout,
     });
     let config = active.config.clone();

@@ -7,12 +7,12 @@ use super::state::Outcome;
 use crate::config::address::Endpoint;
 use crate::config::health_check::{Checker, HttpCheck, TcpCheck};
 use crate::upstream::connector::UpstreamStream;
+use crate::upstream::transport::Transport;
 use crate::upstream::Host;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use std::io;
-use std::sync::Arc;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// A connection kept between checks.
@@ -23,12 +23,11 @@ pub enum Connection {
     Grpc(hyper::client::conn::http2::SendRequest<super::grpc::CallBody>),
 }
 
-/// What a check needs besides the host: the checker, the default `Host` header (the cluster's
-/// name) and the cluster's TLS, which checks use as requests do.
+/// What a check needs besides the host: the checker and the default `Host` header (the
+/// cluster's name). Checks use the host's transport socket, as its requests do.
 pub struct Prober {
     pub checker: Checker,
     pub default_host: String,
-    pub tls: Option<Arc<crate::tls::ClientTls>>,
     /// The check's timeout (a gRPC check sends it as `grpc-timeout`).
     pub timeout: std::time::Duration,
 }
@@ -56,14 +55,17 @@ impl Prober {
                 None,
             ),
         };
-        match &self.tls {
-            None => Ok(stream),
-            Some(tls) => {
-                let s = tls.connect(stream, peer).await?;
+        match &host.transport {
+            Transport::Plain => Ok(stream),
+            Transport::Tls(tls) => {
+                let s = tls.connect(stream, peer, None).await?;
                 Ok(UpstreamStream::Tls(Box::new(
                     tokio_rustls::TlsStream::Client(s),
                 )))
             }
+            Transport::Unsupported(name) => Err(io::Error::other(format!(
+                "{name} is not supported by Outrigger yet"
+            ))),
         }
     }
 
