@@ -254,6 +254,7 @@ async fn offered(s: &ServerTls, c: &ClientTls, offer: Option<&AlpnOffer>) -> Opt
     client.expect("handshake");
     server
         .expect("accepted")
+        .0
         .get_ref()
         .1
         .alpn_protocol()
