@@ -10,6 +10,7 @@
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::process::{Command, Stdio};
+use tests::pki::{Identity, Pki};
 use tests::scripted::{Behaviour, Scripted};
 use tests::upstream::Reply;
 use tests::{curl, Kind, Ports, RunningProxy};
@@ -38,7 +39,15 @@ fn node(id: &str, workload: &str, ns: &str, app: &str, version: &str) -> String 
 const MX: &str = "type.googleapis.com/io.istio.http.peer_metadata.Config";
 const STATS: &str = "type.googleapis.com/stats.PluginConfig";
 
-fn listener(direction: &str, port: &str, cluster: &str, mx: &str, stats: &str) -> String {
+/// `chain_tls`: empty, or a filter chain's `transport_socket` line (indented 6).
+fn listener(
+    direction: &str,
+    port: &str,
+    cluster: &str,
+    mx: &str,
+    stats: &str,
+    chain_tls: &str,
+) -> String {
     format!(
         r#"  - name: {direction}
     traffic_direction: {direction}
@@ -67,6 +76,7 @@ fn listener(direction: &str, port: &str, cluster: &str, mx: &str, stats: &str) -
               value: {stats}
           - name: envoy.filters.http.router
             typed_config: {{ "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router }}
+{chain_tls}
 "#
     )
 }
@@ -86,7 +96,46 @@ fn cluster(name: &str, port: &str, metadata: &str) -> String {
 
 const OUTBOUND_CLUSTER: &str = "outbound|80||server.back.svc.cluster.local";
 
-fn bootstraps(ports: &Ports) -> (String, String) {
+/// The hop between the sidecars over mutual TLS: the client's cluster presents the
+/// `client` identity, the server's inbound chain the `server` one and requires the client's.
+struct Mtls<'a> {
+    pki: &'a Pki,
+    client: &'a Identity,
+    server: &'a Identity,
+}
+
+impl Mtls<'_> {
+    fn common(&self, me: &Identity) -> String {
+        format!(
+            r#"common_tls_context: {{ tls_certificates: [{{ certificate_chain: {{ filename: "{}" }}, private_key: {{ filename: "{}" }} }}], validation_context: {{ trusted_ca: {{ filename: "{}" }} }} }}"#,
+            me.cert.display(),
+            me.key.display(),
+            self.pki.root().display()
+        )
+    }
+
+    fn upstream(&self) -> String {
+        format!(
+            r#"transport_socket: {{ name: envoy.transport_sockets.tls, typed_config: {{ "@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext, {} }} }}"#,
+            self.common(self.client)
+        )
+    }
+
+    fn downstream(&self) -> String {
+        format!(
+            r#"      transport_socket: {{ name: envoy.transport_sockets.tls, typed_config: {{ "@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext, require_client_certificate: true, {} }} }}"#,
+            self.common(self.server)
+        )
+    }
+}
+
+fn bootstraps(ports: &Ports, mtls: Option<&Mtls<'_>>) -> (String, String) {
+    let metadata = r#"metadata: { filter_metadata: { istio: { services: [{ host: server.back.svc.cluster.local, name: server, namespace: back }] } } }"#;
+    let client_cluster = match mtls {
+        Some(m) => format!("{metadata}\n    {}", m.upstream()),
+        None => metadata.to_string(),
+    };
+    let server_chain = mtls.map(Mtls::downstream).unwrap_or_default();
     let client = format!(
         "{}admin: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {{{{client_admin}}}} }} }} }}\nstatic_resources:\n  listeners:\n{}  clusters:\n{}",
         node("sidecar~10.0.0.1~client-v1-abcde.front~front.svc.cluster.local", "client-v1", "front", "client", "v1"),
@@ -96,12 +145,9 @@ fn bootstraps(ports: &Ports) -> (String, String) {
             OUTBOUND_CLUSTER,
             r#"{ upstream_discovery: [{ istio_headers: {} }, { workload_discovery: {} }], upstream_propagation: [{ istio_headers: {} }] }"#,
             "{}",
+            "",
         ),
-        cluster(
-            OUTBOUND_CLUSTER,
-            "server",
-            r#"metadata: { filter_metadata: { istio: { services: [{ host: server.back.svc.cluster.local, name: server, namespace: back }] } } }"#,
-        ),
+        cluster(OUTBOUND_CLUSTER, "server", &client_cluster),
     );
     let server = format!(
         "{}admin: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {{{{server_admin}}}} }} }} }}\nstatic_resources:\n  listeners:\n{}  clusters:\n{}",
@@ -112,6 +158,7 @@ fn bootstraps(ports: &Ports) -> (String, String) {
             "inbound|8080||",
             r#"{ downstream_discovery: [{ istio_headers: {} }, { workload_discovery: {} }], downstream_propagation: [{ istio_headers: {} }] }"#,
             "{ disable_host_header_fallback: true }",
+            &server_chain,
         ),
         cluster("inbound|8080||", "app", ""),
     );
@@ -159,7 +206,7 @@ fn two_sidecars_exchange_metadata_and_report_istio_metrics() {
     );
     let ports =
         Ports::new(&["client", "server", "client_admin", "server_admin"]).with("app", app.port());
-    let (client_yaml, server_yaml) = bootstraps(&ports);
+    let (client_yaml, server_yaml) = bootstraps(&ports, None);
     let server = RunningProxy::start(Kind::Outrigger, &server_yaml, &[]);
     let client = RunningProxy::start(Kind::Outrigger, &client_yaml, &[]);
     let url = format!("http://127.0.0.1:{}/hello", ports.get("client"));
@@ -385,6 +432,61 @@ const LINT: &[&str] = &[
     // Istio's own name for the metric: dashboards query it, so it stays.
     "istio_request_duration_milliseconds use base unit \"seconds\" instead of \"milliseconds\"",
 ];
+
+/// Over mutual TLS the server side knows both identities: the client's certificate is the
+/// source principal, its own the destination principal, and the policy is `mutual_tls`. The
+/// client side does not read its upstream connection's certificates yet (`unknown`).
+#[test]
+fn principals_and_mutual_tls_come_from_the_connection() {
+    let app = Scripted::start("app", Behaviour::Reply(Reply::text("hello\n")));
+    let pki = Pki::new();
+    let (client_id, server_id) = (pki.identity("client"), pki.identity("server"));
+    let mtls = Mtls {
+        pki: &pki,
+        client: &client_id,
+        server: &server_id,
+    };
+    let ports =
+        Ports::new(&["client", "server", "client_admin", "server_admin"]).with("app", app.port());
+    let (client_yaml, server_yaml) = bootstraps(&ports, Some(&mtls));
+    let server = RunningProxy::start(Kind::Outrigger, &server_yaml, &[]);
+    let client = RunningProxy::start(Kind::Outrigger, &client_yaml, &[]);
+    let url = format!("http://127.0.0.1:{}/hello", ports.get("client"));
+    let r = curl::request("GET", &url, &[]).expect("through both sidecars");
+    assert_eq!(r.status, 200, "{}", server.logs_for_failure());
+    // Plaintext straight to the server's mTLS port is refused.
+    let direct = format!("http://127.0.0.1:{}/hello", ports.get("server"));
+    assert!(curl::request("GET", &direct, &[]).is_err());
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let labels = |body: &str| -> Vec<String> {
+        let series = requests_total(body);
+        let (m, _) = series.first().expect("a series");
+        [
+            "source_principal",
+            "destination_principal",
+            "connection_security_policy",
+        ]
+        .iter()
+        .map(|k| format!("{k}={}", m[*k]))
+        .collect()
+    };
+    assert_eq!(
+        labels(&server.get("/stats/prometheus").body),
+        [
+            format!("source_principal={}", client_id.uri),
+            format!("destination_principal={}", server_id.uri),
+            "connection_security_policy=mutual_tls".to_string(),
+        ]
+    );
+    assert_eq!(
+        labels(&client.get("/stats/prometheus").body),
+        [
+            "source_principal=unknown",
+            "destination_principal=unknown",
+            "connection_security_policy=unknown"
+        ]
+    );
+}
 
 fn promtool_accepts(body: &str) {
     let Some(promtool) = std::env::var_os("PATH").and_then(|path| {
