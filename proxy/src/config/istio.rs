@@ -283,7 +283,7 @@ pub fn stats_plugin(
             "disable_host_header_fallback" => plugin.disable_host_header_fallback = as_bool(v, &p)?,
             "tcp_reporting_duration" => acks.push(Acknowledged {
                 path: p.to_string(),
-                reason: "the period of TCP and gRPC message metrics, which Outrigger does not emit yet (HTTP request metrics only)",
+                reason: "TCP byte counts are reported when a connection closes, not every period; gRPC message counts are not emitted",
             }),
             "rotation_interval" | "graceful_deletion_interval" => acks.push(Acknowledged {
                 path: p.to_string(),

@@ -314,6 +314,8 @@ fn translate_filter_chain(
     };
     // A chain without filters is valid in Envoy: its connections are closed at once.
     let mut filters = Vec::with_capacity(fc.filters.len());
+    // Istio's TCP metrics, for the chain's tcp_proxy (with where they were configured).
+    let mut istio_tcp: Option<(super::istio::StatsPlugin, FieldPath)> = None;
     for (i, f) in fc.filters.iter().enumerate() {
         let p = path.field("filters").index(i);
         let any = match &f.config_type {
@@ -323,15 +325,35 @@ fn translate_filter_chain(
         };
         let tc = p.field("typed_config");
         let is_last = i + 1 == fc.filters.len();
-        if !is_last && super::istio_tcp::acknowledge(any, &tc, acks)? {
-            continue;
+        if !is_last {
+            use super::istio_tcp::IstioNetworkFilter;
+            match super::istio_tcp::translate(any, &tc, resolve, acks)? {
+                Some(IstioNetworkFilter::Stats(stats)) => {
+                    istio_tcp = Some((stats, tc));
+                    continue;
+                }
+                Some(IstioNetworkFilter::Nothing) => continue,
+                None => {}
+            }
         }
         let filter = match extension::decode(any, &tc)? {
-            Some(Extension::HttpConnectionManager(hcm)) => NetworkFilter::HttpConnectionManager(
-                Arc::new(translate_hcm(&hcm, &tc, resolve, acks)?),
-            ),
+            Some(Extension::HttpConnectionManager(hcm)) => {
+                if let Some((_, at)) = istio_tcp.take() {
+                    super::istio_tcp::acknowledge_on_http_chain(&at, acks);
+                }
+                NetworkFilter::HttpConnectionManager(Arc::new(translate_hcm(
+                    &hcm, &tc, resolve, acks,
+                )?))
+            }
             Some(Extension::TcpProxy(t)) => {
-                NetworkFilter::TcpProxy(Arc::new(translate_tcp_proxy(&t, &tc, resolve, acks)?))
+                let mut tcp = translate_tcp_proxy(&t, &tc, resolve, acks)?;
+                tcp.istio = istio_tcp.take().map(|(stats, _)| {
+                    Arc::new(super::istio_tcp::IstioTcp {
+                        local: resolve.local.clone(),
+                        stats,
+                    })
+                });
+                NetworkFilter::TcpProxy(Arc::new(tcp))
             }
             _ => return Err(extension::unregistered(&tc, &f.name, any)),
         };

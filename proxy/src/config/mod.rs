@@ -21,7 +21,7 @@ pub mod health_check;
 pub mod istio;
 pub mod istio_alpn;
 pub mod istio_node;
-mod istio_tcp;
+pub mod istio_tcp;
 pub mod listener;
 pub mod load_balancing;
 pub mod matcher;

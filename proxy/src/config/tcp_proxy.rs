@@ -25,6 +25,8 @@ pub struct TcpProxy {
     /// Connection attempts before giving up (Envoy's default: 1).
     pub max_connect_attempts: u32,
     pub access_logs: Vec<Arc<AccessLog>>,
+    /// Istio's TCP metrics, when `istio.stats` precedes the filter in its chain.
+    pub istio: Option<Arc<super::istio_tcp::IstioTcp>>,
 }
 
 impl TcpProxy {
@@ -108,5 +110,6 @@ pub fn translate_tcp_proxy(
             resolve,
             acks,
         )?,
+        istio: None,
     })
 }

@@ -5,7 +5,9 @@
 //! peer", never an error.
 
 use crate::config::istio::{IstioHttp, Reporter};
-use crate::stats::istio::{Fixed, FixedRef, LocalLabels, Peer, Principals, SeriesKey, Service};
+use crate::stats::istio::{
+    connection_security, Fixed, FixedRef, LocalLabels, Peer, SeriesKey, Service,
+};
 use crate::stats::Store;
 use http::{HeaderMap, HeaderName, HeaderValue};
 use std::collections::HashMap;
@@ -143,6 +145,8 @@ impl IstioRuntime {
             Some("allow_any") => Some("PassthroughCluster"),
             _ => None,
         };
+        let source = self.config.stats.map(|s| s.reporter) != Some(Reporter::Destination);
+        let (mutual_tls, principals) = connection_security(source, tls);
         let key = SeriesKey {
             fixed: fixed.clone(),
             peer: r.peer.clone(),
@@ -155,20 +159,9 @@ impl IstioRuntime {
             response_code: info.response_code,
             grpc_status: if r.grpc { r.grpc_status } else { None },
             response_flags: info.response_flags,
-            // The server side knows its connection: mutual TLS when the client presented a
-            // certificate, the principals from it and from ours. The client side does not
-            // read its upstream connection's certificates (`unknown`).
-            mutual_tls: match self.config.stats.map(|s| s.reporter) {
-                Some(Reporter::Destination) => Some(tls.is_some_and(|t| t.peer.is_some())),
-                _ => None,
-            },
-            principals: match (self.config.stats.map(|s| s.reporter), tls) {
-                (Some(Reporter::Destination), Some(t)) => Principals {
-                    peer: t.peer.as_ref().map(|p| p.uri.clone()),
-                    local: Some(t.local.uri.clone()),
-                },
-                _ => Principals::default(),
-            },
+            mutual_tls,
+            principals,
+            tcp: false,
         };
         let series = store.istio.series(key);
         series.requests.inc();

@@ -52,6 +52,10 @@ impl ChainRuntime {
                 config: t.clone(),
                 stats: TcpStats::new(store, &t.stat_prefix),
                 access_logs: AccessLogs::new(&t.access_logs, files),
+                istio: t
+                    .istio
+                    .as_ref()
+                    .map(|i| crate::tcp::TcpIstio::new(i, store)),
             })),
             None => ChainRuntime::Close,
         }

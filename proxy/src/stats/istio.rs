@@ -114,6 +114,8 @@ pub struct SeriesKey {
     /// none; None on the client side (`unknown`).
     pub mutual_tls: Option<bool>,
     pub principals: Principals,
+    /// A TCP connection's series (`request_protocol="tcp"`, no response code labels).
+    pub tcp: bool,
 }
 
 /// The SPIFFE identities of the connection's two ends (URI SANs), where known.
@@ -121,6 +123,28 @@ pub struct SeriesKey {
 pub struct Principals {
     pub peer: Option<Arc<str>>,
     pub local: Option<Arc<str>>,
+}
+
+/// `connection_security_policy` and the principals of a downstream connection: the server
+/// side (destination reporter) knows its connection — mutual TLS when the client presented a
+/// certificate, the principals from it and from ours; the client side does not read its
+/// upstream connection's certificates (`unknown`).
+pub fn connection_security(
+    source_reporter: bool,
+    tls: Option<&crate::tls::TlsInfo>,
+) -> (Option<bool>, Principals) {
+    if source_reporter {
+        return (None, Principals::default());
+    }
+    let mutual = tls.is_some_and(|t| t.peer.is_some());
+    let principals = match tls {
+        Some(t) => Principals {
+            peer: t.peer.as_ref().map(|p| p.uri.clone()),
+            local: Some(t.local.uri.clone()),
+        },
+        None => Principals::default(),
+    };
+    (Some(mutual), principals)
 }
 
 /// A pointer-compared handle to interned [`Fixed`] labels.
@@ -148,10 +172,20 @@ pub struct Series {
     pub response_bytes: Histogram,
 }
 
+/// The TCP metrics of one series.
+#[derive(Debug, Default)]
+pub struct TcpSeries {
+    pub opened: Counter,
+    pub closed: Counter,
+    pub sent_bytes: Counter,
+    pub received_bytes: Counter,
+}
+
 /// Every Istio series of the process.
 #[derive(Debug, Default)]
 pub struct IstioMetrics {
     series: RwLock<HashMap<SeriesKey, Arc<Series>>>,
+    tcp: RwLock<HashMap<SeriesKey, Arc<TcpSeries>>>,
     fixed: Mutex<Vec<Arc<Fixed>>>,
     /// `istio_build`'s `tag`, once an Istio stats filter was configured.
     build: Mutex<Option<Arc<str>>>,
@@ -189,6 +223,46 @@ impl IstioMetrics {
             .clone()
     }
 
+    /// The TCP series of `key`, as [`IstioMetrics::series`].
+    pub fn tcp_series(&self, key: SeriesKey) -> Arc<TcpSeries> {
+        if let Some(s) = self.tcp.read().unwrap_or_else(|e| e.into_inner()).get(&key) {
+            return s.clone();
+        }
+        self.tcp
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(key)
+            .or_default()
+            .clone()
+    }
+
+    fn render_tcp(&self, out: &mut String) {
+        let mut rows: Vec<(String, Arc<TcpSeries>)> = self
+            .tcp
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|(k, s)| (labels(k), s.clone()))
+            .collect();
+        if rows.is_empty() {
+            return;
+        }
+        rows.sort_by(|a, b| a.0.cmp(&b.0));
+        type Pick = fn(&TcpSeries) -> &Counter;
+        let families: [(&str, Pick); 4] = [
+            ("istio_tcp_connections_closed_total", |s| &s.closed),
+            ("istio_tcp_connections_opened_total", |s| &s.opened),
+            ("istio_tcp_received_bytes_total", |s| &s.received_bytes),
+            ("istio_tcp_sent_bytes_total", |s| &s.sent_bytes),
+        ];
+        for (family, pick) in families {
+            let _ = writeln!(out, "# TYPE {family} counter");
+            for (labels, s) in &rows {
+                let _ = writeln!(out, "{family}{{{labels}}} {}", pick(s).value());
+            }
+        }
+    }
+
     /// The Prometheus families, text format 0.0.4.
     pub fn render(&self, out: &mut String) {
         if let Some(tag) = self
@@ -211,6 +285,7 @@ impl IstioMetrics {
             .iter()
             .map(|(k, s)| (labels(k), s.clone()))
             .collect();
+        self.render_tcp(out);
         if rows.is_empty() {
             return;
         }
@@ -296,7 +371,11 @@ pub fn values(k: &SeriesKey) -> [String; 25] {
         Some(true) => "mutual_tls",
         Some(false) => "none",
     };
-    let protocol = if k.grpc { "grpc" } else { "http" };
+    let protocol = match (k.tcp, k.grpc) {
+        (true, _) => "tcp",
+        (false, true) => "grpc",
+        (false, false) => "http",
+    };
     let s = |v: &str| v.to_string();
     if fixed.source_reporter {
         [
@@ -357,9 +436,15 @@ pub fn values(k: &SeriesKey) -> [String; 25] {
     }
 }
 
+/// The label text of a series; a TCP series has no `response_code` or
+/// `grpc_response_status` (Istio's TCP label set).
 fn labels(k: &SeriesKey) -> String {
     let mut out = String::new();
-    for (i, (name, value)) in LABELS.iter().zip(values(k)).enumerate() {
+    let pairs = LABELS
+        .iter()
+        .zip(values(k))
+        .filter(|(name, _)| !k.tcp || !matches!(**name, "response_code" | "grpc_response_status"));
+    for (i, (name, value)) in pairs.enumerate() {
         if i > 0 {
             out.push(',');
         }

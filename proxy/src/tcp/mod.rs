@@ -4,8 +4,10 @@
 //! `idle_timeout` without traffic.
 //! Envoy: https://www.envoyproxy.io/docs/envoy/latest/configuration/listeners/network_filters/tcp_proxy_filter
 
+mod istio;
 mod stats;
 
+pub use istio::TcpIstio;
 pub use stats::TcpStats;
 
 use crate::access_log::AccessLogs;
@@ -27,6 +29,8 @@ pub struct TcpContext {
     pub config: Arc<TcpProxy>,
     pub stats: TcpStats,
     pub access_logs: AccessLogs,
+    /// Istio's TCP metrics, when the chain has `istio.stats`.
+    pub istio: Option<TcpIstio>,
 }
 
 /// Proxies one downstream connection. When its listener drains, the connection keeps going
@@ -40,6 +44,10 @@ pub async fn proxy(
     let stats = &ctx.stats;
     stats.downstream_cx_total.inc();
     let local = info.local;
+    let mut istio = ctx
+        .istio
+        .as_ref()
+        .map(|i| istio::IstioConnection::new(i, info.tls.clone()));
     let mut log = ConnectionLog::new(&ctx, info);
     let config = &ctx.config;
     let named = config.pick(crate::random::below(config.total_weight));
@@ -47,6 +55,9 @@ pub async fn proxy(
         stats.downstream_cx_no_route.inc();
         tracing::debug!(target: "filter", "tcp_proxy {}: no cluster", config.stat_prefix);
         log.flag("NC");
+        if let Some(i) = istio {
+            i.closed(None, flags(&["NC"]), 0, 0);
+        }
         log.finish();
         return;
     };
@@ -66,6 +77,9 @@ pub async fn proxy(
         cluster.stats.upstream_cx_overflow.inc();
         tracing::debug!(target: "filter", "tcp_proxy {}: max_connections reached", config.stat_prefix);
         log.flag("UO");
+        if let Some(i) = istio {
+            i.closed(Some(&cluster), flags(&["UO"]), 0, 0);
+        }
         log.finish();
         return;
     };
@@ -86,14 +100,29 @@ pub async fn proxy(
             if failure.attempts_exhausted {
                 log.flag("URX");
             }
+            if let Some(i) = istio {
+                let names: &[&str] = if failure.attempts_exhausted {
+                    &[failure.flag, "URX"]
+                } else {
+                    &[failure.flag]
+                };
+                i.closed(Some(&cluster), flags(names), 0, 0);
+            }
             log.finish();
             return;
         }
     };
+    if let Some(i) = &mut istio {
+        i.connected(&cluster);
+    }
     let copied = tokio::select! {
         copied = copy_both_ways(downstream, upstream, config.idle_timeout) => copied,
         _ = drain.expired() => {
             tracing::debug!(target: "filter", "tcp_proxy {}: drain time is up, closing", config.stat_prefix);
+            // The copy's byte counts went with it.
+            if let Some(i) = istio {
+                i.closed(Some(&cluster), ResponseFlags::NONE, 0, 0);
+            }
             log.finish();
             return;
         }
@@ -106,11 +135,22 @@ pub async fn proxy(
         log.info.bytes_received = sent;
         log.info.bytes_sent = received;
     }
+    if let Some(i) = istio {
+        i.closed(Some(&cluster), ResponseFlags::NONE, sent, received);
+    }
     log.finish();
     stats.downstream_cx_rx_bytes_total.add(sent);
     stats.downstream_cx_tx_bytes_total.add(received);
     cluster.stats.upstream_cx_tx_bytes_total.add(sent);
     cluster.stats.upstream_cx_rx_bytes_total.add(received);
+}
+
+/// Envoy's response flags by their short names.
+fn flags(names: &[&str]) -> ResponseFlags {
+    names
+        .iter()
+        .filter_map(|n| ResponseFlags::named(n))
+        .fold(ResponseFlags::NONE, ResponseFlags::with)
 }
 
 /// Why no upstream connection was made, for the access log.

@@ -1,0 +1,112 @@
+//! Istio's TCP metrics for one `tcp_proxy` (`istio_tcp_connections_opened_total`,
+//! `_closed_total`, `istio_tcp_sent_bytes_total`, `_received_bytes_total`): a connection is
+//! counted opened once its upstream connection is made (or, never made, when it closes), and
+//! closed with its bytes when it ends. The peer is unknown (Outrigger does not speak the TCP
+//! metadata exchange), as Istio reports a connection without the exchange; the service comes
+//! from the cluster's metadata, the principals from the downstream TLS connection.
+//! Labels: istio/proxy `testdata/metric/tcp_*.yaml.tmpl`, `shared/reference/istio-contract.md` §7.
+
+use crate::config::istio::Reporter;
+use crate::config::istio_tcp::IstioTcp;
+use crate::format::ResponseFlags;
+use crate::stats::istio::{
+    connection_security, Fixed, FixedRef, LocalLabels, SeriesKey, Service, TcpSeries,
+};
+use crate::stats::Store;
+use crate::tls::TlsInfo;
+use crate::upstream::ClusterRuntime;
+use std::sync::Arc;
+
+/// A tcp_proxy's Istio metrics, resolved when its listener is built.
+#[derive(Debug)]
+pub struct TcpIstio {
+    fixed: FixedRef,
+    source_reporter: bool,
+    store: Arc<Store>,
+}
+
+impl TcpIstio {
+    pub fn new(config: &IstioTcp, store: &Arc<Store>) -> Self {
+        let source_reporter = config.stats.reporter == Reporter::Source;
+        let fixed = Fixed {
+            source_reporter,
+            local: LocalLabels::of(&config.local),
+        };
+        Self {
+            fixed: store.istio.fixed(fixed, &config.local.istio_version),
+            source_reporter,
+            store: store.clone(),
+        }
+    }
+
+    /// The series of a connection to `cluster` (None: no cluster was found).
+    fn series(
+        &self,
+        cluster: Option<&ClusterRuntime>,
+        tls: Option<&TlsInfo>,
+        flags: ResponseFlags,
+    ) -> Arc<TcpSeries> {
+        let (mutual_tls, principals) = connection_security(self.source_reporter, tls);
+        self.store.istio.tcp_series(SeriesKey {
+            fixed: self.fixed.clone(),
+            peer: None,
+            service: Service {
+                host_header: None,
+                route_special: None,
+                cluster: cluster.and_then(|c| c.config.istio.clone()),
+            },
+            grpc: false,
+            response_code: 0,
+            grpc_status: None,
+            response_flags: flags,
+            mutual_tls,
+            principals,
+            tcp: true,
+        })
+    }
+}
+
+/// One proxied connection's part in the metrics.
+pub struct IstioConnection<'a> {
+    runtime: &'a TcpIstio,
+    tls: Option<Arc<TlsInfo>>,
+    opened: bool,
+}
+
+impl<'a> IstioConnection<'a> {
+    pub fn new(runtime: &'a TcpIstio, tls: Option<Arc<TlsInfo>>) -> Self {
+        Self {
+            runtime,
+            tls,
+            opened: false,
+        }
+    }
+
+    /// The upstream connection is made.
+    pub fn connected(&mut self, cluster: &ClusterRuntime) {
+        self.runtime
+            .series(Some(cluster), self.tls.as_deref(), ResponseFlags::NONE)
+            .opened
+            .inc();
+        self.opened = true;
+    }
+
+    /// The connection ended with `flags` after `upstream_bytes` went from the client to the
+    /// upstream and `downstream_bytes` back. Istio's "received" bytes are the request's, its
+    /// "sent" bytes the response's.
+    pub fn closed(
+        self,
+        cluster: Option<&ClusterRuntime>,
+        flags: ResponseFlags,
+        upstream_bytes: u64,
+        downstream_bytes: u64,
+    ) {
+        let series = self.runtime.series(cluster, self.tls.as_deref(), flags);
+        if !self.opened {
+            series.opened.inc();
+        }
+        series.closed.inc();
+        series.received_bytes.add(upstream_bytes);
+        series.sent_bytes.add(downstream_bytes);
+    }
+}
