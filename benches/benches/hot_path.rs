@@ -108,6 +108,7 @@ fn host_list(n: u16, weighted: bool) -> Vec<Arc<Host>> {
                 hostname: String::new(),
                 weight: if weighted { 1 + u32::from(i % 7) } else { 1 },
                 priority: 0,
+                locality: Default::default(),
                 authority: format!("127.0.0.1:{port}").parse().expect("authority"),
                 transport: outrigger::upstream::transport::Transport::Plain,
                 stats: HostStats::default(),

@@ -48,6 +48,9 @@ pub struct Cluster {
     pub outlier: Option<super::outlier::OutlierConfig>,
     /// `common_lb_config.healthy_panic_threshold`, in percent.
     pub panic_threshold: f64,
+    /// `common_lb_config.locality_weighted_lb_config`: a pick first chooses a locality by its
+    /// weight and health, then a host in it.
+    pub locality_weighted: bool,
     /// The inline `load_assignment.policy` (STATIC and DNS clusters; EDS assignments carry
     /// their own).
     pub priorities: PriorityPolicy,
@@ -100,8 +103,17 @@ pub struct LbEndpoint {
     pub weight: u32,
     /// The priority of its `LocalityLbEndpoints` (0 is the highest).
     pub priority: u32,
+    pub locality: Locality,
     /// What `transport_socket_matches` read of its metadata and its locality's.
     pub labels: MatchLabels,
+}
+
+/// Which `LocalityLbEndpoints` of the assignment an endpoint belongs to, and that
+/// locality's `load_balancing_weight` (0 when unset), for locality-weighted balancing.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub struct Locality {
+    pub index: u32,
+    pub weight: u32,
 }
 
 /// A translated `ClusterLoadAssignment`: its endpoints and the policy that shapes priority
@@ -118,6 +130,7 @@ pub struct DnsHost {
     pub port: u16,
     pub weight: u32,
     pub priority: u32,
+    pub locality: Locality,
     /// Every address the name resolves to takes the transport socket these labels select.
     pub labels: MatchLabels,
 }
@@ -339,6 +352,12 @@ pub fn translate_cluster(
             .map(|o| super::outlier::translate(o, &path.field("outlier_detection")))
             .transpose()?,
         panic_threshold: super::outlier::panic_threshold(c, path)?,
+        locality_weighted: matches!(
+            c.common_lb_config
+                .as_ref()
+                .and_then(|l| l.locality_config_specifier.as_ref()),
+            Some(cluster::common_lb_config::LocalityConfigSpecifier::LocalityWeightedLbConfig(_))
+        ),
         priorities: super::load_balancing::priority_policy(
             c.load_assignment.as_ref(),
             &path.field("load_assignment"),
@@ -362,6 +381,7 @@ fn selected_endpoints(
         u32,
         &xds_proto::pb::envoy::config::endpoint::v3::LbEndpoint,
         MatchLabels,
+        Locality,
     ),
 > {
     la.into_iter().flat_map(|la| {
@@ -379,7 +399,11 @@ fn selected_endpoints(
                 })
                 .map(move |(j, e)| {
                     let labels = MatchLabels::of(e.metadata.as_ref(), l.metadata.as_ref());
-                    (i, j, l.priority, e, labels)
+                    let locality = Locality {
+                        index: u32::try_from(i).unwrap_or(u32::MAX),
+                        weight: l.load_balancing_weight.as_ref().map_or(0, |w| w.value),
+                    };
+                    (i, j, l.priority, e, labels, locality)
                 })
         })
     })
@@ -514,7 +538,7 @@ fn assignment_endpoints(
     path: &FieldPath,
 ) -> Result<Vec<LbEndpoint>> {
     selected_endpoints(la)
-        .map(|(i, j, priority, e, labels)| {
+        .map(|(i, j, priority, e, labels, locality)| {
             let p = endpoint_path(path, i, j);
             let address = resolved(
                 endpoint_address(e, &p)?,
@@ -524,6 +548,7 @@ fn assignment_endpoints(
                 address,
                 weight: endpoint_weight(e, &p)?,
                 priority,
+                locality,
                 labels,
             })
         })
@@ -532,7 +557,7 @@ fn assignment_endpoints(
 
 fn dns_hosts(c: &ProtoCluster, path: &FieldPath) -> Result<Vec<DnsHost>> {
     selected_endpoints(c.load_assignment.as_ref())
-        .map(|(i, j, priority, e, labels)| {
+        .map(|(i, j, priority, e, labels, locality)| {
             let p = endpoint_path(&path.field("load_assignment"), i, j);
             let address = endpoint_address(e, &p)?;
             if matches!(
@@ -550,6 +575,7 @@ fn dns_hosts(c: &ProtoCluster, path: &FieldPath) -> Result<Vec<DnsHost>> {
                 port,
                 weight: endpoint_weight(e, &p)?,
                 priority,
+                locality,
                 labels,
             })
         })

@@ -36,7 +36,8 @@ const DRAIN_TIMEOUT: &str = "an HTTP/2 connection's grace between its first GOAW
 const BUFFERS: &str = "buffering is bounded by the codecs' own flow control (HTTP/2 windows, fixed copy buffers); this exact limit is not applied";
 const GZIP_TUNING: &str = "zlib tuning for memory and ratio; Outrigger's gzip (miniz_oxide) uses its own, and its output is valid gzip all the same";
 const SLOW_START: &str = "slow start is not implemented: a new host takes its full weight at once";
-const LOCALITY_LB: &str = "locality-weighted and zone-aware balancing are not implemented yet (issue 4, a SHOULD): hosts of every locality are balanced as one set";
+const LOCALITY_LB: &str = "locality settings of a typed load balancing policy are not applied (locality-weighted balancing is read from common_lb_config.locality_weighted_lb_config; zone-aware balancing is not implemented): hosts of every locality are balanced as one set";
+const ZONE_AWARE: &str = "zone-aware routing is not implemented (a SHOULD of issue 4): without locality weights, hosts of every locality are balanced as one set";
 const NO_TICKETS: &str =
     "Outrigger issues no TLS session tickets (resumption uses the server's session cache)";
 
@@ -168,8 +169,9 @@ static POLICIES: &[(&str, Policy)] = policies! {
         "request_headers_to_remove", "expected_statuses", "codec_client_type"];
     "envoy.config.core.v3.HealthCheck.TcpHealthCheck" => ["send", "receive"];
     "envoy.config.core.v3.HealthCheck.Payload" => ["text", "binary"];
-    "envoy.config.cluster.v3.Cluster.CommonLbConfig" => ["healthy_panic_threshold"]
-        ack [("zone_aware_lb_config", LOCALITY_LB), ("locality_weighted_lb_config", LOCALITY_LB),
+    "envoy.config.cluster.v3.Cluster.CommonLbConfig.LocalityWeightedLbConfig" => [];
+    "envoy.config.cluster.v3.Cluster.CommonLbConfig" => ["healthy_panic_threshold", "locality_weighted_lb_config"]
+        ack [("zone_aware_lb_config", ZONE_AWARE),
              ("update_merge_window", "host updates are applied at once; Envoy's window only delays and merges them"),
              ("close_connections_on_host_set_change", "connections to hosts that leave the set are not closed early; they end with their idle timeout"),
              ("consistent_hashing_lb_config", "hashing options are read from ring_hash_lb_config, maglev_lb_config or load_balancing_policy"),

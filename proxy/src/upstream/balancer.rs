@@ -151,11 +151,19 @@ fn active(host: &Host) -> u64 {
 
 /// Nginx's smooth weighted round robin, unrolled once over a full period.
 fn smooth_schedule(hosts: &[Arc<Host>]) -> Vec<u32> {
-    let total: u64 = hosts.iter().map(|h| u64::from(h.weight)).sum();
+    let weights: Vec<u64> = hosts.iter().map(|h| u64::from(h.weight)).collect();
+    smooth_order(&weights)
+}
+
+/// Indexes of `weights` (all positive) in smooth weighted round-robin order, over one period
+/// (weights reduced by their common divisor, and scaled down past [`MAX_SCHEDULE`]).
+pub(super) fn smooth_order(weights: &[u64]) -> Vec<u32> {
+    let divisor = weights.iter().fold(0, |g, w| gcd(g, *w)).max(1);
+    let total: u64 = weights.iter().map(|w| w / divisor).sum();
     let scale = total.div_ceil(MAX_SCHEDULE).max(1);
-    let weights: Vec<i64> = hosts
+    let weights: Vec<i64> = weights
         .iter()
-        .map(|h| (u64::from(h.weight) / scale).max(1) as i64)
+        .map(|w| (w / divisor / scale).max(1) as i64)
         .collect();
     let period: i64 = weights.iter().sum();
     let mut current = vec![0i64; weights.len()];
@@ -172,6 +180,14 @@ fn smooth_schedule(hosts: &[Arc<Host>]) -> Vec<u32> {
         schedule.push(best as u32);
     }
     schedule
+}
+
+fn gcd(a: u64, b: u64) -> u64 {
+    if b == 0 {
+        a
+    } else {
+        gcd(b, a % b)
+    }
 }
 
 /// Walker's alias method: a host in O(1), with probability proportional to its weight.
@@ -348,6 +364,7 @@ mod tests {
             hostname: String::new(),
             weight,
             priority: 0,
+            locality: Default::default(),
             authority: format!("127.0.0.1:{port}").parse().expect("authority"),
             transport: crate::upstream::transport::Transport::Plain,
             stats: HostStats::default(),

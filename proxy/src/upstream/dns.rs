@@ -76,6 +76,7 @@ async fn resolve_all(
             hostname: host.host.clone(),
             weight: host.weight,
             priority: host.priority,
+            locality: host.locality,
             transport: *transport,
         }));
     }

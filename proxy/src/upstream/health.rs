@@ -138,6 +138,7 @@ pub struct ClusterHealth {
     pub(super) outlier: Option<super::outlier::Detector>,
     pub(super) active: Option<super::health_check::ActiveChecker>,
     panic_threshold: f64,
+    locality_weighted: bool,
     lb_healthy_panic: Arc<Counter>,
     membership_healthy: Arc<Gauge>,
     /// Serialises installs, so a flag change and a discovery update never lose each other.
@@ -167,6 +168,7 @@ impl ClusterHealth {
                 .as_ref()
                 .map(|h| super::health_check::ActiveChecker::new(h.clone(), store, &prefix)),
             panic_threshold: config.panic_threshold,
+            locality_weighted: config.locality_weighted,
             lb_healthy_panic: store.counter(&format!("{prefix}lb_healthy_panic")),
             membership_healthy,
             install: Mutex::new(()),
@@ -234,6 +236,7 @@ impl ClusterHealth {
             policy,
             priorities,
             self.panic_threshold,
+            self.locality_weighted,
             &self.lb_healthy_panic,
             |h| h.health.standing(),
         );

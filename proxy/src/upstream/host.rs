@@ -32,6 +32,8 @@ pub struct Host {
     pub weight: u32,
     /// The EDS priority of the host's locality (0 is the highest).
     pub priority: u32,
+    /// Its locality and the locality's weight, for locality-weighted balancing.
+    pub locality: Locality,
     /// The URI authority the connection pool keys this host by.
     pub authority: http::uri::Authority,
     /// Its transport socket, chosen by the cluster's `transport_socket_matches` when the host
@@ -62,11 +64,13 @@ pub struct HostSet {
 struct Level {
     hosts: Vec<Arc<Host>>,
     balancer: Balancer,
+    /// With locality-weighted balancing, the level's localities (picked before a host).
+    localities: Option<super::locality::Localities>,
     /// The level is in panic: every pick counts `lb_healthy_panic`.
     panic: Option<Arc<Counter>>,
 }
 
-pub use crate::config::cluster::PriorityPolicy;
+pub use crate::config::cluster::{Locality, PriorityPolicy};
 
 /// A host as discovery describes it, before it becomes a [`Host`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -76,6 +80,7 @@ pub struct HostSpec {
     pub hostname: String,
     pub weight: u32,
     pub priority: u32,
+    pub locality: Locality,
     /// The transport socket its endpoint's labels select.
     pub transport: crate::config::transport_match::Selected,
 }
@@ -101,6 +106,7 @@ impl HostSet {
         let level = Level {
             balancer: Balancer::build(policy, &hosts),
             hosts: hosts.clone(),
+            localities: None,
             panic: None,
         };
         Self {
@@ -113,12 +119,15 @@ impl HostSet {
 
     /// The set over `hosts` (sorted by priority) as Envoy balances it: loads per priority from
     /// each level's health (`priority.rs`), a balancer per level over the hosts that take
-    /// traffic there. `standing` rates each host; `panic_threshold` in percent.
+    /// traffic there. `standing` rates each host; `panic_threshold` in percent; with
+    /// `locality_weighted` a level outside panic picks a locality first (`locality.rs`).
+    #[allow(clippy::too_many_arguments)] // One call site (health.rs), each a distinct input.
     pub(super) fn build(
         mut hosts: Vec<Arc<Host>>,
         policy: &LbPolicy,
         priorities: PriorityPolicy,
         panic_threshold: f64,
+        locality_weighted: bool,
         lb_healthy_panic: &Arc<Counter>,
         standing: impl Fn(&Host) -> Standing,
     ) -> Self {
@@ -181,9 +190,27 @@ impl HostSet {
             };
             bound += load;
             choice.push((bound, levels.len() as u32));
+            let localities = if locality_weighted && !panic {
+                let all: Vec<&Arc<Host>> =
+                    hosts.iter().filter(|h| h.priority as usize == p).collect();
+                super::locality::Localities::build(
+                    &members,
+                    &all,
+                    priorities.overprovisioning_factor,
+                    policy,
+                )
+            } else {
+                None
+            };
             levels.push(Level {
-                balancer: Balancer::build(policy, &members),
+                // A level that picks localities first balances within each of them instead.
+                balancer: if localities.is_some() {
+                    Balancer::default()
+                } else {
+                    Balancer::build(policy, &members)
+                },
                 hosts: members,
+                localities,
                 panic: panic.then(|| lb_healthy_panic.clone()),
             });
         }
@@ -222,6 +249,9 @@ impl HostSet {
         if let Some(panic) = &level.panic {
             panic.inc();
         }
+        if let Some(localities) = &level.localities {
+            return localities.pick(hash);
+        }
         level.hosts.get(level.balancer.pick(&level.hosts, hash))
     }
 }
@@ -236,6 +266,7 @@ mod tests {
             hostname: String::new(),
             weight,
             priority: 0,
+            locality: Default::default(),
             authority: format!("127.0.0.1:{port}").parse().expect("authority"),
             transport: crate::upstream::transport::Transport::Plain,
             stats: HostStats::default(),

@@ -309,6 +309,7 @@ impl ClusterRuntime {
             a.address == h.address
                 && a.weight == h.weight
                 && a.priority == h.priority
+                && a.locality == h.locality
                 && *self.transports.get(a.transport) == h.transport
         };
         let same = hosts.len() == old.hosts.len()
@@ -330,6 +331,7 @@ impl ClusterRuntime {
                     hostname,
                     weight,
                     priority,
+                    locality,
                     transport,
                 } = spec;
                 let authority = match &address {
@@ -343,6 +345,7 @@ impl ClusterRuntime {
                     hostname,
                     weight,
                     priority,
+                    locality,
                     stats: HostStats::default(),
                     // With active health checking a host takes no traffic until its first
                     // check passes (Envoy marks new hosts so, at startup and after).
@@ -390,6 +393,7 @@ fn host_specs(endpoints: &[LbEndpoint], transports: &TransportSockets) -> Vec<Ho
             hostname: String::new(),
             weight: e.weight,
             priority: e.priority,
+            locality: e.locality,
             transport: transports.select(&e.labels),
         })
         .collect()
@@ -600,6 +604,7 @@ impl ClusterRuntime {
                     hostname: String::new(),
                     weight: 1,
                     priority: 0,
+                    locality: Default::default(),
                     stats: HostStats::default(),
                     health: Default::default(),
                 }))

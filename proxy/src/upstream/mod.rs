@@ -10,6 +10,7 @@ mod health;
 mod health_check;
 mod host;
 mod host_pool;
+mod locality;
 mod manager;
 mod outlier;
 mod pool;

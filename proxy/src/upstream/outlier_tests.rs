@@ -14,6 +14,7 @@ fn host(port: u16) -> Arc<Host> {
         hostname: String::new(),
         weight: 1,
         priority: 0,
+        locality: Default::default(),
         authority: format!("127.0.0.1:{port}").parse().expect("authority"),
         transport: crate::upstream::transport::Transport::Plain,
         stats: HostStats::default(),
