@@ -249,3 +249,87 @@ fn a_listener_warms_until_its_secret_arrives_like_envoy() {
     };
     assert_eq!(ours, run(Kind::Envoy));
 }
+
+/// A CDS cluster whose client certificate comes over ADS warms until the secret arrives: it
+/// is listed among the warming clusters, and the secret makes it active. Same in Envoy.
+/// Envoy: https://www.envoyproxy.io/docs/envoy/latest/intro/arch_overview/security/secret#sds-and-warming
+#[test]
+fn a_cluster_warms_until_its_secret_arrives_like_envoy() {
+    use tests::control_plane::{CLUSTER, LISTENER};
+    use xds_proto::pb::envoy::config::cluster::v3::Cluster;
+    let run = |kind: Kind| -> Vec<String> {
+        let pki = Pki::new();
+        let identity = pki.identity("client");
+        let cp = ControlPlane::start();
+        cp.set(LISTENER, vec![]);
+        let cluster = resource::<Cluster>(
+            "mtls",
+            &format!(
+                r#"
+name: mtls
+type: STATIC
+connect_timeout: 1s
+load_assignment:
+  cluster_name: mtls
+  endpoints: [{{ lb_endpoints: [{{ endpoint: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {} }} }} }} }}] }}]
+transport_socket:
+  name: envoy.transport_sockets.tls
+  typed_config:
+    "@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext
+    common_tls_context:
+      tls_certificate_sds_secret_configs:
+      - name: default
+        sds_config: {{ ads: {{}}, resource_api_version: V3 }}
+"#,
+                free_port()
+            ),
+        );
+        // The proxy starts (and is ready) first: a cluster warming at startup would hold
+        // initialisation.
+        cp.set(CLUSTER, vec![]);
+        let proxy = RunningProxy::start(
+            kind,
+            &tests::xds_resources::ads_bootstrap(free_port(), cp.port(), true),
+            &[],
+        );
+        cp.set(CLUSTER, vec![cluster]);
+        let state = |proxy: &RunningProxy| {
+            let dump = proxy
+                .get("/config_dump?resource=dynamic_active_clusters")
+                .json();
+            let active = dump["configs"]
+                .as_array()
+                .is_some_and(|cs| cs.iter().any(|c| c["cluster"]["name"] == "mtls"));
+            let dump = proxy
+                .get("/config_dump?resource=dynamic_warming_clusters")
+                .json();
+            let warming = dump["configs"]
+                .as_array()
+                .is_some_and(|cs| cs.iter().any(|c| c["cluster"]["name"] == "mtls"));
+            format!("active={active} warming={warming}")
+        };
+        cp.wait_for(Duration::from_secs(5), "the secret asked for", |r| {
+            r.iter()
+                .any(|r| r.type_url == SECRET && r.names == ["default"])
+        });
+        std::thread::sleep(Duration::from_millis(300));
+        let before = state(&proxy);
+        cp.set(SECRET, vec![certificate(&identity)]);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let mut after = state(&proxy);
+        while after != "active=true warming=false" && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+            after = state(&proxy);
+        }
+        vec![before, after]
+    };
+    let ours = run(Kind::Outrigger);
+    assert_eq!(
+        ours,
+        vec!["active=false warming=true", "active=true warming=false"]
+    );
+    let Some(_) = envoy_or_skip("a_cluster_warms_until_its_secret_arrives_like_envoy") else {
+        return;
+    };
+    assert_eq!(ours, run(Kind::Envoy));
+}

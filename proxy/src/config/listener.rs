@@ -550,21 +550,14 @@ impl Listener {
     /// The SDS secrets this listener's TLS chains name: like its route tables, the listener
     /// warms until each has arrived (Envoy's init manager waits for them too).
     pub fn sds_secrets(&self) -> Vec<Arc<super::slots::Slot<super::tls::Secret>>> {
-        use super::tls::{CertificateSource, ValidationSource};
         let mut slots = Vec::new();
         for chain in self
             .filter_chains
             .iter()
             .chain(self.default_filter_chain.as_ref())
         {
-            let Some(tls) = &chain.tls else { continue };
-            if let Some(CertificateSource::Sds(slot)) = &tls.common.certificate {
-                slots.push(slot.clone());
-            }
-            match &tls.common.validation {
-                Some(ValidationSource::Sds(slot)) => slots.push(slot.clone()),
-                Some(ValidationSource::Combined { sds, .. }) => slots.push(sds.clone()),
-                _ => {}
+            if let Some(tls) = &chain.tls {
+                tls.common.sds_secrets(&mut slots);
             }
         }
         slots

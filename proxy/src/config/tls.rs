@@ -56,6 +56,20 @@ pub struct UpstreamTls {
     pub sni: Option<String>,
 }
 
+impl CommonTls {
+    /// The SDS secrets the context reads (certificate, validation), added to `slots`.
+    pub fn sds_secrets(&self, slots: &mut Vec<Arc<super::slots::Slot<Secret>>>) {
+        if let Some(CertificateSource::Sds(slot)) = &self.certificate {
+            slots.push(slot.clone());
+        }
+        match &self.validation {
+            Some(ValidationSource::Sds(slot)) => slots.push(slot.clone()),
+            Some(ValidationSource::Combined { sds, .. }) => slots.push(sds.clone()),
+            _ => {}
+        }
+    }
+}
+
 /// `CommonTlsContext`.
 #[derive(Debug)]
 pub struct CommonTls {

@@ -101,6 +101,18 @@ impl TransportSockets {
         Selected::Default
     }
 
+    /// The SDS secrets of every socket (the cluster's own and its matches'): a cluster warms
+    /// until they have arrived.
+    pub fn sds_secrets(&self) -> Vec<Arc<super::slots::Slot<super::tls::Secret>>> {
+        let mut slots = Vec::new();
+        for socket in std::iter::once(&self.default).chain(self.matches.iter().map(|m| &m.socket)) {
+            if let UpstreamSocket::Tls(tls) = socket {
+                tls.common.sds_secrets(&mut slots);
+            }
+        }
+        slots
+    }
+
     pub fn socket(&self, selected: Selected) -> &UpstreamSocket {
         match selected {
             Selected::Match(i) => self.matches.get(i).map_or(&self.default, |m| &m.socket),

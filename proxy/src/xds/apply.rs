@@ -270,12 +270,19 @@ impl Applier {
         let expired: Vec<String> = self
             .warming_clusters
             .iter()
-            .filter(|(_, (c, since))| match &c.discovery {
-                Discovery::Eds {
-                    initial_fetch_timeout: Some(t),
-                    ..
-                } => now.duration_since(*since) >= *t,
-                _ => false,
+            .filter(|(_, (c, since))| {
+                let waited = now.duration_since(*since);
+                let endpoints_timed_out = match &c.discovery {
+                    Discovery::Eds {
+                        initial_fetch_timeout: Some(t),
+                        service_name,
+                    } => waited >= *t && !self.clusters.has_assignment(service_name),
+                    _ => false,
+                };
+                // SDS sources use Envoy's default initial fetch timeout.
+                let secret_timed_out = waited >= SECRET_FETCH_TIMEOUT
+                    && c.transports.sds_secrets().iter().any(|s| s.get().is_none());
+                endpoints_timed_out || secret_timed_out
             })
             .map(|(n, _)| n.clone())
             .collect();
@@ -340,13 +347,7 @@ impl Applier {
                     &self.secret_slots,
                     &mut Vec::new(),
                 )?);
-                let waits = match &cluster.discovery {
-                    Discovery::Eds { service_name, .. } => {
-                        !self.clusters.has_assignment(service_name)
-                    }
-                    _ => false,
-                };
-                if waits {
+                if !self.cluster_ready(&cluster) {
                     self.warming_clusters
                         .insert(proto.name.clone(), (cluster, Instant::now()));
                     self.records.warm(kind, &proto.name, record);
@@ -371,18 +372,7 @@ impl Applier {
                         .histogram(&format!("{prefix}update_duration"))
                         .record(started.elapsed().as_secs_f64() * 1000.0);
                 });
-                let ready: Vec<String> = self
-                    .warming_clusters
-                    .iter()
-                    .filter(|(_, (c, _))| matches!(&c.discovery, Discovery::Eds { service_name, .. } if *service_name == proto.cluster_name))
-                    .map(|(n, _)| n.clone())
-                    .collect();
-                for name in ready {
-                    if let Some((cluster, _)) = self.warming_clusters.remove(&name) {
-                        self.clusters.add_or_update(cluster);
-                        self.records.promote(Kind::Cluster, &name);
-                    }
-                }
+                self.activate_ready_clusters();
             }
             Kind::Listener => {
                 let proto: ProtoListener = unpack(&update.resource)?;
@@ -473,10 +463,42 @@ impl Applier {
                 check_name(&proto.name, &update.name)?;
                 crate::config::tls::apply_secret(&self.secret_slots, &proto, &root)?;
                 self.records.activate(kind, &proto.name, record);
+                self.activate_ready_clusters();
                 self.activate_ready_listeners();
             }
         }
         Ok(())
+    }
+
+    /// Whether a cluster has what it warms for: its EDS endpoints, and the secrets its
+    /// transport sockets read (Envoy warms clusters on both).
+    fn cluster_ready(&self, cluster: &Cluster) -> bool {
+        let endpoints = match &cluster.discovery {
+            Discovery::Eds { service_name, .. } => self.clusters.has_assignment(service_name),
+            _ => true,
+        };
+        endpoints
+            && cluster
+                .transports
+                .sds_secrets()
+                .iter()
+                .all(|s| s.get().is_some())
+    }
+
+    /// Starts the warming clusters that have all they wait for.
+    fn activate_ready_clusters(&mut self) {
+        let ready: Vec<String> = self
+            .warming_clusters
+            .iter()
+            .filter(|(_, (c, _))| self.cluster_ready(c))
+            .map(|(n, _)| n.clone())
+            .collect();
+        for name in ready {
+            if let Some((cluster, _)) = self.warming_clusters.remove(&name) {
+                self.clusters.add_or_update(cluster);
+                self.records.promote(Kind::Cluster, &name);
+            }
+        }
     }
 
     /// Starts the warming listeners whose route tables and secrets have all arrived.
