@@ -29,7 +29,7 @@ const XDS: &str = "xDS subscriptions are not implemented yet (issue 5)";
 const STATS: &str = "stats sinks and flushing are not implemented yet (issue 8)";
 const TRACING: &str = "tracing is not implemented yet (issue 8)";
 const ACCESS_LOG: &str = "the admin interface writes no access log (Istio points it at /dev/null)";
-const RESILIENCE: &str = "not enforced yet (issue 4: upstream resilience)";
+const HEDGE_NOT_IN_ENVOY: &str = "Envoy 1.40 accepts it without acting on it (not implemented there; checked: initial_requests 3 still sends one request), and so does Outrigger: one request goes first, more only on per-try timeouts";
 const OVERLOAD: &str = "the overload manager is not implemented";
 const NO_EFFECT: &str = "has no effect in Outrigger";
 const DRAIN_TIMEOUT: &str = "an HTTP/2 connection's grace between its first GOAWAY (no new streams wanted) and the final one is one round trip (hyper's graceful shutdown: GOAWAY, PING, final GOAWAY on the PING's answer), not this duration; streams in flight still finish within the listener's drain time";
@@ -240,7 +240,7 @@ static POLICIES: &[(&str, Policy)] = policies! {
         "request_headers_to_add", "request_headers_to_remove", "response_headers_to_add", "response_headers_to_remove",
         "typed_per_filter_config", "ignore_port_in_host_matching"];
     "envoy.config.route.v3.VirtualHost" => ["name", "domains", "routes", "include_request_attempt_count",
-        "include_attempt_count_in_response", "retry_policy", "per_request_buffer_limit_bytes", "request_body_buffer_limit",
+        "include_attempt_count_in_response", "retry_policy", "hedge_policy", "per_request_buffer_limit_bytes", "request_body_buffer_limit",
         "request_headers_to_add", "request_headers_to_remove", "response_headers_to_add", "response_headers_to_remove",
         "typed_per_filter_config"];
     "envoy.config.route.v3.Route" => ["name", "match", "route", "redirect", "direct_response", "metadata",
@@ -281,8 +281,9 @@ static POLICIES: &[(&str, Policy)] = policies! {
     "envoy.config.route.v3.RouteAction" => ["cluster", "cluster_header", "weighted_clusters", "timeout", "prefix_rewrite",
         "regex_rewrite", "host_rewrite_literal", "auto_host_rewrite", "host_rewrite_header", "hash_policy",
         "cluster_not_found_response_code", "priority", "retry_policy", "request_mirror_policies", "idle_timeout",
-        "max_stream_duration"]
-        ack [("max_grpc_timeout", RESILIENCE)];
+        "max_stream_duration", "max_grpc_timeout", "grpc_timeout_offset", "hedge_policy"];
+    "envoy.config.route.v3.HedgePolicy" => ["hedge_on_per_try_timeout"]
+        ack [("initial_requests", HEDGE_NOT_IN_ENVOY), ("additional_request_chance", HEDGE_NOT_IN_ENVOY)];
     "envoy.config.route.v3.RouteAction.MaxStreamDuration" => ["max_stream_duration", "grpc_timeout_header_max",
         "grpc_timeout_header_offset"];
     // Fields of a retry policy that Outrigger does not implement are refused by its translator

@@ -113,7 +113,12 @@ pub struct RetryPolicy {
     pub num_retries: u32,
     /// None: no per-try timeout (only the route timeout bounds the attempts).
     pub per_try_timeout: Option<Duration>,
+    /// `per_try_idle_timeout`: an attempt ends when its upstream is silent this long, from
+    /// the request's end until the response's end. None: no idle timer.
+    pub per_try_idle_timeout: Option<Duration>,
     pub back_off: BackOff,
+    /// `rate_limited_retry_back_off`: the wait a retried response asks for in its headers.
+    pub rate_limited: Option<RateLimitedBackOff>,
     pub retriable_status_codes: Vec<u16>,
     pub retriable_headers: Vec<HeaderMatcher>,
     /// The policy applies only to requests matching all of these (none: every request).
@@ -132,7 +137,9 @@ impl RetryPolicy {
             retry_on: RetryOn::NONE,
             num_retries: 1,
             per_try_timeout: None,
+            per_try_idle_timeout: None,
             back_off: BackOff::DEFAULT,
+            rate_limited: None,
             retriable_status_codes: Vec::new(),
             retriable_headers: Vec::new(),
             retriable_request_headers: Vec::new(),
@@ -161,12 +168,6 @@ pub fn translate_retry_policy(p: &proto::RetryPolicy, path: &FieldPath) -> Resul
         refresh_cluster_on_retry,
     } = p;
     let refuse = |field: &str, what: &str| Err(path.field(field).error(what.to_string()));
-    if per_try_idle_timeout.is_some() {
-        return refuse(
-            "per_try_idle_timeout",
-            "per-try idle timeouts are not supported yet",
-        );
-    }
     if retry_priority.is_some() {
         return refuse("retry_priority", "retry priority plugins are not supported");
     }
@@ -174,12 +175,6 @@ pub fn translate_retry_policy(p: &proto::RetryPolicy, path: &FieldPath) -> Resul
         return refuse(
             "retry_options_predicates",
             "retry options predicates are not supported",
-        );
-    }
-    if rate_limited_retry_back_off.is_some() {
-        return refuse(
-            "rate_limited_retry_back_off",
-            "rate-limited retry back-off is not supported yet",
         );
     }
     if *refresh_cluster_on_retry {
@@ -196,6 +191,15 @@ pub fn translate_retry_policy(p: &proto::RetryPolicy, path: &FieldPath) -> Resul
     let per_try_timeout =
         optional_duration(per_try_timeout.as_ref(), &path.field("per_try_timeout"))?
             .filter(|d| !d.is_zero());
+    let per_try_idle_timeout = optional_duration(
+        per_try_idle_timeout.as_ref(),
+        &path.field("per_try_idle_timeout"),
+    )?
+    .filter(|d| !d.is_zero());
+    let rate_limited = rate_limited_retry_back_off
+        .as_ref()
+        .map(|r| rate_limited_back_off(r, &path.field("rate_limited_retry_back_off")))
+        .transpose()?;
     let back_off = match retry_back_off {
         None => BackOff::DEFAULT,
         Some(b) => {
@@ -238,7 +242,9 @@ pub fn translate_retry_policy(p: &proto::RetryPolicy, path: &FieldPath) -> Resul
         retry_on: bits,
         num_retries: num_retries.as_ref().map_or(1, |n| n.value),
         per_try_timeout,
+        per_try_idle_timeout,
         back_off,
+        rate_limited,
         // Codes outside the HTTP range can never match a response; Envoy accepts them too.
         retriable_status_codes: retriable_status_codes
             .iter()
@@ -254,6 +260,63 @@ pub fn translate_retry_policy(p: &proto::RetryPolicy, path: &FieldPath) -> Resul
             0 => 1,
             n => u32::try_from(n.max(1)).unwrap_or(u32::MAX),
         },
+    })
+}
+
+/// Where a reset header's value says to retry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ResetFormat {
+    /// Seconds to wait (`Retry-After: 120`).
+    Seconds,
+    /// The Unix time, in seconds, to retry at (`X-RateLimit-Reset: 1595320702`).
+    UnixTimestamp,
+}
+
+/// `rate_limited_retry_back_off`: the response headers tried, in order, for the back-off, and
+/// the longest interval taken from one (a longer one is passed over for the next header).
+/// Envoy: https://www.envoyproxy.io/docs/envoy/latest/api-v3/config/route/v3/route_components.proto#envoy-v3-api-msg-config-route-v3-retrypolicy-ratelimitedretrybackoff
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RateLimitedBackOff {
+    pub reset_headers: Vec<(http::HeaderName, ResetFormat)>,
+    /// 300 s when unset.
+    pub max_interval: Duration,
+}
+
+fn rate_limited_back_off(
+    r: &proto::retry_policy::RateLimitedRetryBackOff,
+    path: &FieldPath,
+) -> Result<RateLimitedBackOff> {
+    let proto::retry_policy::RateLimitedRetryBackOff {
+        reset_headers,
+        max_interval,
+    } = r;
+    if reset_headers.is_empty() {
+        return Err(path
+            .field("reset_headers")
+            .error("at least one reset header is required"));
+    }
+    let mut headers = Vec::with_capacity(reset_headers.len());
+    for (i, h) in reset_headers.iter().enumerate() {
+        let h_path = path.field("reset_headers").index(i);
+        let name = http::HeaderName::from_bytes(h.name.to_ascii_lowercase().as_bytes())
+            .map_err(|_| h_path.field("name").error("invalid header name"))?;
+        use proto::retry_policy::ResetHeaderFormat as F;
+        let format = match F::try_from(h.format) {
+            Ok(F::Seconds) => ResetFormat::Seconds,
+            Ok(F::UnixTimestamp) => ResetFormat::UnixTimestamp,
+            Err(_) => return Err(h_path.field("format").error("unknown value")),
+        };
+        headers.push((name, format));
+    }
+    let max_path = path.field("max_interval");
+    let max_interval = match optional_duration(max_interval.as_ref(), &max_path)? {
+        None => Duration::from_secs(300),
+        Some(d) if d.is_zero() => return Err(max_path.error("must be greater than 0s")),
+        Some(d) => d,
+    };
+    Ok(RateLimitedBackOff {
+        reset_headers: headers,
+        max_interval,
     })
 }
 
@@ -339,9 +402,11 @@ mod tests {
         );
         let e = translate("retry_back_off: { max_interval: 0.05s }").expect_err("no base");
         assert!(e.to_string().contains("base_interval"), "{e}");
-        let e = translate("per_try_idle_timeout: 1s").expect_err("unsupported");
+        let e = translate("rate_limited_retry_back_off: { max_interval: 1s }")
+            .expect_err("no reset header");
         assert!(
-            e.to_string().contains("retry_policy.per_try_idle_timeout"),
+            e.to_string()
+                .contains("retry_policy.rate_limited_retry_back_off.reset_headers"),
             "{e}"
         );
         let e = translate(
@@ -349,6 +414,31 @@ mod tests {
         )
         .expect_err("no typed config");
         assert!(e.to_string().contains("registered implementation"), "{e}");
+    }
+
+    #[test]
+    fn idle_timeout_and_rate_limited_back_off_translate() {
+        let p = translate(
+            r#"
+retry_on: 5xx
+per_try_idle_timeout: 0.3s
+rate_limited_retry_back_off: { reset_headers: [ { name: Retry-After }, { name: X-RateLimit-Reset, format: UNIX_TIMESTAMP } ], max_interval: 2s }
+"#,
+        )
+        .expect("valid");
+        assert_eq!(p.per_try_idle_timeout, Some(Duration::from_millis(300)));
+        let r = p.rate_limited.expect("a rate-limited back-off");
+        assert_eq!(r.max_interval, Duration::from_secs(2));
+        assert_eq!(r.reset_headers[0].0, "retry-after");
+        assert_eq!(r.reset_headers[0].1, ResetFormat::Seconds);
+        assert_eq!(r.reset_headers[1].1, ResetFormat::UnixTimestamp);
+        let p = translate("rate_limited_retry_back_off: { reset_headers: [ { name: retry-after } ] }\nper_try_idle_timeout: 0s")
+            .expect("valid");
+        assert_eq!(p.per_try_idle_timeout, None);
+        assert_eq!(
+            p.rate_limited.map(|r| r.max_interval),
+            Some(Duration::from_secs(300))
+        );
     }
 
     #[test]

@@ -12,7 +12,7 @@ use super::redirect::translate_redirect;
 pub use super::redirect::{Redirect, RedirectPath};
 use super::resolver::Resolver;
 use super::retry_policy::translate_retry_policy;
-use super::route_action::{translate_forward, VhostDefaults};
+use super::route_action::{hedge_on_per_try_timeout, translate_forward, VhostDefaults};
 pub use super::route_action::{ClusterTarget, Forward, HostRewrite, NamedCluster, WeightedTarget};
 use super::route_index::RouteIndex;
 use super::values::inline_data;
@@ -214,6 +214,7 @@ pub fn translate_route_config(
                 )?)),
                 None => None,
             },
+            hedge: vh.hedge_policy.as_ref().map(hedge_on_per_try_timeout),
             buffer_limit: buffer_limit(
                 vh.request_body_buffer_limit.as_ref().map(|v| v.value),
                 #[allow(deprecated)]

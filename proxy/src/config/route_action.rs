@@ -43,6 +43,14 @@ pub struct Forward {
     /// The route's retry policy, else its virtual host's (Envoy takes the most specific one
     /// whole; the two are not merged). Shared by the routes of a virtual host.
     pub retry: Option<Arc<RetryPolicy>>,
+    /// `hedge_policy.hedge_on_per_try_timeout` (the route's policy, else the virtual host's):
+    /// a per-try timeout starts another attempt beside the one in flight instead of
+    /// cancelling it.
+    pub hedge_on_per_try_timeout: bool,
+    /// `max_grpc_timeout` and `grpc_timeout_offset`: a gRPC request's route timeout comes
+    /// from its `grpc-timeout`. None when `max_grpc_timeout` is unset or the route has
+    /// `max_stream_duration` (Envoy then ignores both, as it ignores `timeout`).
+    pub grpc_timeout: Option<GrpcTimeout>,
     /// How much of a request body is kept for a retry (`per_request_buffer_limit_bytes` of the
     /// route, else of the virtual host, else 1 MiB, the listener buffer limit's default).
     pub buffer_limit: usize,
@@ -52,6 +60,8 @@ pub struct Forward {
 #[derive(Debug, Default, Clone)]
 pub struct VhostDefaults {
     pub retry: Option<Arc<RetryPolicy>>,
+    /// The virtual host's `hedge_policy`, when it has one.
+    pub hedge: Option<bool>,
     pub buffer_limit: Option<usize>,
 }
 
@@ -123,6 +133,46 @@ pub struct StreamDuration {
     pub grpc_header_max: Option<Duration>,
     /// `grpc_timeout_header_offset`: taken off the header's timeout.
     pub grpc_header_offset: Option<Duration>,
+}
+
+/// A route's deprecated `max_grpc_timeout` and `grpc_timeout_offset`, which Envoy 1.40 still
+/// honours on routes without `max_stream_duration`.
+/// Envoy: https://www.envoyproxy.io/docs/envoy/latest/api-v3/config/route/v3/route_components.proto#envoy-v3-api-field-config-route-v3-routeaction-max-grpc-timeout
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GrpcTimeout {
+    /// `max_grpc_timeout`; None for `0s` (no cap, and no timeout without the header).
+    pub max: Option<Duration>,
+    /// `grpc_timeout_offset`; None when unset or `0s`.
+    pub offset: Option<Duration>,
+}
+
+impl GrpcTimeout {
+    /// The route timeout of a gRPC request whose `grpc-timeout` says `header` (None: absent,
+    /// malformed or zero — all mean no deadline to gRPC). The offset comes off the header's
+    /// value when it is smaller than it; the result is capped at the maximum. Checked against
+    /// Envoy 1.40: with `max 1s, offset 100ms`, 500m → 400 ms, 5S → 1 s (no offset), 50m →
+    /// 50 ms, none → 1 s.
+    pub fn route_timeout(&self, header: Option<Duration>) -> Option<Duration> {
+        let mut timeout = header.filter(|t| !t.is_zero());
+        if let (Some(t), Some(offset)) = (timeout, self.offset) {
+            if offset < t {
+                timeout = Some(t - offset);
+            }
+        }
+        match (timeout, self.max) {
+            (Some(t), Some(max)) if t > max => Some(max),
+            (None, max) => max,
+            (t, _) => t,
+        }
+    }
+}
+
+/// `hedge_policy`: only `hedge_on_per_try_timeout` has an effect (Envoy 1.40 accepts
+/// `initial_requests` and `additional_request_chance` without acting on them either; see
+/// `config/fields.rs`).
+/// Envoy: https://www.envoyproxy.io/docs/envoy/latest/api-v3/config/route/v3/route_components.proto#envoy-v3-api-msg-config-route-v3-hedgepolicy
+pub fn hedge_on_per_try_timeout(h: &proto::HedgePolicy) -> bool {
+    h.hedge_on_per_try_timeout
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -204,6 +254,20 @@ pub fn translate_forward(
     } else {
         timeout
     };
+    // The deprecated gRPC timeouts count only on routes without `max_stream_duration`
+    // (Envoy's newer timeouts replace them there).
+    let grpc_timeout = match (&ra.max_grpc_timeout, &stream_duration) {
+        (Some(max), None) => Some(GrpcTimeout {
+            max: optional_duration(Some(max), &path.field("max_grpc_timeout"))?
+                .filter(|d| !d.is_zero()),
+            offset: optional_duration(
+                ra.grpc_timeout_offset.as_ref(),
+                &path.field("grpc_timeout_offset"),
+            )?
+            .filter(|d| !d.is_zero()),
+        }),
+        _ => None,
+    };
     let host_rewrite = match &ra.host_rewrite_specifier {
         None => HostRewrite::None,
         Some(H::HostRewriteLiteral(h)) => {
@@ -278,6 +342,11 @@ pub fn translate_forward(
             )?)),
             None => vhost.retry.clone(),
         },
+        hedge_on_per_try_timeout: match &ra.hedge_policy {
+            Some(h) => hedge_on_per_try_timeout(h),
+            None => vhost.hedge.unwrap_or(false),
+        },
+        grpc_timeout,
         buffer_limit: route_buffer_limit
             .or(vhost.buffer_limit)
             .unwrap_or(DEFAULT_BUFFER_LIMIT),
@@ -437,6 +506,29 @@ pub(super) fn re2_substitution(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn grpc_timeouts_follow_envoys_arithmetic() {
+        let ms = Duration::from_millis;
+        let t = GrpcTimeout {
+            max: Some(ms(1000)),
+            offset: Some(ms(100)),
+        };
+        assert_eq!(t.route_timeout(None), Some(ms(1000)));
+        assert_eq!(t.route_timeout(Some(ms(500))), Some(ms(400)));
+        assert_eq!(t.route_timeout(Some(ms(5000))), Some(ms(1000)));
+        // An offset as long as the timeout is not taken off.
+        assert_eq!(t.route_timeout(Some(ms(50))), Some(ms(50)));
+        assert_eq!(t.route_timeout(Some(ms(100))), Some(ms(100)));
+        assert_eq!(t.route_timeout(Some(Duration::ZERO)), Some(ms(1000)));
+        // No cap: the header alone, and no timeout without it.
+        let uncapped = GrpcTimeout {
+            max: None,
+            offset: None,
+        };
+        assert_eq!(uncapped.route_timeout(None), None);
+        assert_eq!(uncapped.route_timeout(Some(ms(5000))), Some(ms(5000)));
+    }
 
     #[test]
     fn re2_substitutions_become_regex_crate_syntax() {

@@ -113,6 +113,14 @@ impl Body for LoggedBody {
         if matches!(polled, Poll::Ready(None | Some(Err(_)))) {
             this.ended = true;
         }
+        // The upstream went quiet mid-response (`per_try_idle_timeout`): Envoy logs UT.
+        if let (Poll::Ready(Some(Err(e))), Some(pending)) = (&polled, &mut this.pending) {
+            if e.is::<super::attempt_idle::UpstreamIdleTimedOut>() {
+                let ut = flag_bits(Some(ResponseFlag::UpstreamRequestTimeout));
+                pending.info.response_flags = pending.info.response_flags.with(ut);
+                pending.info.response_code_details = Some("upstream_per_try_idle_timeout".into());
+            }
+        }
         if let (Poll::Ready(Some(Ok(frame))), Some(pending)) = (&polled, &mut this.pending) {
             if let Some(data) = frame.data_ref() {
                 pending.info.bytes_sent += data.len() as u64;

@@ -4,17 +4,16 @@
 //! response (or failure) into what the client gets.
 //! Envoy: https://www.envoyproxy.io/docs/envoy/latest/configuration/http/http_filters/router_filter
 
+use super::attempt::{back_off, failed_attempt, send_attempt, Attempts, Prepared};
 use super::connection::HttpContext;
 use super::local_reply::{local_reply, ResponseFlag};
 use super::replay_body::Replay;
-use super::retry::{self, Attempt, Decision, RetryState};
+use super::retry::{self, Attempt, Decision};
 use super::router::{BoxError, Outcome, RequestExtras, RequestInfo, ResponseBody};
 use super::stream_timeouts::{CountedBody, StreamProgress};
 use super::tunnel::{splice_upgrade, TunnelTimers};
 use super::upstream_failure::{count_failure, failure_reply};
-use super::upstream_request::{
-    copy_head, strip_hop_by_hop, upstream_request, X_ENVOY_ATTEMPT_COUNT,
-};
+use super::upstream_request::{strip_hop_by_hop, X_ENVOY_ATTEMPT_COUNT};
 use crate::config::cluster::UpstreamProtocol;
 use crate::config::hash_policy::{HashInput, RequestHash};
 use crate::config::hcm::ServerHeader;
@@ -170,10 +169,21 @@ async fn send_to_cluster(
         Some(progress) => CountedBody::new(body, progress).boxed_unsync(),
         None => body.boxed_unsync(),
     };
+    // A gRPC request on a route with `max_grpc_timeout` takes its route timeout from its
+    // `grpc-timeout`, and each attempt tells the upstream its deadline in that header.
+    let grpc_timeout = target
+        .forward
+        .grpc_timeout
+        .filter(|_| super::grpc_reply::is_grpc(&head.headers));
+    let grpc_header = grpc_timeout.is_some();
+    let route_timeout = match grpc_timeout {
+        Some(g) => g.route_timeout(super::stream_timeouts::grpc_timeout(&head.headers)),
+        None => target.forward.timeout,
+    };
     let controls = retry::controls(
         &mut head.headers,
         target.forward.retry.as_deref(),
-        target.forward.timeout,
+        route_timeout,
     );
     // Mirrors copy the request as it goes to the first attempt (never an upgrade).
     let body = if target.forward.mirrors.is_empty() || target.upgrade {
@@ -205,28 +215,32 @@ async fn send_to_cluster(
         }),
         _ => None,
     };
+    let mut attempts = Attempts {
+        ctx,
+        cluster,
+        target,
+        head,
+        replay,
+        once,
+        hash: hashed.hash,
+        set_cookie: hashed.set_cookie,
+        use_h2,
+        alpn,
+        grpc_header,
+        route_timeout: controls.timeout,
+    };
+    if target.forward.hedge_on_per_try_timeout
+        && retry.as_ref().is_some_and(|r| r.per_try_timeout.is_some())
+    {
+        if let Some(r) = retry {
+            return super::hedge::hedged(attempts, r).await;
+        }
+    }
     let deadline = controls.timeout.map(|t| Instant::now() + t);
+    let idle = retry.as_ref().and_then(|r| r.per_try_idle_timeout());
     let mut attempt = 0u32;
     loop {
         attempt += 1;
-        let Some(host) = pick_host(cluster, target, &head, hashed.hash, retry.as_ref()) else {
-            cluster.stats.upstream_cx_none_healthy.inc();
-            let mut outcome = Outcome {
-                response: local_reply(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "no healthy upstream",
-                    server,
-                ),
-                flag: Some(ResponseFlag::NoHealthyUpstream),
-                upstream: None,
-                info: Default::default(),
-            };
-            attempt_count_in_response(&mut outcome, target, attempt);
-            return outcome;
-        };
-        if let Some(r) = &mut retry {
-            r.tried(&host.authority);
-        }
         // The attempt's timeout: the per-try one, else what is left of the route timeout.
         // The first attempt has the whole route timeout (Envoy's expected timeout header says
         // exactly the route timeout then).
@@ -239,44 +253,27 @@ async fn send_to_cluster(
             .and_then(|r| r.per_try_timeout)
             .filter(|p| remaining.is_none_or(|r| *p < r));
         let attempt_timeout = per_try.or(remaining);
-        // Without a policy there is one attempt: it takes the head itself (the empty head left
-        // behind allocates nothing).
-        let attempt_head = match &retry {
-            Some(_) => copy_head(&head),
-            None => std::mem::replace(&mut head, Request::new(()).into_parts().0),
-        };
-        let attempt_body = match (&replay, once.take()) {
-            (Some(r), _) => r.next_attempt().boxed_unsync(),
-            (None, Some(b)) => b,
-            (None, None) => super::router::empty_body(),
-        };
-        let Some(upstream_request) = upstream_request(
-            attempt_head,
-            attempt_body,
-            target,
-            &host.hostname,
-            host.authority.as_str(),
-            attempt_timeout,
-            attempt,
-        ) else {
-            return Outcome {
-                response: local_reply(StatusCode::BAD_REQUEST, Bytes::new(), server),
-                flag: None,
-                upstream: None,
-                info: Default::default(),
-            };
+        let Prepared {
+            host,
+            request: upstream_request,
+            sent,
+        } = match attempts.prepare(retry.as_mut(), attempt_timeout, attempt, idle.is_some()) {
+            Ok(p) => p,
+            Err(outcome) => return *outcome,
         };
         let started = Instant::now();
         cluster.stats.upstream_rq_active.inc();
         host.stats.rq_active.fetch_add(1, Relaxed);
         // The pool counts `upstream_rq_total` (and the host's) when the request gets a
         // connection, as Envoy does: not when connecting failed or a breaker refused it.
-        let send = cluster.pool.send(
+        let send = send_attempt(
+            cluster,
             &host,
             upstream_request,
             use_h2,
             target.forward.priority,
             alpn,
+            idle.map(|d| (d, sent)),
         );
         let result = match attempt_timeout {
             Some(t) => tokio::time::timeout(t, send)
@@ -305,7 +302,7 @@ async fn send_to_cluster(
                 }
             }
         }
-        let body_kept = replay.as_ref().is_none_or(Replay::retriable);
+        let body_kept = attempts.replay.as_ref().is_none_or(Replay::retriable);
         let breakers = cluster.breakers.priority(target.forward.priority);
         let admit = || breakers.try_acquire_retry().map(Some).ok_or(());
         let decision = match (&mut retry, &result) {
@@ -340,7 +337,7 @@ async fn send_to_cluster(
             attempt_count_in_response(&mut outcome, target, attempt);
             return outcome;
         }
-        if let Some(r) = &replay {
+        if let Some(r) = &attempts.replay {
             r.release();
         }
         let retried = retry.as_ref().is_some_and(|r| r.retries > 0);
@@ -349,7 +346,16 @@ async fn send_to_cluster(
                 if retried && decision == Decision::NoRetry {
                     cluster.stats.retry.upstream_rq_retry_success.inc();
                 }
-                answered(ctx, cluster, &host, response, started, hashed.set_cookie)
+                let idle = idle.map(|d| (d, &cluster.stats.retry.upstream_rq_per_try_idle_timeout));
+                answered(
+                    ctx,
+                    cluster,
+                    &host,
+                    response,
+                    started,
+                    attempts.set_cookie.take(),
+                    idle,
+                )
             }
             Err(e) => {
                 count_failure(cluster, &host.stats, &e);
@@ -372,64 +378,9 @@ async fn send_to_cluster(
     }
 }
 
-/// Picks the attempt's host. A retry under the previous-hosts predicate re-picks, up to
-/// `host_selection_retry_max_attempts` times, while the pick is a host already tried; the
-/// last pick stands if every one was.
-fn pick_host(
-    cluster: &ClusterRuntime,
-    target: &Target<'_>,
-    head: &http::request::Parts,
-    hash: Option<u64>,
-    retry: Option<&RetryState<'_>>,
-) -> Option<Arc<Host>> {
-    let picks = retry.map_or(1, RetryState::host_picks);
-    let mut picked = None;
-    for _ in 0..picks {
-        let host = cluster.choose_host(target.info.downstream.local, Some(&head.headers), hash)?;
-        let rejected = retry.is_some_and(|r| r.rejects(&host.authority));
-        picked = Some(host);
-        if !rejected {
-            break;
-        }
-    }
-    picked
-}
-
-/// How a failed attempt reads to the retry decision (None: never retried).
-fn failed_attempt(e: &UpstreamError) -> Option<Attempt<'static>> {
-    match e {
-        UpstreamError::ConnectFailure(_) => Some(Attempt::ConnectFailure),
-        UpstreamError::Reset(reason) => Some(Attempt::Reset {
-            refused: reason.contains("refused"),
-        }),
-        UpstreamError::PerTryTimeout => Some(Attempt::PerTryTimeout),
-        // A circuit breaker's refusal is answered at once (UO), as Envoy does.
-        UpstreamError::Timeout
-        | UpstreamError::NoHealthyUpstream
-        | UpstreamError::Overflow
-        | UpstreamError::UnsupportedTransport(_) => None,
-    }
-}
-
-/// Waits the back-off, or until the route timeout; false when the route timeout came first.
-async fn back_off(wait: Duration, deadline: Option<Instant>) -> bool {
-    match deadline {
-        Some(d) if Instant::now() + wait >= d => {
-            tokio::time::sleep_until(d.into()).await;
-            false
-        }
-        _ => {
-            if !wait.is_zero() {
-                tokio::time::sleep(wait).await;
-            }
-            true
-        }
-    }
-}
-
 /// `x-envoy-attempt-count` on the response, when the virtual host asks for it (Envoy adds it
 /// to local replies too).
-fn attempt_count_in_response(outcome: &mut Outcome, target: &Target<'_>, attempt: u32) {
+pub(super) fn attempt_count_in_response(outcome: &mut Outcome, target: &Target<'_>, attempt: u32) {
     if target.vh.include_attempt_count_in_response {
         outcome
             .response
@@ -438,7 +389,7 @@ fn attempt_count_in_response(outcome: &mut Outcome, target: &Target<'_>, attempt
     }
 }
 
-fn count_host_response(host: &HostStats, status: StatusCode) {
+pub(super) fn count_host_response(host: &HostStats, status: StatusCode) {
     let counter = if status.is_server_error() {
         &host.rq_error
     } else {
@@ -447,14 +398,16 @@ fn count_host_response(host: &HostStats, status: StatusCode) {
     counter.fetch_add(1, Relaxed);
 }
 
-/// The final upstream response, as the client gets it.
-fn answered(
+/// The final upstream response, as the client gets it; `idle` puts its body under the
+/// attempt's per-try idle timer (with the counter to bump when it fires).
+pub(super) fn answered(
     ctx: &HttpContext,
     cluster: &ClusterRuntime,
     host: &Host,
     response: Response<Incoming>,
     started: Instant,
     set_cookie: Option<HeaderValue>,
+    idle: Option<(Duration, &Arc<crate::stats::Counter>)>,
 ) -> Outcome {
     let server = &ctx.hcm.server_name;
     let elapsed = started.elapsed();
@@ -470,6 +423,11 @@ fn answered(
         .get::<crate::upstream::connector::UpstreamLocalAddress>()
         .map(|a| a.0);
     let mut response = downstream_response(response, elapsed, server, ctx.hcm.server_header);
+    if let Some((idle, counter)) = idle {
+        response = response.map(|body| {
+            super::attempt_idle::IdleBody::new(body, idle, counter.clone()).boxed_unsync()
+        });
+    }
     if let Some(cookie) = set_cookie {
         response.headers_mut().append(header::SET_COOKIE, cookie);
     }

@@ -2,6 +2,8 @@
 //! route, and answers locally or forwards through the router.
 
 mod access_log;
+mod attempt;
+mod attempt_idle;
 mod codec;
 mod compressor;
 mod connection;
@@ -9,9 +11,11 @@ mod fault;
 mod forward;
 pub mod forwarding;
 mod grpc_reply;
+mod hedge;
 pub mod istio;
 mod local_reply;
 mod mirror;
+mod rate_limited_back_off;
 mod redirect;
 mod replay_body;
 mod request_checks;

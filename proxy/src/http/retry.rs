@@ -210,11 +210,33 @@ impl<'p> RetryState<'p> {
         self.retries_left -= 1;
         self.retries += 1;
         stats.retry.upstream_rq_retry.inc();
-        stats.retry.upstream_rq_retry_backoff_exponential.inc();
-        Decision::Retry(self.back_off.next_wait())
+        // A response may say when to come back (`rate_limited_retry_back_off`); otherwise,
+        // or when none of its reset headers applies, the exponential back-off.
+        let asked = match (attempt, &self.policy.rate_limited) {
+            (Attempt::Response(_, headers), Some(r)) => {
+                super::rate_limited_back_off::wait(r, headers)
+            }
+            _ => None,
+        };
+        match asked {
+            Some(wait) => {
+                stats.retry.upstream_rq_retry_backoff_ratelimited.inc();
+                Decision::Retry(wait)
+            }
+            None => {
+                stats.retry.upstream_rq_retry_backoff_exponential.inc();
+                Decision::Retry(self.back_off.next_wait())
+            }
+        }
     }
 
-    fn retriable(&self, attempt: Attempt<'_>) -> bool {
+    /// `per_try_idle_timeout` of the route's policy.
+    pub fn per_try_idle_timeout(&self) -> Option<Duration> {
+        self.policy.per_try_idle_timeout
+    }
+
+    /// Whether `attempt`'s result meets a retry condition (whatever the retries left).
+    pub fn retriable(&self, attempt: Attempt<'_>) -> bool {
         let on = self.retry_on;
         let any_reset = on.contains(
             RetryOn::FIVE_XX

@@ -311,7 +311,7 @@ impl StreamProgress {
 
 /// A request's `grpc-timeout` (gRPC over HTTP/2: up to 8 digits and a unit, H M S m u n).
 /// Sub-millisecond values round up to a millisecond.
-fn grpc_timeout(headers: &HeaderMap) -> Option<Duration> {
+pub(crate) fn grpc_timeout(headers: &HeaderMap) -> Option<Duration> {
     let value = headers.get(&GRPC_TIMEOUT)?.as_bytes();
     let (&unit, digits) = value.split_last()?;
     if digits.is_empty() || digits.len() > 8 || !digits.iter().all(u8::is_ascii_digit) {

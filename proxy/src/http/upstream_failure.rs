@@ -26,6 +26,10 @@ pub fn count_failure(cluster: &ClusterRuntime, host: &HostStats, error: &Upstrea
             cluster.stats.retry.upstream_rq_per_try_timeout.inc();
             host.rq_timeout.fetch_add(1, Relaxed);
         }
+        UpstreamError::PerTryIdleTimeout => {
+            cluster.stats.retry.upstream_rq_per_try_idle_timeout.inc();
+            host.rq_timeout.fetch_add(1, Relaxed);
+        }
         UpstreamError::ConnectFailure(_) => {
             cluster.stats.upstream_cx_connect_fail.inc();
             host.cx_connect_fail.fetch_add(1, Relaxed);
@@ -61,6 +65,14 @@ pub fn failure_reply(
             "upstream request timeout".to_string(),
             ResponseFlag::UpstreamRequestTimeout,
         ),
+        UpstreamError::PerTryIdleTimeout => {
+            details = Some("upstream_per_try_idle_timeout");
+            (
+                StatusCode::GATEWAY_TIMEOUT,
+                "upstream request timeout".to_string(),
+                ResponseFlag::UpstreamRequestTimeout,
+            )
+        }
         UpstreamError::PerTryTimeout => {
             details = Some("upstream_per_try_timeout");
             (

@@ -65,7 +65,10 @@ pub struct RetryStats {
     pub upstream_rq_retry_overflow: Arc<Counter>,
     pub upstream_rq_retry_limit_exceeded: Arc<Counter>,
     pub upstream_rq_retry_backoff_exponential: Arc<Counter>,
+    /// A retry that waited what the response's reset header asked for.
+    pub upstream_rq_retry_backoff_ratelimited: Arc<Counter>,
     pub upstream_rq_per_try_timeout: Arc<Counter>,
+    pub upstream_rq_per_try_idle_timeout: Arc<Counter>,
     /// A body that outgrew the buffer limit: the request can no longer be retried.
     pub retry_or_shadow_abandoned: Arc<Counter>,
 }
@@ -157,13 +160,9 @@ impl ClusterStats {
                 upstream_rq_retry_overflow: c("upstream_rq_retry_overflow"),
                 upstream_rq_retry_limit_exceeded: c("upstream_rq_retry_limit_exceeded"),
                 upstream_rq_retry_backoff_exponential: c("upstream_rq_retry_backoff_exponential"),
-                upstream_rq_per_try_timeout: {
-                    // Envoy has these from the start; Outrigger refuses the features that
-                    // would bump them (rate-limited back-off, per-try idle timeouts).
-                    c("upstream_rq_retry_backoff_ratelimited");
-                    c("upstream_rq_per_try_idle_timeout");
-                    c("upstream_rq_per_try_timeout")
-                },
+                upstream_rq_retry_backoff_ratelimited: c("upstream_rq_retry_backoff_ratelimited"),
+                upstream_rq_per_try_timeout: c("upstream_rq_per_try_timeout"),
+                upstream_rq_per_try_idle_timeout: c("upstream_rq_per_try_idle_timeout"),
                 retry_or_shadow_abandoned: c("retry_or_shadow_abandoned"),
             },
             codes: CodeCounters::new(prefix.clone()),

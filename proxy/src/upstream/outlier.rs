@@ -38,7 +38,7 @@ impl HostResult {
     pub fn from_error(error: &super::UpstreamError) -> Option<HostResult> {
         use super::UpstreamError as E;
         match error {
-            E::Timeout | E::PerTryTimeout => Some(HostResult::Timeout),
+            E::Timeout | E::PerTryTimeout | E::PerTryIdleTimeout => Some(HostResult::Timeout),
             E::ConnectFailure(_) | E::Reset(_) => Some(HostResult::ConnectFailed),
             // A circuit breaker refusal never reached the host.
             E::NoHealthyUpstream | E::UnsupportedTransport(_) | E::Overflow => None,

@@ -34,6 +34,9 @@ pub enum UpstreamError {
     Timeout,
     /// The retry policy's per-try timeout fired (UT, `upstream_rq_per_try_timeout`).
     PerTryTimeout,
+    /// The retry policy's per-try idle timeout fired before the response head (UT,
+    /// `upstream_rq_per_try_idle_timeout`).
+    PerTryIdleTimeout,
     /// The cluster needs a transport socket Outrigger does not speak yet.
     UnsupportedTransport(String),
     /// A circuit breaker is open (`max_pending_requests` or `max_requests`): UO.
