@@ -444,11 +444,12 @@ fn load_balancing_policies_translate_with_envoy_defaults() {
     assert!(err.contains("clusters[0].lb_policy"), "{err}");
 }
 
-/// Istio's inbound TCP chain: metadata exchange and stats ahead of tcp_proxy. Both are
-/// acknowledged (they cannot change the connection's bytes); an unknown TypedStruct, or an
-/// Istio filter in the terminal position, is refused.
+/// Istio's inbound TCP chain: metadata exchange and stats ahead of tcp_proxy. The exchange
+/// is acknowledged (it cannot change the connection's bytes), the stats turn on the
+/// tcp_proxy's Istio metrics; an unknown TypedStruct, or an Istio filter in the terminal
+/// position, is refused.
 #[test]
-fn istio_network_filters_ahead_of_tcp_proxy_are_acknowledged() {
+fn istio_network_filters_ahead_of_tcp_proxy_are_taken() {
     let chain = |filters: &str| {
         format!(
             "static_resources:\n  listeners:\n  - name: l\n    address: {{ socket_address: {{ address: 127.0.0.1, port_value: 0 }} }}\n    filter_chains: [{{ filters: [{filters}] }}]\n  clusters:\n  - {{ name: c, load_assignment: {{ cluster_name: c }} }}\n"
@@ -464,7 +465,13 @@ fn istio_network_filters_ahead_of_tcp_proxy_are_acknowledged() {
         .filter(|a| a.path.contains("filters["))
         .map(|a| a.path.as_str())
         .collect();
-    assert_eq!(acked.len(), 2, "{:?}", config.acknowledged);
+    assert_eq!(acked.len(), 1, "{:?}", config.acknowledged);
+    assert!(acked[0].ends_with("filters[0].typed_config"), "{acked:?}");
+    let with_stats = config.listeners[0].filter_chains[0]
+        .filters
+        .iter()
+        .any(|f| matches!(f, super::listener::NetworkFilter::TcpProxy(t) if t.istio.is_some()));
+    assert!(with_stats, "istio.stats reaches the tcp_proxy");
     let unknown = r#"{ name: x, typed_config: { "@type": type.googleapis.com/udpa.type.v1.TypedStruct, type_url: type.googleapis.com/some.Other, value: {} } }"#;
     let err = translate(&chain(&format!("{unknown}, {tcp}"))).expect_err("unknown filter");
     assert!(err.contains("filters[0].typed_config"), "{err}");
