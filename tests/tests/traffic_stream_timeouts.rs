@@ -231,7 +231,7 @@ fn scenarios() -> Vec<Scenario> {
                 "grpc_timeout_header_bounds_the_stream",
                 ROUTE,
                 &one_vhost(
-                    "- match: { prefix: /uncapped }\n  route: { cluster: backend, timeout: 0s, max_stream_duration: { max_stream_duration: 0s, grpc_timeout_header_max: 0s } }\n- match: { prefix: /capped }\n  route: { cluster: backend, max_stream_duration: { grpc_timeout_header_max: 0.3s } }\n- match: { prefix: /offset }\n  route: { cluster: backend, max_stream_duration: { grpc_timeout_header_max: 0s, grpc_timeout_header_offset: 0.9s } }",
+                    "- match: { prefix: /uncapped }\n  route: { cluster: backend, timeout: 0s, max_stream_duration: { max_stream_duration: 0s, grpc_timeout_header_max: 0s } }\n- match: { prefix: /capped }\n  route: { cluster: backend, max_stream_duration: { grpc_timeout_header_max: 0.3s } }\n- match: { prefix: /offset }\n  route: { cluster: backend, max_stream_duration: { grpc_timeout_header_max: 0s, grpc_timeout_header_offset: 0.9s } }\n- match: { prefix: /route-max }\n  route: { cluster: backend, max_stream_duration: { max_stream_duration: 3s } }\n- match: { prefix: /both }\n  route: { cluster: backend, max_stream_duration: { max_stream_duration: 3s, grpc_timeout_header_max: 2s } }",
                 ),
             )
             .hcm(&hcm(""))
@@ -241,6 +241,12 @@ fn scenarios() -> Vec<Scenario> {
             let s = s.curl("/uncapped/no-header", GRPC);
             let s = with_timeout(s, "5S", "/capped");
             let s = with_timeout(s, "1100m", "/offset");
+            // The route's own duration replaces the client's header for the upstream.
+            let s = with_timeout(s, "10S", "/route-max");
+            let s = s.curl("/route-max/no-header", GRPC);
+            let s = s.get("/route-max/not-grpc");
+            let s = with_timeout(s, "10S", "/both");
+            let s = s.curl("/both/no-header", GRPC);
             s.custom(timer_stats_and_log)
         },
     ]

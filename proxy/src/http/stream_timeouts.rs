@@ -190,15 +190,17 @@ impl StreamProgress {
     /// route's `max_stream_duration`, else the connection manager's — counted from the
     /// stream's start.
     ///
-    /// Returns the duration a `grpc-timeout` set: the caller rewrites the header to it, for
-    /// the upstream to see (Envoy does the same; see [`set_grpc_timeout`]).
+    /// Returns what the upstream is to see as a gRPC request's `grpc-timeout`, as Envoy 1.40
+    /// rewrites it: the duration the header set (capped and offset), else the route's own
+    /// non-zero `max_stream_duration`, which replaces the client's header; None leaves the
+    /// request's header as it is (see [`set_grpc_timeout`]).
     pub fn on_route(
         &self,
         route: &Forward,
         hcm: &StreamTimeouts,
         headers: &HeaderMap,
     ) -> Option<Duration> {
-        let mut from_header = None;
+        let mut rewrite = None;
         if let Some(idle) = route.idle_timeout {
             self.idle_micros.store(micros(idle), Relaxed);
         }
@@ -215,18 +217,23 @@ impl StreamProgress {
                         Some(offset) if !capped.is_zero() => capped.saturating_sub(offset),
                         _ => capped,
                     };
-                    from_header = Some(applied);
+                    rewrite = Some(applied);
                     Some(applied)
                 }
                 None => match d.max {
-                    Some(max) => max,
+                    Some(max) => {
+                        if max.is_some() && super::grpc_reply::is_grpc(headers) {
+                            rewrite = max;
+                        }
+                        max
+                    }
                     None => hcm.max_duration,
                 },
             },
         };
         self.deadline_micros.store(micros(duration), Relaxed);
         self.changed.notify_one();
-        from_header
+        rewrite
     }
 
     /// The earliest deadline and its timer, from the stream's start: before the response,
