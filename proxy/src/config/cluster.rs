@@ -104,8 +104,32 @@ pub struct LbEndpoint {
     /// The priority of its `LocalityLbEndpoints` (0 is the highest).
     pub priority: u32,
     pub locality: Locality,
+    pub eds_health: EdsHealth,
     /// What `transport_socket_matches` read of its metadata and its locality's.
     pub labels: MatchLabels,
+}
+
+/// An endpoint's EDS `health_status`, as balancing sees it: UNHEALTHY and TIMEOUT fail it,
+/// DEGRADED serves from the degraded list, DRAINING leaves it out (Envoy 1.40's host flags
+/// `/failed_eds_health`, `/degraded_eds_health`, `/eds_status_draining`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub enum EdsHealth {
+    #[default]
+    Healthy,
+    Unhealthy,
+    Degraded,
+    Draining,
+}
+
+impl EdsHealth {
+    pub fn of(status: i32) -> Self {
+        match HealthStatus::try_from(status) {
+            Ok(HealthStatus::Unhealthy | HealthStatus::Timeout) => EdsHealth::Unhealthy,
+            Ok(HealthStatus::Degraded) => EdsHealth::Degraded,
+            Ok(HealthStatus::Draining) => EdsHealth::Draining,
+            _ => EdsHealth::Healthy,
+        }
+    }
 }
 
 /// Which `LocalityLbEndpoints` of the assignment an endpoint belongs to, and that
@@ -131,6 +155,7 @@ pub struct DnsHost {
     pub weight: u32,
     pub priority: u32,
     pub locality: Locality,
+    pub eds_health: EdsHealth,
     /// Every address the name resolves to takes the transport socket these labels select.
     pub labels: MatchLabels,
 }
@@ -369,9 +394,10 @@ pub fn translate_cluster(
     })
 }
 
-/// The endpoints that can take traffic, of every priority (the balancer spills load between
-/// them), without the ones the assignment marks unhealthy, draining or timed out: (locality
-/// index, endpoint index, priority, endpoint, transport socket match labels).
+/// The endpoints of every priority (the balancer spills load between them), those the
+/// assignment marks unhealthy, degraded or draining too (their hosts carry the EDS flag):
+/// (locality index, endpoint index, priority, endpoint, transport socket match labels,
+/// locality).
 fn selected_endpoints(
     la: Option<&ClusterLoadAssignment>,
 ) -> impl Iterator<
@@ -386,25 +412,14 @@ fn selected_endpoints(
 > {
     la.into_iter().flat_map(|la| {
         la.endpoints.iter().enumerate().flat_map(|(i, l)| {
-            l.lb_endpoints
-                .iter()
-                .enumerate()
-                .filter(|(_, e)| {
-                    !matches!(
-                        HealthStatus::try_from(e.health_status),
-                        Ok(HealthStatus::Unhealthy
-                            | HealthStatus::Draining
-                            | HealthStatus::Timeout)
-                    )
-                })
-                .map(move |(j, e)| {
-                    let labels = MatchLabels::of(e.metadata.as_ref(), l.metadata.as_ref());
-                    let locality = Locality {
-                        index: u32::try_from(i).unwrap_or(u32::MAX),
-                        weight: l.load_balancing_weight.as_ref().map_or(0, |w| w.value),
-                    };
-                    (i, j, l.priority, e, labels, locality)
-                })
+            l.lb_endpoints.iter().enumerate().map(move |(j, e)| {
+                let labels = MatchLabels::of(e.metadata.as_ref(), l.metadata.as_ref());
+                let locality = Locality {
+                    index: u32::try_from(i).unwrap_or(u32::MAX),
+                    weight: l.load_balancing_weight.as_ref().map_or(0, |w| w.value),
+                };
+                (i, j, l.priority, e, labels, locality)
+            })
         })
     })
 }
@@ -549,6 +564,7 @@ fn assignment_endpoints(
                 weight: endpoint_weight(e, &p)?,
                 priority,
                 locality,
+                eds_health: EdsHealth::of(e.health_status),
                 labels,
             })
         })
@@ -576,6 +592,7 @@ fn dns_hosts(c: &ProtoCluster, path: &FieldPath) -> Result<Vec<DnsHost>> {
                 weight: endpoint_weight(e, &p)?,
                 priority,
                 locality,
+                eds_health: EdsHealth::of(e.health_status),
                 labels,
             })
         })

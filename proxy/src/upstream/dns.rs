@@ -77,6 +77,7 @@ async fn resolve_all(
             weight: host.weight,
             priority: host.priority,
             locality: host.locality,
+            eds_health: host.eds_health,
             transport: *transport,
         }));
     }

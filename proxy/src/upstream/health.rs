@@ -40,19 +40,39 @@ pub enum HealthFlag {
     ExcludedViaImmediateHcFail = 8,
     /// The last failed check timed out; informational (`/clusters`), no effect on balancing.
     ActiveHcTimeout = 16,
+    /// The endpoint's EDS `health_status` is UNHEALTHY or TIMEOUT.
+    FailedEdsHealth = 32,
+    /// EDS says DEGRADED: served from the degraded list.
+    DegradedEdsHealth = 64,
+    /// EDS says DRAINING: left out of balancing, as an excluded host.
+    EdsStatusDraining = 128,
 }
 
 impl HealthFlag {
-    const ALL: [(HealthFlag, &'static str); 5] = [
+    const ALL: [(HealthFlag, &'static str); 8] = [
         (HealthFlag::FailedActiveHc, "/failed_active_hc"),
         (HealthFlag::FailedOutlierCheck, "/failed_outlier_check"),
+        (HealthFlag::FailedEdsHealth, "/failed_eds_health"),
         (HealthFlag::DegradedActiveHc, "/degraded_active_hc"),
+        (HealthFlag::DegradedEdsHealth, "/degraded_eds_health"),
         (
             HealthFlag::ExcludedViaImmediateHcFail,
             "/excluded_via_immediate_hc_fail",
         ),
         (HealthFlag::ActiveHcTimeout, "/active_hc_timeout"),
+        (HealthFlag::EdsStatusDraining, "/eds_status_draining"),
     ];
+
+    /// The flag an endpoint's EDS `health_status` sets, if any (UNKNOWN and HEALTHY: none).
+    pub fn of_eds(status: crate::config::cluster::EdsHealth) -> Option<HealthFlag> {
+        use crate::config::cluster::EdsHealth;
+        match status {
+            EdsHealth::Healthy => None,
+            EdsHealth::Unhealthy => Some(HealthFlag::FailedEdsHealth),
+            EdsHealth::Degraded => Some(HealthFlag::DegradedEdsHealth),
+            EdsHealth::Draining => Some(HealthFlag::EdsStatusDraining),
+        }
+    }
 }
 
 /// Flags that only inform: a host with just these is healthy.
@@ -81,14 +101,43 @@ impl HostHealth {
     /// only flag is degradation serves from the degraded list.
     pub(super) fn standing(&self) -> Standing {
         let flags = self.flags.load(Ordering::Acquire) & !INFORMATIONAL;
-        if flags & HealthFlag::ExcludedViaImmediateHcFail as u32 != 0 {
+        let excluded =
+            HealthFlag::ExcludedViaImmediateHcFail as u32 | HealthFlag::EdsStatusDraining as u32;
+        let degraded = HealthFlag::DegradedActiveHc as u32 | HealthFlag::DegradedEdsHealth as u32;
+        if flags & excluded != 0 {
             Standing::Excluded
         } else if flags == 0 {
             Standing::Healthy
-        } else if flags == HealthFlag::DegradedActiveHc as u32 {
+        } else if flags & !degraded == 0 {
             Standing::Degraded
         } else {
             Standing::Unhealthy
+        }
+    }
+
+    /// The EDS health status the flags record.
+    pub(super) fn eds(&self) -> crate::config::cluster::EdsHealth {
+        use crate::config::cluster::EdsHealth;
+        if self.has(HealthFlag::FailedEdsHealth) {
+            EdsHealth::Unhealthy
+        } else if self.has(HealthFlag::DegradedEdsHealth) {
+            EdsHealth::Degraded
+        } else if self.has(HealthFlag::EdsStatusDraining) {
+            EdsHealth::Draining
+        } else {
+            EdsHealth::Healthy
+        }
+    }
+
+    /// Sets the flag of an EDS health status (clearing the others).
+    pub(super) fn set_eds(&self, status: crate::config::cluster::EdsHealth) {
+        let wanted = HealthFlag::of_eds(status);
+        for flag in [
+            HealthFlag::FailedEdsHealth,
+            HealthFlag::DegradedEdsHealth,
+            HealthFlag::EdsStatusDraining,
+        ] {
+            self.set(flag, Some(flag) == wanted);
         }
     }
 
@@ -141,6 +190,8 @@ pub struct ClusterHealth {
     locality_weighted: bool,
     lb_healthy_panic: Arc<Counter>,
     membership_healthy: Arc<Gauge>,
+    membership_degraded: Arc<Gauge>,
+    membership_excluded: Arc<Gauge>,
     /// Serialises installs, so a flag change and a discovery update never lose each other.
     install: Mutex<()>,
 }
@@ -171,6 +222,8 @@ impl ClusterHealth {
             locality_weighted: config.locality_weighted,
             lb_healthy_panic: store.counter(&format!("{prefix}lb_healthy_panic")),
             membership_healthy,
+            membership_degraded: store.gauge(&format!("{prefix}membership_degraded")),
+            membership_excluded: store.gauge(&format!("{prefix}membership_excluded")),
             install: Mutex::new(()),
         }
     }
@@ -225,6 +278,11 @@ impl ClusterHealth {
         // Envoy counts healthy hosts of every priority.
         let healthy = hosts.iter().filter(|h| h.health.healthy()).count();
         self.membership_healthy.set(healthy as u64);
+        let standing = |s: Standing| hosts.iter().filter(|h| h.health.standing() == s).count();
+        self.membership_degraded
+            .set(standing(Standing::Degraded) as u64);
+        self.membership_excluded
+            .set(standing(Standing::Excluded) as u64);
         if let Some(detector) = &self.outlier {
             detector.count_active(&hosts);
         }

@@ -81,6 +81,7 @@ pub struct HostSpec {
     pub weight: u32,
     pub priority: u32,
     pub locality: Locality,
+    pub eds_health: crate::config::cluster::EdsHealth,
     /// The transport socket its endpoint's labels select.
     pub transport: crate::config::transport_match::Selected,
 }

@@ -313,7 +313,10 @@ impl ClusterRuntime {
         };
         let same = hosts.len() == old.hosts.len()
             && old.priorities == priorities
-            && hosts.iter().zip(&old.hosts).all(|(a, h)| kept(a, h));
+            && hosts
+                .iter()
+                .zip(&old.hosts)
+                .all(|(a, h)| kept(a, h) && h.health.eds() == a.eds_health);
         if same && !old.hosts.is_empty() {
             // Nothing to rebuild: the balancer and its hosts stay as they are.
             self.stats.update_no_rebuild.inc();
@@ -323,6 +326,8 @@ impl ClusterRuntime {
             .into_iter()
             .filter_map(|spec| {
                 if let Some(h) = old.hosts.iter().find(|h| kept(&spec, h)) {
+                    // A changed EDS health status moves the host's flag, as in Envoy.
+                    h.health.set_eds(spec.eds_health);
                     return Some(h.clone());
                 }
                 let HostSpec {
@@ -331,6 +336,7 @@ impl ClusterRuntime {
                     weight,
                     priority,
                     locality,
+                    eds_health,
                     transport,
                 } = spec;
                 let authority = match &address {
@@ -346,12 +352,16 @@ impl ClusterRuntime {
                     priority,
                     locality,
                     stats: HostStats::default(),
-                    // With active health checking a host takes no traffic until its first
-                    // check passes (Envoy marks new hosts so, at startup and after).
-                    health: if self.config.health_check.is_some() {
-                        super::health::HostHealth::failing_active_hc()
-                    } else {
-                        Default::default()
+                    health: {
+                        // With active health checking a host takes no traffic until its
+                        // first check passes (Envoy marks new hosts so, at startup and after).
+                        let health = if self.config.health_check.is_some() {
+                            super::health::HostHealth::failing_active_hc()
+                        } else {
+                            super::health::HostHealth::default()
+                        };
+                        health.set_eds(eds_health);
+                        health
                     },
                 }))
             })
@@ -393,6 +403,7 @@ fn host_specs(endpoints: &[LbEndpoint], transports: &TransportSockets) -> Vec<Ho
             weight: e.weight,
             priority: e.priority,
             locality: e.locality,
+            eds_health: e.eds_health,
             transport: transports.select(&e.labels),
         })
         .collect()
