@@ -1,0 +1,106 @@
+//! What a downstream TLS listener offers, probed with `openssl s_client` one protocol version
+//! and one cipher at a time: no SSLv3, TLS 1.0 or 1.1, and no cipher without forward secrecy
+//! or with CBC, RC4 or 3DES — only TLS 1.2 ECDHE with AEAD ciphers and TLS 1.3. The
+//! workload certificates are ECDSA (as Istio's are), so the ECDSA suites are the ones to
+//! negotiate.
+//! Envoy: https://www.envoyproxy.io/docs/envoy/latest/api-v3/extensions/transport_sockets/tls/v3/common.proto#extensions-transport-sockets-tls-v3-tlsparameters
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+use tests::pki::Pki;
+use tests::{free_port, Kind, RunningProxy};
+
+fn bootstrap(pki: &Pki, admin: u16, port: u16) -> String {
+    let server = pki.identity("server");
+    format!(
+        r#"
+admin: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {admin} }} }} }}
+static_resources:
+  listeners:
+  - name: tls
+    address: {{ socket_address: {{ address: 127.0.0.1, port_value: {port} }} }}
+    filter_chains:
+    - transport_socket:
+        name: envoy.transport_sockets.tls
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext
+          common_tls_context:
+            tls_certificates: [{{ certificate_chain: {{ filename: "{}" }}, private_key: {{ filename: "{}" }} }}]
+      filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: tls
+          route_config:
+            virtual_hosts:
+            - name: all
+              domains: ["*"]
+              routes: [{{ match: {{ prefix: "/" }}, direct_response: {{ status: 200, body: {{ inline_string: ok }} }} }}]
+          http_filters:
+          - name: envoy.filters.http.router
+            typed_config: {{ "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router }}
+"#,
+        server.cert.display(),
+        server.key.display()
+    )
+}
+
+/// Whether a handshake with `args` (protocol and cipher choices) completes.
+fn handshakes(port: u16, args: &[&str]) -> bool {
+    let mut child = Command::new("openssl")
+        .args(["s_client", "-connect", &format!("127.0.0.1:{port}")])
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("openssl runs");
+    if let Some(mut stdin) = child.stdin.take() {
+        let _ = stdin.write_all(b"Q\n");
+    }
+    let out = child.wait_with_output().expect("openssl ends");
+    let text = String::from_utf8_lossy(&out.stdout);
+    // A completed handshake prints `New, TLSv1.x, Cipher is <suite>`; a refused one
+    // `Cipher is (NONE)` or nothing.
+    text.lines()
+        .any(|l| l.contains("Cipher is ") && !l.contains("(NONE)"))
+}
+
+#[test]
+fn only_modern_protocols_and_aead_ecdhe_ciphers_are_offered() {
+    let pki = Pki::new();
+    let (admin, port) = (free_port(), free_port());
+    let _proxy = RunningProxy::start(Kind::Outrigger, &bootstrap(&pki, admin, port), &[]);
+    assert!(handshakes(port, &["-tls1_3"]), "TLS 1.3");
+    assert!(
+        handshakes(
+            port,
+            &["-tls1_2", "-cipher", "ECDHE-ECDSA-AES128-GCM-SHA256"]
+        ),
+        "TLS 1.2 with ECDHE and AES-GCM"
+    );
+    assert!(
+        handshakes(
+            port,
+            &["-tls1_2", "-cipher", "ECDHE-ECDSA-CHACHA20-POLY1305"]
+        ),
+        "TLS 1.2 with ECDHE and ChaCha20-Poly1305"
+    );
+    for old in [["-tls1_1"], ["-tls1"]] {
+        assert!(!handshakes(port, &old), "{old:?} must be refused");
+    }
+    let weak = [
+        "ECDHE-ECDSA-AES128-SHA",    // CBC
+        "ECDHE-ECDSA-AES256-SHA384", // CBC
+        "AES128-GCM-SHA256",         // no forward secrecy
+        "AES128-SHA",                // no forward secrecy, CBC
+        "DES-CBC3-SHA",              // 3DES
+        "RC4-SHA",                   // RC4
+    ];
+    for cipher in weak {
+        assert!(
+            !handshakes(port, &["-tls1_2", "-cipher", cipher]),
+            "{cipher} must be refused"
+        );
+    }
+}
