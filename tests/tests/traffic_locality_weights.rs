@@ -14,6 +14,7 @@ use tests::{curl, envoy_or_skip, free_port, Kind, Ports, RunningProxy};
 
 const ROUTES: &str = r#"
               - { match: { prefix: "/weights" }, route: { cluster: weights } }
+              - { match: { prefix: "/typed" }, route: { cluster: typed } }
               - { match: { prefix: "/spill" }, route: { cluster: spill } }"#;
 
 fn endpoint(port: &str, weight: u32) -> String {
@@ -31,6 +32,22 @@ fn clusters() -> String {
     common_lb_config: {{ locality_weighted_lb_config: {{}} }}
     load_assignment:
       cluster_name: weights
+      endpoints:
+      - {{ locality: {{ zone: a }}, load_balancing_weight: 1, lb_endpoints: [ {a} ] }}
+      - {{ locality: {{ zone: b }}, load_balancing_weight: 3, lb_endpoints: [ {b1}, {b2} ] }}
+      - {{ locality: {{ zone: c }}, lb_endpoints: [ {c} ] }}
+  - name: typed
+    type: STATIC
+    connect_timeout: 1s
+    load_balancing_policy:
+      policies:
+      - typed_extension_config:
+          name: envoy.load_balancing_policies.round_robin
+          typed_config:
+            "@type": type.googleapis.com/envoy.extensions.load_balancing_policies.round_robin.v3.RoundRobin
+            locality_lb_config: {{ locality_weighted_lb_config: {{}} }}
+    load_assignment:
+      cluster_name: typed
       endpoints:
       - {{ locality: {{ zone: a }}, load_balancing_weight: 1, lb_endpoints: [ {a} ] }}
       - {{ locality: {{ zone: b }}, load_balancing_weight: 3, lb_endpoints: [ {b1}, {b2} ] }}
@@ -83,6 +100,8 @@ fn run(kind: Kind) -> Vec<BTreeMap<String, usize>> {
     let proxy = RunningProxy::start(kind, &ports.render(&bootstrap), &["--concurrency", "1"]);
     let port = ports.get("listener");
     let weights = served(port, "/weights", 80);
+    // The same through a typed round robin policy's locality_lb_config.
+    let typed = served(port, "/typed", 80);
     // The dead host fails its first request (503) and is ejected; then locality B has one of
     // two hosts available: 1.4 × 1/2 = 0.7 of its weight against A's full weight.
     // Which healthy host answered which of these depends on where each proxy's locality
@@ -93,7 +112,7 @@ fn run(kind: Kind) -> Vec<BTreeMap<String, usize>> {
         .collect();
     let spill = served(port, "/spill", 170);
     drop(proxy);
-    vec![weights, warm, spill]
+    vec![weights, typed, warm, spill]
 }
 
 #[test]
@@ -106,8 +125,12 @@ fn locality_weights_split_traffic_like_envoy() {
     assert_eq!(weights.get("b2"), Some(&45), "{ours:?}");
     assert_eq!(weights.get("c"), None, "{ours:?}");
     // A at full weight, B at 0.7 of its weight: 100 and 70 of 170.
-    assert_eq!(ours[2].get("sa"), Some(&100), "{ours:?}");
-    assert_eq!(ours[2].get("sb"), Some(&70), "{ours:?}");
+    assert_eq!(
+        ours[1], ours[0],
+        "the typed policy's locality weights: {ours:?}"
+    );
+    assert_eq!(ours[3].get("sa"), Some(&100), "{ours:?}");
+    assert_eq!(ours[3].get("sb"), Some(&70), "{ours:?}");
     if envoy_or_skip("locality_weights_split_traffic_like_envoy").is_none() {
         return;
     }

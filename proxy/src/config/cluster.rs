@@ -197,7 +197,8 @@ pub fn translate_cluster(
         &c.cluster_discovery_type,
         Some(cluster::ClusterDiscoveryType::Type(t)) if *t == cluster::DiscoveryType::OriginalDst as i32
     );
-    let lb = super::load_balancing::lb_policy(c, original_dst, path, acks)?;
+    let (lb, typed_locality_weighted) =
+        super::load_balancing::lb_policy(c, original_dst, path, acks)?;
     let connect_timeout =
         optional_duration(c.connect_timeout.as_ref(), &path.field("connect_timeout"))?
             .unwrap_or(Duration::from_secs(5));
@@ -377,12 +378,15 @@ pub fn translate_cluster(
             .map(|o| super::outlier::translate(o, &path.field("outlier_detection")))
             .transpose()?,
         panic_threshold: super::outlier::panic_threshold(c, path)?,
-        locality_weighted: matches!(
-            c.common_lb_config
-                .as_ref()
-                .and_then(|l| l.locality_config_specifier.as_ref()),
-            Some(cluster::common_lb_config::LocalityConfigSpecifier::LocalityWeightedLbConfig(_))
-        ),
+        locality_weighted: typed_locality_weighted
+            || matches!(
+                c.common_lb_config
+                    .as_ref()
+                    .and_then(|l| l.locality_config_specifier.as_ref()),
+                Some(
+                    cluster::common_lb_config::LocalityConfigSpecifier::LocalityWeightedLbConfig(_)
+                )
+            ),
         priorities: super::load_balancing::priority_policy(
             c.load_assignment.as_ref(),
             &path.field("load_assignment"),

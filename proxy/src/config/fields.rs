@@ -36,7 +36,7 @@ const DRAIN_TIMEOUT: &str = "an HTTP/2 connection's grace between its first GOAW
 const BUFFERS: &str = "buffering is bounded by the codecs' own flow control (HTTP/2 windows, fixed copy buffers); this exact limit is not applied";
 const GZIP_TUNING: &str = "zlib tuning for memory and ratio; Outrigger's gzip (miniz_oxide) uses its own, and its output is valid gzip all the same";
 const SLOW_START: &str = "slow start is not implemented: a new host takes its full weight at once";
-const LOCALITY_LB: &str = "locality settings of a typed load balancing policy are not applied (locality-weighted balancing is read from common_lb_config.locality_weighted_lb_config; zone-aware balancing is not implemented): hosts of every locality are balanced as one set";
+const LOCALITY_LB: &str = "locality weights are not applied to consistent-hashing balancers (ring hash, Maglev): hosts keep their own weights";
 const ZONE_AWARE: &str = "zone-aware routing is not implemented (a SHOULD of issue 4): without locality weights, hosts of every locality are balanced as one set";
 const NO_TICKETS: &str =
     "Outrigger issues no TLS session tickets (resumption uses the server's session cache)";
@@ -190,13 +190,15 @@ static POLICIES: &[(&str, Policy)] = policies! {
         ack [("runtime_key", "runtime overrides are not read here; default_value applies")];
     "envoy.config.cluster.v3.LoadBalancingPolicy" => ["policies"];
     "envoy.config.cluster.v3.LoadBalancingPolicy.Policy" => ["typed_extension_config"];
-    "envoy.extensions.load_balancing_policies.round_robin.v3.RoundRobin" => []
-        ack [("slow_start_config", SLOW_START), ("locality_lb_config", LOCALITY_LB)];
+    "envoy.extensions.load_balancing_policies.round_robin.v3.RoundRobin" => ["locality_lb_config"]
+        ack [("slow_start_config", SLOW_START)];
     "envoy.extensions.load_balancing_policies.least_request.v3.LeastRequest" => ["choice_count", "active_request_bias",
-        "enable_full_scan", "selection_method"]
-        ack [("slow_start_config", SLOW_START), ("locality_lb_config", LOCALITY_LB)];
-    "envoy.extensions.load_balancing_policies.random.v3.Random" => []
-        ack [("locality_lb_config", LOCALITY_LB)];
+        "enable_full_scan", "selection_method", "locality_lb_config"]
+        ack [("slow_start_config", SLOW_START)];
+    "envoy.extensions.load_balancing_policies.random.v3.Random" => ["locality_lb_config"];
+    "envoy.extensions.load_balancing_policies.common.v3.LocalityLbConfig" => ["locality_weighted_lb_config"]
+        ack [("zone_aware_lb_config", ZONE_AWARE)];
+    "envoy.extensions.load_balancing_policies.common.v3.LocalityLbConfig.LocalityWeightedLbConfig" => [];
     "envoy.extensions.load_balancing_policies.ring_hash.v3.RingHash" => ["hash_function", "minimum_ring_size",
         "maximum_ring_size", "use_hostname_for_hashing", "hash_balance_factor", "consistent_hashing_lb_config"]
         ack [("locality_weighted_lb_config", LOCALITY_LB)];

@@ -53,15 +53,23 @@ impl LbPolicy {
     }
 }
 
-/// The cluster's policy. `original_dst` clusters must use CLUSTER_PROVIDED.
+/// The cluster's policy, and whether it balances by locality weights (a typed round robin,
+/// least request or random policy's `locality_lb_config.locality_weighted_lb_config`).
+/// `original_dst` clusters must use CLUSTER_PROVIDED.
 pub fn lb_policy(
     c: &ProtoCluster,
     original_dst: bool,
     path: &FieldPath,
     acks: &mut Vec<Acknowledged>,
-) -> Result<LbPolicy> {
+) -> Result<(LbPolicy, bool)> {
+    let mut locality_weighted = false;
     let policy = match &c.load_balancing_policy {
-        Some(list) => typed_policy(list, &path.field("load_balancing_policy"), acks)?,
+        Some(list) => typed_policy(
+            list,
+            &path.field("load_balancing_policy"),
+            acks,
+            &mut locality_weighted,
+        )?,
         None => enum_policy(c, path)?,
     };
     let p = if c.load_balancing_policy.is_some() {
@@ -70,14 +78,14 @@ pub fn lb_policy(
         path.field("lb_policy")
     };
     match (&policy, original_dst) {
-        (LbPolicy::ClusterProvided, true) => Ok(policy),
+        (LbPolicy::ClusterProvided, true) => Ok((policy, locality_weighted)),
         (_, true) => {
             Err(p.error("cluster: LB policy must be CLUSTER_PROVIDED for an ORIGINAL_DST cluster"))
         }
         (LbPolicy::ClusterProvided, false) => Err(p.error(
             "cluster: LB policy CLUSTER_PROVIDED is only valid with an ORIGINAL_DST cluster",
         )),
-        (_, false) => Ok(policy),
+        (_, false) => Ok((policy, locality_weighted)),
     }
 }
 
@@ -228,7 +236,18 @@ fn typed_policy(
     list: &xds_proto::pb::envoy::config::cluster::v3::LoadBalancingPolicy,
     path: &FieldPath,
     acks: &mut Vec<Acknowledged>,
+    locality_weighted: &mut bool,
 ) -> Result<LbPolicy> {
+    use xds_proto::pb::envoy::extensions::load_balancing_policies::common::v3::{
+        locality_lb_config::LocalityConfigSpecifier, LocalityLbConfig,
+    };
+    let weighted = |l: &Option<LocalityLbConfig>| {
+        matches!(
+            l.as_ref()
+                .and_then(|l| l.locality_config_specifier.as_ref()),
+            Some(LocalityConfigSpecifier::LocalityWeightedLbConfig(_))
+        )
+    };
     for (i, policy) in list.policies.iter().enumerate() {
         let p = path
             .field("policies")
@@ -254,10 +273,12 @@ fn typed_policy(
         return Ok(match extension {
             Extension::RoundRobinLb(r) => {
                 check(&r, &p, acks)?;
+                *locality_weighted = weighted(&r.locality_lb_config);
                 LbPolicy::RoundRobin
             }
             Extension::RandomLb(r) => {
                 check(&r, &p, acks)?;
+                *locality_weighted = weighted(&r.locality_lb_config);
                 LbPolicy::Random
             }
             Extension::ClusterProvidedLb(c) => {
@@ -266,6 +287,7 @@ fn typed_policy(
             }
             Extension::LeastRequestLb(l) => {
                 check(l.as_ref(), &p, acks)?;
+                *locality_weighted = weighted(&l.locality_lb_config);
                 if l.enable_full_scan.as_ref().is_some_and(|b| b.value) || l.selection_method != 0 {
                     return Err(p
                         .field("selection_method")
