@@ -75,6 +75,16 @@ fn bootstrap() -> String {
         "  - name: h1_legacy\n    connect_timeout: 2s\n    max_requests_per_connection: 2\n{}",
         endpoint("h1_legacy")
     );
+    // ORIGINAL_DST: the host comes from a request header; its connections are reused and
+    // capped like any other host's.
+    let _ = writeln!(
+        routes,
+        "              - {{ match: {{ prefix: \"/odst/\" }}, route: {{ cluster: odst }} }}"
+    );
+    let _ = write!(
+        clusters,
+        "  - name: odst\n    type: ORIGINAL_DST\n    lb_policy: CLUSTER_PROVIDED\n    connect_timeout: 2s\n    max_requests_per_connection: 2\n    original_dst_lb_config: {{ use_http_header: true }}\n"
+    );
     format!(
         r#"
 admin:
@@ -191,6 +201,19 @@ fn h1_legacy(side: &Side) -> String {
     format!("{out}{}{}", connections(side), stats(side, "h1_legacy"))
 }
 
+/// ORIGINAL_DST, five requests to the upstream's address from `x-envoy-original-dst-host`:
+/// one host, its connections capped at two requests.
+fn original_dst(side: &Side) -> String {
+    let header = format!("x-envoy-original-dst-host: 127.0.0.1:{}", side.a.port());
+    let mut out = String::new();
+    for i in 0..5 {
+        let status = curl::request("GET", &side.url(&format!("/odst/{i}")), &["-H", &header])
+            .map_or(0, |r| r.status);
+        let _ = writeln!(out, "  /odst/{i}: {status}");
+    }
+    format!("{out}{}{}", connections(side), stats(side, "odst"))
+}
+
 /// HTTP/2: a connection that has carried three streams takes no more and is closed; the
 /// next request opens a new connection.
 fn h2_cap(side: &Side) -> String {
@@ -278,6 +301,7 @@ fn scenarios() -> Vec<Scenario> {
         scenario("max_requests_h1", fast(), h1_cap),
         scenario("max_requests_h1_cluster_field", fast(), h1_legacy),
         scenario("max_requests_h2", fast(), h2_cap),
+        scenario("max_requests_original_dst", fast(), original_dst),
         scenario("max_requests_h2_concurrent", slow(1000), h2_cap_concurrent),
         scenario("max_duration_h1_idle", fast(), h1_duration_idle),
         scenario("max_duration_h2_idle", fast(), h2_duration_idle),
