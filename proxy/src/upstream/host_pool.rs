@@ -577,3 +577,7 @@ impl Watched for HostPool {
         taken.is_some()
     }
 }
+
+#[cfg(test)]
+#[path = "host_pool_tests.rs"]
+mod tests;
