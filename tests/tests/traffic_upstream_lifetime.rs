@@ -1,6 +1,6 @@
 //! How long an upstream connection lives, compared with Envoy on HTTP/1.1 and HTTP/2
 //! upstreams: `max_requests_per_connection` (the typed common option and the deprecated
-//! cluster field) and `max_connection_duration`. What is compared is what the upstream saw —
+//! cluster field), `max_connection_duration`, and the idle timeout on HTTP/2. What is compared is what the upstream saw —
 //! each connection it accepted, the requests it carried and whether the proxy has closed it —
 //! the clients' statuses and the cluster's lifetime counters.
 //! Envoy: https://www.envoyproxy.io/docs/envoy/latest/api-v3/config/core/v3/protocol.proto#envoy-v3-api-field-config-core-v3-httpprotocoloptions-max-requests-per-connection
@@ -34,6 +34,11 @@ const CASES: &[(&str, &str)] = &[
         "h1_duration",
         "common_http_protocol_options: { max_connection_duration: 1.5s }\n\
          explicit_http_config: { http_protocol_options: {} }",
+    ),
+    (
+        "h2_idle",
+        "common_http_protocol_options: { idle_timeout: 0.5s }\n\
+         explicit_http_config: { http2_protocol_options: {} }",
     ),
     (
         "h2_duration",
@@ -145,6 +150,7 @@ fn stats(side: &Side, cluster: &str) -> String {
         "upstream_cx_total",
         "upstream_cx_max_requests",
         "upstream_cx_max_duration_reached",
+        "upstream_cx_idle_timeout",
         "upstream_rq_total",
         "upstream_rq_200",
     ];
@@ -230,9 +236,9 @@ fn h2_cap_concurrent(side: &Side) -> String {
     format!("{out}{}{}", connections(side), stats(side, "h2_cap"))
 }
 
-/// A connection idle at its `max_connection_duration` is closed then; the next request
-/// opens a new one.
-fn duration_idle(side: &Side, cluster: &str) -> String {
+/// A connection idle at its `max_connection_duration` (or past its idle timeout) is closed
+/// then; the next request opens a new one.
+fn closes_while_idle(side: &Side, cluster: &str) -> String {
     let mut out = sequential(side, &format!("/{cluster}/"), 2);
     std::thread::sleep(Duration::from_millis(2000));
     out.push_str("  after the duration:\n");
@@ -241,12 +247,17 @@ fn duration_idle(side: &Side, cluster: &str) -> String {
     format!("{out}{}{}", connections(side), stats(side, cluster))
 }
 
+/// The idle timeout on HTTP/2 (HTTP/1.1: traffic_upstream_idle.rs).
+fn h2_idle(side: &Side) -> String {
+    closes_while_idle(side, "h2_idle")
+}
+
 fn h1_duration_idle(side: &Side) -> String {
-    duration_idle(side, "h1_duration")
+    closes_while_idle(side, "h1_duration")
 }
 
 fn h2_duration_idle(side: &Side) -> String {
-    duration_idle(side, "h2_duration")
+    closes_while_idle(side, "h2_duration")
 }
 
 /// Upstream answers take 1 s; the duration is 1.5 s. The first request ends at about 1 s
@@ -304,6 +315,7 @@ fn scenarios() -> Vec<Scenario> {
         scenario("max_requests_original_dst", fast(), original_dst),
         scenario("max_requests_h2_concurrent", slow(1000), h2_cap_concurrent),
         scenario("max_duration_h1_idle", fast(), h1_duration_idle),
+        scenario("idle_timeout_h2", fast(), h2_idle),
         scenario("max_duration_h2_idle", fast(), h2_duration_idle),
         scenario(
             "max_duration_h1_in_flight",

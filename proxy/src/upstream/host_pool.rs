@@ -403,13 +403,11 @@ impl HostPool {
                 sender,
                 local,
                 id,
-                life: Lifetime::new(&limits),
+                life: Lifetime::new(&limits, pool.http2),
             });
             if let Ok(conn) = &opened {
-                // HTTP/2 connections are shared and never sit idle on the ready list, so only
-                // HTTP/1.1 ones have an idle timer here.
-                let idle = limits.idle_timeout.filter(|_| !pool.http2);
                 let watched: Weak<dyn Watched> = pool.myself.clone();
+                let idle = limits.idle_timeout;
                 super::pool_conn::watch(watched, id, idle, conn.life.expiry(), alive, stats);
             }
             pool.opened(opened);
@@ -564,7 +562,7 @@ impl Watched for HostPool {
     fn idle_for(&self, id: u64) -> Option<Duration> {
         let state = self.lock();
         let r = state.ready.iter().find(|r| r.conn.id == id)?;
-        Some(r.idle_since.elapsed())
+        r.conn.life.idle_for(r.idle_since)
     }
 
     fn retire(&self, id: u64) -> bool {

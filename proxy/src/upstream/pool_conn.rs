@@ -9,7 +9,7 @@ use crate::config::cluster::ConnectionLimits;
 use crate::stats::Counter;
 use hyper::client::conn::{http1, http2};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 use tokio::time::Instant;
@@ -40,14 +40,18 @@ pub struct Conn {
 
 impl Conn {
     /// Another handle on a shared (HTTP/2) connection; None for HTTP/1.1. Shares do not
-    /// carry the lifetime: the pool's handle does.
+    /// carry the lifetime, the pool's handle does; each holds a token that marks the
+    /// connection busy while the share lives.
     pub(super) fn share(&self) -> Option<Conn> {
         match &self.sender {
             Sender::Http2(s) => Some(Conn {
                 sender: Sender::Http2(s.clone()),
                 local: self.local,
                 id: self.id,
-                life: Lifetime::default(),
+                life: Lifetime {
+                    _stream: self.life.streams.clone().map(StreamToken),
+                    ..Lifetime::default()
+                },
             }),
             Sender::Http1(_) => None,
         }
@@ -61,6 +65,29 @@ pub(super) struct Lifetime {
     remaining: Option<u32>,
     /// The deadline under `max_connection_duration`.
     expiry: Option<Arc<Expiry>>,
+    /// HTTP/2 with an idle timeout: the pool's handle holds this, and each share a token.
+    streams: Option<Arc<Streams>>,
+    _stream: Option<StreamToken>,
+}
+
+/// When an HTTP/2 connection last finished a request, for its idle timeout. A request counts
+/// as active while it holds its share of the connection, up to its response head: hyper does
+/// not tell when a stream of a shared connection ends. A connection whose response bodies
+/// outlast the timeout is therefore retired early; retiring drains, so nothing is cut.
+pub(super) struct Streams {
+    born: Instant,
+    /// Nanoseconds from `born` to the end of the last request.
+    last_done: AtomicU64,
+}
+
+/// A request's mark on an HTTP/2 connection; dropping it stamps the connection's clock.
+pub(super) struct StreamToken(Arc<Streams>);
+
+impl Drop for StreamToken {
+    fn drop(&mut self) {
+        let nanos = u64::try_from(self.0.born.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        self.0.last_done.store(nanos, Relaxed);
+    }
 }
 
 /// When a connection expires, and whether `upstream_cx_max_duration_reached` was counted for
@@ -86,12 +113,20 @@ impl Expiry {
 
 impl Lifetime {
     /// The lifetime of a connection established now under `limits`.
-    pub(super) fn new(limits: &ConnectionLimits) -> Self {
+    pub(super) fn new(limits: &ConnectionLimits, http2: bool) -> Self {
+        let now = Instant::now();
         Lifetime {
+            streams: (http2 && limits.idle_timeout.is_some()).then(|| {
+                Arc::new(Streams {
+                    born: now,
+                    last_done: AtomicU64::new(0),
+                })
+            }),
+            _stream: None,
             remaining: limits.max_requests.map(|m| m.get()),
             expiry: limits.max_duration.map(|d| {
                 Arc::new(Expiry {
-                    at: Instant::now() + d,
+                    at: now + d,
                     counted: AtomicBool::new(false),
                 })
             }),
@@ -128,6 +163,20 @@ impl Lifetime {
     pub(super) fn expiry(&self) -> Option<Arc<Expiry>> {
         self.expiry.clone()
     }
+
+    /// How long the connection has had no request, given that its pool handle has waited on
+    /// the ready list since `ready_since`; None while a request uses it.
+    pub(super) fn idle_for(&self, ready_since: Instant) -> Option<Duration> {
+        let waited = ready_since.elapsed();
+        let Some(streams) = &self.streams else {
+            return Some(waited);
+        };
+        if Arc::strong_count(streams) > 1 {
+            return None;
+        }
+        let done = streams.born + Duration::from_nanos(streams.last_done.load(Relaxed));
+        Some(waited.min(done.elapsed()))
+    }
 }
 
 /// What the watcher asks of the connection's pool.
@@ -148,8 +197,7 @@ pub(super) struct WatchStats {
 }
 
 /// One task per connection for its whole life, spawned only when the connection has a timer:
-/// it closes the connection once it has sat ready (unused) for `idle` (HTTP/1.1), and at its
-/// expiry retires it. A connection in use at expiry is closed when its request gives it back
+/// it retires the connection once it has had no request for `idle`, and at its expiry. A connection in use at expiry is closed when its request gives it back
 /// (HTTP/1.1, see [`Conn::reusable`]) or when its last stream ends (HTTP/2). The task ends
 /// with the connection (`alive`).
 pub(super) fn watch(
@@ -216,7 +264,7 @@ mod tests {
     #[tokio::test]
     async fn the_last_allowed_request_is_announced_once_and_ends_reuse() {
         let stat = Counter::default();
-        let mut life = Lifetime::new(&limits(3, None));
+        let mut life = Lifetime::new(&limits(3, None), false);
         assert!(!life.start_request());
         assert!(life.reusable(&stat));
         assert!(!life.start_request());
@@ -228,7 +276,7 @@ mod tests {
     #[tokio::test]
     async fn without_a_cap_a_connection_serves_on() {
         let stat = Counter::default();
-        let mut life = Lifetime::new(&limits(0, None));
+        let mut life = Lifetime::new(&limits(0, None), false);
         for _ in 0..1000 {
             assert!(!life.start_request());
         }
@@ -238,7 +286,7 @@ mod tests {
     #[tokio::test]
     async fn an_expired_connection_is_not_reused_and_counted_once() {
         let stat = Counter::default();
-        let life = Lifetime::new(&limits(0, Some(Duration::from_millis(1))));
+        let life = Lifetime::new(&limits(0, Some(Duration::from_millis(1))), false);
         tokio::time::sleep(Duration::from_millis(5)).await;
         assert!(!life.reusable(&stat));
         assert!(!life.reusable(&stat));
