@@ -265,11 +265,16 @@ mod tests {
     }
 
     #[test]
-    fn an_upstream_header_count_limit_is_acknowledged_with_its_path() {
-        let config = cluster(&typed("{ max_headers_count: 5 }")).expect("accepted");
-        assert_eq!(config.acknowledged.len(), 1, "{:?}", config.acknowledged);
-        assert!(config.acknowledged[0]
-            .path
-            .ends_with("common_http_protocol_options.max_headers_count"));
+    fn unenforced_upstream_limits_are_acknowledged_with_their_paths() {
+        let config =
+            cluster(&typed("{ max_headers_count: 5, max_stream_duration: 1s }")).expect("accepted");
+        let paths: Vec<&str> = config
+            .acknowledged
+            .iter()
+            .map(|a| a.path.as_str())
+            .collect();
+        assert_eq!(paths.len(), 2, "{paths:?}");
+        assert!(paths[0].ends_with("common_http_protocol_options.max_headers_count"));
+        assert!(paths[1].ends_with("common_http_protocol_options.max_stream_duration"));
     }
 }
