@@ -25,12 +25,7 @@ struct InMemory {
 }
 
 impl Opener for InMemory {
-    fn open(
-        &self,
-        _authority: http::uri::Authority,
-        http2: bool,
-        closed: ConnectionClosed,
-    ) -> Opening {
+    fn open(&self, _destination: Destination, http2: bool, closed: ConnectionClosed) -> Opening {
         let log = self.log.clone();
         let delay = self.delay;
         Box::pin(async move {
@@ -138,7 +133,9 @@ fn fixture(max_requests: u32, delay: Duration) -> Fixture {
         hostname: String::new(),
         weight: 1,
         priority: 0,
+        locality: Default::default(),
         authority: "127.0.0.1:1".parse().expect("authority"),
+        transport: crate::upstream::transport::Transport::Plain,
         stats: HostStats::default(),
         health: Default::default(),
         pools: Default::default(),
@@ -157,7 +154,7 @@ async fn request(pools: Arc<ClusterPools>, host: Arc<Host>, http2: bool) -> u16 
         mut conn,
         pool,
         request,
-    }) = pools.attach(&host, Priority::Default, http2).await
+    }) = pools.attach(&host, None, Priority::Default, http2).await
     else {
         return 0;
     };
