@@ -113,6 +113,7 @@ fn host_list(n: u16, weighted: bool) -> Vec<Arc<Host>> {
                 transport: outrigger::upstream::transport::Transport::Plain,
                 stats: HostStats::default(),
                 health: Default::default(),
+                pools: Default::default(),
             })
         })
         .collect()

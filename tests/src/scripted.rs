@@ -79,6 +79,15 @@ pub enum Failure {
 struct Shared {
     received: Mutex<Vec<Received>>,
     connections: AtomicUsize,
+    /// Per accepted connection, in order: the requests it carried and whether it is open.
+    per_connection: Mutex<Vec<ConnectionRecord>>,
+}
+
+/// What one accepted connection carried.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ConnectionRecord {
+    pub requests: usize,
+    pub open: bool,
 }
 
 /// A running scripted upstream; stops when dropped.
@@ -143,6 +152,16 @@ impl Scripted {
     pub fn connections(&self) -> usize {
         self.shared.connections.load(Ordering::SeqCst)
     }
+
+    /// Every connection accepted so far, in order: how many requests it carried and whether
+    /// the peer still holds it open (HTTP behaviours only).
+    pub fn connection_log(&self) -> Vec<ConnectionRecord> {
+        self.shared
+            .per_connection
+            .lock()
+            .expect("no panic while holding the connection log")
+            .clone()
+    }
 }
 
 impl Drop for Scripted {
@@ -181,6 +200,17 @@ fn serve(
                 },
             };
             shared.connections.fetch_add(1, Ordering::SeqCst);
+            let index = {
+                let mut log = shared
+                    .per_connection
+                    .lock()
+                    .expect("no panic while holding the connection log");
+                log.push(ConnectionRecord {
+                    requests: 0,
+                    open: true,
+                });
+                log.len() - 1
+            };
             let shared = Arc::clone(&shared);
             let behaviour = Arc::clone(&behaviour);
             let name = Arc::clone(&name);
@@ -190,8 +220,20 @@ fn serve(
                     Behaviour::TcpEcho => tcp_echo(stream).await,
                     Behaviour::TcpHalfClose => tcp_half_close(stream).await,
                     _ => {
+                        let record =
+                            move |shared: &Shared, change: &dyn Fn(&mut ConnectionRecord)| {
+                                let mut log = shared
+                                    .per_connection
+                                    .lock()
+                                    .expect("no panic while holding the connection log");
+                                if let Some(r) = log.get_mut(index) {
+                                    change(r);
+                                }
+                            };
+                        let conn_shared = Arc::clone(&shared);
                         let service = service_fn(move |request| {
                             let shared = Arc::clone(&shared);
+                            record(&shared, &|r| r.requests += 1);
                             let behaviour = Arc::clone(&behaviour);
                             let name = Arc::clone(&name);
                             async move {
@@ -205,6 +247,7 @@ fn serve(
                         let _ = auto::Builder::new(TokioExecutor::new())
                             .serve_connection_with_upgrades(TokioIo::new(stream), service)
                             .await;
+                        record(&conn_shared, &|r| r.open = false);
                     }
                 }
             });

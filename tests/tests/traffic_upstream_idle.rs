@@ -44,8 +44,8 @@ static_resources:
 "#;
 
 /// The upstream's connection count after each request: two at once, then one after the idle
-/// timeout has closed the connection.
-fn run(kind: Kind) -> Vec<usize> {
+/// timeout has closed the connection; and the cluster's `upstream_cx_idle_timeout` line.
+fn run(kind: Kind) -> (Vec<usize>, String) {
     let up = Scripted::start("a", Behaviour::Reply(Reply::text("from a\n")));
     let ports = Ports::new(&["admin", "listener"]).with("upstream", up.port());
     let proxy = RunningProxy::start(kind, &ports.render(BOOTSTRAP), &["--concurrency", "1"]);
@@ -57,18 +57,24 @@ fn run(kind: Kind) -> Vec<usize> {
         assert_eq!(r.status, 200, "{}", kind.name());
         seen.push(up.connections());
     }
+    let idle_closed = proxy
+        .get("/stats?filter=^cluster\\.backend\\.upstream_cx_idle_timeout$")
+        .body
+        .trim()
+        .to_string();
     drop(proxy);
-    seen
+    (seen, idle_closed)
 }
 
 #[test]
 fn idle_upstream_connections_close_after_the_idle_timeout_like_envoy() {
     let outrigger = run(Kind::Outrigger);
     assert_eq!(
-        outrigger,
+        outrigger.0,
         [1, 1, 2],
         "reused, then replaced after the idle timeout"
     );
+    assert_eq!(outrigger.1, "cluster.backend.upstream_cx_idle_timeout: 1");
     if envoy_or_skip("idle_upstream_connections").is_none() {
         return;
     }

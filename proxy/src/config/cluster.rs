@@ -7,21 +7,18 @@
 use super::address::{host_and_port, resolved, Endpoint};
 use super::error::{FieldPath, Result};
 use super::fields::{check, Acknowledged};
-use super::hcm_options::{http2_settings, Http2Settings};
+use super::hcm_options::Http2Settings;
 pub use super::load_balancing::LbPolicy;
 use super::transport_match::{MatchLabels, UpstreamSocket};
-use super::values::{duration, optional_duration};
+pub use super::upstream_http::ConnectionLimits;
+use super::upstream_http::UpstreamHttp;
+use super::values::optional_duration;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use xds_proto::pb::envoy::config::cluster::v3::{cluster, Cluster as ProtoCluster};
 use xds_proto::pb::envoy::config::core::v3::{address, HealthStatus};
 use xds_proto::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
-use xds_proto::pb::envoy::extensions::upstreams::http::v3::{
-    http_protocol_options, HttpProtocolOptions,
-};
-
-const HTTP_PROTOCOL_OPTIONS: &str = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions";
 
 #[derive(Debug, Clone)]
 pub struct Cluster {
@@ -33,8 +30,8 @@ pub struct Cluster {
     pub connect_timeout: Duration,
     pub protocol: UpstreamProtocol,
     pub http2: Http2Settings,
-    pub max_requests_per_connection: Option<u32>,
-    pub idle_timeout: Option<Duration>,
+    /// How long an upstream connection lives: idle timeout, requests, maximum duration.
+    pub connection_limits: ConnectionLimits,
     pub tcp_keepalive: Option<TcpKeepalive>,
     pub source_address: Option<SocketAddr>,
     /// `transport_socket` and `transport_socket_matches`: each host's is chosen from these
@@ -297,7 +294,11 @@ pub fn translate_cluster(
             original_dst_config(c, path)?
         }
     };
-    let (protocol, idle_timeout, max_requests, http2) = protocol_options(c, path, acks)?;
+    let UpstreamHttp {
+        protocol,
+        http2,
+        limits: connection_limits,
+    } = super::upstream_http::translate(c, path, acks)?;
     let tcp_keepalive = c
         .upstream_connection_options
         .as_ref()
@@ -366,8 +367,7 @@ pub fn translate_cluster(
         connect_timeout,
         protocol,
         http2,
-        max_requests_per_connection: max_requests,
-        idle_timeout,
+        connection_limits,
         tcp_keepalive,
         source_address,
         transports,
@@ -601,139 +601,4 @@ fn dns_hosts(c: &ProtoCluster, path: &FieldPath) -> Result<Vec<DnsHost>> {
             })
         })
         .collect()
-}
-
-type ProtocolChoice = (
-    UpstreamProtocol,
-    Option<Duration>,
-    Option<u32>,
-    Http2Settings,
-);
-
-fn protocol_options(
-    c: &ProtoCluster,
-    path: &FieldPath,
-    acks: &mut Vec<Acknowledged>,
-) -> Result<ProtocolChoice> {
-    let mut protocol = if c.http2_protocol_options.is_some() {
-        UpstreamProtocol::Http2
-    } else {
-        UpstreamProtocol::Http1
-    };
-    let mut common = c.common_http_protocol_options;
-    let mut max_requests = c.max_requests_per_connection.as_ref().map(|v| v.value);
-    let mut http2 = http2_settings(
-        c.http2_protocol_options.as_ref(),
-        &path.field("http2_protocol_options"),
-    )?;
-    for (key, any) in &c.typed_extension_protocol_options {
-        let p = path.field("typed_extension_protocol_options").key(key);
-        if key != HTTP_PROTOCOL_OPTIONS {
-            return Err(p.error(format!("unsupported protocol options extension {key}")));
-        }
-        let options: HttpProtocolOptions = match super::extension::decode(any, &p)? {
-            Some(xds_proto::Extension::HttpProtocolOptions(o)) => *o,
-            _ => {
-                return Err(p.error(format!(
-                    "unsupported protocol options type {}",
-                    xds_proto::type_name_of_url(&any.type_url)
-                )))
-            }
-        };
-        check(&options, &p, acks)?;
-        use http_protocol_options::UpstreamProtocolOptions as U;
-        protocol = match &options.upstream_protocol_options {
-            Some(U::ExplicitHttpConfig(e)) => {
-                use http_protocol_options::explicit_http_config::ProtocolConfig as P;
-                match &e.protocol_config {
-                    Some(P::Http2ProtocolOptions(o)) => {
-                        http2 = http2_settings(
-                            Some(o),
-                            &p.field("explicit_http_config")
-                                .field("http2_protocol_options"),
-                        )?;
-                        UpstreamProtocol::Http2
-                    }
-                    Some(P::HttpProtocolOptions(_)) => UpstreamProtocol::Http1,
-                    Some(P::Http3ProtocolOptions(_)) => {
-                        return Err(p
-                            .field("explicit_http_config")
-                            .error("HTTP/3 is not supported"))
-                    }
-                    None => {
-                        return Err(p
-                            .field("explicit_http_config")
-                            .error("a protocol is required"))
-                    }
-                }
-            }
-            Some(U::UseDownstreamProtocolConfig(d)) => {
-                let d_path = p
-                    .field("use_downstream_protocol_config")
-                    .field("http2_protocol_options");
-                http2 = http2_settings(d.http2_protocol_options.as_ref(), &d_path)?;
-                UpstreamProtocol::UseDownstream
-            }
-            Some(U::AutoConfig(_)) => {
-                return Err(p
-                    .field("auto_config")
-                    .error("ALPN protocol selection needs TLS (issue 6)"))
-            }
-            None => return Err(p.field("upstream_protocol_options").error("is required")),
-        };
-        if let Some(o) = options.common_http_protocol_options {
-            if let Some(m) = o.max_requests_per_connection.as_ref() {
-                max_requests = Some(m.value);
-            }
-            common = Some(o);
-        }
-    }
-    if http2.max_concurrent_streams.is_some() {
-        acks.push(Acknowledged {
-            path: path.field("http2_protocol_options").field("max_concurrent_streams").to_string(),
-            reason: "upstream HTTP/2 connections follow the server's stream limit; a per-cluster cap is not enforced yet (issue 4)",
-        });
-    }
-    if let Some(o) = &common {
-        // Limits that only the downstream side enforces so far.
-        let c_path = path.field("common_http_protocol_options");
-        let unenforced = [
-            (
-                "max_connection_duration",
-                o.max_connection_duration.is_some(),
-            ),
-            ("max_headers_count", o.max_headers_count.is_some()),
-            ("max_stream_duration", o.max_stream_duration.is_some()),
-            (
-                "headers_with_underscores_action",
-                o.headers_with_underscores_action != 0,
-            ),
-        ];
-        for (field, set) in unenforced {
-            if set {
-                acks.push(Acknowledged {
-                    path: c_path.field(field).to_string(),
-                    reason: "not enforced on upstream connections yet (issue 3)",
-                });
-            }
-        }
-    }
-    let idle = match common.as_ref().and_then(|o| o.idle_timeout.as_ref()) {
-        Some(d) => Some(duration(
-            d,
-            &path
-                .field("common_http_protocol_options")
-                .field("idle_timeout"),
-        )?)
-        .filter(|d| !d.is_zero()),
-        None => Some(Duration::from_secs(3600)),
-    };
-    let max_requests = max_requests.filter(|m| *m > 0);
-    if max_requests.is_some_and(|m| m > 1) {
-        acks.push(Acknowledged {
-            path: path.field("max_requests_per_connection").to_string(),
-            reason: "only 1 (no connection reuse) is enforced; larger caps are not yet (issue 3)",
-        });
-    }
-    Ok((protocol, idle, max_requests, http2))
 }

@@ -39,6 +39,7 @@ pub mod stats;
 pub mod tcp_proxy;
 pub mod tls;
 pub mod transport_match;
+pub mod upstream_http;
 mod values;
 
 #[cfg(test)]

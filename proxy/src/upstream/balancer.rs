@@ -369,6 +369,7 @@ mod tests {
             transport: crate::upstream::transport::Transport::Plain,
             stats: HostStats::default(),
             health: Default::default(),
+            pools: Default::default(),
         })
     }
 

@@ -42,6 +42,8 @@ pub struct Host {
     pub stats: HostStats,
     /// Health flags and the outlier detector's counters (see `health.rs`).
     pub health: HostHealth,
+    /// The host's connection pools, reached from the pick without a lookup.
+    pub pools: super::host_pool::HostPools,
 }
 
 /// The hosts of a cluster and what picks among them: per priority level a list of hosts and
@@ -272,6 +274,7 @@ mod tests {
             transport: crate::upstream::transport::Transport::Plain,
             stats: HostStats::default(),
             health: HostHealth::default(),
+            pools: Default::default(),
         })
     }
 

@@ -3,56 +3,26 @@
 //! wait (`max_pending_requests`), when a connection may open (`max_connections`, except the
 //! host's first, which Envoy always opens) and when a request may start (`max_requests`).
 //! An HTTP/1.1 connection carries one request at a time and returns to the ready list when its
-//! response is read; an HTTP/2 connection stays ready and carries every request.
+//! response is read; an HTTP/2 connection stays ready and carries every request. Either stops
+//! taking requests once it has started `max_requests_per_connection` of them or has lived for
+//! `max_connection_duration` (pool_conn.rs), and then closes when its requests are done.
 //! Envoy: https://www.envoyproxy.io/docs/envoy/latest/intro/arch_overview/upstream/connection_pooling
 
 use super::circuit_breakers::{CircuitBreakers, Guard, PriorityBreakers};
-use super::pool::{UpstreamBody, UpstreamError};
+use super::host::Host;
+use super::pool::UpstreamError;
+pub use super::pool_conn::{Conn, Sender};
+use super::pool_conn::{Lifetime, WatchStats, Watched};
 use super::transport::Destination;
 use crate::config::circuit_breakers::Priority;
-use hyper::client::conn::{http1, http2};
-use std::collections::{HashMap, VecDeque};
+use crate::config::cluster::ConnectionLimits;
+use crate::tls::AlpnOffer;
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 use std::time::Duration;
 use tokio::sync::oneshot;
-
-pub enum Sender {
-    Http1(http1::SendRequest<UpstreamBody>),
-    Http2(http2::SendRequest<UpstreamBody>),
-}
-
-impl Sender {
-    fn usable(&self) -> bool {
-        match self {
-            Sender::Http1(s) => s.is_ready(),
-            Sender::Http2(s) => !s.is_closed(),
-        }
-    }
-}
-
-/// A connection as the pool hands it out: an HTTP/1.1 one to one request at a time, an
-/// HTTP/2 one shared (each request holds a clone of its sender).
-pub struct Conn {
-    pub sender: Sender,
-    pub local: Option<SocketAddr>,
-    id: u64,
-}
-
-impl Conn {
-    /// Another handle on a shared (HTTP/2) connection; None for HTTP/1.1.
-    fn share(&self) -> Option<Conn> {
-        match &self.sender {
-            Sender::Http2(s) => Some(Conn {
-                sender: Sender::Http2(s.clone()),
-                local: self.local,
-                id: self.id,
-            }),
-            Sender::Http1(_) => None,
-        }
-    }
-}
 
 /// A ready connection, and since when it has waited (for the idle timeout).
 struct Ready {
@@ -69,6 +39,9 @@ struct State {
     connecting: usize,
     /// Connections open or opening.
     open: usize,
+    /// The pool's `max_connection_pools` unit, held while the pool has a connection or a
+    /// request waiting, as Envoy counts its pools that exist.
+    unit: Option<Guard>,
 }
 
 /// Opens connections for the pools (the cluster's connector and HTTP/2 settings, in pool.rs).
@@ -92,7 +65,7 @@ pub struct ConnectionClosed {
     pool: Weak<HostPool>,
     id: u64,
     _connection: Guard,
-    /// Alive while the connection is: its idle watcher stops when this goes.
+    /// Alive while the connection is: its watcher stops when this goes.
     _life: Arc<()>,
 }
 
@@ -113,33 +86,133 @@ pub struct PoolStats {
     pub rq_pending_active: Arc<crate::stats::Gauge>,
     pub rq_active_overflow: Arc<crate::stats::Counter>,
     pub cx_overflow: Arc<crate::stats::Counter>,
+    /// A connection started its last request under `max_requests_per_connection`.
+    pub cx_max_requests: Arc<crate::stats::Counter>,
+    /// A connection reached `max_connection_duration`.
+    pub cx_max_duration_reached: Arc<crate::stats::Counter>,
+    /// An idle connection was closed by the idle timeout.
+    pub cx_idle_timeout: Arc<crate::stats::Counter>,
 }
 
-type Key = (Destination, Priority, bool);
-
-/// Every pool of a cluster, by host (and its transport), priority and protocol (Envoy keys its
-/// pools so too).
-/// A pool goes away when its last connection closes with nothing pending, as Envoy's idle
-/// pools do, giving back its `max_connection_pools` unit.
-pub struct HostPools {
-    map: Mutex<HashMap<Key, Arc<HostPool>>>,
+/// What every pool of a cluster shares: the circuit breakers, the counters, the opener and
+/// the connections' limits. The pools themselves hang off their hosts ([`HostPools`]), so a
+/// request reaches its pool from the host the balancer picked, without a lookup.
+pub struct ClusterPools {
     breakers: Arc<CircuitBreakers>,
     stats: PoolStats,
     opener: Arc<dyn Opener>,
-    idle_timeout: Option<Duration>,
-    /// Connections are never reused (`max_requests_per_connection: 1`).
-    single_use: bool,
-    myself: Weak<HostPools>,
+    limits: ConnectionLimits,
+    myself: Weak<ClusterPools>,
 }
 
-/// One host's pool for one priority and protocol.
+/// A host's pools, one per routing priority, protocol and ALPN offer (Envoy keys its pools by
+/// host, priority and protocol; a TLS host's connections offering different ALPN lists stay apart),
+/// allocated by the host's first request: most hosts of a mesh never carry one.
+#[derive(Default)]
+pub struct HostPools(OnceLock<Box<Slots>>);
+
+/// Offers a connection may share beyond the per-slot one before pools of other offers that
+/// are idle are dropped (config updates make new offers).
+const MAX_OTHER_OFFERS: usize = 8;
+
+#[derive(Default)]
+struct Slots {
+    /// By priority and protocol ([`slot`]): the pool of requests without an ALPN offer (and of
+    /// every request on a plaintext host)...
+    plain: [OnceLock<Arc<HostPool>>; 4],
+    /// ...and the pool of the first offer seen there. Istio's `istio.alpn` makes one offer
+    /// per upstream protocol, so a slot sees one list and this is the only one used.
+    offered: [OnceLock<Arc<HostPool>>; 4],
+    /// Pools of any other offer, by slot.
+    others: Mutex<Vec<(usize, Arc<HostPool>)>>,
+}
+
+impl std::fmt::Debug for HostPools {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HostPools")
+            .field("made", &self.0.get().is_some())
+            .finish()
+    }
+}
+
+fn slot(priority: Priority, http2: bool) -> usize {
+    usize::from(priority == Priority::High) * 2 + usize::from(http2)
+}
+
+/// Two offers make the same handshake when their lists are equal, even if a config update
+/// made them apart.
+fn same_offer(a: Option<&AlpnOffer>, b: Option<&AlpnOffer>) -> bool {
+    match (a, b) {
+        (None, None) => true,
+        (Some(a), Some(b)) => a == b || a.protocols() == b.protocols(),
+        _ => false,
+    }
+}
+
+impl HostPools {
+    /// The pool for `priority`, protocol and `alpn` offer, made on first use.
+    fn get(
+        &self,
+        cluster: &ClusterPools,
+        host: &Host,
+        alpn: Option<&AlpnOffer>,
+        priority: Priority,
+        http2: bool,
+    ) -> Arc<HostPool> {
+        let slots = self.0.get_or_init(Box::default);
+        let i = slot(priority, http2);
+        let make = || HostPool::new(cluster, Destination::new(host, alpn), priority, http2);
+        // A plaintext host's connections are the same whatever the request offered.
+        let alpn = alpn.filter(|_| matches!(host.transport, super::transport::Transport::Tls(_)));
+        let Some(offer) = alpn else {
+            return slots.plain[i].get_or_init(make).clone();
+        };
+        let first = slots.offered[i].get_or_init(make);
+        if same_offer(first.destination.alpn.as_ref(), Some(offer)) {
+            return first.clone();
+        }
+        let mut others = slots.others.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((_, pool)) = others
+            .iter()
+            .find(|(s, p)| *s == i && same_offer(p.destination.alpn.as_ref(), Some(offer)))
+        {
+            return pool.clone();
+        }
+        if others.len() >= MAX_OTHER_OFFERS {
+            others.retain(|(_, p)| Arc::strong_count(p) > 1 || p.busy());
+        }
+        let pool = make();
+        others.push((i, pool.clone()));
+        pool
+    }
+
+    /// Some pool of the host has a connection or a request waiting (an ORIGINAL_DST host in
+    /// use is kept for the next request to the same address).
+    pub fn busy(&self) -> bool {
+        let Some(slots) = self.0.get() else {
+            return false;
+        };
+        let others = slots.others.lock().unwrap_or_else(|e| e.into_inner());
+        slots
+            .plain
+            .iter()
+            .chain(&slots.offered)
+            .filter_map(OnceLock::get)
+            .chain(others.iter().map(|(_, p)| p))
+            .any(|p| p.busy())
+    }
+}
+
+/// One host's pool for one priority, protocol and ALPN offer.
 pub struct HostPool {
-    key: Key,
+    destination: Destination,
+    priority: Priority,
+    http2: bool,
     state: Mutex<State>,
-    owner: Weak<HostPools>,
+    /// Weak: the cluster's pools reach the hosts through the connector's accounting.
+    owner: Weak<ClusterPools>,
     myself: Weak<HostPool>,
     next_id: AtomicU64,
-    _pool: Guard,
 }
 
 /// A request's hold on a connection: the connection, and the `max_requests` unit.
@@ -149,63 +222,41 @@ pub struct Attached {
     pub request: Guard,
 }
 
-impl HostPools {
+impl ClusterPools {
     pub fn new(
         breakers: Arc<CircuitBreakers>,
         stats: PoolStats,
         opener: Arc<dyn Opener>,
-        idle_timeout: Option<Duration>,
-        single_use: bool,
-        myself: Weak<HostPools>,
+        limits: ConnectionLimits,
+        myself: Weak<ClusterPools>,
     ) -> Self {
-        HostPools {
-            map: Mutex::new(HashMap::new()),
+        ClusterPools {
             breakers,
             stats,
             opener,
-            idle_timeout,
-            single_use,
+            limits,
             myself,
         }
     }
 
-    fn lock(&self) -> MutexGuard<'_, HashMap<Key, Arc<HostPool>>> {
-        self.map.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// Waits for a connection to `destination` as Envoy's pool does, and admits the request
-    /// on it. Overflow of `max_pending_requests` or `max_requests` fails with
+    /// Waits for a connection to `host` as Envoy's pool does, and admits the request on it.
+    /// Overflow of `max_pending_requests` or `max_requests` fails with
     /// [`UpstreamError::Overflow`].
     pub async fn attach(
         &self,
-        destination: &Destination,
+        host: &Host,
+        alpn: Option<&AlpnOffer>,
         priority: Priority,
         http2: bool,
     ) -> Result<Attached, UpstreamError> {
         let breakers = self.breakers.priority(priority);
-        let pool = {
-            let key = (destination.clone(), priority, http2);
-            let mut map = self.lock();
-            map.entry(key.clone())
-                .or_insert_with(|| {
-                    Arc::new_cyclic(|myself| HostPool {
-                        key,
-                        state: Mutex::new(State::default()),
-                        owner: self.myself.clone(),
-                        myself: myself.clone(),
-                        next_id: AtomicU64::new(0),
-                        _pool: breakers.connection_pools.acquire(),
-                    })
-                })
-                .clone()
-        };
-        let ready = pool.checkout();
-        let conn = match ready {
+        let pool = host.pools.get(self, host, alpn, priority, http2);
+        let conn = match pool.checkout(self, breakers) {
             Some(conn) => conn,
             None => {
                 let Some(_pending) = breakers.pending_requests.try_acquire() else {
                     self.stats.rq_pending_overflow.inc();
-                    pool.forget_if_idle();
+                    pool.give_back_unit_if_idle();
                     return Err(UpstreamError::Overflow);
                 };
                 self.stats.rq_pending_total.inc();
@@ -217,9 +268,14 @@ impl HostPools {
         };
         let Some(request) = breakers.requests.try_acquire() else {
             self.stats.rq_active_overflow.inc();
-            pool.release(conn);
+            pool.give_back(conn);
             return Err(UpstreamError::Overflow);
         };
+        let mut conn = conn;
+        // An HTTP/2 connection's allowance is kept by the pool's handle (see `share`).
+        if conn.life.start_request() {
+            self.stats.cx_max_requests.inc();
+        }
         self.stats.rq_total.inc();
         Ok(Attached {
             conn,
@@ -230,20 +286,49 @@ impl HostPools {
 }
 
 impl HostPool {
+    fn new(
+        cluster: &ClusterPools,
+        destination: Destination,
+        priority: Priority,
+        http2: bool,
+    ) -> Arc<HostPool> {
+        Arc::new_cyclic(|myself| HostPool {
+            destination,
+            priority,
+            http2,
+            state: Mutex::new(State::default()),
+            owner: cluster.myself.clone(),
+            myself: myself.clone(),
+            next_id: AtomicU64::new(0),
+        })
+    }
+
+    /// It has a connection or a request waiting.
+    fn busy(&self) -> bool {
+        let state = self.lock();
+        state.open > 0 || !state.pending.is_empty()
+    }
+
     fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn http2(&self) -> bool {
-        self.key.2
-    }
-
-    /// A ready connection: HTTP/1.1 takes it off the list, HTTP/2 shares it.
-    fn checkout(&self) -> Option<Conn> {
+    /// A ready connection: HTTP/1.1 takes it off the list, HTTP/2 shares it (and a share
+    /// that takes the connection's last allowed stream retires it, draining it).
+    fn checkout(&self, pools: &ClusterPools, breakers: &PriorityBreakers) -> Option<Conn> {
         let mut state = self.lock();
-        if self.http2() {
+        if state.unit.is_none() {
+            state.unit = Some(breakers.connection_pools.acquire());
+        }
+        if self.http2 {
             state.ready.retain(|r| r.conn.sender.usable());
-            return state.ready.first().and_then(|r| r.conn.share());
+            let first = state.ready.first_mut()?;
+            let shared = first.conn.share();
+            if first.conn.life.start_request() {
+                pools.stats.cx_max_requests.inc();
+                state.ready.remove(0);
+            }
+            return shared;
         }
         while let Some(r) = state.ready.pop() {
             if r.conn.sender.usable() {
@@ -256,7 +341,7 @@ impl HostPool {
     /// Queues the request and opens a connection for it if the pool needs one and may.
     async fn wait(
         &self,
-        pools: &HostPools,
+        pools: &ClusterPools,
         breakers: &PriorityBreakers,
     ) -> Result<Conn, UpstreamError> {
         let (tx, rx) = oneshot::channel();
@@ -272,8 +357,8 @@ impl HostPool {
     /// Envoy's rule: open a connection when more requests wait than connections are opening
     /// (HTTP/2: when none is opening), within `max_connections`, counting
     /// `upstream_cx_overflow` when over it; a pool without any connection opens one anyway.
-    fn maybe_open(&self, state: &mut State, pools: &HostPools, breakers: &PriorityBreakers) {
-        let needed = if self.http2() {
+    fn maybe_open(&self, state: &mut State, pools: &ClusterPools, breakers: &PriorityBreakers) {
+        let needed = if self.http2 {
             state.connecting == 0 && !state.pending.is_empty()
         } else {
             state.pending.len() > state.connecting
@@ -302,32 +387,45 @@ impl HostPool {
             _connection: guard,
             _life: life,
         };
-        let opening = pools.opener.open(self.key.0.clone(), self.http2(), closed);
+        let opening = pools
+            .opener
+            .open(self.destination.clone(), self.http2, closed);
         let Some(pool) = self.myself.upgrade() else {
             return;
         };
-        let idle_timeout = pools.idle_timeout.filter(|_| !self.http2());
+        let limits = pools.limits;
+        let stats = WatchStats {
+            idle_timeout: pools.stats.cx_idle_timeout.clone(),
+            max_duration_reached: pools.stats.cx_max_duration_reached.clone(),
+        };
         tokio::spawn(async move {
-            let opened = opening.await;
-            if let (true, Some(timeout)) = (opened.is_ok(), idle_timeout) {
-                pool.watch_idle(id, timeout, alive);
+            let opened = opening.await.map(|(sender, local)| Conn {
+                sender,
+                local,
+                id,
+                life: Lifetime::new(&limits, pool.http2),
+            });
+            if let Ok(conn) = &opened {
+                let watched: Weak<dyn Watched> = pool.myself.clone();
+                let idle = limits.idle_timeout;
+                super::pool_conn::watch(watched, id, idle, conn.life.expiry(), alive, stats);
             }
-            pool.opened(id, opened);
+            pool.opened(opened);
         });
     }
 
-    fn opened(&self, id: u64, result: Result<(Sender, Option<SocketAddr>), UpstreamError>) {
+    fn opened(&self, result: Result<Conn, UpstreamError>) {
         // The cluster's pools are gone (the cluster was removed): nothing waits any more.
-        if self.owner.upgrade().is_none() {
+        let Some(pools) = self.owner.upgrade() else {
             return;
-        }
+        };
         let mut state = self.lock();
         state.connecting = state.connecting.saturating_sub(1);
         match result {
-            Ok((sender, local)) => {
-                let conn = Conn { sender, local, id };
+            Ok(conn) if self.http2 => self.offer_shared(state, conn, &pools),
+            Ok(conn) => {
                 drop(state);
-                self.release(conn);
+                self.release(conn, &pools);
             }
             Err(e) => {
                 // Envoy fails every pending request of the pool when a connection attempt
@@ -340,56 +438,46 @@ impl HostPool {
         }
     }
 
-    /// One task per HTTP/1.1 connection for its whole life: it closes the connection once it
-    /// has sat ready (unused) for `timeout`, and ends with the connection.
-    fn watch_idle(&self, id: u64, timeout: Duration, alive: Weak<()>) {
-        let pool = self.myself.clone();
-        tokio::spawn(async move {
-            let mut wait = timeout;
-            loop {
-                tokio::time::sleep(wait).await;
-                if alive.upgrade().is_none() {
-                    return;
-                }
-                let Some(pool) = pool.upgrade() else {
-                    return;
-                };
-                let mut state = pool.lock();
-                wait = match state.ready.iter().position(|r| r.conn.id == id) {
-                    Some(i) => {
-                        let idle = state.ready[i].idle_since.elapsed();
-                        if idle >= timeout {
-                            // Dropping the sender closes the idle connection.
-                            state.ready.remove(i);
-                            return;
-                        }
-                        timeout - idle
-                    }
-                    // In use: it is stamped again when it comes back.
-                    None => timeout,
-                };
+    /// A new HTTP/2 connection: every waiting request shares it, as far as its allowance of
+    /// streams goes; it stays ready for later requests unless that allowance is spent, and
+    /// requests still waiting then get another connection.
+    fn offer_shared(&self, mut state: MutexGuard<'_, State>, mut conn: Conn, pools: &ClusterPools) {
+        let mut spent = false;
+        while !spent {
+            let Some(waiter) = state.pending.pop_front() else {
+                break;
+            };
+            let Some(shared) = conn.share() else {
+                break;
+            };
+            if waiter.send(Ok(shared)).is_ok() && conn.life.start_request() {
+                pools.stats.cx_max_requests.inc();
+                spent = true;
             }
-        });
-    }
-
-    /// A connection free for a request: the first waiting request takes it (HTTP/2: every
-    /// waiting request shares it), else it waits on the ready list.
-    pub fn release(&self, conn: Conn) {
-        let mut state = self.lock();
-        if self.http2() {
-            for waiter in state.pending.drain(..) {
-                if let Some(shared) = conn.share() {
-                    let _ = waiter.send(Ok(shared));
-                }
-            }
-            if !state.ready.iter().any(|r| r.conn.id == conn.id) {
-                state.ready.push(Ready {
-                    conn,
-                    idle_since: tokio::time::Instant::now(),
-                });
+        }
+        if spent {
+            // Dropping the pool's handle drains the connection: it closes when the streams
+            // given out above have finished.
+            if !state.pending.is_empty() {
+                let breakers = pools.breakers.priority(self.priority);
+                self.maybe_open(&mut state, pools, breakers);
             }
             return;
         }
+        state.ready.push(Ready {
+            conn,
+            idle_since: tokio::time::Instant::now(),
+        });
+    }
+
+    /// An HTTP/1.1 connection free for the next request: the first waiting request takes it,
+    /// else it waits on the ready list. One past its allowance or its duration is dropped
+    /// instead, which closes it.
+    fn release(&self, conn: Conn, pools: &ClusterPools) {
+        if !conn.life.reusable(&pools.stats.cx_max_duration_reached) {
+            return;
+        }
+        let mut state = self.lock();
         let mut conn = conn;
         while let Some(waiter) = state.pending.pop_front() {
             match waiter.send(Ok(conn)) {
@@ -399,19 +487,30 @@ impl HostPool {
                 Err(Err(_)) => return,
             }
         }
-        // Stamped, not timed: the connection's one idle watcher reads the stamp, so a
-        // request costs no timer (an HTTP/1.1 connection returns here after every request).
+        // Stamped, not timed: the connection's one watcher reads the stamp, so a request
+        // costs no timer (an HTTP/1.1 connection returns here after every request).
         state.ready.push(Ready {
             conn,
             idle_since: tokio::time::Instant::now(),
         });
     }
 
+    /// A connection a request got but could not use (`max_requests` overflow): an HTTP/1.1
+    /// one goes back to the pool; an HTTP/2 share is just dropped, the pool keeps its own.
+    fn give_back(&self, conn: Conn) {
+        if self.http2 {
+            return;
+        }
+        if let Some(pools) = self.owner.upgrade() {
+            self.release(conn, &pools);
+        }
+    }
+
     /// After a response head: an HTTP/1.1 request stays active (`max_requests`) until its
     /// response is read to the end, when the connection can take the next request and
-    /// returns to the pool (unless connections are single use). An HTTP/2 stream gives its
-    /// unit back at the response head: hyper does not tell when a shared connection's stream
-    /// ends.
+    /// returns to the pool (unless its allowance or duration is spent). An HTTP/2 stream gives
+    /// its unit back at the response head: hyper does not tell when a shared connection's
+    /// stream ends.
     pub fn finish(&self, mut conn: Conn, request: Guard) {
         if !matches!(conn.sender, Sender::Http1(_)) {
             return;
@@ -425,9 +524,8 @@ impl HostPool {
                 Sender::Http2(_) => false,
             };
             drop(request);
-            let reuse = pool.owner.upgrade().is_some_and(|p| !p.single_use);
-            if ready && reuse {
-                pool.release(conn);
+            if let (true, Some(pools)) = (ready, pool.owner.upgrade()) {
+                pool.release(conn, &pools);
             }
         });
     }
@@ -437,34 +535,47 @@ impl HostPool {
         let Some(pools) = self.owner.upgrade() else {
             return;
         };
-        {
-            let mut state = self.lock();
-            state.open = state.open.saturating_sub(1);
-            state.ready.retain(|r| r.conn.id != id);
-            if !state.pending.is_empty() {
-                let breakers = pools.breakers.priority(self.key.1);
-                self.maybe_open(&mut state, &pools, breakers);
-            }
+        let mut state = self.lock();
+        state.open = state.open.saturating_sub(1);
+        state.ready.retain(|r| r.conn.id != id);
+        if !state.pending.is_empty() {
+            let breakers = pools.breakers.priority(self.priority);
+            self.maybe_open(&mut state, &pools, breakers);
         }
-        self.forget_if_idle();
+        Self::give_back_unit_if_idle_locked(&mut state);
     }
 
-    /// Drops the pool from its cluster's map when it has no connection and nothing waits.
-    fn forget_if_idle(&self) {
-        let Some(pools) = self.owner.upgrade() else {
-            return;
-        };
-        let mut map = pools.lock();
-        let idle = {
-            let state = self.lock();
-            state.open == 0 && state.pending.is_empty()
-        };
-        if idle
-            && map
-                .get(&self.key)
-                .is_some_and(|p| std::ptr::eq(Arc::as_ptr(p), self))
-        {
-            map.remove(&self.key);
+    /// Gives back the pool's `max_connection_pools` unit when it has no connection and
+    /// nothing waits, as Envoy drops such pools.
+    fn give_back_unit_if_idle(&self) {
+        Self::give_back_unit_if_idle_locked(&mut self.lock());
+    }
+
+    fn give_back_unit_if_idle_locked(state: &mut State) {
+        if state.open == 0 && state.pending.is_empty() {
+            state.unit = None;
         }
     }
 }
+
+impl Watched for HostPool {
+    fn idle_for(&self, id: u64) -> Option<Duration> {
+        let state = self.lock();
+        let r = state.ready.iter().find(|r| r.conn.id == id)?;
+        r.conn.life.idle_for(r.idle_since)
+    }
+
+    fn retire(&self, id: u64) -> bool {
+        let taken = {
+            let mut state = self.lock();
+            let at = state.ready.iter().position(|r| r.conn.id == id);
+            at.map(|i| state.ready.remove(i))
+        };
+        // Dropped here, outside the lock.
+        taken.is_some()
+    }
+}
+
+#[cfg(test)]
+#[path = "host_pool_tests.rs"]
+mod tests;

@@ -38,6 +38,11 @@ pub struct ClusterStats {
     pub upstream_rq_pending_active: Arc<Gauge>,
     pub upstream_rq_active_overflow: Arc<Counter>,
     pub upstream_cx_overflow: Arc<Counter>,
+    /// Connection lifetimes: `max_requests_per_connection`, `max_connection_duration` and
+    /// the idle timeout ended them.
+    pub upstream_cx_max_requests: Arc<Counter>,
+    pub upstream_cx_max_duration_reached: Arc<Counter>,
+    pub upstream_cx_idle_timeout: Arc<Counter>,
     pub membership_total: Arc<Gauge>,
     pub membership_healthy: Arc<Gauge>,
     /// Host set updates (`update_attempt`, `update_success`, `update_empty`,
@@ -145,6 +150,9 @@ impl ClusterStats {
                 c("upstream_cx_pool_overflow");
                 c("upstream_cx_overflow")
             },
+            upstream_cx_max_requests: c("upstream_cx_max_requests"),
+            upstream_cx_max_duration_reached: c("upstream_cx_max_duration_reached"),
+            upstream_cx_idle_timeout: c("upstream_cx_idle_timeout"),
             membership_total: g("membership_total"),
             membership_healthy: g("membership_healthy"),
             update_attempt: c("update_attempt"),
@@ -208,6 +216,8 @@ pub struct ClusterRuntime {
     pub transports: ClusterTransports,
     /// The one a host without labels takes (ORIGINAL_DST hosts), resolved once.
     unlabelled: Selected,
+    /// ORIGINAL_DST clusters: the hosts made for destinations, by address.
+    original_dst: super::original_dst::OriginalDstHosts,
 }
 
 impl std::fmt::Debug for ClusterRuntime {
@@ -253,6 +263,9 @@ impl ClusterRuntime {
             rq_pending_active: stats.upstream_rq_pending_active.clone(),
             rq_active_overflow: stats.upstream_rq_active_overflow.clone(),
             cx_overflow: stats.upstream_cx_overflow.clone(),
+            cx_max_requests: stats.upstream_cx_max_requests.clone(),
+            cx_max_duration_reached: stats.upstream_cx_max_duration_reached.clone(),
+            cx_idle_timeout: stats.upstream_cx_idle_timeout.clone(),
         };
         let runtime = Self {
             health,
@@ -266,6 +279,7 @@ impl ClusterRuntime {
             breakers,
             transports,
             unlabelled: config.transports.select(&MatchLabels::default()),
+            original_dst: Default::default(),
             log_names,
             config,
             hosts,
@@ -363,6 +377,7 @@ impl ClusterRuntime {
                         health.set_eds(eds_health);
                         health
                     },
+                    pools: Default::default(),
                 }))
             })
             .collect();
@@ -604,20 +619,10 @@ impl ClusterRuntime {
                 if let Some(port) = port_override {
                     address.set_port(*port);
                 }
-                Some(Arc::new(Host {
-                    authority: address.to_string().parse().ok()?,
-                    // Not counted in `total_match_count`: Envoy counts each original
-                    // destination host once while it caches it; here a host lives for one
-                    // connection or request.
-                    transport: self.transports.get(self.unlabelled).clone(),
-                    address: Endpoint::Tcp(address),
-                    hostname: String::new(),
-                    weight: 1,
-                    priority: 0,
-                    locality: Default::default(),
-                    stats: HostStats::default(),
-                    health: Default::default(),
-                }))
+                // Counted in `total_match_count` once per cached host, as Envoy counts its
+                // original destination hosts.
+                self.original_dst
+                    .host(address, || self.transports.for_new_host(self.unlabelled))
             }
             _ => self.hosts().pick_hashed(hash).cloned(),
         }

@@ -12,8 +12,10 @@ mod host;
 mod host_pool;
 mod locality;
 mod manager;
+mod original_dst;
 mod outlier;
 mod pool;
+mod pool_conn;
 pub mod priority;
 pub mod transport;
 

@@ -19,6 +19,7 @@ fn host(port: u16) -> Arc<Host> {
         transport: crate::upstream::transport::Transport::Plain,
         stats: HostStats::default(),
         health: Default::default(),
+        pools: Default::default(),
     })
 }
 

@@ -5,7 +5,7 @@
 use super::circuit_breakers::CircuitBreakers;
 use super::connector::Connector;
 use super::host::Host;
-use super::host_pool::{self, Attached, ConnectionClosed, HostPools, Opener, PoolStats, Sender};
+use super::host_pool::{self, Attached, ClusterPools, ConnectionClosed, Opener, PoolStats, Sender};
 use super::transport::{Destination, Transport};
 use crate::config::circuit_breakers::Priority;
 use crate::config::cluster::Cluster;
@@ -45,7 +45,7 @@ pub enum UpstreamError {
 
 pub struct Pool {
     connector: Connector,
-    pools: Arc<HostPools>,
+    pools: Arc<ClusterPools>,
 }
 
 /// Opens the cluster's connections: TCP (and TLS) by the connector, then the HTTP/1.1 or
@@ -132,13 +132,11 @@ impl Pool {
             http2_settings: cluster.http2,
         });
         let pools = Arc::new_cyclic(|myself| {
-            HostPools::new(
+            ClusterPools::new(
                 breakers,
                 stats,
                 opener,
-                cluster.idle_timeout,
-                // One request per connection: never return a connection to the pool.
-                cluster.max_requests_per_connection == Some(1),
+                cluster.connection_limits,
                 myself.clone(),
             )
         });
@@ -182,8 +180,7 @@ impl Pool {
                 .map_err(|e| UpstreamError::Reset(e.to_string()))?;
             *request.uri_mut() = origin;
         }
-        let destination = Destination::new(host, alpn);
-        let attached = self.pools.attach(&destination, priority, http2).await?;
+        let attached = self.pools.attach(host, alpn, priority, http2).await?;
         host.stats
             .rq_total
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
