@@ -41,6 +41,8 @@ pub enum Behaviour {
     /// 200 with `content-length: 20`: `first half` at once, then after this long
     /// `and more..` (a response that stalls mid-body, for stream timeouts).
     SlowBody(Duration),
+    /// 200 with a body of `chunks` bytes `x`, one every `every` (a slow but steady stream).
+    Trickle { chunks: u32, every: Duration },
     /// A `grpc.health.v1.Health/Check` server answering this status (1 SERVING, 2 NOT_SERVING)
     /// with gRPC status OK; `None`: a trailers-only UNIMPLEMENTED (grpc-status 12).
     GrpcHealth(Option<u8>),
@@ -377,6 +379,16 @@ async fn answer(
                 None => grpc().header("grpc-status", "12").body(full(Bytes::new())),
             }
         }
+        Behaviour::Trickle { chunks, every } => {
+            ok().header("content-length", chunks.to_string()).body(
+                Trickling {
+                    left: *chunks,
+                    every: *every,
+                    next: Box::pin(tokio::time::sleep(*every)),
+                }
+                .boxed(),
+            )
+        }
         Behaviour::Trailers => {
             let mut trailers = hyper::HeaderMap::new();
             trailers.insert("x-trailer", hyper::header::HeaderValue::from_static("yes"));
@@ -460,6 +472,36 @@ impl hyper::body::Body for Frames {
         _: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
         Poll::Ready(self.0.next().map(Ok))
+    }
+}
+
+/// A body of `left` one-byte chunks, one every `every`.
+struct Trickling {
+    left: u32,
+    every: Duration,
+    next: Pin<Box<tokio::time::Sleep>>,
+}
+
+impl hyper::body::Body for Trickling {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        if self.left == 0 {
+            return Poll::Ready(None);
+        }
+        if self.next.as_mut().poll(cx).is_pending() {
+            return Poll::Pending;
+        }
+        self.left -= 1;
+        let every = self.every;
+        self.next
+            .as_mut()
+            .reset(tokio::time::Instant::now() + every);
+        Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(b"x")))))
     }
 }
 

@@ -173,6 +173,15 @@ fn scenarios() -> Vec<Scenario> {
             .upstream(Behaviour::WebsocketEcho)
             .custom(idle_websocket)
             .custom(timer_stats),
+        Scenario::http("a_slow_steady_response_is_not_idle", HCM, &to_backend)
+            .hcm(&hcm("stream_idle_timeout: 0.3s"))
+            .upstream(Behaviour::Trickle {
+                chunks: 8,
+                every: Duration::from_millis(120),
+            })
+            .get("/")
+            .curl("/h2", &["--http2-prior-knowledge"])
+            .custom(timer_stats_and_log),
         Scenario::http("busy_streams_are_not_idle", HCM, &to_backend)
             .hcm(&hcm("stream_idle_timeout: 0.4s"))
             .upstream(Behaviour::Delay(Duration::from_millis(100)))

@@ -475,9 +475,11 @@ impl Body for TimedBody {
             }
             let deadline = this.progress.instant(at);
             match this.timer.as_mut().as_pin_mut() {
-                // Activity only moves the deadline later: the armed timer fires first and
-                // the loop re-arms it then.
-                Some(timer) if timer.deadline() <= deadline => {}
+                Some(timer) if timer.deadline() == deadline => {}
+                // Activity only moves the deadline later: a timer still armed for an earlier
+                // one fires first, and the loop re-arms it then (no reset per chunk). One that
+                // fired for a deadline activity has since moved is re-armed here.
+                Some(timer) if timer.deadline() < deadline && !timer.is_elapsed() => {}
                 Some(timer) => timer.reset(deadline),
                 None => this.timer.set(Some(tokio::time::sleep_until(deadline))),
             }
