@@ -63,8 +63,22 @@ fn bootstrap(pki: &Pki, server: &Identity, admin: u16, port: u16, app: u16, log:
     .to_string()
 }
 
-/// The log lines for: mutual TLS, TLS without a client certificate, plaintext.
-fn run(kind: Kind, pki: &Pki, server: &Identity, client: &Identity) -> Vec<String> {
+/// The listener's non-zero `ssl.*` counters (its scope, which names the port, left out;
+/// Envoy's certificate expiry gauges too, which Outrigger does not have).
+fn ssl_stats(proxy: &RunningProxy) -> Vec<String> {
+    proxy
+        .get("/stats")
+        .body
+        .lines()
+        .filter(|l| l.starts_with("listener.") && !l.ends_with(": 0"))
+        .filter_map(|l| l.split_once(".ssl.").map(|(_, rest)| format!("ssl.{rest}")))
+        .filter(|l| !l.starts_with("ssl.certificate."))
+        .collect()
+}
+
+/// The log lines for: mutual TLS, TLS without a client certificate, plaintext; then the
+/// listener's `ssl.*` counters.
+fn run(kind: Kind, pki: &Pki, server: &Identity, client: &Identity) -> (Vec<String>, Vec<String>) {
     let app = Upstream::start("app");
     let dir = tempfile::tempdir().expect("a log directory");
     let log = dir.path().join("access.log");
@@ -93,8 +107,9 @@ fn run(kind: Kind, pki: &Pki, server: &Identity, client: &Identity) -> Vec<Strin
         let text = std::fs::read_to_string(&log).unwrap_or_default();
         let lines: Vec<String> = text.lines().map(str::to_string).collect();
         if lines.len() >= requests.len() || std::time::Instant::now() > deadline {
+            let stats = ssl_stats(&proxy);
             drop(proxy);
-            return lines;
+            return (lines, stats);
         }
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
@@ -104,7 +119,15 @@ fn run(kind: Kind, pki: &Pki, server: &Identity, client: &Identity) -> Vec<Strin
 fn tls_command_operators_log_like_envoy() {
     let pki = Pki::new();
     let (server, client) = (pki.identity("server"), pki.identity("client"));
-    let ours = run(Kind::Outrigger, &pki, &server, &client);
+    let (ours, our_stats) = run(Kind::Outrigger, &pki, &server, &client);
+    // Two TLS handshakes, one with a client certificate, both TLS 1.3 (the listener's minimum).
+    for want in [
+        "ssl.handshake: 2",
+        "ssl.no_certificate: 1",
+        "ssl.versions.TLSv1.3: 2",
+    ] {
+        assert!(our_stats.iter().any(|l| l == want), "{want}: {our_stats:?}");
+    }
     // Independent of Envoy: the identities are the ones the test made.
     let fields: Vec<Vec<&str>> = ours.iter().map(|l| l.split(' ').collect()).collect();
     assert_eq!(fields.len(), 3, "{ours:?}");
@@ -117,6 +140,10 @@ fn tls_command_operators_log_like_envoy() {
     if envoy_or_skip("tls_command_operators_log_like_envoy").is_none() {
         return;
     }
-    let envoy = run(Kind::Envoy, &pki, &server, &client);
+    let (envoy, envoy_stats) = run(Kind::Envoy, &pki, &server, &client);
     assert_eq!(envoy, ours, "Envoy's lines, then Outrigger's");
+    assert_eq!(
+        envoy_stats, our_stats,
+        "ssl.* counters: Envoy's, then Outrigger's"
+    );
 }

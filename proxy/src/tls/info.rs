@@ -5,8 +5,10 @@
 //! Envoy: https://www.envoyproxy.io/docs/envoy/latest/configuration/observability/access_log/usage#command-operators
 
 use super::der::subject_alt_names;
-use rustls::{CipherSuite, ProtocolVersion};
-use std::sync::Arc;
+use crate::stats::{Counter, Store};
+use rustls::{CipherSuite, NamedGroup, ProtocolVersion};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 
 /// The names of one certificate that logs and metrics show.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -65,6 +67,99 @@ impl TlsInfo {
                 .map(|leaf| CertNames::of(leaf.as_ref())),
             local,
         }
+    }
+}
+
+/// A scope's `ssl.versions.<v>`, `ssl.ciphers.<suite>` and `ssl.curves.<group>` counters,
+/// counted once per handshake and created the first time a name is seen.
+#[derive(Debug)]
+pub struct Negotiated {
+    store: Arc<Store>,
+    /// `listener.<scope>.ssl.` or `cluster.<name>.ssl.`.
+    prefix: String,
+    made: Mutex<HashMap<(&'static str, &'static str), Arc<Counter>>>,
+}
+
+impl Negotiated {
+    pub fn new(store: Arc<Store>, prefix: String) -> Self {
+        Self {
+            store,
+            prefix,
+            made: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Counts what a finished handshake negotiated (per connection, not per request).
+    pub fn count(&self, conn: &rustls::CommonState) {
+        let names = [
+            ("versions", version_name(conn.protocol_version())),
+            (
+                "ciphers",
+                conn.negotiated_cipher_suite()
+                    .map_or("", |s| cipher_name(s.suite())),
+            ),
+            (
+                "curves",
+                conn.negotiated_key_exchange_group()
+                    .map_or("", |g| curve_name(g.name())),
+            ),
+        ];
+        let mut made = self.made.lock().unwrap_or_else(|e| e.into_inner());
+        for (kind, name) in names {
+            if name.is_empty() {
+                continue;
+            }
+            made.entry((kind, name))
+                .or_insert_with(|| self.store.counter(&format!("{}{kind}.{name}", self.prefix)))
+                .inc();
+        }
+    }
+}
+
+impl Negotiated {
+    /// Counts the signature algorithm the peer signed its handshake with (`ssl.sigalgs.*`),
+    /// when it presented a certificate.
+    pub fn count_sigalg(&self, scheme: rustls::SignatureScheme) {
+        let name = sigalg_name(scheme);
+        if name.is_empty() {
+            return;
+        }
+        let mut made = self.made.lock().unwrap_or_else(|e| e.into_inner());
+        made.entry(("sigalgs", name))
+            .or_insert_with(|| {
+                self.store
+                    .counter(&format!("{}sigalgs.{name}", self.prefix))
+            })
+            .inc();
+    }
+}
+
+/// BoringSSL's names of the signature schemes rustls verifies.
+fn sigalg_name(scheme: rustls::SignatureScheme) -> &'static str {
+    use rustls::SignatureScheme as S;
+    match scheme {
+        S::ECDSA_NISTP256_SHA256 => "ecdsa_secp256r1_sha256",
+        S::ECDSA_NISTP384_SHA384 => "ecdsa_secp384r1_sha384",
+        S::ECDSA_NISTP521_SHA512 => "ecdsa_secp521r1_sha512",
+        S::ED25519 => "ed25519",
+        S::RSA_PSS_SHA256 => "rsa_pss_rsae_sha256",
+        S::RSA_PSS_SHA384 => "rsa_pss_rsae_sha384",
+        S::RSA_PSS_SHA512 => "rsa_pss_rsae_sha512",
+        S::RSA_PKCS1_SHA256 => "rsa_pkcs1_sha256",
+        S::RSA_PKCS1_SHA384 => "rsa_pkcs1_sha384",
+        S::RSA_PKCS1_SHA512 => "rsa_pkcs1_sha512",
+        _ => "",
+    }
+}
+
+/// BoringSSL's (and so Envoy's) names of the key exchange groups rustls offers.
+fn curve_name(group: NamedGroup) -> &'static str {
+    match group {
+        NamedGroup::X25519 => "X25519",
+        NamedGroup::secp256r1 => "P-256",
+        NamedGroup::secp384r1 => "P-384",
+        NamedGroup::secp521r1 => "P-521",
+        _ => "",
     }
 }
 

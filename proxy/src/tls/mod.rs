@@ -42,11 +42,13 @@ pub struct TlsStats {
     pub fail_verify_san: Arc<Counter>,
     pub fail_verify_error: Arc<Counter>,
     pub no_certificate: Arc<Counter>,
+    /// `ssl.versions.*`, `ssl.ciphers.*`, `ssl.curves.*`: made on first use, as Envoy's are.
+    pub(crate) negotiated: info::Negotiated,
 }
 
 impl TlsStats {
     /// `prefix` is `listener.<scope>.` or `cluster.<name>.`.
-    pub fn new(store: &Store, prefix: &str) -> Self {
+    pub fn new(store: &Arc<Store>, prefix: &str) -> Self {
         let c = |s: &str| store.counter(&format!("{prefix}ssl.{s}"));
         Self {
             handshake: c("handshake"),
@@ -54,12 +56,13 @@ impl TlsStats {
             fail_verify_san: c("fail_verify_san"),
             fail_verify_error: c("fail_verify_error"),
             no_certificate: c("no_certificate"),
+            negotiated: info::Negotiated::new(store.clone(), format!("{prefix}ssl.")),
         }
     }
 
     #[cfg(test)]
     fn detached() -> Self {
-        Self::new(&Store::default(), "test.")
+        Self::new(&Arc::new(Store::default()), "test.")
     }
 }
 
@@ -305,6 +308,7 @@ impl ServerTls {
         match result {
             Ok((stream, local)) => {
                 self.stats.handshake.inc();
+                self.stats.negotiated.count(stream.get_ref().1);
                 if stream.get_ref().1.peer_certificates().is_none() {
                     self.stats.no_certificate.inc();
                 }
@@ -453,7 +457,10 @@ impl ClientTls {
     {
         let result = self.handshake(io, peer, alpn).await;
         match &result {
-            Ok(_) => self.stats.handshake.inc(),
+            Ok(stream) => {
+                self.stats.handshake.inc();
+                self.stats.negotiated.count(stream.get_ref().1);
+            }
             Err(_) => self.stats.connection_error.inc(),
         }
         result

@@ -101,12 +101,14 @@ impl ServerCertVerifier for UpstreamVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, Error> {
-        verify_tls12_signature(
+        let valid = verify_tls12_signature(
             message,
             cert,
             dss,
             &self.provider.signature_verification_algorithms,
-        )
+        )?;
+        self.stats.negotiated.count_sigalg(dss.scheme);
+        Ok(valid)
     }
 
     fn verify_tls13_signature(
@@ -115,12 +117,14 @@ impl ServerCertVerifier for UpstreamVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, Error> {
-        verify_tls13_signature(
+        let valid = verify_tls13_signature(
             message,
             cert,
             dss,
             &self.provider.signature_verification_algorithms,
-        )
+        )?;
+        self.stats.negotiated.count_sigalg(dss.scheme);
+        Ok(valid)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
@@ -173,7 +177,9 @@ impl ClientCertVerifier for DownstreamVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, Error> {
-        self.inner.verify_tls12_signature(message, cert, dss)
+        let valid = self.inner.verify_tls12_signature(message, cert, dss)?;
+        self.stats.negotiated.count_sigalg(dss.scheme);
+        Ok(valid)
     }
 
     fn verify_tls13_signature(
@@ -182,7 +188,9 @@ impl ClientCertVerifier for DownstreamVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, Error> {
-        self.inner.verify_tls13_signature(message, cert, dss)
+        let valid = self.inner.verify_tls13_signature(message, cert, dss)?;
+        self.stats.negotiated.count_sigalg(dss.scheme);
+        Ok(valid)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {

@@ -77,7 +77,7 @@ pub struct ClusterTransports {
 
 impl ClusterTransports {
     /// The TLS clients share the cluster's `ssl.*` stats (Envoy's names carry no match name).
-    pub fn build(config: &TransportSockets, store: &Store, stat_name: &str) -> Self {
+    pub fn build(config: &TransportSockets, store: &Arc<Store>, stat_name: &str) -> Self {
         let prefix = format!("cluster.{stat_name}.");
         let tls_stats = config
             .all()
