@@ -170,7 +170,10 @@ pub async fn route_request(
     let progress = request.extensions().get::<Arc<StreamProgress>>().cloned();
     let http1 = request.version() < http::Version::HTTP_2;
     let (mut outcome, timed_out) = match progress {
+        // Biased: the route's work is polled first, so the route has set the stream's timers
+        // (`StreamProgress::on_route`) before the timers are first read.
         Some(progress) => tokio::select! {
+            biased;
             outcome = route_and_act(ctx, request, extras) => (outcome, false),
             expiry = progress.expired(ctx) => (timeout_reply(expiry, &progress, grpc, http1, server), true),
         },

@@ -108,8 +108,6 @@ pub struct StreamProgress {
     deadline_micros: AtomicU64,
     /// `request_timeout`, in microseconds from the start ([`NEVER`]: none).
     request_micros: u64,
-    /// The route changed the timers: a sleeping [`StreamProgress::expired`] looks again.
-    changed: tokio::sync::Notify,
     /// Which timer ended the stream (an [`Expiry`] code; 0: none).
     expired: AtomicU8,
 }
@@ -128,7 +126,6 @@ impl StreamProgress {
             idle_micros: AtomicU64::new(micros(timeouts.idle)),
             deadline_micros: AtomicU64::new(micros(timeouts.max_duration)),
             request_micros: micros(timeouts.request),
-            changed: tokio::sync::Notify::new(),
             expired: AtomicU8::new(0),
         }
     }
@@ -232,7 +229,6 @@ impl StreamProgress {
             },
         };
         self.deadline_micros.store(micros(duration), Relaxed);
-        self.changed.notify_one();
         rewrite
     }
 
@@ -283,19 +279,16 @@ impl StreamProgress {
     }
 
     /// Resolves when a timer is due: before the response (`responding` false) the request
-    /// timeout counts too.
+    /// timeout counts too. The deadlines are read when first polled and again each time the
+    /// armed one passes (activity only moves them later). The route's changes to them are
+    /// made before that first poll: the caller polls the route's work first (a biased
+    /// select), which chooses the route before it first waits.
     pub async fn next_expiry(&self, responding: bool) -> Expiry {
         loop {
-            let changed = self.changed.notified();
             match self.next_deadline(responding) {
-                None => changed.await,
+                None => return std::future::pending().await,
                 Some((at, which)) if at <= self.now_micros() => return which,
-                Some((at, _)) => {
-                    tokio::select! {
-                        _ = tokio::time::sleep_until(self.instant(at)) => {}
-                        _ = changed => {}
-                    }
-                }
+                Some((at, _)) => tokio::time::sleep_until(self.instant(at)).await,
             }
         }
     }
