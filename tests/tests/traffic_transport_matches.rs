@@ -246,6 +246,21 @@ fn tls_mode_istio_endpoints_get_mutual_tls_and_the_others_plaintext_as_in_envoy(
         ]
         .iter()
         .map(|name| (name.to_string(), stat(&proxy, name)))
+        // And what the handshake negotiated (`ssl.versions.*`, `ssl.ciphers.*`, ...), every
+        // non-zero counter of the cluster's TLS (Envoy's certificate expiry gauges aside).
+        .chain(
+            proxy
+                .get("/stats")
+                .body
+                .lines()
+                .filter(|l| {
+                    l.starts_with("cluster.svc.ssl.")
+                        && !l.starts_with("cluster.svc.ssl.certificate.")
+                        && !l.ends_with(": 0")
+                })
+                .filter_map(|l| l.split_once(": "))
+                .map(|(name, value)| (name.to_string(), value.parse().ok())),
+        )
         .collect();
         outcomes.push((kind, bodies, stats));
     }

@@ -177,7 +177,8 @@ pub struct TlsParams {
 
 impl Default for TlsParams {
     fn default() -> Self {
-        // Envoy's defaults for both sides: TLS 1.2 to 1.3.
+        // Envoy's server defaults: TLS 1.2 to 1.3 (clients stop at TLS 1.2 unless told; see
+        // `translate_upstream`).
         Self {
             min: ProtocolVersion::TLSv1_2,
             max: ProtocolVersion::TLSv1_3,
@@ -237,8 +238,19 @@ pub fn translate_upstream(
 ) -> Result<UpstreamTls> {
     let common_path = path.field("common_tls_context");
     check(ctx, path, acks)?;
-    let common = ctx.common_tls_context.clone().unwrap_or_default();
-    let common = common_tls(&common, &common_path, resolve, acks)?;
+    let proto_common = ctx.common_tls_context.clone().unwrap_or_default();
+    let mut common = common_tls(&proto_common, &common_path, resolve, acks)?;
+    // Envoy's client side offers at most TLS 1.2 unless told otherwise (its servers go to
+    // TLS 1.3): "By default, it's TLSv1_2 for clients and TLSv1_3 for servers", and an
+    // Envoy client against an Envoy server negotiates TLS 1.2 (seen in
+    // `traffic_transport_matches`). An explicit minimum of TLS 1.3 stands.
+    let max_unset = proto_common
+        .tls_params
+        .as_ref()
+        .is_none_or(|p| p.tls_maximum_protocol_version == TlsProtocol::TlsAuto as i32);
+    if max_unset && common.params.min != ProtocolVersion::TLSv1_3 {
+        common.params.max = ProtocolVersion::TLSv1_2;
+    }
     let sni = if ctx.sni.is_empty() {
         None
     } else {
