@@ -44,16 +44,8 @@ pub async fn wait_drain(drain: &mut watch::Receiver<bool>) {
 }
 
 pub fn main(options: Options) -> ExitCode {
-    let logging = match LogControl::install(
-        &options.log_level,
-        options.component_log_level.as_deref(),
-        options.log_path.as_deref(),
-    ) {
-        Ok(l) => l,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return ExitCode::FAILURE;
-        }
+    let Some(logging) = install_logging(&options) else {
+        return ExitCode::FAILURE;
     };
     let loaded = match bootstrap::load(&options.sources()) {
         Ok(l) => l,
@@ -63,6 +55,51 @@ pub fn main(options: Options) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let Some((config, runtime, workers)) = prepare(&options, &loaded) else {
+        return ExitCode::FAILURE;
+    };
+    runtime.block_on(async move {
+        let init_only = options.mode == Mode::InitOnly;
+        let proxy = match Proxy::start(options, loaded.bootstrap, config, logging, workers).await {
+            Ok(p) => p,
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        proxy.start_dynamic();
+        if init_only {
+            return ExitCode::SUCCESS;
+        }
+        proxy.serve();
+        wait_for_shutdown(&proxy.server).await;
+        tracing::info!(target: "main", "shutting down");
+        proxy.finish().await;
+        ExitCode::SUCCESS
+    })
+}
+
+/// Installs logging from the command line; prints the error and returns None when it cannot.
+pub fn install_logging(options: &Options) -> Option<LogControl> {
+    match LogControl::install(
+        &options.log_level,
+        options.component_log_level.as_deref(),
+        options.log_path.as_deref(),
+    ) {
+        Ok(l) => Some(l),
+        Err(e) => {
+            eprintln!("error: {e}");
+            None
+        }
+    }
+}
+
+/// Translates a loaded bootstrap and builds the runtime with one worker per `--concurrency`
+/// (default: the cores). Errors are printed; None means exit with failure.
+pub fn prepare(
+    options: &Options,
+    loaded: &bootstrap::Loaded,
+) -> Option<(Arc<Config>, tokio::runtime::Runtime, usize)> {
     for field in &loaded.unknown_fields {
         tracing::warn!(target: "config", "ignored unknown field: {field}");
     }
@@ -71,7 +108,7 @@ pub fn main(options: Options) -> ExitCode {
         Err(e) => {
             tracing::error!(target: "main", "error initializing configuration: {e}");
             eprintln!("error initializing configuration: {e}");
-            return ExitCode::FAILURE;
+            return None;
         }
     };
     for ack in &config.acknowledged {
@@ -90,99 +127,123 @@ pub fn main(options: Options) -> ExitCode {
         Ok(r) => r,
         Err(e) => {
             eprintln!("error: cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
+            return None;
         }
     };
     // Build the descriptor pool now so the first /config_dump does not pay for it.
     let _ = xds_proto::descriptor_pool();
-    runtime.block_on(run(options, loaded.bootstrap, config, logging, workers))
+    Some((config, runtime, workers))
 }
 
-async fn run(
-    options: Options,
-    bootstrap: xds_proto::pb::envoy::config::bootstrap::v3::Bootstrap,
+/// The running proxy: what `main` (or the sidecar agent, which runs the proxy in its own
+/// process) starts and later stops.
+pub struct Proxy {
+    pub server: Arc<Server>,
+    pub listeners: Arc<ListenerManager>,
+    clusters: Arc<ClusterManager>,
     config: Arc<Config>,
-    logging: LogControl,
-    workers: usize,
-) -> ExitCode {
-    let stats = Store::with_config(config.stats.clone());
-    stats.gauge("server.concurrency").set(workers as u64);
-    let clusters = Arc::new(ClusterManager::new(
-        config.cluster_slots.clone(),
-        &config.clusters,
-        &stats,
-    ));
-    clusters.start_discovery();
-    let init_only = options.mode == Mode::InitOnly;
-    let server = Server::new(
-        options,
-        bootstrap,
-        config.clone(),
-        stats.clone(),
-        logging,
-        clusters.clone(),
-    );
-    server.set_state(ServerState::Initializing);
+    files: Arc<crate::access_log::Files>,
+}
 
-    if let Some(address) = &config.admin_address {
-        let crate::config::address::Endpoint::Tcp(addr) = address else {
-            eprintln!("error: the admin address must be a TCP socket address");
-            return ExitCode::FAILURE;
-        };
-        match tokio::net::TcpListener::bind(addr).await {
-            Ok(socket) => {
-                let bound = socket
-                    .local_addr()
-                    .map(|a| a.to_string())
-                    .unwrap_or_default();
-                println!("admin: http://{bound}/ (config_dump, stats, clusters, listeners, ready)");
-                tokio::spawn(crate::admin::serve(server.clone(), socket));
-            }
-            Err(e) => {
-                eprintln!("error: cannot bind the admin address {addr}: {e}");
-                return ExitCode::FAILURE;
-            }
+impl Proxy {
+    /// Starts clusters, the admin API and the static listeners. A listener that cannot bind is
+    /// a startup error, reported before anything dynamic starts.
+    pub async fn start(
+        options: Options,
+        bootstrap: xds_proto::pb::envoy::config::bootstrap::v3::Bootstrap,
+        config: Arc<Config>,
+        logging: LogControl,
+        workers: usize,
+    ) -> Result<Proxy, String> {
+        let stats = Store::with_config(config.stats.clone());
+        stats.gauge("server.concurrency").set(workers as u64);
+        let clusters = Arc::new(ClusterManager::new(
+            config.cluster_slots.clone(),
+            &config.clusters,
+            &stats,
+        ));
+        clusters.start_discovery();
+        let server = Server::new(
+            options,
+            bootstrap,
+            config.clone(),
+            stats.clone(),
+            logging,
+            clusters.clone(),
+        );
+        server.set_state(ServerState::Initializing);
+
+        if let Some(address) = &config.admin_address {
+            let crate::config::address::Endpoint::Tcp(addr) = address else {
+                return Err("the admin address must be a TCP socket address".to_string());
+            };
+            let socket = tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|e| format!("cannot bind the admin address {addr}: {e}"))?;
+            let bound = socket
+                .local_addr()
+                .map(|a| a.to_string())
+                .unwrap_or_default();
+            println!("admin: http://{bound}/ (config_dump, stats, clusters, listeners, ready)");
+            tokio::spawn(crate::admin::serve(server.clone(), socket));
         }
+
+        let node_address = node_address(server.options.local_address_ip_version);
+        let files = Arc::new(crate::access_log::Files::new(
+            std::time::Duration::from_millis(server.options.file_flush_interval_msec),
+            server
+                .options
+                .file_flush_min_size_kb
+                .map(|kb| kb as usize * 1024),
+            stats.clone(),
+        ));
+        let listeners = ListenerManager::new(
+            server.clone(),
+            clusters.clone(),
+            node_address,
+            files.clone(),
+        );
+        // Static listeners bind before the server reports LIVE: a conflict is a startup error.
+        for l in &config.listeners {
+            listeners
+                .add_or_update(l.clone(), true)
+                .map_err(|e| e.to_string())?;
+        }
+        Ok(Proxy {
+            server,
+            listeners,
+            clusters,
+            config,
+            files,
+        })
     }
 
-    let node_address = node_address(server.options.local_address_ip_version);
-    let files = Arc::new(crate::access_log::Files::new(
-        std::time::Duration::from_millis(server.options.file_flush_interval_msec),
-        server
-            .options
-            .file_flush_min_size_kb
-            .map(|kb| kb as usize * 1024),
-        stats.clone(),
-    ));
-    let listeners = ListenerManager::new(
-        server.clone(),
-        clusters.clone(),
-        node_address,
-        files.clone(),
-    );
-    // Static listeners bind before the server reports LIVE: a conflict is a startup error.
-    for l in &config.listeners {
-        if let Err(e) = listeners.add_or_update(l.clone(), true) {
-            eprintln!("error: {e}");
-            return ExitCode::FAILURE;
+    /// Starts xDS (files and ADS). Without dynamic resources the server is LIVE at once; with
+    /// ADS the client reports LIVE once the initial resources are warm.
+    pub fn start_dynamic(&self) {
+        let stats = &self.server.stats;
+        if !crate::xds::spawn(&self.server, &self.clusters, &self.listeners, &self.config) {
+            self.server.set_state(ServerState::Live);
+            stats.gauge("server.live").set(1);
         }
+        record_listener_manager_stats(stats);
     }
-    // With ADS the client reports LIVE once the initial resources are warm.
-    if !crate::xds::spawn(&server, &clusters, &listeners, &config) {
-        server.set_state(ServerState::Live);
-        stats.gauge("server.live").set(1);
+
+    /// The background duties of a serving proxy: drains asked for by the admin API, pruning
+    /// drained listeners, uptime.
+    pub fn serve(&self) {
+        tokio::spawn(forward_drains(
+            self.server.drain_signal(),
+            self.listeners.clone(),
+        ));
+        tokio::spawn(watch_drains(self.listeners.clone()));
+        tokio::spawn(track_uptime(self.server.clone()));
     }
-    record_listener_manager_stats(&stats);
-    if init_only {
-        return ExitCode::SUCCESS;
+
+    /// Flushes what must not be lost at exit (buffered access logs).
+    pub async fn finish(&self) {
+        self.files.flush_all().await;
     }
-    tokio::spawn(forward_drains(server.drain_signal(), listeners.clone()));
-    tokio::spawn(watch_drains(listeners.clone()));
-    tokio::spawn(track_uptime(server.clone()));
-    wait_for_shutdown(&server).await;
-    tracing::info!(target: "main", "shutting down");
-    files.flush_all().await;
-    ExitCode::SUCCESS
 }
 
 /// Notices when replaced listeners have drained (their config_dump `draining_state` and the
@@ -215,7 +276,8 @@ async fn track_uptime(server: Arc<Server>) {
     }
 }
 
-async fn wait_for_shutdown(server: &Server) {
+/// Resolves on `/quitquitquit`, SIGINT or SIGTERM.
+pub async fn wait_for_shutdown(server: &Server) {
     let mut shutdown = server.shutdown_signal();
     let terminate = async {
         match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
