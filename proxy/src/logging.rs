@@ -11,6 +11,8 @@ use tracing_subscriber::{
 /// The components Outrigger logs under, by Envoy's names.
 pub const COMPONENTS: &[&str] = &[
     "admin",
+    // Not Envoy's: the sidecar agent's duties (`outrigger proxy sidecar`).
+    "agent",
     "config",
     "connection",
     "conn_handler",

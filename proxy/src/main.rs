@@ -1,6 +1,7 @@
 //! The `outrigger` binary. `outrigger istio-iptables ...` runs the traffic-capture init (the same
 //! code as the `outrigger-iptables` binary, so the sidecar image's init container can call it by
-//! Istio's name); anything else is the proxy.
+//! Istio's name); `outrigger proxy sidecar ...` is the Istio agent and the proxy in one
+//! process; anything else is the proxy with Envoy's command line.
 
 use std::process::ExitCode;
 
@@ -10,6 +11,10 @@ fn main() -> ExitCode {
         // main_with_args reads its flags from args[1..], so drop the binary name only.
         let code = iptables_init::main_with_args(args[1..].to_vec());
         return ExitCode::from(u8::try_from(code).unwrap_or(1));
+    }
+    // pilot-agent's subcommands, so the image's entrypoint can be called as Istio calls it.
+    if args.get(1).map(String::as_str) == Some("proxy") {
+        return outrigger::agent::sidecar::main(&args[2..]);
     }
     outrigger::cli::main()
 }

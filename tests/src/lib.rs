@@ -20,6 +20,7 @@ pub mod ports;
 pub mod process;
 pub mod running;
 pub mod scripted;
+pub mod sidecar;
 pub mod upstream;
 pub mod validate;
 pub mod xds_resources;

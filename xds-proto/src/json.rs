@@ -177,9 +177,32 @@ pub fn to_json_bytes_value(full_name: &str, bytes: &[u8]) -> Result<serde_json::
         .ok_or_else(|| format!("unknown message type {full_name}"))?;
     let message = DynamicMessage::decode(descriptor, bytes).map_err(|e| e.to_string())?;
     let options = SerializeOptions::new().use_proto_field_name(true);
-    message
+    let mut value = message
         .serialize_with_options(serde_json::value::Serializer, &options)
-        .map_err(|e| e.to_string())
+        .map_err(|e| e.to_string())?;
+    integral_doubles_as_integers(&mut value);
+    Ok(value)
+}
+
+/// Envoy's JSON printer writes a double with no fractional part as an integer (a Struct's
+/// `15090`, not `15090.0`); serde writes every f64 with a fraction. Only exact integers
+/// within f64's integer range are rewritten.
+pub fn integral_doubles_as_integers(value: &mut serde_json::Value) {
+    const EXACT: f64 = 9_007_199_254_740_992.0; // 2^53
+    match value {
+        serde_json::Value::Number(n) if n.is_f64() => {
+            if let Some(f) = n.as_f64() {
+                if f.fract() == 0.0 && f.abs() <= EXACT {
+                    *value = serde_json::Value::from(f as i64);
+                }
+            }
+        }
+        serde_json::Value::Array(items) => items.iter_mut().for_each(integral_doubles_as_integers),
+        serde_json::Value::Object(fields) => {
+            fields.values_mut().for_each(integral_doubles_as_integers)
+        }
+        _ => {}
+    }
 }
 
 /// Serialises a message as Envoy prints it in the admin API.

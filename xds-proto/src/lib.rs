@@ -15,8 +15,8 @@ pub use any::{pack, type_name_of_url, unpack, AnyError};
 pub use envoy_types::pb;
 pub use extension::{decode_extension, Extension};
 pub use json::{
-    descriptor_pool, to_json_bytes_value, to_json_value, DocumentFormat, ParseError, ParseOptions,
-    Parsed,
+    descriptor_pool, integral_doubles_as_integers, to_json_bytes_value, to_json_value,
+    DocumentFormat, ParseError, ParseOptions, Parsed,
 };
 pub use message::XdsMessage;
 pub use typed_struct::{TypedStruct, XDS_TYPED_STRUCT};

@@ -31,9 +31,11 @@ pub fn bytes(
     let options = SerializeOptions::new()
         .use_proto_field_name(true)
         .skip_default_fields(!with_defaults);
-    dynamic
+    let mut value = dynamic
         .serialize_with_options(serde_json::value::Serializer, &options)
-        .map_err(|e| e.to_string())
+        .map_err(|e| e.to_string())?;
+    xds_proto::integral_doubles_as_integers(&mut value);
+    Ok(value)
 }
 
 /// Envoy's pretty JSON: one space per level.

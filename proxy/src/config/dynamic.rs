@@ -130,6 +130,10 @@ pub struct AdsConfig {
     pub set_node_on_first_message_only: bool,
     /// Headers sent with the stream (`initial_metadata`).
     pub initial_metadata: Vec<(String, String)>,
+    /// Not an Envoy field: set only by the sidecar agent, which talks to istiod directly. The
+    /// projected service-account token in this file is sent as `authorization: Bearer` and
+    /// re-read for every stream, because kubelet rotates it.
+    pub bearer_token_file: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -232,5 +236,6 @@ fn ads_config(
         cluster,
         set_node_on_first_message_only: a.set_node_on_first_message_only,
         initial_metadata,
+        bearer_token_file: None,
     })
 }

@@ -129,11 +129,13 @@ pub async fn serve_connection<I>(
                 as u32,
         );
     // A peer that sends nothing is bounded as hyper would bound it: by the header timeout,
-    // else the idle timeout; a drain ends the wait too.
+    // else the idle timeout; a drain that starts meanwhile ends the wait too. A connection
+    // accepted during a graceful drain is served (its answer closes it), not dropped unread.
+    let accepted_draining = *drain.signal.borrow();
     let admitted = tokio::select! {
         admitted = super::codec::admit(io, ctx.hcm.codec) => admitted,
         _ = sleep_or_forever(limits.request_headers_timeout.or(limits.idle_timeout)) => Err(NotAdmitted::Gone),
-        _ = drain.started() => Err(NotAdmitted::Gone),
+        _ = drain.started(), if !accepted_draining => Err(NotAdmitted::Gone),
     };
     let io = match admitted {
         Ok(io) => io,

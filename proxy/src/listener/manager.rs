@@ -232,14 +232,54 @@ impl ListenerManager {
             .collect()
     }
 
-    /// `/drain_listeners`: every listener (or the inbound ones) stops accepting and drains.
-    pub fn drain(&self, inbound_only: bool) {
+    /// Open downstream connections of the listeners LDS added (the bootstrap's own, such as
+    /// Istio's readiness and Prometheus listeners, do not count), or of the inbound ones only:
+    /// what a shutdown waits for. Connections of a replaced generation are not counted.
+    pub fn active_connections(&self, inbound_only: bool) -> u64 {
+        self.lock()
+            .iter()
+            .filter(|a| !a.from_bootstrap && (a.config.inbound || !inbound_only))
+            .map(|a| {
+                a.generation
+                    .load()
+                    .runtime
+                    .stats
+                    .downstream_cx_active
+                    .value()
+            })
+            .sum()
+    }
+
+    /// `/drain_listeners`: the connections of every listener (or of the inbound ones) drain
+    /// (HTTP/1.1 answers carry `Connection: close`, HTTP/2 gets GOAWAY). Without `graceful`
+    /// the listeners stop accepting at once; with it they keep accepting (new connections
+    /// drain from their first request) until the drain time (`--drain-time-s`) is over, as
+    /// Envoy's graceful drain does, so clients still routed here are not refused.
+    pub fn drain(self: &Arc<Self>, inbound_only: bool, graceful: bool) {
+        let mut names = Vec::new();
         for a in self.lock().iter() {
             if a.config.inbound || !inbound_only {
-                a.stop.send_replace(true);
                 a.drains.drain_all();
+                if graceful {
+                    names.push(a.config.name.clone());
+                } else {
+                    a.stop.send_replace(true);
+                }
             }
         }
+        if names.is_empty() {
+            return;
+        }
+        let manager = self.clone();
+        let window = std::time::Duration::from_secs(self.server.options.drain_time_s);
+        tokio::spawn(async move {
+            tokio::time::sleep(window).await;
+            for a in manager.lock().iter() {
+                if names.contains(&a.config.name) {
+                    a.stop.send_replace(true);
+                }
+            }
+        });
     }
 
     fn replace_in_place(&self, old: &mut Active, config: Arc<Listener>) {

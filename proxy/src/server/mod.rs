@@ -55,7 +55,7 @@ pub fn main(options: Options) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let Some((config, runtime, workers)) = prepare(&options, &loaded) else {
+    let Some((config, runtime, workers)) = prepare(&options, &loaded, |_| {}) else {
         return ExitCode::FAILURE;
     };
     runtime.block_on(async move {
@@ -95,16 +95,22 @@ pub fn install_logging(options: &Options) -> Option<LogControl> {
 }
 
 /// Translates a loaded bootstrap and builds the runtime with one worker per `--concurrency`
-/// (default: the cores). Errors are printed; None means exit with failure.
+/// (default: the cores). `adjust` sees the translated config before it is frozen (the sidecar
+/// agent sets what no bootstrap field can say). Errors are printed; None means exit with
+/// failure.
 pub fn prepare(
     options: &Options,
     loaded: &bootstrap::Loaded,
+    adjust: impl FnOnce(&mut Config),
 ) -> Option<(Arc<Config>, tokio::runtime::Runtime, usize)> {
     for field in &loaded.unknown_fields {
         tracing::warn!(target: "config", "ignored unknown field: {field}");
     }
     let config = match config::translate_bootstrap(&loaded.bootstrap) {
-        Ok(c) => Arc::new(c),
+        Ok(mut c) => {
+            adjust(&mut c);
+            Arc::new(c)
+        }
         Err(e) => {
             tracing::error!(target: "main", "error initializing configuration: {e}");
             eprintln!("error initializing configuration: {e}");
@@ -263,7 +269,7 @@ async fn forward_drains(
     while requests.changed().await.is_ok() {
         let request = *requests.borrow_and_update();
         if let Some(r) = request {
-            listeners.drain(r.inbound_only);
+            listeners.drain(r.inbound_only, r.graceful);
         }
     }
 }

@@ -302,6 +302,23 @@ impl AdsClient {
                 request.metadata_mut().insert(k, v);
             }
         }
+        if let Some(path) = &self.ads.bearer_token_file {
+            match std::fs::read_to_string(path) {
+                Ok(token) => match format!("Bearer {}", token.trim()).parse() {
+                    Ok(v) => {
+                        request.metadata_mut().insert("authorization", v);
+                    }
+                    Err(_) => {
+                        tracing::warn!(target: "config", "the token in {} is not a valid header value", path.display());
+                    }
+                },
+                // Istio sends no token when the file is absent (a VM authenticates with its
+                // certificate instead).
+                Err(e) => {
+                    tracing::debug!(target: "config", "no token for the control plane ({}: {e})", path.display());
+                }
+            }
+        }
         request
     }
 

@@ -1,0 +1,18 @@
+//! Istio's agent duties, in the proxy's own process: `outrigger proxy sidecar` reads what
+//! pilot-agent reads (flags, environment, mesh config, pod files), builds the node and the
+//! static bootstrap in memory, and runs the proxy beside the agent's servers.
+
+pub mod args;
+pub mod bootstrap;
+pub mod duration;
+pub mod environment;
+pub mod lifecycle;
+pub mod node;
+pub mod proxy_config;
+pub mod sidecar;
+
+/// The Istio release whose generated configuration this proxy is built and tested against
+/// (the contract in `shared/reference/istio-contract.md` was read at Istio master, version
+/// 1.32). It is the node's `ISTIO_VERSION` unless `ISTIO_META_ISTIO_VERSION` says otherwise, and
+/// istiod shapes its output by it.
+pub const ISTIO_VERSION: &str = "1.32.0";
