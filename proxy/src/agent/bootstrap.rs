@@ -336,3 +336,122 @@ pub fn render(inputs: &BootstrapInputs<'_>) -> Value {
     }
     document
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::agent::node::Node;
+
+    fn golden() -> Value {
+        // Istio's rendered default bootstrap, cloned beside the repository.
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../shared/vectors/istio-bootstrap/default_golden.json");
+        let text =
+            std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        serde_json::from_str(&text).expect("golden JSON")
+    }
+
+    fn inputs<'a>(node: &'a Node, tls: Option<XdsTls>) -> BootstrapInputs<'a> {
+        BootstrapInputs {
+            node,
+            admin_port: 15000,
+            agent_port: 15020,
+            envoy_status_port: 15021,
+            prometheus_port: 15090,
+            sds_socket: "./var/run/secrets/workload-spiffe-uds/test.sock".into(),
+            xds: XdsTarget {
+                host: "istiod.istio-system.svc".into(),
+                port: 15012,
+                tls,
+                cluster_id: "Kubernetes".into(),
+                delta: true,
+            },
+            ipv6_only: false,
+            outlier_log_path: None,
+            extra_inclusion_prefixes: vec![],
+            extra_inclusion_suffixes: vec![],
+            extra_inclusion_regexps: vec![],
+            keep_downstream_cx_active: false,
+        }
+    }
+
+    fn node() -> Node {
+        Node {
+            id: "sidecar~1.2.3.4~foo~bar".into(),
+            cluster: "istio-proxy".into(),
+            locality: None,
+            metadata: serde_json::Map::new(),
+        }
+    }
+
+    /// Everything but `xds-grpc` is what pilot-agent renders (its golden `default`).
+    #[test]
+    fn static_parts_match_istios_rendered_bootstrap() {
+        let node = node();
+        let ours = render(&inputs(&node, None));
+        let golden = golden();
+        assert_eq!(
+            ours["static_resources"]["listeners"],
+            golden["static_resources"]["listeners"]
+        );
+        let clusters = |doc: &Value| -> Vec<Value> {
+            doc["static_resources"]["clusters"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+                .into_iter()
+                .filter(|c| c["name"] != "xds-grpc")
+                .collect()
+        };
+        assert_eq!(clusters(&ours), clusters(&golden));
+        assert_eq!(ours["stats_config"], golden["stats_config"]);
+        assert_eq!(
+            ours["dynamic_resources"],
+            golden["dynamic_resources"].clone().tap(|d| {
+                d["ads_config"]["grpc_services"][0]["initial_metadata"] =
+                    json!([{"key": "clusterid", "value": "Kubernetes"}]);
+            })
+        );
+    }
+
+    #[test]
+    fn xds_goes_to_istiod_over_tls_and_translates() {
+        let node = node();
+        let root = std::env::temp_dir().join(format!("outrigger-root-{}.pem", std::process::id()));
+        let ca = rcgen::generate_simple_self_signed(vec!["istiod".to_string()]).expect("a CA");
+        std::fs::write(&root, ca.cert.pem()).expect("write the root");
+        let doc = render(&inputs(
+            &node,
+            Some(XdsTls {
+                root_ca_path: root.display().to_string(),
+                server_name: "istiod.istio-system.svc".into(),
+            }),
+        ));
+        let xds = &doc["static_resources"]["clusters"][3];
+        assert_eq!(xds["type"], "STRICT_DNS");
+        assert_eq!(
+            xds["transport_socket"]["typed_config"]["sni"],
+            "istiod.istio-system.svc"
+        );
+        let parsed =
+            xds_proto::parse_document::<xds_proto::pb::envoy::config::bootstrap::v3::Bootstrap>(
+                &doc.to_string(),
+                xds_proto::DocumentFormat::Json,
+                xds_proto::ParseOptions::default(),
+            )
+            .expect("parses without unknown fields");
+        let translated = crate::config::translate_bootstrap(&parsed.value);
+        let _ = std::fs::remove_file(&root);
+        translated.expect("translates");
+    }
+
+    trait Tap: Sized {
+        fn tap(self, f: impl FnOnce(&mut Self)) -> Self;
+    }
+    impl Tap for Value {
+        fn tap(mut self, f: impl FnOnce(&mut Self)) -> Self {
+            f(&mut self);
+            self
+        }
+    }
+}

@@ -10,6 +10,7 @@ pub mod lifecycle;
 pub mod node;
 pub mod proxy_config;
 pub mod sidecar;
+pub mod vm;
 
 /// The Istio release whose generated configuration this proxy is built and tested against
 /// (the contract in `shared/reference/istio-contract.md` was read at Istio master, version

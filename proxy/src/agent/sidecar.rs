@@ -171,11 +171,15 @@ fn comma_list(value: Option<&String>) -> Vec<String> {
 /// Decides everything from the environment, the flags and the files, without side effects.
 pub fn plan(mut env: Environment, raw_args: &[String]) -> Result<Plan, String> {
     let args: ProxyArgs = args::parse(raw_args)?;
+    let on_vm = super::vm::apply(&mut env, Path::new("."));
     let mut warnings: Vec<String> = args
         .ignored
         .iter()
         .map(|f| format!("{f} is accepted for pilot-agent compatibility and not acted on"))
         .collect();
+    if on_vm {
+        warnings.push("VM mode: read Istio's VM environment files".to_string());
+    }
     let labels = read_optional(Path::new(POD_LABELS))?
         .map(|t| node::parse_downward_api(&t))
         .unwrap_or_default();
