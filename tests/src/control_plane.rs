@@ -74,6 +74,44 @@ struct State {
     requests: Vec<Recorded>,
     nonce: u64,
     streams: usize,
+    authorizations: Vec<String>,
+}
+
+/// How [`ControlPlane::start_istiod`] serves.
+pub struct IstiodOptions {
+    pub tls: Arc<rustls::ServerConfig>,
+    /// The token every stream must present; None accepts any.
+    pub token: Option<String>,
+    /// Adds more services (e.g. the CA) beside ADS.
+    pub add: Option<AddServices>,
+}
+
+pub type AddServices = Box<dyn FnOnce(tonic::service::Routes) -> tonic::service::Routes + Send>;
+
+/// Records each stream's `authorization` and refuses a wrong one, as istiod authenticates
+/// the projected service-account token.
+#[derive(Clone)]
+struct TokenCheck {
+    want: Option<String>,
+    shared: Arc<Shared>,
+}
+
+impl tonic::service::Interceptor for TokenCheck {
+    fn call(&mut self, request: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        let seen = request
+            .metadata()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_string();
+        self.shared.lock().authorizations.push(seen.clone());
+        match &self.want {
+            Some(want) if *want != seen => Err(tonic::Status::unauthenticated(
+                "authentication failure: the token is missing or wrong",
+            )),
+            _ => Ok(request),
+        }
+    }
 }
 
 struct Shared {
@@ -140,7 +178,47 @@ impl ControlPlane {
         Self::serve(runtime, incoming, addr)
     }
 
+    /// Starts as istiod's :15012 looks to a sidecar: TLS on a free port of 127.0.0.1, every
+    /// stream required to carry `authorization: Bearer <token>` (when a token is given), and
+    /// any other gRPC services `add` puts beside ADS (the CA).
+    pub fn start_istiod(options: IstiodOptions) -> ControlPlane {
+        let runtime = Self::runtime();
+        let listener = runtime
+            .block_on(tokio::net::TcpListener::bind(("127.0.0.1", 0)))
+            .expect("bind the control plane");
+        let addr = listener.local_addr().expect("a bound address");
+        let incoming = {
+            let _guard = runtime.enter();
+            crate::tls_incoming::incoming(listener, options.tls)
+        };
+        Self::serve_with(runtime, incoming, addr, options.token, options.add)
+    }
+
+    /// The `authorization` values the streams carried, in arrival order.
+    pub fn authorizations(&self) -> Vec<String> {
+        self.shared.lock().authorizations.clone()
+    }
+
     fn serve<S, IO>(runtime: tokio::runtime::Runtime, incoming: S, addr: SocketAddr) -> ControlPlane
+    where
+        S: Stream<Item = std::io::Result<IO>> + Send + 'static,
+        IO: tokio::io::AsyncRead
+            + tokio::io::AsyncWrite
+            + tonic::transport::server::Connected
+            + Unpin
+            + Send
+            + 'static,
+    {
+        Self::serve_with(runtime, incoming, addr, None, None)
+    }
+
+    fn serve_with<S, IO>(
+        runtime: tokio::runtime::Runtime,
+        incoming: S,
+        addr: SocketAddr,
+        token: Option<String>,
+        add: Option<AddServices>,
+    ) -> ControlPlane
     where
         S: Stream<Item = std::io::Result<IO>> + Send + 'static,
         IO: tokio::io::AsyncRead
@@ -156,17 +234,30 @@ impl ControlPlane {
             drop_streams: watch::channel(0).0,
         });
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let service = AggregatedDiscoveryServiceServer::new(Ads {
+        let check = TokenCheck {
+            want: token.map(|t| format!("Bearer {t}")),
             shared: shared.clone(),
-        });
+        };
+        let service = tonic::service::interceptor::InterceptedService::new(
+            AggregatedDiscoveryServiceServer::new(Ads {
+                shared: shared.clone(),
+            }),
+            check.clone(),
+        );
         // The same server answers SDS streams of their own (Istio's `sds-grpc`).
-        let secrets = SecretDiscoveryServiceServer::new(Ads {
-            shared: shared.clone(),
-        });
+        let secrets = tonic::service::interceptor::InterceptedService::new(
+            SecretDiscoveryServiceServer::new(Ads {
+                shared: shared.clone(),
+            }),
+            check,
+        );
+        let mut routes = tonic::service::Routes::new(service).add_service(secrets);
+        if let Some(add) = add {
+            routes = add(routes);
+        }
         runtime.spawn(async move {
             let _ = tonic::transport::Server::builder()
-                .add_service(service)
-                .add_service(secrets)
+                .add_routes(routes)
                 .serve_with_incoming_shutdown(incoming, async {
                     let _ = stopped.await;
                 })

@@ -21,6 +21,7 @@ pub mod process;
 pub mod running;
 pub mod scripted;
 pub mod sidecar;
+pub mod tls_incoming;
 pub mod upstream;
 pub mod validate;
 pub mod xds_resources;

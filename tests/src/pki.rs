@@ -81,6 +81,27 @@ impl Pki {
     }
 }
 
+impl Pki {
+    /// A server certificate for DNS name `dns` (istiod's `istiod.istio-system.svc`).
+    pub fn server(&self, dns: &str) -> Identity {
+        let mut params = rcgen::CertificateParams::new(vec![dns.to_string()]).expect("a DNS name");
+        params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
+        let key = rcgen::KeyPair::generate().expect("server key");
+        let cert = params
+            .signed_by(&key, &self.cert, &self.key)
+            .expect("server certificate");
+        let cert_path = self.dir.path().join(format!("{dns}-cert.pem"));
+        let key_path = self.dir.path().join(format!("{dns}-key.pem"));
+        std::fs::write(&cert_path, cert.pem()).expect("write the certificate");
+        std::fs::write(&key_path, key.serialize_pem()).expect("write the key");
+        Identity {
+            cert: cert_path,
+            key: key_path,
+            uri: format!("dns:{dns}"),
+        }
+    }
+}
+
 impl Default for Pki {
     fn default() -> Self {
         Self::new()

@@ -202,3 +202,69 @@ fn sigterm_drains_inbound_under_load_without_a_failed_request() {
     );
     let _ = pod.cp.requests();
 }
+
+/// istiod is reached over TLS (verified against the mesh root, by the name in ISTIOD_SAN)
+/// with the projected token, re-read for every stream: a wrong token is refused, and once
+/// kubelet writes the right one the next stream gets in.
+#[test]
+fn sidecar_reaches_istiod_over_tls_with_the_projected_token() {
+    let pki = tests::pki::Pki::new();
+    let server = pki.server("istiod.istio-system.svc");
+    let tls = tests::tls_incoming::server_config(
+        &std::fs::read(&server.cert).expect("cert"),
+        &std::fs::read(&server.key).expect("key"),
+    );
+    let cp = ControlPlane::start_istiod(tests::control_plane::IstiodOptions {
+        tls,
+        token: Some("good-token".into()),
+        add: None,
+    });
+    let upstream = Upstream::start("over mTLS-free inbound");
+    let listener = free_port();
+    cp.set(CLUSTER, vec![backend_cluster()]);
+    cp.set(ENDPOINT, vec![backend_endpoints(upstream.port())]);
+    cp.set(LISTENER, vec![inbound_listener(listener)]);
+    cp.set(ROUTE, vec![route_to_backend()]);
+    let root = std::fs::read(pki.root()).expect("root");
+    let mut sidecar = Sidecar::start(
+        json!({"discoveryAddress": format!("127.0.0.1:{}", cp.port())}),
+        &[("ISTIOD_SAN", "istiod.istio-system.svc")],
+        &[],
+        |dir| {
+            std::fs::create_dir_all(dir.join("var/run/secrets/istio")).expect("mkdir");
+            std::fs::create_dir_all(dir.join("var/run/secrets/tokens")).expect("mkdir");
+            std::fs::write(dir.join("var/run/secrets/istio/root-cert.pem"), &root).expect("root");
+            std::fs::write(
+                dir.join("var/run/secrets/tokens/istio-token"),
+                "stale-token\n",
+            )
+            .expect("token");
+        },
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !cp
+        .authorizations()
+        .iter()
+        .any(|a| a == "Bearer stale-token")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "no stream arrived\n{}",
+            sidecar.logs()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(cp.requests().is_empty(), "a refused stream sends nothing");
+    std::fs::write(
+        sidecar.dir().join("var/run/secrets/tokens/istio-token"),
+        "good-token\n",
+    )
+    .expect("rotate the token");
+    sidecar.wait_live(Duration::from_secs(20));
+    assert_eq!(
+        cp.authorizations().last().map(String::as_str),
+        Some("Bearer good-token")
+    );
+    let url = format!("http://127.0.0.1:{listener}/");
+    assert_eq!(curl::get(&url).body, "over mTLS-free inbound");
+}
