@@ -182,10 +182,24 @@ impl ControlPlane {
     /// stream required to carry `authorization: Bearer <token>` (when a token is given), and
     /// any other gRPC services `add` puts beside ADS (the CA).
     pub fn start_istiod(options: IstiodOptions) -> ControlPlane {
+        let listener =
+            std::net::TcpListener::bind(("127.0.0.1", 0)).expect("bind the control plane");
+        Self::start_istiod_on(listener, options)
+    }
+
+    /// [`Self::start_istiod`] on a socket bound elsewhere (in a test network namespace).
+    pub fn start_istiod_on(
+        listener: std::net::TcpListener,
+        options: IstiodOptions,
+    ) -> ControlPlane {
         let runtime = Self::runtime();
-        let listener = runtime
-            .block_on(tokio::net::TcpListener::bind(("127.0.0.1", 0)))
-            .expect("bind the control plane");
+        listener
+            .set_nonblocking(true)
+            .expect("a non-blocking listener");
+        let listener = {
+            let _guard = runtime.enter();
+            tokio::net::TcpListener::from_std(listener).expect("a tokio listener")
+        };
         let addr = listener.local_addr().expect("a bound address");
         let incoming = {
             let _guard = runtime.enter();

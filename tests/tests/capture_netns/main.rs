@@ -66,6 +66,7 @@ fn sidecar_args(mode: &str) -> Vec<&str> {
 
 mod servers;
 mod sidecar;
+mod sidecar_mode;
 mod topology;
 
 use servers::*;
