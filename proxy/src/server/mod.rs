@@ -44,6 +44,12 @@ pub async fn wait_drain(drain: &mut watch::Receiver<bool>) {
 }
 
 pub fn main(options: Options) -> ExitCode {
+    main_with(options, Vec::new())
+}
+
+/// [`main`] for sidecar mode: `agent_types` are the resource types the agent consumes over the
+/// ADS stream (NDS for the DNS proxy), registered before xDS starts.
+pub fn main_with(options: Options, agent_types: Vec<crate::xds::AgentType>) -> ExitCode {
     let logging = match LogControl::install(
         &options.log_level,
         options.component_log_level.as_deref(),
@@ -95,7 +101,14 @@ pub fn main(options: Options) -> ExitCode {
     };
     // Build the descriptor pool now so the first /config_dump does not pay for it.
     let _ = xds_proto::descriptor_pool();
-    runtime.block_on(run(options, loaded.bootstrap, config, logging, workers))
+    runtime.block_on(run(
+        options,
+        loaded.bootstrap,
+        config,
+        logging,
+        workers,
+        agent_types,
+    ))
 }
 
 async fn run(
@@ -104,6 +117,7 @@ async fn run(
     config: Arc<Config>,
     logging: LogControl,
     workers: usize,
+    agent_types: Vec<crate::xds::AgentType>,
 ) -> ExitCode {
     let stats = Store::with_config(config.stats.clone());
     stats.gauge("server.concurrency").set(workers as u64);
@@ -123,6 +137,9 @@ async fn run(
         clusters.clone(),
     );
     server.set_state(ServerState::Initializing);
+    for agent_type in agent_types {
+        server.agent_types.register(agent_type);
+    }
 
     if let Some(address) = &config.admin_address {
         let crate::config::address::Endpoint::Tcp(addr) = address else {
