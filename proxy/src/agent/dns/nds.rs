@@ -51,6 +51,11 @@ pub fn decode(resource: &Any) -> Result<NameTable, String> {
         .map_err(|e| format!("failed to unmarshal name table: {e}"))
 }
 
+/// The wire form of a table, as istiod packs it.
+pub fn encode(table: &NameTable) -> Vec<u8> {
+    prost::Message::encode_to_vec(table)
+}
+
 /// The proto3 JSON mapping of a table (lowerCamelCase names, empty fields left out, map keys
 /// sorted), which is what pilot-agent's `/debug/ndsz` writes.
 pub fn to_json(table: &NameTable) -> String {
