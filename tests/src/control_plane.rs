@@ -32,9 +32,11 @@ pub const ENDPOINT: &str = "type.googleapis.com/envoy.config.endpoint.v3.Cluster
 pub const LISTENER: &str = "type.googleapis.com/envoy.config.listener.v3.Listener";
 pub const ROUTE: &str = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration";
 pub const SECRET: &str = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret";
+/// Istio's NDS: one unnamed resource, subscribed wildcard by the agent.
+pub const NAME_TABLE: &str = "type.googleapis.com/istio.networking.nds.v1.NameTable";
 
 fn is_wildcard(type_url: &str) -> bool {
-    type_url == CLUSTER || type_url == LISTENER
+    type_url == CLUSTER || type_url == LISTENER || type_url == NAME_TABLE
 }
 
 /// One request a proxy sent, as the test sees it.

@@ -4,6 +4,7 @@
 
 pub mod args;
 pub mod bootstrap;
+pub mod dns;
 pub mod duration;
 pub mod environment;
 pub mod lifecycle;

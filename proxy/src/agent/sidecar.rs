@@ -297,10 +297,17 @@ pub fn plan(mut env: Environment, raw_args: &[String]) -> Result<Plan, String> {
         parsed.value = crate::bootstrap::merge(&parsed.value, &overlay.value);
     }
 
+    // ProxyConfig.concurrency 0 means "from the CPU limit" (ISTIO_CPU_LIMIT, whole cores
+    // rounded up by the injection template), else every core.
     let concurrency = args
         .concurrency
         .or(pc.concurrency)
         .filter(|c| *c > 0)
+        .or_else(|| {
+            env.get("ISTIO_CPU_LIMIT")
+                .and_then(|l| l.parse::<usize>().ok())
+                .filter(|c| *c > 0)
+        })
         .map(|c| c.to_string());
     let agent_level = args
         .log_output_level

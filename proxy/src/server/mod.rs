@@ -44,6 +44,12 @@ pub async fn wait_drain(drain: &mut watch::Receiver<bool>) {
 }
 
 pub fn main(options: Options) -> ExitCode {
+    main_with(options, Vec::new())
+}
+
+/// [`main`] with resource types the agent consumes over the ADS stream (NDS for the DNS
+/// proxy), registered before xDS starts.
+pub fn main_with(options: Options, agent_types: Vec<crate::xds::AgentType>) -> ExitCode {
     let Some(logging) = install_logging(&options) else {
         return ExitCode::FAILURE;
     };
@@ -67,6 +73,9 @@ pub fn main(options: Options) -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
+        for agent_type in agent_types {
+            proxy.server.agent_types.register(agent_type);
+        }
         proxy.start_dynamic();
         if init_only {
             return ExitCode::SUCCESS;

@@ -66,6 +66,9 @@ pub struct Server {
     pub clusters: Arc<crate::upstream::ClusterManager>,
     /// What the control plane sent, for `/config_dump`.
     pub xds: Arc<crate::xds::Records>,
+    /// Types the agent consumes from the ADS stream (NDS, PCDS); empty for an Envoy
+    /// bootstrap. Registered before xDS starts (see `server::main_with`).
+    pub agent_types: crate::xds::AgentTypes,
     pub started_at: Instant,
     pub started_wall: SystemTime,
     state: AtomicU8,
@@ -103,6 +106,7 @@ impl Server {
             logging,
             clusters,
             xds: Arc::default(),
+            agent_types: crate::xds::AgentTypes::default(),
             started_at: Instant::now(),
             started_wall: SystemTime::now(),
             state: AtomicU8::new(ServerState::PreInitializing as u8),

@@ -13,6 +13,7 @@
 //!   accepted version; in delta, `initial_resource_versions`), and the proxy serves its last
 //!   accepted configuration throughout.
 
+use super::agent_types::AgentType;
 use super::apply::{lock, Applier, SharedApplier, Update};
 use super::records::{Kind, Records};
 use crate::config::dynamic::{AdsConfig, ConfigSource};
@@ -31,6 +32,7 @@ use xds_proto::pb::envoy::service::discovery::v3::{
     DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
 };
 use xds_proto::pb::envoy::service::secret::v3::secret_discovery_service_client::SecretDiscoveryServiceClient;
+use xds_proto::pb::google::protobuf::Any;
 use xds_proto::pb::google::rpc::Status;
 
 /// gRPC `INTERNAL`, the code Envoy puts in a NACK's `error_detail`.
@@ -108,6 +110,11 @@ pub struct AdsClient {
     /// Whether the node went out on the current stream.
     node_sent: bool,
     live: bool,
+    /// Types the agent consumes (NDS, PCDS), with the last version each accepted.
+    agent_types: Vec<AgentType>,
+    agent_versions: BTreeMap<String, String>,
+    /// Whether the agent types were asked for on the current stream.
+    agent_requested: bool,
 }
 
 impl AdsClient {
@@ -165,6 +172,13 @@ impl AdsClient {
                 .collect(),
             node_sent: false,
             live: false,
+            agent_types: if aggregated {
+                server.agent_types.list()
+            } else {
+                Vec::new()
+            },
+            agent_versions: BTreeMap::new(),
+            agent_requested: false,
             server,
         }
     }
@@ -238,6 +252,7 @@ impl AdsClient {
         let mut secrets_client =
             SecretDiscoveryServiceClient::new(channel).max_decoding_message_size(usize::MAX);
         self.node_sent = false;
+        self.agent_requested = false;
         for sub in self.subscriptions.values_mut() {
             sub.nonce.clear();
         }
@@ -360,6 +375,78 @@ impl AdsClient {
     /// A request stating the subscription of `kind`: the opening request of a stream, or a
     /// change of names. Wildcard types subscribe with no names.
     fn send_subscription(&mut self, kind: Kind, out: &Outbound, opening: bool) {
+        self.send_kind_subscription(kind, out, opening);
+        // pilot-agent asks for its own types once per stream, after the first LDS request.
+        if kind == Kind::Listener && !self.agent_requested {
+            self.agent_requested = true;
+            self.request_agent_types(out);
+        }
+    }
+
+    /// Subscribes every agent type, wildcard and from scratch (no version, no nonce), as
+    /// pilot-agent does on each new upstream stream.
+    fn request_agent_types(&mut self, out: &Outbound) {
+        let urls: Vec<String> = self
+            .agent_types
+            .iter()
+            .map(|t| t.type_url.clone())
+            .collect();
+        for type_url in urls {
+            let node = self.node_for_request();
+            match out {
+                Outbound::Sotw(tx) => {
+                    let _ = tx.send(DiscoveryRequest {
+                        node,
+                        type_url,
+                        ..Default::default()
+                    });
+                }
+                Outbound::Delta(tx) => {
+                    let _ = tx.send(DeltaDiscoveryRequest {
+                        node,
+                        type_url,
+                        ..Default::default()
+                    });
+                }
+            }
+        }
+    }
+
+    /// Hands a response of an agent type to its consumer and answers it. An empty response is
+    /// left unanswered, as pilot-agent leaves it (its types are singletons: nothing to do).
+    /// A refused one is NACKed with the last accepted version; the consumer keeps what it had.
+    fn handle_agent_type(&mut self, agent_type: &AgentType, response: Response, out: &Outbound) {
+        if response.updates.is_empty() {
+            return;
+        }
+        let resources: Vec<Any> = response.updates.into_iter().map(|u| u.resource).collect();
+        let error = (agent_type.consume)(&resources).err();
+        let version = match &error {
+            None => {
+                self.agent_versions
+                    .insert(agent_type.type_url.clone(), response.version.clone());
+                response.version
+            }
+            Some(e) => {
+                tracing::warn!(target: "config", "refusing (NACK) {}: {e}", agent_type.type_url);
+                self.agent_versions
+                    .get(&agent_type.type_url)
+                    .cloned()
+                    .unwrap_or_default()
+            }
+        };
+        let node = self.node_for_request();
+        self.send_ack(
+            out,
+            &agent_type.type_url,
+            version,
+            &response.nonce,
+            node,
+            error,
+        );
+    }
+
+    fn send_kind_subscription(&mut self, kind: Kind, out: &Outbound, opening: bool) {
         let node = self.node_for_request();
         let sub = &self.subscriptions[&kind];
         let names: Vec<String> = if kind.is_wildcard() {
@@ -396,6 +483,15 @@ impl AdsClient {
     }
 
     fn handle(&mut self, response: Response, out: &Outbound) {
+        if let Some(agent_type) = self
+            .agent_types
+            .iter()
+            .find(|t| t.type_url == response.type_url)
+            .cloned()
+        {
+            self.handle_agent_type(&agent_type, response, out);
+            return;
+        }
         let Some(kind) = Kind::from_type_url(&response.type_url) else {
             tracing::warn!(target: "config", "refusing (NACK) a response of unknown type {}", response.type_url);
             let node = self.node_for_request();

@@ -2,11 +2,13 @@
 //! resources (with warming), and the records `/config_dump` shows.
 
 mod ads;
+pub mod agent_types;
 pub mod apply;
 mod files;
 pub mod records;
 mod stats;
 
+pub use agent_types::{AgentType, AgentTypes};
 pub use records::{Kind, Records};
 
 use crate::config::Config;
