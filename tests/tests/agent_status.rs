@@ -29,7 +29,14 @@ impl Agent {
     /// Starts the proxy on `bootstrap` (YAML) and the status server on `status_ip:0`.
     fn start(bootstrap: &str, options: StatusOptions, status_ip: IpAddr) -> Agent {
         use clap::Parser;
-        let cli = outrigger::cli::Options::parse_from(["outrigger", "--config-yaml", bootstrap]);
+        // A drain window of one second: a graceful drain keeps accepting that long.
+        let cli = outrigger::cli::Options::parse_from([
+            "outrigger",
+            "--config-yaml",
+            bootstrap,
+            "--drain-time-s",
+            "1",
+        ]);
         let loaded = outrigger::bootstrap::load(&cli.sources()).expect("the bootstrap loads");
         let config = Arc::new(
             outrigger::config::translate_bootstrap(&loaded.bootstrap).expect("it translates"),
@@ -504,6 +511,8 @@ fn drain_and_quit_only_from_localhost() {
     let r = curl::post(&agent.url("/drain"));
     assert_eq!((r.status, r.body.as_str()), (200, "OK"));
     assert!(agent.ctx.skip_drain());
+    // pilot-agent's drain is graceful: inbound keeps accepting for the drain time (1 s here),
+    // then stops.
     let deadline = Instant::now() + Duration::from_secs(5);
     while curl::connects(inbound) && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(50));
