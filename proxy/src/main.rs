@@ -1,7 +1,7 @@
 //! The `outrigger` binary. `outrigger istio-iptables ...` runs the traffic-capture init (the same
 //! code as the `outrigger-iptables` binary, so the sidecar image's init container can call it by
 //! Istio's name); `outrigger proxy sidecar ...` is the Istio agent and the proxy in one
-//! process; anything else is the proxy with Envoy's command line.
+//! process; `wait` and `request` are pilot-agent's lifecycle subcommands; anything else is the proxy with Envoy's command line.
 
 use std::process::ExitCode;
 
@@ -13,8 +13,13 @@ fn main() -> ExitCode {
         return ExitCode::from(u8::try_from(code).unwrap_or(1));
     }
     // pilot-agent's subcommands, so the image's entrypoint can be called as Istio calls it.
-    if args.get(1).map(String::as_str) == Some("proxy") {
-        return outrigger::agent::sidecar::main(&args[2..]);
+    match args.get(1).map(String::as_str) {
+        Some("proxy") => return outrigger::agent::sidecar::main(&args[2..]),
+        // The lifecycle hooks' `pilot-agent wait` and `pilot-agent request ...`; each takes the
+        // arguments after its name.
+        Some("wait") => return outrigger::agent::wait_main(args[2..].to_vec()),
+        Some("request") => return outrigger::agent::request_main(args[2..].to_vec()),
+        _ => {}
     }
     outrigger::cli::main()
 }

@@ -199,6 +199,12 @@ impl Store {
         fresh
     }
 
+    /// The stat named `name` if it exists; unlike `counter`/`gauge`, never creates one (the
+    /// agent's readiness check must not make `cluster_manager.cds.*` appear in `/stats`).
+    pub fn find(&self, name: &str) -> Option<Metric> {
+        self.lock().get(name).map(|e| e.metric.clone())
+    }
+
     /// Every stat, sorted by name.
     pub fn snapshot(&self) -> Vec<(String, Metric)> {
         self.lock()
