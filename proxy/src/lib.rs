@@ -2,6 +2,7 @@
 
 pub mod access_log;
 pub mod admin;
+pub mod agent;
 pub mod bootstrap;
 pub mod cli;
 pub mod config;
