@@ -11,6 +11,7 @@ pub mod control_plane;
 pub mod corpus;
 pub mod curl;
 pub mod differential;
+pub mod fake_ca;
 pub mod fixed_ports;
 pub mod istio;
 pub mod netns;
