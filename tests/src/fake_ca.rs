@@ -281,7 +281,9 @@ impl CertificateService for FakeCa {
 }
 
 /// One DER element: (tag, the whole element, its contents, what follows).
-fn tlv(input: &[u8]) -> Option<(u8, &[u8], &[u8], &[u8])> {
+type Element<'a> = (u8, &'a [u8], &'a [u8], &'a [u8]);
+
+fn tlv(input: &[u8]) -> Option<Element<'_>> {
     let tag = *input.first()?;
     let first = *input.get(1)?;
     let (len, header) = if first < 0x80 {

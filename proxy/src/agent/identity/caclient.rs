@@ -180,7 +180,7 @@ fn client_config(tls: &CaTls) -> Result<Arc<rustls::ClientConfig>, IdentityError
         let cert = cert.map_err(|e| file(format!("bad PEM: {e:?}")))?;
         // One unusable root (e.g. a negative serial) must not hide the others.
         if let Err(e) = roots.add(cert) {
-            tracing::warn!(target: "agent", "{path}: skipping a root certificate: {e}");
+            tracing::warn!(target: "secret", "{path}: skipping a root certificate: {e}");
         }
     }
     if roots.is_empty() {
@@ -213,7 +213,7 @@ fn client_certificate(
         .ok()?;
     let facts = leaf_facts(chain.first()?)?;
     if facts.not_after <= SystemTime::now() {
-        tracing::warn!(target: "agent", "{}: expired; authenticating with the token only", files.cert_chain.display());
+        tracing::warn!(target: "secret", "{}: expired; authenticating with the token only", files.cert_chain.display());
         return None;
     }
     let key = PrivateKeyDer::from_pem_slice(&key_pem).ok()?;

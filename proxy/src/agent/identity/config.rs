@@ -143,7 +143,7 @@ impl IdentityConfig {
             get(name)
                 .map(|v| {
                     v.trim().parse::<f64>().unwrap_or_else(|_| {
-                        tracing::warn!(target: "agent", "{name}={v:?} is not a number; using {default}");
+                        tracing::warn!(target: "secret", "{name}={v:?} is not a number; using {default}");
                         default
                     })
                 })
@@ -153,7 +153,7 @@ impl IdentityConfig {
         let secret_ttl = get("SECRET_TTL")
             .map(|v| {
                 parse_go_duration(&v).unwrap_or_else(|| {
-                    tracing::warn!(target: "agent", "SECRET_TTL={v:?} is not a duration; using 24h");
+                    tracing::warn!(target: "secret", "SECRET_TTL={v:?} is not a duration; using 24h");
                     default_ttl
                 })
             })

@@ -132,7 +132,7 @@ mod tests {
 
         let err = |chain: &[String]| accept(chain, &pending).err().map(|e| e.to_string());
         assert!(err(&[]).is_some());
-        assert!(err(&[leaf.clone()]).is_some_and(|e| e.contains("a leaf and a root")));
+        assert!(err(std::slice::from_ref(&leaf)).is_some_and(|e| e.contains("a leaf and a root")));
         let other = rcgen::KeyPair::generate().expect("key");
         assert!(err(&[leaf_for(&other, &ca), ca.0.pem()])
             .is_some_and(|e| e.contains("not for the key")));
