@@ -25,6 +25,8 @@ pub struct CaRequest {
     pub cert_signer: Option<String>,
     /// The SPIFFE URI the CSR asked for.
     pub csr_uri: Option<String>,
+    /// The URI of the client certificate presented on the TLS connection, if any.
+    pub client_uri: Option<String>,
     /// Whether a certificate was issued.
     pub issued: bool,
     pub at: Instant,
@@ -247,6 +249,16 @@ impl CertificateService for FakeCa {
         };
         let token = text("authorization").map(|a| a.trim_start_matches("Bearer ").to_string());
         let cluster_id = text("clusterid");
+        let client_uri = request
+            .extensions()
+            .get::<PeerCertificates>()
+            .and_then(|p| p.0.first())
+            .and_then(|leaf| {
+                outrigger::tls::der::subject_alt_names(leaf)
+                    .uri
+                    .into_iter()
+                    .next()
+            });
         let body = request.into_inner();
         let cert_signer = body
             .metadata
@@ -264,11 +276,14 @@ impl CertificateService for FakeCa {
             validity_duration: body.validity_duration,
             cert_signer,
             csr_uri: csr_uri(&body.csr),
+            client_uri: client_uri.clone(),
             issued: false,
             at: Instant::now(),
         };
         let expected = self.state().token.clone();
-        let result = if token.as_deref() != Some(expected.as_str()) {
+        // Like istiod: a valid token, or a client certificate from this CA (rustls checked the
+        // chain during the handshake).
+        let result = if token.as_deref() != Some(expected.as_str()) && client_uri.is_none() {
             Err(tonic::Status::unauthenticated("bad or missing token"))
         } else {
             self.issue(&body.csr, body.validity_duration)
@@ -386,27 +401,53 @@ impl FakeCa {
         let (cert, key) =
             self.issue_for_names(&["istiod.istio-system.svc", "localhost", "127.0.0.1"]);
         let routes = tonic::service::Routes::new(self.service());
-        serve_tls(routes, &cert, &key)
+        serve_tls_with_client_roots(routes, &cert, &key, Some(&self.root_pem()))
     }
 }
 
 /// Serves `routes` (e.g. `Routes::new(ca.service()).add_service(ads)`) over TLS with the
 /// PEM certificate chain and key, ALPN h2, on a free port of 127.0.0.1.
 pub fn serve_tls(routes: tonic::service::Routes, cert_pem: &str, key_pem: &str) -> TlsServer {
+    serve_tls_with_client_roots(routes, cert_pem, key_pem, None)
+}
+
+/// [`serve_tls`], also asking for a client certificate (optional, as istiod does) that must
+/// chain to `client_roots` (PEM) when one is presented; handlers find the presented chain as
+/// a [`PeerCertificates`] request extension.
+pub fn serve_tls_with_client_roots(
+    routes: tonic::service::Routes,
+    cert_pem: &str,
+    key_pem: &str,
+    client_roots: Option<&str>,
+) -> TlsServer {
     use rustls::pki_types::pem::PemObject;
     let certs = rustls::pki_types::CertificateDer::pem_slice_iter(cert_pem.as_bytes())
         .collect::<Result<Vec<_>, _>>()
         .expect("server certificate PEM");
     let key = rustls::pki_types::PrivateKeyDer::from_pem_slice(key_pem.as_bytes())
         .expect("server key PEM");
-    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .expect("protocol versions")
-    .with_no_client_auth()
-    .with_single_cert(certs, key)
-    .expect("server certificate");
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .expect("protocol versions");
+    let builder = match client_roots {
+        None => builder.with_no_client_auth(),
+        Some(pem) => {
+            let mut roots = rustls::RootCertStore::empty();
+            for cert in rustls::pki_types::CertificateDer::pem_slice_iter(pem.as_bytes()) {
+                roots.add(cert.expect("a root PEM")).expect("a root");
+            }
+            let verifier =
+                rustls::server::WebPkiClientVerifier::builder_with_provider(roots.into(), provider)
+                    .allow_unauthenticated()
+                    .build()
+                    .expect("a client verifier");
+            builder.with_client_cert_verifier(verifier)
+        }
+    };
+    let mut config = builder
+        .with_single_cert(certs, key)
+        .expect("server certificate");
     config.alpn_protocols = vec![b"h2".to_vec()];
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind the TLS server");
@@ -456,9 +497,16 @@ pub fn serve_tls(routes: tonic::service::Routes, cert_pem: &str, key_pem: &str) 
 /// A server-side TLS connection tonic can serve (tonic's own TLS types are not enabled).
 struct TlsConn(tokio_rustls::server::TlsStream<tokio::net::TcpStream>);
 
+/// The client's certificate chain (DER), leaf first; empty when it presented none.
+#[derive(Debug, Clone)]
+pub struct PeerCertificates(pub Vec<Vec<u8>>);
+
 impl tonic::transport::server::Connected for TlsConn {
-    type ConnectInfo = ();
-    fn connect_info(&self) -> Self::ConnectInfo {}
+    type ConnectInfo = PeerCertificates;
+    fn connect_info(&self) -> Self::ConnectInfo {
+        let certs = self.0.get_ref().1.peer_certificates().unwrap_or_default();
+        PeerCertificates(certs.iter().map(|c| c.to_vec()).collect())
+    }
 }
 
 impl tokio::io::AsyncRead for TlsConn {

@@ -273,6 +273,36 @@ async fn mounted_certificate_files_are_served_and_reloaded() {
     assert!(ca.requests().is_empty(), "the CA is not used");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_provisioned_certificate_authenticates_as_a_vm_does() {
+    let ca = FakeCa::new(TOKEN, ID);
+    let server = ca.serve_tls();
+    let pod = Pod::new(&ca);
+    std::fs::remove_file(pod.path("var/run/secrets/tokens/istio-token")).expect("no token");
+    // PROV_CERT holds the provisioned certificate, its key and the root to trust the CA with.
+    let vm = "spiffe://cluster.local/ns/ns1/sa/vm";
+    let (chain, key) = ca.issue_for_uri(vm);
+    pod.write("prov/cert-chain.pem", &chain);
+    pod.write("prov/key.pem", &key);
+    pod.write("prov/root-cert.pem", &ca.root_pem());
+    pod.write(
+        "var/run/secrets/istio/root-cert.pem",
+        "not used with PROV_CERT",
+    );
+    let prov = pod.path("prov");
+    let identity = WorkloadIdentity::start(pod.config(&[
+        ("CA_ADDR", &format!("127.0.0.1:{}", server.port())),
+        ("PROV_CERT", prov.to_str().expect("a UTF-8 path")),
+    ]));
+    within("a certificate", Duration::from_secs(10), identity.ready())
+        .await
+        .expect("a secret");
+    let requests = ca.requests();
+    assert_eq!(requests.len(), 1, "{requests:#?}");
+    assert_eq!(requests[0].token, None);
+    assert_eq!(requests[0].client_uri.as_deref(), Some(vm));
+}
+
 /// An SDS client on the Unix socket, as Envoy's `sds-grpc` cluster.
 async fn sds_client(path: &Path) -> SecretDiscoveryServiceClient<tonic::transport::Channel> {
     let path = path.to_path_buf();
