@@ -252,6 +252,18 @@ impl IdentityConfig {
     }
 }
 
+/// pilot-agent's `CA_HEADER_<name>=<value>` variables, as extra CA request metadata
+/// (`CaConfig::headers`); `from_env` cannot list variables, so the caller passes them here,
+/// e.g. `ca_headers(std::env::vars())`.
+pub fn ca_headers(vars: impl IntoIterator<Item = (String, String)>) -> Vec<(String, String)> {
+    vars.into_iter()
+        .filter_map(|(name, value)| {
+            let name = name.strip_prefix("CA_HEADER_")?;
+            (!name.is_empty()).then(|| (name.to_string(), value))
+        })
+        .collect()
+}
+
 /// The TLS name for `address`: the host, `istiod.istio-system.svc` for any name containing
 /// `localhost` (istiod's certificate has no such name), or the explicit override.
 fn server_name(address: &str, san: Option<&str>) -> String {
@@ -454,6 +466,20 @@ mod tests {
         let c = config(&[], dir.path()).expect("config");
         assert!(c.ca.is_none());
         assert_eq!(c.files, CertFiles::in_dir(&creds));
+    }
+
+    #[test]
+    fn ca_headers_come_from_prefixed_variables() {
+        let vars = [
+            ("CA_HEADER_X-Tenant", "t1"),
+            ("CA_HEADER_", "x"),
+            ("PATH", "/bin"),
+        ]
+        .map(|(k, v)| (k.to_string(), v.to_string()));
+        assert_eq!(
+            ca_headers(vars),
+            [("X-Tenant".to_string(), "t1".to_string())]
+        );
     }
 
     #[test]

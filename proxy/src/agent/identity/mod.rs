@@ -19,7 +19,7 @@ mod x509;
 pub use cache::{rotation_delay, WorkloadIdentity};
 pub use caclient::CaClient;
 pub use config::{
-    parse_go_duration, Backoff, CaConfig, CaTls, CertFiles, ConfigError, IdentityConfig,
+    ca_headers, parse_go_duration, Backoff, CaConfig, CaTls, CertFiles, ConfigError, IdentityConfig,
 };
 pub use sds::{socket_in_use, SdsServer, ROOT_CA, WORKLOAD};
 
