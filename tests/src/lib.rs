@@ -12,6 +12,7 @@ pub mod corpus;
 pub mod curl;
 pub mod differential;
 pub mod dns;
+pub mod fake_ca;
 pub mod fixed_ports;
 pub mod istio;
 pub mod netns;

@@ -9,6 +9,7 @@ mod cli_http;
 pub mod dns;
 pub mod duration;
 pub mod environment;
+pub mod identity;
 pub mod lifecycle;
 pub mod node;
 pub mod proxy_config;

@@ -107,7 +107,7 @@ fn parse_general_names(value: &[u8]) -> SubjectAltNames {
 
 /// One DER element: (tag, contents, what follows). Multi-byte tags and indefinite lengths
 /// (not DER) are refused.
-fn tlv(input: &[u8]) -> Option<(u8, &[u8], &[u8])> {
+pub(crate) fn tlv(input: &[u8]) -> Option<(u8, &[u8], &[u8])> {
     let (&tag, rest) = input.split_first()?;
     if tag & 0x1f == 0x1f {
         return None;

@@ -1,0 +1,156 @@
+//! The few facts the identity needs from an issued certificate, read from its DER: validity
+//! and the subject public key. The input comes from a CA or a mounted file, so every length is
+//! checked (`tls::der::tlv`) and malformed input yields `None`, never a panic.
+
+use crate::tls::der::tlv;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+const SEQUENCE: u8 = 0x30;
+const BIT_STRING: u8 = 0x03;
+const UTC_TIME: u8 = 0x17;
+const GENERALIZED_TIME: u8 = 0x18;
+/// `[0] EXPLICIT Version` in TBSCertificate.
+const VERSION: u8 = 0xa0;
+
+/// What a certificate says about its validity and key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeafFacts {
+    pub not_before: SystemTime,
+    pub not_after: SystemTime,
+    /// The `subjectPublicKey` bits (for EC keys, the uncompressed point).
+    pub public_key: Vec<u8>,
+}
+
+/// Reads `cert` (DER).
+pub fn leaf_facts(cert: &[u8]) -> Option<LeafFacts> {
+    let (SEQUENCE, certificate, _) = tlv(cert)? else {
+        return None;
+    };
+    let (SEQUENCE, tbs, _) = tlv(certificate)? else {
+        return None;
+    };
+    let (tag, _, mut rest) = tlv(tbs)?;
+    if tag == VERSION {
+        // serialNumber follows the version.
+        (_, _, rest) = tlv(rest)?;
+    }
+    // signature, issuer
+    let (_, _, rest) = tlv(rest)?;
+    let (_, _, rest) = tlv(rest)?;
+    let (SEQUENCE, validity, rest) = tlv(rest)? else {
+        return None;
+    };
+    let (tag, not_before, validity) = tlv(validity)?;
+    let not_before = time(tag, not_before)?;
+    let (tag, not_after, _) = tlv(validity)?;
+    let not_after = time(tag, not_after)?;
+    // subject
+    let (_, _, rest) = tlv(rest)?;
+    let (SEQUENCE, spki, _) = tlv(rest)? else {
+        return None;
+    };
+    let (SEQUENCE, _, spki) = tlv(spki)? else {
+        return None;
+    };
+    let (BIT_STRING, bits, _) = tlv(spki)? else {
+        return None;
+    };
+    // The first byte counts the unused bits of the last byte; keys use whole bytes.
+    let (&0, key) = bits.split_first()? else {
+        return None;
+    };
+    Some(LeafFacts {
+        not_before,
+        not_after,
+        public_key: key.to_vec(),
+    })
+}
+
+/// UTCTime (`YYMMDDHHMMSSZ`, years 1950–2049 per RFC 5280) or GeneralizedTime
+/// (`YYYYMMDDHHMMSSZ`).
+fn time(tag: u8, text: &[u8]) -> Option<SystemTime> {
+    let text = std::str::from_utf8(text).ok()?;
+    let digits = text.strip_suffix('Z')?;
+    if !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let (year, rest) = match (tag, digits.len()) {
+        (UTC_TIME, 12) => {
+            let yy: i64 = digits[..2].parse().ok()?;
+            (if yy < 50 { 2000 + yy } else { 1900 + yy }, &digits[2..])
+        }
+        (GENERALIZED_TIME, 14) => (digits[..4].parse().ok()?, &digits[4..]),
+        _ => return None,
+    };
+    let field = |i: usize| -> Option<i64> { rest.get(i..i + 2)?.parse().ok() };
+    let (month, day) = (field(0)?, field(2)?);
+    let (hour, minute, second) = (field(4)?, field(6)?, field(8)?);
+    if !(1..=12).contains(&month)
+        || !(1..=31).contains(&day)
+        || hour > 23
+        || minute > 59
+        || second > 60
+    {
+        return None;
+    }
+    let days = days_from_civil(year, month, day);
+    let seconds = days * 86_400 + hour * 3_600 + minute * 60 + second;
+    let seconds = u64::try_from(seconds).ok()?;
+    UNIX_EPOCH.checked_add(Duration::from_secs(seconds))
+}
+
+/// Days since 1970-01-01 of a proleptic Gregorian date (H. Hinnant's algorithm).
+fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (month + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cert(not_before: (i32, u8, u8), not_after: (i32, u8, u8)) -> (rcgen::KeyPair, Vec<u8>) {
+        let mut params = rcgen::CertificateParams::new(vec!["x".into()]).expect("params");
+        params.not_before = rcgen::date_time_ymd(not_before.0, not_before.1, not_before.2);
+        params.not_after = rcgen::date_time_ymd(not_after.0, not_after.1, not_after.2);
+        let key = rcgen::KeyPair::generate().expect("key");
+        let cert = params.self_signed(&key).expect("cert");
+        (key, cert.der().to_vec())
+    }
+
+    fn unix(t: SystemTime) -> u64 {
+        t.duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0)
+    }
+
+    #[test]
+    fn reads_validity_in_both_time_forms_and_the_key() {
+        // rcgen writes UTCTime before 2050 and GeneralizedTime from 2050 on.
+        let (key, der) = cert((2024, 2, 29), (2051, 1, 1));
+        let facts = leaf_facts(&der).expect("facts");
+        assert_eq!(unix(facts.not_before), 1_709_164_800);
+        assert_eq!(unix(facts.not_after), 2_556_144_000);
+        assert_eq!(facts.public_key, key.public_key_raw());
+    }
+
+    #[test]
+    fn malformed_input_yields_nothing_and_never_panics() {
+        let (_, der) = cert((2024, 1, 1), (2025, 1, 1));
+        for len in 0..der.len() {
+            assert!(leaf_facts(&der[..len]).is_none());
+        }
+        for i in 0..der.len() {
+            let mut bad = der.clone();
+            bad[i] ^= 0xff;
+            let _ = leaf_facts(&bad);
+        }
+        assert!(time(UTC_TIME, b"991301000000Z").is_none());
+        assert!(time(GENERALIZED_TIME, b"20240101000000").is_none());
+    }
+}
