@@ -98,7 +98,7 @@ ip -n "$netns" link set lo up
 # keeps retrying and serves its admin API meanwhile). terminationDrainDuration: a short drain.
 proxy_config='{"discoveryAddress":"127.0.0.1:15010","terminationDrainDuration":"1s"}'
 writable_list="${writable[*]}"
-env -i PATH=/usr/local/bin:/usr/bin:/bin POD_NAME=check-0 POD_NAMESPACE=default \
+env -i PATH=/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin POD_NAME=check-0 POD_NAMESPACE=default \
     INSTANCE_IP=127.0.0.1 SERVICE_ACCOUNT=default ISTIO_META_CLUSTER_ID=Kubernetes \
     PROXY_CONFIG="$proxy_config" ROOT="$root" WRITABLE="$writable_list" \
     ip netns exec "$netns" unshare --mount --propagation private sh -ec '
@@ -153,5 +153,6 @@ if grep -qi 'read-only file system' "$work/sidecar.log"; then
     cat "$work/sidecar.log" >&2
     fail "the sidecar tried to write outside the writable paths"
 fi
-printf '   SIGTERM: exit 0\n'
+printf '   SIGTERM: exit 0; its log:\n'
+sed 's/^/   | /' "$work/sidecar.log"
 echo "check-image-layout: OK"
