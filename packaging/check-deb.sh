@@ -38,6 +38,20 @@ had_etc_istio=false
 had_user=false
 getent passwd istio-proxy >/dev/null && had_user=true
 
+netns=outrigger-deb-$$
+# Whatever happens, leave the machine as it was: no package, no namespace, no user made here.
+cleanup() {
+    ip netns del "$netns" 2>/dev/null || true
+    if dpkg-query -W -f='${Status}' outrigger-sidecar 2>/dev/null | grep -q installed; then
+        dpkg --purge outrigger-sidecar >/dev/null 2>&1 || true
+    fi
+    if ! $had_user && getent passwd istio-proxy >/dev/null; then
+        userdel istio-proxy
+        if getent group istio-proxy >/dev/null; then groupdel istio-proxy; fi
+    fi
+}
+trap cleanup EXIT
+
 step "dpkg -i"
 dpkg -i "$deb"
 uid=$(id -u istio-proxy) || fail "no istio-proxy user"
@@ -69,6 +83,52 @@ for line in 'EnvironmentFile=-/var/lib/istio/envoy/sidecar.env' \
     grep -qF -- "$line" <<<"$unit" || fail "istio.service lacks: $line"
 done
 
+step "the unit's capture commands, run as systemd would, in a network namespace"
+# systemd unquotes the single-quoted sh -c argument and turns $$ into $; the environment is
+# what `istioctl x workload entry configure` writes into cluster.env (the keys of its golden,
+# istio/istio istioctl/pkg/workload/testdata/vmconfig/ipv4/cluster.env.golden; our values).
+unit_command() { # the sh -c script of the first line starting with $1
+    grep -m1 "^$1" /lib/systemd/system/istio.service | sed -e "s/^[^']*'//" -e "s/'[^']*\$//" -e 's/\$\$/$/g'
+}
+start=$(unit_command 'ExecStartPre=+/bin/sh -c')
+stop=$(unit_command 'ExecStopPost=+/bin/sh -c')
+[ -n "$start" ] && [ -n "$stop" ] || fail "no capture commands in istio.service"
+cluster_env="ISTIO_INBOUND_PORTS='*'
+ISTIO_LOCAL_EXCLUDE_PORTS='22,15090,15021,15020'
+ISTIO_META_DNS_CAPTURE='true'
+ISTIO_NAMESPACE='check'
+ISTIO_SERVICE_CIDR='*'
+ISTIO_SVC_IP='10.10.10.10'
+POD_NAMESPACE='check'"
+in_netns() { # $1: extra environment (KEY=value), $2: command; with cluster.env's environment
+    ( set -a; eval "$cluster_env"; eval "$1"; set +a
+      cd / && ip netns exec "$netns" sh -c "$2" ) >"$log" 2>&1 || { cat "$log" >&2; fail "unit command failed: $2"; }
+}
+istio_rules() { ip netns exec "$netns" sh -c 'iptables-nft-save; iptables-legacy-save' 2>/dev/null | grep ISTIO_ || true; }
+log=$(mktemp)
+new_netns() { # istio-iptables needs a non-loopback address, as in a VM
+    ip netns del "$netns" 2>/dev/null || true
+    ip netns add "$netns"
+    ip -n "$netns" link set lo up
+    ip -n "$netns" link add eth0 type veth peer name eth1
+    ip -n "$netns" addr add 10.10.10.10/24 dev eth0
+    ip -n "$netns" link set eth0 up && ip -n "$netns" link set eth1 up
+}
+new_netns
+in_netns '' "$start"
+rules=$(istio_rules)
+grep -qF -- "--uid-owner $uid -j RETURN" <<<"$rules" || fail "no capture rules exempt istio-proxy: $rules"
+grep -qF -- "--to-ports 15006" <<<"$rules" || fail "no inbound capture: $rules"
+in_netns '' "$stop"
+[ -z "$(istio_rules)" ] || fail "ExecStopPost left rules: $(istio_rules)"
+printf '   ExecStartPre: %s ISTIO_ rules, uid %s exempt; ExecStopPost: none left\n' "$(wc -l <<<"$rules")" "$uid"
+new_netns
+in_netns 'ISTIO_CUSTOM_IP_TABLES=true' "$start"
+[ -z "$(istio_rules)" ] || fail "ISTIO_CUSTOM_IP_TABLES=true still captured: $(istio_rules)"
+ip netns del "$netns"
+rm -f "$log"
+printf '   ISTIO_CUSTOM_IP_TABLES=true: no rules\n'
+
 step "dpkg -r, then dpkg --purge"
 dpkg -r outrigger-sidecar
 [ ! -e /usr/local/bin/outrigger ] && [ ! -L /usr/local/bin/pilot-agent ] && [ ! -L /usr/local/bin/envoy ] ||
@@ -81,9 +141,6 @@ if ! $had_etc_istio; then
     [ ! -L /etc/istio ] || fail "/etc/istio link left after purge"
     [ ! -e /var/lib/istio ] || fail "/var/lib/istio left after purge: $(ls -A /var/lib/istio)"
 fi
-# The istio-proxy user stays on purpose (see packaging/vm/postrm); a user made by this check goes.
-if ! $had_user; then
-    userdel istio-proxy
-    getent group istio-proxy >/dev/null && groupdel istio-proxy
-fi
+# The istio-proxy user stays on purpose (see packaging/vm/postrm); cleanup removes the one
+# this check made.
 echo "check-deb: OK"
