@@ -10,8 +10,8 @@
 #   docker build -t <registry>/outrigger:<tag> .
 #
 # Needs BuildKit (the default builder of current Docker; Podman/Buildah support it too) for
-# RUN --mount. CI cannot build it (no container engine there); packaging/check-image-layout.sh
-# checks the same build script and the same runtime layout without one.
+# RUN --mount. CI cannot build it (no container engine there); it runs the same build script, and
+# packaging/check-image-layout.sh checks the same runtime layout without one.
 
 # The toolchain of rust-version in Cargo.toml, on Debian bookworm like the runtime stage, so the
 # binary links against the glibc it runs with.

@@ -48,6 +48,9 @@ cargo_version=$(sed -n '/^\[workspace.package\]/,/^\[/s/^version = "\(.*\)"/\1/p
 image_version=$(sed -n 's/^ARG OUTRIGGER_VERSION=//p' "$dockerfile")
 [ "$cargo_version" = "$image_version" ] ||
     fail "Dockerfile OUTRIGGER_VERSION=$image_version, Cargo.toml version $cargo_version"
+rust_version=$(sed -n '/^\[workspace.package\]/,/^\[/s/^rust-version = "\(.*\)"/\1/p' "$repo/Cargo.toml")
+grep -qx "FROM rust:$rust_version-bookworm AS build" "$dockerfile" ||
+    fail "the build stage is not on rust:$rust_version-bookworm (rust-version in Cargo.toml)"
 
 step "runtime layout (packaging/image-layout.sh) in $work/root"
 root=$work/root
