@@ -35,6 +35,8 @@ pub struct CaRequest {
 struct State {
     token: String,
     identity: String,
+    /// More workloads: token → identity (istiod signs whoever the token authenticates).
+    others: Vec<(String, String)>,
     ttl: Option<Duration>,
     requests: Vec<CaRequest>,
 }
@@ -98,6 +100,7 @@ impl FakeCa {
                 state: Mutex::new(State {
                     token: token.into(),
                     identity: identity.into(),
+                    others: Vec::new(),
                     ttl: None,
                     requests: Vec::new(),
                 }),
@@ -112,6 +115,12 @@ impl FakeCa {
     /// Issue certificates valid for `ttl` whatever the request asks (istiod caps them too).
     pub fn set_ttl(&self, ttl: Duration) {
         self.state().ttl = Some(ttl);
+    }
+
+    /// Also accepts `token`, issuing `identity` (a SPIFFE URI) for it: a second workload of
+    /// the same mesh.
+    pub fn add_workload(&self, token: &str, identity: &str) {
+        self.state().others.push((token.into(), identity.into()));
     }
 
     /// The token accepted from now on.
@@ -189,12 +198,9 @@ impl FakeCa {
     }
 
     /// Signs the CSR's key for the configured identity; the chain, leaf first.
-    fn issue(&self, csr_pem: &str, validity: i64) -> Result<Vec<String>, String> {
+    fn issue(&self, csr_pem: &str, validity: i64, identity: String) -> Result<Vec<String>, String> {
         let key = csr_key(csr_pem)?;
-        let (identity, ttl) = {
-            let state = self.state();
-            (state.identity.clone(), state.ttl)
-        };
+        let ttl = self.state().ttl;
         let ttl = ttl.unwrap_or_else(|| Duration::from_secs(u64::try_from(validity).unwrap_or(0)));
         let mut params = rcgen::CertificateParams::default();
         params.distinguished_name = rcgen::DistinguishedName::new();
@@ -280,14 +286,27 @@ impl CertificateService for FakeCa {
             issued: false,
             at: Instant::now(),
         };
-        let expected = self.state().token.clone();
         // Like istiod: a valid token, or a client certificate from this CA (rustls checked the
         // chain during the handshake).
-        let result = if token.as_deref() != Some(expected.as_str()) && client_uri.is_none() {
-            Err(tonic::Status::unauthenticated("bad or missing token"))
-        } else {
-            self.issue(&body.csr, body.validity_duration)
-                .map_err(tonic::Status::invalid_argument)
+        let authenticated = {
+            let state = self.state();
+            if token.as_deref() == Some(state.token.as_str()) {
+                Some(state.identity.clone())
+            } else {
+                state
+                    .others
+                    .iter()
+                    .find(|(t, _)| Some(t.as_str()) == token.as_deref())
+                    .map(|(_, identity)| identity.clone())
+                    // A renewal over mTLS: the identity of the certificate presented.
+                    .or_else(|| client_uri.clone())
+            }
+        };
+        let result = match authenticated {
+            None => Err(tonic::Status::unauthenticated("bad or missing token")),
+            Some(identity) => self
+                .issue(&body.csr, body.validity_duration, identity)
+                .map_err(tonic::Status::invalid_argument),
         };
         record.issued = result.is_ok();
         self.state().requests.push(record);

@@ -149,6 +149,22 @@ pub fn with_initial_fetch_timeout(bootstrap: &str, timeout: &str) -> String {
     serde_json::to_string_pretty(&doc).expect("JSON serialises")
 }
 
+/// The `istio_requests_total` series of a Prometheus body: labels (as a map) → value.
+pub fn requests_total(body: &str) -> Vec<(std::collections::BTreeMap<String, String>, u64)> {
+    body.lines()
+        .filter_map(|l| l.strip_prefix("istio_requests_total{"))
+        .map(|rest| {
+            let (labels, value) = rest.rsplit_once("} ").expect("a sample");
+            let mut map = std::collections::BTreeMap::new();
+            for pair in labels.split("\",") {
+                let (k, v) = pair.split_once("=\"").expect("a label");
+                map.insert(k.to_string(), v.trim_end_matches('"').to_string());
+            }
+            (map, value.parse().expect("a count"))
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::{rewrite, with_initial_fetch_timeout, SidecarPorts};

@@ -10,6 +10,7 @@
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::process::{Command, Stdio};
+use tests::istio::requests_total;
 use tests::pki::{Identity, Pki};
 use tests::scripted::{Behaviour, Scripted};
 use tests::upstream::Reply;
@@ -163,22 +164,6 @@ fn bootstraps(ports: &Ports, mtls: Option<&Mtls<'_>>) -> (String, String) {
         cluster("inbound|8080||", "app", ""),
     );
     (ports.render(&client), ports.render(&server))
-}
-
-/// The `istio_requests_total` series of a Prometheus body: labels (as a map) → value.
-fn requests_total(body: &str) -> Vec<(BTreeMap<String, String>, u64)> {
-    body.lines()
-        .filter_map(|l| l.strip_prefix("istio_requests_total{"))
-        .map(|rest| {
-            let (labels, value) = rest.rsplit_once("} ").expect("a sample");
-            let mut map = BTreeMap::new();
-            for pair in labels.split("\",") {
-                let (k, v) = pair.split_once("=\"").expect("a label");
-                map.insert(k.to_string(), v.trim_end_matches('"').to_string());
-            }
-            (map, value.parse().expect("a count"))
-        })
-        .collect()
 }
 
 fn label_names(body: &str) -> Vec<String> {

@@ -59,5 +59,10 @@ mod tests {
         assert!(parse("-1s").is_err());
         assert!(parse("3x").is_err());
         assert!(parse("").is_err());
+        assert_eq!(parse("2µs"), Ok(Duration::from_micros(2)));
+        assert_eq!(parse("24h"), Ok(Duration::from_secs(86_400)));
+        for bad in ["h", "1..2s", "s1", ".", "abc"] {
+            assert!(parse(bad).is_err(), "{bad}");
+        }
     }
 }

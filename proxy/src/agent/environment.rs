@@ -59,6 +59,16 @@ impl Environment {
             .filter_map(move |(k, v)| Some((k.strip_prefix(prefix)?, v.as_str())))
     }
 
+    /// Sets every variable in this process's environment that differs there. Call it before
+    /// any other thread starts: the environment is process-global.
+    pub fn export_to_process(&self) {
+        for (k, v) in &self.vars {
+            if std::env::var(k).ok().as_deref() != Some(v.as_str()) {
+                std::env::set_var(k, v);
+            }
+        }
+    }
+
     pub fn set(&mut self, name: &str, value: &str) {
         self.vars.insert(name.to_string(), value.to_string());
     }

@@ -24,12 +24,9 @@ pub struct Lifecycle {
 /// How often the drain looks at the open connections.
 const POLL: Duration = Duration::from_millis(100);
 
-/// Resolves when the process should exit.
-pub async fn run(
-    proxy: &Proxy,
-    lifecycle: &Lifecycle,
-    drained: &tokio::sync::watch::Receiver<bool>,
-) {
+/// Resolves when the process should exit. `drained` says whether `/drain` already drained the
+/// listeners (a native sidecar's preStop hook); SIGTERM then exits at once.
+pub async fn run(proxy: &Proxy, lifecycle: &Lifecycle, drained: impl Fn() -> bool) {
     let server = &proxy.server;
     let mut shutdown = server.shutdown_signal();
     let mut terminate = signal(SignalKind::terminate()).ok();
@@ -49,7 +46,7 @@ pub async fn run(
         _ = tokio::signal::ctrl_c() => {}
         _ = terminated => {}
     }
-    if *drained.borrow() {
+    if drained() {
         tracing::info!(target: "agent", "terminated after /drain: exiting");
         return;
     }

@@ -4,10 +4,13 @@
 
 use super::args::{self, ProxyArgs};
 use super::bootstrap::{self, BootstrapInputs, XdsTarget, XdsTls};
+use super::dns;
 use super::environment::Environment;
+use super::identity::{self, IdentityConfig};
 use super::lifecycle::{self, Lifecycle};
 use super::node::{self, NodeInputs};
 use super::proxy_config::{self, ProxyConfig};
+use super::status::{self, StatusContext, StatusOptions};
 use crate::bootstrap::Loaded;
 use crate::cli::Options;
 use crate::server::{self, Proxy};
@@ -41,6 +44,9 @@ pub struct Plan {
     /// The token sent to istiod, unless the control plane is plaintext.
     pub token_file: Option<PathBuf>,
     pub sds_socket: PathBuf,
+    /// `--domain`.
+    pub domain: Option<String>,
+    pub ipv6_only: bool,
     pub lifecycle: Lifecycle,
     /// Warnings to log once logging is up.
     pub warnings: Vec<String>,
@@ -54,6 +60,9 @@ pub fn main(args: &[String]) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    // What pilot-agent puts in its own environment (proxyMetadata, the VM files) is seen by
+    // every part of the agent; nothing else runs yet, so changing the environment is safe.
+    plan.env.export_to_process();
     let Some(logging) = server::install_logging(&plan.options) else {
         return ExitCode::FAILURE;
     };
@@ -77,29 +86,105 @@ async fn run(
     logging: crate::logging::LogControl,
     workers: usize,
 ) -> ExitCode {
-    let proxy = match Proxy::start(
+    match run_agent(plan, config, logging, workers).await {
+        Ok(code) => code,
+        Err(e) => {
+            tracing::error!(target: "agent", "{e}");
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Starts the agent's duties around the proxy, in the order pilot-agent needs them: the
+/// workload identity (its SDS socket must serve before the proxy's SDS stream opens), the DNS
+/// proxy (its name table comes over the proxy's ADS stream), the proxy, the status server.
+async fn run_agent(
+    plan: Plan,
+    config: std::sync::Arc<crate::config::Config>,
+    logging: crate::logging::LogControl,
+    workers: usize,
+) -> Result<ExitCode, String> {
+    let env = &plan.env;
+    let namespace = env.get_or("POD_NAMESPACE", "default");
+    let lookup = |name: &str| env.get(name).map(str::to_string);
+    let mut identity_config = IdentityConfig::from_env(
+        lookup,
+        Path::new("."),
+        namespace,
+        env.get_or("SERVICE_ACCOUNT", "default"),
+        &plan.proxy_config.discovery_address,
+    )
+    .map_err(|e| e.to_string())?;
+    if let Some(ca) = identity_config.ca.as_mut() {
+        ca.headers = identity::ca_headers(
+            env.with_prefix("")
+                .map(|(k, v)| (k.to_string(), v.to_string())),
+        );
+    }
+    let _identity = identity::start(identity_config)
+        .await
+        .map_err(|e| format!("workload identity: {e}"))?;
+
+    let dns = if dns::enabled_from_env(true) {
+        let config = dns::DnsConfig::from_env(namespace, plan.domain.as_deref().unwrap_or(""));
+        let proxy = dns::DnsProxy::start(config)
+            .await
+            .map_err(|e| format!("DNS proxy: {e}"))?;
+        Some(std::sync::Arc::new(proxy))
+    } else {
+        None
+    };
+
+    let proxy = Proxy::start(
         plan.options.clone(),
         plan.loaded.bootstrap.clone(),
         config,
         logging,
         workers,
     )
-    .await
-    {
-        Ok(p) => p,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
+    .await?;
     tracing::info!(target: "agent", "sidecar {} starting", node_id(&plan.loaded.bootstrap));
+    if let Some(dns) = &dns {
+        proxy.server.agent_types.register(dns.nds_consumer());
+    }
     proxy.start_dynamic();
     proxy.serve();
-    // `/drain` on the status server sets this; a SIGTERM after it exits at once.
-    let (_drained_tx, drained) = tokio::sync::watch::channel(false);
-    lifecycle::run(&proxy, &plan.lifecycle, &drained).await;
+
+    let mut options = StatusOptions::from_lookup(plan.proxy_config.status_port, lookup)?;
+    options.ipv6 = plan.ipv6_only;
+    let mut status = StatusContext::new(proxy.server.clone(), options);
+    if let Some(dns) = &dns {
+        let (ready, table, metrics) = (dns.clone(), dns.clone(), dns.clone());
+        status = status
+            .with_readiness_check(Box::new(move || {
+                if ready.is_ready() {
+                    Ok(())
+                } else {
+                    Err("the DNS name table has not been received yet".to_string())
+                }
+            }))
+            .with_ndsz(Box::new(move || table.ndsz()))
+            .with_agent_metrics(Box::new(move || metrics.metrics().render_prometheus()));
+    }
+    let status = std::sync::Arc::new(status);
+    let listener = bind_status(plan.proxy_config.status_port).await?;
+    tokio::spawn(status::serve(listener, status.clone()));
+
+    lifecycle::run(&proxy, &plan.lifecycle, || status.skip_drain()).await;
     proxy.finish().await;
-    ExitCode::SUCCESS
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The status port on every address, as pilot-agent's `:15020` (IPv4 too when the kernel's
+/// IPv6 sockets are dual-stack, the Linux default; IPv4 alone where IPv6 is off).
+async fn bind_status(port: u16) -> Result<tokio::net::TcpListener, String> {
+    match tokio::net::TcpListener::bind(("::", port)).await {
+        Ok(l) => Ok(l),
+        Err(_) => tokio::net::TcpListener::bind(("0.0.0.0", port))
+            .await
+            .map_err(|e| format!("cannot bind the status port {port}: {e}")),
+    }
 }
 
 fn node_id(bootstrap: &Bootstrap) -> &str {
@@ -191,6 +276,9 @@ pub fn plan(mut env: Environment, raw_args: &[String]) -> Result<Plan, String> {
     // pilot-agent exports proxyMetadata into its own environment.
     for (k, v) in &pc.proxy_metadata {
         env.set(k, v);
+    }
+    if env.get("TRUST_DOMAIN").is_none() {
+        env.set("TRUST_DOMAIN", &pc.trust_domain);
     }
 
     let envoy_status_port = port_from_env(&env, "ENVOY_STATUS_PORT", 15021)?;
@@ -375,6 +463,8 @@ pub fn plan(mut env: Environment, raw_args: &[String]) -> Result<Plan, String> {
         proxy_config: pc,
         token_file,
         sds_socket: PathBuf::from(sds_socket),
+        domain: args.domain.clone(),
+        ipv6_only,
         warnings,
     })
 }

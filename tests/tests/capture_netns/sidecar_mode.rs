@@ -141,6 +141,10 @@ fn pod_root(pki: &tests::pki::Pki) -> tempfile::TempDir {
         .unwrap();
     assert!(status.success());
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    // The emptyDir Istio mounts for the SDS socket, writable by the proxy's uid.
+    let uds = dir.path().join("var/run/secrets/workload-spiffe-uds");
+    std::fs::create_dir_all(&uds).unwrap();
+    std::os::unix::fs::chown(&uds, Some(1337), Some(1337)).unwrap();
     dir
 }
 

@@ -94,39 +94,9 @@ fn env_bool(name: &str, default: bool) -> bool {
     }
 }
 
-/// Go's `time.ParseDuration` ("5s", "1m30s", "250ms", "1.5h"); negative values are refused.
+/// Go's `time.ParseDuration` (see [`crate::agent::duration`]); None when it does not parse.
 pub fn parse_go_duration(text: &str) -> Option<Duration> {
-    let s = text.strip_prefix('+').unwrap_or(text);
-    if s == "0" {
-        return Some(Duration::ZERO);
-    }
-    if s.is_empty() || s.starts_with('-') {
-        return None;
-    }
-    let mut rest = s;
-    let mut total = 0f64;
-    while !rest.is_empty() {
-        let number_end = rest
-            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-            .unwrap_or(rest.len());
-        let value: f64 = rest[..number_end].parse().ok()?;
-        rest = &rest[number_end..];
-        let unit_end = rest
-            .find(|c: char| c.is_ascii_digit() || c == '.')
-            .unwrap_or(rest.len());
-        let nanos_per_unit = match &rest[..unit_end] {
-            "ns" => 1.0,
-            "us" | "µs" | "μs" => 1e3,
-            "ms" => 1e6,
-            "s" => 1e9,
-            "m" => 60e9,
-            "h" => 3600e9,
-            _ => return None,
-        };
-        rest = &rest[unit_end..];
-        total += value * nanos_per_unit;
-    }
-    Some(Duration::from_nanos(total as u64))
+    crate::agent::duration::parse(text).ok()
 }
 
 /// What resolv.conf says, as Go's miekg/dns reads it: `nameserver` lines in order, and the
@@ -248,18 +218,6 @@ mod tests {
             ResolvConf::parse("domain example.org\n").search,
             ["example.org"]
         );
-    }
-
-    #[test]
-    fn go_durations() {
-        assert_eq!(parse_go_duration("5s"), Some(Duration::from_secs(5)));
-        assert_eq!(parse_go_duration("250ms"), Some(Duration::from_millis(250)));
-        assert_eq!(parse_go_duration("1m30s"), Some(Duration::from_secs(90)));
-        assert_eq!(parse_go_duration("1.5s"), Some(Duration::from_millis(1500)));
-        assert_eq!(parse_go_duration("0"), Some(Duration::ZERO));
-        assert_eq!(parse_go_duration("5"), None);
-        assert_eq!(parse_go_duration("-1s"), None);
-        assert_eq!(parse_go_duration("abc"), None);
     }
 
     #[tokio::test]

@@ -291,69 +291,15 @@ fn parse_go_bool(v: &str) -> bool {
     matches!(v, "1" | "t" | "T" | "true" | "TRUE" | "True")
 }
 
-/// Go's `time.ParseDuration` for non-negative values: a sequence of decimal numbers, each with
-/// a unit (`ns`, `us`, `µs`, `ms`, `s`, `m`, `h`), such as `24h`, `1h30m`, `1.5s`; or `0`.
+/// Go's `time.ParseDuration` (see [`crate::agent::duration`]); None when it does not parse.
 pub fn parse_go_duration(text: &str) -> Option<Duration> {
-    let text = text.trim();
-    let text = text.strip_prefix('+').unwrap_or(text);
-    if text == "0" {
-        return Some(Duration::ZERO);
-    }
-    if text.is_empty() {
-        return None;
-    }
-    let mut rest = text;
-    let mut total = 0f64;
-    while !rest.is_empty() {
-        let number_len = rest
-            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-            .unwrap_or(rest.len());
-        let (number, after) = rest.split_at(number_len);
-        if number.is_empty() || number == "." {
-            return None;
-        }
-        let value: f64 = number.parse().ok()?;
-        let unit_len = after
-            .find(|c: char| c.is_ascii_digit() || c == '.')
-            .unwrap_or(after.len());
-        let (unit, after) = after.split_at(unit_len);
-        let nanos = match unit {
-            "ns" => 1.0,
-            "us" | "µs" | "μs" => 1e3,
-            "ms" => 1e6,
-            "s" => 1e9,
-            "m" => 60e9,
-            "h" => 3600e9,
-            _ => return None,
-        };
-        total += value * nanos;
-        rest = after;
-    }
-    if !total.is_finite() || total > u64::MAX as f64 {
-        return None;
-    }
-    Some(Duration::from_nanos(total as u64))
+    crate::agent::duration::parse(text).ok()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::collections::HashMap;
-
-    #[test]
-    fn go_durations() {
-        let d = |s: &str| parse_go_duration(s);
-        assert_eq!(d("24h"), Some(Duration::from_secs(86_400)));
-        assert_eq!(d("1h30m"), Some(Duration::from_secs(5_400)));
-        assert_eq!(d("90s"), Some(Duration::from_secs(90)));
-        assert_eq!(d("1.5s"), Some(Duration::from_millis(1_500)));
-        assert_eq!(d("300ms"), Some(Duration::from_millis(300)));
-        assert_eq!(d("2µs"), Some(Duration::from_micros(2)));
-        assert_eq!(d("0"), Some(Duration::ZERO));
-        for bad in ["", "h", "10", "1x", "-1s", "1..2s", "s1"] {
-            assert_eq!(d(bad), None, "{bad}");
-        }
-    }
 
     fn config(env: &[(&str, &str)], base: &Path) -> Result<IdentityConfig, ConfigError> {
         let env: HashMap<String, String> = env

@@ -444,6 +444,9 @@ fn render_agent(ctx: &StatusContext) -> String {
             &[("", fmt_f64(d.as_secs_f64()))],
         );
     }
+    for provider in &ctx.extra_metrics {
+        out.push_str(&provider());
+    }
     out
 }
 

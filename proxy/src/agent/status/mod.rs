@@ -23,6 +23,8 @@ use std::sync::{Arc, Mutex};
 pub type Hook = Box<dyn Fn() + Send + Sync>;
 /// Renders the DNS name table as JSON for `/debug/ndsz`; `None` while there is none.
 pub type NdszProvider = Box<dyn Fn() -> Option<String> + Send + Sync>;
+/// More agent metrics in Prometheus text (the DNS proxy's `istio_agent_dns_*`).
+pub type MetricsProvider = Box<dyn Fn() -> String + Send + Sync>;
 
 type StatusResponse = Response<Full<Bytes>>;
 
@@ -33,6 +35,7 @@ pub struct StatusContext {
     pub options: StatusOptions,
     checks: Vec<ReadinessCheck>,
     ndsz: Option<NdszProvider>,
+    extra_metrics: Vec<MetricsProvider>,
     on_drain: Option<Hook>,
     readiness: ready::Readiness,
     metrics: metrics::AgentMetrics,
@@ -59,6 +62,7 @@ impl StatusContext {
             options,
             checks: Vec::new(),
             ndsz: None,
+            extra_metrics: Vec::new(),
             on_drain: None,
             readiness: ready::Readiness::new(started),
             metrics: metrics::AgentMetrics::default(),
@@ -77,6 +81,12 @@ impl StatusContext {
 
     pub fn with_ndsz(mut self, provider: NdszProvider) -> Self {
         self.ndsz = Some(provider);
+        self
+    }
+
+    /// Adds agent metrics rendered after the agent's own.
+    pub fn with_agent_metrics(mut self, provider: MetricsProvider) -> Self {
+        self.extra_metrics.push(provider);
         self
     }
 
