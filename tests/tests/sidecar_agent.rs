@@ -49,7 +49,7 @@ struct Pod {
     sidecar: Sidecar,
 }
 
-fn pod(termination_drain: &str) -> Pod {
+fn pod(termination_drain: &str, extra_env: &[(&str, &str)]) -> Pod {
     let cp = ControlPlane::start();
     let upstream = Upstream::start("from the app");
     let listener = free_port();
@@ -66,9 +66,13 @@ fn pod(termination_drain: &str) -> Pod {
     let mut sidecar = Sidecar::start(
         proxy_config,
         &[
-            ("ISTIO_META_CLUSTER_ID", "Kubernetes"),
-            ("ISTIO_META_WORKLOAD_NAME", "reviews-v1"),
-        ],
+            &[
+                ("ISTIO_META_CLUSTER_ID", "Kubernetes"),
+                ("ISTIO_META_WORKLOAD_NAME", "reviews-v1"),
+            ],
+            extra_env,
+        ]
+        .concat(),
         &[
             "--domain",
             "demo.svc.cluster.local",
@@ -96,7 +100,7 @@ fn pod(termination_drain: &str) -> Pod {
 
 #[test]
 fn sidecar_builds_pilot_agents_node_and_serves_config_from_the_control_plane() {
-    let pod = pod("5s");
+    let pod = pod("5s", &[]);
     let sidecar = &pod.sidecar;
 
     // Delta ADS with the node on the first request only (set_node_on_first_message_only).
@@ -171,7 +175,7 @@ fn outrigger_istio_version() -> &'static str {
 
 #[test]
 fn sigterm_drains_inbound_under_load_without_a_failed_request() {
-    let mut pod = pod("2s");
+    let mut pod = pod("2s", &[]);
     let target = std::net::SocketAddr::from(([127, 0, 0, 1], pod.listener));
     let load = Load::start(target, 4);
     std::thread::sleep(Duration::from_millis(500));
@@ -267,4 +271,94 @@ fn sidecar_reaches_istiod_over_tls_with_the_projected_token() {
     );
     let url = format!("http://127.0.0.1:{listener}/");
     assert_eq!(curl::get(&url).body, "over mTLS-free inbound");
+}
+
+fn http_status(url: &str) -> u16 {
+    curl::request("GET", url, &[])
+        .map(|r| r.status)
+        .unwrap_or(0)
+}
+
+fn wait_status(url: &str, want: u16, sidecar: &Sidecar) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while http_status(url) != want {
+        assert!(
+            Instant::now() < deadline,
+            "{url} never answered {want}\n{}",
+            sidecar.logs()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Readiness as the kubelet sees it: :15021/healthz/ready through the proxy's static listener
+/// to the agent's status server, which with DNS capture also waits for istiod's name table;
+/// then the DNS proxy answers from that table (Istio's NDS) and `outrigger wait` agrees.
+#[test]
+fn readiness_through_15021_waits_for_the_name_table_and_dns_answers_from_it() {
+    let dns_port = free_port();
+    let dns_addr = format!("127.0.0.1:{dns_port}");
+    let pod = pod(
+        "5s",
+        &[
+            ("ISTIO_META_DNS_CAPTURE", "true"),
+            ("DNS_PROXY_ADDR", dns_addr.as_str()),
+        ],
+    );
+    let sidecar = &pod.sidecar;
+    let ready = format!(
+        "http://127.0.0.1:{}/healthz/ready",
+        sidecar.ports.envoy_status
+    );
+    // LIVE, but no name table yet: not ready.
+    assert_eq!(http_status(&ready), 503, "{}", sidecar.logs());
+
+    let mut table = outrigger::agent::dns::NameTable::default();
+    table.table.insert(
+        "ratings.demo.svc.cluster.local".into(),
+        outrigger::agent::dns::NameInfo {
+            ips: vec!["10.96.0.42".into()],
+            registry: "Kubernetes".into(),
+            shortname: "ratings".into(),
+            namespace: "demo".into(),
+            alt_hosts: Vec::new(),
+        },
+    );
+    pod.cp.set(
+        tests::control_plane::NAME_TABLE,
+        vec![(
+            String::new(),
+            xds_proto::pb::google::protobuf::Any {
+                type_url: outrigger::agent::dns::NAME_TABLE_TYPE_URL.into(),
+                value: outrigger::agent::dns::nds::encode(&table),
+            },
+        )],
+    );
+    wait_status(&ready, 200, sidecar);
+
+    let dig = std::process::Command::new("dig")
+        .args([
+            "@127.0.0.1",
+            "-p",
+            &dns_port.to_string(),
+            "+short",
+            "+tries=1",
+            "+time=3",
+            "ratings",
+            "A",
+        ])
+        .output()
+        .expect("dig (bind9-dnsutils)");
+    assert_eq!(
+        String::from_utf8_lossy(&dig.stdout).trim(),
+        "10.96.0.42",
+        "{}",
+        sidecar.logs()
+    );
+
+    let wait = std::process::Command::new(tests::outrigger().path)
+        .args(["wait", "--url", &ready, "--timeoutSeconds", "5"])
+        .output()
+        .expect("outrigger wait");
+    assert!(wait.status.success(), "{wait:?}");
 }

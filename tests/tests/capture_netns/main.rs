@@ -198,9 +198,15 @@ fn check_bypass(topo: &Topology, proxy: &Sidecar, mode: &str) {
 /// Applies the rules, runs `body`, stops the proxy, cleans up, and checks `iptables-save` is
 /// back to what it was.
 fn with_pod(mode: &str, body: impl FnOnce(&Topology)) {
+    with_pod_args(mode, &[], body)
+}
+
+/// [`with_pod`] with more `outrigger-iptables` arguments (e.g. DNS capture).
+fn with_pod_args(mode: &str, extra: &[&str], body: impl FnOnce(&Topology)) {
     let topo = Topology::new();
     let before = topo.save();
-    let args = sidecar_args(mode);
+    let mut args = sidecar_args(mode);
+    args.extend_from_slice(extra);
     topo.apply(&args, &format!("outrigger-iptables -m {mode}"));
     let applied = topo.save();
     assert!(

@@ -148,7 +148,7 @@ fn pod_root(pki: &tests::pki::Pki) -> tempfile::TempDir {
     dir
 }
 
-fn start_sidecar(pod: &Netns, root: &tempfile::TempDir) -> ChildGuard {
+fn start_sidecar(pod: &Netns, root: &tempfile::TempDir, env: &[(&str, &str)]) -> ChildGuard {
     let bin = outrigger().path;
     let proxy_config = format!(
         r#"{{"discoveryAddress":"{REMOTE_IP}:15012","terminationDrainDuration":"2s","drainDuration":"20s"}}"#
@@ -173,6 +173,7 @@ fn start_sidecar(pod: &Netns, root: &tempfile::TempDir) -> ChildGuard {
         .env("SERVICE_ACCOUNT", "app")
         .env("ISTIOD_SAN", ISTIOD)
         .env("PROXY_CONFIG", proxy_config)
+        .envs(env.iter().copied())
         .current_dir(root.path())
         .stdin(Stdio::null())
         .stdout(stdout)
@@ -224,7 +225,7 @@ fn sidecar_mode_serves_a_pod_from_istiod_and_drains_on_sigterm() {
         let cp = istiod(topo, &pki);
         let _app = Server::start(&topo.pod, "0.0.0.0:8080", Protocol::Http("app"));
         let root = pod_root(&pki);
-        let mut guard = start_sidecar(&topo.pod, &root);
+        let mut guard = start_sidecar(&topo.pod, &root, &[]);
         wait_live(&topo.pod, &mut guard, &root);
         assert!(cp
             .authorizations()
@@ -270,4 +271,92 @@ fn sidecar_mode_serves_a_pod_from_istiod_and_drains_on_sigterm() {
         assert!(status.success(), "{status}\n{}", logs(&root));
         assert!(terminated.elapsed() >= Duration::from_secs(2));
     });
+}
+
+/// DNS capture (`--redirect-dns --capture-all-dns`): the app's queries to any nameserver are
+/// redirected to the sidecar's DNS proxy on :15053, which answers from the name table istiod
+/// sends over NDS; the pod is ready (:15021) only once that table arrived.
+#[test]
+fn sidecar_mode_answers_captured_dns_from_the_name_table() {
+    let tools = [TOOLS, &["dig"]].concat();
+    if !prerequisites_met(
+        "sidecar_mode_answers_captured_dns_from_the_name_table",
+        &tools,
+    ) {
+        return;
+    }
+    with_pod_args(
+        "REDIRECT",
+        &["--redirect-dns", "--capture-all-dns"],
+        |topo| {
+            let pki = tests::pki::Pki::new();
+            let cp = istiod(topo, &pki);
+            let mut table = outrigger::agent::dns::NameTable::default();
+            table.table.insert(
+                "ratings.demo.svc.cluster.local".into(),
+                outrigger::agent::dns::NameInfo {
+                    ips: vec!["10.96.0.42".into()],
+                    registry: "Kubernetes".into(),
+                    shortname: "ratings".into(),
+                    namespace: "demo".into(),
+                    alt_hosts: Vec::new(),
+                },
+            );
+            cp.set(
+                tests::control_plane::NAME_TABLE,
+                vec![(
+                    String::new(),
+                    Any {
+                        type_url: outrigger::agent::dns::NAME_TABLE_TYPE_URL.into(),
+                        value: outrigger::agent::dns::nds::encode(&table),
+                    },
+                )],
+            );
+            let root = pod_root(&pki);
+            let mut guard = start_sidecar(&topo.pod, &root, &[("ISTIO_META_DNS_CAPTURE", "true")]);
+            wait_live(&topo.pod, &mut guard, &root);
+            let deadline = Instant::now() + Duration::from_secs(10);
+            loop {
+                let ready = topo.pod.run(|| {
+                    http_get(
+                        "127.0.0.1:15021".parse().unwrap(),
+                        "/healthz/ready",
+                        Duration::from_secs(1),
+                    )
+                });
+                if matches!(ready, Ok((200, _))) {
+                    break;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "not ready: {ready:?}\n{}",
+                    logs(&root)
+                );
+                thread::sleep(Duration::from_millis(50));
+            }
+            // The app (uid 1000) asks the remote address as its nameserver; capture answers.
+            let out = topo.pod.exec(
+                &[
+                    "setpriv",
+                    "--reuid=1000",
+                    "--regid=1000",
+                    "--clear-groups",
+                    "dig",
+                    &format!("@{REMOTE_IP}"),
+                    "+short",
+                    "+tries=1",
+                    "+time=3",
+                    "ratings.demo.svc.cluster.local",
+                    "A",
+                ],
+                &[],
+            );
+            assert_eq!(
+                String::from_utf8_lossy(&out.stdout).trim(),
+                "10.96.0.42",
+                "{out:?}\n{}",
+                logs(&root)
+            );
+        },
+    );
 }
