@@ -67,7 +67,10 @@ pub fn apply(env: &mut Environment, root: &Path) -> bool {
         }
     };
     copy(env, "ISTIO_SVC_IP", "INSTANCE_IP");
-    copy(env, "ISTIO_NAMESPACE", "POD_NAMESPACE");
+    // istio-start.sh runs the agent with POD_NAMESPACE=${ISTIO_NAMESPACE:-default}.
+    let namespace = env.get_or("ISTIO_NAMESPACE", "default").to_string();
+    env.set("POD_NAMESPACE", &namespace);
+    proxy_config_from_vm_variables(env);
     if env.get("POD_NAME").is_none() {
         if let Some(host) = nix::unistd::gethostname()
             .ok()
@@ -83,6 +86,46 @@ pub fn apply(env: &mut Environment, root: &Path) -> bool {
         }
     }
     true
+}
+
+/// istio-start.sh's ProxyConfig: `PILOT_ADDRESS` (or `istiod.<ISTIO_SYSTEM_NAMESPACE>.svc:
+/// <ISTIO_PILOT_PORT>`) becomes `discoveryAddress`; without a `PROXY_CONFIG`, the service
+/// cluster (`ISTIO_SERVICE`, default `rawvm`) and `ISTIO_CP_AUTH` make one.
+fn proxy_config_from_vm_variables(env: &mut Environment) {
+    let system_namespace = env
+        .get_or("ISTIO_SYSTEM_NAMESPACE", "istio-system")
+        .to_string();
+    let pilot = env.get("PILOT_ADDRESS").map(str::to_string).or_else(|| {
+        env.get("ISTIO_PILOT_PORT")
+            .map(|port| format!("istiod.{system_namespace}.svc:{port}"))
+    });
+    let mut config: serde_json::Map<String, serde_json::Value> = match env.get("PROXY_CONFIG") {
+        // PROXY_CONFIG is YAML or JSON; a document that does not parse is left for the
+        // ProxyConfig reader to report.
+        Some(text) => match serde_yaml_ng::from_str(text) {
+            Ok(map) => map,
+            Err(_) => return,
+        },
+        None => {
+            let mut map = serde_json::Map::new();
+            map.insert(
+                "serviceCluster".into(),
+                env.get_or("ISTIO_SERVICE", "rawvm").into(),
+            );
+            map.insert(
+                "controlPlaneAuthPolicy".into(),
+                env.get_or("ISTIO_CP_AUTH", "MUTUAL_TLS").into(),
+            );
+            map
+        }
+    };
+    if let Some(address) = pilot {
+        config.insert("discoveryAddress".into(), address.into());
+    }
+    env.set(
+        "PROXY_CONFIG",
+        &serde_json::Value::Object(config).to_string(),
+    );
 }
 
 #[cfg(test)]
@@ -108,6 +151,26 @@ mod tests {
         assert_eq!(env.get("OUTPUT_CERTS"), Some("./etc/certs"));
         assert!(env.get("POD_NAME").is_some());
         let _ = std::fs::remove_dir_all(&dir);
+
+        let proxy_config: serde_json::Value =
+            serde_json::from_str(env.get("PROXY_CONFIG").unwrap_or_default()).expect("JSON");
+        assert_eq!(proxy_config["serviceCluster"], "rawvm");
+        assert_eq!(proxy_config["controlPlaneAuthPolicy"], "MUTUAL_TLS");
+
+        let mut with_pilot = Environment::from_pairs([
+            ("ISTIO_SVC_IP", "10.0.0.8"),
+            ("ISTIO_PILOT_PORT", "15012"),
+            ("PROXY_CONFIG", "drainDuration: 10s"),
+        ]);
+        assert!(apply(&mut with_pilot, Path::new("/nonexistent-root")));
+        let proxy_config: serde_json::Value =
+            serde_json::from_str(with_pilot.get("PROXY_CONFIG").unwrap_or_default()).expect("JSON");
+        assert_eq!(
+            proxy_config["discoveryAddress"],
+            "istiod.istio-system.svc:15012"
+        );
+        assert_eq!(proxy_config["drainDuration"], "10s");
+        assert_eq!(with_pilot.get("POD_NAMESPACE"), Some("default"));
 
         let mut pod = Environment::from_pairs([("POD_NAME", "p")]);
         assert!(!apply(&mut pod, Path::new("/nonexistent-root")));
