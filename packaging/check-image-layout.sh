@@ -87,14 +87,10 @@ fi
 grep -qi router <<<"$out" || fail "proxy router failed without naming the node type: $out"
 printf '   %s\n' "${out%%$'\n'*}"
 
-step "pilot-agent wait / request (the lifecycle hooks): reported, not yet required"
-# TODO(packaging): make these failures once `outrigger wait` and `outrigger request` land.
+step "pilot-agent wait / request (the lifecycle hooks) are dispatched"
 for sub in wait request; do
-    if "$bin/pilot-agent" "$sub" --help >/dev/null 2>&1; then
-        printf '   pilot-agent %s --help: OK\n' "$sub"
-    else
-        printf '   pilot-agent %s: not dispatched yet\n' "$sub"
-    fi
+    "$bin/pilot-agent" "$sub" --help >/dev/null 2>&1 || fail "pilot-agent $sub is not dispatched"
+    printf '   pilot-agent %s --help: OK\n' "$sub"
 done
 
 step "the sidecar as the injected pod runs it: uid 1337, no capabilities, read-only root"
