@@ -362,3 +362,47 @@ fn readiness_through_15021_waits_for_the_name_table_and_dns_answers_from_it() {
         .expect("outrigger wait");
     assert!(wait.status.success(), "{wait:?}");
 }
+
+/// EXIT_ON_ZERO_ACTIVE_CONNECTIONS: after SIGTERM and MINIMUM_DRAIN_DURATION the sidecar
+/// stays while a connection is open, and exits once the last one closes.
+#[test]
+fn exit_on_zero_active_connections_waits_for_the_last_connection() {
+    let mut pod = pod(
+        "5s",
+        &[
+            ("EXIT_ON_ZERO_ACTIVE_CONNECTIONS", "true"),
+            ("MINIMUM_DRAIN_DURATION", "500ms"),
+        ],
+    );
+    let target = std::net::SocketAddr::from(([127, 0, 0, 1], pod.listener));
+    let held = std::net::TcpStream::connect(target).expect("a connection to hold");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !pod
+        .sidecar
+        .admin("/stats")
+        .body
+        .lines()
+        .any(|l| l.ends_with("downstream_cx_active: 1") && l.starts_with("listener."))
+    {
+        assert!(
+            Instant::now() < deadline,
+            "{}",
+            pod.sidecar.admin("/stats").body
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    pod.sidecar.signal(Signal::SIGTERM);
+    // Past the minimum drain, the open connection keeps the sidecar up.
+    assert!(
+        pod.sidecar.wait_exit(Duration::from_millis(1500)).is_none(),
+        "exited with a connection open\n{}",
+        pod.sidecar.logs()
+    );
+    drop(held);
+    let status = pod.sidecar.wait_exit(Duration::from_secs(3));
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "{status:?}\n{}",
+        pod.sidecar.logs()
+    );
+}

@@ -13,6 +13,7 @@ use std::thread;
 use std::time::Instant;
 use tests::binaries::outrigger;
 use tests::control_plane::{ControlPlane, IstiodOptions, CLUSTER, LISTENER};
+use tests::fake_ca::FakeCa;
 use tests::netns::{http_get, ChildGuard, Netns};
 use tests::sidecar::Load;
 use tests::xds_resources::resource;
@@ -22,6 +23,7 @@ use xds_proto::pb::google::protobuf::Any;
 
 const ISTIOD: &str = "istiod.istio-system.svc";
 const TOKEN: &str = "pod-token";
+const APP_ID: &str = "spiffe://cluster.local/ns/demo/sa/app";
 
 /// Istio's capture listeners, trimmed: outbound passthrough on :15001, and inbound HTTP on
 /// :15006 through a connection manager to the original destination from 127.0.0.6.
@@ -93,13 +95,11 @@ upstream_bind_config: { source_address: { address: 127.0.0.6, port_value: 0 } }
     ]
 }
 
-/// The fake istiod, listening in the remote namespace.
-fn istiod(topo: &Topology, pki: &tests::pki::Pki) -> ControlPlane {
-    let server = pki.server(ISTIOD);
-    let tls = tests::tls_incoming::server_config(
-        &std::fs::read(&server.cert).unwrap(),
-        &std::fs::read(&server.key).unwrap(),
-    );
+/// The fake istiod, listening in the remote namespace: ADS and the CA on one TLS port.
+fn istiod(topo: &Topology, ca: &FakeCa) -> ControlPlane {
+    let (cert, key) = ca.issue_for_names(&[ISTIOD]);
+    let tls = tests::tls_incoming::server_config(cert.as_bytes(), key.as_bytes());
+    let service = ca.service();
     let listener = topo
         .remote
         .run(|| std::net::TcpListener::bind((REMOTE_IP, 15012)))
@@ -109,7 +109,7 @@ fn istiod(topo: &Topology, pki: &tests::pki::Pki) -> ControlPlane {
         IstiodOptions {
             tls,
             token: Some(TOKEN.into()),
-            add: None,
+            add: Some(Box::new(move |routes| routes.add_service(service))),
         },
     );
     cp.set(CLUSTER, clusters());
@@ -118,7 +118,7 @@ fn istiod(topo: &Topology, pki: &tests::pki::Pki) -> ControlPlane {
 }
 
 /// The container's root: the mesh root certificate and the projected token, readable by 1337.
-fn pod_root(pki: &tests::pki::Pki) -> tempfile::TempDir {
+fn pod_root(ca: &FakeCa) -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     for sub in [
         "var/run/secrets/istio",
@@ -127,9 +127,9 @@ fn pod_root(pki: &tests::pki::Pki) -> tempfile::TempDir {
     ] {
         std::fs::create_dir_all(dir.path().join(sub)).unwrap();
     }
-    std::fs::copy(
-        pki.root(),
+    std::fs::write(
         dir.path().join("var/run/secrets/istio/root-cert.pem"),
+        ca.root_pem(),
     )
     .unwrap();
     std::fs::write(dir.path().join("var/run/secrets/tokens/istio-token"), TOKEN).unwrap();
@@ -221,16 +221,20 @@ fn sidecar_mode_serves_a_pod_from_istiod_and_drains_on_sigterm() {
         return;
     }
     with_pod("REDIRECT", |topo| {
-        let pki = tests::pki::Pki::new();
-        let cp = istiod(topo, &pki);
+        let ca = FakeCa::new(TOKEN, APP_ID);
+        let cp = istiod(topo, &ca);
         let _app = Server::start(&topo.pod, "0.0.0.0:8080", Protocol::Http("app"));
-        let root = pod_root(&pki);
+        let root = pod_root(&ca);
         let mut guard = start_sidecar(&topo.pod, &root, &[]);
         wait_live(&topo.pod, &mut guard, &root);
         assert!(cp
             .authorizations()
             .iter()
             .all(|a| a == &format!("Bearer {TOKEN}")));
+        // The workload certificate came from istiod's CA with the same token.
+        let issued = ca.wait_for_issued(1, Duration::from_secs(10));
+        assert_eq!(issued[0].csr_uri.as_deref(), Some(APP_ID));
+        assert_eq!(issued[0].token.as_deref(), Some(TOKEN));
 
         // Inbound from the remote side is captured, served by the connection manager from
         // istiod's listener, and reaches the app from 127.0.0.6.
@@ -289,8 +293,8 @@ fn sidecar_mode_answers_captured_dns_from_the_name_table() {
         "REDIRECT",
         &["--redirect-dns", "--capture-all-dns"],
         |topo| {
-            let pki = tests::pki::Pki::new();
-            let cp = istiod(topo, &pki);
+            let ca = FakeCa::new(TOKEN, APP_ID);
+            let cp = istiod(topo, &ca);
             let mut table = outrigger::agent::dns::NameTable::default();
             table.table.insert(
                 "ratings.demo.svc.cluster.local".into(),
@@ -312,7 +316,7 @@ fn sidecar_mode_answers_captured_dns_from_the_name_table() {
                     },
                 )],
             );
-            let root = pod_root(&pki);
+            let root = pod_root(&ca);
             let mut guard = start_sidecar(&topo.pod, &root, &[("ISTIO_META_DNS_CAPTURE", "true")]);
             wait_live(&topo.pod, &mut guard, &root);
             let deadline = Instant::now() + Duration::from_secs(10);
