@@ -420,7 +420,7 @@ const LINT: &[&str] = &[
 
 /// Over mutual TLS the server side knows both identities: the client's certificate is the
 /// source principal, its own the destination principal, and the policy is `mutual_tls`. The
-/// client side does not read its upstream connection's certificates yet (`unknown`).
+/// client side takes the same principals from its upstream connection.
 #[test]
 fn principals_and_mutual_tls_come_from_the_connection() {
     let app = Scripted::start("app", Behaviour::Reply(Reply::text("hello\n")));
@@ -463,12 +463,14 @@ fn principals_and_mutual_tls_come_from_the_connection() {
             "connection_security_policy=mutual_tls".to_string(),
         ]
     );
+    // The client side reads its upstream connection: its own certificate is the source, the
+    // server's the destination; the policy stays `unknown` on the client, as in Istio.
     assert_eq!(
         labels(&client.get("/stats/prometheus").body),
         [
-            "source_principal=unknown",
-            "destination_principal=unknown",
-            "connection_security_policy=unknown"
+            format!("source_principal={}", client_id.uri),
+            format!("destination_principal={}", server_id.uri),
+            "connection_security_policy=unknown".to_string(),
         ]
     );
 }

@@ -3,8 +3,8 @@
 //! in-process SDS socket to its own proxy, and takes listeners and clusters from its fake
 //! istiod over TLS. The client's outbound hop to the server's inbound listener is mutual TLS
 //! with those identities; the Istio metrics each status server (:15020) merges carry the
-//! workloads and, on the server side, the principals; certificates rotate under load without
-//! a failed request.
+//! workloads and the principals on both sides; certificates rotate under load without a
+//! failed request.
 //! Istio: shared/reference/istio-contract.md §4 (SDS, CA), §7 (metrics), §1 (:15020).
 
 use serde_json::json;
@@ -311,6 +311,10 @@ fn two_sidecars_talk_mutual_tls_with_ca_identities_and_report_istio_metrics() {
         ("source_workload", "client-v1"),
         ("destination_workload", "server-v1"),
         ("destination_service", "server.back.svc.cluster.local"),
+        // From the upstream connection: our certificate and the server's.
+        ("source_principal", CLIENT_ID),
+        ("destination_principal", SERVER_ID),
+        ("connection_security_policy", "unknown"),
     ] {
         assert_eq!(labels[k], v, "{k} in {labels:?}");
     }

@@ -61,6 +61,8 @@ pub struct StreamInfo {
     /// The cluster's `alt_stat_name` when it has one (`%UPSTREAM_CLUSTER%`).
     pub upstream_cluster_alt: Option<Arc<str>>,
     pub upstream_local_address: Option<SocketAddr>,
+    /// The identities of the upstream TLS connection the response came on.
+    pub upstream_identities: Option<Arc<crate::tls::UpstreamIdentities>>,
     pub route_name: Option<Arc<str>>,
     pub requested_server_name: Option<String>,
     pub connection_id: Option<u64>,

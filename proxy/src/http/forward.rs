@@ -422,6 +422,10 @@ pub(super) fn answered(
         .extensions()
         .get::<crate::upstream::connector::UpstreamLocalAddress>()
         .map(|a| a.0);
+    let upstream_identities = response
+        .extensions()
+        .get::<std::sync::Arc<crate::tls::UpstreamIdentities>>()
+        .cloned();
     let mut response = downstream_response(response, elapsed, server, ctx.hcm.server_header);
     if let Some((idle, counter)) = idle {
         response = response.map(|body| {
@@ -439,6 +443,7 @@ pub(super) fn answered(
     };
     outcome.info.upstream_host = Some(host.authority.clone());
     outcome.info.upstream_local_address = upstream_local;
+    outcome.info.upstream_identities = upstream_identities;
     outcome
 }
 

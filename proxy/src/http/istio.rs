@@ -146,7 +146,8 @@ impl IstioRuntime {
             _ => None,
         };
         let source = self.config.stats.map(|s| s.reporter) != Some(Reporter::Destination);
-        let (mutual_tls, principals) = connection_security(source, tls);
+        let (mutual_tls, principals) =
+            connection_security(source, tls, info.upstream_identities.as_deref());
         let key = SeriesKey {
             fixed: fixed.clone(),
             peer: r.peer.clone(),

@@ -125,16 +125,24 @@ pub struct Principals {
     pub local: Option<Arc<str>>,
 }
 
-/// `connection_security_policy` and the principals of a downstream connection: the server
-/// side (destination reporter) knows its connection — mutual TLS when the client presented a
-/// certificate, the principals from it and from ours; the client side does not read its
-/// upstream connection's certificates (`unknown`).
+/// `connection_security_policy` and the principals, as Istio's stats filter takes them. The
+/// server side (destination reporter) reads its downstream connection: mutual TLS when the
+/// client presented a certificate, the principals from it and from ours. The client side
+/// reads the upstream connection the response came on (the server's certificate is the
+/// peer, the one we presented the local principal) and always reports the policy `unknown`.
 pub fn connection_security(
     source_reporter: bool,
     tls: Option<&crate::tls::TlsInfo>,
+    upstream: Option<&crate::tls::UpstreamIdentities>,
 ) -> (Option<bool>, Principals) {
     if source_reporter {
-        return (None, Principals::default());
+        let principals = upstream
+            .map(|u| Principals {
+                peer: u.peer.clone(),
+                local: u.local.clone(),
+            })
+            .unwrap_or_default();
+        return (None, principals);
     }
     let mutual = tls.is_some_and(|t| t.peer.is_some());
     let principals = match tls {

@@ -13,7 +13,7 @@ use crate::stats::istio::{
     connection_security, Fixed, FixedRef, LocalLabels, SeriesKey, Service, TcpSeries,
 };
 use crate::stats::Store;
-use crate::tls::TlsInfo;
+use crate::tls::{TlsInfo, UpstreamIdentities};
 use crate::upstream::ClusterRuntime;
 use std::sync::Arc;
 
@@ -44,9 +44,10 @@ impl TcpIstio {
         &self,
         cluster: Option<&ClusterRuntime>,
         tls: Option<&TlsInfo>,
+        upstream: Option<&UpstreamIdentities>,
         flags: ResponseFlags,
     ) -> Arc<TcpSeries> {
-        let (mutual_tls, principals) = connection_security(self.source_reporter, tls);
+        let (mutual_tls, principals) = connection_security(self.source_reporter, tls, upstream);
         self.store.istio.tcp_series(SeriesKey {
             fixed: self.fixed.clone(),
             peer: None,
@@ -70,6 +71,8 @@ impl TcpIstio {
 pub struct IstioConnection<'a> {
     runtime: &'a TcpIstio,
     tls: Option<Arc<TlsInfo>>,
+    /// The upstream connection's TLS identities, once it is made.
+    upstream: Option<Arc<UpstreamIdentities>>,
     opened: bool,
 }
 
@@ -78,14 +81,25 @@ impl<'a> IstioConnection<'a> {
         Self {
             runtime,
             tls,
+            upstream: None,
             opened: false,
         }
     }
 
-    /// The upstream connection is made.
-    pub fn connected(&mut self, cluster: &ClusterRuntime) {
+    /// The upstream connection is made (with these identities when it is TLS).
+    pub fn connected(
+        &mut self,
+        cluster: &ClusterRuntime,
+        upstream: Option<Arc<UpstreamIdentities>>,
+    ) {
+        self.upstream = upstream;
         self.runtime
-            .series(Some(cluster), self.tls.as_deref(), ResponseFlags::NONE)
+            .series(
+                Some(cluster),
+                self.tls.as_deref(),
+                self.upstream.as_deref(),
+                ResponseFlags::NONE,
+            )
             .opened
             .inc();
         self.opened = true;
@@ -101,7 +115,12 @@ impl<'a> IstioConnection<'a> {
         upstream_bytes: u64,
         downstream_bytes: u64,
     ) {
-        let series = self.runtime.series(cluster, self.tls.as_deref(), flags);
+        let series = self.runtime.series(
+            cluster,
+            self.tls.as_deref(),
+            self.upstream.as_deref(),
+            flags,
+        );
         if !self.opened {
             series.opened.inc();
         }

@@ -113,7 +113,7 @@ pub async fn proxy(
         }
     };
     if let Some(i) = &mut istio {
-        i.connected(&cluster);
+        i.connected(&cluster, upstream.identities.clone());
     }
     let copied = tokio::select! {
         copied = copy_both_ways(downstream, upstream, config.idle_timeout) => copied,

@@ -43,6 +43,14 @@ impl CertNames {
     }
 }
 
+/// The identities of an upstream TLS connection (URI SANs): the server's certificate and the
+/// one this side presented. Istio's client-side metrics take their principals from them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct UpstreamIdentities {
+    pub peer: Option<Arc<str>>,
+    pub local: Option<Arc<str>>,
+}
+
 /// One downstream TLS connection.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TlsInfo {

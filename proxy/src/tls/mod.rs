@@ -31,7 +31,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use tokio::io::{AsyncRead, AsyncWrite};
 
-pub use info::{CertNames, TlsInfo};
+pub use info::{CertNames, TlsInfo, UpstreamIdentities};
 pub use verify::sans_match;
 
 /// `<scope>ssl.*`, Envoy's names for a listener's or cluster's TLS outcomes.
@@ -354,6 +354,8 @@ impl ServerTls {
 struct BuiltClient {
     inputs: Inputs,
     config: Arc<ClientConfig>,
+    /// The URI SAN of the certificate this client presents, if any.
+    local_uri: Option<Arc<str>>,
     /// The same configuration with another ALPN list, per offer asked for so far (a few:
     /// one per upstream protocol of Istio's `istio.alpn`). Rebuilt with `config`.
     offers: std::sync::Mutex<Vec<(AlpnOffer, Arc<ClientConfig>)>>,
@@ -430,6 +432,11 @@ impl ClientTls {
             .with_protocol_versions(&versions(&common.params))?
             .dangerous()
             .with_custom_certificate_verifier(Arc::new(verifier));
+        let local_uri = certificate
+            .as_ref()
+            .and_then(|key| key.cert.first())
+            .map(|leaf| info::CertNames::of(leaf.as_ref()).uri)
+            .filter(|uri| !uri.is_empty());
         let mut config = match certificate {
             Some(key) => builder.with_client_cert_resolver(Arc::new(FixedCertificate(key))),
             None => builder.with_no_client_auth(),
@@ -438,6 +445,7 @@ impl ClientTls {
         let built = Arc::new(BuiltClient {
             inputs,
             config: Arc::new(config),
+            local_uri,
             offers: Default::default(),
         });
         self.built.store(Some(built.clone()));
@@ -455,9 +463,27 @@ impl ClientTls {
     where
         IO: AsyncRead + AsyncWrite + Unpin,
     {
+        self.connect_with_identities(io, peer, alpn)
+            .await
+            .map(|(stream, _)| stream)
+    }
+
+    /// [`Self::connect`], also saying which identities the connection joins.
+    pub async fn connect_with_identities<IO>(
+        &self,
+        io: IO,
+        peer: Option<IpAddr>,
+        alpn: Option<&AlpnOffer>,
+    ) -> io::Result<(
+        tokio_rustls::client::TlsStream<IO>,
+        info::UpstreamIdentities,
+    )>
+    where
+        IO: AsyncRead + AsyncWrite + Unpin,
+    {
         let result = self.handshake(io, peer, alpn).await;
         match &result {
-            Ok(stream) => {
+            Ok((stream, _)) => {
                 self.stats.handshake.inc();
                 self.stats.negotiated.count(stream.get_ref().1);
             }
@@ -471,7 +497,10 @@ impl ClientTls {
         io: IO,
         peer: Option<IpAddr>,
         alpn: Option<&AlpnOffer>,
-    ) -> io::Result<tokio_rustls::client::TlsStream<IO>>
+    ) -> io::Result<(
+        tokio_rustls::client::TlsStream<IO>,
+        info::UpstreamIdentities,
+    )>
     where
         IO: AsyncRead + AsyncWrite + Unpin,
     {
@@ -483,9 +512,20 @@ impl ClientTls {
                 .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?,
             None => ServerName::IpAddress(peer.unwrap_or(IpAddr::from([127, 0, 0, 1])).into()),
         };
-        tokio_rustls::TlsConnector::from(config)
+        let stream = tokio_rustls::TlsConnector::from(config)
             .connect(name, io)
-            .await
+            .await?;
+        let identities = info::UpstreamIdentities {
+            peer: stream
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|chain| chain.first())
+                .map(|leaf| info::CertNames::of(leaf.as_ref()).uri)
+                .filter(|uri| !uri.is_empty()),
+            local: built.local_uri.clone(),
+        };
+        Ok((stream, identities))
     }
 }
 

@@ -11,6 +11,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -108,17 +109,23 @@ impl Connector {
             };
             match &destination.transport {
                 Transport::Tls(tls) => tls
-                    .connect(stream, peer, destination.alpn.as_ref())
+                    .connect_with_identities(stream, peer, destination.alpn.as_ref())
                     .await
-                    .map(|s| UpstreamStream::Tls(Box::new(tokio_rustls::TlsStream::Client(s)))),
-                _ => Ok(stream),
+                    .map(|(s, identities)| {
+                        (
+                            UpstreamStream::Tls(Box::new(tokio_rustls::TlsStream::Client(s))),
+                            Some(Arc::new(identities)),
+                        )
+                    }),
+                _ => Ok((stream, None)),
             }
         };
         match tokio::time::timeout(self.connect_timeout, connect).await {
-            Ok(result) => result.map(|stream| {
+            Ok(result) => result.map(|(stream, identities)| {
                 let guard = self.accounting.opened(authority.as_str());
                 TokioIo::new(CountedStream {
                     stream,
+                    identities,
                     _guard: guard,
                 })
             }),
@@ -244,6 +251,8 @@ mod tests {
 #[derive(Debug)]
 pub struct CountedStream {
     pub stream: UpstreamStream,
+    /// Who is at either end of a TLS connection.
+    pub identities: Option<Arc<crate::tls::UpstreamIdentities>>,
     _guard: super::accounting::ConnectionGuard,
 }
 

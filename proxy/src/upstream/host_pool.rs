@@ -18,7 +18,6 @@ use crate::config::circuit_breakers::Priority;
 use crate::config::cluster::ConnectionLimits;
 use crate::tls::AlpnOffer;
 use std::collections::VecDeque;
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 use std::time::Duration;
@@ -51,11 +50,12 @@ pub trait Opener: Send + Sync + 'static {
     fn open(&self, destination: Destination, http2: bool, closed: ConnectionClosed) -> Opening;
 }
 
-/// A connection being opened: its sender and local address, or why it failed.
+/// A connection being opened: its sender and what is known of it, or why it failed.
 pub type Opening = std::pin::Pin<
     Box<
-        dyn std::future::Future<Output = Result<(Sender, Option<SocketAddr>), UpstreamError>>
-            + Send,
+        dyn std::future::Future<
+                Output = Result<(Sender, super::pool_conn::ConnectionFacts), UpstreamError>,
+            > + Send,
     >,
 >;
 
@@ -399,9 +399,9 @@ impl HostPool {
             max_duration_reached: pools.stats.cx_max_duration_reached.clone(),
         };
         tokio::spawn(async move {
-            let opened = opening.await.map(|(sender, local)| Conn {
+            let opened = opening.await.map(|(sender, facts)| Conn {
                 sender,
-                local,
+                facts,
                 id,
                 life: Lifetime::new(&limits, pool.http2),
             });

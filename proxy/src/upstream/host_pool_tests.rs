@@ -84,7 +84,7 @@ impl Opener for InMemory {
                 });
                 Sender::Http1(sender)
             };
-            Ok((sender, None))
+            Ok((sender, Default::default()))
         })
     }
 }

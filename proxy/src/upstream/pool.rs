@@ -69,7 +69,10 @@ impl Opener for Connecting {
                 .connect(&destination)
                 .await
                 .map_err(|e| UpstreamError::ConnectFailure(io_reason(&e)))?;
-            let local = io.inner().stream.local_addr();
+            let facts = super::pool_conn::ConnectionFacts {
+                local: io.inner().stream.local_addr(),
+                identities: io.inner().identities.clone(),
+            };
             if http2 {
                 let (sender, connection) = http2::Builder::new(TokioExecutor::new())
                     .timer(TokioTimer::new())
@@ -84,7 +87,7 @@ impl Opener for Connecting {
                         tracing::debug!(target: "pool", "HTTP/2 upstream connection ended: {e}");
                     }
                 });
-                return Ok((Sender::Http2(sender), local));
+                return Ok((Sender::Http2(sender), facts));
             }
             let (sender, connection) = http1::Builder::new()
                 .handshake(io)
@@ -96,7 +99,7 @@ impl Opener for Connecting {
                     tracing::debug!(target: "pool", "HTTP/1.1 upstream connection ended: {e}");
                 }
             });
-            Ok((Sender::Http1(sender), local))
+            Ok((Sender::Http1(sender), facts))
         })
     }
 }
@@ -199,10 +202,13 @@ impl Pool {
             }
         };
         let mut response = sent.map_err(|e| UpstreamError::Reset(reset_reason(&e)))?;
-        if let Some(local) = conn.local {
+        if let Some(local) = conn.facts.local {
             response
                 .extensions_mut()
                 .insert(super::connector::UpstreamLocalAddress(local));
+        }
+        if let Some(identities) = &conn.facts.identities {
+            response.extensions_mut().insert(identities.clone());
         }
         pool.finish(conn, active);
         Ok(response)

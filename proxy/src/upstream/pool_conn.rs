@@ -31,9 +31,17 @@ impl Sender {
 /// A connection as the pool hands it out: an HTTP/1.1 one to one request at a time, an
 /// HTTP/2 one shared (each request holds a clone of its sender; the pool's own handle keeps
 /// the connection's lifetime).
+/// What is known of an open connection besides its sender: its local address and, over TLS,
+/// the identities at both ends (for `%UPSTREAM_LOCAL_ADDRESS%` and Istio's principals).
+#[derive(Debug, Clone, Default)]
+pub struct ConnectionFacts {
+    pub local: Option<SocketAddr>,
+    pub identities: Option<std::sync::Arc<crate::tls::UpstreamIdentities>>,
+}
+
 pub struct Conn {
     pub sender: Sender,
-    pub local: Option<SocketAddr>,
+    pub facts: ConnectionFacts,
     pub(super) id: u64,
     pub(super) life: Lifetime,
 }
@@ -46,7 +54,7 @@ impl Conn {
         match &self.sender {
             Sender::Http2(s) => Some(Conn {
                 sender: Sender::Http2(s.clone()),
-                local: self.local,
+                facts: self.facts.clone(),
                 id: self.id,
                 life: Lifetime {
                     _stream: self.life.streams.clone().map(StreamToken),
