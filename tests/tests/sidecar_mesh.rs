@@ -301,6 +301,12 @@ fn two_sidecars_talk_mutual_tls_with_ca_identities_and_report_istio_metrics() {
         assert_eq!(labels[k], v, "{k} in {labels:?}");
     }
     assert!(destination.contains("istio_agent_process_cpu_seconds_total"));
+    let expiry: f64 = destination
+        .lines()
+        .find_map(|l| l.strip_prefix("istio_agent_cert_expiry_seconds{resource_name=\"default\"} "))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no cert expiry in\n{destination}"));
+    assert!(expiry > 0.0 && expiry <= 6.0, "{expiry}");
     let source = status_metrics(&client);
     let series = requests_total(&source);
     let (labels, _) = series

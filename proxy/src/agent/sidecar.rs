@@ -122,7 +122,7 @@ async fn run_agent(
                 .map(|(k, v)| (k.to_string(), v.to_string())),
         );
     }
-    let _identity = identity::start(identity_config)
+    let identity = identity::start(identity_config)
         .await
         .map_err(|e| format!("workload identity: {e}"))?;
 
@@ -167,6 +167,9 @@ async fn run_agent(
             .with_ndsz(Box::new(move || table.ndsz()))
             .with_agent_metrics(Box::new(move || metrics.metrics().render_prometheus()));
     }
+    if let Some(secrets) = identity.cache.as_ref().map(|c| c.subscribe()) {
+        status = status.with_agent_metrics(Box::new(move || cert_expiry(&secrets)));
+    }
     let status = std::sync::Arc::new(status);
     let listener = bind_status(plan.proxy_config.status_port).await?;
     tokio::spawn(status::serve(listener, status.clone()));
@@ -174,6 +177,24 @@ async fn run_agent(
     lifecycle::run(&proxy, &plan.lifecycle, || status.skip_drain()).await;
     proxy.finish().await;
     Ok(ExitCode::SUCCESS)
+}
+
+/// pilot-agent's `istio_agent_cert_expiry_seconds`: how long the workload certificate has
+/// left (nothing before the first one arrives).
+fn cert_expiry(secrets: &identity::SecretWatch) -> String {
+    let Some(secret) = secrets.borrow().clone() else {
+        return String::new();
+    };
+    let left = secret
+        .not_after
+        .duration_since(std::time::SystemTime::now())
+        .unwrap_or_default();
+    format!(
+        "# HELP istio_agent_cert_expiry_seconds The time remaining, in seconds, before the certificate chain will expire.\n\
+         # TYPE istio_agent_cert_expiry_seconds gauge\n\
+         istio_agent_cert_expiry_seconds{{resource_name=\"default\"}} {}\n",
+        left.as_secs_f64()
+    )
 }
 
 /// The status port on every address, as pilot-agent's `:15020` (IPv4 too when the kernel's
