@@ -23,6 +23,7 @@ pub struct TcpIstio {
     fixed: FixedRef,
     source_reporter: bool,
     store: Arc<Store>,
+    reporting_period: std::time::Duration,
 }
 
 impl TcpIstio {
@@ -36,6 +37,7 @@ impl TcpIstio {
             fixed: store.istio.fixed(fixed, &config.local.istio_version),
             source_reporter,
             store: store.clone(),
+            reporting_period: config.stats.tcp_reporting_duration,
         }
     }
 
@@ -74,6 +76,8 @@ pub struct IstioConnection<'a> {
     /// The upstream connection's TLS identities, once it is made.
     upstream: Option<Arc<UpstreamIdentities>>,
     opened: bool,
+    /// Bytes already reported (client to upstream, back).
+    reported: (u64, u64),
 }
 
 impl<'a> IstioConnection<'a> {
@@ -83,6 +87,7 @@ impl<'a> IstioConnection<'a> {
             tls,
             upstream: None,
             opened: false,
+            reported: (0, 0),
         }
     }
 
@@ -105,9 +110,33 @@ impl<'a> IstioConnection<'a> {
         self.opened = true;
     }
 
+    /// How often a live connection's bytes are reported (`tcp_reporting_duration`).
+    pub fn reporting_period(&self) -> std::time::Duration {
+        self.runtime.reporting_period
+    }
+
+    /// A periodic report: the bytes moved since the last one, `upstream_total` from the
+    /// client to the upstream and `downstream_total` back, in all.
+    pub fn report(&mut self, cluster: &ClusterRuntime, upstream_total: u64, downstream_total: u64) {
+        let series = self.runtime.series(
+            Some(cluster),
+            self.tls.as_deref(),
+            self.upstream.as_deref(),
+            ResponseFlags::NONE,
+        );
+        series
+            .received_bytes
+            .add(upstream_total.saturating_sub(self.reported.0));
+        series
+            .sent_bytes
+            .add(downstream_total.saturating_sub(self.reported.1));
+        self.reported = (upstream_total, downstream_total);
+    }
+
     /// The connection ended with `flags` after `upstream_bytes` went from the client to the
-    /// upstream and `downstream_bytes` back. Istio's "received" bytes are the request's, its
-    /// "sent" bytes the response's.
+    /// upstream and `downstream_bytes` back (in all; what periodic reports counted already is
+    /// not counted again). Istio's "received" bytes are the request's, its "sent" bytes the
+    /// response's.
     pub fn closed(
         self,
         cluster: Option<&ClusterRuntime>,
@@ -125,7 +154,11 @@ impl<'a> IstioConnection<'a> {
             series.opened.inc();
         }
         series.closed.inc();
-        series.received_bytes.add(upstream_bytes);
-        series.sent_bytes.add(downstream_bytes);
+        series
+            .received_bytes
+            .add(upstream_bytes.saturating_sub(self.reported.0));
+        series
+            .sent_bytes
+            .add(downstream_bytes.saturating_sub(self.reported.1));
     }
 }

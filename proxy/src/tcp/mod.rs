@@ -115,19 +115,30 @@ pub async fn proxy(
     if let Some(i) = &mut istio {
         i.connected(&cluster, upstream.identities.clone());
     }
-    let copied = tokio::select! {
-        copied = copy_both_ways(downstream, upstream, config.idle_timeout) => copied,
-        _ = drain.expired() => {
-            tracing::debug!(target: "filter", "tcp_proxy {}: drain time is up, closing", config.stat_prefix);
-            // The copy's byte counts went with it.
-            if let Some(i) = istio {
-                i.closed(Some(&cluster), ResponseFlags::NONE, 0, 0);
+    let counters = ByteCounters::default();
+    let copy = copy_both_ways(downstream, upstream, config.idle_timeout, &counters);
+    tokio::pin!(copy);
+    // Istio reports a long connection's bytes every `tcp_reporting_duration`, not only at
+    // its end.
+    let mut reporting = istio.as_ref().map(|i| {
+        let period = i.reporting_period();
+        tokio::time::interval_at(tokio::time::Instant::now() + period, period)
+    });
+    let idle = loop {
+        tokio::select! {
+            idle = &mut copy => break idle,
+            _ = drain.expired() => {
+                tracing::debug!(target: "filter", "tcp_proxy {}: drain time is up, closing", config.stat_prefix);
+                break false;
             }
-            log.finish();
-            return;
+            _ = next_tick(&mut reporting) => {
+                if let Some(i) = &mut istio {
+                    i.report(&cluster, counters.sent(), counters.received());
+                }
+            }
         }
     };
-    let (sent, received, idle) = copied;
+    let (sent, received) = (counters.sent(), counters.received());
     if idle {
         stats.idle_timeout.inc();
     }
@@ -279,11 +290,40 @@ impl<'a> ConnectionLog<'a> {
 }
 
 /// Returns (bytes sent upstream, bytes received from upstream, whether the idle timeout fired).
+/// Bytes copied so far: client to upstream (`sent`) and back (`received`).
+#[derive(Debug, Default)]
+struct ByteCounters {
+    sent: std::sync::atomic::AtomicU64,
+    received: std::sync::atomic::AtomicU64,
+}
+
+impl ByteCounters {
+    fn sent(&self) -> u64 {
+        self.sent.load(Relaxed)
+    }
+    fn received(&self) -> u64 {
+        self.received.load(Relaxed)
+    }
+}
+
+/// The next tick of `interval`, or never without one.
+async fn next_tick(interval: &mut Option<tokio::time::Interval>) {
+    match interval {
+        Some(i) => {
+            i.tick().await;
+        }
+        None => std::future::pending().await,
+    }
+}
+
+/// Copies both ways until both halves end (each half-close passed on) or, with `idle`, until
+/// nothing moved for that long. Returns whether it stopped for idleness.
 async fn copy_both_ways<D, U>(
     downstream: D,
     upstream: U,
     idle: Option<Duration>,
-) -> (u64, u64, bool)
+    counters: &ByteCounters,
+) -> bool
 where
     D: AsyncRead + AsyncWrite + Unpin,
     U: AsyncRead + AsyncWrite + Unpin,
@@ -291,13 +331,11 @@ where
     let (mut down_r, mut down_w) = tokio::io::split(downstream);
     let (mut up_r, mut up_w) = tokio::io::split(upstream);
     let (activity_tx, mut activity_rx) = tokio::sync::watch::channel(());
-    let sent = std::sync::atomic::AtomicU64::new(0);
-    let received = std::sync::atomic::AtomicU64::new(0);
-    let up = copy_half(&mut down_r, &mut up_w, &activity_tx, &sent);
-    let down = copy_half(&mut up_r, &mut down_w, &activity_tx, &received);
+    let up = copy_half(&mut down_r, &mut up_w, &activity_tx, &counters.sent);
+    let down = copy_half(&mut up_r, &mut down_w, &activity_tx, &counters.received);
     let both = async { tokio::join!(up, down) };
     tokio::pin!(both);
-    let idled = match idle {
+    match idle {
         None => {
             both.await;
             false
@@ -313,8 +351,7 @@ where
                 }
             }
         },
-    };
-    (sent.load(Relaxed), received.load(Relaxed), idled)
+    }
 }
 
 async fn copy_half<R, W>(
