@@ -516,3 +516,57 @@ fn promtool_accepts(body: &str) {
         .collect();
     assert!(unexpected.is_empty(), "promtool findings: {unexpected:#?}");
 }
+
+/// A client sidecar calling an upstream without a sidecar (no exchange headers come back)
+/// takes the destination from the endpoint's `istio.workload` metadata, Istio's compact
+/// `workload;namespace;canonical service;revision;cluster` string; app and version stay
+/// unknown as in Istio.
+#[test]
+fn without_an_exchange_the_endpoints_istio_workload_metadata_names_the_destination() {
+    let app = Scripted::start("app", Behaviour::Reply(Reply::text("plain\n")));
+    let ports = Ports::new(&["client", "client_admin"]).with("app", app.port());
+    let cluster = format!(
+        r#"  - name: "{OUTBOUND_CLUSTER}"
+    connect_timeout: 1s
+    type: STATIC
+    load_assignment:
+      cluster_name: "{OUTBOUND_CLUSTER}"
+      endpoints:
+      - lb_endpoints:
+        - endpoint: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {{{{app}}}} }} }} }}
+          metadata: {{ filter_metadata: {{ istio: {{ workload: "plain-v3;back;plain;v3;Kubernetes" }} }} }}
+"#
+    );
+    let yaml = format!(
+        "{}admin: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {{{{client_admin}}}} }} }} }}\nstatic_resources:\n  listeners:\n{}  clusters:\n{cluster}",
+        node("sidecar~10.0.0.1~client-v1-abcde.front~front.svc.cluster.local", "client-v1", "front", "client", "v1"),
+        listener(
+            "OUTBOUND",
+            "client",
+            OUTBOUND_CLUSTER,
+            r#"{ upstream_discovery: [{ istio_headers: {} }], upstream_propagation: [{ istio_headers: {} }] }"#,
+            "{}",
+            "",
+        ),
+    );
+    let client = RunningProxy::start(Kind::Outrigger, &ports.render(&yaml), &[]);
+    let url = format!("http://127.0.0.1:{}/", ports.get("client"));
+    assert_eq!(
+        curl::request("GET", &url, &[]).expect("through").status,
+        200
+    );
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let series = requests_total(&client.get("/stats/prometheus").body);
+    let (labels, _) = series.first().expect("a series");
+    for (k, v) in [
+        ("destination_workload", "plain-v3"),
+        ("destination_workload_namespace", "back"),
+        ("destination_canonical_service", "plain"),
+        ("destination_canonical_revision", "v3"),
+        ("destination_cluster", "Kubernetes"),
+        ("destination_app", "unknown"),
+        ("destination_version", "unknown"),
+    ] {
+        assert_eq!(labels[k], v, "{k} in {labels:?}");
+    }
+}

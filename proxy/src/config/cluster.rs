@@ -104,6 +104,20 @@ pub struct LbEndpoint {
     pub eds_health: EdsHealth,
     /// What `transport_socket_matches` read of its metadata and its locality's.
     pub labels: MatchLabels,
+    /// Its `istio.workload` metadata, the peer Istio's client-side metrics fall back to.
+    pub istio_peer: Option<Arc<crate::stats::istio::Peer>>,
+}
+
+/// The peer an endpoint's `filter_metadata.istio.workload` string names.
+fn istio_peer(
+    e: &xds_proto::pb::envoy::config::endpoint::v3::LbEndpoint,
+) -> Option<Arc<crate::stats::istio::Peer>> {
+    use xds_proto::pb::google::protobuf::value::Kind;
+    let istio = e.metadata.as_ref()?.filter_metadata.get("istio")?;
+    match istio.fields.get("workload")?.kind.as_ref()? {
+        Kind::StringValue(s) => crate::stats::istio::Peer::from_endpoint_metadata(s).map(Arc::new),
+        _ => None,
+    }
 }
 
 /// An endpoint's EDS `health_status`, as balancing sees it: UNHEALTHY and TIMEOUT fail it,
@@ -570,6 +584,7 @@ fn assignment_endpoints(
                 locality,
                 eds_health: EdsHealth::of(e.health_status),
                 labels,
+                istio_peer: istio_peer(e),
             })
         })
         .collect()

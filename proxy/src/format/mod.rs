@@ -63,6 +63,8 @@ pub struct StreamInfo {
     pub upstream_local_address: Option<SocketAddr>,
     /// The identities of the upstream TLS connection the response came on.
     pub upstream_identities: Option<Arc<crate::tls::UpstreamIdentities>>,
+    /// The workload the upstream host's `istio.workload` metadata names.
+    pub upstream_istio_peer: Option<Arc<crate::stats::istio::Peer>>,
     pub route_name: Option<Arc<str>>,
     pub requested_server_name: Option<String>,
     pub connection_id: Option<u64>,

@@ -444,6 +444,7 @@ pub(super) fn answered(
     outcome.info.upstream_host = Some(host.authority.clone());
     outcome.info.upstream_local_address = upstream_local;
     outcome.info.upstream_identities = upstream_identities;
+    outcome.info.upstream_istio_peer = host.istio_peer.clone();
     outcome
 }
 

@@ -148,9 +148,16 @@ impl IstioRuntime {
         let source = self.config.stats.map(|s| s.reporter) != Some(Reporter::Destination);
         let (mutual_tls, principals) =
             connection_security(source, tls, info.upstream_identities.as_deref());
+        // Without a peer from the metadata exchange, the client side falls back to the
+        // upstream endpoint's `istio.workload` metadata, as Istio's stats filter does.
+        let peer = match &r.peer {
+            Some(p) => Some(p.clone()),
+            None if source => info.upstream_istio_peer.clone(),
+            None => None,
+        };
         let key = SeriesKey {
             fixed: fixed.clone(),
-            peer: r.peer.clone(),
+            peer,
             service: Service {
                 host_header: r.host.clone(),
                 route_special,

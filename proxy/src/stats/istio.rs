@@ -57,6 +57,28 @@ pub struct Peer {
     pub cluster_id: Arc<str>,
 }
 
+impl Peer {
+    /// A peer from an endpoint's `istio.workload` metadata, Istio's compact telemetry encoding
+    /// `workload;namespace;canonical service;canonical revision;cluster id`: the labels
+    /// Istio's stats filter falls back to when the metadata exchange told it nothing. Fewer
+    /// than five parts is no peer; app and version stay unknown, as in Istio.
+    pub fn from_endpoint_metadata(encoded: &str) -> Option<Peer> {
+        let parts: Vec<&str> = encoded.split(';').collect();
+        if parts.len() < 5 {
+            return None;
+        }
+        Some(Peer {
+            workload_name: parts[0].into(),
+            namespace: parts[1].into(),
+            canonical_name: parts[2].into(),
+            canonical_revision: parts[3].into(),
+            app: "".into(),
+            version: "".into(),
+            cluster_id: parts[4].into(),
+        })
+    }
+}
+
 /// The labels fixed by configuration: who reports, and the local workload. Interned by the
 /// registry, so series of equal configs share one and compare by pointer.
 #[derive(Debug, PartialEq, Eq, Hash)]
@@ -463,4 +485,24 @@ fn labels(k: &SeriesKey) -> String {
         );
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Peer;
+
+    #[test]
+    fn endpoint_metadata_needs_five_parts_as_in_istio() {
+        for short in ["", "a;b", "a;;;b", "a;b;c;d"] {
+            assert_eq!(Peer::from_endpoint_metadata(short), None, "{short}");
+        }
+        let peer = Peer::from_endpoint_metadata("foo-pod;default;foo-service;v1;my-cluster")
+            .expect("five parts");
+        assert_eq!(&*peer.workload_name, "foo-pod");
+        assert_eq!(&*peer.namespace, "default");
+        assert_eq!(&*peer.canonical_name, "foo-service");
+        assert_eq!(&*peer.canonical_revision, "v1");
+        assert_eq!(&*peer.cluster_id, "my-cluster");
+        assert_eq!(&*peer.app, "");
+    }
 }

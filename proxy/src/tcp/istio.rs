@@ -10,7 +10,7 @@ use crate::config::istio::Reporter;
 use crate::config::istio_tcp::IstioTcp;
 use crate::format::ResponseFlags;
 use crate::stats::istio::{
-    connection_security, Fixed, FixedRef, LocalLabels, SeriesKey, Service, TcpSeries,
+    connection_security, Fixed, FixedRef, LocalLabels, Peer, SeriesKey, Service, TcpSeries,
 };
 use crate::stats::Store;
 use crate::tls::{TlsInfo, UpstreamIdentities};
@@ -47,12 +47,13 @@ impl TcpIstio {
         cluster: Option<&ClusterRuntime>,
         tls: Option<&TlsInfo>,
         upstream: Option<&UpstreamIdentities>,
+        peer: Option<Arc<Peer>>,
         flags: ResponseFlags,
     ) -> Arc<TcpSeries> {
         let (mutual_tls, principals) = connection_security(self.source_reporter, tls, upstream);
         self.store.istio.tcp_series(SeriesKey {
             fixed: self.fixed.clone(),
-            peer: None,
+            peer,
             service: Service {
                 host_header: None,
                 route_special: None,
@@ -75,6 +76,7 @@ pub struct IstioConnection<'a> {
     tls: Option<Arc<TlsInfo>>,
     /// The upstream connection's TLS identities, once it is made.
     upstream: Option<Arc<UpstreamIdentities>>,
+    peer: Option<Arc<Peer>>,
     opened: bool,
     /// Bytes already reported (client to upstream, back).
     reported: (u64, u64),
@@ -86,6 +88,7 @@ impl<'a> IstioConnection<'a> {
             runtime,
             tls,
             upstream: None,
+            peer: None,
             opened: false,
             reported: (0, 0),
         }
@@ -96,13 +99,20 @@ impl<'a> IstioConnection<'a> {
         &mut self,
         cluster: &ClusterRuntime,
         upstream: Option<Arc<UpstreamIdentities>>,
+        endpoint_peer: Option<Arc<Peer>>,
     ) {
         self.upstream = upstream;
+        // Without TCP metadata exchange, the client side knows its peer only from the
+        // endpoint's `istio.workload` metadata.
+        if self.runtime.source_reporter {
+            self.peer = endpoint_peer;
+        }
         self.runtime
             .series(
                 Some(cluster),
                 self.tls.as_deref(),
                 self.upstream.as_deref(),
+                self.peer.clone(),
                 ResponseFlags::NONE,
             )
             .opened
@@ -122,6 +132,7 @@ impl<'a> IstioConnection<'a> {
             Some(cluster),
             self.tls.as_deref(),
             self.upstream.as_deref(),
+            self.peer.clone(),
             ResponseFlags::NONE,
         );
         series
@@ -148,6 +159,7 @@ impl<'a> IstioConnection<'a> {
             cluster,
             self.tls.as_deref(),
             self.upstream.as_deref(),
+            self.peer.clone(),
             flags,
         );
         if !self.opened {

@@ -83,13 +83,13 @@ pub async fn proxy(
         log.finish();
         return;
     };
-    let upstream = match connect(&cluster, config, local).await {
+    let (upstream, upstream_peer) = match connect(&cluster, config, local).await {
         Ok((upstream, host)) => {
             if let Some(log) = &mut log.0 {
-                log.info.upstream_host = Some(host);
+                log.info.upstream_host = Some(host.authority.clone());
                 log.info.upstream_local_address = upstream.stream.local_addr();
             }
-            upstream
+            (upstream, host.istio_peer.clone())
         }
         Err(failure) => {
             if let Some(log) = &mut log.0 {
@@ -113,7 +113,7 @@ pub async fn proxy(
         }
     };
     if let Some(i) = &mut istio {
-        i.connected(&cluster, upstream.identities.clone());
+        i.connected(&cluster, upstream.identities.clone(), upstream_peer);
     }
     let counters = ByteCounters::default();
     let copy = copy_both_ways(downstream, upstream, config.idle_timeout, &counters);
@@ -180,7 +180,7 @@ async fn connect(
 ) -> Result<
     (
         crate::upstream::connector::CountedStream,
-        http::uri::Authority,
+        Arc<crate::upstream::Host>,
     ),
     ConnectFailure,
 > {
@@ -215,7 +215,7 @@ async fn connect(
                 cluster
                     .health
                     .report(&host, crate::upstream::HostResult::Connected);
-                return Ok((io.into_inner(), host.authority.clone()));
+                return Ok((io.into_inner(), host.clone()));
             }
             Err(e) => {
                 cluster

@@ -370,6 +370,7 @@ mod tests {
             stats: HostStats::default(),
             health: Default::default(),
             pools: Default::default(),
+            istio_peer: None,
         })
     }
 

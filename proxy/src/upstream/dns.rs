@@ -79,6 +79,7 @@ async fn resolve_all(
             locality: host.locality,
             eds_health: host.eds_health,
             transport: *transport,
+            istio_peer: None,
         }));
     }
     Some(out)

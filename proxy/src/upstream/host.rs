@@ -44,6 +44,8 @@ pub struct Host {
     pub health: HostHealth,
     /// The host's connection pools, reached from the pick without a lookup.
     pub pools: super::host_pool::HostPools,
+    /// The workload its `istio.workload` metadata names (Istio's metrics fallback peer).
+    pub istio_peer: Option<Arc<crate::stats::istio::Peer>>,
 }
 
 /// The hosts of a cluster and what picks among them: per priority level a list of hosts and
@@ -86,6 +88,7 @@ pub struct HostSpec {
     pub eds_health: crate::config::cluster::EdsHealth,
     /// The transport socket its endpoint's labels select.
     pub transport: crate::config::transport_match::Selected,
+    pub istio_peer: Option<Arc<crate::stats::istio::Peer>>,
 }
 
 /// Where a host stands for balancing (Envoy's coarse health).
@@ -275,6 +278,7 @@ mod tests {
             stats: HostStats::default(),
             health: HostHealth::default(),
             pools: Default::default(),
+            istio_peer: None,
         })
     }
 

@@ -139,6 +139,7 @@ fn fixture(max_requests: u32, delay: Duration) -> Fixture {
         stats: HostStats::default(),
         health: Default::default(),
         pools: Default::default(),
+        istio_peer: None,
     });
     Fixture {
         pools,

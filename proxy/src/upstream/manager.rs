@@ -324,6 +324,7 @@ impl ClusterRuntime {
                 && a.priority == h.priority
                 && a.locality == h.locality
                 && *self.transports.get(a.transport) == h.transport
+                && a.istio_peer == h.istio_peer
         };
         let same = hosts.len() == old.hosts.len()
             && old.priorities == priorities
@@ -352,6 +353,7 @@ impl ClusterRuntime {
                     locality,
                     eds_health,
                     transport,
+                    istio_peer,
                 } = spec;
                 let authority = match &address {
                     Endpoint::Tcp(a) => a.to_string(),
@@ -378,6 +380,7 @@ impl ClusterRuntime {
                         health
                     },
                     pools: Default::default(),
+                    istio_peer,
                 }))
             })
             .collect();
@@ -420,6 +423,7 @@ fn host_specs(endpoints: &[LbEndpoint], transports: &TransportSockets) -> Vec<Ho
             locality: e.locality,
             eds_health: e.eds_health,
             transport: transports.select(&e.labels),
+            istio_peer: e.istio_peer.clone(),
         })
         .collect()
 }

@@ -71,6 +71,7 @@ impl OriginalDstHosts {
             stats: HostStats::default(),
             health: Default::default(),
             pools: Default::default(),
+            istio_peer: None,
         });
         inner.hosts.insert(address, host.clone());
         Some(host)

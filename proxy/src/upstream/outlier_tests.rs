@@ -20,6 +20,7 @@ fn host(port: u16) -> Arc<Host> {
         stats: HostStats::default(),
         health: Default::default(),
         pools: Default::default(),
+        istio_peer: None,
     })
 }
 
