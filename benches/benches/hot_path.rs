@@ -114,6 +114,7 @@ fn host_list(n: u16, weighted: bool) -> Vec<Arc<Host>> {
                 stats: HostStats::default(),
                 health: Default::default(),
                 pools: Default::default(),
+                istio_peer: None,
             })
         })
         .collect()

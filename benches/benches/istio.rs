@@ -52,6 +52,7 @@ fn runtime(inbound: bool, store: &Arc<Store>) -> IstioRuntime {
                 Reporter::Source
             },
             disable_host_header_fallback: inbound,
+            tcp_reporting_duration: std::time::Duration::from_secs(5),
         }),
         inbound,
     });
