@@ -59,6 +59,7 @@ xds_messages! {
     pb::envoy::extensions::filters::listener::tls_inspector::v3::TlsInspector => "envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector",
     pb::envoy::extensions::filters::listener::http_inspector::v3::HttpInspector => "envoy.extensions.filters.listener.http_inspector.v3.HttpInspector",
     pb::envoy::extensions::filters::listener::original_dst::v3::OriginalDst => "envoy.extensions.filters.listener.original_dst.v3.OriginalDst",
+    pb::envoy::extensions::filters::listener::original_src::v3::OriginalSrc => "envoy.extensions.filters.listener.original_src.v3.OriginalSrc",
     pb::envoy::extensions::upstreams::http::v3::HttpProtocolOptions => "envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
     pb::envoy::extensions::access_loggers::file::v3::FileAccessLog => "envoy.extensions.access_loggers.file.v3.FileAccessLog",
     pb::envoy::extensions::retry::host::previous_hosts::v3::PreviousHostsPredicate => "envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate",

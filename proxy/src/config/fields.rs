@@ -354,6 +354,7 @@ static POLICIES: &[(&str, Policy)] = policies! {
              ("enable_ja4_fingerprinting", "JA4 fingerprints are not computed")];
     "envoy.extensions.filters.listener.http_inspector.v3.HttpInspector" => [];
     "envoy.extensions.filters.listener.original_dst.v3.OriginalDst" => [];
+    "envoy.extensions.filters.listener.original_src.v3.OriginalSrc" => ["bind_port", "mark"];
     "envoy.extensions.transport_sockets.raw_buffer.v3.RawBuffer" => [];
     "envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext" => ["common_tls_context",
         "require_client_certificate", "require_sni", "disable_stateful_session_resumption", "prefer_client_ciphers"]

@@ -44,6 +44,9 @@ pub struct Listener {
     /// The `original_dst` listener filter: the connection's destination before iptables
     /// redirected it becomes its local address.
     pub original_dst: bool,
+    /// The `original_src` listener filter: upstream connections leave from the client's
+    /// address, their packets marked with this (0: no mark).
+    pub original_src: Option<u32>,
     /// `use_original_dst`: hand the connection to the listener bound (or not bound) at that
     /// original destination, if there is one.
     pub use_original_dst: bool,
@@ -154,11 +157,12 @@ pub fn translate_listener(
             l.name
         )));
     }
-    let (mut original_dst, mut tls_inspector) = (false, false);
+    let (mut original_dst, mut tls_inspector, mut original_src) = (false, false, None);
     for (i, f) in l.listener_filters.iter().enumerate() {
         match translate_listener_filter(f, &path.field("listener_filters").index(i), acks)? {
             Some(ListenerFilter::OriginalDst) => original_dst = true,
             Some(ListenerFilter::TlsInspector) => tls_inspector = true,
+            Some(ListenerFilter::OriginalSrc(mark)) => original_src = Some(mark),
             None => {}
         }
     }
@@ -210,6 +214,7 @@ pub fn translate_listener(
         inbound: l.traffic_direction
             == xds_proto::pb::envoy::config::core::v3::TrafficDirection::Inbound as i32,
         original_dst,
+        original_src,
         use_original_dst: l.use_original_dst.as_ref().is_some_and(|b| b.value),
         transparent: l.transparent.as_ref().is_some_and(|b| b.value),
         access_logs: translate_access_logs(
@@ -225,6 +230,8 @@ pub fn translate_listener(
 enum ListenerFilter {
     OriginalDst,
     TlsInspector,
+    /// `original_src` with its mark.
+    OriginalSrc(u32),
 }
 
 fn translate_listener_filter(
@@ -250,6 +257,16 @@ fn translate_listener_filter(
         Some(Extension::OriginalDst(m)) => {
             check(&m, &tc, acks)?;
             return Ok(Some(ListenerFilter::OriginalDst));
+        }
+        // https://www.envoyproxy.io/docs/envoy/latest/configuration/listeners/listener_filters/original_src_filter
+        Some(Extension::OriginalSrc(m)) => {
+            check(&m, &tc, acks)?;
+            if m.bind_port {
+                return Err(tc
+                    .field("bind_port")
+                    .error("binding the client's port is not implemented (Envoy hides it as not implemented too)"));
+            }
+            return Ok(Some(ListenerFilter::OriginalSrc(m.mark)));
         }
         _ => return Err(extension::unregistered(&tc, &f.name, any)),
     };

@@ -478,3 +478,23 @@ fn istio_network_filters_ahead_of_tcp_proxy_are_taken() {
     let err = translate(&chain(mx)).expect_err("MX alone is no terminal filter");
     assert!(err.contains("filters[0].typed_config"), "{err}");
 }
+
+/// https://www.envoyproxy.io/docs/envoy/latest/configuration/listeners/listener_filters/original_src_filter
+#[test]
+fn original_src_keeps_its_mark_and_refuses_bind_port_by_path() {
+    let with = |config: &str| {
+        listener(ROUTES, "").replace(
+            "    filter_chains:",
+            &format!(
+                "    listener_filters:\n    - name: envoy.filters.listener.original_src\n      typed_config: {{ \"@type\": type.googleapis.com/envoy.extensions.filters.listener.original_src.v3.OriginalSrc, {config} }}\n    filter_chains:"
+            ),
+        )
+    };
+    let config = translate(&with("mark: 1337")).expect("translates");
+    assert_eq!(config.listeners[0].original_src, Some(1337));
+    let e = translate(&with("bind_port: true")).expect_err("refused");
+    assert!(
+        e.contains("static_resources.listeners[0].listener_filters[0].typed_config.bind_port"),
+        "{e}"
+    );
+}

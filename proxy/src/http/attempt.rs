@@ -13,7 +13,7 @@ use super::retry::{Attempt, RetryState};
 use super::router::Outcome;
 use super::upstream_request::{copy_head, upstream_request};
 use crate::config::circuit_breakers::Priority;
-use crate::tls::AlpnOffer;
+use crate::upstream::transport::Via;
 use crate::upstream::{ClusterRuntime, Host, UpstreamBody, UpstreamError};
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
@@ -37,8 +37,9 @@ pub(super) struct Attempts<'a> {
     pub hash: Option<u64>,
     pub set_cookie: Option<http::HeaderValue>,
     pub use_h2: bool,
-    /// Istio's per-request ALPN offer for the upstream TLS handshake, if any.
-    pub alpn: Option<&'a AlpnOffer>,
+    /// How the upstream connection is made: Istio's per-request ALPN offer, the client's
+    /// address with `original_src`.
+    pub via: Via<'a>,
     /// Each attempt writes its expected timeout in `grpc-timeout` (`max_grpc_timeout`).
     pub grpc_header: bool,
     /// The route timeout (None: none).
@@ -142,10 +143,10 @@ pub(super) async fn send_attempt(
     request: Request<UpstreamBody>,
     use_h2: bool,
     priority: Priority,
-    alpn: Option<&AlpnOffer>,
+    via: Via<'_>,
     idle: Option<(Duration, Option<Arc<Notify>>)>,
 ) -> Result<Response<Incoming>, UpstreamError> {
-    let send = cluster.pool.send(host, request, use_h2, priority, alpn);
+    let send = cluster.pool.send(host, request, use_h2, priority, via);
     match idle {
         Some((idle, sent)) => super::attempt_idle::head_within(send, idle, sent).await,
         None => send.await,

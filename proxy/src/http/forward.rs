@@ -21,6 +21,7 @@ use crate::config::route::{
     ClusterTarget, Forward, Route, RouteConfig, VirtualHost, WeightedTarget,
 };
 use crate::format::ResponseFlags;
+use crate::upstream::transport::Via;
 use crate::upstream::{ClusterRuntime, Host, HostResult, HostStats, UpstreamError};
 use bytes::Bytes;
 use http::{header, HeaderName, HeaderValue, Request, Response, StatusCode};
@@ -163,6 +164,10 @@ async fn send_to_cluster(
         Some(istio) if cluster.config.istio_alpn_override => istio.offer(use_h2),
         _ => None,
     };
+    let via = Via {
+        alpn,
+        source: target.info.downstream.original_src,
+    };
     let (mut head, body) = request.into_parts();
     let body = body.map_err(|e| Box::new(e) as BoxError);
     let body = match head.extensions.remove::<Arc<StreamProgress>>() {
@@ -225,7 +230,7 @@ async fn send_to_cluster(
         hash: hashed.hash,
         set_cookie: hashed.set_cookie,
         use_h2,
-        alpn,
+        via,
         grpc_header,
         route_timeout: controls.timeout,
     };
@@ -272,7 +277,7 @@ async fn send_to_cluster(
             upstream_request,
             use_h2,
             target.forward.priority,
-            alpn,
+            via,
             idle.map(|d| (d, sent)),
         );
         let result = match attempt_timeout {

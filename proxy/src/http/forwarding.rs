@@ -51,6 +51,8 @@ pub struct Downstream {
     pub connection_id: u64,
     /// What the TLS handshake established, on a TLS connection.
     pub tls: Option<Arc<crate::tls::TlsInfo>>,
+    /// With the listener's `original_src`: the address upstream connections leave from.
+    pub original_src: Option<crate::upstream::transport::OriginalSource>,
 }
 
 /// The next connection id: one sequence for the whole process, as Envoy numbers connections.
@@ -195,6 +197,7 @@ mod tests {
             node_address: Some("192.0.2.2".parse().expect("ip")),
             connection_id: 0,
             tls: None,
+            original_src: None,
         };
         mutate_request_headers(f, &mut map, &downstream);
         map

@@ -81,14 +81,14 @@ pub(super) async fn hedged(mut a: Attempts<'_>, mut retry: RetryState<'_>) -> Ou
                     let for_send = host.clone();
                     let idle = idle.map(|d| (d, sent));
                     let use_h2 = a.use_h2;
-                    let alpn = a.alpn;
+                    let via = a.via;
                     in_flight.push(InFlight {
                         attempt,
                         host,
                         started: now,
                         per_try_at: per_try.map(|p| now + p),
                         send: Box::pin(async move {
-                            send_attempt(cluster, &for_send, request, use_h2, priority, alpn, idle)
+                            send_attempt(cluster, &for_send, request, use_h2, priority, via, idle)
                                 .await
                         }),
                     });

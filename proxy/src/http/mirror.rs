@@ -127,7 +127,7 @@ async fn send(
         request,
         use_h2,
         crate::config::circuit_breakers::Priority::Default,
-        None,
+        Default::default(),
     );
     let result = match timeout {
         Some(t) => tokio::time::timeout(t, send).await.ok(),

@@ -162,6 +162,7 @@ mod tests {
             stat_prefix: String::new(),
             inbound: false,
             original_dst: false,
+            original_src: None,
             access_logs: Vec::new(),
             use_original_dst: false,
             transparent: false,

@@ -156,12 +156,17 @@ pub async fn run(
         target.stats.downstream_cx_total.inc();
         let connection_id = crate::http::forwarding::next_connection_id();
         let target = target.clone();
+        // The accepting listener's `original_src` applies, also after a hand-off.
+        let original_src = listener.original_src.and_then(|mark| {
+            peer.map(|p| crate::upstream::transport::OriginalSource { ip: p.ip(), mark })
+        });
         let downstream = Downstream {
             remote: peer,
             local,
             node_address,
             connection_id,
             tls: None,
+            original_src,
         };
 
         // Listener filters, the chain's transport socket and its network filter run on the

@@ -44,6 +44,7 @@ pub async fn proxy(
     let stats = &ctx.stats;
     stats.downstream_cx_total.inc();
     let local = info.local;
+    let original_src = info.original_src;
     let mut istio = ctx
         .istio
         .as_ref()
@@ -83,7 +84,7 @@ pub async fn proxy(
         log.finish();
         return;
     };
-    let (upstream, upstream_peer) = match connect(&cluster, config, local).await {
+    let (upstream, upstream_peer) = match connect(&cluster, config, local, original_src).await {
         Ok((upstream, host)) => {
             if let Some(log) = &mut log.0 {
                 log.info.upstream_host = Some(host.authority.clone());
@@ -177,6 +178,7 @@ async fn connect(
     cluster: &ClusterRuntime,
     config: &TcpProxy,
     original_destination: Option<std::net::SocketAddr>,
+    original_src: Option<crate::upstream::transport::OriginalSource>,
 ) -> Result<
     (
         crate::upstream::connector::CountedStream,
@@ -202,7 +204,11 @@ async fn connect(
             return Err(failure);
         };
         // Over the host's own transport socket; tcp_proxy asks for no ALPN override.
-        let destination = crate::upstream::transport::Destination::new(&host, None);
+        let via = crate::upstream::transport::Via {
+            alpn: None,
+            source: original_src,
+        };
+        let destination = crate::upstream::transport::Destination::new(&host, via);
         // Envoy's TCP pool counts each attempt as a pending request until it connects, and the
         // connected one as a request.
         cluster.stats.upstream_rq_pending_total.inc();

@@ -72,6 +72,7 @@ impl tower::Service<http::Uri> for Connector {
                 authority: authority.clone(),
                 transport: this.transport.clone(),
                 alpn: None,
+                source: None,
             };
             this.connect(&destination).await
         })
@@ -103,7 +104,9 @@ impl Connector {
                     )
                 })?;
                 (
-                    self.connect_tcp(addr).await.map(UpstreamStream::Tcp)?,
+                    self.connect_tcp(addr, destination.source)
+                        .await
+                        .map(UpstreamStream::Tcp)?,
                     Some(addr.ip()),
                 )
             };
@@ -136,13 +139,31 @@ impl Connector {
         }
     }
 
-    async fn connect_tcp(&self, addr: SocketAddr) -> io::Result<TcpStream> {
+    async fn connect_tcp(
+        &self,
+        addr: SocketAddr,
+        original: Option<super::transport::OriginalSource>,
+    ) -> io::Result<TcpStream> {
         let socket = if addr.is_ipv4() {
             TcpSocket::new_v4()?
         } else {
             TcpSocket::new_v6()?
         };
-        if let Some(source) = self.source {
+        if let Some(original) = original.filter(|o| o.ip.is_ipv4() == addr.is_ipv4()) {
+            // The client's address is not ours: a transparent socket may bind it (this needs
+            // CAP_NET_ADMIN, as Istio grants the sidecar in TPROXY mode), and the mark lets
+            // policy routing bring the answers back here.
+            let sock = socket2::SockRef::from(&socket);
+            if addr.is_ipv4() {
+                sock.set_ip_transparent_v4(true)?;
+            } else {
+                sock.set_ip_transparent_v6(true)?;
+            }
+            if original.mark != 0 {
+                sock.set_mark(original.mark)?;
+            }
+            socket.bind(SocketAddr::new(original.ip, 0))?;
+        } else if let Some(source) = self.source {
             socket.bind(source)?;
         }
         if let Some(k) = self.keepalive {

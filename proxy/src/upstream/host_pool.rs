@@ -13,7 +13,7 @@ use super::host::Host;
 use super::pool::UpstreamError;
 pub use super::pool_conn::{Conn, Sender};
 use super::pool_conn::{Lifetime, WatchStats, Watched};
-use super::transport::Destination;
+use super::transport::{Destination, Via};
 use crate::config::circuit_breakers::Priority;
 use crate::config::cluster::ConnectionLimits;
 use crate::tls::AlpnOffer;
@@ -155,27 +155,34 @@ impl HostPools {
         &self,
         cluster: &ClusterPools,
         host: &Host,
-        alpn: Option<&AlpnOffer>,
+        via: Via<'_>,
         priority: Priority,
         http2: bool,
     ) -> Arc<HostPool> {
         let slots = self.0.get_or_init(Box::default);
         let i = slot(priority, http2);
-        let make = || HostPool::new(cluster, Destination::new(host, alpn), priority, http2);
+        let make = || HostPool::new(cluster, Destination::new(host, via), priority, http2);
         // A plaintext host's connections are the same whatever the request offered.
-        let alpn = alpn.filter(|_| matches!(host.transport, super::transport::Transport::Tls(_)));
-        let Some(offer) = alpn else {
-            return slots.plain[i].get_or_init(make).clone();
-        };
-        let first = slots.offered[i].get_or_init(make);
-        if same_offer(first.destination.alpn.as_ref(), Some(offer)) {
-            return first.clone();
+        let alpn = via
+            .alpn
+            .filter(|_| matches!(host.transport, super::transport::Transport::Tls(_)));
+        // Connections bound to a client's address (`original_src`) serve that client's
+        // address only: they live among the other pools, keyed by it too.
+        if via.source.is_none() {
+            let Some(offer) = alpn else {
+                return slots.plain[i].get_or_init(make).clone();
+            };
+            let first = slots.offered[i].get_or_init(make);
+            if same_offer(first.destination.alpn.as_ref(), Some(offer)) {
+                return first.clone();
+            }
         }
         let mut others = slots.others.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some((_, pool)) = others
-            .iter()
-            .find(|(s, p)| *s == i && same_offer(p.destination.alpn.as_ref(), Some(offer)))
-        {
+        if let Some((_, pool)) = others.iter().find(|(s, p)| {
+            *s == i
+                && p.destination.source == via.source
+                && same_offer(p.destination.alpn.as_ref(), alpn)
+        }) {
             return pool.clone();
         }
         if others.len() >= MAX_OTHER_OFFERS {
@@ -245,12 +252,12 @@ impl ClusterPools {
     pub async fn attach(
         &self,
         host: &Host,
-        alpn: Option<&AlpnOffer>,
+        via: Via<'_>,
         priority: Priority,
         http2: bool,
     ) -> Result<Attached, UpstreamError> {
         let breakers = self.breakers.priority(priority);
-        let pool = host.pools.get(self, host, alpn, priority, http2);
+        let pool = host.pools.get(self, host, via, priority, http2);
         let conn = match pool.checkout(self, breakers) {
             Some(conn) => conn,
             None => {

@@ -155,7 +155,9 @@ async fn request(pools: Arc<ClusterPools>, host: Arc<Host>, http2: bool) -> u16 
         mut conn,
         pool,
         request,
-    }) = pools.attach(&host, None, Priority::Default, http2).await
+    }) = pools
+        .attach(&host, Default::default(), Priority::Default, http2)
+        .await
     else {
         return 0;
     };

@@ -6,10 +6,10 @@ use super::circuit_breakers::CircuitBreakers;
 use super::connector::Connector;
 use super::host::Host;
 use super::host_pool::{self, Attached, ClusterPools, ConnectionClosed, Opener, PoolStats, Sender};
+use super::transport::Via;
 use super::transport::{Destination, Transport};
 use crate::config::circuit_breakers::Priority;
 use crate::config::cluster::Cluster;
-use crate::tls::AlpnOffer;
 use bytes::Bytes;
 use http_body_util::combinators::UnsyncBoxBody;
 use hyper::body::Incoming;
@@ -156,7 +156,7 @@ impl Pool {
         mut request: http::Request<UpstreamBody>,
         http2: bool,
         priority: Priority,
-        alpn: Option<&AlpnOffer>,
+        via: Via<'_>,
     ) -> Result<http::Response<Incoming>, UpstreamError> {
         if let Transport::Unsupported(name) = &host.transport {
             return Err(UpstreamError::UnsupportedTransport(name.to_string()));
@@ -183,7 +183,7 @@ impl Pool {
                 .map_err(|e| UpstreamError::Reset(e.to_string()))?;
             *request.uri_mut() = origin;
         }
-        let attached = self.pools.attach(host, alpn, priority, http2).await?;
+        let attached = self.pools.attach(host, via, priority, http2).await?;
         host.stats
             .rq_total
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);

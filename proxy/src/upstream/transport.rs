@@ -51,20 +51,42 @@ pub struct Destination {
     /// The ALPN list the TLS handshake offers instead of the context's own (only with TLS:
     /// plaintext connections are the same whatever the request asked for).
     pub alpn: Option<AlpnOffer>,
+    /// The source address the connection binds (Envoy's `original_src`).
+    pub source: Option<OriginalSource>,
 }
 
 impl Destination {
-    pub fn new(host: &super::Host, alpn: Option<&AlpnOffer>) -> Self {
+    pub fn new(host: &super::Host, via: Via<'_>) -> Self {
         let alpn = match host.transport {
-            Transport::Tls(_) => alpn.cloned(),
+            Transport::Tls(_) => via.alpn.cloned(),
             _ => None,
         };
         Self {
             authority: host.authority.clone(),
             transport: host.transport.clone(),
             alpn,
+            source: via.source,
         }
     }
+}
+
+/// How a request's upstream connection is made beyond what its host says: the ALPN list its
+/// TLS handshake offers (Istio's `istio.alpn`) and the source address it binds (the
+/// downstream client's, with Envoy's `original_src`). Connections made differently are never
+/// shared.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Via<'a> {
+    pub alpn: Option<&'a AlpnOffer>,
+    pub source: Option<OriginalSource>,
+}
+
+/// Envoy's `original_src`: the upstream connection leaves from the downstream client's
+/// address (a transparent socket, so the address need not be local) with `mark` on its
+/// packets (0: none), which lets iptables route the answers back to the proxy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct OriginalSource {
+    pub ip: std::net::IpAddr,
+    pub mark: u32,
 }
 
 /// A cluster's transports, built once with the cluster: the cluster's own and one per match,

@@ -22,7 +22,7 @@
 
 use std::net::SocketAddr;
 use std::time::Duration;
-use tests::netns::prerequisites_met;
+use tests::netns::{http_get, prerequisites_met};
 
 const TOOLS: &[&str] = &[
     "ip",
@@ -395,6 +395,117 @@ fn outbound_to_a_remote_port_15001_is_passed_through() {
             );
         }
     });
+}
+
+#[test]
+fn original_src_shows_the_app_the_clients_own_address() {
+    if !prerequisites_met("original_src_shows_the_app_the_clients_own_address", TOOLS) {
+        return;
+    }
+    // No capture rules: only the policy routing Envoy's original_src documentation pairs
+    // with it, so the app's answers to the client's (non-local) address come back to the
+    // proxy's transparent socket: packets of marked connections are routed locally.
+    let topo = Topology::new();
+    topo.pod.sh(
+        "iptables-nft -t mangle -A PREROUTING -p tcp -m mark --mark 1337 -j CONNMARK --save-mark && \
+         iptables-nft -t mangle -A OUTPUT -p tcp -m connmark --mark 1337 -j CONNMARK --restore-mark && \
+         ip rule add fwmark 1337 lookup 133 && ip route add local default dev lo table 133",
+    );
+    let app = Server::start(&topo.pod, &format!("{POD_IP}:8080"), Protocol::Line("app"));
+    let _app_http = Server::start(
+        &topo.pod,
+        &format!("{POD_IP}:8081"),
+        Protocol::Http("app-http"),
+    );
+    let bootstrap = format!(
+        r#"admin:
+  address:
+    socket_address: {{ address: 127.0.0.1, port_value: 15000 }}
+static_resources:
+  listeners:
+  - name: with_original_src
+    address: {{ socket_address: {{ address: 0.0.0.0, port_value: 9999 }} }}
+    listener_filters:
+    - name: envoy.filters.listener.original_src
+      typed_config:
+        "@type": type.googleapis.com/envoy.extensions.filters.listener.original_src.v3.OriginalSrc
+        mark: 1337
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.tcp_proxy
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy
+          stat_prefix: app
+          cluster: app
+  - name: http_with_original_src
+    address: {{ socket_address: {{ address: 0.0.0.0, port_value: 9998 }} }}
+    listener_filters:
+    - name: envoy.filters.listener.original_src
+      typed_config:
+        "@type": type.googleapis.com/envoy.extensions.filters.listener.original_src.v3.OriginalSrc
+        mark: 1337
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: http
+          route_config:
+            virtual_hosts:
+            - name: all
+              domains: ["*"]
+              routes: [{{ match: {{ prefix: "/" }}, route: {{ cluster: app_http }} }}]
+          http_filters:
+          - name: envoy.filters.http.router
+            typed_config: {{ "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router }}
+  clusters:
+  - name: app_http
+    type: STATIC
+    connect_timeout: 2s
+    load_assignment:
+      cluster_name: app_http
+      endpoints: [{{ lb_endpoints: [{{ endpoint: {{ address: {{ socket_address: {{ address: {POD_IP}, port_value: 8081 }} }} }} }}] }}]
+  - name: app
+    type: STATIC
+    connect_timeout: 2s
+    load_assignment:
+      cluster_name: app
+      endpoints: [{{ lb_endpoints: [{{ endpoint: {{ address: {{ socket_address: {{ address: {POD_IP}, port_value: 8080 }} }} }} }}] }}]
+"#
+    );
+    // Binding a non-local address takes CAP_NET_ADMIN, as Istio grants it in TPROXY mode.
+    let proxy = Sidecar::start(&topo.pod, &bootstrap, true);
+    // HTTP: the connection manager's upstream connections leave from the client too (each
+    // client address has pools of its own).
+    let http_target: SocketAddr = format!("{POD_IP}:9998").parse().unwrap();
+    for attempt in ["http first", "http second"] {
+        let answer = topo
+            .remote
+            .run(move || http_get(http_target, "/", Duration::from_secs(5)));
+        assert!(
+            matches!(&answer, Ok((200, body)) if body.starts_with(&format!("app-http peer={REMOTE_IP}:"))),
+            "{attempt}: {answer:?}\n{}",
+            proxy.logs()
+        );
+    }
+    for attempt in ["first", "second"] {
+        let reply = topo
+            .remote_exchange(&format!("{POD_IP}:9999"), "hello-original-src")
+            .unwrap_or_else(|e| {
+                panic!("{attempt}: through the proxy failed: {e}\n{}", proxy.logs())
+            });
+        let seen = app.next(attempt);
+        assert_eq!(
+            ip_of(&seen.peer),
+            REMOTE_IP,
+            "{attempt}: the app sees the client's address\n{}",
+            proxy.logs()
+        );
+        assert!(
+            reply.starts_with(&format!("app got hello-original-src from {REMOTE_IP}:")),
+            "{attempt}: the answer came back through the proxy: {reply:?}"
+        );
+    }
 }
 
 #[test]

@@ -37,6 +37,7 @@ pub(super) fn bootstrap(inbound: Inbound) -> String {
       typed_config:
         "@type": type.googleapis.com/envoy.extensions.filters.listener.original_dst.v3.OriginalDst"#;
     let transparent_inbound = inbound != Inbound::Redirect;
+    let inbound_filters = original_dst;
     format!(
         r#"admin:
   address:
@@ -58,7 +59,7 @@ static_resources:
   - name: virtualInbound
     address:
       socket_address: {{ address: 0.0.0.0, port_value: 15006 }}
-    transparent: {transparent_inbound}{original_dst}
+    transparent: {transparent_inbound}{inbound_filters}
     filter_chains:
     - name: inbound-passthrough
       filters:
