@@ -33,6 +33,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 
 pub use info::{CertNames, TlsInfo, UpstreamIdentities};
 pub use verify::sans_match;
+pub use verify::AcceptAnyServer;
 
 /// `<scope>ssl.*`, Envoy's names for a listener's or cluster's TLS outcomes.
 #[derive(Debug)]
