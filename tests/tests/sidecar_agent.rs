@@ -16,7 +16,8 @@ use tests::xds_resources::{backend_cluster, backend_endpoints, resource, route_t
 use tests::{free_port, Upstream};
 use xds_proto::pb::envoy::config::listener::v3::Listener;
 
-/// An inbound listener on 127.0.0.1:`port` routing to `backend` through RDS `local_route`.
+/// An inbound listener on 127.0.0.1:`port` routing to `backend` through RDS `local_route`, with
+/// the HTTP filters istiod puts in every sidecar chain (grpc_stats, fault, CORS).
 fn inbound_listener(port: u16) -> (String, xds_proto::pb::google::protobuf::Any) {
     resource::<Listener>(
         "virtualInbound",
@@ -35,6 +36,12 @@ filter_chains:
         route_config_name: local_route
         config_source: {{ ads: {{}}, resource_api_version: V3 }}
       http_filters:
+      - name: envoy.filters.http.grpc_stats
+        typed_config: {{ "@type": type.googleapis.com/envoy.extensions.filters.http.grpc_stats.v3.FilterConfig, emit_filter_state: true, stats_for_all_methods: false }}
+      - name: envoy.filters.http.fault
+        typed_config: {{ "@type": type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault }}
+      - name: envoy.filters.http.cors
+        typed_config: {{ "@type": type.googleapis.com/envoy.extensions.filters.http.cors.v3.Cors }}
       - name: envoy.filters.http.router
         typed_config: {{ "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router }}
 "#

@@ -234,9 +234,15 @@ static POLICIES: &[(&str, Policy)] = policies! {
         "generate_request_id", "preserve_external_request_id", "always_set_request_id_in_response",
         "server_header_transformation", "max_request_headers_kb", "common_http_protocol_options", "request_headers_timeout",
         "normalize_path", "merge_slashes", "path_with_escaped_slashes_action", "upgrade_configs", "rds", "access_log",
-        "stream_idle_timeout", "request_timeout"]
+        "stream_idle_timeout", "request_timeout", "forward_client_cert_details", "set_current_client_cert_details",
+        "request_id_extension"]
         ack [("tracing", TRACING), ("drain_timeout", DRAIN_TIMEOUT)];
     "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager.InternalAddressConfig" => ["cidr_ranges", "unix_sockets"];
+    "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager.SetCurrentClientCertDetails" => ["subject", "uri", "dns"];
+    "envoy.extensions.filters.network.http_connection_manager.v3.RequestIDExtension" => ["typed_config"];
+    // UUIDs are what Outrigger generates; the two fields only concern tracing.
+    "envoy.extensions.request_id.uuid.v3.UuidRequestIdConfig" => []
+        ack [("pack_trace_reason", TRACING), ("use_request_id_for_trace_sampling", TRACING)];
     "envoy.extensions.filters.network.http_connection_manager.v3.HttpFilter" => ["name", "typed_config", "is_optional", "disabled"];
     "envoy.config.route.v3.RouteConfiguration" => ["name", "virtual_hosts", "validate_clusters", "max_direct_response_body_size_bytes",
         "request_headers_to_add", "request_headers_to_remove", "response_headers_to_add", "response_headers_to_remove",
@@ -354,6 +360,15 @@ static POLICIES: &[(&str, Policy)] = policies! {
              ("enable_ja4_fingerprinting", "JA4 fingerprints are not computed")];
     "envoy.extensions.filters.listener.http_inspector.v3.HttpInspector" => [];
     "envoy.extensions.filters.listener.original_dst.v3.OriginalDst" => [];
+    // https://www.envoyproxy.io/docs/envoy/latest/configuration/http/http_filters/cors_filter
+    // The filter itself has no settings; policies come per route, and those are refused by
+    // path until CORS is implemented (`per_filter.rs`).
+    "envoy.extensions.filters.http.cors.v3.Cors" => [];
+    // https://www.envoyproxy.io/docs/envoy/latest/configuration/http/http_filters/grpc_stats_filter
+    // Istio puts it in every sidecar HTTP chain; see the acknowledgement in `hcm.rs`.
+    "envoy.extensions.filters.http.grpc_stats.v3.FilterConfig" => ["emit_filter_state",
+        "stats_for_all_methods", "individual_method_stats_allowlist", "enable_upstream_stats",
+        "replace_dots_in_grpc_service_name"];
     "envoy.extensions.filters.listener.original_src.v3.OriginalSrc" => ["bind_port", "mark"];
     "envoy.extensions.transport_sockets.raw_buffer.v3.RawBuffer" => [];
     "envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext" => ["common_tls_context",

@@ -104,6 +104,35 @@ pub struct Forwarding {
     pub generate_request_id: bool,
     pub preserve_external_request_id: bool,
     pub always_set_request_id_in_response: bool,
+    /// `x-forwarded-client-cert` (`forward_client_cert_details`).
+    pub client_cert: ForwardClientCert,
+    /// What an appended or set XFCC element carries (`set_current_client_cert_details`).
+    pub client_cert_details: ClientCertDetails,
+}
+
+/// `forward_client_cert_details`: what becomes of the `x-forwarded-client-cert` header.
+/// https://www.envoyproxy.io/docs/envoy/latest/api-v3/extensions/filters/network/http_connection_manager/v3/http_connection_manager.proto#enum-extensions-filters-network-http-connection-manager-v3-httpconnectionmanager-forwardclientcertdetails
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum ForwardClientCert {
+    /// Removed (the default).
+    #[default]
+    Sanitize,
+    /// Forwarded as it came, on mutual TLS connections only.
+    ForwardOnly,
+    /// Forwarded with this hop's element appended (mutual TLS only).
+    AppendForward,
+    /// Replaced by this hop's element (mutual TLS only).
+    SanitizeSet,
+    /// Forwarded as it came, whatever the connection.
+    AlwaysForwardOnly,
+}
+
+/// The client certificate's details an XFCC element carries besides `By` and `Hash`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ClientCertDetails {
+    pub subject: bool,
+    pub uri: bool,
+    pub dns: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -120,6 +149,18 @@ pub fn translate_hcm(
     acks: &mut Vec<Acknowledged>,
 ) -> Result<HttpConnectionManager> {
     check(hcm, path, acks)?;
+    // https://www.envoyproxy.io/docs/envoy/latest/api-v3/extensions/request_id/uuid/v3/uuid.proto
+    if let Some(any) = hcm
+        .request_id_extension
+        .as_ref()
+        .and_then(|e| e.typed_config.as_ref())
+    {
+        let tc = path.field("request_id_extension").field("typed_config");
+        match extension::decode(any, &tc)? {
+            Some(Extension::UuidRequestId(uuid)) => check(&uuid, &tc, acks)?,
+            _ => return Err(extension::unregistered(&tc, "request_id_extension", any)),
+        }
+    }
     if hcm.stat_prefix.is_empty() {
         return Err(path.field("stat_prefix").error("must not be empty"));
     }
@@ -219,6 +260,27 @@ pub fn translate_hcm(
         generate_request_id: hcm.generate_request_id.as_ref().is_none_or(|b| b.value),
         preserve_external_request_id: hcm.preserve_external_request_id,
         always_set_request_id_in_response: hcm.always_set_request_id_in_response,
+        client_cert: match hcm.forward_client_cert_details {
+            0 => ForwardClientCert::Sanitize,
+            1 => ForwardClientCert::ForwardOnly,
+            2 => ForwardClientCert::AppendForward,
+            3 => ForwardClientCert::SanitizeSet,
+            4 => ForwardClientCert::AlwaysForwardOnly,
+            _ => {
+                return Err(path
+                    .field("forward_client_cert_details")
+                    .error("unknown value"))
+            }
+        },
+        client_cert_details: match &hcm.set_current_client_cert_details {
+            None => ClientCertDetails::default(),
+            // The fields table refuses the details Outrigger does not produce (`check` above).
+            Some(d) => ClientCertDetails {
+                subject: d.subject.as_ref().is_some_and(|b| b.value),
+                uri: d.uri,
+                dns: d.dns,
+            },
+        },
     };
     Ok(HttpConnectionManager {
         stat_prefix: hcm.stat_prefix.clone(),
@@ -304,6 +366,20 @@ fn translate_http_filters(
                     name: filter.name.clone(),
                     settings: Arc::new(translate_fault(&fault, &tc, resolve, acks)?),
                     disabled_by_default: filter.disabled,
+                });
+                non_terminal_last(is_last, &p, &filter.name, type_name)?;
+            }
+            // Without a policy on any route (those are refused), CORS passes every request
+            // through unchanged, as Envoy's filter does.
+            Some(Extension::Cors(cors)) => {
+                check(&cors, &tc, acks)?;
+                non_terminal_last(is_last, &p, &filter.name, type_name)?;
+            }
+            Some(Extension::GrpcStats(grpc_stats)) => {
+                check(&*grpc_stats, &tc, acks)?;
+                acks.push(Acknowledged {
+                    path: tc.to_string(),
+                    reason: "gRPC stats (cluster.<name>.grpc.*) and the message counts of its filter state are not produced: requests pass through unchanged (Istio's stats matcher drops those cluster stats; istio_request_messages_total is not emitted)",
                 });
                 non_terminal_last(is_last, &p, &filter.name, type_name)?;
             }

@@ -246,6 +246,7 @@ fn tls_operators_read_the_connection_and_are_missing_without_it() {
             uri: "spiffe://td/ns/a/sa/b".into(),
             dns: "".into(),
             sha256: "ab12".into(),
+            subject: "".into(),
         }),
         local: std::sync::Arc::new(crate::tls::CertNames {
             uri: "spiffe://td/ns/c/sa/d".into(),

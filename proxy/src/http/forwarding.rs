@@ -13,6 +13,7 @@ static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-prot
 pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 static X_ENVOY_INTERNAL: HeaderName = HeaderName::from_static("x-envoy-internal");
 static X_ENVOY_EXTERNAL_ADDRESS: HeaderName = HeaderName::from_static("x-envoy-external-address");
+static X_FORWARDED_CLIENT_CERT: HeaderName = HeaderName::from_static("x-forwarded-client-cert");
 
 /// Headers only trusted from inside the mesh: removed from external requests.
 static INTERNAL_ONLY: [HeaderName; 18] = [
@@ -123,7 +124,12 @@ pub fn mutate_request_headers(f: &Forwarding, headers: &mut HeaderMap, downstrea
     if (f.use_remote_address && f.xff_num_trusted_hops == 0)
         || !headers.contains_key(&X_FORWARDED_PROTO)
     {
-        headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
+        let scheme = if downstream.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(scheme));
     }
     let regenerate = external_edge_request && !f.preserve_external_request_id;
     if f.generate_request_id && (regenerate || !headers.contains_key(&X_REQUEST_ID)) {
@@ -131,6 +137,74 @@ pub fn mutate_request_headers(f: &Forwarding, headers: &mut HeaderMap, downstrea
     }
     if let Some(via) = &f.via {
         append_via(headers, via);
+    }
+    forward_client_cert(f, headers, downstream);
+}
+
+/// `x-forwarded-client-cert` by `forward_client_cert_details`: removed, forwarded, or (on a
+/// mutual TLS connection) given this hop's element — `By` (our URI SANs), `Hash` (the client
+/// certificate's SHA-256), then the details asked for — appended or set.
+/// https://www.envoyproxy.io/docs/envoy/latest/configuration/http/http_conn_man/headers#x-forwarded-client-cert
+fn forward_client_cert(f: &Forwarding, headers: &mut HeaderMap, downstream: &Downstream) {
+    use crate::config::hcm::ForwardClientCert as Mode;
+    if f.client_cert == Mode::AlwaysForwardOnly {
+        return;
+    }
+    let tls = downstream.tls.as_deref();
+    let (Some(tls), Some(peer)) = (tls, tls.and_then(|t| t.peer.as_ref())) else {
+        headers.remove(&X_FORWARDED_CLIENT_CERT);
+        return;
+    };
+    match f.client_cert {
+        Mode::ForwardOnly => return,
+        Mode::Sanitize => {
+            headers.remove(&X_FORWARDED_CLIENT_CERT);
+            return;
+        }
+        _ => {}
+    }
+    let names = |joined: &str| -> Vec<String> {
+        joined
+            .split(',')
+            .filter(|s| !s.is_empty())
+            .map(str::to_string)
+            .collect()
+    };
+    let mut element: Vec<String> = names(&tls.local.uri)
+        .into_iter()
+        .map(|uri| format!("By={uri}"))
+        .collect();
+    if !peer.sha256.is_empty() {
+        element.push(format!("Hash={}", peer.sha256));
+    }
+    let details = f.client_cert_details;
+    if details.subject {
+        element.push(format!("Subject=\"{}\"", peer.subject));
+    }
+    if details.uri {
+        let uris = names(&peer.uri);
+        if uris.is_empty() {
+            element.push("URI=".to_string());
+        }
+        element.extend(uris.into_iter().map(|uri| format!("URI={uri}")));
+    }
+    if details.dns {
+        element.extend(names(&peer.dns).into_iter().map(|dns| format!("DNS={dns}")));
+    }
+    let element = element.join(";");
+    let value = match (f.client_cert, headers.get(&X_FORWARDED_CLIENT_CERT)) {
+        (Mode::AppendForward, Some(existing)) if !existing.is_empty() => {
+            format!("{},{element}", String::from_utf8_lossy(existing.as_bytes()))
+        }
+        _ => element,
+    };
+    match HeaderValue::from_str(&value) {
+        Ok(v) => {
+            headers.insert(X_FORWARDED_CLIENT_CERT.clone(), v);
+        }
+        Err(_) => {
+            headers.remove(&X_FORWARDED_CLIENT_CERT);
+        }
     }
 }
 

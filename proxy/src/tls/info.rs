@@ -19,6 +19,8 @@ pub struct CertNames {
     pub dns: Arc<str>,
     /// SHA-256 of the DER, lowercase hex.
     pub sha256: String,
+    /// The subject in RFC 2253 form, as OpenSSL prints it.
+    pub subject: Arc<str>,
 }
 
 impl Default for CertNames {
@@ -27,6 +29,7 @@ impl Default for CertNames {
             uri: Arc::from(""),
             dns: Arc::from(""),
             sha256: String::new(),
+            subject: Arc::from(""),
         }
     }
 }
@@ -39,6 +42,7 @@ impl CertNames {
             uri: sans.uri.join(",").into(),
             dns: sans.dns.join(",").into(),
             sha256: digest.as_ref().iter().map(|b| format!("{b:02x}")).collect(),
+            subject: super::subject::subject_rfc2253(der).into(),
         }
     }
 }

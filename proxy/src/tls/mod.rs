@@ -10,6 +10,7 @@ mod alpn;
 pub mod der;
 mod info;
 pub mod inspector;
+pub mod subject;
 mod verify;
 
 pub use alpn::AlpnOffer;
