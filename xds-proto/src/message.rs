@@ -60,6 +60,8 @@ xds_messages! {
     pb::envoy::extensions::filters::listener::http_inspector::v3::HttpInspector => "envoy.extensions.filters.listener.http_inspector.v3.HttpInspector",
     pb::envoy::extensions::filters::listener::original_dst::v3::OriginalDst => "envoy.extensions.filters.listener.original_dst.v3.OriginalDst",
     pb::envoy::extensions::filters::http::grpc_stats::v3::FilterConfig => "envoy.extensions.filters.http.grpc_stats.v3.FilterConfig",
+    pb::envoy::extensions::network::dns_resolver::cares::v3::CaresDnsResolverConfig => "envoy.extensions.network.dns_resolver.cares.v3.CaresDnsResolverConfig",
+    pb::envoy::extensions::network::dns_resolver::getaddrinfo::v3::GetAddrInfoDnsResolverConfig => "envoy.extensions.network.dns_resolver.getaddrinfo.v3.GetAddrInfoDnsResolverConfig",
     pb::envoy::extensions::request_id::uuid::v3::UuidRequestIdConfig => "envoy.extensions.request_id.uuid.v3.UuidRequestIdConfig",
     pb::envoy::extensions::filters::http::cors::v3::Cors => "envoy.extensions.filters.http.cors.v3.Cors",
     pb::envoy::extensions::filters::listener::original_src::v3::OriginalSrc => "envoy.extensions.filters.listener.original_src.v3.OriginalSrc",

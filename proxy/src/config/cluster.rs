@@ -19,6 +19,7 @@ use std::time::Duration;
 use xds_proto::pb::envoy::config::cluster::v3::{cluster, Cluster as ProtoCluster};
 use xds_proto::pb::envoy::config::core::v3::{address, HealthStatus};
 use xds_proto::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
+use xds_proto::Extension;
 
 #[derive(Debug, Clone)]
 pub struct Cluster {
@@ -203,6 +204,27 @@ pub fn translate_cluster(
     check(c, path, acks)?;
     if c.name.is_empty() {
         return Err(path.field("name").error("must not be empty"));
+    }
+    upstream_network_filters(c, path, acks)?;
+    if let Some(any) = c
+        .typed_dns_resolver_config
+        .as_ref()
+        .and_then(|r| r.typed_config.as_ref())
+    {
+        let tc = path
+            .field("typed_dns_resolver_config")
+            .field("typed_config");
+        match super::extension::decode(any, &tc)? {
+            Some(Extension::CaresDnsResolver(cares)) => check(&*cares, &tc, acks)?,
+            Some(Extension::GetAddrInfoDnsResolver(g)) => check(&g, &tc, acks)?,
+            _ => {
+                return Err(super::extension::unregistered(
+                    &tc,
+                    "typed_dns_resolver_config",
+                    any,
+                ))
+            }
+        }
     }
     let original_dst = matches!(
         &c.cluster_discovery_type,
@@ -440,6 +462,44 @@ fn selected_endpoints(
             })
         })
     })
+}
+
+/// A cluster's `filters` (upstream network filters). Istio puts its TCP metadata exchange
+/// there on mesh clusters; like the listener-side one it has nothing to do, because Outrigger
+/// never negotiates its ALPN (`istio_tcp.rs`). Any other upstream filter is refused.
+/// https://www.envoyproxy.io/docs/envoy/latest/api-v3/config/cluster/v3/cluster.proto#envoy-v3-api-field-config-cluster-v3-cluster-filters
+fn upstream_network_filters(
+    c: &ProtoCluster,
+    path: &FieldPath,
+    acks: &mut Vec<Acknowledged>,
+) -> Result<()> {
+    for (i, f) in c.filters.iter().enumerate() {
+        let p = path.field("filters").index(i);
+        let tc = p.field("typed_config");
+        let Some(any) = &f.typed_config else {
+            return Err(p.error(format!("filter {} has no typed_config", f.name)));
+        };
+        let typed = match xds_proto::type_name_of_url(&any.type_url) {
+            t if t == <xds_proto::TypedStruct as xds_proto::XdsMessage>::FULL_NAME
+                || t == xds_proto::XDS_TYPED_STRUCT =>
+            {
+                <xds_proto::TypedStruct as xds_proto::XdsMessage>::decode_bytes(&any.value)
+                    .map_err(|e| tc.error(format!("invalid TypedStruct: {e}")))?
+            }
+            _ => return Err(super::extension::unregistered(&tc, &f.name, any)),
+        };
+        if xds_proto::type_name_of_url(&typed.type_url) != super::istio_tcp::TCP_METADATA_EXCHANGE {
+            return Err(tc.error(format!(
+                "upstream network filter {} ({}) is not supported",
+                f.name, typed.type_url
+            )));
+        }
+        acks.push(Acknowledged {
+            path: tc.to_string(),
+            reason: "the TCP metadata exchange runs only on ALPN istio-peer-exchange, which Outrigger never negotiates: the filter has nothing to do",
+        });
+    }
+    Ok(())
 }
 
 fn original_dst_config(c: &ProtoCluster, path: &FieldPath) -> Result<Discovery> {

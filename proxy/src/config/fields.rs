@@ -28,6 +28,8 @@ struct Policy {
 const XDS: &str = "xDS subscriptions are not implemented yet (issue 5)";
 const STATS: &str = "stats sinks and flushing are not implemented yet (issue 8)";
 const TRACING: &str = "tracing is not implemented yet (issue 8)";
+const SYSTEM_RESOLVER: &str =
+    "names are resolved with the system resolver, which this tuning does not apply to";
 const ACCESS_LOG: &str = "the admin interface writes no access log (Istio points it at /dev/null)";
 const HEDGE_NOT_IN_ENVOY: &str = "Envoy 1.40 accepts it without acting on it (not implemented there; checked: initial_requests 3 still sends one request), and so does Outrigger: one request goes first, more only on per-try timeouts";
 const OVERLOAD: &str = "the overload manager is not implemented";
@@ -133,6 +135,17 @@ static POLICIES: &[(&str, Policy)] = policies! {
         "direct_source_prefix_ranges", "source_type", "source_prefix_ranges", "source_ports",
         "server_names", "transport_protocol", "application_protocols"];
     "envoy.config.listener.v3.Filter" => ["name", "typed_config"];
+    "envoy.config.cluster.v3.Filter" => ["name", "typed_config"];
+    // Names are resolved by the system's resolver whichever resolver the cluster names; the
+    // tuning of c-ares and getaddrinfo is accepted, a resolver list (which would change where
+    // names are looked up) is not.
+    // https://www.envoyproxy.io/docs/envoy/latest/api-v3/extensions/network/dns_resolver/cares/v3/cares_dns_resolver.proto
+    "envoy.extensions.network.dns_resolver.cares.v3.CaresDnsResolverConfig" => []
+        ack [("udp_max_queries", SYSTEM_RESOLVER), ("query_timeout_seconds", SYSTEM_RESOLVER),
+             ("query_tries", SYSTEM_RESOLVER), ("rotate_nameservers", SYSTEM_RESOLVER),
+             ("dns_resolver_options", SYSTEM_RESOLVER), ("filter_unroutable_families", SYSTEM_RESOLVER)];
+    "envoy.extensions.network.dns_resolver.getaddrinfo.v3.GetAddrInfoDnsResolverConfig" => []
+        ack [("num_retries", SYSTEM_RESOLVER), ("num_resolver_threads", SYSTEM_RESOLVER)];
     "envoy.config.listener.v3.ListenerFilter" => ["name", "typed_config"];
     "envoy.config.core.v3.TransportSocket" => ["name", "typed_config"];
     "envoy.config.core.v3.TypedExtensionConfig" => ["name", "typed_config"];
@@ -142,7 +155,8 @@ static POLICIES: &[(&str, Policy)] = policies! {
         "metadata", "transport_socket", "upstream_bind_config",
         "common_http_protocol_options", "http2_protocol_options", "http_protocol_options", "original_dst_lb_config",
         "load_balancing_policy", "least_request_lb_config", "ring_hash_lb_config", "maglev_lb_config",
-        "outlier_detection", "common_lb_config", "circuit_breakers", "health_checks", "transport_socket_matches"]
+        "outlier_detection", "common_lb_config", "circuit_breakers", "health_checks", "transport_socket_matches",
+        "filters", "typed_dns_resolver_config"]
         ack [("round_robin_lb_config", SLOW_START),
              ("per_connection_buffer_limit_bytes", BUFFERS),
              ("cleanup_interval", "ORIGINAL_DST hosts are not cached between connections, so there is nothing to clean up"),

@@ -498,3 +498,48 @@ fn original_src_keeps_its_mark_and_refuses_bind_port_by_path() {
         "{e}"
     );
 }
+
+/// Istio's mesh clusters: its TCP metadata exchange as an upstream network filter (nothing to
+/// do, Outrigger never negotiates its ALPN) and a c-ares resolver with tuning only; an upstream
+/// filter of another kind, or a resolver list, is refused by path.
+#[test]
+fn istio_cluster_filters_and_dns_resolver_config() {
+    let cluster = |extra: &str| {
+        format!(
+            r#"
+static_resources:
+  clusters:
+  - name: c
+    type: STRICT_DNS
+    connect_timeout: 1s
+{extra}
+    load_assignment:
+      cluster_name: c
+      endpoints: [{{ lb_endpoints: [{{ endpoint: {{ address: {{ socket_address: {{ address: localhost, port_value: 1 }} }} }} }}] }}]
+"#
+        )
+    };
+    let mx = r#"    filters:
+    - name: istio.metadata_exchange
+      typed_config: { "@type": type.googleapis.com/udpa.type.v1.TypedStruct, type_url: type.googleapis.com/envoy.tcp.metadataexchange.config.MetadataExchange, value: { protocol: istio-peer-exchange } }
+    typed_dns_resolver_config:
+      name: envoy.network.dns_resolver.cares
+      typed_config: { "@type": type.googleapis.com/envoy.extensions.network.dns_resolver.cares.v3.CaresDnsResolverConfig, udp_max_queries: 100 }"#;
+    translate(&cluster(mx)).expect("Istio's cluster translates");
+    let other = r#"    filters:
+    - name: other
+      typed_config: { "@type": type.googleapis.com/udpa.type.v1.TypedStruct, type_url: type.googleapis.com/some.Other, value: {} }"#;
+    let e = translate(&cluster(other)).expect_err("refused");
+    assert!(
+        e.contains("static_resources.clusters[0].filters[0].typed_config"),
+        "{e}"
+    );
+    let resolvers = r#"    typed_dns_resolver_config:
+      name: envoy.network.dns_resolver.cares
+      typed_config: { "@type": type.googleapis.com/envoy.extensions.network.dns_resolver.cares.v3.CaresDnsResolverConfig, resolvers: [{ socket_address: { address: 8.8.8.8, port_value: 53 } }] }"#;
+    let e = translate(&cluster(resolvers)).expect_err("refused");
+    assert!(
+        e.contains("static_resources.clusters[0].typed_dns_resolver_config.typed_config.resolvers"),
+        "{e}"
+    );
+}
