@@ -107,6 +107,23 @@ fn parse_general_names(value: &[u8]) -> SubjectAltNames {
 
 /// One DER element: (tag, contents, what follows). Multi-byte tags and indefinite lengths
 /// (not DER) are refused.
+/// The fields of a certificate's TBSCertificate that follow the serial number (signature
+/// algorithm, issuer, validity, subject, ...), past the optional `[0]` version.
+pub(crate) fn tbs_after_serial(cert: &[u8]) -> Option<&[u8]> {
+    const VERSION: u8 = 0xa0;
+    let (SEQUENCE, certificate, _) = tlv(cert)? else {
+        return None;
+    };
+    let (SEQUENCE, tbs, _) = tlv(certificate)? else {
+        return None;
+    };
+    let (tag, _, rest) = tlv(tbs)?;
+    if tag == VERSION {
+        return tlv(rest).map(|(_, _, after_serial)| after_serial);
+    }
+    Some(rest)
+}
+
 pub(crate) fn tlv(input: &[u8]) -> Option<(u8, &[u8], &[u8])> {
     let (&tag, rest) = input.split_first()?;
     if tag & 0x1f == 0x1f {

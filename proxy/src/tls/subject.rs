@@ -10,8 +10,6 @@ use std::fmt::Write;
 const SEQUENCE: u8 = 0x30;
 const SET: u8 = 0x31;
 const OID: u8 = 0x06;
-/// `[0] EXPLICIT Version` in TBSCertificate.
-const VERSION: u8 = 0xa0;
 
 /// The subject of `cert` (DER), or empty when it cannot be read.
 pub fn subject_rfc2253(cert: &[u8]) -> String {
@@ -21,16 +19,7 @@ pub fn subject_rfc2253(cert: &[u8]) -> String {
 /// The subject `Name` inside TBSCertificate: after the optional version, the serial number,
 /// the signature algorithm, the issuer and the validity.
 fn subject_name(cert: &[u8]) -> Option<&[u8]> {
-    let (SEQUENCE, certificate, _) = tlv(cert)? else {
-        return None;
-    };
-    let (SEQUENCE, tbs, _) = tlv(certificate)? else {
-        return None;
-    };
-    let (tag, _, mut rest) = tlv(tbs)?;
-    if tag == VERSION {
-        rest = tlv(rest)?.2; // serial number
-    }
+    let mut rest = super::der::tbs_after_serial(cert)?;
     for _ in 0..3 {
         rest = tlv(rest)?.2; // signature, issuer, validity
     }

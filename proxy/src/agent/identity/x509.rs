@@ -9,8 +9,6 @@ const SEQUENCE: u8 = 0x30;
 const BIT_STRING: u8 = 0x03;
 const UTC_TIME: u8 = 0x17;
 const GENERALIZED_TIME: u8 = 0x18;
-/// `[0] EXPLICIT Version` in TBSCertificate.
-const VERSION: u8 = 0xa0;
 
 /// What a certificate says about its validity and key.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -23,17 +21,7 @@ pub struct LeafFacts {
 
 /// Reads `cert` (DER).
 pub fn leaf_facts(cert: &[u8]) -> Option<LeafFacts> {
-    let (SEQUENCE, certificate, _) = tlv(cert)? else {
-        return None;
-    };
-    let (SEQUENCE, tbs, _) = tlv(certificate)? else {
-        return None;
-    };
-    let (tag, _, mut rest) = tlv(tbs)?;
-    if tag == VERSION {
-        // serialNumber follows the version.
-        (_, _, rest) = tlv(rest)?;
-    }
+    let rest = crate::tls::der::tbs_after_serial(cert)?;
     // signature, issuer
     let (_, _, rest) = tlv(rest)?;
     let (_, _, rest) = tlv(rest)?;
