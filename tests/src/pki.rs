@@ -52,11 +52,21 @@ impl Pki {
     /// A workload certificate for service account `sa`, signed by the root, usable as client
     /// and server (as Istio's are).
     pub fn identity(&self, sa: &str) -> Identity {
+        self.identity_with_dns(sa, &[])
+    }
+
+    /// [`Self::identity`] with DNS SANs besides the SPIFFE URI.
+    pub fn identity_with_dns(&self, sa: &str, dns: &[&str]) -> Identity {
         let mut params = rcgen::CertificateParams::default();
         let uri = spiffe(sa);
         params.subject_alt_names = vec![rcgen::SanType::URI(
             rcgen::Ia5String::try_from(uri.as_str()).expect("a URI SAN"),
         )];
+        params.subject_alt_names.extend(
+            dns.iter().map(|d| {
+                rcgen::SanType::DnsName(rcgen::Ia5String::try_from(*d).expect("a DNS SAN"))
+            }),
+        );
         params.extended_key_usages = vec![
             rcgen::ExtendedKeyUsagePurpose::ServerAuth,
             rcgen::ExtendedKeyUsagePurpose::ClientAuth,

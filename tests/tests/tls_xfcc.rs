@@ -1,7 +1,9 @@
 //! `x-forwarded-client-cert` as Envoy writes it, compared with Envoy: one listener per
 //! `forward_client_cert_details` mode (Istio's inbound chains use APPEND_FORWARD with subject,
 //! URI and DNS), each taking mutual TLS, one-way TLS and plaintext, every request arriving with
-//! a spoofed XFCC header. The upstream must see the same header from both proxies.
+//! a spoofed XFCC header. The upstream must see the same header (and the same
+//! `x-forwarded-proto`) from both proxies. The client certificate carries a URI and two DNS
+//! SANs, so the order of the details is checked too.
 //! Envoy: https://www.envoyproxy.io/docs/envoy/latest/configuration/http/http_conn_man/headers#x-forwarded-client-cert
 
 use serde_json::json;
@@ -110,12 +112,18 @@ fn run(kind: Kind, pki: &Pki, server: &Identity, client: &Identity) -> Vec<Strin
                 .unwrap_or_else(|f| panic!("{}: {mode} {what}: {f:?}", kind.name()));
             assert_eq!(r.status, 200, "{}: {mode} {what}", kind.name());
             let received = app.wait_for_requests(before + 1, std::time::Duration::from_secs(5));
-            let value = received[before]
-                .headers
-                .iter()
-                .find(|(k, _)| k == "x-forwarded-client-cert")
-                .map_or("-".to_string(), |(_, v)| v.clone());
-            seen.push(format!("{mode} {what}: {value}"));
+            let header = |name: &str| {
+                received[before]
+                    .headers
+                    .iter()
+                    .find(|(k, _)| k == name)
+                    .map_or("-".to_string(), |(_, v)| v.clone())
+            };
+            seen.push(format!(
+                "{mode} {what}: {} (proto {})",
+                header("x-forwarded-client-cert"),
+                header("x-forwarded-proto")
+            ));
         }
     }
     drop(proxy);
@@ -125,7 +133,8 @@ fn run(kind: Kind, pki: &Pki, server: &Identity, client: &Identity) -> Vec<Strin
 #[test]
 fn forward_client_cert_details_like_envoy() {
     let pki = Pki::new();
-    let (server, client) = (pki.identity("server"), pki.identity("client"));
+    let server = pki.identity("server");
+    let client = pki.identity_with_dns("client", &["client.example", "alt.example"]);
     let ours = run(Kind::Outrigger, &pki, &server, &client);
     // Independent of Envoy: Istio's mode on mutual TLS appends this hop's element.
     let append = ours
@@ -134,11 +143,16 @@ fn forward_client_cert_details_like_envoy() {
         .expect("a line");
     assert!(
         append.contains(&format!("{SPOOFED},By={};Hash=", server.uri))
-            && append.contains(&format!("URI={}", client.uri)),
+            && append.contains(&format!("URI={}", client.uri))
+            && append.contains("DNS=client.example;DNS=alt.example"),
         "{append}"
     );
     assert!(
-        ours.contains(&"SANITIZE plaintext: -".to_string()),
+        ours.contains(&"SANITIZE plaintext: - (proto http)".to_string()),
+        "{ours:#?}"
+    );
+    assert!(
+        ours.contains(&"SANITIZE TLS: - (proto https)".to_string()),
         "{ours:#?}"
     );
     if envoy_or_skip("forward_client_cert_details_like_envoy").is_none() {
