@@ -6,7 +6,7 @@ use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
 use std::io::Read;
 use std::os::unix::process::CommandExt;
-use std::process::{Command, ExitStatus, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
@@ -68,6 +68,20 @@ pub fn run(command: &mut Command, timeout: Duration) -> std::io::Result<Finished
         stderr: stderr.join().expect("the stderr reader does not panic"),
         elapsed,
     })
+}
+
+/// Starts `command` in `dir`, its own process group (so it can be killed with everything it
+/// started), stdin closed and its output in `dir/stdout.log` and `dir/stderr.log`.
+pub fn spawn_logged(command: &mut Command, dir: &std::path::Path) -> std::io::Result<Child> {
+    let stdout = std::fs::File::create(dir.join("stdout.log"))?;
+    let stderr = std::fs::File::create(dir.join("stderr.log"))?;
+    command
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .stdout(stdout)
+        .stderr(stderr)
+        .process_group(0)
+        .spawn()
 }
 
 fn drain<R: Read + Send + 'static>(pipe: Option<R>) -> thread::JoinHandle<String> {

@@ -7,12 +7,11 @@ use crate::binaries::{self, Kind, Proxy};
 use crate::curl::{self, Response};
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
-use std::fs::{self, File};
+use std::fs;
 use std::io::{Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpStream};
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Child, Command, ExitStatus};
 use std::thread;
 use std::time::{Duration, Instant};
 use tempfile::TempDir;
@@ -75,15 +74,7 @@ impl RunningProxy {
                 command.arg("--use-dynamic-base-id");
             }
         }
-        let stdout = File::create(dir.path().join("stdout.log")).expect("create stdout.log");
-        let stderr = File::create(dir.path().join("stderr.log")).expect("create stderr.log");
-        let child = command
-            .current_dir(dir.path())
-            .stdin(Stdio::null())
-            .stdout(stdout)
-            .stderr(stderr)
-            .process_group(0)
-            .spawn()
+        let child = crate::process::spawn_logged(&mut command, dir.path())
             .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.path.display()));
         let mut proxy = RunningProxy {
             kind,

@@ -8,12 +8,11 @@ use crate::curl;
 use crate::free_port;
 use nix::sys::signal::{kill, killpg, Signal};
 use nix::unistd::Pid;
-use std::fs::{self, File};
+use std::fs;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::os::unix::process::CommandExt;
 use std::path::Path;
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Child, Command, ExitStatus};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread;
@@ -78,15 +77,7 @@ impl Sidecar {
         for (k, v) in env {
             command.env(k, v);
         }
-        let stdout = File::create(dir.path().join("stdout.log")).expect("create stdout.log");
-        let stderr = File::create(dir.path().join("stderr.log")).expect("create stderr.log");
-        let child = command
-            .current_dir(dir.path())
-            .stdin(Stdio::null())
-            .stdout(stdout)
-            .stderr(stderr)
-            .process_group(0)
-            .spawn()
+        let child = crate::process::spawn_logged(&mut command, dir.path())
             .expect("start outrigger proxy sidecar");
         Sidecar { child, dir, ports }
     }
