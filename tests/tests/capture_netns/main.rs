@@ -417,6 +417,13 @@ fn original_src_shows_the_app_the_clients_own_address() {
         &format!("{POD_IP}:8081"),
         Protocol::Http("app-http"),
     );
+    // Both listeners (TCP and HTTP) take the filter with Istio's TPROXY mark.
+    const ORIGINAL_SRC: &str = r#"    listener_filters:
+    - name: envoy.filters.listener.original_src
+      typed_config:
+        "@type": type.googleapis.com/envoy.extensions.filters.listener.original_src.v3.OriginalSrc
+        mark: 1337
+"#;
     let bootstrap = format!(
         r#"admin:
   address:
@@ -425,12 +432,7 @@ static_resources:
   listeners:
   - name: with_original_src
     address: {{ socket_address: {{ address: 0.0.0.0, port_value: 9999 }} }}
-    listener_filters:
-    - name: envoy.filters.listener.original_src
-      typed_config:
-        "@type": type.googleapis.com/envoy.extensions.filters.listener.original_src.v3.OriginalSrc
-        mark: 1337
-    filter_chains:
+{ORIGINAL_SRC}    filter_chains:
     - filters:
       - name: envoy.filters.network.tcp_proxy
         typed_config:
@@ -439,12 +441,7 @@ static_resources:
           cluster: app
   - name: http_with_original_src
     address: {{ socket_address: {{ address: 0.0.0.0, port_value: 9998 }} }}
-    listener_filters:
-    - name: envoy.filters.listener.original_src
-      typed_config:
-        "@type": type.googleapis.com/envoy.extensions.filters.listener.original_src.v3.OriginalSrc
-        mark: 1337
-    filter_chains:
+{ORIGINAL_SRC}    filter_chains:
     - filters:
       - name: envoy.filters.network.http_connection_manager
         typed_config:
