@@ -409,7 +409,7 @@ pub(super) fn answered(
     ctx: &HttpContext,
     cluster: &ClusterRuntime,
     host: &Host,
-    response: Response<Incoming>,
+    mut response: Response<Incoming>,
     started: Instant,
     set_cookie: Option<HeaderValue>,
     idle: Option<(Duration, &Arc<crate::stats::Counter>)>,
@@ -423,14 +423,10 @@ pub(super) fn answered(
     cluster.stats.upstream_rq_completed.inc();
     cluster.stats.response(response.status());
     count_host_response(&host.stats, response.status());
-    let upstream_local = response
-        .extensions()
-        .get::<crate::upstream::connector::UpstreamLocalAddress>()
-        .map(|a| a.0);
-    let upstream_identities = response
-        .extensions()
-        .get::<std::sync::Arc<crate::tls::UpstreamIdentities>>()
-        .cloned();
+    let facts = response
+        .extensions_mut()
+        .remove::<crate::upstream::ConnectionFacts>()
+        .unwrap_or_default();
     let mut response = downstream_response(response, elapsed, server, ctx.hcm.server_header);
     if let Some((idle, counter)) = idle {
         response = response.map(|body| {
@@ -447,9 +443,11 @@ pub(super) fn answered(
         info: Default::default(),
     };
     outcome.info.upstream_host = Some(host.authority.clone());
-    outcome.info.upstream_local_address = upstream_local;
-    outcome.info.upstream_identities = upstream_identities;
-    outcome.info.upstream_istio_peer = host.istio_peer.clone();
+    outcome.info.upstream_local_address = facts.local;
+    outcome.info.upstream_identities = facts.identities;
+    if ctx.records_streams() {
+        outcome.info.upstream_istio_peer = host.istio_peer.clone();
+    }
     outcome
 }
 

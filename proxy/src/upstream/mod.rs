@@ -26,3 +26,4 @@ pub use host::{Host, HostSet, HostStats};
 pub use manager::{ClusterManager, ClusterRuntime, ClusterStats};
 pub use outlier::HostResult;
 pub use pool::{UpstreamBody, UpstreamError};
+pub use pool_conn::ConnectionFacts;

@@ -202,13 +202,9 @@ impl Pool {
             }
         };
         let mut response = sent.map_err(|e| UpstreamError::Reset(reset_reason(&e)))?;
-        if let Some(local) = conn.facts.local {
-            response
-                .extensions_mut()
-                .insert(super::connector::UpstreamLocalAddress(local));
-        }
-        if let Some(identities) = &conn.facts.identities {
-            response.extensions_mut().insert(identities.clone());
+        // One extension for all the router reads of the connection (one allocation).
+        if conn.facts.local.is_some() || conn.facts.identities.is_some() {
+            response.extensions_mut().insert(conn.facts.clone());
         }
         pool.finish(conn, active);
         Ok(response)
