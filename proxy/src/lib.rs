@@ -11,6 +11,7 @@ pub mod http;
 pub mod listener;
 pub mod logging;
 pub mod random;
+pub mod rbac;
 pub mod server;
 pub mod stats;
 pub mod tcp;

@@ -50,6 +50,7 @@ xds_messages! {
     pb::envoy::extensions::filters::http::router::v3::Router => "envoy.extensions.filters.http.router.v3.Router",
     pb::envoy::extensions::filters::http::fault::v3::HttpFault => "envoy.extensions.filters.http.fault.v3.HTTPFault",
     pb::envoy::extensions::filters::http::rbac::v3::Rbac => "envoy.extensions.filters.http.rbac.v3.RBAC",
+    pb::envoy::extensions::filters::http::rbac::v3::RbacPerRoute => "envoy.extensions.filters.http.rbac.v3.RBACPerRoute",
     pb::envoy::extensions::filters::network::rbac::v3::Rbac => "envoy.extensions.filters.network.rbac.v3.RBAC",
     pb::envoy::extensions::filters::http::local_ratelimit::v3::LocalRateLimit => "envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit",
     pb::envoy::extensions::filters::http::compressor::v3::Compressor => "envoy.extensions.filters.http.compressor.v3.Compressor",

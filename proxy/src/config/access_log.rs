@@ -156,7 +156,11 @@ impl Filter {
     /// Request headers the filter reads (to keep them until the stream ends).
     pub fn header_names(&self, into: &mut Vec<http::HeaderName>) {
         match self {
-            Filter::Header(m) => into.extend(m.name.clone()),
+            Filter::Header(m) => {
+                if let super::matcher::HeaderKey::Name(name) = &m.key {
+                    into.push(name.clone());
+                }
+            }
             Filter::Runtime {
                 independent: false, ..
             } => into.push(http::HeaderName::from_static("x-request-id")),

@@ -300,6 +300,33 @@ static POLICIES: &[(&str, Policy)] = policies! {
     "envoy.type.matcher.v3.StringMatcher" => ["exact", "prefix", "suffix", "safe_regex", "contains", "ignore_case"];
     "envoy.type.matcher.v3.RegexMatcher" => ["google_re2", "regex"];
     "envoy.type.matcher.v3.RegexMatcher.GoogleRE2" => [];
+    // RBAC (config/rbac.rs). The xDS matcher trees, CEL conditions, audit loggers, filter
+    // state and sourced metadata are refused by path.
+    "envoy.extensions.filters.http.rbac.v3.RBAC" => ["rules", "shadow_rules", "rules_stat_prefix",
+        "shadow_rules_stat_prefix", "track_per_rule_stats"];
+    "envoy.extensions.filters.http.rbac.v3.RBACPerRoute" => ["rbac"];
+    "envoy.extensions.filters.network.rbac.v3.RBAC" => ["rules", "shadow_rules", "shadow_rules_stat_prefix",
+        "stat_prefix", "enforcement_type", "delay_deny"];
+    "envoy.config.rbac.v3.RBAC" => ["action", "policies"];
+    "envoy.config.rbac.v3.Policy" => ["permissions", "principals"];
+    "envoy.config.rbac.v3.Permission" => ["and_rules", "or_rules", "any", "header", "url_path", "destination_ip",
+        "destination_port", "destination_port_range", "metadata", "not_rule", "requested_server_name"];
+    "envoy.config.rbac.v3.Permission.Set" => ["rules"];
+    "envoy.config.rbac.v3.Principal" => ["and_ids", "or_ids", "any", "authenticated", "source_ip", "direct_remote_ip",
+        "remote_ip", "header", "url_path", "metadata", "not_id"];
+    "envoy.config.rbac.v3.Principal.Set" => ["ids"];
+    "envoy.config.rbac.v3.Principal.Authenticated" => ["principal_name"];
+    "envoy.type.matcher.v3.PathMatcher" => ["path"];
+    "envoy.type.v3.Int32Range" => ["start", "end"];
+    "envoy.type.v3.DoubleRange" => ["start", "end"];
+    "envoy.type.matcher.v3.MetadataMatcher" => ["filter", "path", "value", "invert"];
+    "envoy.type.matcher.v3.MetadataMatcher.PathSegment" => ["key"];
+    "envoy.type.matcher.v3.ValueMatcher" => ["null_match", "double_match", "string_match", "bool_match",
+        "present_match", "list_match", "or_match"];
+    "envoy.type.matcher.v3.ValueMatcher.NullMatch" => [];
+    "envoy.type.matcher.v3.ListMatcher" => ["one_of"];
+    "envoy.type.matcher.v3.OrMatcher" => ["value_matchers"];
+    "envoy.type.matcher.v3.DoubleMatcher" => ["range", "exact"];
     "envoy.config.route.v3.RouteAction" => ["cluster", "cluster_header", "weighted_clusters", "timeout", "prefix_rewrite",
         "regex_rewrite", "host_rewrite_literal", "auto_host_rewrite", "host_rewrite_header", "hash_policy",
         "cluster_not_found_response_code", "priority", "retry_policy", "request_mirror_policies", "idle_timeout",

@@ -42,6 +42,8 @@ pub struct HttpConnectionManager {
     pub faults: Vec<FaultFilter>,
     /// The gzip compressor filters of the chain, in order.
     pub compressors: Vec<GzipCompressor>,
+    /// The RBAC filters of the chain, in order; they all run before any fault filter.
+    pub rbac: Vec<RbacFilter>,
     /// Istio's metadata exchange and standard metrics, when the chain has either filter.
     pub istio: Option<Arc<IstioHttp>>,
     /// Istio's `istio.alpn`: the ALPN offers upstream TLS handshakes make for this chain's
@@ -55,6 +57,16 @@ pub struct HttpConnectionManager {
 pub struct FaultFilter {
     pub name: String,
     pub settings: Arc<FaultSettings>,
+    /// `disabled`: the filter acts only on routes that configure it.
+    pub disabled_by_default: bool,
+}
+
+/// An RBAC filter in the chain: its name (which routes' `typed_per_filter_config` refer to)
+/// and its own policies.
+#[derive(Debug)]
+pub struct RbacFilter {
+    pub name: String,
+    pub rbac: Arc<super::rbac::Rbac>,
     /// `disabled`: the filter acts only on routes that configure it.
     pub disabled_by_default: bool,
 }
@@ -210,6 +222,7 @@ pub fn translate_hcm(
     };
     let HttpFilters {
         faults,
+        rbac,
         compressors,
         istio,
         istio_alpn,
@@ -304,6 +317,7 @@ pub fn translate_hcm(
         )?,
         faults,
         compressors,
+        rbac,
         istio,
         istio_alpn,
     })
@@ -313,6 +327,7 @@ pub fn translate_hcm(
 #[derive(Default)]
 struct HttpFilters {
     faults: Vec<FaultFilter>,
+    rbac: Vec<RbacFilter>,
     compressors: Vec<GzipCompressor>,
     istio: Option<Arc<IstioHttp>>,
     istio_alpn: Option<super::istio_alpn::IstioAlpn>,
@@ -365,6 +380,22 @@ fn translate_http_filters(
                 filters.faults.push(FaultFilter {
                     name: filter.name.clone(),
                     settings: Arc::new(translate_fault(&fault, &tc, resolve, acks)?),
+                    disabled_by_default: filter.disabled,
+                });
+                non_terminal_last(is_last, &p, &filter.name, type_name)?;
+            }
+            Some(Extension::HttpRbac(rbac)) => {
+                // Outrigger runs RBAC filters before fault filters; a chain that puts a fault
+                // first (its abort would answer before RBAC decides) is refused.
+                if !filters.faults.is_empty() {
+                    return Err(p.error(format!(
+                        "RBAC filter {} must come before the chain's fault filters in Outrigger",
+                        filter.name
+                    )));
+                }
+                filters.rbac.push(RbacFilter {
+                    name: filter.name.clone(),
+                    rbac: Arc::new(super::rbac::translate_http_rbac(&rbac, &tc, acks)?),
                     disabled_by_default: filter.disabled,
                 });
                 non_terminal_last(is_last, &p, &filter.name, type_name)?;

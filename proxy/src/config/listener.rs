@@ -64,6 +64,9 @@ pub struct FilterChain {
     pub name: String,
     pub matcher: ChainMatch,
     pub filters: Vec<NetworkFilter>,
+    /// The chain's network RBAC filters, in order: they decide on the connection's first
+    /// bytes, before the terminal filter sees them.
+    pub rbac: Vec<Arc<NetworkRbac>>,
     /// `envoy.transport_sockets.tls`: connections on this chain are TLS-terminated.
     pub tls: Option<Arc<DownstreamTls>>,
     /// The chain asks for a transport socket Outrigger does not speak: its connections are
@@ -72,6 +75,13 @@ pub struct FilterChain {
     /// A digest of the chain's configuration: an update that keeps a chain unchanged leaves
     /// its connections alone.
     pub fingerprint: u64,
+}
+
+/// `envoy.filters.network.rbac`: policies and the stat prefix they count under.
+#[derive(Debug)]
+pub struct NetworkRbac {
+    pub rbac: super::rbac::Rbac,
+    pub stat_prefix: String,
 }
 
 #[derive(Debug)]
@@ -333,6 +343,7 @@ fn translate_filter_chain(
     let mut filters = Vec::with_capacity(fc.filters.len());
     // Istio's TCP metrics, for the chain's tcp_proxy (with where they were configured).
     let mut istio_tcp: Option<(super::istio::StatsPlugin, FieldPath)> = None;
+    let mut rbac = Vec::new();
     for (i, f) in fc.filters.iter().enumerate() {
         let p = path.field("filters").index(i);
         let any = match &f.config_type {
@@ -354,6 +365,20 @@ fn translate_filter_chain(
             }
         }
         let filter = match extension::decode(any, &tc)? {
+            Some(Extension::NetworkRbac(_)) if is_last => {
+                return Err(p.error(format!(
+                    "non-terminal filter named {} of type envoy.filters.network.rbac is the last filter in a network filter chain",
+                    f.name
+                )))
+            }
+            Some(Extension::NetworkRbac(r)) => {
+                let (rules, stat_prefix) = super::rbac::translate_network_rbac(&r, &tc, acks)?;
+                rbac.push(Arc::new(NetworkRbac {
+                    rbac: rules,
+                    stat_prefix,
+                }));
+                continue;
+            }
             Some(Extension::HttpConnectionManager(hcm)) => {
                 if let Some((_, at)) = istio_tcp.take() {
                     super::istio_tcp::acknowledge_on_http_chain(&at, acks);
@@ -405,6 +430,7 @@ fn translate_filter_chain(
         name: fc.name.clone(),
         matcher,
         filters,
+        rbac,
         tls,
         unsupported_transport,
         fingerprint: fingerprint(&prost::Message::encode_to_vec(fc)),

@@ -168,28 +168,92 @@ pub enum HeaderMatch {
     Range { start: i64, end: i64 },
 }
 
+/// A request as header matchers see it: its headers, and the pseudo-headers Envoy's header map
+/// carries beside them whatever the protocol (`:method`, `:authority`, `:path` with the query,
+/// `:scheme`). None for a pseudo-header the caller does not have (it counts as missing).
+#[derive(Debug, Clone, Copy)]
+pub struct RequestHead<'a> {
+    pub headers: &'a http::HeaderMap,
+    pub method: Option<&'a str>,
+    pub authority: Option<&'a str>,
+    pub path: Option<&'a str>,
+    pub scheme: Option<&'a str>,
+}
+
+impl<'a> RequestHead<'a> {
+    /// Headers without pseudo-headers, but for `:authority`, which is the `host` header.
+    pub fn headers_only(headers: &'a http::HeaderMap) -> Self {
+        Self {
+            headers,
+            method: None,
+            authority: headers
+                .get(http::header::HOST)
+                .and_then(|v| v.to_str().ok()),
+            path: None,
+            scheme: None,
+        }
+    }
+
+    fn pseudo(&self, p: Pseudo) -> Option<&'a str> {
+        match p {
+            Pseudo::Method => self.method,
+            Pseudo::Authority => self.authority,
+            Pseudo::Path => self.path,
+            Pseudo::Scheme => self.scheme,
+        }
+    }
+}
+
+/// The header a matcher reads.
+#[derive(Debug, Clone)]
+pub enum HeaderKey {
+    Name(http::HeaderName),
+    Pseudo(Pseudo),
+    /// A name no request can carry (Envoy accepts such matchers; they see the header as
+    /// missing).
+    Never,
+}
+
+/// The request pseudo-headers (`host` is `:authority` too, as Envoy's codecs make it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pseudo {
+    Method,
+    Authority,
+    Path,
+    Scheme,
+}
+
 /// A header condition. A header sent more than once matches when any one of its values does
 /// (values are not joined; Envoy 1.40 matches so), and `invert_match` inverts that outcome.
 #[derive(Debug, Clone)]
 pub struct HeaderMatcher {
-    /// None for a name no request can carry (Envoy accepts such matchers; they see the
-    /// header as missing).
-    pub name: Option<http::HeaderName>,
+    pub key: HeaderKey,
     pub matcher: HeaderMatch,
     pub invert: bool,
     pub treat_missing_as_empty: bool,
 }
 
 impl HeaderMatcher {
+    /// Against plain headers: a pseudo-header counts as missing.
     pub fn matches(&self, headers: &http::HeaderMap) -> bool {
-        let mut values = self
-            .name
-            .as_ref()
-            .map(|name| headers.get_all(name).iter())
-            .into_iter()
-            .flatten()
-            .map(|v| std::str::from_utf8(v.as_bytes()).unwrap_or(""))
-            .peekable();
+        self.matches_request(&RequestHead::headers_only(headers))
+    }
+
+    pub fn matches_request(&self, head: &RequestHead<'_>) -> bool {
+        match &self.key {
+            HeaderKey::Name(name) => self.matches_values(
+                head.headers
+                    .get_all(name)
+                    .iter()
+                    .map(|v| std::str::from_utf8(v.as_bytes()).unwrap_or("")),
+            ),
+            HeaderKey::Pseudo(p) => self.matches_values(head.pseudo(*p).into_iter()),
+            HeaderKey::Never => self.matches_values(std::iter::empty()),
+        }
+    }
+
+    fn matches_values<'v>(&self, values: impl Iterator<Item = &'v str>) -> bool {
+        let mut values = values.peekable();
         let present = values.peek().is_some();
         let result = match &self.matcher {
             HeaderMatch::Present(want) => present == *want,
@@ -216,7 +280,16 @@ pub fn header_matcher(m: &ProtoHeaderMatcher, path: &FieldPath) -> Result<Header
     if m.name.is_empty() {
         return Err(path.field("name").error("must not be empty"));
     }
-    let name = http::HeaderName::from_bytes(m.name.to_ascii_lowercase().as_bytes()).ok();
+    let lower = m.name.to_ascii_lowercase();
+    let key = match lower.as_str() {
+        ":method" => HeaderKey::Pseudo(Pseudo::Method),
+        ":authority" | "host" => HeaderKey::Pseudo(Pseudo::Authority),
+        ":path" => HeaderKey::Pseudo(Pseudo::Path),
+        ":scheme" => HeaderKey::Pseudo(Pseudo::Scheme),
+        _ => {
+            http::HeaderName::from_bytes(lower.as_bytes()).map_or(HeaderKey::Never, HeaderKey::Name)
+        }
+    };
     let exact = |s: &str| StringMatcher {
         pattern: StringMatch::Exact(s.to_string()),
         ignore_case: false,
@@ -250,7 +323,7 @@ pub fn header_matcher(m: &ProtoHeaderMatcher, path: &FieldPath) -> Result<Header
         },
     };
     Ok(HeaderMatcher {
-        name,
+        key,
         matcher,
         invert: m.invert_match,
         treat_missing_as_empty: m.treat_missing_header_as_empty,

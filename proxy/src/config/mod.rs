@@ -27,6 +27,7 @@ pub mod load_balancing;
 pub mod matcher;
 pub mod outlier;
 pub mod per_filter;
+pub mod rbac;
 pub mod redirect;
 pub mod resolver;
 pub mod retry_policy;

@@ -18,6 +18,8 @@ use xds_proto::{Extension, XdsMessage};
 #[derive(Debug, Clone)]
 pub enum PerFilter {
     Fault(Arc<FaultSettings>),
+    /// `RBACPerRoute`: these policies replace the RBAC filter's own.
+    Rbac(Arc<super::rbac::Rbac>),
     /// `FilterConfig.disabled`: the filter does nothing for these requests.
     Disabled,
 }
@@ -92,6 +94,9 @@ fn translate_one(
         Some(Extension::Fault(fault)) => Ok(Some(PerFilter::Fault(Arc::new(translate_fault(
             &fault, path, resolve, acks,
         )?)))),
+        Some(Extension::HttpRbacPerRoute(rbac)) => Ok(Some(PerFilter::Rbac(Arc::new(
+            super::rbac::translate_per_route(&rbac, path, acks)?,
+        )))),
         _ => Err(path.error(format!(
             "no per-route config of type '{type_name}' is supported for filter '{name}'"
         ))),
@@ -100,5 +105,8 @@ fn translate_one(
 
 /// Whether Outrigger has a per-route implementation for this type.
 fn known(any: &Any) -> bool {
-    matches!(xds_proto::decode_extension(any), Ok(Extension::Fault(_)))
+    matches!(
+        xds_proto::decode_extension(any),
+        Ok(Extension::Fault(_) | Extension::HttpRbacPerRoute(_))
+    )
 }

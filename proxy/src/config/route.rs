@@ -6,7 +6,7 @@
 use super::error::{FieldPath, Result};
 use super::fields::Acknowledged;
 use super::header_mutation::{header_mutation, HeaderMutation};
-use super::matcher::{full_regex, header_matcher, HeaderMatcher};
+use super::matcher::{full_regex, header_matcher, HeaderMatcher, RequestHead};
 use super::per_filter::{translate_per_filter, PerFilterConfigs};
 use super::redirect::translate_redirect;
 pub use super::redirect::{Redirect, RedirectPath};
@@ -147,10 +147,10 @@ impl RouteConfig {
         host: &str,
         path: &str,
         query: &str,
-        headers: &http::HeaderMap,
+        head: &RequestHead<'_>,
     ) -> Option<(&VirtualHost, &Route)> {
         let vh = self.virtual_host(host)?;
-        let route = vh.index.find(&vh.routes, path, query, headers)?;
+        let route = vh.index.find(&vh.routes, path, query, head)?;
         Some((vh, route))
     }
 }
@@ -535,10 +535,10 @@ pub(super) fn runtime_fraction(
 
 impl Route {
     /// Everything but the path: headers, query parameters, gRPC, runtime fraction.
-    pub fn matches_rest(&self, headers: &http::HeaderMap, query: &str) -> bool {
-        self.headers.iter().all(|h| h.matches(headers))
+    pub fn matches_rest(&self, head: &RequestHead<'_>, query: &str) -> bool {
+        self.headers.iter().all(|h| h.matches_request(head))
             && self.query.iter().all(|q| q.matches(query))
-            && (!self.grpc || crate::http::is_grpc(headers))
+            && (!self.grpc || crate::http::is_grpc(head.headers))
             && self
                 .fraction_per_million
                 .is_none_or(|p| crate::random::below(1_000_000) < p)

@@ -85,16 +85,16 @@ impl RouteIndex {
         routes: &'a [Route],
         path: &str,
         query: &str,
-        headers: &http::HeaderMap,
+        head: &super::matcher::RequestHead<'_>,
     ) -> Option<&'a Route> {
         let full_match = |i: &u32| {
             let r = &routes[*i as usize];
-            r.path.matches(path) && r.matches_rest(headers, query)
+            r.path.matches(path) && r.matches_rest(head, query)
         };
         if !self.enabled {
             return routes
                 .iter()
-                .find(|r| r.path.matches(path) && r.matches_rest(headers, query));
+                .find(|r| r.path.matches(path) && r.matches_rest(head, query));
         }
         let mut best: Option<u32> = None;
         let mut consider = |list: &[u32]| {

@@ -1,5 +1,6 @@
 //! Translation tests: what is accepted, and that every refusal names the field's path.
 
+use super::matcher::RequestHead;
 use super::translate_bootstrap;
 use crate::bootstrap::{load, Sources};
 
@@ -251,7 +252,7 @@ fn query_parameters_grpc_and_headers_narrow_routes() {
     let mut headers = http::HeaderMap::new();
     let name = |path: &str, query: &str, h: &http::HeaderMap| {
         table
-            .find_route("x", path, query, h)
+            .find_route("x", path, query, &RequestHead::headers_only(h))
             .map(|(_, r)| r.name.clone())
     };
     assert_eq!(
@@ -274,7 +275,12 @@ fn weighted_clusters_split_by_weight_and_check_totals() {
             route: { weighted_clusters: { clusters: [{ name: c, weight: 30 }, { name: c, weight: 70 }] } } }] }] }"#,
     );
     let (_, route) = table
-        .find_route("x", "/", "", &http::HeaderMap::new())
+        .find_route(
+            "x",
+            "/",
+            "",
+            &RequestHead::headers_only(&http::HeaderMap::new()),
+        )
         .expect("route");
     let crate::config::route::Action::Forward(f) = &route.action else {
         panic!("forward expected")
@@ -294,6 +300,38 @@ fn weighted_clusters_split_by_weight_and_check_totals() {
         err.contains("weighted_clusters.total_weight: sum of weights"),
         "{err}"
     );
+}
+
+#[test]
+fn routes_match_pseudo_headers() {
+    let table = route_table(
+        r#"{ virtual_hosts: [{ name: v, domains: ["*"], routes: [
+            { name: post, match: { prefix: "/", headers: [{ name: ":method", string_match: { exact: POST } }] }, route: { cluster: c } },
+            { name: host, match: { prefix: "/", headers: [{ name: ":authority", string_match: { prefix: "api." } }] }, route: { cluster: c } },
+            { name: https, match: { prefix: "/", headers: [{ name: ":scheme", string_match: { exact: https } }] }, route: { cluster: c } },
+            { name: query, match: { prefix: "/", headers: [{ name: ":path", string_match: { suffix: "?v=1" } }] }, route: { cluster: c } },
+            { name: rest, match: { prefix: "/" }, route: { cluster: c } } ] }] }"#,
+    );
+    let headers = http::HeaderMap::new();
+    let name = |method: &str, authority: &str, scheme: &str, path: &str| {
+        let head = RequestHead {
+            headers: &headers,
+            method: Some(method),
+            authority: Some(authority),
+            path: Some(path),
+            scheme: Some(scheme),
+        };
+        let (p, q) = path.split_once('?').unwrap_or((path, ""));
+        table
+            .find_route(authority, p, q, &head)
+            .map(|(_, r)| r.name.clone())
+            .unwrap_or_default()
+    };
+    assert_eq!(name("POST", "x", "http", "/"), "post");
+    assert_eq!(name("GET", "api.x", "http", "/"), "host");
+    assert_eq!(name("GET", "x", "https", "/"), "https");
+    assert_eq!(name("GET", "x", "http", "/a?v=1"), "query");
+    assert_eq!(name("GET", "x", "http", "/a"), "rest");
 }
 
 #[test]
@@ -317,7 +355,7 @@ fn indexed_route_lookup_keeps_first_match_order() {
     let none = http::HeaderMap::new();
     let name = |path: &str, h: &http::HeaderMap| {
         table
-            .find_route("h", path, "", h)
+            .find_route("h", path, "", &RequestHead::headers_only(h))
             .map(|(_, r)| r.name.clone())
             .unwrap_or_default()
     };

@@ -66,7 +66,7 @@ pub struct StreamInfo {
     /// The workload the upstream host's `istio.workload` metadata names.
     pub upstream_istio_peer: Option<Arc<crate::stats::istio::Peer>>,
     pub route_name: Option<Arc<str>>,
-    pub requested_server_name: Option<String>,
+    pub requested_server_name: Option<Arc<str>>,
     pub connection_id: Option<u64>,
     /// The request headers a logger reads, kept past forwarding (what
     /// [`Context::request_headers`] points at when logging).

@@ -247,6 +247,7 @@ fn tls_operators_read_the_connection_and_are_missing_without_it() {
             dns: "".into(),
             sha256: "ab12".into(),
             subject: "".into(),
+            ..Default::default()
         }),
         local: std::sync::Arc::new(crate::tls::CertNames {
             uri: "spiffe://td/ns/c/sa/d".into(),

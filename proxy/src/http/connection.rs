@@ -28,6 +28,10 @@ pub struct HttpContext {
     pub access_logs: crate::access_log::AccessLogs,
     /// Present when the chain has fault injection filters.
     pub fault_stats: Option<super::fault::FaultStats>,
+    /// The counters of the chain's RBAC filters, in chain order.
+    pub rbac_stats: Vec<crate::rbac::RbacStats>,
+    /// The chain's network RBAC filters, which decide the connection before any request.
+    pub connection_rbac: Vec<crate::rbac::ConnectionRbac>,
     pub compressors: super::Compressors,
     /// The server, for state connections follow (a failed health check drains them).
     pub server: Arc<crate::server::Server>,
@@ -58,6 +62,13 @@ pub async fn serve_connection<I>(
 {
     ctx.stats.downstream_cx_total.inc();
     ctx.stats.downstream_cx_active.inc();
+    // Envoy's network RBAC decides on the connection's first bytes; before a connection
+    // manager, Outrigger decides when the connection is accepted (a client that never sends
+    // is closed here, where Envoy would wait).
+    if let Err(details) = crate::rbac::check_connection(&ctx.connection_rbac, &downstream) {
+        tracing::debug!(target: "http", "closing a downstream connection: {details}");
+        return finish(&ctx);
+    }
     let activity = Arc::new(Activity::new());
     let service_ctx = ctx.clone();
     let service_activity = activity.clone();
@@ -293,6 +304,7 @@ async fn handle(
         ));
     }
     info.connection_id = Some(downstream.connection_id);
+    info.requested_server_name = downstream.requested_server_name.clone();
     let connected = outcome.upstream.is_some()
         || matches!(
             outcome.flag,

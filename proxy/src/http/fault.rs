@@ -118,8 +118,9 @@ pub async fn apply(
         let settings = match route.levels.iter().find_map(|l| l.get(&filter.name)) {
             Some(PerFilter::Disabled) => continue,
             Some(PerFilter::Fault(s)) => s,
-            None if filter.disabled_by_default => continue,
-            None => &filter.settings,
+            // Another filter's type under this name is not this filter's override.
+            None | Some(PerFilter::Rbac(_)) if filter.disabled_by_default => continue,
+            None | Some(PerFilter::Rbac(_)) => &filter.settings,
         };
         if let Some(abort) = apply_one(settings, route, headers, stats, &mut injected).await {
             let grpc_request = super::grpc_reply::is_grpc(headers);

@@ -54,6 +54,8 @@ pub struct Downstream {
     pub tls: Option<Arc<crate::tls::TlsInfo>>,
     /// With the listener's `original_src`: the address upstream connections leave from.
     pub original_src: Option<crate::upstream::transport::OriginalSource>,
+    /// The SNI the TLS inspector read (`%REQUESTED_SERVER_NAME%`, RBAC).
+    pub requested_server_name: Option<Arc<str>>,
 }
 
 /// The next connection id: one sequence for the whole process, as Envoy numbers connections.
@@ -62,8 +64,14 @@ pub fn next_connection_id() -> u64 {
     NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
 }
 
-/// Applies Envoy's forwarding rules to a request's headers before routing.
-pub fn mutate_request_headers(f: &Forwarding, headers: &mut HeaderMap, downstream: &Downstream) {
+/// Applies Envoy's forwarding rules to a request's headers before routing. Returns the
+/// client's address as Envoy determines it (from `x-forwarded-for` unless this is the edge),
+/// what RBAC's `remote_ip` matches.
+pub fn mutate_request_headers(
+    f: &Forwarding,
+    headers: &mut HeaderMap,
+    downstream: &Downstream,
+) -> Option<IpAddr> {
     let original_xff = headers
         .get(&X_FORWARDED_FOR)
         .and_then(|v| v.to_str().ok())
@@ -139,6 +147,7 @@ pub fn mutate_request_headers(f: &Forwarding, headers: &mut HeaderMap, downstrea
         append_via(headers, via);
     }
     forward_client_cert(f, headers, downstream);
+    client
 }
 
 /// `x-forwarded-client-cert` by `forward_client_cert_details`: removed, forwarded, or (on a
@@ -272,6 +281,7 @@ mod tests {
             connection_id: 0,
             tls: None,
             original_src: None,
+            requested_server_name: None,
         };
         mutate_request_headers(f, &mut map, &downstream);
         map

@@ -16,6 +16,7 @@ pub mod istio;
 mod local_reply;
 mod mirror;
 mod rate_limited_back_off;
+mod rbac;
 mod redirect;
 mod replay_body;
 mod request_checks;

@@ -10,6 +10,7 @@ use super::local_reply::{local_reply, ResponseFlag};
 use super::redirect::redirect;
 use super::request_checks::{self, Refusal};
 use super::stream_timeouts::{set_grpc_timeout, Expiry, StreamProgress};
+use crate::config::matcher::RequestHead;
 use crate::config::route::Action;
 use bytes::Bytes;
 use http::{header, Request, Response, StatusCode};
@@ -34,6 +35,8 @@ pub struct RequestInfo {
     pub downstream: Downstream,
     /// When the request started, for `%START_TIME%`.
     pub start: std::time::SystemTime,
+    /// The client's address after `x-forwarded-for` processing (RBAC's `remote_ip`).
+    pub client: Option<std::net::IpAddr>,
 }
 
 impl RequestInfo {
@@ -138,16 +141,17 @@ pub async fn route_request(
             return outcome;
         }
     };
+    let forwarding = &ctx.hcm.forwarding;
+    let client = mutate_request_headers(forwarding, request.headers_mut(), downstream);
     let extras = RequestExtras {
         on_upgrade: upgrade.then(|| hyper::upgrade::on(&mut request)),
         weighted_draw: None,
         info: RequestInfo {
             downstream: downstream.clone(),
             start: std::time::SystemTime::now(),
+            client,
         },
     };
-    let forwarding = &ctx.hcm.forwarding;
-    mutate_request_headers(forwarding, request.headers_mut(), downstream);
     // Access logs see the request as the connection manager left it (x-request-id set, ...).
     let logged_request = (!ctx.access_logs.is_empty()).then(|| LoggedRequest::new(&request, ctx));
     let request_id = forwarding
@@ -337,12 +341,43 @@ async fn route_and_act(
         };
     };
     let uri = request.uri();
-    let selected = route_config.find_route(
-        host,
-        uri.path(),
-        uri.query().unwrap_or(""),
-        request.headers(),
-    );
+    let downstream = &extras.info.downstream;
+    let scheme = uri.scheme_str().unwrap_or(if downstream.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    });
+    let head = RequestHead {
+        headers: request.headers(),
+        method: Some(request.method().as_str()),
+        authority: Some(host),
+        path: uri.path_and_query().map(|p| p.as_str()),
+        scheme: Some(scheme),
+    };
+    let selected = route_config.find_route(host, uri.path(), uri.query().unwrap_or(""), &head);
+    // The RBAC filters run before the router answers, also when no route matched.
+    if !ctx.hcm.rbac.is_empty() {
+        let facts = crate::rbac::Facts {
+            request: Some(&head),
+            local: downstream.local,
+            direct_remote: downstream.remote,
+            remote: extras.info.client.or(downstream.remote.map(|a| a.ip())),
+            tls: downstream.tls.as_deref(),
+            server_name: downstream.requested_server_name.as_deref(),
+        };
+        let levels = selected
+            .map(|(vh, route)| [&route.per_filter, &vh.per_filter, &route_config.per_filter]);
+        if let Err(mut outcome) =
+            super::rbac::apply(&ctx.hcm.rbac, &ctx.rbac_stats, levels, &facts, server)
+        {
+            if let Some((_, route)) = selected.filter(|(_, r)| !r.name.is_empty()) {
+                if ctx.records_streams() {
+                    outcome.info.route_name = Some(Arc::from(route.name.as_str()));
+                }
+            }
+            return outcome;
+        }
+    }
     let Some((vh, route)) = selected else {
         ctx.stats.no_route.inc();
         return Outcome {

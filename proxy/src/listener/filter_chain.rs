@@ -147,6 +147,7 @@ mod tests {
                     name: String::new(),
                     matcher,
                     filters: Vec::new(),
+                    rbac: Vec::new(),
                     tls: None,
                     unsupported_transport: None,
                     fingerprint: i as u64,

@@ -167,6 +167,7 @@ pub async fn run(
             connection_id,
             tls: None,
             original_src,
+            requested_server_name: None,
         };
 
         // Listener filters, the chain's transport socket and its network filter run on the
@@ -220,6 +221,7 @@ async fn serve(
         return;
     }
     let mut downstream = downstream;
+    downstream.requested_server_name = detected.sni.as_deref().map(Arc::from);
     let stream = match tls {
         None => stream,
         Some(tls) => match tls.accept(stream).await {

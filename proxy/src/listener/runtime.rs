@@ -39,6 +39,15 @@ impl ChainRuntime {
                     clusters: clusters.clone(),
                     stats: HcmStats::new(store, &hcm.stat_prefix),
                     fault_stats: FaultStats::new(&hcm.faults, store, &hcm.stat_prefix),
+                    rbac_stats: hcm
+                        .rbac
+                        .iter()
+                        .map(|f| {
+                            let prefix = format!("http.{}.", hcm.stat_prefix);
+                            crate::rbac::RbacStats::new(store, &prefix, &f.rbac)
+                        })
+                        .collect(),
+                    connection_rbac: connection_rbac(chain, store),
                     compressors: Compressors::new(&hcm.compressors, store, &hcm.stat_prefix),
                     access_logs: AccessLogs::new(&hcm.access_logs, files),
                     server: server.clone(),
@@ -52,6 +61,7 @@ impl ChainRuntime {
                 config: t.clone(),
                 stats: TcpStats::new(store, &t.stat_prefix),
                 access_logs: AccessLogs::new(&t.access_logs, files),
+                connection_rbac: connection_rbac(chain, store),
                 istio: t
                     .istio
                     .as_ref()
@@ -60,6 +70,18 @@ impl ChainRuntime {
             None => ChainRuntime::Close,
         }
     }
+}
+
+/// The chain's network RBAC filters with their counters.
+fn connection_rbac(
+    chain: &crate::config::listener::FilterChain,
+    store: &crate::stats::Store,
+) -> Vec<crate::rbac::ConnectionRbac> {
+    chain
+        .rbac
+        .iter()
+        .map(|f| crate::rbac::ConnectionRbac::new(store, f))
+        .collect()
 }
 
 /// Per-listener stats (`listener.<address>.*`).

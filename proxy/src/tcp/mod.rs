@@ -29,6 +29,8 @@ pub struct TcpContext {
     pub config: Arc<TcpProxy>,
     pub stats: TcpStats,
     pub access_logs: AccessLogs,
+    /// The chain's network RBAC filters: they decide when the client's first bytes arrive.
+    pub connection_rbac: Vec<crate::rbac::ConnectionRbac>,
     /// Istio's TCP metrics, when the chain has `istio.stats`.
     pub istio: Option<TcpIstio>,
 }
@@ -49,6 +51,12 @@ pub async fn proxy(
         .istio
         .as_ref()
         .map(|i| istio::IstioConnection::new(i, info.tls.clone()));
+    // The network RBAC filters decide when the client's first bytes (or its close) arrive.
+    let rbac_facts = (!ctx.connection_rbac.is_empty()).then(|| info.clone());
+    let connection_rbac = &ctx.connection_rbac;
+    let admit = rbac_facts
+        .as_ref()
+        .map(|d| move || crate::rbac::check_connection(connection_rbac, d));
     let mut log = ConnectionLog::new(&ctx, info);
     let config = &ctx.config;
     let named = config.pick(crate::random::below(config.total_weight));
@@ -117,7 +125,10 @@ pub async fn proxy(
         i.connected(&cluster, upstream.identities.clone(), upstream_peer);
     }
     let counters = ByteCounters::default();
-    let copy = copy_both_ways(downstream, upstream, config.idle_timeout, &counters);
+    let admit = admit
+        .as_ref()
+        .map(|a| a as &(dyn Fn() -> Result<(), String> + Sync));
+    let copy = copy_both_ways(downstream, upstream, config.idle_timeout, &counters, admit);
     tokio::pin!(copy);
     // Istio reports a long connection's bytes every `tcp_reporting_duration`, not only at
     // its end.
@@ -125,12 +136,12 @@ pub async fn proxy(
         let period = i.reporting_period();
         tokio::time::interval_at(tokio::time::Instant::now() + period, period)
     });
-    let idle = loop {
+    let end = loop {
         tokio::select! {
-            idle = &mut copy => break idle,
+            end = &mut copy => break end,
             _ = drain.expired() => {
                 tracing::debug!(target: "filter", "tcp_proxy {}: drain time is up, closing", config.stat_prefix);
-                break false;
+                break CopyEnd::Done;
             }
             _ = next_tick(&mut reporting) => {
                 if let Some(i) = &mut istio {
@@ -140,11 +151,20 @@ pub async fn proxy(
         }
     };
     let (sent, received) = (counters.sent(), counters.received());
-    if idle {
-        stats.idle_timeout.inc();
+    let mut refused_bytes = 0;
+    match end {
+        CopyEnd::Done => {}
+        CopyEnd::Idle => stats.idle_timeout.inc(),
+        CopyEnd::Denied { details, bytes } => {
+            refused_bytes = bytes;
+            if let Some(log) = &mut log.0 {
+                log.info.connection_termination_details = Some(details.into());
+            }
+        }
     }
     if let Some(log) = &mut log.0 {
-        log.info.bytes_received = sent;
+        // What the client sent, also the bytes a denial kept from the upstream.
+        log.info.bytes_received = sent + refused_bytes;
         log.info.bytes_sent = received;
     }
     if let Some(i) = istio {
@@ -263,6 +283,7 @@ impl<'a> ConnectionLog<'a> {
             started: std::time::Instant::now(),
             info: StreamInfo {
                 connection_id: Some(downstream.connection_id),
+                requested_server_name: downstream.requested_server_name.clone(),
                 ..StreamInfo::default()
             },
             downstream,
@@ -322,14 +343,29 @@ async fn next_tick(interval: &mut Option<tokio::time::Interval>) {
     }
 }
 
+/// How the copying ended.
+enum CopyEnd {
+    Done,
+    /// Nothing moved for the idle timeout.
+    Idle,
+    /// A network RBAC filter denied the connection on the client's first bytes (`bytes` of
+    /// them, never forwarded).
+    Denied {
+        details: String,
+        bytes: u64,
+    },
+}
+
 /// Copies both ways until both halves end (each half-close passed on) or, with `idle`, until
-/// nothing moved for that long. Returns whether it stopped for idleness.
+/// nothing moved for that long. `admit`, when given, decides the connection on the client's
+/// first read: a denial closes both directions at once (Envoy's network RBAC).
 async fn copy_both_ways<D, U>(
     downstream: D,
     upstream: U,
     idle: Option<Duration>,
     counters: &ByteCounters,
-) -> bool
+    admit: Option<&(dyn Fn() -> Result<(), String> + Sync)>,
+) -> CopyEnd
 where
     D: AsyncRead + AsyncWrite + Unpin,
     U: AsyncRead + AsyncWrite + Unpin,
@@ -337,22 +373,34 @@ where
     let (mut down_r, mut down_w) = tokio::io::split(downstream);
     let (mut up_r, mut up_w) = tokio::io::split(upstream);
     let (activity_tx, mut activity_rx) = tokio::sync::watch::channel(());
-    let up = copy_half(&mut down_r, &mut up_w, &activity_tx, &counters.sent);
-    let down = copy_half(&mut up_r, &mut down_w, &activity_tx, &counters.received);
-    let both = async { tokio::join!(up, down) };
+    let up = copy_half(&mut down_r, &mut up_w, &activity_tx, &counters.sent, admit);
+    let down = copy_half(
+        &mut up_r,
+        &mut down_w,
+        &activity_tx,
+        &counters.received,
+        None,
+    );
+    let both = async {
+        tokio::pin!(up, down);
+        tokio::select! {
+            up_end = &mut up => match up_end {
+                Ok(()) => down.await.map_or_else(|d| d, |()| CopyEnd::Done),
+                Err(denied) => denied,
+            },
+            _ = &mut down => up.await.map_or_else(|d| d, |()| CopyEnd::Done),
+        }
+    };
     tokio::pin!(both);
     match idle {
-        None => {
-            both.await;
-            false
-        }
+        None => both.await,
         Some(idle) => loop {
             tokio::select! {
-                _ = &mut both => break false,
+                end = &mut both => break end,
                 changed = tokio::time::timeout(idle, activity_rx.changed()) => {
                     if changed.is_err() {
                         tracing::debug!(target: "filter", "tcp_proxy: idle timeout");
-                        break true;
+                        break CopyEnd::Idle;
                     }
                 }
             }
@@ -365,13 +413,20 @@ async fn copy_half<R, W>(
     writer: &mut W,
     activity: &tokio::sync::watch::Sender<()>,
     total: &std::sync::atomic::AtomicU64,
-) where
+    mut admit: Option<&(dyn Fn() -> Result<(), String> + Sync)>,
+) -> Result<(), CopyEnd>
+where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
     let mut buf = vec![0u8; BUFFER];
     loop {
-        let n = match reader.read(&mut buf).await {
+        let read = reader.read(&mut buf).await;
+        if let Some(Err(details)) = admit.take().map(|check| check()) {
+            let bytes = read.map_or(0, |n| n as u64);
+            return Err(CopyEnd::Denied { details, bytes });
+        }
+        let n = match read {
             Ok(0) | Err(_) => break,
             Ok(n) => n,
         };
@@ -383,4 +438,5 @@ async fn copy_half<R, W>(
     }
     // Pass the half-close on: the other direction keeps flowing.
     let _ = writer.shutdown().await;
+    Ok(())
 }

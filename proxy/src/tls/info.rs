@@ -17,6 +17,9 @@ pub struct CertNames {
     /// Istio's metrics key series by it.
     pub uri: Arc<str>,
     pub dns: Arc<str>,
+    /// The same SANs one by one, as RBAC matches them.
+    pub uri_sans: Vec<String>,
+    pub dns_sans: Vec<String>,
     /// SHA-256 of the DER, lowercase hex.
     pub sha256: String,
     /// The subject in RFC 2253 form, as OpenSSL prints it.
@@ -28,6 +31,8 @@ impl Default for CertNames {
         Self {
             uri: Arc::from(""),
             dns: Arc::from(""),
+            uri_sans: Vec::new(),
+            dns_sans: Vec::new(),
             sha256: String::new(),
             subject: Arc::from(""),
         }
@@ -41,6 +46,8 @@ impl CertNames {
         Self {
             uri: sans.uri.join(",").into(),
             dns: sans.dns.join(",").into(),
+            uri_sans: sans.uri,
+            dns_sans: sans.dns,
             sha256: digest.as_ref().iter().map(|b| format!("{b:02x}")).collect(),
             subject: super::subject::subject_rfc2253(der).into(),
         }
