@@ -76,10 +76,8 @@ impl tonic::server::StreamingService<String> for Chat {
     type Future = BoxFuture<Result<tonic::Response<Messages>, Status>>;
     fn call(&mut self, request: tonic::Request<Streaming<String>>) -> Self::Future {
         Box::pin(async move {
-            use tokio_stream::StreamExt;
-            let stream = request.into_inner();
             Ok(tonic::Response::new(
-                Box::pin(stream.map(|m| m.map(|m| m))) as Messages
+                Box::pin(request.into_inner()) as Messages
             ))
         })
     }

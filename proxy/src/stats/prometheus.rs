@@ -18,9 +18,12 @@ pub struct Options<'a> {
     pub filter: Option<&'a regex::Regex>,
 }
 
+/// One series of a family: its stat name (the order), its label text and its metric.
+type Series = (String, String, Metric);
+
 pub fn render(store: &Store, options: &Options<'_>) -> String {
     // (kind, metric name) → (labels, metric) for each series of the family.
-    let mut families: BTreeMap<(u8, String), Vec<(String, String, Metric)>> = BTreeMap::new();
+    let mut families: BTreeMap<(u8, String), Vec<Series>> = BTreeMap::new();
     for (name, Entry { metric, info }) in store.entries() {
         if options.filter.is_some_and(|re| !re.is_match(&name)) {
             continue;
