@@ -14,6 +14,7 @@ pub mod differential;
 pub mod dns;
 pub mod fake_ca;
 pub mod fixed_ports;
+pub mod grpc_echo;
 pub mod istio;
 pub mod netns;
 pub mod parallel;

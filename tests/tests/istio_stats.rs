@@ -41,6 +41,9 @@ const MX: &str = "type.googleapis.com/io.istio.http.peer_metadata.Config";
 const STATS: &str = "type.googleapis.com/stats.PluginConfig";
 
 /// `chain_tls`: empty, or a filter chain's `transport_socket` line (indented 6).
+/// `grpc_stats`: the chain has the gRPC statistics filter (emitting its filter state), as
+/// Istio puts it in every sidecar chain.
+#[allow(clippy::too_many_arguments)]
 fn listener(
     direction: &str,
     port: &str,
@@ -48,7 +51,9 @@ fn listener(
     mx: &str,
     stats: &str,
     chain_tls: &str,
+    grpc_stats: bool,
 ) -> String {
+    let grpc_stats = if grpc_stats { GRPC_STATS_FILTER } else { "" };
     format!(
         r#"  - name: {direction}
     traffic_direction: {direction}
@@ -65,7 +70,7 @@ fn listener(
               domains: ["*"]
               routes: [{{ match: {{ prefix: "/" }}, route: {{ cluster: "{cluster}", timeout: 0s }} }}]
           http_filters:
-          - name: istio.metadata_exchange
+{grpc_stats}          - name: istio.metadata_exchange
             typed_config:
               "@type": type.googleapis.com/udpa.type.v1.TypedStruct
               type_url: {MX}
@@ -81,6 +86,11 @@ fn listener(
 "#
     )
 }
+
+const GRPC_STATS_FILTER: &str = "          - name: envoy.filters.http.grpc_stats\n            typed_config: { \"@type\": type.googleapis.com/envoy.extensions.filters.http.grpc_stats.v3.FilterConfig, emit_filter_state: true }\n";
+
+/// An upstream HTTP/2 cluster's protocol options (the gRPC hops).
+const H2: &str = r#"typed_extension_protocol_options: { envoy.extensions.upstreams.http.v3.HttpProtocolOptions: { "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions, explicit_http_config: { http2_protocol_options: {} } } }"#;
 
 fn cluster(name: &str, port: &str, metadata: &str) -> String {
     format!(
@@ -131,11 +141,20 @@ impl Mtls<'_> {
 }
 
 fn bootstraps(ports: &Ports, mtls: Option<&Mtls<'_>>) -> (String, String) {
+    bootstraps_with(ports, mtls, false)
+}
+
+/// `grpc`: both chains have the gRPC statistics filter and both hops are HTTP/2.
+fn bootstraps_with(ports: &Ports, mtls: Option<&Mtls<'_>>, grpc: bool) -> (String, String) {
     let metadata = r#"metadata: { filter_metadata: { istio: { services: [{ host: server.back.svc.cluster.local, name: server, namespace: back }] } } }"#;
-    let client_cluster = match mtls {
+    let mut client_cluster = match mtls {
         Some(m) => format!("{metadata}\n    {}", m.upstream()),
         None => metadata.to_string(),
     };
+    let app_cluster = if grpc { H2 } else { "" };
+    if grpc {
+        client_cluster = format!("{client_cluster}\n    {H2}");
+    }
     let server_chain = mtls.map(Mtls::downstream).unwrap_or_default();
     let client = format!(
         "{}admin: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {{{{client_admin}}}} }} }} }}\nstatic_resources:\n  listeners:\n{}  clusters:\n{}",
@@ -147,6 +166,7 @@ fn bootstraps(ports: &Ports, mtls: Option<&Mtls<'_>>) -> (String, String) {
             r#"{ upstream_discovery: [{ istio_headers: {} }, { workload_discovery: {} }], upstream_propagation: [{ istio_headers: {} }] }"#,
             "{}",
             "",
+            grpc,
         ),
         cluster(OUTBOUND_CLUSTER, "server", &client_cluster),
     );
@@ -160,8 +180,9 @@ fn bootstraps(ports: &Ports, mtls: Option<&Mtls<'_>>) -> (String, String) {
             r#"{ downstream_discovery: [{ istio_headers: {} }, { workload_discovery: {} }], downstream_propagation: [{ istio_headers: {} }] }"#,
             "{ disable_host_header_fallback: true }",
             &server_chain,
+            grpc,
         ),
-        cluster("inbound|8080||", "app", ""),
+        cluster("inbound|8080||", "app", app_cluster),
     );
     (ports.render(&client), ports.render(&server))
 }
@@ -285,6 +306,10 @@ fn two_sidecars_exchange_metadata_and_report_istio_metrics() {
     assert!(client_body.contains("# TYPE istio_request_duration_milliseconds histogram\n"));
     assert!(client_body.contains("istio_build{component=\"proxy\",tag=\"1.24.2\"} 1\n"));
     assert!(!client_body.contains("envoy_istio"), "no envoy_ prefix");
+    // Without the gRPC statistics filter there are no message counts to report (Istio reads
+    // them from that filter's state).
+    assert!(!client_body.contains("istio_request_messages_total"));
+    assert!(!server_body.contains("istio_response_messages_total"));
 
     // Client side: reporter=source, the local workload is the source, the peer (from the
     // server's response headers) the destination.
@@ -547,6 +572,7 @@ fn without_an_exchange_the_endpoints_istio_workload_metadata_names_the_destinati
             r#"{ upstream_discovery: [{ istio_headers: {} }], upstream_propagation: [{ istio_headers: {} }] }"#,
             "{}",
             "",
+            false,
         ),
     );
     let client = RunningProxy::start(Kind::Outrigger, &ports.render(&yaml), &[]);
@@ -569,4 +595,84 @@ fn without_an_exchange_the_endpoints_istio_workload_metadata_names_the_destinati
     ] {
         assert_eq!(labels[k], v, "{k} in {labels:?}");
     }
+}
+
+/// `istio_request_messages_total` / `istio_response_messages_total` between two sidecars whose
+/// chains have the gRPC statistics filter, for a real gRPC client and server: every call
+/// shape, messages spanning many HTTP/2 frames. Istio reports them with the peer and service
+/// labels only (golden `istio/proxy:testdata/metric/server_request_messages.yaml.tmpl`).
+#[test]
+fn grpc_message_counts_come_from_the_grpc_stats_filter() {
+    let ports = Ports::new(&["client", "server", "client_admin", "server_admin", "app"]);
+    let (client_yaml, server_yaml) = bootstraps_with(&ports, None, true);
+    let server = RunningProxy::start(Kind::Outrigger, &server_yaml, &[]);
+    let client = RunningProxy::start(Kind::Outrigger, &client_yaml, &[]);
+    let target = format!("http://127.0.0.1:{}", ports.get("client"));
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a runtime");
+    runtime.block_on(async {
+        let _app = tests::grpc_echo::serve(ports.get("app"))
+            .await
+            .expect("the gRPC app listens");
+        let mut c = tests::grpc_echo::EchoClient::connect(target)
+            .await
+            .expect("connect");
+        let big = "m".repeat(100_000);
+        for _ in 0..2 {
+            assert_eq!(
+                c.unary("/test.Echo/Unary", "hi").await.expect("unary"),
+                "hi"
+            );
+        }
+        let collected = c.collect(vec!["a".into(), "b".into(), "c".into()]).await;
+        assert_eq!(collected.expect("collect"), "received 3");
+        assert_eq!(c.repeat(4, "r").await.expect("repeat").len(), 4);
+        let chat = c.chat(vec![big.clone(), "s".into(), big]).await;
+        assert_eq!(chat.expect("chat").len(), 3);
+        assert!(c.unary("/test.Echo/Fail", "x").await.is_err());
+    });
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    // Requests: 2 + 3 + 1 + 3 + 1; responses: 2 + 1 + 4 + 3 + 0 (a failed unary answers none).
+    for (proxy, reporter) in [(&client, "source"), (&server, "destination")] {
+        let body = proxy.get("/stats/prometheus").body;
+        let request = message_counts(&body, "istio_request_messages_total");
+        let response = message_counts(&body, "istio_response_messages_total");
+        assert_eq!(
+            request.len(),
+            1,
+            "one series on the {reporter} side:\n{body}"
+        );
+        assert_eq!(response.len(), 1, "{body}");
+        assert_eq!(request[0].1, 10, "{reporter}: request messages\n{body}");
+        assert_eq!(response[0].1, 10, "{reporter}: response messages\n{body}");
+        let labels = &request[0].0;
+        assert_eq!(labels.len(), 20, "{labels:?}");
+        assert_eq!(labels[0], ("reporter".to_string(), reporter.to_string()));
+        assert_eq!(labels[19].0, "destination_cluster");
+        let get = |k: &str| labels.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
+        assert_eq!(get("source_workload"), Some("client-v1"));
+        assert_eq!(get("destination_workload"), Some("server-v2"));
+        assert_eq!(get("destination_service_name"), Some("server"));
+        assert_eq!(get("request_protocol"), None);
+        assert!(body.contains("# TYPE istio_request_messages_total counter\n"));
+        promtool_accepts(&body);
+    }
+}
+
+/// The series of `family`: labels in order, and the count.
+fn message_counts(body: &str, family: &str) -> Vec<(Vec<(String, String)>, u64)> {
+    body.lines()
+        .filter_map(|l| l.strip_prefix(family)?.strip_prefix('{'))
+        .map(|rest| {
+            let (labels, value) = rest.rsplit_once("} ").expect("a sample");
+            let labels = labels
+                .split("\",")
+                .filter_map(|p| p.split_once("=\""))
+                .map(|(k, v)| (k.to_string(), v.trim_end_matches('"').to_string()))
+                .collect();
+            (labels, value.parse().expect("a count"))
+        })
+        .collect()
 }

@@ -406,10 +406,11 @@ static POLICIES: &[(&str, Policy)] = policies! {
     // path until CORS is implemented (`per_filter.rs`).
     "envoy.extensions.filters.http.cors.v3.Cors" => [];
     // https://www.envoyproxy.io/docs/envoy/latest/configuration/http/http_filters/grpc_stats_filter
-    // Istio puts it in every sidecar HTTP chain; see the acknowledgement in `hcm.rs`.
     "envoy.extensions.filters.http.grpc_stats.v3.FilterConfig" => ["emit_filter_state",
         "stats_for_all_methods", "individual_method_stats_allowlist", "enable_upstream_stats",
         "replace_dots_in_grpc_service_name"];
+    "envoy.config.core.v3.GrpcMethodList" => ["services"];
+    "envoy.config.core.v3.GrpcMethodList.Service" => ["name", "method_names"];
     "envoy.extensions.filters.listener.original_src.v3.OriginalSrc" => ["bind_port", "mark"];
     "envoy.extensions.transport_sockets.raw_buffer.v3.RawBuffer" => [];
     "envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext" => ["common_tls_context",

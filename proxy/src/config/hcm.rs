@@ -8,6 +8,7 @@ use super::error::{FieldPath, Result};
 use super::extension;
 use super::fault::{translate_fault, FaultSettings};
 use super::fields::{check, Acknowledged};
+use super::grpc_stats::GrpcStatsFilter;
 use super::hcm_options::{
     http2_settings, limits, path_handling, upgrades, Http2Settings, Limits, PathHandling,
 };
@@ -49,6 +50,8 @@ pub struct HttpConnectionManager {
     /// Istio's `istio.alpn`: the ALPN offers upstream TLS handshakes make for this chain's
     /// requests, when the chain has the filter.
     pub istio_alpn: Option<super::istio_alpn::IstioAlpn>,
+    /// The gRPC statistics filter, when the chain has one.
+    pub grpc_stats: Option<Arc<GrpcStatsFilter>>,
 }
 
 /// A fault injection filter in the chain: its name (which routes' `typed_per_filter_config`
@@ -226,6 +229,7 @@ pub fn translate_hcm(
         compressors,
         istio,
         istio_alpn,
+        grpc_stats,
     } = translate_http_filters(hcm, path, resolve, acks)?;
     let server_name = if hcm.server_name.is_empty() {
         "envoy"
@@ -320,6 +324,7 @@ pub fn translate_hcm(
         rbac,
         istio,
         istio_alpn,
+        grpc_stats,
     })
 }
 
@@ -331,6 +336,7 @@ struct HttpFilters {
     compressors: Vec<GzipCompressor>,
     istio: Option<Arc<IstioHttp>>,
     istio_alpn: Option<super::istio_alpn::IstioAlpn>,
+    grpc_stats: Option<Arc<GrpcStatsFilter>>,
 }
 
 /// Checks the chain and returns the filters that act; the router ends it. Filters Outrigger
@@ -407,11 +413,14 @@ fn translate_http_filters(
                 non_terminal_last(is_last, &p, &filter.name, type_name)?;
             }
             Some(Extension::GrpcStats(grpc_stats)) => {
-                check(&*grpc_stats, &tc, acks)?;
-                acks.push(Acknowledged {
-                    path: tc.to_string(),
-                    reason: "gRPC stats (cluster.<name>.grpc.*) and the message counts of its filter state are not produced: requests pass through unchanged (Istio's stats matcher drops those cluster stats; istio_request_messages_total is not emitted)",
-                });
+                let translated = super::grpc_stats::translate_grpc_stats(&grpc_stats, &tc, acks)?;
+                // Envoy would count every call once per filter; no control plane sends two.
+                if filters.grpc_stats.is_some() {
+                    return Err(p.error(
+                        "a second envoy.filters.http.grpc_stats filter in one chain is not supported",
+                    ));
+                }
+                filters.grpc_stats = Some(Arc::new(translated));
                 non_terminal_last(is_last, &p, &filter.name, type_name)?;
             }
             Some(Extension::Compressor(compressor)) => {

@@ -13,6 +13,7 @@ pub mod error;
 pub mod extension;
 pub mod fault;
 pub mod fields;
+pub mod grpc_stats;
 pub mod hash_policy;
 pub mod hcm;
 pub mod hcm_options;

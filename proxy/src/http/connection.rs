@@ -238,6 +238,15 @@ async fn handle(
         progress.finish();
     }
     request.extensions_mut().insert(progress.clone());
+    // The gRPC statistics filter: the router binds the call to its cluster.
+    let grpc_call = ctx
+        .hcm
+        .grpc_stats
+        .as_ref()
+        .and_then(|g| super::grpc_stats::GrpcCall::start(g, request.uri(), request.headers()));
+    if let Some(call) = &grpc_call {
+        request.extensions_mut().insert(call.clone());
+    }
     let stats = &ctx.stats;
     stats.downstream_rq_total.inc();
     stats.downstream_rq_active.inc();
@@ -253,6 +262,16 @@ async fn handle(
             outcome.response.headers_mut(),
             outcome.upstream.is_some(),
         );
+    }
+    if let Some(call) = &grpc_call {
+        let from_upstream = outcome.upstream.is_some();
+        let response = std::mem::take(&mut outcome.response);
+        outcome.response = call
+            .on_response(response, from_upstream)
+            .map(|b| b.boxed_unsync());
+        if let Some(r) = istio.as_mut() {
+            r.grpc_call = Some(call.clone());
+        }
     }
     let reset = outcome.response.extensions().get::<ResetStream>().is_some();
     if !reset {

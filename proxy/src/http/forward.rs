@@ -74,6 +74,14 @@ pub async fn forward(
             (picked.and_then(|w| w.cluster.current()), picked)
         }
     };
+    if let (Some(call), Some(cluster)) = (
+        request
+            .extensions()
+            .get::<Arc<super::grpc_stats::GrpcCall>>(),
+        &cluster,
+    ) {
+        call.bind(cluster);
+    }
     let Some(cluster) = cluster else {
         ctx.stats.no_cluster.inc();
         return Outcome {
@@ -124,6 +132,17 @@ pub async fn forward(
     outcome
 }
 
+/// The request body as it goes upstream, counted for the stream's progress when it has one.
+fn counted<B>(body: B, progress: Option<Arc<StreamProgress>>) -> ResponseBody
+where
+    B: hyper::body::Body<Data = Bytes, Error = BoxError> + Send + Unpin + 'static,
+{
+    match progress {
+        Some(progress) => CountedBody::new(body, progress).boxed_unsync(),
+        None => body.boxed_unsync(),
+    }
+}
+
 async fn send_to_cluster(
     ctx: &HttpContext,
     cluster: &Arc<ClusterRuntime>,
@@ -170,9 +189,11 @@ async fn send_to_cluster(
     };
     let (mut head, body) = request.into_parts();
     let body = body.map_err(|e| Box::new(e) as BoxError);
-    let body = match head.extensions.remove::<Arc<StreamProgress>>() {
-        Some(progress) => CountedBody::new(body, progress).boxed_unsync(),
-        None => body.boxed_unsync(),
+    let progress = head.extensions.remove::<Arc<StreamProgress>>();
+    // The gRPC statistics filter counts the request's messages as they go upstream.
+    let body = match head.extensions.remove::<Arc<super::grpc_stats::GrpcCall>>() {
+        Some(call) => counted(call.request_body(body), progress),
+        None => counted(body, progress),
     };
     // A gRPC request on a route with `max_grpc_timeout` takes its route timeout from its
     // `grpc-timeout`, and each attempt tells the upstream its deadline in that header.

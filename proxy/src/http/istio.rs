@@ -41,6 +41,9 @@ pub struct IstioRequest {
     request_header_bytes: u64,
     response_header_bytes: u64,
     grpc_status: Option<u32>,
+    /// The call the gRPC statistics filter follows: its filter state feeds
+    /// `istio_request_messages_total` and `istio_response_messages_total`.
+    pub grpc_call: Option<Arc<super::grpc_stats::GrpcCall>>,
 }
 
 impl IstioRuntime {
@@ -171,6 +174,17 @@ impl IstioRuntime {
             principals,
             tcp: false,
         };
+        // Istio reads the message counts from the gRPC statistics filter's state: without
+        // that filter (or its `emit_filter_state`), or before a first message, none.
+        let messages = match &r.grpc_call {
+            Some(call) if r.grpc => call.filter_state(),
+            _ => None,
+        };
+        if let Some((request, response)) = messages {
+            let series = store.istio.message_series(key.messages_key());
+            series.request.add(request);
+            series.response.add(response);
+        }
         let series = store.istio.series(key);
         series.requests.inc();
         if let Some(d) = info.duration {

@@ -140,6 +140,28 @@ pub struct SeriesKey {
     pub tcp: bool,
 }
 
+impl SeriesKey {
+    /// The key of the gRPC message counters: Istio reports them with the peer and service
+    /// labels only (reporter to `destination_cluster`), without the protocol, response and
+    /// security labels (`istio_stats.cc` adds those to its tags only when the stream ends,
+    /// after the message counts were reported; golden file
+    /// `testdata/metric/server_request_messages.yaml.tmpl`).
+    pub fn messages_key(&self) -> SeriesKey {
+        SeriesKey {
+            grpc: true,
+            response_code: 0,
+            grpc_status: None,
+            response_flags: ResponseFlags::NONE,
+            mutual_tls: None,
+            tcp: false,
+            ..self.clone()
+        }
+    }
+}
+
+/// The labels of the gRPC message counters: the first 20, up to `destination_cluster`.
+const MESSAGE_LABELS: usize = 20;
+
 /// The SPIFFE identities of the connection's two ends (URI SANs), where known.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
 pub struct Principals {
@@ -211,10 +233,18 @@ pub struct TcpSeries {
     pub received_bytes: Counter,
 }
 
+/// The gRPC message counters of one series.
+#[derive(Debug, Default)]
+pub struct MessageSeries {
+    pub request: Counter,
+    pub response: Counter,
+}
+
 /// Every Istio series of the process.
 #[derive(Debug, Default)]
 pub struct IstioMetrics {
     series: RwLock<HashMap<SeriesKey, Arc<Series>>>,
+    messages: RwLock<HashMap<SeriesKey, Arc<MessageSeries>>>,
     tcp: RwLock<HashMap<SeriesKey, Arc<TcpSeries>>>,
     fixed: Mutex<Vec<Arc<Fixed>>>,
     /// `istio_build`'s `tag`, once an Istio stats filter was configured.
@@ -251,6 +281,50 @@ impl IstioMetrics {
             .entry(key)
             .or_default()
             .clone()
+    }
+
+    /// The gRPC message counters of `key` (a [`SeriesKey::messages_key`]), as
+    /// [`IstioMetrics::series`].
+    pub fn message_series(&self, key: SeriesKey) -> Arc<MessageSeries> {
+        if let Some(s) = self
+            .messages
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&key)
+        {
+            return s.clone();
+        }
+        self.messages
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(key)
+            .or_default()
+            .clone()
+    }
+
+    fn render_messages(&self, out: &mut String) {
+        let mut rows: Vec<(String, Arc<MessageSeries>)> = self
+            .messages
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|(k, s)| (message_labels(k), s.clone()))
+            .collect();
+        if rows.is_empty() {
+            return;
+        }
+        rows.sort_by(|a, b| a.0.cmp(&b.0));
+        type Pick = fn(&MessageSeries) -> &Counter;
+        let families: [(&str, Pick); 2] = [
+            ("istio_request_messages_total", |s| &s.request),
+            ("istio_response_messages_total", |s| &s.response),
+        ];
+        for (family, pick) in families {
+            let _ = writeln!(out, "# TYPE {family} counter");
+            for (labels, s) in &rows {
+                let _ = writeln!(out, "{family}{{{labels}}} {}", pick(s).value());
+            }
+        }
     }
 
     /// The TCP series of `key`, as [`IstioMetrics::series`].
@@ -316,6 +390,7 @@ impl IstioMetrics {
             .map(|(k, s)| (labels(k), s.clone()))
             .collect();
         self.render_tcp(out);
+        self.render_messages(out);
         if rows.is_empty() {
             return;
         }
@@ -464,6 +539,27 @@ pub fn values(k: &SeriesKey) -> [String; 25] {
             s(policy),
         ]
     }
+}
+
+/// The label text of a gRPC message counter series.
+fn message_labels(k: &SeriesKey) -> String {
+    let mut out = String::new();
+    for (i, (name, value)) in LABELS
+        .iter()
+        .zip(values(k))
+        .take(MESSAGE_LABELS)
+        .enumerate()
+    {
+        if i > 0 {
+            out.push(',');
+        }
+        let _ = write!(
+            out,
+            "{name}=\"{}\"",
+            super::prometheus::escape_value(&value)
+        );
+    }
+    out
 }
 
 /// The label text of a series; a TCP series has no `response_code` or

@@ -2,6 +2,7 @@
 //! is applied and held by the data path, so a request only touches atomics: no name
 //! formatting and no map lookup per request.
 
+pub mod grpc;
 mod histogram;
 pub mod istio;
 pub mod matcher;

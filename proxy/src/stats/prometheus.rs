@@ -18,9 +18,12 @@ pub struct Options<'a> {
     pub filter: Option<&'a regex::Regex>,
 }
 
+/// One series of a family: its stat name (the order), its label text and its metric.
+type Series = (String, String, Metric);
+
 pub fn render(store: &Store, options: &Options<'_>) -> String {
     // (kind, metric name) → (labels, metric) for each series of the family.
-    let mut families: BTreeMap<(u8, String), Vec<(String, Metric)>> = BTreeMap::new();
+    let mut families: BTreeMap<(u8, String), Vec<Series>> = BTreeMap::new();
     for (name, Entry { metric, info }) in store.entries() {
         if options.filter.is_some_and(|re| !re.is_match(&name)) {
             continue;
@@ -49,18 +52,20 @@ pub fn render(store: &Store, options: &Options<'_>) -> String {
         families
             .entry((kind, family))
             .or_default()
-            .push((labels(&info.tags), metric));
+            .push((name, labels(&info.tags), metric));
     }
     let mut out = String::new();
     for ((_, family), mut series) in families {
-        series.sort_by(|a, b| a.0.cmp(&b.0));
+        // Envoy orders a family's series by their stat names, compared name segment by
+        // segment (its symbol table's order), not by their label text.
+        series.sort_by(|a, b| a.0.split('.').cmp(b.0.split('.')));
         let kind = match series.first() {
-            Some((_, Metric::Counter(_))) => "counter",
-            Some((_, Metric::Gauge(_))) => "gauge",
+            Some((_, _, Metric::Counter(_))) => "counter",
+            Some((_, _, Metric::Gauge(_))) => "gauge",
             _ => "histogram",
         };
         let _ = writeln!(out, "# TYPE {family} {kind}");
-        for (labels, metric) in series {
+        for (_, labels, metric) in series {
             match metric {
                 Metric::Counter(c) => {
                     let _ = writeln!(out, "{family}{{{labels}}} {}", c.value());

@@ -58,6 +58,8 @@ pub struct ClusterStats {
     /// made on the cluster's first retry.
     retried: OnceLock<Box<(CodeCounters, Arc<Counter>)>>,
     pub retry: RetryStats,
+    /// `grpc.*` of the gRPC statistics filter, made on the cluster's first gRPC call.
+    grpc: OnceLock<Box<crate::stats::grpc::GrpcClusterStats>>,
 }
 
 /// The retry stats of a cluster, all present from the cluster's creation as in Envoy.
@@ -175,9 +177,20 @@ impl ClusterStats {
             },
             codes: CodeCounters::new(prefix.clone()),
             retried: OnceLock::new(),
+            grpc: OnceLock::new(),
             store: store.clone(),
             prefix,
         }
+    }
+
+    /// The gRPC statistics filter's stats of this cluster.
+    pub fn grpc(&self) -> &crate::stats::grpc::GrpcClusterStats {
+        self.grpc.get_or_init(|| {
+            Box::new(crate::stats::grpc::GrpcClusterStats::new(
+                self.store.clone(),
+                &self.prefix,
+            ))
+        })
     }
 
     /// Counts a final response by class and by code.

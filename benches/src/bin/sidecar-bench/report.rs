@@ -52,8 +52,11 @@ pub fn summary_line(r: &Results) -> String {
         h1.and_then(|s| stats::ratio(s, Target::Outrigger, reference))
             .map_or("n/a".to_string(), |s| format!("{:.2}", s.median))
     };
+    let istio = h1
+        .and_then(|s| stats::ratio(s, Target::OutriggerIstio, Target::Outrigger))
+        .map_or("n/a".to_string(), |s| format!("{:.3}", s.median));
     format!(
-        "sidecar-bench: {} — {} scenarios, {runs} measurements, {} failures, {} skipped, {:.0} s; HTTP/1.1 req/s Outrigger/Envoy {}, Outrigger/direct {}",
+        "sidecar-bench: {} — {} scenarios, {runs} measurements, {} failures, {} skipped, {:.0} s; HTTP/1.1 req/s Outrigger/Envoy {}, Outrigger/direct {}, Outrigger+Istio/Outrigger {istio}",
         if r.failure_count() == 0 { "ok" } else { "FAILED" },
         r.scenarios.len(),
         r.failure_count(),
@@ -183,7 +186,17 @@ fn targets_section(m: &mut String, r: &Results) {
         (Some(a), Some(b)) if *b > 0 => Spread::of(&[*a as f64 / *b as f64]),
         _ => None,
     };
-    let rows: [(&str, Option<Spread>, f64, bool); 7] = [
+    // Istio's telemetry (issue 8): the same Outrigger with and without Istio's HTTP chain,
+    // measured in the same rounds.
+    let istio =
+        find(r, Scenario::H1Throughput).and_then(|s| stats::ratio(s, Target::OutriggerIstio, o));
+    let rows: [(&str, Option<Spread>, f64, bool); 8] = [
+        (
+            "HTTP/1.1 req/s with Istio's HTTP chain (MX + istio.stats) / without (issue 8: under 5% cost)",
+            istio,
+            0.95,
+            true,
+        ),
         (
             "HTTP/1.1 req/s per core, Outrigger / Envoy",
             ratio(Scenario::H1Throughput, Target::Envoy),

@@ -1,6 +1,8 @@
 //! The targets compared: a direct connection to the upstream (the physical limit of this
 //! machine), Outrigger, Envoy, nginx and HAProxy, each with one worker, pinned to the proxy
-//! core, configured from the same `Job`.
+//! core, configured from the same `Job`; and Outrigger again with Istio's HTTP chain
+//! (metadata exchange and `istio.stats`), whose ratio to plain Outrigger is what Istio's
+//! telemetry costs.
 
 use crate::configs;
 use crate::process::{Pinning, Spawned, PROXY_CORE};
@@ -18,15 +20,18 @@ pub enum Target {
     Envoy,
     Nginx,
     Haproxy,
+    /// Outrigger with Istio's HTTP chain; last, so the other targets keep their ports.
+    OutriggerIstio,
 }
 
 impl Target {
-    pub const ALL: [Target; 5] = [
+    pub const ALL: [Target; 6] = [
         Target::Direct,
         Target::Outrigger,
         Target::Envoy,
         Target::Nginx,
         Target::Haproxy,
+        Target::OutriggerIstio,
     ];
 
     pub fn name(self) -> &'static str {
@@ -36,6 +41,7 @@ impl Target {
             Target::Envoy => "Envoy",
             Target::Nginx => "nginx",
             Target::Haproxy => "HAProxy",
+            Target::OutriggerIstio => "Outrigger+Istio",
         }
     }
 
@@ -79,8 +85,12 @@ impl Running {
 pub fn missing(target: Target, found: &Found, outrigger: &Path) -> Option<String> {
     let program = match target {
         Target::Direct => return None,
-        Target::Outrigger if crate::tools::is_executable(outrigger) => return None,
-        Target::Outrigger => {
+        Target::Outrigger | Target::OutriggerIstio
+            if crate::tools::is_executable(outrigger) =>
+        {
+            return None
+        }
+        Target::Outrigger | Target::OutriggerIstio => {
             return Some(format!(
                 "{} not found: build it with `cargo build --release -p outrigger` (or pass --outrigger)",
                 outrigger.display()
@@ -120,6 +130,15 @@ pub fn start(
                 dir,
                 "outrigger.yaml",
                 &configs::envoy::bootstrap(job, block),
+            )?;
+            let args = ["-c", &file, "--concurrency", "1", "-l", "error"];
+            (outrigger.display().to_string(), strings(&args))
+        }
+        Target::OutriggerIstio => {
+            let file = write(
+                dir,
+                "outrigger-istio.yaml",
+                &configs::envoy::istio_bootstrap(job, block),
             )?;
             let args = ["-c", &file, "--concurrency", "1", "-l", "error"];
             (outrigger.display().to_string(), strings(&args))

@@ -2,22 +2,70 @@
 //! connection manager (codec AUTO, so the h2c listener is the same filter) with an inline
 //! route to the HTTP cluster, and a tcp_proxy listener. No admin, no access log: neither
 //! proxy is asked to do more than the others.
+//!
+//! [`istio_bootstrap`] is the same with Istio's HTTP chain in front of the router (metadata
+//! exchange and `istio.stats`, as an outbound sidecar listener has them) and a sidecar's
+//! node metadata, for Outrigger only: it measures what Istio's telemetry costs.
 
 use super::port;
 use crate::scenario::{Job, Listener};
 use std::fmt::Write;
 
 pub fn bootstrap(job: &Job, block: u16) -> String {
-    let mut y = String::from("static_resources:\n  listeners:\n");
+    with_chain(job, block, false)
+}
+
+/// The bootstrap with Istio's HTTP chain on the HTTP listeners (see the module comment).
+pub fn istio_bootstrap(job: &Job, block: u16) -> String {
+    with_chain(job, block, true)
+}
+
+/// Node metadata of an Istio sidecar (its local labels in the metrics).
+const ISTIO_NODE: &str = r#"node:
+  id: "sidecar~10.0.0.1~bench-v1-abcde.default~default.svc.cluster.local"
+  cluster: bench.default
+  metadata:
+    WORKLOAD_NAME: bench-v1
+    NAMESPACE: default
+    CLUSTER_ID: Kubernetes
+    ISTIO_VERSION: 1.24.2
+    LABELS: { app: bench, version: v1, service.istio.io/canonical-name: bench, service.istio.io/canonical-revision: v1 }
+"#;
+
+/// Istio's outbound HTTP filters before the router: metadata exchange, then the stats filter.
+const ISTIO_FILTERS: &str = r#"          - name: istio.metadata_exchange
+            typed_config:
+              "@type": type.googleapis.com/udpa.type.v1.TypedStruct
+              type_url: type.googleapis.com/io.istio.http.peer_metadata.Config
+              value: { upstream_discovery: [{ istio_headers: {} }, { workload_discovery: {} }], upstream_propagation: [{ istio_headers: {} }] }
+          - name: istio.stats
+            typed_config:
+              "@type": type.googleapis.com/udpa.type.v1.TypedStruct
+              type_url: type.googleapis.com/stats.PluginConfig
+              value: {}
+"#;
+
+fn with_chain(job: &Job, block: u16, istio: bool) -> String {
+    let mut y = String::new();
+    if istio {
+        y.push_str(ISTIO_NODE);
+    }
+    y.push_str("static_resources:\n  listeners:\n");
     for listener in Listener::ALL {
         let p = port(block, listener);
         let name = format!("{listener:?}").to_lowercase();
         let _ = write!(
             y,
-            "  - name: {name}\n    address: {{ socket_address: {{ address: 127.0.0.1, port_value: {p} }} }}\n    filter_chains:\n    - filters:\n"
+            "  - name: {name}\n    address: {{ socket_address: {{ address: 127.0.0.1, port_value: {p} }} }}\n"
         );
+        if istio {
+            y.push_str("    traffic_direction: OUTBOUND\n");
+        }
+        y.push_str("    filter_chains:\n    - filters:\n");
         y.push_str(&match listener {
-            Listener::Http | Listener::H2c => hcm(job, &name),
+            Listener::Http | Listener::H2c => {
+                hcm(job, &name, if istio { ISTIO_FILTERS } else { "" })
+            }
             Listener::Tcp => tcp_proxy(&name),
         });
     }
@@ -27,7 +75,7 @@ pub fn bootstrap(job: &Job, block: u16) -> String {
     y
 }
 
-fn hcm(job: &Job, name: &str) -> String {
+fn hcm(job: &Job, name: &str, filters: &str) -> String {
     format!(
         r#"      - name: envoy.filters.network.http_connection_manager
         typed_config:
@@ -43,7 +91,7 @@ fn hcm(job: &Job, name: &str) -> String {
               - match: {{ prefix: "/" }}
                 route: {{ cluster: {cluster} }}
           http_filters:
-          - name: envoy.filters.http.router
+{filters}          - name: envoy.filters.http.router
             typed_config:
               "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
 "#,
@@ -86,5 +134,19 @@ mod tests {
         assert_eq!(y.matches("port_value: 1901").count(), 3);
         assert_eq!(y.matches("type: STATIC").count(), 2);
         assert!(y.contains("port_value: 19001") && y.contains("port_value: 19004"));
+    }
+
+    #[test]
+    fn the_istio_bootstrap_adds_the_chain_to_both_http_listeners_only() {
+        let y = istio_bootstrap(&crate::configs::test_job(), 19050);
+        assert_eq!(y.matches("- name: istio.stats").count(), 2);
+        assert_eq!(y.matches("- name: istio.metadata_exchange").count(), 2);
+        assert!(y.starts_with("node:") && y.contains("WORKLOAD_NAME: bench-v1"));
+        assert_eq!(
+            bootstrap(&crate::configs::test_job(), 19050)
+                .matches("istio")
+                .count(),
+            0
+        );
     }
 }
