@@ -34,6 +34,8 @@ pub struct RequestInfo {
     pub downstream: Downstream,
     /// When the request started, for `%START_TIME%`.
     pub start: std::time::SystemTime,
+    /// The request is sampled for tracing: its span reads the upstream cluster.
+    pub traced: bool,
 }
 
 impl RequestInfo {
@@ -144,6 +146,7 @@ pub async fn route_request(
         info: RequestInfo {
             downstream: downstream.clone(),
             start: std::time::SystemTime::now(),
+            traced: false,
         },
     };
     let forwarding = &ctx.hcm.forwarding;
@@ -362,6 +365,34 @@ async fn route_and_act(
         }
         _ => None,
     };
+    let mut extras = extras;
+    // Tracing decides once the route is known (its sampling and decorator apply), and marks
+    // the request's headers; the host is read again after.
+    let mut trace = ctx
+        .tracing
+        .as_ref()
+        .map(|tracer| (tracer, tracer.start(request.headers_mut(), route)));
+    let host = authority(&request).unwrap_or_default();
+    let span = match &mut trace {
+        Some((tracer, started)) => started.sampled.take().and_then(|sampled| {
+            tracer.span(
+                sampled,
+                route,
+                request.headers(),
+                super::tracing::RequestFacts {
+                    host,
+                    method: request.method(),
+                    path_and_query: request.uri().path_and_query().map_or("/", |p| p.as_str()),
+                    version: request.version(),
+                    peer: extras.info.downstream.remote.map(|a| a.ip()),
+                    local_address: extras.info.downstream.node_address,
+                    start: extras.info.start,
+                },
+            )
+        }),
+        None => None,
+    };
+    extras.info.traced = span.is_some();
     let info = extras.info.clone();
     let version = request.version();
     let reads_request = [
@@ -373,7 +404,6 @@ async fn route_and_act(
     .any(|m| m.reads_request_headers());
     let request_headers = reads_request.then(|| request.headers().clone());
     let logging = ctx.records_streams();
-    let mut extras = extras;
     let injected = match &ctx.fault_stats {
         None => None,
         Some(stats) => {
@@ -444,6 +474,27 @@ async fn route_and_act(
     if let Some(injected) = injected {
         outcome.info.response_flags = outcome.info.response_flags.with(injected.flags);
         injected.wrap(&mut outcome.response);
+    }
+    if let Some((_, started)) = trace {
+        if let Some(op) = started.response_operation {
+            outcome
+                .response
+                .headers_mut()
+                .insert(super::tracing::X_ENVOY_DECORATOR_OPERATION.clone(), op);
+        }
+    }
+    if let Some(mut span) = span {
+        {
+            span.upstream_cluster = outcome
+                .info
+                .upstream_cluster
+                .clone()
+                .map(|c| (c, outcome.info.upstream_cluster_alt.clone()));
+            outcome
+                .response
+                .extensions_mut()
+                .insert(super::tracing::TraceSlot::new(span));
+        }
     }
     outcome
 }
