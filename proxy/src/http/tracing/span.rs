@@ -78,7 +78,6 @@ impl ActiveSpan {
         let mut tags: Vec<(&'static str, String)> = vec![
             ("component", "proxy".into()),
             ("node_id", config.node.id.clone()),
-            ("zone", config.node.zone.clone()),
             ("http.url", format!("{scheme}://{}{path}", r.host)),
             ("http.method", r.method.as_str().into()),
             ("http.protocol", protocol.into()),
@@ -91,6 +90,10 @@ impl ActiveSpan {
                 header(headers, http::header::USER_AGENT).unwrap_or_else(|| "-".into()),
             ),
         ];
+        // Envoy tags the zone only when the node has one.
+        if !config.node.zone.is_empty() {
+            tags.push(("zone", config.node.zone.clone()));
+        }
         if let Some(peer) = r.peer {
             tags.push(("peer.address", peer.to_string()));
         }
