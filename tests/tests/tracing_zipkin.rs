@@ -97,17 +97,12 @@ fn send(side: &Side, path: &str, args: &[&str]) -> String {
 /// then describes them, sorted by URL.
 fn spans(side: &Side, count: usize) -> String {
     let deadline = Instant::now() + Duration::from_secs(9);
-    let mut all = Vec::new();
-    while Instant::now() < deadline {
-        all = collected(side);
-        if all.len() >= count {
-            break;
-        }
+    while Instant::now() < deadline && collected(side).len() < count {
         std::thread::sleep(Duration::from_millis(100));
     }
     // A little more, for spans that must not come.
     std::thread::sleep(Duration::from_millis(300));
-    all = collected(side);
+    let all = collected(side);
     let now_us = SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
         .map_or(0, |d| d.as_micros() as i64);

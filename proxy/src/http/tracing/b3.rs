@@ -194,8 +194,8 @@ mod tests {
         let mut h = HeaderMap::new();
         for (k, v) in pairs {
             h.insert(
-                HeaderName::from_bytes(k.as_bytes()).unwrap(),
-                HeaderValue::from_str(v).unwrap(),
+                HeaderName::from_bytes(k.as_bytes()).expect("valid in the test"),
+                HeaderValue::from_str(v).expect("valid in the test"),
             );
         }
         h
@@ -209,9 +209,9 @@ mod tests {
             ("x-b3-parentspanid", "0020000000000001"),
             ("x-b3-sampled", "1"),
         ]);
-        let e = extract(&h).unwrap();
+        let e = extract(&h).expect("valid in the test");
         assert_eq!(e.sampled, Some(true));
-        let c = e.context.unwrap();
+        let c = e.context.expect("valid in the test");
         assert_eq!(c.trace_high, Some(0x463ac35c9f6413ad));
         assert_eq!(c.span, 0xa2fb4a1d1a96d312);
         let mut out = HeaderMap::new();
@@ -222,14 +222,14 @@ mod tests {
 
     #[test]
     fn single_header_forms() {
-        let e = extract(&headers(&[("b3", "0")])).unwrap();
+        let e = extract(&headers(&[("b3", "0")])).expect("valid in the test");
         assert_eq!((e.sampled, e.context, e.single), (Some(false), None, true));
         let e = extract(&headers(&[(
             "b3",
             "80f198ee56343ba864fe8b2a57d3eff7-e457b5a2e4d86bd1-1-05e3ac9a4f6e3b90",
         )]))
-        .unwrap();
-        let c = e.context.unwrap();
+        .expect("valid in the test");
+        let c = e.context.expect("valid in the test");
         assert_eq!(c.parent, Some(0x05e3ac9a4f6e3b90));
         let mut out = HeaderMap::new();
         inject(&mut out, &c, true, true);
@@ -242,7 +242,8 @@ mod tests {
 
     #[test]
     fn only_a_trace_id_is_no_context() {
-        let e = extract(&headers(&[("x-b3-traceid", "0000000000000001")])).unwrap();
+        let e =
+            extract(&headers(&[("x-b3-traceid", "0000000000000001")])).expect("valid in the test");
         assert_eq!(e.context, None);
         assert_eq!(
             extract(&headers(&[

@@ -82,11 +82,14 @@ impl Reporter {
     }
 }
 
+/// A collector: its cluster, endpoint and host.
+type CollectorKey = (String, String, String);
+
 /// The reporters of the process, by collector (cluster, endpoint, host): Envoy keeps one
 /// Zipkin driver per distinct configuration.
 #[derive(Debug, Default)]
 pub struct Reporters {
-    by_collector: std::sync::Mutex<Vec<((String, String, String), Arc<Reporter>)>>,
+    by_collector: std::sync::Mutex<Vec<(CollectorKey, Arc<Reporter>)>>,
 }
 
 impl Reporters {
