@@ -64,6 +64,7 @@ xds_messages! {
     pb::envoy::extensions::network::dns_resolver::cares::v3::CaresDnsResolverConfig => "envoy.extensions.network.dns_resolver.cares.v3.CaresDnsResolverConfig",
     pb::envoy::extensions::network::dns_resolver::getaddrinfo::v3::GetAddrInfoDnsResolverConfig => "envoy.extensions.network.dns_resolver.getaddrinfo.v3.GetAddrInfoDnsResolverConfig",
     pb::envoy::extensions::request_id::uuid::v3::UuidRequestIdConfig => "envoy.extensions.request_id.uuid.v3.UuidRequestIdConfig",
+    pb::envoy::config::trace::v3::ZipkinConfig => "envoy.config.trace.v3.ZipkinConfig",
     pb::envoy::extensions::filters::http::cors::v3::Cors => "envoy.extensions.filters.http.cors.v3.Cors",
     pb::envoy::extensions::filters::listener::original_src::v3::OriginalSrc => "envoy.extensions.filters.listener.original_src.v3.OriginalSrc",
     pb::envoy::extensions::upstreams::http::v3::HttpProtocolOptions => "envoy.extensions.upstreams.http.v3.HttpProtocolOptions",

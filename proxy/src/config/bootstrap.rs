@@ -33,6 +33,8 @@ pub struct Config {
     pub runtime: Vec<RuntimeLayer>,
     /// `stats_config`: tag extractors and the stats matcher, compiled.
     pub stats: Arc<crate::stats::StatsConfig>,
+    /// The bootstrap's tracing provider, which connection managers fall back on (xDS ones too).
+    pub tracing: super::tracing::TracingDefaults,
     /// Fields accepted without being acted on; logged at startup and by `--mode validate`.
     pub acknowledged: Vec<Acknowledged>,
 }
@@ -130,7 +132,8 @@ pub fn translate_bootstrap(b: &Bootstrap) -> Result<Config> {
         b.stats_config.as_ref(),
         &root.field("stats_config"),
     )?);
-    let resolve = super::resolver::Resolver {
+    let no_tracing = super::tracing::TracingDefaults::default();
+    let mut resolve = super::resolver::Resolver {
         slots: &cluster_slots,
         route_slots: &route_slots,
         known_clusters: &known_clusters,
@@ -138,7 +141,28 @@ pub fn translate_bootstrap(b: &Bootstrap) -> Result<Config> {
         secrets: &secret_slots,
         local: &local,
         inbound: false,
+        outbound: false,
+        tracing: &no_tracing,
     };
+    let node_facts =
+        Arc::new(
+            node.as_ref()
+                .map_or_else(Default::default, |n| super::tracing::NodeFacts {
+                    id: n.id.clone(),
+                    cluster: n.cluster.clone(),
+                    zone: n.zone.clone(),
+                }),
+        );
+    #[allow(deprecated)] // Istio's bootstrap still configures the default tracer here.
+    let bootstrap_tracing = b.tracing.as_ref();
+    let tracing = super::tracing::translate_bootstrap_tracing(
+        bootstrap_tracing,
+        &root.field("tracing"),
+        &resolve,
+        node_facts,
+        &mut acks,
+    )?;
+    resolve.tracing = &tracing;
 
     let mut listeners: Vec<Arc<Listener>> = Vec::with_capacity(statics.listeners.len());
     for (i, l) in statics.listeners.iter().enumerate() {
@@ -175,6 +199,7 @@ pub fn translate_bootstrap(b: &Bootstrap) -> Result<Config> {
         dynamic,
         runtime,
         stats,
+        tracing,
         acknowledged: acks,
     })
 }

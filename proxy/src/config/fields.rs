@@ -27,7 +27,6 @@ struct Policy {
 
 const XDS: &str = "xDS subscriptions are not implemented yet (issue 5)";
 const STATS: &str = "stats sinks and flushing are not implemented yet (issue 8)";
-const TRACING: &str = "tracing is not implemented yet (issue 8)";
 const SYSTEM_RESOLVER: &str =
     "names are resolved with the system resolver, which this tuning does not apply to";
 const ACCESS_LOG: &str = "the admin interface writes no access log (Istio points it at /dev/null)";
@@ -77,10 +76,10 @@ macro_rules! policies {
 
 static POLICIES: &[(&str, Policy)] = policies! {
     "envoy.config.bootstrap.v3.Bootstrap" => ["node", "static_resources", "admin", "layered_runtime",
-        "dynamic_resources", "stats_config"]
+        "dynamic_resources", "stats_config", "tracing"]
         ack [("stats_sinks", STATS),
              ("stats_flush_interval", STATS), ("stats_eviction_interval", STATS),
-             ("deferred_stat_options", NO_EFFECT), ("tracing", TRACING),
+             ("deferred_stat_options", NO_EFFECT),
              ("overload_manager", OVERLOAD), ("bootstrap_extensions", "bootstrap extensions (internal listeners, Istio metadata discovery) are not implemented"),
              ("cluster_manager", "cluster manager options are not implemented yet (issues 4 and 5)"),
              ("application_log_config", "Outrigger writes its own log format (see --log-format)"),
@@ -249,14 +248,30 @@ static POLICIES: &[(&str, Policy)] = policies! {
         "server_header_transformation", "max_request_headers_kb", "common_http_protocol_options", "request_headers_timeout",
         "normalize_path", "merge_slashes", "path_with_escaped_slashes_action", "upgrade_configs", "rds", "access_log",
         "stream_idle_timeout", "request_timeout", "forward_client_cert_details", "set_current_client_cert_details",
-        "request_id_extension"]
-        ack [("tracing", TRACING), ("drain_timeout", DRAIN_TIMEOUT)];
+        "request_id_extension", "tracing"]
+        ack [("drain_timeout", DRAIN_TIMEOUT)];
+    // Tracing (`config/tracing.rs` refuses the values it does not implement, by path).
+    // https://www.envoyproxy.io/docs/envoy/latest/api-v3/extensions/filters/network/http_connection_manager/v3/http_connection_manager.proto#extensions-filters-network-http-connection-manager-v3-httpconnectionmanager-tracing
+    "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager.Tracing" => ["client_sampling",
+        "random_sampling", "overall_sampling", "verbose", "max_path_tag_length", "custom_tags", "provider",
+        "spawn_upstream_span", "operation", "upstream_operation"];
+    "envoy.config.trace.v3.Tracing" => ["http"];
+    "envoy.config.trace.v3.Tracing.Http" => ["name", "typed_config"];
+    "envoy.config.trace.v3.ZipkinConfig" => ["collector_cluster", "collector_endpoint", "trace_id_128bit",
+        "shared_span_context", "collector_endpoint_version", "collector_hostname", "split_spans_for_request",
+        "trace_context_option", "collector_service", "timestamp_trace_ids"];
+    "envoy.type.tracing.v3.CustomTag" => ["tag", "literal", "environment", "request_header"];
+    "envoy.type.tracing.v3.CustomTag.Literal" => ["value"];
+    "envoy.type.tracing.v3.CustomTag.Environment" => ["name", "default_value"];
+    "envoy.type.tracing.v3.CustomTag.Header" => ["name", "default_value"];
+    "envoy.config.route.v3.Decorator" => ["operation", "propagate"];
+    "envoy.config.route.v3.Tracing" => ["client_sampling", "random_sampling", "overall_sampling", "custom_tags",
+        "operation", "upstream_operation"];
     "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager.InternalAddressConfig" => ["cidr_ranges", "unix_sockets"];
     "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager.SetCurrentClientCertDetails" => ["subject", "uri", "dns"];
     "envoy.extensions.filters.network.http_connection_manager.v3.RequestIDExtension" => ["typed_config"];
-    // UUIDs are what Outrigger generates; the two fields only concern tracing.
-    "envoy.extensions.request_id.uuid.v3.UuidRequestIdConfig" => []
-        ack [("pack_trace_reason", TRACING), ("use_request_id_for_trace_sampling", TRACING)];
+    // UUIDs are what Outrigger generates; the two fields concern tracing (`config/tracing.rs`).
+    "envoy.extensions.request_id.uuid.v3.UuidRequestIdConfig" => ["pack_trace_reason", "use_request_id_for_trace_sampling"];
     "envoy.extensions.filters.network.http_connection_manager.v3.HttpFilter" => ["name", "typed_config", "is_optional", "disabled"];
     "envoy.config.route.v3.RouteConfiguration" => ["name", "virtual_hosts", "validate_clusters", "max_direct_response_body_size_bytes",
         "request_headers_to_add", "request_headers_to_remove", "response_headers_to_add", "response_headers_to_remove",
@@ -268,11 +283,10 @@ static POLICIES: &[(&str, Policy)] = policies! {
     "envoy.config.route.v3.Route" => ["name", "match", "route", "redirect", "direct_response", "metadata",
         "per_request_buffer_limit_bytes", "request_body_buffer_limit",
         "request_headers_to_add", "request_headers_to_remove", "response_headers_to_add", "response_headers_to_remove",
-        "typed_per_filter_config"]
-        ack [("decorator", TRACING)];
+        "typed_per_filter_config", "decorator", "tracing"];
     "envoy.config.route.v3.RouteAction.RequestMirrorPolicy" => ["cluster", "cluster_header", "runtime_fraction",
         "disable_shadow_host_suffix_append"]
-        ack [("trace_sampled", TRACING)];
+        ack [("trace_sampled", "a mirrored request carries the trace headers of the request it copies; no span is made for it")];
     "envoy.config.route.v3.FilterConfig" => ["config", "is_optional", "disabled"];
     "envoy.extensions.filters.http.fault.v3.HTTPFault" => ["delay", "abort", "upstream_cluster", "headers",
         "downstream_nodes", "max_active_faults", "response_rate_limit", "delay_percent_runtime", "abort_percent_runtime",
@@ -383,7 +397,7 @@ static POLICIES: &[(&str, Policy)] = policies! {
     "envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy.WeightedCluster" => ["clusters"];
     "envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy.WeightedCluster.ClusterWeight" => ["name", "weight"];
     "envoy.extensions.filters.http.router.v3.Router" => []
-        ack [("suppress_envoy_headers", "x-envoy headers come with issue 3"), ("start_child_span", TRACING)];
+        ack [("suppress_envoy_headers", "x-envoy headers come with issue 3"), ("start_child_span", super::tracing::UPSTREAM_SPAN)];
     "envoy.extensions.filters.http.compressor.v3.Compressor" => ["compressor_library", "response_direction_config",
         "request_direction_config", "choose_first", "content_length", "content_type", "disable_on_etag_header",
         "remove_accept_encoding_header", "runtime_enabled"];

@@ -52,6 +52,8 @@ pub struct HttpConnectionManager {
     pub istio_alpn: Option<super::istio_alpn::IstioAlpn>,
     /// The gRPC statistics filter, when the chain has one.
     pub grpc_stats: Option<Arc<GrpcStatsFilter>>,
+    /// `tracing`: sampling decisions, and spans when a Zipkin provider is configured.
+    pub tracing: Option<Arc<super::tracing::HcmTracing>>,
 }
 
 /// A fault injection filter in the chain: its name (which routes' `typed_per_filter_config`
@@ -164,6 +166,7 @@ pub fn translate_hcm(
     acks: &mut Vec<Acknowledged>,
 ) -> Result<HttpConnectionManager> {
     check(hcm, path, acks)?;
+    let mut uuid_config = None;
     // https://www.envoyproxy.io/docs/envoy/latest/api-v3/extensions/request_id/uuid/v3/uuid.proto
     if let Some(any) = hcm
         .request_id_extension
@@ -172,7 +175,10 @@ pub fn translate_hcm(
     {
         let tc = path.field("request_id_extension").field("typed_config");
         match extension::decode(any, &tc)? {
-            Some(Extension::UuidRequestId(uuid)) => check(&uuid, &tc, acks)?,
+            Some(Extension::UuidRequestId(uuid)) => {
+                check(&uuid, &tc, acks)?;
+                uuid_config = Some(uuid);
+            }
             _ => return Err(extension::unregistered(&tc, "request_id_extension", any)),
         }
     }
@@ -325,6 +331,13 @@ pub fn translate_hcm(
         istio,
         istio_alpn,
         grpc_stats,
+        tracing: super::tracing::translate_hcm_tracing(
+            hcm.tracing.as_ref(),
+            &path.field("tracing"),
+            resolve,
+            uuid_config.as_ref(),
+            acks,
+        )?,
     })
 }
 

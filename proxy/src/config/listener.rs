@@ -152,6 +152,8 @@ pub fn translate_listener(
     let resolve = &Resolver {
         inbound: l.traffic_direction
             == xds_proto::pb::envoy::config::core::v3::TrafficDirection::Inbound as i32,
+        outbound: l.traffic_direction
+            == xds_proto::pb::envoy::config::core::v3::TrafficDirection::Outbound as i32,
         ..*resolve
     };
     // Envoy names an unnamed listener with a generated UUID.

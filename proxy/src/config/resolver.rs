@@ -24,6 +24,10 @@ pub struct Resolver<'a> {
     pub local: &'a Arc<super::istio_node::LocalWorkload>,
     /// The resource is (in) a listener with `traffic_direction: INBOUND`.
     pub inbound: bool,
+    /// The resource is (in) a listener with `traffic_direction: OUTBOUND` (egress spans).
+    pub outbound: bool,
+    /// The bootstrap's tracing provider and the node's facts spans carry.
+    pub tracing: &'a super::tracing::TracingDefaults,
 }
 
 impl Resolver<'_> {

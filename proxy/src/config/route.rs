@@ -61,6 +61,8 @@ pub struct Route {
     pub request_headers: HeaderMutation,
     pub response_headers: HeaderMutation,
     pub per_filter: PerFilterConfigs,
+    /// `decorator` and `tracing`.
+    pub tracing: Option<std::sync::Arc<super::tracing::RouteTracing>>,
 }
 
 #[derive(Debug)]
@@ -435,6 +437,7 @@ fn translate_route(
         .map(|f| runtime_fraction(f, &m_path.field("runtime_fraction"), resolve))
         .transpose()?;
     Ok(Route {
+        tracing: super::tracing::translate_route_tracing(route, path)?,
         name: route.name.clone(),
         path: path_match,
         headers,

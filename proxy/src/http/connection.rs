@@ -37,6 +37,8 @@ pub struct HttpContext {
     pub server: Arc<crate::server::Server>,
     /// Istio's metadata exchange and metrics, when the chain has them.
     pub istio: Option<super::istio::IstioRuntime>,
+    /// The connection manager's `tracing`, when it has one.
+    pub tracing: Option<super::tracing::HcmTracer>,
 }
 
 impl HttpContext {
@@ -288,6 +290,22 @@ async fn handle(
         let (parts, body) = outcome.response.into_parts();
         let timed = TimedBody::new(body, progress.clone(), ctx.clone());
         outcome.response = hyper::Response::from_parts(parts, timed.boxed_unsync());
+    }
+    if let Some(slot) = outcome
+        .response
+        .extensions_mut()
+        .remove::<super::tracing::TraceSlot>()
+    {
+        if let Some(mut span) = slot.take() {
+            let flags = outcome.info.response_flags.with(flag_bits(outcome.flag));
+            span.on_response(
+                (!reset).then(|| outcome.response.status()),
+                flags.short_string(),
+            );
+            let (parts, body) = outcome.response.into_parts();
+            let traced = super::tracing::TracedBody::new(body, span, progress.clone());
+            outcome.response = hyper::Response::from_parts(parts, traced.boxed_unsync());
+        }
     }
     if !logging {
         return outcome.response;

@@ -111,7 +111,7 @@ pub async fn forward(
         })
     });
     let mut outcome = send_to_cluster(ctx, &cluster, &target, request).await;
-    if ctx.records_streams() {
+    if ctx.records_streams() || target.info.traced {
         outcome.info.upstream_cluster = Some(cluster.log_names.0.clone());
         outcome.info.upstream_cluster_alt = cluster.log_names.1.clone();
         outcome.info.istio_cluster = cluster.config.istio.clone();

@@ -27,6 +27,7 @@ mod router;
 mod stats;
 mod stream_timeouts;
 mod throttle;
+pub mod tracing;
 mod tunnel;
 mod upstream_failure;
 mod upstream_request;

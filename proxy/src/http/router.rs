@@ -37,6 +37,8 @@ pub struct RequestInfo {
     pub start: std::time::SystemTime,
     /// The client's address after `x-forwarded-for` processing (RBAC's `remote_ip`).
     pub client: Option<std::net::IpAddr>,
+    /// The request is sampled for tracing: its span reads the upstream cluster.
+    pub traced: bool,
 }
 
 impl RequestInfo {
@@ -150,6 +152,7 @@ pub async fn route_request(
             downstream: downstream.clone(),
             start: std::time::SystemTime::now(),
             client,
+            traced: false,
         },
     };
     // Access logs see the request as the connection manager left it (x-request-id set, ...).
@@ -317,7 +320,7 @@ fn refused(refusal: Refusal, server: &http::HeaderValue) -> Outcome {
 async fn route_and_act(
     ctx: &HttpContext,
     mut request: Request<Incoming>,
-    extras: RequestExtras,
+    mut extras: RequestExtras,
 ) -> Outcome {
     let server = &ctx.hcm.server_name;
     let route_config = &ctx.hcm.routes.current();
@@ -340,23 +343,99 @@ async fn route_and_act(
             info: Default::default(),
         };
     };
+    let selected = {
+        let uri = request.uri();
+        let head = request_head(&request, host, &extras.info.downstream);
+        route_config.find_route(host, uri.path(), uri.query().unwrap_or(""), &head)
+    };
+    // Tracing decides once the route is known (its sampling and decorator apply; without a
+    // route, the connection manager's), before any filter, so local replies are traced too.
+    // It marks the request's headers.
+    let route = selected.map(|(_, route)| route);
+    let mut trace = ctx
+        .tracing
+        .as_ref()
+        .map(|tracer| (tracer, tracer.start(request.headers_mut(), route)));
+    let span = match &mut trace {
+        Some((tracer, started)) => started.sampled.take().and_then(|sampled| {
+            tracer.span(
+                sampled,
+                route,
+                request.headers(),
+                super::tracing::RequestFacts {
+                    host: authority(&request).unwrap_or_default(),
+                    method: request.method(),
+                    path_and_query: request.uri().path_and_query().map_or("/", |p| p.as_str()),
+                    version: request.version(),
+                    peer: extras.info.downstream.remote.map(|a| a.ip()),
+                    local_address: extras.info.downstream.node_address,
+                    start: extras.info.start,
+                },
+            )
+        }),
+        None => None,
+    };
+    extras.info.traced = span.is_some();
+    let mut outcome = filter_and_act(ctx, request, extras, route_config, selected).await;
+    if let Some(op) = trace.and_then(|(_, started)| started.response_operation) {
+        outcome
+            .response
+            .headers_mut()
+            .insert(super::tracing::X_ENVOY_DECORATOR_OPERATION.clone(), op);
+    }
+    if let Some(mut span) = span {
+        span.upstream_cluster = outcome
+            .info
+            .upstream_cluster
+            .clone()
+            .map(|c| (c, outcome.info.upstream_cluster_alt.clone()));
+        outcome
+            .response
+            .extensions_mut()
+            .insert(super::tracing::TraceSlot::new(span));
+    }
+    outcome
+}
+
+/// The request as header matchers see it, with its pseudo-headers.
+fn request_head<'r>(
+    request: &'r Request<Incoming>,
+    host: &'r str,
+    downstream: &Downstream,
+) -> RequestHead<'r> {
     let uri = request.uri();
-    let downstream = &extras.info.downstream;
     let scheme = uri.scheme_str().unwrap_or(if downstream.tls.is_some() {
         "https"
     } else {
         "http"
     });
-    let head = RequestHead {
+    RequestHead {
         headers: request.headers(),
         method: Some(request.method().as_str()),
         authority: Some(host),
         path: uri.path_and_query().map(|p| p.as_str()),
         scheme: Some(scheme),
-    };
-    let selected = route_config.find_route(host, uri.path(), uri.query().unwrap_or(""), &head);
+    }
+}
+
+/// The connection manager's filters (RBAC, faults) and then the router's action for the
+/// selected route.
+async fn filter_and_act(
+    ctx: &HttpContext,
+    mut request: Request<Incoming>,
+    mut extras: RequestExtras,
+    route_config: &crate::config::route::RouteConfig,
+    selected: Option<(
+        &crate::config::route::VirtualHost,
+        &crate::config::route::Route,
+    )>,
+) -> Outcome {
+    let server = &ctx.hcm.server_name;
+    let host = authority(&request).unwrap_or_default();
     // The RBAC filters run before the router answers, also when no route matched.
     if !ctx.hcm.rbac.is_empty() {
+        let downstream = &extras.info.downstream;
+        let head = request_head(&request, host, downstream);
         let facts = crate::rbac::Facts {
             request: Some(&head),
             local: downstream.local,
@@ -408,7 +487,6 @@ async fn route_and_act(
     .any(|m| m.reads_request_headers());
     let request_headers = reads_request.then(|| request.headers().clone());
     let logging = ctx.records_streams();
-    let mut extras = extras;
     let injected = match &ctx.fault_stats {
         None => None,
         Some(stats) => {

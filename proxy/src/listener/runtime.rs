@@ -55,6 +55,14 @@ impl ChainRuntime {
                         .istio
                         .as_ref()
                         .map(|i| crate::http::istio::IstioRuntime::new(i, store)),
+                    tracing: hcm.tracing.as_ref().map(|t| {
+                        crate::http::tracing::HcmTracer::new(
+                            t,
+                            store,
+                            &hcm.stat_prefix,
+                            &server.tracers,
+                        )
+                    }),
                 }))
             }
             Some(NetworkFilter::TcpProxy(t)) => ChainRuntime::Tcp(Arc::new(TcpContext {

@@ -69,6 +69,8 @@ pub struct Server {
     /// Types the agent consumes from the ADS stream (NDS, PCDS); empty for an Envoy
     /// bootstrap. Registered before xDS starts (see `server::main_with`).
     pub agent_types: crate::xds::AgentTypes,
+    /// The Zipkin reporters, one per collector, shared by connection managers.
+    pub tracers: crate::http::tracing::Reporters,
     pub started_at: Instant,
     pub started_wall: SystemTime,
     state: AtomicU8,
@@ -107,6 +109,7 @@ impl Server {
             clusters,
             xds: Arc::default(),
             agent_types: crate::xds::AgentTypes::default(),
+            tracers: Default::default(),
             started_at: Instant::now(),
             started_wall: SystemTime::now(),
             state: AtomicU8::new(ServerState::PreInitializing as u8),

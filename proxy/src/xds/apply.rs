@@ -55,6 +55,8 @@ pub struct Applier {
     runtime: Vec<RuntimeLayer>,
     /// The bootstrap node, for Istio's filters in LDS resources.
     local: Arc<crate::config::istio_node::LocalWorkload>,
+    /// The bootstrap's tracing provider, for connection managers LDS delivers.
+    tracing: crate::config::tracing::TracingDefaults,
     records: Arc<Records>,
     store: Arc<Store>,
     static_clusters: HashSet<String>,
@@ -92,6 +94,7 @@ impl Applier {
             route_slots: config.route_slots.clone(),
             runtime: config.runtime.clone(),
             local: config.node.workload.clone(),
+            tracing: config.tracing.clone(),
             records,
             store,
             static_clusters: config.clusters.iter().map(|c| c.name.clone()).collect(),
@@ -397,6 +400,8 @@ impl Applier {
                     secrets: &self.secret_slots,
                     local: &self.local,
                     inbound: false,
+                    outbound: false,
+                    tracing: &self.tracing,
                 };
                 let listener = Arc::new(translate_listener(
                     &proto,
@@ -442,6 +447,8 @@ impl Applier {
                     secrets: &self.secret_slots,
                     local: &self.local,
                     inbound: false,
+                    outbound: false,
+                    tracing: &self.tracing,
                 };
                 // An RDS table is its own resource: its fields are checked here, as an
                 // inline table's are with its connection manager.

@@ -1,0 +1,273 @@
+//! Differential tests for Zipkin tracing: the same configuration and requests through Envoy
+//! and Outrigger; compared are the B3 headers upstream `a` receives (presence, sampled flag,
+//! how span, parent and trace ids relate to the caller's) and the spans upstream `b` — the
+//! collector cluster `other`, a real HTTP server storing what is POSTed — receives (names,
+//! kinds, tags, id relationships, plausible times), random ids and times left out.
+//! Envoy: https://www.envoyproxy.io/docs/envoy/latest/intro/arch_overview/observability/tracing
+
+use std::time::{Duration, Instant, SystemTime};
+use tests::curl;
+use tests::differential::{check, one_vhost, Known, Scenario, Side};
+
+const DOC: &str =
+    "https://www.envoyproxy.io/docs/envoy/latest/intro/arch_overview/observability/tracing";
+
+const KNOWN: &[Known] = &[];
+
+const ROUTES: &str = r#"
+- match: { prefix: "/decorated" }
+  route: { cluster: backend }
+  decorator: { operation: decorated-op }
+- match: { prefix: "/" }
+  route: { cluster: backend }
+"#;
+
+fn hcm(random: u32, collector: &str) -> String {
+    format!(
+        r#"
+use_remote_address: true
+internal_address_config: {{ cidr_ranges: [ {{ address_prefix: 127.0.0.0, prefix_len: 8 }} ] }}
+tracing:
+  random_sampling: {{ value: {random} }}
+  max_path_tag_length: 12
+  custom_tags:
+  - {{ tag: lit, literal: {{ value: v1 }} }}
+  - {{ tag: hdr, request_header: {{ name: x-tag, default_value: none }} }}
+  provider:
+    name: envoy.tracers.zipkin
+    typed_config:
+      "@type": type.googleapis.com/envoy.config.trace.v3.ZipkinConfig
+      collector_cluster: {collector}
+      collector_endpoint: /api/v2/spans
+      collector_endpoint_version: HTTP_JSON
+"#
+    )
+}
+
+const CALLER_TRACE: &str = "463ac35c9f6413ad";
+const CALLER_SPAN: &str = "a2fb4a1d1a96d312";
+const CALLER_PARENT: &str = "0020000000000001";
+
+/// Sends one request and describes the B3 headers upstream `a` received, relative to what
+/// the caller sent.
+fn send(side: &Side, path: &str, args: &[&str]) -> String {
+    let before = side.a.requests().len();
+    let status = curl::request("GET", &side.url(path), args)
+        .map(|r| r.status.to_string())
+        .unwrap_or_else(|f| format!("no response ({:?})", f.exit_code));
+    let requests = side.a.requests();
+    let Some(r) = requests.get(before) else {
+        return format!("{path} {args:?}: {status}, nothing upstream\n");
+    };
+    let h = |n: &str| r.header(n).map(str::to_string);
+    let rel = |v: Option<String>| match v.as_deref() {
+        None => "absent".to_string(),
+        Some(CALLER_TRACE) => "caller's trace".into(),
+        Some(CALLER_SPAN) => "caller's span".into(),
+        Some(CALLER_PARENT) => "caller's parent".into(),
+        Some(v) if Some(v) == h("x-b3-traceid").as_deref() => "= trace id".into(),
+        Some(v) => format!("new ({} hex)", v.len()),
+    };
+    let rid = h("x-request-id")
+        .and_then(|v| v.chars().nth(14))
+        .map_or("-".to_string(), |c| c.to_string());
+    let b3 = h("b3").map(|v| {
+        let parts: Vec<&str> = v.split('-').collect();
+        let names: Vec<String> = parts
+            .iter()
+            .enumerate()
+            .map(|(i, p)| match i {
+                2 => format!("sampled {p}"),
+                _ => rel(Some(p.to_string())),
+            })
+            .collect();
+        names.join(" / ")
+    });
+    format!(
+        "{path} {args:?}: {status}; traceid {}, spanid {}, parent {}, sampled {:?}, b3 {:?}, request id mark {rid}\n",
+        rel(h("x-b3-traceid")),
+        rel(h("x-b3-spanid")),
+        rel(h("x-b3-parentspanid")),
+        h("x-b3-sampled"),
+        b3,
+    )
+}
+
+/// Waits (up to 9 s: reports go at 5 spans or every 5 s) for `count` spans at the collector,
+/// then describes them, sorted by URL.
+fn spans(side: &Side, count: usize) -> String {
+    let deadline = Instant::now() + Duration::from_secs(9);
+    while Instant::now() < deadline && collected(side).len() < count {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // A little more, for spans that must not come.
+    std::thread::sleep(Duration::from_millis(300));
+    let all = collected(side);
+    let now_us = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as i64);
+    let mut lines: Vec<String> = all
+        .iter()
+        .map(|s| {
+            let tag = |k: &str| s["tags"][k].as_str().unwrap_or("(none)").to_string();
+            let id = s["id"].as_str().unwrap_or("");
+            let trace = s["traceId"].as_str().unwrap_or("");
+            let id_rel = match id {
+                CALLER_SPAN => "caller's span",
+                _ if id == trace => "= trace id",
+                _ => "new",
+            };
+            let parent = match s["parentId"].as_str() {
+                None => "none",
+                Some(CALLER_SPAN) => "caller's span",
+                Some(CALLER_PARENT) => "caller's parent",
+                Some(_) => "other",
+            };
+            let start = s["timestamp"].as_i64().unwrap_or(0);
+            let duration = s["duration"].as_i64().unwrap_or(-1);
+            let plausible = (now_us - start) < 60_000_000 && start <= now_us && duration >= 0;
+            let mut keys: Vec<&String> = s["tags"]
+                .as_object()
+                .map(|o| o.keys().collect())
+                .unwrap_or_default();
+            keys.sort();
+            format!(
+                "  {} name={} kind={} trace={} id={id_rel} parent={parent} shared={} times plausible={plausible} service={} annotation={}\n    method={} status={} cluster={} flags={} ua={} lit={} hdr={} node={} request_size={}\n    tags={keys:?}\n",
+                tag("http.url"),
+                s["name"],
+                s["kind"],
+                if trace == CALLER_TRACE { "caller's" } else { "new" },
+                s["shared"],
+                s["localEndpoint"]["serviceName"],
+                s["annotations"][0]["value"],
+                tag("http.method"),
+                tag("http.status_code"),
+                tag("upstream_cluster"),
+                tag("response_flags"),
+                tag("user_agent"),
+                tag("lit"),
+                tag("hdr"),
+                tag("node_id"),
+                tag("request_size"),
+            )
+        })
+        .collect();
+    lines.sort();
+    format!("{} spans\n{}", all.len(), lines.concat())
+}
+
+fn collected(side: &Side) -> Vec<serde_json::Value> {
+    side.b
+        .requests()
+        .iter()
+        .filter(|r| r.path == "/api/v2/spans" && r.method == "POST")
+        .flat_map(|r| {
+            assert_eq!(r.header("content-type"), Some("application/json"));
+            serde_json::from_slice::<Vec<serde_json::Value>>(&r.body).unwrap_or_default()
+        })
+        .collect()
+}
+
+fn no_context(side: &Side) -> String {
+    send(side, "/plain", &["-H", "user-agent: tester"])
+}
+
+fn caller_sampled(side: &Side) -> String {
+    send(
+        side,
+        "/decorated/sampled",
+        &[
+            "-H",
+            "x-b3-traceid: 463ac35c9f6413ad",
+            "-H",
+            "x-b3-spanid: a2fb4a1d1a96d312",
+            "-H",
+            "x-b3-parentspanid: 0020000000000001",
+            "-H",
+            "x-b3-sampled: 1",
+            "-H",
+            "x-tag: T",
+        ],
+    )
+}
+
+fn caller_unsampled(side: &Side) -> String {
+    send(
+        side,
+        "/unsampled",
+        &[
+            "-H",
+            "x-b3-traceid: 463ac35c9f6413ad",
+            "-H",
+            "x-b3-spanid: a2fb4a1d1a96d312",
+            "-H",
+            "x-b3-sampled: 0",
+        ],
+    )
+}
+
+fn caller_single_header(side: &Side) -> String {
+    send(
+        side,
+        "/single",
+        &[
+            "-H",
+            "b3: 463ac35c9f6413ad-a2fb4a1d1a96d312-1-0020000000000001",
+        ],
+    )
+}
+
+fn forced(side: &Side) -> String {
+    send(side, "/forced", &["-H", "x-envoy-force-trace: 1"])
+}
+
+fn spans_of_sampled(side: &Side) -> String {
+    spans(side, 4)
+}
+
+fn spans_of_unsampled(side: &Side) -> String {
+    spans(side, 1)
+}
+
+fn dead_collector_stats(side: &Side) -> String {
+    std::thread::sleep(Duration::from_millis(6500));
+    let stats = side
+        .proxy
+        .get("/stats?filter=^tracing%5C.zipkin%5C.(spans_sent|reports_failed|reports_sent|reports_dropped)$")
+        .body;
+    stats
+        .lines()
+        .map(|l| {
+            let (name, value) = l.split_once(": ").unwrap_or((l, ""));
+            let v: u64 = value.trim().parse().unwrap_or(0);
+            format!("  {name}: {}\n", if v > 0 { "some" } else { "none" })
+        })
+        .collect()
+}
+
+fn scenarios() -> Vec<Scenario> {
+    vec![
+        Scenario::http("zipkin_random_sampling_100", DOC, &one_vhost(ROUTES))
+            .hcm(&hcm(100, "other"))
+            .custom(no_context)
+            .custom(caller_sampled)
+            .custom(caller_unsampled)
+            .custom(caller_single_header)
+            .custom(spans_of_sampled),
+        Scenario::http("zipkin_random_sampling_0", DOC, &one_vhost(ROUTES))
+            .hcm(&hcm(0, "other"))
+            .custom(no_context)
+            .custom(forced)
+            .custom(spans_of_unsampled),
+        Scenario::http("zipkin_dead_collector", DOC, &one_vhost(ROUTES))
+            .hcm(&hcm(100, "dead"))
+            .custom(no_context)
+            .custom(no_context)
+            .custom(dead_collector_stats),
+    ]
+}
+
+#[test]
+fn zipkin_tracing_matches_envoy() {
+    check("zipkin_tracing_matches_envoy", &scenarios(), KNOWN);
+}
