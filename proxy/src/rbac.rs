@@ -81,16 +81,12 @@ impl Policy {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Decision<'a> {
     pub allowed: bool,
-    pub policy: Option<&'a str>,
+    pub policy: Option<&'a Arc<str>>,
 }
 
 impl Engine {
     pub fn decide(&self, f: &Facts<'_>) -> Decision<'_> {
-        let matched = self
-            .policies
-            .iter()
-            .find(|p| p.matches(f))
-            .map(|p| &*p.name);
+        let matched = self.policies.iter().find(|p| p.matches(f)).map(|p| &p.name);
         let allowed = match self.action {
             Action::Allow => matched.is_some(),
             Action::Deny => matched.is_none(),
@@ -134,27 +130,68 @@ impl RbacStats {
     }
 }
 
-/// Decides `rbac` (the filter's policies, or a route's replacing them) and counts under the
-/// filter's stats. Err with the denying policy (None when no policy matched) when the
-/// enforced rules deny.
-pub fn check<'r>(rbac: &'r Rbac, stats: &RbacStats, f: &Facts<'_>) -> Result<(), Option<&'r str>> {
+/// The dynamic metadata the HTTP RBAC filters of a stream wrote (`envoy.filters.http.rbac`):
+/// engine results and matched policies, by key. Kept only when something reads it (spans'
+/// metadata tags).
+#[derive(Debug, Clone, Default)]
+pub struct RbacMetadata(Vec<(Arc<str>, Arc<str>)>);
+
+impl RbacMetadata {
+    pub fn get(&self, key: &str) -> Option<&str> {
+        self.0.iter().find(|(k, _)| &**k == key).map(|(_, v)| &**v)
+    }
+
+    /// Later filters overwrite what earlier ones wrote under the same key, as Envoy merges.
+    fn set(&mut self, key: &Arc<str>, value: Arc<str>) {
+        match self.0.iter_mut().find(|(k, _)| k == key) {
+            Some(entry) => entry.1 = value,
+            None => self.0.push((key.clone(), value)),
+        }
+    }
+
+    fn record(&mut self, policy_key: &Arc<str>, result_key: &Arc<str>, d: &Decision<'_>) {
+        if let Some(policy) = d.policy {
+            self.set(policy_key, policy.clone());
+        }
+        let result = if d.allowed { "allowed" } else { "denied" };
+        self.set(result_key, Arc::from(result));
+    }
+}
+
+/// Decides `rbac` (the filter's policies, or a route's replacing them), counts under the
+/// filter's stats and, when given `metadata`, writes the results there. Err with the denying
+/// policy (None when no policy matched) when the enforced rules deny.
+pub fn check<'r>(
+    rbac: &'r Rbac,
+    stats: &RbacStats,
+    f: &Facts<'_>,
+    mut metadata: Option<&mut RbacMetadata>,
+) -> Result<(), Option<&'r str>> {
+    let keys = &rbac.metadata_keys;
     if let Some(shadow) = &rbac.shadow {
-        if shadow.decide(f).allowed {
+        let decision = shadow.decide(f);
+        if decision.allowed {
             stats.shadow_allowed.inc();
         } else {
             stats.shadow_denied.inc();
+        }
+        if let Some(m) = metadata.as_deref_mut() {
+            m.record(&keys.shadow_policy, &keys.shadow_result, &decision);
         }
     }
     let Some(enforced) = &rbac.enforced else {
         return Ok(());
     };
     let decision = enforced.decide(f);
+    if let Some(m) = metadata {
+        m.record(&keys.enforced_policy, &keys.enforced_result, &decision);
+    }
     if decision.allowed {
         stats.allowed.inc();
         Ok(())
     } else {
         stats.denied.inc();
-        Err(decision.policy)
+        Err(decision.policy.map(|p| &**p))
     }
 }
 
@@ -189,7 +226,7 @@ pub fn check_connection(
         server_name: downstream.requested_server_name.as_deref(),
     };
     for f in filters {
-        if let Err(policy) = check(&f.filter.rbac, &f.stats, &facts) {
+        if let Err(policy) = check(&f.filter.rbac, &f.stats, &facts, None) {
             tracing::debug!(target: "rbac", "connection denied, matched policy {}", policy.unwrap_or("none"));
             return Err(denial_details(policy));
         }

@@ -81,7 +81,7 @@ fn bootstrap(
         "typed_config": {
             "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
             "stat_prefix": "inbound_0.0.0.0_8080",
-            "access_log": log("http %REQ(:METHOD)% %REQ(:PATH)% %RESPONSE_CODE% %RESPONSE_CODE_DETAILS%\n"),
+            "access_log": log("http %REQ(:METHOD)% %REQ(:PATH)% %RESPONSE_CODE% %RESPONSE_CODE_DETAILS% %UPSTREAM_CLUSTER% %ROUTE_NAME%\n"),
             "route_config": { "virtual_hosts": [{ "name": "all", "domains": ["*"], "routes": [
                 { "match": { "prefix": "/open/" }, "route": { "cluster": "app" },
                   "typed_per_filter_config": { "authz": {
@@ -275,7 +275,8 @@ fn run(kind: Kind, pki: &Pki, server: &Identity, client: &Identity) -> Observed 
 /// Sends `ping` and reads until the proxy closes: `echoed "…"`, or what the client saw.
 fn tcp_exchange(port: u16) -> String {
     let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
-    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("a read timeout");
     // Give the proxy time to connect upstream first, as a client that pauses would.
     std::thread::sleep(Duration::from_millis(200));
     s.write_all(b"ping").expect("write");
@@ -313,6 +314,15 @@ fn rbac_filters_decide_like_envoy() {
         ours.stats
             .contains(&"http.inbound_0.0.0.0_8080.rbac.denied: 5".to_string()),
         "{ours:#?}"
+    );
+    // A denial after the route is resolved names the route's cluster, as Envoy's logs do.
+    assert!(
+        ours.log
+            .iter()
+            .any(|l| l
+                .starts_with("http POST /api/x 403 rbac_access_denied_matched_policy[none] app ")),
+        "{:#?}",
+        ours.log
     );
     if envoy_or_skip("rbac_filters_decide_like_envoy").is_none() {
         return;

@@ -22,7 +22,60 @@ const ROUTES: &str = r#"
   route: { cluster: backend }
 "#;
 
+/// Only a direct response: other paths have no route (Envoy traces both local replies).
+const LOCAL_ROUTES: &str = r#"
+- match: { prefix: "/direct" }
+  direct_response: { status: 200, body: { inline_string: "hi" } }
+"#;
+
+/// Istio's authorization filters in dry run: DENY policies as shadow rules (one matches
+/// `/dry`), and enforced ALLOW rules that let everything through except `/denied`.
+const DRY_RUN_RBAC: &str = r#"
+- name: envoy.filters.http.rbac
+  typed_config:
+    "@type": type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC
+    shadow_rules:
+      action: DENY
+      policies:
+        ns[foo]-policy[dry]-rule[0]:
+          permissions: [ { url_path: { path: { prefix: /dry } } } ]
+          principals: [ { any: true } ]
+    shadow_rules_stat_prefix: istio_dry_run_deny_
+- name: envoy.filters.http.rbac
+  typed_config:
+    "@type": type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC
+    rules:
+      action: DENY
+      policies:
+        ns[foo]-policy[deny]-rule[0]:
+          permissions: [ { url_path: { path: { prefix: /denied } } } ]
+          principals: [ { any: true } ]
+"#;
+
+/// The custom tags Istio adds for those results (`pilot/pkg/networking/core/tracing.go`).
+fn istio_dry_run_tags() -> String {
+    let tag = |name: &str, key: &str| {
+        format!(
+            "  - {{ tag: {name}, metadata: {{ kind: {{ request: {{}} }}, metadata_key: {{ key: envoy.filters.http.rbac, path: [ {{ key: {key} }} ] }} }} }}\n"
+        )
+    };
+    [
+        tag("istio.authorization.dry_run.deny_policy.name", "istio_dry_run_deny_shadow_effective_policy_id"),
+        tag("istio.authorization.dry_run.deny_policy.result", "istio_dry_run_deny_shadow_engine_result"),
+        tag("enforced.result", "enforced_engine_result"),
+        tag("enforced.policy", "enforced_effective_policy_id"),
+        "  - { tag: other.metadata, metadata: { kind: { request: {} }, metadata_key: { key: istio_authn, path: [ { key: x } ] }, default_value: absent } }\n".to_string(),
+        "  - { tag: empty.header, request_header: { name: x-absent } }\n".to_string(),
+    ]
+    .concat()
+}
+
 fn hcm(random: u32, collector: &str) -> String {
+    hcm_with_tags(random, collector, "")
+}
+
+/// `hcm` with more custom tags (YAML list items).
+fn hcm_with_tags(random: u32, collector: &str, extra_tags: &str) -> String {
     format!(
         r#"
 use_remote_address: true
@@ -33,7 +86,7 @@ tracing:
   custom_tags:
   - {{ tag: lit, literal: {{ value: v1 }} }}
   - {{ tag: hdr, request_header: {{ name: x-tag, default_value: none }} }}
-  provider:
+{extra_tags}  provider:
     name: envoy.tracers.zipkin
     typed_config:
       "@type": type.googleapis.com/envoy.config.trace.v3.ZipkinConfig
@@ -225,6 +278,49 @@ fn spans_of_sampled(side: &Side) -> String {
     spans(side, 4)
 }
 
+fn direct_response(side: &Side) -> String {
+    send(side, "/direct", &[])
+}
+
+fn no_route(side: &Side) -> String {
+    send(side, "/missing", &[])
+}
+
+fn spans_of_local_replies(side: &Side) -> String {
+    spans(side, 2)
+}
+
+fn dry_run_matched(side: &Side) -> String {
+    send(side, "/dry/x", &[])
+}
+
+fn dry_run_denied(side: &Side) -> String {
+    send(side, "/denied", &[])
+}
+
+/// The spans with their authorization tags.
+fn spans_with_authz_tags(side: &Side) -> String {
+    let described = spans(side, 2);
+    let mut tags: Vec<String> = collected(side)
+        .iter()
+        .map(|s| {
+            let t = &s["tags"];
+            format!(
+                "{} deny_policy.name={} deny_policy.result={} enforced={} {} other={} empty.header={}\n",
+                t["http.url"].as_str().unwrap_or(""),
+                t["istio.authorization.dry_run.deny_policy.name"],
+                t["istio.authorization.dry_run.deny_policy.result"],
+                t["enforced.result"],
+                t["enforced.policy"],
+                t["other.metadata"],
+                t["empty.header"],
+            )
+        })
+        .collect();
+    tags.sort();
+    format!("{described}{}", tags.concat())
+}
+
 fn spans_of_unsampled(side: &Side) -> String {
     spans(side, 1)
 }
@@ -259,6 +355,17 @@ fn scenarios() -> Vec<Scenario> {
             .custom(no_context)
             .custom(forced)
             .custom(spans_of_unsampled),
+        Scenario::http("zipkin_local_replies", DOC, &one_vhost(LOCAL_ROUTES))
+            .hcm(&hcm(100, "other"))
+            .custom(direct_response)
+            .custom(no_route)
+            .custom(spans_of_local_replies),
+        Scenario::http("zipkin_rbac_dry_run_tags", DOC, &one_vhost(ROUTES))
+            .hcm(&hcm_with_tags(100, "other", &istio_dry_run_tags()))
+            .filters(DRY_RUN_RBAC)
+            .custom(dry_run_matched)
+            .custom(dry_run_denied)
+            .custom(spans_with_authz_tags),
         Scenario::http("zipkin_dead_collector", DOC, &one_vhost(ROUTES))
             .hcm(&hcm(100, "dead"))
             .custom(no_context)

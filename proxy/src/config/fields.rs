@@ -260,7 +260,12 @@ static POLICIES: &[(&str, Policy)] = policies! {
     "envoy.config.trace.v3.ZipkinConfig" => ["collector_cluster", "collector_endpoint", "trace_id_128bit",
         "shared_span_context", "collector_endpoint_version", "collector_hostname", "split_spans_for_request",
         "trace_context_option", "collector_service", "timestamp_trace_ids"];
-    "envoy.type.tracing.v3.CustomTag" => ["tag", "literal", "environment", "request_header"];
+    "envoy.type.tracing.v3.CustomTag" => ["tag", "literal", "environment", "request_header", "metadata"];
+    "envoy.type.tracing.v3.CustomTag.Metadata" => ["kind", "metadata_key", "default_value"];
+    "envoy.type.metadata.v3.MetadataKind" => ["request"];
+    "envoy.type.metadata.v3.MetadataKind.Request" => [];
+    "envoy.type.metadata.v3.MetadataKey" => ["key", "path"];
+    "envoy.type.metadata.v3.MetadataKey.PathSegment" => ["key"];
     "envoy.type.tracing.v3.CustomTag.Literal" => ["value"];
     "envoy.type.tracing.v3.CustomTag.Environment" => ["name", "default_value"];
     "envoy.type.tracing.v3.CustomTag.Header" => ["name", "default_value"];

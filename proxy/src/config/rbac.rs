@@ -35,6 +35,46 @@ pub struct Rbac {
     pub rules_stat_prefix: String,
     /// `shadow_rules_stat_prefix`: `…rbac.<prefix>.shadow_allowed` when set.
     pub shadow_rules_stat_prefix: String,
+    /// The dynamic metadata keys the HTTP filter writes its results under (in the
+    /// `envoy.filters.http.rbac` namespace), each after its stat prefix.
+    pub metadata_keys: MetadataKeys,
+}
+
+#[derive(Debug)]
+pub struct MetadataKeys {
+    pub shadow_policy: Arc<str>,
+    pub shadow_result: Arc<str>,
+    pub enforced_policy: Arc<str>,
+    pub enforced_result: Arc<str>,
+}
+
+impl MetadataKeys {
+    fn new(rules_stat_prefix: &str, shadow_rules_stat_prefix: &str) -> Self {
+        let key = |prefix: &str, name: &str| Arc::from(format!("{prefix}{name}"));
+        Self {
+            shadow_policy: key(shadow_rules_stat_prefix, "shadow_effective_policy_id"),
+            shadow_result: key(shadow_rules_stat_prefix, "shadow_engine_result"),
+            enforced_policy: key(rules_stat_prefix, "enforced_effective_policy_id"),
+            enforced_result: key(rules_stat_prefix, "enforced_engine_result"),
+        }
+    }
+}
+
+impl Rbac {
+    fn new(
+        enforced: Option<Engine>,
+        shadow: Option<Engine>,
+        rules_stat_prefix: &str,
+        shadow_rules_stat_prefix: &str,
+    ) -> Self {
+        Self {
+            enforced,
+            shadow,
+            rules_stat_prefix: rules_stat_prefix.to_string(),
+            shadow_rules_stat_prefix: shadow_rules_stat_prefix.to_string(),
+            metadata_keys: MetadataKeys::new(rules_stat_prefix, shadow_rules_stat_prefix),
+        }
+    }
 }
 
 /// An action and its policies, sorted by name: Envoy reports the first matching policy in
@@ -107,16 +147,16 @@ pub fn translate_http_rbac(
             .field("track_per_rule_stats")
             .error("per-policy RBAC stats are not implemented"));
     }
-    Ok(Rbac {
-        enforced: engine(rbac.rules.as_ref(), &path.field("rules"), true)?,
-        shadow: engine(
+    Ok(Rbac::new(
+        engine(rbac.rules.as_ref(), &path.field("rules"), true)?,
+        engine(
             rbac.shadow_rules.as_ref(),
             &path.field("shadow_rules"),
             true,
         )?,
-        rules_stat_prefix: rbac.rules_stat_prefix.clone(),
-        shadow_rules_stat_prefix: rbac.shadow_rules_stat_prefix.clone(),
-    })
+        &rbac.rules_stat_prefix,
+        &rbac.shadow_rules_stat_prefix,
+    ))
 }
 
 /// `RBACPerRoute`: the route's own policies replace the filter's; without `rbac`, the filter
@@ -129,12 +169,7 @@ pub fn translate_per_route(
     check(per_route, path, acks)?;
     match &per_route.rbac {
         Some(rbac) => translate_http_rbac(rbac, &path.field("rbac"), acks),
-        None => Ok(Rbac {
-            enforced: None,
-            shadow: None,
-            rules_stat_prefix: String::new(),
-            shadow_rules_stat_prefix: String::new(),
-        }),
+        None => Ok(Rbac::new(None, None, "", "")),
     }
 }
 
@@ -161,16 +196,16 @@ pub fn translate_network_rbac(
             .field("delay_deny")
             .error("delaying the close of a denied connection is not supported"));
     }
-    let rules = Rbac {
-        enforced: engine(rbac.rules.as_ref(), &path.field("rules"), false)?,
-        shadow: engine(
+    let rules = Rbac::new(
+        engine(rbac.rules.as_ref(), &path.field("rules"), false)?,
+        engine(
             rbac.shadow_rules.as_ref(),
             &path.field("shadow_rules"),
             false,
         )?,
-        rules_stat_prefix: String::new(),
-        shadow_rules_stat_prefix: rbac.shadow_rules_stat_prefix.clone(),
-    };
+        "",
+        &rbac.shadow_rules_stat_prefix,
+    );
     Ok((rules, rbac.stat_prefix.clone()))
 }
 

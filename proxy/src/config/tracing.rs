@@ -133,6 +133,15 @@ pub enum TagValue {
         name: http::HeaderName,
         default: String,
     },
+    /// `metadata` of kind `request`: a value of the stream's dynamic metadata, read when the
+    /// span ends. The RBAC filters' results are the only dynamic metadata Outrigger keeps
+    /// (Istio tags spans with its dry-run results); any other namespace is absent.
+    RequestMetadata {
+        /// The namespace (`metadata_key.key`), e.g. `envoy.filters.http.rbac`.
+        filter: String,
+        path: Vec<String>,
+        default: String,
+    },
 }
 
 /// The connection manager's `tracing`.
@@ -458,11 +467,7 @@ fn custom_tags(tags: &[ProtoCustomTag], path: &FieldPath) -> Result<Vec<CustomTa
                 })?,
                 default: h.default_value.clone(),
             },
-            Some(T::Metadata(_)) => {
-                return Err(p
-                    .field("metadata")
-                    .error("metadata custom tags are not implemented by Outrigger"))
-            }
+            Some(T::Metadata(m)) => metadata_tag(m, &p.field("metadata"))?,
             Some(_) => return Err(p.error("this custom tag type is not implemented by Outrigger")),
             None => return Err(p.error("a custom tag needs a type")),
         };
@@ -472,4 +477,47 @@ fn custom_tags(tags: &[ProtoCustomTag], path: &FieldPath) -> Result<Vec<CustomTa
         });
     }
     Ok(out)
+}
+
+/// A `metadata` custom tag. `check` has already refused kinds other than `request` (route,
+/// cluster and host metadata are not read by Outrigger's spans).
+fn metadata_tag(m: &custom_tag::Metadata, path: &FieldPath) -> Result<TagValue> {
+    use xds_proto::pb::envoy::r#type::metadata::v3::metadata_key::path_segment::Segment;
+    if m.kind.as_ref().and_then(|k| k.kind.as_ref()).is_none() {
+        return Err(path.field("kind").error("a metadata kind is required"));
+    }
+    let Some(key) = &m.metadata_key else {
+        return Err(path.field("metadata_key").error("is required"));
+    };
+    if key.key.is_empty() {
+        return Err(path
+            .field("metadata_key")
+            .field("key")
+            .error("must not be empty"));
+    }
+    if key.path.is_empty() {
+        return Err(path
+            .field("metadata_key")
+            .field("path")
+            .error("must contain at least 1 item"));
+    }
+    let segments = key
+        .path
+        .iter()
+        .enumerate()
+        .map(|(i, s)| match &s.segment {
+            Some(Segment::Key(k)) if !k.is_empty() => Ok(k.clone()),
+            _ => Err(path
+                .field("metadata_key")
+                .field("path")
+                .index(i)
+                .field("key")
+                .error("must not be empty")),
+        })
+        .collect::<Result<_>>()?;
+    Ok(TagValue::RequestMetadata {
+        filter: key.key.clone(),
+        path: segments,
+        default: m.default_value.clone(),
+    })
 }

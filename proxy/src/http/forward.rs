@@ -47,6 +47,47 @@ pub(super) struct Target<'a> {
     pub info: RequestInfo,
 }
 
+/// The cluster a route sends this request to (for a weighted route, by `draw`, else a new
+/// draw), and the weighted target picked.
+pub fn pick_cluster<'f>(
+    ctx: &HttpContext,
+    f: &'f Forward,
+    headers: &http::HeaderMap,
+    draw: Option<u64>,
+) -> (Option<Arc<ClusterRuntime>>, Option<&'f WeightedTarget>) {
+    match &f.target {
+        ClusterTarget::Named(c) => (c.current(), None),
+        ClusterTarget::Header(name) => {
+            let cluster = headers.get(name).and_then(|v| v.to_str().ok());
+            (cluster.and_then(|c| ctx.clusters.by_name(c)), None)
+        }
+        ClusterTarget::Weighted { total, .. } => {
+            let draw = draw.unwrap_or_else(|| crate::random::below(*total));
+            let picked = f.target.weighted_pick(draw);
+            (picked.and_then(|w| w.cluster.current()), picked)
+        }
+    }
+}
+
+/// Names the route's cluster in a local reply's stream info (for access logs, Istio's
+/// metrics and spans), as Envoy knows the cluster once the route is resolved.
+pub fn note_route_cluster(
+    ctx: &HttpContext,
+    outcome: &mut Outcome,
+    route: &Route,
+    headers: &http::HeaderMap,
+    draw: Option<u64>,
+) {
+    let crate::config::route::Action::Forward(f) = &route.action else {
+        return;
+    };
+    if let (Some(cluster), _) = pick_cluster(ctx, f, headers, draw) {
+        outcome.info.upstream_cluster = Some(cluster.log_names.0.clone());
+        outcome.info.upstream_cluster_alt = cluster.log_names.1.clone();
+        outcome.info.istio_cluster = cluster.config.istio.clone();
+    }
+}
+
 pub async fn forward(
     ctx: &HttpContext,
     rc: &RouteConfig,
@@ -62,18 +103,7 @@ pub async fn forward(
         weighted_draw,
     } = extras;
     let server = &ctx.hcm.server_name;
-    let (cluster, weighted) = match &f.target {
-        ClusterTarget::Named(c) => (c.current(), None),
-        ClusterTarget::Header(name) => {
-            let cluster = request.headers().get(name).and_then(|v| v.to_str().ok());
-            (cluster.and_then(|c| ctx.clusters.by_name(c)), None)
-        }
-        ClusterTarget::Weighted { total, .. } => {
-            let draw = weighted_draw.unwrap_or_else(|| crate::random::below(*total));
-            let picked = f.target.weighted_pick(draw);
-            (picked.and_then(|w| w.cluster.current()), picked)
-        }
-    };
+    let (cluster, weighted) = pick_cluster(ctx, f, request.headers(), weighted_draw);
     if let (Some(call), Some(cluster)) = (
         request
             .extensions()

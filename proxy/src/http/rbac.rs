@@ -11,14 +11,16 @@ use crate::rbac::{check, denial_details, Facts, RbacStats};
 use http::{HeaderValue, StatusCode};
 
 /// Runs the chain's RBAC filters. `levels` are the matched route's per-filter configs (route,
-/// virtual host, route table), None without a route.
+/// virtual host, route table), None without a route. `metadata`, when given, receives the
+/// filters' results (their dynamic metadata).
 pub fn apply(
     filters: &[RbacFilter],
     stats: &[RbacStats],
     levels: Option<[&PerFilterConfigs; 3]>,
     facts: &Facts<'_>,
     server: &HeaderValue,
-) -> Result<(), Outcome> {
+    mut metadata: Option<&mut crate::rbac::RbacMetadata>,
+) -> Result<(), Box<Outcome>> {
     for (filter, stats) in filters.iter().zip(stats) {
         let overridden = levels
             .iter()
@@ -31,9 +33,9 @@ pub fn apply(
             None | Some(PerFilter::Fault(_)) if filter.disabled_by_default => continue,
             None | Some(PerFilter::Fault(_)) => &*filter.rbac,
         };
-        if let Err(policy) = check(rbac, stats, facts) {
+        if let Err(policy) = check(rbac, stats, facts, metadata.as_deref_mut()) {
             tracing::debug!(target: "rbac", "enforced denied, matched policy {}", policy.unwrap_or("none"));
-            return Err(Outcome {
+            return Err(Box::new(Outcome {
                 response: local_reply(StatusCode::FORBIDDEN, "RBAC: access denied", server),
                 flag: None,
                 upstream: None,
@@ -41,7 +43,7 @@ pub fn apply(
                     response_code_details: Some(denial_details(policy).into()),
                     ..Default::default()
                 },
-            });
+            }));
         }
     }
     Ok(())

@@ -376,7 +376,18 @@ async fn route_and_act(
         None => None,
     };
     extras.info.traced = span.is_some();
-    let mut outcome = filter_and_act(ctx, request, extras, route_config, selected).await;
+    // A sampled span's metadata tags read what the RBAC filters write.
+    let mut rbac_metadata =
+        (span.is_some() && !ctx.hcm.rbac.is_empty()).then(crate::rbac::RbacMetadata::default);
+    let mut outcome = filter_and_act(
+        ctx,
+        request,
+        extras,
+        route_config,
+        selected,
+        rbac_metadata.as_mut(),
+    )
+    .await;
     if let Some(op) = trace.and_then(|(_, started)| started.response_operation) {
         outcome
             .response
@@ -384,6 +395,7 @@ async fn route_and_act(
             .insert(super::tracing::X_ENVOY_DECORATOR_OPERATION.clone(), op);
     }
     if let Some(mut span) = span {
+        span.on_metadata(rbac_metadata.as_ref());
         span.upstream_cluster = outcome
             .info
             .upstream_cluster
@@ -429,6 +441,7 @@ async fn filter_and_act(
         &crate::config::route::VirtualHost,
         &crate::config::route::Route,
     )>,
+    rbac_metadata: Option<&mut crate::rbac::RbacMetadata>,
 ) -> Outcome {
     let server = &ctx.hcm.server_name;
     let host = authority(&request).unwrap_or_default();
@@ -446,15 +459,29 @@ async fn filter_and_act(
         };
         let levels = selected
             .map(|(vh, route)| [&route.per_filter, &vh.per_filter, &route_config.per_filter]);
-        if let Err(mut outcome) =
-            super::rbac::apply(&ctx.hcm.rbac, &ctx.rbac_stats, levels, &facts, server)
-        {
-            if let Some((_, route)) = selected.filter(|(_, r)| !r.name.is_empty()) {
-                if ctx.records_streams() {
-                    outcome.info.route_name = Some(Arc::from(route.name.as_str()));
+        if let Err(mut outcome) = super::rbac::apply(
+            &ctx.hcm.rbac,
+            &ctx.rbac_stats,
+            levels,
+            &facts,
+            server,
+            rbac_metadata,
+        ) {
+            if let Some((_, route)) = selected {
+                if ctx.records_streams() || extras.info.traced {
+                    super::forward::note_route_cluster(
+                        ctx,
+                        &mut outcome,
+                        route,
+                        request.headers(),
+                        extras.weighted_draw,
+                    );
+                    if !route.name.is_empty() {
+                        outcome.info.route_name = Some(Arc::from(route.name.as_str()));
+                    }
                 }
             }
-            return outcome;
+            return *outcome;
         }
     }
     let Some((vh, route)) = selected else {
@@ -501,6 +528,15 @@ async fn filter_and_act(
                 Err(mut outcome) => {
                     // The abort is the fault filter's reply: the router, which adds the
                     // route's response headers, never sees the request.
+                    if logging || info.traced {
+                        super::forward::note_route_cluster(
+                            ctx,
+                            &mut outcome,
+                            route,
+                            request.headers(),
+                            extras.weighted_draw,
+                        );
+                    }
                     if logging && !route.name.is_empty() {
                         outcome.info.route_name = Some(Arc::from(route.name.as_str()));
                     }

@@ -69,9 +69,9 @@ fn allowed(rbac: &Rbac, r: &Request, tls: Option<&TlsInfo>) -> bool {
     };
     let f = Facts {
         request: Some(&head),
-        local: Some("10.0.0.2:8000".parse().unwrap()),
-        direct_remote: Some("10.0.0.1:40000".parse().unwrap()),
-        remote: Some("10.0.0.1".parse().unwrap()),
+        local: Some("10.0.0.2:8000".parse().expect("an address")),
+        direct_remote: Some("10.0.0.1:40000".parse().expect("an address")),
+        remote: Some("10.0.0.1".parse().expect("an address")),
         tls,
         server_name: None,
     };
@@ -100,7 +100,7 @@ rules:
               - authenticated: { principalName: { safeRegex: { regex: ".*/ns/bar/.*" } } }
 "#,
     )
-    .unwrap();
+    .expect("valid policies");
     let sleep = peer("spiffe://cluster.local/ns/foo/sa/sleep");
     let bar = peer("spiffe://cluster.local/ns/bar/sa/any");
     let other = peer("spiffe://cluster.local/ns/baz/sa/x");
@@ -126,7 +126,7 @@ rules:
       principals: [ { header: { name: x-user, safeRegexMatch: { regex: "^evil$|^evil,.*" } } } ]
 "#,
     )
-    .unwrap();
+    .expect("valid policies");
     let mut r = request("GET", "/admin/x");
     assert!(!allowed(&rbac, &r, None));
     assert!(allowed(&rbac, &request("GET", "/public"), None));
@@ -147,12 +147,12 @@ rules:
         tls: None,
         server_name: None,
     };
-    let decision = rbac.enforced.as_ref().unwrap().decide(&f);
+    let decision = rbac.enforced.as_ref().expect("rules").decide(&f);
     assert_eq!(
         decision,
         Decision {
             allowed: false,
-            policy: Some("a-header")
+            policy: Some(&Arc::from("a-header"))
         }
     );
 }
@@ -181,7 +181,7 @@ rules:
                 value: { stringMatch: { exact: someone } }
 "#,
     )
-    .unwrap();
+    .expect("valid policies");
     assert!(allowed(&rbac, &request("GET", "/"), None));
     // The request principal comes from JWT metadata, which nothing sets: never matched.
     let requires_jwt = http(
@@ -197,7 +197,7 @@ rules:
           value: { stringMatch: { safeRegex: { regex: ".+" } } }
 "#,
     )
-    .unwrap();
+    .expect("valid policies");
     assert!(!allowed(&requires_jwt, &request("GET", "/"), None));
 }
 
@@ -206,7 +206,7 @@ fn authenticated_without_a_name_is_any_tls_connection() {
     let rbac = http(
         "rules: { policies: { p: { permissions: [ { any: true } ], principals: [ { authenticated: {} } ] } } }",
     )
-    .unwrap();
+    .expect("valid policies");
     assert!(allowed(
         &rbac,
         &request("GET", "/"),
@@ -217,7 +217,7 @@ fn authenticated_without_a_name_is_any_tls_connection() {
 
 #[test]
 fn invalid_policies_are_refused_with_their_path() {
-    let err = |yaml: &str| http(yaml).unwrap_err().to_string();
+    let err = |yaml: &str| http(yaml).expect_err("refused").to_string();
     assert!(
         err("rules: { policies: { p: { permissions: [], principals: [ { any: true } ] } } }")
             .contains("rbac.rules.policies[\"p\"].permissions")
@@ -233,7 +233,7 @@ fn invalid_policies_are_refused_with_their_path() {
     assert!(err("track_per_rule_stats: true").contains("track_per_rule_stats"));
     // The network filter sees no request.
     let e = network("statPrefix: tcp.\nrules: { policies: { p: { permissions: [ { header: { name: x, presentMatch: true } } ], principals: [ { any: true } ] } } }")
-        .unwrap_err()
+        .expect_err("refused")
         .to_string();
     assert!(e.contains("header"), "{e}");
 }
@@ -251,7 +251,7 @@ rules:
       principals: [ { authenticated: { principalName: { prefix: "spiffe://cluster.local/ns/bad/" } } } ]
 "#,
     )
-    .unwrap();
+    .expect("valid policies");
     let bad = peer("spiffe://cluster.local/ns/bad/sa/x");
     let decide = |sni: Option<&str>, tls: Option<&TlsInfo>| {
         let f = Facts {
@@ -262,7 +262,7 @@ rules:
             tls,
             server_name: sni,
         };
-        rbac.enforced.as_ref().unwrap().decide(&f).allowed
+        rbac.enforced.as_ref().expect("rules").decide(&f).allowed
     };
     assert!(!decide(Some("db.internal"), Some(&bad)));
     assert!(decide(Some("db.public"), Some(&bad)));

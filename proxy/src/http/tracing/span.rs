@@ -37,6 +37,17 @@ pub struct ActiveSpan {
     reporter: Arc<Reporter>,
     started: Instant,
     pub upstream_cluster: Option<(Arc<str>, Option<Arc<str>>)>,
+    /// Metadata tags, read once the connection manager's filters have run.
+    metadata_tags: Vec<MetadataTag>,
+}
+
+/// A custom tag whose value comes from the stream's dynamic metadata.
+#[derive(Debug)]
+struct MetadataTag {
+    tag: Arc<str>,
+    filter: String,
+    path: Vec<String>,
+    default: String,
 }
 
 fn header(headers: &HeaderMap, name: impl http::header::AsHeaderName) -> Option<String> {
@@ -104,6 +115,7 @@ impl ActiveSpan {
             tags.push(("guid:x-client-trace-id", id));
         }
         let mut custom = Vec::new();
+        let mut metadata_tags = Vec::new();
         let route_tags = route
             .and_then(|r| r.tracing.as_deref())
             .and_then(|t| t.sampling.as_ref())
@@ -116,7 +128,20 @@ impl ActiveSpan {
             .filter(|t| !route_tags.iter().any(|r| r.tag == t.tag))
             .chain(route_tags)
         {
-            custom.push((Arc::from(t.tag.as_str()), custom_value(t, headers)));
+            let tag = Arc::from(t.tag.as_str());
+            match &t.value {
+                TagValue::RequestMetadata {
+                    filter,
+                    path,
+                    default,
+                } => metadata_tags.push(MetadataTag {
+                    tag,
+                    filter: filter.clone(),
+                    path: path.clone(),
+                    default: default.clone(),
+                }),
+                _ => custom.extend(custom_value(t, headers).map(|v| (tag, v))),
+            }
         }
         let start_us = r
             .start
@@ -141,6 +166,23 @@ impl ActiveSpan {
             reporter,
             started: Instant::now(),
             upstream_cluster: None,
+            metadata_tags,
+        }
+    }
+
+    /// Resolves the metadata tags once the filters have written what they write: the RBAC
+    /// filters' results are the only dynamic metadata Outrigger keeps. A missing value takes
+    /// the tag's default; without one, the tag is left out (Envoy's rule).
+    pub fn on_metadata(&mut self, rbac: Option<&crate::rbac::RbacMetadata>) {
+        for t in self.metadata_tags.drain(..) {
+            let found = match (t.filter.as_str(), t.path.as_slice(), rbac) {
+                ("envoy.filters.http.rbac", [key], Some(m)) => m.get(key),
+                _ => None,
+            };
+            let value = found.unwrap_or(&t.default);
+            if !value.is_empty() {
+                self.span.custom.push((t.tag, value.to_string()));
+            }
         }
     }
 
@@ -176,13 +218,17 @@ impl ActiveSpan {
     }
 }
 
-fn custom_value(tag: &CustomTag, headers: &HeaderMap) -> String {
-    match &tag.value {
+/// A literal, environment or header tag's value; None when it is empty (Envoy sets no
+/// tag with an empty value).
+fn custom_value(tag: &CustomTag, headers: &HeaderMap) -> Option<String> {
+    let value = match &tag.value {
         TagValue::Fixed(v) => v.clone(),
         TagValue::RequestHeader { name, default } => {
             header(headers, name).unwrap_or_else(|| default.clone())
         }
-    }
+        TagValue::RequestMetadata { .. } => return None,
+    };
+    (!value.is_empty()).then_some(value)
 }
 
 /// A response body that counts what it sends and reports the span when it is dropped.
