@@ -74,6 +74,43 @@ fn upstream_with(headers: &[(&str, &str)]) -> Behaviour {
     Behaviour::Reply(reply)
 }
 
+/// Every `x-envoy-*` request header a client might send, to see which reach the upstream:
+/// some go from any request that is not internal, more at the edge, the router's own always.
+const CLIENT_ENVOY_HEADERS: &[&str] = &[
+    "x-envoy-force-trace: 1",
+    "x-envoy-internal: true",
+    "x-envoy-ip-tags: t",
+    "x-envoy-original-url: http://a/b",
+    "x-envoy-original-path: /p",
+    "x-envoy-decorator-operation: op",
+    "x-envoy-downstream-service-cluster: c",
+    "x-envoy-downstream-service-node: n",
+    "x-envoy-external-address: 1.1.1.1",
+    "x-envoy-upstream-alt-stat-name: alt",
+    "x-envoy-expected-rq-timeout-ms: 5",
+    "x-envoy-attempt-count: 3",
+    "x-envoy-peer-metadata-id: id",
+    "x-envoy-custom: kept",
+];
+
+fn envoy_headers(name: &'static str, hcm: &str) -> Scenario {
+    let args: Vec<&str> = CLIENT_ENVOY_HEADERS
+        .iter()
+        .flat_map(|h| ["-H", h])
+        .collect();
+    Scenario::http(
+        name,
+        "https://www.envoyproxy.io/docs/envoy/latest/configuration/http/http_conn_man/headers",
+        &one_vhost("- match: { prefix: / }\n  route: { cluster: backend }"),
+    )
+    .hcm(hcm)
+    .curl("/", &args)
+    .curl(
+        "/",
+        &[&["-H", "x-forwarded-for: 10.1.1.1"][..], &args[..]].concat(),
+    )
+}
+
 fn scenarios() -> Vec<Scenario> {
     vec![
         Scenario::http("mutation_levels_append", MANIP, LEVELS)
@@ -203,6 +240,12 @@ fn scenarios() -> Vec<Scenario> {
                 "x-envoy-upstream-rq-timeout-ms: 1", "-H", "x-envoy-internal: true", "-H",
                 "x-envoy-external-address: 1.2.3.4", "-H", "x-envoy-custom: kept",
             ],
+        ),
+        envoy_headers("envoy_headers_behind_a_proxy", ""),
+        envoy_headers("envoy_headers_at_the_edge", "use_remote_address: true"),
+        envoy_headers(
+            "envoy_headers_internal",
+            "use_remote_address: true\ninternal_address_config: { cidr_ranges: [ { address_prefix: 127.0.0.0, prefix_len: 8 } ] }",
         ),
         Scenario::http(
             "forwarded_headers_trusted_hops",

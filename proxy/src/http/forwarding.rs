@@ -15,8 +15,17 @@ static X_ENVOY_INTERNAL: HeaderName = HeaderName::from_static("x-envoy-internal"
 static X_ENVOY_EXTERNAL_ADDRESS: HeaderName = HeaderName::from_static("x-envoy-external-address");
 static X_FORWARDED_CLIENT_CERT: HeaderName = HeaderName::from_static("x-forwarded-client-cert");
 
-/// Headers only trusted from inside the mesh: removed from external requests.
-static INTERNAL_ONLY: [HeaderName; 18] = [
+/// Headers trusted only on internal requests, whatever `use_remote_address` says: removed
+/// from any other request (seen with Envoy 1.40: these go even behind a non-edge proxy, where
+/// the rest of `INTERNAL_ONLY` stays).
+static INTERNAL_ONLY_ANYWHERE: [HeaderName; 3] = [
+    HeaderName::from_static("x-envoy-force-trace"),
+    HeaderName::from_static("x-envoy-ip-tags"),
+    HeaderName::from_static("x-envoy-original-url"),
+];
+
+/// Headers only trusted from inside the mesh: removed from external requests at the edge.
+static INTERNAL_ONLY: [HeaderName; 20] = [
     HeaderName::from_static("x-envoy-decorator-operation"),
     HeaderName::from_static("x-envoy-downstream-service-cluster"),
     HeaderName::from_static("x-envoy-downstream-service-node"),
@@ -27,6 +36,8 @@ static INTERNAL_ONLY: [HeaderName; 18] = [
     HeaderName::from_static("x-envoy-internal"),
     HeaderName::from_static("x-envoy-ip-tags"),
     HeaderName::from_static("x-envoy-max-retries"),
+    HeaderName::from_static("x-envoy-original-path"),
+    HeaderName::from_static("x-envoy-original-url"),
     HeaderName::from_static("x-envoy-retriable-header-names"),
     HeaderName::from_static("x-envoy-retriable-status-codes"),
     HeaderName::from_static("x-envoy-retry-grpc-on"),
@@ -108,10 +119,23 @@ pub fn mutate_request_headers(
     }
     // Only this proxy says whether a request is internal.
     headers.remove(&X_ENVOY_INTERNAL);
+    // Envoy trusts an address as internal only when it alone names the client: at the edge
+    // (trusting no hop), when the request came without `x-forwarded-for`; when the client is
+    // read from that header, when it has a single entry (checked with Envoy 1.40).
+    let single_address = if f.use_remote_address && f.xff_num_trusted_hops == 0 {
+        original_xff.is_none()
+    } else {
+        original_xff.as_deref().is_some_and(|x| !x.contains(','))
+    };
     let internal = match client {
-        Some(ip) => f.internal_cidrs.iter().any(|c| c.contains(ip)),
+        Some(ip) => single_address && f.internal_cidrs.iter().any(|c| c.contains(ip)),
         None => f.internal_unix_sockets,
     };
+    if !internal {
+        for name in &INTERNAL_ONLY_ANYWHERE {
+            headers.remove(name);
+        }
+    }
     let external_edge_request = f.use_remote_address && !internal;
     if f.use_remote_address {
         if internal {

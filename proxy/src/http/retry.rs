@@ -24,8 +24,9 @@ static X_ENVOY_RATELIMITED: HeaderName = HeaderName::from_static("x-envoy-rateli
 static GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
 
 /// The router's control headers: read from trusted requests, never sent upstream (checked
-/// against Envoy 1.40, which removes them from internal and external requests alike).
-static CONTROL: [&HeaderName; 8] = [
+/// against Envoy 1.40, which removes them from internal and external requests alike). The
+/// alternate stat name is only removed: Outrigger keeps no alternate upstream stats.
+static CONTROL: [&HeaderName; 9] = [
     &X_ENVOY_RETRY_ON,
     &X_ENVOY_RETRY_GRPC_ON,
     &X_ENVOY_MAX_RETRIES,
@@ -34,7 +35,10 @@ static CONTROL: [&HeaderName; 8] = [
     &X_ENVOY_UPSTREAM_RQ_PER_TRY_TIMEOUT_MS,
     &X_HEDGE,
     &X_RETRIABLE_HEADER_NAMES,
+    &X_ENVOY_UPSTREAM_ALT_STAT_NAME,
 ];
+static X_ENVOY_UPSTREAM_ALT_STAT_NAME: HeaderName =
+    HeaderName::from_static("x-envoy-upstream-alt-stat-name");
 static X_HEDGE: HeaderName = HeaderName::from_static("x-envoy-hedge-on-per-try-timeout");
 static X_RETRIABLE_HEADER_NAMES: HeaderName =
     HeaderName::from_static("x-envoy-retriable-header-names");

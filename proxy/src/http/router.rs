@@ -65,6 +65,8 @@ impl RequestInfo {
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 pub type ResponseBody = UnsyncBoxBody<Bytes, BoxError>;
 
+static X_ENVOY_FORCE_TRACE: http::HeaderName = http::HeaderName::from_static("x-envoy-force-trace");
+
 /// A body with nothing in it (the type of request and response bodies alike).
 pub fn empty_body() -> ResponseBody {
     use http_body_util::BodyExt;
@@ -157,10 +159,12 @@ pub async fn route_request(
     };
     // Access logs see the request as the connection manager left it (x-request-id set, ...).
     let logged_request = (!ctx.access_logs.is_empty()).then(|| LoggedRequest::new(&request, ctx));
-    let request_id = forwarding
-        .always_set_request_id_in_response
-        .then(|| request.headers().get(&X_REQUEST_ID).cloned())
-        .flatten();
+    // A forced trace (from an internal request; sanitising removed it from others) also
+    // returns the request id, as Envoy does.
+    let request_id = (forwarding.always_set_request_id_in_response
+        || request.headers().contains_key(&X_ENVOY_FORCE_TRACE))
+    .then(|| request.headers().get(&X_REQUEST_ID).cloned())
+    .flatten();
     // Envoy closes an HTTP/1.1 connection after answering locally before reading a request
     // body it did not consume.
     let closes_after_local_reply = request.method() == http::Method::CONNECT;
