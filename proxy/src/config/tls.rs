@@ -10,6 +10,7 @@ use super::error::{FieldPath, Result};
 use super::fields::{check, Acknowledged};
 use super::matcher::{string_matcher, StringMatcher};
 use super::slots::Slot;
+use crate::tls::x509::CertInfo;
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
@@ -26,7 +27,7 @@ use xds_proto::pb::envoy::extensions::transport_sockets::tls::v3::{
 /// A secret as the proxy uses it; SDS and static `secrets` compile to this. Its `Debug`
 /// never shows key material (see [`CertificateSource`]).
 pub enum Secret {
-    Certificate(Arc<CertifiedKey>),
+    Certificate(Arc<LoadedCertificate>),
     Validation(Arc<Validation>),
     /// Session ticket keys and generic secrets: accepted, consumed by nothing yet.
     Unused,
@@ -82,8 +83,47 @@ pub struct CommonTls {
 }
 
 pub enum CertificateSource {
-    Inline(Arc<CertifiedKey>),
+    Inline(Arc<LoadedCertificate>),
     Sds(Arc<Slot<Secret>>),
+}
+
+/// A `TlsCertificate`: the chain with its loaded key, and what `/certs` and the expiry stats
+/// show of it (Envoy shows the leaf only).
+pub struct LoadedCertificate {
+    pub key: Arc<CertifiedKey>,
+    pub origin: CertOrigin,
+    /// The leaf's facts; None when its DER cannot be read (rustls accepted it all the same).
+    pub leaf: Option<CertInfo>,
+}
+
+/// Where a certificate chain or CA bundle was read from, as `/certs` prints it, and the suffix
+/// of the stat name Envoy gives a certificate that is not an SDS secret.
+#[derive(Debug, Clone, Default)]
+pub struct CertOrigin {
+    /// The file, or `<inline>`.
+    pub path: Arc<str>,
+    /// The first 8 hex digits of the SHA-256 of `inline_bytes`. Envoy hashes that field
+    /// only, so a file or an `inline_string` gets the hash of nothing (`e3b0c442`).
+    pub hash: Arc<str>,
+}
+
+impl CertOrigin {
+    fn of(source: Option<&DataSource>) -> CertOrigin {
+        let (path, hashed): (&str, &[u8]) = match source.and_then(|s| s.specifier.as_ref()) {
+            Some(Specifier::Filename(f)) => (f, b""),
+            Some(Specifier::InlineBytes(b)) => ("<inline>", b),
+            _ => ("<inline>", b""),
+        };
+        let digest = ring::digest::digest(&ring::digest::SHA256, hashed);
+        let hash: String = digest.as_ref()[..4]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        CertOrigin {
+            path: path.into(),
+            hash: hash.into(),
+        }
+    }
 }
 
 /// Configs are debug-printed in logs and errors; a certificate prints as its chain length
@@ -92,7 +132,7 @@ impl std::fmt::Debug for CertificateSource {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             CertificateSource::Inline(k) => {
-                write!(f, "Inline(certificate chain of {})", k.cert.len())
+                write!(f, "Inline(certificate chain of {})", k.key.cert.len())
             }
             CertificateSource::Sds(slot) => write!(f, "Sds({})", slot.name),
         }
@@ -102,7 +142,7 @@ impl std::fmt::Debug for CertificateSource {
 impl std::fmt::Debug for Secret {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Secret::Certificate(k) => write!(f, "Certificate(chain of {})", k.cert.len()),
+            Secret::Certificate(k) => write!(f, "Certificate(chain of {})", k.key.cert.len()),
             Secret::Validation(v) => f.debug_tuple("Validation").field(v).finish(),
             Secret::Unused => f.write_str("Unused"),
         }
@@ -128,17 +168,23 @@ pub struct Validation {
     pub trusted_ca: Vec<CertificateDer<'static>>,
     /// The peer passes when any matcher matches (or there are none).
     pub san_matchers: Vec<SanMatcher>,
+    /// Where `trusted_ca` came from, and each of its certificates as `/certs` shows them.
+    pub ca_origin: CertOrigin,
+    pub ca_info: Vec<CertInfo>,
 }
 
 impl Validation {
     /// This validation with `over`'s fields laid on top (for `combined_validation_context`).
     pub fn merged(&self, over: &Validation) -> Validation {
+        let ca = if over.trusted_ca.is_empty() {
+            self
+        } else {
+            over
+        };
         Validation {
-            trusted_ca: if over.trusted_ca.is_empty() {
-                self.trusted_ca.clone()
-            } else {
-                over.trusted_ca.clone()
-            },
+            trusted_ca: ca.trusted_ca.clone(),
+            ca_origin: ca.ca_origin.clone(),
+            ca_info: ca.ca_info.clone(),
             san_matchers: self
                 .san_matchers
                 .iter()
@@ -383,7 +429,7 @@ fn sds_slot(
 }
 
 /// A `TlsCertificate` as a certificate chain with its loaded key. Errors never quote the key.
-fn certified_key(cert: &tls::TlsCertificate, path: &FieldPath) -> Result<CertifiedKey> {
+fn certified_key(cert: &tls::TlsCertificate, path: &FieldPath) -> Result<LoadedCertificate> {
     let chain_path = path.field("certificate_chain");
     let key_path = path.field("private_key");
     let chain_pem = data(cert.certificate_chain.as_ref(), &chain_path)?;
@@ -395,13 +441,19 @@ fn certified_key(cert: &tls::TlsCertificate, path: &FieldPath) -> Result<Certifi
         return Err(key_path.error("is required"));
     }
     let chain = certificates(&chain_pem, &chain_path)?;
+    let leaf = chain.first().and_then(|c| CertInfo::of(c.as_ref()));
     let key = PrivateKeyDer::from_pem_slice(&key_pem)
         .map_err(|_| key_path.error("Failed to load private key: no PEM private key found"))?;
-    CertifiedKey::from_der(chain, key, &provider()).map_err(|e| {
+    let key = CertifiedKey::from_der(chain, key, &provider()).map_err(|e| {
         // rustls' errors describe the failure, never the key material.
         path.error(format!(
             "Failed to load certificate chain and private key: {e}"
         ))
+    })?;
+    Ok(LoadedCertificate {
+        key: Arc::new(key),
+        origin: CertOrigin::of(cert.certificate_chain.as_ref()),
+        leaf,
     })
 }
 
@@ -481,6 +533,11 @@ fn validation(v: &tls::CertificateValidationContext, path: &FieldPath) -> Result
         });
     }
     Ok(Validation {
+        ca_info: trusted_ca
+            .iter()
+            .filter_map(|c| CertInfo::of(c.as_ref()))
+            .collect(),
+        ca_origin: CertOrigin::of(v.trusted_ca.as_ref()),
         trusted_ca,
         san_matchers,
     })
