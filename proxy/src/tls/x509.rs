@@ -41,9 +41,10 @@ impl CertInfo {
     /// Whole days left before it expires, 0 once it has (Envoy's `days_until_expiration`:
     /// `ASN1_TIME_diff` days, nothing for a past date, printed as 0).
     pub fn days_left(&self, now: SystemTime) -> u64 {
-        self.not_after
-            .duration_since(now)
-            .map_or(0, |d| d.as_secs() / 86_400)
+        // In whole seconds on both sides, as BoringSSL compares an `ASN1_TIME` made from
+        // `time_t`: a certificate issued for exactly 40 days has 40 left in its first second.
+        let now = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        self.expiry_unix().saturating_sub(now) / 86_400
     }
 }
 
@@ -202,6 +203,9 @@ mod tests {
             info.days_left(UNIX_EPOCH + Duration::from_secs(1_735_689_601)),
             0
         );
+        // A fraction of a second into the last full day still counts it.
+        let just_after = Duration::from_millis(1_735_689_600_000 - 86_400_000 + 500);
+        assert_eq!(info.days_left(UNIX_EPOCH + just_after), 1);
     }
 
     #[test]
