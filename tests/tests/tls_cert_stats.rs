@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 use tests::control_plane::{ControlPlane, CLUSTER, LISTENER, SECRET};
 use tests::pki::{Identity, Pki};
-use tests::xds_resources::resource;
+use tests::xds_resources::{certificate_secret, resource, root_secret};
 use tests::{envoy_or_skip, free_port, Kind, RunningProxy};
 use time::OffsetDateTime;
 
@@ -335,30 +335,6 @@ fn read_expiry(path: &std::path::Path) -> String {
         .to_string()
 }
 
-fn secret_certificate(
-    name: &str,
-    identity: &Identity,
-) -> (String, xds_proto::pb::google::protobuf::Any) {
-    resource::<xds_proto::pb::envoy::extensions::transport_sockets::tls::v3::Secret>(
-        name,
-        &format!(
-            "name: {name}\ntls_certificate:\n  certificate_chain: {{ inline_string: {} }}\n  private_key: {{ inline_string: {} }}\n",
-            quoted(&read(&identity.cert)),
-            quoted(&read(&identity.key)),
-        ),
-    )
-}
-
-fn secret_root(name: &str, pki: &Pki) -> (String, xds_proto::pb::google::protobuf::Any) {
-    resource::<xds_proto::pb::envoy::extensions::transport_sockets::tls::v3::Secret>(
-        name,
-        &format!(
-            "name: {name}\nvalidation_context: {{ trusted_ca: {{ inline_string: {} }} }}\n",
-            quoted(&read(&pki.root()))
-        ),
-    )
-}
-
 /// Istio's shape: certificate `default` and CA `ROOTCA` over ADS, for an inbound listener and
 /// an outbound cluster.
 const SDS_COMMON: &str = "{ tls_certificate_sds_secret_configs: [{ name: default, sds_config: { ads: {}, resource_api_version: V3 } }], validation_context_sds_secret_config: { name: ROOTCA, sds_config: { ads: {}, resource_api_version: V3 } } }";
@@ -392,8 +368,8 @@ fn certificate_stats_follow_sds_rotation_and_removal_like_envoy() {
         cp.set(
             SECRET,
             vec![
-                secret_certificate("default", &expired),
-                secret_root("ROOTCA", &pki),
+                certificate_secret("default", &expired),
+                root_secret("ROOTCA", &pki),
             ],
         );
         cp.set(CLUSTER, vec![resource::<Cluster>("mtls", &cluster_yaml)]);
@@ -420,8 +396,8 @@ fn certificate_stats_follow_sds_rotation_and_removal_like_envoy() {
         cp.set(
             SECRET,
             vec![
-                secret_certificate("default", &fresh),
-                secret_root("ROOTCA", &pki),
+                certificate_secret("default", &fresh),
+                root_secret("ROOTCA", &pki),
             ],
         );
         let fresh_expiry = read_expiry(&fresh.cert);
