@@ -6,7 +6,7 @@
 //! file in `configs/`), and the load generator in `load/` that measures it. The runner,
 //! report and charts work from the methods below and need no change.
 
-/// The ports and payload shared by every target's configuration.
+/// The ports, payload and certificates shared by every target's configuration.
 #[derive(Debug, Clone)]
 pub struct Job {
     /// The cluster's two HTTP endpoints (HTTP/1.1 and h2c on the same port).
@@ -17,7 +17,50 @@ pub struct Job {
     pub cluster: &'static str,
     /// First port of the range the proxies' listeners are placed in.
     pub base_port: u16,
+    /// The mTLS listener's certificates and the load generator's client certificate.
+    pub tls: std::sync::Arc<TlsFiles>,
 }
+
+/// A throwaway CA (`tests::pki`, rcgen) with a server certificate for `localhost` and a
+/// client certificate, written as PEM files for every proxy to load; removed with the run.
+pub struct TlsFiles {
+    _pki: ::tests::pki::Pki,
+    pub server: ::tests::pki::Identity,
+    pub client: ::tests::pki::Identity,
+    pub ca: std::path::PathBuf,
+    /// The server certificate followed by its key, the one file HAProxy's `crt` takes.
+    pub server_combined: std::path::PathBuf,
+}
+
+impl std::fmt::Debug for TlsFiles {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsFiles")
+            .field("ca", &self.ca)
+            .finish_non_exhaustive()
+    }
+}
+
+impl TlsFiles {
+    fn generate() -> Self {
+        let pki = ::tests::pki::Pki::new();
+        let server = pki.identity_with_dns("server", &[MTLS_SERVER_NAME]);
+        let client = pki.identity("client");
+        let server_combined = server.cert.with_file_name("server-combined.pem");
+        let pem = |p: &std::path::Path| std::fs::read_to_string(p).unwrap_or_default();
+        // A failure shows up as the proxies refusing the file, reported by the harness.
+        let _ = std::fs::write(&server_combined, pem(&server.cert) + &pem(&server.key));
+        Self {
+            ca: pki.root(),
+            _pki: pki,
+            server,
+            client,
+            server_combined,
+        }
+    }
+}
+
+/// The name the mTLS server certificate is issued for and the load generator sends as SNI.
+pub const MTLS_SERVER_NAME: &str = "localhost";
 
 impl Job {
     pub fn new(base_port: u16) -> Self {
@@ -27,6 +70,7 @@ impl Job {
             response_bytes: 1024,
             cluster: "backend",
             base_port,
+            tls: std::sync::Arc::new(TlsFiles::generate()),
         }
     }
 }
@@ -40,10 +84,13 @@ pub enum Listener {
     H2c,
     /// Plain TCP passthrough to the TCP cluster.
     Tcp,
+    /// HTTP/1.1 over TLS that requires a client certificate (issued by `Job::tls`'s CA),
+    /// routed to the HTTP cluster in plaintext: a sidecar's inbound mTLS hop.
+    Mtls,
 }
 
 impl Listener {
-    pub const ALL: [Listener; 3] = [Listener::Http, Listener::H2c, Listener::Tcp];
+    pub const ALL: [Listener; 4] = [Listener::Http, Listener::H2c, Listener::Tcp, Listener::Mtls];
 
     /// Offset of this listener's port in a target's block of ports.
     pub fn offset(self) -> u16 {
@@ -51,6 +98,7 @@ impl Listener {
             Listener::Http => 0,
             Listener::H2c => 1,
             Listener::Tcp => 2,
+            Listener::Mtls => 3,
         }
     }
 }
@@ -67,6 +115,10 @@ pub enum Scenario {
     TcpThroughput,
     /// A new HTTP/1.1 connection per request (wrk with `Connection: close`).
     NewConnections,
+    /// HTTP/1.1 keep-alive over mutual TLS, closed loop (the `mtls-load` helper).
+    MtlsThroughput,
+    /// A new mutual-TLS connection (full handshake, no resumption) per request.
+    MtlsHandshakes,
 }
 
 /// How a scenario's headline number is read.
@@ -80,12 +132,14 @@ pub enum Metric {
 }
 
 impl Scenario {
-    pub const ALL: [Scenario; 5] = [
+    pub const ALL: [Scenario; 7] = [
         Scenario::H1Throughput,
         Scenario::H1Latency,
         Scenario::H2Streams,
         Scenario::TcpThroughput,
         Scenario::NewConnections,
+        Scenario::MtlsThroughput,
+        Scenario::MtlsHandshakes,
     ];
 
     pub fn name(self) -> &'static str {
@@ -95,6 +149,8 @@ impl Scenario {
             Scenario::H2Streams => "h2-streams",
             Scenario::TcpThroughput => "tcp",
             Scenario::NewConnections => "new-conns",
+            Scenario::MtlsThroughput => "mtls",
+            Scenario::MtlsHandshakes => "mtls-handshakes",
         }
     }
 
@@ -107,6 +163,12 @@ impl Scenario {
             Scenario::H2Streams => "HTTP/2 h2c, 1 connection x 100 streams (h2load)",
             Scenario::TcpThroughput => "TCP passthrough, bulk download over 4 connections",
             Scenario::NewConnections => "HTTP/1.1, one request per connection (wrk, 16 conns)",
+            Scenario::MtlsThroughput => {
+                "HTTP/1.1 keep-alive over mTLS (client certificate required), 50 connections"
+            }
+            Scenario::MtlsHandshakes => {
+                "mTLS, one full handshake per request (no resumption), 16 connections"
+            }
         }
     }
 
@@ -114,6 +176,7 @@ impl Scenario {
         match self {
             Scenario::H2Streams => Listener::H2c,
             Scenario::TcpThroughput => Listener::Tcp,
+            Scenario::MtlsThroughput | Scenario::MtlsHandshakes => Listener::Mtls,
             _ => Listener::Http,
         }
     }
@@ -131,6 +194,7 @@ impl Scenario {
             Scenario::H1Latency => "p99 µs",
             Scenario::TcpThroughput => "MiB/s",
             Scenario::NewConnections => "conn/s",
+            Scenario::MtlsHandshakes => "handshakes/s",
             _ => "req/s",
         }
     }
@@ -140,7 +204,10 @@ impl Scenario {
         match self {
             Scenario::H1Throughput | Scenario::NewConnections => Some("wrk"),
             Scenario::H2Streams => Some("h2load"),
-            Scenario::H1Latency | Scenario::TcpThroughput => None,
+            Scenario::H1Latency
+            | Scenario::TcpThroughput
+            | Scenario::MtlsThroughput
+            | Scenario::MtlsHandshakes => None,
         }
     }
 
