@@ -27,7 +27,13 @@ pub struct Identity {
 
 impl Pki {
     pub fn new() -> Pki {
+        Pki::with_root_validity(rcgen::CertificateParams::default().not_after)
+    }
+
+    /// A root that expires at `not_after` (rcgen's default is the year 4096).
+    pub fn with_root_validity(not_after: time::OffsetDateTime) -> Pki {
         let mut params = rcgen::CertificateParams::default();
+        params.not_after = not_after;
         params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
         params
             .distinguished_name
@@ -57,7 +63,21 @@ impl Pki {
 
     /// [`Self::identity`] with DNS SANs besides the SPIFFE URI.
     pub fn identity_with_dns(&self, sa: &str, dns: &[&str]) -> Identity {
+        self.identity_until(sa, dns, rcgen::CertificateParams::default().not_after)
+    }
+
+    /// [`Self::identity_with_dns`] valid until `not_after` (and from a day before now on, so
+    /// a date in the past makes an expired certificate).
+    pub fn identity_until(
+        &self,
+        sa: &str,
+        dns: &[&str],
+        not_after: time::OffsetDateTime,
+    ) -> Identity {
         let mut params = rcgen::CertificateParams::default();
+        params.not_after = not_after;
+        params.not_before =
+            not_after.min(time::OffsetDateTime::now_utc()) - time::Duration::days(1);
         let uri = spiffe(sa);
         params.subject_alt_names = vec![rcgen::SanType::URI(
             rcgen::Ia5String::try_from(uri.as_str()).expect("a URI SAN"),

@@ -147,3 +147,29 @@ pub fn serve_backend(
     cp.set(LISTENER, vec![backend_listener("127.0.0.1", listener_port)]);
     cp.set(ROUTE, vec![route_to_backend()]);
 }
+
+/// An SDS `Secret` named `name` holding `identity`'s certificate and key inline.
+pub fn certificate_secret(name: &str, identity: &crate::pki::Identity) -> (String, Any) {
+    let read = |p: &std::path::Path| std::fs::read_to_string(p).expect("read a PEM file");
+    let quoted = |s: String| serde_json::to_string(&s).expect("a JSON string");
+    resource::<xds_proto::pb::envoy::extensions::transport_sockets::tls::v3::Secret>(
+        name,
+        &format!(
+            "name: {name}\ntls_certificate:\n  certificate_chain: {{ inline_string: {} }}\n  private_key: {{ inline_string: {} }}\n",
+            quoted(read(&identity.cert)),
+            quoted(read(&identity.key)),
+        ),
+    )
+}
+
+/// An SDS `Secret` named `name` validating against `pki`'s root, inline.
+pub fn root_secret(name: &str, pki: &crate::pki::Pki) -> (String, Any) {
+    let root = std::fs::read_to_string(pki.root()).expect("read the root");
+    resource::<xds_proto::pb::envoy::extensions::transport_sockets::tls::v3::Secret>(
+        name,
+        &format!(
+            "name: {name}\nvalidation_context: {{ trusted_ca: {{ inline_string: {} }} }}\n",
+            serde_json::to_string(&root).expect("a JSON string")
+        ),
+    )
+}

@@ -441,6 +441,8 @@ const LINT: &[&str] = &[
     "metric names should not contain abbreviated units",
     // Istio's own name for the metric: dashboards query it, so it stays.
     "istio_request_duration_milliseconds use base unit \"seconds\" instead of \"milliseconds\"",
+    // Envoy's own name: envoy_server_days_until_first_cert_expiring.
+    "envoy_server_days_until_first_cert_expiring use base unit \"seconds\" instead of \"days\"",
 ];
 
 /// Over mutual TLS the server side knows both identities: the client's certificate is the

@@ -393,6 +393,8 @@ const ENVOY_LINT: &[&str] = &[
     "non-counter metrics should not have \"_total\" suffix",
     "non-histogram and non-summary metrics should not have \"_count\" suffix",
     "metric names should not contain abbreviated units",
+    // envoy_server_days_until_first_cert_expiring, Envoy's own name.
+    "use base unit \"seconds\" instead of \"days\"",
 ];
 
 /// `promtool check metrics` (Debian package `prometheus`) on Outrigger's output with Istio's

@@ -10,20 +10,10 @@ use tests::control_plane::{ControlPlane, Recorded, SECRET};
 use tests::pki::{Identity, Pki};
 use tests::xds_resources::resource;
 use tests::{envoy_or_skip, free_port, Kind, RunningProxy};
-use xds_proto::pb::envoy::extensions::transport_sockets::tls::v3::Secret;
 use xds_proto::pb::google::protobuf::Any;
 
 fn certificate(identity: &Identity) -> (String, Any) {
-    let read = |p: &std::path::Path| std::fs::read_to_string(p).expect("read a PEM file");
-    let json_string = |s: String| serde_json::to_string(&s).expect("a JSON string");
-    resource::<Secret>(
-        "default",
-        &format!(
-            "name: default\ntls_certificate:\n  certificate_chain: {{ inline_string: {} }}\n  private_key: {{ inline_string: {} }}\n",
-            json_string(read(&identity.cert)),
-            json_string(read(&identity.key)),
-        ),
-    )
+    tests::xds_resources::certificate_secret("default", identity)
 }
 
 fn bootstrap(admin: u16, control_plane: u16, port: u16) -> String {

@@ -2,6 +2,7 @@
 //! `handle` is pure routing (method + path → response) so every endpoint is testable without
 //! sockets; `serve` puts it behind an HTTP/1.1 listener until the server shuts down.
 
+mod certs;
 mod clusters;
 mod config_dump;
 mod dump_query;
@@ -96,6 +97,7 @@ struct Endpoint {
 
 const ENDPOINTS: &[Endpoint] = &[
     Endpoint { path: "/", help: "Admin home page", post_only: false, params: &[], handler: help },
+    Endpoint { path: "/certs", help: "print certs on machine", post_only: false, params: &[], handler: certs::handle },
     Endpoint { path: "/clusters", help: "upstream cluster status", post_only: false, params: &[
         ("format", "Format to use; One of (text, json)"),
         ("filter", "Regular expression (Google re2) for filtering clusters by name"),

@@ -40,6 +40,7 @@ pub mod slots;
 pub mod stats;
 pub mod tcp_proxy;
 pub mod tls;
+pub mod tls_params;
 pub mod tracing;
 pub mod transport_match;
 pub mod upstream_http;

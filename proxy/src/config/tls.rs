@@ -10,11 +10,12 @@ use super::error::{FieldPath, Result};
 use super::fields::{check, Acknowledged};
 use super::matcher::{string_matcher, StringMatcher};
 use super::slots::Slot;
+use crate::tls::x509::CertInfo;
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::sign::CertifiedKey;
-use rustls::{CipherSuite, NamedGroup, ProtocolVersion};
+use rustls::ProtocolVersion;
 use std::sync::Arc;
 use xds_proto::pb::envoy::config::core::v3::{data_source::Specifier, DataSource};
 use xds_proto::pb::envoy::extensions::transport_sockets::tls::v3 as tls;
@@ -26,7 +27,7 @@ use xds_proto::pb::envoy::extensions::transport_sockets::tls::v3::{
 /// A secret as the proxy uses it; SDS and static `secrets` compile to this. Its `Debug`
 /// never shows key material (see [`CertificateSource`]).
 pub enum Secret {
-    Certificate(Arc<CertifiedKey>),
+    Certificate(Arc<LoadedCertificate>),
     Validation(Arc<Validation>),
     /// Session ticket keys and generic secrets: accepted, consumed by nothing yet.
     Unused,
@@ -82,8 +83,47 @@ pub struct CommonTls {
 }
 
 pub enum CertificateSource {
-    Inline(Arc<CertifiedKey>),
+    Inline(Arc<LoadedCertificate>),
     Sds(Arc<Slot<Secret>>),
+}
+
+/// A `TlsCertificate`: the chain with its loaded key, and what `/certs` and the expiry stats
+/// show of it (Envoy shows the leaf only).
+pub struct LoadedCertificate {
+    pub key: Arc<CertifiedKey>,
+    pub origin: CertOrigin,
+    /// The leaf's facts; None when its DER cannot be read (rustls accepted it all the same).
+    pub leaf: Option<CertInfo>,
+}
+
+/// Where a certificate chain or CA bundle was read from, as `/certs` prints it, and the suffix
+/// of the stat name Envoy gives a certificate that is not an SDS secret.
+#[derive(Debug, Clone, Default)]
+pub struct CertOrigin {
+    /// The file, or `<inline>`.
+    pub path: Arc<str>,
+    /// The first 8 hex digits of the SHA-256 of `inline_bytes`. Envoy hashes that field
+    /// only, so a file or an `inline_string` gets the hash of nothing (`e3b0c442`).
+    pub hash: Arc<str>,
+}
+
+impl CertOrigin {
+    fn of(source: Option<&DataSource>) -> CertOrigin {
+        let (path, hashed): (&str, &[u8]) = match source.and_then(|s| s.specifier.as_ref()) {
+            Some(Specifier::Filename(f)) => (f, b""),
+            Some(Specifier::InlineBytes(b)) => ("<inline>", b),
+            _ => ("<inline>", b""),
+        };
+        let digest = ring::digest::digest(&ring::digest::SHA256, hashed);
+        let hash: String = digest.as_ref()[..4]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        CertOrigin {
+            path: path.into(),
+            hash: hash.into(),
+        }
+    }
 }
 
 /// Configs are debug-printed in logs and errors; a certificate prints as its chain length
@@ -92,7 +132,7 @@ impl std::fmt::Debug for CertificateSource {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             CertificateSource::Inline(k) => {
-                write!(f, "Inline(certificate chain of {})", k.cert.len())
+                write!(f, "Inline(certificate chain of {})", k.key.cert.len())
             }
             CertificateSource::Sds(slot) => write!(f, "Sds({})", slot.name),
         }
@@ -102,7 +142,7 @@ impl std::fmt::Debug for CertificateSource {
 impl std::fmt::Debug for Secret {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Secret::Certificate(k) => write!(f, "Certificate(chain of {})", k.cert.len()),
+            Secret::Certificate(k) => write!(f, "Certificate(chain of {})", k.key.cert.len()),
             Secret::Validation(v) => f.debug_tuple("Validation").field(v).finish(),
             Secret::Unused => f.write_str("Unused"),
         }
@@ -128,17 +168,23 @@ pub struct Validation {
     pub trusted_ca: Vec<CertificateDer<'static>>,
     /// The peer passes when any matcher matches (or there are none).
     pub san_matchers: Vec<SanMatcher>,
+    /// Where `trusted_ca` came from, and each of its certificates as `/certs` shows them.
+    pub ca_origin: CertOrigin,
+    pub ca_info: Vec<CertInfo>,
 }
 
 impl Validation {
     /// This validation with `over`'s fields laid on top (for `combined_validation_context`).
     pub fn merged(&self, over: &Validation) -> Validation {
+        let ca = if over.trusted_ca.is_empty() {
+            self
+        } else {
+            over
+        };
         Validation {
-            trusted_ca: if over.trusted_ca.is_empty() {
-                self.trusted_ca.clone()
-            } else {
-                over.trusted_ca.clone()
-            },
+            trusted_ca: ca.trusted_ca.clone(),
+            ca_origin: ca.ca_origin.clone(),
+            ca_info: ca.ca_info.clone(),
             san_matchers: self
                 .san_matchers
                 .iter()
@@ -165,28 +211,7 @@ pub struct SanMatcher {
     pub matcher: StringMatcher,
 }
 
-/// `tls_params`, mapped to what rustls offers. Empty lists mean rustls' defaults.
-#[derive(Debug, Clone)]
-pub struct TlsParams {
-    pub min: ProtocolVersion,
-    pub max: ProtocolVersion,
-    /// TLS 1.2 suites, in preference order (TLS 1.3 suites are not configurable, as in Envoy).
-    pub cipher_suites: Vec<CipherSuite>,
-    pub curves: Vec<NamedGroup>,
-}
-
-impl Default for TlsParams {
-    fn default() -> Self {
-        // Envoy's server defaults: TLS 1.2 to 1.3 (clients stop at TLS 1.2 unless told; see
-        // `translate_upstream`).
-        Self {
-            min: ProtocolVersion::TLSv1_2,
-            max: ProtocolVersion::TLSv1_3,
-            cipher_suites: Vec::new(),
-            curves: Vec::new(),
-        }
-    }
-}
+pub use super::tls_params::TlsParams;
 
 /// The provider every key is loaded with and every configuration is built from. Ring: see
 /// DESIGN.md ("TLS provider") for the measurement behind the choice.
@@ -345,7 +370,7 @@ fn common_tls(
         alpn.push(protocol.as_bytes().to_vec());
     }
     let params = match &c.tls_params {
-        Some(p) => tls_params(p, &path.field("tls_params"), acks)?,
+        Some(p) => super::tls_params::tls_params(p, &path.field("tls_params"), acks)?,
         None => TlsParams::default(),
     };
     Ok(CommonTls {
@@ -383,7 +408,7 @@ fn sds_slot(
 }
 
 /// A `TlsCertificate` as a certificate chain with its loaded key. Errors never quote the key.
-fn certified_key(cert: &tls::TlsCertificate, path: &FieldPath) -> Result<CertifiedKey> {
+fn certified_key(cert: &tls::TlsCertificate, path: &FieldPath) -> Result<LoadedCertificate> {
     let chain_path = path.field("certificate_chain");
     let key_path = path.field("private_key");
     let chain_pem = data(cert.certificate_chain.as_ref(), &chain_path)?;
@@ -395,13 +420,19 @@ fn certified_key(cert: &tls::TlsCertificate, path: &FieldPath) -> Result<Certifi
         return Err(key_path.error("is required"));
     }
     let chain = certificates(&chain_pem, &chain_path)?;
+    let leaf = chain.first().and_then(|c| CertInfo::of(c.as_ref()));
     let key = PrivateKeyDer::from_pem_slice(&key_pem)
         .map_err(|_| key_path.error("Failed to load private key: no PEM private key found"))?;
-    CertifiedKey::from_der(chain, key, &provider()).map_err(|e| {
+    let key = CertifiedKey::from_der(chain, key, &provider()).map_err(|e| {
         // rustls' errors describe the failure, never the key material.
         path.error(format!(
             "Failed to load certificate chain and private key: {e}"
         ))
+    })?;
+    Ok(LoadedCertificate {
+        key: Arc::new(key),
+        origin: CertOrigin::of(cert.certificate_chain.as_ref()),
+        leaf,
     })
 }
 
@@ -481,6 +512,11 @@ fn validation(v: &tls::CertificateValidationContext, path: &FieldPath) -> Result
         });
     }
     Ok(Validation {
+        ca_info: trusted_ca
+            .iter()
+            .filter_map(|c| CertInfo::of(c.as_ref()))
+            .collect(),
+        ca_origin: CertOrigin::of(v.trusted_ca.as_ref()),
         trusted_ca,
         san_matchers,
     })
@@ -495,140 +531,6 @@ pub fn require_trust_anchors(v: &Validation, path: &FieldPath) -> Result<()> {
         ));
     }
     Ok(())
-}
-
-fn tls_params(
-    p: &tls::TlsParameters,
-    path: &FieldPath,
-    acks: &mut Vec<Acknowledged>,
-) -> Result<TlsParams> {
-    let version = |value: i32, field: &str, default: ProtocolVersion| {
-        let fp = path.field(field);
-        match TlsProtocol::try_from(value) {
-            Ok(TlsProtocol::TlsAuto) => Ok(default),
-            Ok(TlsProtocol::TlSv10) | Ok(TlsProtocol::TlSv11) => Ok(ProtocolVersion::TLSv1_0),
-            Ok(TlsProtocol::TlSv12) => Ok(ProtocolVersion::TLSv1_2),
-            Ok(TlsProtocol::TlSv13) => Ok(ProtocolVersion::TLSv1_3),
-            Err(_) => Err(fp.error("unknown TLS version")),
-        }
-    };
-    let mut min = version(
-        p.tls_minimum_protocol_version,
-        "tls_minimum_protocol_version",
-        ProtocolVersion::TLSv1_2,
-    )?;
-    let max = version(
-        p.tls_maximum_protocol_version,
-        "tls_maximum_protocol_version",
-        ProtocolVersion::TLSv1_3,
-    )?;
-    if max == ProtocolVersion::TLSv1_0 {
-        return Err(path
-            .field("tls_maximum_protocol_version")
-            .error("TLS 1.0 and 1.1 are not supported (rustls speaks TLS 1.2 and 1.3)"));
-    }
-    if min == ProtocolVersion::TLSv1_0 {
-        acks.push(Acknowledged {
-            path: path.field("tls_minimum_protocol_version").to_string(),
-            reason: "TLS 1.0 and 1.1 are not offered (rustls speaks TLS 1.2 and 1.3); the minimum is TLS 1.2",
-        });
-        min = ProtocolVersion::TLSv1_2;
-    }
-    if version_rank(min) > version_rank(max) {
-        return Err(
-            path.error("tls_minimum_protocol_version is above tls_maximum_protocol_version")
-        );
-    }
-    let mut cipher_suites = Vec::new();
-    for (i, entry) in p.cipher_suites.iter().enumerate() {
-        let fp = path.field("cipher_suites").index(i);
-        // BoringSSL's equal-preference groups, `[A|B]`, keep their order here.
-        let names = entry.trim_start_matches('[').trim_end_matches(']');
-        for name in names.split('|') {
-            match cipher_suite(name) {
-                Suite::Rustls(s) => cipher_suites.push(s),
-                Suite::Known => acks.push(Acknowledged {
-                    path: fp.to_string(),
-                    reason: "a cipher suite rustls does not implement (RSA key exchange, CBC, 3DES or TLS 1.3 names); it is never negotiated",
-                }),
-                Suite::Unknown => {
-                    return Err(fp.error(format!("Failed to initialize cipher suites {name}")))
-                }
-            }
-        }
-    }
-    if !p.cipher_suites.is_empty() && cipher_suites.is_empty() {
-        return Err(path
-            .field("cipher_suites")
-            .error("none of the cipher suites is implemented by rustls"));
-    }
-    let mut curves = Vec::new();
-    for (i, name) in p.ecdh_curves.iter().enumerate() {
-        let group = match name.as_str() {
-            "X25519" => NamedGroup::X25519,
-            "P-256" | "prime256v1" | "secp256r1" => NamedGroup::secp256r1,
-            "P-384" | "secp384r1" => NamedGroup::secp384r1,
-            _ => {
-                return Err(path
-                    .field("ecdh_curves")
-                    .index(i)
-                    .error(format!("Failed to initialize ECDH curves {name}: not supported by the ring provider (X25519, P-256, P-384)")))
-            }
-        };
-        curves.push(group);
-    }
-    Ok(TlsParams {
-        min,
-        max,
-        cipher_suites,
-        curves,
-    })
-}
-
-fn version_rank(v: ProtocolVersion) -> u8 {
-    match v {
-        ProtocolVersion::TLSv1_3 => 3,
-        ProtocolVersion::TLSv1_2 => 2,
-        _ => 1,
-    }
-}
-
-enum Suite {
-    Rustls(CipherSuite),
-    /// A name BoringSSL accepts that rustls does not implement.
-    Known,
-    Unknown,
-}
-
-/// BoringSSL (OpenSSL-style) cipher names.
-fn cipher_suite(name: &str) -> Suite {
-    use CipherSuite::*;
-    Suite::Rustls(match name {
-        "ECDHE-ECDSA-AES128-GCM-SHA256" => TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
-        "ECDHE-RSA-AES128-GCM-SHA256" => TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256,
-        "ECDHE-ECDSA-AES256-GCM-SHA384" => TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384,
-        "ECDHE-RSA-AES256-GCM-SHA384" => TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384,
-        "ECDHE-ECDSA-CHACHA20-POLY1305" => TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256,
-        "ECDHE-RSA-CHACHA20-POLY1305" => TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256,
-        "AES128-GCM-SHA256"
-        | "AES256-GCM-SHA384"
-        | "AES128-SHA"
-        | "AES256-SHA"
-        | "ECDHE-ECDSA-AES128-SHA"
-        | "ECDHE-RSA-AES128-SHA"
-        | "ECDHE-ECDSA-AES256-SHA"
-        | "ECDHE-RSA-AES256-SHA"
-        | "ECDHE-PSK-AES128-CBC-SHA"
-        | "ECDHE-PSK-AES256-CBC-SHA"
-        | "ECDHE-PSK-CHACHA20-POLY1305"
-        | "PSK-AES128-CBC-SHA"
-        | "PSK-AES256-CBC-SHA"
-        | "DES-CBC3-SHA"
-        | "TLS_AES_128_GCM_SHA256"
-        | "TLS_AES_256_GCM_SHA384"
-        | "TLS_CHACHA20_POLY1305_SHA256" => return Suite::Known,
-        _ => return Suite::Unknown,
-    })
 }
 
 /// A `Secret` resource compiled. `check` has accepted its fields.

@@ -149,7 +149,7 @@ impl ListenerRuntime {
             chain
                 .tls
                 .as_ref()
-                .map(|t| Arc::new(ServerTls::new(t.clone(), stats)))
+                .map(|t| ServerTls::new(t.clone(), stats, &server.tls_contexts))
         };
         Self {
             tls: config.filter_chains.iter().map(tls).collect(),

@@ -253,6 +253,7 @@ impl Proxy {
         ));
         tokio::spawn(watch_drains(self.listeners.clone()));
         tokio::spawn(track_uptime(self.server.clone()));
+        tokio::spawn(refresh_certificates(self.server.tls_contexts.clone()));
     }
 
     /// Flushes what must not be lost at exit (buffered access logs).
@@ -288,6 +289,15 @@ async fn track_uptime(server: Arc<Server>) {
     loop {
         uptime.set(server.uptime().as_secs());
         tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    }
+}
+
+/// `server.days_until_first_cert_expiring` follows the clock, and the gauges of contexts that
+/// are gone go with them.
+async fn refresh_certificates(contexts: Arc<crate::tls::ContextManager>) {
+    loop {
+        tokio::time::sleep(crate::tls::REFRESH_INTERVAL).await;
+        contexts.refresh();
     }
 }
 

@@ -64,6 +64,8 @@ pub struct Server {
     pub stats: Arc<Store>,
     pub logging: LogControl,
     pub clusters: Arc<crate::upstream::ClusterManager>,
+    /// Every TLS context in use (shared with the cluster manager, which starts first).
+    pub tls_contexts: Arc<crate::tls::ContextManager>,
     /// What the control plane sent, for `/config_dump`.
     pub xds: Arc<crate::xds::Records>,
     /// Types the agent consumes from the ADS stream (NDS, PCDS); empty for an Envoy
@@ -106,6 +108,7 @@ impl Server {
             config,
             stats,
             logging,
+            tls_contexts: clusters.tls_contexts.clone(),
             clusters,
             xds: Arc::default(),
             agent_types: crate::xds::AgentTypes::default(),

@@ -229,6 +229,21 @@ impl Store {
         self.interned_lock().retain(|s| Arc::strong_count(s) > 1);
     }
 
+    /// Removes the stat `name` when nothing but the store holds it any more: Envoy's stats are
+    /// reference counted and a stat goes with the last scope using it (a listener's certificate
+    /// gauge with the last filter chain that sets it).
+    pub fn remove_if_unreferenced(&self, name: &str) {
+        let mut metrics = self.lock();
+        let unreferenced = metrics.get(name).is_some_and(|e| match &e.metric {
+            Metric::Counter(c) => Arc::strong_count(c) == 1,
+            Metric::Gauge(g) => Arc::strong_count(g) == 1,
+            Metric::Histogram(h) => Arc::strong_count(h) == 1,
+        });
+        if unreferenced {
+            metrics.remove(name);
+        }
+    }
+
     fn intern(&self, s: &str) -> Arc<str> {
         let mut interned = self.interned_lock();
         if let Some(existing) = interned.get(s) {

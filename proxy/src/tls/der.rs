@@ -105,25 +105,36 @@ fn parse_general_names(value: &[u8]) -> SubjectAltNames {
     out
 }
 
-/// One DER element: (tag, contents, what follows). Multi-byte tags and indefinite lengths
-/// (not DER) are refused.
 /// The fields of a certificate's TBSCertificate that follow the serial number (signature
 /// algorithm, issuer, validity, subject, ...), past the optional `[0]` version.
 pub(crate) fn tbs_after_serial(cert: &[u8]) -> Option<&[u8]> {
+    tbs_serial(cert).map(|(_, after_serial)| after_serial)
+}
+
+/// The serial number's INTEGER contents (big-endian, maybe with a leading zero byte) and
+/// the TBSCertificate fields after it.
+pub(crate) fn tbs_serial(cert: &[u8]) -> Option<(&[u8], &[u8])> {
     const VERSION: u8 = 0xa0;
+    const INTEGER: u8 = 0x02;
     let (SEQUENCE, certificate, _) = tlv(cert)? else {
         return None;
     };
     let (SEQUENCE, tbs, _) = tlv(certificate)? else {
         return None;
     };
-    let (tag, _, rest) = tlv(tbs)?;
-    if tag == VERSION {
-        return tlv(rest).map(|(_, _, after_serial)| after_serial);
-    }
-    Some(rest)
+    let (tag, content, rest) = tlv(tbs)?;
+    let (INTEGER, serial, rest) = (if tag == VERSION {
+        tlv(rest)?
+    } else {
+        (tag, content, rest)
+    }) else {
+        return None;
+    };
+    Some((serial, rest))
 }
 
+/// One DER element: (tag, contents, what follows). Multi-byte tags and indefinite lengths
+/// (not DER) are refused.
 pub(crate) fn tlv(input: &[u8]) -> Option<(u8, &[u8], &[u8])> {
     let (&tag, rest) = input.split_first()?;
     if tag & 0x1f == 0x1f {

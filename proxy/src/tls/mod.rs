@@ -7,13 +7,16 @@
 //! rotated certificate at once, while established ones keep the configuration they started on.
 
 mod alpn;
+mod contexts;
 pub mod der;
 mod info;
 pub mod inspector;
 pub mod subject;
 mod verify;
+pub mod x509;
 
 pub use alpn::AlpnOffer;
+pub use contexts::{Certificates, ContextManager, REFRESH_INTERVAL};
 
 use crate::config::tls::{
     provider, CertificateSource, DownstreamTls, Secret, TlsParams, UpstreamTls, Validation,
@@ -46,6 +49,8 @@ pub struct TlsStats {
     pub no_certificate: Arc<Counter>,
     /// `ssl.versions.*`, `ssl.ciphers.*`, `ssl.curves.*`: made on first use, as Envoy's are.
     pub(crate) negotiated: info::Negotiated,
+    /// `listener.<scope>.` or `cluster.<name>.`, where the context's certificate gauges go.
+    scope: Arc<str>,
 }
 
 impl TlsStats {
@@ -59,7 +64,12 @@ impl TlsStats {
             fail_verify_error: c("fail_verify_error"),
             no_certificate: c("no_certificate"),
             negotiated: info::Negotiated::new(store.clone(), format!("{prefix}ssl.")),
+            scope: prefix.into(),
         }
+    }
+
+    fn scope(&self) -> Arc<str> {
+        self.scope.clone()
     }
 
     #[cfg(test)]
@@ -99,12 +109,12 @@ fn current_certificate(
 ) -> Result<(Option<Arc<CertifiedKey>>, usize), TlsError> {
     match source {
         None => Ok((None, 0)),
-        Some(CertificateSource::Inline(key)) => Ok((Some(key.clone()), 0)),
+        Some(CertificateSource::Inline(loaded)) => Ok((Some(loaded.key.clone()), 0)),
         Some(CertificateSource::Sds(slot)) => {
             let secret = slot.get();
             let id = identity(&secret);
             match secret.as_deref() {
-                Some(Secret::Certificate(key)) => Ok((Some(key.clone()), id)),
+                Some(Secret::Certificate(loaded)) => Ok((Some(loaded.key.clone()), id)),
                 _ => Err(TlsError::MissingSecret(slot.name.to_string())),
             }
         }
@@ -233,12 +243,20 @@ impl std::fmt::Debug for ServerTls {
 }
 
 impl ServerTls {
-    pub fn new(spec: Arc<DownstreamTls>, stats: Arc<TlsStats>) -> Self {
-        Self {
+    /// A listener filter chain's context, registered with `contexts` for its certificates'
+    /// stats and `/certs`.
+    pub fn new(
+        spec: Arc<DownstreamTls>,
+        stats: Arc<TlsStats>,
+        contexts: &ContextManager,
+    ) -> Arc<Self> {
+        let tls = Arc::new(Self {
             spec,
             stats,
             built: ArcSwapOption::empty(),
-        }
+        });
+        contexts.add_server(&tls);
+        tls
     }
 
     fn current(&self) -> Result<Arc<BuiltServer>, TlsError> {
@@ -402,12 +420,20 @@ impl std::fmt::Debug for ClientTls {
 }
 
 impl ClientTls {
-    pub fn new(spec: Arc<UpstreamTls>, stats: Arc<TlsStats>) -> Self {
-        Self {
+    /// A cluster's context, registered with `contexts` for its certificates' stats and
+    /// `/certs`.
+    pub fn new(
+        spec: Arc<UpstreamTls>,
+        stats: Arc<TlsStats>,
+        contexts: &ContextManager,
+    ) -> Arc<Self> {
+        let tls = Arc::new(Self {
             spec,
             stats,
             built: ArcSwapOption::empty(),
-        }
+        });
+        contexts.add_client(&tls);
+        tls
     }
 
     fn current(&self) -> Result<Arc<BuiltClient>, TlsError> {

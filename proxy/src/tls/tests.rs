@@ -76,7 +76,7 @@ fn common(cert: &(String, String), ca: &Ca, san: &str, alpn: &[&str]) -> pb::Com
     }
 }
 
-fn server(ctx: pb::CommonTlsContext, secrets: &SecretSlots) -> (ServerTls, Arc<TlsStats>) {
+fn server(ctx: pb::CommonTlsContext, secrets: &SecretSlots) -> (Arc<ServerTls>, Arc<TlsStats>) {
     let proto = pb::DownstreamTlsContext {
         common_tls_context: Some(ctx),
         require_client_certificate: Some(xds_proto::pb::google::protobuf::BoolValue {
@@ -93,10 +93,14 @@ fn server(ctx: pb::CommonTlsContext, secrets: &SecretSlots) -> (ServerTls, Arc<T
     )
     .expect("translates");
     let stats = Arc::new(TlsStats::detached());
-    (ServerTls::new(Arc::new(spec), stats.clone()), stats)
+    let contexts = ContextManager::new(crate::stats::Store::new());
+    (
+        ServerTls::new(Arc::new(spec), stats.clone(), &contexts),
+        stats,
+    )
 }
 
-fn client(ctx: pb::CommonTlsContext, secrets: &SecretSlots) -> (ClientTls, Arc<TlsStats>) {
+fn client(ctx: pb::CommonTlsContext, secrets: &SecretSlots) -> (Arc<ClientTls>, Arc<TlsStats>) {
     let proto = pb::UpstreamTlsContext {
         common_tls_context: Some(ctx),
         sni: "outbound_.8080_._.web.default.svc.cluster.local".into(),
@@ -110,7 +114,11 @@ fn client(ctx: pb::CommonTlsContext, secrets: &SecretSlots) -> (ClientTls, Arc<T
     )
     .expect("translates");
     let stats = Arc::new(TlsStats::detached());
-    (ClientTls::new(Arc::new(spec), stats.clone()), stats)
+    let contexts = ContextManager::new(crate::stats::Store::new());
+    (
+        ClientTls::new(Arc::new(spec), stats.clone(), &contexts),
+        stats,
+    )
 }
 
 /// Runs one handshake over an in-memory pipe; returns (server ALPN, client result).

@@ -11,6 +11,7 @@ use crate::config::cluster::{Assignment, Cluster, Discovery, LbEndpoint};
 use crate::config::slots::Slots;
 use crate::config::transport_match::{MatchLabels, Selected, TransportSockets};
 use crate::stats::{Counter, Gauge, Store};
+use crate::tls::ContextManager;
 use arc_swap::ArcSwap;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -242,7 +243,7 @@ impl std::fmt::Debug for ClusterRuntime {
 }
 
 impl ClusterRuntime {
-    fn build(config: Arc<Cluster>, store: &Arc<Store>) -> Self {
+    fn build(config: Arc<Cluster>, store: &Arc<Store>, contexts: &ContextManager) -> Self {
         let stats = ClusterStats::new(store, &config.stat_name);
         let hosts = Arc::new(ArcSwap::from_pointee(HostSet::default()));
         let accounting = super::ConnectionAccounting {
@@ -250,7 +251,8 @@ impl ClusterRuntime {
             cx_active: stats.upstream_cx_active.clone(),
             hosts: hosts.clone(),
         };
-        let transports = ClusterTransports::build(&config.transports, store, &config.stat_name);
+        let transports =
+            ClusterTransports::build(&config.transports, store, &config.stat_name, contexts);
         if matches!(config.discovery, Discovery::Eds { .. }) {
             // Envoy's EDS clusters have these from the start.
             let prefix = format!("cluster.{}.", config.stat_name);
@@ -447,6 +449,9 @@ fn host_specs(endpoints: &[LbEndpoint], transports: &TransportSockets) -> Vec<Ho
 pub struct ClusterManager {
     slots: Arc<Slots<ClusterRuntime>>,
     store: Arc<Store>,
+    /// Every TLS context in use, listeners' too: clusters are built first, so the registry
+    /// starts here and the server shares it (`Server::tls_contexts`).
+    pub tls_contexts: Arc<ContextManager>,
     /// Active clusters in the order they were added (the admin endpoints list them so).
     active: RwLock<Vec<Arc<ClusterRuntime>>>,
     /// EDS assignments by service name, kept so a cluster added or replaced later starts
@@ -471,6 +476,7 @@ impl ClusterManager {
         let manager = Self {
             slots,
             store: store.clone(),
+            tls_contexts: Arc::new(ContextManager::new(store.clone())),
             active: RwLock::new(Vec::with_capacity(clusters.len())),
             assignments: RwLock::new(HashMap::new()),
             discovery_started: AtomicBool::new(false),
@@ -492,7 +498,11 @@ impl ClusterManager {
     /// Adds a cluster, or replaces the one of the same name. The new instance gets its own
     /// connection pool; the old one serves the requests that hold it until they finish.
     pub fn add_or_update(&self, config: Arc<Cluster>) -> Arc<ClusterRuntime> {
-        let runtime = Arc::new(ClusterRuntime::build(config, &self.store));
+        let runtime = Arc::new(ClusterRuntime::build(
+            config,
+            &self.store,
+            &self.tls_contexts,
+        ));
         if let Discovery::Eds { service_name, .. } = &runtime.config.discovery {
             if let Some(a) = self.read_assignments().get(service_name) {
                 runtime.set_endpoints(&a.endpoints, a.priorities);

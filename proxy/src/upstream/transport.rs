@@ -6,7 +6,7 @@
 
 use crate::config::transport_match::{Selected, TransportSockets, UpstreamSocket};
 use crate::stats::{Counter, Store};
-use crate::tls::{AlpnOffer, ClientTls, TlsStats};
+use crate::tls::{AlpnOffer, ClientTls, ContextManager, TlsStats};
 use std::sync::Arc;
 
 /// One transport socket at runtime. Compared by identity: two matches with the same TLS
@@ -99,7 +99,12 @@ pub struct ClusterTransports {
 
 impl ClusterTransports {
     /// The TLS clients share the cluster's `ssl.*` stats (Envoy's names carry no match name).
-    pub fn build(config: &TransportSockets, store: &Arc<Store>, stat_name: &str) -> Self {
+    pub fn build(
+        config: &TransportSockets,
+        store: &Arc<Store>,
+        stat_name: &str,
+        contexts: &ContextManager,
+    ) -> Self {
         let prefix = format!("cluster.{stat_name}.");
         let tls_stats = config
             .all()
@@ -107,7 +112,7 @@ impl ClusterTransports {
             .then(|| Arc::new(TlsStats::new(store, &prefix)));
         let runtime = |socket: &UpstreamSocket| match (socket, &tls_stats) {
             (UpstreamSocket::Tls(spec), Some(stats)) => {
-                Transport::Tls(Arc::new(ClientTls::new(spec.clone(), stats.clone())))
+                Transport::Tls(ClientTls::new(spec.clone(), stats.clone(), contexts))
             }
             (UpstreamSocket::Unsupported(name), _) => Transport::Unsupported(name.as_str().into()),
             _ => Transport::Plain,

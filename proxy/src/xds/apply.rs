@@ -469,6 +469,8 @@ impl Applier {
                 let proto: Secret = unpack(&update.resource)?;
                 check_name(&proto.name, &update.name)?;
                 crate::config::tls::apply_secret(&self.secret_slots, &proto, &root)?;
+                // The certificate gauges show the rotated secret now, as Envoy's new context does.
+                self.clusters.tls_contexts.refresh();
                 self.records.activate(kind, &proto.name, record);
                 self.activate_ready_clusters();
                 self.activate_ready_listeners();
@@ -558,6 +560,7 @@ impl Applier {
             Kind::Endpoint => self.clusters.remove_assignment(name),
             Kind::Secret => {
                 crate::config::tls::remove_secret(&self.secret_slots, name);
+                self.clusters.tls_contexts.refresh();
             }
         }
         self.records.remove(kind, name);

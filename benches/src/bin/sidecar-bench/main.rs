@@ -88,6 +88,10 @@ enum Helper {
     /// Bulk TCP reader; prints a JSON result line.
     #[command(hide = true)]
     TcpSink(load::tcp_sink::Args),
+    /// HTTP/1.1-over-mTLS client (keep-alive or a handshake per request); prints a JSON
+    /// result line.
+    #[command(hide = true)]
+    MtlsLoad(load::mtls::Args),
 }
 
 fn main() -> ExitCode {
@@ -97,6 +101,7 @@ fn main() -> ExitCode {
         Some(Helper::UpstreamTcp { port }) => upstream::serve_tcp(port),
         Some(Helper::OpenLoop(args)) => load::open_loop::main(&args),
         Some(Helper::TcpSink(args)) => load::tcp_sink::main(&args),
+        Some(Helper::MtlsLoad(args)) => load::mtls::main(&args),
         None => run(cli),
     };
     match result {

@@ -174,10 +174,10 @@ fn markdown(r: &Results, date: &str, charts: &[(Scenario, String)], memory: &str
     m
 }
 
-/// The issue's targets, each as measured in this run.
+/// The issues' targets (9: the data path, 6: mTLS), each as measured in this run.
 fn targets_section(m: &mut String, r: &Results) {
     m.push_str(
-        "## Targets (issue 9)\n\n| target | measured | goal | |\n| --- | --- | --- | --- |\n",
+        "## Targets (issues 9, 8 and 6)\n\n| target | measured | goal | |\n| --- | --- | --- | --- |\n",
     );
     let o = Target::Outrigger;
     let ratio = |s: Scenario, reference| find(r, s).and_then(|s| stats::ratio(s, o, reference));
@@ -190,7 +190,15 @@ fn targets_section(m: &mut String, r: &Results) {
     // measured in the same rounds.
     let istio =
         find(r, Scenario::H1Throughput).and_then(|s| stats::ratio(s, Target::OutriggerIstio, o));
-    let rows: [(&str, Option<Spread>, f64, bool); 8] = [
+    // Two scenarios measured at different times: the ratio of Outrigger's medians, one value.
+    let mtls_vs_plain = match (
+        find(r, Scenario::MtlsThroughput).and_then(|s| stats::values(s, o)),
+        find(r, Scenario::H1Throughput).and_then(|s| stats::values(s, o)),
+    ) {
+        (Some(t), Some(p)) if p.median > 0.0 => Spread::of(&[t.median / p.median]),
+        _ => None,
+    };
+    let rows: [(&str, Option<Spread>, f64, bool); 10] = [
         (
             "HTTP/1.1 req/s with Istio's HTTP chain (MX + istio.stats) / without (issue 8: under 5% cost)",
             istio,
@@ -229,6 +237,18 @@ fn targets_section(m: &mut String, r: &Results) {
         ),
         ("idle RSS, Outrigger / Envoy", idle, 0.2, false),
         ("RSS under load, Outrigger / Envoy", load_rss, 0.33, false),
+        (
+            "mTLS handshakes/s per core, Outrigger / Envoy (issue 6)",
+            ratio(Scenario::MtlsHandshakes, Target::Envoy),
+            1.2,
+            true,
+        ),
+        (
+            "mTLS keep-alive req/s, Outrigger / its plaintext h1-throughput (issue 6)",
+            mtls_vs_plain,
+            0.8,
+            true,
+        ),
     ];
     for (name, value, goal, higher) in rows {
         let (goal_text, met) = match (higher, value) {

@@ -299,7 +299,7 @@ fn run_scenario(
     if let Some(warmup) = plan.warmup {
         for &i in &active {
             let addr = running[i].target.addr(&plan.job, listener);
-            let _ = load::measure(scenario, addr, warmup, env);
+            let _ = load::measure(scenario, addr, warmup, env, &plan.job);
         }
     }
     for round in 0..plan.rounds {
@@ -346,7 +346,7 @@ fn measure_once(
     let cpu_before = procfs::cpu_seconds(&pids);
     let peak = proxied.then(|| procfs::PeakRss::start(pids.clone()));
     let addr = target.target.addr(&plan.job, scenario.listener());
-    let measurement = load::measure(scenario, addr, duration, env);
+    let measurement = load::measure(scenario, addr, duration, env, &plan.job);
     let peak_rss_kib = peak.map(procfs::PeakRss::finish);
     let cpu_seconds = proxied.then(|| procfs::cpu_seconds(&pids) - cpu_before);
     let measurement = measurement?;

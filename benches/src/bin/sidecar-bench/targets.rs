@@ -118,12 +118,14 @@ pub fn start(
     let log = dir.join(format!("{}.log", target.name().to_lowercase()));
     let (program, args): (String, Vec<String>) = match target {
         Target::Direct => {
+            // The upstreams speak plaintext: the mTLS hop only exists through a proxy.
+            unsupported.push((Listener::Mtls, "the upstreams do not speak TLS".into()));
             return Ok(Running {
                 target,
                 process: None,
                 pids: Vec::new(),
                 unsupported,
-            })
+            });
         }
         Target::Outrigger => {
             let file = write(

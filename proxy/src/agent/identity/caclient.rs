@@ -5,8 +5,8 @@
 
 use super::config::{CaConfig, CaTls, CertFiles};
 use super::proto::{create_certificate, IstioCertificateRequest};
-use super::x509::leaf_facts;
 use super::IdentityError;
+use crate::tls::x509::leaf_facts;
 use hyper_util::rt::TokioIo;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};

@@ -3,8 +3,8 @@
 //! Istio's agent makes RSA 2048 keys by default; this one makes ECDSA P-256 (what
 //! `ECC_SIGNATURE_ALGORITHM=ECDSA` selects there), cheaper to make and to handshake with.
 
-use super::x509::leaf_facts;
 use super::{IdentityError, WorkloadSecret};
+use crate::tls::x509::leaf_facts;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::CertificateDer;
 use std::time::SystemTime;

@@ -3,8 +3,8 @@
 //! `OUTPUT_CERTS` atomically, only when their content changed.
 
 use super::config::CertFiles;
-use super::x509::leaf_facts;
 use super::{IdentityError, WorkloadSecret};
+use crate::tls::x509::leaf_facts;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use std::io::Write;

@@ -14,7 +14,6 @@ mod csr;
 mod files;
 pub mod proto;
 mod sds;
-mod x509;
 
 pub use cache::{rotation_delay, WorkloadIdentity};
 pub use caclient::CaClient;

@@ -1,7 +1,8 @@
 //! The Envoy v3 bootstrap served by both Envoy and Outrigger: static clusters, an HTTP
 //! connection manager (codec AUTO, so the h2c listener is the same filter) with an inline
-//! route to the HTTP cluster, and a tcp_proxy listener. No admin, no access log: neither
-//! proxy is asked to do more than the others.
+//! route to the HTTP cluster, a tcp_proxy listener, and the same connection manager behind a
+//! `DownstreamTlsContext` that requires a client certificate (the mTLS hop). No admin, no
+//! access log: neither proxy is asked to do more than the others.
 //!
 //! [`istio_bootstrap`] is the same with Istio's HTTP chain in front of the router (metadata
 //! exchange and `istio.stats`, as an outbound sidecar listener has them) and a sidecar's
@@ -61,9 +62,15 @@ fn with_chain(job: &Job, block: u16, istio: bool) -> String {
         if istio {
             y.push_str("    traffic_direction: OUTBOUND\n");
         }
-        y.push_str("    filter_chains:\n    - filters:\n");
+        y.push_str("    filter_chains:\n");
+        if listener == Listener::Mtls {
+            y.push_str(&mtls_socket(job));
+            y.push_str("      filters:\n");
+        } else {
+            y.push_str("    - filters:\n");
+        }
         y.push_str(&match listener {
-            Listener::Http | Listener::H2c => {
+            Listener::Http | Listener::H2c | Listener::Mtls => {
                 hcm(job, &name, if istio { ISTIO_FILTERS } else { "" })
             }
             Listener::Tcp => tcp_proxy(&name),
@@ -99,6 +106,25 @@ fn hcm(job: &Job, name: &str, filters: &str) -> String {
     )
 }
 
+/// The server certificate and the CA client certificates must chain to, from files.
+fn mtls_socket(job: &Job) -> String {
+    let tls = &job.tls;
+    format!(
+        r#"    - transport_socket:
+        name: envoy.transport_sockets.tls
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext
+          require_client_certificate: true
+          common_tls_context:
+            tls_certificates: [{{ certificate_chain: {{ filename: "{cert}" }}, private_key: {{ filename: "{key}" }} }}]
+            validation_context: {{ trusted_ca: {{ filename: "{ca}" }} }}
+"#,
+        cert = tls.server.cert.display(),
+        key = tls.server.key.display(),
+        ca = tls.ca.display(),
+    )
+}
+
 fn tcp_proxy(name: &str) -> String {
     format!(
         r#"      - name: envoy.filters.network.tcp_proxy
@@ -128,10 +154,11 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_bootstrap_is_yaml_with_three_listeners_and_two_clusters() {
+    fn the_bootstrap_is_yaml_with_four_listeners_and_two_clusters() {
         let y = bootstrap(&crate::configs::test_job(), 19010);
         assert_eq!(y.matches("- name: http\n").count(), 1);
-        assert_eq!(y.matches("port_value: 1901").count(), 3);
+        assert_eq!(y.matches("port_value: 1901").count(), 4);
+        assert!(y.contains("require_client_certificate: true"));
         assert_eq!(y.matches("type: STATIC").count(), 2);
         assert!(y.contains("port_value: 19001") && y.contains("port_value: 19004"));
     }

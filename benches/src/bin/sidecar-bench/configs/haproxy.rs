@@ -17,6 +17,15 @@ pub fn config(job: &Job, block: u16) -> String {
         port(block, Listener::H2c),
         job.cluster
     );
+    // The mTLS hop: `verify required` refuses a client without a certificate from the CA.
+    let _ = write!(
+        c,
+        "frontend mtls\n  mode http\n  bind 127.0.0.1:{} ssl crt {} ca-file {} verify required alpn http/1.1\n  default_backend {}\n\n",
+        port(block, Listener::Mtls),
+        job.tls.server_combined.display(),
+        job.tls.ca.display(),
+        job.cluster
+    );
     let _ = write!(
         c,
         "backend {}\n  mode http\n  balance roundrobin\n  http-reuse always\n",
@@ -46,6 +55,7 @@ mod tests {
         assert!(c.contains("nbthread 1"));
         assert!(c.contains("bind 127.0.0.1:19041 proto h2"));
         assert!(c.contains("bind 127.0.0.1:19042\n"));
+        assert!(c.contains("bind 127.0.0.1:19043 ssl crt ") && c.contains("verify required"));
         assert_eq!(c.matches("  server ").count(), 4);
     }
 }

@@ -25,12 +25,26 @@ pub fn config(job: &Job, block: u16, dir: &Path, with_stream: bool) -> String {
     for e in endpoints(&job.http_endpoints) {
         let _ = writeln!(c, "    server {e};");
     }
+    let location = format!(
+        "    location / {{\n      proxy_pass http://{};\n      proxy_http_version 1.1;\n      proxy_set_header Connection \"\";\n      proxy_buffering on;\n    }}\n",
+        job.cluster
+    );
     let _ = write!(
         c,
-        "    keepalive 128;\n    keepalive_requests 1000000;\n  }}\n  server {{\n    listen 127.0.0.1:{http};\n    listen 127.0.0.1:{h2} http2;\n    location / {{\n      proxy_pass http://{cluster};\n      proxy_http_version 1.1;\n      proxy_set_header Connection \"\";\n      proxy_buffering on;\n    }}\n  }}\n}}\n",
+        "    keepalive 128;\n    keepalive_requests 1000000;\n  }}\n  server {{\n    listen 127.0.0.1:{http};\n    listen 127.0.0.1:{h2} http2;\n{location}  }}\n",
         http = port(block, Listener::Http),
         h2 = port(block, Listener::H2c),
-        cluster = job.cluster,
+    );
+    // The mTLS hop: a client certificate chaining to the CA is required; no session cache,
+    // as the Envoy configuration has none configured either.
+    let tls = &job.tls;
+    let _ = write!(
+        c,
+        "  server {{\n    listen 127.0.0.1:{mtls} ssl;\n    ssl_certificate {cert};\n    ssl_certificate_key {key};\n    ssl_client_certificate {ca};\n    ssl_verify_client on;\n{location}  }}\n}}\n",
+        mtls = port(block, Listener::Mtls),
+        cert = tls.server.cert.display(),
+        key = tls.server.key.display(),
+        ca = tls.ca.display(),
     );
     if with_stream {
         c.push_str("stream {\n  upstream tcp_backend {\n");
@@ -57,6 +71,9 @@ mod tests {
         assert!(with.contains("worker_processes 1;"));
         assert_eq!(with.matches("server 127.0.0.1:1900").count(), 4);
         assert!(with.contains("listen 127.0.0.1:19031 http2;"));
+        assert!(
+            with.contains("listen 127.0.0.1:19033 ssl;") && with.contains("ssl_verify_client on;")
+        );
         let without = config(&job, 19030, Path::new("/tmp/x"), false);
         assert!(!without.contains("stream {") && !without.contains("load_module"));
     }

@@ -61,7 +61,7 @@ fn invalid(what: &str) -> io::Error {
 }
 
 /// `Some((head length, status, content length))` once the head is complete.
-fn parse_head(data: &[u8]) -> io::Result<Option<(usize, u16, usize)>> {
+pub fn parse_head(data: &[u8]) -> io::Result<Option<(usize, u16, usize)>> {
     let Some(end) = data.windows(4).position(|w| w == b"\r\n\r\n") else {
         return Ok(None);
     };

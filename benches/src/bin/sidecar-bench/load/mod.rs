@@ -1,8 +1,10 @@
 //! Load generators, each run as a process pinned to the load core: wrk and h2load (external),
-//! and two written here: an open-loop fixed-rate HTTP/1.1 generator and a TCP bulk reader.
+//! and three written here: an open-loop fixed-rate HTTP/1.1 generator, a TCP bulk reader and
+//! an HTTP/1.1-over-mTLS client.
 
 pub mod h2load;
 pub mod http1;
+pub mod mtls;
 pub mod open_loop;
 pub mod tcp_sink;
 pub mod wrk;
@@ -49,6 +51,7 @@ pub fn measure(
     addr: SocketAddr,
     duration: Duration,
     env: &Env<'_>,
+    job: &crate::scenario::Job,
 ) -> anyhow::Result<Measurement> {
     let tool = |name: &str| {
         env.found
@@ -64,6 +67,15 @@ pub fn measure(
             open_loop::command_args(addr, 1000, 16, duration),
         ),
         Scenario::TcpThroughput => helper(env.pinning, tcp_sink::command_args(addr, 4, duration)),
+        // As h1-throughput and new-conns measure plaintext (50 keep-alive, 16 closing).
+        Scenario::MtlsThroughput => helper(
+            env.pinning,
+            mtls::command_args(addr, 50, duration, false, &job.tls),
+        ),
+        Scenario::MtlsHandshakes => helper(
+            env.pinning,
+            mtls::command_args(addr, 16, duration, true, &job.tls),
+        ),
     }
 }
 

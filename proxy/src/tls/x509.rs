@@ -1,9 +1,68 @@
-//! The few facts the identity needs from an issued certificate, read from its DER: validity
-//! and the subject public key. The input comes from a CA or a mounted file, so every length is
-//! checked (`tls::der::tlv`) and malformed input yields `None`, never a panic.
+//! The facts read from a certificate's DER besides its names: validity, serial number and the
+//! subject public key — what the agent's identity checks of an issued certificate and what
+//! `/certs` and the expiry stats show. The input comes from a CA, a file or the control plane,
+//! so every length is checked (`tls::der::tlv`) and malformed input yields `None`, never a
+//! panic.
 
+use super::der::{subject_alt_names, SubjectAltNames};
 use crate::tls::der::tlv;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// One certificate as Envoy's `/certs` describes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertInfo {
+    /// Lowercase hex without leading zero bytes, as BoringSSL's `BN_bn2hex` prints it.
+    pub serial: String,
+    pub sans: SubjectAltNames,
+    pub not_before: SystemTime,
+    pub not_after: SystemTime,
+}
+
+impl CertInfo {
+    pub fn of(cert: &[u8]) -> Option<CertInfo> {
+        let facts = leaf_facts(cert)?;
+        let (serial, _) = super::der::tbs_serial(cert)?;
+        Some(CertInfo {
+            serial: serial_hex(serial),
+            sans: subject_alt_names(cert),
+            not_before: facts.not_before,
+            not_after: facts.not_after,
+        })
+    }
+
+    /// Seconds since the epoch the certificate expires at (Envoy's
+    /// `expiration_unix_time_seconds`).
+    pub fn expiry_unix(&self) -> u64 {
+        self.not_after
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs())
+    }
+
+    /// Whole days left before it expires, 0 once it has (Envoy's `days_until_expiration`:
+    /// `ASN1_TIME_diff` days, nothing for a past date, printed as 0).
+    pub fn days_left(&self, now: SystemTime) -> u64 {
+        // In whole seconds on both sides, as BoringSSL compares an `ASN1_TIME` made from
+        // `time_t`: a certificate issued for exactly 40 days has 40 left in its first second.
+        let now = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        self.expiry_unix().saturating_sub(now) / 86_400
+    }
+}
+
+fn serial_hex(integer: &[u8]) -> String {
+    let first = integer
+        .iter()
+        .position(|b| *b != 0)
+        .unwrap_or(integer.len());
+    let digits: String = integer[first..]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    if digits.is_empty() {
+        "0".to_string()
+    } else {
+        digits
+    }
+}
 
 const SEQUENCE: u8 = 0x30;
 const BIT_STRING: u8 = 0x03;
@@ -125,6 +184,28 @@ mod tests {
         assert_eq!(unix(facts.not_before), 1_709_164_800);
         assert_eq!(unix(facts.not_after), 2_556_144_000);
         assert_eq!(facts.public_key, key.public_key_raw());
+    }
+
+    #[test]
+    fn serial_is_printed_as_boringssl_does() {
+        assert_eq!(serial_hex(&[0x00, 0xff, 0x01]), "ff01");
+        assert_eq!(serial_hex(&[0x0a, 0xbc]), "0abc");
+        assert_eq!(serial_hex(&[0x00]), "0");
+        let (_, der) = cert((2024, 1, 1), (2025, 1, 1));
+        let info = CertInfo::of(&der).expect("info");
+        assert_eq!(info.expiry_unix(), 1_735_689_600);
+        assert_eq!(info.sans.dns, ["x"]);
+        assert_eq!(
+            info.days_left(UNIX_EPOCH + Duration::from_secs(1_735_689_600 - 86_401)),
+            1
+        );
+        assert_eq!(
+            info.days_left(UNIX_EPOCH + Duration::from_secs(1_735_689_601)),
+            0
+        );
+        // A fraction of a second into the last full day still counts it.
+        let just_after = Duration::from_millis(1_735_689_600_000 - 86_400_000 + 500);
+        assert_eq!(info.days_left(UNIX_EPOCH + just_after), 1);
     }
 
     #[test]
