@@ -36,6 +36,9 @@ pub enum Behaviour {
     Delay(Duration),
     /// Reads the request head and closes the connection without answering (raw TCP).
     CloseBeforeResponse,
+    /// Reads the request head, writes these bytes as the answer and closes (a malformed
+    /// response, raw TCP).
+    RawReply(&'static [u8]),
     /// 200 with a body of this many bytes (`x` repeated), sent in 64 KiB chunks.
     Stream(u64),
     /// 200 with `content-length: 20`: `first half` at once, then after this long
@@ -219,6 +222,11 @@ fn serve(
             tokio::spawn(async move {
                 match &*behaviour {
                     Behaviour::CloseBeforeResponse => close_before_response(stream, &shared).await,
+                    Behaviour::RawReply(bytes) => {
+                        let mut stream = stream;
+                        read_head(&mut stream, &shared).await;
+                        let _ = stream.write_all(bytes).await;
+                    }
                     Behaviour::TcpEcho => tcp_echo(stream).await,
                     Behaviour::TcpHalfClose => tcp_half_close(stream).await,
                     _ => {
@@ -443,7 +451,10 @@ async fn answer(
             }
         },
         Behaviour::Flaky { .. } => ok().body(full(format!("from {name}\n"))),
-        Behaviour::CloseBeforeResponse | Behaviour::TcpEcho | Behaviour::TcpHalfClose => {
+        Behaviour::CloseBeforeResponse
+        | Behaviour::RawReply(_)
+        | Behaviour::TcpEcho
+        | Behaviour::TcpHalfClose => {
             unreachable!("raw TCP behaviours do not speak HTTP")
         }
     };
@@ -531,6 +542,12 @@ impl hyper::body::Body for Stalling {
 }
 
 async fn close_before_response(mut stream: tokio::net::TcpStream, shared: &Shared) {
+    read_head(&mut stream, shared).await;
+    // Dropping the stream closes it without a response.
+}
+
+/// Reads a request head and records its first line as a RAW request.
+async fn read_head(stream: &mut tokio::net::TcpStream, shared: &Shared) {
     let mut head = Vec::new();
     let mut buf = [0u8; 4096];
     while !head.windows(4).any(|w| w == b"\r\n\r\n") {
@@ -555,7 +572,6 @@ async fn close_before_response(mut stream: tokio::net::TcpStream, shared: &Share
             headers: Vec::new(),
             body: Bytes::new(),
         });
-    // Dropping the stream closes it without a response.
 }
 
 async fn tcp_echo(mut stream: tokio::net::TcpStream) {

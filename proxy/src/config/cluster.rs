@@ -33,6 +33,8 @@ pub struct Cluster {
     pub http2: Http2Settings,
     /// How long an upstream connection lives: idle timeout, requests, maximum duration.
     pub connection_limits: ConnectionLimits,
+    /// What each upstream stream may take: its duration, its response's header count.
+    pub stream_limits: super::upstream_http::StreamLimits,
     pub tcp_keepalive: Option<TcpKeepalive>,
     pub source_address: Option<SocketAddr>,
     /// `transport_socket` and `transport_socket_matches`: each host's is chosen from these
@@ -334,6 +336,7 @@ pub fn translate_cluster(
         protocol,
         http2,
         limits: connection_limits,
+        streams: stream_limits,
     } = super::upstream_http::translate(c, path, acks)?;
     let tcp_keepalive = c
         .upstream_connection_options
@@ -404,6 +407,7 @@ pub fn translate_cluster(
         protocol,
         http2,
         connection_limits,
+        stream_limits,
         tcp_keepalive,
         source_address,
         transports,

@@ -26,6 +26,18 @@ pub struct UpstreamHttp {
     pub protocol: UpstreamProtocol,
     pub http2: Http2Settings,
     pub limits: ConnectionLimits,
+    pub streams: StreamLimits,
+}
+
+/// What each upstream stream may take (`common_http_protocol_options`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StreamLimits {
+    /// `max_stream_duration`, from the attempt's start to the response's end (None: unset or
+    /// `0s`). Before the response head it ends the attempt with 504 UMSDR; after, the
+    /// response is cut.
+    pub max_stream_duration: Option<Duration>,
+    /// `max_headers_count`: a response with more headers is a protocol error (502 UPE).
+    pub max_headers_count: Option<u32>,
 }
 
 /// When the pool stops using an upstream connection. Envoy's defaults: one hour idle, no
@@ -107,19 +119,21 @@ pub fn translate(
         });
     }
     let common = common.unwrap_or_default();
-    if common.max_headers_count.is_some() {
-        acks.push(Acknowledged {
-            path: common_path.field("max_headers_count").to_string(),
-            reason: "an upstream response with more headers is not refused (Envoy: 502, \
-                     upstream_cx_protocol_error) yet (issue 3)",
-        });
-    }
-    if common.max_stream_duration.is_some() {
-        acks.push(Acknowledged {
-            path: common_path.field("max_stream_duration").to_string(),
-            reason: "not enforced on upstream streams yet (issue 3)",
-        });
-    }
+    let streams = StreamLimits {
+        max_stream_duration: optional_duration(
+            common.max_stream_duration.as_ref(),
+            &common_path.field("max_stream_duration"),
+        )?
+        .filter(|d| !d.is_zero()),
+        max_headers_count: match common.max_headers_count.as_ref().map(|v| v.value) {
+            Some(0) => {
+                return Err(common_path
+                    .field("max_headers_count")
+                    .error("value must be greater than or equal to 1"))
+            }
+            other => other,
+        },
+    };
     // `headers_with_underscores_action` needs nothing here: Envoy applies it to the requests
     // it receives, and passes upstream response headers with underscores whatever the
     // cluster says (seen with Envoy 1.40 and DROP_HEADER on the cluster).
@@ -140,6 +154,7 @@ pub fn translate(
             max_requests: max_requests.and_then(NonZeroU32::new),
             max_duration: max_duration.filter(|d| !d.is_zero()),
         },
+        streams,
     })
 }
 
@@ -265,16 +280,17 @@ mod tests {
     }
 
     #[test]
-    fn unenforced_upstream_limits_are_acknowledged_with_their_paths() {
+    fn stream_limits_reach_the_cluster() {
         let config =
             cluster(&typed("{ max_headers_count: 5, max_stream_duration: 1s }")).expect("accepted");
-        let paths: Vec<&str> = config
-            .acknowledged
-            .iter()
-            .map(|a| a.path.as_str())
-            .collect();
-        assert_eq!(paths.len(), 2, "{paths:?}");
-        assert!(paths[0].ends_with("common_http_protocol_options.max_headers_count"));
-        assert!(paths[1].ends_with("common_http_protocol_options.max_stream_duration"));
+        assert!(config.acknowledged.is_empty(), "{:?}", config.acknowledged);
+        let limits = config.clusters[0].stream_limits;
+        assert_eq!(limits.max_headers_count, Some(5));
+        assert_eq!(limits.max_stream_duration, Some(Duration::from_secs(1)));
+        // `0s` is no limit; a count of 0 is refused, as Envoy's validation does.
+        let off = cluster(&typed("{ max_stream_duration: 0s }")).expect("accepted");
+        assert_eq!(off.clusters[0].stream_limits.max_stream_duration, None);
+        let err = cluster(&typed("{ max_headers_count: 0 }")).expect_err("refused");
+        assert!(err.contains("max_headers_count"), "{err}");
     }
 }

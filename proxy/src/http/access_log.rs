@@ -119,6 +119,11 @@ impl Body for LoggedBody {
                 let ut = flag_bits(Some(ResponseFlag::UpstreamRequestTimeout));
                 pending.info.response_flags = pending.info.response_flags.with(ut);
                 pending.info.response_code_details = Some("upstream_per_try_idle_timeout".into());
+            } else if e.is::<super::attempt_idle::UpstreamMaxDurationReached>() {
+                let flag = flag_bits(Some(ResponseFlag::UpstreamMaxStreamDurationReached));
+                pending.info.response_flags = pending.info.response_flags.with(flag);
+                pending.info.response_code_details =
+                    Some("upstream_max_stream_duration_reached".into());
             }
         }
         if let (Poll::Ready(Some(Ok(frame))), Some(pending)) = (&polled, &mut this.pending) {
@@ -163,10 +168,19 @@ pub fn default_details(
         Some(ResponseFlag::NoHealthyUpstream) => Cow::Borrowed("no_healthy_upstream"),
         Some(ResponseFlag::NoClusterFound) => Cow::Borrowed("cluster_not_found"),
         Some(ResponseFlag::UpstreamRequestTimeout) => Cow::Borrowed("response_timeout"),
-        Some(ResponseFlag::UpstreamRemoteReset | ResponseFlag::UpstreamConnectionTermination) => {
+        Some(ResponseFlag::UpstreamConnectionTermination) => {
             Cow::Borrowed("upstream_reset_before_response_started{connection_termination}")
         }
+        Some(ResponseFlag::UpstreamRemoteReset) => {
+            Cow::Borrowed("upstream_reset_before_response_started{remote_reset}")
+        }
         Some(ResponseFlag::StreamIdleTimeout) => Cow::Borrowed("stream_idle_timeout"),
+        Some(ResponseFlag::UpstreamProtocolError) => {
+            Cow::Borrowed("upstream_reset_before_response_started{protocol_error}")
+        }
+        Some(ResponseFlag::UpstreamMaxStreamDurationReached) => {
+            Cow::Borrowed("upstream_max_stream_duration_reached")
+        }
         Some(ResponseFlag::UpstreamOverflow) => {
             Cow::Borrowed("upstream_reset_before_response_started{overflow}")
         }

@@ -136,7 +136,8 @@ impl Attempts<'_> {
 }
 
 /// Sends one attempt and waits for its response head, under the per-try idle timer when
-/// `idle` is given (with the request's "sent" signal).
+/// `idle` is given (with the request's "sent" signal) and the cluster's
+/// `max_stream_duration` when it has one.
 pub(super) async fn send_attempt(
     cluster: &ClusterRuntime,
     host: &Host,
@@ -147,9 +148,17 @@ pub(super) async fn send_attempt(
     idle: Option<(Duration, Option<Arc<Notify>>)>,
 ) -> Result<Response<Incoming>, UpstreamError> {
     let send = cluster.pool.send(host, request, use_h2, priority, via);
-    match idle {
-        Some((idle, sent)) => super::attempt_idle::head_within(send, idle, sent).await,
-        None => send.await,
+    let head = async {
+        match idle {
+            Some((idle, sent)) => super::attempt_idle::head_within(send, idle, sent).await,
+            None => send.await,
+        }
+    };
+    match cluster.config.stream_limits.max_stream_duration {
+        Some(max) => tokio::time::timeout(max, head)
+            .await
+            .unwrap_or(Err(UpstreamError::MaxStreamDuration)),
+        None => head.await,
     }
 }
 
@@ -183,6 +192,9 @@ pub(super) fn failed_attempt(e: &UpstreamError) -> Option<Attempt<'static>> {
         UpstreamError::Reset(reason) => Some(Attempt::Reset {
             refused: reason.contains("refused"),
         }),
+        UpstreamError::Protocol | UpstreamError::StreamReset => {
+            Some(Attempt::Reset { refused: false })
+        }
         // An idle attempt is retried like a timed-out one (checked against Envoy 1.40).
         UpstreamError::PerTryTimeout | UpstreamError::PerTryIdleTimeout => {
             Some(Attempt::PerTryTimeout)
@@ -191,6 +203,7 @@ pub(super) fn failed_attempt(e: &UpstreamError) -> Option<Attempt<'static>> {
         UpstreamError::Timeout
         | UpstreamError::NoHealthyUpstream
         | UpstreamError::Overflow
+        | UpstreamError::MaxStreamDuration
         | UpstreamError::UnsupportedTransport(_) => None,
     }
 }

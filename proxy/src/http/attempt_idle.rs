@@ -1,4 +1,6 @@
-//! A retry policy's `per_try_idle_timeout`: each attempt ends when its upstream stays silent
+//! The timers of one upstream attempt: the cluster's `max_stream_duration` (from the attempt's
+//! start to the response's end: 504 UMSDR before the head, the response cut after), and a
+//! retry policy's `per_try_idle_timeout`: each attempt ends when its upstream stays silent
 //! this long. The timer starts once the request has gone upstream whole (its body read to the
 //! end, which also means a connection was obtained) and runs until the response's end: before
 //! the response head the attempt fails like a per-try timeout (retried under the same
@@ -127,31 +129,58 @@ impl std::fmt::Display for UpstreamIdleTimedOut {
 
 impl std::error::Error for UpstreamIdleTimedOut {}
 
+/// The error a response body ends with when the cluster's `max_stream_duration` passes
+/// mid-response: the access log reads it as UMSDR.
+#[derive(Debug)]
+pub struct UpstreamMaxDurationReached;
+
+impl std::fmt::Display for UpstreamMaxDurationReached {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("upstream max stream duration reached")
+    }
+}
+
+impl std::error::Error for UpstreamMaxDurationReached {}
+
 pin_project_lite::pin_project! {
-    /// A response body under the attempt's idle timer: each frame re-arms it.
-    pub struct IdleBody {
+    /// A response body under one of its attempt's timers: the idle timer, which each frame
+    /// re-arms, or the stream's deadline (`max_stream_duration`), which nothing moves.
+    pub struct TimerBody {
         inner: ResponseBody,
-        idle: Duration,
+        rearm: Option<Duration>,
         #[pin]
         timer: tokio::time::Sleep,
         counter: Arc<Counter>,
+        expired: fn() -> BoxError,
         done: bool,
     }
 }
 
-impl IdleBody {
-    pub fn new(inner: ResponseBody, idle: Duration, counter: Arc<Counter>) -> Self {
+impl TimerBody {
+    pub fn idle(inner: ResponseBody, idle: Duration, counter: Arc<Counter>) -> Self {
         Self {
             inner,
-            idle,
+            rearm: Some(idle),
             timer: tokio::time::sleep(idle),
             counter,
+            expired: || Box::new(UpstreamIdleTimedOut),
+            done: false,
+        }
+    }
+
+    pub fn deadline(inner: ResponseBody, at: tokio::time::Instant, counter: Arc<Counter>) -> Self {
+        Self {
+            inner,
+            rearm: None,
+            timer: tokio::time::sleep_until(at),
+            counter,
+            expired: || Box::new(UpstreamMaxDurationReached),
             done: false,
         }
     }
 }
 
-impl Body for IdleBody {
+impl Body for TimerBody {
     type Data = Bytes;
     type Error = BoxError;
 
@@ -165,8 +194,10 @@ impl Body for IdleBody {
         }
         match Pin::new(&mut *this.inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
-                let next = tokio::time::Instant::now() + *this.idle;
-                this.timer.as_mut().reset(next);
+                if let Some(idle) = this.rearm {
+                    let next = tokio::time::Instant::now() + *idle;
+                    this.timer.as_mut().reset(next);
+                }
                 return Poll::Ready(Some(Ok(frame)));
             }
             Poll::Ready(other) => {
@@ -180,7 +211,7 @@ impl Body for IdleBody {
         }
         *this.done = true;
         this.counter.inc();
-        Poll::Ready(Some(Err(Box::new(UpstreamIdleTimedOut))))
+        Poll::Ready(Some(Err((this.expired)())))
     }
 
     fn is_end_stream(&self) -> bool {
@@ -223,7 +254,7 @@ mod tests {
         let stream =
             http_body_util::StreamBody::new(tokio_stream::wrappers::ReceiverStream::new(rx));
         let counter = crate::stats::Store::new().counter("test.idle");
-        let mut body = Box::pin(IdleBody::new(
+        let mut body = Box::pin(TimerBody::idle(
             stream.boxed_unsync(),
             Duration::from_millis(30),
             counter.clone(),

@@ -349,6 +349,8 @@ async fn handle(
                 ResponseFlag::UpstreamRequestTimeout
                     | ResponseFlag::UpstreamRemoteReset
                     | ResponseFlag::UpstreamConnectionTermination
+                    | ResponseFlag::UpstreamProtocolError
+                    | ResponseFlag::UpstreamMaxStreamDurationReached
             )
         );
     let pending = Box::new(Pending {

@@ -481,8 +481,15 @@ pub(super) fn answered(
     let mut response = downstream_response(response, elapsed, server, ctx.hcm.server_header);
     if let Some((idle, counter)) = idle {
         response = response.map(|body| {
-            super::attempt_idle::IdleBody::new(body, idle, counter.clone()).boxed_unsync()
+            super::attempt_idle::TimerBody::idle(body, idle, counter.clone()).boxed_unsync()
         });
+    }
+    // The cluster's `max_stream_duration` runs from the attempt's start to the response's end.
+    if let Some(max) = cluster.config.stream_limits.max_stream_duration {
+        let counter = cluster.stats.upstream_rq_max_duration_reached.clone();
+        let at = tokio::time::Instant::from_std(started + max);
+        response = response
+            .map(|body| super::attempt_idle::TimerBody::deadline(body, at, counter).boxed_unsync());
     }
     if let Some(cookie) = set_cookie {
         response.headers_mut().append(header::SET_COOKIE, cookie);

@@ -28,6 +28,10 @@ pub enum ResponseFlag {
     UpstreamOverflow,
     /// SI: the stream idle timeout ended the stream.
     StreamIdleTimeout,
+    /// UPE: the upstream's response broke the protocol (a malformed head, too many headers).
+    UpstreamProtocolError,
+    /// UMSDR: the cluster's `max_stream_duration` ended the upstream stream.
+    UpstreamMaxStreamDurationReached,
 }
 
 impl ResponseFlag {
@@ -42,6 +46,8 @@ impl ResponseFlag {
             ResponseFlag::NoClusterFound => "NC",
             ResponseFlag::UpstreamOverflow => "UO",
             ResponseFlag::StreamIdleTimeout => "SI",
+            ResponseFlag::UpstreamProtocolError => "UPE",
+            ResponseFlag::UpstreamMaxStreamDurationReached => "UMSDR",
         }
     }
 }

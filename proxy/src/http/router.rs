@@ -211,6 +211,8 @@ pub async fn route_request(
                     | ResponseFlag::UpstreamRemoteReset
                     | ResponseFlag::UpstreamConnectionTermination
                     | ResponseFlag::UpstreamRequestTimeout
+                    | ResponseFlag::UpstreamProtocolError
+                    | ResponseFlag::UpstreamMaxStreamDurationReached
             )
         );
         if (has_body && before_upstream) || closes_after_local_reply {

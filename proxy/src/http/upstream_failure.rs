@@ -34,7 +34,10 @@ pub fn count_failure(cluster: &ClusterRuntime, host: &HostStats, error: &Upstrea
             cluster.stats.upstream_cx_connect_fail.inc();
             host.cx_connect_fail.fetch_add(1, Relaxed);
         }
+        UpstreamError::Protocol => cluster.stats.upstream_cx_protocol_error.inc(),
+        UpstreamError::MaxStreamDuration => cluster.stats.upstream_rq_max_duration_reached.inc(),
         UpstreamError::Reset(_)
+        | UpstreamError::StreamReset
         | UpstreamError::NoHealthyUpstream
         | UpstreamError::Overflow
         | UpstreamError::UnsupportedTransport(_) => {}
@@ -101,6 +104,21 @@ pub fn failure_reply(
                 ResponseFlag::UpstreamConnectionTermination,
             )
         }
+        UpstreamError::Protocol => (
+            StatusCode::BAD_GATEWAY,
+            reset("protocol error"),
+            ResponseFlag::UpstreamProtocolError,
+        ),
+        UpstreamError::MaxStreamDuration => (
+            StatusCode::GATEWAY_TIMEOUT,
+            "upstream max stream duration reached".to_string(),
+            ResponseFlag::UpstreamMaxStreamDurationReached,
+        ),
+        UpstreamError::StreamReset => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            reset("remote reset"),
+            ResponseFlag::UpstreamRemoteReset,
+        ),
         UpstreamError::NoHealthyUpstream => (
             StatusCode::SERVICE_UNAVAILABLE,
             "no healthy upstream".to_string(),
@@ -119,9 +137,12 @@ pub fn failure_reply(
             ResponseFlag::UpstreamConnectionFailure,
         ),
     };
-    // Envoy charges a local reply for an upstream failure like a response from the cluster.
-    cluster.stats.upstream_rq_completed.inc();
-    cluster.stats.response(status);
+    // Envoy charges a local reply for an upstream failure like a response from the cluster,
+    // but for the stream duration's (checked with Envoy 1.40).
+    if flag != ResponseFlag::UpstreamMaxStreamDurationReached {
+        cluster.stats.upstream_rq_completed.inc();
+        cluster.stats.response(status);
+    }
     let mut response = local_reply(status, body, server);
     if flag == ResponseFlag::UpstreamOverflow {
         response

@@ -39,7 +39,10 @@ impl HostResult {
         use super::UpstreamError as E;
         match error {
             E::Timeout | E::PerTryTimeout | E::PerTryIdleTimeout => Some(HostResult::Timeout),
-            E::ConnectFailure(_) | E::Reset(_) => Some(HostResult::ConnectFailed),
+            E::ConnectFailure(_) | E::Reset(_) | E::Protocol | E::StreamReset => {
+                Some(HostResult::ConnectFailed)
+            }
+            E::MaxStreamDuration => Some(HostResult::Timeout),
             // A circuit breaker refusal never reached the host.
             E::NoHealthyUpstream | E::UnsupportedTransport(_) | E::Overflow => None,
         }

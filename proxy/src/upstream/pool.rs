@@ -41,11 +41,22 @@ pub enum UpstreamError {
     UnsupportedTransport(String),
     /// A circuit breaker is open (`max_pending_requests` or `max_requests`): UO.
     Overflow,
+    /// The response head broke the protocol (malformed, or more headers than the cluster's
+    /// `max_headers_count`): UPE.
+    Protocol,
+    /// The cluster's `max_stream_duration` passed before the response head: UMSDR.
+    MaxStreamDuration,
+    /// The HTTP/2 stream was reset before its response head (UR): Envoy's HTTP/2 codec
+    /// resets a response with more headers than `max_headers_count`.
+    StreamReset,
 }
 
 pub struct Pool {
     connector: Connector,
     pools: Arc<ClusterPools>,
+    /// The cluster's `max_headers_count` for responses (None: Envoy's default of 100, which
+    /// is hyper's too).
+    max_headers_count: Option<u32>,
 }
 
 /// Opens the cluster's connections: TCP (and TLS) by the connector, then the HTTP/1.1 or
@@ -53,6 +64,9 @@ pub struct Pool {
 struct Connecting {
     connector: Connector,
     http2_settings: crate::config::hcm_options::Http2Settings,
+    /// hyper's HTTP/1.1 parser limit: above 100 when the cluster allows more headers (a lower
+    /// limit is checked per response).
+    http1_max_headers: usize,
 }
 
 impl Opener for Connecting {
@@ -64,6 +78,7 @@ impl Opener for Connecting {
     ) -> host_pool::Opening {
         let connector = self.connector.clone();
         let settings = self.http2_settings;
+        let max_headers = self.http1_max_headers;
         Box::pin(async move {
             let io = connector
                 .connect(&destination)
@@ -90,6 +105,7 @@ impl Opener for Connecting {
                 return Ok((Sender::Http2(sender), facts));
             }
             let (sender, connection) = http1::Builder::new()
+                .max_headers(max_headers)
                 .handshake(io)
                 .await
                 .map_err(|e| UpstreamError::ConnectFailure(e.to_string()))?;
@@ -133,6 +149,10 @@ impl Pool {
         let opener = Arc::new(Connecting {
             connector: connector.clone(),
             http2_settings: cluster.http2,
+            http1_max_headers: cluster
+                .stream_limits
+                .max_headers_count
+                .map_or(100, |n| (n as usize).max(100)),
         });
         let pools = Arc::new_cyclic(|myself| {
             ClusterPools::new(
@@ -143,7 +163,11 @@ impl Pool {
                 myself.clone(),
             )
         });
-        Self { connector, pools }
+        Self {
+            connector,
+            pools,
+            max_headers_count: cluster.stream_limits.max_headers_count,
+        }
     }
 
     /// Sends `request` (absolute-form URI carrying the downstream authority) to `host`, on a
@@ -201,7 +225,21 @@ impl Pool {
                 s.send_request(request).await
             }
         };
-        let mut response = sent.map_err(|e| UpstreamError::Reset(reset_reason(&e)))?;
+        let mut response = sent.map_err(|e| match e.is_parse() {
+            true => UpstreamError::Protocol,
+            false => UpstreamError::Reset(reset_reason(&e)),
+        })?;
+        // Envoy's codecs count a response's headers against `max_headers_count`; the
+        // connection goes with the response's body, not back to the pool.
+        if self
+            .max_headers_count
+            .is_some_and(|max| response.headers().len() > max as usize)
+        {
+            return Err(match http2 {
+                true => UpstreamError::StreamReset,
+                false => UpstreamError::Protocol,
+            });
+        }
         // One extension for all the router reads of the connection (one allocation).
         if conn.facts.local.is_some() || conn.facts.identities.is_some() {
             response.extensions_mut().insert(conn.facts.clone());
