@@ -164,10 +164,11 @@ mod tests {
     }
 
     #[test]
-    fn the_istio_bootstrap_adds_the_chain_to_both_http_listeners_only() {
+    fn the_istio_bootstrap_adds_the_chain_to_the_http_listeners_only() {
         let y = istio_bootstrap(&crate::configs::test_job(), 19050);
-        assert_eq!(y.matches("- name: istio.stats").count(), 2);
-        assert_eq!(y.matches("- name: istio.metadata_exchange").count(), 2);
+        // HTTP/1.1, h2c and the mTLS hop; not the TCP listener.
+        assert_eq!(y.matches("- name: istio.stats").count(), 3);
+        assert_eq!(y.matches("- name: istio.metadata_exchange").count(), 3);
         assert!(y.starts_with("node:") && y.contains("WORKLOAD_NAME: bench-v1"));
         assert_eq!(
             bootstrap(&crate::configs::test_job(), 19050)
