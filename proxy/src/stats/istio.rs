@@ -243,9 +243,9 @@ pub struct MessageSeries {
 /// Every Istio series of the process.
 #[derive(Debug, Default)]
 pub struct IstioMetrics {
-    series: RwLock<HashMap<SeriesKey, Arc<Series>>>,
-    messages: RwLock<HashMap<SeriesKey, Arc<MessageSeries>>>,
-    tcp: RwLock<HashMap<SeriesKey, Arc<TcpSeries>>>,
+    series: SeriesMap<Series>,
+    messages: SeriesMap<MessageSeries>,
+    tcp: SeriesMap<TcpSeries>,
     fixed: Mutex<Vec<Arc<Fixed>>>,
     /// `istio_build`'s `tag`, once an Istio stats filter was configured.
     build: Mutex<Option<Arc<str>>>,
@@ -267,104 +267,44 @@ impl IstioMetrics {
 
     /// The series of `key`: one hash lookup under a read lock; created on first use.
     pub fn series(&self, key: SeriesKey) -> Arc<Series> {
-        if let Some(s) = self
-            .series
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(&key)
-        {
-            return s.clone();
-        }
-        self.series
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .entry(key)
-            .or_default()
-            .clone()
+        get_or_create(&self.series, key)
     }
 
     /// The gRPC message counters of `key` (a [`SeriesKey::messages_key`]), as
     /// [`IstioMetrics::series`].
     pub fn message_series(&self, key: SeriesKey) -> Arc<MessageSeries> {
-        if let Some(s) = self
-            .messages
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(&key)
-        {
-            return s.clone();
-        }
-        self.messages
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .entry(key)
-            .or_default()
-            .clone()
+        get_or_create(&self.messages, key)
     }
 
     fn render_messages(&self, out: &mut String) {
-        let mut rows: Vec<(String, Arc<MessageSeries>)> = self
-            .messages
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .iter()
-            .map(|(k, s)| (message_labels(k), s.clone()))
-            .collect();
-        if rows.is_empty() {
-            return;
-        }
-        rows.sort_by(|a, b| a.0.cmp(&b.0));
-        type Pick = fn(&MessageSeries) -> &Counter;
-        let families: [(&str, Pick); 2] = [
-            ("istio_request_messages_total", |s| &s.request),
-            ("istio_response_messages_total", |s| &s.response),
-        ];
-        for (family, pick) in families {
-            let _ = writeln!(out, "# TYPE {family} counter");
-            for (labels, s) in &rows {
-                let _ = writeln!(out, "{family}{{{labels}}} {}", pick(s).value());
-            }
-        }
+        render_counters(
+            &self.messages,
+            message_labels,
+            &[
+                ("istio_request_messages_total", |s| &s.request),
+                ("istio_response_messages_total", |s| &s.response),
+            ],
+            out,
+        );
     }
 
     /// The TCP series of `key`, as [`IstioMetrics::series`].
     pub fn tcp_series(&self, key: SeriesKey) -> Arc<TcpSeries> {
-        if let Some(s) = self.tcp.read().unwrap_or_else(|e| e.into_inner()).get(&key) {
-            return s.clone();
-        }
-        self.tcp
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .entry(key)
-            .or_default()
-            .clone()
+        get_or_create(&self.tcp, key)
     }
 
     fn render_tcp(&self, out: &mut String) {
-        let mut rows: Vec<(String, Arc<TcpSeries>)> = self
-            .tcp
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .iter()
-            .map(|(k, s)| (labels(k), s.clone()))
-            .collect();
-        if rows.is_empty() {
-            return;
-        }
-        rows.sort_by(|a, b| a.0.cmp(&b.0));
-        type Pick = fn(&TcpSeries) -> &Counter;
-        let families: [(&str, Pick); 4] = [
-            ("istio_tcp_connections_closed_total", |s| &s.closed),
-            ("istio_tcp_connections_opened_total", |s| &s.opened),
-            ("istio_tcp_received_bytes_total", |s| &s.received_bytes),
-            ("istio_tcp_sent_bytes_total", |s| &s.sent_bytes),
-        ];
-        for (family, pick) in families {
-            let _ = writeln!(out, "# TYPE {family} counter");
-            for (labels, s) in &rows {
-                let _ = writeln!(out, "{family}{{{labels}}} {}", pick(s).value());
-            }
-        }
+        render_counters(
+            &self.tcp,
+            labels,
+            &[
+                ("istio_tcp_connections_closed_total", |s| &s.closed),
+                ("istio_tcp_connections_opened_total", |s| &s.opened),
+                ("istio_tcp_received_bytes_total", |s| &s.received_bytes),
+                ("istio_tcp_sent_bytes_total", |s| &s.sent_bytes),
+            ],
+            out,
+        );
     }
 
     /// The Prometheus families, text format 0.0.4.
@@ -542,6 +482,46 @@ pub fn values(k: &SeriesKey) -> [String; 25] {
 }
 
 /// The label text of a gRPC message counter series.
+type SeriesMap<T> = RwLock<HashMap<SeriesKey, Arc<T>>>;
+
+/// The series of `key` in `map`: one hash lookup under a read lock; created on first use.
+fn get_or_create<T: Default>(map: &SeriesMap<T>, key: SeriesKey) -> Arc<T> {
+    if let Some(s) = map.read().unwrap_or_else(|e| e.into_inner()).get(&key) {
+        return s.clone();
+    }
+    map.write()
+        .unwrap_or_else(|e| e.into_inner())
+        .entry(key)
+        .or_default()
+        .clone()
+}
+
+/// Counter families over the series of `map`, each series labelled by `label`, in label
+/// order; nothing when there is no series yet.
+fn render_counters<T>(
+    map: &SeriesMap<T>,
+    label: fn(&SeriesKey) -> String,
+    families: &[(&str, fn(&T) -> &Counter)],
+    out: &mut String,
+) {
+    let mut rows: Vec<(String, Arc<T>)> = map
+        .read()
+        .unwrap_or_else(|e| e.into_inner())
+        .iter()
+        .map(|(k, s)| (label(k), s.clone()))
+        .collect();
+    if rows.is_empty() {
+        return;
+    }
+    rows.sort_by(|a, b| a.0.cmp(&b.0));
+    for (family, pick) in families {
+        let _ = writeln!(out, "# TYPE {family} counter");
+        for (labels, s) in &rows {
+            let _ = writeln!(out, "{family}{{{labels}}} {}", pick(s).value());
+        }
+    }
+}
+
 fn message_labels(k: &SeriesKey) -> String {
     let mut out = String::new();
     for (i, (name, value)) in LABELS
