@@ -519,6 +519,15 @@ per_type_service!(
     fetch_endpoints
 );
 
+/// What every response says of who sent it (`control_plane.identifier`).
+pub const IDENTIFIER: &str = "outrigger-test-control-plane";
+
+fn identity() -> xds_proto::pb::envoy::config::core::v3::ControlPlane {
+    xds_proto::pb::envoy::config::core::v3::ControlPlane {
+        identifier: IDENTIFIER.to_string(),
+    }
+}
+
 fn open_stream(shared: &Shared) -> usize {
     let mut state = shared.lock();
     state.streams += 1;
@@ -603,6 +612,7 @@ fn send_sotw(
         resources,
         type_url: type_url.to_string(),
         nonce,
+        control_plane: Some(identity()),
         ..Default::default()
     }));
 }
@@ -722,6 +732,7 @@ fn send_delta(
         type_url: type_url.to_string(),
         removed_resources: removed,
         nonce,
+        control_plane: Some(identity()),
         ..Default::default()
     }));
 }

@@ -165,13 +165,18 @@ impl Applier {
     /// Runs `f` with the stat prefix (`cluster.<stat_name>.`) of every cluster fed by EDS
     /// under `service_name`. EDS updates are rare next to requests: the names are formatted here.
     fn eds_stats(&self, service_name: &str, f: impl Fn(&str, &Store)) {
-        for cluster in self.clusters.all() {
-            if matches!(&cluster.config.discovery, Discovery::Eds { service_name: s, .. } if s == service_name)
+        // Warming clusters too: their first assignment is the one that warms them.
+        let active = self.clusters.all();
+        let configs = active
+            .iter()
+            .map(|c| &c.config)
+            .chain(self.warming_clusters.values().map(|(c, _)| c));
+        let mut seen = BTreeSet::new();
+        for config in configs {
+            if matches!(&config.discovery, Discovery::Eds { service_name: s, .. } if s == service_name)
+                && seen.insert(config.stat_name.clone())
             {
-                f(
-                    &format!("cluster.{}.", cluster.config.stat_name),
-                    &self.store,
-                );
+                f(&format!("cluster.{}.", config.stat_name), &self.store);
             }
         }
     }
@@ -416,6 +421,9 @@ impl Applier {
                     store
                         .histogram(&format!("{prefix}update_duration"))
                         .record(started.elapsed().as_secs_f64() * 1000.0);
+                    store
+                        .text_readout(&format!("{prefix}version_text"))
+                        .set(&update.version);
                 });
                 self.activate_ready_clusters();
             }

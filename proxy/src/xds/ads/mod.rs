@@ -74,6 +74,8 @@ struct Response {
     updates: Vec<Update>,
     /// Delta: names removed. State of the world: computed for wildcard types.
     removed: Vec<String>,
+    /// The response's `control_plane.identifier`, when it names one.
+    control_plane: Option<String>,
 }
 
 /// What a stream carries.
@@ -104,6 +106,8 @@ pub struct AdsClient {
     lds: Option<ConfigSource>,
     subscriptions: BTreeMap<Kind, Subscription>,
     connected: Arc<Gauge>,
+    /// `control_plane.identifier`: who answered last (ADS only, like `connected`).
+    identifier: Arc<crate::stats::TextReadout>,
     /// The secrets TLS contexts name, with where each comes from.
     secrets: Arc<crate::config::tls::SecretSlots>,
     /// Whether the node went out on the current stream.
@@ -138,6 +142,11 @@ impl AdsClient {
             // `control_plane.*` describes the ADS stream; other streams have a detached gauge.
             connected: if aggregated {
                 store.gauge("control_plane.connected_state")
+            } else {
+                Arc::default()
+            },
+            identifier: if aggregated {
+                store.text_readout("control_plane.identifier")
             } else {
                 Arc::default()
             },
@@ -457,6 +466,9 @@ impl AdsClient {
     }
 
     fn handle(&mut self, response: Response, out: &Outbound) {
+        if let Some(identifier) = &response.control_plane {
+            self.identifier.set(identifier);
+        }
         if let Some(agent_type) = self
             .agent_types
             .iter()
@@ -683,6 +695,7 @@ async fn next_response(
                 nonce: r.nonce,
                 updates,
                 removed,
+                control_plane: r.control_plane.map(|c| c.identifier),
             }))
         }
         Inbound::Delta(stream) => {
@@ -706,6 +719,7 @@ async fn next_response(
                 nonce: r.nonce,
                 updates,
                 removed: r.removed_resources,
+                control_plane: r.control_plane.map(|c| c.identifier),
             }))
         }
     }
