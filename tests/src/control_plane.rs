@@ -16,11 +16,23 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, watch};
 use tokio_stream::{Stream, StreamExt};
+use xds_proto::pb::envoy::service::cluster::v3::cluster_discovery_service_server::{
+    ClusterDiscoveryService, ClusterDiscoveryServiceServer,
+};
 use xds_proto::pb::envoy::service::discovery::v3::{
     aggregated_discovery_service_server::{
         AggregatedDiscoveryService, AggregatedDiscoveryServiceServer,
     },
     DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse, Resource,
+};
+use xds_proto::pb::envoy::service::endpoint::v3::endpoint_discovery_service_server::{
+    EndpointDiscoveryService, EndpointDiscoveryServiceServer,
+};
+use xds_proto::pb::envoy::service::listener::v3::listener_discovery_service_server::{
+    ListenerDiscoveryService, ListenerDiscoveryServiceServer,
+};
+use xds_proto::pb::envoy::service::route::v3::route_discovery_service_server::{
+    RouteDiscoveryService, RouteDiscoveryServiceServer,
 };
 use xds_proto::pb::envoy::service::secret::v3::secret_discovery_service_server::{
     SecretDiscoveryService, SecretDiscoveryServiceServer,
@@ -55,6 +67,9 @@ pub struct Recorded {
     pub initial_versions: BTreeMap<String, String>,
     /// Which stream (counted from 1) it came on.
     pub stream: usize,
+    /// The gRPC service the stream is on: `ADS`, or the per-type service (`CDS`, `LDS`,
+    /// `RDS`, `EDS`, `SDS`) a non-aggregated `api_config_source` opens.
+    pub service: &'static str,
 }
 
 impl Recorded {
@@ -257,17 +272,37 @@ impl ControlPlane {
         let service = tonic::service::interceptor::InterceptedService::new(
             AggregatedDiscoveryServiceServer::new(Ads {
                 shared: shared.clone(),
+                service: "ADS",
             }),
             check.clone(),
         );
-        // The same server answers SDS streams of their own (Istio's `sds-grpc`).
-        let secrets = tonic::service::interceptor::InterceptedService::new(
-            SecretDiscoveryServiceServer::new(Ads {
-                shared: shared.clone(),
-            }),
-            check,
-        );
-        let mut routes = tonic::service::Routes::new(service).add_service(secrets);
+        // The same server answers per-type streams (a non-aggregated `api_config_source`, and
+        // Istio's `sds-grpc`), from the same resources.
+        let per_type = |service| Ads {
+            shared: shared.clone(),
+            service,
+        };
+        let mut routes = tonic::service::Routes::new(service)
+            .add_service(tonic::service::interceptor::InterceptedService::new(
+                SecretDiscoveryServiceServer::new(per_type("SDS")),
+                check.clone(),
+            ))
+            .add_service(tonic::service::interceptor::InterceptedService::new(
+                ClusterDiscoveryServiceServer::new(per_type("CDS")),
+                check.clone(),
+            ))
+            .add_service(tonic::service::interceptor::InterceptedService::new(
+                ListenerDiscoveryServiceServer::new(per_type("LDS")),
+                check.clone(),
+            ))
+            .add_service(tonic::service::interceptor::InterceptedService::new(
+                RouteDiscoveryServiceServer::new(per_type("RDS")),
+                check.clone(),
+            ))
+            .add_service(tonic::service::interceptor::InterceptedService::new(
+                EndpointDiscoveryServiceServer::new(per_type("EDS")),
+                check,
+            ));
         if let Some(add) = add {
             routes = add(routes);
         }
@@ -373,6 +408,7 @@ impl Drop for ControlPlane {
 
 struct Ads {
     shared: Arc<Shared>,
+    service: &'static str,
 }
 
 type Responses<T> = Pin<Box<dyn Stream<Item = Result<T, tonic::Status>> + Send>>;
@@ -388,7 +424,7 @@ impl AggregatedDiscoveryService for Ads {
     ) -> Result<tonic::Response<Self::StreamAggregatedResourcesStream>, tonic::Status> {
         let (tx, rx) = mpsc::unbounded_channel();
         let shared = self.shared.clone();
-        tokio::spawn(sotw_stream(shared, request.into_inner(), tx));
+        tokio::spawn(sotw_stream(shared, self.service, request.into_inner(), tx));
         Ok(tonic::Response::new(Box::pin(
             tokio_stream::wrappers::UnboundedReceiverStream::new(rx),
         )))
@@ -400,39 +436,95 @@ impl AggregatedDiscoveryService for Ads {
     ) -> Result<tonic::Response<Self::DeltaAggregatedResourcesStream>, tonic::Status> {
         let (tx, rx) = mpsc::unbounded_channel();
         let shared = self.shared.clone();
-        tokio::spawn(delta_stream(shared, request.into_inner(), tx));
+        tokio::spawn(delta_stream(shared, self.service, request.into_inner(), tx));
         Ok(tonic::Response::new(Box::pin(
             tokio_stream::wrappers::UnboundedReceiverStream::new(rx),
         )))
     }
 }
 
-#[tonic::async_trait]
-impl SecretDiscoveryService for Ads {
-    type StreamSecretsStream = Responses<DiscoveryResponse>;
-    type DeltaSecretsStream = Responses<DeltaDiscoveryResponse>;
+/// A per-type discovery service answered by the aggregated implementation: the streams carry
+/// the same messages, only the gRPC method differs.
+macro_rules! per_type_service {
+    ($trait:path, $sotw_ty:ident, $delta_ty:ident, $sotw:ident, $delta:ident, $fetch:ident) => {
+        #[tonic::async_trait]
+        impl $trait for Ads {
+            type $sotw_ty = Responses<DiscoveryResponse>;
+            type $delta_ty = Responses<DeltaDiscoveryResponse>;
 
-    async fn stream_secrets(
-        &self,
-        request: tonic::Request<tonic::Streaming<DiscoveryRequest>>,
-    ) -> Result<tonic::Response<Self::StreamSecretsStream>, tonic::Status> {
-        self.stream_aggregated_resources(request).await
-    }
+            async fn $sotw(
+                &self,
+                request: tonic::Request<tonic::Streaming<DiscoveryRequest>>,
+            ) -> Result<tonic::Response<Self::$sotw_ty>, tonic::Status> {
+                self.stream_aggregated_resources(request).await
+            }
 
-    async fn delta_secrets(
-        &self,
-        request: tonic::Request<tonic::Streaming<DeltaDiscoveryRequest>>,
-    ) -> Result<tonic::Response<Self::DeltaSecretsStream>, tonic::Status> {
-        self.delta_aggregated_resources(request).await
-    }
+            async fn $delta(
+                &self,
+                request: tonic::Request<tonic::Streaming<DeltaDiscoveryRequest>>,
+            ) -> Result<tonic::Response<Self::$delta_ty>, tonic::Status> {
+                self.delta_aggregated_resources(request).await
+            }
 
-    async fn fetch_secrets(
-        &self,
-        _: tonic::Request<DiscoveryRequest>,
-    ) -> Result<tonic::Response<DiscoveryResponse>, tonic::Status> {
-        Err(tonic::Status::unimplemented(
-            "the test control plane only streams",
-        ))
+            async fn $fetch(
+                &self,
+                _: tonic::Request<DiscoveryRequest>,
+            ) -> Result<tonic::Response<DiscoveryResponse>, tonic::Status> {
+                Err(tonic::Status::unimplemented(
+                    "the test control plane only streams",
+                ))
+            }
+        }
+    };
+}
+
+per_type_service!(
+    SecretDiscoveryService,
+    StreamSecretsStream,
+    DeltaSecretsStream,
+    stream_secrets,
+    delta_secrets,
+    fetch_secrets
+);
+per_type_service!(
+    ClusterDiscoveryService,
+    StreamClustersStream,
+    DeltaClustersStream,
+    stream_clusters,
+    delta_clusters,
+    fetch_clusters
+);
+per_type_service!(
+    ListenerDiscoveryService,
+    StreamListenersStream,
+    DeltaListenersStream,
+    stream_listeners,
+    delta_listeners,
+    fetch_listeners
+);
+per_type_service!(
+    RouteDiscoveryService,
+    StreamRoutesStream,
+    DeltaRoutesStream,
+    stream_routes,
+    delta_routes,
+    fetch_routes
+);
+per_type_service!(
+    EndpointDiscoveryService,
+    StreamEndpointsStream,
+    DeltaEndpointsStream,
+    stream_endpoints,
+    delta_endpoints,
+    fetch_endpoints
+);
+
+/// What every response says of who sent it (`control_plane.identifier`).
+pub const IDENTIFIER: &str = "outrigger-test-control-plane";
+
+fn identity() -> xds_proto::pb::envoy::config::core::v3::ControlPlane {
+    xds_proto::pb::envoy::config::core::v3::ControlPlane {
+        identifier: IDENTIFIER.to_string(),
     }
 }
 
@@ -444,6 +536,7 @@ fn open_stream(shared: &Shared) -> usize {
 
 async fn sotw_stream(
     shared: Arc<Shared>,
+    service: &'static str,
     mut requests: tonic::Streaming<DiscoveryRequest>,
     tx: mpsc::UnboundedSender<Result<DiscoveryResponse, tonic::Status>>,
 ) {
@@ -467,6 +560,7 @@ async fn sotw_stream(
                     unsubscribe: Vec::new(),
                     initial_versions: BTreeMap::new(),
                     stream,
+                    service,
                 });
                 let names: BTreeSet<String> = r.resource_names.iter().cloned().collect();
                 let entry = subscribed.entry(r.type_url.clone()).or_insert((names.clone(), None));
@@ -518,6 +612,7 @@ fn send_sotw(
         resources,
         type_url: type_url.to_string(),
         nonce,
+        control_plane: Some(identity()),
         ..Default::default()
     }));
 }
@@ -532,6 +627,7 @@ struct DeltaType {
 
 async fn delta_stream(
     shared: Arc<Shared>,
+    service: &'static str,
     mut requests: tonic::Streaming<DeltaDiscoveryRequest>,
     tx: mpsc::UnboundedSender<Result<DeltaDiscoveryResponse, tonic::Status>>,
 ) {
@@ -554,6 +650,7 @@ async fn delta_stream(
                     unsubscribe: r.resource_names_unsubscribe.clone(),
                     initial_versions: r.initial_resource_versions.clone().into_iter().collect(),
                     stream,
+                    service,
                 });
                 if r.response_nonce.is_empty() || !r.resource_names_subscribe.is_empty() || !r.resource_names_unsubscribe.is_empty() {
                     let first = !types.contains_key(&r.type_url);
@@ -635,6 +732,7 @@ fn send_delta(
         type_url: type_url.to_string(),
         removed_resources: removed,
         nonce,
+        control_plane: Some(identity()),
         ..Default::default()
     }));
 }

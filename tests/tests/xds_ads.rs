@@ -144,8 +144,6 @@ fn xds_stat_names(proxy: &RunningProxy) -> String {
         })
         // HTTP/2 codec stats (`*.http2.inbound_window_update_frames_flood`) are not xDS's.
         .filter(|n| !n.contains(".http2."))
-        // Text readouts are not implemented (the `version` gauge is there).
-        .filter(|n| !n.ends_with(".version_text") && *n != "control_plane.identifier")
         .collect();
     names.into_iter().collect::<Vec<_>>().join("\n")
 }

@@ -44,6 +44,7 @@ impl Selection {
             Metric::Counter(_) => "Counters",
             Metric::Gauge(_) => "Gauges",
             Metric::Histogram(_) => "Histograms",
+            Metric::Text(_) => "TextReadouts",
         };
         if self.types != "All" && self.types != kind {
             return false;
@@ -62,6 +63,7 @@ fn used(metric: &Metric) -> bool {
         Metric::Counter(c) => c.value() > 0,
         Metric::Gauge(g) => g.used(),
         Metric::Histogram(h) => h.snapshot().count > 0,
+        Metric::Text(t) => t.used(),
     }
 }
 
@@ -76,6 +78,7 @@ pub fn handle(server: &Server, query: &Query) -> AdminResponse {
             Err(message) => return text(StatusCode::BAD_REQUEST, message),
         };
     }
+    let mut texts = Vec::new();
     let mut scalars = Vec::new();
     let mut histograms = Vec::new();
     for (name, metric) in server.stats.snapshot() {
@@ -86,17 +89,18 @@ pub fn handle(server: &Server, query: &Query) -> AdminResponse {
             Metric::Counter(c) => scalars.push((name, c.value())),
             Metric::Gauge(g) => scalars.push((name, g.value())),
             Metric::Histogram(h) => histograms.push((name, h.snapshot())),
+            Metric::Text(t) => texts.push((name, t.value())),
         }
     }
     match query.get("format").unwrap_or("text") {
         "text" | "" => text(
             StatusCode::OK,
-            render_text(&scalars, &histograms, selection.buckets),
+            render_text(&texts, &scalars, &histograms, selection.buckets),
         ),
         "json" => respond(
             StatusCode::OK,
             JSON,
-            render_json(&scalars, &histograms, selection.buckets).to_string(),
+            render_json(&texts, &scalars, &histograms, selection.buckets).to_string(),
         ),
         "prometheus" => prometheus(server, query),
         _ => text(
@@ -106,12 +110,18 @@ pub fn handle(server: &Server, query: &Query) -> AdminResponse {
     }
 }
 
+/// Envoy lists text readouts first (`name: "value"`), then counters and gauges, then
+/// histograms.
 fn render_text(
+    texts: &[(String, String)],
     scalars: &[(String, u64)],
     histograms: &[(String, HistogramSnapshot)],
     buckets: Buckets,
 ) -> String {
     let mut out = String::new();
+    for (name, value) in texts {
+        out.push_str(&format!("{name}: \"{}\"\n", value.escape_default()));
+    }
     for (name, value) in scalars {
         out.push_str(&format!("{name}: {value}\n"));
     }
@@ -139,13 +149,19 @@ fn render_text(
 }
 
 fn render_json(
+    texts: &[(String, String)],
     scalars: &[(String, u64)],
     histograms: &[(String, HistogramSnapshot)],
     buckets: Buckets,
 ) -> Value {
-    let mut stats: Vec<Value> = scalars
+    let mut stats: Vec<Value> = texts
         .iter()
         .map(|(name, value)| json!({"name": name, "value": value}))
+        .chain(
+            scalars
+                .iter()
+                .map(|(name, value)| json!({"name": name, "value": value})),
+        )
         .collect();
     if !histograms.is_empty() && buckets != Buckets::Summary {
         let quantiles = |h: &HistogramSnapshot| {
@@ -212,6 +228,8 @@ pub fn prometheus(server: &Server, query: &Query) -> AdminResponse {
     let options = crate::stats::prometheus::Options {
         used_only: selection.used_only,
         filter: selection.filter.as_ref(),
+        // Envoy leaves text readouts out of Prometheus output unless asked.
+        text_readouts: query.has("text_readouts"),
     };
     respond(
         StatusCode::OK,

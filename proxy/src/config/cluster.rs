@@ -85,6 +85,9 @@ pub enum Discovery {
         service_name: String,
         /// How long the cluster warms waiting for its first assignment (None: forever).
         initial_fetch_timeout: Option<Duration>,
+        /// The gRPC stream of its own the assignment comes on (`api_config_source`); None
+        /// for ADS.
+        source: Option<super::dynamic::AdsConfig>,
     },
     /// The upstream is the downstream connection's original destination (or the address in
     /// an HTTP header), Envoy's ORIGINAL_DST.
@@ -317,7 +320,9 @@ pub fn translate_cluster(
             Discovery::Eds {
                 service_name,
                 initial_fetch_timeout: source
+                    .as_ref()
                     .map_or(Some(Duration::from_secs(15)), |s| s.initial_fetch_timeout),
+                source: source.and_then(|s| s.grpc),
             }
         }
         cluster::DiscoveryType::OriginalDst => {

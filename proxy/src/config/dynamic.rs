@@ -4,10 +4,11 @@
 //! Envoy: https://www.envoyproxy.io/docs/envoy/latest/api-v3/config/core/v3/config_source.proto
 //! and https://www.envoyproxy.io/docs/envoy/latest/api-v3/config/bootstrap/v3/bootstrap.proto#config-bootstrap-v3-bootstrap-dynamicresources
 //!
-//! Outrigger speaks ADS (state of the world and delta), and reads LDS and CDS from files
-//! (`path_config_source`, Envoy's filesystem subscriptions). A config source that names
-//! another transport (a per-type `api_config_source`, `self`) is refused with its path rather
-//! than silently never updating.
+//! Outrigger speaks ADS (state of the world and delta), per-type gRPC streams
+//! (`api_config_source` with `GRPC` or `DELTA_GRPC`, for every type), and reads LDS and CDS
+//! from files (`path_config_source`, Envoy's filesystem subscriptions). A config source that
+//! names another transport (REST, `self`) is refused with its path rather than silently never
+//! updating.
 #![allow(deprecated)] // `ApiVersion::V2` is deprecated; it is named only to refuse it.
 
 use super::error::{FieldPath, Result};
@@ -33,18 +34,14 @@ pub struct ConfigSource {
 
 const DEFAULT_INITIAL_FETCH_TIMEOUT: Duration = Duration::from_secs(15);
 
-/// A config source delivered over ADS (RDS, EDS): files and separate gRPC streams are
-/// refused here.
+/// A config source for RDS or EDS: ADS, or a gRPC stream of its own (`api_config_source`);
+/// files are refused here.
 pub fn config_source(c: &ProtoConfigSource, path: &FieldPath) -> Result<ConfigSource> {
     let source = any_config_source(c, path)?;
     if source.path.is_some() {
-        return Err(path
-            .error("file config sources are supported for LDS and CDS only; use `ads: {}` here"));
-    }
-    if source.grpc.is_some() {
-        return Err(path
-            .field("api_config_source")
-            .error("a separate gRPC config source is supported for SDS only; use `ads: {}` here"));
+        return Err(path.error(
+            "file config sources are supported for LDS and CDS only; use `ads: {}` or `api_config_source` here",
+        ));
     }
     Ok(source)
 }
@@ -120,8 +117,9 @@ pub fn any_config_source(c: &ProtoConfigSource, path: &FieldPath) -> Result<Conf
     })
 }
 
-/// The aggregated stream to the control plane.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A gRPC stream to the control plane: the aggregated one (`ads_config`), or a per-type one
+/// (`api_config_source`). Equal values are the same source.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct AdsConfig {
     /// `DELTA_GRPC` (Istio's default) rather than state of the world (`GRPC`).
     pub delta: bool,
@@ -163,14 +161,10 @@ pub fn dynamic_resources(
         .as_ref()
         .map(|c| any_config_source(c, &path.field("cds_config")))
         .transpose()?;
-    for (name, source) in [("lds_config", &lds), ("cds_config", &cds)] {
-        if source.as_ref().is_some_and(|s| s.grpc.is_some()) {
-            return Err(path.field(name).field("api_config_source").error(
-                "LDS and CDS come over ADS or from files; a separate gRPC stream is not supported",
-            ));
-        }
-    }
-    let over_ads = |s: &Option<ConfigSource>| s.as_ref().is_some_and(|s| s.path.is_none());
+    let over_ads = |s: &Option<ConfigSource>| {
+        s.as_ref()
+            .is_some_and(|s| s.path.is_none() && s.grpc.is_none())
+    };
     if (over_ads(&lds) || over_ads(&cds)) && ads.is_none() {
         return Err(path
             .field("ads_config")

@@ -73,6 +73,31 @@ pub enum Metric {
     Counter(Arc<Counter>),
     Gauge(Arc<Gauge>),
     Histogram(Arc<Histogram>),
+    /// Envoy's text readout: a string (a control plane's identifier, an accepted version).
+    Text(Arc<TextReadout>),
+}
+
+/// A string stat, written rarely (on a control-plane response), read by the admin API.
+#[derive(Debug, Default)]
+pub struct TextReadout {
+    value: Mutex<String>,
+    used: std::sync::atomic::AtomicBool,
+}
+
+impl TextReadout {
+    pub fn set(&self, value: &str) {
+        let mut v = self.value.lock().unwrap_or_else(|e| e.into_inner());
+        value.clone_into(&mut v);
+        self.used.store(true, Ordering::Relaxed);
+    }
+
+    pub fn value(&self) -> String {
+        self.value.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    pub fn used(&self) -> bool {
+        self.used.load(Ordering::Relaxed)
+    }
 }
 
 /// What `stats_config` decides about stats: how names become tags, and which stats exist.
@@ -162,6 +187,14 @@ impl Store {
         }
     }
 
+    /// The text readout named `name`, created on first use. Config-time only.
+    pub fn text_readout(&self, name: &str) -> Arc<TextReadout> {
+        match self.get_or_create(name, || Metric::Text(Arc::default())) {
+            Metric::Text(t) => t,
+            _ => Arc::default(),
+        }
+    }
+
     pub fn histogram(&self, name: &str) -> Arc<Histogram> {
         match self.get_or_create(name, || Metric::Histogram(Arc::default())) {
             Metric::Histogram(h) => h,
@@ -238,6 +271,7 @@ impl Store {
             Metric::Counter(c) => Arc::strong_count(c) == 1,
             Metric::Gauge(g) => Arc::strong_count(g) == 1,
             Metric::Histogram(h) => Arc::strong_count(h) == 1,
+            Metric::Text(t) => Arc::strong_count(t) == 1,
         });
         if unreferenced {
             metrics.remove(name);

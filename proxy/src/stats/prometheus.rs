@@ -2,7 +2,8 @@
 //! the metric name is `envoy_` and the tag-extracted name with every character outside
 //! `[a-zA-Z0-9_]` turned into `_`; tags are labels (names sanitised the same way, values
 //! escaped); one `# TYPE` line per family with all its label sets under it; counters first,
-//! then gauges, then histograms (cumulative buckets, Envoy's default bounds).
+//! then gauges, then text readouts (only with `?text_readouts`: a gauge of 0 whose value is the
+//! `text_value` label), then histograms (cumulative buckets, Envoy's default bounds).
 //! https://www.envoyproxy.io/docs/envoy/latest/operations/admin#get--stats-prometheus
 
 use super::{Entry, HistogramSnapshot, Metric, Store, Tag, DEFAULT_BUCKETS};
@@ -16,6 +17,8 @@ pub struct Options<'a> {
     pub used_only: bool,
     /// `?filter=`: matched against the full Envoy stat name.
     pub filter: Option<&'a regex::Regex>,
+    /// `?text_readouts`: include text readouts.
+    pub text_readouts: bool,
 }
 
 /// One series of a family: its stat name (the order), its label text and its metric.
@@ -23,7 +26,7 @@ type Series = (String, String, Metric);
 
 pub fn render(store: &Store, options: &Options<'_>) -> String {
     // (kind, metric name) → (labels, metric) for each series of the family.
-    let mut families: BTreeMap<(u8, String), Vec<Series>> = BTreeMap::new();
+    let mut families: BTreeMap<(u8, String, String), Vec<Series>> = BTreeMap::new();
     for (name, Entry { metric, info }) in store.entries() {
         if options.filter.is_some_and(|re| !re.is_match(&name)) {
             continue;
@@ -41,27 +44,40 @@ pub fn render(store: &Store, options: &Options<'_>) -> String {
                 }
                 1
             }
-            Metric::Histogram(h) => {
-                if options.used_only && h.snapshot().count == 0 {
+            Metric::Text(t) => {
+                if !options.text_readouts || (options.used_only && !t.used()) {
                     continue;
                 }
                 2
             }
+            Metric::Histogram(h) => {
+                if options.used_only && h.snapshot().count == 0 {
+                    continue;
+                }
+                3
+            }
         };
         let family = format!("envoy_{}", sanitize(&info.tag_extracted_name));
+        // Envoy 1.40 orders text readout families by their tag-extracted names
+        // (`cluster.version_text` before `cluster_manager.cds.version_text`).
+        let order = if kind == 2 {
+            info.tag_extracted_name.to_string()
+        } else {
+            family.clone()
+        };
         families
-            .entry((kind, family))
+            .entry((kind, order, family))
             .or_default()
             .push((name, labels(&info.tags), metric));
     }
     let mut out = String::new();
-    for ((_, family), mut series) in families {
+    for ((_, _, family), mut series) in families {
         // Envoy orders a family's series by their stat names, compared name segment by
         // segment (its symbol table's order), not by their label text.
         series.sort_by(|a, b| a.0.split('.').cmp(b.0.split('.')));
         let kind = match series.first() {
             Some((_, _, Metric::Counter(_))) => "counter",
-            Some((_, _, Metric::Gauge(_))) => "gauge",
+            Some((_, _, Metric::Gauge(_) | Metric::Text(_))) => "gauge",
             _ => "histogram",
         };
         let _ = writeln!(out, "# TYPE {family} {kind}");
@@ -74,6 +90,11 @@ pub fn render(store: &Store, options: &Options<'_>) -> String {
                     let _ = writeln!(out, "{family}{{{labels}}} {}", g.value());
                 }
                 Metric::Histogram(h) => write_histogram(&mut out, &family, &labels, &h.snapshot()),
+                Metric::Text(t) => {
+                    let comma = if labels.is_empty() { "" } else { "," };
+                    let value = escape_value(&t.value());
+                    let _ = writeln!(out, "{family}{{{labels}{comma}text_value=\"{value}\"}} 0");
+                }
             }
         }
     }
@@ -182,6 +203,7 @@ mod tests {
             &Options {
                 used_only: true,
                 filter: None,
+                text_readouts: false,
             },
         );
         assert!(!used.contains("upstream_cx_total"), "{used}");

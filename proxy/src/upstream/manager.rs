@@ -263,6 +263,7 @@ impl ClusterRuntime {
             store.counter(&format!("{prefix}update_rejected"));
             store.gauge(&format!("{prefix}update_time"));
             store.histogram(&format!("{prefix}update_duration"));
+            store.text_readout(&format!("{prefix}version_text"));
         }
         let log_names = (
             Arc::from(config.name.as_str()),

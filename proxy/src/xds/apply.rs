@@ -9,6 +9,7 @@
 use super::records::{Failure, Kind, Record, Records};
 use super::stats::SubscriptionStats;
 use crate::config::cluster::{translate_cluster, translate_load_assignment, Cluster, Discovery};
+use crate::config::dynamic::AdsConfig;
 use crate::config::listener::{translate_listener, Listener};
 use crate::config::resolver::Resolver;
 use crate::config::route::{translate_route_config, RouteConfig};
@@ -65,8 +66,9 @@ pub struct Applier {
     warming_clusters: BTreeMap<String, (Arc<Cluster>, Instant)>,
     /// Listeners waiting for their route tables, by name.
     warming_listeners: BTreeMap<String, (Arc<Listener>, Instant)>,
-    /// The RDS names each LDS listener (active or warming) routes with.
-    listener_routes: BTreeMap<String, Vec<String>>,
+    /// The RDS names each LDS listener (active or warming) routes with, and the gRPC source
+    /// of each (None: ADS).
+    listener_routes: BTreeMap<String, Vec<(String, Option<AdsConfig>)>>,
     /// `cluster_manager.cds.*` and `listener_manager.lds.*`.
     /// Present when the bootstrap subscribes the type (Envoy has them only then).
     cds_stats: Option<SubscriptionStats>,
@@ -77,6 +79,9 @@ pub struct Applier {
     reloaded: bool,
     /// The compiled secrets TLS contexts read; SDS updates are published here.
     secret_slots: Arc<crate::config::tls::SecretSlots>,
+    /// The server's initialisation, which the CDS and LDS streams (one aggregated stream, or
+    /// one each) advance together.
+    pub init: super::init::Init,
 }
 
 impl Applier {
@@ -115,6 +120,7 @@ impl Applier {
             rds_stats: BTreeMap::new(),
             reloaded: false,
             secret_slots: config.secret_slots.clone(),
+            init: super::init::Init::new(config),
         }
     }
 
@@ -159,13 +165,18 @@ impl Applier {
     /// Runs `f` with the stat prefix (`cluster.<stat_name>.`) of every cluster fed by EDS
     /// under `service_name`. EDS updates are rare next to requests: the names are formatted here.
     fn eds_stats(&self, service_name: &str, f: impl Fn(&str, &Store)) {
-        for cluster in self.clusters.all() {
-            if matches!(&cluster.config.discovery, Discovery::Eds { service_name: s, .. } if s == service_name)
+        // Warming clusters too: their first assignment is the one that warms them.
+        let active = self.clusters.all();
+        let configs = active
+            .iter()
+            .map(|c| &c.config)
+            .chain(self.warming_clusters.values().map(|(c, _)| c));
+        let mut seen = BTreeSet::new();
+        for config in configs {
+            if matches!(&config.discovery, Discovery::Eds { service_name: s, .. } if s == service_name)
+                && seen.insert(config.stat_name.clone())
             {
-                f(
-                    &format!("cluster.{}.", cluster.config.stat_name),
-                    &self.store,
-                );
+                f(&format!("cluster.{}.", config.stat_name), &self.store);
             }
         }
     }
@@ -233,27 +244,62 @@ impl Applier {
         names
     }
 
-    /// EDS service names the clusters need, static ones included.
-    pub fn wanted_endpoints(&self) -> BTreeSet<String> {
+    /// EDS service names the clusters need from `source` (None: ADS), static ones included.
+    pub fn wanted_endpoints(&self, source: Option<&AdsConfig>) -> BTreeSet<String> {
+        self.endpoint_sources()
+            .into_iter()
+            .filter(|(s, _)| s.as_ref() == source)
+            .map(|(_, n)| n)
+            .collect()
+    }
+
+    /// Every EDS service name the clusters need, with its source (None: ADS).
+    pub fn endpoint_sources(&self) -> BTreeSet<(Option<AdsConfig>, String)> {
         let active = self.clusters.all();
         active
             .iter()
             .map(|c| &c.config)
             .chain(self.warming_clusters.values().map(|(c, _)| c))
             .filter_map(|c| match &c.discovery {
-                Discovery::Eds { service_name, .. } => Some(service_name.clone()),
+                Discovery::Eds {
+                    service_name,
+                    source,
+                    ..
+                } => Some((source.clone(), service_name.clone())),
                 _ => None,
             })
             .collect()
     }
 
-    /// RDS route configuration names the listeners need, static ones included.
-    pub fn wanted_routes(&self, static_listeners: &[Arc<Listener>]) -> BTreeSet<String> {
+    /// RDS route configuration names the listeners need from `source` (None: ADS), static
+    /// ones included.
+    pub fn wanted_routes(
+        &self,
+        static_listeners: &[Arc<Listener>],
+        source: Option<&AdsConfig>,
+    ) -> BTreeSet<String> {
+        self.route_sources(static_listeners)
+            .into_iter()
+            .filter(|(s, _)| s.as_ref() == source)
+            .map(|(_, n)| n)
+            .collect()
+    }
+
+    /// Every RDS name the listeners need, with its source (None: ADS).
+    pub fn route_sources(
+        &self,
+        static_listeners: &[Arc<Listener>],
+    ) -> BTreeSet<(Option<AdsConfig>, String)> {
         static_listeners
             .iter()
             .flat_map(|l| l.rds_routes())
-            .map(|(slot, _)| slot.name.to_string())
-            .chain(self.listener_routes.values().flatten().cloned())
+            .map(|(slot, source)| (source.grpc, slot.name.to_string()))
+            .chain(
+                self.listener_routes
+                    .values()
+                    .flatten()
+                    .map(|(n, s)| (s.clone(), n.clone())),
+            )
             .collect()
     }
 
@@ -279,6 +325,7 @@ impl Applier {
                     Discovery::Eds {
                         initial_fetch_timeout: Some(t),
                         service_name,
+                        ..
                     } => waited >= *t && !self.clusters.has_assignment(service_name),
                     _ => false,
                 };
@@ -374,6 +421,9 @@ impl Applier {
                     store
                         .histogram(&format!("{prefix}update_duration"))
                         .record(started.elapsed().as_secs_f64() * 1000.0);
+                    store
+                        .text_readout(&format!("{prefix}version_text"))
+                        .set(&update.version);
                 });
                 self.activate_ready_clusters();
             }
@@ -415,7 +465,7 @@ impl Applier {
                     proto.name.clone(),
                     routes
                         .iter()
-                        .map(|(slot, _)| slot.name.to_string())
+                        .map(|(slot, source)| (slot.name.to_string(), source.grpc.clone()))
                         .collect(),
                 );
                 if listener.dependencies_ready() {

@@ -5,6 +5,7 @@ mod ads;
 pub mod agent_types;
 pub mod apply;
 mod files;
+mod init;
 pub mod records;
 mod stats;
 
@@ -19,8 +20,10 @@ use std::sync::Arc;
 use xds_proto::pb::google::protobuf::Any;
 
 /// Starts dynamic configuration: LDS and CDS files are read once now (clusters first) and
-/// then watched; the ADS client starts when the bootstrap has `ads_config`. Returns whether
-/// ADS runs (the server then reaches LIVE only when the initial resources are warm).
+/// then watched; the ADS client starts when the bootstrap has `ads_config`, and a stream of its
+/// own for CDS and LDS when they name an `api_config_source`. Returns whether a stream carries
+/// CDS or LDS, or ADS runs (the server then reaches LIVE only when the initial resources are
+/// warm).
 pub fn spawn(
     server: &Arc<Server>,
     clusters: &Arc<ClusterManager>,
@@ -54,59 +57,106 @@ pub fn spawn(
         }
     }
     let node = crate::admin::server_info::node(server);
-    tokio::spawn(start_secret_streams(
-        server.clone(),
-        clusters.clone(),
-        applier.clone(),
-        config.clone(),
-        node.clone(),
-    ));
-    let Some(ads) = config.dynamic.ads.clone() else {
-        return false;
-    };
-    let client = ads::AdsClient::new(
-        ads::Role::Aggregated,
-        ads,
+    let spawner = Spawner {
+        server: server.clone(),
+        clusters: clusters.clone(),
+        applier: applier.clone(),
+        config: config.clone(),
         node,
-        server.clone(),
-        clusters.clone(),
-        applier,
-        server.xds.clone(),
-        config,
-    );
-    tokio::spawn(client.run());
-    true
+    };
+    for (kind, source) in [
+        (Kind::Cluster, &config.dynamic.cds),
+        (Kind::Listener, &config.dynamic.lds),
+    ] {
+        if let Some(grpc) = source.as_ref().and_then(|s| s.grpc.clone()) {
+            spawner.spawn(ads::Role::Single(kind, None), grpc);
+        }
+    }
+    let streamed = apply::lock(&applier).init.streamed();
+    let ads = config.dynamic.ads.clone();
+    if let Some(ads) = ads.clone() {
+        spawner.spawn(ads::Role::Aggregated, ads);
+    }
+    tokio::spawn(spawner.follow());
+    ads.is_some() || streamed
 }
 
-/// Starts one `SecretDiscoveryService` stream per gRPC source the TLS contexts name (Istio's
-/// `sds-grpc`), now and whenever a new listener or cluster names another.
-async fn start_secret_streams(
+/// Starts the streams resources ask for as they come and go.
+struct Spawner {
     server: Arc<Server>,
     clusters: Arc<ClusterManager>,
     applier: apply::SharedApplier,
     config: Arc<Config>,
     node: xds_proto::pb::envoy::config::core::v3::Node,
-) {
-    let mut started: Vec<crate::config::dynamic::AdsConfig> = Vec::new();
-    loop {
-        for source in config.secret_slots.grpc_sources() {
-            if started.contains(&source) {
-                continue;
+}
+
+impl Spawner {
+    fn spawn(&self, role: ads::Role, source: crate::config::dynamic::AdsConfig) {
+        let client = ads::AdsClient::new(
+            role,
+            source,
+            self.node.clone(),
+            self.server.clone(),
+            self.clusters.clone(),
+            self.applier.clone(),
+            self.server.xds.clone(),
+            &self.config,
+        );
+        tokio::spawn(client.run());
+    }
+
+    /// Starts one `SecretDiscoveryService` stream per gRPC source the TLS contexts name
+    /// (Istio's `sds-grpc`), and one EDS or RDS stream per cluster or route table whose config
+    /// source is an `api_config_source`, now and whenever a new one is named. A per-resource
+    /// stream ends itself when its resource is no longer named; it is started again if it is.
+    async fn follow(self) {
+        let mut secrets: Vec<crate::config::dynamic::AdsConfig> = Vec::new();
+        let mut streams: std::collections::BTreeMap<_, tokio::task::JoinHandle<()>> =
+            std::collections::BTreeMap::new();
+        loop {
+            for source in self.config.secret_slots.grpc_sources() {
+                if secrets.contains(&source) {
+                    continue;
+                }
+                secrets.push(source.clone());
+                self.spawn(ads::Role::Secrets, source);
             }
-            started.push(source.clone());
-            let client = ads::AdsClient::new(
-                ads::Role::Secrets,
-                source,
-                node.clone(),
-                server.clone(),
-                clusters.clone(),
-                applier.clone(),
-                server.xds.clone(),
-                &config,
-            );
-            tokio::spawn(client.run());
+            let wanted: Vec<(Kind, crate::config::dynamic::AdsConfig, String)> = {
+                let applier = apply::lock(&self.applier);
+                let endpoints = applier
+                    .endpoint_sources()
+                    .into_iter()
+                    .map(|s| (Kind::Endpoint, s));
+                let routes = applier
+                    .route_sources(&self.config.listeners)
+                    .into_iter()
+                    .map(|s| (Kind::Route, s));
+                endpoints
+                    .chain(routes)
+                    .filter_map(|(kind, (source, name))| Some((kind, source?, name)))
+                    .collect()
+            };
+            streams.retain(|_, task: &mut tokio::task::JoinHandle<()>| !task.is_finished());
+            for key in wanted {
+                if streams.contains_key(&key) {
+                    continue;
+                }
+                let (kind, source, name) = key.clone();
+                let client = ads::AdsClient::new(
+                    ads::Role::Single(kind, Some(name)),
+                    source,
+                    self.node.clone(),
+                    self.server.clone(),
+                    self.clusters.clone(),
+                    self.applier.clone(),
+                    self.server.xds.clone(),
+                    &self.config,
+                );
+                streams.insert(key, tokio::spawn(client.run()));
+            }
+            // Short: a cluster's or listener's warming waits for the stream started here.
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         }
-        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
     }
 }
 

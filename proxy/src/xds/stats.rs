@@ -1,9 +1,9 @@
 //! Envoy's stats for a subscription: `cluster_manager.cds.*`, `listener_manager.lds.*`, and
-//! per route table `http.<stat_prefix>.rds.<name>.*`. Text readouts (`version_text`) are not
-//! implemented; the `version` gauge carries a hash of the version instead.
+//! per route table `http.<stat_prefix>.rds.<name>.*`. The `version` gauge carries a hash of the
+//! accepted version, the `version_text` text readout the version itself.
 //! Envoy: https://www.envoyproxy.io/docs/envoy/latest/configuration/overview/mgmt_server#xds-subscription-statistics
 
-use crate::stats::{Counter, Gauge, Histogram, Store};
+use crate::stats::{Counter, Gauge, Histogram, Store, TextReadout};
 use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
@@ -19,6 +19,7 @@ pub struct SubscriptionStats {
     update_time: Arc<Gauge>,
     update_duration: Arc<Histogram>,
     version: Arc<Gauge>,
+    version_text: Arc<TextReadout>,
 }
 
 impl SubscriptionStats {
@@ -52,6 +53,7 @@ impl SubscriptionStats {
             update_time: g("update_time"),
             update_duration: store.histogram(&format!("{prefix}.update_duration")),
             version: g("version"),
+            version_text: store.text_readout(&format!("{prefix}.version_text")),
         }
     }
 
@@ -63,6 +65,7 @@ impl SubscriptionStats {
         self.update_duration
             .record(started.elapsed().as_secs_f64() * 1000.0);
         self.version.set(version_hash(version));
+        self.version_text.set(version);
         if let (true, Some((count, time))) = (reloaded, &self.config_reload) {
             count.inc();
             time.set(now);

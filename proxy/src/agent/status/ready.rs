@@ -137,7 +137,7 @@ fn used_value(stats: &Store, name: &str) -> Option<u64> {
     match stats.find(name)? {
         Metric::Counter(c) => Some(c.value()).filter(|v| *v > 0),
         Metric::Gauge(g) => g.used().then(|| g.value()),
-        Metric::Histogram(_) => None,
+        Metric::Histogram(_) | Metric::Text(_) => None,
     }
 }
 

@@ -1,5 +1,6 @@
-//! The aggregated discovery stream: one gRPC stream to the control plane carrying every type,
-//! in the state-of-the-world or the incremental (delta) variant.
+//! The discovery streams: the aggregated one carrying every type (ADS), or a per-type one (a
+//! non-aggregated `api_config_source`), in the state-of-the-world or the incremental (delta)
+//! variant.
 //! Envoy: https://www.envoyproxy.io/docs/envoy/latest/api-docs/xds_protocol
 //!
 //! Protocol points that matter to a control plane such as istiod:
@@ -14,6 +15,7 @@
 //!   accepted configuration throughout.
 
 mod agent_types;
+mod services;
 use super::agent_types::AgentType;
 use super::apply::{lock, Applier, SharedApplier, Update};
 use super::records::{Kind, Records};
@@ -29,10 +31,8 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::UnboundedReceiverStream;
 use xds_proto::pb::envoy::config::core::v3::Node;
 use xds_proto::pb::envoy::service::discovery::v3::{
-    aggregated_discovery_service_client::AggregatedDiscoveryServiceClient, DeltaDiscoveryRequest,
-    DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
+    DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
 };
-use xds_proto::pb::envoy::service::secret::v3::secret_discovery_service_client::SecretDiscoveryServiceClient;
 use xds_proto::pb::google::rpc::Status;
 
 /// gRPC `INTERNAL`, the code Envoy puts in a NACK's `error_detail`.
@@ -53,11 +53,6 @@ struct Subscription {
     version: String,
     /// The nonce of the last response on the current stream.
     nonce: String,
-    /// A response has been applied (accepted or not): initial fetch is over.
-    first_response: bool,
-    started_at: Option<Instant>,
-    /// `init_fetch_timeout` was counted for this type.
-    fetch_timeout_counted: bool,
 }
 
 /// The two wire variants behind one interface.
@@ -79,10 +74,12 @@ struct Response {
     updates: Vec<Update>,
     /// Delta: names removed. State of the world: computed for wildcard types.
     removed: Vec<String>,
+    /// The response's `control_plane.identifier`, when it names one.
+    control_plane: Option<String>,
 }
 
 /// What a stream carries.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Role {
     /// The aggregated stream: CDS, EDS, LDS, RDS and the secrets named with `ads: {}`; it
     /// drives the server's initialisation.
@@ -90,6 +87,10 @@ pub enum Role {
     /// A `SecretDiscoveryService` stream of its own (`api_config_source`, Istio's `sds-grpc`):
     /// the secrets named with that source.
     Secrets,
+    /// One type over its own discovery service (`api_config_source`): CDS or LDS (wildcard,
+    /// no name), or one EDS or RDS resource. Envoy 1.40 opens a stream per subscription, and a
+    /// subscription per cluster (EDS) or route table (RDS), even when they share a source.
+    Single(Kind, Option<String>),
 }
 
 pub struct AdsClient {
@@ -105,11 +106,12 @@ pub struct AdsClient {
     lds: Option<ConfigSource>,
     subscriptions: BTreeMap<Kind, Subscription>,
     connected: Arc<Gauge>,
+    /// `control_plane.identifier`: who answered last (ADS only, like `connected`).
+    identifier: Arc<crate::stats::TextReadout>,
     /// The secrets TLS contexts name, with where each comes from.
     secrets: Arc<crate::config::tls::SecretSlots>,
     /// Whether the node went out on the current stream.
     node_sent: bool,
-    live: bool,
     /// Types the agent consumes (NDS, PCDS), with the last version each accepted.
     agent_types: Vec<AgentType>,
     agent_versions: BTreeMap<String, String>,
@@ -137,13 +139,18 @@ impl AdsClient {
             store.counter("control_plane.rate_limit_enforced");
         }
         Self {
-            // `control_plane.*` describes the ADS stream; a secret stream has a detached gauge.
+            // `control_plane.*` describes the ADS stream; other streams have a detached gauge.
             connected: if aggregated {
                 store.gauge("control_plane.connected_state")
             } else {
                 Arc::default()
             },
-            role,
+            identifier: if aggregated {
+                store.text_readout("control_plane.identifier")
+            } else {
+                Arc::default()
+            },
+            role: role.clone(),
             ads,
             node,
             clusters,
@@ -154,24 +161,24 @@ impl AdsClient {
             } else {
                 Vec::new()
             },
-            // Kinds read from files are not asked for on the stream.
-            cds: config
-                .dynamic
-                .cds
-                .clone()
-                .filter(|s| aggregated && s.path.is_none()),
-            lds: config
-                .dynamic
-                .lds
-                .clone()
-                .filter(|s| aggregated && s.path.is_none()),
+            // What this stream carries: kinds read from files, or carried by a stream of their
+            // own, are not asked for on the aggregated one.
+            cds: config.dynamic.cds.clone().filter(|s| match &role {
+                Role::Aggregated => s.path.is_none() && s.grpc.is_none(),
+                Role::Single(kind, _) => *kind == Kind::Cluster,
+                Role::Secrets => false,
+            }),
+            lds: config.dynamic.lds.clone().filter(|s| match &role {
+                Role::Aggregated => s.path.is_none() && s.grpc.is_none(),
+                Role::Single(kind, _) => *kind == Kind::Listener,
+                Role::Secrets => false,
+            }),
             secrets: config.secret_slots.clone(),
             subscriptions: Kind::ALL
                 .into_iter()
                 .map(|k| (k, Subscription::default()))
                 .collect(),
             node_sent: false,
-            live: false,
             agent_types: if aggregated {
                 server.agent_types.list()
             } else {
@@ -187,15 +194,32 @@ impl AdsClient {
     /// reconnects with jittered exponential backoff. Never gives up; never stops the proxy.
     pub async fn run(mut self) {
         self.connected.set(0);
-        // What to ask for first: CDS, or LDS when there is no CDS.
+        // What to ask for first: CDS (LDS follows once the clusters are warm), or the one
+        // resource of a per-type EDS or RDS stream.
         if self.cds.is_some() {
             self.start(Kind::Cluster);
-        } else if self.lds.is_some() {
-            self.start(Kind::Listener);
+        }
+        if let Role::Single(kind, Some(name)) = &self.role {
+            let (kind, name) = (*kind, name.clone());
+            self.sub(kind).names.insert(name);
+            self.start(kind);
         }
         self.progress_init();
+        // A stream opens only once it has something to ask for (an LDS stream of its own
+        // waits for the clusters).
+        while !self.subscriptions.values().any(|s| s.started)
+            && matches!(self.role, Role::Single(..))
+        {
+            tokio::time::sleep(TICK).await;
+            self.applier().expire_warming();
+            self.progress_init();
+        }
         let mut backoff = BACKOFF_BASE;
         loop {
+            if self.retired() {
+                tracing::debug!(target: "config", "{:?} is no longer needed: its stream ends", self.role);
+                return;
+            }
             match self.session().await {
                 Ok(received) => {
                     tracing::info!(target: "config", "ADS stream closed by the control plane");
@@ -219,7 +243,7 @@ impl AdsClient {
             let wait = Duration::from_millis(crate::random::below(backoff.as_millis() as u64 + 1));
             let until = Instant::now() + wait;
             // Warming and initial fetch deadlines keep running while disconnected.
-            while Instant::now() < until {
+            while Instant::now() < until && !self.retired() {
                 tokio::time::sleep(until.saturating_duration_since(Instant::now()).min(TICK)).await;
                 self.applier().expire_warming();
                 self.progress_init();
@@ -233,10 +257,24 @@ impl AdsClient {
     }
 
     fn start(&mut self, kind: Kind) {
-        let sub = self.sub(kind);
-        if !sub.started {
-            sub.started = true;
-            sub.started_at = Some(Instant::now());
+        self.sub(kind).started = true;
+        if matches!(kind, Kind::Cluster | Kind::Listener) {
+            self.applier().init.start(kind);
+        }
+    }
+
+    /// A per-resource stream whose resource no cluster or listener names any more: Envoy
+    /// drops the subscription, and with it the stream.
+    fn retired(&self) -> bool {
+        let Role::Single(kind, Some(name)) = &self.role else {
+            return false;
+        };
+        let key = (Some(self.ads.clone()), name.clone());
+        let applier = self.applier();
+        match kind {
+            Kind::Endpoint => !applier.endpoint_sources().contains(&key),
+            Kind::Route => !applier.route_sources(&self.static_listeners).contains(&key),
+            _ => false,
         }
     }
 
@@ -247,10 +285,7 @@ impl AdsClient {
     /// One stream, from connect to its end. Ok(true) when a response arrived on it.
     async fn session(&mut self) -> Result<bool, String> {
         let channel = self.channel()?;
-        let mut client = AggregatedDiscoveryServiceClient::new(channel.clone())
-            .max_decoding_message_size(usize::MAX);
-        let mut secrets_client =
-            SecretDiscoveryServiceClient::new(channel).max_decoding_message_size(usize::MAX);
+        let mut client = services::Clients::new(channel);
         self.node_sent = false;
         self.agent_requested = false;
         for sub in self.subscriptions.values_mut() {
@@ -262,24 +297,22 @@ impl AdsClient {
             // The first requests go into the channel before the call so they open the stream.
             let out = Outbound::Delta(tx);
             self.send_initial(&out);
-            let stream = match self.role {
-                Role::Aggregated => client.delta_aggregated_resources(request).await,
-                Role::Secrets => secrets_client.delta_secrets(request).await,
-            }
-            .map_err(|s| s.to_string())?
-            .into_inner();
+            let stream = client
+                .delta(self.service(), request)
+                .await
+                .map_err(|s| s.to_string())?
+                .into_inner();
             (out, Inbound::Delta(stream))
         } else {
             let (tx, rx) = mpsc::unbounded_channel();
             let request = self.with_metadata(UnboundedReceiverStream::new(rx));
             let out = Outbound::Sotw(tx);
             self.send_initial(&out);
-            let stream = match self.role {
-                Role::Aggregated => client.stream_aggregated_resources(request).await,
-                Role::Secrets => secrets_client.stream_secrets(request).await,
-            }
-            .map_err(|s| s.to_string())?
-            .into_inner();
+            let stream = client
+                .sotw(self.service(), request)
+                .await
+                .map_err(|s| s.to_string())?
+                .into_inner();
             (out, Inbound::Sotw(stream))
         };
         self.connected.set(1);
@@ -292,6 +325,9 @@ impl AdsClient {
                 _ = tick.tick() => {
                     self.applier().expire_warming();
                     self.progress(&outbound);
+                    if self.retired() {
+                        return Ok(received);
+                    }
                     continue;
                 }
             };
@@ -301,9 +337,19 @@ impl AdsClient {
                     self.handle(response, &outbound);
                     self.progress(&outbound);
                 }
+                Ok(None) if self.retired() => return Ok(received),
                 Ok(None) => return Ok(received),
                 Err(e) => return Err(e),
             }
+        }
+    }
+
+    /// The gRPC service this stream calls.
+    fn service(&self) -> services::Service {
+        match self.role {
+            Role::Aggregated => services::Service::Aggregated,
+            Role::Secrets => services::Service::Of(Kind::Secret),
+            Role::Single(kind, _) => services::Service::Of(kind),
         }
     }
 
@@ -420,6 +466,9 @@ impl AdsClient {
     }
 
     fn handle(&mut self, response: Response, out: &Outbound) {
+        if let Some(identifier) = &response.control_plane {
+            self.identifier.set(identifier);
+        }
         if let Some(agent_type) = self
             .agent_types
             .iter()
@@ -448,8 +497,8 @@ impl AdsClient {
             .apply(kind, response.updates, &response.removed);
         self.applier()
             .account(kind, &response.version, errors.is_empty(), started);
+        self.applier().init.responded(kind);
         let sub = self.subscriptions.entry(kind).or_default();
-        sub.first_response = true;
         sub.nonce = response.nonce.clone();
         let error = if errors.is_empty() {
             sub.version = response.version.clone();
@@ -511,16 +560,21 @@ impl AdsClient {
     /// After each response: follow the names EDS and RDS need, start LDS once clusters are
     /// initialised, and report LIVE once everything initial is warm.
     fn progress(&mut self, out: &Outbound) {
-        let wanted = match self.role {
+        let wanted = match &self.role {
             Role::Aggregated => {
                 let applier = self.applier();
                 vec![
-                    (Kind::Endpoint, applier.wanted_endpoints()),
-                    (Kind::Route, applier.wanted_routes(&self.static_listeners)),
+                    (Kind::Endpoint, applier.wanted_endpoints(None)),
+                    (
+                        Kind::Route,
+                        applier.wanted_routes(&self.static_listeners, None),
+                    ),
                     (Kind::Secret, self.secrets.names_from(None)),
                 ]
             }
             Role::Secrets => vec![(Kind::Secret, self.secrets.names_from(Some(&self.ads)))],
+            // One resource, or a wildcard type: the names never change on the stream.
+            Role::Single(..) => Vec::new(),
         };
         for (kind, wanted) in wanted {
             let sub = self.sub(kind);
@@ -568,63 +622,34 @@ impl AdsClient {
         }
     }
 
-    fn initial_fetch_done(&self, kind: Kind, source: Option<&ConfigSource>) -> bool {
-        let Some(source) = source else {
-            return true;
+    /// Advances the server's initialisation (shared by the streams carrying CDS and LDS):
+    /// counts initial fetch timeouts, starts LDS once the clusters are warm, and reports LIVE
+    /// once the listeners are (once; later warming does not take the server back).
+    fn progress_init(&mut self) {
+        let drives = match &self.role {
+            Role::Aggregated => true,
+            Role::Single(kind, _) => matches!(kind, Kind::Cluster | Kind::Listener),
+            // Secret streams do not take part in the server's initialisation.
+            Role::Secrets => false,
         };
-        let sub = &self.subscriptions[&kind];
-        sub.first_response
-            || match (source.initial_fetch_timeout, sub.started_at) {
-                (Some(t), Some(at)) => at.elapsed() >= t,
-                _ => false,
-            }
-    }
-
-    /// Counts `init_fetch_timeout` once per type whose first fetch timed out.
-    fn count_fetch_timeouts(&mut self) {
-        for (kind, source) in [
-            (Kind::Cluster, self.cds.clone()),
-            (Kind::Listener, self.lds.clone()),
-        ] {
-            let sub = &self.subscriptions[&kind];
-            let timed_out = !sub.first_response
-                && !sub.fetch_timeout_counted
-                && matches!((source.and_then(|s| s.initial_fetch_timeout), sub.started_at), (Some(t), Some(at)) if at.elapsed() >= t);
-            if timed_out {
-                self.sub(kind).fetch_timeout_counted = true;
-                if let Some(stats) = self.applier().type_stats(kind) {
+        if !drives {
+            return;
+        }
+        let (became_live, lds_started) = {
+            let mut applier = self.applier();
+            for kind in applier.init.new_timeouts() {
+                if let Some(stats) = applier.type_stats(kind) {
                     stats.init_fetch_timeout.inc();
                 }
             }
-        }
-    }
-
-    fn clusters_initialized(&self) -> bool {
-        self.initial_fetch_done(Kind::Cluster, self.cds.as_ref())
-            && !self.applier().clusters_warming()
-    }
-
-    /// PRE_INITIALIZING/INITIALIZING until the initial clusters and listeners are warm, then
-    /// LIVE (once; later warming does not take the server back).
-    fn progress_init(&mut self) {
-        if self.role == Role::Secrets {
-            // Secret streams do not take part in the server's initialisation.
-            return;
-        }
-        self.count_fetch_timeouts();
-        if self.live {
-            return;
-        }
-        // LDS starts once the clusters are initialised, stream or not: its own initial fetch
-        // timeout then runs even while the control plane is unreachable.
-        if self.lds.is_some() && self.clusters_initialized() {
+            let (clusters, listeners) = (applier.clusters_warming(), applier.listeners_warming());
+            let live = applier.init.advance(clusters, listeners);
+            (live, applier.init.started(Kind::Listener))
+        };
+        if lds_started && self.lds.is_some() {
             self.start(Kind::Listener);
         }
-        let done = self.clusters_initialized()
-            && self.initial_fetch_done(Kind::Listener, self.lds.as_ref())
-            && !self.applier().listeners_warming();
-        if done {
-            self.live = true;
+        if became_live {
             if self.server.state() != ServerState::Draining {
                 self.server.set_state(ServerState::Live);
                 self.server.stats.gauge("server.live").set(1);
@@ -670,6 +695,7 @@ async fn next_response(
                 nonce: r.nonce,
                 updates,
                 removed,
+                control_plane: r.control_plane.map(|c| c.identifier),
             }))
         }
         Inbound::Delta(stream) => {
@@ -693,6 +719,7 @@ async fn next_response(
                 nonce: r.nonce,
                 updates,
                 removed: r.removed_resources,
+                control_plane: r.control_plane.map(|c| c.identifier),
             }))
         }
     }
