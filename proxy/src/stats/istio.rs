@@ -484,6 +484,9 @@ pub fn values(k: &SeriesKey) -> [String; 25] {
 /// The label text of a gRPC message counter series.
 type SeriesMap<T> = RwLock<HashMap<SeriesKey, Arc<T>>>;
 
+/// A counter family: its name, and the series' counter it shows.
+type Family<T> = (&'static str, fn(&T) -> &Counter);
+
 /// The series of `key` in `map`: one hash lookup under a read lock; created on first use.
 fn get_or_create<T: Default>(map: &SeriesMap<T>, key: SeriesKey) -> Arc<T> {
     if let Some(s) = map.read().unwrap_or_else(|e| e.into_inner()).get(&key) {
@@ -501,7 +504,7 @@ fn get_or_create<T: Default>(map: &SeriesMap<T>, key: SeriesKey) -> Arc<T> {
 fn render_counters<T>(
     map: &SeriesMap<T>,
     label: fn(&SeriesKey) -> String,
-    families: &[(&str, fn(&T) -> &Counter)],
+    families: &[Family<T>],
     out: &mut String,
 ) {
     let mut rows: Vec<(String, Arc<T>)> = map

@@ -271,6 +271,38 @@ impl Applier {
             .collect()
     }
 
+    /// The EDS service names that come over streams of their own (`api_config_source`), with
+    /// their sources; nothing is copied for the ADS ones (the stream spawner asks often).
+    pub fn per_type_endpoint_sources(&self) -> Vec<(AdsConfig, String)> {
+        let active = self.clusters.all();
+        active
+            .iter()
+            .map(|c| &c.config)
+            .chain(self.warming_clusters.values().map(|(c, _)| c))
+            .filter_map(|c| match &c.discovery {
+                Discovery::Eds {
+                    service_name,
+                    source: Some(source),
+                    ..
+                } => Some((source.clone(), service_name.clone())),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Whether a cluster still takes `name`'s endpoints from `source`.
+    pub fn wants_endpoints(&self, source: &AdsConfig, name: &str) -> bool {
+        let active = self.clusters.all();
+        active
+            .iter()
+            .map(|c| &c.config)
+            .chain(self.warming_clusters.values().map(|(c, _)| c))
+            .any(|c| {
+                matches!(&c.discovery, Discovery::Eds { service_name, source: Some(s), .. }
+                    if service_name == name && s == source)
+            })
+    }
+
     /// RDS route configuration names the listeners need from `source` (None: ADS), static
     /// ones included.
     pub fn wanted_routes(

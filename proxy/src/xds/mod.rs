@@ -124,9 +124,9 @@ impl Spawner {
             let wanted: Vec<(Kind, crate::config::dynamic::AdsConfig, String)> = {
                 let applier = apply::lock(&self.applier);
                 let endpoints = applier
-                    .endpoint_sources()
+                    .per_type_endpoint_sources()
                     .into_iter()
-                    .map(|s| (Kind::Endpoint, s));
+                    .map(|(source, name)| (Kind::Endpoint, (Some(source), name)));
                 let routes = applier
                     .route_sources(&self.config.listeners)
                     .into_iter()

@@ -272,7 +272,7 @@ impl AdsClient {
         let key = (Some(self.ads.clone()), name.clone());
         let applier = self.applier();
         match kind {
-            Kind::Endpoint => !applier.endpoint_sources().contains(&key),
+            Kind::Endpoint => !applier.wants_endpoints(&self.ads, name),
             Kind::Route => !applier.route_sources(&self.static_listeners).contains(&key),
             _ => false,
         }
