@@ -74,6 +74,7 @@ fn allowed(rbac: &Rbac, r: &Request, tls: Option<&TlsInfo>) -> bool {
         remote: Some("10.0.0.1".parse().expect("an address")),
         tls,
         server_name: None,
+        metadata: None,
     };
     rbac.enforced.as_ref().expect("rules").decide(&f).allowed
 }
@@ -146,6 +147,7 @@ rules:
         remote: None,
         tls: None,
         server_name: None,
+        metadata: None,
     };
     let decision = rbac.enforced.as_ref().expect("rules").decide(&f);
     assert_eq!(
@@ -261,6 +263,7 @@ rules:
             remote: None,
             tls,
             server_name: sni,
+            metadata: None,
         };
         rbac.enforced.as_ref().expect("rules").decide(&f).allowed
     };
