@@ -102,7 +102,7 @@ pub struct Provider {
 
 #[derive(Debug)]
 pub enum KeySource {
-    /// None: the inline set did not parse (Envoy warns and refuses tokens at run time).
+    /// None only for an empty data source (no keys: tokens are refused at run time).
     Local(Option<Arc<Jwks>>),
     Remote(Arc<RemoteJwks>),
 }
@@ -268,11 +268,18 @@ fn provider(
                     .into_bytes(),
                 None => Vec::new(),
             };
-            let parsed = jwks::parse(&text);
-            if let Err(status) = &parsed {
-                tracing::warn!(target: "jwt", "Invalid inline jwks for issuer: {} ({})", p.issuer, status.message());
+            if text.is_empty() {
+                KeySource::Local(None)
+            } else {
+                // Envoy 1.40 refuses a provider whose local keys do not parse (checked).
+                let parsed = jwks::parse(&text).map_err(|status| {
+                    lp.error(format!(
+                        "Provider '{name}' in jwt_authn config has invalid local jwks: {}",
+                        status.message()
+                    ))
+                })?;
+                KeySource::Local(Some(Arc::new(parsed)))
             }
-            KeySource::Local(parsed.ok().map(Arc::new))
         }
         Some(JwksSourceSpecifier::RemoteJwks(r)) => {
             KeySource::Remote(Arc::new(remote(r, &path.field("remote_jwks"), resolve)?))

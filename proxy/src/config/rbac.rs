@@ -506,10 +506,7 @@ fn metadata(m: &MetadataMatcher, path: &FieldPath) -> Result<Rule> {
         path: m
             .path
             .iter()
-            .filter_map(|s| match &s.segment {
-                Some(Segment::Key(k)) => Some(k.clone()),
-                None => None,
-            })
+            .filter_map(|s| s.segment.as_ref().map(|Segment::Key(k)| k.clone()))
             .collect(),
         value: value_rule(value, &path.field("value"))?,
         invert: m.invert,

@@ -269,3 +269,6 @@ fn reply(
         },
     }
 }
+
+#[cfg(test)]
+mod tests;

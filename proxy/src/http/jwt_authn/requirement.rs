@@ -206,7 +206,7 @@ impl<'a> Verification<'a> {
         if let Some(h) = &p.forward_payload_header {
             let mut payload = jwt.payload_b64.clone();
             if p.pad_forward_payload_header {
-                while payload.len() % 4 != 0 {
+                while !payload.len().is_multiple_of(4) {
                     payload.push('=');
                 }
             }
