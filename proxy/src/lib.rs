@@ -10,6 +10,7 @@ pub mod format;
 pub mod http;
 pub mod listener;
 pub mod logging;
+pub mod metadata;
 pub mod random;
 pub mod rbac;
 pub mod server;

@@ -4,7 +4,7 @@
 //! Envoy: https://www.envoyproxy.io/docs/envoy/latest/configuration/http/http_filters/rbac_filter
 
 use crate::config::matcher::RequestHead;
-use crate::config::rbac::{Action, Engine, Policy, Rbac, Rule};
+use crate::config::rbac::{Action, Engine, Policy, Rbac, Rule, ValueRule};
 use crate::stats::{Counter, Store};
 use crate::tls::TlsInfo;
 use std::net::{IpAddr, SocketAddr};
@@ -25,6 +25,8 @@ pub struct Facts<'a> {
     pub tls: Option<&'a TlsInfo>,
     /// The SNI the client sent, as the TLS inspector read it.
     pub server_name: Option<&'a str>,
+    /// The stream's dynamic metadata (what the JWT filter wrote); None on a connection.
+    pub metadata: Option<&'a crate::metadata::DynamicMetadata>,
 }
 
 impl Rule {
@@ -61,6 +63,33 @@ impl Rule {
             Rule::DirectRemoteIp(cidr) => f.direct_remote.is_some_and(|a| cidr.contains(a.ip())),
             Rule::RemoteIp(cidr) => f.remote.is_some_and(|ip| cidr.contains(ip)),
             Rule::Constant(outcome) => *outcome,
+            Rule::Metadata(m) => {
+                let value = f.metadata.and_then(|md| md.value(&m.filter, &m.path));
+                m.value.matches(value) != m.invert
+            }
+        }
+    }
+}
+
+impl ValueRule {
+    /// Envoy's `ValueMatcher` on a metadata value (None when the path leads nowhere).
+    pub fn matches(&self, v: Option<&serde_json::Value>) -> bool {
+        use serde_json::Value;
+        match (self, v) {
+            (ValueRule::Present(p), v) => *p && v.is_some(),
+            (_, None) => false,
+            (ValueRule::Or(rules), v) => rules.iter().any(|r| r.matches(v)),
+            (ValueRule::Null, Some(v)) => v.is_null(),
+            (ValueRule::DoubleExact(x), Some(Value::Number(n))) => n.as_f64() == Some(*x),
+            (ValueRule::DoubleRange(start, end), Some(Value::Number(n))) => {
+                n.as_f64().is_some_and(|f| *start <= f && f < *end)
+            }
+            (ValueRule::String(m), Some(Value::String(s))) => m.matches(s),
+            (ValueRule::Bool(b), Some(Value::Bool(v))) => b == v,
+            (ValueRule::ListOneOf(inner), Some(Value::Array(items))) => {
+                items.iter().any(|i| inner.matches(Some(i)))
+            }
+            _ => false,
         }
     }
 }
@@ -224,6 +253,7 @@ pub fn check_connection(
         remote: downstream.remote.map(|a| a.ip()),
         tls: downstream.tls.as_deref(),
         server_name: downstream.requested_server_name.as_deref(),
+        metadata: None,
     };
     for f in filters {
         if let Err(policy) = check(&f.filter.rbac, &f.stats, &facts, None) {

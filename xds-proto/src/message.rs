@@ -51,6 +51,8 @@ xds_messages! {
     pb::envoy::extensions::filters::http::fault::v3::HttpFault => "envoy.extensions.filters.http.fault.v3.HTTPFault",
     pb::envoy::extensions::filters::http::rbac::v3::Rbac => "envoy.extensions.filters.http.rbac.v3.RBAC",
     pb::envoy::extensions::filters::http::rbac::v3::RbacPerRoute => "envoy.extensions.filters.http.rbac.v3.RBACPerRoute",
+    pb::envoy::extensions::filters::http::jwt_authn::v3::JwtAuthentication => "envoy.extensions.filters.http.jwt_authn.v3.JwtAuthentication",
+    pb::envoy::extensions::filters::http::jwt_authn::v3::PerRouteConfig => "envoy.extensions.filters.http.jwt_authn.v3.PerRouteConfig",
     pb::envoy::extensions::filters::network::rbac::v3::Rbac => "envoy.extensions.filters.network.rbac.v3.RBAC",
     pb::envoy::extensions::filters::http::local_ratelimit::v3::LocalRateLimit => "envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit",
     pb::envoy::extensions::filters::http::compressor::v3::Compressor => "envoy.extensions.filters.http.compressor.v3.Compressor",

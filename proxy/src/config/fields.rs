@@ -336,6 +336,31 @@ static POLICIES: &[(&str, Policy)] = policies! {
     "envoy.config.rbac.v3.Principal.Set" => ["ids"];
     "envoy.config.rbac.v3.Principal.Authenticated" => ["principal_name"];
     "envoy.type.matcher.v3.PathMatcher" => ["path"];
+    // JWT authentication (config/jwt_authn.rs). The JWT cache, subjects, header and failure
+    // metadata, claim paths, route cache clearing, filter state rules, extraction without
+    // validation and JWKS fetch retries are refused by path.
+    "envoy.extensions.filters.http.jwt_authn.v3.JwtAuthentication" => ["providers", "rules",
+        "bypass_cors_preflight", "requirement_map", "strip_failure_response", "stat_prefix"];
+    "envoy.extensions.filters.http.jwt_authn.v3.JwtProvider" => ["issuer", "audiences",
+        "require_expiration", "max_lifetime", "forward", "from_headers", "from_params",
+        "from_cookies", "forward_payload_header", "pad_forward_payload_header",
+        "payload_in_metadata", "normalize_payload_in_metadata", "clock_skew_seconds",
+        "claim_to_headers", "remote_jwks", "local_jwks"];
+    "envoy.extensions.filters.http.jwt_authn.v3.JwtProvider.NormalizePayload" => ["space_delimited_claims"];
+    "envoy.extensions.filters.http.jwt_authn.v3.RemoteJwks" => ["http_uri", "cache_duration", "async_fetch"];
+    // fast_listener: Outrigger never holds a listener back for a fetch (as with it set).
+    "envoy.extensions.filters.http.jwt_authn.v3.JwksAsyncFetch" => ["fast_listener", "failed_refetch_duration"];
+    "envoy.config.core.v3.HttpUri" => ["uri", "cluster", "timeout"];
+    "envoy.extensions.filters.http.jwt_authn.v3.JwtHeader" => ["name", "value_prefix"];
+    "envoy.extensions.filters.http.jwt_authn.v3.JwtClaimToHeader" => ["header_name", "claim_name"];
+    "envoy.extensions.filters.http.jwt_authn.v3.JwtRequirement" => ["provider_name",
+        "provider_and_audiences", "requires_any", "requires_all", "allow_missing_or_failed", "allow_missing"];
+    "envoy.extensions.filters.http.jwt_authn.v3.ProviderWithAudiences" => ["provider_name", "audiences"];
+    "envoy.extensions.filters.http.jwt_authn.v3.JwtRequirementOrList" => ["requirements"];
+    "envoy.extensions.filters.http.jwt_authn.v3.JwtRequirementAndList" => ["requirements"];
+    "envoy.extensions.filters.http.jwt_authn.v3.RequirementRule" => ["match", "requires", "requirement_name"];
+    "envoy.extensions.filters.http.jwt_authn.v3.PerRouteConfig" => ["disabled", "requirement_name"];
+    "google.protobuf.Empty" => [];
     "envoy.type.v3.Int32Range" => ["start", "end"];
     "envoy.type.v3.DoubleRange" => ["start", "end"];
     "envoy.type.matcher.v3.MetadataMatcher" => ["filter", "path", "value", "invert"];

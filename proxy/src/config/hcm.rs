@@ -45,6 +45,9 @@ pub struct HttpConnectionManager {
     pub compressors: Vec<GzipCompressor>,
     /// The RBAC filters of the chain, in order; they all run before any fault filter.
     pub rbac: Vec<RbacFilter>,
+    /// The JWT authentication filters of the chain, in order; they all run before any RBAC
+    /// or fault filter.
+    pub jwt_authn: Vec<Arc<super::jwt_authn::JwtAuthn>>,
     /// Istio's metadata exchange and standard metrics, when the chain has either filter.
     pub istio: Option<Arc<IstioHttp>>,
     /// Istio's `istio.alpn`: the ALPN offers upstream TLS handshakes make for this chain's
@@ -232,6 +235,7 @@ pub fn translate_hcm(
     let HttpFilters {
         faults,
         rbac,
+        jwt_authn,
         compressors,
         istio,
         istio_alpn,
@@ -328,6 +332,7 @@ pub fn translate_hcm(
         faults,
         compressors,
         rbac,
+        jwt_authn,
         istio,
         istio_alpn,
         grpc_stats,
@@ -346,6 +351,7 @@ pub fn translate_hcm(
 struct HttpFilters {
     faults: Vec<FaultFilter>,
     rbac: Vec<RbacFilter>,
+    jwt_authn: Vec<Arc<super::jwt_authn::JwtAuthn>>,
     compressors: Vec<GzipCompressor>,
     istio: Option<Arc<IstioHttp>>,
     istio_alpn: Option<super::istio_alpn::IstioAlpn>,
@@ -417,6 +423,27 @@ fn translate_http_filters(
                     rbac: Arc::new(super::rbac::translate_http_rbac(&rbac, &tc, acks)?),
                     disabled_by_default: filter.disabled,
                 });
+                non_terminal_last(is_last, &p, &filter.name, type_name)?;
+            }
+            Some(Extension::JwtAuthn(jwt)) => {
+                // Outrigger runs JWT filters before RBAC and fault filters (Istio's order); a
+                // chain that puts one of those first is refused.
+                if !filters.faults.is_empty() || !filters.rbac.is_empty() {
+                    return Err(p.error(format!(
+                        "JWT filter {} must come before the chain's RBAC and fault filters in Outrigger",
+                        filter.name
+                    )));
+                }
+                filters
+                    .jwt_authn
+                    .push(Arc::new(super::jwt_authn::translate_jwt_authn(
+                        &jwt,
+                        &filter.name,
+                        filter.disabled,
+                        &tc,
+                        resolve,
+                        acks,
+                    )?));
                 non_terminal_last(is_last, &p, &filter.name, type_name)?;
             }
             // Without a policy on any route (those are refused), CORS passes every request

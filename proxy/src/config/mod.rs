@@ -23,6 +23,7 @@ pub mod istio;
 pub mod istio_alpn;
 pub mod istio_node;
 pub mod istio_tcp;
+pub mod jwt_authn;
 pub mod listener;
 pub mod load_balancing;
 pub mod matcher;

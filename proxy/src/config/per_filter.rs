@@ -20,6 +20,8 @@ pub enum PerFilter {
     Fault(Arc<FaultSettings>),
     /// `RBACPerRoute`: these policies replace the RBAC filter's own.
     Rbac(Arc<super::rbac::Rbac>),
+    /// The JWT filter's `PerRouteConfig`.
+    Jwt(super::jwt_authn::JwtPerRoute),
     /// `FilterConfig.disabled`: the filter does nothing for these requests.
     Disabled,
 }
@@ -97,6 +99,9 @@ fn translate_one(
         Some(Extension::HttpRbacPerRoute(rbac)) => Ok(Some(PerFilter::Rbac(Arc::new(
             super::rbac::translate_per_route(&rbac, path, acks)?,
         )))),
+        Some(Extension::JwtAuthnPerRoute(jwt)) => Ok(Some(PerFilter::Jwt(
+            super::jwt_authn::translate_per_route(&jwt, path, acks)?,
+        ))),
         _ => Err(path.error(format!(
             "no per-route config of type '{type_name}' is supported for filter '{name}'"
         ))),
@@ -107,6 +112,6 @@ fn translate_one(
 fn known(any: &Any) -> bool {
     matches!(
         xds_proto::decode_extension(any),
-        Ok(Extension::Fault(_) | Extension::HttpRbacPerRoute(_))
+        Ok(Extension::Fault(_) | Extension::HttpRbacPerRoute(_) | Extension::JwtAuthnPerRoute(_))
     )
 }

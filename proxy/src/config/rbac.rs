@@ -130,9 +130,37 @@ pub enum Rule {
     DirectRemoteIp(Cidr),
     /// The client address after `x-forwarded-for` processing.
     RemoteIp(Cidr),
-    /// A condition whose outcome is known at config time: a dynamic metadata matcher, as no
-    /// filter of Outrigger sets the metadata it reads.
+    /// A condition whose outcome is known at config time.
     Constant(bool),
+    /// A dynamic metadata matcher (Envoy's `MetadataMatcher`).
+    Metadata(Box<MetadataRule>),
+}
+
+/// The value at `path` in the `filter` namespace of the stream's dynamic metadata, matched
+/// by `value`; the result flipped when `invert`.
+#[derive(Debug)]
+pub struct MetadataRule {
+    pub filter: String,
+    pub path: Vec<String>,
+    pub value: ValueRule,
+    pub invert: bool,
+}
+
+/// Envoy's `ValueMatcher`: each kind matches only values of its own type; a missing value
+/// matches nothing.
+#[derive(Debug)]
+pub enum ValueRule {
+    Null,
+    DoubleExact(f64),
+    /// `start <= v < end`.
+    DoubleRange(f64, f64),
+    String(StringMatcher),
+    Bool(bool),
+    /// `present_match`: true matches any value; false matches nothing (as in Envoy).
+    Present(bool),
+    /// `list_match.one_of`: a list with an element that matches.
+    ListOneOf(Box<ValueRule>),
+    Or(Vec<ValueRule>),
 }
 
 /// The HTTP filter's configuration.
@@ -439,10 +467,10 @@ fn cidr(
     Ok(cidrs(std::slice::from_ref(range), path)?[0])
 }
 
-/// A dynamic metadata matcher. Envoy reads the stream's dynamic metadata, which no filter of
-/// Outrigger writes (the JWT and ext_authz filters that write Istio's are refused), so every
-/// value matcher sees a missing value and fails: the outcome is `invert`. Metadata written by
-/// the RBAC filters themselves is the one namespace Outrigger would get wrong: refused.
+/// A dynamic metadata matcher, read against the stream's dynamic metadata (which the JWT filter
+/// writes under `envoy.filters.http.jwt_authn`; other namespaces are empty in Outrigger, as no
+/// filter writes them). Metadata written by the RBAC filters themselves is refused: Outrigger
+/// keeps it only for spans.
 fn metadata(m: &MetadataMatcher, path: &FieldPath) -> Result<Rule> {
     if m.filter.is_empty() {
         return Err(path.field("filter").error("must not be empty"));
@@ -473,21 +501,31 @@ fn metadata(m: &MetadataMatcher, path: &FieldPath) -> Result<Rule> {
     let Some(value) = &m.value else {
         return Err(path.field("value").error("is required"));
     };
-    validate_value(value, &path.field("value"))?;
-    Ok(Rule::Constant(m.invert))
+    Ok(Rule::Metadata(Box::new(MetadataRule {
+        filter: m.filter.clone(),
+        path: m
+            .path
+            .iter()
+            .filter_map(|s| s.segment.as_ref().map(|Segment::Key(k)| k.clone()))
+            .collect(),
+        value: value_rule(value, &path.field("value"))?,
+        invert: m.invert,
+    })))
 }
 
-/// Refuses what Envoy would refuse in a value matcher (a missing pattern, a bad regex).
-fn validate_value(v: &ValueMatcher, path: &FieldPath) -> Result<()> {
+/// Compiles a value matcher, refusing what Envoy refuses (a missing pattern, a bad regex).
+fn value_rule(v: &ValueMatcher, path: &FieldPath) -> Result<ValueRule> {
+    use xds_proto::pb::envoy::r#type::matcher::v3::double_matcher::MatchPattern as D;
     match &v.match_pattern {
         None => Err(path.error("a match pattern is required")),
-        Some(MatchPattern::StringMatch(s)) => {
-            string_matcher(s, &path.field("string_match")).map(drop)
-        }
+        Some(MatchPattern::StringMatch(s)) => Ok(ValueRule::String(string_matcher(
+            s,
+            &path.field("string_match"),
+        )?)),
         Some(MatchPattern::ListMatch(list)) => match &list.match_pattern {
-            Some(list_matcher::MatchPattern::OneOf(inner)) => {
-                validate_value(inner, &path.field("list_match").field("one_of"))
-            }
+            Some(list_matcher::MatchPattern::OneOf(inner)) => Ok(ValueRule::ListOneOf(Box::new(
+                value_rule(inner, &path.field("list_match").field("one_of"))?,
+            ))),
             None => Err(path
                 .field("list_match")
                 .error("a match pattern is required")),
@@ -499,15 +537,33 @@ fn validate_value(v: &ValueMatcher, path: &FieldPath) -> Result<()> {
                     .field("value_matchers")
                     .error("must contain at least 2 items"));
             }
-            or.value_matchers.iter().enumerate().try_for_each(|(i, m)| {
-                validate_value(m, &path.field("or_match").field("value_matchers").index(i))
-            })
+            Ok(ValueRule::Or(
+                or.value_matchers
+                    .iter()
+                    .enumerate()
+                    .map(|(i, m)| {
+                        value_rule(m, &path.field("or_match").field("value_matchers").index(i))
+                    })
+                    .collect::<Result<_>>()?,
+            ))
         }
-        Some(
-            MatchPattern::NullMatch(_)
-            | MatchPattern::DoubleMatch(_)
-            | MatchPattern::BoolMatch(_)
-            | MatchPattern::PresentMatch(_),
-        ) => Ok(()),
+        Some(MatchPattern::NullMatch(_)) => Ok(ValueRule::Null),
+        Some(MatchPattern::DoubleMatch(d)) => match &d.match_pattern {
+            Some(D::Exact(x)) => Ok(ValueRule::DoubleExact(*x)),
+            Some(D::Range(r)) => {
+                if r.start > r.end {
+                    return Err(path
+                        .field("double_match")
+                        .field("range")
+                        .error("range start must not be greater than range end"));
+                }
+                Ok(ValueRule::DoubleRange(r.start, r.end))
+            }
+            None => Err(path
+                .field("double_match")
+                .error("a match pattern is required")),
+        },
+        Some(MatchPattern::BoolMatch(b)) => Ok(ValueRule::Bool(*b)),
+        Some(MatchPattern::PresentMatch(p)) => Ok(ValueRule::Present(*p)),
     }
 }

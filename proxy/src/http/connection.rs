@@ -28,6 +28,8 @@ pub struct HttpContext {
     pub access_logs: crate::access_log::AccessLogs,
     /// Present when the chain has fault injection filters.
     pub fault_stats: Option<super::fault::FaultStats>,
+    /// The chain's JWT authentication filters, in chain order.
+    pub jwt_authn: Vec<super::jwt_authn::JwtFilterRuntime>,
     /// The counters of the chain's RBAC filters, in chain order.
     pub rbac_stats: Vec<crate::rbac::RbacStats>,
     /// The chain's network RBAC filters, which decide the connection before any request.

@@ -119,8 +119,10 @@ pub async fn apply(
             Some(PerFilter::Disabled) => continue,
             Some(PerFilter::Fault(s)) => s,
             // Another filter's type under this name is not this filter's override.
-            None | Some(PerFilter::Rbac(_)) if filter.disabled_by_default => continue,
-            None | Some(PerFilter::Rbac(_)) => &filter.settings,
+            None | Some(PerFilter::Rbac(_) | PerFilter::Jwt(_)) if filter.disabled_by_default => {
+                continue
+            }
+            None | Some(PerFilter::Rbac(_) | PerFilter::Jwt(_)) => &filter.settings,
         };
         if let Some(abort) = apply_one(settings, route, headers, stats, &mut injected).await {
             let grpc_request = super::grpc_reply::is_grpc(headers);

@@ -15,6 +15,7 @@ mod grpc_reply;
 pub mod grpc_stats;
 mod hedge;
 pub mod istio;
+pub mod jwt_authn;
 mod local_reply;
 mod mirror;
 mod rate_limited_back_off;

@@ -30,8 +30,10 @@ pub fn apply(
             Some(PerFilter::Disabled) => continue,
             Some(PerFilter::Rbac(route_rbac)) => &**route_rbac,
             // Another filter's type under this name is not this filter's override.
-            None | Some(PerFilter::Fault(_)) if filter.disabled_by_default => continue,
-            None | Some(PerFilter::Fault(_)) => &*filter.rbac,
+            None | Some(PerFilter::Fault(_) | PerFilter::Jwt(_)) if filter.disabled_by_default => {
+                continue
+            }
+            None | Some(PerFilter::Fault(_) | PerFilter::Jwt(_)) => &*filter.rbac,
         };
         if let Err(policy) = check(rbac, stats, facts, metadata.as_deref_mut()) {
             tracing::debug!(target: "rbac", "enforced denied, matched policy {}", policy.unwrap_or("none"));

@@ -450,6 +450,60 @@ async fn filter_and_act(
     rbac_metadata: Option<&mut crate::rbac::RbacMetadata>,
 ) -> Outcome {
     let server = &ctx.hcm.server_name;
+    let levels =
+        selected.map(|(vh, route)| [&route.per_filter, &vh.per_filter, &route_config.per_filter]);
+    // The JWT filters run first (Istio's order), then RBAC reads what they wrote.
+    let mut metadata = crate::metadata::DynamicMetadata::default();
+    if !ctx.jwt_authn.is_empty() {
+        let host = authority(&request).unwrap_or_default().to_string();
+        let scheme = request
+            .uri()
+            .scheme_str()
+            .unwrap_or(if extras.info.downstream.tls.is_some() {
+                "https"
+            } else {
+                "http"
+            })
+            .to_string();
+        let method = request.method().clone();
+        let path_and_query = request
+            .uri()
+            .path_and_query()
+            .map_or("/", |p| p.as_str())
+            .to_string();
+        let facts = super::jwt_authn::RequestFacts {
+            method: &method,
+            host: &host,
+            scheme: &scheme,
+            path_and_query: &path_and_query,
+        };
+        if let Err(mut outcome) = super::jwt_authn::apply(
+            &ctx.jwt_authn,
+            levels,
+            request.headers_mut(),
+            &facts,
+            server,
+            &mut metadata,
+        )
+        .await
+        {
+            if let Some((_, route)) = selected {
+                if ctx.records_streams() || extras.info.traced {
+                    super::forward::note_route_cluster(
+                        ctx,
+                        &mut outcome,
+                        route,
+                        request.headers(),
+                        extras.weighted_draw,
+                    );
+                    if !route.name.is_empty() {
+                        outcome.info.route_name = Some(Arc::from(route.name.as_str()));
+                    }
+                }
+            }
+            return *outcome;
+        }
+    }
     let host = authority(&request).unwrap_or_default();
     // The RBAC filters run before the router answers, also when no route matched.
     if !ctx.hcm.rbac.is_empty() {
@@ -462,9 +516,8 @@ async fn filter_and_act(
             remote: extras.info.client.or(downstream.remote.map(|a| a.ip())),
             tls: downstream.tls.as_deref(),
             server_name: downstream.requested_server_name.as_deref(),
+            metadata: (!metadata.is_empty()).then_some(&metadata),
         };
-        let levels = selected
-            .map(|(vh, route)| [&route.per_filter, &vh.per_filter, &route_config.per_filter]);
         if let Err(mut outcome) = super::rbac::apply(
             &ctx.hcm.rbac,
             &ctx.rbac_stats,

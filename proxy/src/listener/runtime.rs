@@ -39,6 +39,17 @@ impl ChainRuntime {
                     clusters: clusters.clone(),
                     stats: HcmStats::new(store, &hcm.stat_prefix),
                     fault_stats: FaultStats::new(&hcm.faults, store, &hcm.stat_prefix),
+                    jwt_authn: hcm
+                        .jwt_authn
+                        .iter()
+                        .map(|f| {
+                            crate::http::jwt_authn::JwtFilterRuntime::new(
+                                f,
+                                store,
+                                &hcm.stat_prefix,
+                            )
+                        })
+                        .collect(),
                     rbac_stats: hcm
                         .rbac
                         .iter()

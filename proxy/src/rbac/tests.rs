@@ -74,6 +74,7 @@ fn allowed(rbac: &Rbac, r: &Request, tls: Option<&TlsInfo>) -> bool {
         remote: Some("10.0.0.1".parse().expect("an address")),
         tls,
         server_name: None,
+        metadata: None,
     };
     rbac.enforced.as_ref().expect("rules").decide(&f).allowed
 }
@@ -146,6 +147,7 @@ rules:
         remote: None,
         tls: None,
         server_name: None,
+        metadata: None,
     };
     let decision = rbac.enforced.as_ref().expect("rules").decide(&f);
     assert_eq!(
@@ -261,10 +263,93 @@ rules:
             remote: None,
             tls,
             server_name: sni,
+            metadata: None,
         };
         rbac.enforced.as_ref().expect("rules").decide(&f).allowed
     };
     assert!(!decide(Some("db.internal"), Some(&bad)));
     assert!(decide(Some("db.public"), Some(&bad)));
     assert!(decide(Some("db.internal"), None));
+}
+
+/// Envoy's `ValueMatcher` kinds on the JWT payload as the JWT filter writes it.
+#[test]
+fn metadata_matchers_read_the_jwt_payload() {
+    use crate::config::rbac::ValueRule;
+    use crate::metadata::DynamicMetadata;
+    let mut md = DynamicMetadata::default();
+    let payload = serde_json::json!({ "payload": {
+        "iss": "https://a", "sub": "alice", "exp": 1.5e9, "admin": true, "nothing": null,
+        "groups": ["dev", "admins"], "nested": { "team": "blue" } } });
+    md.merge(
+        "envoy.filters.http.jwt_authn",
+        payload.as_object().cloned().unwrap_or_default(),
+    );
+    let rbac = http(
+        r#"
+rules:
+  policies:
+    p:
+      permissions: [ { any: true } ]
+      principals:
+      - andIds:
+          ids:
+          - metadata:
+              filter: envoy.filters.http.jwt_authn
+              path: [ { key: payload }, { key: iss } ]
+              value: { stringMatch: { exact: "https://a" } }
+          - metadata:
+              filter: envoy.filters.http.jwt_authn
+              path: [ { key: payload }, { key: groups } ]
+              value: { orMatch: { valueMatchers: [ { listMatch: { oneOf: { stringMatch: { exact: admins } } } }, { stringMatch: { exact: admins } } ] } }
+          - metadata:
+              filter: envoy.filters.http.jwt_authn
+              path: [ { key: payload }, { key: nested }, { key: team } ]
+              value: { stringMatch: { prefix: bl } }
+          - metadata:
+              filter: envoy.filters.http.jwt_authn
+              path: [ { key: payload }, { key: sub } ]
+              value: { stringMatch: { exact: bob } }
+              invert: true
+"#,
+    )
+    .expect("valid policies");
+    let r = request("GET", "/");
+    let head = RequestHead {
+        headers: &r.headers,
+        method: Some(r.method),
+        authority: Some(r.authority),
+        path: Some(r.path),
+        scheme: Some("http"),
+    };
+    let decide = |metadata| {
+        let f = Facts {
+            request: Some(&head),
+            local: None,
+            direct_remote: None,
+            remote: None,
+            tls: None,
+            server_name: None,
+            metadata,
+        };
+        rbac.enforced.as_ref().expect("rules").decide(&f).allowed
+    };
+    assert!(decide(Some(&md)));
+    assert!(!decide(None));
+    let value = |path: &[&str]| {
+        md.value(
+            "envoy.filters.http.jwt_authn",
+            &path.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
+        )
+    };
+    assert!(ValueRule::DoubleRange(1e9, 2e9).matches(value(&["payload", "exp"])));
+    assert!(!ValueRule::DoubleExact(1.0).matches(value(&["payload", "exp"])));
+    assert!(ValueRule::Bool(true).matches(value(&["payload", "admin"])));
+    assert!(ValueRule::Null.matches(value(&["payload", "nothing"])));
+    assert!(ValueRule::Present(true).matches(value(&["payload", "sub"])));
+    assert!(!ValueRule::Present(true).matches(value(&["payload", "missing"])));
+    assert!(!ValueRule::Present(false).matches(value(&["payload", "missing"])));
+    // A string matcher never matches a list, nor a list matcher a string.
+    assert!(!ValueRule::ListOneOf(Box::new(ValueRule::Present(true)))
+        .matches(value(&["payload", "sub"])));
 }
