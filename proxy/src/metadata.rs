@@ -1,6 +1,7 @@
 //! A stream's dynamic metadata as filters write it and RBAC's `metadata` matchers read it:
 //! values by filter namespace, each a JSON object standing for Envoy's `google.protobuf.Struct`
-//! (numbers are doubles there, as in JSON). Today only the JWT filter writes here.
+//! (numbers are doubles there, as in JSON). The JWT filters write here; the RBAC filters'
+//! results join when a sampled span may read them.
 
 use serde_json::{Map, Value};
 

@@ -159,15 +159,19 @@ impl RbacStats {
     }
 }
 
-/// The dynamic metadata the HTTP RBAC filters of a stream wrote (`envoy.filters.http.rbac`):
-/// engine results and matched policies, by key. Kept only when something reads it (spans'
-/// metadata tags).
+/// What the HTTP RBAC filters of a stream write in its dynamic metadata
+/// (`envoy.filters.http.rbac`): engine results and matched policies, by key. Kept only when
+/// something reads it (spans' metadata tags).
 #[derive(Debug, Clone, Default)]
 pub struct RbacMetadata(Vec<(Arc<str>, Arc<str>)>);
 
 impl RbacMetadata {
-    pub fn get(&self, key: &str) -> Option<&str> {
-        self.0.iter().find(|(k, _)| &**k == key).map(|(_, v)| &**v)
+    /// The fields as the stream's dynamic metadata holds them.
+    pub fn into_fields(self) -> serde_json::Map<String, serde_json::Value> {
+        self.0
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), serde_json::Value::String(v.to_string())))
+            .collect()
     }
 
     /// Later filters overwrite what earlier ones wrote under the same key, as Envoy merges.

@@ -134,8 +134,8 @@ pub enum TagValue {
         default: String,
     },
     /// `metadata` of kind `request`: a value of the stream's dynamic metadata, read when the
-    /// span ends. The RBAC filters' results are the only dynamic metadata Outrigger keeps
-    /// (Istio tags spans with its dry-run results); any other namespace is absent.
+    /// span ends: the JWT filters' payloads and the RBAC filters' results (Istio tags spans
+    /// with its dry-run results) are what Outrigger's filters write.
     RequestMetadata {
         /// The namespace (`metadata_key.key`), e.g. `envoy.filters.http.rbac`.
         filter: String,

@@ -382,16 +382,18 @@ async fn route_and_act(
         None => None,
     };
     extras.info.traced = span.is_some();
-    // A sampled span's metadata tags read what the RBAC filters write.
-    let mut rbac_metadata =
-        (span.is_some() && !ctx.hcm.rbac.is_empty()).then(crate::rbac::RbacMetadata::default);
+    // The stream's dynamic metadata: what the JWT filters write (RBAC reads it), and what the
+    // RBAC filters write when a sampled span's metadata tags may read it.
+    let mut metadata = crate::metadata::DynamicMetadata::default();
+    let keep_rbac_results = span.is_some() && !ctx.hcm.rbac.is_empty();
     let mut outcome = filter_and_act(
         ctx,
         request,
         extras,
         route_config,
         selected,
-        rbac_metadata.as_mut(),
+        &mut metadata,
+        keep_rbac_results,
     )
     .await;
     if let Some(op) = trace.and_then(|(_, started)| started.response_operation) {
@@ -401,7 +403,7 @@ async fn route_and_act(
             .insert(super::tracing::X_ENVOY_DECORATOR_OPERATION.clone(), op);
     }
     if let Some(mut span) = span {
-        span.on_metadata(rbac_metadata.as_ref());
+        span.on_metadata(&metadata);
         span.upstream_cluster = outcome
             .info
             .upstream_cluster
@@ -447,13 +449,13 @@ async fn filter_and_act(
         &crate::config::route::VirtualHost,
         &crate::config::route::Route,
     )>,
-    rbac_metadata: Option<&mut crate::rbac::RbacMetadata>,
+    metadata: &mut crate::metadata::DynamicMetadata,
+    keep_rbac_results: bool,
 ) -> Outcome {
     let server = &ctx.hcm.server_name;
     let levels =
         selected.map(|(vh, route)| [&route.per_filter, &vh.per_filter, &route_config.per_filter]);
     // The JWT filters run first (Istio's order), then RBAC reads what they wrote.
-    let mut metadata = crate::metadata::DynamicMetadata::default();
     if !ctx.jwt_authn.is_empty() {
         let host = authority(&request).unwrap_or_default().to_string();
         let scheme = request
@@ -483,7 +485,7 @@ async fn filter_and_act(
             request.headers_mut(),
             &facts,
             server,
-            &mut metadata,
+            metadata,
         )
         .await
         {
@@ -516,16 +518,23 @@ async fn filter_and_act(
             remote: extras.info.client.or(downstream.remote.map(|a| a.ip())),
             tls: downstream.tls.as_deref(),
             server_name: downstream.requested_server_name.as_deref(),
-            metadata: (!metadata.is_empty()).then_some(&metadata),
+            metadata: (!metadata.is_empty()).then_some(&*metadata),
         };
-        if let Err(mut outcome) = super::rbac::apply(
+        let mut results = keep_rbac_results.then(crate::rbac::RbacMetadata::default);
+        let decided = super::rbac::apply(
             &ctx.hcm.rbac,
             &ctx.rbac_stats,
             levels,
             &facts,
             server,
-            rbac_metadata,
-        ) {
+            results.as_mut(),
+        );
+        // The RBAC filters' results join the stream's metadata once they have decided (no
+        // RBAC matcher may read them: refused at config time).
+        if let Some(results) = results {
+            metadata.merge("envoy.filters.http.rbac", results.into_fields());
+        }
+        if let Err(mut outcome) = decided {
             if let Some((_, route)) = selected {
                 if ctx.records_streams() || extras.info.traced {
                     super::forward::note_route_cluster(

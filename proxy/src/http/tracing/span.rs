@@ -170,18 +170,18 @@ impl ActiveSpan {
         }
     }
 
-    /// Resolves the metadata tags once the filters have written what they write: the RBAC
-    /// filters' results are the only dynamic metadata Outrigger keeps. A missing value takes
-    /// the tag's default; without one, the tag is left out (Envoy's rule).
-    pub fn on_metadata(&mut self, rbac: Option<&crate::rbac::RbacMetadata>) {
+    /// Resolves the metadata tags once the filters have written what they write (the JWT
+    /// filters' payloads, the RBAC filters' results). A missing value takes the tag's default;
+    /// without one, the tag is left out (Envoy's rule).
+    pub fn on_metadata(&mut self, metadata: &crate::metadata::DynamicMetadata) {
         for t in self.metadata_tags.drain(..) {
-            let found = match (t.filter.as_str(), t.path.as_slice(), rbac) {
-                ("envoy.filters.http.rbac", [key], Some(m)) => m.get(key),
-                _ => None,
+            let value = match metadata.value(&t.filter, &t.path) {
+                Some(serde_json::Value::String(s)) => s.clone(),
+                Some(other) => other.to_string(),
+                None => t.default,
             };
-            let value = found.unwrap_or(&t.default);
             if !value.is_empty() {
-                self.span.custom.push((t.tag, value.to_string()));
+                self.span.custom.push((t.tag, value));
             }
         }
     }
