@@ -438,7 +438,33 @@ fn request_head<'r>(
     }
 }
 
-/// The connection manager's filters (RBAC, faults) and then the router's action for the
+/// A filter's own reply (a JWT or RBAC denial, a fault's abort), made after routing: when the
+/// stream is recorded, it names the route and its cluster, as Envoy knows them by then.
+fn filter_reply(
+    ctx: &HttpContext,
+    mut outcome: Outcome,
+    route: Option<&crate::config::route::Route>,
+    headers: &http::HeaderMap,
+    extras: &RequestExtras,
+) -> Outcome {
+    if let Some(route) = route {
+        if ctx.records_streams() || extras.info.traced {
+            super::forward::note_route_cluster(
+                ctx,
+                &mut outcome,
+                route,
+                headers,
+                extras.weighted_draw,
+            );
+            if !route.name.is_empty() {
+                outcome.info.route_name = Some(Arc::from(route.name.as_str()));
+            }
+        }
+    }
+    outcome
+}
+
+/// The connection manager's filters (JWT, RBAC, faults) and then the router's action for the
 /// selected route.
 async fn filter_and_act(
     ctx: &HttpContext,
@@ -479,7 +505,7 @@ async fn filter_and_act(
             scheme: &scheme,
             path_and_query: &path_and_query,
         };
-        if let Err(mut outcome) = super::jwt_authn::apply(
+        if let Err(outcome) = super::jwt_authn::apply(
             &ctx.jwt_authn,
             levels,
             request.headers_mut(),
@@ -489,21 +515,8 @@ async fn filter_and_act(
         )
         .await
         {
-            if let Some((_, route)) = selected {
-                if ctx.records_streams() || extras.info.traced {
-                    super::forward::note_route_cluster(
-                        ctx,
-                        &mut outcome,
-                        route,
-                        request.headers(),
-                        extras.weighted_draw,
-                    );
-                    if !route.name.is_empty() {
-                        outcome.info.route_name = Some(Arc::from(route.name.as_str()));
-                    }
-                }
-            }
-            return *outcome;
+            let route = selected.map(|(_, route)| route);
+            return filter_reply(ctx, *outcome, route, request.headers(), &extras);
         }
     }
     let host = authority(&request).unwrap_or_default();
@@ -534,22 +547,9 @@ async fn filter_and_act(
         if let Some(results) = results {
             metadata.merge("envoy.filters.http.rbac", results.into_fields());
         }
-        if let Err(mut outcome) = decided {
-            if let Some((_, route)) = selected {
-                if ctx.records_streams() || extras.info.traced {
-                    super::forward::note_route_cluster(
-                        ctx,
-                        &mut outcome,
-                        route,
-                        request.headers(),
-                        extras.weighted_draw,
-                    );
-                    if !route.name.is_empty() {
-                        outcome.info.route_name = Some(Arc::from(route.name.as_str()));
-                    }
-                }
-            }
-            return *outcome;
+        if let Err(outcome) = decided {
+            let route = selected.map(|(_, route)| route);
+            return filter_reply(ctx, *outcome, route, request.headers(), &extras);
         }
     }
     let Some((vh, route)) = selected else {
@@ -593,22 +593,10 @@ async fn filter_and_act(
             };
             match fault::apply(&ctx.hcm.faults, stats, &levels, request.headers(), server).await {
                 Ok(injected) => Some(injected),
-                Err(mut outcome) => {
+                Err(outcome) => {
                     // The abort is the fault filter's reply: the router, which adds the
                     // route's response headers, never sees the request.
-                    if logging || info.traced {
-                        super::forward::note_route_cluster(
-                            ctx,
-                            &mut outcome,
-                            route,
-                            request.headers(),
-                            extras.weighted_draw,
-                        );
-                    }
-                    if logging && !route.name.is_empty() {
-                        outcome.info.route_name = Some(Arc::from(route.name.as_str()));
-                    }
-                    return outcome;
+                    return filter_reply(ctx, outcome, Some(route), request.headers(), &extras);
                 }
             }
         }
