@@ -70,6 +70,8 @@ enum Inbound {
     /// The TLS inspector, one chain for `transport_protocol: tls` (terminated with this
     /// context) and one for `raw_buffer`, both to the same cluster.
     Permissive(Value),
+    /// Istio's STRICT mode: the TLS inspector and only the `tls` chain.
+    Strict(Value),
 }
 
 /// One proxy: a listener on `port` (as `inbound` says) routing everything to cluster `next`
@@ -88,6 +90,14 @@ fn bootstrap(
         Inbound::Mtls(tls) => {
             listener["filter_chains"] =
                 json!([{ "filters": [hcm("next")], "transport_socket": tls }])
+        }
+        Inbound::Strict(tls) => {
+            listener["listener_filters"] = json!([{ "name": "envoy.filters.listener.tls_inspector",
+                "typed_config": { "@type": "type.googleapis.com/envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector" } }]);
+            listener["filter_chains"] = json!([
+                { "name": "mtls", "filter_chain_match": { "transport_protocol": "tls" },
+                  "filters": [hcm("next")], "transport_socket": tls },
+            ]);
         }
         Inbound::Permissive(tls) => {
             listener["listener_filters"] = json!([{ "name": "envoy.filters.listener.tls_inspector",
@@ -299,6 +309,63 @@ fn a_permissive_port_serves_plaintext_and_mutual_tls() {
             "curl → Envoy → mTLS → permissive port",
             &[&envoy.proxy, &outrigger.proxy],
         );
+    }
+}
+
+/// A STRICT port refuses a plaintext client (no chain matches: the connection closes without
+/// a response, `no_filter_chain_match` counts it) and serves mutual TLS, in Envoy and
+/// Outrigger alike.
+#[test]
+fn a_strict_port_refuses_plaintext_and_serves_mutual_tls() {
+    let pki = Pki::new();
+    let (client, server) = (pki.identity("client"), pki.identity("server"));
+    let app = Upstream::start("app");
+    let run = |kind: Kind| -> Vec<String> {
+        let hop = start(
+            kind,
+            Inbound::Strict(downstream_tls(&pki, &server, &client.uri)),
+            app.port(),
+            None,
+        );
+        let plaintext = curl::request("GET", &format!("http://127.0.0.1:{}/hello", hop.port), &[]);
+        let mtls = curl::request(
+            "GET",
+            &format!("https://127.0.0.1:{}/hello", hop.port),
+            &[
+                "--cert",
+                &client.cert.display().to_string(),
+                "--key",
+                &client.key.display().to_string(),
+                "--insecure",
+            ],
+        );
+        let scope = format!("listener.127.0.0.1_{}", hop.port);
+        vec![
+            format!(
+                "plaintext: {}",
+                plaintext.map_or_else(
+                    |f| format!("no response (curl {:?})", f.exit_code),
+                    |r| r.status.to_string()
+                )
+            ),
+            format!(
+                "mTLS: {}",
+                mtls.map_or_else(
+                    |f| format!("no response (curl {:?})", f.exit_code),
+                    |r| r.status.to_string()
+                )
+            ),
+            format!(
+                "no_filter_chain_match: {}",
+                stat(&hop.proxy, &format!("{scope}.no_filter_chain_match"))
+            ),
+        ]
+    };
+    let ours = run(Kind::Outrigger);
+    assert!(ours[0].starts_with("plaintext: no response"), "{ours:?}");
+    assert_eq!(ours[1], "mTLS: 200", "{ours:?}");
+    if envoy_or_skip("a_strict_port_refuses_plaintext_and_serves_mutual_tls").is_some() {
+        assert_eq!(ours, run(Kind::Envoy));
     }
 }
 

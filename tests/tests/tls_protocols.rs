@@ -104,3 +104,56 @@ fn only_modern_protocols_and_aead_ecdhe_ciphers_are_offered() {
         );
     }
 }
+
+/// testssl.sh (Debian's `testssl.sh`) scans the listener's protocols and every cipher of each
+/// against its own list: only TLS 1.2 and 1.3, and only ECDHE key exchange with AEAD ciphers.
+#[test]
+fn testssl_finds_no_weak_protocol_or_cipher() {
+    let pki = Pki::new();
+    let (admin, port) = (free_port(), free_port());
+    let _proxy = RunningProxy::start(Kind::Outrigger, &bootstrap(&pki, admin, port), &[]);
+    let out = std::process::Command::new("testssl")
+        .args([
+            "--quiet",
+            "--color",
+            "0",
+            "--warnings",
+            "off",
+            "-p",
+            "-E",
+            "--fast",
+        ])
+        .arg(format!("127.0.0.1:{port}"))
+        .output()
+        .expect("testssl runs (Debian package testssl.sh; .ci/run installs it)");
+    let text = String::from_utf8_lossy(&out.stdout);
+    for (protocol, verdict) in [
+        ("SSLv2", "not offered"),
+        ("SSLv3", "not offered"),
+        ("TLS 1 ", "not offered"),
+        ("TLS 1.1", "not offered"),
+        ("TLS 1.2", "offered"),
+        ("TLS 1.3", "offered"),
+    ] {
+        let line = text
+            .lines()
+            .find(|l| l.trim_start().starts_with(protocol) && l.contains("offered"))
+            .unwrap_or_else(|| panic!("no verdict for {protocol}:\n{text}"));
+        assert!(
+            line.contains(verdict) && (verdict == "not offered" || !line.contains("not offered")),
+            "{protocol}: {line}"
+        );
+    }
+    // Cipher lines start with their hex code, e.g. ` xc02b   ECDHE-ECDSA-AES128-GCM-SHA256`.
+    let ciphers: Vec<&str> = text
+        .lines()
+        .filter(|l| l.trim_start().starts_with('x') && l.contains("TLS_"))
+        .collect();
+    assert!(!ciphers.is_empty(), "testssl listed no cipher:\n{text}");
+    for line in ciphers {
+        assert!(
+            line.contains("ECDH") && (line.contains("AESGCM") || line.contains("CHACHA20")),
+            "a weak cipher is offered: {line}"
+        );
+    }
+}
