@@ -28,7 +28,19 @@ fn ca() -> Ca {
 
 /// (certificate PEM, key PEM) for a workload with a SPIFFE URI SAN.
 fn workload(ca: &Ca, spiffe: &str) -> (String, String) {
+    workload_valid(ca, spiffe, None)
+}
+
+/// A calendar date: year, month, day.
+type Ymd = (i32, u8, u8);
+
+/// [`workload`] valid only from `not_before` to `not_after` when given.
+fn workload_valid(ca: &Ca, spiffe: &str, validity: Option<(Ymd, Ymd)>) -> (String, String) {
     let mut params = rcgen::CertificateParams::default();
+    if let Some(((y1, m1, d1), (y2, m2, d2))) = validity {
+        params.not_before = rcgen::date_time_ymd(y1, m1, d1);
+        params.not_after = rcgen::date_time_ymd(y2, m2, d2);
+    }
     params.subject_alt_names = vec![rcgen::SanType::URI(
         rcgen::Ia5String::try_from(spiffe).expect("uri"),
     )];
@@ -169,6 +181,38 @@ async fn mutual_tls_with_spiffe_sans_and_refusals_on_both_sides() {
     let (_, result) = handshake(&s, &c4).await;
     assert!(result.is_err());
     assert_eq!(c4_stats.fail_verify_error.value(), 1);
+}
+
+#[tokio::test]
+async fn expired_and_not_yet_valid_certificates_are_refused_on_both_sides() {
+    let root = ca();
+    let expired = Some(((2000, 1, 1), (2001, 1, 1)));
+    let not_yet = Some(((2090, 1, 1), (2091, 1, 1)));
+    let secrets = SecretSlots::default();
+    let (web, db) = (workload(&root, WEB), workload(&root, DB));
+    let (s, _) = server(common(&db, &root, WEB, &[]), &secrets);
+    let (c, _) = client(common(&web, &root, DB, &[]), &secrets);
+    handshake(&s, &c).await.1.expect("valid certificates");
+    for validity in [expired, not_yet] {
+        // A client with such a certificate: the server refuses it.
+        let (s2, s2_stats) = server(common(&db, &root, WEB, &[]), &secrets);
+        let (bad_client, _) = client(
+            common(&workload_valid(&root, WEB, validity), &root, DB, &[]),
+            &secrets,
+        );
+        let _ = handshake(&s2, &bad_client).await;
+        assert_eq!(s2_stats.handshake.value(), 0, "{validity:?}");
+        assert_eq!(s2_stats.fail_verify_error.value(), 1, "{validity:?}");
+        // A server with such a certificate: the client refuses it.
+        let (bad_server, _) = server(
+            common(&workload_valid(&root, DB, validity), &root, WEB, &[]),
+            &secrets,
+        );
+        let (c2, c2_stats) = client(common(&web, &root, DB, &[]), &secrets);
+        let (_, result) = handshake(&bad_server, &c2).await;
+        assert!(result.is_err(), "{validity:?}");
+        assert_eq!(c2_stats.fail_verify_error.value(), 1, "{validity:?}");
+    }
 }
 
 #[tokio::test]
