@@ -6,7 +6,7 @@
 
 use super::error::{FieldPath, Result};
 use super::fields::{check, Acknowledged};
-use super::matcher::{full_regex, header_matcher, HeaderMatcher};
+use super::matcher::{header_matcher, HeaderMatcher};
 use super::resolver::Resolver;
 use super::route::PathMatch;
 use super::slots::Slot;
@@ -17,7 +17,7 @@ use http::HeaderName;
 use std::sync::Arc;
 use std::time::Duration;
 use xds_proto::pb::envoy::config::core::v3::data_source::Specifier;
-use xds_proto::pb::envoy::config::route::v3::{route_match::PathSpecifier, RouteMatch};
+use xds_proto::pb::envoy::config::route::v3::RouteMatch;
 use xds_proto::pb::envoy::extensions::filters::http::jwt_authn::v3::{
     jwt_provider::JwksSourceSpecifier, jwt_requirement::RequiresType, per_route_config,
     requirement_rule::RequirementType, JwtAuthentication, JwtProvider, JwtRequirement,
@@ -486,33 +486,7 @@ fn route_match(m: &RouteMatch, path: &FieldPath) -> Result<(PathMatch, Vec<Heade
                 .error("not supported in a JWT requirement rule by Outrigger"));
         }
     }
-    let case_sensitive = m.case_sensitive.as_ref().is_none_or(|b| b.value);
-    let fold = |s: &str| {
-        if case_sensitive {
-            s.to_string()
-        } else {
-            s.to_ascii_lowercase()
-        }
-    };
-    let path_match = match &m.path_specifier {
-        Some(PathSpecifier::Prefix(p)) => PathMatch::Prefix {
-            prefix: fold(p),
-            case_sensitive,
-        },
-        Some(PathSpecifier::Path(p)) => PathMatch::Exact {
-            path: fold(p),
-            case_sensitive,
-        },
-        Some(PathSpecifier::SafeRegex(r)) => {
-            PathMatch::Regex(full_regex(r, &path.field("safe_regex"))?)
-        }
-        Some(PathSpecifier::PathSeparatedPrefix(p)) => PathMatch::SeparatedPrefix {
-            prefix: fold(p),
-            case_sensitive,
-        },
-        Some(_) => return Err(path.error("this path specifier is not supported")),
-        None => return Err(path.error("a path specifier is required")),
-    };
+    let path_match = super::route::path_match(m, path)?;
     let headers = m
         .headers
         .iter()

@@ -338,39 +338,7 @@ fn translate_route(
         .r#match
         .as_ref()
         .ok_or_else(|| m_path.error("a route match is required"))?;
-    let case_sensitive = m.case_sensitive.as_ref().map(|b| b.value).unwrap_or(true);
-    use proto::route_match::PathSpecifier as P;
-    let fold = |s: &str| {
-        if case_sensitive {
-            s.to_string()
-        } else {
-            s.to_ascii_lowercase()
-        }
-    };
-    let path_match = match &m.path_specifier {
-        Some(P::Prefix(p)) => PathMatch::Prefix {
-            prefix: fold(p),
-            case_sensitive,
-        },
-        Some(P::Path(p)) => PathMatch::Exact {
-            path: fold(p),
-            case_sensitive,
-        },
-        Some(P::SafeRegex(r)) => PathMatch::Regex(full_regex(r, &m_path.field("safe_regex"))?),
-        Some(P::PathSeparatedPrefix(p)) => {
-            if p.contains(['?', '#']) || p.ends_with('/') {
-                return Err(m_path
-                    .field("path_separated_prefix")
-                    .error("must not contain ?, # or end with /"));
-            }
-            PathMatch::SeparatedPrefix {
-                prefix: fold(p),
-                case_sensitive,
-            }
-        }
-        Some(_) => return Err(m_path.error("this path specifier is not supported")),
-        None => return Err(m_path.error("a path specifier is required")),
-    };
+    let path_match = path_match(m, &m_path)?;
     let headers = m
         .headers
         .iter()
@@ -584,4 +552,42 @@ fn starts_with(path: &str, prefix: &str, case_sensitive: bool) -> bool {
         } else {
             p[..x.len()].eq_ignore_ascii_case(x)
         }
+}
+
+/// A route match's path condition (prefix, exact path, regex or separated prefix), compiled;
+/// shared by routes and the JWT filter's rules.
+pub(super) fn path_match(m: &proto::RouteMatch, m_path: &FieldPath) -> Result<PathMatch> {
+    let case_sensitive = m.case_sensitive.as_ref().map(|b| b.value).unwrap_or(true);
+    use proto::route_match::PathSpecifier as P;
+    let fold = |s: &str| {
+        if case_sensitive {
+            s.to_string()
+        } else {
+            s.to_ascii_lowercase()
+        }
+    };
+    Ok(match &m.path_specifier {
+        Some(P::Prefix(p)) => PathMatch::Prefix {
+            prefix: fold(p),
+            case_sensitive,
+        },
+        Some(P::Path(p)) => PathMatch::Exact {
+            path: fold(p),
+            case_sensitive,
+        },
+        Some(P::SafeRegex(r)) => PathMatch::Regex(full_regex(r, &m_path.field("safe_regex"))?),
+        Some(P::PathSeparatedPrefix(p)) => {
+            if p.contains(['?', '#']) || p.ends_with('/') {
+                return Err(m_path
+                    .field("path_separated_prefix")
+                    .error("must not contain ?, # or end with /"));
+            }
+            PathMatch::SeparatedPrefix {
+                prefix: fold(p),
+                case_sensitive,
+            }
+        }
+        Some(_) => return Err(m_path.error("this path specifier is not supported")),
+        None => return Err(m_path.error("a path specifier is required")),
+    })
 }
