@@ -5,15 +5,9 @@
 use super::super::records::Kind;
 use tonic::codec::Streaming;
 use tonic::transport::Channel;
-use xds_proto::pb::envoy::service::cluster::v3::cluster_discovery_service_client::ClusterDiscoveryServiceClient;
-use xds_proto::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
 use xds_proto::pb::envoy::service::discovery::v3::{
     DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
 };
-use xds_proto::pb::envoy::service::endpoint::v3::endpoint_discovery_service_client::EndpointDiscoveryServiceClient;
-use xds_proto::pb::envoy::service::listener::v3::listener_discovery_service_client::ListenerDiscoveryServiceClient;
-use xds_proto::pb::envoy::service::route::v3::route_discovery_service_client::RouteDiscoveryServiceClient;
-use xds_proto::pb::envoy::service::secret::v3::secret_discovery_service_client::SecretDiscoveryServiceClient;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Service {
@@ -21,9 +15,41 @@ pub enum Service {
     Of(Kind),
 }
 
+impl Service {
+    /// The service's two methods: state of the world, then delta.
+    fn methods(self) -> (&'static str, &'static str) {
+        match self {
+            Service::Aggregated => (
+                "/envoy.service.discovery.v3.AggregatedDiscoveryService/StreamAggregatedResources",
+                "/envoy.service.discovery.v3.AggregatedDiscoveryService/DeltaAggregatedResources",
+            ),
+            Service::Of(Kind::Cluster) => (
+                "/envoy.service.cluster.v3.ClusterDiscoveryService/StreamClusters",
+                "/envoy.service.cluster.v3.ClusterDiscoveryService/DeltaClusters",
+            ),
+            Service::Of(Kind::Listener) => (
+                "/envoy.service.listener.v3.ListenerDiscoveryService/StreamListeners",
+                "/envoy.service.listener.v3.ListenerDiscoveryService/DeltaListeners",
+            ),
+            Service::Of(Kind::Route) => (
+                "/envoy.service.route.v3.RouteDiscoveryService/StreamRoutes",
+                "/envoy.service.route.v3.RouteDiscoveryService/DeltaRoutes",
+            ),
+            Service::Of(Kind::Endpoint) => (
+                "/envoy.service.endpoint.v3.EndpointDiscoveryService/StreamEndpoints",
+                "/envoy.service.endpoint.v3.EndpointDiscoveryService/DeltaEndpoints",
+            ),
+            Service::Of(Kind::Secret) => (
+                "/envoy.service.secret.v3.SecretDiscoveryService/StreamSecrets",
+                "/envoy.service.secret.v3.SecretDiscoveryService/DeltaSecrets",
+            ),
+        }
+    }
+}
+
 type Result<T> = std::result::Result<tonic::Response<Streaming<T>>, tonic::Status>;
 
-/// One channel, every service's client over it (clients are cheap handles).
+/// One channel, every service's methods over it.
 pub struct Clients {
     channel: Channel,
 }
@@ -41,47 +67,7 @@ impl Clients {
     where
         S: tokio_stream::Stream<Item = DiscoveryRequest> + Send + 'static,
     {
-        let ch = self.channel.clone();
-        // Envoy sends whatever the control plane holds: no limit on a response's size.
-        let max = usize::MAX;
-        match service {
-            Service::Aggregated => {
-                AggregatedDiscoveryServiceClient::new(ch)
-                    .max_decoding_message_size(max)
-                    .stream_aggregated_resources(request)
-                    .await
-            }
-            Service::Of(Kind::Cluster) => {
-                ClusterDiscoveryServiceClient::new(ch)
-                    .max_decoding_message_size(max)
-                    .stream_clusters(request)
-                    .await
-            }
-            Service::Of(Kind::Listener) => {
-                ListenerDiscoveryServiceClient::new(ch)
-                    .max_decoding_message_size(max)
-                    .stream_listeners(request)
-                    .await
-            }
-            Service::Of(Kind::Route) => {
-                RouteDiscoveryServiceClient::new(ch)
-                    .max_decoding_message_size(max)
-                    .stream_routes(request)
-                    .await
-            }
-            Service::Of(Kind::Endpoint) => {
-                EndpointDiscoveryServiceClient::new(ch)
-                    .max_decoding_message_size(max)
-                    .stream_endpoints(request)
-                    .await
-            }
-            Service::Of(Kind::Secret) => {
-                SecretDiscoveryServiceClient::new(ch)
-                    .max_decoding_message_size(max)
-                    .stream_secrets(request)
-                    .await
-            }
-        }
+        self.call(service.methods().0, request).await
     }
 
     pub async fn delta<S>(
@@ -92,45 +78,28 @@ impl Clients {
     where
         S: tokio_stream::Stream<Item = DeltaDiscoveryRequest> + Send + 'static,
     {
-        let ch = self.channel.clone();
-        let max = usize::MAX;
-        match service {
-            Service::Aggregated => {
-                AggregatedDiscoveryServiceClient::new(ch)
-                    .max_decoding_message_size(max)
-                    .delta_aggregated_resources(request)
-                    .await
-            }
-            Service::Of(Kind::Cluster) => {
-                ClusterDiscoveryServiceClient::new(ch)
-                    .max_decoding_message_size(max)
-                    .delta_clusters(request)
-                    .await
-            }
-            Service::Of(Kind::Listener) => {
-                ListenerDiscoveryServiceClient::new(ch)
-                    .max_decoding_message_size(max)
-                    .delta_listeners(request)
-                    .await
-            }
-            Service::Of(Kind::Route) => {
-                RouteDiscoveryServiceClient::new(ch)
-                    .max_decoding_message_size(max)
-                    .delta_routes(request)
-                    .await
-            }
-            Service::Of(Kind::Endpoint) => {
-                EndpointDiscoveryServiceClient::new(ch)
-                    .max_decoding_message_size(max)
-                    .delta_endpoints(request)
-                    .await
-            }
-            Service::Of(Kind::Secret) => {
-                SecretDiscoveryServiceClient::new(ch)
-                    .max_decoding_message_size(max)
-                    .delta_secrets(request)
-                    .await
-            }
-        }
+        self.call(service.methods().1, request).await
+    }
+
+    /// A bidirectional stream on `method`, as the generated clients open one.
+    async fn call<S, Req, Resp>(
+        &mut self,
+        method: &'static str,
+        request: tonic::Request<S>,
+    ) -> Result<Resp>
+    where
+        S: tokio_stream::Stream<Item = Req> + Send + 'static,
+        Req: prost::Message + Send + 'static,
+        Resp: prost::Message + Default + Send + 'static,
+    {
+        // Envoy takes whatever the control plane holds: no limit on a response's size.
+        let mut grpc =
+            tonic::client::Grpc::new(self.channel.clone()).max_decoding_message_size(usize::MAX);
+        grpc.ready()
+            .await
+            .map_err(|e| tonic::Status::unknown(format!("service was not ready: {e}")))?;
+        let path = http::uri::PathAndQuery::from_static(method);
+        grpc.streaming(request, path, tonic_prost::ProstCodec::default())
+            .await
     }
 }
