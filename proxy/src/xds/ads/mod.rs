@@ -15,24 +15,24 @@
 //!   accepted configuration throughout.
 
 mod agent_types;
+mod inbound;
 mod services;
 use super::agent_types::AgentType;
-use super::apply::{lock, Applier, SharedApplier, Update};
+use super::apply::{lock, Applier, SharedApplier};
 use super::records::{Kind, Records};
 use crate::config::dynamic::{AdsConfig, ConfigSource};
 use crate::config::listener::Listener;
 use crate::server::{Server, ServerState};
 use crate::stats::Gauge;
 use crate::upstream::ClusterManager;
+use inbound::{next_response, Inbound, Response};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::UnboundedReceiverStream;
 use xds_proto::pb::envoy::config::core::v3::Node;
-use xds_proto::pb::envoy::service::discovery::v3::{
-    DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
-};
+use xds_proto::pb::envoy::service::discovery::v3::{DeltaDiscoveryRequest, DiscoveryRequest};
 use xds_proto::pb::google::rpc::Status;
 
 /// gRPC `INTERNAL`, the code Envoy puts in a NACK's `error_detail`.
@@ -59,23 +59,6 @@ struct Subscription {
 enum Outbound {
     Sotw(mpsc::UnboundedSender<DiscoveryRequest>),
     Delta(mpsc::UnboundedSender<DeltaDiscoveryRequest>),
-}
-
-enum Inbound {
-    Sotw(tonic::Streaming<DiscoveryResponse>),
-    Delta(tonic::Streaming<DeltaDiscoveryResponse>),
-}
-
-/// A response of either variant, reduced to what applying it needs.
-struct Response {
-    type_url: String,
-    version: String,
-    nonce: String,
-    updates: Vec<Update>,
-    /// Delta: names removed. State of the world: computed for wildcard types.
-    removed: Vec<String>,
-    /// The response's `control_plane.identifier`, when it names one.
-    control_plane: Option<String>,
 }
 
 /// What a stream carries.
@@ -655,72 +638,6 @@ impl AdsClient {
                 self.server.stats.gauge("server.live").set(1);
             }
             tracing::info!(target: "main", "all dependencies initialized. starting workers");
-        }
-    }
-}
-
-async fn next_response(
-    inbound: &mut Inbound,
-    applier: &SharedApplier,
-) -> Result<Option<Response>, String> {
-    match inbound {
-        Inbound::Sotw(stream) => {
-            let Some(r) = stream.message().await.map_err(|s| s.to_string())? else {
-                return Ok(None);
-            };
-            let kind = Kind::from_type_url(&r.type_url);
-            let mut updates = Vec::with_capacity(r.resources.len());
-            for resource in r.resources {
-                updates.push(Update {
-                    name: super::resource_name(&resource),
-                    version: r.version_info.clone(),
-                    resource,
-                });
-            }
-            // State of the world: a wildcard type's response is the whole set.
-            let removed = match kind {
-                Some(k) if k.is_wildcard() => {
-                    let present: BTreeSet<&str> = updates.iter().map(|u| u.name.as_str()).collect();
-                    lock(applier)
-                        .dynamic_names(k)
-                        .into_iter()
-                        .filter(|n| !present.contains(n.as_str()))
-                        .collect()
-                }
-                _ => Vec::new(),
-            };
-            Ok(Some(Response {
-                type_url: r.type_url,
-                version: r.version_info,
-                nonce: r.nonce,
-                updates,
-                removed,
-                control_plane: r.control_plane.map(|c| c.identifier),
-            }))
-        }
-        Inbound::Delta(stream) => {
-            let Some(r) = stream.message().await.map_err(|s| s.to_string())? else {
-                return Ok(None);
-            };
-            let updates = r
-                .resources
-                .into_iter()
-                .filter_map(|res| {
-                    Some(Update {
-                        name: res.name,
-                        version: res.version,
-                        resource: res.resource?,
-                    })
-                })
-                .collect();
-            Ok(Some(Response {
-                type_url: r.type_url,
-                version: r.system_version_info,
-                nonce: r.nonce,
-                updates,
-                removed: r.removed_resources,
-                control_plane: r.control_plane.map(|c| c.identifier),
-            }))
         }
     }
 }
