@@ -26,7 +26,16 @@ dynamic_resources:
     grpc_services: [{{ envoy_grpc: {{ cluster_name: xds-grpc }} }}]
   cds_config: {{ ads: {{}}, initial_fetch_timeout: 0s, resource_api_version: V3 }}
   lds_config: {{ ads: {{}}, initial_fetch_timeout: 0s, resource_api_version: V3 }}
-static_resources:
+{}"#,
+        xds_grpc_cluster(control_plane)
+    )
+}
+
+/// The static `xds-grpc` cluster (HTTP/2, to the control plane on `control_plane`), as a
+/// bootstrap's whole `static_resources`.
+pub fn xds_grpc_cluster(control_plane: u16) -> String {
+    format!(
+        r#"static_resources:
   clusters:
   - name: xds-grpc
     type: STATIC

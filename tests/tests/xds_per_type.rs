@@ -35,21 +35,8 @@ admin: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {admin}
 dynamic_resources:
   cds_config: {src}
   lds_config: {src}
-static_resources:
-  clusters:
-  - name: xds-grpc
-    type: STATIC
-    connect_timeout: 1s
-    typed_extension_protocol_options:
-      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
-        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
-        explicit_http_config: {{ http2_protocol_options: {{}} }}
-    load_assignment:
-      cluster_name: xds-grpc
-      endpoints:
-      - lb_endpoints:
-        - endpoint: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {control_plane} }} }} }}
-"#
+{}"#,
+        tests::xds_resources::xds_grpc_cluster(control_plane)
     )
 }
 
