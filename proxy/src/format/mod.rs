@@ -454,7 +454,7 @@ fn text(out: &mut String, s: &str) -> Written {
 }
 
 fn number(out: &mut String, n: u64) -> Written {
-    let _ = write!(out, "{n}");
+    out.push_str(itoa::Buffer::new().format(n));
     Written::Number
 }
 

@@ -11,6 +11,10 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 
+/// How many headers hyper's HTTP/1 parser takes when not told (Envoy's default
+/// `max_headers_count` too). Within it, hyper keeps its header arrays inline.
+pub const HYPER_MAX_HEADERS: usize = 100;
+
 /// What every HTTP/2 connection (prior knowledge) starts with.
 const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 

@@ -4,7 +4,7 @@
 mod access_log;
 mod attempt;
 mod attempt_idle;
-mod codec;
+pub(crate) mod codec;
 mod compressor;
 mod connection;
 mod fault;

@@ -10,6 +10,7 @@ use super::transport::Via;
 use super::transport::{Destination, Transport};
 use crate::config::circuit_breakers::Priority;
 use crate::config::cluster::Cluster;
+use crate::http::codec::HYPER_MAX_HEADERS;
 use bytes::Bytes;
 use http_body_util::combinators::UnsyncBoxBody;
 use hyper::body::Incoming;
@@ -104,8 +105,13 @@ impl Opener for Connecting {
                 });
                 return Ok((Sender::Http2(sender), facts));
             }
-            let (sender, connection) = http1::Builder::new()
-                .max_headers(max_headers)
+            let mut builder = http1::Builder::new();
+            // hyper's own limit is 100: telling it 100 again would make it size its header
+            // arrays per response instead of keeping them inline (1% of a request's CPU).
+            if max_headers != HYPER_MAX_HEADERS {
+                builder.max_headers(max_headers);
+            }
+            let (sender, connection) = builder
                 .handshake(io)
                 .await
                 .map_err(|e| UpstreamError::ConnectFailure(e.to_string()))?;
@@ -152,7 +158,7 @@ impl Pool {
             http1_max_headers: cluster
                 .stream_limits
                 .max_headers_count
-                .map_or(100, |n| (n as usize).max(100)),
+                .map_or(HYPER_MAX_HEADERS, |n| (n as usize).max(HYPER_MAX_HEADERS)),
         });
         let pools = Arc::new_cyclic(|myself| {
             ClusterPools::new(
