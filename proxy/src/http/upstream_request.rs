@@ -195,15 +195,69 @@ fn rewrite_path(path_and_query: &str, route: &Route, f: &Forward) -> Option<Stri
 }
 
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    // Headers named in `Connection` are hop-by-hop too.
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
-        .collect();
-    for name in named.iter().chain(HOP_BY_HOP.iter()) {
-        headers.remove(name);
+    // One pass over the names finds which are present: most messages carry none, or only
+    // `connection`, and a removal hashes its name even when nothing is there.
+    let mut present = [false; HOP_BY_HOP.len()];
+    for name in headers.keys() {
+        if let Some(i) = HOP_BY_HOP.iter().position(|h| h == name) {
+            present[i] = true;
+        }
+    }
+    if present == [false; HOP_BY_HOP.len()] {
+        return;
+    }
+    // Headers named in `Connection` are hop-by-hop too (`HOP_BY_HOP[0]`).
+    if present[0] {
+        // Copied out (cheap: shared bytes) to remove while reading; a second value is rare,
+        // so the common case allocates nothing.
+        let mut values = headers.get_all(header::CONNECTION).iter();
+        let first = values.next().cloned();
+        let rest: Vec<HeaderValue> = values.cloned().collect();
+        for value in first.iter().chain(&rest) {
+            let Ok(value) = value.to_str() else { continue };
+            for name in value.split(',') {
+                if let Ok(name) = HeaderName::from_bytes(name.trim().as_bytes()) {
+                    headers.remove(name);
+                }
+            }
+        }
+    }
+    for (name, here) in HOP_BY_HOP.iter().zip(present) {
+        if here {
+            headers.remove(name);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hop_by_hop_headers_and_those_connection_names_are_removed() {
+        let mut headers = HeaderMap::new();
+        for (name, value) in [
+            ("connection", "keep-alive, x-hop"),
+            ("connection", "x-second"),
+            ("keep-alive", "timeout=5"),
+            ("x-hop", "1"),
+            ("x-second", "2"),
+            ("te", "trailers"),
+            ("transfer-encoding", "chunked"),
+            ("x-end-to-end", "3"),
+        ] {
+            headers.append(
+                HeaderName::from_static(name),
+                HeaderValue::from_static(value),
+            );
+        }
+        strip_hop_by_hop(&mut headers);
+        let left: Vec<&str> = headers.keys().map(|n| n.as_str()).collect();
+        assert_eq!(left, ["x-end-to-end"]);
+
+        let mut none = HeaderMap::new();
+        none.insert(header::HOST, HeaderValue::from_static("a"));
+        strip_hop_by_hop(&mut none);
+        assert_eq!(none.len(), 1);
     }
 }
