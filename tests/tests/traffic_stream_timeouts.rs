@@ -28,6 +28,14 @@ fn hcm(fields: &str) -> String {
     format!("{fields}\n{ACCESS_LOG}")
 }
 
+/// As [`hcm`], with the bytes in the log line too (an upgraded stream counts its tunnel's).
+fn hcm_logging_bytes(fields: &str) -> String {
+    hcm(fields).replace(
+        "%RESPONSE_CODE_DETAILS%",
+        "%RESPONSE_CODE_DETAILS% %BYTES_RECEIVED% %BYTES_SENT%",
+    )
+}
+
 /// The stream timer stats and the access log lines so far (the file is then removed).
 fn timer_stats_and_log(side: &Side) -> String {
     std::thread::sleep(Duration::from_millis(400));
@@ -64,16 +72,6 @@ fn timer_stats_and_log(side: &Side) -> String {
         out.push_str(&format!("  log {l}\n"));
     }
     out
-}
-
-/// The stream timer stats alone. An upgraded stream's access log line differs: Envoy writes
-/// it when the tunnel ends, Outrigger when the `101` is sent (see the issue notes).
-fn timer_stats(side: &Side) -> String {
-    let all = timer_stats_and_log(side);
-    all.lines()
-        .filter(|l| !l.trim_start().starts_with("log "))
-        .map(|l| format!("{l}\n"))
-        .collect()
 }
 
 /// A POST that announces 10 bytes and sends 5, then waits for the answer. The step then
@@ -141,6 +139,33 @@ fn idle_websocket(side: &Side) -> String {
     format!("  {status}\n  echoed {echoed}\n  closed after a quiet second: {closed}\n")
 }
 
+/// Upgrades, has two exchanges of 16 bytes, then closes: the stream is logged with the
+/// tunnel's bytes and `DC` when the tunnel ends, not when the `101` is sent.
+fn websocket_exchange_then_close(side: &Side) -> String {
+    use std::io::{Read, Write};
+    let Ok(mut stream) = std::net::TcpStream::connect(side.addr("listener_port")) else {
+        return "  cannot connect\n".into();
+    };
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(3)));
+    let upgrade = "GET /ws HTTP/1.1\r\nHost: ws.example\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n";
+    let _ = stream.write_all(upgrade.as_bytes());
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") && stream.read(&mut byte).is_ok_and(|n| n == 1) {
+        head.push(byte[0]);
+    }
+    let mut echoed = 0;
+    for _ in 0..2 {
+        let _ = stream.write_all(b"hello-0123456789");
+        let mut echo = [0u8; 16];
+        if stream.read_exact(&mut echo).is_ok() {
+            echoed += 1;
+        }
+    }
+    drop(stream);
+    format!("  echoed {echoed} of 2\n")
+}
+
 fn scenarios() -> Vec<Scenario> {
     let to_backend =
         one_vhost("- match: { prefix: / }\n  route: { cluster: backend, timeout: 0s }");
@@ -169,10 +194,16 @@ fn scenarios() -> Vec<Scenario> {
             .curl("/h2", &["--http2-prior-knowledge"])
             .custom(timer_stats_and_log),
         Scenario::http("idle_websocket_tunnels_close", HCM, &to_backend)
-            .hcm(&hcm("stream_idle_timeout: 0.4s\nupgrade_configs: [{ upgrade_type: websocket }]"))
+            .hcm(&hcm_logging_bytes("stream_idle_timeout: 0.4s\nupgrade_configs: [{ upgrade_type: websocket }]"))
             .upstream(Behaviour::WebsocketEcho)
             .custom(idle_websocket)
-            .custom(timer_stats),
+            .custom(timer_stats_and_log),
+        // https://www.envoyproxy.io/docs/envoy/latest/intro/arch_overview/http/upgrades
+        Scenario::http("websocket_logged_when_the_client_closes", HCM, &to_backend)
+            .hcm(&hcm_logging_bytes("upgrade_configs: [{ upgrade_type: websocket }]"))
+            .upstream(Behaviour::WebsocketEcho)
+            .custom(websocket_exchange_then_close)
+            .custom(timer_stats_and_log),
         Scenario::http("a_slow_steady_response_is_not_idle", HCM, &to_backend)
             .hcm(&hcm("stream_idle_timeout: 0.3s"))
             .upstream(Behaviour::Trickle {

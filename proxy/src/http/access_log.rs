@@ -16,6 +16,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context as TaskContext, Poll};
 use std::time::{Instant, SystemTime};
+use tokio::sync::oneshot;
 
 /// What the connection knows when the response starts, kept until the stream is logged.
 pub struct Pending {
@@ -36,7 +37,7 @@ pub struct Pending {
 impl Pending {
     fn log(mut self) {
         self.info.duration = Some(self.started.elapsed());
-        self.info.bytes_received = self.request.bytes();
+        self.info.bytes_received += self.request.bytes();
         self.info.request_duration = self.request.request_duration();
         // A timer ended the stream (after the response started, by resetting it).
         if let Some(expiry) = self.request.expiry() {
@@ -66,20 +67,84 @@ impl Pending {
     }
 }
 
+/// How an upgraded stream's tunnel ended.
+#[derive(Debug, Default)]
+pub struct TunnelEnd {
+    /// Bytes from the client through the tunnel.
+    pub received: u64,
+    /// Bytes from the upstream through the tunnel.
+    pub sent: u64,
+    /// The side that closed first; None when a timer ended the tunnel or it never opened.
+    pub closed_by: Option<ClosedBy>,
+}
+
+#[derive(Debug)]
+pub enum ClosedBy {
+    Downstream,
+    Upstream,
+}
+
+impl Pending {
+    /// Logs an upgraded stream when its tunnel closed, with the tunnel's bytes and the flag
+    /// of the side that closed it, as Envoy does (checked with Envoy 1.40: `DC` and
+    /// `downstream_remote_disconnect`, or `UC` and
+    /// `upstream_reset_after_response_started{connection_termination}`).
+    pub fn log_tunnel(mut self: Box<Self>, end: TunnelEnd) {
+        self.info.bytes_received += end.received;
+        self.info.bytes_sent += end.sent;
+        let (flag, details) = match end.closed_by {
+            Some(ClosedBy::Downstream) => ("DC", "downstream_remote_disconnect"),
+            Some(ClosedBy::Upstream) => (
+                "UC",
+                "upstream_reset_after_response_started{connection_termination}",
+            ),
+            None => ("", ""),
+        };
+        if let Some(flag) = ResponseFlags::named(flag) {
+            self.info.response_flags = self.info.response_flags.with(flag);
+            self.info.response_code_details = Some(details.into());
+        }
+        self.log();
+    }
+}
+
+/// Hands an upgraded stream's log from its response body to its tunnel: Envoy logs a
+/// websocket when the tunnel closes. A response extension, so `Clone` (it is taken once).
+#[derive(Clone)]
+pub struct TunnelLog(Arc<std::sync::Mutex<Option<oneshot::Sender<Box<Pending>>>>>);
+
+impl TunnelLog {
+    pub fn new(sender: oneshot::Sender<Box<Pending>>) -> Self {
+        Self(Arc::new(std::sync::Mutex::new(Some(sender))))
+    }
+
+    /// Gives `pending` to the tunnel, or back when the tunnel is gone.
+    fn hand_over(self, pending: Box<Pending>) -> Result<(), Box<Pending>> {
+        let sender = self.0.lock().unwrap_or_else(|e| e.into_inner()).take();
+        match sender {
+            Some(sender) => sender.send(pending),
+            None => Err(pending),
+        }
+    }
+}
+
 /// A response body that counts bytes sent and logs the stream when dropped.
 pub struct LoggedBody {
     inner: ResponseBody,
     pending: Option<Box<Pending>>,
+    /// An upgrade's tunnel, which logs the stream when it closes.
+    tunnel: Option<TunnelLog>,
     /// The body reached its end (or failed): hyper stopped for a reason other than the
     /// client leaving.
     ended: bool,
 }
 
 impl LoggedBody {
-    pub fn new(inner: ResponseBody, pending: Box<Pending>) -> Self {
+    pub fn new(inner: ResponseBody, pending: Box<Pending>, tunnel: Option<TunnelLog>) -> Self {
         Self {
             inner,
             pending: Some(pending),
+            tunnel,
             ended: false,
         }
     }
@@ -87,14 +152,23 @@ impl LoggedBody {
 
 impl Drop for LoggedBody {
     fn drop(&mut self) {
-        if let Some(mut pending) = self.pending.take() {
-            // Dropped before its end: the client went away mid-response (Envoy's DC).
-            if !self.ended && !self.inner.is_end_stream() {
-                if let Some(dc) = ResponseFlags::named("DC") {
-                    pending.info.response_flags = pending.info.response_flags.with(dc);
-                }
-                pending.info.response_code_details = Some("downstream_remote_disconnect".into());
+        let Some(mut pending) = self.pending.take() else {
+            return;
+        };
+        // Dropped before its end: the client went away mid-response (Envoy's DC).
+        if !self.ended && !self.inner.is_end_stream() {
+            if let Some(dc) = ResponseFlags::named("DC") {
+                pending.info.response_flags = pending.info.response_flags.with(dc);
             }
+            pending.info.response_code_details = Some("downstream_remote_disconnect".into());
+            pending.log();
+            return;
+        }
+        let unclaimed = match self.tunnel.take() {
+            Some(tunnel) => tunnel.hand_over(pending).err(),
+            None => Some(pending),
+        };
+        if let Some(pending) = unclaimed {
             pending.log();
         }
     }

@@ -1,7 +1,7 @@
 //! One downstream HTTP connection: the codec (AUTO sniffs the HTTP/2 preface for h2c prior
 //! knowledge, else HTTP/1.1), per-request stats, and graceful close when listeners drain.
 
-use super::access_log::{default_details, flag_bits, LoggedBody, Pending};
+use super::access_log::{default_details, flag_bits, LoggedBody, Pending, TunnelLog};
 use super::codec::{NotAdmitted, HYPER_MAX_HEADERS};
 use super::local_reply::ResponseFlag;
 use super::router::{route_request, ResetStream, ResponseBody};
@@ -370,8 +370,9 @@ async fn handle(
         info,
         istio: istio.map(Box::new),
     });
+    let tunnel = outcome.response.extensions_mut().remove::<TunnelLog>();
     let (parts, body) = outcome.response.into_parts();
-    hyper::Response::from_parts(parts, LoggedBody::new(body, pending).boxed_unsync())
+    hyper::Response::from_parts(parts, LoggedBody::new(body, pending, tunnel).boxed_unsync())
 }
 
 fn dpe() -> crate::format::ResponseFlags {
