@@ -372,15 +372,9 @@ where
 {
     let (mut down_r, mut down_w) = tokio::io::split(downstream);
     let (mut up_r, mut up_w) = tokio::io::split(upstream);
-    let (activity_tx, mut activity_rx) = tokio::sync::watch::channel(());
-    let up = copy_half(&mut down_r, &mut up_w, &activity_tx, &counters.sent, admit);
-    let down = copy_half(
-        &mut up_r,
-        &mut down_w,
-        &activity_tx,
-        &counters.received,
-        None,
-    );
+    let activity = Activity::new();
+    let up = copy_half(&mut down_r, &mut up_w, &activity, &counters.sent, admit);
+    let down = copy_half(&mut up_r, &mut down_w, &activity, &counters.received, None);
     let both = async {
         tokio::pin!(up, down);
         tokio::select! {
@@ -394,24 +388,55 @@ where
     tokio::pin!(both);
     match idle {
         None => both.await,
-        Some(idle) => loop {
-            tokio::select! {
-                end = &mut both => break end,
-                changed = tokio::time::timeout(idle, activity_rx.changed()) => {
-                    if changed.is_err() {
-                        tracing::debug!(target: "filter", "tcp_proxy: idle timeout");
-                        break CopyEnd::Idle;
+        Some(idle) => {
+            let mut check = tokio::time::Instant::now() + idle;
+            loop {
+                tokio::select! {
+                    end = &mut both => break end,
+                    () = tokio::time::sleep_until(check) => {
+                        let quiet = activity.quiet_for();
+                        if quiet >= idle {
+                            tracing::debug!(target: "filter", "tcp_proxy: idle timeout");
+                            break CopyEnd::Idle;
+                        }
+                        check = tokio::time::Instant::now() + (idle - quiet);
                     }
                 }
             }
-        },
+        }
+    }
+}
+
+/// When bytes last moved, stamped by the copies and read only when the idle timer fires:
+/// re-arming a timer (and waking the connection's task) per chunk had cost throughput.
+struct Activity {
+    started: std::time::Instant,
+    last_micros: std::sync::atomic::AtomicU64,
+}
+
+impl Activity {
+    fn new() -> Self {
+        Self {
+            started: std::time::Instant::now(),
+            last_micros: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+
+    fn touch(&self) {
+        let now = u64::try_from(self.started.elapsed().as_micros()).unwrap_or(u64::MAX);
+        self.last_micros.store(now, Relaxed);
+    }
+
+    fn quiet_for(&self) -> Duration {
+        let last = Duration::from_micros(self.last_micros.load(Relaxed));
+        self.started.elapsed().saturating_sub(last)
     }
 }
 
 async fn copy_half<R, W>(
     reader: &mut R,
     writer: &mut W,
-    activity: &tokio::sync::watch::Sender<()>,
+    activity: &Activity,
     total: &std::sync::atomic::AtomicU64,
     mut admit: Option<&(dyn Fn() -> Result<(), String> + Sync)>,
 ) -> Result<(), CopyEnd>
@@ -434,7 +459,7 @@ where
             break;
         }
         total.fetch_add(n as u64, Relaxed);
-        activity.send_replace(());
+        activity.touch();
     }
     // Pass the half-close on: the other direction keeps flowing.
     let _ = writer.shutdown().await;
