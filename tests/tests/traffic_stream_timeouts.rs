@@ -74,6 +74,17 @@ fn timer_stats_and_log(side: &Side) -> String {
     out
 }
 
+/// What became of the upstream request and its connection after a timer ended the stream:
+/// both closed, as Envoy closes them. (Envoy also counts them in
+/// `upstream_cx_destroy_local_with_active_rq`, a family Outrigger does not have yet.)
+fn upstream_release(side: &Side) -> String {
+    std::thread::sleep(Duration::from_millis(300));
+    let stats = side
+        .proxy
+        .get("/stats?filter=^cluster.backend.upstream_(cx_active|rq_active|cx_total|rq_total)$");
+    stats.body.lines().map(|l| format!("  {l}\n")).collect()
+}
+
 /// A POST that announces 10 bytes and sends 5, then waits for the answer. The step then
 /// gives the upstream a moment: Envoy resets the upstream request before it answers,
 /// Outrigger right after (when the downstream body ends), and the upstream records the
@@ -192,7 +203,8 @@ fn scenarios() -> Vec<Scenario> {
             .upstream(Behaviour::SlowBody(Duration::from_secs(2)))
             .get("/")
             .curl("/h2", &["--http2-prior-knowledge"])
-            .custom(timer_stats_and_log),
+            .custom(timer_stats_and_log)
+            .custom(upstream_release),
         Scenario::http("idle_websocket_tunnels_close", HCM, &to_backend)
             .hcm(&hcm_logging_bytes("stream_idle_timeout: 0.4s\nupgrade_configs: [{ upgrade_type: websocket }]"))
             .upstream(Behaviour::WebsocketEcho)
