@@ -112,12 +112,6 @@ pub fn translate(
             common = Some(o);
         }
     }
-    if http2.max_concurrent_streams.is_some() {
-        acks.push(Acknowledged {
-            path: path.field("http2_protocol_options").field("max_concurrent_streams").to_string(),
-            reason: "upstream HTTP/2 connections follow the server's stream limit; a per-cluster cap is not enforced yet (issue 4)",
-        });
-    }
     let common = common.unwrap_or_default();
     let streams = StreamLimits {
         max_stream_duration: optional_duration(

@@ -22,6 +22,7 @@ use crate::config::route::{
 };
 use crate::format::ResponseFlags;
 use crate::upstream::transport::Via;
+use crate::upstream::UpstreamIncoming;
 use crate::upstream::{ClusterRuntime, Host, HostResult, HostStats, UpstreamError};
 use bytes::Bytes;
 use http::{header, HeaderName, HeaderValue, Request, Response, StatusCode};
@@ -460,7 +461,7 @@ pub(super) fn answered(
     ctx: &HttpContext,
     cluster: &ClusterRuntime,
     host: &Host,
-    mut response: Response<Incoming>,
+    mut response: Response<UpstreamIncoming>,
     started: Instant,
     set_cookie: Option<HeaderValue>,
     idle: Option<(Duration, &Arc<crate::stats::Counter>)>,
@@ -510,7 +511,7 @@ pub(super) fn answered(
 }
 
 fn downstream_response(
-    response: Response<Incoming>,
+    response: Response<UpstreamIncoming>,
     elapsed: Duration,
     server: &HeaderValue,
     transformation: ServerHeader,

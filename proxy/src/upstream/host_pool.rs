@@ -12,7 +12,7 @@ use super::circuit_breakers::{CircuitBreakers, Guard, PriorityBreakers};
 use super::host::Host;
 use super::pool::UpstreamError;
 pub use super::pool_conn::{Conn, Sender};
-use super::pool_conn::{Lifetime, WatchStats, Watched};
+use super::pool_conn::{Lifetime, StreamToken, Streams, WatchStats, Watched};
 use super::transport::{Destination, Via};
 use crate::config::circuit_breakers::Priority;
 use crate::config::cluster::ConnectionLimits;
@@ -102,6 +102,9 @@ pub struct ClusterPools {
     stats: PoolStats,
     opener: Arc<dyn Opener>,
     limits: ConnectionLimits,
+    /// HTTP/2 streams one connection carries at once (`max_concurrent_streams`; `u32::MAX`
+    /// when unset): a request finding every connection full waits for another.
+    stream_cap: u32,
     myself: Weak<ClusterPools>,
 }
 
@@ -235,6 +238,7 @@ impl ClusterPools {
         stats: PoolStats,
         opener: Arc<dyn Opener>,
         limits: ConnectionLimits,
+        stream_cap: Option<u32>,
         myself: Weak<ClusterPools>,
     ) -> Self {
         ClusterPools {
@@ -242,6 +246,7 @@ impl ClusterPools {
             stats,
             opener,
             limits,
+            stream_cap: stream_cap.unwrap_or(u32::MAX).max(1),
             myself,
         }
     }
@@ -320,8 +325,9 @@ impl HostPool {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// A ready connection: HTTP/1.1 takes it off the list, HTTP/2 shares it (and a share
-    /// that takes the connection's last allowed stream retires it, draining it).
+    /// A ready connection: HTTP/1.1 takes it off the list, HTTP/2 shares the first one with
+    /// room for another stream (and a share that takes the connection's last allowed stream
+    /// retires it, draining it).
     fn checkout(&self, pools: &ClusterPools, breakers: &PriorityBreakers) -> Option<Conn> {
         let mut state = self.lock();
         if state.unit.is_none() {
@@ -329,11 +335,12 @@ impl HostPool {
         }
         if self.http2 {
             state.ready.retain(|r| r.conn.sender.usable());
-            let first = state.ready.first_mut()?;
-            let shared = first.conn.share();
-            if first.conn.life.start_request() {
+            let i = state.ready.iter().position(|r| r.conn.life.has_room())?;
+            let ready = &mut state.ready[i];
+            let shared = ready.conn.share();
+            if ready.conn.life.start_request() {
                 pools.stats.cx_max_requests.inc();
-                state.ready.remove(0);
+                state.ready.remove(i);
             }
             return shared;
         }
@@ -361,15 +368,17 @@ impl HostPool {
             .unwrap_or_else(|_| Err(UpstreamError::Reset("connection pool closed".into())))
     }
 
-    /// Envoy's rule: open a connection when more requests wait than connections are opening
-    /// (HTTP/2: when none is opening), within `max_connections`, counting
-    /// `upstream_cx_overflow` when over it; a pool without any connection opens one anyway.
+    /// Envoy's rule: open a connection when more requests wait than the connections being
+    /// opened will carry (one request each for HTTP/1.1, `max_concurrent_streams` for HTTP/2),
+    /// within `max_connections`, counting `upstream_cx_overflow` when over it; a pool without
+    /// any connection opens one anyway.
     fn maybe_open(&self, state: &mut State, pools: &ClusterPools, breakers: &PriorityBreakers) {
-        let needed = if self.http2 {
-            state.connecting == 0 && !state.pending.is_empty()
+        let per_connection = if self.http2 {
+            usize::try_from(pools.stream_cap).unwrap_or(usize::MAX)
         } else {
-            state.pending.len() > state.connecting
+            1
         };
+        let needed = state.pending.len() > state.connecting.saturating_mul(per_connection);
         if !needed {
             return;
         }
@@ -401,19 +410,24 @@ impl HostPool {
             return;
         };
         let limits = pools.limits;
+        let stream_cap = pools.stream_cap;
         let stats = WatchStats {
             idle_timeout: pools.stats.cx_idle_timeout.clone(),
             max_duration_reached: pools.stats.cx_max_duration_reached.clone(),
         };
         tokio::spawn(async move {
+            let watched: Weak<dyn Watched> = pool.myself.clone();
             let opened = opening.await.map(|(sender, facts)| Conn {
                 sender,
                 facts,
                 id,
-                life: Lifetime::new(&limits, pool.http2),
+                life: Lifetime::new(
+                    &limits,
+                    pool.http2
+                        .then(|| Streams::new(stream_cap, watched.clone(), id)),
+                ),
             });
             if let Ok(conn) = &opened {
-                let watched: Weak<dyn Watched> = pool.myself.clone();
                 let idle = limits.idle_timeout;
                 super::pool_conn::watch(watched, id, idle, conn.life.expiry(), alive, stats);
             }
@@ -445,36 +459,63 @@ impl HostPool {
         }
     }
 
-    /// A new HTTP/2 connection: every waiting request shares it, as far as its allowance of
-    /// streams goes; it stays ready for later requests unless that allowance is spent, and
-    /// requests still waiting then get another connection.
+    /// A new HTTP/2 connection: waiting requests share it, as far as its room for streams
+    /// and its allowance of them go; it stays ready for later requests unless that allowance
+    /// is spent, and requests still waiting then get another connection.
     fn offer_shared(&self, mut state: MutexGuard<'_, State>, mut conn: Conn, pools: &ClusterPools) {
-        let mut spent = false;
-        while !spent {
-            let Some(waiter) = state.pending.pop_front() else {
+        let (spent, unused) = Self::hand_out(&mut state.pending, &mut conn, pools);
+        if !spent {
+            state.ready.push(Ready {
+                conn,
+                idle_since: tokio::time::Instant::now(),
+            });
+        }
+        // Dropping the pool's handle of a spent connection drains it: it closes when the
+        // streams given out above have finished.
+        if !state.pending.is_empty() {
+            let breakers = pools.breakers.priority(self.priority);
+            self.maybe_open(&mut state, pools, breakers);
+        }
+        // A share nobody took ends its stream, which may call back into the pool: not under
+        // the lock.
+        drop(state);
+        drop(unused);
+    }
+
+    /// Gives shares of `conn` to waiting requests while it has room and allowance. True when
+    /// the allowance is spent; and a share whose request gave up waiting, if no other took it
+    /// (the caller drops it once it has released the pool's lock).
+    fn hand_out(
+        pending: &mut VecDeque<Waiter>,
+        conn: &mut Conn,
+        pools: &ClusterPools,
+    ) -> (bool, Option<Conn>) {
+        let mut unused: Option<Conn> = None;
+        while !pending.is_empty() {
+            let share = match unused.take() {
+                Some(share) => share,
+                None if conn.life.has_room() => match conn.share() {
+                    Some(share) => share,
+                    None => break,
+                },
+                None => break,
+            };
+            let Some(waiter) = pending.pop_front() else {
+                unused = Some(share);
                 break;
             };
-            let Some(shared) = conn.share() else {
-                break;
-            };
-            if waiter.send(Ok(shared)).is_ok() && conn.life.start_request() {
-                pools.stats.cx_max_requests.inc();
-                spent = true;
+            match waiter.send(Ok(share)) {
+                Ok(()) => {
+                    if conn.life.start_request() {
+                        pools.stats.cx_max_requests.inc();
+                        return (true, None);
+                    }
+                }
+                Err(Ok(back)) => unused = Some(back),
+                Err(Err(_)) => {}
             }
         }
-        if spent {
-            // Dropping the pool's handle drains the connection: it closes when the streams
-            // given out above have finished.
-            if !state.pending.is_empty() {
-                let breakers = pools.breakers.priority(self.priority);
-                self.maybe_open(&mut state, pools, breakers);
-            }
-            return;
-        }
-        state.ready.push(Ready {
-            conn,
-            idle_since: tokio::time::Instant::now(),
-        });
+        (false, unused)
     }
 
     /// An HTTP/1.1 connection free for the next request: the first waiting request takes it,
@@ -516,15 +557,13 @@ impl HostPool {
     /// After a response head: an HTTP/1.1 request stays active (`max_requests`) until its
     /// response is read to the end, when the connection can take the next request and
     /// returns to the pool (unless its allowance or duration is spent). An HTTP/2 stream gives
-    /// its unit back at the response head: hyper does not tell when a shared connection's
-    /// stream ends.
-    pub fn finish(&self, mut conn: Conn, request: Guard) {
+    /// its `max_requests` unit back at the response head, and returns its token, which keeps
+    /// the stream counted on its connection for as long as the response body carries it.
+    pub fn finish(&self, mut conn: Conn, request: Guard) -> Option<StreamToken> {
         if !matches!(conn.sender, Sender::Http1(_)) {
-            return;
+            return conn.take_stream();
         }
-        let Some(pool) = self.myself.upgrade() else {
-            return;
-        };
+        let pool = self.myself.upgrade()?;
         tokio::spawn(async move {
             let ready = match &mut conn.sender {
                 Sender::Http1(s) => s.ready().await.is_ok(),
@@ -535,6 +574,7 @@ impl HostPool {
                 pool.release(conn, &pools);
             }
         });
+        None
     }
 
     /// A connection ended: forget it; requests still waiting may now get a connection.
@@ -580,6 +620,25 @@ impl Watched for HostPool {
         };
         // Dropped here, outside the lock.
         taken.is_some()
+    }
+
+    fn stream_ended(&self, id: u64) {
+        let Some(pools) = self.owner.upgrade() else {
+            return;
+        };
+        let mut state = self.lock();
+        if state.pending.is_empty() {
+            return;
+        }
+        let State { ready, pending, .. } = &mut *state;
+        let Some(i) = ready.iter().position(|r| r.conn.id == id) else {
+            return;
+        };
+        let (spent, unused) = Self::hand_out(pending, &mut ready[i].conn, &pools);
+        let retired = spent.then(|| ready.remove(i));
+        drop(state);
+        drop(unused);
+        drop(retired);
     }
 }
 

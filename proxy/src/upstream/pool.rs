@@ -6,13 +6,13 @@ use super::circuit_breakers::CircuitBreakers;
 use super::connector::Connector;
 use super::host::Host;
 use super::host_pool::{self, Attached, ClusterPools, ConnectionClosed, Opener, PoolStats, Sender};
+use super::response_body::UpstreamIncoming;
 use super::transport::Via;
 use super::transport::{Destination, Transport};
 use crate::config::circuit_breakers::Priority;
 use crate::config::cluster::Cluster;
 use bytes::Bytes;
 use http_body_util::combinators::UnsyncBoxBody;
-use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use std::sync::Arc;
@@ -160,6 +160,7 @@ impl Pool {
                 stats,
                 opener,
                 cluster.connection_limits,
+                cluster.http2.max_concurrent_streams,
                 myself.clone(),
             )
         });
@@ -181,7 +182,7 @@ impl Pool {
         http2: bool,
         priority: Priority,
         via: Via<'_>,
-    ) -> Result<http::Response<Incoming>, UpstreamError> {
+    ) -> Result<http::Response<UpstreamIncoming>, UpstreamError> {
         if let Transport::Unsupported(name) = &host.transport {
             return Err(UpstreamError::UnsupportedTransport(name.to_string()));
         }
@@ -244,8 +245,8 @@ impl Pool {
         if conn.facts.local.is_some() || conn.facts.identities.is_some() {
             response.extensions_mut().insert(conn.facts.clone());
         }
-        pool.finish(conn, active);
-        Ok(response)
+        let stream = pool.finish(conn, active);
+        Ok(response.map(|body| UpstreamIncoming::new(body, stream)))
     }
 }
 
