@@ -191,10 +191,14 @@ fn upstream_protocol(
             *http2 = http2_settings(d.http2_protocol_options.as_ref(), &d_path)?;
             UpstreamProtocol::UseDownstream
         }
-        Some(U::AutoConfig(_)) => {
-            return Err(p
-                .field("auto_config")
-                .error("ALPN protocol selection needs TLS (issue 6)"))
+        // Whether the cluster's transport sockets can negotiate is checked with them
+        // (cluster.rs).
+        Some(U::AutoConfig(a)) => {
+            *http2 = http2_settings(
+                a.http2_protocol_options.as_ref(),
+                &p.field("auto_config").field("http2_protocol_options"),
+            )?;
+            UpstreamProtocol::Auto
         }
         None => return Err(p.field("upstream_protocol_options").error("is required")),
     })

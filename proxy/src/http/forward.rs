@@ -205,7 +205,8 @@ async fn send_to_cluster(
         RequestHash::default()
     };
     let use_h2 = match cluster.config.protocol {
-        UpstreamProtocol::Http1 => false,
+        // An `auto_config` cluster's pool learns the protocol from each connection's ALPN.
+        UpstreamProtocol::Http1 | UpstreamProtocol::Auto => false,
         UpstreamProtocol::Http2 => true,
         UpstreamProtocol::UseDownstream => request.version() == http::Version::HTTP_2,
     };

@@ -18,7 +18,7 @@ use crate::config::circuit_breakers::Priority;
 use crate::config::cluster::ConnectionLimits;
 use crate::tls::AlpnOffer;
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 use std::time::Duration;
 use tokio::sync::oneshot;
@@ -43,11 +43,21 @@ struct State {
     unit: Option<Guard>,
 }
 
+/// What a pool's connections speak: fixed by the cluster, or chosen by each TLS handshake's
+/// ALPN (`auto_config`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Wire {
+    Http1,
+    Http2,
+    Alpn,
+}
+
 /// Opens connections for the pools (the cluster's connector and HTTP/2 settings, in pool.rs).
 pub trait Opener: Send + Sync + 'static {
-    /// Connects to `destination` and hands back the sender; the opener spawns the
-    /// connection's driver, which must hold `closed` until the connection ends.
-    fn open(&self, destination: Destination, http2: bool, closed: ConnectionClosed) -> Opening;
+    /// Connects to `destination` and hands back the sender (HTTP/1.1 or HTTP/2, as `wire`
+    /// says or the handshake chose); the opener spawns the connection's driver, which must
+    /// hold `closed` until the connection ends.
+    fn open(&self, destination: Destination, wire: Wire, closed: ConnectionClosed) -> Opening;
 }
 
 /// A connection being opened: its sender and what is known of it, or why it failed.
@@ -138,8 +148,10 @@ impl std::fmt::Debug for HostPools {
     }
 }
 
-fn slot(priority: Priority, http2: bool) -> usize {
-    usize::from(priority == Priority::High) * 2 + usize::from(http2)
+/// An `auto_config` cluster's pools take the HTTP/1.1 slots: its requests never ask for a
+/// protocol of their own.
+fn slot(priority: Priority, wire: Wire) -> usize {
+    usize::from(priority == Priority::High) * 2 + usize::from(wire == Wire::Http2)
 }
 
 /// Two offers make the same handshake when their lists are equal, even if a config update
@@ -160,11 +172,11 @@ impl HostPools {
         host: &Host,
         via: Via<'_>,
         priority: Priority,
-        http2: bool,
+        wire: Wire,
     ) -> Arc<HostPool> {
         let slots = self.0.get_or_init(Box::default);
-        let i = slot(priority, http2);
-        let make = || HostPool::new(cluster, Destination::new(host, via), priority, http2);
+        let i = slot(priority, wire);
+        let make = || HostPool::new(cluster, Destination::new(host, via), priority, wire);
         // A plaintext host's connections are the same whatever the request offered.
         let alpn = via
             .alpn
@@ -217,7 +229,10 @@ impl HostPools {
 pub struct HostPool {
     destination: Destination,
     priority: Priority,
-    http2: bool,
+    wire: Wire,
+    /// Its connections are HTTP/2, shared by requests: from the start when the cluster says
+    /// so, from the first handshake that picks `h2` under ALPN.
+    multiplexed: AtomicBool,
     state: Mutex<State>,
     /// Weak: the cluster's pools reach the hosts through the connector's accounting.
     owner: Weak<ClusterPools>,
@@ -259,10 +274,10 @@ impl ClusterPools {
         host: &Host,
         via: Via<'_>,
         priority: Priority,
-        http2: bool,
+        wire: Wire,
     ) -> Result<Attached, UpstreamError> {
         let breakers = self.breakers.priority(priority);
-        let pool = host.pools.get(self, host, via, priority, http2);
+        let pool = host.pools.get(self, host, via, priority, wire);
         let conn = match pool.checkout(self, breakers) {
             Some(conn) => conn,
             None => {
@@ -302,17 +317,22 @@ impl HostPool {
         cluster: &ClusterPools,
         destination: Destination,
         priority: Priority,
-        http2: bool,
+        wire: Wire,
     ) -> Arc<HostPool> {
         Arc::new_cyclic(|myself| HostPool {
             destination,
             priority,
-            http2,
+            wire,
+            multiplexed: AtomicBool::new(wire == Wire::Http2),
             state: Mutex::new(State::default()),
             owner: cluster.myself.clone(),
             myself: myself.clone(),
             next_id: AtomicU64::new(0),
         })
+    }
+
+    fn multiplexed(&self) -> bool {
+        self.multiplexed.load(Relaxed)
     }
 
     /// It has a connection or a request waiting.
@@ -333,9 +353,12 @@ impl HostPool {
         if state.unit.is_none() {
             state.unit = Some(breakers.connection_pools.acquire());
         }
-        if self.http2 {
+        if self.multiplexed() {
             state.ready.retain(|r| r.conn.sender.usable());
-            let i = state.ready.iter().position(|r| r.conn.life.has_room())?;
+            let i = state
+                .ready
+                .iter()
+                .position(|r| r.conn.is_shared() && r.conn.life.has_room())?;
             let ready = &mut state.ready[i];
             let shared = ready.conn.share();
             if ready.conn.life.start_request() {
@@ -373,7 +396,8 @@ impl HostPool {
     /// within `max_connections`, counting `upstream_cx_overflow` when over it; a pool without
     /// any connection opens one anyway.
     fn maybe_open(&self, state: &mut State, pools: &ClusterPools, breakers: &PriorityBreakers) {
-        let per_connection = if self.http2 {
+        // Under ALPN, a connection still being opened counts as HTTP/1.1 until one picks h2.
+        let per_connection = if self.multiplexed() {
             usize::try_from(pools.stream_cap).unwrap_or(usize::MAX)
         } else {
             1
@@ -405,7 +429,7 @@ impl HostPool {
         };
         let opening = pools
             .opener
-            .open(self.destination.clone(), self.http2, closed);
+            .open(self.destination.clone(), self.wire, closed);
         let Some(pool) = self.myself.upgrade() else {
             return;
         };
@@ -417,15 +441,16 @@ impl HostPool {
         };
         tokio::spawn(async move {
             let watched: Weak<dyn Watched> = pool.myself.clone();
-            let opened = opening.await.map(|(sender, facts)| Conn {
-                sender,
-                facts,
-                id,
-                life: Lifetime::new(
-                    &limits,
-                    pool.http2
-                        .then(|| Streams::new(stream_cap, watched.clone(), id)),
-                ),
+            let opened = opening.await.map(|(sender, facts)| {
+                // Streams are counted on an HTTP/2 connection, whichever way it became one.
+                let streams = matches!(sender, Sender::Http2(_))
+                    .then(|| Streams::new(stream_cap, watched.clone(), id));
+                Conn {
+                    sender,
+                    facts,
+                    id,
+                    life: Lifetime::new(&limits, streams),
+                }
             });
             if let Ok(conn) = &opened {
                 let idle = limits.idle_timeout;
@@ -443,7 +468,12 @@ impl HostPool {
         let mut state = self.lock();
         state.connecting = state.connecting.saturating_sub(1);
         match result {
-            Ok(conn) if self.http2 => self.offer_shared(state, conn, &pools),
+            Ok(conn) if conn.is_shared() => {
+                if self.wire == Wire::Alpn {
+                    self.multiplexed.store(true, Relaxed);
+                }
+                self.offer_shared(state, conn, &pools)
+            }
             Ok(conn) => {
                 drop(state);
                 self.release(conn, &pools);
@@ -546,7 +576,7 @@ impl HostPool {
     /// A connection a request got but could not use (`max_requests` overflow): an HTTP/1.1
     /// one goes back to the pool; an HTTP/2 share is just dropped, the pool keeps its own.
     fn give_back(&self, conn: Conn) {
-        if self.http2 {
+        if conn.is_shared() {
             return;
         }
         if let Some(pools) = self.owner.upgrade() {

@@ -25,7 +25,8 @@ struct InMemory {
 }
 
 impl Opener for InMemory {
-    fn open(&self, _destination: Destination, http2: bool, closed: ConnectionClosed) -> Opening {
+    fn open(&self, _destination: Destination, wire: Wire, closed: ConnectionClosed) -> Opening {
+        let http2 = wire == Wire::Http2;
         let log = self.log.clone();
         let delay = self.delay;
         Box::pin(async move {
@@ -168,7 +169,12 @@ async fn request(pools: Arc<ClusterPools>, host: Arc<Host>, http2: bool) -> u16 
         pool,
         request,
     }) = pools
-        .attach(&host, Default::default(), Priority::Default, http2)
+        .attach(
+            &host,
+            Default::default(),
+            Priority::Default,
+            if http2 { Wire::Http2 } else { Wire::Http1 },
+        )
         .await
     else {
         return 0;
@@ -253,7 +259,7 @@ async fn open_stream(pools: &Arc<ClusterPools>, host: &Arc<Host>) -> Option<Stre
         pool,
         request,
     } = pools
-        .attach(host, Default::default(), Priority::Default, true)
+        .attach(host, Default::default(), Priority::Default, Wire::Http2)
         .await
         .ok()?;
     let body = Empty::<Bytes>::new().map_err(|e| match e {}).boxed_unsync();

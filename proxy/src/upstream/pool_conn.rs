@@ -65,6 +65,11 @@ impl Conn {
         }
     }
 
+    /// An HTTP/2 connection, which requests share.
+    pub(super) fn is_shared(&self) -> bool {
+        matches!(self.sender, Sender::Http2(_))
+    }
+
     /// The share's stream token, to travel with the response body.
     pub(super) fn take_stream(&mut self) -> Option<StreamToken> {
         self.life._stream.take()
