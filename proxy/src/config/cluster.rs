@@ -186,35 +186,6 @@ pub enum DnsFamily {
     All,
 }
 
-/// `auto_config` chooses the protocol by ALPN, so every transport socket the cluster may use
-/// must be TLS (Envoy's check and wording, checked with Envoy 1.40).
-fn alpn_capable(
-    transports: &super::transport_match::TransportSockets,
-    name: &str,
-    path: &FieldPath,
-) -> Result<()> {
-    let at = || {
-        path.field("typed_extension_protocol_options")
-            .key("envoy.extensions.upstreams.http.v3.HttpProtocolOptions")
-            .field("auto_config")
-    };
-    if !matches!(transports.default, UpstreamSocket::Tls(_)) {
-        return Err(at().error(format!(
-            "ALPN configured for cluster {name} which has a non-ALPN transport socket"
-        )));
-    }
-    if transports
-        .matches
-        .iter()
-        .any(|m| !matches!(m.socket, UpstreamSocket::Tls(_)))
-    {
-        return Err(at().error(format!(
-            "ALPN configured for cluster {name} which has a non-ALPN transport socket matcher"
-        )));
-    }
-    Ok(())
-}
-
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum UpstreamProtocol {
     Http1,
@@ -415,7 +386,7 @@ pub fn translate_cluster(
     };
     let transports = super::transport_match::translate(c, path, secrets, acks)?;
     if protocol == UpstreamProtocol::Auto {
-        alpn_capable(&transports, &c.name, path)?;
+        super::upstream_http::alpn_capable(&transports, &c.name, path)?;
     }
     let unsupported_transport = match &transports.default {
         UpstreamSocket::Unsupported(name) if transports.matches.is_empty() => Some(name.clone()),

@@ -10,6 +10,7 @@ use super::cluster::UpstreamProtocol;
 use super::error::{FieldPath, Result};
 use super::fields::{check, Acknowledged};
 use super::hcm_options::{http2_settings, Http2Settings};
+use super::transport_match::{TransportSockets, UpstreamSocket};
 use super::values::optional_duration;
 use std::num::NonZeroU32;
 use std::time::Duration;
@@ -202,6 +203,35 @@ fn upstream_protocol(
         }
         None => return Err(p.field("upstream_protocol_options").error("is required")),
     })
+}
+
+/// `auto_config` chooses the protocol by ALPN, so every transport socket the cluster may use
+/// must be TLS (Envoy's check and wording, checked with Envoy 1.40).
+pub(super) fn alpn_capable(
+    transports: &TransportSockets,
+    name: &str,
+    path: &FieldPath,
+) -> Result<()> {
+    let at = || {
+        path.field("typed_extension_protocol_options")
+            .key("envoy.extensions.upstreams.http.v3.HttpProtocolOptions")
+            .field("auto_config")
+    };
+    if !matches!(transports.default, UpstreamSocket::Tls(_)) {
+        return Err(at().error(format!(
+            "ALPN configured for cluster {name} which has a non-ALPN transport socket"
+        )));
+    }
+    if transports
+        .matches
+        .iter()
+        .any(|m| !matches!(m.socket, UpstreamSocket::Tls(_)))
+    {
+        return Err(at().error(format!(
+            "ALPN configured for cluster {name} which has a non-ALPN transport socket matcher"
+        )));
+    }
+    Ok(())
 }
 
 #[cfg(test)]
