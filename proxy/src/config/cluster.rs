@@ -191,6 +191,11 @@ pub enum UpstreamProtocol {
     Http1,
     Http2,
     UseDownstream,
+    /// `auto_config`: each TLS connection offers ALPN `h2,http/1.1` (unless its context or
+    /// the request says otherwise) and speaks what the server picks, HTTP/1.1 when it picks
+    /// none.
+    /// https://www.envoyproxy.io/docs/envoy/latest/api-v3/extensions/upstreams/http/v3/http_protocol_options.proto#envoy-v3-api-field-extensions-upstreams-http-v3-httpprotocoloptions-auto-config
+    Auto,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -380,6 +385,9 @@ pub fn translate_cluster(
         None => None,
     };
     let transports = super::transport_match::translate(c, path, secrets, acks)?;
+    if protocol == UpstreamProtocol::Auto {
+        super::upstream_http::alpn_capable(&transports, &c.name, path)?;
+    }
     let unsupported_transport = match &transports.default {
         UpstreamSocket::Unsupported(name) if transports.matches.is_empty() => Some(name.clone()),
         _ => None,

@@ -36,8 +36,9 @@ pub struct Listener {
     /// `continue_on_listener_filters_timeout`: when the listener filters time out, match the
     /// chain with what they found so far instead of closing the connection.
     pub continue_on_listener_filters_timeout: bool,
-    /// The `tls_inspector` listener filter: SNI, ALPN and `tls`/`raw_buffer` for matching.
-    pub tls_inspector: bool,
+    /// The inspecting listener filters, in their configured order: what they learn (SNI, ALPN,
+    /// `tls`/`raw_buffer`) is what filter chains match on.
+    pub inspectors: Vec<Inspector>,
     pub stat_prefix: String,
     /// `traffic_direction: INBOUND`; `/drain_listeners?inboundonly` drains only these.
     pub inbound: bool,
@@ -169,13 +170,12 @@ pub fn translate_listener(
             l.name
         )));
     }
-    let (mut original_dst, mut tls_inspector, mut original_src) = (false, false, None);
+    let (mut original_dst, mut inspectors, mut original_src) = (false, Vec::new(), None);
     for (i, f) in l.listener_filters.iter().enumerate() {
         match translate_listener_filter(f, &path.field("listener_filters").index(i), acks)? {
-            Some(ListenerFilter::OriginalDst) => original_dst = true,
-            Some(ListenerFilter::TlsInspector) => tls_inspector = true,
-            Some(ListenerFilter::OriginalSrc(mark)) => original_src = Some(mark),
-            None => {}
+            ListenerFilter::OriginalDst => original_dst = true,
+            ListenerFilter::Inspector(inspector) => inspectors.push(inspector),
+            ListenerFilter::OriginalSrc(mark) => original_src = Some(mark),
         }
     }
     let mut filter_chains: Vec<FilterChain> = Vec::with_capacity(l.filter_chains.len());
@@ -221,7 +221,7 @@ pub fn translate_listener(
         .or(Some(Duration::from_secs(15)))
         .filter(|d| !d.is_zero()),
         continue_on_listener_filters_timeout: l.continue_on_listener_filters_timeout,
-        tls_inspector,
+        inspectors,
         stat_prefix: l.stat_prefix.clone(),
         inbound: l.traffic_direction
             == xds_proto::pb::envoy::config::core::v3::TrafficDirection::Inbound as i32,
@@ -238,10 +238,20 @@ pub fn translate_listener(
     })
 }
 
-/// The listener filters that act; the others are acknowledged.
+/// A listener filter that peeks at a connection's first bytes for filter chain matching.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Inspector {
+    /// `tls_inspector`: SNI, ALPN and the `tls` transport protocol from a ClientHello.
+    Tls,
+    /// `http_inspector`: `http/1.0`, `http/1.1` or `h2c` from a plaintext connection's first bytes.
+    /// https://www.envoyproxy.io/docs/envoy/latest/configuration/listeners/listener_filters/http_inspector
+    Http,
+}
+
+/// The listener filters Outrigger runs.
 enum ListenerFilter {
     OriginalDst,
-    TlsInspector,
+    Inspector(Inspector),
     /// `original_src` with its mark.
     OriginalSrc(u32),
 }
@@ -250,25 +260,25 @@ fn translate_listener_filter(
     f: &xds_proto::pb::envoy::config::listener::v3::ListenerFilter,
     path: &FieldPath,
     acks: &mut Vec<Acknowledged>,
-) -> Result<Option<ListenerFilter>> {
+) -> Result<ListenerFilter> {
     let any = match &f.config_type {
         Some(ListenerFilterConfig::TypedConfig(any)) => any,
         Some(_) => return Err(path.error("listener filter config discovery is not supported")),
         None => return Err(path.error(format!("listener filter {} has no typed_config", f.name))),
     };
     let tc = path.field("typed_config");
-    let reason = match extension::decode(any, &tc)? {
+    let filter = match extension::decode(any, &tc)? {
         Some(Extension::TlsInspector(m)) => {
             check(&m, &tc, acks)?;
-            return Ok(Some(ListenerFilter::TlsInspector));
+            ListenerFilter::Inspector(Inspector::Tls)
         }
         Some(Extension::HttpInspector(m)) => {
             check(&m, &tc, acks)?;
-            "the HTTP inspector is not implemented yet (issue 6): connections are matched without application protocols"
+            ListenerFilter::Inspector(Inspector::Http)
         }
         Some(Extension::OriginalDst(m)) => {
             check(&m, &tc, acks)?;
-            return Ok(Some(ListenerFilter::OriginalDst));
+            ListenerFilter::OriginalDst
         }
         // https://www.envoyproxy.io/docs/envoy/latest/configuration/listeners/listener_filters/original_src_filter
         Some(Extension::OriginalSrc(m)) => {
@@ -278,15 +288,11 @@ fn translate_listener_filter(
                     .field("bind_port")
                     .error("binding the client's port is not implemented (Envoy hides it as not implemented too)"));
             }
-            return Ok(Some(ListenerFilter::OriginalSrc(m.mark)));
+            ListenerFilter::OriginalSrc(m.mark)
         }
         _ => return Err(extension::unregistered(&tc, &f.name, any)),
     };
-    acks.push(Acknowledged {
-        path: path.to_string(),
-        reason,
-    });
-    Ok(None)
+    Ok(filter)
 }
 
 fn translate_filter_chain(

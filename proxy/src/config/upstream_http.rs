@@ -10,6 +10,7 @@ use super::cluster::UpstreamProtocol;
 use super::error::{FieldPath, Result};
 use super::fields::{check, Acknowledged};
 use super::hcm_options::{http2_settings, Http2Settings};
+use super::transport_match::{TransportSockets, UpstreamSocket};
 use super::values::optional_duration;
 use std::num::NonZeroU32;
 use std::time::Duration;
@@ -112,12 +113,6 @@ pub fn translate(
             common = Some(o);
         }
     }
-    if http2.max_concurrent_streams.is_some() {
-        acks.push(Acknowledged {
-            path: path.field("http2_protocol_options").field("max_concurrent_streams").to_string(),
-            reason: "upstream HTTP/2 connections follow the server's stream limit; a per-cluster cap is not enforced yet (issue 4)",
-        });
-    }
     let common = common.unwrap_or_default();
     let streams = StreamLimits {
         max_stream_duration: optional_duration(
@@ -197,13 +192,46 @@ fn upstream_protocol(
             *http2 = http2_settings(d.http2_protocol_options.as_ref(), &d_path)?;
             UpstreamProtocol::UseDownstream
         }
-        Some(U::AutoConfig(_)) => {
-            return Err(p
-                .field("auto_config")
-                .error("ALPN protocol selection needs TLS (issue 6)"))
+        // Whether the cluster's transport sockets can negotiate is checked with them
+        // (cluster.rs).
+        Some(U::AutoConfig(a)) => {
+            *http2 = http2_settings(
+                a.http2_protocol_options.as_ref(),
+                &p.field("auto_config").field("http2_protocol_options"),
+            )?;
+            UpstreamProtocol::Auto
         }
         None => return Err(p.field("upstream_protocol_options").error("is required")),
     })
+}
+
+/// `auto_config` chooses the protocol by ALPN, so every transport socket the cluster may use
+/// must be TLS (Envoy's check and wording, checked with Envoy 1.40).
+pub(super) fn alpn_capable(
+    transports: &TransportSockets,
+    name: &str,
+    path: &FieldPath,
+) -> Result<()> {
+    let at = || {
+        path.field("typed_extension_protocol_options")
+            .key("envoy.extensions.upstreams.http.v3.HttpProtocolOptions")
+            .field("auto_config")
+    };
+    if !matches!(transports.default, UpstreamSocket::Tls(_)) {
+        return Err(at().error(format!(
+            "ALPN configured for cluster {name} which has a non-ALPN transport socket"
+        )));
+    }
+    if transports
+        .matches
+        .iter()
+        .any(|m| !matches!(m.socket, UpstreamSocket::Tls(_)))
+    {
+        return Err(at().error(format!(
+            "ALPN configured for cluster {name} which has a non-ALPN transport socket matcher"
+        )));
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -14,11 +14,11 @@ use super::router::Outcome;
 use super::upstream_request::{copy_head, upstream_request};
 use crate::config::circuit_breakers::Priority;
 use crate::upstream::transport::Via;
+use crate::upstream::UpstreamIncoming;
 use crate::upstream::{ClusterRuntime, Host, UpstreamBody, UpstreamError};
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
 use http_body_util::BodyExt;
-use hyper::body::Incoming;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::Notify;
@@ -146,7 +146,7 @@ pub(super) async fn send_attempt(
     priority: Priority,
     via: Via<'_>,
     idle: Option<(Duration, Option<Arc<Notify>>)>,
-) -> Result<Response<Incoming>, UpstreamError> {
+) -> Result<Response<UpstreamIncoming>, UpstreamError> {
     let send = cluster.pool.send(host, request, use_h2, priority, via);
     let head = async {
         match idle {

@@ -22,6 +22,7 @@ use crate::config::route::{
 };
 use crate::format::ResponseFlags;
 use crate::upstream::transport::Via;
+use crate::upstream::UpstreamIncoming;
 use crate::upstream::{ClusterRuntime, Host, HostResult, HostStats, UpstreamError};
 use bytes::Bytes;
 use http::{header, HeaderName, HeaderValue, Request, Response, StatusCode};
@@ -204,7 +205,8 @@ async fn send_to_cluster(
         RequestHash::default()
     };
     let use_h2 = match cluster.config.protocol {
-        UpstreamProtocol::Http1 => false,
+        // An `auto_config` cluster's pool learns the protocol from each connection's ALPN.
+        UpstreamProtocol::Http1 | UpstreamProtocol::Auto => false,
         UpstreamProtocol::Http2 => true,
         UpstreamProtocol::UseDownstream => request.version() == http::Version::HTTP_2,
     };
@@ -460,7 +462,7 @@ pub(super) fn answered(
     ctx: &HttpContext,
     cluster: &ClusterRuntime,
     host: &Host,
-    mut response: Response<Incoming>,
+    mut response: Response<UpstreamIncoming>,
     started: Instant,
     set_cookie: Option<HeaderValue>,
     idle: Option<(Duration, &Arc<crate::stats::Counter>)>,
@@ -510,7 +512,7 @@ pub(super) fn answered(
 }
 
 fn downstream_response(
-    response: Response<Incoming>,
+    response: Response<UpstreamIncoming>,
     elapsed: Duration,
     server: &HeaderValue,
     transformation: ServerHeader,

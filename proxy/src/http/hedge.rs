@@ -17,9 +17,9 @@ use super::retry::{Attempt, Decision, RetryState};
 use super::router::Outcome;
 use super::upstream_failure::{count_failure, failure_reply};
 use crate::format::ResponseFlags;
+use crate::upstream::UpstreamIncoming;
 use crate::upstream::{Host, HostResult, UpstreamError};
 use http::Response;
-use hyper::body::Incoming;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::Ordering::Relaxed;
@@ -28,7 +28,7 @@ use std::task::Poll;
 use std::time::Instant;
 
 type Sending<'a> =
-    Pin<Box<dyn Future<Output = Result<Response<Incoming>, UpstreamError>> + Send + 'a>>;
+    Pin<Box<dyn Future<Output = Result<Response<UpstreamIncoming>, UpstreamError>> + Send + 'a>>;
 
 /// An attempt in flight.
 struct InFlight<'a> {
@@ -42,7 +42,7 @@ struct InFlight<'a> {
 
 /// What woke the loop.
 enum Event {
-    Done(usize, Result<Response<Incoming>, UpstreamError>),
+    Done(usize, Result<Response<UpstreamIncoming>, UpstreamError>),
     Timer,
 }
 
@@ -309,7 +309,7 @@ fn finish(a: &Attempts<'_>, mut outcome: Outcome, attempts: u32) -> Outcome {
 /// The first attempt in flight to get its response head (pending while none is in flight).
 async fn first_done(
     in_flight: &mut [InFlight<'_>],
-) -> (usize, Result<Response<Incoming>, UpstreamError>) {
+) -> (usize, Result<Response<UpstreamIncoming>, UpstreamError>) {
     std::future::poll_fn(move |cx| {
         for (i, f) in in_flight.iter_mut().enumerate() {
             if let Poll::Ready(result) = f.send.as_mut().poll(cx) {

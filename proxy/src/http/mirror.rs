@@ -95,7 +95,8 @@ pub fn start(
         internal(&mut request, target.info.downstream.node_address);
         feeds.extend(feed);
         let use_h2 = match cluster.config.protocol {
-            UpstreamProtocol::Http1 => false,
+            // An `auto_config` cluster's pool learns the protocol from each connection's ALPN.
+            UpstreamProtocol::Http1 | UpstreamProtocol::Auto => false,
             UpstreamProtocol::Http2 => true,
             UpstreamProtocol::UseDownstream => head.version == http::Version::HTTP_2,
         };

@@ -3,8 +3,9 @@
 //! match drop out.
 //! Envoy: https://www.envoyproxy.io/docs/envoy/latest/api-v3/config/listener/v3/listener_components.proto#config-listener-v3-filterchainmatch
 //!
-//! SNI, ALPN and the transport protocol come from the TLS inspector; without it a connection
-//! has neither SNI nor ALPN, and its transport protocol is `raw_buffer`.
+//! SNI, ALPN and the transport protocol come from the TLS inspector, ALPN also from the HTTP
+//! inspector; without them a connection has neither SNI nor ALPN, and its transport protocol
+//! is `raw_buffer`.
 
 use crate::config::listener::{ChainMatch, Cidr, Listener, SourceType};
 use crate::tls::inspector::Detected;
@@ -159,7 +160,7 @@ mod tests {
             backlog: 128,
             listener_filters_timeout: None,
             continue_on_listener_filters_timeout: false,
-            tls_inspector: false,
+            inspectors: Vec::new(),
             stat_prefix: String::new(),
             inbound: false,
             original_dst: false,

@@ -3,8 +3,10 @@
 
 mod drains;
 mod filter_chain;
+mod http_inspector;
 mod manager;
 mod original_dst;
+pub(crate) mod peek;
 mod runtime;
 
 pub use manager::{Generation, ListenerError, ListenerManager};
@@ -16,7 +18,7 @@ pub use runtime::{
 };
 
 use crate::config::address::Endpoint;
-use crate::config::listener::Listener;
+use crate::config::listener::{Inspector, Listener};
 use crate::http::{serve_connection, Downstream};
 use crate::tls::inspector::Detected;
 use arc_swap::ArcSwap;
@@ -189,8 +191,8 @@ async fn serve(
     drain_window: std::time::Duration,
 ) {
     let config = &target.config;
-    let Some(detected) = listener_filters(config, &stream).await else {
-        tracing::debug!(target: "conn_handler", "listener {}: listener filters timed out; closing", config.name);
+    let Some(detected) = listener_filters(target, &stream).await else {
+        tracing::debug!(target: "conn_handler", "listener {}: the client closed or the listener filters timed out; closing", config.name);
         return;
     };
     let chosen = match select_filter_chain(config, downstream.local, downstream.remote, &detected) {
@@ -247,22 +249,64 @@ async fn serve(
     }
 }
 
-/// What the listener filters learn for chain matching; None when they time out and the
-/// listener says to close (`continue_on_listener_filters_timeout: false`).
-async fn listener_filters(config: &Listener, stream: &DownstreamStream) -> Option<Detected> {
+/// What the listener filters learn for chain matching, each in its configured order; None
+/// when the client closes first, or when they time out and the listener says to close
+/// (`continue_on_listener_filters_timeout: false`). A timeout that continues matches with
+/// what the filters found so far.
+async fn listener_filters(target: &ListenerRuntime, stream: &DownstreamStream) -> Option<Detected> {
+    let config = &target.config;
+    let mut detected = Detected::raw();
     let tcp = match stream {
-        DownstreamStream::Tcp(tcp) if config.tls_inspector => tcp,
-        _ => return Some(Detected::raw()),
+        DownstreamStream::Tcp(tcp) if !config.inspectors.is_empty() => tcp,
+        _ => return Some(detected),
     };
-    let inspect = crate::tls::inspector::inspect(tcp);
-    match config.listener_filters_timeout {
-        None => Some(inspect.await),
+    let inspect = inspect(&config.inspectors, target, tcp, &mut detected);
+    let finished = match config.listener_filters_timeout {
+        None => inspect.await,
         Some(limit) => match tokio::time::timeout(limit, inspect).await {
-            Ok(detected) => Some(detected),
-            Err(_) if config.continue_on_listener_filters_timeout => Some(Detected::raw()),
-            Err(_) => None,
+            Ok(finished) => finished,
+            Err(_) if config.continue_on_listener_filters_timeout => true,
+            Err(_) => false,
         },
+    };
+    finished.then_some(detected)
+}
+
+/// Runs the inspecting filters in turn, recording what each finds in `detected`; false when
+/// the client closed before they could decide.
+async fn inspect(
+    inspectors: &[Inspector],
+    target: &ListenerRuntime,
+    tcp: &tokio::net::TcpStream,
+    detected: &mut Detected,
+) -> bool {
+    for inspector in inspectors {
+        match inspector {
+            Inspector::Tls => match crate::tls::inspector::inspect(tcp).await {
+                // Envoy's TLS inspector reports only what it finds: a plaintext connection keeps
+                // the application protocol an HTTP inspector before it found.
+                Some(found) if found.transport == "tls" => *detected = found,
+                Some(_) => {}
+                None => return false,
+            },
+            // Envoy's HTTP inspector leaves connections that some filter found to be TLS alone.
+            Inspector::Http if detected.transport == "tls" => {}
+            Inspector::Http => {
+                let Some(stats) = &target.http_inspector else {
+                    continue;
+                };
+                match http_inspector::inspect(tcp, stats).await {
+                    Some(verdict) => {
+                        if let Some(alpn) = verdict.alpn() {
+                            detected.alpn = vec![alpn.to_string()];
+                        }
+                    }
+                    None => return false,
+                }
+            }
+        }
     }
+    true
 }
 
 /// A downstream stream: TCP or Unix.

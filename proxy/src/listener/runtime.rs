@@ -3,7 +3,7 @@
 
 use crate::access_log::{AccessLogs, Files};
 use crate::config::address::Endpoint;
-use crate::config::listener::{FilterChain, Listener, NetworkFilter};
+use crate::config::listener::{FilterChain, Inspector, Listener, NetworkFilter};
 use crate::format::{Context, ResponseFlags, StreamInfo};
 use crate::http::{Compressors, FaultStats, HcmStats, HttpContext};
 use crate::server::Server;
@@ -119,6 +119,8 @@ pub struct ListenerRuntime {
     pub tls: Vec<Option<Arc<ServerTls>>>,
     pub default_tls: Option<Arc<ServerTls>>,
     pub stats: ListenerStats,
+    /// The `http_inspector` filter's counters, when the listener has the filter.
+    pub http_inspector: Option<super::http_inspector::HttpInspectorStats>,
     /// The listener's own access logs: connections it closes without a filter chain.
     pub access_logs: AccessLogs,
     /// What each chain's connections watch to know they must drain.
@@ -175,6 +177,10 @@ impl ListenerRuntime {
                 .as_ref()
                 .map(|c| ChainRuntime::build(c, clusters, server, files)),
             access_logs: AccessLogs::new(&config.access_logs, files),
+            http_inspector: config
+                .inspectors
+                .contains(&Inspector::Http)
+                .then(|| super::http_inspector::HttpInspectorStats::new(store)),
             drains,
             config,
             stats,

@@ -4,7 +4,7 @@
 //! `raw_buffer`. The parser reads only what matching needs and never panics on hostile bytes.
 //! Envoy: https://www.envoyproxy.io/docs/envoy/latest/configuration/listeners/listener_filters/tls_inspector
 
-use std::time::Duration;
+use crate::listener::peek::{peek_until, Peeked};
 use tokio::net::TcpStream;
 
 /// What the inspector learned about a connection.
@@ -36,31 +36,18 @@ pub enum Parse {
     NeedMore,
 }
 
-/// Peeks at `stream` until the ClientHello is complete or the bytes are not TLS. The caller
-/// bounds the wait with `listener_filters_timeout`.
-pub async fn inspect(stream: &TcpStream) -> Detected {
-    let mut buf = vec![0u8; 1024];
-    let mut pause = Duration::from_millis(1);
-    loop {
-        let n = match stream.peek(&mut buf).await {
-            Ok(0) | Err(_) => return Detected::raw(),
-            Ok(n) => n,
-        };
-        match parse(&buf[..n]) {
-            Parse::Tls(detected) => return detected,
-            Parse::NotTls => return Detected::raw(),
-            Parse::NeedMore if n == buf.len() && buf.len() < MAX_CLIENT_HELLO => {
-                buf.resize((buf.len() * 4).min(MAX_CLIENT_HELLO), 0);
-            }
-            Parse::NeedMore if n == MAX_CLIENT_HELLO => return Detected::raw(),
-            Parse::NeedMore => {
-                // Peeking does not clear the socket's readiness, so waiting for "readable"
-                // would return at once: wait a little for the rest of the ClientHello (it
-                // nearly always arrives in the first segment).
-                tokio::time::sleep(pause).await;
-                pause = (pause * 2).min(Duration::from_millis(50));
-            }
-        }
+/// Peeks at `stream` until the ClientHello is complete or the bytes are not TLS; None when
+/// the client closes first. The caller bounds the wait with `listener_filters_timeout`.
+pub async fn inspect(stream: &TcpStream) -> Option<Detected> {
+    let verdict = peek_until(stream, MAX_CLIENT_HELLO, |bytes| match parse(bytes) {
+        Parse::Tls(detected) => Some(detected),
+        Parse::NotTls => Some(Detected::raw()),
+        Parse::NeedMore => None,
+    });
+    match verdict.await {
+        Peeked::Decided(detected) => Some(detected),
+        Peeked::Exhausted => Some(Detected::raw()),
+        Peeked::Closed => None,
     }
 }
 

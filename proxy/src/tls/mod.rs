@@ -480,6 +480,11 @@ impl ClientTls {
         Ok(built)
     }
 
+    /// The context has an ALPN list of its own (`common_tls_context.alpn_protocols`).
+    pub fn offers_alpn(&self) -> bool {
+        !self.spec.common.alpn.is_empty()
+    }
+
     /// Starts TLS on `io`, a connection to `peer` (None for a Unix socket), offering `alpn`
     /// instead of the context's own ALPN list when given.
     pub async fn connect<IO>(

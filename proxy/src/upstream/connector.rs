@@ -277,6 +277,16 @@ pub struct CountedStream {
     _guard: super::accounting::ConnectionGuard,
 }
 
+impl CountedStream {
+    /// The protocol the TLS handshake agreed on by ALPN, if any.
+    pub fn negotiated_alpn(&self) -> Option<&[u8]> {
+        match &self.stream {
+            UpstreamStream::Tls(tls) => tls.get_ref().1.alpn_protocol(),
+            _ => None,
+        }
+    }
+}
+
 /// The local address of the upstream connection a response came on, which the HTTP/1.1
 /// pool puts in the response's extensions (for `%UPSTREAM_LOCAL_ADDRESS%`).
 #[derive(Debug, Clone, Copy)]

@@ -12,13 +12,13 @@ use super::circuit_breakers::{CircuitBreakers, Guard, PriorityBreakers};
 use super::host::Host;
 use super::pool::UpstreamError;
 pub use super::pool_conn::{Conn, Sender};
-use super::pool_conn::{Lifetime, WatchStats, Watched};
+use super::pool_conn::{Lifetime, StreamToken, Streams, WatchStats, Watched};
 use super::transport::{Destination, Via};
 use crate::config::circuit_breakers::Priority;
 use crate::config::cluster::ConnectionLimits;
 use crate::tls::AlpnOffer;
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 use std::time::Duration;
 use tokio::sync::oneshot;
@@ -43,11 +43,21 @@ struct State {
     unit: Option<Guard>,
 }
 
+/// What a pool's connections speak: fixed by the cluster, or chosen by each TLS handshake's
+/// ALPN (`auto_config`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Wire {
+    Http1,
+    Http2,
+    Alpn,
+}
+
 /// Opens connections for the pools (the cluster's connector and HTTP/2 settings, in pool.rs).
 pub trait Opener: Send + Sync + 'static {
-    /// Connects to `destination` and hands back the sender; the opener spawns the
-    /// connection's driver, which must hold `closed` until the connection ends.
-    fn open(&self, destination: Destination, http2: bool, closed: ConnectionClosed) -> Opening;
+    /// Connects to `destination` and hands back the sender (HTTP/1.1 or HTTP/2, as `wire`
+    /// says or the handshake chose); the opener spawns the connection's driver, which must
+    /// hold `closed` until the connection ends.
+    fn open(&self, destination: Destination, wire: Wire, closed: ConnectionClosed) -> Opening;
 }
 
 /// A connection being opened: its sender and what is known of it, or why it failed.
@@ -102,6 +112,9 @@ pub struct ClusterPools {
     stats: PoolStats,
     opener: Arc<dyn Opener>,
     limits: ConnectionLimits,
+    /// HTTP/2 streams one connection carries at once (`max_concurrent_streams`; `u32::MAX`
+    /// when unset): a request finding every connection full waits for another.
+    stream_cap: u32,
     myself: Weak<ClusterPools>,
 }
 
@@ -135,8 +148,10 @@ impl std::fmt::Debug for HostPools {
     }
 }
 
-fn slot(priority: Priority, http2: bool) -> usize {
-    usize::from(priority == Priority::High) * 2 + usize::from(http2)
+/// An `auto_config` cluster's pools take the HTTP/1.1 slots: its requests never ask for a
+/// protocol of their own.
+fn slot(priority: Priority, wire: Wire) -> usize {
+    usize::from(priority == Priority::High) * 2 + usize::from(wire == Wire::Http2)
 }
 
 /// Two offers make the same handshake when their lists are equal, even if a config update
@@ -157,11 +172,11 @@ impl HostPools {
         host: &Host,
         via: Via<'_>,
         priority: Priority,
-        http2: bool,
+        wire: Wire,
     ) -> Arc<HostPool> {
         let slots = self.0.get_or_init(Box::default);
-        let i = slot(priority, http2);
-        let make = || HostPool::new(cluster, Destination::new(host, via), priority, http2);
+        let i = slot(priority, wire);
+        let make = || HostPool::new(cluster, Destination::new(host, via), priority, wire);
         // A plaintext host's connections are the same whatever the request offered.
         let alpn = via
             .alpn
@@ -214,7 +229,10 @@ impl HostPools {
 pub struct HostPool {
     destination: Destination,
     priority: Priority,
-    http2: bool,
+    wire: Wire,
+    /// Its connections are HTTP/2, shared by requests: from the start when the cluster says
+    /// so, from the first handshake that picks `h2` under ALPN.
+    multiplexed: AtomicBool,
     state: Mutex<State>,
     /// Weak: the cluster's pools reach the hosts through the connector's accounting.
     owner: Weak<ClusterPools>,
@@ -235,6 +253,7 @@ impl ClusterPools {
         stats: PoolStats,
         opener: Arc<dyn Opener>,
         limits: ConnectionLimits,
+        stream_cap: Option<u32>,
         myself: Weak<ClusterPools>,
     ) -> Self {
         ClusterPools {
@@ -242,6 +261,7 @@ impl ClusterPools {
             stats,
             opener,
             limits,
+            stream_cap: stream_cap.unwrap_or(u32::MAX).max(1),
             myself,
         }
     }
@@ -254,10 +274,10 @@ impl ClusterPools {
         host: &Host,
         via: Via<'_>,
         priority: Priority,
-        http2: bool,
+        wire: Wire,
     ) -> Result<Attached, UpstreamError> {
         let breakers = self.breakers.priority(priority);
-        let pool = host.pools.get(self, host, via, priority, http2);
+        let pool = host.pools.get(self, host, via, priority, wire);
         let conn = match pool.checkout(self, breakers) {
             Some(conn) => conn,
             None => {
@@ -297,17 +317,22 @@ impl HostPool {
         cluster: &ClusterPools,
         destination: Destination,
         priority: Priority,
-        http2: bool,
+        wire: Wire,
     ) -> Arc<HostPool> {
         Arc::new_cyclic(|myself| HostPool {
             destination,
             priority,
-            http2,
+            wire,
+            multiplexed: AtomicBool::new(wire == Wire::Http2),
             state: Mutex::new(State::default()),
             owner: cluster.myself.clone(),
             myself: myself.clone(),
             next_id: AtomicU64::new(0),
         })
+    }
+
+    fn multiplexed(&self) -> bool {
+        self.multiplexed.load(Relaxed)
     }
 
     /// It has a connection or a request waiting.
@@ -320,20 +345,25 @@ impl HostPool {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// A ready connection: HTTP/1.1 takes it off the list, HTTP/2 shares it (and a share
-    /// that takes the connection's last allowed stream retires it, draining it).
+    /// A ready connection: HTTP/1.1 takes it off the list, HTTP/2 shares the first one with
+    /// room for another stream (and a share that takes the connection's last allowed stream
+    /// retires it, draining it).
     fn checkout(&self, pools: &ClusterPools, breakers: &PriorityBreakers) -> Option<Conn> {
         let mut state = self.lock();
         if state.unit.is_none() {
             state.unit = Some(breakers.connection_pools.acquire());
         }
-        if self.http2 {
+        if self.multiplexed() {
             state.ready.retain(|r| r.conn.sender.usable());
-            let first = state.ready.first_mut()?;
-            let shared = first.conn.share();
-            if first.conn.life.start_request() {
+            let i = state
+                .ready
+                .iter()
+                .position(|r| r.conn.is_shared() && r.conn.life.has_room())?;
+            let ready = &mut state.ready[i];
+            let shared = ready.conn.share();
+            if ready.conn.life.start_request() {
                 pools.stats.cx_max_requests.inc();
-                state.ready.remove(0);
+                state.ready.remove(i);
             }
             return shared;
         }
@@ -361,15 +391,18 @@ impl HostPool {
             .unwrap_or_else(|_| Err(UpstreamError::Reset("connection pool closed".into())))
     }
 
-    /// Envoy's rule: open a connection when more requests wait than connections are opening
-    /// (HTTP/2: when none is opening), within `max_connections`, counting
-    /// `upstream_cx_overflow` when over it; a pool without any connection opens one anyway.
+    /// Envoy's rule: open a connection when more requests wait than the connections being
+    /// opened will carry (one request each for HTTP/1.1, `max_concurrent_streams` for HTTP/2),
+    /// within `max_connections`, counting `upstream_cx_overflow` when over it; a pool without
+    /// any connection opens one anyway.
     fn maybe_open(&self, state: &mut State, pools: &ClusterPools, breakers: &PriorityBreakers) {
-        let needed = if self.http2 {
-            state.connecting == 0 && !state.pending.is_empty()
+        // Under ALPN, a connection still being opened counts as HTTP/1.1 until one picks h2.
+        let per_connection = if self.multiplexed() {
+            usize::try_from(pools.stream_cap).unwrap_or(usize::MAX)
         } else {
-            state.pending.len() > state.connecting
+            1
         };
+        let needed = state.pending.len() > state.connecting.saturating_mul(per_connection);
         if !needed {
             return;
         }
@@ -396,24 +429,30 @@ impl HostPool {
         };
         let opening = pools
             .opener
-            .open(self.destination.clone(), self.http2, closed);
+            .open(self.destination.clone(), self.wire, closed);
         let Some(pool) = self.myself.upgrade() else {
             return;
         };
         let limits = pools.limits;
+        let stream_cap = pools.stream_cap;
         let stats = WatchStats {
             idle_timeout: pools.stats.cx_idle_timeout.clone(),
             max_duration_reached: pools.stats.cx_max_duration_reached.clone(),
         };
         tokio::spawn(async move {
-            let opened = opening.await.map(|(sender, facts)| Conn {
-                sender,
-                facts,
-                id,
-                life: Lifetime::new(&limits, pool.http2),
+            let watched: Weak<dyn Watched> = pool.myself.clone();
+            let opened = opening.await.map(|(sender, facts)| {
+                // Streams are counted on an HTTP/2 connection, whichever way it became one.
+                let streams = matches!(sender, Sender::Http2(_))
+                    .then(|| Streams::new(stream_cap, watched.clone(), id));
+                Conn {
+                    sender,
+                    facts,
+                    id,
+                    life: Lifetime::new(&limits, streams),
+                }
             });
             if let Ok(conn) = &opened {
-                let watched: Weak<dyn Watched> = pool.myself.clone();
                 let idle = limits.idle_timeout;
                 super::pool_conn::watch(watched, id, idle, conn.life.expiry(), alive, stats);
             }
@@ -429,7 +468,12 @@ impl HostPool {
         let mut state = self.lock();
         state.connecting = state.connecting.saturating_sub(1);
         match result {
-            Ok(conn) if self.http2 => self.offer_shared(state, conn, &pools),
+            Ok(conn) if conn.is_shared() => {
+                if self.wire == Wire::Alpn {
+                    self.multiplexed.store(true, Relaxed);
+                }
+                self.offer_shared(state, conn, &pools)
+            }
             Ok(conn) => {
                 drop(state);
                 self.release(conn, &pools);
@@ -445,36 +489,63 @@ impl HostPool {
         }
     }
 
-    /// A new HTTP/2 connection: every waiting request shares it, as far as its allowance of
-    /// streams goes; it stays ready for later requests unless that allowance is spent, and
-    /// requests still waiting then get another connection.
+    /// A new HTTP/2 connection: waiting requests share it, as far as its room for streams
+    /// and its allowance of them go; it stays ready for later requests unless that allowance
+    /// is spent, and requests still waiting then get another connection.
     fn offer_shared(&self, mut state: MutexGuard<'_, State>, mut conn: Conn, pools: &ClusterPools) {
-        let mut spent = false;
-        while !spent {
-            let Some(waiter) = state.pending.pop_front() else {
+        let (spent, unused) = Self::hand_out(&mut state.pending, &mut conn, pools);
+        if !spent {
+            state.ready.push(Ready {
+                conn,
+                idle_since: tokio::time::Instant::now(),
+            });
+        }
+        // Dropping the pool's handle of a spent connection drains it: it closes when the
+        // streams given out above have finished.
+        if !state.pending.is_empty() {
+            let breakers = pools.breakers.priority(self.priority);
+            self.maybe_open(&mut state, pools, breakers);
+        }
+        // A share nobody took ends its stream, which may call back into the pool: not under
+        // the lock.
+        drop(state);
+        drop(unused);
+    }
+
+    /// Gives shares of `conn` to waiting requests while it has room and allowance. True when
+    /// the allowance is spent; and a share whose request gave up waiting, if no other took it
+    /// (the caller drops it once it has released the pool's lock).
+    fn hand_out(
+        pending: &mut VecDeque<Waiter>,
+        conn: &mut Conn,
+        pools: &ClusterPools,
+    ) -> (bool, Option<Conn>) {
+        let mut unused: Option<Conn> = None;
+        while !pending.is_empty() {
+            let share = match unused.take() {
+                Some(share) => share,
+                None if conn.life.has_room() => match conn.share() {
+                    Some(share) => share,
+                    None => break,
+                },
+                None => break,
+            };
+            let Some(waiter) = pending.pop_front() else {
+                unused = Some(share);
                 break;
             };
-            let Some(shared) = conn.share() else {
-                break;
-            };
-            if waiter.send(Ok(shared)).is_ok() && conn.life.start_request() {
-                pools.stats.cx_max_requests.inc();
-                spent = true;
+            match waiter.send(Ok(share)) {
+                Ok(()) => {
+                    if conn.life.start_request() {
+                        pools.stats.cx_max_requests.inc();
+                        return (true, None);
+                    }
+                }
+                Err(Ok(back)) => unused = Some(back),
+                Err(Err(_)) => {}
             }
         }
-        if spent {
-            // Dropping the pool's handle drains the connection: it closes when the streams
-            // given out above have finished.
-            if !state.pending.is_empty() {
-                let breakers = pools.breakers.priority(self.priority);
-                self.maybe_open(&mut state, pools, breakers);
-            }
-            return;
-        }
-        state.ready.push(Ready {
-            conn,
-            idle_since: tokio::time::Instant::now(),
-        });
+        (false, unused)
     }
 
     /// An HTTP/1.1 connection free for the next request: the first waiting request takes it,
@@ -505,7 +576,7 @@ impl HostPool {
     /// A connection a request got but could not use (`max_requests` overflow): an HTTP/1.1
     /// one goes back to the pool; an HTTP/2 share is just dropped, the pool keeps its own.
     fn give_back(&self, conn: Conn) {
-        if self.http2 {
+        if conn.is_shared() {
             return;
         }
         if let Some(pools) = self.owner.upgrade() {
@@ -516,15 +587,13 @@ impl HostPool {
     /// After a response head: an HTTP/1.1 request stays active (`max_requests`) until its
     /// response is read to the end, when the connection can take the next request and
     /// returns to the pool (unless its allowance or duration is spent). An HTTP/2 stream gives
-    /// its unit back at the response head: hyper does not tell when a shared connection's
-    /// stream ends.
-    pub fn finish(&self, mut conn: Conn, request: Guard) {
+    /// its `max_requests` unit back at the response head, and returns its token, which keeps
+    /// the stream counted on its connection for as long as the response body carries it.
+    pub fn finish(&self, mut conn: Conn, request: Guard) -> Option<StreamToken> {
         if !matches!(conn.sender, Sender::Http1(_)) {
-            return;
+            return conn.take_stream();
         }
-        let Some(pool) = self.myself.upgrade() else {
-            return;
-        };
+        let pool = self.myself.upgrade()?;
         tokio::spawn(async move {
             let ready = match &mut conn.sender {
                 Sender::Http1(s) => s.ready().await.is_ok(),
@@ -535,6 +604,7 @@ impl HostPool {
                 pool.release(conn, &pools);
             }
         });
+        None
     }
 
     /// A connection ended: forget it; requests still waiting may now get a connection.
@@ -580,6 +650,25 @@ impl Watched for HostPool {
         };
         // Dropped here, outside the lock.
         taken.is_some()
+    }
+
+    fn stream_ended(&self, id: u64) {
+        let Some(pools) = self.owner.upgrade() else {
+            return;
+        };
+        let mut state = self.lock();
+        if state.pending.is_empty() {
+            return;
+        }
+        let State { ready, pending, .. } = &mut *state;
+        let Some(i) = ready.iter().position(|r| r.conn.id == id) else {
+            return;
+        };
+        let (spent, unused) = Self::hand_out(pending, &mut ready[i].conn, &pools);
+        let retired = spent.then(|| ready.remove(i));
+        drop(state);
+        drop(unused);
+        drop(retired);
     }
 }
 

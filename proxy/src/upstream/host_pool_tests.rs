@@ -25,7 +25,8 @@ struct InMemory {
 }
 
 impl Opener for InMemory {
-    fn open(&self, _destination: Destination, http2: bool, closed: ConnectionClosed) -> Opening {
+    fn open(&self, _destination: Destination, wire: Wire, closed: ConnectionClosed) -> Opening {
+        let http2 = wire == Wire::Http2;
         let log = self.log.clone();
         let delay = self.delay;
         Box::pin(async move {
@@ -97,6 +98,15 @@ struct Fixture {
 }
 
 fn fixture(max_requests: u32, delay: Duration) -> Fixture {
+    fixture_with(max_requests, delay, None, BreakerConfig::default())
+}
+
+fn fixture_with(
+    max_requests: u32,
+    delay: Duration,
+    stream_cap: Option<u32>,
+    breaker_config: BreakerConfig,
+) -> Fixture {
     let store = Store::new();
     let counter = |name: &str| store.counter(name);
     let stats = PoolStats {
@@ -110,11 +120,7 @@ fn fixture(max_requests: u32, delay: Duration) -> Fixture {
         cx_max_duration_reached: counter("cx_max_duration_reached"),
         cx_idle_timeout: counter("cx_idle_timeout"),
     };
-    let breakers = Arc::new(CircuitBreakers::new(
-        &BreakerConfig::default(),
-        &store,
-        "c.",
-    ));
+    let breakers = Arc::new(CircuitBreakers::new(&breaker_config, &store, "c."));
     let log = Log::default();
     let opener = Arc::new(InMemory {
         log: log.clone(),
@@ -126,7 +132,14 @@ fn fixture(max_requests: u32, delay: Duration) -> Fixture {
         max_duration: None,
     };
     let pools = Arc::new_cyclic(|myself| {
-        ClusterPools::new(breakers, stats.clone(), opener, limits, myself.clone())
+        ClusterPools::new(
+            breakers,
+            stats.clone(),
+            opener,
+            limits,
+            stream_cap,
+            myself.clone(),
+        )
     });
     let host = Arc::new(Host {
         address: Endpoint::Tcp(([127, 0, 0, 1], 1).into()),
@@ -156,7 +169,12 @@ async fn request(pools: Arc<ClusterPools>, host: Arc<Host>, http2: bool) -> u16 
         pool,
         request,
     }) = pools
-        .attach(&host, Default::default(), Priority::Default, http2)
+        .attach(
+            &host,
+            Default::default(),
+            Priority::Default,
+            if http2 { Wire::Http2 } else { Wire::Http1 },
+        )
         .await
     else {
         return 0;
@@ -231,4 +249,64 @@ async fn without_a_cap_one_connection_serves_everything() {
     assert_eq!(settled(&f.log).await, [(4, true)]);
     assert!(f.host.pools.busy(), "the pool keeps its connection");
     assert_eq!(f.stats.cx_max_requests.value(), 0);
+}
+
+/// Attaches an HTTP/2 request and sends it, keeping its stream open (the token a response
+/// body would carry) until the returned value is dropped.
+async fn open_stream(pools: &Arc<ClusterPools>, host: &Arc<Host>) -> Option<StreamToken> {
+    let Attached {
+        mut conn,
+        pool,
+        request,
+    } = pools
+        .attach(host, Default::default(), Priority::Default, Wire::Http2)
+        .await
+        .ok()?;
+    let body = Empty::<Bytes>::new().map_err(|e| match e {}).boxed_unsync();
+    let mut req = http::Request::new(body);
+    *req.version_mut() = http::Version::HTTP_2;
+    *req.uri_mut() = "http://127.0.0.1:1/".parse().expect("uri");
+    let Sender::Http2(s) = &mut conn.sender else {
+        return None;
+    };
+    s.send_request(req).await.ok()?;
+    pool.finish(conn, request)
+}
+
+// https://www.envoyproxy.io/docs/envoy/latest/api-v3/config/core/v3/protocol.proto#envoy-v3-api-field-config-core-v3-http2protocoloptions-max-concurrent-streams
+#[tokio::test]
+async fn a_full_http2_connection_sends_the_next_stream_to_another_and_takes_it_back_when_one_ends()
+{
+    let f = fixture_with(0, Duration::ZERO, Some(2), BreakerConfig::default());
+    let mut streams = Vec::new();
+    for _ in 0..5 {
+        streams.push(open_stream(&f.pools, &f.host).await.expect("a stream"));
+    }
+    // Two, two and one: each connection carries its cap at once.
+    assert_eq!(settled(&f.log).await, [(2, true), (2, true), (1, true)]);
+    // A stream that ends makes room on its connection for the next request.
+    streams.remove(0);
+    streams.push(open_stream(&f.pools, &f.host).await.expect("a stream"));
+    assert_eq!(settled(&f.log).await, [(3, true), (2, true), (1, true)]);
+}
+
+#[tokio::test]
+async fn a_request_waits_for_a_stream_to_end_when_no_connection_may_open() {
+    let mut breakers = BreakerConfig::default();
+    breakers.default.max_connections = 1;
+    let f = fixture_with(0, Duration::ZERO, Some(1), breakers);
+    let first = open_stream(&f.pools, &f.host).await.expect("a stream");
+    let waiting = tokio::spawn({
+        let (pools, host) = (f.pools.clone(), f.host.clone());
+        async move { open_stream(&pools, &host).await.is_some() }
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(!waiting.is_finished(), "no room, no connection: it waits");
+    assert_eq!(f.stats.cx_overflow.value(), 1);
+    drop(first);
+    assert!(
+        waiting.await.expect("the waiting request"),
+        "it got the freed stream"
+    );
+    assert_eq!(settled(&f.log).await, [(2, true)]);
 }

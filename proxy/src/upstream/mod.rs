@@ -17,6 +17,7 @@ mod outlier;
 mod pool;
 mod pool_conn;
 pub mod priority;
+mod response_body;
 pub mod transport;
 
 pub use accounting::ConnectionAccounting;
@@ -27,3 +28,4 @@ pub use manager::{ClusterManager, ClusterRuntime, ClusterStats};
 pub use outlier::HostResult;
 pub use pool::{UpstreamBody, UpstreamError};
 pub use pool_conn::ConnectionFacts;
+pub use response_body::UpstreamIncoming;

@@ -5,15 +5,18 @@
 use super::circuit_breakers::CircuitBreakers;
 use super::connector::Connector;
 use super::host::Host;
-use super::host_pool::{self, Attached, ClusterPools, ConnectionClosed, Opener, PoolStats, Sender};
+use super::host_pool::{
+    self, Attached, ClusterPools, ConnectionClosed, Opener, PoolStats, Sender, Wire,
+};
+use super::response_body::UpstreamIncoming;
 use super::transport::Via;
 use super::transport::{Destination, Transport};
 use crate::config::circuit_breakers::Priority;
-use crate::config::cluster::Cluster;
+use crate::config::cluster::{Cluster, UpstreamProtocol};
 use crate::http::codec::HYPER_MAX_HEADERS;
+use crate::tls::AlpnOffer;
 use bytes::Bytes;
 use http_body_util::combinators::UnsyncBoxBody;
-use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use std::sync::Arc;
@@ -55,6 +58,8 @@ pub enum UpstreamError {
 pub struct Pool {
     connector: Connector,
     pools: Arc<ClusterPools>,
+    /// `auto_config`: every connection's protocol comes from its ALPN, whatever the request's.
+    auto: bool,
     /// The cluster's `max_headers_count` for responses (None: Envoy's default of 100, which
     /// is hyper's too).
     max_headers_count: Option<u32>,
@@ -68,23 +73,39 @@ struct Connecting {
     /// hyper's HTTP/1.1 parser limit: above 100 when the cluster allows more headers (a lower
     /// limit is checked per response).
     http1_max_headers: usize,
+    /// What an `auto_config` connection offers when neither its TLS context nor the request
+    /// names protocols: Envoy's `h2,http/1.1`.
+    alpn_fallback: AlpnOffer,
 }
 
 impl Opener for Connecting {
     fn open(
         &self,
-        destination: Destination,
-        http2: bool,
+        mut destination: Destination,
+        wire: Wire,
         closed: ConnectionClosed,
     ) -> host_pool::Opening {
         let connector = self.connector.clone();
         let settings = self.http2_settings;
         let max_headers = self.http1_max_headers;
+        if wire == Wire::Alpn && destination.alpn.is_none() {
+            if let Transport::Tls(tls) = &destination.transport {
+                if !tls.offers_alpn() {
+                    destination.alpn = Some(self.alpn_fallback.clone());
+                }
+            }
+        }
         Box::pin(async move {
             let io = connector
                 .connect(&destination)
                 .await
                 .map_err(|e| UpstreamError::ConnectFailure(io_reason(&e)))?;
+            // Under ALPN, HTTP/2 only when the server picked it; none picked is HTTP/1.1.
+            let http2 = match wire {
+                Wire::Http1 => false,
+                Wire::Http2 => true,
+                Wire::Alpn => io.inner().negotiated_alpn() == Some(b"h2".as_slice()),
+            };
             let facts = super::pool_conn::ConnectionFacts {
                 local: io.inner().stream.local_addr(),
                 identities: io.inner().identities.clone(),
@@ -159,6 +180,7 @@ impl Pool {
                 .stream_limits
                 .max_headers_count
                 .map_or(HYPER_MAX_HEADERS, |n| (n as usize).max(HYPER_MAX_HEADERS)),
+            alpn_fallback: AlpnOffer::new(vec![b"h2".to_vec(), b"http/1.1".to_vec()]),
         });
         let pools = Arc::new_cyclic(|myself| {
             ClusterPools::new(
@@ -166,12 +188,14 @@ impl Pool {
                 stats,
                 opener,
                 cluster.connection_limits,
+                cluster.http2.max_concurrent_streams,
                 myself.clone(),
             )
         });
         Self {
             connector,
             pools,
+            auto: cluster.protocol == UpstreamProtocol::Auto,
             max_headers_count: cluster.stream_limits.max_headers_count,
         }
     }
@@ -187,33 +211,16 @@ impl Pool {
         http2: bool,
         priority: Priority,
         via: Via<'_>,
-    ) -> Result<http::Response<Incoming>, UpstreamError> {
+    ) -> Result<http::Response<UpstreamIncoming>, UpstreamError> {
         if let Transport::Unsupported(name) = &host.transport {
             return Err(UpstreamError::UnsupportedTransport(name.to_string()));
         }
-        if http2 {
-            *request.version_mut() = http::Version::HTTP_2;
-            // HTTP/2 carries the authority in `:authority` (from the URI); no `host` header.
-            request.headers_mut().remove(http::header::HOST);
-        } else {
-            *request.version_mut() = http::Version::HTTP_11;
-            // The downstream authority goes in the Host header, the path in origin form.
-            if !request.headers().contains_key(http::header::HOST) {
-                if let Some(a) = request.uri().authority() {
-                    if let Ok(v) = http::HeaderValue::from_str(a.as_str()) {
-                        request.headers_mut().insert(http::header::HOST, v);
-                    }
-                }
-            }
-            let origin = request
-                .uri()
-                .path_and_query()
-                .map_or("/", |p| p.as_str())
-                .parse::<http::Uri>()
-                .map_err(|e| UpstreamError::Reset(e.to_string()))?;
-            *request.uri_mut() = origin;
-        }
-        let attached = self.pools.attach(host, via, priority, http2).await?;
+        let wire = match (self.auto, http2) {
+            (true, _) => Wire::Alpn,
+            (false, true) => Wire::Http2,
+            (false, false) => Wire::Http1,
+        };
+        let attached = self.pools.attach(host, via, priority, wire).await?;
         host.stats
             .rq_total
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -222,6 +229,12 @@ impl Pool {
             pool,
             request: active,
         } = attached;
+        // The connection says the protocol: under ALPN it is known only now.
+        let http2 = matches!(conn.sender, Sender::Http2(_));
+        if let Err(e) = shape(&mut request, http2) {
+            drop(pool.finish(conn, active));
+            return Err(e);
+        }
         let sent = match &mut conn.sender {
             Sender::Http1(s) => s.send_request(request).await,
             Sender::Http2(s) => {
@@ -250,9 +263,36 @@ impl Pool {
         if conn.facts.local.is_some() || conn.facts.identities.is_some() {
             response.extensions_mut().insert(conn.facts.clone());
         }
-        pool.finish(conn, active);
-        Ok(response)
+        let stream = pool.finish(conn, active);
+        Ok(response.map(|body| UpstreamIncoming::new(body, stream)))
     }
+}
+
+/// Puts `request` in the form its connection's protocol carries.
+fn shape(request: &mut http::Request<UpstreamBody>, http2: bool) -> Result<(), UpstreamError> {
+    if http2 {
+        *request.version_mut() = http::Version::HTTP_2;
+        // HTTP/2 carries the authority in `:authority` (from the URI); no `host` header.
+        request.headers_mut().remove(http::header::HOST);
+        return Ok(());
+    }
+    *request.version_mut() = http::Version::HTTP_11;
+    // The downstream authority goes in the Host header, the path in origin form.
+    if !request.headers().contains_key(http::header::HOST) {
+        if let Some(a) = request.uri().authority() {
+            if let Ok(v) = http::HeaderValue::from_str(a.as_str()) {
+                request.headers_mut().insert(http::header::HOST, v);
+            }
+        }
+    }
+    let origin = request
+        .uri()
+        .path_and_query()
+        .map_or("/", |p| p.as_str())
+        .parse::<http::Uri>()
+        .map_err(|e| UpstreamError::Reset(e.to_string()))?;
+    *request.uri_mut() = origin;
+    Ok(())
 }
 
 /// Envoy's transport failure reason for refused connections reads "delayed connect error: 111".

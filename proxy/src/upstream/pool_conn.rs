@@ -9,7 +9,7 @@ use crate::config::cluster::ConnectionLimits;
 use crate::stats::Counter;
 use hyper::client::conn::{http1, http2};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 use tokio::time::Instant;
@@ -48,8 +48,8 @@ pub struct Conn {
 
 impl Conn {
     /// Another handle on a shared (HTTP/2) connection; None for HTTP/1.1. Shares do not
-    /// carry the lifetime, the pool's handle does; each holds a token that marks the
-    /// connection busy while the share lives.
+    /// carry the lifetime, the pool's handle does; each holds a [`StreamToken`] that counts
+    /// the stream as active on the connection until the token goes (with the response body).
     pub(super) fn share(&self) -> Option<Conn> {
         match &self.sender {
             Sender::Http2(s) => Some(Conn {
@@ -57,12 +57,22 @@ impl Conn {
                 facts: self.facts.clone(),
                 id: self.id,
                 life: Lifetime {
-                    _stream: self.life.streams.clone().map(StreamToken),
+                    _stream: self.life.streams.as_ref().map(StreamToken::new),
                     ..Lifetime::default()
                 },
             }),
             Sender::Http1(_) => None,
         }
+    }
+
+    /// An HTTP/2 connection, which requests share.
+    pub(super) fn is_shared(&self) -> bool {
+        matches!(self.sender, Sender::Http2(_))
+    }
+
+    /// The share's stream token, to travel with the response body.
+    pub(super) fn take_stream(&mut self) -> Option<StreamToken> {
+        self.life._stream.take()
     }
 }
 
@@ -73,28 +83,64 @@ pub(super) struct Lifetime {
     remaining: Option<u32>,
     /// The deadline under `max_connection_duration`.
     expiry: Option<Arc<Expiry>>,
-    /// HTTP/2 with an idle timeout: the pool's handle holds this, and each share a token.
+    /// HTTP/2: the pool's handle holds this, and each share a token.
     streams: Option<Arc<Streams>>,
     _stream: Option<StreamToken>,
 }
 
-/// When an HTTP/2 connection last finished a request, for its idle timeout. A request counts
-/// as active while it holds its share of the connection, up to its response head: hyper does
-/// not tell when a stream of a shared connection ends. A connection whose response bodies
-/// outlast the timeout is therefore retired early; retiring drains, so nothing is cut.
+/// An HTTP/2 connection's streams in flight, against the cluster's `max_concurrent_streams`,
+/// and when the last one ended, for the idle timeout. A stream is in flight from the request
+/// taking its share of the connection until its response body ends or is dropped.
+/// Envoy: https://www.envoyproxy.io/docs/envoy/latest/api-v3/config/core/v3/protocol.proto#envoy-v3-api-field-config-core-v3-http2protocoloptions-max-concurrent-streams
 pub(super) struct Streams {
     born: Instant,
-    /// Nanoseconds from `born` to the end of the last request.
+    /// Nanoseconds from `born` to the end of the last stream.
     last_done: AtomicU64,
+    active: AtomicU32,
+    /// The most streams at once (`u32::MAX` without a cap).
+    cap: u32,
+    /// Told when a stream ends on a connection that was full, so that a request waiting for
+    /// room can take it.
+    pool: Weak<dyn Watched>,
+    id: u64,
 }
 
-/// A request's mark on an HTTP/2 connection; dropping it stamps the connection's clock.
-pub(super) struct StreamToken(Arc<Streams>);
+impl Streams {
+    pub(super) fn new(cap: u32, pool: Weak<dyn Watched>, id: u64) -> Arc<Self> {
+        Arc::new(Streams {
+            born: Instant::now(),
+            last_done: AtomicU64::new(0),
+            active: AtomicU32::new(0),
+            cap,
+            pool,
+            id,
+        })
+    }
+}
+
+/// A stream's place on an HTTP/2 connection; dropping it ends the stream for the pool.
+pub struct StreamToken(Arc<Streams>);
+
+impl StreamToken {
+    /// Counted under the pool's lock, after [`Lifetime::has_room`] said yes.
+    fn new(streams: &Arc<Streams>) -> Self {
+        streams.active.fetch_add(1, Relaxed);
+        StreamToken(streams.clone())
+    }
+}
 
 impl Drop for StreamToken {
     fn drop(&mut self) {
-        let nanos = u64::try_from(self.0.born.elapsed().as_nanos()).unwrap_or(u64::MAX);
-        self.0.last_done.store(nanos, Relaxed);
+        let streams = &self.0;
+        let nanos = u64::try_from(streams.born.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        streams.last_done.store(nanos, Relaxed);
+        // Only a connection that was full has requests waiting for its room: the pool's lock
+        // is taken then, not for every stream.
+        if streams.active.fetch_sub(1, Relaxed) == streams.cap {
+            if let Some(pool) = streams.pool.upgrade() {
+                pool.stream_ended(streams.id);
+            }
+        }
     }
 }
 
@@ -120,16 +166,12 @@ impl Expiry {
 }
 
 impl Lifetime {
-    /// The lifetime of a connection established now under `limits`.
-    pub(super) fn new(limits: &ConnectionLimits, http2: bool) -> Self {
+    /// The lifetime of a connection established now under `limits`; an HTTP/2 one counts its
+    /// streams in `streams`.
+    pub(super) fn new(limits: &ConnectionLimits, streams: Option<Arc<Streams>>) -> Self {
         let now = Instant::now();
         Lifetime {
-            streams: (http2 && limits.idle_timeout.is_some()).then(|| {
-                Arc::new(Streams {
-                    born: now,
-                    last_done: AtomicU64::new(0),
-                })
-            }),
+            streams,
             _stream: None,
             remaining: limits.max_requests.map(|m| m.get()),
             expiry: limits.max_duration.map(|d| {
@@ -139,6 +181,14 @@ impl Lifetime {
                 })
             }),
         }
+    }
+
+    /// The connection may carry one more stream now (always, for HTTP/1.1's pool handle,
+    /// which the pool never shares).
+    pub(super) fn has_room(&self) -> bool {
+        self.streams
+            .as_ref()
+            .is_none_or(|s| s.active.load(Relaxed) < s.cap)
     }
 
     /// Takes one request off the allowance. True when that was the last one: Envoy counts
@@ -179,7 +229,7 @@ impl Lifetime {
         let Some(streams) = &self.streams else {
             return Some(waited);
         };
-        if Arc::strong_count(streams) > 1 {
+        if streams.active.load(Relaxed) > 0 {
             return None;
         }
         let done = streams.born + Duration::from_nanos(streams.last_done.load(Relaxed));
@@ -196,6 +246,8 @@ pub(super) trait Watched: Send + Sync + 'static {
     /// closes an idle HTTP/1.1 connection and drains an HTTP/2 one (it takes no new stream
     /// and closes when its streams have finished). True when it was there.
     fn retire(&self, id: u64) -> bool;
+    /// A stream ended on an HTTP/2 connection that had no room: a waiting request may take it.
+    fn stream_ended(&self, id: u64);
 }
 
 /// What a watcher counts.
@@ -272,7 +324,7 @@ mod tests {
     #[tokio::test]
     async fn the_last_allowed_request_is_announced_once_and_ends_reuse() {
         let stat = Counter::default();
-        let mut life = Lifetime::new(&limits(3, None), false);
+        let mut life = Lifetime::new(&limits(3, None), None);
         assert!(!life.start_request());
         assert!(life.reusable(&stat));
         assert!(!life.start_request());
@@ -284,7 +336,7 @@ mod tests {
     #[tokio::test]
     async fn without_a_cap_a_connection_serves_on() {
         let stat = Counter::default();
-        let mut life = Lifetime::new(&limits(0, None), false);
+        let mut life = Lifetime::new(&limits(0, None), None);
         for _ in 0..1000 {
             assert!(!life.start_request());
         }
@@ -294,7 +346,7 @@ mod tests {
     #[tokio::test]
     async fn an_expired_connection_is_not_reused_and_counted_once() {
         let stat = Counter::default();
-        let life = Lifetime::new(&limits(0, Some(Duration::from_millis(1))), false);
+        let life = Lifetime::new(&limits(0, Some(Duration::from_millis(1))), None);
         tokio::time::sleep(Duration::from_millis(5)).await;
         assert!(!life.reusable(&stat));
         assert!(!life.reusable(&stat));

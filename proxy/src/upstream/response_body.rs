@@ -1,0 +1,66 @@
+//! An upstream response's body as the pool hands it out: hyper's body, carrying the HTTP/2
+//! stream's token so that the stream counts against its connection's `max_concurrent_streams`
+//! until the body has ended (or is dropped), not only until the response head.
+
+use super::pool_conn::StreamToken;
+use bytes::Bytes;
+use hyper::body::{Body, Frame, Incoming, SizeHint};
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+pub struct UpstreamIncoming {
+    body: Incoming,
+    /// Released at the body's end; None for HTTP/1.1 (its connection comes back to the pool
+    /// by its own readiness) and once released.
+    stream: Option<StreamToken>,
+}
+
+impl UpstreamIncoming {
+    pub(super) fn new(body: Incoming, stream: Option<StreamToken>) -> Self {
+        let mut body = UpstreamIncoming { body, stream };
+        body.release_if_ended();
+        body
+    }
+
+    fn release_if_ended(&mut self) {
+        if self.body.is_end_stream() {
+            self.stream = None;
+        }
+    }
+}
+
+impl Body for UpstreamIncoming {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.body).poll_frame(cx);
+        match &polled {
+            // The end, or a reset: the stream is over either way.
+            Poll::Ready(None | Some(Err(_))) => this.stream = None,
+            Poll::Ready(Some(Ok(_))) => this.release_if_ended(),
+            Poll::Pending => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
+impl std::fmt::Debug for UpstreamIncoming {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UpstreamIncoming")
+            .field("stream", &self.stream.is_some())
+            .finish_non_exhaustive()
+    }
+}
