@@ -30,6 +30,9 @@ static_resources:
         typed_config:
           "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
           stat_prefix: %HCM_PREFIX%
+          # A request whose only `x-forwarded-for` entry is loopback is internal.
+          internal_address_config:
+            cidr_ranges: [{ address_prefix: 127.0.0.0, prefix_len: 8 }]
           route_config:
             name: stats_route
             virtual_hosts:
@@ -116,6 +119,25 @@ const KNOWN: &[Known] = &[
 const ENVOY_INTERNAL: &[(&str, &str)] = &[
     ("envoy_http_conn_manager_prefix", "admin"),
     ("envoy_http_conn_manager_prefix", "async-client"),
+];
+
+/// Families Outrigger must emit whenever Envoy does for this traffic (each in some variant: with
+/// Istio's tags the class counters fold into `..._upstream_rq`): the comparison above only sees
+/// families both have, so a stat Outrigger lacks would pass unnoticed.
+/// https://www.envoyproxy.io/docs/envoy/latest/configuration/upstream/cluster_manager/cluster_stats#dynamic-http-statistics
+const MUST_SHARE: &[&str] = &[
+    "envoy_cluster_upstream_rq",
+    "envoy_cluster_upstream_rq_xx",
+    "envoy_cluster_upstream_rq_completed",
+    "envoy_cluster_upstream_rq_time",
+    "envoy_cluster_external_upstream_rq",
+    "envoy_cluster_external_upstream_rq_xx",
+    "envoy_cluster_external_upstream_rq_completed",
+    "envoy_cluster_external_upstream_rq_time",
+    "envoy_cluster_internal_upstream_rq",
+    "envoy_cluster_internal_upstream_rq_xx",
+    "envoy_cluster_internal_upstream_rq_completed",
+    "envoy_cluster_internal_upstream_rq_time",
 ];
 
 /// Families whose values depend on timing or the machine, not on the traffic: only their
@@ -269,6 +291,15 @@ fn observe(kind: Kind, variant: &Variant) -> String {
     for _ in 0..2 {
         assert_eq!(curl::get(&http("/missing")).status, 404);
     }
+    // Internal requests: the cluster counts their responses under `internal.`, the others
+    // under `external.`.
+    let internal = curl::request(
+        "GET",
+        &http("/internal"),
+        &["-H", "x-forwarded-for: 127.0.0.1"],
+    )
+    .expect("curl runs");
+    assert_eq!(internal.status, 200);
     let tcp = format!("http://127.0.0.1:{}/through-tcp", ports.get("tcp_port"));
     assert_eq!(curl::get(&tcp).status, 200);
     // Connection-close accounting runs after the clients have their responses.
@@ -348,6 +379,7 @@ fn prometheus_names_labels_and_values_match_envoy() {
     }
     let mut report = String::new();
     let mut matched_known = BTreeSet::new();
+    let mut seen_in_envoy = BTreeSet::new();
     for variant in variants() {
         let envoy = observe(Kind::Envoy, &variant);
         let ours = observe(Kind::Outrigger, &variant);
@@ -362,6 +394,14 @@ fn prometheus_names_labels_and_values_match_envoy() {
             envoy_families.len() - shared
         );
         assert!(shared > 20, "{}: too few families in common", variant.name);
+        for family in MUST_SHARE {
+            if envoy_families.contains_key(*family) {
+                seen_in_envoy.insert(*family);
+                if !ours_families.contains_key(*family) {
+                    report.push_str(&format!("{} {family}: Outrigger lacks it\n", variant.name));
+                }
+            }
+        }
         for (family, why) in differences(&envoy, &ours) {
             if let Some(k) = KNOWN
                 .iter()
@@ -372,6 +412,11 @@ fn prometheus_names_labels_and_values_match_envoy() {
                 continue;
             }
             report.push_str(&format!("{} {family}: {why}\n", variant.name));
+        }
+    }
+    for family in MUST_SHARE {
+        if !seen_in_envoy.contains(family) {
+            report.push_str(&format!("{family}: Envoy emits it in no variant\n"));
         }
     }
     for k in KNOWN {

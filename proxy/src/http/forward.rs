@@ -21,6 +21,7 @@ use crate::config::route::{
     ClusterTarget, Forward, Route, RouteConfig, VirtualHost, WeightedTarget,
 };
 use crate::format::ResponseFlags;
+use crate::stats::responses::Origin;
 use crate::upstream::transport::Via;
 use crate::upstream::{ClusterRuntime, Host, HostResult, HostStats, UpstreamError};
 use bytes::Bytes;
@@ -45,6 +46,9 @@ pub(super) struct Target<'a> {
     /// An allowed upgrade (websocket): `Upgrade` and `Connection` go upstream.
     pub upgrade: bool,
     pub info: RequestInfo,
+    /// Whether the connection manager marked the request internal: the cluster counts its
+    /// response under `internal.` or `external.`.
+    pub origin: Origin,
 }
 
 /// The cluster a route sends this request to (for a weighted route, by `draw`, else a new
@@ -129,6 +133,7 @@ pub async fn forward(
         weighted,
         upgrade: on_upgrade.is_some(),
         info,
+        origin: Origin::of(request.headers()),
     };
     // The tunnel of an upgrade ends on the stream's timers (forwarding takes the progress
     // from the request to count its body).
@@ -377,7 +382,7 @@ async fn send_to_cluster(
         if let Decision::Retry(wait) = decision {
             match &result {
                 Ok(response) => {
-                    cluster.stats.retried_response(response.status());
+                    cluster.stats.responses.retried(response.status());
                     count_host_response(&host.stats, response.status());
                 }
                 Err(e) => count_failure(cluster, &host.stats, e),
@@ -388,7 +393,8 @@ async fn send_to_cluster(
             }
             // The route timeout ran out while waiting for the retry.
             cluster.stats.upstream_rq_timeout.inc();
-            let mut outcome = failure_reply(cluster, UpstreamError::Timeout, server, true);
+            let mut outcome =
+                failure_reply(cluster, UpstreamError::Timeout, server, true, target.origin);
             outcome.info.upstream_host = Some(host.authority.clone());
             attempt_count_in_response(&mut outcome, target, attempt);
             return outcome;
@@ -411,11 +417,12 @@ async fn send_to_cluster(
                     started,
                     attempts.set_cookie.take(),
                     idle,
+                    target.origin,
                 )
             }
             Err(e) => {
                 count_failure(cluster, &host.stats, &e);
-                let mut outcome = failure_reply(cluster, e, server, retried);
+                let mut outcome = failure_reply(cluster, e, server, retried, target.origin);
                 // Envoy names the host it tried even when it never answered.
                 outcome.info.upstream_host = Some(host.authority.clone());
                 outcome
@@ -464,15 +471,13 @@ pub(super) fn answered(
     started: Instant,
     set_cookie: Option<HeaderValue>,
     idle: Option<(Duration, &Arc<crate::stats::Counter>)>,
+    origin: Origin,
 ) -> Outcome {
     let server = &ctx.hcm.server_name;
     let elapsed = started.elapsed();
-    cluster
-        .stats
-        .upstream_rq_time
-        .record(elapsed.as_secs_f64() * 1000.0);
-    cluster.stats.upstream_rq_completed.inc();
-    cluster.stats.response(response.status());
+    let responses = &cluster.stats.responses;
+    responses.timed(elapsed.as_secs_f64() * 1000.0, origin);
+    responses.completed(response.status(), origin);
     count_host_response(&host.stats, response.status());
     let facts = response
         .extensions_mut()

@@ -7,6 +7,7 @@ mod histogram;
 pub mod istio;
 pub mod matcher;
 pub mod prometheus;
+pub mod responses;
 pub mod tags;
 
 pub use histogram::{Histogram, HistogramSnapshot, DEFAULT_BUCKETS};
