@@ -34,6 +34,8 @@ pub struct ClusterStats {
     pub upstream_cx_active: Arc<Gauge>,
     pub upstream_cx_tx_bytes_total: Arc<Counter>,
     pub upstream_cx_rx_bytes_total: Arc<Counter>,
+    pub upstream_cx_rx_bytes_buffered: Arc<Gauge>,
+    pub upstream_cx_tx_bytes_buffered: Arc<Gauge>,
     /// Circuit breaking and pending requests (Envoy's names).
     pub upstream_rq_pending_total: Arc<Counter>,
     pub upstream_rq_pending_overflow: Arc<Counter>,
@@ -98,6 +100,8 @@ impl ClusterStats {
             upstream_cx_active: g("upstream_cx_active"),
             upstream_cx_tx_bytes_total: c("upstream_cx_tx_bytes_total"),
             upstream_cx_rx_bytes_total: c("upstream_cx_rx_bytes_total"),
+            upstream_cx_rx_bytes_buffered: g("upstream_cx_rx_bytes_buffered"),
+            upstream_cx_tx_bytes_buffered: g("upstream_cx_tx_bytes_buffered"),
             upstream_rq_pending_total: {
                 // Kept for Envoy's name: no outlier detection ejects hosts yet.
                 c("upstream_rq_pending_failure_eject");
@@ -187,6 +191,10 @@ impl ClusterRuntime {
         let accounting = super::ConnectionAccounting {
             cx_total: stats.upstream_cx_total.clone(),
             cx_active: stats.upstream_cx_active.clone(),
+            cx_rx_bytes_total: stats.upstream_cx_rx_bytes_total.clone(),
+            cx_tx_bytes_total: stats.upstream_cx_tx_bytes_total.clone(),
+            cx_rx_bytes_buffered: stats.upstream_cx_rx_bytes_buffered.clone(),
+            cx_tx_bytes_buffered: stats.upstream_cx_tx_bytes_buffered.clone(),
             hosts: hosts.clone(),
         };
         let transports =
