@@ -96,28 +96,7 @@ struct Known {
 }
 
 /// Checked: an entry whose family no longer differs fails the test, so the list stays true.
-const KNOWN: &[Known] = &[
-    Known {
-        variant: "*",
-        family: "envoy_tcp_on_demand_cluster_attempt",
-        reason: "Envoy 1.40 creates tcp_proxy on-demand stats only with on_demand configured; Outrigger always does (open, issue 8 stat names)",
-    },
-    Known {
-        variant: "*",
-        family: "envoy_tcp_on_demand_cluster_missing",
-        reason: "as envoy_tcp_on_demand_cluster_attempt",
-    },
-    Known {
-        variant: "*",
-        family: "envoy_tcp_on_demand_cluster_success",
-        reason: "as envoy_tcp_on_demand_cluster_attempt",
-    },
-    Known {
-        variant: "*",
-        family: "envoy_tcp_on_demand_cluster_timeout",
-        reason: "as envoy_tcp_on_demand_cluster_attempt",
-    },
-];
+const KNOWN: &[Known] = &[];
 
 /// Label sets of Envoy-internal scopes Outrigger does not have: Envoy's admin server keeps
 /// connection-manager stats under `http.admin.*`, and its async HTTP client under
