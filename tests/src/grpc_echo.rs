@@ -226,6 +226,69 @@ impl EchoClient {
     }
 }
 
+/// A `Chat` call held open: messages go out when sent, echoes come back one by one.
+pub struct OpenChat {
+    outgoing: Option<tokio::sync::mpsc::UnboundedSender<String>>,
+    echoes: Streaming<String>,
+}
+
+/// The messages an open chat sends, as the request stream.
+struct Outgoing(tokio::sync::mpsc::UnboundedReceiver<String>);
+
+impl tokio_stream::Stream for Outgoing {
+    type Item = String;
+    fn poll_next(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<String>> {
+        self.0.poll_recv(cx)
+    }
+}
+
+impl OpenChat {
+    /// Sends `text` and waits for its echo.
+    pub async fn say(&mut self, text: &str) -> Result<String, Status> {
+        self.outgoing
+            .as_ref()
+            .ok_or_else(|| Status::failed_precondition("the chat was closed"))?
+            .send(text.to_string())
+            .map_err(|_| Status::unavailable("the call ended"))?;
+        self.echoes
+            .message()
+            .await?
+            .ok_or_else(|| Status::unavailable("the call ended without an echo"))
+    }
+
+    /// Ends the request stream and reads the call to its end.
+    pub async fn close(mut self) -> Result<Vec<String>, Status> {
+        self.outgoing = None;
+        collect_stream(self.echoes).await
+    }
+}
+
+impl EchoClient {
+    /// Opens a `Chat` call and keeps it open.
+    pub async fn open_chat(&mut self) -> Result<OpenChat, Status> {
+        self.grpc
+            .ready()
+            .await
+            .map_err(|e| Status::unknown(e.to_string()))?;
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let response = self
+            .grpc
+            .streaming(
+                tonic::Request::new(Outgoing(rx)),
+                Self::path("/test.Echo/Chat"),
+                Codec::default(),
+            )
+            .await?;
+        Ok(OpenChat {
+            outgoing: Some(tx),
+            echoes: response.into_inner(),
+        })
+    }
+}
+
 async fn collect_stream(mut stream: Streaming<String>) -> Result<Vec<String>, Status> {
     let mut out = Vec::new();
     while let Some(m) = stream.message().await? {

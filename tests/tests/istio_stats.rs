@@ -146,6 +146,19 @@ fn bootstraps(ports: &Ports, mtls: Option<&Mtls<'_>>) -> (String, String) {
 
 /// `grpc`: both chains have the gRPC statistics filter and both hops are HTTP/2.
 fn bootstraps_with(ports: &Ports, mtls: Option<&Mtls<'_>>, grpc: bool) -> (String, String) {
+    bootstraps_reporting(ports, mtls, grpc, None)
+}
+
+/// As [`bootstraps_with`], with both stats filters' `tcp_reporting_duration` when given.
+fn bootstraps_reporting(
+    ports: &Ports,
+    mtls: Option<&Mtls<'_>>,
+    grpc: bool,
+    reporting: Option<&str>,
+) -> (String, String) {
+    let reporting = reporting
+        .map(|d| format!(", tcp_reporting_duration: {d}"))
+        .unwrap_or_default();
     let metadata = r#"metadata: { filter_metadata: { istio: { services: [{ host: server.back.svc.cluster.local, name: server, namespace: back }] } } }"#;
     let mut client_cluster = match mtls {
         Some(m) => format!("{metadata}\n    {}", m.upstream()),
@@ -164,7 +177,7 @@ fn bootstraps_with(ports: &Ports, mtls: Option<&Mtls<'_>>, grpc: bool) -> (Strin
             "client",
             OUTBOUND_CLUSTER,
             r#"{ upstream_discovery: [{ istio_headers: {} }, { workload_discovery: {} }], upstream_propagation: [{ istio_headers: {} }] }"#,
-            "{}",
+            &format!("{{ disable_host_header_fallback: false{reporting} }}"),
             "",
             grpc,
         ),
@@ -178,7 +191,7 @@ fn bootstraps_with(ports: &Ports, mtls: Option<&Mtls<'_>>, grpc: bool) -> (Strin
             "server",
             "inbound|8080||",
             r#"{ downstream_discovery: [{ istio_headers: {} }, { workload_discovery: {} }], downstream_propagation: [{ istio_headers: {} }] }"#,
-            "{ disable_host_header_fallback: true }",
+            &format!("{{ disable_host_header_fallback: true{reporting} }}"),
             &server_chain,
             grpc,
         ),
@@ -677,4 +690,60 @@ fn message_counts(body: &str, family: &str) -> Vec<(Vec<(String, String)>, u64)>
             (labels, value.parse().expect("a count"))
         })
         .collect()
+}
+
+/// A gRPC stream held open longer than `tcp_reporting_duration` has its messages reported
+/// while it lasts, on both sides (Istio's stats filter reports a gRPC stream's message counts
+/// at each tick of that period once the metadata exchange found the peer:
+/// `istio/proxy:source/extensions/filters/http/istio_stats/istio_stats.cc`); what the end of
+/// the stream reports is only what came after, so nothing is counted twice.
+#[test]
+fn a_long_grpc_stream_reports_its_messages_every_reporting_period() {
+    let ports = Ports::new(&["client", "server", "client_admin", "server_admin", "app"]);
+    let (client_yaml, server_yaml) = bootstraps_reporting(&ports, None, true, Some("1s"));
+    let server = RunningProxy::start(Kind::Outrigger, &server_yaml, &[]);
+    let client = RunningProxy::start(Kind::Outrigger, &client_yaml, &[]);
+    let target = format!("http://127.0.0.1:{}", ports.get("client"));
+    let counts = |proxy: &RunningProxy| {
+        let body = proxy.get("/stats/prometheus").body;
+        let one = |family: &str| {
+            let series = message_counts(&body, family);
+            assert!(series.len() <= 1, "one series at most:\n{body}");
+            series.first().map_or(0, |(labels, n)| {
+                assert_eq!(labels.len(), 20, "{labels:?}");
+                *n
+            })
+        };
+        (
+            one("istio_request_messages_total"),
+            one("istio_response_messages_total"),
+        )
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a runtime");
+    runtime.block_on(async {
+        let _app = tests::grpc_echo::serve(ports.get("app"))
+            .await
+            .expect("the gRPC app listens");
+        let mut c = tests::grpc_echo::EchoClient::connect(target)
+            .await
+            .expect("connect");
+        let mut chat = c.open_chat().await.expect("a chat");
+        for text in ["one", "two"] {
+            assert_eq!(chat.say(text).await.expect("an echo"), text);
+        }
+        // Two periods pass with the call open.
+        tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+        for (proxy, side) in [(&client, "source"), (&server, "destination")] {
+            assert_eq!(counts(proxy), (2, 2), "{side}: while the call is open");
+        }
+        assert_eq!(chat.say("three").await.expect("an echo"), "three");
+        assert!(chat.close().await.expect("the call ends").is_empty());
+    });
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    for (proxy, side) in [(&client, "source"), (&server, "destination")] {
+        assert_eq!(counts(proxy), (3, 3), "{side}: after the call");
+    }
 }

@@ -1,6 +1,7 @@
 //! Istio's HTTP filters at run time: the metadata exchange (`x-envoy-peer-metadata` and
 //! `x-envoy-peer-metadata-id`: read and stripped from the peer, ours added, with values built
-//! once at config time) and the standard metrics, recorded when the stream is logged.
+//! once at config time) and the standard metrics, recorded when the stream is logged (a
+//! long gRPC stream's message counts also every `tcp_reporting_duration` while it lasts).
 //! The peer's header is network input: anything that is not base64 of a Struct means "no
 //! peer", never an error.
 
@@ -11,6 +12,8 @@ use crate::stats::istio::{
 use crate::stats::Store;
 use http::{HeaderMap, HeaderName, HeaderValue};
 use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use xds_proto::pb::google::protobuf::{value::Kind, Struct};
 
@@ -44,6 +47,10 @@ pub struct IstioRequest {
     /// The call the gRPC statistics filter follows: its filter state feeds
     /// `istio_request_messages_total` and `istio_response_messages_total`.
     pub grpc_call: Option<Arc<super::grpc_stats::GrpcCall>>,
+    /// The message counts (request, response) periodic reports have counted already.
+    messages_reported: (u64, u64),
+    /// When the next periodic report is due, once a long gRPC stream's body is streaming.
+    report_timer: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
 impl IstioRuntime {
@@ -133,16 +140,112 @@ impl IstioRuntime {
         }
     }
 
+    /// A live gRPC stream's periodic report, polled from its response body: Istio's stats
+    /// filter starts a timer of `tcp_reporting_duration` when a gRPC request arrives and, at
+    /// each tick once the metadata exchange found the peer, adds the messages counted since
+    /// its last report (without a peer it reports only when the stream ends). Polling from
+    /// the body costs no task and no timer for a stream that is not gRPC or has no peer. One
+    /// difference follows: reports begin once the response is streaming, where Istio's server
+    /// side can report request messages while it still waits for the response headers (a
+    /// client-streaming call); those are counted at the headers or the end instead.
+    /// Istio: `istio/proxy:source/extensions/filters/http/istio_stats/istio_stats.cc`
+    /// (`onReportTimer`).
+    pub fn poll_report(
+        &self,
+        r: &mut IstioRequest,
+        pending: (&crate::format::StreamInfo, Option<&crate::tls::TlsInfo>),
+        started: std::time::Instant,
+        cx: &mut std::task::Context<'_>,
+    ) {
+        let Some(period) = self
+            .config
+            .stats
+            .map(|s| s.tcp_reporting_duration)
+            .filter(|p| !p.is_zero())
+        else {
+            return;
+        };
+        if !r.grpc || r.peer.is_none() || r.grpc_call.is_none() || self.stats.is_none() {
+            return;
+        }
+        let timer = r
+            .report_timer
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until((started + period).into())));
+        if timer.as_mut().poll(cx).is_pending() {
+            return;
+        }
+        // Ticks keep the request's rhythm; ticks missed while the body was not polled make
+        // one report.
+        let now = tokio::time::Instant::now();
+        let mut next = timer.deadline() + period;
+        while next <= now {
+            next += period;
+        }
+        timer.as_mut().reset(next);
+        // Registers the waker for the next tick.
+        let _ = timer.as_mut().poll(cx);
+        let (info, tls) = pending;
+        if let Some(key) = self.key(r, info, tls) {
+            self.report_messages(r, &key);
+        }
+    }
+
+    /// Adds the messages counted since the last report to `key`'s message series.
+    fn report_messages(&self, r: &mut IstioRequest, key: &SeriesKey) {
+        let Some((_, store)) = &self.stats else {
+            return;
+        };
+        // Istio reads the message counts from the gRPC statistics filter's state: without
+        // that filter (or its `emit_filter_state`), or before a first message, none.
+        let counts = match &r.grpc_call {
+            Some(call) if r.grpc => call.filter_state(),
+            _ => None,
+        };
+        if let Some((request, response)) = counts {
+            let series = store.istio.message_series(key.messages_key());
+            series
+                .request
+                .add(request.saturating_sub(r.messages_reported.0));
+            series
+                .response
+                .add(response.saturating_sub(r.messages_reported.1));
+            r.messages_reported = (request, response);
+        }
+    }
+
     /// Access-log time: one series lookup, then atomics.
     pub fn record(
+        &self,
+        r: &mut IstioRequest,
+        info: &crate::format::StreamInfo,
+        tls: Option<&crate::tls::TlsInfo>,
+    ) {
+        let (Some(key), Some((_, store))) = (self.key(r, info, tls), &self.stats) else {
+            return;
+        };
+        self.report_messages(r, &key);
+        let series = store.istio.series(key);
+        series.requests.inc();
+        if let Some(d) = info.duration {
+            // Istio records whole milliseconds.
+            series.duration_ms.record(d.as_millis() as f64);
+        }
+        series
+            .request_bytes
+            .record((info.bytes_received + r.request_header_bytes) as f64);
+        series
+            .response_bytes
+            .record((info.bytes_sent + r.response_header_bytes) as f64);
+    }
+
+    /// The series of a request as it stands; None without `istio.stats`.
+    fn key(
         &self,
         r: &IstioRequest,
         info: &crate::format::StreamInfo,
         tls: Option<&crate::tls::TlsInfo>,
-    ) {
-        let Some((fixed, store)) = &self.stats else {
-            return;
-        };
+    ) -> Option<SeriesKey> {
+        let (fixed, _) = self.stats.as_ref()?;
         let route_special = match info.route_name.as_deref() {
             Some("block_all") => Some("BlackHoleCluster"),
             Some("allow_any") => Some("PassthroughCluster"),
@@ -158,7 +261,7 @@ impl IstioRuntime {
             None if source => info.upstream_istio_peer.clone(),
             None => None,
         };
-        let key = SeriesKey {
+        Some(SeriesKey {
             fixed: fixed.clone(),
             peer,
             service: Service {
@@ -173,30 +276,7 @@ impl IstioRuntime {
             mutual_tls,
             principals,
             tcp: false,
-        };
-        // Istio reads the message counts from the gRPC statistics filter's state: without
-        // that filter (or its `emit_filter_state`), or before a first message, none.
-        let messages = match &r.grpc_call {
-            Some(call) if r.grpc => call.filter_state(),
-            _ => None,
-        };
-        if let Some((request, response)) = messages {
-            let series = store.istio.message_series(key.messages_key());
-            series.request.add(request);
-            series.response.add(response);
-        }
-        let series = store.istio.series(key);
-        series.requests.inc();
-        if let Some(d) = info.duration {
-            // Istio records whole milliseconds.
-            series.duration_ms.record(d.as_millis() as f64);
-        }
-        series
-            .request_bytes
-            .record((info.bytes_received + r.request_header_bytes) as f64);
-        series
-            .response_bytes
-            .record((info.bytes_sent + r.response_header_bytes) as f64);
+        })
     }
 
     fn add_ours(&self, headers: &mut HeaderMap) {
