@@ -409,16 +409,7 @@ async fn send_to_cluster(
                     cluster.stats.retry.upstream_rq_retry_success.inc();
                 }
                 let idle = idle.map(|d| (d, &cluster.stats.retry.upstream_rq_per_try_idle_timeout));
-                answered(
-                    ctx,
-                    cluster,
-                    &host,
-                    response,
-                    started,
-                    attempts.set_cookie.take(),
-                    idle,
-                    target.origin,
-                )
+                answered(&mut attempts, &host, response, started, idle)
             }
             Err(e) => {
                 count_failure(cluster, &host.stats, &e);
@@ -461,18 +452,18 @@ pub(super) fn count_host_response(host: &HostStats, status: StatusCode) {
     counter.fetch_add(1, Relaxed);
 }
 
-/// The final upstream response, as the client gets it; `idle` puts its body under the
-/// attempt's per-try idle timer (with the counter to bump when it fires).
+/// The final upstream response, as the client gets it (with the request's hash cookie, if
+/// it has one to set); `idle` puts its body under the attempt's per-try idle timer (with the
+/// counter to bump when it fires).
 pub(super) fn answered(
-    ctx: &HttpContext,
-    cluster: &ClusterRuntime,
+    a: &mut Attempts<'_>,
     host: &Host,
     mut response: Response<Incoming>,
     started: Instant,
-    set_cookie: Option<HeaderValue>,
     idle: Option<(Duration, &Arc<crate::stats::Counter>)>,
-    origin: Origin,
 ) -> Outcome {
+    let (ctx, cluster, origin) = (a.ctx, a.cluster, a.target.origin);
+    let set_cookie = a.set_cookie.take();
     let server = &ctx.hcm.server_name;
     let elapsed = started.elapsed();
     let responses = &cluster.stats.responses;

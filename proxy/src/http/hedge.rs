@@ -226,16 +226,7 @@ pub(super) async fn hedged(mut a: Attempts<'_>, mut retry: RetryState<'_>) -> Ou
                     cluster.stats.retry.upstream_rq_retry_success.inc();
                 }
                 let idle = idle.map(|d| (d, &cluster.stats.retry.upstream_rq_per_try_idle_timeout));
-                let mut outcome = answered(
-                    a.ctx,
-                    cluster,
-                    &done.host,
-                    response,
-                    done.started,
-                    a.set_cookie.take(),
-                    idle,
-                    a.target.origin,
-                );
+                let mut outcome = answered(&mut a, &done.host, response, done.started, idle);
                 outcome.info.response_flags = outcome
                     .info
                     .response_flags
