@@ -101,8 +101,9 @@ pub struct ResponseStats {
     prefix: String,
     /// `upstream_rq_completed`, present from the cluster's creation.
     pub completed: Arc<Counter>,
-    /// `upstream_rq_time`, present from the cluster's creation.
-    pub time: Arc<Histogram>,
+    /// `upstream_rq_time`, made on the first timed response: Envoy 1.40 has no such
+    /// histogram for a cluster that never answered.
+    time: OnceLock<Arc<Histogram>>,
     codes: CodeCounters,
     /// `retry.*`: Envoy does not split those by origin.
     retried: OnceLock<Box<Category>>,
@@ -115,7 +116,7 @@ impl ResponseStats {
     pub fn new(store: &Arc<Store>, prefix: &str) -> Self {
         Self {
             completed: store.counter(&format!("{prefix}upstream_rq_completed")),
-            time: store.histogram(&format!("{prefix}upstream_rq_time")),
+            time: OnceLock::new(),
             codes: CodeCounters::new(prefix.to_string()),
             retried: OnceLock::new(),
             origins: [OnceLock::new(), OnceLock::new()],
@@ -142,7 +143,12 @@ impl ResponseStats {
 
     /// Records a final upstream response's time, in `upstream_rq_time` and its origin's.
     pub fn timed(&self, ms: f64, origin: Origin) {
-        self.time.record(ms);
+        self.time
+            .get_or_init(|| {
+                self.store
+                    .histogram(&format!("{}upstream_rq_time", self.prefix))
+            })
+            .record(ms);
         let category = self.origin(origin);
         category
             .time
@@ -204,9 +210,11 @@ mod tests {
                 "cluster.b.upstream_rq_completed=2",
             ]
         );
-        // A category's histogram exists once a response of that origin was timed.
+        // The histograms exist once a response (of that origin) was timed.
+        assert!(store.find("cluster.b.upstream_rq_time").is_none());
         assert!(store.find("cluster.b.external.upstream_rq_time").is_none());
         stats.timed(3.0, Origin::External);
+        assert!(store.find("cluster.b.upstream_rq_time").is_some());
         assert!(store.find("cluster.b.external.upstream_rq_time").is_some());
         assert!(store.find("cluster.b.internal.upstream_rq_time").is_none());
     }
