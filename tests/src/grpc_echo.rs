@@ -266,7 +266,53 @@ impl OpenChat {
     }
 }
 
+/// A `Collect` call held open: the server answers only once the request stream ends.
+pub struct OpenCollect {
+    outgoing: tokio::sync::mpsc::UnboundedSender<String>,
+    answer: tokio::task::JoinHandle<Result<String, Status>>,
+}
+
+impl OpenCollect {
+    /// Sends `text` (no answer comes until the end).
+    pub fn send(&self, text: &str) {
+        self.outgoing
+            .send(text.to_string())
+            .expect("the call is still open");
+    }
+
+    /// Ends the request stream and waits for the answer.
+    pub async fn finish(self) -> Result<String, Status> {
+        drop(self.outgoing);
+        self.answer
+            .await
+            .map_err(|e| Status::unknown(e.to_string()))?
+    }
+}
+
 impl EchoClient {
+    /// Opens a `Collect` call (a task of the current runtime) and keeps it open.
+    pub fn open_collect(&self) -> OpenCollect {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        // The call runs on its own clone, which must be made ready itself.
+        let mut grpc = self.grpc.clone();
+        let answer = tokio::spawn(async move {
+            grpc.ready()
+                .await
+                .map_err(|e| Status::unknown(e.to_string()))?;
+            grpc.client_streaming(
+                tonic::Request::new(Outgoing(rx)),
+                Self::path("/test.Echo/Collect"),
+                Codec::default(),
+            )
+            .await
+            .map(tonic::Response::into_inner)
+        });
+        OpenCollect {
+            outgoing: tx,
+            answer,
+        }
+    }
+
     /// Opens a `Chat` call and keeps it open.
     pub async fn open_chat(&mut self) -> Result<OpenChat, Status> {
         self.grpc

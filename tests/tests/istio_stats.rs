@@ -747,3 +747,45 @@ fn a_long_grpc_stream_reports_its_messages_every_reporting_period() {
         assert_eq!(counts(proxy), (3, 3), "{side}: after the call");
     }
 }
+
+/// A client-streaming call whose server answers only at its end: the server side, which
+/// knows its peer from the request, reports the request messages every period while it
+/// waits; the client side learns its peer from the response, so it reports nothing before
+/// (Istio's `peerInfoRead` condition, `istio_stats.cc`).
+#[test]
+fn a_client_stream_is_reported_by_the_server_side_before_its_response() {
+    let ports = Ports::new(&["client", "server", "client_admin", "server_admin", "app"]);
+    let (client_yaml, server_yaml) = bootstraps_reporting(&ports, None, true, Some("1s"));
+    let server = RunningProxy::start(Kind::Outrigger, &server_yaml, &[]);
+    let client = RunningProxy::start(Kind::Outrigger, &client_yaml, &[]);
+    let target = format!("http://127.0.0.1:{}", ports.get("client"));
+    let requests = |proxy: &RunningProxy| {
+        let body = proxy.get("/stats/prometheus").body;
+        let series = message_counts(&body, "istio_request_messages_total");
+        assert!(series.len() <= 1, "one series at most:\n{body}");
+        series.first().map_or(0, |(_, n)| *n)
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a runtime");
+    runtime.block_on(async {
+        let _app = tests::grpc_echo::serve(ports.get("app"))
+            .await
+            .expect("the gRPC app listens");
+        let c = tests::grpc_echo::EchoClient::connect(target)
+            .await
+            .expect("connect");
+        let call = c.open_collect();
+        call.send("one");
+        call.send("two");
+        tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+        assert_eq!(requests(&server), 2, "destination: before the response");
+        assert_eq!(requests(&client), 0, "source: its peer is not known yet");
+        call.send("three");
+        assert_eq!(call.finish().await.expect("an answer"), "received 3");
+    });
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    assert_eq!(requests(&server), 3, "destination: after the call");
+    assert_eq!(requests(&client), 3, "source: after the call");
+}

@@ -116,6 +116,16 @@ pub async fn forward(
     ) {
         call.bind(cluster);
     }
+    // Istio's periodic reports before the response starts name the service by this.
+    if let (Some(slot), Some(cluster)) = (
+        request.extensions().get::<super::istio::RoutedSlot>(),
+        &cluster,
+    ) {
+        let _ = slot.set(super::istio::Routed {
+            route_name: Some(Arc::from(route.name.as_str())),
+            cluster: cluster.config.istio.clone(),
+        });
+    }
     let Some(cluster) = cluster else {
         ctx.stats.no_cluster.inc();
         return Outcome {

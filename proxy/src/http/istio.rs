@@ -49,9 +49,20 @@ pub struct IstioRequest {
     pub grpc_call: Option<Arc<super::grpc_stats::GrpcCall>>,
     /// The message counts (request, response) periodic reports have counted already.
     messages_reported: (u64, u64),
-    /// When the next periodic report is due, once a long gRPC stream's body is streaming.
+    /// When the next periodic report is due, for a gRPC stream whose peer is known.
     report_timer: Option<Pin<Box<tokio::time::Sleep>>>,
 }
+
+/// What routing decided, for the periodic reports made before the response starts (the
+/// router fills it when it picks the cluster; the series' service labels come from it).
+#[derive(Debug, Default)]
+pub struct Routed {
+    pub route_name: Option<Arc<str>>,
+    pub cluster: Option<Arc<crate::config::istio::IstioCluster>>,
+}
+
+/// Shared by the connection manager and the router for one request.
+pub type RoutedSlot = Arc<std::sync::OnceLock<Routed>>;
 
 impl IstioRuntime {
     pub fn new(config: &Arc<IstioHttp>, store: &Arc<Store>) -> Self {
@@ -140,16 +151,64 @@ impl IstioRuntime {
         }
     }
 
-    /// A live gRPC stream's periodic report, polled from its response body: Istio's stats
-    /// filter starts a timer of `tcp_reporting_duration` when a gRPC request arrives and, at
-    /// each tick once the metadata exchange found the peer, adds the messages counted since
-    /// its last report (without a peer it reports only when the stream ends). Polling from
-    /// the body costs no task and no timer for a stream that is not gRPC or has no peer. One
-    /// difference follows: reports begin once the response is streaming, where Istio's server
-    /// side can report request messages while it still waits for the response headers (a
-    /// client-streaming call); those are counted at the headers or the end instead.
+    /// Periodic reports of a gRPC stream: Istio's stats filter starts a timer of
+    /// `tcp_reporting_duration` when a gRPC request arrives and, at each tick once the
+    /// metadata exchange found the peer, adds the messages counted since its last report
+    /// (without a peer it reports only when the stream ends). Polled while the request is
+    /// routed (`while_routing`), then from the response body (`poll_report`): no task, and
+    /// no timer for a stream that is not gRPC or has no peer.
     /// Istio: `istio/proxy:source/extensions/filters/http/istio_stats/istio_stats.cc`
     /// (`onReportTimer`).
+    fn period(&self, r: &IstioRequest) -> Option<std::time::Duration> {
+        let period = self
+            .config
+            .stats
+            .map(|s| s.tcp_reporting_duration)
+            .filter(|p| !p.is_zero())?;
+        let reports = r.grpc && r.peer.is_some() && r.grpc_call.is_some() && self.stats.is_some();
+        reports.then_some(period)
+    }
+
+    /// A slot for the router to say where the request went, when the stream may report
+    /// before its response starts (the server side knows its peer from the request).
+    pub fn routed_slot(&self, r: &IstioRequest) -> Option<RoutedSlot> {
+        self.period(r).map(|_| RoutedSlot::default())
+    }
+
+    /// Runs `routing` to its outcome, making the stream's periodic reports meanwhile (a
+    /// client-streaming call's server may answer only at its end). The series' service comes
+    /// from `slot`; before the router filled it there is nothing to report under.
+    pub async fn while_routing<F: Future>(
+        &self,
+        r: &mut IstioRequest,
+        started: std::time::Instant,
+        tls: Option<&crate::tls::TlsInfo>,
+        slot: &RoutedSlot,
+        routing: F,
+    ) -> F::Output {
+        let mut routing = std::pin::pin!(routing);
+        std::future::poll_fn(|cx| {
+            if let std::task::Poll::Ready(outcome) = routing.as_mut().poll(cx) {
+                return std::task::Poll::Ready(outcome);
+            }
+            if self.tick(r, started, cx) {
+                if let Some(routed) = slot.get() {
+                    let info = crate::format::StreamInfo {
+                        route_name: routed.route_name.clone(),
+                        istio_cluster: routed.cluster.clone(),
+                        ..Default::default()
+                    };
+                    if let Some(key) = self.key(r, &info, tls) {
+                        self.report_messages(r, &key);
+                    }
+                }
+            }
+            std::task::Poll::Pending
+        })
+        .await
+    }
+
+    /// A report polled from the response body, with what the stream's log will say.
     pub fn poll_report(
         &self,
         r: &mut IstioRequest,
@@ -157,25 +216,32 @@ impl IstioRuntime {
         started: std::time::Instant,
         cx: &mut std::task::Context<'_>,
     ) {
-        let Some(period) = self
-            .config
-            .stats
-            .map(|s| s.tcp_reporting_duration)
-            .filter(|p| !p.is_zero())
-        else {
-            return;
-        };
-        if !r.grpc || r.peer.is_none() || r.grpc_call.is_none() || self.stats.is_none() {
-            return;
+        if self.tick(r, started, cx) {
+            let (info, tls) = pending;
+            if let Some(key) = self.key(r, info, tls) {
+                self.report_messages(r, &key);
+            }
         }
+    }
+
+    /// Whether a report is due now; the timer is then set for the next one (its waker
+    /// registered in `cx`).
+    fn tick(
+        &self,
+        r: &mut IstioRequest,
+        started: std::time::Instant,
+        cx: &mut std::task::Context<'_>,
+    ) -> bool {
+        let Some(period) = self.period(r) else {
+            return false;
+        };
         let timer = r
             .report_timer
             .get_or_insert_with(|| Box::pin(tokio::time::sleep_until((started + period).into())));
         if timer.as_mut().poll(cx).is_pending() {
-            return;
+            return false;
         }
-        // Ticks keep the request's rhythm; ticks missed while the body was not polled make
-        // one report.
+        // Ticks keep the request's rhythm; ticks missed while nothing polled make one report.
         let now = tokio::time::Instant::now();
         let mut next = timer.deadline() + period;
         while next <= now {
@@ -184,10 +250,7 @@ impl IstioRuntime {
         timer.as_mut().reset(next);
         // Registers the waker for the next tick.
         let _ = timer.as_mut().poll(cx);
-        let (info, tls) = pending;
-        if let Some(key) = self.key(r, info, tls) {
-            self.report_messages(r, &key);
-        }
+        true
     }
 
     /// Adds the messages counted since the last report to `key`'s message series.
