@@ -98,7 +98,7 @@ fn istio(c: &mut Criterion) {
             |(req, resp)| {
                 let mut r = server.on_request(&uri, req);
                 server.on_response(&mut r, resp, true);
-                server.record(&r, &info, None);
+                server.record(&mut r, &info, None);
                 black_box(r);
             },
             criterion::BatchSize::SmallInput,
@@ -115,7 +115,7 @@ fn istio(c: &mut Criterion) {
             |(req, resp)| {
                 let mut r = client.on_request(&uri, req);
                 client.on_response(&mut r, resp, true);
-                client.record(&r, &info, None);
+                client.record(&mut r, &info, None);
                 black_box(r);
             },
             criterion::BatchSize::SmallInput,

@@ -226,6 +226,115 @@ impl EchoClient {
     }
 }
 
+/// A `Chat` call held open: messages go out when sent, echoes come back one by one.
+pub struct OpenChat {
+    outgoing: Option<tokio::sync::mpsc::UnboundedSender<String>>,
+    echoes: Streaming<String>,
+}
+
+/// The messages an open chat sends, as the request stream.
+struct Outgoing(tokio::sync::mpsc::UnboundedReceiver<String>);
+
+impl tokio_stream::Stream for Outgoing {
+    type Item = String;
+    fn poll_next(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<String>> {
+        self.0.poll_recv(cx)
+    }
+}
+
+impl OpenChat {
+    /// Sends `text` and waits for its echo.
+    pub async fn say(&mut self, text: &str) -> Result<String, Status> {
+        self.outgoing
+            .as_ref()
+            .ok_or_else(|| Status::failed_precondition("the chat was closed"))?
+            .send(text.to_string())
+            .map_err(|_| Status::unavailable("the call ended"))?;
+        self.echoes
+            .message()
+            .await?
+            .ok_or_else(|| Status::unavailable("the call ended without an echo"))
+    }
+
+    /// Ends the request stream and reads the call to its end.
+    pub async fn close(mut self) -> Result<Vec<String>, Status> {
+        self.outgoing = None;
+        collect_stream(self.echoes).await
+    }
+}
+
+/// A `Collect` call held open: the server answers only once the request stream ends.
+pub struct OpenCollect {
+    outgoing: tokio::sync::mpsc::UnboundedSender<String>,
+    answer: tokio::task::JoinHandle<Result<String, Status>>,
+}
+
+impl OpenCollect {
+    /// Sends `text` (no answer comes until the end).
+    pub fn send(&self, text: &str) {
+        self.outgoing
+            .send(text.to_string())
+            .expect("the call is still open");
+    }
+
+    /// Ends the request stream and waits for the answer.
+    pub async fn finish(self) -> Result<String, Status> {
+        drop(self.outgoing);
+        self.answer
+            .await
+            .map_err(|e| Status::unknown(e.to_string()))?
+    }
+}
+
+impl EchoClient {
+    /// Opens a `Collect` call (a task of the current runtime) and keeps it open.
+    pub fn open_collect(&self) -> OpenCollect {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        // The call runs on its own clone, which must be made ready itself.
+        let mut grpc = self.grpc.clone();
+        let answer = tokio::spawn(async move {
+            grpc.ready()
+                .await
+                .map_err(|e| Status::unknown(e.to_string()))?;
+            grpc.client_streaming(
+                tonic::Request::new(Outgoing(rx)),
+                Self::path("/test.Echo/Collect"),
+                Codec::default(),
+            )
+            .await
+            .map(tonic::Response::into_inner)
+        });
+        OpenCollect {
+            outgoing: tx,
+            answer,
+        }
+    }
+
+    /// Opens a `Chat` call and keeps it open.
+    pub async fn open_chat(&mut self) -> Result<OpenChat, Status> {
+        self.grpc
+            .ready()
+            .await
+            .map_err(|e| Status::unknown(e.to_string()))?;
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let response = self
+            .grpc
+            .streaming(
+                tonic::Request::new(Outgoing(rx)),
+                Self::path("/test.Echo/Chat"),
+                Codec::default(),
+            )
+            .await?;
+        Ok(OpenChat {
+            outgoing: Some(tx),
+            echoes: response.into_inner(),
+        })
+    }
+}
+
 async fn collect_stream(mut stream: Streaming<String>) -> Result<Vec<String>, Status> {
     let mut out = Vec::new();
     while let Some(m) = stream.message().await? {

@@ -16,6 +16,7 @@ pub mod fake_ca;
 pub mod fixed_ports;
 pub mod grpc_echo;
 pub mod istio;
+pub mod istio_pair;
 pub mod netns;
 pub mod parallel;
 pub mod pki;

@@ -30,6 +30,9 @@ static_resources:
         typed_config:
           "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
           stat_prefix: %HCM_PREFIX%
+          # A request whose only `x-forwarded-for` entry is loopback is internal.
+          internal_address_config:
+            cidr_ranges: [{ address_prefix: 127.0.0.0, prefix_len: 8 }]
           route_config:
             name: stats_route
             virtual_hosts:
@@ -38,6 +41,10 @@ static_resources:
               routes:
               - match: { prefix: "/missing" }
                 direct_response: { status: 404 }
+              - match: { prefix: "/h2" }
+                route: { cluster: backend_h2 }
+              - match: { prefix: "/none" }
+                route: { cluster: no_hosts }
               - match: { prefix: "/" }
                 route: { cluster: backend }
           http_filters:
@@ -66,6 +73,24 @@ static_resources:
         - endpoint:
             address:
               socket_address: { address: 127.0.0.1, port_value: {{upstream_port}} }
+  - name: no_hosts
+    type: STATIC
+    connect_timeout: 1s
+    load_assignment: { cluster_name: no_hosts }
+  - name: backend_h2
+    type: STATIC
+    connect_timeout: 1s
+    typed_extension_protocol_options:
+      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
+        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
+        explicit_http_config: { http2_protocol_options: {} }
+    load_assignment:
+      cluster_name: backend_h2
+      endpoints:
+      - lb_endpoints:
+        - endpoint:
+            address:
+              socket_address: { address: 127.0.0.1, port_value: {{upstream_port}} }
 "#;
 
 /// A difference between the two outputs that is intended or not yet closed.
@@ -77,38 +102,7 @@ struct Known {
 }
 
 /// Checked: an entry whose family no longer differs fails the test, so the list stays true.
-const KNOWN: &[Known] = &[
-    Known {
-        variant: "*",
-        family: "envoy_cluster_upstream_cx_rx_bytes_total",
-        reason: "Outrigger's cluster byte counters differ from Envoy's: tcp_proxy upstream bytes are not added to the cluster, and HTTP upstream bytes are counted differently (open, issue 8 stat values)",
-    },
-    Known {
-        variant: "*",
-        family: "envoy_cluster_upstream_cx_tx_bytes_total",
-        reason: "as envoy_cluster_upstream_cx_rx_bytes_total (open, issue 8 stat values)",
-    },
-    Known {
-        variant: "*",
-        family: "envoy_tcp_on_demand_cluster_attempt",
-        reason: "Envoy 1.40 creates tcp_proxy on-demand stats only with on_demand configured; Outrigger always does (open, issue 8 stat names)",
-    },
-    Known {
-        variant: "*",
-        family: "envoy_tcp_on_demand_cluster_missing",
-        reason: "as envoy_tcp_on_demand_cluster_attempt",
-    },
-    Known {
-        variant: "*",
-        family: "envoy_tcp_on_demand_cluster_success",
-        reason: "as envoy_tcp_on_demand_cluster_attempt",
-    },
-    Known {
-        variant: "*",
-        family: "envoy_tcp_on_demand_cluster_timeout",
-        reason: "as envoy_tcp_on_demand_cluster_attempt",
-    },
-];
+const KNOWN: &[Known] = &[];
 
 /// Label sets of Envoy-internal scopes Outrigger does not have: Envoy's admin server keeps
 /// connection-manager stats under `http.admin.*`, and its async HTTP client under
@@ -116,6 +110,29 @@ const KNOWN: &[Known] = &[
 const ENVOY_INTERNAL: &[(&str, &str)] = &[
     ("envoy_http_conn_manager_prefix", "admin"),
     ("envoy_http_conn_manager_prefix", "async-client"),
+];
+
+/// Families Outrigger must emit whenever Envoy does for this traffic (each in some variant: with
+/// Istio's tags the class counters fold into `..._upstream_rq`): the comparison above only sees
+/// families both have, so a stat Outrigger lacks would pass unnoticed.
+/// https://www.envoyproxy.io/docs/envoy/latest/configuration/upstream/cluster_manager/cluster_stats#dynamic-http-statistics
+const MUST_SHARE: &[&str] = &[
+    "envoy_cluster_upstream_rq",
+    "envoy_cluster_upstream_rq_xx",
+    "envoy_cluster_upstream_rq_completed",
+    "envoy_cluster_upstream_rq_time",
+    "envoy_cluster_external_upstream_rq",
+    "envoy_cluster_external_upstream_rq_xx",
+    "envoy_cluster_external_upstream_rq_completed",
+    "envoy_cluster_external_upstream_rq_time",
+    "envoy_cluster_internal_upstream_rq",
+    "envoy_cluster_internal_upstream_rq_xx",
+    "envoy_cluster_internal_upstream_rq_completed",
+    "envoy_cluster_internal_upstream_rq_time",
+    "envoy_cluster_upstream_cx_rx_bytes_total",
+    "envoy_cluster_upstream_cx_tx_bytes_total",
+    "envoy_cluster_upstream_cx_rx_bytes_buffered",
+    "envoy_cluster_upstream_cx_tx_bytes_buffered",
 ];
 
 /// Families whose values depend on timing or the machine, not on the traffic: only their
@@ -269,6 +286,21 @@ fn observe(kind: Kind, variant: &Variant) -> String {
     for _ in 0..2 {
         assert_eq!(curl::get(&http("/missing")).status, 404);
     }
+    // Internal requests: the cluster counts their responses under `internal.`, the others
+    // under `external.`.
+    let internal = curl::request(
+        "GET",
+        &http("/internal"),
+        &["-H", "x-forwarded-for: 127.0.0.1"],
+    )
+    .expect("curl runs");
+    assert_eq!(internal.status, 200);
+    // No healthy upstream: the local 503 is charged to the cluster like an upstream's.
+    assert_eq!(curl::get(&http("/none")).status, 503);
+    // HTTP/2 upstream: the cluster's bytes are its connection's frames.
+    for _ in 0..2 {
+        assert_eq!(curl::get(&http("/h2")).status, 200);
+    }
     let tcp = format!("http://127.0.0.1:{}/through-tcp", ports.get("tcp_port"));
     assert_eq!(curl::get(&tcp).status, 200);
     // Connection-close accounting runs after the clients have their responses.
@@ -284,6 +316,68 @@ fn observe(kind: Kind, variant: &Variant) -> String {
         );
     }
     body
+}
+
+/// A counter whose value may differ from Envoy's by a few bytes, and why.
+struct Approximate {
+    /// The family's name ends with this.
+    family_suffix: &'static str,
+    /// The series names this cluster (in a label, or in the family name where the tags
+    /// leave the cluster in the name).
+    cluster: &'static str,
+    within: u64,
+    reason: &'static str,
+}
+
+/// Checked: values outside `within` fail the test.
+const APPROXIMATE: &[Approximate] = &[
+    Approximate {
+        family_suffix: "upstream_cx_tx_bytes_total",
+        cluster: "backend_h2",
+        within: 16,
+        reason:
+            "HTTP/2 requests: the client's SETTINGS frame differs by one entry (6 bytes: Envoy's \
+             codec advertises five settings, hyper's h2 client four), and HPACK's Huffman coding \
+             of the random x-request-id varies by a byte or two from request to request, \
+             Envoy's own included",
+    },
+    Approximate {
+        family_suffix: "upstream_cx_rx_bytes_total",
+        cluster: "backend_h2",
+        within: 32,
+        reason: "HTTP/2 responses: the upstream's second `date` header is a one-byte HPACK index \
+                 when both responses fall in the same second, a new literal (about 23 bytes) \
+                 when they do not; which happens varies from run to run on either proxy",
+    },
+    Approximate {
+        family_suffix: "upstream_cx_rx_bytes_buffered",
+        cluster: "backend_h2",
+        within: 32,
+        reason: "the last read of the HTTP/2 connection, as upstream_cx_rx_bytes_total",
+    },
+];
+
+fn close_enough(
+    family: &str,
+    labels: &BTreeSet<(String, String)>,
+    ours: &str,
+    theirs: &str,
+) -> bool {
+    let (Ok(a), Ok(b)) = (ours.parse::<u64>(), theirs.parse::<u64>()) else {
+        return false;
+    };
+    APPROXIMATE.iter().any(|x| {
+        family.ends_with(x.family_suffix)
+            && (family.contains(x.cluster) || labels.iter().any(|(_, v)| v == x.cluster))
+            && a.abs_diff(b) <= x.within
+            && {
+                eprintln!(
+                    "approximate: {family} {labels:?}: {a} vs Envoy's {b} ({})",
+                    x.reason
+                );
+                true
+            }
+    })
 }
 
 /// The differences of one variant, one line each, keyed by family.
@@ -330,7 +424,7 @@ fn differences(envoy: &str, ours: &str) -> BTreeMap<String, String> {
         }
         for (labels, value) in &family.series {
             let theirs = &theirs.series[labels];
-            if value != theirs {
+            if value != theirs && !close_enough(name, labels, value, theirs) {
                 out.insert(
                     name.clone(),
                     format!("value {value} where Envoy has {theirs} for {labels:?}"),
@@ -348,6 +442,7 @@ fn prometheus_names_labels_and_values_match_envoy() {
     }
     let mut report = String::new();
     let mut matched_known = BTreeSet::new();
+    let mut seen_in_envoy = BTreeSet::new();
     for variant in variants() {
         let envoy = observe(Kind::Envoy, &variant);
         let ours = observe(Kind::Outrigger, &variant);
@@ -362,6 +457,14 @@ fn prometheus_names_labels_and_values_match_envoy() {
             envoy_families.len() - shared
         );
         assert!(shared > 20, "{}: too few families in common", variant.name);
+        for family in MUST_SHARE {
+            if envoy_families.contains_key(*family) {
+                seen_in_envoy.insert(*family);
+                if !ours_families.contains_key(*family) {
+                    report.push_str(&format!("{} {family}: Outrigger lacks it\n", variant.name));
+                }
+            }
+        }
         for (family, why) in differences(&envoy, &ours) {
             if let Some(k) = KNOWN
                 .iter()
@@ -372,6 +475,11 @@ fn prometheus_names_labels_and_values_match_envoy() {
                 continue;
             }
             report.push_str(&format!("{} {family}: {why}\n", variant.name));
+        }
+    }
+    for family in MUST_SHARE {
+        if !seen_in_envoy.contains(family) {
+            report.push_str(&format!("{family}: Envoy emits it in no variant\n"));
         }
     }
     for k in KNOWN {
@@ -451,4 +559,118 @@ fn promtool_accepts_our_prometheus_output() {
         unexpected.is_empty(),
         "promtool findings Envoy does not have:\n{unexpected:#?}"
     );
+}
+
+/// A cluster over TLS counts the bytes of its connections as the proxy sees them, above
+/// TLS (checked with Envoy 1.40: the same values as over plain TCP, no handshake or record
+/// overhead). The TLS server is a second listener of the same proxy, ending TLS in front of
+/// the plain upstream with a tcp_proxy.
+const TLS_BOOTSTRAP: &str = r#"
+admin:
+  address:
+    socket_address: { address: 127.0.0.1, port_value: {{admin_port}} }
+static_resources:
+  listeners:
+  - name: http_listener
+    address:
+      socket_address: { address: 127.0.0.1, port_value: {{http_port}} }
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: tls_stats
+          route_config:
+            virtual_hosts:
+            - name: all
+              domains: ["*"]
+              routes: [{ match: { prefix: "/" }, route: { cluster: backend_tls } }]
+          http_filters:
+          - name: envoy.filters.http.router
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
+  - name: tls_terminator
+    address:
+      socket_address: { address: 127.0.0.1, port_value: {{tls_port}} }
+    filter_chains:
+    - transport_socket:
+        name: envoy.transport_sockets.tls
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext
+          common_tls_context:
+            tls_certificates: [{ certificate_chain: { filename: "%CERT%" }, private_key: { filename: "%KEY%" } }]
+      filters:
+      - name: envoy.filters.network.tcp_proxy
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy
+          stat_prefix: terminator
+          cluster: backend
+  clusters:
+  - name: backend_tls
+    type: STATIC
+    connect_timeout: 1s
+    transport_socket:
+      name: envoy.transport_sockets.tls
+      typed_config:
+        "@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext
+        sni: backend.test
+        common_tls_context:
+          validation_context: { trusted_ca: { filename: "%ROOT%" } }
+    load_assignment:
+      cluster_name: backend_tls
+      endpoints:
+      - lb_endpoints:
+        - endpoint:
+            address:
+              socket_address: { address: 127.0.0.1, port_value: {{tls_port}} }
+  - name: backend
+    type: STATIC
+    connect_timeout: 1s
+    load_assignment:
+      cluster_name: backend
+      endpoints:
+      - lb_endpoints:
+        - endpoint:
+            address:
+              socket_address: { address: 127.0.0.1, port_value: {{upstream_port}} }
+"#;
+
+#[test]
+fn tls_cluster_bytes_are_counted_above_tls_as_envoy_does() {
+    if envoy_or_skip("tls_cluster_bytes_are_counted_above_tls_as_envoy_does").is_none() {
+        return;
+    }
+    let pki = tests::pki::Pki::new();
+    let server = pki.server("backend.test");
+    let observe = |kind: Kind| {
+        let upstream = Upstream::start("from upstream\n");
+        let ports = Ports::new(&["admin_port", "http_port", "tls_port"])
+            .with("upstream_port", upstream.port());
+        let bootstrap = ports.render(
+            &TLS_BOOTSTRAP
+                .replace("%CERT%", &server.cert.display().to_string())
+                .replace("%KEY%", &server.key.display().to_string())
+                .replace("%ROOT%", &pki.root().display().to_string()),
+        );
+        let proxy = RunningProxy::start(kind, &bootstrap, &["--concurrency", "1"]);
+        let url = format!("http://127.0.0.1:{}/over-tls", ports.get("http_port"));
+        for _ in 0..3 {
+            assert_eq!(curl::get(&url).status, 200);
+        }
+        std::thread::sleep(Duration::from_millis(300));
+        let families = parse(&proxy.get("/stats/prometheus").body);
+        ["rx", "tx"].map(|way| {
+            let family = format!("envoy_cluster_upstream_cx_{way}_bytes_total");
+            families[&family]
+                .series
+                .iter()
+                .find(|(labels, _)| labels.iter().any(|(_, v)| v == "backend_tls"))
+                .map(|(_, v)| v.parse::<u64>().expect("a count"))
+                .unwrap_or_else(|| panic!("{family} of backend_tls"))
+        })
+    };
+    let envoy = observe(Kind::Envoy);
+    let ours = observe(Kind::Outrigger);
+    assert!(envoy[0] > 0 && envoy[1] > 0, "Envoy counted {envoy:?}");
+    assert_eq!(ours, envoy, "[rx, tx] of backend_tls: Outrigger, Envoy");
 }

@@ -61,7 +61,7 @@ impl Pending {
             downstream_tls: self.downstream.tls.as_deref(),
         };
         self.ctx.access_logs.log(&ctx);
-        if let (Some(runtime), Some(r)) = (&self.ctx.istio, &self.istio) {
+        if let (Some(runtime), Some(r)) = (&self.ctx.istio, &mut self.istio) {
             runtime.record(r, &self.info, self.downstream.tls.as_deref());
         }
     }
@@ -183,6 +183,13 @@ impl Body for LoggedBody {
         cx: &mut TaskContext<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
+        // A long gRPC stream's Istio message counts are reported while it lasts.
+        if let Some(p) = this.pending.as_deref_mut() {
+            if let (Some(runtime), Some(r)) = (&p.ctx.istio, p.istio.as_deref_mut()) {
+                let tls = p.downstream.tls.as_deref();
+                runtime.poll_report(r, (&p.info, tls), p.started, cx);
+            }
+        }
         let polled = Pin::new(&mut this.inner).poll_frame(cx);
         if matches!(polled, Poll::Ready(None | Some(Err(_)))) {
             this.ended = true;

@@ -75,6 +75,11 @@ impl Attempts<'_> {
             retry.as_deref(),
         ) else {
             self.cluster.stats.upstream_cx_none_healthy.inc();
+            // Envoy charges its 503 to the cluster like an upstream's (checked with 1.40).
+            self.cluster
+                .stats
+                .responses
+                .completed(StatusCode::SERVICE_UNAVAILABLE, self.target.origin);
             let mut outcome = Outcome {
                 response: local_reply(
                     StatusCode::SERVICE_UNAVAILABLE,

@@ -263,7 +263,24 @@ async fn handle(
     } else {
         stats.downstream_rq_http1_total.inc();
     }
-    let mut outcome = route_request(ctx, &downstream, request).await;
+    // A gRPC stream whose peer is known reports its messages every period from the start,
+    // also while the response has not started.
+    let routed_slot = match (&ctx.istio, istio.as_mut()) {
+        (Some(runtime), Some(r)) => {
+            r.grpc_call = grpc_call.clone();
+            runtime.routed_slot(r)
+        }
+        _ => None,
+    };
+    let mut outcome = match (&ctx.istio, istio.as_mut(), routed_slot) {
+        (Some(runtime), Some(r), Some(slot)) => {
+            request.extensions_mut().insert(slot.clone());
+            let tls = downstream.tls.as_deref();
+            let routing = route_request(ctx, &downstream, request);
+            runtime.while_routing(r, started, tls, &slot, routing).await
+        }
+        _ => route_request(ctx, &downstream, request).await,
+    };
     if let (Some(runtime), Some(r)) = (&ctx.istio, istio.as_mut()) {
         runtime.on_response(
             r,
@@ -277,9 +294,6 @@ async fn handle(
         outcome.response = call
             .on_response(response, from_upstream)
             .map(|b| b.boxed_unsync());
-        if let Some(r) = istio.as_mut() {
-            r.grpc_call = Some(call.clone());
-        }
     }
     let reset = outcome.response.extensions().get::<ResetStream>().is_some();
     if !reset {

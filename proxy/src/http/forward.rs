@@ -21,6 +21,7 @@ use crate::config::route::{
     ClusterTarget, Forward, Route, RouteConfig, VirtualHost, WeightedTarget,
 };
 use crate::format::ResponseFlags;
+use crate::stats::responses::Origin;
 use crate::upstream::transport::Via;
 use crate::upstream::UpstreamIncoming;
 use crate::upstream::{ClusterRuntime, Host, HostResult, HostStats, UpstreamError};
@@ -46,6 +47,9 @@ pub(super) struct Target<'a> {
     /// An allowed upgrade (websocket): `Upgrade` and `Connection` go upstream.
     pub upgrade: bool,
     pub info: RequestInfo,
+    /// Whether the connection manager marked the request internal: the cluster counts its
+    /// response under `internal.` or `external.`.
+    pub origin: Origin,
 }
 
 /// The cluster a route sends this request to (for a weighted route, by `draw`, else a new
@@ -113,6 +117,16 @@ pub async fn forward(
     ) {
         call.bind(cluster);
     }
+    // Istio's periodic reports before the response starts name the service by this.
+    if let (Some(slot), Some(cluster)) = (
+        request.extensions().get::<super::istio::RoutedSlot>(),
+        &cluster,
+    ) {
+        let _ = slot.set(super::istio::Routed {
+            route_name: Some(Arc::from(route.name.as_str())),
+            cluster: cluster.config.istio.clone(),
+        });
+    }
     let Some(cluster) = cluster else {
         ctx.stats.no_cluster.inc();
         return Outcome {
@@ -130,6 +144,7 @@ pub async fn forward(
         weighted,
         upgrade: on_upgrade.is_some(),
         info,
+        origin: Origin::of(request.headers()),
     };
     // The tunnel of an upgrade ends on the stream's timers (forwarding takes the progress
     // from the request to count its body).
@@ -379,7 +394,7 @@ async fn send_to_cluster(
         if let Decision::Retry(wait) = decision {
             match &result {
                 Ok(response) => {
-                    cluster.stats.retried_response(response.status());
+                    cluster.stats.responses.retried(response.status());
                     count_host_response(&host.stats, response.status());
                 }
                 Err(e) => count_failure(cluster, &host.stats, e),
@@ -390,7 +405,8 @@ async fn send_to_cluster(
             }
             // The route timeout ran out while waiting for the retry.
             cluster.stats.upstream_rq_timeout.inc();
-            let mut outcome = failure_reply(cluster, UpstreamError::Timeout, server, true);
+            let mut outcome =
+                failure_reply(cluster, UpstreamError::Timeout, server, true, target.origin);
             outcome.info.upstream_host = Some(host.authority.clone());
             attempt_count_in_response(&mut outcome, target, attempt);
             return outcome;
@@ -405,19 +421,11 @@ async fn send_to_cluster(
                     cluster.stats.retry.upstream_rq_retry_success.inc();
                 }
                 let idle = idle.map(|d| (d, &cluster.stats.retry.upstream_rq_per_try_idle_timeout));
-                answered(
-                    ctx,
-                    cluster,
-                    &host,
-                    response,
-                    started,
-                    attempts.set_cookie.take(),
-                    idle,
-                )
+                answered(&mut attempts, &host, response, started, idle)
             }
             Err(e) => {
                 count_failure(cluster, &host.stats, &e);
-                let mut outcome = failure_reply(cluster, e, server, retried);
+                let mut outcome = failure_reply(cluster, e, server, retried, target.origin);
                 // Envoy names the host it tried even when it never answered.
                 outcome.info.upstream_host = Some(host.authority.clone());
                 outcome
@@ -456,25 +464,23 @@ pub(super) fn count_host_response(host: &HostStats, status: StatusCode) {
     counter.fetch_add(1, Relaxed);
 }
 
-/// The final upstream response, as the client gets it; `idle` puts its body under the
-/// attempt's per-try idle timer (with the counter to bump when it fires).
+/// The final upstream response, as the client gets it (with the request's hash cookie, if
+/// it has one to set); `idle` puts its body under the attempt's per-try idle timer (with the
+/// counter to bump when it fires).
 pub(super) fn answered(
-    ctx: &HttpContext,
-    cluster: &ClusterRuntime,
+    a: &mut Attempts<'_>,
     host: &Host,
     mut response: Response<UpstreamIncoming>,
     started: Instant,
-    set_cookie: Option<HeaderValue>,
     idle: Option<(Duration, &Arc<crate::stats::Counter>)>,
 ) -> Outcome {
+    let (ctx, cluster, origin) = (a.ctx, a.cluster, a.target.origin);
+    let set_cookie = a.set_cookie.take();
     let server = &ctx.hcm.server_name;
     let elapsed = started.elapsed();
-    cluster
-        .stats
-        .upstream_rq_time
-        .record(elapsed.as_secs_f64() * 1000.0);
-    cluster.stats.upstream_rq_completed.inc();
-    cluster.stats.response(response.status());
+    let responses = &cluster.stats.responses;
+    responses.timed(elapsed.as_secs_f64() * 1000.0, origin);
+    responses.completed(response.status(), origin);
     count_host_response(&host.stats, response.status());
     let facts = response
         .extensions_mut()

@@ -144,19 +144,20 @@ pub fn mutate_request_headers(
         }
     }
     let external_edge_request = f.use_remote_address && !internal;
-    if f.use_remote_address {
-        if internal {
-            headers.insert(X_ENVOY_INTERNAL.clone(), HeaderValue::from_static("true"));
-        } else {
-            if envoy_headers {
-                for name in &INTERNAL_ONLY {
-                    headers.remove(name);
-                }
+    // Marked whether or not this is the edge: the router counts the response under
+    // `internal.` and trusts the request's `x-envoy-*` controls (seen with Envoy 1.40).
+    if internal {
+        headers.insert(X_ENVOY_INTERNAL.clone(), HeaderValue::from_static("true"));
+    }
+    if external_edge_request {
+        if envoy_headers {
+            for name in &INTERNAL_ONLY {
+                headers.remove(name);
             }
-            if let Some(ip) = client {
-                if let Ok(v) = HeaderValue::from_str(&ip.to_string()) {
-                    headers.insert(X_ENVOY_EXTERNAL_ADDRESS.clone(), v);
-                }
+        }
+        if let Some(ip) = client {
+            if let Ok(v) = HeaderValue::from_str(&ip.to_string()) {
+                headers.insert(X_ENVOY_EXTERNAL_ADDRESS.clone(), v);
             }
         }
     }
@@ -411,6 +412,25 @@ mod tests {
         );
         assert_eq!(get(&h, "x-envoy-internal"), Some("true"));
         assert_eq!(get(&h, "x-envoy-retry-on"), Some("5xx"));
+    }
+
+    /// Not at the edge, a request whose single `x-forwarded-for` entry is an internal address
+    /// is marked internal too (Envoy 1.40 sends `x-envoy-internal: true` upstream).
+    #[test]
+    fn internal_without_remote_address_is_marked() {
+        let f = Forwarding {
+            internal_cidrs: vec![Cidr {
+                network: "127.0.0.0".parse().expect("ip"),
+                len: 8,
+            }],
+            ..Default::default()
+        };
+        let h = run(&f, &[("x-forwarded-for", "127.0.0.1")], "127.0.0.1:5000");
+        assert_eq!(get(&h, "x-envoy-internal"), Some("true"));
+        let h = run(&f, &[("x-forwarded-for", "10.0.0.1")], "127.0.0.1:5000");
+        assert_eq!(get(&h, "x-envoy-internal"), None);
+        let h = run(&f, &[], "127.0.0.1:5000");
+        assert_eq!(get(&h, "x-envoy-internal"), None);
     }
 
     #[test]

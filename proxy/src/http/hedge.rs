@@ -104,7 +104,8 @@ pub(super) async fn hedged(mut a: Attempts<'_>, mut retry: RetryState<'_>) -> Ou
                 Some((e, h)) => (e, Some(h)),
                 None => (UpstreamError::NoHealthyUpstream, None),
             };
-            let mut outcome = failure_reply(cluster, error, server, retry.retries > 0);
+            let mut outcome =
+                failure_reply(cluster, error, server, retry.retries > 0, a.target.origin);
             outcome.info.upstream_host = host.map(|h| h.authority.clone());
             outcome.info.response_flags = outcome.info.response_flags.with(exhausted);
             return finish(&a, outcome, attempt);
@@ -190,7 +191,7 @@ pub(super) async fn hedged(mut a: Attempts<'_>, mut retry: RetryState<'_>) -> Ou
             (None | Some(Decision::Retry(_)), result) => {
                 match &result {
                     Ok(response) => {
-                        cluster.stats.retried_response(response.status());
+                        cluster.stats.responses.retried(response.status());
                         count_host_response(&done.host.stats, response.status());
                     }
                     Err(e) => count_failure(cluster, &done.host.stats, e),
@@ -208,7 +209,8 @@ pub(super) async fn hedged(mut a: Attempts<'_>, mut retry: RetryState<'_>) -> Ou
             }
             (Some(d), Err(e)) => {
                 count_failure(cluster, &done.host.stats, &e);
-                let mut outcome = failure_reply(cluster, e, server, retry.retries > 0);
+                let mut outcome =
+                    failure_reply(cluster, e, server, retry.retries > 0, a.target.origin);
                 outcome.info.upstream_host = Some(done.host.authority.clone());
                 outcome.info.response_flags = outcome
                     .info
@@ -224,15 +226,7 @@ pub(super) async fn hedged(mut a: Attempts<'_>, mut retry: RetryState<'_>) -> Ou
                     cluster.stats.retry.upstream_rq_retry_success.inc();
                 }
                 let idle = idle.map(|d| (d, &cluster.stats.retry.upstream_rq_per_try_idle_timeout));
-                let mut outcome = answered(
-                    a.ctx,
-                    cluster,
-                    &done.host,
-                    response,
-                    done.started,
-                    a.set_cookie.take(),
-                    idle,
-                );
+                let mut outcome = answered(&mut a, &done.host, response, done.started, idle);
                 outcome.info.response_flags = outcome
                     .info
                     .response_flags
@@ -274,8 +268,10 @@ fn route_timeout(
         count_failure(cluster, &f.host.stats, &UpstreamError::Timeout);
         // `failure_reply` below charges the last one.
         if i + 1 < in_flight.len() {
-            cluster.stats.upstream_rq_completed.inc();
-            cluster.stats.response(http::StatusCode::GATEWAY_TIMEOUT);
+            cluster
+                .stats
+                .responses
+                .completed(http::StatusCode::GATEWAY_TIMEOUT, a.target.origin);
         }
     }
     drop_all(a, in_flight);
@@ -284,6 +280,7 @@ fn route_timeout(
         UpstreamError::Timeout,
         &a.ctx.hcm.server_name,
         retried,
+        a.target.origin,
     );
     outcome.info.upstream_host = host.map(|h| h.authority.clone());
     outcome.info.response_flags = outcome.info.response_flags.with(exhausted);

@@ -1,6 +1,7 @@
 //! Istio's HTTP filters at run time: the metadata exchange (`x-envoy-peer-metadata` and
 //! `x-envoy-peer-metadata-id`: read and stripped from the peer, ours added, with values built
-//! once at config time) and the standard metrics, recorded when the stream is logged.
+//! once at config time) and the standard metrics, recorded when the stream is logged (a
+//! long gRPC stream's message counts also every `tcp_reporting_duration` while it lasts).
 //! The peer's header is network input: anything that is not base64 of a Struct means "no
 //! peer", never an error.
 
@@ -11,6 +12,8 @@ use crate::stats::istio::{
 use crate::stats::Store;
 use http::{HeaderMap, HeaderName, HeaderValue};
 use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use xds_proto::pb::google::protobuf::{value::Kind, Struct};
 
@@ -44,7 +47,22 @@ pub struct IstioRequest {
     /// The call the gRPC statistics filter follows: its filter state feeds
     /// `istio_request_messages_total` and `istio_response_messages_total`.
     pub grpc_call: Option<Arc<super::grpc_stats::GrpcCall>>,
+    /// The message counts (request, response) periodic reports have counted already.
+    messages_reported: (u64, u64),
+    /// When the next periodic report is due, for a gRPC stream whose peer is known.
+    report_timer: Option<Pin<Box<tokio::time::Sleep>>>,
 }
+
+/// What routing decided, for the periodic reports made before the response starts (the
+/// router fills it when it picks the cluster; the series' service labels come from it).
+#[derive(Debug, Default)]
+pub struct Routed {
+    pub route_name: Option<Arc<str>>,
+    pub cluster: Option<Arc<crate::config::istio::IstioCluster>>,
+}
+
+/// Shared by the connection manager and the router for one request.
+pub type RoutedSlot = Arc<std::sync::OnceLock<Routed>>;
 
 impl IstioRuntime {
     pub fn new(config: &Arc<IstioHttp>, store: &Arc<Store>) -> Self {
@@ -133,16 +151,164 @@ impl IstioRuntime {
         }
     }
 
+    /// Periodic reports of a gRPC stream: Istio's stats filter starts a timer of
+    /// `tcp_reporting_duration` when a gRPC request arrives and, at each tick once the
+    /// metadata exchange found the peer, adds the messages counted since its last report
+    /// (without a peer it reports only when the stream ends). Polled while the request is
+    /// routed (`while_routing`), then from the response body (`poll_report`): no task, and
+    /// no timer for a stream that is not gRPC or has no peer.
+    /// Istio: `istio/proxy:source/extensions/filters/http/istio_stats/istio_stats.cc`
+    /// (`onReportTimer`).
+    fn period(&self, r: &IstioRequest) -> Option<std::time::Duration> {
+        let period = self
+            .config
+            .stats
+            .map(|s| s.tcp_reporting_duration)
+            .filter(|p| !p.is_zero())?;
+        let reports = r.grpc && r.peer.is_some() && r.grpc_call.is_some() && self.stats.is_some();
+        reports.then_some(period)
+    }
+
+    /// A slot for the router to say where the request went, when the stream may report
+    /// before its response starts (the server side knows its peer from the request).
+    pub fn routed_slot(&self, r: &IstioRequest) -> Option<RoutedSlot> {
+        self.period(r).map(|_| RoutedSlot::default())
+    }
+
+    /// Runs `routing` to its outcome, making the stream's periodic reports meanwhile (a
+    /// client-streaming call's server may answer only at its end). The series' service comes
+    /// from `slot`; before the router filled it there is nothing to report under.
+    pub async fn while_routing<F: Future>(
+        &self,
+        r: &mut IstioRequest,
+        started: std::time::Instant,
+        tls: Option<&crate::tls::TlsInfo>,
+        slot: &RoutedSlot,
+        routing: F,
+    ) -> F::Output {
+        let mut routing = std::pin::pin!(routing);
+        std::future::poll_fn(|cx| {
+            if let std::task::Poll::Ready(outcome) = routing.as_mut().poll(cx) {
+                return std::task::Poll::Ready(outcome);
+            }
+            if self.tick(r, started, cx) {
+                if let Some(routed) = slot.get() {
+                    let info = crate::format::StreamInfo {
+                        route_name: routed.route_name.clone(),
+                        istio_cluster: routed.cluster.clone(),
+                        ..Default::default()
+                    };
+                    if let Some(key) = self.key(r, &info, tls) {
+                        self.report_messages(r, &key);
+                    }
+                }
+            }
+            std::task::Poll::Pending
+        })
+        .await
+    }
+
+    /// A report polled from the response body, with what the stream's log will say.
+    pub fn poll_report(
+        &self,
+        r: &mut IstioRequest,
+        pending: (&crate::format::StreamInfo, Option<&crate::tls::TlsInfo>),
+        started: std::time::Instant,
+        cx: &mut std::task::Context<'_>,
+    ) {
+        if self.tick(r, started, cx) {
+            let (info, tls) = pending;
+            if let Some(key) = self.key(r, info, tls) {
+                self.report_messages(r, &key);
+            }
+        }
+    }
+
+    /// Whether a report is due now; the timer is then set for the next one (its waker
+    /// registered in `cx`).
+    fn tick(
+        &self,
+        r: &mut IstioRequest,
+        started: std::time::Instant,
+        cx: &mut std::task::Context<'_>,
+    ) -> bool {
+        let Some(period) = self.period(r) else {
+            return false;
+        };
+        let timer = r
+            .report_timer
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until((started + period).into())));
+        if timer.as_mut().poll(cx).is_pending() {
+            return false;
+        }
+        // Ticks keep the request's rhythm; ticks missed while nothing polled make one report.
+        let now = tokio::time::Instant::now();
+        let mut next = timer.deadline() + period;
+        while next <= now {
+            next += period;
+        }
+        timer.as_mut().reset(next);
+        // Registers the waker for the next tick.
+        let _ = timer.as_mut().poll(cx);
+        true
+    }
+
+    /// Adds the messages counted since the last report to `key`'s message series.
+    fn report_messages(&self, r: &mut IstioRequest, key: &SeriesKey) {
+        let Some((_, store)) = &self.stats else {
+            return;
+        };
+        // Istio reads the message counts from the gRPC statistics filter's state: without
+        // that filter (or its `emit_filter_state`), or before a first message, none.
+        let counts = match &r.grpc_call {
+            Some(call) if r.grpc => call.filter_state(),
+            _ => None,
+        };
+        if let Some((request, response)) = counts {
+            let series = store.istio.message_series(key.messages_key());
+            series
+                .request
+                .add(request.saturating_sub(r.messages_reported.0));
+            series
+                .response
+                .add(response.saturating_sub(r.messages_reported.1));
+            r.messages_reported = (request, response);
+        }
+    }
+
     /// Access-log time: one series lookup, then atomics.
     pub fn record(
+        &self,
+        r: &mut IstioRequest,
+        info: &crate::format::StreamInfo,
+        tls: Option<&crate::tls::TlsInfo>,
+    ) {
+        let (Some(key), Some((_, store))) = (self.key(r, info, tls), &self.stats) else {
+            return;
+        };
+        self.report_messages(r, &key);
+        let series = store.istio.series(key);
+        series.requests.inc();
+        if let Some(d) = info.duration {
+            // Istio records whole milliseconds.
+            series.duration_ms.record(d.as_millis() as f64);
+        }
+        series
+            .request_bytes
+            .record((info.bytes_received + r.request_header_bytes) as f64);
+        series
+            .response_bytes
+            .record((info.bytes_sent + r.response_header_bytes) as f64);
+    }
+
+    /// The series of a request as it stands; None without `istio.stats`.
+    fn key(
         &self,
         r: &IstioRequest,
         info: &crate::format::StreamInfo,
         tls: Option<&crate::tls::TlsInfo>,
-    ) {
-        let Some((fixed, store)) = &self.stats else {
-            return;
-        };
+    ) -> Option<SeriesKey> {
+        let (fixed, _) = self.stats.as_ref()?;
         let route_special = match info.route_name.as_deref() {
             Some("block_all") => Some("BlackHoleCluster"),
             Some("allow_any") => Some("PassthroughCluster"),
@@ -158,7 +324,7 @@ impl IstioRuntime {
             None if source => info.upstream_istio_peer.clone(),
             None => None,
         };
-        let key = SeriesKey {
+        Some(SeriesKey {
             fixed: fixed.clone(),
             peer,
             service: Service {
@@ -173,30 +339,7 @@ impl IstioRuntime {
             mutual_tls,
             principals,
             tcp: false,
-        };
-        // Istio reads the message counts from the gRPC statistics filter's state: without
-        // that filter (or its `emit_filter_state`), or before a first message, none.
-        let messages = match &r.grpc_call {
-            Some(call) if r.grpc => call.filter_state(),
-            _ => None,
-        };
-        if let Some((request, response)) = messages {
-            let series = store.istio.message_series(key.messages_key());
-            series.request.add(request);
-            series.response.add(response);
-        }
-        let series = store.istio.series(key);
-        series.requests.inc();
-        if let Some(d) = info.duration {
-            // Istio records whole milliseconds.
-            series.duration_ms.record(d.as_millis() as f64);
-        }
-        series
-            .request_bytes
-            .record((info.bytes_received + r.request_header_bytes) as f64);
-        series
-            .response_bytes
-            .record((info.bytes_sent + r.response_header_bytes) as f64);
+        })
     }
 
     fn add_ours(&self, headers: &mut HeaderMap) {

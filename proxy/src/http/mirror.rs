@@ -12,6 +12,7 @@ use super::router::BoxError;
 use super::upstream_request::{copy_head, upstream_request};
 use crate::config::cluster::UpstreamProtocol;
 use crate::config::route_action::MirrorTarget;
+use crate::stats::responses::Origin;
 use crate::stats::Counter;
 use crate::upstream::{ClusterRuntime, UpstreamBody};
 use bytes::Bytes;
@@ -136,8 +137,11 @@ async fn send(
     };
     match result {
         Some(Ok(response)) => {
-            cluster.stats.upstream_rq_completed.inc();
-            cluster.stats.response(response.status());
+            // A shadow goes out marked internal (see `internal` below).
+            cluster
+                .stats
+                .responses
+                .completed(response.status(), Origin::Internal);
             // Read to the end, so the connection can serve again.
             let _ = response.into_body().collect().await;
         }

@@ -4,6 +4,7 @@
 
 use super::local_reply::{local_reply, ResponseFlag};
 use super::router::Outcome;
+use crate::stats::responses::Origin;
 use crate::upstream::{ClusterRuntime, HostStats, UpstreamError};
 use http::{HeaderName, HeaderValue, StatusCode};
 use std::sync::atomic::Ordering::Relaxed;
@@ -51,6 +52,7 @@ pub fn failure_reply(
     error: UpstreamError,
     server: &HeaderValue,
     retried: bool,
+    origin: Origin,
 ) -> Outcome {
     let mut transport_failure = None;
     let mut details = None;
@@ -140,8 +142,7 @@ pub fn failure_reply(
     // Envoy charges a local reply for an upstream failure like a response from the cluster,
     // but for the stream duration's (checked with Envoy 1.40).
     if flag != ResponseFlag::UpstreamMaxStreamDurationReached {
-        cluster.stats.upstream_rq_completed.inc();
-        cluster.stats.response(status);
+        cluster.stats.responses.completed(status, origin);
     }
     let mut response = local_reply(status, body, server);
     if flag == ResponseFlag::UpstreamOverflow {

@@ -7,6 +7,7 @@ mod histogram;
 pub mod istio;
 pub mod matcher;
 pub mod prometheus;
+pub mod responses;
 pub mod tags;
 
 pub use histogram::{Histogram, HistogramSnapshot, DEFAULT_BUCKETS};
@@ -52,13 +53,28 @@ impl Gauge {
         self.value.fetch_add(1, Ordering::Relaxed);
     }
     pub fn dec(&self) {
+        self.sub(1);
+    }
+    pub fn add(&self, n: u64) {
+        self.used.store(true, Ordering::Relaxed);
+        self.value.fetch_add(n, Ordering::Relaxed);
+    }
+    pub fn sub(&self, n: u64) {
         self.used.store(true, Ordering::Relaxed);
         // Saturate rather than wrap if a decrement ever races ahead of its increment.
         let _ = self
             .value
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| {
-                Some(v.saturating_sub(1))
+                Some(v.saturating_sub(n))
             });
+    }
+    /// Moves one contributor's share of the gauge from `from` to `to`.
+    pub fn adjust(&self, from: u64, to: u64) {
+        if to > from {
+            self.add(to - from);
+        } else if from > to {
+            self.sub(from - to);
+        }
     }
     pub fn value(&self) -> u64 {
         self.value.load(Ordering::Relaxed)

@@ -173,8 +173,6 @@ pub async fn proxy(
     log.finish();
     stats.downstream_cx_rx_bytes_total.add(sent);
     stats.downstream_cx_tx_bytes_total.add(received);
-    cluster.stats.upstream_cx_tx_bytes_total.add(sent);
-    cluster.stats.upstream_cx_rx_bytes_total.add(received);
 }
 
 /// Envoy's response flags by their short names.

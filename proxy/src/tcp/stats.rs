@@ -1,5 +1,7 @@
-//! `tcp.<stat_prefix>.*`, the TCP proxy's stats, with Envoy's names (all sixteen are created,
-//! as Envoy does, so dashboards find them even when zero).
+//! `tcp.<stat_prefix>.*`, the TCP proxy's stats, with Envoy's names (all twelve are created,
+//! as Envoy does, so dashboards find them even when zero). Envoy adds four
+//! `on_demand_cluster_*` counters only to a filter configured with `on_demand`, a field
+//! translation refuses: none here, as in Envoy 1.40 without it.
 //! Envoy: https://www.envoyproxy.io/docs/envoy/latest/configuration/listeners/network_filters/tcp_proxy_filter#statistics
 
 use crate::stats::{Counter, Gauge, Store};
@@ -27,10 +29,6 @@ impl TcpStats {
             "downstream_flow_control_resumed_reading_total",
             "max_downstream_connection_duration",
             "upstream_flush_total",
-            "on_demand_cluster_attempt",
-            "on_demand_cluster_missing",
-            "on_demand_cluster_success",
-            "on_demand_cluster_timeout",
         ] {
             c(name);
         }

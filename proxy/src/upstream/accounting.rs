@@ -1,5 +1,6 @@
 //! Upstream connection accounting: `upstream_cx_total` and `upstream_cx_active` for the
-//! cluster and its host, kept right by a guard that lives as long as the connection.
+//! cluster and its host, kept right by a guard that lives as long as the connection, and the
+//! bytes the connection carries (`upstream_cx_rx_bytes_total`, `upstream_cx_tx_bytes_total`).
 
 use super::host::{Host, HostSet};
 use crate::stats::{Counter, Gauge};
@@ -11,6 +12,14 @@ use std::sync::Arc;
 pub struct ConnectionAccounting {
     pub cx_total: Arc<Counter>,
     pub cx_active: Arc<Gauge>,
+    /// Bytes read from and written to the cluster's connections, as the proxy sees them
+    /// (above TLS, as Envoy counts: HTTP/1.1 heads and bodies, HTTP/2 frames, tcp_proxy data).
+    pub cx_rx_bytes_total: Arc<Counter>,
+    pub cx_tx_bytes_total: Arc<Counter>,
+    /// `upstream_cx_rx_bytes_buffered`/`tx_bytes_buffered`: what Envoy's gauges show, each
+    /// connection's buffer as of its last read or write (see [`ConnectionGuard`]).
+    pub cx_rx_bytes_buffered: Arc<Gauge>,
+    pub cx_tx_bytes_buffered: Arc<Gauge>,
     /// The cluster's hosts, to find a connection's host by its authority.
     pub hosts: Arc<ArcSwap<HostSet>>,
 }
@@ -33,6 +42,12 @@ impl ConnectionAccounting {
         }
         ConnectionGuard {
             cx_active: self.cx_active.clone(),
+            rx_bytes: self.cx_rx_bytes_total.clone(),
+            tx_bytes: self.cx_tx_bytes_total.clone(),
+            rx_buffered: self.cx_rx_bytes_buffered.clone(),
+            tx_buffered: self.cx_tx_bytes_buffered.clone(),
+            last_rx: 0,
+            last_tx: 0,
             host,
         }
     }
@@ -41,14 +56,90 @@ impl ConnectionAccounting {
 #[derive(Debug)]
 pub struct ConnectionGuard {
     cx_active: Arc<Gauge>,
+    rx_bytes: Arc<Counter>,
+    tx_bytes: Arc<Counter>,
+    rx_buffered: Arc<Gauge>,
+    tx_buffered: Arc<Gauge>,
+    /// This connection's share of the buffered gauges.
+    last_rx: u64,
+    last_tx: u64,
     host: Option<Arc<Host>>,
+}
+
+impl ConnectionGuard {
+    /// Counts `n` bytes read from the connection, as they arrive (a long stream's bytes show
+    /// while it lasts, as in Envoy). Envoy's read buffer gauge shows the buffer as it stood
+    /// after the connection's last read, which is that read's bytes: the codec has consumed
+    /// the earlier ones. Outrigger's reader (hyper, the TCP copy) takes each read whole, so
+    /// the same value is the honest one here.
+    pub fn received(&mut self, n: usize) {
+        let n = n as u64;
+        self.rx_bytes.add(n);
+        self.rx_buffered.adjust(self.last_rx, n);
+        self.last_rx = n;
+    }
+
+    /// Counts a write of which the socket took `n` of `offered` bytes; what it did not take
+    /// is the connection's write buffer until the next write (0 when it keeps up).
+    pub fn sent(&mut self, n: usize, offered: usize) {
+        self.tx_bytes.add(n as u64);
+        let left = offered.saturating_sub(n) as u64;
+        self.tx_buffered.adjust(self.last_tx, left);
+        self.last_tx = left;
+    }
+
+    /// A write the socket could not take yet: `offered` bytes wait.
+    pub fn blocked(&mut self, offered: usize) {
+        let waiting = offered as u64;
+        self.tx_buffered.adjust(self.last_tx, waiting);
+        self.last_tx = waiting;
+    }
 }
 
 impl Drop for ConnectionGuard {
     fn drop(&mut self) {
         self.cx_active.dec();
+        self.rx_buffered.sub(self.last_rx);
+        self.tx_buffered.sub(self.last_tx);
         if let Some(h) = &self.host {
             h.stats.cx_active.fetch_sub(1, Relaxed);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bytes_are_counted_as_they_pass_and_buffers_leave_with_the_connection() {
+        let gauge = || Arc::new(Gauge::default());
+        let a = ConnectionAccounting {
+            cx_total: Arc::default(),
+            cx_active: gauge(),
+            cx_rx_bytes_total: Arc::default(),
+            cx_tx_bytes_total: Arc::default(),
+            cx_rx_bytes_buffered: gauge(),
+            cx_tx_bytes_buffered: gauge(),
+            hosts: Arc::new(ArcSwap::from_pointee(HostSet::default())),
+        };
+        let mut one = a.opened("127.0.0.1:1");
+        let mut two = a.opened("127.0.0.1:2");
+        one.received(100);
+        one.received(40);
+        two.received(7);
+        one.sent(10, 30);
+        two.blocked(5);
+        assert_eq!(a.cx_rx_bytes_total.value(), 147);
+        assert_eq!(a.cx_tx_bytes_total.value(), 10);
+        // Each connection's last read, and what its socket has not taken yet.
+        assert_eq!(a.cx_rx_bytes_buffered.value(), 47);
+        assert_eq!(a.cx_tx_bytes_buffered.value(), 25);
+        two.sent(5, 5);
+        assert_eq!(a.cx_tx_bytes_buffered.value(), 20);
+        drop(one);
+        assert_eq!(a.cx_rx_bytes_buffered.value(), 7);
+        assert_eq!(a.cx_tx_bytes_buffered.value(), 0);
+        assert_eq!(a.cx_rx_bytes_total.value(), 147, "totals stay");
     }
 }

@@ -129,7 +129,7 @@ impl Connector {
                 TokioIo::new(CountedStream {
                     stream,
                     identities,
-                    _guard: guard,
+                    guard,
                 })
             }),
             Err(_) => Err(io::Error::new(
@@ -268,13 +268,14 @@ mod tests {
     }
 }
 
-/// An upstream connection counted in its cluster's and host's stats while it lives.
+/// An upstream connection counted in its cluster's and host's stats while it lives, and its
+/// bytes as they pass.
 #[derive(Debug)]
 pub struct CountedStream {
     pub stream: UpstreamStream,
     /// Who is at either end of a TLS connection.
     pub identities: Option<Arc<crate::tls::UpstreamIdentities>>,
-    _guard: super::accounting::ConnectionGuard,
+    guard: super::accounting::ConnectionGuard,
 }
 
 impl CountedStream {
@@ -307,7 +308,13 @@ impl AsyncRead for CountedStream {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().stream).poll_read(cx, buf)
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut this.stream).poll_read(cx, buf);
+        if let Poll::Ready(Ok(())) = polled {
+            this.guard.received(buf.filled().len() - before);
+        }
+        polled
     }
 }
 
@@ -317,7 +324,14 @@ impl AsyncWrite for CountedStream {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().stream).poll_write(cx, buf)
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.stream).poll_write(cx, buf);
+        match polled {
+            Poll::Ready(Ok(n)) => this.guard.sent(n, buf.len()),
+            Poll::Pending => this.guard.blocked(buf.len()),
+            Poll::Ready(Err(_)) => {}
+        }
+        polled
     }
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.get_mut().stream).poll_flush(cx)

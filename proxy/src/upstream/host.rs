@@ -220,6 +220,17 @@ impl HostSet {
                 panic: panic.then(|| lb_healthy_panic.clone()),
             });
         }
+        // A cluster without hosts is in panic (none of its hosts is healthy): Envoy 1.40
+        // counts `lb_healthy_panic` for each pick that finds nothing.
+        if hosts.is_empty() {
+            levels.push(Level {
+                hosts: Vec::new(),
+                balancer: Balancer::default(),
+                localities: None,
+                panic: Some(lb_healthy_panic.clone()),
+            });
+            choice.push((100, 0));
+        }
         Self {
             hosts,
             priorities,
@@ -249,11 +260,11 @@ impl HostSet {
             }
         };
         let level = self.levels.get(level as usize)?;
-        if level.hosts.is_empty() {
-            return None;
-        }
         if let Some(panic) = &level.panic {
             panic.inc();
+        }
+        if level.hosts.is_empty() {
+            return None;
         }
         if let Some(localities) = &level.localities {
             return localities.pick(hash);

@@ -10,6 +10,7 @@ use crate::config::address::Endpoint;
 use crate::config::cluster::{Assignment, Cluster, Discovery, LbEndpoint};
 use crate::config::slots::Slots;
 use crate::config::transport_match::{MatchLabels, Selected, TransportSockets};
+use crate::stats::responses::ResponseStats;
 use crate::stats::{Counter, Gauge, Store};
 use crate::tls::ContextManager;
 use arc_swap::ArcSwap;
@@ -23,7 +24,6 @@ pub struct ClusterStats {
     prefix: String,
     store: Arc<Store>,
     pub upstream_rq_total: Arc<Counter>,
-    pub upstream_rq_completed: Arc<Counter>,
     pub upstream_rq_timeout: Arc<Counter>,
     pub upstream_rq_max_duration_reached: Arc<Counter>,
     pub upstream_cx_protocol_error: Arc<Counter>,
@@ -34,7 +34,8 @@ pub struct ClusterStats {
     pub upstream_cx_active: Arc<Gauge>,
     pub upstream_cx_tx_bytes_total: Arc<Counter>,
     pub upstream_cx_rx_bytes_total: Arc<Counter>,
-    pub upstream_rq_time: Arc<crate::stats::Histogram>,
+    pub upstream_cx_rx_bytes_buffered: Arc<Gauge>,
+    pub upstream_cx_tx_bytes_buffered: Arc<Gauge>,
     /// Circuit breaking and pending requests (Envoy's names).
     pub upstream_rq_pending_total: Arc<Counter>,
     pub upstream_rq_pending_overflow: Arc<Counter>,
@@ -55,11 +56,9 @@ pub struct ClusterStats {
     update_success: Arc<Counter>,
     update_empty: Arc<Counter>,
     update_no_rebuild: Arc<Counter>,
-    /// `upstream_rq_1xx` .. `upstream_rq_5xx` and `upstream_rq_<code>` of final responses.
-    codes: CodeCounters,
-    /// The same under `retry.`, for responses that were retried (and `retry.upstream_rq_completed`);
-    /// made on the cluster's first retry.
-    retried: OnceLock<Box<(CodeCounters, Arc<Counter>)>>,
+    /// `upstream_rq_completed`, `upstream_rq_time` and the counters by class and code, also
+    /// under `external.`/`internal.` and `retry.`.
+    pub responses: ResponseStats,
     pub retry: RetryStats,
     /// `grpc.*` of the gRPC statistics filter, made on the cluster's first gRPC call.
     grpc: OnceLock<Box<crate::stats::grpc::GrpcClusterStats>>,
@@ -83,47 +82,6 @@ pub struct RetryStats {
     pub retry_or_shadow_abandoned: Arc<Counter>,
 }
 
-/// Response counters by class and by code under one prefix, each created on first use as
-/// Envoy does.
-#[derive(Debug)]
-struct CodeCounters {
-    prefix: String,
-    /// `upstream_rq_1xx` .. `upstream_rq_5xx`.
-    classes: [OnceLock<Arc<Counter>>; 5],
-    /// `upstream_rq_<code>`, created on a code's first use.
-    /// Allocated on the cluster's first response: most of a mesh's thousands of clusters never
-    /// see traffic, and 500 slots are 4 KiB.
-    codes: OnceLock<Box<[OnceLock<Arc<Counter>>; 500]>>,
-}
-
-impl CodeCounters {
-    fn new(prefix: String) -> Self {
-        Self {
-            prefix,
-            classes: std::array::from_fn(|_| OnceLock::new()),
-            codes: OnceLock::new(),
-        }
-    }
-
-    fn count(&self, store: &Store, status: http::StatusCode) {
-        let code = status.as_u16();
-        if let Some(class) = self.classes.get(usize::from(code / 100).wrapping_sub(1)) {
-            class
-                .get_or_init(|| {
-                    store.counter(&format!("{}upstream_rq_{}xx", self.prefix, code / 100))
-                })
-                .inc();
-        }
-        let codes = self
-            .codes
-            .get_or_init(|| Box::new(std::array::from_fn(|_| OnceLock::new())));
-        if let Some(slot) = codes.get(usize::from(code).wrapping_sub(100)) {
-            slot.get_or_init(|| store.counter(&format!("{}upstream_rq_{code}", self.prefix)))
-                .inc();
-        }
-    }
-}
-
 impl ClusterStats {
     /// The stats of cluster `stat_name` in `store`.
     pub fn new(store: &Arc<Store>, stat_name: &str) -> Self {
@@ -132,7 +90,6 @@ impl ClusterStats {
         let g = |s: &str| store.gauge(&format!("{prefix}{s}"));
         Self {
             upstream_rq_total: c("upstream_rq_total"),
-            upstream_rq_completed: c("upstream_rq_completed"),
             upstream_rq_timeout: c("upstream_rq_timeout"),
             upstream_rq_max_duration_reached: c("upstream_rq_max_duration_reached"),
             upstream_cx_protocol_error: c("upstream_cx_protocol_error"),
@@ -143,7 +100,8 @@ impl ClusterStats {
             upstream_cx_active: g("upstream_cx_active"),
             upstream_cx_tx_bytes_total: c("upstream_cx_tx_bytes_total"),
             upstream_cx_rx_bytes_total: c("upstream_cx_rx_bytes_total"),
-            upstream_rq_time: store.histogram(&format!("{prefix}upstream_rq_time")),
+            upstream_cx_rx_bytes_buffered: g("upstream_cx_rx_bytes_buffered"),
+            upstream_cx_tx_bytes_buffered: g("upstream_cx_tx_bytes_buffered"),
             upstream_rq_pending_total: {
                 // Kept for Envoy's name: no outlier detection ejects hosts yet.
                 c("upstream_rq_pending_failure_eject");
@@ -180,8 +138,7 @@ impl ClusterStats {
                 upstream_rq_per_try_idle_timeout: c("upstream_rq_per_try_idle_timeout"),
                 retry_or_shadow_abandoned: c("retry_or_shadow_abandoned"),
             },
-            codes: CodeCounters::new(prefix.clone()),
-            retried: OnceLock::new(),
+            responses: ResponseStats::new(store, &prefix),
             grpc: OnceLock::new(),
             store: store.clone(),
             prefix,
@@ -196,25 +153,6 @@ impl ClusterStats {
                 &self.prefix,
             ))
         })
-    }
-
-    /// Counts a final response by class and by code.
-    pub fn response(&self, status: http::StatusCode) {
-        self.codes.count(&self.store, status);
-    }
-
-    /// Counts an upstream response that was retried (`retry.upstream_rq_<code>`, its class and
-    /// `retry.upstream_rq_completed`), as Envoy keeps them apart from final responses.
-    pub fn retried_response(&self, status: http::StatusCode) {
-        let retried = self.retried.get_or_init(|| {
-            let prefix = format!("{}retry.", self.prefix);
-            let completed = self
-                .store
-                .counter(&format!("{prefix}upstream_rq_completed"));
-            Box::new((CodeCounters::new(prefix), completed))
-        });
-        retried.0.count(&self.store, status);
-        retried.1.inc();
     }
 }
 
@@ -253,6 +191,10 @@ impl ClusterRuntime {
         let accounting = super::ConnectionAccounting {
             cx_total: stats.upstream_cx_total.clone(),
             cx_active: stats.upstream_cx_active.clone(),
+            cx_rx_bytes_total: stats.upstream_cx_rx_bytes_total.clone(),
+            cx_tx_bytes_total: stats.upstream_cx_tx_bytes_total.clone(),
+            cx_rx_bytes_buffered: stats.upstream_cx_rx_bytes_buffered.clone(),
+            cx_tx_bytes_buffered: stats.upstream_cx_tx_bytes_buffered.clone(),
             hosts: hosts.clone(),
         };
         let transports =

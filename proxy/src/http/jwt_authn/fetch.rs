@@ -8,6 +8,7 @@
 use super::jwks::{self, Jwks};
 use super::JwtStats;
 use crate::config::jwt_authn::RemoteJwks;
+use crate::stats::responses::Origin;
 use crate::upstream::UpstreamBody;
 use http_body_util::BodyExt;
 use std::sync::{Arc, Mutex, Weak};
@@ -144,8 +145,11 @@ async fn get(config: &RemoteJwks) -> Result<Jwks, String> {
         )
         .await
         .map_err(|e| format!("{e:?}"))?;
-    cluster.stats.upstream_rq_completed.inc();
-    cluster.stats.response(response.status());
+    // Envoy's async client marks its requests internal.
+    cluster
+        .stats
+        .responses
+        .completed(response.status(), Origin::Internal);
     let status = response.status();
     let body = http_body_util::Limited::new(response.into_body(), MAX_BODY)
         .collect()

@@ -6,6 +6,7 @@
 //! (stats `tracing.zipkin.*`: https://www.envoyproxy.io/docs/envoy/latest/configuration/observability/tracing)
 
 use crate::config::tracing::ZipkinSettings;
+use crate::stats::responses::Origin;
 use crate::stats::{Counter, Store};
 use crate::upstream::UpstreamBody;
 use http_body_util::BodyExt;
@@ -245,8 +246,11 @@ async fn post(
         )
         .await
         .map_err(|e| format!("{e:?}"))?;
-    cluster.stats.upstream_rq_completed.inc();
-    cluster.stats.response(response.status());
+    // Envoy's async client marks its requests internal.
+    cluster
+        .stats
+        .responses
+        .completed(response.status(), Origin::Internal);
     let status = response.status();
     // Read to the end, so the connection can serve the next report.
     let _ = response.into_body().collect().await;
