@@ -426,8 +426,8 @@ static POLICIES: &[(&str, Policy)] = policies! {
     "envoy.config.core.v3.JsonFormatOptions" => ["sort_properties"];
     "envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy.WeightedCluster" => ["clusters"];
     "envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy.WeightedCluster.ClusterWeight" => ["name", "weight"];
-    "envoy.extensions.filters.http.router.v3.Router" => []
-        ack [("suppress_envoy_headers", "x-envoy headers come with issue 3"), ("start_child_span", super::tracing::UPSTREAM_SPAN)];
+    "envoy.extensions.filters.http.router.v3.Router" => ["suppress_envoy_headers"]
+        ack [("start_child_span", super::tracing::UPSTREAM_SPAN)];
     "envoy.extensions.filters.http.compressor.v3.Compressor" => ["compressor_library", "response_direction_config",
         "request_direction_config", "choose_first", "content_length", "content_type", "disable_on_etag_header",
         "remove_accept_encoding_header", "runtime_enabled"];

@@ -16,7 +16,7 @@ use super::upstream_failure::{count_failure, failure_reply};
 use super::upstream_request::{strip_hop_by_hop, X_ENVOY_ATTEMPT_COUNT};
 use crate::config::cluster::UpstreamProtocol;
 use crate::config::hash_policy::{HashInput, RequestHash};
-use crate::config::hcm::ServerHeader;
+use crate::config::hcm::{HttpConnectionManager, ServerHeader};
 use crate::config::route::{
     ClusterTarget, Forward, Route, RouteConfig, VirtualHost, WeightedTarget,
 };
@@ -45,6 +45,8 @@ pub(super) struct Target<'a> {
     /// An allowed upgrade (websocket): `Upgrade` and `Connection` go upstream.
     pub upgrade: bool,
     pub info: RequestInfo,
+    /// The router's `suppress_envoy_headers` is off.
+    pub envoy_headers: bool,
 }
 
 /// The cluster a route sends this request to (for a weighted route, by `draw`, else a new
@@ -129,6 +131,7 @@ pub async fn forward(
         weighted,
         upgrade: on_upgrade.is_some(),
         info,
+        envoy_headers: !ctx.hcm.suppress_envoy_headers,
     };
     // The tunnel of an upgrade ends on the stream's timers (forwarding takes the progress
     // from the request to count its body).
@@ -388,7 +391,7 @@ async fn send_to_cluster(
             }
             // The route timeout ran out while waiting for the retry.
             cluster.stats.upstream_rq_timeout.inc();
-            let mut outcome = failure_reply(cluster, UpstreamError::Timeout, server, true);
+            let mut outcome = failure_reply(cluster, UpstreamError::Timeout, &ctx.hcm, true);
             outcome.info.upstream_host = Some(host.authority.clone());
             attempt_count_in_response(&mut outcome, target, attempt);
             return outcome;
@@ -415,7 +418,7 @@ async fn send_to_cluster(
             }
             Err(e) => {
                 count_failure(cluster, &host.stats, &e);
-                let mut outcome = failure_reply(cluster, e, server, retried);
+                let mut outcome = failure_reply(cluster, e, &ctx.hcm, retried);
                 // Envoy names the host it tried even when it never answered.
                 outcome.info.upstream_host = Some(host.authority.clone());
                 outcome
@@ -465,7 +468,6 @@ pub(super) fn answered(
     set_cookie: Option<HeaderValue>,
     idle: Option<(Duration, &Arc<crate::stats::Counter>)>,
 ) -> Outcome {
-    let server = &ctx.hcm.server_name;
     let elapsed = started.elapsed();
     cluster
         .stats
@@ -478,7 +480,7 @@ pub(super) fn answered(
         .extensions_mut()
         .remove::<crate::upstream::ConnectionFacts>()
         .unwrap_or_default();
-    let mut response = downstream_response(response, elapsed, server, ctx.hcm.server_header);
+    let mut response = downstream_response(response, elapsed, &ctx.hcm);
     if let Some((idle, counter)) = idle {
         response = response.map(|body| {
             super::attempt_idle::TimerBody::idle(body, idle, counter.clone()).boxed_unsync()
@@ -512,9 +514,9 @@ pub(super) fn answered(
 fn downstream_response(
     response: Response<Incoming>,
     elapsed: Duration,
-    server: &HeaderValue,
-    transformation: ServerHeader,
+    hcm: &HttpConnectionManager,
 ) -> Response<ResponseBody> {
+    let server = &hcm.server_name;
     let (mut parts, body) = response.into_parts();
     let switching = parts.status == StatusCode::SWITCHING_PROTOCOLS;
     let upgrade = parts.headers.get(header::UPGRADE).cloned();
@@ -534,11 +536,13 @@ fn downstream_response(
             body.map_err(|e| Box::new(e) as BoxError).boxed_unsync(),
         );
     }
-    parts.headers.insert(
-        X_ENVOY_UPSTREAM_SERVICE_TIME.clone(),
-        HeaderValue::from(elapsed.as_millis() as u64),
-    );
-    match transformation {
+    if !hcm.suppress_envoy_headers {
+        parts.headers.insert(
+            X_ENVOY_UPSTREAM_SERVICE_TIME.clone(),
+            HeaderValue::from(elapsed.as_millis() as u64),
+        );
+    }
+    match hcm.server_header {
         ServerHeader::Overwrite => {
             parts.headers.insert(header::SERVER, server.clone());
         }

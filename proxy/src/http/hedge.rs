@@ -48,7 +48,6 @@ enum Event {
 
 pub(super) async fn hedged(mut a: Attempts<'_>, mut retry: RetryState<'_>) -> Outcome {
     let cluster = a.cluster;
-    let server = &a.ctx.hcm.server_name;
     let priority = a.target.forward.priority;
     let deadline = a.route_timeout.map(|t| Instant::now() + t);
     let per_try = retry.per_try_timeout;
@@ -104,7 +103,7 @@ pub(super) async fn hedged(mut a: Attempts<'_>, mut retry: RetryState<'_>) -> Ou
                 Some((e, h)) => (e, Some(h)),
                 None => (UpstreamError::NoHealthyUpstream, None),
             };
-            let mut outcome = failure_reply(cluster, error, server, retry.retries > 0);
+            let mut outcome = failure_reply(cluster, error, &a.ctx.hcm, retry.retries > 0);
             outcome.info.upstream_host = host.map(|h| h.authority.clone());
             outcome.info.response_flags = outcome.info.response_flags.with(exhausted);
             return finish(&a, outcome, attempt);
@@ -208,7 +207,7 @@ pub(super) async fn hedged(mut a: Attempts<'_>, mut retry: RetryState<'_>) -> Ou
             }
             (Some(d), Err(e)) => {
                 count_failure(cluster, &done.host.stats, &e);
-                let mut outcome = failure_reply(cluster, e, server, retry.retries > 0);
+                let mut outcome = failure_reply(cluster, e, &a.ctx.hcm, retry.retries > 0);
                 outcome.info.upstream_host = Some(done.host.authority.clone());
                 outcome.info.response_flags = outcome
                     .info
@@ -279,12 +278,7 @@ fn route_timeout(
         }
     }
     drop_all(a, in_flight);
-    let mut outcome = failure_reply(
-        cluster,
-        UpstreamError::Timeout,
-        &a.ctx.hcm.server_name,
-        retried,
-    );
+    let mut outcome = failure_reply(cluster, UpstreamError::Timeout, &a.ctx.hcm, retried);
     outcome.info.upstream_host = host.map(|h| h.authority.clone());
     outcome.info.response_flags = outcome.info.response_flags.with(exhausted);
     finish(a, outcome, attempts)
