@@ -296,8 +296,8 @@ static POLICIES: &[(&str, Policy)] = policies! {
     "envoy.extensions.filters.http.fault.v3.HTTPFault" => ["delay", "abort", "upstream_cluster", "headers",
         "downstream_nodes", "max_active_faults", "response_rate_limit", "delay_percent_runtime", "abort_percent_runtime",
         "delay_duration_runtime", "abort_http_status_runtime", "max_active_faults_runtime",
-        "response_rate_limit_percent_runtime", "abort_grpc_status_runtime", "disable_downstream_cluster_stats"]
-        ack [("filter_metadata", "dynamic metadata is not kept: no access log operator or filter of Outrigger reads it")];
+        "response_rate_limit_percent_runtime", "abort_grpc_status_runtime", "disable_downstream_cluster_stats",
+        "filter_metadata"];
     "envoy.extensions.filters.http.fault.v3.FaultAbort" => ["http_status", "grpc_status", "header_abort", "percentage", "response_body"];
     "envoy.extensions.filters.http.fault.v3.FaultAbort.HeaderAbort" => [];
     "envoy.extensions.filters.common.fault.v3.FaultDelay" => ["fixed_delay", "header_delay", "percentage"];

@@ -68,7 +68,8 @@ pub struct HttpConnectionManager {
 /// refer to) and its own settings.
 #[derive(Debug)]
 pub struct FaultFilter {
-    pub name: String,
+    /// Also the namespace of the dynamic metadata it writes.
+    pub name: Arc<str>,
     pub settings: Arc<FaultSettings>,
     /// `disabled`: the filter acts only on routes that configure it.
     pub disabled_by_default: bool,
@@ -413,7 +414,7 @@ fn translate_http_filters(
             }
             Some(Extension::Fault(fault)) => {
                 filters.faults.push(FaultFilter {
-                    name: filter.name.clone(),
+                    name: Arc::from(filter.name.as_str()),
                     settings: Arc::new(translate_fault(&fault, &tc, resolve, acks)?),
                     disabled_by_default: filter.disabled,
                 });
