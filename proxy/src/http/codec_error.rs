@@ -113,12 +113,13 @@ impl<I: Io + 'static, W: Watched> Guarded<I, W> {
     /// response is due, and they are exactly what hyper writes then. A body that happens to
     /// carry those bytes is held too, and released by whatever hyper does next but close.
     fn holds(&mut self, bytes: &[u8]) -> bool {
-        let watch = self.watched.watch();
-        let responses = watch.responses.load(Ordering::Acquire);
-        if responses != self.heads {
+        // The bytes first: a response head or body fails this at once.
+        if hyper_reply_status(bytes).is_none() {
             return false;
         }
-        !watch.disarmed.load(Ordering::Relaxed) && hyper_reply_status(bytes).is_some()
+        let watch = self.watched.watch();
+        watch.responses.load(Ordering::Acquire) == self.heads
+            && !watch.disarmed.load(Ordering::Relaxed)
     }
 
     /// Writes out held bytes that turned out to be a response's.
