@@ -321,6 +321,56 @@ fn spans_with_authz_tags(side: &Side) -> String {
     format!("{described}{}", tags.concat())
 }
 
+/// A fault filter that aborts requests carrying `x-envoy-fault-abort-request` and delays those
+/// carrying `x-envoy-fault-delay-request`, with `filter_metadata`.
+const FAULT_WITH_METADATA: &str = r#"
+- name: chaos
+  typed_config:
+    "@type": type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault
+    abort: { header_abort: {}, percentage: { numerator: 100 } }
+    delay: { header_delay: {}, percentage: { numerator: 100 } }
+    filter_metadata: { reason: chaos-test, count: 1 }
+"#;
+
+/// Custom tags reading the fault filter's metadata (under the filter's name).
+const FAULT_TAGS: &str = "  - { tag: fault.reason, metadata: { kind: { request: {} }, metadata_key: { key: chaos, path: [ { key: reason } ] }, default_value: none } }\n  - { tag: fault.n, metadata: { kind: { request: {} }, metadata_key: { key: chaos, path: [ { key: count } ] } } }\n";
+
+fn fault_aborted(side: &Side) -> String {
+    send(
+        side,
+        "/aborted",
+        &["-H", "x-envoy-fault-abort-request: 503"],
+    )
+}
+
+fn fault_delayed(side: &Side) -> String {
+    send(side, "/delayed", &["-H", "x-envoy-fault-delay-request: 10"])
+}
+
+fn fault_none(side: &Side) -> String {
+    send(side, "/untouched", &[])
+}
+
+/// The spans with the tags read from the fault filter's metadata: set when a fault was
+/// injected, the default (or nothing) otherwise.
+fn spans_with_fault_tags(side: &Side) -> String {
+    let described = spans(side, 3);
+    let mut tags: Vec<String> = collected(side)
+        .iter()
+        .map(|s| {
+            let t = &s["tags"];
+            format!(
+                "{} fault.reason={} fault.n={}\n",
+                t["http.url"].as_str().unwrap_or(""),
+                t["fault.reason"],
+                t["fault.n"],
+            )
+        })
+        .collect();
+    tags.sort();
+    format!("{described}{}", tags.concat())
+}
+
 fn spans_of_unsampled(side: &Side) -> String {
     spans(side, 1)
 }
@@ -366,6 +416,17 @@ fn scenarios() -> Vec<Scenario> {
             .custom(dry_run_matched)
             .custom(dry_run_denied)
             .custom(spans_with_authz_tags),
+        Scenario::http(
+            "zipkin_fault_filter_metadata_tags",
+            "https://www.envoyproxy.io/docs/envoy/latest/api-v3/extensions/filters/http/fault/v3/fault.proto#envoy-v3-api-field-extensions-filters-http-fault-v3-httpfault-filter-metadata",
+            &one_vhost(ROUTES),
+        )
+        .hcm(&hcm_with_tags(100, "other", FAULT_TAGS))
+        .filters(FAULT_WITH_METADATA)
+        .custom(fault_aborted)
+        .custom(fault_delayed)
+        .custom(fault_none)
+        .custom(spans_with_fault_tags),
         Scenario::http("zipkin_dead_collector", DOC, &one_vhost(ROUTES))
             .hcm(&hcm(100, "dead"))
             .custom(no_context)

@@ -23,6 +23,11 @@ const KNOWN: &[Known] = &[];
 /// request), `/high` to `cx` at HIGH priority (default HIGH thresholds), tcp_proxy on
 /// `{{tcp_port}}` to `tcp` (one connection); all to upstream `a`.
 fn bootstrap() -> String {
+    bootstrap_with_router("")
+}
+
+/// [`bootstrap`] with these fields in the router's config.
+fn bootstrap_with_router(router: &str) -> String {
     let cluster = |name: &str, thresholds: &str| {
         format!(
             r#"
@@ -69,7 +74,7 @@ static_resources:
                 route: {{ cluster: cx, priority: HIGH }}
           http_filters:
           - name: envoy.filters.http.router
-            typed_config: {{ "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router }}
+            typed_config: {{ "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router, {} }}
   - name: tcp
     address: {{ socket_address: {{ address: 127.0.0.1, port_value: {{{{tcp_port}}}} }} }}
     filter_chains:
@@ -81,6 +86,7 @@ static_resources:
           cluster: tcp
   clusters:{}{}{}
 "#,
+        router,
         cluster("rq", "{ max_requests: 1, track_remaining: true }"),
         cluster(
             "cx",
@@ -298,6 +304,12 @@ fn scenarios() -> Vec<Scenario> {
         scenario("cb_tcp_max_connections", tcp_max_connections)
             .custom(clusters_page)
             .custom(prometheus),
+        // The overflow's 503 without `x-envoy-overloaded`.
+        Scenario {
+            config: Config::Full(bootstrap_with_router("suppress_envoy_headers: true")),
+            doc: "https://www.envoyproxy.io/docs/envoy/latest/api-v3/extensions/filters/http/router/v3/router.proto#envoy-v3-api-field-extensions-filters-http-router-v3-router-suppress-envoy-headers",
+            ..scenario("cb_max_requests_suppress_envoy_headers", max_requests)
+        },
     ]
 }
 

@@ -405,8 +405,35 @@ fn scenarios() -> Vec<Scenario> {
         ]))
         .get("/")
         .curl("/", &["--http2-prior-knowledge"]),
+        // The same route with and without the router's `suppress_envoy_headers`: the
+        // expected timeout, original path and host, and upstream service time go, the
+        // attempt count stays.
+        Scenario::http("router_envoy_headers", SUPPRESS, ROUTER_HEADERS_ROUTES)
+            .get("/old/x")
+            .curl("/old/y", &["--http2-prior-knowledge"]),
+        Scenario::http("router_suppress_envoy_headers", SUPPRESS, ROUTER_HEADERS_ROUTES)
+            .router("suppress_envoy_headers: true")
+            .get("/old/x")
+            .curl("/old/y", &["--http2-prior-knowledge"])
+            .get("/direct"),
     ]
 }
+
+const SUPPRESS: &str = "https://www.envoyproxy.io/docs/envoy/latest/api-v3/extensions/filters/http/router/v3/router.proto#envoy-v3-api-field-extensions-filters-http-router-v3-router-suppress-envoy-headers";
+
+const ROUTER_HEADERS_ROUTES: &str = r#"
+name: r
+virtual_hosts:
+- name: all
+  domains: ["*"]
+  include_request_attempt_count: true
+  include_attempt_count_in_response: true
+  routes:
+  - match: { prefix: "/old/" }
+    route: { cluster: backend, prefix_rewrite: "/new/", host_rewrite_literal: rewritten.example, timeout: 7s }
+  - match: { prefix: "/direct" }
+    direct_response: { status: 200, body: { inline_string: "direct\n" } }
+"#;
 
 #[test]
 fn headers_match_envoy() {

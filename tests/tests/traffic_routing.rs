@@ -485,7 +485,26 @@ fn scenarios() -> Vec<Scenario> {
         .get("/nobody")
         .curl("/ok", &["--http2-prior-knowledge"])
         .curl("/ok", &["-X", "POST", "--data-binary", "ignored"]),
+        direct_response_body_file(),
     ]
+}
+
+/// A direct response whose body is a file, read when the configuration loads.
+/// Envoy: https://www.envoyproxy.io/docs/envoy/latest/api-v3/config/core/v3/base.proto#config-core-v3-datasource
+fn direct_response_body_file() -> Scenario {
+    let file =
+        std::env::temp_dir().join(format!("outrigger-direct-body-{}.txt", std::process::id()));
+    std::fs::write(&file, "from a file\n").expect("write the body file");
+    Scenario::http(
+        "direct_response_body_from_file",
+        DR,
+        &one_vhost(&format!(
+            "- match: {{ prefix: \"/\" }}\n  direct_response: {{ status: 200, body: {{ filename: {} }} }}",
+            file.display()
+        )),
+    )
+    .get("/")
+    .curl("/", &["--http2-prior-knowledge"])
 }
 
 fn redirects() -> Scenario {

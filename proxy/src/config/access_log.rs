@@ -20,8 +20,7 @@ use xds_proto::pb::envoy::config::accesslog::v3::{
     AccessLog as ProtoAccessLog, AccessLogFilter, ComparisonFilter,
 };
 use xds_proto::pb::envoy::config::core::v3::{
-    data_source::Specifier, substitution_format_string::Format as ProtoFormat,
-    SubstitutionFormatString,
+    substitution_format_string::Format as ProtoFormat, SubstitutionFormatString,
 };
 use xds_proto::pb::google::protobuf::{value::Kind, Struct};
 use xds_proto::Extension;
@@ -291,12 +290,9 @@ fn log_format(f: &SubstitutionFormatString, path: &FieldPath) -> Result<LogForma
         Some(ProtoFormat::TextFormat(text)) => text_format(text, omit, &path.field("text_format")),
         Some(ProtoFormat::TextFormatSource(source)) => {
             let p = path.field("text_format_source");
-            let text = match &source.specifier {
-                Some(Specifier::InlineString(s)) => s.clone(),
-                Some(Specifier::InlineBytes(b)) => String::from_utf8(b.clone())
-                    .map_err(|_| p.field("inline_bytes").error("must be UTF-8"))?,
-                _ => return Err(p.error("only inline_string and inline_bytes are supported")),
-            };
+            // A format read from a file is read once, when the configuration loads.
+            let text = String::from_utf8(super::values::data_source(Some(source), &p)?)
+                .map_err(|_| p.error("must be UTF-8"))?;
             text_format(&text, omit, &p)
         }
         Some(ProtoFormat::JsonFormat(s)) => json_format(s, omit, &path.field("json_format")),

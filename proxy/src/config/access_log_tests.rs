@@ -205,3 +205,36 @@ fn refusals_name_the_field_path() {
         "{err}"
     );
 }
+
+/// A text format can come from a file, read when the configuration loads (a format error
+/// in it names the source, a missing file names the file).
+#[test]
+fn a_text_format_is_read_from_its_file() {
+    let dir = tempfile::tempdir().expect("a directory");
+    let file = dir.path().join("format.txt");
+    let logs = |file: &std::path::Path| {
+        file_log(&format!(
+            ", log_format: {{ text_format_source: {{ filename: {} }} }}",
+            file.display()
+        ))
+    };
+    std::fs::write(&file, "%RESPONSE_CODE%\n").expect("write");
+    let config = translate(&bootstrap(&logs(&file), "[]", "[]")).expect("valid");
+    assert!(matches!(
+        hcm_logs(&config)[0].format,
+        LogFormat::Text { .. }
+    ));
+    std::fs::write(&file, "%NOPE%\n").expect("write");
+    let err = translate(&bootstrap(&logs(&file), "[]", "[]")).expect_err("bad operator");
+    assert!(
+        err.ends_with("log_format.text_format_source: command operator %NOPE% is not supported"),
+        "{err}"
+    );
+    let missing = dir.path().join("missing.txt");
+    let err = translate(&bootstrap(&logs(&missing), "[]", "[]")).expect_err("missing");
+    let want = format!(
+        "log_format.text_format_source.filename: file {} does not exist",
+        missing.display()
+    );
+    assert!(err.ends_with(&want), "{err}");
+}

@@ -117,6 +117,10 @@ pub struct FaultSettings {
     /// Count `fault.<downstream cluster>.*` for requests carrying
     /// `x-envoy-downstream-service-cluster`.
     pub downstream_cluster_stats: bool,
+    /// `filter_metadata`: the stream's dynamic metadata under the filter's name when a delay
+    /// or an abort is injected (not for a response rate limit alone, as Envoy).
+    /// Envoy: https://www.envoyproxy.io/docs/envoy/latest/api-v3/extensions/filters/http/fault/v3/fault.proto
+    pub filter_metadata: Option<serde_json::Map<String, serde_json::Value>>,
 }
 
 /// Envoy's default runtime keys, used when the config names none.
@@ -214,7 +218,26 @@ pub fn translate_fault(
         downstream_nodes: fault.downstream_nodes.clone(),
         max_active_faults,
         downstream_cluster_stats: !fault.disable_downstream_cluster_stats,
+        filter_metadata: fault
+            .filter_metadata
+            .as_ref()
+            .map(|m| struct_fields(m, &path.field("filter_metadata")))
+            .transpose()?,
     })
+}
+
+/// A `google.protobuf.Struct` as the JSON object dynamic metadata holds (integral numbers
+/// stay integers, as Envoy prints them).
+fn struct_fields(
+    value: &xds_proto::pb::google::protobuf::Struct,
+    path: &FieldPath,
+) -> Result<serde_json::Map<String, serde_json::Value>> {
+    let mut json = xds_proto::to_json_value(value).map_err(|e| path.error(e))?;
+    xds_proto::integral_doubles_as_integers(&mut json);
+    match json {
+        serde_json::Value::Object(fields) => Ok(fields),
+        _ => Err(path.error("must be a struct")),
+    }
 }
 
 fn percentage(p: Option<&FractionalPercent>, path: &FieldPath) -> Result<Percentage> {

@@ -296,8 +296,8 @@ static POLICIES: &[(&str, Policy)] = policies! {
     "envoy.extensions.filters.http.fault.v3.HTTPFault" => ["delay", "abort", "upstream_cluster", "headers",
         "downstream_nodes", "max_active_faults", "response_rate_limit", "delay_percent_runtime", "abort_percent_runtime",
         "delay_duration_runtime", "abort_http_status_runtime", "max_active_faults_runtime",
-        "response_rate_limit_percent_runtime", "abort_grpc_status_runtime", "disable_downstream_cluster_stats"]
-        ack [("filter_metadata", "dynamic metadata is not kept: no access log operator or filter of Outrigger reads it")];
+        "response_rate_limit_percent_runtime", "abort_grpc_status_runtime", "disable_downstream_cluster_stats",
+        "filter_metadata"];
     "envoy.extensions.filters.http.fault.v3.FaultAbort" => ["http_status", "grpc_status", "header_abort", "percentage", "response_body"];
     "envoy.extensions.filters.http.fault.v3.FaultAbort.HeaderAbort" => [];
     "envoy.extensions.filters.common.fault.v3.FaultDelay" => ["fixed_delay", "header_delay", "percentage"];
@@ -426,8 +426,8 @@ static POLICIES: &[(&str, Policy)] = policies! {
     "envoy.config.core.v3.JsonFormatOptions" => ["sort_properties"];
     "envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy.WeightedCluster" => ["clusters"];
     "envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy.WeightedCluster.ClusterWeight" => ["name", "weight"];
-    "envoy.extensions.filters.http.router.v3.Router" => []
-        ack [("suppress_envoy_headers", "x-envoy headers come with issue 3"), ("start_child_span", super::tracing::UPSTREAM_SPAN)];
+    "envoy.extensions.filters.http.router.v3.Router" => ["suppress_envoy_headers"]
+        ack [("start_child_span", super::tracing::UPSTREAM_SPAN)];
     "envoy.extensions.filters.http.compressor.v3.Compressor" => ["compressor_library", "response_direction_config",
         "request_direction_config", "choose_first", "content_length", "content_type", "disable_on_etag_header",
         "remove_accept_encoding_header", "runtime_enabled"];

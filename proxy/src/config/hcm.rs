@@ -57,13 +57,19 @@ pub struct HttpConnectionManager {
     pub grpc_stats: Option<Arc<GrpcStatsFilter>>,
     /// `tracing`: sampling decisions, and spans when a Zipkin provider is configured.
     pub tracing: Option<Arc<super::tracing::HcmTracing>>,
+    /// The router's `suppress_envoy_headers`: no `x-envoy-upstream-service-time`,
+    /// `x-envoy-expected-rq-timeout-ms`, `x-envoy-original-path`/`-host` or
+    /// `x-envoy-overloaded` (`x-envoy-attempt-count` stays, as in Envoy).
+    /// Envoy: https://www.envoyproxy.io/docs/envoy/latest/api-v3/extensions/filters/http/router/v3/router.proto
+    pub suppress_envoy_headers: bool,
 }
 
 /// A fault injection filter in the chain: its name (which routes' `typed_per_filter_config`
 /// refer to) and its own settings.
 #[derive(Debug)]
 pub struct FaultFilter {
-    pub name: String,
+    /// Also the namespace of the dynamic metadata it writes.
+    pub name: Arc<str>,
     pub settings: Arc<FaultSettings>,
     /// `disabled`: the filter acts only on routes that configure it.
     pub disabled_by_default: bool,
@@ -240,6 +246,7 @@ pub fn translate_hcm(
         istio,
         istio_alpn,
         grpc_stats,
+        suppress_envoy_headers,
     } = translate_http_filters(hcm, path, resolve, acks)?;
     let server_name = if hcm.server_name.is_empty() {
         "envoy"
@@ -343,6 +350,7 @@ pub fn translate_hcm(
             uuid_config.as_ref(),
             acks,
         )?,
+        suppress_envoy_headers,
     })
 }
 
@@ -356,6 +364,8 @@ struct HttpFilters {
     istio: Option<Arc<IstioHttp>>,
     istio_alpn: Option<super::istio_alpn::IstioAlpn>,
     grpc_stats: Option<Arc<GrpcStatsFilter>>,
+    /// The router's `suppress_envoy_headers`.
+    suppress_envoy_headers: bool,
 }
 
 /// Checks the chain and returns the filters that act; the router ends it. Filters Outrigger
@@ -394,6 +404,7 @@ fn translate_http_filters(
         match extension::decode(any, &tc)? {
             Some(Extension::Router(router)) => {
                 check(&router, &tc, acks)?;
+                filters.suppress_envoy_headers = router.suppress_envoy_headers;
                 if !is_last {
                     return Err(p.error(format!(
                         "terminal filter named {} of type {type_name} must be the last filter in a http filter chain",
@@ -403,7 +414,7 @@ fn translate_http_filters(
             }
             Some(Extension::Fault(fault)) => {
                 filters.faults.push(FaultFilter {
-                    name: filter.name.clone(),
+                    name: Arc::from(filter.name.as_str()),
                     settings: Arc::new(translate_fault(&fault, &tc, resolve, acks)?),
                     disabled_by_default: filter.disabled,
                 });

@@ -16,7 +16,6 @@ use crate::upstream::ClusterRuntime;
 use http::HeaderName;
 use std::sync::Arc;
 use std::time::Duration;
-use xds_proto::pb::envoy::config::core::v3::data_source::Specifier;
 use xds_proto::pb::envoy::config::route::v3::RouteMatch;
 use xds_proto::pb::envoy::extensions::filters::http::jwt_authn::v3::{
     jwt_provider::JwksSourceSpecifier, jwt_requirement::RequiresType, per_route_config,
@@ -255,19 +254,7 @@ fn provider(
     let keys = match &p.jwks_source_specifier {
         Some(JwksSourceSpecifier::LocalJwks(source)) => {
             let lp = path.field("local_jwks");
-            let text = match &source.specifier {
-                Some(Specifier::InlineString(s)) => s.as_bytes().to_vec(),
-                Some(Specifier::InlineBytes(b)) => b.clone(),
-                Some(Specifier::Filename(f)) => std::fs::read(f)
-                    .map_err(|e| lp.field("filename").error(format!("cannot read {f}: {e}")))?,
-                Some(Specifier::EnvironmentVariable(v)) => std::env::var(v)
-                    .map_err(|_| {
-                        lp.field("environment_variable")
-                            .error(format!("environment variable {v} is not set"))
-                    })?
-                    .into_bytes(),
-                None => Vec::new(),
-            };
+            let text = super::values::data_source(Some(source), &lp)?;
             if text.is_empty() {
                 KeySource::Local(None)
             } else {

@@ -15,7 +15,7 @@ use super::retry_policy::translate_retry_policy;
 use super::route_action::{hedge_on_per_try_timeout, translate_forward, VhostDefaults};
 pub use super::route_action::{ClusterTarget, Forward, HostRewrite, NamedCluster, WeightedTarget};
 use super::route_index::RouteIndex;
-use super::values::inline_data;
+use super::values::{data_source, data_source_file};
 use bytes::Bytes;
 use regex::Regex;
 use std::collections::HashMap;
@@ -374,15 +374,20 @@ fn translate_route(
                         .field("status")
                         .error(format!("status {} must be in [200, 600)", d.status))
                 })?;
-            let body = match &d.body {
-                Some(b) => Bytes::from(inline_data(b, &d_path.field("body"))?),
-                None => Bytes::new(),
-            };
+            let body_path = d_path.field("body");
+            let body = Bytes::from(data_source(d.body.as_ref(), &body_path)?);
             if body.len() > max_body {
-                return Err(d_path.field("body").error(format!(
-                    "response body size is {} bytes; maximum is {max_body}",
-                    body.len()
-                )));
+                // Envoy's limit holds for a body read from a file too.
+                return Err(match data_source_file(d.body.as_ref()) {
+                    Some(f) => body_path.field("filename").error(format!(
+                        "file {f} size is {} bytes; maximum is {max_body}",
+                        body.len()
+                    )),
+                    None => body_path.error(format!(
+                        "response body size is {} bytes; maximum is {max_body}",
+                        body.len()
+                    )),
+                });
             }
             Action::DirectResponse { status, body }
         }

@@ -581,3 +581,39 @@ static_resources:
         "{e}"
     );
 }
+
+/// Envoy reads a data source's file when the configuration loads, holds it to the direct
+/// response limit, and names a missing file.
+/// Envoy: https://www.envoyproxy.io/docs/envoy/latest/api-v3/config/core/v3/base.proto#config-core-v3-datasource
+#[test]
+fn a_direct_response_body_is_read_from_its_file_within_the_limit() {
+    let dir = tempfile::tempdir().expect("a directory");
+    let file = dir.path().join("body.txt");
+    let routes = |file: &std::path::Path| {
+        ROUTES.replace(
+            "route: { cluster: c }",
+            &format!(
+                "direct_response: {{ status: 200, body: {{ filename: {} }} }}",
+                file.display()
+            ),
+        )
+    };
+    let body_path = "static_resources.listeners[0].filter_chains[0].filters[0].typed_config.route_config.virtual_hosts[0].routes[0].direct_response.body.filename";
+    std::fs::write(&file, "from a file\n").expect("write");
+    assert!(translate(&listener(&routes(&file), "")).is_ok());
+    std::fs::write(&file, vec![b'a'; 5000]).expect("write");
+    let err = translate(&listener(&routes(&file), "")).expect_err("too large");
+    assert_eq!(
+        err,
+        format!(
+            "{body_path}: file {} size is 5000 bytes; maximum is 4096",
+            file.display()
+        )
+    );
+    let missing = dir.path().join("missing.txt");
+    let err = translate(&listener(&routes(&missing), "")).expect_err("missing");
+    assert_eq!(
+        err,
+        format!("{body_path}: file {} does not exist", missing.display())
+    );
+}

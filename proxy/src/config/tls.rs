@@ -10,6 +10,7 @@ use super::error::{FieldPath, Result};
 use super::fields::{check, Acknowledged};
 use super::matcher::{string_matcher, StringMatcher};
 use super::slots::Slot;
+use super::values::data_source as data;
 use crate::tls::x509::CertInfo;
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
@@ -445,26 +446,6 @@ fn certificates(pem: &[u8], path: &FieldPath) -> Result<Vec<CertificateDer<'stat
         return Err(path.error("Failed to load certificate: no PEM certificate found"));
     }
     Ok(certs)
-}
-
-/// A data source's bytes: inline, a file (read now; `watched_directory` rotation is not
-/// implemented) or an environment variable.
-fn data(source: Option<&DataSource>, path: &FieldPath) -> Result<Vec<u8>> {
-    match source.and_then(|s| s.specifier.as_ref()) {
-        None => Ok(Vec::new()),
-        Some(Specifier::InlineBytes(b)) => Ok(b.clone()),
-        Some(Specifier::InlineString(s)) => Ok(s.as_bytes().to_vec()),
-        Some(Specifier::Filename(f)) => std::fs::read(f).map_err(|e| {
-            path.field("filename")
-                .error(format!("cannot read {f}: {e}"))
-        }),
-        Some(Specifier::EnvironmentVariable(v)) => {
-            std::env::var(v).map(String::into_bytes).map_err(|_| {
-                path.field("environment_variable")
-                    .error(format!("environment variable {v} is not set"))
-            })
-        }
-    }
 }
 
 fn validation(v: &tls::CertificateValidationContext, path: &FieldPath) -> Result<Validation> {

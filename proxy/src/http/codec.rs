@@ -58,20 +58,8 @@ pub async fn admit<I: AsyncRead + Unpin>(
 /// reset. The HTTP/1 codec first answers an HTTP/2 preface, which it parses as a request
 /// with an unknown version, with `400 Bad Request`; the HTTP/2 codec answers nothing.
 pub async fn refuse<I: AsyncRead + AsyncWrite + Unpin>(mut io: I, codec: Codec, server: &[u8]) {
-    use std::time::Duration;
     use tokio::io::AsyncWriteExt;
-    let drain = async {
-        let mut sink = [0u8; 4096];
-        while let Ok(Ok(n)) =
-            tokio::time::timeout(Duration::from_millis(50), io.read(&mut sink)).await
-        {
-            if n == 0 {
-                break;
-            }
-        }
-    };
-    // Bounded like Envoy's default `delayed_close_timeout`.
-    let _ = tokio::time::timeout(Duration::from_secs(1), drain).await;
+    discard_input(&mut io).await;
     if codec == Codec::Http1 {
         let date = httpdate::fmt_http_date(std::time::SystemTime::now());
         let mut answer = format!(
@@ -83,6 +71,24 @@ pub async fn refuse<I: AsyncRead + AsyncWrite + Unpin>(mut io: I, codec: Codec, 
         let _ = io.write_all(&answer).await;
     }
     let _ = io.shutdown().await;
+}
+
+/// Reads and drops what the peer sends until it pauses or closes, so a close that follows is
+/// an end of stream to the peer, not a reset; bounded like Envoy's default
+/// `delayed_close_timeout`.
+pub async fn discard_input<I: AsyncRead + Unpin>(io: &mut I) {
+    use std::time::Duration;
+    let drain = async {
+        let mut sink = [0u8; 4096];
+        while let Ok(Ok(n)) =
+            tokio::time::timeout(Duration::from_millis(50), io.read(&mut sink)).await
+        {
+            if n == 0 {
+                break;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(1), drain).await;
 }
 
 /// A connection whose first bytes were already read: they are read again first.

@@ -76,10 +76,13 @@ pub async fn serve_connection<I>(
     let activity = Arc::new(Activity::new());
     let service_ctx = ctx.clone();
     let service_activity = activity.clone();
+    // For the access log of a request hyper refuses (a clone of a few handles).
+    let refused_downstream = ctx.records_streams().then(|| downstream.clone());
     let service = service_fn(move |request: hyper::Request<Incoming>| {
         let ctx = service_ctx.clone();
         let activity = service_activity.clone();
         let downstream = downstream.clone();
+        let connect = request.method() == http::Method::CONNECT;
         async move {
             let _active = activity.begin();
             // The codec is known once the first request arrives (AUTO sniffs it).
@@ -87,6 +90,7 @@ pub async fn serve_connection<I>(
                 match request.version() {
                     http::Version::HTTP_2 => {
                         activity.http2.store(true, Ordering::Relaxed);
+                        activity.codec.disarm();
                         ctx.stats.downstream_cx_http2_total.inc()
                     }
                     _ => ctx.stats.downstream_cx_http1_total.inc(),
@@ -101,6 +105,13 @@ pub async fn serve_connection<I>(
                 activity.goaway.notify_one();
             }
             let mut response = handle(&ctx, downstream, request).await;
+            activity.codec.answered();
+            // A tunnel's bytes are not responses: none can be hyper's reply to a request.
+            if response.status() == http::StatusCode::SWITCHING_PROTOCOLS
+                || (connect && response.status().is_success())
+            {
+                activity.codec.disarm();
+            }
             if http1 && (activity.draining.load(Ordering::Relaxed) || health_check_failed) {
                 // The client learns with this response that the connection ends, so it never
                 // sends a request into a close (Envoy's drain of HTTP/1.1 connections).
@@ -165,6 +176,9 @@ pub async fn serve_connection<I>(
         }
         Err(NotAdmitted::Gone) => return finish(&ctx),
     };
+    // hyper answers a request it cannot parse itself; the guard holds that answer back for
+    // Envoy's (below).
+    let io = super::codec_error::Guarded::new(io, activity.clone());
     let connection = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
     tokio::pin!(connection);
     let drain_activity = activity.clone();
@@ -204,10 +218,63 @@ pub async fn serve_connection<I>(
             }
         }
     };
-    if let Err(e) = result {
+    if let Err(e) = &result {
         tracing::debug!(target: "http", "downstream connection ended with an error: {e}");
     }
+    if let Some(orphan) = activity.codec.take() {
+        let refusal = result.err().and_then(|e| orphan.refusal(&*e));
+        let reply = refusal.map(|r| {
+            on_refusal(&ctx, &activity, refused_downstream, r);
+            super::codec_error::reply_bytes(r, ctx.hcm.server_name.as_bytes())
+        });
+        orphan.finish(reply).await;
+    }
     finish(&ctx);
+}
+
+/// Counts and logs a request hyper could not parse, as Envoy's HTTP/1 codec error: a stream
+/// with no request headers, a local reply, `DPE`.
+fn on_refusal(
+    ctx: &HttpContext,
+    activity: &Activity,
+    downstream: Option<super::Downstream>,
+    refusal: super::codec_error::Refusal,
+) {
+    let stats = &ctx.stats;
+    if !activity.protocol_counted.swap(true, Ordering::Relaxed) {
+        stats.downstream_cx_http1_total.inc();
+    }
+    stats.downstream_cx_protocol_error.inc();
+    stats.downstream_rq_total.inc();
+    stats.downstream_rq_http1_total.inc();
+    stats.response(refusal.status);
+    let Some(downstream) = downstream else {
+        return;
+    };
+    let info = crate::format::StreamInfo {
+        response_code: refusal.status.as_u16(),
+        response_flags: dpe(),
+        response_code_details: Some(refusal.details.into()),
+        bytes_sent: refusal
+            .status
+            .canonical_reason()
+            .map_or(0, |r| r.len() as u64),
+        duration: Some(Duration::ZERO),
+        connection_id: Some(downstream.connection_id),
+        requested_server_name: downstream.requested_server_name.clone(),
+        ..Default::default()
+    };
+    let log = crate::format::Context {
+        downstream_remote: downstream.remote,
+        downstream_local: downstream.local,
+        upstream_remote: None,
+        start: std::time::SystemTime::now(),
+        protocol: Some(http::Version::HTTP_11),
+        request_headers: None,
+        stream: Some(&info),
+        downstream_tls: downstream.tls.as_deref(),
+    };
+    ctx.access_logs.log(&log);
 }
 
 /// The service's error for a stream it resets instead of answering.
@@ -411,6 +478,14 @@ struct Activity {
     /// An HTTP/2 connection is to end gracefully (GOAWAY), as the server fails health checks.
     goaway: tokio::sync::Notify,
     since: std::sync::Mutex<tokio::time::Instant>,
+    /// Tells hyper's own replies to unparsable requests from responses.
+    codec: super::codec_error::Watch,
+}
+
+impl super::codec_error::Watched for Activity {
+    fn watch(&self) -> &super::codec_error::Watch {
+        &self.codec
+    }
 }
 
 struct ActiveRequest<'a>(&'a Activity);
@@ -432,6 +507,7 @@ impl Activity {
             draining: std::sync::atomic::AtomicBool::new(false),
             goaway: tokio::sync::Notify::new(),
             since: std::sync::Mutex::new(tokio::time::Instant::now()),
+            codec: super::codec_error::Watch::default(),
         }
     }
 

@@ -61,6 +61,8 @@ pub struct Injected {
     /// The response throttle (and the active-fault count it holds), if one was drawn.
     active: Option<ActiveFault>,
     rate_bytes_per_second: Option<u64>,
+    /// Delays injected so far, by all the filters.
+    delays: u32,
 }
 
 impl Injected {
@@ -112,6 +114,7 @@ pub async fn apply(
     route: &RouteLevels<'_>,
     headers: &HeaderMap,
     server: &HeaderValue,
+    metadata: &mut crate::metadata::DynamicMetadata,
 ) -> Result<Injected, Outcome> {
     let mut injected = Injected::default();
     for filter in filters {
@@ -124,7 +127,16 @@ pub async fn apply(
             }
             None | Some(PerFilter::Rbac(_) | PerFilter::Jwt(_)) => &filter.settings,
         };
-        if let Some(abort) = apply_one(settings, route, headers, stats, &mut injected).await {
+        let delays_before = injected.delays;
+        let abort = apply_one(settings, route, headers, stats, &mut injected).await;
+        // Envoy emits the settings' metadata under the filter's name when this filter delays
+        // or aborts the request.
+        if abort.is_some() || injected.delays != delays_before {
+            if let Some(fields) = &settings.filter_metadata {
+                metadata.merge(filter.name.clone(), fields.clone());
+            }
+        }
+        if let Some(abort) = abort {
             let grpc_request = super::grpc_reply::is_grpc(headers);
             return Err(abort_outcome(abort, injected.flags, grpc_request, server));
         }
@@ -200,6 +212,7 @@ async fn apply_one(
                 if try_activate(s, stats, injected) {
                     stats.delays_injected.inc();
                     count_per_cluster("delays_injected");
+                    injected.delays += 1;
                     injected.flags = injected
                         .flags
                         .with(ResponseFlags::named("DI").unwrap_or_default());

@@ -16,7 +16,7 @@ use super::upstream_failure::{count_failure, failure_reply};
 use super::upstream_request::{strip_hop_by_hop, X_ENVOY_ATTEMPT_COUNT};
 use crate::config::cluster::UpstreamProtocol;
 use crate::config::hash_policy::{HashInput, RequestHash};
-use crate::config::hcm::ServerHeader;
+use crate::config::hcm::{HttpConnectionManager, ServerHeader};
 use crate::config::route::{
     ClusterTarget, Forward, Route, RouteConfig, VirtualHost, WeightedTarget,
 };
@@ -50,6 +50,8 @@ pub(super) struct Target<'a> {
     /// Whether the connection manager marked the request internal: the cluster counts its
     /// response under `internal.` or `external.`.
     pub origin: Origin,
+    /// The router's `suppress_envoy_headers` is off.
+    pub envoy_headers: bool,
 }
 
 /// The cluster a route sends this request to (for a weighted route, by `draw`, else a new
@@ -145,6 +147,7 @@ pub async fn forward(
         upgrade: on_upgrade.is_some(),
         info,
         origin: Origin::of(request.headers()),
+        envoy_headers: !ctx.hcm.suppress_envoy_headers,
     };
     // The tunnel of an upgrade ends on the stream's timers (forwarding takes the progress
     // from the request to count its body).
@@ -406,7 +409,7 @@ async fn send_to_cluster(
             // The route timeout ran out while waiting for the retry.
             cluster.stats.upstream_rq_timeout.inc();
             let mut outcome =
-                failure_reply(cluster, UpstreamError::Timeout, server, true, target.origin);
+                failure_reply(cluster, UpstreamError::Timeout, &ctx.hcm, true, target.origin);
             outcome.info.upstream_host = Some(host.authority.clone());
             attempt_count_in_response(&mut outcome, target, attempt);
             return outcome;
@@ -425,7 +428,7 @@ async fn send_to_cluster(
             }
             Err(e) => {
                 count_failure(cluster, &host.stats, &e);
-                let mut outcome = failure_reply(cluster, e, server, retried, target.origin);
+                let mut outcome = failure_reply(cluster, e, &ctx.hcm, retried, target.origin);
                 // Envoy names the host it tried even when it never answered.
                 outcome.info.upstream_host = Some(host.authority.clone());
                 outcome
@@ -476,7 +479,6 @@ pub(super) fn answered(
 ) -> Outcome {
     let (ctx, cluster, origin) = (a.ctx, a.cluster, a.target.origin);
     let set_cookie = a.set_cookie.take();
-    let server = &ctx.hcm.server_name;
     let elapsed = started.elapsed();
     let responses = &cluster.stats.responses;
     responses.timed(elapsed.as_secs_f64() * 1000.0, origin);
@@ -486,7 +488,7 @@ pub(super) fn answered(
         .extensions_mut()
         .remove::<crate::upstream::ConnectionFacts>()
         .unwrap_or_default();
-    let mut response = downstream_response(response, elapsed, server, ctx.hcm.server_header);
+    let mut response = downstream_response(response, elapsed, &ctx.hcm);
     if let Some((idle, counter)) = idle {
         response = response.map(|body| {
             super::attempt_idle::TimerBody::idle(body, idle, counter.clone()).boxed_unsync()
@@ -520,9 +522,9 @@ pub(super) fn answered(
 fn downstream_response(
     response: Response<UpstreamIncoming>,
     elapsed: Duration,
-    server: &HeaderValue,
-    transformation: ServerHeader,
+    hcm: &HttpConnectionManager,
 ) -> Response<ResponseBody> {
+    let server = &hcm.server_name;
     let (mut parts, body) = response.into_parts();
     let switching = parts.status == StatusCode::SWITCHING_PROTOCOLS;
     let upgrade = parts.headers.get(header::UPGRADE).cloned();
@@ -542,11 +544,13 @@ fn downstream_response(
             body.map_err(|e| Box::new(e) as BoxError).boxed_unsync(),
         );
     }
-    parts.headers.insert(
-        X_ENVOY_UPSTREAM_SERVICE_TIME.clone(),
-        HeaderValue::from(elapsed.as_millis() as u64),
-    );
-    match transformation {
+    if !hcm.suppress_envoy_headers {
+        parts.headers.insert(
+            X_ENVOY_UPSTREAM_SERVICE_TIME.clone(),
+            HeaderValue::from(elapsed.as_millis() as u64),
+        );
+    }
+    match hcm.server_header {
         ServerHeader::Overwrite => {
             parts.headers.insert(header::SERVER, server.clone());
         }

@@ -48,7 +48,6 @@ enum Event {
 
 pub(super) async fn hedged(mut a: Attempts<'_>, mut retry: RetryState<'_>) -> Outcome {
     let cluster = a.cluster;
-    let server = &a.ctx.hcm.server_name;
     let priority = a.target.forward.priority;
     let deadline = a.route_timeout.map(|t| Instant::now() + t);
     let per_try = retry.per_try_timeout;
@@ -105,7 +104,7 @@ pub(super) async fn hedged(mut a: Attempts<'_>, mut retry: RetryState<'_>) -> Ou
                 None => (UpstreamError::NoHealthyUpstream, None),
             };
             let mut outcome =
-                failure_reply(cluster, error, server, retry.retries > 0, a.target.origin);
+                failure_reply(cluster, error, &a.ctx.hcm, retry.retries > 0, a.target.origin);
             outcome.info.upstream_host = host.map(|h| h.authority.clone());
             outcome.info.response_flags = outcome.info.response_flags.with(exhausted);
             return finish(&a, outcome, attempt);
@@ -210,7 +209,7 @@ pub(super) async fn hedged(mut a: Attempts<'_>, mut retry: RetryState<'_>) -> Ou
             (Some(d), Err(e)) => {
                 count_failure(cluster, &done.host.stats, &e);
                 let mut outcome =
-                    failure_reply(cluster, e, server, retry.retries > 0, a.target.origin);
+                    failure_reply(cluster, e, &a.ctx.hcm, retry.retries > 0, a.target.origin);
                 outcome.info.upstream_host = Some(done.host.authority.clone());
                 outcome.info.response_flags = outcome
                     .info
@@ -278,7 +277,7 @@ fn route_timeout(
     let mut outcome = failure_reply(
         cluster,
         UpstreamError::Timeout,
-        &a.ctx.hcm.server_name,
+        &a.ctx.hcm,
         retried,
         a.target.origin,
     );

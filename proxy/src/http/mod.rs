@@ -5,6 +5,7 @@ mod access_log;
 mod attempt;
 mod attempt_idle;
 pub(crate) mod codec;
+mod codec_error;
 mod compressor;
 mod connection;
 mod fault;

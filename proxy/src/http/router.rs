@@ -591,7 +591,15 @@ async fn filter_and_act(
                 levels: [&route.per_filter, &vh.per_filter, &route_config.per_filter],
                 cluster,
             };
-            match fault::apply(&ctx.hcm.faults, stats, &levels, request.headers(), server).await {
+            let applied = fault::apply(
+                &ctx.hcm.faults,
+                stats,
+                &levels,
+                request.headers(),
+                server,
+                metadata,
+            );
+            match applied.await {
                 Ok(injected) => Some(injected),
                 Err(outcome) => {
                     // The abort is the fault filter's reply: the router, which adds the

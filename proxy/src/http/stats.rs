@@ -9,6 +9,8 @@ pub struct HcmStats {
     pub downstream_cx_active: Arc<Gauge>,
     pub downstream_cx_http1_total: Arc<Counter>,
     pub downstream_cx_http2_total: Arc<Counter>,
+    /// Connections closed for a request the codec could not parse.
+    pub downstream_cx_protocol_error: Arc<Counter>,
     pub downstream_rq_total: Arc<Counter>,
     pub downstream_rq_active: Arc<Gauge>,
     pub downstream_rq_http1_total: Arc<Counter>,
@@ -36,6 +38,7 @@ impl HcmStats {
             downstream_cx_active: g("downstream_cx_active"),
             downstream_cx_http1_total: c("downstream_cx_http1_total"),
             downstream_cx_http2_total: c("downstream_cx_http2_total"),
+            downstream_cx_protocol_error: c("downstream_cx_protocol_error"),
             downstream_rq_total: c("downstream_rq_total"),
             downstream_rq_active: g("downstream_rq_active"),
             downstream_rq_http1_total: c("downstream_rq_http1_total"),

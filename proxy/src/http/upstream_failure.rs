@@ -50,10 +50,11 @@ pub fn count_failure(cluster: &ClusterRuntime, host: &HostStats, error: &Upstrea
 pub fn failure_reply(
     cluster: &ClusterRuntime,
     error: UpstreamError,
-    server: &HeaderValue,
+    hcm: &crate::config::hcm::HttpConnectionManager,
     retried: bool,
     origin: Origin,
 ) -> Outcome {
+    let server = &hcm.server_name;
     let mut transport_failure = None;
     let mut details = None;
     let reset = |reason: &str| {
@@ -145,7 +146,7 @@ pub fn failure_reply(
         cluster.stats.responses.completed(status, origin);
     }
     let mut response = local_reply(status, body, server);
-    if flag == ResponseFlag::UpstreamOverflow {
+    if flag == ResponseFlag::UpstreamOverflow && !hcm.suppress_envoy_headers {
         response
             .headers_mut()
             .insert(X_ENVOY_OVERLOADED.clone(), HeaderValue::from_static("true"));

@@ -84,12 +84,15 @@ pub fn upstream_request(
         .map(|p| p.as_str())
         .unwrap_or("/");
     let rewritten = rewrite_path(path_and_query, t.route, t.forward);
-    // Envoy tells the upstream what a rewrite replaced.
-    let original_path = (t.forward.prefix_rewrite.is_some() || t.forward.regex_rewrite.is_some())
-        .then(|| HeaderValue::from_str(path_and_query).ok())
-        .flatten();
+    // Envoy tells the upstream what a rewrite replaced (unless the router suppresses its
+    // headers).
+    let original_path = (t.envoy_headers
+        && (t.forward.prefix_rewrite.is_some() || t.forward.regex_rewrite.is_some()))
+    .then(|| HeaderValue::from_str(path_and_query).ok())
+    .flatten();
     // Only a route-level host rewrite is reported (not a weighted cluster's own).
-    let original_host = (!matches!(t.forward.host_rewrite, HostRewrite::None)
+    let original_host = (t.envoy_headers
+        && !matches!(t.forward.host_rewrite, HostRewrite::None)
         && authority != original_authority_text)
         .then(|| HeaderValue::from_str(&original_authority_text).ok())
         .flatten();
@@ -138,7 +141,7 @@ pub fn upstream_request(
     if let Some(host) = original_host {
         parts.headers.insert(X_ENVOY_ORIGINAL_HOST.clone(), host);
     }
-    if let Some(timeout) = expected_timeout {
+    if let Some(timeout) = expected_timeout.filter(|_| t.envoy_headers) {
         parts.headers.insert(
             X_ENVOY_EXPECTED_RQ_TIMEOUT_MS.clone(),
             HeaderValue::from(timeout.as_millis() as u64),

@@ -105,11 +105,12 @@ fn replace_number(text: &str, digits: &str, with: &str) -> String {
 pub enum Config {
     /// The standard bootstrap with these extra HTTP connection manager fields (YAML, any
     /// indentation), this `route_config` (YAML, the message's fields) and these HTTP filters
-    /// before the router (YAML list items).
+    /// before the router (YAML list items), and these fields of the router's own config.
     Http {
         hcm: String,
         route_config: String,
         filters: String,
+        router: String,
     },
     /// A whole bootstrap template of the scenario's own (`{{admin_port}}`, `{{listener_port}}`,
     /// `{{tcp_port}}`, `{{upstream_a}}`, `{{upstream_b}}`, `{{dead_port}}`, `{{grpc_port}}`).
@@ -154,6 +155,7 @@ impl Scenario {
                 hcm: String::new(),
                 route_config: route_config.to_string(),
                 filters: String::new(),
+                router: String::new(),
             },
             upstream: Behaviour::Reply(Reply::text("from a\n")),
             steps: Vec::new(),
@@ -173,6 +175,15 @@ impl Scenario {
     pub fn filters(mut self, items: &str) -> Scenario {
         if let Config::Http { filters, .. } = &mut self.config {
             filters.push_str(&dedent(items));
+        }
+        self
+    }
+
+    /// Fields of the router filter's config (`envoy.extensions.filters.http.router.v3.Router`).
+    pub fn router(mut self, fields: &str) -> Scenario {
+        if let Config::Http { router, .. } = &mut self.config {
+            router.push_str(&dedent(fields));
+            router.push('\n');
         }
         self
     }
@@ -241,6 +252,7 @@ static_resources:
           - name: envoy.filters.http.router
             typed_config:
               "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
+%ROUTER%
   clusters:
 %CLUSTERS%
 "#;
@@ -319,8 +331,10 @@ fn template(config: &Config) -> String {
             hcm,
             route_config,
             filters,
+            router,
         } => BOOTSTRAP
             .replace("%HCM%", &indent(hcm, 10))
+            .replace("%ROUTER%", &indent(router, 14))
             .replace("%FILTERS%", &indent(filters, 10))
             .replace("%ROUTE_CONFIG%", &indent(&dedent(route_config), 12))
             .replace("%CLUSTERS%", &indent(&dedent(CLUSTERS), 2)),
