@@ -246,11 +246,27 @@ fn client_hello() -> Vec<u8> {
     record
 }
 
+/// The bootstrap with `filter_disabled` on the HTTP inspector.
+/// https://www.envoyproxy.io/docs/envoy/latest/api-v3/config/listener/v3/listener_components.proto#envoy-v3-api-field-config-listener-v3-listenerfilter-filter-disabled
+fn with_http_inspector_disabled(predicate: &str) -> String {
+    let inspector = "\"@type\": type.googleapis.com/envoy.extensions.filters.listener.http_inspector.v3.HttpInspector\n";
+    assert!(BOOTSTRAP.contains(inspector));
+    BOOTSTRAP.replacen(
+        inspector,
+        &format!("{inspector}      filter_disabled: {predicate}\n"),
+        1,
+    )
+}
+
 fn scenario(name: &'static str, step: fn(&Side) -> String) -> Scenario {
+    scenario_on(name, BOOTSTRAP.to_string(), step)
+}
+
+fn scenario_on(name: &'static str, bootstrap: String, step: fn(&Side) -> String) -> Scenario {
     Scenario {
         name,
         doc: DOC,
-        config: Config::Full(BOOTSTRAP.to_string()),
+        config: Config::Full(bootstrap),
         upstream: Behaviour::TcpEcho,
         steps: Vec::new(),
     }
@@ -273,6 +289,23 @@ fn http_inspector_sorts_connections_as_envoy_does() {
         scenario(
             "http_inspector_timeout_continues",
             silent_client_until_the_timeout,
+        ),
+        // Istio disables its inspectors on the ports it knows: a disabled inspector leaves an
+        // HTTP/1.1 connection without ALPN, so it lands on the TCP chain.
+        scenario_on(
+            "http_inspector_disabled_by_port",
+            with_http_inspector_disabled(
+                "{ or_match: { rules: [ { destination_port_range: { start: 1, end: 2 } }, { destination_port_range: { start: 1024, end: 65535 } } ] } }",
+            ),
+            http11_with_curl,
+        ),
+        // A predicate that does not match leaves the inspector on.
+        scenario_on(
+            "http_inspector_not_disabled",
+            with_http_inspector_disabled(
+                "{ and_match: { rules: [ { any_match: true }, { not_match: { any_match: true } } ] } }",
+            ),
+            http11_with_curl,
         ),
     ];
     check(

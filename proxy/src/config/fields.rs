@@ -145,7 +145,9 @@ static POLICIES: &[(&str, Policy)] = policies! {
              ("dns_resolver_options", SYSTEM_RESOLVER), ("filter_unroutable_families", SYSTEM_RESOLVER)];
     "envoy.extensions.network.dns_resolver.getaddrinfo.v3.GetAddrInfoDnsResolverConfig" => []
         ack [("num_retries", SYSTEM_RESOLVER), ("num_resolver_threads", SYSTEM_RESOLVER)];
-    "envoy.config.listener.v3.ListenerFilter" => ["name", "typed_config"];
+    "envoy.config.listener.v3.ListenerFilter" => ["name", "typed_config", "filter_disabled"];
+    "envoy.config.listener.v3.ListenerFilterChainMatchPredicate" => ["or_match", "and_match", "not_match", "any_match", "destination_port_range"];
+    "envoy.config.listener.v3.ListenerFilterChainMatchPredicate.MatchSet" => ["rules"];
     "envoy.config.core.v3.TransportSocket" => ["name", "typed_config"];
     "envoy.config.core.v3.TypedExtensionConfig" => ["name", "typed_config"];
     "envoy.config.cluster.v3.Cluster" => ["name", "alt_stat_name", "type", "connect_timeout",

@@ -8,6 +8,7 @@ use super::error::{FieldPath, Result};
 use super::extension;
 use super::fields::{check, Acknowledged};
 use super::hcm::{translate_hcm, HttpConnectionManager};
+use super::listener_filter_predicate::{self as predicate, Predicate};
 use super::resolver::Resolver;
 use super::tcp_proxy::{translate_tcp_proxy, TcpProxy};
 use super::tls::{translate_downstream, DownstreamTls};
@@ -38,7 +39,8 @@ pub struct Listener {
     pub continue_on_listener_filters_timeout: bool,
     /// The inspecting listener filters, in their configured order: what they learn (SNI, ALPN,
     /// `tls`/`raw_buffer`) is what filter chains match on.
-    pub inspectors: Vec<Inspector>,
+    /// The inspecting listener filters in order, each with its `filter_disabled` predicate.
+    pub inspectors: Vec<(Inspector, Option<Predicate>)>,
     pub stat_prefix: String,
     /// `traffic_direction: INBOUND`; `/drain_listeners?inboundonly` drains only these.
     pub inbound: bool,
@@ -172,10 +174,24 @@ pub fn translate_listener(
     }
     let (mut original_dst, mut inspectors, mut original_src) = (false, Vec::new(), None);
     for (i, f) in l.listener_filters.iter().enumerate() {
-        match translate_listener_filter(f, &path.field("listener_filters").index(i), acks)? {
-            ListenerFilter::OriginalDst => original_dst = true,
-            ListenerFilter::Inspector(inspector) => inspectors.push(inspector),
-            ListenerFilter::OriginalSrc(mark) => original_src = Some(mark),
+        let at = path.field("listener_filters").index(i);
+        let filter = translate_listener_filter(f, &at, acks)?;
+        let disabled = f
+            .filter_disabled
+            .as_ref()
+            .map(|p| predicate::translate(p, &at.field("filter_disabled")))
+            .transpose()?;
+        match (filter, disabled) {
+            (ListenerFilter::Inspector(inspector), disabled) => {
+                inspectors.push((inspector, disabled))
+            }
+            (_, Some(_)) => {
+                return Err(at.field("filter_disabled").error(
+                    "only the TLS and HTTP inspectors can be disabled per connection in Outrigger",
+                ));
+            }
+            (ListenerFilter::OriginalDst, None) => original_dst = true,
+            (ListenerFilter::OriginalSrc(mark), None) => original_src = Some(mark),
         }
     }
     let mut filter_chains: Vec<FilterChain> = Vec::with_capacity(l.filter_chains.len());

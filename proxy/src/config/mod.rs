@@ -25,6 +25,7 @@ pub mod istio_node;
 pub mod istio_tcp;
 pub mod jwt_authn;
 pub mod listener;
+pub mod listener_filter_predicate;
 pub mod load_balancing;
 pub mod matcher;
 pub mod outlier;

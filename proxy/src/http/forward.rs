@@ -408,8 +408,13 @@ async fn send_to_cluster(
             }
             // The route timeout ran out while waiting for the retry.
             cluster.stats.upstream_rq_timeout.inc();
-            let mut outcome =
-                failure_reply(cluster, UpstreamError::Timeout, &ctx.hcm, true, target.origin);
+            let mut outcome = failure_reply(
+                cluster,
+                UpstreamError::Timeout,
+                &ctx.hcm,
+                true,
+                target.origin,
+            );
             outcome.info.upstream_host = Some(host.authority.clone());
             attempt_count_in_response(&mut outcome, target, attempt);
             return outcome;

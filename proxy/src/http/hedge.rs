@@ -103,8 +103,13 @@ pub(super) async fn hedged(mut a: Attempts<'_>, mut retry: RetryState<'_>) -> Ou
                 Some((e, h)) => (e, Some(h)),
                 None => (UpstreamError::NoHealthyUpstream, None),
             };
-            let mut outcome =
-                failure_reply(cluster, error, &a.ctx.hcm, retry.retries > 0, a.target.origin);
+            let mut outcome = failure_reply(
+                cluster,
+                error,
+                &a.ctx.hcm,
+                retry.retries > 0,
+                a.target.origin,
+            );
             outcome.info.upstream_host = host.map(|h| h.authority.clone());
             outcome.info.response_flags = outcome.info.response_flags.with(exhausted);
             return finish(&a, outcome, attempt);

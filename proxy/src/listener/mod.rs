@@ -19,6 +19,7 @@ pub use runtime::{
 
 use crate::config::address::Endpoint;
 use crate::config::listener::{Inspector, Listener};
+use crate::config::listener_filter_predicate::Predicate;
 use crate::http::{serve_connection, Downstream};
 use crate::tls::inspector::Detected;
 use arc_swap::ArcSwap;
@@ -191,7 +192,7 @@ async fn serve(
     drain_window: std::time::Duration,
 ) {
     let config = &target.config;
-    let Some(detected) = listener_filters(target, &stream).await else {
+    let Some(detected) = listener_filters(target, &stream, downstream.local).await else {
         tracing::debug!(target: "conn_handler", "listener {}: the client closed or the listener filters timed out; closing", config.name);
         return;
     };
@@ -253,14 +254,19 @@ async fn serve(
 /// when the client closes first, or when they time out and the listener says to close
 /// (`continue_on_listener_filters_timeout: false`). A timeout that continues matches with
 /// what the filters found so far.
-async fn listener_filters(target: &ListenerRuntime, stream: &DownstreamStream) -> Option<Detected> {
+async fn listener_filters(
+    target: &ListenerRuntime,
+    stream: &DownstreamStream,
+    local: Option<SocketAddr>,
+) -> Option<Detected> {
     let config = &target.config;
     let mut detected = Detected::raw();
     let tcp = match stream {
         DownstreamStream::Tcp(tcp) if !config.inspectors.is_empty() => tcp,
         _ => return Some(detected),
     };
-    let inspect = inspect(&config.inspectors, target, tcp, &mut detected);
+    let port = local.map(|a| a.port());
+    let inspect = inspect(&config.inspectors, port, target, tcp, &mut detected);
     let finished = match config.listener_filters_timeout {
         None => inspect.await,
         Some(limit) => match tokio::time::timeout(limit, inspect).await {
@@ -275,12 +281,17 @@ async fn listener_filters(target: &ListenerRuntime, stream: &DownstreamStream) -
 /// Runs the inspecting filters in turn, recording what each finds in `detected`; false when
 /// the client closed before they could decide.
 async fn inspect(
-    inspectors: &[Inspector],
+    inspectors: &[(Inspector, Option<Predicate>)],
+    port: Option<u16>,
     target: &ListenerRuntime,
     tcp: &tokio::net::TcpStream,
     detected: &mut Detected,
 ) -> bool {
-    for inspector in inspectors {
+    for (inspector, disabled) in inspectors {
+        // `filter_disabled`: skipped for connections its predicate matches.
+        if disabled.as_ref().is_some_and(|d| d.matches(port)) {
+            continue;
+        }
         match inspector {
             Inspector::Tls => match crate::tls::inspector::inspect(tcp).await {
                 // Envoy's TLS inspector reports only what it finds: a plaintext connection keeps

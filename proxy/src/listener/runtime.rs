@@ -179,7 +179,8 @@ impl ListenerRuntime {
             access_logs: AccessLogs::new(&config.access_logs, files),
             http_inspector: config
                 .inspectors
-                .contains(&Inspector::Http)
+                .iter()
+                .any(|(kind, _)| *kind == Inspector::Http)
                 .then(|| super::http_inspector::HttpInspectorStats::new(store)),
             drains,
             config,
