@@ -92,16 +92,19 @@ impl Pending {
     pub fn log_tunnel(mut self: Box<Self>, end: TunnelEnd) {
         self.info.bytes_received += end.received;
         self.info.bytes_sent += end.sent;
-        let (flag, details) = match end.closed_by {
-            Some(ClosedBy::Downstream) => ("DC", "downstream_remote_disconnect"),
-            Some(ClosedBy::Upstream) => (
+        let closed = match end.closed_by {
+            Some(ClosedBy::Downstream) => Some(("DC", "downstream_remote_disconnect")),
+            Some(ClosedBy::Upstream) => Some((
                 "UC",
                 "upstream_reset_after_response_started{connection_termination}",
-            ),
-            None => ("", ""),
+            )),
+            // A timer ended it: `log` names the timer.
+            None => None,
         };
-        if let Some(flag) = ResponseFlags::named(flag) {
-            self.info.response_flags = self.info.response_flags.with(flag);
+        if let Some((flag, details)) = closed {
+            if let Some(flag) = ResponseFlags::named(flag) {
+                self.info.response_flags = self.info.response_flags.with(flag);
+            }
             self.info.response_code_details = Some(details.into());
         }
         self.log();
