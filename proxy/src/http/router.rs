@@ -102,7 +102,11 @@ impl LoggedRequest {
             ),
             method: request.method().clone(),
             path: request.uri().path_and_query().cloned(),
-            authority: authority(request).and_then(|a| http::HeaderValue::from_str(a).ok()),
+            // HTTP/1.1's authority is its Host header: shared, not copied.
+            authority: match request.uri().authority() {
+                Some(a) => http::HeaderValue::from_str(a.as_str()).ok(),
+                None => request.headers().get(header::HOST).cloned(),
+            },
         }
     }
 
