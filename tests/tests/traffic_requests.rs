@@ -53,6 +53,16 @@ fn scenarios() -> Vec<Scenario> {
         Scenario::http("malformed_missing_host", HCM, &one_vhost(TO_BACKEND))
             .raw("GET / HTTP/1.1\r\n\r\n")
             .raw("GET / HTTP/1.0\r\n\r\n"),
+        // https://www.envoyproxy.io/docs/envoy/latest/api-v3/config/core/v3/protocol.proto#envoy-v3-api-field-config-core-v3-http1protocoloptions-accept-http-10
+        Scenario::http("http_10_accepted_with_a_default_host", HCM, &one_vhost(TO_BACKEND))
+            .hcm("http_protocol_options: { accept_http_10: true, default_host_for_http_10: default.example }")
+            .raw("GET /a HTTP/1.0\r\n\r\n")
+            .raw("GET /b HTTP/1.0\r\nHost: x\r\n\r\n")
+            .raw("GET /c HTTP/1.0\r\nConnection: keep-alive\r\nHost: x\r\n\r\n"),
+        Scenario::http("http_10_accepted_without_a_default_host", HCM, &one_vhost(TO_BACKEND))
+            .hcm("http_protocol_options: { accept_http_10: true }")
+            .raw("GET /a HTTP/1.0\r\n\r\n")
+            .raw("GET /b HTTP/1.0\r\nHost: x\r\n\r\n"),
         Scenario::http("malformed_garbage", HCM, &one_vhost(TO_BACKEND))
             .raw("this is not http\r\n\r\n")
             .raw("G@T / HTTP/1.1\r\nHost: x\r\n\r\n")

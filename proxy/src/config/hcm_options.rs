@@ -30,6 +30,16 @@ pub struct Limits {
     pub max_connection_duration: Option<Duration>,
     /// The stream timeouts, before a route overrides them.
     pub stream: StreamTimeouts,
+    /// `http_protocol_options.accept_http_10`: HTTP/1.0 requests are served (else 426), with
+    /// `default_host_for_http_10` as the Host of those that name none.
+    /// https://www.envoyproxy.io/docs/envoy/latest/api-v3/config/core/v3/protocol.proto#envoy-v3-api-field-config-core-v3-http1protocoloptions-accept-http-10
+    pub http_10: Option<Http10>,
+}
+
+/// How HTTP/1.0 requests are accepted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Http10 {
+    pub default_host: Option<http::HeaderValue>,
 }
 
 /// A stream's own timers (a route may override the idle timeout and the duration):
@@ -104,7 +114,22 @@ pub fn limits(hcm: &ProtoHcm, path: &FieldPath) -> Result<Limits> {
         Some(d) => optional_duration(Some(d), &c_path.field("idle_timeout"))?,
         None => Some(Duration::from_secs(3600)),
     };
+    let http1 = hcm.http_protocol_options.clone().unwrap_or_default();
+    let http_10 = match http1.accept_http_10 {
+        false => None,
+        true if http1.default_host_for_http_10.is_empty() => Some(Http10 { default_host: None }),
+        true => Some(Http10 {
+            default_host: Some(
+                http::HeaderValue::from_str(&http1.default_host_for_http_10).map_err(|_| {
+                    path.field("http_protocol_options")
+                        .field("default_host_for_http_10")
+                        .error("is not a valid host")
+                })?,
+            ),
+        }),
+    };
     Ok(Limits {
+        http_10,
         max_request_headers_bytes: kb as usize * 1024,
         max_headers_count: count as usize,
         headers_with_underscores: underscore_action(&common, &c_path)?,

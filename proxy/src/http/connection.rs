@@ -293,6 +293,16 @@ fn finish(ctx: &HttpContext) {
     ctx.stats.downstream_cx_active.dec();
 }
 
+/// Whether an HTTP/1.0 request's `Connection` header asks for keep-alive.
+fn asks_keep_alive(headers: &http::HeaderMap) -> bool {
+    headers
+        .get_all(http::header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case("keep-alive"))
+}
+
 async fn handle(
     ctx: &Arc<HttpContext>,
     downstream: super::Downstream,
@@ -306,6 +316,9 @@ async fn handle(
     });
     let start = std::time::SystemTime::now();
     let protocol = request.version();
+    // Envoy answers an HTTP/1.0 request (`accept_http_10`) that did not ask to be kept alive
+    // with `connection: close`.
+    let close_http_10 = protocol == http::Version::HTTP_10 && !asks_keep_alive(request.headers());
     // Every stream has its timers (Envoy's stream idle timeout is on by default) and counts
     // its request body for the access log.
     let progress = Arc::new(StreamProgress::new(started, &ctx.hcm.limits.stream));
@@ -348,6 +361,12 @@ async fn handle(
         }
         _ => route_request(ctx, &downstream, request).await,
     };
+    if close_http_10 {
+        outcome.response.headers_mut().insert(
+            http::header::CONNECTION,
+            http::HeaderValue::from_static("close"),
+        );
+    }
     if let (Some(runtime), Some(r)) = (&ctx.istio, istio.as_mut()) {
         runtime.on_response(
             r,

@@ -145,15 +145,24 @@ pub fn check<B>(hcm: &HttpConnectionManager, request: &mut Request<B>) -> Result
             });
         }
     }
-    // Envoy refuses HTTP/1.0 unless `accept_http_10` is set (not supported here).
+    // Envoy refuses HTTP/1.0 unless `accept_http_10` is set; then a request without a Host
+    // takes `default_host_for_http_10`, if any.
     if request.version() == http::Version::HTTP_10 {
-        return Err(Refusal::Local {
-            status: StatusCode::UPGRADE_REQUIRED,
-            body: "Upgrade Required",
-            close: true,
-            details: "low_version",
-            protocol_error: true,
-        });
+        let Some(http_10) = &hcm.limits.http_10 else {
+            return Err(Refusal::Local {
+                status: StatusCode::UPGRADE_REQUIRED,
+                body: "Upgrade Required",
+                close: true,
+                details: "low_version",
+                protocol_error: true,
+            });
+        };
+        if let Some(host) = &http_10.default_host {
+            if !request.headers().contains_key(header::HOST) && request.uri().authority().is_none()
+            {
+                request.headers_mut().insert(header::HOST, host.clone());
+            }
+        }
     }
     if request.version() < http::Version::HTTP_2 && !is_http1_method(request.method()) {
         return Err(Refusal::Local {
