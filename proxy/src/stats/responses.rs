@@ -19,7 +19,7 @@ impl Origin {
     /// (it alone sets `x-envoy-internal`). Async-client requests (tracers, JWKS fetches,
     /// mirrors) are internal: Envoy marks them so.
     pub fn of(headers: &http::HeaderMap) -> Self {
-        match headers.get("x-envoy-internal") {
+        match headers.get(&crate::http::forwarding::X_ENVOY_INTERNAL) {
             Some(v) if v.as_bytes() == b"true" => Origin::Internal,
             _ => Origin::External,
         }
