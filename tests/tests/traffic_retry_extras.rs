@@ -9,7 +9,7 @@
 //! and https://www.envoyproxy.io/docs/envoy/latest/configuration/http/http_filters/router_filter
 
 use std::time::{Duration, Instant};
-use tests::differential::{check, one_vhost, Known, Scenario, Side};
+use tests::differential::{access_log_path, check, one_vhost, Known, Scenario, Side};
 use tests::scripted::{Behaviour, Failure};
 use tests::upstream::Reply;
 
@@ -20,12 +20,15 @@ const GRPC: &str = "https://www.envoyproxy.io/docs/envoy/latest/api-v3/config/ro
 
 const KNOWN: &[Known] = &[];
 
-/// Access log lines go to a file named after the side's admin port.
+/// The access log files' name.
+const LOG: &str = "retry-extras";
+
+/// Access log lines go to a file of each side's own ([`access_log_path`]).
 const ACCESS_LOG: &str = r#"access_log:
 - name: envoy.access_loggers.file
   typed_config:
     "@type": type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog
-    path: /tmp/outrigger-retry-extras-{{admin_port}}.log
+    path: {{log_path}}
     log_format: { text_format: "%REQ(:PATH)% %RESPONSE_CODE% %RESPONSE_FLAGS% %RESPONSE_CODE_DETAILS%\n" }"#;
 
 /// The upstream is slow for this long where a scenario wants it slow: well past the per-try
@@ -65,10 +68,7 @@ fn stats_and_log(side: &Side) -> String {
             .unwrap_or("absent");
         out.push_str(&format!("  {name}: {value}\n"));
     }
-    let path = format!(
-        "/tmp/outrigger-retry-extras-{}.log",
-        side.ports.get("admin_port")
-    );
+    let path = access_log_path(LOG, side.ports.get("admin_port"));
     let log = std::fs::read_to_string(&path).unwrap_or_default();
     let _ = std::fs::remove_file(&path);
     for l in log.lines() {
@@ -101,7 +101,8 @@ fn route(fields: &str) -> String {
 }
 
 fn scenario(name: &'static str, doc: &'static str, fields: &str) -> Scenario {
-    Scenario::http(name, doc, &route(fields)).hcm(ACCESS_LOG)
+    let access_log = ACCESS_LOG.replace("{{log_path}}", &access_log_path(LOG, "{{admin_port}}"));
+    Scenario::http(name, doc, &route(fields)).hcm(&access_log)
 }
 
 fn reply(status: u16, headers: &[(&str, &str)]) -> Reply {

@@ -6,7 +6,7 @@
 //! Envoy: https://www.envoyproxy.io/docs/envoy/latest/faq/configuration/timeouts#stream-timeouts
 
 use std::time::Duration;
-use tests::differential::{check, one_vhost, Known, Scenario, Side};
+use tests::differential::{access_log_path, check, one_vhost, Known, Scenario, Side};
 use tests::scripted::Behaviour;
 
 const HCM: &str = "https://www.envoyproxy.io/docs/envoy/latest/api-v3/extensions/filters/network/http_connection_manager/v3/http_connection_manager.proto#envoy-v3-api-field-extensions-filters-network-http-connection-manager-v3-httpconnectionmanager-stream-idle-timeout";
@@ -16,16 +16,22 @@ const ROUTE: &str = "https://www.envoyproxy.io/docs/envoy/latest/api-v3/config/r
 
 const KNOWN: &[Known] = &[];
 
-/// Access log lines go to a file named after the side's admin port (each side has its own).
+/// The access log files' name.
+const LOG: &str = "stream-timeouts";
+
+/// Access log lines go to a file of each side's own ([`access_log_path`]).
 const ACCESS_LOG: &str = r#"access_log:
 - name: envoy.access_loggers.file
   typed_config:
     "@type": type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog
-    path: /tmp/outrigger-stream-timeouts-{{admin_port}}.log
+    path: {{log_path}}
     log_format: { text_format: "%REQ(:PATH)% %RESPONSE_CODE% %RESPONSE_FLAGS% %RESPONSE_CODE_DETAILS%\n" }"#;
 
 fn hcm(fields: &str) -> String {
-    format!("{fields}\n{ACCESS_LOG}")
+    format!(
+        "{fields}\n{}",
+        ACCESS_LOG.replace("{{log_path}}", &access_log_path(LOG, "{{admin_port}}"))
+    )
 }
 
 /// As [`hcm`], with the bytes in the log line too (an upgraded stream counts its tunnel's).
@@ -60,10 +66,7 @@ fn timer_stats_and_log(side: &Side) -> String {
         })
         .map(|l| format!("  {l}\n"))
         .collect();
-    let path = format!(
-        "/tmp/outrigger-stream-timeouts-{}.log",
-        side.ports.get("admin_port")
-    );
+    let path = access_log_path(LOG, side.ports.get("admin_port"));
     let log = std::fs::read_to_string(&path).unwrap_or_default();
     let _ = std::fs::remove_file(&path);
     let mut lines: Vec<&str> = log.lines().collect();

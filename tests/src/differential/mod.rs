@@ -534,6 +534,17 @@ fn raw_step(side: &Side, bytes: &[u8]) -> String {
     )
 }
 
+/// A scratch access log file for one side of a scenario: named after the test, this test
+/// process and the side's admin port, so each side has its own and a file left behind by an
+/// earlier run (one killed before it removed its files) is never read as this run's lines.
+/// In a bootstrap template, pass `"{{admin_port}}"` as the port; a step passes the side's.
+pub fn access_log_path(test: &str, admin_port: impl std::fmt::Display) -> String {
+    format!(
+        "/tmp/outrigger-{test}-{}-{admin_port}.log",
+        std::process::id()
+    )
+}
+
 /// Writes `bytes` to a fresh connection and reads until the peer closes or `wait` passes.
 /// Returns what was read and whether the peer closed.
 pub fn raw_exchange(addr: SocketAddr, bytes: &[u8], wait: Duration) -> (Vec<u8>, bool) {
