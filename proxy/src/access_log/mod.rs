@@ -89,14 +89,3 @@ fn dedup(names: &mut Vec<HeaderName>) {
     names.sort_by(|a, b| a.as_str().cmp(b.as_str()));
     names.dedup();
 }
-
-/// A copy of the headers in `names` only (cheap: values are reference counted).
-pub fn keep_headers(from: &http::HeaderMap, names: &[HeaderName]) -> http::HeaderMap {
-    let mut kept = http::HeaderMap::with_capacity(names.len());
-    for name in names {
-        for value in from.get_all(name) {
-            kept.append(name.clone(), value.clone());
-        }
-    }
-    kept
-}

@@ -12,7 +12,8 @@ use super::fields::{check, Acknowledged};
 use super::matcher::{header_matcher, HeaderMatcher};
 use super::resolver::Resolver;
 use crate::format::json::{JsonFormat, JsonNode};
-use crate::format::{Context, ResponseFlags, StreamInfo, Template};
+use crate::format::{Context, HeaderSource, ResponseFlags, StreamInfo, Template};
+use crate::http::forwarding::X_REQUEST_ID;
 use std::path::PathBuf;
 use std::sync::Arc;
 use xds_proto::pb::envoy::config::accesslog::v3::{
@@ -121,7 +122,7 @@ impl Comparison {
 }
 
 impl Filter {
-    pub fn allows(&self, stream: &StreamInfo, request_headers: Option<&http::HeaderMap>) -> bool {
+    pub fn allows(&self, stream: &StreamInfo, request_headers: Option<HeaderSource<'_>>) -> bool {
         match self {
             Filter::StatusCode(c) => c.holds(u64::from(stream.response_code)),
             Filter::Duration(c) => c.holds(
@@ -140,7 +141,7 @@ impl Filter {
                 // Envoy samples on the request id when there is one, so every proxy on the
                 // path makes the same choice: its first 8 hex digits, modulo the denominator.
                 let by_id = (!independent)
-                    .then(|| request_headers?.get("x-request-id")?.to_str().ok())
+                    .then(|| request_headers?.get(&X_REQUEST_ID)?.to_str().ok())
                     .flatten()
                     .and_then(|id| u64::from_str_radix(id.get(..8)?, 16).ok());
                 let draw = by_id.unwrap_or_else(crate::random::next_u64) % 1_000_000;
@@ -148,7 +149,7 @@ impl Filter {
             }
             Filter::And(all) => all.iter().all(|f| f.allows(stream, request_headers)),
             Filter::Or(any) => any.iter().any(|f| f.allows(stream, request_headers)),
-            Filter::Header(m) => m.matches(request_headers.unwrap_or(&http::HeaderMap::new())),
+            Filter::Header(m) => m.matches_source(request_headers),
         }
     }
 
@@ -162,7 +163,7 @@ impl Filter {
             }
             Filter::Runtime {
                 independent: false, ..
-            } => into.push(http::HeaderName::from_static("x-request-id")),
+            } => into.push(X_REQUEST_ID.clone()),
             Filter::And(all) | Filter::Or(all) => all.iter().for_each(|f| f.header_names(into)),
             _ => {}
         }

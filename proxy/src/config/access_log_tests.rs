@@ -5,7 +5,7 @@ use super::access_log::{Filter, LogFormat, Sink};
 use super::translate_bootstrap;
 use crate::bootstrap::{load, Sources};
 use crate::config::listener::NetworkFilter;
-use crate::format::{ResponseFlags, StreamInfo};
+use crate::format::{HeaderSource, KeptHeaders, ResponseFlags, StreamInfo};
 use std::time::Duration;
 
 fn translate(yaml: &str) -> Result<super::Config, String> {
@@ -135,7 +135,11 @@ fn filters_decide_like_envoy() {
     assert!(f.allows(&info(503, "UF"), None));
     assert!(!f.allows(&info(404, "NR"), None));
     assert!(!f.allows(&info(503, ""), None));
-    assert!(f.allows(&info(503, ""), Some(&debug)));
+    // The filter reads the headers the stream kept for it.
+    let mut wanted = Vec::new();
+    f.header_names(&mut wanted);
+    let kept = KeptHeaders::keep(&debug, &wanted);
+    assert!(f.allows(&info(503, ""), Some(HeaderSource::Kept(&kept))));
     let slow = StreamInfo {
         duration: Some(Duration::from_secs(2)),
         ..info(503, "UF")
@@ -151,7 +155,10 @@ fn filters_decide_like_envoy() {
         "x-request-id",
         http::HeaderValue::from_static("00000000-0000-4000-8000-000000000000"),
     );
-    assert!((0..10).all(|_| sampled.allows(&info(200, ""), Some(&id))));
+    let mut wanted = Vec::new();
+    sampled.header_names(&mut wanted);
+    let kept = KeptHeaders::keep(&id, &wanted);
+    assert!((0..10).all(|_| sampled.allows(&info(200, ""), Some(HeaderSource::Kept(&kept)))));
 }
 
 #[test]

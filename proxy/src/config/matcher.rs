@@ -239,6 +239,17 @@ impl HeaderMatcher {
         self.matches_request(&RequestHead::headers_only(headers))
     }
 
+    /// Against the request headers an access log filter reads; None (a TCP connection's log)
+    /// has no headers at all.
+    pub fn matches_source(&self, headers: Option<crate::format::HeaderSource<'_>>) -> bool {
+        match (&self.key, headers) {
+            (HeaderKey::Name(name), Some(headers)) => headers.with_values(name, |values| {
+                self.matches_values(values.map(|v| std::str::from_utf8(v.as_bytes()).unwrap_or("")))
+            }),
+            _ => self.matches_values(std::iter::empty()),
+        }
+    }
+
     pub fn matches_request(&self, head: &RequestHead<'_>) -> bool {
         match &self.key {
             HeaderKey::Name(name) => self.matches_values(

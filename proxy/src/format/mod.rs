@@ -6,10 +6,12 @@
 //! Envoy: https://www.envoyproxy.io/docs/envoy/latest/configuration/observability/access_log/usage#command-operators
 
 mod flags;
+mod headers;
 pub mod json;
 mod time;
 
 pub use flags::{ResponseFlags, NAMES as RESPONSE_FLAG_NAMES};
+pub use headers::{HeaderSource, KeptHeaders};
 
 use http::{HeaderMap, HeaderName, HeaderValue};
 use std::borrow::Cow;
@@ -28,7 +30,7 @@ pub struct Context<'a> {
     pub start: SystemTime,
     /// None on a TCP proxy connection.
     pub protocol: Option<http::Version>,
-    pub request_headers: Option<&'a HeaderMap>,
+    pub request_headers: Option<HeaderSource<'a>>,
     /// What a finished stream knows, for access logs; None while headers are being mutated.
     pub stream: Option<&'a StreamInfo>,
     /// The downstream connection's TLS, when it has it.
@@ -70,8 +72,8 @@ pub struct StreamInfo {
     pub connection_id: Option<u64>,
     /// The request headers a logger reads, kept past forwarding (what
     /// [`Context::request_headers`] points at when logging).
-    pub request_headers: Option<HeaderMap>,
-    pub response_headers: Option<HeaderMap>,
+    pub request_headers: KeptHeaders,
+    pub response_headers: KeptHeaders,
     pub response_trailers: Option<HeaderMap>,
 }
 
@@ -499,16 +501,14 @@ fn address(out: &mut String, a: Option<SocketAddr>, port: bool) -> Written {
 
 fn header_value<'a>(ctx: &Context<'a>, which: Headers, header: &HeaderRef) -> Option<Cow<'a, str>> {
     let stream = ctx.stream;
-    let map = match which {
-        Headers::Request => ctx.request_headers,
-        Headers::Response => stream.and_then(|s| s.response_headers.as_ref()),
-        Headers::Trailer => stream.and_then(|s| s.response_trailers.as_ref()),
-    };
     match header {
-        HeaderRef::Name(name) => map?
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .map(Cow::Borrowed),
+        HeaderRef::Name(name) => match which {
+            Headers::Request => ctx.request_headers?.get(name),
+            Headers::Response => stream?.response_headers.get(name),
+            Headers::Trailer => stream?.response_trailers.as_ref()?.get(name),
+        }
+        .and_then(|v| v.to_str().ok())
+        .map(Cow::Borrowed),
         HeaderRef::Method => stream?.method.as_ref().map(|m| Cow::Borrowed(m.as_str())),
         HeaderRef::Path => stream?.path.as_ref().map(|p| Cow::Borrowed(p.as_str())),
         HeaderRef::Authority => stream?

@@ -7,7 +7,7 @@ fn ctx(headers: &HeaderMap) -> Context<'_> {
         upstream_remote: None,
         start: std::time::UNIX_EPOCH + std::time::Duration::from_millis(1_763_786_096_123),
         protocol: Some(http::Version::HTTP_11),
-        request_headers: Some(headers),
+        request_headers: Some(HeaderSource::Map(headers)),
         stream: None,
         downstream_tls: None,
     }
@@ -65,10 +65,16 @@ fn finished() -> StreamInfo {
         upstream_local_address: Some("10.0.0.2:40000".parse().expect("addr")),
         route_name: Some(Arc::from("default")),
         connection_id: Some(7),
-        response_headers: Some(response),
+        response_headers: keep_all(&response),
         response_trailers: Some(trailers),
         ..StreamInfo::default()
     }
+}
+
+/// Every header of `map`, as an access log that reads them all keeps them.
+fn keep_all(map: &HeaderMap) -> KeptHeaders {
+    let names: Vec<HeaderName> = map.keys().cloned().collect();
+    KeptHeaders::keep(map, &names)
 }
 
 fn log_ctx<'a>(headers: &'a HeaderMap, info: &'a StreamInfo) -> Context<'a> {

@@ -56,7 +56,9 @@ impl Pending {
             upstream_remote: upstream.filter(|_| self.connected),
             start: self.start,
             protocol: Some(self.protocol),
-            request_headers: self.info.request_headers.as_ref(),
+            request_headers: Some(crate::format::HeaderSource::Kept(
+                &self.info.request_headers,
+            )),
             stream: Some(&self.info),
             downstream_tls: self.downstream.tls.as_deref(),
         };

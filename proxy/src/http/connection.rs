@@ -441,10 +441,10 @@ async fn handle(
         );
     }
     if !ctx.access_logs.response_headers.is_empty() {
-        info.response_headers = Some(crate::access_log::keep_headers(
+        info.response_headers = crate::format::KeptHeaders::keep(
             outcome.response.headers(),
             &ctx.access_logs.response_headers,
-        ));
+        );
     }
     info.connection_id = Some(downstream.connection_id);
     info.requested_server_name = downstream.requested_server_name.clone();

@@ -55,7 +55,7 @@ impl RequestInfo {
             upstream_remote: upstream,
             start: self.start,
             protocol: Some(version),
-            request_headers,
+            request_headers: request_headers.map(crate::format::HeaderSource::Map),
             stream: None,
             downstream_tls: self.downstream.tls.as_deref(),
         }
@@ -87,7 +87,7 @@ pub struct Outcome {
 
 /// The request's parts access logs read, kept before the request is forwarded.
 struct LoggedRequest {
-    headers: http::HeaderMap,
+    headers: crate::format::KeptHeaders,
     method: http::Method,
     path: Option<http::uri::PathAndQuery>,
     authority: Option<http::HeaderValue>,
@@ -96,7 +96,7 @@ struct LoggedRequest {
 impl LoggedRequest {
     fn new(request: &Request<Incoming>, ctx: &HttpContext) -> Self {
         Self {
-            headers: crate::access_log::keep_headers(
+            headers: crate::format::KeptHeaders::keep(
                 request.headers(),
                 &ctx.access_logs.request_headers,
             ),
@@ -115,7 +115,7 @@ impl LoggedRequest {
         info.path = self.path;
         info.authority = self.authority;
         info.scheme = Some("http");
-        info.request_headers = Some(self.headers);
+        info.request_headers = self.headers;
     }
 }
 
