@@ -9,7 +9,7 @@ use http::{HeaderMap, HeaderName, HeaderValue};
 use outrigger::config::address::Endpoint;
 use outrigger::config::header_mutation::{AppendAction, HeaderMutation, HeaderTemplate};
 use outrigger::config::load_balancing::LbPolicy;
-use outrigger::format::{Context, Template};
+use outrigger::format::{Context, HeaderSource, KeptHeaders, Template};
 use outrigger::stats::Store;
 use outrigger::upstream::{Host, HostSet, HostStats};
 use std::hint::black_box;
@@ -22,7 +22,7 @@ fn context(headers: &HeaderMap) -> Context<'_> {
         upstream_remote: Some("10.0.0.3:9000"),
         start: std::time::SystemTime::now(),
         protocol: Some(http::Version::HTTP_11),
-        request_headers: Some(headers),
+        request_headers: Some(HeaderSource::Map(headers)),
         stream: None,
         downstream_tls: None,
     }
@@ -240,11 +240,26 @@ fn access_log(c: &mut Criterion) {
         )),
         upstream_local_address: Some(([10, 0, 0, 2], 40000).into()),
         route_name: Some(Arc::from("default")),
-        response_headers: Some(response),
+        response_headers: KeptHeaders::keep(
+            &response,
+            &[HeaderName::from_static("x-envoy-upstream-service-time")],
+        ),
         ..StreamInfo::default()
     };
+    // An access log reads the few request headers its stream kept, as the proxy's does.
+    let logged: Vec<HeaderName> = [
+        "x-envoy-original-path",
+        "x-forwarded-for",
+        "user-agent",
+        "x-request-id",
+    ]
+    .into_iter()
+    .map(HeaderName::from_static)
+    .collect();
+    let kept = KeptHeaders::keep(&headers, &logged);
     let ctx = Context {
         stream: Some(&info),
+        request_headers: Some(HeaderSource::Kept(&kept)),
         ..context(&headers)
     };
     let text = Template::parse(ISTIO).expect("Istio's format parses");
