@@ -5,8 +5,8 @@
 //! Access logs know at config time which headers they read (`%REQ(..)%`, `%RESP(..)%`, header
 //! filters), and a stream keeps only those. A small vector of (name, value) pairs costs one
 //! allocation and a scan of a few entries to read, where a copied `HeaderMap` cost two
-//! allocations and a hash per copy and per read (≈ 4k instructions of a ~60k-instruction
-//! request with Envoy's default log format; benches/perf).
+//! allocations and a hash per copy and per read: the change saved 2.7k instructions of a
+//! ~60k-instruction request with Envoy's default log format (benches/README.md).
 
 use http::{HeaderMap, HeaderName, HeaderValue};
 
