@@ -5,6 +5,12 @@
 
 use std::process::ExitCode;
 
+/// mimalloc instead of glibc's malloc: 4% fewer instructions per proxied request, 8% with an
+/// access log, and a lower peak RSS under load (benches/README.md). Its arenas are committed
+/// lazily (.cargo/config.toml), or an idle proxy would hold 18 MiB more.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().collect();
     if args.get(1).map(String::as_str) == Some("istio-iptables") {
