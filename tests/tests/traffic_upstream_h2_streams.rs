@@ -1,8 +1,9 @@
 //! A cluster's HTTP/2 `max_concurrent_streams`, compared with Envoy: a connection that carries
 //! that many streams takes no more, so concurrent slow requests spread over new connections
 //! to the same host, and a stream counts until its response body has ended, not only until its
-//! head. Compared: the clients' statuses, the connections the upstream accepted, and the
-//! cluster's connection counters.
+//! head. The cluster's `max_requests` likewise counts an HTTP/2 request until its body ends.
+//! Compared: the clients' statuses, the connections the upstream accepted, and the cluster's
+//! connection counters.
 //! Envoy: https://www.envoyproxy.io/docs/envoy/latest/api-v3/config/core/v3/protocol.proto#envoy-v3-api-field-config-core-v3-http2protocoloptions-max-concurrent-streams
 
 use std::fmt::Write as _;
@@ -15,9 +16,12 @@ const DOC: &str = "https://www.envoyproxy.io/docs/envoy/latest/api-v3/config/cor
 
 const KNOWN: &[Known] = &[];
 
+const MAX_REQUESTS: &str = "https://www.envoyproxy.io/docs/envoy/latest/api-v3/config/cluster/v3/circuit_breaker.proto#envoy-v3-api-field-config-cluster-v3-circuitbreakers-thresholds-max-requests";
+
 /// A listener routing everything to cluster `capped`: HTTP/2 to upstream `a` with
-/// `http2_protocol_options` (`max_concurrent_streams` when `cap` is set).
-fn bootstrap(cap: Option<u32>) -> String {
+/// `http2_protocol_options` (`max_concurrent_streams` when `cap` is set), and the cluster's
+/// own `extra` fields.
+fn bootstrap(cap: Option<u32>, extra: &str) -> String {
     let options = cap.map_or(String::new(), |c| format!("max_concurrent_streams: {c}"));
     format!(
         r#"
@@ -45,6 +49,7 @@ static_resources:
   clusters:
   - name: capped
     connect_timeout: 2s
+    {extra}
     typed_extension_protocol_options:
       envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
         "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
@@ -124,10 +129,20 @@ fn scenario(
     upstream: Behaviour,
     step: fn(&Side) -> String,
 ) -> Scenario {
+    scenario_with(name, DOC, bootstrap(cap, ""), upstream, step)
+}
+
+fn scenario_with(
+    name: &'static str,
+    doc: &'static str,
+    bootstrap: String,
+    upstream: Behaviour,
+    step: fn(&Side) -> String,
+) -> Scenario {
     Scenario {
         name,
-        doc: DOC,
-        config: Config::Full(bootstrap(cap)),
+        doc,
+        config: Config::Full(bootstrap),
         upstream,
         steps: Vec::new(),
     }
@@ -160,6 +175,18 @@ fn upstream_http2_max_concurrent_streams_matches_envoy() {
         scenario(
             "h2_cap_1_counts_a_stream_until_its_body_ends",
             Some(1),
+            slow_body.clone(),
+            a_stream_counts_until_its_body_ends,
+        ),
+        // The cluster's `max_requests` counts an HTTP/2 request until its response body
+        // ends, as it does an HTTP/1.1 one: the second request overflows.
+        scenario_with(
+            "h2_max_requests_1_counts_a_request_until_its_body_ends",
+            MAX_REQUESTS,
+            bootstrap(
+                None,
+                "circuit_breakers: { thresholds: [{ max_requests: 1 }] }",
+            ),
             slow_body,
             a_stream_counts_until_its_body_ends,
         ),

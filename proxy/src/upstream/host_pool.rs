@@ -12,7 +12,8 @@ use super::circuit_breakers::{CircuitBreakers, Guard, PriorityBreakers};
 use super::host::Host;
 use super::pool::UpstreamError;
 pub use super::pool_conn::{Conn, Sender};
-use super::pool_conn::{Lifetime, StreamToken, Streams, WatchStats, Watched};
+use super::pool_conn::{Lifetime, Streams, WatchStats, Watched};
+use super::response_body::StreamHold;
 use super::transport::{Destination, Via};
 use crate::config::circuit_breakers::Priority;
 use crate::config::cluster::ConnectionLimits;
@@ -586,12 +587,12 @@ impl HostPool {
 
     /// After a response head: an HTTP/1.1 request stays active (`max_requests`) until its
     /// response is read to the end, when the connection can take the next request and
-    /// returns to the pool (unless its allowance or duration is spent). An HTTP/2 stream gives
-    /// its `max_requests` unit back at the response head, and returns its token, which keeps
-    /// the stream counted on its connection for as long as the response body carries it.
-    pub fn finish(&self, mut conn: Conn, request: Guard) -> Option<StreamToken> {
+    /// returns to the pool (unless its allowance or duration is spent). An HTTP/2 stream
+    /// returns its hold: its `max_requests` unit and its token on the connection, kept for as
+    /// long as the response body carries them.
+    pub fn finish(&self, mut conn: Conn, request: Guard) -> Option<StreamHold> {
         if !matches!(conn.sender, Sender::Http1(_)) {
-            return conn.take_stream();
+            return Some(StreamHold::new(conn.take_stream(), request));
         }
         let pool = self.myself.upgrade()?;
         tokio::spawn(async move {

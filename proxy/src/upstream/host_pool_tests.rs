@@ -251,9 +251,9 @@ async fn without_a_cap_one_connection_serves_everything() {
     assert_eq!(f.stats.cx_max_requests.value(), 0);
 }
 
-/// Attaches an HTTP/2 request and sends it, keeping its stream open (the token a response
+/// Attaches an HTTP/2 request and sends it, keeping its stream open (the hold a response
 /// body would carry) until the returned value is dropped.
-async fn open_stream(pools: &Arc<ClusterPools>, host: &Arc<Host>) -> Option<StreamToken> {
+async fn open_stream(pools: &Arc<ClusterPools>, host: &Arc<Host>) -> Option<StreamHold> {
     let Attached {
         mut conn,
         pool,

@@ -1,22 +1,39 @@
-//! An upstream response's body as the pool hands it out: hyper's body, carrying the HTTP/2
-//! stream's token so that the stream counts against its connection's `max_concurrent_streams`
-//! until the body has ended (or is dropped), not only until the response head.
+//! An upstream response's body as the pool hands it out: hyper's body, carrying what an
+//! HTTP/2 stream holds until the body has ended (or is dropped), not only until the response
+//! head: its place against the connection's `max_concurrent_streams`, and its unit of the
+//! cluster's `max_requests`, as Envoy counts an upstream request active until its stream ends.
 
+use super::circuit_breakers::Guard;
 use super::pool_conn::StreamToken;
 use bytes::Bytes;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
+/// What an HTTP/2 stream holds while its response body lasts.
+pub struct StreamHold {
+    _stream: Option<StreamToken>,
+    _request: Guard,
+}
+
+impl StreamHold {
+    pub(super) fn new(stream: Option<StreamToken>, request: Guard) -> Self {
+        StreamHold {
+            _stream: stream,
+            _request: request,
+        }
+    }
+}
+
 pub struct UpstreamIncoming {
     body: Incoming,
-    /// Released at the body's end; None for HTTP/1.1 (its connection comes back to the pool
-    /// by its own readiness) and once released.
-    stream: Option<StreamToken>,
+    /// Released at the body's end; None for HTTP/1.1 (its connection and request unit come
+    /// back to the pool by the connection's own readiness) and once released.
+    stream: Option<StreamHold>,
 }
 
 impl UpstreamIncoming {
-    pub(super) fn new(body: Incoming, stream: Option<StreamToken>) -> Self {
+    pub(super) fn new(body: Incoming, stream: Option<StreamHold>) -> Self {
         let mut body = UpstreamIncoming { body, stream };
         body.release_if_ended();
         body
