@@ -458,7 +458,10 @@ fn prometheus_names_labels_and_values_match_envoy() {
         );
         // `STATS_ENVOY_ONLY=1` lists the families Outrigger does not have yet.
         if std::env::var_os("STATS_ENVOY_ONLY").is_some() {
-            for family in envoy_families.keys().filter(|k| !ours_families.contains_key(*k)) {
+            for family in envoy_families
+                .keys()
+                .filter(|k| !ours_families.contains_key(*k))
+            {
                 eprintln!("{}: only Envoy: {family}", variant.name);
             }
         }

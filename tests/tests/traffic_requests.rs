@@ -12,8 +12,8 @@ const PATHS: &str = "https://www.envoyproxy.io/docs/envoy/latest/api-v3/extensio
 /// Differences Outrigger documents.
 const KNOWN: &[Known] = &[
     Known {
-        scenario: "malformed_content_length_and_chunked",
-        reason: "hyper drops `Content-Length` beside `Transfer-Encoding: chunked` before the connection manager sees the request (as Envoy's allow_chunked_length), where Envoy refuses it by default (open, issue 3)",
+        scenario: "content_length_and_chunked_allowed",
+        reason: "hyper closes the connection after answering a request that carried both `Content-Length` and chunked `Transfer-Encoding`, as RFC 9112 section 6.3 requires of a server that processes one; Envoy with allow_chunked_length keeps it open",
     },
     Known {
         scenario: "request_line_whitespace",
@@ -88,7 +88,12 @@ fn scenarios() -> Vec<Scenario> {
             .raw("POST / HTTP/1.1\r\nHost: x\r\nContent-Length: -1\r\n\r\n")
             .raw("POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip\r\n\r\n"),
         Scenario::http("malformed_content_length_and_chunked", HCM, &one_vhost(TO_BACKEND))
-            .raw("POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"),
+            .raw("POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n")
+            .raw("POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\ncontent-length: 3\r\n\r\n3\r\nabc\r\n0\r\n\r\n"),
+        // https://www.envoyproxy.io/docs/envoy/latest/api-v3/config/core/v3/protocol.proto#envoy-v3-api-field-config-core-v3-http1protocoloptions-allow-chunked-length
+        Scenario::http("content_length_and_chunked_allowed", HCM, &one_vhost(TO_BACKEND))
+            .hcm("http_protocol_options: { allow_chunked_length: true }")
+            .raw("POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n"),
         // A request hyper cannot parse comes after a good one on the same connection, and a
         // good response whose body reads like hyper's own bare reply is not taken for it.
         Scenario::http("malformed_after_a_response", HCM, &one_vhost(TO_BACKEND))
@@ -212,10 +217,15 @@ fn malformed_after_a_response(side: &Side) -> String {
 /// Requests the codec refuses count as Envoy counts them (a request, its status class, a
 /// protocol error on the connection) and are logged as local replies with `DPE`.
 fn malformed_counted_and_logged(side: &Side) -> String {
-    let sent: [&[u8]; 4] = [
+    let sent: [&[u8]; 9] = [
         b"this is not http\r\n\r\n",
         b"GET / HTTP/9.9\r\nHost: x\r\n\r\n",
         b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip\r\n\r\n",
+        b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: x\r\nx-bad: a\x01b\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: x\r\nbad header line\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: x\r\nx-del: a\x7fb\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: x\r\nx-nul: a\x00b\r\n\r\n",
         b"GET / HTTP/1.1\r\nHost: x\r\n\r\n",
     ];
     for bytes in sent {

@@ -235,7 +235,8 @@ static POLICIES: &[(&str, Policy)] = policies! {
         ack [("health_check_config", "active health checks go to the endpoint's own address: its port_value, hostname and address overrides are not applied")];
     "envoy.config.core.v3.HttpProtocolOptions" => ["idle_timeout", "max_requests_per_connection", "max_connection_duration",
         "max_headers_count", "headers_with_underscores_action", "max_stream_duration"];
-    "envoy.config.core.v3.Http1ProtocolOptions" => ["accept_http_10", "default_host_for_http_10"];
+    "envoy.config.core.v3.Http1ProtocolOptions" => ["accept_http_10", "default_host_for_http_10",
+        "allow_chunked_length"];
     "envoy.config.core.v3.Http2ProtocolOptions" => ["max_concurrent_streams", "initial_stream_window_size", "initial_connection_window_size"];
     "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager.UpgradeConfig" => ["upgrade_type", "enabled"];
     "envoy.extensions.upstreams.http.v3.HttpProtocolOptions" => ["explicit_http_config", "use_downstream_protocol_config",

@@ -34,6 +34,10 @@ pub struct Limits {
     /// `default_host_for_http_10` as the Host of those that name none.
     /// https://www.envoyproxy.io/docs/envoy/latest/api-v3/config/core/v3/protocol.proto#envoy-v3-api-field-config-core-v3-http1protocoloptions-accept-http-10
     pub http_10: Option<Http10>,
+    /// `http_protocol_options.allow_chunked_length`: a chunked request that also carries
+    /// `Content-Length` is served with that header removed (else 400).
+    /// https://www.envoyproxy.io/docs/envoy/latest/api-v3/config/core/v3/protocol.proto#envoy-v3-api-field-config-core-v3-http1protocoloptions-allow-chunked-length
+    pub allow_chunked_length: bool,
 }
 
 /// How HTTP/1.0 requests are accepted.
@@ -130,6 +134,7 @@ pub fn limits(hcm: &ProtoHcm, path: &FieldPath) -> Result<Limits> {
     };
     Ok(Limits {
         http_10,
+        allow_chunked_length: http1.allow_chunked_length,
         max_request_headers_bytes: kb as usize * 1024,
         max_headers_count: count as usize,
         headers_with_underscores: underscore_action(&common, &c_path)?,

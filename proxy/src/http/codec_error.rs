@@ -20,9 +20,22 @@ pub struct Watch {
     /// Upgraded (a tunnel's bytes are not responses) or HTTP/2: nothing more is held.
     disarmed: AtomicBool,
     orphan: Mutex<Option<Orphan>>,
+    /// The request being read, as read: tells some of Envoy's refusals apart where hyper's
+    /// errors do not, and shows what hyper dropped from a head it parsed.
+    pub head: super::head_copy::HeadCopy,
 }
 
 impl Watch {
+    /// A watch that copies at most `head_limit` bytes of each request.
+    pub fn new(head_limit: usize) -> Self {
+        Self {
+            responses: AtomicU64::new(0),
+            disarmed: AtomicBool::new(false),
+            orphan: Mutex::new(None),
+            head: super::head_copy::HeadCopy::new(head_limit),
+        }
+    }
+
     /// The service returned a response: the next write carries its head.
     pub fn answered(&self) {
         self.responses.fetch_add(1, Ordering::Release);
@@ -52,15 +65,15 @@ impl<T: AsyncRead + AsyncWrite + Send + Unpin> Io for T {}
 pub struct Orphan {
     io: Box<dyn Io>,
     held: Vec<u8>,
-    /// The first bytes of the request hyper refused (see [`Guarded`]'s `start`).
-    start: Vec<u8>,
+    /// The request hyper refused, as far as it was read (and copied).
+    head: Vec<u8>,
 }
 
 impl Orphan {
     /// Envoy's refusal for the parse error hyper ended the connection with, None when it ended
     /// for another reason (then hyper's held bytes were a response's).
     pub fn refusal(&self, error: &(dyn std::error::Error + 'static)) -> Option<Refusal> {
-        refusal(error, &self.start)
+        refusal(error, &self.head)
     }
 
     /// Writes Envoy's reply to a request hyper could not parse, or, when hyper's error says the
@@ -82,14 +95,7 @@ pub struct Guarded<I, W> {
     /// next write starts a response.
     heads: u64,
     held: Option<Held>,
-    /// The first bytes read since the last response went out: the start of the next request
-    /// (unless the client pipelines), which tells some of Envoy's refusals apart where hyper's
-    /// errors do not. A copy of at most this many bytes per request, no parsing.
-    start: [u8; START],
-    start_len: usize,
 }
-
-const START: usize = 64;
 
 struct Held {
     bytes: Vec<u8>,
@@ -104,8 +110,6 @@ impl<I: Io + 'static, W: Watched> Guarded<I, W> {
             watched,
             heads: 0,
             held: None,
-            start: [0; START],
-            start_len: 0,
         }
     }
 
@@ -147,7 +151,7 @@ impl<I: Io + 'static, W: Watched> Guarded<I, W> {
             let responses = self.watched.watch().responses.load(Ordering::Acquire);
             if responses != self.heads {
                 self.heads = responses;
-                self.start_len = 0;
+                self.watched.watch().head.restart();
             }
         }
     }
@@ -170,12 +174,9 @@ impl<I: Io + 'static, W: Watched> AsyncRead for Guarded<I, W> {
             Some(io) => Pin::new(io).poll_read(cx, buf),
             None => Poll::Ready(Err(gone())),
         };
-        if self.start_len < START {
-            let new = &buf.filled()[before..];
-            let n = new.len().min(START - self.start_len);
-            let at = self.start_len;
-            self.start[at..at + n].copy_from_slice(&new[..n]);
-            self.start_len += n;
+        let watch = self.watched.watch();
+        if !watch.disarmed.load(Ordering::Relaxed) {
+            watch.head.extend(&buf.filled()[before..]);
         }
         polled
     }
@@ -258,7 +259,7 @@ impl<I: Io + 'static, W: Watched> AsyncWrite for Guarded<I, W> {
                 let orphan = Orphan {
                     io: Box::new(io),
                     held: held.bytes[held.written..].to_vec(),
-                    start: self.start[..self.start_len].to_vec(),
+                    head: self.watched.watch().head.start(usize::MAX),
                 };
                 *self
                     .watched
@@ -301,8 +302,8 @@ pub struct Refusal {
     pub details: &'static str,
 }
 
-/// Envoy's refusal for hyper's parse `error` of a request that starts with `start`.
-fn refusal(error: &(dyn std::error::Error + 'static), start: &[u8]) -> Option<Refusal> {
+/// Envoy's refusal for hyper's parse `error` of the request `head`.
+fn refusal(error: &(dyn std::error::Error + 'static), head: &[u8]) -> Option<Refusal> {
     use http::StatusCode;
     let error = error.downcast_ref::<hyper::Error>()?;
     if !error.is_parse() {
@@ -310,7 +311,7 @@ fn refusal(error: &(dyn std::error::Error + 'static), start: &[u8]) -> Option<Re
     }
     // hyper names the kind of a parse error only in its message (the error path only).
     let message = error.to_string();
-    let (status, details) = if other_version(start) {
+    let (status, details) = if other_version(head) {
         // Envoy's codec parses any HTTP/<digit>.<digit> (or none: HTTP/0.9) after a method it
         // knows, then refuses all but 1.0 and 1.1.
         (StatusCode::UPGRADE_REQUIRED, "low_version")
@@ -319,6 +320,8 @@ fn refusal(error: &(dyn std::error::Error + 'static), start: &[u8]) -> Option<Re
             StatusCode::NOT_IMPLEMENTED,
             "http1.invalid_transfer_encoding",
         )
+    } else if message.starts_with("invalid HTTP header") && value_has_control_character(head) {
+        (StatusCode::BAD_REQUEST, "http1.invalid_characters")
     } else if error.is_parse_too_large() {
         // Past hyper's buffer (well above `max_request_headers_kb`) or its header count.
         (
@@ -369,6 +372,28 @@ const METHODS: &[&[u8]] = &[
     b"SOURCE",
     b"QUERY",
 ];
+
+/// Whether the first header line of `head` hyper could not parse has a well-formed name and a
+/// control character in its value: Envoy's parser takes such a line and its codec then refuses
+/// the value (`http1.invalid_characters`); any other malformed line is the parser's own error.
+fn value_has_control_character(head: &[u8]) -> bool {
+    let is_token = |b: &u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(b);
+    let is_control = |b: &u8| (*b < 0x20 && *b != b'\t') || *b == 0x7f;
+    for line in head.split(|&b| b == b'\n').skip(1) {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        let Some(colon) = line.iter().position(|&b| b == b':') else {
+            return false;
+        };
+        let (name, value) = (&line[..colon], &line[colon + 1..]);
+        if name.is_empty() || !name.iter().all(is_token) {
+            return false;
+        }
+        if value.iter().any(is_control) {
+            return true;
+        }
+    }
+    false
+}
 
 /// Whether the request line in `start` is one Envoy's parser reads and Envoy then refuses
 /// for its version: a known method, a target, and no version or one other than 1.x.

@@ -73,12 +73,15 @@ pub async fn serve_connection<I>(
         tracing::debug!(target: "http", "closing a downstream connection: {details}");
         return finish(&ctx);
     }
-    let activity = Arc::new(Activity::new());
+    let limits = &ctx.hcm.limits;
+    // hyper buffers a request head up to this size; the connection's copy of it the same.
+    let max_head = (limits.max_request_headers_bytes + 16 * 1024).max(8192);
+    let activity = Arc::new(Activity::new(max_head));
     let service_ctx = ctx.clone();
     let service_activity = activity.clone();
     // For the access log of a request hyper refuses (a clone of a few handles).
     let refused_downstream = ctx.records_streams().then(|| downstream.clone());
-    let service = service_fn(move |request: hyper::Request<Incoming>| {
+    let service = service_fn(move |mut request: hyper::Request<Incoming>| {
         let ctx = service_ctx.clone();
         let activity = service_activity.clone();
         let downstream = downstream.clone();
@@ -97,6 +100,22 @@ pub async fn serve_connection<I>(
                 }
             }
             let http1 = request.version() != http::Version::HTTP_2;
+            // hyper removes `Content-Length` from a chunked request; Envoy's codec refuses
+            // it unless `allow_chunked_length` (hyper's chunked bodies have no exact size).
+            if http1
+                && hyper::body::Body::size_hint(request.body())
+                    .exact()
+                    .is_none()
+                && !ctx.hcm.limits.allow_chunked_length
+                && activity
+                    .codec
+                    .head
+                    .content_length_beside_chunked(request.method())
+            {
+                request
+                    .extensions_mut()
+                    .insert(super::request_checks::ContentLengthBesideChunked);
+            }
             // While `/healthcheck/fail` holds, Envoy closes connections as if draining:
             // `Connection: close` on HTTP/1.1, and on HTTP/2 a GOAWAY that goes out before
             // the response.
@@ -128,7 +147,6 @@ pub async fn serve_connection<I>(
             Ok(response)
         }
     });
-    let limits = &ctx.hcm.limits;
     let h2 = &ctx.hcm.http2;
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
@@ -137,7 +155,7 @@ pub async fn serve_connection<I>(
         // hyper's default of 30 s also runs while a keep-alive connection waits for its next
         // request; Envoy only bounds header reading when request_headers_timeout is set.
         .header_read_timeout(limits.request_headers_timeout)
-        .max_buf_size((limits.max_request_headers_bytes + 16 * 1024).max(8192));
+        .max_buf_size(max_head);
     // hyper parses at most 100 headers unless told otherwise, Envoy's default too; a lower
     // limit is checked per request, a higher one raises hyper's. Only a different limit is
     // passed on: an explicit one, even 100, makes hyper size its header arrays per request
@@ -518,7 +536,7 @@ impl Drop for ActiveRequest<'_> {
 }
 
 impl Activity {
-    fn new() -> Self {
+    fn new(max_head: usize) -> Self {
         Self {
             active: AtomicUsize::new(0),
             protocol_counted: std::sync::atomic::AtomicBool::new(false),
@@ -526,7 +544,7 @@ impl Activity {
             draining: std::sync::atomic::AtomicBool::new(false),
             goaway: tokio::sync::Notify::new(),
             since: std::sync::Mutex::new(tokio::time::Instant::now()),
-            codec: super::codec_error::Watch::default(),
+            codec: super::codec_error::Watch::new(max_head),
         }
     }
 

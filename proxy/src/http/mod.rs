@@ -14,6 +14,7 @@ pub mod forwarding;
 mod grpc_frames;
 mod grpc_reply;
 pub mod grpc_stats;
+mod head_copy;
 mod hedge;
 pub mod istio;
 pub mod jwt_authn;

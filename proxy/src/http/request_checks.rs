@@ -28,6 +28,11 @@ pub enum Refusal {
     Reset { details: &'static str },
 }
 
+/// Marks an HTTP/1.1 request whose head carried `Content-Length` beside chunked
+/// `Transfer-Encoding` (the connection finds it; hyper drops the length).
+#[derive(Debug, Clone, Copy)]
+pub struct ContentLengthBesideChunked;
+
 /// Whether the request asks for a protocol upgrade the listener allows (e.g. websocket).
 pub fn is_allowed_upgrade(
     hcm: &HttpConnectionManager,
@@ -124,9 +129,15 @@ fn is_http1_method(method: &http::Method) -> bool {
 
 pub fn check<B>(hcm: &HttpConnectionManager, request: &mut Request<B>) -> Result<(), Refusal> {
     // Both a length and a transfer coding make the body's end ambiguous (request smuggling):
-    // refused, as Envoy does; a coding other than chunked is not implemented (501).
+    // refused, as Envoy does unless `allow_chunked_length` (then the length is dropped, as
+    // hyper drops it); a coding other than chunked is not implemented (501).
     if let Some(te) = request.headers().get(header::TRANSFER_ENCODING) {
-        if request.headers().contains_key(header::CONTENT_LENGTH) {
+        let with_length = request.headers().contains_key(header::CONTENT_LENGTH)
+            || request
+                .extensions()
+                .get::<ContentLengthBesideChunked>()
+                .is_some();
+        if with_length && !hcm.limits.allow_chunked_length {
             return Err(Refusal::Local {
                 status: StatusCode::BAD_REQUEST,
                 body: "Bad Request",

@@ -130,6 +130,16 @@ pub async fn route_request(
     {
         Ok(upgrade) => upgrade,
         Err(refusal) => {
+            // Envoy's HTTP/1 codec refuses these while parsing: a protocol error.
+            if matches!(
+                refusal,
+                Refusal::Local {
+                    protocol_error: true,
+                    ..
+                }
+            ) {
+                ctx.stats.downstream_cx_protocol_error.inc();
+            }
             let mut outcome = refused(refusal, server);
             // Envoy answers these before it has taken the whole request (no request duration);
             // path normalisation runs on a complete request.
