@@ -1,8 +1,9 @@
-//! The codecs `codec_type` HTTP1 and HTTP2 serve only their protocol: a connection that opens
-//! with the other one is closed without an answer, as Envoy's single-protocol codecs do (AUTO
-//! serves both, sniffing the HTTP/2 preface). hyper-util's automatic builder ignores its
-//! "only" settings for connections that may upgrade, so the first bytes are checked here and
-//! handed on with the connection.
+//! Which codec serves a connection. AUTO serves both protocols, sniffing the HTTP/2 preface
+//! (prior knowledge); `codec_type` HTTP1 and HTTP2 serve only their protocol: a connection
+//! that opens with the other one is closed without an answer, as Envoy's single-protocol
+//! codecs do. The first bytes are read here and handed on with the connection to hyper's
+//! codec for its protocol (hyper-util's automatic builder would read them again, and does not
+//! pass on every HTTP/1 parser setting).
 //! Envoy: https://www.envoyproxy.io/docs/envoy/latest/api-v3/extensions/filters/network/http_connection_manager/v3/http_connection_manager.proto#enum-extensions-filters-network-http-connection-manager-v3-httpconnectionmanager-codectype
 
 use crate::config::hcm::Codec;
@@ -26,17 +27,18 @@ pub enum NotAdmitted<I> {
     Gone,
 }
 
+/// A connection its codec takes: its I/O, first bytes included, and its protocol.
+pub struct Admitted<I> {
+    pub io: Prefixed<I>,
+    pub http2: bool,
+}
+
 /// Reads as much of the connection's start as tells HTTP/2 from HTTP/1.x, and admits it when
-/// it is `codec`'s protocol. AUTO takes every connection unread.
+/// `codec` serves that protocol.
 pub async fn admit<I: AsyncRead + Unpin>(
     mut io: I,
     codec: Codec,
-) -> Result<Prefixed<I>, NotAdmitted<I>> {
-    let want_http2 = match codec {
-        Codec::Auto => return Ok(Prefixed::new(io, Vec::new())),
-        Codec::Http1 => false,
-        Codec::Http2 => true,
-    };
+) -> Result<Admitted<I>, NotAdmitted<I>> {
     let mut start = Vec::with_capacity(PREFACE.len());
     while start.len() < PREFACE.len() && PREFACE.starts_with(&start) {
         let mut chunk = [0u8; 24];
@@ -46,10 +48,68 @@ pub async fn admit<I: AsyncRead + Unpin>(
             Ok(n) => start.extend_from_slice(&chunk[..n]),
         }
     }
-    if (start == PREFACE) == want_http2 {
-        Ok(Prefixed::new(io, start))
-    } else {
-        Err(NotAdmitted::OtherProtocol(io))
+    let http2 = start == PREFACE;
+    match (codec, http2) {
+        (Codec::Auto, _) | (Codec::Http1, false) | (Codec::Http2, true) => Ok(Admitted {
+            io: Prefixed::new(io, start),
+            http2,
+        }),
+        _ => Err(NotAdmitted::OtherProtocol(io)),
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A connection served by hyper's codec for its protocol.
+    #[project = ServedProjection]
+    pub enum Served<H1, H2> {
+        Http1 { #[pin] connection: H1 },
+        Http2 { #[pin] connection: H2 },
+    }
+}
+
+impl<I, S, E, B>
+    Served<
+        hyper::server::conn::http1::UpgradeableConnection<I, S>,
+        hyper::server::conn::http2::Connection<I, S, E>,
+    >
+where
+    S: hyper::service::HttpService<hyper::body::Incoming, ResBody = B>,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    B: hyper::body::Body + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    E: hyper::rt::bounds::Http2ServerConnExec<S::Future, B>,
+{
+    /// Ends the connection once its requests in flight are answered: `Connection: close` on
+    /// HTTP/1.1, GOAWAY on HTTP/2.
+    pub fn graceful_shutdown(self: Pin<&mut Self>) {
+        match self.project() {
+            ServedProjection::Http1 { connection } => connection.graceful_shutdown(),
+            ServedProjection::Http2 { connection } => connection.graceful_shutdown(),
+        }
+    }
+}
+
+impl<I, S, E, B> std::future::Future
+    for Served<
+        hyper::server::conn::http1::UpgradeableConnection<I, S>,
+        hyper::server::conn::http2::Connection<I, S, E>,
+    >
+where
+    S: hyper::service::HttpService<hyper::body::Incoming, ResBody = B>,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    B: hyper::body::Body + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    E: hyper::rt::bounds::Http2ServerConnExec<S::Future, B>,
+{
+    type Output = hyper::Result<()>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project() {
+            ServedProjection::Http1 { connection } => connection.poll(cx),
+            ServedProjection::Http2 { connection } => connection.poll(cx),
+        }
     }
 }
 
@@ -165,7 +225,7 @@ mod tests {
         let (mut client, server) = tokio::io::duplex(1024);
         client.write_all(sent).await.ok()?;
         drop(client);
-        let mut io = admit(server, codec).await.ok()?;
+        let mut io = admit(server, codec).await.ok()?.io;
         let mut all = Vec::new();
         io.read_to_end(&mut all).await.ok()?;
         Some(all)

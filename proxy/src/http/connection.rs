@@ -2,7 +2,7 @@
 //! knowledge, else HTTP/1.1), per-request stats, and graceful close when listeners drain.
 
 use super::access_log::{default_details, flag_bits, LoggedBody, Pending, TunnelLog};
-use super::codec::{NotAdmitted, HYPER_MAX_HEADERS};
+use super::codec::{NotAdmitted, Served, HYPER_MAX_HEADERS};
 use super::local_reply::ResponseFlag;
 use super::router::{route_request, ResetStream, ResponseBody};
 use super::stats::HcmStats;
@@ -13,7 +13,6 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -147,46 +146,18 @@ pub async fn serve_connection<I>(
             Ok(response)
         }
     });
-    let h2 = &ctx.hcm.http2;
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        // hyper's default of 30 s also runs while a keep-alive connection waits for its next
-        // request; Envoy only bounds header reading when request_headers_timeout is set.
-        .header_read_timeout(limits.request_headers_timeout)
-        .max_buf_size(max_head);
-    // hyper parses at most 100 headers unless told otherwise, Envoy's default too; a lower
-    // limit is checked per request, a higher one raises hyper's. Only a different limit is
-    // passed on: an explicit one, even 100, makes hyper size its header arrays per request
-    // instead of keeping them inline (1% of a request's CPU).
-    if limits.max_headers_count > HYPER_MAX_HEADERS {
-        builder.http1().max_headers(limits.max_headers_count);
-    }
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        // Envoy's default is 2^31-1 concurrent streams; hyper's would be 200.
-        .max_concurrent_streams(h2.max_concurrent_streams.unwrap_or(i32::MAX as u32))
-        .initial_stream_window_size(h2.initial_stream_window_size)
-        .initial_connection_window_size(h2.initial_connection_window_size)
-        // Above the limit, which the connection manager checks itself (it resets the stream,
-        // as Envoy; h2 would answer 431): the HPACK size counts 32 more bytes per header.
-        .max_header_list_size(
-            (limits.max_request_headers_bytes + 32 * limits.max_headers_count.max(100) + 4096)
-                as u32,
-        );
     // A peer that sends nothing is bounded as hyper would bound it: by the header timeout,
-    // else the idle timeout; a drain that starts meanwhile ends the wait too. A connection
-    // accepted during a graceful drain is served (its answer closes it), not dropped unread.
+    // else the idle timeout; a drain that starts meanwhile ends it when the drain time is up,
+    // as it ends an idle HTTP/1.1 connection. A connection accepted during a graceful drain is
+    // served (its answer closes it), not dropped unread.
     let accepted_draining = *drain.signal.borrow();
     let admitted = tokio::select! {
         admitted = super::codec::admit(io, ctx.hcm.codec) => admitted,
         _ = sleep_or_forever(limits.request_headers_timeout.or(limits.idle_timeout)) => Err(NotAdmitted::Gone),
-        _ = drain.started(), if !accepted_draining => Err(NotAdmitted::Gone),
+        _ = drain.expired(), if !accepted_draining => Err(NotAdmitted::Gone),
     };
-    let io = match admitted {
-        Ok(io) => io,
+    let admitted = match admitted {
+        Ok(admitted) => admitted,
         Err(NotAdmitted::OtherProtocol(io)) => {
             tracing::debug!(target: "http", "closing a downstream connection in a protocol its codec does not serve");
             super::codec::refuse(io, ctx.hcm.codec, ctx.hcm.server_name.as_bytes()).await;
@@ -196,8 +167,48 @@ pub async fn serve_connection<I>(
     };
     // hyper answers a request it cannot parse itself; the guard holds that answer back for
     // Envoy's (below).
-    let io = super::codec_error::Guarded::new(io, activity.clone());
-    let connection = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
+    let io = TokioIo::new(super::codec_error::Guarded::new(
+        admitted.io,
+        activity.clone(),
+    ));
+    let connection = if admitted.http2 {
+        let h2 = &ctx.hcm.http2;
+        let connection = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            // Envoy's default is 2^31-1 concurrent streams; hyper's would be 200.
+            .max_concurrent_streams(h2.max_concurrent_streams.unwrap_or(i32::MAX as u32))
+            .initial_stream_window_size(h2.initial_stream_window_size)
+            .initial_connection_window_size(h2.initial_connection_window_size)
+            // Above the limit, which the connection manager checks itself (it resets the
+            // stream, as Envoy; h2 would answer 431): HPACK counts 32 more bytes per header.
+            .max_header_list_size(
+                (limits.max_request_headers_bytes + 32 * limits.max_headers_count.max(100) + 4096)
+                    as u32,
+            )
+            .serve_connection(io, service);
+        Served::Http2 { connection }
+    } else {
+        let mut http1 = hyper::server::conn::http1::Builder::new();
+        http1
+            .timer(TokioTimer::new())
+            // hyper's default of 30 s also runs while a keep-alive connection waits for its
+            // next request; Envoy only bounds header reading when request_headers_timeout is
+            // set.
+            .header_read_timeout(limits.request_headers_timeout)
+            .max_buf_size(max_head)
+            // Envoy's parser takes runs of spaces between the request line's parts.
+            .allow_multiple_spaces_in_request_line_delimiters(true);
+        // hyper parses at most 100 headers unless told otherwise, Envoy's default too; a
+        // lower limit is checked per request, a higher one raises hyper's. Only a different
+        // limit is passed on: an explicit one, even 100, makes hyper size its header arrays
+        // per request instead of keeping them inline (1% of a request's CPU).
+        if limits.max_headers_count > HYPER_MAX_HEADERS {
+            http1.max_headers(limits.max_headers_count);
+        }
+        Served::Http1 {
+            connection: http1.serve_connection(io, service).with_upgrades(),
+        }
+    };
     tokio::pin!(connection);
     let drain_activity = activity.clone();
     let close_reason = async {
@@ -240,7 +251,7 @@ pub async fn serve_connection<I>(
         tracing::debug!(target: "http", "downstream connection ended with an error: {e}");
     }
     if let Some(orphan) = activity.codec.take() {
-        let refusal = result.err().and_then(|e| orphan.refusal(&*e));
+        let refusal = result.err().and_then(|e| orphan.refusal(&e));
         let reply = refusal.map(|r| {
             on_refusal(&ctx, &activity, refused_downstream, r);
             super::codec_error::reply_bytes(r, ctx.hcm.server_name.as_bytes())
