@@ -133,6 +133,26 @@ const MUST_SHARE: &[&str] = &[
     "envoy_cluster_upstream_cx_tx_bytes_total",
     "envoy_cluster_upstream_cx_rx_bytes_buffered",
     "envoy_cluster_upstream_cx_tx_bytes_buffered",
+    // Connection lifecycle: who closed each connection and with what on it, how it was made.
+    // https://www.envoyproxy.io/docs/envoy/latest/configuration/upstream/cluster_manager/cluster_stats#general
+    "envoy_cluster_upstream_cx_destroy",
+    "envoy_cluster_upstream_cx_destroy_local",
+    "envoy_cluster_upstream_cx_destroy_remote",
+    "envoy_cluster_upstream_cx_destroy_with_active_rq",
+    "envoy_cluster_upstream_cx_destroy_local_with_active_rq",
+    "envoy_cluster_upstream_cx_destroy_remote_with_active_rq",
+    "envoy_cluster_upstream_cx_connect_ms",
+    "envoy_cluster_upstream_cx_length_ms",
+    "envoy_cluster_upstream_cx_http1_total",
+    "envoy_cluster_upstream_cx_http2_total",
+    "envoy_cluster_upstream_cx_http3_total",
+    "envoy_cluster_upstream_cx_connect_timeout",
+    "envoy_cluster_upstream_cx_connect_attempts_exceeded",
+    "envoy_cluster_upstream_cx_close_notify",
+    "envoy_cluster_upstream_rq_per_cx",
+    "envoy_cluster_upstream_rq_cancelled",
+    "envoy_cluster_upstream_rq_rx_reset",
+    "envoy_cluster_upstream_rq_tx_reset",
 ];
 
 /// Families whose values depend on timing or the machine, not on the traffic: only their

@@ -259,6 +259,7 @@ mod tests {
         assert!(
             b.starts_with(
                 "cluster.backend.upstream_rq_timeout: 0\ncluster.backend.upstream_rq_total: 3\n\
+                 cluster.backend.upstream_rq_tx_reset: 0\n\
                  cluster.backend.upstream_rq_time: P0(nan,5) P25(nan,6.25) P50(nan,7.5) P75(nan,8.75) "
             ),
             "{b}"

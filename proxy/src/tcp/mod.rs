@@ -236,6 +236,8 @@ async fn connect(
         match connected {
             Ok(io) => {
                 cluster.stats.upstream_rq_total.inc();
+                // The session is the connection's one request for its whole life.
+                io.inner().fate().session();
                 cluster
                     .health
                     .report(&host, crate::upstream::HostResult::Connected);
@@ -259,6 +261,7 @@ async fn connect(
         }
     }
     failure.attempts_exhausted = true;
+    cluster.stats.lifecycle.connect_attempts_exceeded.inc();
     Err(failure)
 }
 

@@ -1,12 +1,16 @@
 //! Upstream connection accounting: `upstream_cx_total` and `upstream_cx_active` for the
 //! cluster and its host, kept right by a guard that lives as long as the connection, and the
 //! bytes the connection carries (`upstream_cx_rx_bytes_total`, `upstream_cx_tx_bytes_total`).
+//! A connection is counted from its attempt, as Envoy counts it (a connection that never
+//! connects is one too), and its end is recorded by its [`ConnectionFate`] (lifecycle.rs).
 
 use super::host::{Host, HostSet};
+use super::lifecycle::{ConnectionFate, LifecycleStats};
 use crate::stats::{Counter, Gauge};
 use arc_swap::ArcSwap;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
+use std::time::Instant;
 
 #[derive(Debug, Clone)]
 pub struct ConnectionAccounting {
@@ -22,10 +26,13 @@ pub struct ConnectionAccounting {
     pub cx_tx_bytes_buffered: Arc<Gauge>,
     /// The cluster's hosts, to find a connection's host by its authority.
     pub hosts: Arc<ArcSwap<HostSet>>,
+    /// How connections end (`upstream_cx_destroy*`, `upstream_cx_length_ms`, ...).
+    pub lifecycle: Arc<LifecycleStats>,
 }
 
 impl ConnectionAccounting {
-    /// Counts a new connection to `authority`; the guard uncounts it when dropped.
+    /// Counts a connection attempt to `authority`; the guard uncounts it when dropped, and
+    /// records how it ended.
     pub fn opened(&self, authority: &str) -> ConnectionGuard {
         self.cx_total.inc();
         self.cx_active.inc();
@@ -49,6 +56,8 @@ impl ConnectionAccounting {
             last_rx: 0,
             last_tx: 0,
             host,
+            fate: Arc::new(ConnectionFate::new(self.lifecycle.clone())),
+            born: Instant::now(),
         }
     }
 }
@@ -64,9 +73,32 @@ pub struct ConnectionGuard {
     last_rx: u64,
     last_tx: u64,
     host: Option<Arc<Host>>,
+    fate: Arc<ConnectionFate>,
+    born: Instant,
 }
 
 impl ConnectionGuard {
+    /// The connection's lifecycle, which its pool shares.
+    pub fn fate(&self) -> &Arc<ConnectionFate> {
+        &self.fate
+    }
+
+    /// Established (TCP, and TLS when the transport has it): `upstream_cx_connect_ms`.
+    pub fn connected(&self) {
+        self.fate.connected();
+        self.fate
+            .stats()
+            .connect_ms
+            .record(millis(self.born.elapsed()));
+    }
+
+    /// The attempt outlived the connect timeout: `upstream_cx_connect_timeout`, and a close
+    /// of Outrigger's.
+    pub fn timed_out(&self) {
+        self.fate.timed_out();
+        self.fate.stats().connect_timeout.inc();
+    }
+
     /// Counts `n` bytes read from the connection, as they arrive (a long stream's bytes show
     /// while it lasts, as in Envoy). Envoy's read buffer gauge shows the buffer as it stood
     /// after the connection's last read, which is that read's bytes: the codec has consumed
@@ -96,8 +128,14 @@ impl ConnectionGuard {
     }
 }
 
+/// Milliseconds as Envoy's timing histograms record them (whole milliseconds).
+fn millis(d: std::time::Duration) -> f64 {
+    d.as_millis() as f64
+}
+
 impl Drop for ConnectionGuard {
     fn drop(&mut self) {
+        self.fate.record(millis(self.born.elapsed()));
         self.cx_active.dec();
         self.rx_buffered.sub(self.last_rx);
         self.tx_buffered.sub(self.last_tx);
@@ -122,6 +160,7 @@ mod tests {
             cx_rx_bytes_buffered: gauge(),
             cx_tx_bytes_buffered: gauge(),
             hosts: Arc::new(ArcSwap::from_pointee(HostSet::default())),
+            lifecycle: Arc::new(LifecycleStats::detached()),
         };
         let mut one = a.opened("127.0.0.1:1");
         let mut two = a.opened("127.0.0.1:2");

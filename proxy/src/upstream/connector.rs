@@ -123,19 +123,25 @@ impl Connector {
                 _ => Ok((stream, None)),
             }
         };
+        // Counted from the attempt: a connection that fails is created and destroyed too
+        // (refused, by the peer; timed out, by Outrigger).
+        let guard = self.accounting.opened(authority.as_str());
         match tokio::time::timeout(self.connect_timeout, connect).await {
             Ok(result) => result.map(|(stream, identities)| {
-                let guard = self.accounting.opened(authority.as_str());
+                guard.connected();
                 TokioIo::new(CountedStream {
                     stream,
                     identities,
                     guard,
                 })
             }),
-            Err(_) => Err(io::Error::new(
-                io::ErrorKind::TimedOut,
-                "connection timeout",
-            )),
+            Err(_) => {
+                guard.timed_out();
+                Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "connection timeout",
+                ))
+            }
         }
     }
 
@@ -280,6 +286,11 @@ pub struct CountedStream {
 
 impl CountedStream {
     /// The protocol the TLS handshake agreed on by ALPN, if any.
+    /// How the connection lives and ends, shared with its pool.
+    pub fn fate(&self) -> &Arc<super::lifecycle::ConnectionFate> {
+        self.guard.fate()
+    }
+
     pub fn negotiated_alpn(&self) -> Option<&[u8]> {
         match &self.stream {
             UpstreamStream::Tls(tls) => tls.get_ref().1.alpn_protocol(),
@@ -311,8 +322,17 @@ impl AsyncRead for CountedStream {
         let this = self.get_mut();
         let before = buf.filled().len();
         let polled = Pin::new(&mut this.stream).poll_read(cx, buf);
-        if let Poll::Ready(Ok(())) = polled {
-            this.guard.received(buf.filled().len() - before);
+        match &polled {
+            Poll::Ready(Ok(())) => {
+                let n = buf.filled().len() - before;
+                this.guard.received(n);
+                // Nothing read into room for something: the peer's end of stream.
+                if n == 0 && buf.remaining() > 0 {
+                    this.guard.fate().peer_closed(true);
+                }
+            }
+            Poll::Ready(Err(_)) => this.guard.fate().peer_closed(false),
+            Poll::Pending => {}
         }
         polled
     }
@@ -337,6 +357,8 @@ impl AsyncWrite for CountedStream {
         Pin::new(&mut self.get_mut().stream).poll_flush(cx)
     }
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().stream).poll_shutdown(cx)
+        let this = self.get_mut();
+        this.guard.fate().write_shut();
+        Pin::new(&mut this.stream).poll_shutdown(cx)
     }
 }

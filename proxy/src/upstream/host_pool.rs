@@ -62,13 +62,16 @@ pub trait Opener: Send + Sync + 'static {
 }
 
 /// A connection being opened: its sender and what is known of it, or why it failed.
-pub type Opening = std::pin::Pin<
-    Box<
-        dyn std::future::Future<
-                Output = Result<(Sender, super::pool_conn::ConnectionFacts), UpstreamError>,
-            > + Send,
-    >,
->;
+pub type Opening =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<Opened, UpstreamError>> + Send>>;
+
+/// An open connection: its sender, what is known of it, and its lifecycle (None where the
+/// stats do not see it, as in the pool's own tests).
+pub type Opened = (
+    Sender,
+    super::pool_conn::ConnectionFacts,
+    Option<Arc<super::lifecycle::ConnectionFate>>,
+);
 
 /// Held by a connection's driver: when dropped (the connection ended or never opened), the
 /// pool forgets the connection and gives its `max_connections` unit back.
@@ -103,6 +106,8 @@ pub struct PoolStats {
     pub cx_max_duration_reached: Arc<crate::stats::Counter>,
     /// An idle connection was closed by the idle timeout.
     pub cx_idle_timeout: Arc<crate::stats::Counter>,
+    /// A pending request gave up waiting for a connection.
+    pub rq_cancelled: Arc<crate::stats::Counter>,
 }
 
 /// What every pool of a cluster shares: the circuit breakers, the counters, the opener and
@@ -241,11 +246,13 @@ pub struct HostPool {
     next_id: AtomicU64,
 }
 
-/// A request's hold on a connection: the connection, and the `max_requests` unit.
+/// A request's hold on a connection: the connection, the `max_requests` unit, and its place
+/// among the requests in flight on the connection.
 pub struct Attached {
     pub conn: Conn,
     pub pool: Arc<HostPool>,
     pub request: Guard,
+    pub in_flight: Option<super::lifecycle::InFlight>,
 }
 
 impl ClusterPools {
@@ -289,7 +296,10 @@ impl ClusterPools {
                 };
                 self.stats.rq_pending_total.inc();
                 self.stats.rq_pending_active.inc();
+                // A request that stops waiting (its caller gave up) is `upstream_rq_cancelled`.
+                let cancelled = super::lifecycle::Cancelled(&self.stats.rq_cancelled);
                 let waited = pool.wait(self, breakers).await;
+                std::mem::forget(cancelled);
                 self.stats.rq_pending_active.dec();
                 waited?
             }
@@ -305,10 +315,12 @@ impl ClusterPools {
             self.stats.cx_max_requests.inc();
         }
         self.stats.rq_total.inc();
+        let in_flight = conn.start();
         Ok(Attached {
             conn,
             pool,
             request,
+            in_flight,
         })
     }
 }
@@ -442,7 +454,7 @@ impl HostPool {
         };
         tokio::spawn(async move {
             let watched: Weak<dyn Watched> = pool.myself.clone();
-            let opened = opening.await.map(|(sender, facts)| {
+            let opened = opening.await.map(|(sender, facts, fate)| {
                 // Streams are counted on an HTTP/2 connection, whichever way it became one.
                 let streams = matches!(sender, Sender::Http2(_))
                     .then(|| Streams::new(stream_cap, watched.clone(), id));
@@ -451,6 +463,7 @@ impl HostPool {
                     facts,
                     id,
                     life: Lifetime::new(&limits, streams),
+                    fate,
                 }
             });
             if let Ok(conn) = &opened {

@@ -85,7 +85,7 @@ impl Opener for InMemory {
                 });
                 Sender::Http1(sender)
             };
-            Ok((sender, Default::default()))
+            Ok((sender, Default::default(), None))
         })
     }
 }
@@ -119,6 +119,7 @@ fn fixture_with(
         cx_max_requests: counter("cx_max_requests"),
         cx_max_duration_reached: counter("cx_max_duration_reached"),
         cx_idle_timeout: counter("cx_idle_timeout"),
+        rq_cancelled: counter("rq_cancelled"),
     };
     let breakers = Arc::new(CircuitBreakers::new(&breaker_config, &store, "c."));
     let log = Log::default();
@@ -168,6 +169,7 @@ async fn request(pools: Arc<ClusterPools>, host: Arc<Host>, http2: bool) -> u16 
         mut conn,
         pool,
         request,
+        ..
     }) = pools
         .attach(
             &host,
@@ -258,6 +260,7 @@ async fn open_stream(pools: &Arc<ClusterPools>, host: &Arc<Host>) -> Option<Stre
         mut conn,
         pool,
         request,
+        ..
     } = pools
         .attach(host, Default::default(), Priority::Default, Wire::Http2)
         .await

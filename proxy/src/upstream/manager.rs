@@ -60,6 +60,8 @@ pub struct ClusterStats {
     /// under `external.`/`internal.` and `retry.`.
     pub responses: ResponseStats,
     pub retry: RetryStats,
+    /// How its connections live and end (lifecycle.rs).
+    pub lifecycle: Arc<super::lifecycle::LifecycleStats>,
     /// `grpc.*` of the gRPC statistics filter, made on the cluster's first gRPC call.
     grpc: OnceLock<Box<crate::stats::grpc::GrpcClusterStats>>,
 }
@@ -139,6 +141,7 @@ impl ClusterStats {
                 retry_or_shadow_abandoned: c("retry_or_shadow_abandoned"),
             },
             responses: ResponseStats::new(store, &prefix),
+            lifecycle: Arc::new(super::lifecycle::LifecycleStats::new(store, &prefix)),
             grpc: OnceLock::new(),
             store: store.clone(),
             prefix,
@@ -196,6 +199,7 @@ impl ClusterRuntime {
             cx_rx_bytes_buffered: stats.upstream_cx_rx_bytes_buffered.clone(),
             cx_tx_bytes_buffered: stats.upstream_cx_tx_bytes_buffered.clone(),
             hosts: hosts.clone(),
+            lifecycle: stats.lifecycle.clone(),
         };
         let transports =
             ClusterTransports::build(&config.transports, store, &config.stat_name, contexts);
@@ -228,6 +232,7 @@ impl ClusterRuntime {
             cx_max_requests: stats.upstream_cx_max_requests.clone(),
             cx_max_duration_reached: stats.upstream_cx_max_duration_reached.clone(),
             cx_idle_timeout: stats.upstream_cx_idle_timeout.clone(),
+            rq_cancelled: stats.lifecycle.rq_cancelled.clone(),
         };
         let runtime = Self {
             health,

@@ -10,6 +10,7 @@ mod health;
 mod health_check;
 mod host;
 mod host_pool;
+pub mod lifecycle;
 mod locality;
 mod manager;
 mod original_dst;

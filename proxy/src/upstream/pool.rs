@@ -96,6 +96,14 @@ impl Opener for Connecting {
             }
         }
         Box::pin(async move {
+            // Envoy counts a connection by its protocol when it creates it, before it
+            // connects; under ALPN the protocol is known once the handshake has picked it.
+            let lifecycle = &connector.accounting.lifecycle;
+            match wire {
+                Wire::Http1 => lifecycle.http1_total.inc(),
+                Wire::Http2 => lifecycle.http2_total.inc(),
+                Wire::Alpn => {}
+            }
             let io = connector
                 .connect(&destination)
                 .await
@@ -104,12 +112,20 @@ impl Opener for Connecting {
             let http2 = match wire {
                 Wire::Http1 => false,
                 Wire::Http2 => true,
-                Wire::Alpn => io.inner().negotiated_alpn() == Some(b"h2".as_slice()),
+                Wire::Alpn => {
+                    let h2 = io.inner().negotiated_alpn() == Some(b"h2".as_slice());
+                    match h2 {
+                        true => lifecycle.http2_total.inc(),
+                        false => lifecycle.http1_total.inc(),
+                    }
+                    h2
+                }
             };
             let facts = super::pool_conn::ConnectionFacts {
                 local: io.inner().stream.local_addr(),
                 identities: io.inner().identities.clone(),
             };
+            let fate = Some(io.inner().fate().clone());
             if http2 {
                 let (sender, connection) = http2::Builder::new(TokioExecutor::new())
                     .timer(TokioTimer::new())
@@ -124,7 +140,7 @@ impl Opener for Connecting {
                         tracing::debug!(target: "pool", "HTTP/2 upstream connection ended: {e}");
                     }
                 });
-                return Ok((Sender::Http2(sender), facts));
+                return Ok((Sender::Http2(sender), facts, fate));
             }
             let mut builder = http1::Builder::new();
             // hyper's own limit is 100: telling it 100 again would make it size its header
@@ -142,7 +158,7 @@ impl Opener for Connecting {
                     tracing::debug!(target: "pool", "HTTP/1.1 upstream connection ended: {e}");
                 }
             });
-            Ok((Sender::Http1(sender), facts))
+            Ok((Sender::Http1(sender), facts, fate))
         })
     }
 }
@@ -228,10 +244,15 @@ impl Pool {
             mut conn,
             pool,
             request: active,
+            mut in_flight,
         } = attached;
         // The connection says the protocol: under ALPN it is known only now.
         let http2 = matches!(conn.sender, Sender::Http2(_));
         if let Err(e) = shape(&mut request, http2) {
+            // Never sent: the connection is not given up with it.
+            if let Some(f) = &mut in_flight {
+                f.finished();
+            }
             drop(pool.finish(conn, active));
             return Err(e);
         }
@@ -244,10 +265,20 @@ impl Pool {
                 s.send_request(request).await
             }
         };
-        let mut response = sent.map_err(|e| match e.is_parse() {
-            true => UpstreamError::Protocol,
-            false => UpstreamError::Reset(reset_reason(&e)),
+        // Dropping `in_flight` on an error gives the request up; a reset the upstream sent
+        // is counted as its own first.
+        let mut response = sent.map_err(|e| {
+            if let Some(f) = in_flight.as_mut().filter(|_| reset_by_peer(&e)) {
+                f.reset_by_peer();
+            }
+            match e.is_parse() {
+                true => UpstreamError::Protocol,
+                false => UpstreamError::Reset(reset_reason(&e)),
+            }
         })?;
+        if !http2 && announces_close(&response) {
+            self.connector.accounting.lifecycle.close_notify.inc();
+        }
         // Envoy's codecs count a response's headers against `max_headers_count`; the
         // connection goes with the response's body, not back to the pool.
         if self
@@ -264,8 +295,39 @@ impl Pool {
             response.extensions_mut().insert(conn.facts.clone());
         }
         let stream = pool.finish(conn, active);
-        Ok(response.map(|body| UpstreamIncoming::new(body, stream)))
+        Ok(response.map(|body| UpstreamIncoming::new(body, stream, in_flight)))
     }
+}
+
+/// An HTTP/1.1 response that says the upstream will close the connection after it:
+/// `connection: close`, or HTTP/1.0 without `keep-alive` (Envoy's `upstream_cx_close_notify`).
+/// One header lookup per HTTP/1.1 response, no allocation.
+fn announces_close<B>(response: &http::Response<B>) -> bool {
+    let has = |token: &str| {
+        response
+            .headers()
+            .get_all(http::header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|t| t.trim().eq_ignore_ascii_case(token))
+    };
+    match response.version() {
+        http::Version::HTTP_10 => !has("keep-alive"),
+        _ => has("close"),
+    }
+}
+
+/// The error is an HTTP/2 stream reset that the upstream sent (`RST_STREAM`).
+pub(super) fn reset_by_peer(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut source = Some(e);
+    while let Some(s) = source {
+        if let Some(h2) = s.downcast_ref::<h2::Error>() {
+            return h2.is_reset() && h2.is_remote();
+        }
+        source = s.source();
+    }
+    false
 }
 
 /// Puts `request` in the form its connection's protocol carries.

@@ -4,6 +4,7 @@
 //! been idle for the idle timeout or has expired.
 //! Envoy: https://www.envoyproxy.io/docs/envoy/latest/api-v3/config/core/v3/protocol.proto#envoy-v3-api-field-config-core-v3-httpprotocoloptions-max-requests-per-connection
 
+use super::lifecycle::{ConnectionFate, InFlight};
 use super::pool::UpstreamBody;
 use crate::config::cluster::ConnectionLimits;
 use crate::stats::Counter;
@@ -44,6 +45,8 @@ pub struct Conn {
     pub facts: ConnectionFacts,
     pub(super) id: u64,
     pub(super) life: Lifetime,
+    /// How the connection lives and ends (None for connections the stats do not see).
+    pub(super) fate: Option<Arc<ConnectionFate>>,
 }
 
 impl Conn {
@@ -60,6 +63,7 @@ impl Conn {
                     _stream: self.life.streams.as_ref().map(StreamToken::new),
                     ..Lifetime::default()
                 },
+                fate: self.fate.clone(),
             }),
             Sender::Http1(_) => None,
         }
@@ -68,6 +72,17 @@ impl Conn {
     /// An HTTP/2 connection, which requests share.
     pub(super) fn is_shared(&self) -> bool {
         matches!(self.sender, Sender::Http2(_))
+    }
+
+    /// A request starts on the connection: in flight until its response ends. A share
+    /// hands its handle on the connection's fate to the request.
+    pub(super) fn start(&mut self) -> Option<InFlight> {
+        let multiplexed = self.is_shared();
+        let fate = match multiplexed {
+            true => self.fate.take()?,
+            false => self.fate.clone()?,
+        };
+        Some(ConnectionFate::begin(fate, multiplexed))
     }
 
     /// The share's stream token, to travel with the response body.
