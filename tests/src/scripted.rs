@@ -39,6 +39,10 @@ pub enum Behaviour {
     /// Reads the request head, writes these bytes as the answer and closes (a malformed
     /// response, raw TCP).
     RawReply(&'static [u8]),
+    /// Reads the request head, writes these bytes as the answer, and closes the connection
+    /// after this long (a whole keep-alive response, then an upstream closing its idle
+    /// connection; raw TCP).
+    RawReplyThenClose(&'static [u8], Duration),
     /// 200 with a body of this many bytes (`x` repeated), sent in 64 KiB chunks.
     Stream(u64),
     /// 200 with `content-length: 20`: `first half` at once, then after this long
@@ -226,6 +230,12 @@ fn serve(
                         let mut stream = stream;
                         read_head(&mut stream, &shared).await;
                         let _ = stream.write_all(bytes).await;
+                    }
+                    Behaviour::RawReplyThenClose(bytes, after) => {
+                        let mut stream = stream;
+                        read_head(&mut stream, &shared).await;
+                        let _ = stream.write_all(bytes).await;
+                        tokio::time::sleep(*after).await;
                     }
                     Behaviour::TcpEcho => tcp_echo(stream).await,
                     Behaviour::TcpHalfClose => tcp_half_close(stream).await,
@@ -453,6 +463,7 @@ async fn answer(
         Behaviour::Flaky { .. } => ok().body(full(format!("from {name}\n"))),
         Behaviour::CloseBeforeResponse
         | Behaviour::RawReply(_)
+        | Behaviour::RawReplyThenClose(..)
         | Behaviour::TcpEcho
         | Behaviour::TcpHalfClose => {
             unreachable!("raw TCP behaviours do not speak HTTP")
