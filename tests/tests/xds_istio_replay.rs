@@ -114,8 +114,9 @@ fn items() -> Vec<Item> {
         }
     };
     for c in &clusters {
-        // The waypoint dump's EDS cluster has no assignment in the vectors: Envoy would keep it
-        // warming (and hold its CDS ACK) for the default 15 s, so the wait is shortened.
+        // The waypoint dump's EDS cluster has no assignment in the vectors: the proxies would
+        // keep it warming (and hold their CDS ACK) for the default 15 s, so the wait is
+        // shortened.
         let mut c = c.clone();
         if let Some(eds) = c.pointer_mut("/eds_cluster_config/eds_config") {
             eds["initial_fetch_timeout"] = Value::from("1s");
@@ -196,7 +197,7 @@ fn replay(kind: Kind, items: &[Item]) -> BTreeMap<String, String> {
         cp.set(type_url, Vec::new());
     }
     // Assignments are served from the start, so an EDS cluster warms as soon as it is pushed
-    // (Envoy holds a CDS ACK until the clusters in it are warm).
+    // (a CDS ACK waits until the clusters in it are warm, `xds_warming`).
     cp.set(
         ENDPOINT,
         items

@@ -19,6 +19,8 @@ pub struct Init {
     responded: BTreeSet<Kind>,
     /// Types whose `init_fetch_timeout` was counted.
     timeout_counted: BTreeSet<Kind>,
+    /// The initial clusters are warm (Envoy's cluster manager is initialised).
+    clusters_initialized: bool,
     live: bool,
 }
 
@@ -51,6 +53,12 @@ impl Init {
 
     pub fn is_live(&self) -> bool {
         self.live
+    }
+
+    /// Whether the initial clusters are warm: clusters that come later warm on their own
+    /// (and hold their CDS answer), not as part of the server's initialisation.
+    pub fn clusters_initialized(&self) -> bool {
+        self.clusters_initialized
     }
 
     fn source(&self, kind: Kind) -> Option<&ConfigSource> {
@@ -96,6 +104,7 @@ impl Init {
             return false;
         }
         let clusters_done = self.fetched(Kind::Cluster) && !clusters_warming;
+        self.clusters_initialized |= clusters_done;
         // Its initial fetch timeout then runs even while the control plane is unreachable.
         if self.lds.is_some() && clusters_done {
             self.start(Kind::Listener);

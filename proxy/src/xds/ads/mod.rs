@@ -100,6 +100,24 @@ pub struct AdsClient {
     agent_versions: BTreeMap<String, String>,
     /// Whether the agent types were asked for on the current stream.
     agent_requested: bool,
+    /// The answer to the last CDS response on this stream, held while clusters warm.
+    held_cds: Option<HeldAnswer>,
+}
+
+/// Whether a CDS answer waits: clusters warm after the server's initialisation (the initial
+/// clusters warm as part of it, and their CDS answer goes out at once, as Envoy's does).
+fn holds_cds_answer(applier: &Applier) -> bool {
+    applier.init.clusters_initialized() && applier.clusters_warming()
+}
+
+/// An ACK or NACK not sent yet. Envoy pauses its CDS answers while clusters warm (until their
+/// endpoints arrive or their initial fetch times out) and then sends the latest, so a control
+/// plane sees a cluster update applied only once its clusters can serve.
+/// https://www.envoyproxy.io/docs/envoy/latest/intro/arch_overview/upstream/cluster_manager#cluster-warming
+struct HeldAnswer {
+    version: String,
+    nonce: String,
+    error: Option<String>,
 }
 
 impl AdsClient {
@@ -169,6 +187,7 @@ impl AdsClient {
             },
             agent_versions: BTreeMap::new(),
             agent_requested: false,
+            held_cds: None,
             server,
         }
     }
@@ -271,6 +290,8 @@ impl AdsClient {
         let mut client = services::Clients::new(channel);
         self.node_sent = false;
         self.agent_requested = false;
+        // A held answer's nonce belongs to the stream that ended.
+        self.held_cds = None;
         for sub in self.subscriptions.values_mut() {
             sub.nonce.clear();
         }
@@ -491,6 +512,15 @@ impl AdsClient {
             Some(errors.join("\n"))
         };
         let version = sub.version.clone();
+        if kind == Kind::Cluster && (self.held_cds.is_some() || holds_cds_answer(&self.applier())) {
+            // Sent by `progress` once no cluster warms; a later response's answer replaces it.
+            self.held_cds = Some(HeldAnswer {
+                version,
+                nonce: response.nonce,
+                error,
+            });
+            return;
+        }
         let node = self.node_for_request();
         self.send_ack(out, kind.type_url(), version, &response.nonce, node, error);
     }
@@ -596,6 +626,13 @@ impl AdsClient {
                         ..Default::default()
                     });
                 }
+            }
+        }
+        if self.held_cds.is_some() && !holds_cds_answer(&self.applier()) {
+            if let Some(held) = self.held_cds.take() {
+                let node = self.node_for_request();
+                let cds = Kind::Cluster.type_url();
+                self.send_ack(out, cds, held.version, &held.nonce, node, held.error);
             }
         }
         let lds_started = self.subscriptions[&Kind::Listener].started;
