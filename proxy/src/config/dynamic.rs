@@ -16,8 +16,8 @@ use super::values::duration;
 use std::time::Duration;
 use xds_proto::pb::envoy::config::bootstrap::v3::bootstrap::DynamicResources as ProtoDynamic;
 use xds_proto::pb::envoy::config::core::v3::{
-    api_config_source::ApiType, config_source::ConfigSourceSpecifier, grpc_service,
-    ApiConfigSource, ApiVersion, ConfigSource as ProtoConfigSource,
+    api_config_source::ApiType, config_source::ConfigSourceSpecifier, ApiConfigSource, ApiVersion,
+    ConfigSource as ProtoConfigSource,
 };
 
 /// A resource's config source, reduced to what changes behaviour.
@@ -123,8 +123,8 @@ pub fn any_config_source(c: &ProtoConfigSource, path: &FieldPath) -> Result<Conf
 pub struct AdsConfig {
     /// `DELTA_GRPC` (Istio's default) rather than state of the world (`GRPC`).
     pub delta: bool,
-    /// The static cluster the gRPC stream runs over (`envoy_grpc.cluster_name`).
-    pub cluster: String,
+    /// Where the gRPC stream goes: a static cluster, or a `google_grpc` target.
+    pub target: super::grpc_target::GrpcTarget,
     pub set_node_on_first_message_only: bool,
     /// Headers sent with the stream (`initial_metadata`).
     pub initial_metadata: Vec<(String, String)>,
@@ -203,22 +203,18 @@ fn ads_config(
             .error("exactly one gRPC service is required"));
     };
     let service_path = path.field("grpc_services").index(0);
-    let cluster = match &service.target_specifier {
-        Some(grpc_service::TargetSpecifier::EnvoyGrpc(e)) => e.cluster_name.clone(),
-        Some(grpc_service::TargetSpecifier::GoogleGrpc(_)) => {
+    let target = super::grpc_target::grpc_target(service, &service_path)?;
+    if let (super::grpc_target::GrpcTarget::Cluster(cluster), Some(known)) =
+        (&target, static_clusters)
+    {
+        if !known.contains(cluster) {
             return Err(service_path
-                .field("google_grpc")
-                .error("google_grpc targets are not supported; use envoy_grpc"))
+                .field("envoy_grpc")
+                .field("cluster_name")
+                .error(format!(
+                    "unknown gRPC client cluster '{cluster}' (it must be a static cluster)"
+                )));
         }
-        None => return Err(service_path.error("a gRPC target is required")),
-    };
-    if static_clusters.is_some_and(|known| !known.contains(&cluster)) {
-        return Err(service_path
-            .field("envoy_grpc")
-            .field("cluster_name")
-            .error(format!(
-                "unknown gRPC client cluster '{cluster}' (it must be a static cluster)"
-            )));
     }
     let initial_metadata = service
         .initial_metadata
@@ -227,7 +223,7 @@ fn ads_config(
         .collect();
     Ok(AdsConfig {
         delta,
-        cluster,
+        target,
         set_node_on_first_message_only: a.set_node_on_first_message_only,
         initial_metadata,
         bearer_token_file: None,

@@ -99,6 +99,12 @@ static POLICIES: &[(&str, Policy)] = policies! {
     "envoy.config.core.v3.GrpcService" => ["envoy_grpc", "google_grpc", "initial_metadata"]
         ack [("timeout", "the ADS stream is long-lived; Outrigger sets no deadline on it")];
     "envoy.config.core.v3.GrpcService.EnvoyGrpc" => ["cluster_name"];
+    // `config/grpc_target.rs` refuses `google_default` and targets it cannot dial, by path.
+    "envoy.config.core.v3.GrpcService.GoogleGrpc" => ["target_uri", "channel_credentials"]
+        ack [("stat_prefix", "the gRPC client's own stats (streams_total, streams_closed_<status>) are not kept, for envoy_grpc targets either")];
+    "envoy.config.core.v3.GrpcService.GoogleGrpc.ChannelCredentials" => ["ssl_credentials", "local_credentials", "google_default"];
+    "envoy.config.core.v3.GrpcService.GoogleGrpc.SslCredentials" => ["root_certs", "private_key", "cert_chain"];
+    "envoy.config.core.v3.GrpcService.GoogleGrpc.GoogleLocalCredentials" => [];
     "envoy.config.cluster.v3.Cluster.EdsClusterConfig" => ["eds_config", "service_name"];
     "envoy.extensions.filters.network.http_connection_manager.v3.Rds" => ["config_source", "route_config_name"];
     "envoy.config.metrics.v3.StatsConfig" => ["stats_tags", "use_all_default_tags", "stats_matcher"]

@@ -14,6 +14,7 @@ pub mod extension;
 pub mod fault;
 pub mod fields;
 pub mod grpc_stats;
+pub mod grpc_target;
 pub mod hash_policy;
 pub mod hcm;
 pub mod hcm_options;

@@ -5,6 +5,7 @@ mod ads;
 pub mod agent_types;
 pub mod apply;
 mod files;
+pub mod google_grpc;
 mod init;
 pub mod records;
 mod stats;

@@ -21,6 +21,7 @@ use super::agent_types::AgentType;
 use super::apply::{lock, Applier, SharedApplier};
 use super::records::{Kind, Records};
 use crate::config::dynamic::{AdsConfig, ConfigSource};
+use crate::config::grpc_target::GrpcTarget;
 use crate::config::listener::Listener;
 use crate::server::{Server, ServerState};
 use crate::stats::Gauge;
@@ -230,7 +231,7 @@ impl AdsClient {
                     }
                 }
                 Err(e) => {
-                    tracing::warn!(target: "config", "ADS stream to cluster '{}' failed: {e}", self.ads.cluster);
+                    tracing::warn!(target: "config", "ADS stream to {} failed: {e}", self.ads.target);
                     let applier = self.applier();
                     for kind in [Kind::Cluster, Kind::Listener] {
                         if self.subscriptions[&kind].started {
@@ -320,7 +321,7 @@ impl AdsClient {
             (out, Inbound::Sotw(stream))
         };
         self.connected.set(1);
-        tracing::info!(target: "config", "ADS stream to cluster '{}' established ({})", self.ads.cluster, if self.ads.delta { "delta" } else { "state of the world" });
+        tracing::info!(target: "config", "ADS stream to {} established ({})", self.ads.target, if self.ads.delta { "delta" } else { "state of the world" });
         let mut received = false;
         let mut tick = tokio::time::interval(TICK);
         loop {
@@ -388,15 +389,19 @@ impl AdsClient {
     }
 
     /// A channel over the bootstrap's static gRPC cluster, through its own connector (TCP or
-    /// a Unix socket, relative paths included).
+    /// a Unix socket, relative paths included), or to a `google_grpc` target.
     fn channel(&self) -> Result<tonic::transport::Channel, String> {
+        let name = match &self.ads.target {
+            GrpcTarget::Cluster(name) => name,
+            GrpcTarget::Google(google) => return super::google_grpc::channel(google),
+        };
         let cluster = self
             .clusters
-            .by_name(&self.ads.cluster)
-            .ok_or_else(|| format!("no cluster '{}'", self.ads.cluster))?;
+            .by_name(name)
+            .ok_or_else(|| format!("no cluster '{name}'"))?;
         let host = cluster
             .choose_host(None, None, None)
-            .ok_or_else(|| format!("cluster '{}' has no hosts", self.ads.cluster))?;
+            .ok_or_else(|| format!("cluster '{name}' has no hosts"))?;
         let endpoint =
             tonic::transport::Endpoint::from_shared(format!("http://{}", host.authority))
                 .map_err(|e| e.to_string())?
