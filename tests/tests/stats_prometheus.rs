@@ -117,6 +117,12 @@ const ENVOY_INTERNAL: &[(&str, &str)] = &[
 /// families both have, so a stat Outrigger lacks would pass unnoticed.
 /// https://www.envoyproxy.io/docs/envoy/latest/configuration/upstream/cluster_manager/cluster_stats#dynamic-http-statistics
 const MUST_SHARE: &[&str] = &[
+    // https://www.envoyproxy.io/docs/envoy/latest/configuration/upstream/cluster_manager/cluster_manager_stats
+    "envoy_cluster_manager_cluster_added",
+    "envoy_cluster_manager_cluster_modified",
+    "envoy_cluster_manager_cluster_removed",
+    "envoy_cluster_manager_cluster_updated_via_merge",
+    "envoy_cluster_manager_warming_clusters",
     "envoy_cluster_upstream_rq",
     "envoy_cluster_upstream_rq_xx",
     "envoy_cluster_upstream_rq_completed",

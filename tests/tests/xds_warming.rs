@@ -1,7 +1,7 @@
 //! Cluster warming as the control plane sees it: Envoy answers a CDS update only once the
 //! clusters it brought are warm (their endpoints arrived, or their initial fetch timed out),
 //! so a control plane's view of what the proxy has applied includes the endpoints. Outrigger
-//! must answer in the same order.
+//! must answer in the same order, and count the clusters in `cluster_manager.*` alike.
 //! Envoy: https://www.envoyproxy.io/docs/envoy/latest/intro/arch_overview/upstream/cluster_manager#cluster-warming
 
 use std::time::Duration;
@@ -44,6 +44,25 @@ endpoints:
     )
 }
 
+/// STATIC cluster `plain` to the upstream: it needs no endpoints from EDS, so it never warms.
+fn plain_cluster(port: u16, connect_timeout: &str) -> (String, Any) {
+    resource::<Cluster>(
+        "plain",
+        &format!(
+            r#"
+name: plain
+type: STATIC
+connect_timeout: {connect_timeout}
+load_assignment:
+  cluster_name: plain
+  endpoints:
+  - lb_endpoints:
+    - endpoint: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {port} }} }} }}
+"#
+        ),
+    )
+}
+
 /// The CDS answers so far: ACK or NACK, with the version for the state of the world.
 fn cds_answers(requests: &[Recorded]) -> Vec<String> {
     requests
@@ -72,7 +91,14 @@ fn transcript(kind: Kind, delta: bool) -> Vec<String> {
         body_becomes(&url, "200 one", Duration::from_secs(10))
     )];
     let mut note = |step: &str, cp: &ControlPlane| {
-        out.push(format!("{step}: {:?}", cds_answers(&cp.requests())));
+        let managed = proxy.get(
+            "/stats?filter=^cluster_manager\\.(cluster_added|cluster_modified|cluster_removed|warming_clusters|active_clusters)$",
+        );
+        out.push(format!(
+            "{step}: {:?} {}",
+            cds_answers(&cp.requests()),
+            managed.body.trim().replace('\n', ", ")
+        ));
     };
     note("before", &cp);
     let before = cds_answers(&cp.requests()).len();
@@ -108,12 +134,25 @@ connect_timeout: 1s
 eds_cluster_config: { eds_config: { ads: {}, resource_api_version: V3, initial_fetch_timeout: 0.8s } }
 "#,
             ),
+            plain_cluster(upstream.port(), "1s"),
         ],
     );
     std::thread::sleep(Duration::from_millis(400));
     note("while third warms", &cp);
     std::thread::sleep(Duration::from_millis(1600));
     note("after third's fetch timed out", &cp);
+    // A changed cluster, and two removed. (A changed EDS cluster warms again in Envoy until
+    // its endpoints are sent again, which a delta control plane does not do for unchanged
+    // ones; Outrigger starts it with the endpoints it holds. The changed one here is STATIC.)
+    cp.set(
+        CLUSTER,
+        vec![backend_cluster(), plain_cluster(upstream.port(), "2s")],
+    );
+    cp.wait_for(Duration::from_secs(5), "the last CDS answer", |r| {
+        cds_answers(r).len() > before + 2
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    note("after one change and two removals", &cp);
     out.push(format!(
         "traffic: {}",
         body_becomes(&url, "200 one", Duration::from_secs(5))

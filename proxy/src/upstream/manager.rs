@@ -411,6 +411,36 @@ pub struct ClusterManager {
     assignments: RwLock<HashMap<String, Arc<Assignment>>>,
     /// Set once the runtime runs: from then on new DNS clusters start resolving at once.
     discovery_started: AtomicBool,
+    pub stats: ManagerStats,
+}
+
+/// `cluster_manager.*`: clusters added, changed and removed, and how many warm.
+/// Envoy: https://www.envoyproxy.io/docs/envoy/latest/configuration/upstream/cluster_manager/cluster_manager_stats
+#[derive(Debug)]
+pub struct ManagerStats {
+    /// Static clusters and clusters CDS brought (counted when they start warming).
+    pub cluster_added: Arc<Counter>,
+    /// A CDS cluster replaced by a different one of the same name.
+    pub cluster_modified: Arc<Counter>,
+    pub cluster_removed: Arc<Counter>,
+    /// Clusters CDS brought that wait for their endpoints or secrets.
+    pub warming_clusters: Arc<Gauge>,
+}
+
+impl ManagerStats {
+    fn new(store: &Store) -> Self {
+        let c = |s: &str| store.counter(&format!("cluster_manager.{s}"));
+        // Envoy's names for merged host updates; Outrigger applies every update at once.
+        c("update_merge_cancelled");
+        c("update_out_of_merge_window");
+        c("cluster_updated_via_merge");
+        Self {
+            cluster_added: c("cluster_added"),
+            cluster_modified: c("cluster_modified"),
+            cluster_removed: c("cluster_removed"),
+            warming_clusters: store.gauge("cluster_manager.warming_clusters"),
+        }
+    }
 }
 
 impl std::fmt::Debug for ClusterManager {
@@ -432,11 +462,10 @@ impl ClusterManager {
             active: RwLock::new(Vec::with_capacity(clusters.len())),
             assignments: RwLock::new(HashMap::new()),
             discovery_started: AtomicBool::new(false),
+            stats: ManagerStats::new(store),
         };
-        // Envoy's names for merged host updates; Outrigger applies every update at once.
-        store.counter("cluster_manager.update_merge_cancelled");
-        store.counter("cluster_manager.update_out_of_merge_window");
         for c in clusters {
+            manager.stats.cluster_added.inc();
             manager.add_or_update(c.clone());
         }
         manager

@@ -159,7 +159,15 @@ impl Applier {
                 }
             }
         }
+        self.count_warming_clusters();
         errors
+    }
+
+    fn count_warming_clusters(&self) {
+        self.clusters
+            .stats
+            .warming_clusters
+            .set(self.warming_clusters.len() as u64);
     }
 
     /// Runs `f` with the stat prefix (`cluster.<stat_name>.`) of every cluster fed by EDS
@@ -374,6 +382,7 @@ impl Applier {
                 self.records.promote(Kind::Cluster, &name);
             }
         }
+        self.count_warming_clusters();
         let expired: Vec<String> = self
             .warming_listeners
             .iter()
@@ -429,6 +438,13 @@ impl Applier {
                     &self.secret_slots,
                     &mut Vec::new(),
                 )?);
+                let known = self.warming_clusters.contains_key(&proto.name)
+                    || self.clusters.by_name(&proto.name).is_some();
+                let counted = match known {
+                    true => &self.clusters.stats.cluster_modified,
+                    false => &self.clusters.stats.cluster_added,
+                };
+                counted.inc();
                 if !self.cluster_ready(&cluster) {
                     self.warming_clusters
                         .insert(proto.name.clone(), (cluster, Instant::now()));
@@ -623,8 +639,10 @@ impl Applier {
                 if self.static_clusters.contains(name) {
                     return;
                 }
-                self.warming_clusters.remove(name);
-                self.clusters.remove(name);
+                let warming = self.warming_clusters.remove(name).is_some();
+                if self.clusters.remove(name) || warming {
+                    self.clusters.stats.cluster_removed.inc();
+                }
             }
             Kind::Listener => {
                 if self.static_listeners.contains(name) {
