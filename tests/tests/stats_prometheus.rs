@@ -159,6 +159,45 @@ const MUST_SHARE: &[&str] = &[
     "envoy_cluster_upstream_rq_cancelled",
     "envoy_cluster_upstream_rq_rx_reset",
     "envoy_cluster_upstream_rq_tx_reset",
+    // Downstream connections and requests of the connection manager.
+    // https://www.envoyproxy.io/docs/envoy/latest/configuration/http/http_conn_man/stats
+    "envoy_http_downstream_cx_destroy",
+    "envoy_http_downstream_cx_destroy_local",
+    "envoy_http_downstream_cx_destroy_remote",
+    "envoy_http_downstream_cx_destroy_active_rq",
+    "envoy_http_downstream_cx_destroy_local_active_rq",
+    "envoy_http_downstream_cx_destroy_remote_active_rq",
+    "envoy_http_downstream_cx_length_ms",
+    "envoy_http_downstream_cx_rx_bytes_total",
+    "envoy_http_downstream_cx_tx_bytes_total",
+    "envoy_http_downstream_cx_rx_bytes_buffered",
+    "envoy_http_downstream_cx_tx_bytes_buffered",
+    "envoy_http_downstream_cx_http1_active",
+    "envoy_http_downstream_cx_http2_active",
+    "envoy_http_downstream_cx_http3_active",
+    "envoy_http_downstream_cx_http3_total",
+    "envoy_http_downstream_rq_http3_total",
+    "envoy_http_downstream_cx_ssl_total",
+    "envoy_http_downstream_cx_ssl_active",
+    "envoy_http_downstream_cx_upgrades_total",
+    "envoy_http_downstream_cx_upgrades_active",
+    "envoy_http_downstream_cx_idle_timeout",
+    "envoy_http_downstream_cx_max_duration_reached",
+    "envoy_http_downstream_cx_drain_close",
+    "envoy_http_downstream_rq_completed",
+    "envoy_http_downstream_rq_rx_reset",
+    "envoy_http_downstream_rq_header_timeout",
+    // Listeners: how their connections end, the listener filters, per-connection-manager
+    // responses under the listener, and the one worker of `--concurrency 1`.
+    // https://www.envoyproxy.io/docs/envoy/latest/configuration/listeners/stats
+    "envoy_listener_downstream_cx_destroy",
+    "envoy_listener_downstream_cx_length_ms",
+    "envoy_listener_downstream_pre_cx_active",
+    "envoy_listener_downstream_pre_cx_timeout",
+    "envoy_listener_downstream_listener_filter_remote_close",
+    "envoy_listener_connections_accepted_per_socket_event",
+    "envoy_listener_http_downstream_rq_xx",
+    "envoy_listener_http_downstream_rq_completed",
 ];
 
 /// Families whose values depend on timing or the machine, not on the traffic: only their
@@ -381,7 +420,25 @@ const APPROXIMATE: &[Approximate] = &[
         within: 32,
         reason: "the last read of the HTTP/2 connection, as upstream_cx_rx_bytes_total",
     },
+    // The `cluster` of these two is the connection manager's prefix label in each variant.
+    Approximate {
+        family_suffix: "http_downstream_cx_tx_bytes_total",
+        cluster: "ingress_http",
+        within: 3,
+        reason: DOWNSTREAM_TX,
+    },
+    Approximate {
+        family_suffix: "http_downstream_cx_tx_bytes_total",
+        cluster: "10.0.0.1_8080",
+        within: 3,
+        reason: DOWNSTREAM_TX,
+    },
 ];
+
+/// Why the bytes sent to clients may differ by a byte or so.
+const DOWNSTREAM_TX: &str = "responses carry `x-envoy-upstream-service-time` in \
+     milliseconds: a request that takes 10 ms or more upstream (the first on a new upstream \
+     connection, now and then on either proxy) writes one more digit";
 
 fn close_enough(
     family: &str,

@@ -3,6 +3,7 @@
 
 use super::access_log::{default_details, flag_bits, LoggedBody, Pending, TunnelLog};
 use super::codec::{NotAdmitted, Served, HYPER_MAX_HEADERS};
+use super::downstream_cx::{ConnectionLife, Counted, Lives, StreamEnd, Tracked};
 use super::local_reply::ResponseFlag;
 use super::router::{route_request, ResetStream, ResponseBody};
 use super::stats::HcmStats;
@@ -13,7 +14,7 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -63,19 +64,20 @@ pub async fn serve_connection<I>(
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    ctx.stats.downstream_cx_total.inc();
-    ctx.stats.downstream_cx_active.inc();
+    let limits = &ctx.hcm.limits;
+    // hyper buffers a request head up to this size; the connection's copy of it the same.
+    let max_head = (limits.max_request_headers_bytes + 16 * 1024).max(8192);
+    let life = ConnectionLife::new(ctx.clone(), downstream.tls.is_some());
+    let activity = Arc::new(Activity::new(max_head, life));
+    let io = Counted::new(io, activity.clone());
     // Envoy's network RBAC decides on the connection's first bytes; before a connection
     // manager, Outrigger decides when the connection is accepted (a client that never sends
     // is closed here, where Envoy would wait).
     if let Err(details) = crate::rbac::check_connection(&ctx.connection_rbac, &downstream) {
         tracing::debug!(target: "http", "closing a downstream connection: {details}");
-        return finish(&ctx);
+        activity.life.closing();
+        return;
     }
-    let limits = &ctx.hcm.limits;
-    // hyper buffers a request head up to this size; the connection's copy of it the same.
-    let max_head = (limits.max_request_headers_bytes + 16 * 1024).max(8192);
-    let activity = Arc::new(Activity::new(max_head));
     let service_ctx = ctx.clone();
     let service_activity = activity.clone();
     // For the access log of a request hyper refuses (a clone of a few handles).
@@ -86,19 +88,21 @@ pub async fn serve_connection<I>(
         let downstream = downstream.clone();
         let connect = request.method() == http::Method::CONNECT;
         async move {
-            let _active = activity.begin();
-            // The codec is known once the first request arrives (AUTO sniffs it).
-            if !activity.protocol_counted.swap(true, Ordering::Relaxed) {
-                match request.version() {
-                    http::Version::HTTP_2 => {
-                        activity.http2.store(true, Ordering::Relaxed);
-                        activity.codec.disarm();
-                        ctx.stats.downstream_cx_http2_total.inc()
-                    }
-                    _ => ctx.stats.downstream_cx_http1_total.inc(),
-                }
-            }
             let http1 = request.version() != http::Version::HTTP_2;
+            let mut stream = StreamEnd::start(activity.clone(), !http1);
+            // Upgrades are rare: only a request with the header pays for the check.
+            if (request.headers().contains_key(http::header::UPGRADE)
+                && matches!(
+                    super::request_checks::is_allowed_upgrade(&ctx.hcm, request.headers()),
+                    Ok(true)
+                ))
+                || (connect && ctx.hcm.upgrades.iter().any(|u| u == "connect"))
+            {
+                stream.upgrade();
+            }
+            // A client that asks to close: the connection ends after this response, by
+            // Outrigger (Envoy closes it once the response is out).
+            let client_closes = http1 && asks_close(request.headers());
             // hyper removes `Content-Length` from a chunked request; Envoy's codec refuses
             // it unless `allow_chunked_length` (hyper's chunked bodies have no exact size).
             if http1
@@ -130,6 +134,9 @@ pub async fn serve_connection<I>(
             {
                 activity.codec.disarm();
             }
+            if response.status() == http::StatusCode::SWITCHING_PROTOCOLS {
+                stream.upgraded();
+            }
             if http1 && (activity.draining.load(Ordering::Relaxed) || health_check_failed) {
                 // The client learns with this response that the connection ends, so it never
                 // sends a request into a close (Envoy's drain of HTTP/1.1 connections).
@@ -137,13 +144,21 @@ pub async fn serve_connection<I>(
                     http::header::CONNECTION,
                     http::HeaderValue::from_static("close"),
                 );
+                ctx.stats.cx.drain_close.inc();
+            }
+            if client_closes || (http1 && asks_close(response.headers())) {
+                activity.life.closes_after_response();
             }
             // Envoy's HTTP/2 codec resets a stream it refuses (header limits): an error
             // from the service makes hyper do the same.
             if response.extensions().get::<ResetStream>().is_some() {
                 return Err(StreamRefused);
             }
-            Ok(response)
+            let (parts, body) = response.into_parts();
+            Ok(hyper::Response::from_parts(
+                parts,
+                Tracked::new(body, stream),
+            ))
         }
     });
     // A peer that sends nothing is bounded as hyper would bound it: by the header timeout,
@@ -153,18 +168,35 @@ pub async fn serve_connection<I>(
     let accepted_draining = *drain.signal.borrow();
     let admitted = tokio::select! {
         admitted = super::codec::admit(io, ctx.hcm.codec) => admitted,
-        _ = sleep_or_forever(limits.request_headers_timeout.or(limits.idle_timeout)) => Err(NotAdmitted::Gone),
-        _ = drain.expired(), if !accepted_draining => Err(NotAdmitted::Gone),
+        _ = sleep_or_forever(limits.request_headers_timeout.or(limits.idle_timeout)) => {
+            activity.life.closing();
+            Err(NotAdmitted::Gone)
+        }
+        _ = drain.expired(), if !accepted_draining => {
+            activity.life.closing();
+            Err(NotAdmitted::Gone)
+        }
     };
     let admitted = match admitted {
         Ok(admitted) => admitted,
         Err(NotAdmitted::OtherProtocol(io)) => {
             tracing::debug!(target: "http", "closing a downstream connection in a protocol its codec does not serve");
+            // Envoy's codec for the configured protocol read the bytes and refused them.
+            activity
+                .life
+                .codec(ctx.hcm.codec == crate::config::hcm::Codec::Http2);
+            activity.life.closing();
             super::codec::refuse(io, ctx.hcm.codec, ctx.hcm.server_name.as_bytes()).await;
-            return finish(&ctx);
+            return;
         }
-        Err(NotAdmitted::Gone) => return finish(&ctx),
+        Err(NotAdmitted::Gone) => return,
     };
+    // Envoy creates the codec on the connection's first bytes.
+    activity.life.codec(admitted.http2);
+    if admitted.http2 {
+        activity.http2.store(true, Ordering::Relaxed);
+        activity.codec.disarm();
+    }
     // hyper answers a request it cannot parse itself; the guard holds that answer back for
     // Envoy's (below).
     let io = TokioIo::new(super::codec_error::Guarded::new(
@@ -224,17 +256,24 @@ pub async fn serve_connection<I>(
                 }
                 "drain"
             },
-            _ = activity.idle_for(limits.idle_timeout) => "idle timeout",
+            _ = activity.life.idle_for(limits.idle_timeout) => {
+                ctx.stats.cx.idle_timeout.inc();
+                "idle timeout"
+            },
             _ = activity.goaway.notified() => "health check failed",
-            _ = sleep_or_forever(limits.max_connection_duration) => "max connection duration",
+            _ = sleep_or_forever(limits.max_connection_duration) => {
+                ctx.stats.cx.max_duration_reached.inc();
+                "max connection duration"
+            },
         }
     };
     let result = tokio::select! {
         result = connection.as_mut() => result,
         reason = close_reason => {
             tracing::debug!(target: "http", "closing downstream connection: {reason}");
+            activity.life.closing();
             if reason == "drain time elapsed" {
-                return finish(&ctx);
+                return;
             }
             connection.as_mut().graceful_shutdown();
             // In-flight requests get the drain window to finish; then the connection closes.
@@ -249,6 +288,21 @@ pub async fn serve_connection<I>(
     };
     if let Err(e) = &result {
         tracing::debug!(target: "http", "downstream connection ended with an error: {e}");
+        // hyper's `header_read_timeout` is Envoy's `request_headers_timeout`.
+        if e.is_timeout() {
+            ctx.stats.cx.rq_header_timeout.inc();
+        }
+        activity.life.closing();
+    }
+    // Bytes of a request that never reached the service: Envoy's codec had a stream for it.
+    // A head hyper refused to parse is counted as the refusal below.
+    let refused = matches!(&result, Err(e) if e.is_parse() || e.is_parse_too_large());
+    if !admitted.http2
+        && !refused
+        && activity.life.in_flight() == 0
+        && !activity.codec.head.is_empty()
+    {
+        activity.life.partial_request();
     }
     if let Some(orphan) = activity.codec.take() {
         let refusal = result.err().and_then(|e| orphan.refusal(&e));
@@ -258,7 +312,6 @@ pub async fn serve_connection<I>(
         });
         orphan.finish(reply).await;
     }
-    finish(&ctx);
 }
 
 /// Counts and logs a request hyper could not parse, as Envoy's HTTP/1 codec error: a stream
@@ -270,9 +323,7 @@ fn on_refusal(
     refusal: super::codec_error::Refusal,
 ) {
     let stats = &ctx.stats;
-    if !activity.protocol_counted.swap(true, Ordering::Relaxed) {
-        stats.downstream_cx_http1_total.inc();
-    }
+    activity.life.codec(false);
     stats.downstream_cx_protocol_error.inc();
     stats.downstream_rq_total.inc();
     stats.downstream_rq_http1_total.inc();
@@ -306,6 +357,22 @@ fn on_refusal(
     ctx.access_logs.log(&log);
 }
 
+/// `downstream_rq_active` for a request being routed.
+struct ActiveRequest<'a>(&'a crate::stats::Gauge);
+
+impl<'a> ActiveRequest<'a> {
+    fn new(gauge: &'a crate::stats::Gauge) -> Self {
+        gauge.inc();
+        ActiveRequest(gauge)
+    }
+}
+
+impl Drop for ActiveRequest<'_> {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
 /// The service's error for a stream it resets instead of answering.
 #[derive(Debug)]
 struct StreamRefused;
@@ -318,8 +385,14 @@ impl std::fmt::Display for StreamRefused {
 
 impl std::error::Error for StreamRefused {}
 
-fn finish(ctx: &HttpContext) {
-    ctx.stats.downstream_cx_active.dec();
+/// Whether an HTTP/1.1 message's `Connection` header says the connection ends with it.
+fn asks_close(headers: &http::HeaderMap) -> bool {
+    headers
+        .get_all(http::header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case("close"))
 }
 
 /// Whether an HTTP/1.0 request's `Connection` header asks for keep-alive.
@@ -366,7 +439,8 @@ async fn handle(
     }
     let stats = &ctx.stats;
     stats.downstream_rq_total.inc();
-    stats.downstream_rq_active.inc();
+    // Until routing ends, also when the client goes first and the future is dropped.
+    let rq_active = ActiveRequest::new(&stats.downstream_rq_active);
     if request.version() == http::Version::HTTP_2 {
         stats.downstream_rq_http2_total.inc();
     } else {
@@ -414,7 +488,7 @@ async fn handle(
     if !reset {
         stats.response(outcome.response.status());
     }
-    stats.downstream_rq_active.dec();
+    drop(rq_active);
     stats
         .downstream_rq_time
         .record(started.elapsed().as_secs_f64() * 1000.0);
@@ -515,17 +589,16 @@ async fn sleep_or_forever(duration: Option<Duration>) {
     }
 }
 
-/// Requests in flight on a connection and when the last one ended, for the idle timeout.
+/// What a connection's service, socket and task share: its life (streams in flight, who
+/// closes), its drain state, and the watch on hyper's own replies.
 struct Activity {
-    active: AtomicUsize,
-    protocol_counted: std::sync::atomic::AtomicBool,
-    /// Set once the first request showed the connection is HTTP/2.
+    life: ConnectionLife,
+    /// Set once the codec is known to be HTTP/2.
     http2: std::sync::atomic::AtomicBool,
     /// The listener is draining: HTTP/1.1 responses carry `Connection: close`.
     draining: std::sync::atomic::AtomicBool,
     /// An HTTP/2 connection is to end gracefully (GOAWAY), as the server fails health checks.
     goaway: tokio::sync::Notify,
-    since: std::sync::Mutex<tokio::time::Instant>,
     /// Tells hyper's own replies to unparsable requests from responses.
     codec: super::codec_error::Watch,
 }
@@ -536,51 +609,20 @@ impl super::codec_error::Watched for Activity {
     }
 }
 
-struct ActiveRequest<'a>(&'a Activity);
-
-impl Drop for ActiveRequest<'_> {
-    fn drop(&mut self) {
-        if self.0.active.fetch_sub(1, Ordering::AcqRel) == 1 {
-            *self.0.since.lock().unwrap_or_else(|e| e.into_inner()) = tokio::time::Instant::now();
-        }
+impl Lives for Activity {
+    fn life(&self) -> &ConnectionLife {
+        &self.life
     }
 }
 
 impl Activity {
-    fn new(max_head: usize) -> Self {
+    fn new(max_head: usize, life: ConnectionLife) -> Self {
         Self {
-            active: AtomicUsize::new(0),
-            protocol_counted: std::sync::atomic::AtomicBool::new(false),
+            life,
             http2: std::sync::atomic::AtomicBool::new(false),
             draining: std::sync::atomic::AtomicBool::new(false),
             goaway: tokio::sync::Notify::new(),
-            since: std::sync::Mutex::new(tokio::time::Instant::now()),
             codec: super::codec_error::Watch::new(max_head),
-        }
-    }
-
-    fn begin(&self) -> ActiveRequest<'_> {
-        self.active.fetch_add(1, Ordering::AcqRel);
-        ActiveRequest(self)
-    }
-
-    /// Resolves once the connection has had no request in flight for `timeout`.
-    async fn idle_for(&self, timeout: Option<Duration>) {
-        let Some(timeout) = timeout else {
-            return std::future::pending().await;
-        };
-        loop {
-            let since = *self.since.lock().unwrap_or_else(|e| e.into_inner());
-            let deadline = since + timeout;
-            if self.active.load(Ordering::Acquire) == 0 && tokio::time::Instant::now() >= deadline {
-                return;
-            }
-            let next = if self.active.load(Ordering::Acquire) == 0 {
-                deadline
-            } else {
-                tokio::time::Instant::now() + timeout
-            };
-            tokio::time::sleep_until(next).await;
         }
     }
 }

@@ -56,6 +56,11 @@ impl HeadCopy {
         }
     }
 
+    /// Whether bytes of a next request were read since the last response went out.
+    pub fn is_empty(&self) -> bool {
+        self.lock().is_empty()
+    }
+
     /// The first `n` bytes of the request being read (fewer if fewer were read).
     pub fn start(&self, n: usize) -> Vec<u8> {
         let bytes = self.lock();

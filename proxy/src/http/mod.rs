@@ -8,6 +8,7 @@ pub(crate) mod codec;
 mod codec_error;
 mod compressor;
 mod connection;
+mod downstream_cx;
 mod fault;
 mod forward;
 pub mod forwarding;

@@ -1,6 +1,8 @@
-//! `http.<stat_prefix>.*` stats of a connection manager, resolved once per listener.
+//! `http.<stat_prefix>.*` stats of a connection manager, and its per-listener
+//! `listener.<address>.http.<stat_prefix>.*` response counters, resolved once per listener.
+//! Envoy: https://www.envoyproxy.io/docs/envoy/latest/configuration/http/http_conn_man/stats
 
-use crate::stats::{Counter, Gauge, Store};
+use crate::stats::{Counter, Gauge, Histogram, Store};
 use std::sync::Arc;
 
 #[derive(Debug)]
@@ -17,22 +19,65 @@ pub struct HcmStats {
     pub downstream_rq_http2_total: Arc<Counter>,
     /// `downstream_rq_1xx` .. `downstream_rq_5xx`.
     pub downstream_rq_class: [Arc<Counter>; 5],
+    /// Responses sent (Envoy charges it with the class counter, when response headers go out).
+    pub downstream_rq_completed: Arc<Counter>,
+    /// The same two under the listener's scope: `listener.<address>.http.<prefix>.*`.
+    pub listener_rq_class: [Arc<Counter>; 5],
+    pub listener_rq_completed: Arc<Counter>,
     pub no_route: Arc<Counter>,
     pub rq_direct_response: Arc<Counter>,
     pub rq_redirect: Arc<Counter>,
     pub no_cluster: Arc<Counter>,
-    pub downstream_rq_time: Arc<crate::stats::Histogram>,
+    pub downstream_rq_time: Arc<Histogram>,
     /// Streams ended by the stream idle timeout, the request timeout, the stream duration.
     pub downstream_rq_idle_timeout: Arc<Counter>,
     pub downstream_rq_timeout: Arc<Counter>,
     pub downstream_rq_max_duration_reached: Arc<Counter>,
+    /// How connections live and end (`super::downstream_cx`).
+    pub cx: CxStats,
+}
+
+/// The connection-lifecycle stats of a connection manager.
+#[derive(Debug)]
+pub struct CxStats {
+    pub destroy: Arc<Counter>,
+    pub destroy_local: Arc<Counter>,
+    pub destroy_remote: Arc<Counter>,
+    pub destroy_active_rq: Arc<Counter>,
+    pub destroy_local_active_rq: Arc<Counter>,
+    pub destroy_remote_active_rq: Arc<Counter>,
+    pub length_ms: Arc<Histogram>,
+    pub rx_bytes_total: Arc<Counter>,
+    pub tx_bytes_total: Arc<Counter>,
+    pub rx_bytes_buffered: Arc<Gauge>,
+    pub tx_bytes_buffered: Arc<Gauge>,
+    pub http1_active: Arc<Gauge>,
+    pub http2_active: Arc<Gauge>,
+    pub ssl_total: Arc<Counter>,
+    pub ssl_active: Arc<Gauge>,
+    pub upgrades_total: Arc<Counter>,
+    pub upgrades_active: Arc<Gauge>,
+    pub idle_timeout: Arc<Counter>,
+    pub max_duration_reached: Arc<Counter>,
+    pub max_requests_reached: Arc<Counter>,
+    pub drain_close: Arc<Counter>,
+    /// Streams the client reset (HTTP/2 `RST_STREAM`) or left by closing the connection.
+    pub rq_rx_reset: Arc<Counter>,
+    /// `request_headers_timeout` ended a request whose headers had not all arrived.
+    pub rq_header_timeout: Arc<Counter>,
 }
 
 impl HcmStats {
-    pub fn new(store: &Store, stat_prefix: &str) -> Self {
+    /// `listener_scope` names the listener (`127.0.0.1_8080`, or its stat prefix).
+    pub fn new(store: &Store, stat_prefix: &str, listener_scope: &str) -> Self {
         let p = format!("http.{stat_prefix}.");
         let c = |s: &str| store.counter(&format!("{p}{s}"));
         let g = |s: &str| store.gauge(&format!("{p}{s}"));
+        let l = |s: &str| store.counter(&format!("listener.{listener_scope}.{p}{s}"));
+        // Outrigger serves no HTTP/3: these stay 0, as Envoy's do without a QUIC listener.
+        c("downstream_cx_http3_total");
+        g("downstream_cx_http3_active");
+        c("downstream_rq_http3_total");
         Self {
             downstream_cx_total: c("downstream_cx_total"),
             downstream_cx_active: g("downstream_cx_active"),
@@ -44,6 +89,9 @@ impl HcmStats {
             downstream_rq_http1_total: c("downstream_rq_http1_total"),
             downstream_rq_http2_total: c("downstream_rq_http2_total"),
             downstream_rq_class: std::array::from_fn(|i| c(&format!("downstream_rq_{}xx", i + 1))),
+            downstream_rq_completed: c("downstream_rq_completed"),
+            listener_rq_class: std::array::from_fn(|i| l(&format!("downstream_rq_{}xx", i + 1))),
+            listener_rq_completed: l("downstream_rq_completed"),
             no_route: c("no_route"),
             rq_direct_response: c("rq_direct_response"),
             rq_redirect: c("rq_redirect"),
@@ -52,15 +100,46 @@ impl HcmStats {
             downstream_rq_idle_timeout: c("downstream_rq_idle_timeout"),
             downstream_rq_timeout: c("downstream_rq_timeout"),
             downstream_rq_max_duration_reached: c("downstream_rq_max_duration_reached"),
+            cx: CxStats {
+                destroy: c("downstream_cx_destroy"),
+                destroy_local: c("downstream_cx_destroy_local"),
+                destroy_remote: c("downstream_cx_destroy_remote"),
+                destroy_active_rq: c("downstream_cx_destroy_active_rq"),
+                destroy_local_active_rq: c("downstream_cx_destroy_local_active_rq"),
+                destroy_remote_active_rq: c("downstream_cx_destroy_remote_active_rq"),
+                length_ms: store.histogram(&format!("{p}downstream_cx_length_ms")),
+                rx_bytes_total: c("downstream_cx_rx_bytes_total"),
+                tx_bytes_total: c("downstream_cx_tx_bytes_total"),
+                rx_bytes_buffered: g("downstream_cx_rx_bytes_buffered"),
+                tx_bytes_buffered: g("downstream_cx_tx_bytes_buffered"),
+                http1_active: g("downstream_cx_http1_active"),
+                http2_active: g("downstream_cx_http2_active"),
+                ssl_total: c("downstream_cx_ssl_total"),
+                ssl_active: g("downstream_cx_ssl_active"),
+                upgrades_total: c("downstream_cx_upgrades_total"),
+                upgrades_active: g("downstream_cx_upgrades_active"),
+                idle_timeout: c("downstream_cx_idle_timeout"),
+                max_duration_reached: c("downstream_cx_max_duration_reached"),
+                max_requests_reached: c("downstream_cx_max_requests_reached"),
+                drain_close: c("downstream_cx_drain_close"),
+                rq_rx_reset: c("downstream_rq_rx_reset"),
+                rq_header_timeout: c("downstream_rq_header_timeout"),
+            },
         }
     }
 
+    /// A response's headers went out: its class and `downstream_rq_completed`, for the
+    /// connection manager and for its listener (Envoy's `chargeStats`).
     pub fn response(&self, status: http::StatusCode) {
-        if let Some(c) = self
-            .downstream_rq_class
-            .get(usize::from(status.as_u16() / 100).wrapping_sub(1))
-        {
+        self.downstream_rq_completed.inc();
+        self.listener_rq_completed.inc();
+        let class = usize::from(status.as_u16() / 100).wrapping_sub(1);
+        if let (Some(c), Some(l)) = (
+            self.downstream_rq_class.get(class),
+            self.listener_rq_class.get(class),
+        ) {
             c.inc();
+            l.inc();
         }
     }
 }

@@ -156,7 +156,7 @@ pub async fn run(
                 }
             }
         }
-        target.stats.downstream_cx_total.inc();
+        let mut counted = target.stats.accepted();
         let connection_id = crate::http::forwarding::next_connection_id();
         let target = target.clone();
         // The accepting listener's `original_src` applies, also after a hand-off.
@@ -176,9 +176,8 @@ pub async fn run(
         // Listener filters, the chain's transport socket and its network filter run on the
         // connection's own task, so a slow ClientHello or handshake never holds up accepting.
         tokio::spawn(async move {
-            target.stats.downstream_cx_active.inc();
+            counted.activate();
             serve(&target, stream, downstream, drain_window).await;
-            target.stats.downstream_cx_active.dec();
         });
     }
 }
@@ -266,16 +265,29 @@ async fn listener_filters(
         _ => return Some(detected),
     };
     let port = local.map(|a| a.port());
+    let stats = &target.stats;
+    stats.downstream_pre_cx_active.inc();
     let inspect = inspect(&config.inspectors, port, target, tcp, &mut detected);
     let finished = match config.listener_filters_timeout {
-        None => inspect.await,
+        None => remote_close(inspect.await, stats),
         Some(limit) => match tokio::time::timeout(limit, inspect).await {
-            Ok(finished) => finished,
-            Err(_) if config.continue_on_listener_filters_timeout => true,
-            Err(_) => false,
+            Ok(finished) => remote_close(finished, stats),
+            Err(_) => {
+                stats.downstream_pre_cx_timeout.inc();
+                config.continue_on_listener_filters_timeout
+            }
         },
     };
+    stats.downstream_pre_cx_active.dec();
     finished.then_some(detected)
+}
+
+/// Counts a client that closed while the listener filters read its first bytes.
+fn remote_close(finished: bool, stats: &runtime::ListenerStats) -> bool {
+    if !finished {
+        stats.downstream_listener_filter_remote_close.inc();
+    }
+    finished
 }
 
 /// Runs the inspecting filters in turn, recording what each finds in `detected`; false when

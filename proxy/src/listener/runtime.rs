@@ -30,6 +30,7 @@ impl ChainRuntime {
         clusters: &Arc<ClusterManager>,
         server: &Arc<Server>,
         files: &Files,
+        listener_scope: &str,
     ) -> Self {
         let store = &server.stats;
         match chain.filters.last() {
@@ -37,7 +38,7 @@ impl ChainRuntime {
                 ChainRuntime::Http(Arc::new(HttpContext {
                     hcm: hcm.clone(),
                     clusters: clusters.clone(),
-                    stats: HcmStats::new(store, &hcm.stat_prefix),
+                    stats: HcmStats::new(store, &hcm.stat_prefix, listener_scope),
                     fault_stats: FaultStats::new(&hcm.faults, store, &hcm.stat_prefix),
                     jwt_authn: hcm
                         .jwt_authn
@@ -104,11 +105,75 @@ fn connection_rbac(
 }
 
 /// Per-listener stats (`listener.<address>.*`).
+/// Envoy: https://www.envoyproxy.io/docs/envoy/latest/configuration/listeners/stats
 #[derive(Debug)]
 pub struct ListenerStats {
     pub downstream_cx_total: Arc<Counter>,
     pub downstream_cx_active: Arc<Gauge>,
     pub no_filter_chain_match: Arc<Counter>,
+    pub downstream_cx_destroy: Arc<Counter>,
+    pub downstream_cx_length_ms: Arc<crate::stats::Histogram>,
+    /// Sockets in the listener filters, and those the filters gave up on: timed out, or the
+    /// client closed before they could decide.
+    pub downstream_pre_cx_active: Arc<Gauge>,
+    pub downstream_pre_cx_timeout: Arc<Counter>,
+    pub downstream_listener_filter_remote_close: Arc<Counter>,
+    /// Connections taken per wake-up of the accept loop: one, as tokio hands them out.
+    pub connections_accepted_per_socket_event: Arc<crate::stats::Histogram>,
+    /// `worker_0.downstream_cx_{total,active}` with one worker (`--concurrency 1`), where
+    /// the worker is the listener; with more, Outrigger's tasks belong to no one worker.
+    pub worker: Option<(Arc<Counter>, Arc<Gauge>)>,
+}
+
+impl ListenerStats {
+    /// Counts an accepted connection; the guard counts its end.
+    pub fn accepted(self: &Arc<Self>) -> AcceptedConnection {
+        self.downstream_cx_total.inc();
+        self.connections_accepted_per_socket_event.record(1.0);
+        if let Some((total, _)) = &self.worker {
+            total.inc();
+        }
+        AcceptedConnection {
+            stats: self.clone(),
+            born: std::time::Instant::now(),
+            active: false,
+        }
+    }
+}
+
+/// A connection of a listener from its accept to its close: `downstream_cx_destroy` and
+/// `downstream_cx_length_ms` when it goes.
+pub struct AcceptedConnection {
+    stats: Arc<ListenerStats>,
+    born: std::time::Instant,
+    active: bool,
+}
+
+impl AcceptedConnection {
+    /// The connection is served by its listener (after a hand-off, the target's).
+    pub fn activate(&mut self) {
+        self.active = true;
+        self.stats.downstream_cx_active.inc();
+        if let Some((_, active)) = &self.stats.worker {
+            active.inc();
+        }
+    }
+}
+
+impl Drop for AcceptedConnection {
+    fn drop(&mut self) {
+        let stats = &self.stats;
+        if self.active {
+            stats.downstream_cx_active.dec();
+            if let Some((_, active)) = &stats.worker {
+                active.dec();
+            }
+        }
+        stats.downstream_cx_destroy.inc();
+        stats
+            .downstream_cx_length_ms
+            .record(self.born.elapsed().as_millis() as f64);
+    }
 }
 
 pub struct ListenerRuntime {
@@ -118,7 +183,7 @@ pub struct ListenerRuntime {
     /// Each chain's TLS transport socket, by the same index as `chains`.
     pub tls: Vec<Option<Arc<ServerTls>>>,
     pub default_tls: Option<Arc<ServerTls>>,
-    pub stats: ListenerStats,
+    pub stats: Arc<ListenerStats>,
     /// The `http_inspector` filter's counters, when the listener has the filter.
     pub http_inspector: Option<super::http_inspector::HttpInspectorStats>,
     /// The listener's own access logs: connections it closes without a filter chain.
@@ -143,12 +208,27 @@ impl ListenerRuntime {
         } else {
             config.stat_prefix.clone()
         };
-        let stats = ListenerStats {
-            downstream_cx_total: store.counter(&format!("listener.{scope}.downstream_cx_total")),
-            downstream_cx_active: store.gauge(&format!("listener.{scope}.downstream_cx_active")),
-            no_filter_chain_match: store
-                .counter(&format!("listener.{scope}.no_filter_chain_match")),
-        };
+        let c = |s: &str| store.counter(&format!("listener.{scope}.{s}"));
+        let g = |s: &str| store.gauge(&format!("listener.{scope}.{s}"));
+        let h = |s: &str| store.histogram(&format!("listener.{scope}.{s}"));
+        let one_worker = store.gauge("server.concurrency").value() == 1;
+        let stats = Arc::new(ListenerStats {
+            downstream_cx_total: c("downstream_cx_total"),
+            downstream_cx_active: g("downstream_cx_active"),
+            no_filter_chain_match: c("no_filter_chain_match"),
+            downstream_cx_destroy: c("downstream_cx_destroy"),
+            downstream_cx_length_ms: h("downstream_cx_length_ms"),
+            downstream_pre_cx_active: g("downstream_pre_cx_active"),
+            downstream_pre_cx_timeout: c("downstream_pre_cx_timeout"),
+            downstream_listener_filter_remote_close: c("downstream_listener_filter_remote_close"),
+            connections_accepted_per_socket_event: h("connections_accepted_per_socket_event"),
+            worker: one_worker.then(|| {
+                (
+                    c("worker_0.downstream_cx_total"),
+                    g("worker_0.downstream_cx_active"),
+                )
+            }),
+        });
         // Envoy has `listener.<scope>.ssl.*` only for listeners that terminate TLS.
         let any_tls = config
             .filter_chains
@@ -170,12 +250,12 @@ impl ListenerRuntime {
             chains: config
                 .filter_chains
                 .iter()
-                .map(|c| ChainRuntime::build(c, clusters, server, files))
+                .map(|c| ChainRuntime::build(c, clusters, server, files, &scope))
                 .collect(),
             default_chain: config
                 .default_filter_chain
                 .as_ref()
-                .map(|c| ChainRuntime::build(c, clusters, server, files)),
+                .map(|c| ChainRuntime::build(c, clusters, server, files, &scope)),
             access_logs: AccessLogs::new(&config.access_logs, files),
             http_inspector: config
                 .inspectors
