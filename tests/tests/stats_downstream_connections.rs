@@ -16,25 +16,12 @@ use tests::scripted::Behaviour;
 const HCM_STATS: &str =
     "https://www.envoyproxy.io/docs/envoy/latest/configuration/http/http_conn_man/stats";
 
-const KNOWN: &[Known] = &[
-    Known {
-        scenario: "idle_timeout",
-        reason: "Envoy's idle timeout starts the connection's drain: an HTTP/1.1 connection stays \
-                 open for the connection manager's drain_timeout (5 s) and this client closes it \
-                 first (remote); Outrigger closes it at once (local). drain_timeout is \
-                 acknowledged, not implemented (proxy/src/config/fields.rs)",
-    },
-    Known {
-        scenario: "max_connection_duration",
-        reason: "as idle_timeout: Envoy drains for drain_timeout (5 s) before closing",
-    },
-    Known {
-        scenario: "curl_http2",
-        reason: "HTTP/2 framing: the bytes sent differ by a few bytes from Envoy's codec (its \
+const KNOWN: &[Known] = &[Known {
+    scenario: "curl_http2",
+    reason: "HTTP/2 framing: the bytes sent differ by a few bytes from Envoy's codec (its \
                  SETTINGS frame and HPACK encoding), as upstream_cx_tx_bytes_total of HTTP/2 \
                  clusters in stats_prometheus.rs",
-    },
-];
+}];
 
 fn routes() -> String {
     one_vhost(
@@ -56,7 +43,7 @@ fn scenario(name: &'static str, upstream: Behaviour) -> Scenario {
 fn connection_stats(side: &Side) -> String {
     std::thread::sleep(Duration::from_millis(500));
     let stats = side.proxy.get(
-        "/stats?filter=^(http\\.traffic\\.downstream_(cx_(total|active|destroy.*|http(1|2|3)_(total|active)|rx_bytes_total|tx_bytes_total|ssl_.*|upgrades_.*|idle_timeout|max_duration_reached|drain_close|protocol_error)|rq_(total|active|http(1|2|3)_total|completed|rx_reset|(1|2|3|4|5)xx|header_timeout))|listener\\.127\\.0\\.0\\.1_\\d+\\.(downstream_cx_(total|active|destroy)|downstream_pre_cx_.*|worker_0\\..*|http\\..*))$",
+        "/stats?filter=^(http\\.traffic\\.downstream_(cx_(total|active|destroy.*|http(1|2|3)_(total|active)|rx_bytes_total|tx_bytes_total|ssl_.*|upgrades_.*|idle_timeout|max_duration_reached|max_requests_reached|drain_close|protocol_error)|rq_(total|active|http(1|2|3)_total|completed|rx_reset|(1|2|3|4|5)xx|header_timeout))|listener\\.127\\.0\\.0\\.1_\\d+\\.(downstream_cx_(total|active|destroy)|downstream_pre_cx_.*|worker_0\\..*|http\\..*))$",
     );
     stats
         .body
@@ -108,6 +95,24 @@ const SLOW: &[u8] = b"GET /slow HTTP/1.1\r\nhost: example.test\r\n\r\n";
 
 fn idle_then_client_closes(side: &Side) -> String {
     exchange(side, GET, Duration::from_millis(300))
+}
+
+/// Three requests in one write on one connection: with `max_requests_per_connection: 2` the
+/// second response says `connection: close` and the third request is not answered.
+fn three_requests(side: &Side) -> String {
+    let Ok(mut stream) = TcpStream::connect(side.addr("listener_port")) else {
+        return "  no connection\n".into();
+    };
+    let _ = stream.write_all(&[GET, GET, GET].concat());
+    let _ = stream.set_read_timeout(Some(Duration::from_millis(1500)));
+    let mut all = Vec::new();
+    let _ = stream.read_to_end(&mut all);
+    let text = String::from_utf8_lossy(&all).to_ascii_lowercase();
+    format!(
+        "  responses: {}; saying connection: close: {}\n",
+        text.matches("http/1.1 200").count(),
+        text.matches("connection: close").count()
+    )
 }
 
 fn stays(side: &Side) -> String {
@@ -219,11 +224,28 @@ fn scenarios() -> Vec<Scenario> {
             .custom(asks_to_close)
             .custom(connection_stats),
         // Clients that stay until the proxy closes, or 1.5 s: the idle timeout and the
-        // connection's maximum duration.
+        // connection's maximum duration. Both start a drain of `drain_timeout` (5 s by
+        // default: the client leaves first) before the proxy closes (0.2 s: it closes first).
+        // https://www.envoyproxy.io/docs/envoy/latest/api-v3/extensions/filters/network/http_connection_manager/v3/http_connection_manager.proto#envoy-v3-api-field-extensions-filters-network-http-connection-manager-v3-httpconnectionmanager-drain-timeout
         scenario("idle_timeout", Behaviour::Delay(Duration::ZERO))
             .hcm("common_http_protocol_options: { idle_timeout: 0.3s }")
             .custom(stays)
             .custom(connection_stats),
+        scenario(
+            "idle_timeout_then_short_drain",
+            Behaviour::Delay(Duration::ZERO),
+        )
+        .hcm("common_http_protocol_options: { idle_timeout: 0.3s }\ndrain_timeout: 0.2s")
+        .custom(stays)
+        .custom(connection_stats),
+        // https://www.envoyproxy.io/docs/envoy/latest/api-v3/config/core/v3/protocol.proto#envoy-v3-api-field-config-core-v3-httpprotocoloptions-max-requests-per-connection
+        scenario(
+            "max_requests_per_connection",
+            Behaviour::Delay(Duration::ZERO),
+        )
+        .hcm("common_http_protocol_options: { max_requests_per_connection: 2 }")
+        .custom(three_requests)
+        .custom(connection_stats),
         scenario("max_connection_duration", Behaviour::Delay(Duration::ZERO))
             .hcm("common_http_protocol_options: { max_connection_duration: 0.3s }")
             .custom(stays)

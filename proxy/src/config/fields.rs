@@ -33,7 +33,6 @@ const ACCESS_LOG: &str = "the admin interface writes no access log (Istio points
 const HEDGE_NOT_IN_ENVOY: &str = "Envoy 1.40 accepts it without acting on it (not implemented there; checked: initial_requests 3 still sends one request), and so does Outrigger: one request goes first, more only on per-try timeouts";
 const OVERLOAD: &str = "the overload manager is not implemented";
 const NO_EFFECT: &str = "has no effect in Outrigger";
-const DRAIN_TIMEOUT: &str = "an HTTP/2 connection's grace between its first GOAWAY (no new streams wanted) and the final one is one round trip (hyper's graceful shutdown: GOAWAY, PING, final GOAWAY on the PING's answer), not this duration; streams in flight still finish within the listener's drain time";
 const BUFFERS: &str = "buffering is bounded by the codecs' own flow control (HTTP/2 windows, fixed copy buffers); this exact limit is not applied";
 const GZIP_TUNING: &str = "zlib tuning for memory and ratio; Outrigger's gzip (miniz_oxide) uses its own, and its output is valid gzip all the same";
 const SLOW_START: &str = "slow start is not implemented: a new host takes its full weight at once";
@@ -257,8 +256,7 @@ static POLICIES: &[(&str, Policy)] = policies! {
         "server_header_transformation", "max_request_headers_kb", "common_http_protocol_options", "request_headers_timeout",
         "normalize_path", "merge_slashes", "path_with_escaped_slashes_action", "upgrade_configs", "rds", "access_log",
         "stream_idle_timeout", "request_timeout", "forward_client_cert_details", "set_current_client_cert_details",
-        "request_id_extension", "tracing"]
-        ack [("drain_timeout", DRAIN_TIMEOUT)];
+        "request_id_extension", "tracing", "drain_timeout"];
     // Tracing (`config/tracing.rs` refuses the values it does not implement, by path).
     // https://www.envoyproxy.io/docs/envoy/latest/api-v3/extensions/filters/network/http_connection_manager/v3/http_connection_manager.proto#extensions-filters-network-http-connection-manager-v3-httpconnectionmanager-tracing
     "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager.Tracing" => ["client_sampling",

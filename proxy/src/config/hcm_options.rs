@@ -28,6 +28,15 @@ pub struct Limits {
     pub idle_timeout: Option<Duration>,
     /// `common_http_protocol_options.max_connection_duration` (default: none).
     pub max_connection_duration: Option<Duration>,
+    /// `common_http_protocol_options.max_requests_per_connection` (None: unset or 0, no
+    /// limit): the connection closes after the request that reaches it.
+    /// https://www.envoyproxy.io/docs/envoy/latest/api-v3/config/core/v3/protocol.proto#envoy-v3-api-field-config-core-v3-httpprotocoloptions-max-requests-per-connection
+    pub max_requests_per_connection: Option<u64>,
+    /// `drain_timeout` (default 5 s): how long a connection the connection manager decided to
+    /// close (idle timeout, maximum duration) still answers, with `Connection: close`, on
+    /// HTTP/1.1. On HTTP/2 the grace between the two GOAWAYs is hyper's (one round trip).
+    /// https://www.envoyproxy.io/docs/envoy/latest/api-v3/extensions/filters/network/http_connection_manager/v3/http_connection_manager.proto#envoy-v3-api-field-extensions-filters-network-http-connection-manager-v3-httpconnectionmanager-drain-timeout
+    pub drain_timeout: Duration,
     /// The stream timeouts, before a route overrides them.
     pub stream: StreamTimeouts,
     /// `http_protocol_options.accept_http_10`: HTTP/1.0 requests are served (else 426), with
@@ -149,6 +158,13 @@ pub fn limits(hcm: &ProtoHcm, path: &FieldPath) -> Result<Limits> {
             &c_path.field("max_connection_duration"),
         )?
         .filter(|d| !d.is_zero()),
+        drain_timeout: optional_duration(hcm.drain_timeout.as_ref(), &path.field("drain_timeout"))?
+            .unwrap_or(Duration::from_secs(5)),
+        max_requests_per_connection: common
+            .max_requests_per_connection
+            .as_ref()
+            .map(|v| u64::from(v.value))
+            .filter(|&n| n > 0),
         stream: StreamTimeouts {
             idle: match hcm.stream_idle_timeout.as_ref() {
                 Some(d) => optional_duration(Some(d), &path.field("stream_idle_timeout"))?,

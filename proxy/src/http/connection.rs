@@ -123,7 +123,17 @@ pub async fn serve_connection<I>(
             // `Connection: close` on HTTP/1.1, and on HTTP/2 a GOAWAY that goes out before
             // the response.
             let health_check_failed = ctx.server.health_check_failed();
-            if !http1 && health_check_failed {
+            // The request that reaches `max_requests_per_connection` ends the connection the
+            // same way, each one at or past it counted.
+            let last_request = ctx
+                .hcm
+                .limits
+                .max_requests_per_connection
+                .is_some_and(|max| activity.requests.fetch_add(1, Ordering::Relaxed) + 1 >= max);
+            if last_request {
+                ctx.stats.cx.max_requests_reached.inc();
+            }
+            if !http1 && (health_check_failed || last_request) {
                 activity.goaway.notify_one();
             }
             let mut response = handle(&ctx, downstream, request).await;
@@ -145,6 +155,11 @@ pub async fn serve_connection<I>(
                     http::HeaderValue::from_static("close"),
                 );
                 ctx.stats.cx.drain_close.inc();
+            } else if http1 && last_request {
+                response.headers_mut().insert(
+                    http::header::CONNECTION,
+                    http::HeaderValue::from_static("close"),
+                );
             }
             if client_closes || (http1 && asks_close(response.headers())) {
                 activity.life.closes_after_response();
@@ -244,7 +259,7 @@ pub async fn serve_connection<I>(
     tokio::pin!(connection);
     let drain_activity = activity.clone();
     let close_reason = async {
-        tokio::select! {
+        let reason = tokio::select! {
             _ = drain.started() => {
                 if !drain_activity.http2.load(Ordering::Relaxed) {
                     // HTTP/1.1: closing an idle keep-alive connection now races with the
@@ -260,12 +275,22 @@ pub async fn serve_connection<I>(
                 ctx.stats.cx.idle_timeout.inc();
                 "idle timeout"
             },
-            _ = activity.goaway.notified() => "health check failed",
+            _ = activity.goaway.notified() => "health check failed or max requests reached",
             _ = sleep_or_forever(limits.max_connection_duration) => {
                 ctx.stats.cx.max_duration_reached.inc();
                 "max connection duration"
             },
+        };
+        // Envoy's connection manager drains before it closes for these: an HTTP/1.1
+        // connection answers what still comes with `Connection: close` for `drain_timeout`,
+        // then closes. (HTTP/2 gets its GOAWAY now; the grace before the final one is hyper's.)
+        if matches!(reason, "idle timeout" | "max connection duration")
+            && !drain_activity.http2.load(Ordering::Relaxed)
+        {
+            drain_activity.draining.store(true, Ordering::Relaxed);
+            tokio::time::sleep(limits.drain_timeout).await;
         }
+        reason
     };
     let result = tokio::select! {
         result = connection.as_mut() => result,
@@ -597,8 +622,11 @@ struct Activity {
     http2: std::sync::atomic::AtomicBool,
     /// The listener is draining: HTTP/1.1 responses carry `Connection: close`.
     draining: std::sync::atomic::AtomicBool,
-    /// An HTTP/2 connection is to end gracefully (GOAWAY), as the server fails health checks.
+    /// An HTTP/2 connection is to end gracefully (GOAWAY): the server fails health checks, or
+    /// the connection reached `max_requests_per_connection`.
     goaway: tokio::sync::Notify,
+    /// Requests the connection took, for `max_requests_per_connection`.
+    requests: std::sync::atomic::AtomicU64,
     /// Tells hyper's own replies to unparsable requests from responses.
     codec: super::codec_error::Watch,
 }
@@ -622,6 +650,7 @@ impl Activity {
             http2: std::sync::atomic::AtomicBool::new(false),
             draining: std::sync::atomic::AtomicBool::new(false),
             goaway: tokio::sync::Notify::new(),
+            requests: std::sync::atomic::AtomicU64::new(0),
             codec: super::codec_error::Watch::new(max_head),
         }
     }
