@@ -260,7 +260,8 @@ pub async fn serve_connection<I>(
     let drain_activity = activity.clone();
     let close_reason = async {
         let reason = tokio::select! {
-            _ = drain.started() => {
+            // With the gradual strategy, each connection's turn comes within the drain time.
+            _ = drain.told() => {
                 if !drain_activity.http2.load(Ordering::Relaxed) {
                     // HTTP/1.1: closing an idle keep-alive connection now races with the
                     // client's next request. Each response says `Connection: close` instead,

@@ -183,7 +183,7 @@ impl ListenerManager {
                 self.table.clone(),
                 stop_rx,
                 self.node_address,
-                std::time::Duration::from_secs(self.server.options.drain_time_s),
+                self.server.drain_timing(),
             ));
         }
         self.server

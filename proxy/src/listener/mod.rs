@@ -103,7 +103,7 @@ pub async fn run(
     table: Arc<ArcSwap<ListenerTable>>,
     mut stop: watch::Receiver<bool>,
     node_address: Option<std::net::IpAddr>,
-    drain_window: std::time::Duration,
+    drain_timing: crate::server::DrainTiming,
 ) {
     let bound = match &socket {
         BoundSocket::Tcp(l) => l.local_addr().ok(),
@@ -177,7 +177,7 @@ pub async fn run(
         // connection's own task, so a slow ClientHello or handshake never holds up accepting.
         tokio::spawn(async move {
             counted.activate();
-            serve(&target, stream, downstream, drain_window).await;
+            serve(&target, stream, downstream, drain_timing).await;
         });
     }
 }
@@ -188,7 +188,7 @@ async fn serve(
     target: &ListenerRuntime,
     stream: DownstreamStream,
     downstream: Downstream,
-    drain_window: std::time::Duration,
+    drain_timing: crate::server::DrainTiming,
 ) {
     let config = &target.config;
     let Some(detected) = listener_filters(target, &stream, downstream.local).await else {
@@ -238,10 +238,7 @@ async fn serve(
         },
     };
     // The connection drains with its chain: an update that keeps the chain leaves it alone.
-    let drain = crate::server::Drain {
-        signal: target.drains.for_chain(chain.fingerprint),
-        window: drain_window,
-    };
+    let drain = crate::server::Drain::new(target.drains.for_chain(chain.fingerprint), drain_timing);
     match chain_runtime.clone() {
         ChainRuntime::Http(ctx) => serve_connection(stream, ctx, downstream, drain).await,
         ChainRuntime::Tcp(ctx) => crate::tcp::proxy(stream, ctx, downstream, drain).await,

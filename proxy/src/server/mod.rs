@@ -21,19 +21,53 @@ use tokio::sync::watch;
 #[derive(Debug, Clone)]
 pub struct Drain {
     pub signal: watch::Receiver<bool>,
+    pub timing: DrainTiming,
+    /// How long after the drain started this connection was told to wind down.
+    told_after: std::time::Duration,
+}
+
+/// `--drain-time-s` and `--drain-strategy`.
+/// Envoy: https://www.envoyproxy.io/docs/envoy/latest/operations/cli#cmdoption-drain-strategy
+#[derive(Debug, Clone, Copy)]
+pub struct DrainTiming {
     pub window: std::time::Duration,
+    /// `gradual` (Envoy's default): connections are told to wind down at moments spread over
+    /// the window; `immediate`: all at its start.
+    pub gradual: bool,
 }
 
 impl Drain {
+    pub fn new(signal: watch::Receiver<bool>, timing: DrainTiming) -> Self {
+        Drain {
+            signal,
+            timing,
+            told_after: std::time::Duration::ZERO,
+        }
+    }
+
     /// Resolves when the listener starts draining.
     pub async fn started(&mut self) {
         wait_drain(&mut self.signal).await;
     }
 
-    /// Resolves `window` after the drain started: time is up for the connection.
+    /// Resolves when this connection is to wind down: when the drain starts, or, with the
+    /// gradual strategy, at a random moment within the drain time, so that connections leave
+    /// over it rather than all at once (Envoy's drain manager calls its connections back so).
+    pub async fn told(&mut self) {
+        self.started().await;
+        if self.timing.gradual {
+            let window = self.timing.window.as_millis() as u64;
+            let delay = std::time::Duration::from_millis(crate::random::below(window));
+            tokio::time::sleep(delay).await;
+            self.told_after = delay;
+        }
+    }
+
+    /// Resolves at the end of the drain time: time is up for the connection.
     pub async fn expired(&mut self) {
         self.started().await;
-        tokio::time::sleep(self.window).await;
+        let left = self.timing.window.saturating_sub(self.told_after);
+        tokio::time::sleep(left).await;
     }
 }
 

@@ -92,6 +92,14 @@ impl std::fmt::Debug for Server {
 }
 
 impl Server {
+    /// How connections drain: `--drain-time-s` and `--drain-strategy`.
+    pub fn drain_timing(&self) -> super::DrainTiming {
+        super::DrainTiming {
+            window: std::time::Duration::from_secs(self.options.drain_time_s),
+            gradual: self.options.drain_strategy == crate::cli::DrainStrategy::Gradual,
+        }
+    }
+
     pub fn new(
         options: Options,
         bootstrap: Bootstrap,
