@@ -76,7 +76,11 @@ fn told_at_once(kind: Kind, strategy: &str) -> String {
     }
     assert_eq!(proxy.post("/drain_listeners?graceful").status, 200);
     std::thread::sleep(Duration::from_millis(200));
-    let told = connections.iter_mut().map(says_close).filter(|&c| c).count();
+    let told = connections
+        .iter_mut()
+        .map(says_close)
+        .filter(|&c| c)
+        .count();
     match told {
         0 => "none".into(),
         CONNECTIONS => "all".into(),

@@ -28,6 +28,19 @@ pub enum Refusal {
     Reset { details: &'static str },
 }
 
+impl Refusal {
+    /// Envoy's HTTP/1 codec refuses these while parsing: `downstream_cx_protocol_error`.
+    pub fn is_protocol_error(&self) -> bool {
+        matches!(
+            self,
+            Refusal::Local {
+                protocol_error: true,
+                ..
+            }
+        )
+    }
+}
+
 /// Marks an HTTP/1.1 request whose head carried `Content-Length` beside chunked
 /// `Transfer-Encoding` (the connection finds it; hyper drops the length).
 #[derive(Debug, Clone, Copy)]
@@ -398,6 +411,62 @@ fn remove_dot_segments(path: &str) -> Option<String> {
         }
     }
     Some(format!("/{}", out.join("/")))
+}
+
+/// The outcome of a refused request: Envoy's local reply (or stream reset) and the details
+/// and flags its access log shows.
+pub fn refused(refusal: Refusal, server: &http::HeaderValue) -> super::router::Outcome {
+    let mut info = crate::format::StreamInfo::default();
+    let response = match refusal {
+        Refusal::Local {
+            status,
+            body,
+            close,
+            details,
+            protocol_error,
+        } => {
+            let mut response = super::local_reply::local_reply(status, body, server);
+            if close {
+                response
+                    .headers_mut()
+                    .insert(header::CONNECTION, http::HeaderValue::from_static("close"));
+            }
+            info.response_code_details = Some(details.into());
+            if protocol_error {
+                info.response_flags =
+                    crate::format::ResponseFlags::named("DPE").unwrap_or_default();
+            }
+            response
+        }
+        Refusal::Reset { details } => {
+            info.response_code_details = Some(details.into());
+            info.response_flags = crate::format::ResponseFlags::named("DR").unwrap_or_default();
+            let mut response = super::local_reply::local_reply(
+                StatusCode::BAD_REQUEST,
+                bytes::Bytes::new(),
+                server,
+            );
+            response.extensions_mut().insert(super::router::ResetStream);
+            response
+        }
+        Refusal::Redirect(location) => {
+            let mut response = super::local_reply::local_reply(
+                StatusCode::TEMPORARY_REDIRECT,
+                bytes::Bytes::new(),
+                server,
+            );
+            if let Ok(v) = http::HeaderValue::from_str(&location) {
+                response.headers_mut().insert(header::LOCATION, v);
+            }
+            response
+        }
+    };
+    super::router::Outcome {
+        response,
+        flag: None,
+        upstream: None,
+        info,
+    }
 }
 
 #[cfg(test)]

@@ -130,17 +130,10 @@ pub async fn route_request(
     {
         Ok(upgrade) => upgrade,
         Err(refusal) => {
-            // Envoy's HTTP/1 codec refuses these while parsing: a protocol error.
-            if matches!(
-                refusal,
-                Refusal::Local {
-                    protocol_error: true,
-                    ..
-                }
-            ) {
+            if refusal.is_protocol_error() {
                 ctx.stats.downstream_cx_protocol_error.inc();
             }
-            let mut outcome = refused(refusal, server);
+            let mut outcome = request_checks::refused(refusal, server);
             // Envoy answers these before it has taken the whole request (no request duration);
             // path normalisation runs on a complete request.
             let normalisation =
@@ -291,52 +284,6 @@ fn timeout_reply(
 #[derive(Debug, Clone, Copy)]
 pub struct ResetStream;
 
-fn refused(refusal: Refusal, server: &http::HeaderValue) -> Outcome {
-    let mut info = crate::format::StreamInfo::default();
-    let response = match refusal {
-        Refusal::Local {
-            status,
-            body,
-            close,
-            details,
-            protocol_error,
-        } => {
-            let mut response = local_reply(status, body, server);
-            if close {
-                response
-                    .headers_mut()
-                    .insert(header::CONNECTION, http::HeaderValue::from_static("close"));
-            }
-            info.response_code_details = Some(details.into());
-            if protocol_error {
-                info.response_flags =
-                    crate::format::ResponseFlags::named("DPE").unwrap_or_default();
-            }
-            response
-        }
-        Refusal::Reset { details } => {
-            info.response_code_details = Some(details.into());
-            info.response_flags = crate::format::ResponseFlags::named("DR").unwrap_or_default();
-            let mut response = local_reply(StatusCode::BAD_REQUEST, Bytes::new(), server);
-            response.extensions_mut().insert(ResetStream);
-            response
-        }
-        Refusal::Redirect(location) => {
-            let mut response = local_reply(StatusCode::TEMPORARY_REDIRECT, Bytes::new(), server);
-            if let Ok(v) = http::HeaderValue::from_str(&location) {
-                response.headers_mut().insert(header::LOCATION, v);
-            }
-            response
-        }
-    };
-    Outcome {
-        response,
-        flag: None,
-        upstream: None,
-        info,
-    }
-}
-
 async fn route_and_act(
     ctx: &HttpContext,
     mut request: Request<Incoming>,
@@ -347,7 +294,7 @@ async fn route_and_act(
     let Some(host) = authority(&request) else {
         return Outcome {
             // Envoy: 400, empty body, and the connection closes.
-            response: refused(
+            response: request_checks::refused(
                 Refusal::Local {
                     status: StatusCode::BAD_REQUEST,
                     body: "",

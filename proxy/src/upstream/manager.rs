@@ -441,6 +441,14 @@ impl ManagerStats {
             warming_clusters: store.gauge("cluster_manager.warming_clusters"),
         }
     }
+
+    /// CDS brought cluster `known` (one of that name is active or warming) or a new one.
+    pub fn cds_cluster(&self, known: bool) {
+        match known {
+            true => self.cluster_modified.inc(),
+            false => self.cluster_added.inc(),
+        }
+    }
 }
 
 impl std::fmt::Debug for ClusterManager {

@@ -164,10 +164,8 @@ impl Applier {
     }
 
     fn count_warming_clusters(&self) {
-        self.clusters
-            .stats
-            .warming_clusters
-            .set(self.warming_clusters.len() as u64);
+        let warming = self.warming_clusters.len() as u64;
+        self.clusters.stats.warming_clusters.set(warming);
     }
 
     /// Runs `f` with the stat prefix (`cluster.<stat_name>.`) of every cluster fed by EDS
@@ -440,11 +438,7 @@ impl Applier {
                 )?);
                 let known = self.warming_clusters.contains_key(&proto.name)
                     || self.clusters.by_name(&proto.name).is_some();
-                let counted = match known {
-                    true => &self.clusters.stats.cluster_modified,
-                    false => &self.clusters.stats.cluster_added,
-                };
-                counted.inc();
+                self.clusters.stats.cds_cluster(known);
                 if !self.cluster_ready(&cluster) {
                     self.warming_clusters
                         .insert(proto.name.clone(), (cluster, Instant::now()));
