@@ -413,22 +413,12 @@ impl std::error::Error for StreamRefused {}
 
 /// Whether an HTTP/1.1 message's `Connection` header says the connection ends with it.
 fn asks_close(headers: &http::HeaderMap) -> bool {
-    headers
-        .get_all(http::header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|t| t.trim().eq_ignore_ascii_case("close"))
+    super::connection_tokens::has_token(headers, "close")
 }
 
 /// Whether an HTTP/1.0 request's `Connection` header asks for keep-alive.
 fn asks_keep_alive(headers: &http::HeaderMap) -> bool {
-    headers
-        .get_all(http::header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|t| t.trim().eq_ignore_ascii_case("keep-alive"))
+    super::connection_tokens::has_token(headers, "keep-alive")
 }
 
 async fn handle(

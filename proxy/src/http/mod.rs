@@ -8,6 +8,7 @@ pub(crate) mod codec;
 mod codec_error;
 mod compressor;
 mod connection;
+pub(crate) mod connection_tokens;
 mod downstream_cx;
 mod fault;
 mod forward;

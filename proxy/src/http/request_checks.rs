@@ -54,13 +54,7 @@ pub fn is_allowed_upgrade(
     let Some(upgrade) = headers.get(header::UPGRADE) else {
         return Ok(false);
     };
-    let connection_upgrade = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|t| t.trim().eq_ignore_ascii_case("upgrade"));
-    if !connection_upgrade {
+    if !super::connection_tokens::has_token(headers, "upgrade") {
         return Ok(false);
     }
     let kind = upgrade.to_str().unwrap_or("").to_ascii_lowercase();

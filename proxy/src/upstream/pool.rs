@@ -303,15 +303,7 @@ impl Pool {
 /// `connection: close`, or HTTP/1.0 without `keep-alive` (Envoy's `upstream_cx_close_notify`).
 /// One header lookup per HTTP/1.1 response, no allocation.
 fn announces_close<B>(response: &http::Response<B>) -> bool {
-    let has = |token: &str| {
-        response
-            .headers()
-            .get_all(http::header::CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .any(|t| t.trim().eq_ignore_ascii_case(token))
-    };
+    let has = |token| crate::http::connection_tokens::has_token(response.headers(), token);
     match response.version() {
         http::Version::HTTP_10 => !has("keep-alive"),
         _ => has("close"),
