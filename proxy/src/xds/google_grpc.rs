@@ -32,35 +32,36 @@ pub fn channel(target: &GoogleGrpc) -> Result<tonic::transport::Channel, String>
     let connector = tower::service_fn(move |_: http::Uri| {
         let (address, tls, name) = (address.clone(), tls.clone(), name.clone());
         async move {
-            let stream: Box<dyn Stream> = match &address {
+            let stream = match &address {
                 TargetAddress::Tcp { host, port } => {
                     let tcp = tokio::net::TcpStream::connect((host.as_str(), *port)).await?;
                     let _ = tcp.set_nodelay(true);
-                    match tls {
-                        Some(config) => Box::new(
-                            tokio_rustls::TlsConnector::from(config)
-                                .connect(name, tcp)
-                                .await?,
-                        ),
-                        None => Box::new(tcp),
-                    }
+                    secure(tcp, tls, name).await?
                 }
                 TargetAddress::Unix(path) => {
-                    let unix = tokio::net::UnixStream::connect(path).await?;
-                    match tls {
-                        Some(config) => Box::new(
-                            tokio_rustls::TlsConnector::from(config)
-                                .connect(name, unix)
-                                .await?,
-                        ),
-                        None => Box::new(unix),
-                    }
+                    secure(tokio::net::UnixStream::connect(path).await?, tls, name).await?
                 }
             };
             Ok::<_, std::io::Error>(TokioIo::new(stream))
         }
     });
     Ok(endpoint.connect_with_connector_lazy(connector))
+}
+
+/// `stream` as the channel uses it: through TLS when the target has credentials for it.
+async fn secure<S: Stream + 'static>(
+    stream: S,
+    tls: Option<Arc<rustls::ClientConfig>>,
+    name: ServerName<'static>,
+) -> std::io::Result<Box<dyn Stream>> {
+    Ok(match tls {
+        Some(config) => Box::new(
+            tokio_rustls::TlsConnector::from(config)
+                .connect(name, stream)
+                .await?,
+        ),
+        None => Box::new(stream),
+    })
 }
 
 /// The `:authority` of the channel's requests: the target's host and port.
