@@ -71,6 +71,9 @@ pub struct Recorded {
     pub initial_versions: BTreeMap<String, String>,
     /// Which stream (counted from 1) it came on.
     pub stream: usize,
+    /// Whether `response_nonce` is one this stream sent in a response of this type (always
+    /// true for a request that answers nothing).
+    pub nonce_sent: bool,
     /// The gRPC service the stream is on: `ADS`, or the per-type service (`CDS`, `LDS`,
     /// `RDS`, `EDS`, `SDS`) a non-aggregated `api_config_source` opens.
     pub service: &'static str,
@@ -94,6 +97,8 @@ struct State {
     versions: BTreeMap<String, u64>,
     requests: Vec<Recorded>,
     nonce: u64,
+    /// (stream, type, nonce) of every response sent.
+    sent: BTreeSet<(usize, String, String)>,
     streams: usize,
     authorizations: Vec<String>,
 }
@@ -141,6 +146,8 @@ struct Shared {
     changed: watch::Sender<u64>,
     /// Bumped to end every open stream.
     drop_streams: watch::Sender<u64>,
+    /// Bumped to end every open stream with an error status.
+    fail_streams: watch::Sender<u64>,
 }
 
 impl Shared {
@@ -267,6 +274,7 @@ impl ControlPlane {
             state: Mutex::new(State::default()),
             changed: watch::channel(0).0,
             drop_streams: watch::channel(0).0,
+            fail_streams: watch::channel(0).0,
         });
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let check = TokenCheck {
@@ -390,6 +398,11 @@ impl ControlPlane {
     /// Ends every open stream (the proxies must reconnect).
     pub fn drop_streams(&self) {
         self.shared.drop_streams.send_modify(|n| *n += 1);
+    }
+
+    /// Ends every open stream with `UNAVAILABLE`, as a control plane that restarts does.
+    pub fn fail_streams(&self) {
+        self.shared.fail_streams.send_modify(|n| *n += 1);
     }
 
     /// How many streams have been opened.

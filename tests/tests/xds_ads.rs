@@ -32,12 +32,14 @@ virtual_hosts:
     )
 }
 
-/// What one response got: the type, and ACK (with the version accepted) or NACK.
+/// What one response got: the type, and ACK (with the version accepted) or NACK. Every answer
+/// must echo the nonce of a response its stream was sent.
 fn answers(requests: &[Recorded]) -> Vec<String> {
     requests
         .iter()
         .filter(|r| r.answers())
         .map(|r| {
+            assert!(r.nonce_sent, "an answer with a nonce never sent: {r:?}");
             let verdict = if r.error.is_some() { "NACK" } else { "ACK" };
             if r.delta {
                 format!("{} {verdict}", r.short_type())
@@ -149,6 +151,29 @@ fn xds_stat_names(proxy: &RunningProxy) -> String {
 }
 
 /// The scripted session; returns, per step, the traffic outcome and the answers so far.
+/// The first request of each type on streams after `stream`: what a reconnecting proxy asks
+/// for, with the versions it says it holds (state of the world `version_info`, delta
+/// `initial_resource_versions`).
+fn resubscriptions(requests: &[Recorded], stream: usize) -> String {
+    let mut firsts: std::collections::BTreeMap<&str, String> = Default::default();
+    for r in requests
+        .iter()
+        .filter(|r| r.stream > stream && !r.answers())
+    {
+        let mut names = r.names.clone();
+        names.sort();
+        firsts.entry(r.short_type()).or_insert_with(|| {
+            format!(
+                "{} v{:?} names {names:?} held {:?}",
+                r.short_type(),
+                r.version_info,
+                r.initial_versions
+            )
+        });
+    }
+    firsts.into_values().collect::<Vec<_>>().join("\n")
+}
+
 fn script(kind: Kind, delta: bool) -> Vec<(String, String, Vec<String>)> {
     let one = Upstream::start("one");
     let two = Upstream::start("two");
@@ -202,6 +227,8 @@ fn script(kind: Kind, delta: bool) -> Vec<(String, String, Vec<String>)> {
         body_becomes(&url, "200 direct", Duration::from_secs(10)),
         &cp,
     );
+    // The listener's update went through: its error_state is gone, or kept, as in Envoy.
+    step("config_dump after the fix", dump_summary(&proxy), &cp);
 
     // A dropped stream: the proxy reconnects and keeps serving meanwhile.
     let streams = cp.streams();
@@ -222,6 +249,7 @@ fn script(kind: Kind, delta: bool) -> Vec<(String, String, Vec<String>)> {
         body_becomes(&url, "200 direct", Duration::from_secs(10)),
         &cp,
     );
+    step("resubscribe", resubscriptions(&cp.requests(), streams), &cp);
 
     // The xDS stats both keep (names only: counts depend on timing).
     step("stats", xds_stat_names(&proxy), &cp);
@@ -243,7 +271,7 @@ fn check_against_envoy(delta: bool) {
         let want = match name.as_str() {
             "initial" => "200 one",
             "eds update" | "bad listener" => "200 two",
-            "config_dump" | "stats" => continue,
+            "config_dump" | "config_dump after the fix" | "stats" | "resubscribe" => continue,
             "rds update" | "reconnect" => "200 direct",
             _ => "refused",
         };

@@ -172,10 +172,36 @@ fn certificates_from_an_sds_stream_of_their_own_follow_envoy() {
 
 /// An LDS listener whose certificate comes over ADS warms until the secret arrives: it is
 /// listed as warming and its port is not open; the secret starts it. Same in Envoy.
+/// The static listener of `bootstrap` above as an LDS resource named `tls`, its secret
+/// fetched through `sds_config`.
+fn tls_listener(port: u16, sds_config: serde_json::Value) -> (String, Any) {
+    use xds_proto::pb::envoy::config::listener::v3::Listener;
+    let doc: serde_json::Value =
+        serde_yaml_ng::from_str(&bootstrap(0, 0, port)).expect("the bootstrap parses");
+    let mut listener = doc["static_resources"]["listeners"][0].clone();
+    listener["filter_chains"][0]["transport_socket"]["typed_config"]["common_tls_context"]
+        ["tls_certificate_sds_secret_configs"][0]["sds_config"] = sds_config;
+    resource::<Listener>("tls", &serde_json::to_string(&listener).expect("JSON"))
+}
+
+/// Whether listener `tls` is active or warming in `/config_dump`, and whether its port accepts.
+fn tls_listener_state(proxy: &RunningProxy, port: u16) -> String {
+    let dump = proxy.get("/config_dump?resource=dynamic_listeners").json();
+    let tls = dump["configs"]
+        .as_array()
+        .and_then(|ls| ls.iter().find(|l| l["name"] == "tls").cloned())
+        .unwrap_or_default();
+    format!(
+        "active={} warming={} open={}",
+        !tls["active_state"].is_null(),
+        !tls["warming_state"].is_null(),
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+    )
+}
+
 #[test]
 fn a_listener_warms_until_its_secret_arrives_like_envoy() {
     use tests::control_plane::{CLUSTER, LISTENER};
-    use xds_proto::pb::envoy::config::listener::v3::Listener;
     let run = |kind: Kind| -> Vec<String> {
         let pki = Pki::new();
         let identity = pki.identity("server");
@@ -188,29 +214,14 @@ fn a_listener_warms_until_its_secret_arrives_like_envoy() {
             &[],
         );
         let port = free_port();
-        // The static listener of `bootstrap` above, with its secret over ADS instead.
-        let doc: serde_json::Value =
-            serde_yaml_ng::from_str(&bootstrap(0, 0, port)).expect("the bootstrap parses");
-        let mut listener = doc["static_resources"]["listeners"][0].clone();
-        listener["filter_chains"][0]["transport_socket"]["typed_config"]["common_tls_context"]
-            ["tls_certificate_sds_secret_configs"][0]["sds_config"] =
-            serde_json::json!({"ads": {}, "resource_api_version": "V3"});
-        let listener =
-            resource::<Listener>("tls", &serde_json::to_string(&listener).expect("JSON"));
-        cp.set(LISTENER, vec![listener]);
-        let state = |proxy: &RunningProxy| {
-            let dump = proxy.get("/config_dump?resource=dynamic_listeners").json();
-            let tls = dump["configs"]
-                .as_array()
-                .and_then(|ls| ls.iter().find(|l| l["name"] == "tls").cloned())
-                .unwrap_or_default();
-            format!(
-                "active={} warming={} open={}",
-                !tls["active_state"].is_null(),
-                !tls["warming_state"].is_null(),
-                std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
-            )
-        };
+        cp.set(
+            LISTENER,
+            vec![tls_listener(
+                port,
+                serde_json::json!({"ads": {}, "resource_api_version": "V3"}),
+            )],
+        );
+        let state = |proxy: &RunningProxy| tls_listener_state(proxy, port);
         cp.wait_for(Duration::from_secs(5), "the secret asked for", |r| {
             r.iter()
                 .any(|r| r.type_url == SECRET && r.names == ["default"])
@@ -235,6 +246,54 @@ fn a_listener_warms_until_its_secret_arrives_like_envoy() {
         ]
     );
     let Some(_) = envoy_or_skip("a_listener_warms_until_its_secret_arrives_like_envoy") else {
+        return;
+    };
+    assert_eq!(ours, run(Kind::Envoy));
+}
+
+/// The SDS source's `initial_fetch_timeout` bounds how long a listener waits for a secret that
+/// never comes: `1s`, and it starts without it (handshakes needing it fail); `0s`, Istio's
+/// setting, and it waits for as long as it takes. Same in Envoy.
+/// Envoy: https://www.envoyproxy.io/docs/envoy/latest/api-v3/config/core/v3/config_source.proto (initial_fetch_timeout)
+#[test]
+fn a_secret_waits_for_its_sources_initial_fetch_timeout_like_envoy() {
+    use tests::control_plane::{CLUSTER, LISTENER};
+    let run = |kind: Kind| -> Vec<String> {
+        let mut states = Vec::new();
+        // A proxy each: the first source named for a secret is the one it is fetched from.
+        for timeout in ["1s", "0s"] {
+            let cp = ControlPlane::start();
+            cp.set(CLUSTER, vec![]);
+            cp.set(LISTENER, vec![]);
+            let proxy = RunningProxy::start(
+                kind,
+                &tests::xds_resources::ads_bootstrap(free_port(), cp.port(), true),
+                &[],
+            );
+            let port = free_port();
+            cp.set(
+                LISTENER,
+                vec![tls_listener(
+                    port,
+                    serde_json::json!({"ads": {}, "resource_api_version": "V3",
+                                       "initial_fetch_timeout": timeout}),
+                )],
+            );
+            std::thread::sleep(Duration::from_millis(2500));
+            states.push(format!("{timeout}: {}", tls_listener_state(&proxy, port)));
+        }
+        states
+    };
+    let ours = run(Kind::Outrigger);
+    assert_eq!(
+        ours,
+        vec![
+            "1s: active=true warming=false open=true",
+            "0s: active=false warming=true open=false",
+        ]
+    );
+    let Some(_) = envoy_or_skip("a_secret_waits_for_its_sources_initial_fetch_timeout_like_envoy")
+    else {
         return;
     };
     assert_eq!(ours, run(Kind::Envoy));

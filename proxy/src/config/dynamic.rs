@@ -46,13 +46,25 @@ pub fn config_source(c: &ProtoConfigSource, path: &FieldPath) -> Result<ConfigSo
     Ok(source)
 }
 
-/// An SDS config source: ADS, or a gRPC stream of its own (Istio's `sds-grpc`).
-pub fn sds_source(c: &ProtoConfigSource, path: &FieldPath) -> Result<Option<AdsConfig>> {
+/// An SDS config source: ADS, or a gRPC stream of its own (Istio's `sds-grpc`), with how long
+/// what depends on a secret waits for its first fetch (Istio sends `0s`: forever).
+pub fn sds_source(c: &ProtoConfigSource, path: &FieldPath) -> Result<SecretSource> {
     let source = any_config_source(c, path)?;
     if source.path.is_some() {
         return Err(path.error("file config sources are not supported for SDS"));
     }
-    Ok(source.grpc)
+    Ok(SecretSource {
+        grpc: source.grpc,
+        initial_fetch_timeout: source.initial_fetch_timeout,
+    })
+}
+
+/// Where a secret is fetched from (`grpc` None: over ADS), and its initial fetch timeout (None:
+/// wait forever).
+#[derive(Debug, Clone, PartialEq)]
+pub struct SecretSource {
+    pub grpc: Option<AdsConfig>,
+    pub initial_fetch_timeout: Option<Duration>,
 }
 
 /// A config source for LDS or CDS: ADS or a file.

@@ -2,7 +2,7 @@
 //! from (ADS, or a gRPC config source such as Istio's `sds-grpc`), so the xDS clients know
 //! what to ask for.
 
-use super::dynamic::AdsConfig;
+use super::dynamic::{AdsConfig, SecretSource};
 use super::slots::{Slot, Slots};
 use super::tls::Secret;
 use std::collections::BTreeMap;
@@ -11,8 +11,8 @@ use std::sync::{Arc, Mutex};
 #[derive(Debug, Default)]
 pub struct SecretSlots {
     slots: Slots<Secret>,
-    /// Secret name → its source: None is ADS.
-    sources: Mutex<BTreeMap<String, Option<AdsConfig>>>,
+    /// Secret name → its source.
+    sources: Mutex<BTreeMap<String, SecretSource>>,
 }
 
 impl SecretSlots {
@@ -26,15 +26,24 @@ impl SecretSlots {
 
     /// Records that a TLS context wants `name` from `source`. The first source named for a
     /// secret is the one it is fetched from.
-    pub fn subscribe(&self, name: &str, source: Option<AdsConfig>) {
+    pub fn subscribe(&self, name: &str, source: SecretSource) {
         self.lock().entry(name.to_string()).or_insert(source);
+    }
+
+    /// Whether what waits for secret `name` has waited past its source's initial fetch timeout
+    /// (never, for `0s`).
+    pub fn fetch_timed_out(&self, name: &str, waited: std::time::Duration) -> bool {
+        self.lock()
+            .get(name)
+            .and_then(|s| s.initial_fetch_timeout)
+            .is_some_and(|timeout| waited >= timeout)
     }
 
     /// The secret names fetched from `source` (None: over ADS).
     pub fn names_from(&self, source: Option<&AdsConfig>) -> std::collections::BTreeSet<String> {
         self.lock()
             .iter()
-            .filter(|(_, s)| s.as_ref() == source)
+            .filter(|(_, s)| s.grpc.as_ref() == source)
             .map(|(n, _)| n.clone())
             .collect()
     }
@@ -42,7 +51,7 @@ impl SecretSlots {
     /// The distinct gRPC sources secrets come from.
     pub fn grpc_sources(&self) -> Vec<AdsConfig> {
         let mut sources: Vec<AdsConfig> = Vec::new();
-        for source in self.lock().values().flatten() {
+        for source in self.lock().values().filter_map(|s| s.grpc.as_ref()) {
             if !sources.contains(source) {
                 sources.push(source.clone());
             }
@@ -50,7 +59,7 @@ impl SecretSlots {
         sources
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Option<AdsConfig>>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, SecretSource>> {
         self.sources.lock().unwrap_or_else(|e| e.into_inner())
     }
 }

@@ -396,8 +396,8 @@ fn sds_slot(
     let slot = resolve.secrets.slot(&sds.name);
     if let Some(source) = &sds.sds_config {
         // Where the xDS clients fetch it from: ADS, or its own stream (Istio's sds-grpc).
-        let grpc = super::dynamic::sds_source(source, &path.field("sds_config"))?;
-        resolve.secrets.subscribe(&sds.name, grpc);
+        let source = super::dynamic::sds_source(source, &path.field("sds_config"))?;
+        resolve.secrets.subscribe(&sds.name, source);
     }
     if sds.sds_config.is_none() && slot.get().is_none() {
         // Without a config source the secret must be one of the bootstrap's static secrets.

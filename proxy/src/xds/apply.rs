@@ -28,10 +28,6 @@ use xds_proto::pb::envoy::config::route::v3::RouteConfiguration;
 use xds_proto::pb::envoy::extensions::transport_sockets::tls::v3::Secret;
 use xds_proto::pb::google::protobuf::Any;
 
-/// How long a listener warms for a secret that has not arrived (Envoy's default
-/// `initial_fetch_timeout`); it then starts, and handshakes needing the secret fail.
-const SECRET_FETCH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(15);
-
 /// The applier, shared by the ADS stream and the file watchers.
 pub type SharedApplier = Arc<std::sync::Mutex<Applier>>;
 
@@ -134,7 +130,12 @@ impl Applier {
             self.remove(kind, name);
         }
         for update in updates {
-            if let Err(e) = self.apply_one(kind, &update) {
+            let outcome = self.apply_one(kind, &update);
+            if outcome.is_ok() {
+                // Envoy's error_state: "cleared after the next successful update".
+                self.records.clear_failure(kind, &update.name);
+            }
+            if let Err(e) = outcome {
                 let details = describe(kind, &update.name, &e);
                 tracing::warn!(target: "config", "rejected {}: {details}", kind.short());
                 self.records.fail(
@@ -185,6 +186,13 @@ impl Applier {
                 f(&format!("cluster.{}.", config.stat_name), &self.store);
             }
         }
+    }
+
+    /// Whether the response last applied added, changed or removed anything. Envoy moves the
+    /// CDS and LDS `version_info` of `/config_dump` only then: a response that repeats what is
+    /// held is ACKed with its version, but the dump keeps the version that made the change.
+    pub fn changed_anything(&self) -> bool {
+        self.reloaded
     }
 
     /// Counts a response of a wildcard type (CDS, LDS) in its subscription stats.
@@ -350,6 +358,18 @@ impl Applier {
         !self.warming_listeners.is_empty()
     }
 
+    /// Whether one of the secrets a cluster or listener waits for is still missing after its
+    /// source's initial fetch timeout; it then starts, and handshakes needing it fail.
+    fn secret_timed_out(
+        &self,
+        secrets: &[Arc<crate::config::slots::Slot<crate::config::tls::Secret>>],
+        waited: std::time::Duration,
+    ) -> bool {
+        secrets
+            .iter()
+            .any(|s| s.get().is_none() && self.secret_slots.fetch_timed_out(&s.name, waited))
+    }
+
     /// Ends warming that waited longer than the initial fetch timeout: the cluster starts with
     /// no endpoints, the listener with an empty route table (Envoy's behaviour on timeout).
     pub fn expire_warming(&mut self) {
@@ -367,9 +387,7 @@ impl Applier {
                     } => waited >= *t && !self.clusters.has_assignment(service_name),
                     _ => false,
                 };
-                // SDS sources use Envoy's default initial fetch timeout.
-                let secret_timed_out = waited >= SECRET_FETCH_TIMEOUT
-                    && c.transports.sds_secrets().iter().any(|s| s.get().is_none());
+                let secret_timed_out = self.secret_timed_out(&c.transports.sds_secrets(), waited);
                 endpoints_timed_out || secret_timed_out
             })
             .map(|(n, _)| n.clone())
@@ -390,9 +408,7 @@ impl Applier {
                     slot.get().is_none()
                         && source.initial_fetch_timeout.is_some_and(|t| waited >= t)
                 });
-                // SDS sources use Envoy's default initial fetch timeout.
-                let secret_timed_out = waited >= SECRET_FETCH_TIMEOUT
-                    && l.sds_secrets().iter().any(|slot| slot.get().is_none());
+                let secret_timed_out = self.secret_timed_out(&l.sds_secrets(), waited);
                 route_timed_out || secret_timed_out
             })
             .map(|(n, _)| n.clone())

@@ -56,8 +56,11 @@ impl FileSource {
         let started = std::time::Instant::now();
         match self.apply() {
             Ok(version) => {
-                lock(&self.applier).account(self.kind, &version, true, started);
-                self.records.set_version(self.kind, &version);
+                let applier = lock(&self.applier);
+                applier.account(self.kind, &version, true, started);
+                if applier.changed_anything() {
+                    self.records.set_version(self.kind, &version);
+                }
             }
             Err(e) => {
                 tracing::warn!(target: "config", "{}: rejected: {e}", self.path.display());

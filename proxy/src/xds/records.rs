@@ -120,6 +120,12 @@ impl Records {
             .error = Some(failure);
     }
 
+    pub fn clear_failure(&self, kind: Kind, name: &str) {
+        if let Some(entry) = self.lock().get_mut(&(kind, name.to_string())) {
+            entry.error = None;
+        }
+    }
+
     pub fn remove(&self, kind: Kind, name: &str) {
         let mut inner = self.lock();
         let key = (kind, name.to_string());
@@ -175,18 +181,6 @@ impl Records {
             .iter()
             .filter(|((k, _), _)| *k == kind)
             .map(|((_, name), entry)| (name.clone(), entry.clone()))
-            .collect()
-    }
-
-    /// The versions each accepted resource of `kind` has (delta `initial_resource_versions`).
-    pub fn resource_versions(&self, kind: Kind) -> Vec<(String, String)> {
-        self.lock()
-            .iter()
-            .filter(|((k, _), _)| *k == kind)
-            .filter_map(|((_, name), entry)| {
-                let record = entry.active.as_ref().or(entry.warming.as_ref())?;
-                Some((name.clone(), record.version.clone()))
-            })
             .collect()
     }
 

@@ -141,13 +141,17 @@ async fn sotw_stream(
     let stream = open_stream(&shared);
     let mut changed = shared.changed.subscribe();
     let mut dropped = shared.drop_streams.subscribe();
+    let mut failed = shared.fail_streams.subscribe();
     // Per type: the names subscribed, and the set version last sent.
     let mut subscribed: BTreeMap<String, (BTreeSet<String>, Option<u64>)> = BTreeMap::new();
     loop {
         tokio::select! {
             r = requests.next() => {
                 let Some(Ok(r)) = r else { return };
-                shared.lock().requests.push(Recorded {
+                let mut state = shared.lock();
+                let nonce_sent = r.response_nonce.is_empty()
+                    || state.sent.contains(&(stream, r.type_url.clone(), r.response_nonce.clone()));
+                state.requests.push(Recorded {
                     delta: false,
                     type_url: r.type_url.clone(),
                     version_info: r.version_info.clone(),
@@ -159,13 +163,15 @@ async fn sotw_stream(
                     initial_versions: BTreeMap::new(),
                     stream,
                     service,
+                    nonce_sent,
                 });
+                drop(state);
                 let names: BTreeSet<String> = r.resource_names.iter().cloned().collect();
                 let entry = subscribed.entry(r.type_url.clone()).or_insert((names.clone(), None));
                 let first = entry.1.is_none();
                 if first || entry.0 != names {
                     entry.0 = names;
-                    send_sotw(&shared, &tx, &r.type_url, &mut subscribed);
+                    send_sotw(&shared, &tx, stream, &r.type_url, &mut subscribed);
                 }
             }
             _ = changed.changed() => {
@@ -173,11 +179,15 @@ async fn sotw_stream(
                 for t in types {
                     let current = shared.lock().versions.get(&t).copied();
                     if current != subscribed[&t].1 {
-                        send_sotw(&shared, &tx, &t, &mut subscribed);
+                        send_sotw(&shared, &tx, stream, &t, &mut subscribed);
                     }
                 }
             }
             _ = dropped.changed() => return,
+            _ = failed.changed() => {
+                let _ = tx.send(Err(tonic::Status::unavailable("the test control plane failed the stream")));
+                return;
+            }
         }
     }
 }
@@ -185,11 +195,15 @@ async fn sotw_stream(
 fn send_sotw(
     shared: &Shared,
     tx: &mpsc::UnboundedSender<Result<DiscoveryResponse, tonic::Status>>,
+    stream: usize,
     type_url: &str,
     subscribed: &mut BTreeMap<String, (BTreeSet<String>, Option<u64>)>,
 ) {
     let nonce = shared.next_nonce();
-    let state = shared.lock();
+    let mut state = shared.lock();
+    state
+        .sent
+        .insert((stream, type_url.to_string(), nonce.clone()));
     let version = state.versions.get(type_url).copied().unwrap_or(0);
     let Some(entry) = subscribed.get_mut(type_url) else {
         return;
@@ -232,12 +246,16 @@ async fn delta_stream(
     let stream = open_stream(&shared);
     let mut changed = shared.changed.subscribe();
     let mut dropped = shared.drop_streams.subscribe();
+    let mut failed = shared.fail_streams.subscribe();
     let mut types: BTreeMap<String, DeltaType> = BTreeMap::new();
     loop {
         tokio::select! {
             r = requests.next() => {
                 let Some(Ok(r)) = r else { return };
-                shared.lock().requests.push(Recorded {
+                let mut state = shared.lock();
+                let nonce_sent = r.response_nonce.is_empty()
+                    || state.sent.contains(&(stream, r.type_url.clone(), r.response_nonce.clone()));
+                state.requests.push(Recorded {
                     delta: true,
                     type_url: r.type_url.clone(),
                     version_info: String::new(),
@@ -249,7 +267,9 @@ async fn delta_stream(
                     initial_versions: r.initial_resource_versions.clone().into_iter().collect(),
                     stream,
                     service,
+                    nonce_sent,
                 });
+                drop(state);
                 if r.response_nonce.is_empty() || !r.resource_names_subscribe.is_empty() || !r.resource_names_unsubscribe.is_empty() {
                     let first = !types.contains_key(&r.type_url);
                     let t = types.entry(r.type_url.clone()).or_default();
@@ -264,16 +284,20 @@ async fn delta_stream(
                         t.names.remove(name);
                         t.held.remove(name);
                     }
-                    send_delta(&shared, &tx, &r.type_url, &mut types, first);
+                    send_delta(&shared, &tx, stream, &r.type_url, &mut types, first);
                 }
             }
             _ = changed.changed() => {
                 let urls: Vec<String> = types.keys().cloned().collect();
                 for url in urls {
-                    send_delta(&shared, &tx, &url, &mut types, false);
+                    send_delta(&shared, &tx, stream, &url, &mut types, false);
                 }
             }
             _ = dropped.changed() => return,
+            _ = failed.changed() => {
+                let _ = tx.send(Err(tonic::Status::unavailable("the test control plane failed the stream")));
+                return;
+            }
         }
     }
 }
@@ -281,12 +305,13 @@ async fn delta_stream(
 fn send_delta(
     shared: &Shared,
     tx: &mpsc::UnboundedSender<Result<DeltaDiscoveryResponse, tonic::Status>>,
+    stream: usize,
     type_url: &str,
     types: &mut BTreeMap<String, DeltaType>,
     always: bool,
 ) {
     let nonce = shared.next_nonce();
-    let state = shared.lock();
+    let mut state = shared.lock();
     let Some(t) = types.get_mut(type_url) else {
         return;
     };
@@ -319,6 +344,9 @@ fn send_delta(
     if resources.is_empty() && removed.is_empty() && !always {
         return;
     }
+    state
+        .sent
+        .insert((stream, type_url.to_string(), nonce.clone()));
     let _ = tx.send(Ok(DeltaDiscoveryResponse {
         system_version_info: state
             .versions

@@ -52,6 +52,10 @@ struct Subscription {
     names: BTreeSet<String>,
     /// The last accepted `version_info` (state of the world).
     version: String,
+    /// Delta: each resource's version from the last response accepted that sent it, for
+    /// `initial_resource_versions` when a new stream opens. Like Envoy, this is what was
+    /// received, even a resource that repeated what is held, and not what is active.
+    held: BTreeMap<String, String>,
     /// The nonce of the last response on the current stream.
     nonce: String,
 }
@@ -223,12 +227,17 @@ impl AdsClient {
                 tracing::debug!(target: "config", "{:?} is no longer needed: its stream ends", self.role);
                 return;
             }
-            match self.session().await {
-                Ok(received) => {
+            let mut received = false;
+            let outcome = self.session(&mut received).await;
+            // Like Envoy, any response on a stream resets the backoff, whether the stream then
+            // ends cleanly or fails (istiod restarts, its maximum connection age): otherwise a
+            // long-lived proxy's reconnects creep towards the 30 s maximum.
+            if received {
+                backoff = BACKOFF_BASE;
+            }
+            match outcome {
+                Ok(()) => {
                     tracing::info!(target: "config", "ADS stream closed by the control plane");
-                    if received {
-                        backoff = BACKOFF_BASE;
-                    }
                 }
                 Err(e) => {
                     tracing::warn!(target: "config", "ADS stream to {} failed: {e}", self.ads.target);
@@ -285,8 +294,8 @@ impl AdsClient {
         self.subscriptions.entry(kind).or_default()
     }
 
-    /// One stream, from connect to its end. Ok(true) when a response arrived on it.
-    async fn session(&mut self) -> Result<bool, String> {
+    /// One stream, from connect to its end; `received` is set once a response arrives on it.
+    async fn session(&mut self, received: &mut bool) -> Result<(), String> {
         let channel = self.channel()?;
         let mut client = services::Clients::new(channel);
         self.node_sent = false;
@@ -322,7 +331,6 @@ impl AdsClient {
         };
         self.connected.set(1);
         tracing::info!(target: "config", "ADS stream to {} established ({})", self.ads.target, if self.ads.delta { "delta" } else { "state of the world" });
-        let mut received = false;
         let mut tick = tokio::time::interval(TICK);
         loop {
             let next = tokio::select! {
@@ -331,19 +339,18 @@ impl AdsClient {
                     self.applier().expire_warming();
                     self.progress(&outbound);
                     if self.retired() {
-                        return Ok(received);
+                        return Ok(());
                     }
                     continue;
                 }
             };
             match next {
                 Ok(Some(response)) => {
-                    received = true;
+                    *received = true;
                     self.handle(response, &outbound);
                     self.progress(&outbound);
                 }
-                Ok(None) if self.retired() => return Ok(received),
-                Ok(None) => return Ok(received),
+                Ok(None) => return Ok(()),
                 Err(e) => return Err(e),
             }
         }
@@ -459,7 +466,11 @@ impl AdsClient {
             }
             Outbound::Delta(tx) => {
                 let initial_resource_versions = if opening {
-                    self.records.resource_versions(kind).into_iter().collect()
+                    self.subscriptions[&kind]
+                        .held
+                        .iter()
+                        .map(|(name, version)| (name.clone(), version.clone()))
+                        .collect()
                 } else {
                     HashMap::new()
                 };
@@ -501,17 +512,31 @@ impl AdsClient {
             return;
         };
         let started = Instant::now();
+        let received: Vec<(String, String)> = response
+            .updates
+            .iter()
+            .map(|u| (u.name.clone(), u.version.clone()))
+            .collect();
         let errors = self
             .applier()
             .apply(kind, response.updates, &response.removed);
         self.applier()
             .account(kind, &response.version, errors.is_empty(), started);
+        let changed = self.applier().changed_anything();
         self.applier().init.responded(kind);
         let sub = self.subscriptions.entry(kind).or_default();
         sub.nonce = response.nonce.clone();
         let error = if errors.is_empty() {
             sub.version = response.version.clone();
-            self.records.set_version(kind, &response.version);
+            if self.ads.delta {
+                sub.held.extend(received);
+                for name in &response.removed {
+                    sub.held.remove(name);
+                }
+            }
+            if changed {
+                self.records.set_version(kind, &response.version);
+            }
             None
         } else {
             Some(errors.join("\n"))
@@ -622,6 +647,10 @@ impl AdsClient {
                 Outbound::Delta(tx) => {
                     let subscribe: Vec<String> = wanted.difference(&before).cloned().collect();
                     let unsubscribe: Vec<String> = before.difference(&wanted).cloned().collect();
+                    let held = &mut self.sub(kind).held;
+                    for name in &unsubscribe {
+                        held.remove(name);
+                    }
                     let node = self.node_for_request();
                     let _ = tx.send(DeltaDiscoveryRequest {
                         node,
