@@ -32,6 +32,7 @@ const SYSTEM_RESOLVER: &str =
 const ACCESS_LOG: &str = "the admin interface writes no access log (Istio points it at /dev/null)";
 const HEDGE_NOT_IN_ENVOY: &str = "Envoy 1.40 accepts it without acting on it (not implemented there; checked: initial_requests 3 still sends one request), and so does Outrigger: one request goes first, more only on per-try timeouts";
 const OVERLOAD: &str = "the overload manager is not implemented";
+const HEALTH_CHECK_TARGET: &str = "active health checks go to the endpoint's own address: the health_check_config overrides are not applied";
 const NO_EFFECT: &str = "has no effect in Outrigger";
 const BUFFERS: &str = "buffering is bounded by the codecs' own flow control (HTTP/2 windows, fixed copy buffers); this exact limit is not applied";
 const GZIP_TUNING: &str = "zlib tuning for memory and ratio; Outrigger's gzip (miniz_oxide) uses its own, and its output is valid gzip all the same";
@@ -236,8 +237,11 @@ static POLICIES: &[(&str, Policy)] = policies! {
         ack [("endpoint_stale_after", "endpoints are never treated as stale: a cluster keeps its last assignment until the next one, as without this field")];
     "envoy.config.endpoint.v3.LocalityLbEndpoints" => ["locality", "lb_endpoints", "load_balancing_weight", "priority", "metadata"];
     "envoy.config.endpoint.v3.LbEndpoint" => ["endpoint", "load_balancing_weight", "metadata", "health_status"];
-    "envoy.config.endpoint.v3.Endpoint" => ["address", "hostname"]
-        ack [("health_check_config", "active health checks go to the endpoint's own address: its port_value, hostname and address overrides are not applied")];
+    "envoy.config.endpoint.v3.Endpoint" => ["address", "hostname", "health_check_config"];
+    // Istio sends an empty one with every endpoint: only its overrides are not applied.
+    "envoy.config.endpoint.v3.Endpoint.HealthCheckConfig" => []
+        ack [("port_value", HEALTH_CHECK_TARGET), ("hostname", HEALTH_CHECK_TARGET),
+             ("address", HEALTH_CHECK_TARGET), ("disable_active_health_check", HEALTH_CHECK_TARGET)];
     "envoy.config.core.v3.HttpProtocolOptions" => ["idle_timeout", "max_requests_per_connection", "max_connection_duration",
         "max_headers_count", "headers_with_underscores_action", "max_stream_duration"];
     "envoy.config.core.v3.Http1ProtocolOptions" => ["accept_http_10", "default_host_for_http_10",

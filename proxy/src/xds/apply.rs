@@ -73,6 +73,7 @@ pub struct Applier {
     rds_stats: BTreeMap<(String, String), SubscriptionStats>,
     /// Whether the response being applied changed anything (for `config_reload`).
     reloaded: bool,
+    acknowledged: super::acknowledged::AcknowledgedFields,
     /// The compiled secrets TLS contexts read; SDS updates are published here.
     secret_slots: Arc<crate::config::tls::SecretSlots>,
     /// The server's initialisation, which the CDS and LDS streams (one aggregated stream, or
@@ -115,6 +116,7 @@ impl Applier {
                 .then(|| SubscriptionStats::lds(&store_for_stats)),
             rds_stats: BTreeMap::new(),
             reloaded: false,
+            acknowledged: Default::default(),
             secret_slots: config.secret_slots.clone(),
             init: super::init::Init::new(config),
         }
@@ -436,6 +438,7 @@ impl Applier {
             resource: update.resource.clone(),
         };
         let root = FieldPath::root("");
+        let mut acks = Vec::new();
         match kind {
             Kind::Cluster => {
                 let proto: ProtoCluster = unpack(&update.resource)?;
@@ -450,7 +453,7 @@ impl Applier {
                     &proto,
                     &root,
                     &self.secret_slots,
-                    &mut Vec::new(),
+                    &mut acks,
                 )?);
                 let known = self.warming_clusters.contains_key(&proto.name)
                     || self.clusters.by_name(&proto.name).is_some();
@@ -468,7 +471,7 @@ impl Applier {
             Kind::Endpoint => {
                 let proto: ClusterLoadAssignment = unpack(&update.resource)?;
                 check_name(&proto.cluster_name, &update.name)?;
-                let assignment = translate_load_assignment(&proto, &root, &mut Vec::new())?;
+                let assignment = translate_load_assignment(&proto, &root, &mut acks)?;
                 self.clusters
                     .set_assignment(&proto.cluster_name, assignment);
                 self.records.activate(kind, &proto.cluster_name, record);
@@ -511,12 +514,7 @@ impl Applier {
                     outbound: false,
                     tracing: &self.tracing,
                 };
-                let listener = Arc::new(translate_listener(
-                    &proto,
-                    &root,
-                    &resolve,
-                    &mut Vec::new(),
-                )?);
+                let listener = Arc::new(translate_listener(&proto, &root, &resolve, &mut acks)?);
                 self.add_route_stats(&listener);
                 let routes = listener.rds_routes();
                 self.listener_routes.insert(
@@ -560,7 +558,6 @@ impl Applier {
                 };
                 // An RDS table is its own resource: its fields are checked here, as an
                 // inline table's are with its connection manager.
-                let mut acks = Vec::new();
                 crate::config::fields::check(&proto, &root, &mut acks)?;
                 let table = translate_route_config(&proto, &root, &resolve, false, &mut acks)?;
                 self.route_slots
@@ -584,6 +581,7 @@ impl Applier {
                 self.activate_ready_listeners();
             }
         }
+        self.acknowledged.report(kind, &update.name, acks);
         Ok(())
     }
 
@@ -644,6 +642,7 @@ impl Applier {
     }
 
     fn remove(&mut self, kind: Kind, name: &str) {
+        self.acknowledged.forget(kind, name);
         match kind {
             Kind::Cluster => {
                 if self.static_clusters.contains(name) {

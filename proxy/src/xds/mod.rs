@@ -1,6 +1,7 @@
 //! Dynamic configuration from a control plane over ADS: the stream client, the application of
 //! resources (with warming), and the records `/config_dump` shows.
 
+mod acknowledged;
 mod ads;
 pub mod agent_types;
 pub mod apply;
