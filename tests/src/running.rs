@@ -38,6 +38,21 @@ impl RunningProxy {
     /// bootstrap's `admin.address.socket_address`. Panics, quoting the logs, if the process
     /// exits or is not LIVE in time.
     pub fn start(kind: Kind, bootstrap: &str, extra_args: &[&str]) -> RunningProxy {
+        Self::start_waiting(kind, bootstrap, extra_args, true)
+    }
+
+    /// Like [`RunningProxy::start`], but returns as soon as the admin answers `/ready` at all,
+    /// LIVE or not: for watching initialisation.
+    pub fn start_initializing(kind: Kind, bootstrap: &str, extra_args: &[&str]) -> RunningProxy {
+        Self::start_waiting(kind, bootstrap, extra_args, false)
+    }
+
+    fn start_waiting(
+        kind: Kind,
+        bootstrap: &str,
+        extra_args: &[&str],
+        until_live: bool,
+    ) -> RunningProxy {
         let admin = admin_address(bootstrap);
         let dir = tempfile::tempdir().expect("a temporary directory");
         let name = if bootstrap.trim_start().starts_with('{') {
@@ -49,7 +64,7 @@ impl RunningProxy {
         fs::write(&path, bootstrap).expect("write the bootstrap");
         let mut args: Vec<String> = vec!["-c".into(), path.display().to_string()];
         args.extend(extra_args.iter().map(|a| a.to_string()));
-        Self::spawn(kind, dir, &args, admin)
+        Self::spawn(kind, dir, &args, admin, until_live)
     }
 
     /// Starts `kind` with exactly `args` (no `-c`), e.g. Outrigger with its embedded default,
@@ -57,10 +72,16 @@ impl RunningProxy {
     pub fn start_with_args(kind: Kind, args: &[&str], admin: SocketAddr) -> RunningProxy {
         let dir = tempfile::tempdir().expect("a temporary directory");
         let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
-        Self::spawn(kind, dir, &args, admin)
+        Self::spawn(kind, dir, &args, admin, true)
     }
 
-    fn spawn(kind: Kind, dir: TempDir, args: &[String], admin: SocketAddr) -> RunningProxy {
+    fn spawn(
+        kind: Kind,
+        dir: TempDir,
+        args: &[String],
+        admin: SocketAddr,
+        until_live: bool,
+    ) -> RunningProxy {
         let bin = binary(kind);
         let has = |flag: &str| args.iter().any(|a| a == flag);
         let mut command = Command::new(&bin.path);
@@ -82,11 +103,12 @@ impl RunningProxy {
             admin,
             dir,
         };
-        proxy.wait_live();
+        proxy.wait_live(until_live);
         proxy
     }
 
-    fn wait_live(&mut self) {
+    /// Waits until `/ready` says LIVE, or (`until_live` false) until it answers at all.
+    fn wait_live(&mut self, until_live: bool) {
         let timeout = match self.kind {
             Kind::Outrigger => OUTRIGGER_READY,
             Kind::Envoy => ENVOY_READY,
@@ -103,10 +125,11 @@ impl RunningProxy {
             let last = match ready(self.admin) {
                 // The body may come chunked (Envoy) or with a length (Outrigger).
                 Ok(answer)
-                    if answer.starts_with("HTTP/1.1 200")
-                        && answer
-                            .split_once("\r\n\r\n")
-                            .is_some_and(|(_, body)| body.contains("LIVE\n")) =>
+                    if !until_live
+                        || answer.starts_with("HTTP/1.1 200")
+                            && answer
+                                .split_once("\r\n\r\n")
+                                .is_some_and(|(_, body)| body.contains("LIVE\n")) =>
                 {
                     return
                 }

@@ -544,10 +544,19 @@ fn a_filter_chain_update_drains_only_that_chains_connections_like_envoy() {
             });
             std::thread::sleep(Duration::from_millis(300));
         };
+        let chains_draining = || {
+            proxy
+                .get("/stats?filter=listener_manager.total_filter_chains_draining")
+                .body
+                .trim()
+                .to_string()
+        };
         push("first", "default-changed", "2");
         seen.push(connection_header(&mut client));
+        seen.push(chains_draining());
         push("first-changed", "default-changed", "3");
         seen.push(connection_header(&mut client));
+        seen.push(chains_draining());
         seen.push(
             proxy
                 .get("/stats?filter=listener_manager.listener_in_place_updated")
@@ -563,7 +572,9 @@ fn a_filter_chain_update_drains_only_that_chains_connections_like_envoy() {
         vec![
             "-",
             "-",
+            "listener_manager.total_filter_chains_draining: 1",
             "close",
+            "listener_manager.total_filter_chains_draining: 2",
             "listener_manager.listener_in_place_updated: 2"
         ]
     );

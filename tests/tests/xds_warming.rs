@@ -5,10 +5,11 @@
 //! Envoy: https://www.envoyproxy.io/docs/envoy/latest/intro/arch_overview/upstream/cluster_manager#cluster-warming
 
 use std::time::Duration;
-use tests::control_plane::{ControlPlane, Recorded, CLUSTER, ENDPOINT};
+use tests::control_plane::{ControlPlane, Recorded, CLUSTER, ENDPOINT, LISTENER, ROUTE};
 use tests::curl::body_becomes;
 use tests::xds_resources::{
-    ads_bootstrap, backend_cluster, backend_endpoints, resource, serve_backend,
+    ads_bootstrap, backend_cluster, backend_endpoints, backend_listener, resource,
+    route_to_backend, serve_backend,
 };
 use tests::{envoy_or_skip, free_port, Kind, RunningProxy, Upstream};
 use xds_proto::pb::envoy::config::cluster::v3::Cluster;
@@ -178,4 +179,88 @@ fn a_cds_update_is_answered_once_its_clusters_are_warm_sotw() {
 #[test]
 fn a_cds_update_is_answered_once_its_clusters_are_warm_delta() {
     check(true);
+}
+
+/// The server's state through initialisation, as `/ready` and the listener manager's gauges
+/// show it: PRE_INITIALIZING while the clusters wait for their endpoints, INITIALIZING while
+/// the listeners wait for their routes, then LIVE with the workers started. Same in Envoy.
+/// The `server.state` gauge is compared only with `/ready`: Envoy refreshes it on its stats
+/// flush (every 5 s by default), so during a short initialisation it still reads 0, "LIVE";
+/// Outrigger keeps it current.
+/// Envoy: https://www.envoyproxy.io/docs/envoy/latest/intro/arch_overview/operations/init#initialization
+#[test]
+fn the_server_state_follows_initialisation_like_envoy() {
+    let run = |kind: Kind| -> Vec<String> {
+        let up = Upstream::start("one");
+        let cp = ControlPlane::start();
+        cp.set(CLUSTER, vec![backend_cluster()]);
+        let proxy = RunningProxy::start_initializing(
+            kind,
+            &ads_bootstrap(free_port(), cp.port(), true),
+            &[],
+        );
+        let observe = |phase: &str| {
+            let stats = proxy.get("/stats").body;
+            let mut seen: Vec<String> = stats
+                .lines()
+                .filter(|l| {
+                    [
+                        "listener_manager.workers_started: ",
+                        "listener_manager.total_listeners_warming: ",
+                    ]
+                    .iter()
+                    .any(|name| l.starts_with(name))
+                })
+                .map(str::to_string)
+                .collect();
+            seen.sort();
+            let ready = proxy.get("/ready");
+            if kind == Kind::Outrigger {
+                let state = ["LIVE", "DRAINING", "PRE_INITIALIZING", "INITIALIZING"]
+                    .iter()
+                    .position(|s| *s == ready.body.trim())
+                    .expect("a server state");
+                assert!(
+                    stats.contains(&format!("server.state: {state}\n")),
+                    "server.state is /ready's {}: {stats}",
+                    ready.body.trim()
+                );
+            }
+            let dump = proxy.get("/config_dump?resource=dynamic_listeners").json();
+            let http = dump["configs"]
+                .as_array()
+                .and_then(|ls| ls.iter().find(|l| l["name"] == "http").cloned())
+                .unwrap_or_default();
+            format!(
+                "{phase}: ready {} {} | {} | listener active={} warming={}",
+                ready.status,
+                ready.body.trim(),
+                seen.join(", "),
+                !http["active_state"].is_null(),
+                !http["warming_state"].is_null(),
+            )
+        };
+        let asked =
+            |type_url: &'static str| move |r: &[Recorded]| r.iter().any(|r| r.type_url == type_url);
+        cp.wait_for(Duration::from_secs(5), "EDS asked for", asked(ENDPOINT));
+        std::thread::sleep(Duration::from_millis(300));
+        let mut out = vec![observe("clusters warming")];
+        cp.set(LISTENER, vec![backend_listener("127.0.0.1", free_port())]);
+        cp.set(ENDPOINT, vec![backend_endpoints(up.port())]);
+        cp.wait_for(Duration::from_secs(5), "RDS asked for", asked(ROUTE));
+        std::thread::sleep(Duration::from_millis(300));
+        out.push(observe("listeners warming"));
+        cp.set(ROUTE, vec![route_to_backend()]);
+        cp.wait_for(Duration::from_secs(5), "the RDS answer", |r| {
+            r.iter().any(|r| r.type_url == ROUTE && r.answers())
+        });
+        std::thread::sleep(Duration::from_millis(300));
+        out.push(observe("warm"));
+        out
+    };
+    let ours = run(Kind::Outrigger);
+    let Some(_) = envoy_or_skip("the_server_state_follows_initialisation_like_envoy") else {
+        return;
+    };
+    assert_eq!(ours, run(Kind::Envoy), "Outrigger (left) and Envoy (right)");
 }

@@ -32,6 +32,11 @@ impl ChainDrainSenders {
         (Self { chains }, previous)
     }
 
+    /// How many chains there are.
+    pub fn len(&self) -> usize {
+        self.chains.len()
+    }
+
     /// Tells every chain's connections to drain.
     pub fn drain_all(&self) {
         for sender in self.chains.values() {

@@ -33,6 +33,9 @@ pub struct Generation {
 struct Draining {
     name: String,
     until: Instant,
+    /// Filter chains of an in-place update (`total_filter_chains_draining`); None for a whole
+    /// listener (`total_listeners_draining`).
+    filter_chains: Option<usize>,
 }
 
 struct Active {
@@ -311,6 +314,7 @@ impl ListenerManager {
                 .stats
                 .counter("listener_manager.listener_in_place_updated")
                 .inc();
+            self.track_drain(&old.config.name, Some(changed.len()));
         } else {
             self.start_draining(&old.config.name);
         }
@@ -333,10 +337,18 @@ impl ListenerManager {
     /// `total_listeners_draining`); its connections are closed by then.
     fn start_draining(&self, name: &str) {
         self.server.xds.start_drain(name);
+        self.track_drain(name, None);
+    }
+
+    fn track_drain(&self, name: &str, filter_chains: Option<usize>) {
+        if filter_chains == Some(0) {
+            return;
+        }
         let window = std::time::Duration::from_secs(self.server.options.drain_time_s);
         self.draining_lock().push(Draining {
             name: name.to_string(),
             until: Instant::now() + window,
+            filter_chains,
         });
         self.prune_draining();
     }
@@ -347,15 +359,23 @@ impl ListenerManager {
         let now = Instant::now();
         draining.retain(|d| {
             let done = now >= d.until;
-            if done {
+            if done && d.filter_chains.is_none() {
                 self.server.xds.end_drain(&d.name);
             }
             !done
         });
-        self.server
-            .stats
+        let listeners = draining
+            .iter()
+            .filter(|d| d.filter_chains.is_none())
+            .count();
+        let chains: usize = draining.iter().filter_map(|d| d.filter_chains).sum();
+        let stats = &self.server.stats;
+        stats
             .gauge("listener_manager.total_listeners_draining")
-            .set(draining.len() as u64);
+            .set(listeners as u64);
+        stats
+            .gauge("listener_manager.total_filter_chains_draining")
+            .set(chains as u64);
     }
 
     fn draining_lock(&self) -> std::sync::MutexGuard<'_, Vec<Draining>> {

@@ -220,7 +220,6 @@ impl Proxy {
             logging,
             clusters.clone(),
         );
-        server.set_state(ServerState::Initializing);
 
         if let Some(address) = &config.admin_address {
             let crate::config::address::Endpoint::Tcp(addr) = address else {
@@ -271,11 +270,10 @@ impl Proxy {
     /// ADS the client reports LIVE once the initial resources are warm.
     pub fn start_dynamic(&self) {
         let stats = &self.server.stats;
-        if !crate::xds::spawn(&self.server, &self.clusters, &self.listeners, &self.config) {
-            self.server.set_state(ServerState::Live);
-            stats.gauge("server.live").set(1);
-        }
         record_listener_manager_stats(stats);
+        if !crate::xds::spawn(&self.server, &self.clusters, &self.listeners, &self.config) {
+            self.server.go_live();
+        }
     }
 
     /// The background duties of a serving proxy: drains asked for by the admin API, pruning
@@ -389,5 +387,6 @@ fn record_listener_manager_stats(stats: &Store) {
     ] {
         stats.gauge(&format!("listener_manager.{name}")).set(0);
     }
-    stats.gauge("listener_manager.workers_started").set(1);
+    // Set by `Server::go_live` once initialisation is over.
+    stats.gauge("listener_manager.workers_started");
 }

@@ -141,6 +141,16 @@ impl Server {
         self.state_gauge.set(state as u64);
     }
 
+    /// Initialisation is over: the server is LIVE (unless it already drains) and, as Envoy
+    /// logs it, "starting workers".
+    pub fn go_live(&self) {
+        if self.state() != ServerState::Draining {
+            self.set_state(ServerState::Live);
+            self.stats.gauge("server.live").set(1);
+        }
+        self.stats.gauge("listener_manager.workers_started").set(1);
+    }
+
     /// `/healthcheck/fail` and `/healthcheck/ok`.
     pub fn set_health_check_failed(&self, failed: bool) {
         self.health_check_failed.store(failed, Ordering::Release);

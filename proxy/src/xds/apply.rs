@@ -162,13 +162,24 @@ impl Applier {
                 }
             }
         }
-        self.count_warming_clusters();
+        self.count_warming();
         errors
     }
 
-    fn count_warming_clusters(&self) {
+    /// `cluster_manager.warming_clusters` and `listener_manager.total_listeners_warming`. As in
+    /// Envoy, listeners that warm during the server's initialisation are not counted: they are
+    /// what the server waits for before it starts its workers.
+    fn count_warming(&self) {
         let warming = self.warming_clusters.len() as u64;
         self.clusters.stats.warming_clusters.set(warming);
+        let listeners = if self.init.is_live() {
+            self.warming_listeners.len() as u64
+        } else {
+            0
+        };
+        self.store
+            .gauge("listener_manager.total_listeners_warming")
+            .set(listeners);
     }
 
     /// Runs `f` with the stat prefix (`cluster.<stat_name>.`) of every cluster fed by EDS
@@ -400,7 +411,6 @@ impl Applier {
                 self.records.promote(Kind::Cluster, &name);
             }
         }
-        self.count_warming_clusters();
         let expired: Vec<String> = self
             .warming_listeners
             .iter()
@@ -420,6 +430,7 @@ impl Applier {
                 self.activate_listener(&name, listener);
             }
         }
+        self.count_warming();
     }
 
     fn apply_one(&mut self, kind: Kind, update: &Update) -> Result<(), ConfigError> {

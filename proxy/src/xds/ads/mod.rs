@@ -689,7 +689,7 @@ impl AdsClient {
         if !drives {
             return;
         }
-        let (became_live, lds_started) = {
+        let (became_live, lds_started, clusters_initialized) = {
             let mut applier = self.applier();
             for kind in applier.init.new_timeouts() {
                 if let Some(stats) = applier.type_stats(kind) {
@@ -698,16 +698,22 @@ impl AdsClient {
             }
             let (clusters, listeners) = (applier.clusters_warming(), applier.listeners_warming());
             let live = applier.init.advance(clusters, listeners);
-            (live, applier.init.started(Kind::Listener))
+            (
+                live,
+                applier.init.started(Kind::Listener),
+                applier.init.clusters_initialized(),
+            )
         };
+        // Envoy's server stays PRE_INITIALIZING while the cluster manager initialises (CDS and
+        // the clusters' EDS), then INITIALIZING while the listeners warm.
+        if clusters_initialized && self.server.state() == ServerState::PreInitializing {
+            self.server.set_state(ServerState::Initializing);
+        }
         if lds_started && self.lds.is_some() {
             self.start(Kind::Listener);
         }
         if became_live {
-            if self.server.state() != ServerState::Draining {
-                self.server.set_state(ServerState::Live);
-                self.server.stats.gauge("server.live").set(1);
-            }
+            self.server.go_live();
             tracing::info!(target: "main", "all dependencies initialized. starting workers");
         }
     }
