@@ -199,6 +199,43 @@ fn tls_listener_state(proxy: &RunningProxy, port: u16) -> String {
     )
 }
 
+/// The dynamic secrets of `/config_dump`, warming and active: name, version, whether it has a
+/// timestamp, and the secret as dumped (the private key redacted).
+fn dynamic_secrets(proxy: &RunningProxy) -> String {
+    let dump = proxy.get("/config_dump").json();
+    let secrets = dump["configs"]
+        .as_array()
+        .and_then(|c| {
+            c.iter()
+                .find(|c| {
+                    c["@type"]
+                        .as_str()
+                        .is_some_and(|t| t.ends_with("SecretsConfigDump"))
+                })
+                .cloned()
+        })
+        .unwrap_or_default();
+    let mut out = Vec::new();
+    for section in ["dynamic_warming_secrets", "dynamic_active_secrets"] {
+        for s in secrets[section].as_array().into_iter().flatten() {
+            let mut secret = s["secret"].clone();
+            // The certificate itself is whatever the test generated; keep the shape.
+            if let Some(chain) =
+                secret.pointer_mut("/tls_certificate/certificate_chain/inline_string")
+            {
+                *chain = serde_json::json!("<certificate>");
+            }
+            out.push(format!(
+                "{section} {} v{:?} updated={} {secret}",
+                s["name"].as_str().unwrap_or("-"),
+                s["version_info"].as_str().unwrap_or("-"),
+                s["last_updated"].is_string(),
+            ));
+        }
+    }
+    out.join("\n")
+}
+
 #[test]
 fn a_listener_warms_until_its_secret_arrives_like_envoy() {
     use tests::control_plane::{CLUSTER, LISTENER};
@@ -228,17 +265,21 @@ fn a_listener_warms_until_its_secret_arrives_like_envoy() {
         });
         std::thread::sleep(Duration::from_millis(300));
         let before = state(&proxy);
+        let secrets_before = dynamic_secrets(&proxy);
         cp.set(SECRET, vec![certificate(&identity)]);
         let served = serial_becomes(port, &pki.root(), None);
         vec![
             before,
+            secrets_before,
             state(&proxy),
+            dynamic_secrets(&proxy),
             format!("served={}", !served.is_empty()),
         ]
     };
     let ours = run(Kind::Outrigger);
+    let traffic: Vec<&str> = [0, 2, 4].iter().map(|i| ours[*i].as_str()).collect();
     assert_eq!(
-        ours,
+        traffic,
         vec![
             "active=false warming=true open=false",
             "active=true warming=false open=true",

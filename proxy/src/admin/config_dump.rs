@@ -123,7 +123,7 @@ pub fn configs(server: &Server, include_eds: bool) -> Result<Vec<serde_json::Val
             })
             .collect(),
         dynamic_active_secrets: dynamic::secrets(server),
-        ..Default::default()
+        dynamic_warming_secrets: dynamic::warming_secrets(server),
     })?);
     Ok(out)
 }
@@ -342,6 +342,27 @@ mod dynamic {
                     error_state: e.error.as_ref().map(failure::<RouteConfiguration>),
                     ..Default::default()
                 })
+            })
+            .collect()
+    }
+
+    /// The secrets asked for that have not arrived, as Envoy lists them: version
+    /// `uninitialized`, and a secret that holds only its name.
+    pub fn warming_secrets(server: &Server) -> Vec<DynamicSecret> {
+        server
+            .config
+            .secret_slots
+            .waiting()
+            .into_iter()
+            .map(|(name, since)| DynamicSecret {
+                secret: Some(json::pack(&Secret {
+                    name: name.clone(),
+                    ..Default::default()
+                })),
+                name,
+                version_info: "uninitialized".to_string(),
+                last_updated: Some(json::timestamp(since)),
+                ..Default::default()
             })
             .collect()
     }

@@ -13,6 +13,9 @@ pub struct SecretSlots {
     slots: Slots<Secret>,
     /// Secret name → its source.
     sources: Mutex<BTreeMap<String, SecretSource>>,
+    /// Secret name → when it was first asked for (`/config_dump` lists a secret that has not
+    /// arrived as warming since then).
+    since: Mutex<BTreeMap<String, std::time::SystemTime>>,
 }
 
 impl SecretSlots {
@@ -28,6 +31,22 @@ impl SecretSlots {
     /// secret is the one it is fetched from.
     pub fn subscribe(&self, name: &str, source: SecretSource) {
         self.lock().entry(name.to_string()).or_insert(source);
+        self.since
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(name.to_string())
+            .or_insert_with(std::time::SystemTime::now);
+    }
+
+    /// The secrets asked for that have not arrived, with when they were first asked for.
+    pub fn waiting(&self) -> Vec<(String, std::time::SystemTime)> {
+        self.since
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .filter(|(name, _)| self.find(name).is_none_or(|slot| slot.get().is_none()))
+            .map(|(name, since)| (name.clone(), *since))
+            .collect()
     }
 
     /// Whether what waits for secret `name` has waited past its source's initial fetch timeout
