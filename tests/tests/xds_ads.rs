@@ -251,8 +251,19 @@ fn script(kind: Kind, delta: bool) -> Vec<(String, String, Vec<String>)> {
     );
     step("resubscribe", resubscriptions(&cp.requests(), streams), &cp);
 
-    // The xDS stats both keep (names only: counts depend on timing).
+    // The xDS stats both keep (names only: counts depend on timing), and the version gauges
+    // (hashes of the versions accepted).
     step("stats", xds_stat_names(&proxy), &cp);
+    let versions: Vec<String> = proxy
+        .get("/stats")
+        .body
+        .lines()
+        .filter(|l| l.contains(".version: ") && !l.contains("version_text"))
+        // Envoy's is a number from its source revision.
+        .filter(|l| !l.starts_with("server.version: "))
+        .map(str::to_string)
+        .collect();
+    step("version gauges", versions.join("\n"), &cp);
 
     // Removing the listener closes its port.
     cp.set(LISTENER, vec![]);
@@ -271,7 +282,11 @@ fn check_against_envoy(delta: bool) {
         let want = match name.as_str() {
             "initial" => "200 one",
             "eds update" | "bad listener" => "200 two",
-            "config_dump" | "config_dump after the fix" | "stats" | "resubscribe" => continue,
+            "config_dump"
+            | "config_dump after the fix"
+            | "stats"
+            | "version gauges"
+            | "resubscribe" => continue,
             "rds update" | "reconnect" => "200 direct",
             _ => "refused",
         };

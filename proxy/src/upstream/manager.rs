@@ -127,6 +127,8 @@ impl ClusterStats {
             update_empty: c("update_empty"),
             update_no_rebuild: {
                 c("update_failure");
+                // The hash of the EDS version last applied (xds/apply.rs); 0 for the others.
+                g("version");
                 c("update_no_rebuild")
             },
             retry: RetryStats {

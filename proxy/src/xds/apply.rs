@@ -496,6 +496,9 @@ impl Applier {
                     store
                         .text_readout(&format!("{prefix}version_text"))
                         .set(&update.version);
+                    store
+                        .gauge(&format!("{prefix}version"))
+                        .set(super::stats::version_hash(&update.version));
                 });
                 self.activate_ready_clusters();
             }
