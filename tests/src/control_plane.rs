@@ -400,6 +400,18 @@ impl ControlPlane {
         self.shared.drop_streams.send_modify(|n| *n += 1);
     }
 
+    /// The nonce of the last response of `type_url` sent, on any stream.
+    pub fn last_nonce(&self, type_url: &str) -> Option<String> {
+        self.shared
+            .lock()
+            .sent
+            .iter()
+            .filter(|(_, t, _)| t == type_url)
+            .map(|(_, _, nonce)| nonce)
+            .max_by_key(|nonce| nonce.parse::<u64>().unwrap_or(0))
+            .cloned()
+    }
+
     /// Ends every open stream with `UNAVAILABLE`, as a control plane that restarts does.
     pub fn fail_streams(&self) {
         self.shared.fail_streams.send_modify(|n| *n += 1);

@@ -1,6 +1,6 @@
 //! A tiny upstream HTTP server for traffic tests: HTTP/1.1 and h2c (prior knowledge) on
-//! 127.0.0.1, answering every request with one configured response and recording what it
-//! received. Its tokio runtime lives on a thread of its own, so synchronous tests can use it;
+//! 127.0.0.1, answering every request with one configured response (late, when the request
+//! asks with [`DELAY_HEADER`]) and recording what it received. Its tokio runtime lives on a thread of its own, so synchronous tests can use it;
 //! dropping the server stops it.
 
 use bytes::Bytes;
@@ -17,6 +17,10 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
+
+/// A request header: the upstream waits this many milliseconds (at most 10 s) before it
+/// answers.
+pub const DELAY_HEADER: &str = "x-upstream-delay-ms";
 
 /// What the server answers.
 #[derive(Debug, Clone)]
@@ -199,6 +203,14 @@ async fn answer(
     shared: &Shared,
 ) -> Response<Full<Bytes>> {
     let (parts, body) = request.into_parts();
+    // A request can ask to be answered late, so that tests have requests in flight.
+    let delay = parts
+        .headers
+        .get(DELAY_HEADER)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    if let Some(ms) = delay {
+        tokio::time::sleep(Duration::from_millis(ms.min(10_000))).await;
+    }
     let body = body
         .collect()
         .await

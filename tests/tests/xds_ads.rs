@@ -208,10 +208,23 @@ fn script(kind: Kind, delta: bool) -> Vec<(String, String, Vec<String>)> {
 
     // A listener that cannot be built is refused; the running one keeps serving.
     cp.set(LISTENER, vec![backend_listener("not-an-ip", port)]);
-    cp.wait_for(Duration::from_secs(5), "the LDS NACK", |r| {
+    let requests = cp.wait_for(Duration::from_secs(5), "the LDS NACK", |r| {
         r.iter()
             .any(|r| r.type_url == LISTENER && r.error.is_some())
     });
+    if kind == Kind::Outrigger {
+        // The NACK names the resource and the field, as `--mode validate` would.
+        let detail = requests
+            .iter()
+            .find_map(|r| r.error.clone().filter(|_| r.type_url == LISTENER))
+            .unwrap_or_default();
+        assert!(
+            detail.starts_with("listener 'http': ")
+                && detail.contains("socket_address.address")
+                && detail.contains("not-an-ip"),
+            "{detail}"
+        );
+    }
     step(
         "bad listener",
         body_becomes(&url, "200 two", Duration::from_secs(10)),

@@ -1,7 +1,8 @@
 //! Live updates without loss: 1,000 EDS clusters of 10 endpoints arrive over delta ADS (as
 //! Istio sends them), then 100 updates (endpoint changes, cluster replacements, route table
-//! swaps, listener replacements) are pushed while a load generator keeps 8 connections busy on the clusters being
-//! changed. Not one request may fail.
+//! swaps, listener replacements) are pushed while a load generator keeps 8 connections busy
+//! on the clusters being changed, half of them with requests the upstream answers 50 ms late,
+//! so that every update finds requests in flight. Not one request may fail.
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
@@ -11,6 +12,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tests::control_plane::{ControlPlane, CLUSTER, ENDPOINT, LISTENER, ROUTE};
+use tests::upstream::DELAY_HEADER;
 use tests::xds_resources::{ads_bootstrap, rds_listener, resource};
 use tests::{free_port, Kind, RunningProxy, Upstream};
 use xds_proto::pb::envoy::config::cluster::v3::Cluster;
@@ -76,6 +78,7 @@ fn listener(port: u16, generation: usize) -> (String, Any) {
 /// Load on `port` over 8 keep-alive connections until `stop`; counts answers and failures.
 struct Load {
     ok: Arc<AtomicU64>,
+    in_flight: Arc<AtomicU64>,
     failures: Arc<Mutex<Vec<String>>>,
     stop: Arc<AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
@@ -84,10 +87,16 @@ struct Load {
 impl Load {
     fn start(port: u16) -> Load {
         let ok = Arc::new(AtomicU64::new(0));
+        let in_flight = Arc::new(AtomicU64::new(0));
         let failures = Arc::new(Mutex::new(Vec::new()));
         let stop = Arc::new(AtomicBool::new(false));
         let thread = {
-            let (ok, failures, stop) = (ok.clone(), failures.clone(), stop.clone());
+            let (ok, failures, stop, in_flight) = (
+                ok.clone(),
+                failures.clone(),
+                stop.clone(),
+                in_flight.clone(),
+            );
             std::thread::spawn(move || {
                 let runtime = tokio::runtime::Builder::new_current_thread()
                     .enable_all()
@@ -97,27 +106,38 @@ impl Load {
                     let client: Client<_, Empty<Bytes>> =
                         Client::builder(TokioExecutor::new()).build_http();
                     let workers = (0..8).map(|w| {
-                        let (client, ok, failures, stop) =
-                            (client.clone(), ok.clone(), failures.clone(), stop.clone());
+                        let (client, ok, failures, stop, in_flight) = (
+                            client.clone(),
+                            ok.clone(),
+                            failures.clone(),
+                            stop.clone(),
+                            in_flight.clone(),
+                        );
                         tokio::spawn(async move {
                             let mut n = 0usize;
                             while !stop.load(Ordering::Relaxed) {
                                 let uri = format!("http://127.0.0.1:{port}/c{}/", (w + n) % HOT);
                                 n += 1;
-                                let result = client.get(uri.parse().expect("a URI")).await;
-                                match result {
+                                let mut request = hyper::Request::get(uri.as_str());
+                                if w % 2 == 1 {
+                                    request = request.header(DELAY_HEADER, "50");
+                                }
+                                let request = request.body(Empty::new()).expect("a request");
+                                in_flight.fetch_add(1, Ordering::SeqCst);
+                                let failure = match client.request(request).await {
                                     Ok(response) if response.status() == 200 => {
                                         let _ = response.into_body().collect().await;
+                                        None
+                                    }
+                                    Ok(response) => Some(format!("{uri}: {}", response.status())),
+                                    Err(e) => Some(format!("{uri}: {e}")),
+                                };
+                                in_flight.fetch_sub(1, Ordering::SeqCst);
+                                match failure {
+                                    None => {
                                         ok.fetch_add(1, Ordering::Relaxed);
                                     }
-                                    Ok(response) => failures
-                                        .lock()
-                                        .expect("failures")
-                                        .push(format!("{uri}: {}", response.status())),
-                                    Err(e) => failures
-                                        .lock()
-                                        .expect("failures")
-                                        .push(format!("{uri}: {e}")),
+                                    Some(f) => failures.lock().expect("failures").push(f),
                                 }
                             }
                         })
@@ -130,10 +150,16 @@ impl Load {
         };
         Load {
             ok,
+            in_flight,
             failures,
             stop,
             thread: Some(thread),
         }
+    }
+
+    /// Requests sent and not yet answered.
+    fn in_flight(&self) -> u64 {
+        self.in_flight.load(Ordering::SeqCst)
     }
 
     fn finish(mut self) -> (u64, Vec<String>) {
@@ -182,8 +208,12 @@ fn one_hundred_updates_under_load_lose_nothing() {
         .map(|i| assignment(i, &ports, 0, ENDPOINTS))
         .collect();
     let mut cluster_sets: Vec<(String, Any)> = (0..CLUSTERS).map(|i| cluster(i, 1000)).collect();
+    let mut swaps_under_load = 0;
     for k in 0..UPDATES {
         let hot = k % HOT;
+        if load.in_flight() > 0 {
+            swaps_under_load += 1;
+        }
         match k % 4 {
             // Endpoints move: a different half of the upstreams.
             0 => {
@@ -202,18 +232,22 @@ fn one_hundred_updates_under_load_lose_nothing() {
         }
         std::thread::sleep(Duration::from_millis(30));
     }
-    // Every update answered, and none refused.
+    // Every update answered (the last answer of each type echoes the last response's nonce),
+    // and none refused.
     let requests = cp.wait_for(
         Duration::from_secs(30),
         "the last updates to be answered",
         |r| {
             [CLUSTER, ENDPOINT, LISTENER, ROUTE].iter().all(|t| {
-                r.iter()
-                    .rev()
-                    .find(|r| r.type_url == *t && r.answers())
-                    .is_some_and(|last| last.response_nonce.parse::<u64>().is_ok())
+                let last_answer = r.iter().rev().find(|r| r.type_url == *t && r.answers());
+                last_answer.is_some()
+                    && last_answer.map(|a| a.response_nonce.clone()) == cp.last_nonce(t)
             })
         },
+    );
+    assert!(
+        swaps_under_load >= UPDATES * 9 / 10,
+        "only {swaps_under_load} of {UPDATES} updates found requests in flight"
     );
     assert!(
         requests.iter().all(|r| r.error.is_none()),
@@ -232,7 +266,7 @@ fn one_hundred_updates_under_load_lose_nothing() {
     // The updates took effect: the last route table answers.
     let last_routes = (0..UPDATES)
         .rev()
-        .find(|k| k % 3 == 2)
+        .find(|k| k % 4 == 2)
         .expect("a route update");
     let response = tests::curl::get(&format!("http://127.0.0.1:{port}/c0/"));
     assert_eq!(
