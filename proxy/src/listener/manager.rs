@@ -13,6 +13,7 @@ use super::runtime::{address_scope, ListenerRuntime, ListenerTable};
 use super::{bind, BoundSocket};
 use crate::access_log::Files;
 use crate::config::address::Endpoint;
+use crate::config::dynamic::AdsConfig;
 use crate::config::listener::Listener;
 use crate::server::{BoundListener, Server};
 use crate::upstream::ClusterManager;
@@ -31,7 +32,8 @@ pub struct Generation {
 /// A replaced or removed listener generation, draining until the drain time is up (as in
 /// Envoy, for the whole drain time even once its last connection closed).
 struct Draining {
-    name: String,
+    /// The configuration draining: its connections still route with its tables.
+    config: Arc<Listener>,
     until: Instant,
     /// Filter chains of an in-place update (`total_filter_chains_draining`); None for a whole
     /// listener (`total_listeners_draining`).
@@ -314,15 +316,15 @@ impl ListenerManager {
                 .stats
                 .counter("listener_manager.listener_in_place_updated")
                 .inc();
-            self.track_drain(&old.config.name, Some(changed.len()));
+            self.track_drain(old.config.clone(), Some(changed.len()));
         } else {
-            self.start_draining(&old.config.name);
+            self.start_draining(old.config.clone());
         }
         old.config = config;
     }
 
     fn retire(&self, old: Active) {
-        self.start_draining(&old.config.name);
+        self.start_draining(old.config.clone());
         old.stop.send_replace(true);
         old.drains.drain_all();
         if old.config.bind_to_port {
@@ -335,22 +337,41 @@ impl ListenerManager {
 
     /// Tracks a generation until the drain time is up (`draining_state` in config_dump,
     /// `total_listeners_draining`); its connections are closed by then.
-    fn start_draining(&self, name: &str) {
-        self.server.xds.start_drain(name);
-        self.track_drain(name, None);
+    fn start_draining(&self, config: Arc<Listener>) {
+        self.server.xds.start_drain(&config.name);
+        self.track_drain(config, None);
     }
 
-    fn track_drain(&self, name: &str, filter_chains: Option<usize>) {
+    fn track_drain(&self, config: Arc<Listener>, filter_chains: Option<usize>) {
         if filter_chains == Some(0) {
             return;
         }
         let window = std::time::Duration::from_secs(self.server.options.drain_time_s);
         self.draining_lock().push(Draining {
-            name: name.to_string(),
+            config,
             until: Instant::now() + window,
             filter_chains,
         });
         self.prune_draining();
+    }
+
+    /// The RDS tables the listeners route with, those still draining included: a replaced
+    /// listener's tables stay subscribed until its drain is over, as in Envoy.
+    pub fn route_sources(&self) -> Vec<(Option<AdsConfig>, String)> {
+        let now = Instant::now();
+        let active: Vec<Arc<Listener>> = self.lock().iter().map(|a| a.config.clone()).collect();
+        let draining: Vec<Arc<Listener>> = self
+            .draining_lock()
+            .iter()
+            .filter(|d| d.until > now)
+            .map(|d| d.config.clone())
+            .collect();
+        active
+            .iter()
+            .chain(&draining)
+            .flat_map(|l| l.rds_routes())
+            .map(|(slot, source)| (source.grpc, slot.name.to_string()))
+            .collect()
     }
 
     /// Forgets drains that are over.
@@ -360,7 +381,7 @@ impl ListenerManager {
         draining.retain(|d| {
             let done = now >= d.until;
             if done && d.filter_chains.is_none() {
-                self.server.xds.end_drain(&d.name);
+                self.server.xds.end_drain(&d.config.name);
             }
             !done
         });

@@ -62,9 +62,6 @@ pub struct Applier {
     warming_clusters: BTreeMap<String, (Arc<Cluster>, Instant)>,
     /// Listeners waiting for their route tables, by name.
     warming_listeners: BTreeMap<String, (Arc<Listener>, Instant)>,
-    /// The RDS names each LDS listener (active or warming) routes with, and the gRPC source
-    /// of each (None: ADS).
-    listener_routes: BTreeMap<String, Vec<(String, Option<AdsConfig>)>>,
     /// `cluster_manager.cds.*` and `listener_manager.lds.*`.
     /// Present when the bootstrap subscribes the type (Envoy has them only then).
     cds_stats: Option<SubscriptionStats>,
@@ -103,7 +100,6 @@ impl Applier {
             static_listeners: config.listeners.iter().map(|l| l.name.clone()).collect(),
             warming_clusters: BTreeMap::new(),
             warming_listeners: BTreeMap::new(),
-            listener_routes: BTreeMap::new(),
             cds_stats: config
                 .dynamic
                 .cds
@@ -344,21 +340,18 @@ impl Applier {
             .collect()
     }
 
-    /// Every RDS name the listeners need, with its source (None: ADS).
+    /// Every RDS name the listeners need (static, active, warming, and draining until their
+    /// drain is over), with its source (None: ADS).
     pub fn route_sources(
         &self,
         static_listeners: &[Arc<Listener>],
     ) -> BTreeSet<(Option<AdsConfig>, String)> {
         static_listeners
             .iter()
+            .chain(self.warming_listeners.values().map(|(l, _)| l))
             .flat_map(|l| l.rds_routes())
             .map(|(slot, source)| (source.grpc, slot.name.to_string()))
-            .chain(
-                self.listener_routes
-                    .values()
-                    .flatten()
-                    .map(|(n, s)| (s.clone(), n.clone())),
-            )
+            .chain(self.listeners.route_sources())
             .collect()
     }
 
@@ -530,14 +523,6 @@ impl Applier {
                 };
                 let listener = Arc::new(translate_listener(&proto, &root, &resolve, &mut acks)?);
                 self.add_route_stats(&listener);
-                let routes = listener.rds_routes();
-                self.listener_routes.insert(
-                    proto.name.clone(),
-                    routes
-                        .iter()
-                        .map(|(slot, source)| (slot.name.to_string(), source.grpc.clone()))
-                        .collect(),
-                );
                 if listener.dependencies_ready() {
                     self.warming_listeners.remove(&proto.name);
                     if let Err(e) = self.listeners.add_or_update(listener, false) {
@@ -672,7 +657,6 @@ impl Applier {
                     return;
                 }
                 self.warming_listeners.remove(name);
-                self.listener_routes.remove(name);
                 self.listeners.remove(name);
             }
             Kind::Route => {
