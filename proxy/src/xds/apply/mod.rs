@@ -6,6 +6,8 @@
 //! tables, before they take traffic; the ones they replace keep serving meanwhile.
 //! Envoy: https://www.envoyproxy.io/docs/envoy/latest/api-docs/xds_protocol#resource-warming
 
+mod warming;
+
 use super::records::{Failure, Kind, Record, Records};
 use super::stats::SubscriptionStats;
 use crate::config::cluster::{translate_cluster, translate_load_assignment, Cluster, Discovery};
@@ -160,22 +162,6 @@ impl Applier {
         }
         self.count_warming();
         errors
-    }
-
-    /// `cluster_manager.warming_clusters` and `listener_manager.total_listeners_warming`. As in
-    /// Envoy, listeners that warm during the server's initialisation are not counted: they are
-    /// what the server waits for before it starts its workers.
-    fn count_warming(&self) {
-        let warming = self.warming_clusters.len() as u64;
-        self.clusters.stats.warming_clusters.set(warming);
-        let listeners = if self.init.is_live() {
-            self.warming_listeners.len() as u64
-        } else {
-            0
-        };
-        self.store
-            .gauge("listener_manager.total_listeners_warming")
-            .set(listeners);
     }
 
     /// Runs `f` with the stat prefix (`cluster.<stat_name>.`) of every cluster fed by EDS
@@ -355,77 +341,6 @@ impl Applier {
             .collect()
     }
 
-    /// Whether clusters are still warming (the cluster manager is not initialised yet).
-    pub fn clusters_warming(&self) -> bool {
-        !self.warming_clusters.is_empty()
-    }
-
-    pub fn listeners_warming(&self) -> bool {
-        !self.warming_listeners.is_empty()
-    }
-
-    /// Whether one of the secrets a cluster or listener waits for is still missing after its
-    /// source's initial fetch timeout; it then starts, and handshakes needing it fail.
-    fn secret_timed_out(
-        &self,
-        secrets: &[Arc<crate::config::slots::Slot<crate::config::tls::Secret>>],
-        waited: std::time::Duration,
-    ) -> bool {
-        secrets
-            .iter()
-            .any(|s| s.get().is_none() && self.secret_slots.fetch_timed_out(&s.name, waited))
-    }
-
-    /// Ends warming that waited longer than the initial fetch timeout: the cluster starts with
-    /// no endpoints, the listener with an empty route table (Envoy's behaviour on timeout).
-    pub fn expire_warming(&mut self) {
-        let now = Instant::now();
-        let expired: Vec<String> = self
-            .warming_clusters
-            .iter()
-            .filter(|(_, (c, since))| {
-                let waited = now.duration_since(*since);
-                let endpoints_timed_out = match &c.discovery {
-                    Discovery::Eds {
-                        initial_fetch_timeout: Some(t),
-                        service_name,
-                        ..
-                    } => waited >= *t && !self.clusters.has_assignment(service_name),
-                    _ => false,
-                };
-                let secret_timed_out = self.secret_timed_out(&c.transports.sds_secrets(), waited);
-                endpoints_timed_out || secret_timed_out
-            })
-            .map(|(n, _)| n.clone())
-            .collect();
-        for name in expired {
-            if let Some((cluster, _)) = self.warming_clusters.remove(&name) {
-                self.clusters.add_or_update(cluster);
-                self.records.promote(Kind::Cluster, &name);
-            }
-        }
-        let expired: Vec<String> = self
-            .warming_listeners
-            .iter()
-            .filter(|(_, (l, since))| {
-                let waited = now.duration_since(*since);
-                let route_timed_out = l.rds_routes().iter().any(|(slot, source)| {
-                    slot.get().is_none()
-                        && source.initial_fetch_timeout.is_some_and(|t| waited >= t)
-                });
-                let secret_timed_out = self.secret_timed_out(&l.sds_secrets(), waited);
-                route_timed_out || secret_timed_out
-            })
-            .map(|(n, _)| n.clone())
-            .collect();
-        for name in expired {
-            if let Some((listener, _)) = self.warming_listeners.remove(&name) {
-                self.activate_listener(&name, listener);
-            }
-        }
-        self.count_warming();
-    }
-
     fn apply_one(&mut self, kind: Kind, update: &Update) -> Result<(), ConfigError> {
         let unchanged = self
             .records
@@ -582,62 +497,6 @@ impl Applier {
         }
         self.acknowledged.report(kind, &update.name, acks);
         Ok(())
-    }
-
-    /// Whether a cluster has what it warms for: its EDS endpoints, and the secrets its
-    /// transport sockets read (Envoy warms clusters on both).
-    fn cluster_ready(&self, cluster: &Cluster) -> bool {
-        let endpoints = match &cluster.discovery {
-            Discovery::Eds { service_name, .. } => self.clusters.has_assignment(service_name),
-            _ => true,
-        };
-        endpoints
-            && cluster
-                .transports
-                .sds_secrets()
-                .iter()
-                .all(|s| s.get().is_some())
-    }
-
-    /// Starts the warming clusters that have all they wait for.
-    fn activate_ready_clusters(&mut self) {
-        let ready: Vec<String> = self
-            .warming_clusters
-            .iter()
-            .filter(|(_, (c, _))| self.cluster_ready(c))
-            .map(|(n, _)| n.clone())
-            .collect();
-        for name in ready {
-            if let Some((cluster, _)) = self.warming_clusters.remove(&name) {
-                self.clusters.add_or_update(cluster);
-                self.records.promote(Kind::Cluster, &name);
-            }
-        }
-    }
-
-    /// Starts the warming listeners whose route tables and secrets have all arrived.
-    fn activate_ready_listeners(&mut self) {
-        let ready: Vec<String> = self
-            .warming_listeners
-            .iter()
-            .filter(|(_, (l, _))| l.dependencies_ready())
-            .map(|(n, _)| n.clone())
-            .collect();
-        for name in ready {
-            if let Some((listener, _)) = self.warming_listeners.remove(&name) {
-                self.activate_listener(&name, listener);
-            }
-        }
-    }
-
-    fn activate_listener(&mut self, name: &str, listener: Arc<Listener>) {
-        match self.listeners.add_or_update(listener, false) {
-            Ok(()) => self.records.promote(Kind::Listener, name),
-            Err(e) => {
-                tracing::warn!(target: "config", "listener '{name}' could not start after warming: {e}");
-                self.records.remove(Kind::Listener, name);
-            }
-        }
     }
 
     fn remove(&mut self, kind: Kind, name: &str) {
