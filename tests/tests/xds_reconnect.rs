@@ -14,13 +14,14 @@ use tests::{envoy_or_skip, free_port, Kind, RunningProxy, Upstream};
 
 const FAILURES: usize = 6;
 
-/// The time from each stream failure to the next stream's first request.
-fn reconnect_delays(kind: Kind, delta: bool) -> Vec<Duration> {
+/// The time from each stream failure to the next stream's first request, and the
+/// subscriptions' `update_failure` counters after them all.
+fn reconnect_delays(kind: Kind, delta: bool) -> (Vec<Duration>, Vec<String>) {
     let up = Upstream::start("one");
     let cp = ControlPlane::start();
     let port = free_port();
     serve_backend(&cp, up.port(), port);
-    let _proxy = RunningProxy::start(kind, &ads_bootstrap(free_port(), cp.port(), delta), &[]);
+    let proxy = RunningProxy::start(kind, &ads_bootstrap(free_port(), cp.port(), delta), &[]);
     let url = format!("http://127.0.0.1:{port}/");
     assert_eq!(
         body_becomes(&url, "200 one", Duration::from_secs(10)),
@@ -44,28 +45,73 @@ fn reconnect_delays(kind: Kind, delta: bool) -> Vec<Duration> {
         body_becomes(&url, "200 one", Duration::from_secs(10)),
         "200 one"
     );
-    delays
+    let failures = proxy
+        .get("/stats")
+        .body
+        .lines()
+        .filter(|l| l.contains("update_failure"))
+        .map(str::to_string)
+        .collect();
+    (delays, failures)
 }
 
 /// Full jitter over a 500 ms base puts each reconnect within about half a second; without the
 /// reset the sixth would be drawn from up to 16 s. The bound leaves room for a busy machine.
-fn check(kind: Kind, delta: bool) {
-    let delays = reconnect_delays(kind, delta);
+fn check(kind: Kind, delta: bool) -> Vec<String> {
+    let (delays, failures) = reconnect_delays(kind, delta);
     let slowest = delays.iter().max().copied().unwrap_or_default();
     assert!(
         slowest < Duration::from_millis(1500),
         "{kind:?} (delta {delta}): a reconnect after a stream that delivered responses waited \
          {slowest:?}; all: {delays:?}"
     );
+    failures
 }
 
 #[test]
 fn a_failed_stream_that_delivered_responses_reconnects_at_the_base_backoff_like_envoy() {
-    check(Kind::Outrigger, false);
-    check(Kind::Outrigger, true);
+    let ours = [check(Kind::Outrigger, false), check(Kind::Outrigger, true)];
     let Some(_) = envoy_or_skip("xds_reconnect") else {
         return;
     };
-    check(Kind::Envoy, false);
-    check(Kind::Envoy, true);
+    let envoy = [check(Kind::Envoy, false), check(Kind::Envoy, true)];
+    // Every subscription counts each failed stream in its update_failure, as Envoy's do.
+    assert_eq!(
+        ours, envoy,
+        "update_failure: Outrigger (left), Envoy (right)"
+    );
+}
+
+/// A stream the control plane closes cleanly (status OK) is counted in the subscriptions'
+/// `update_failure` as Envoy counts it.
+#[test]
+fn a_cleanly_closed_stream_is_counted_like_envoy() {
+    let run = |kind: Kind| -> Vec<String> {
+        let up = Upstream::start("one");
+        let cp = ControlPlane::start();
+        let port = free_port();
+        serve_backend(&cp, up.port(), port);
+        let proxy = RunningProxy::start(kind, &ads_bootstrap(free_port(), cp.port(), true), &[]);
+        let url = format!("http://127.0.0.1:{port}/");
+        assert_eq!(
+            body_becomes(&url, "200 one", Duration::from_secs(10)),
+            "200 one"
+        );
+        cp.drop_streams();
+        cp.wait_for(Duration::from_secs(40), "an answer on a new stream", |r| {
+            r.iter().any(|r| r.stream > 1 && r.answers())
+        });
+        proxy
+            .get("/stats")
+            .body
+            .lines()
+            .filter(|l| l.contains("update_failure"))
+            .map(str::to_string)
+            .collect()
+    };
+    let ours = run(Kind::Outrigger);
+    let Some(_) = envoy_or_skip("xds_reconnect") else {
+        return;
+    };
+    assert_eq!(ours, run(Kind::Envoy), "Outrigger (left), Envoy (right)");
 }

@@ -242,13 +242,15 @@ impl AdsClient {
                 }
                 Err(e) => {
                     tracing::warn!(target: "config", "ADS stream to {} failed: {e}", self.ads.target);
-                    let applier = self.applier();
-                    for kind in [Kind::Cluster, Kind::Listener] {
-                        if self.subscriptions[&kind].started {
-                            if let Some(stats) = applier.type_stats(kind) {
-                                stats.failure.inc();
-                            }
-                        }
+                }
+            }
+            // Envoy counts a stream that ended, cleanly or not, as a failed update of every
+            // subscription it carried.
+            if !self.retired() {
+                let applier = self.applier();
+                for (kind, sub) in &self.subscriptions {
+                    if sub.started {
+                        applier.count_stream_failure(*kind, &sub.names);
                     }
                 }
             }

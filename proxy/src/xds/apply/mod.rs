@@ -203,6 +203,33 @@ impl Applier {
         }
     }
 
+    /// A stream carrying the subscription to `names` of `kind` failed: each subscription
+    /// counts it in its `update_failure`, as Envoy's do (secrets keep no such stat here).
+    pub fn count_stream_failure(&self, kind: Kind, names: &BTreeSet<String>) {
+        match kind {
+            Kind::Cluster | Kind::Listener => {
+                if let Some(stats) = self.type_stats(kind) {
+                    stats.failure.inc();
+                }
+            }
+            Kind::Endpoint => {
+                for name in names {
+                    self.eds_stats(name, |prefix, store| {
+                        store.counter(&format!("{prefix}update_failure")).inc();
+                    });
+                }
+            }
+            Kind::Route => {
+                for name in names {
+                    for stats in self.route_stats(name) {
+                        stats.failure.inc();
+                    }
+                }
+            }
+            Kind::Secret => {}
+        }
+    }
+
     /// The subscription stats of a wildcard type, for stream failures and fetch timeouts.
     pub fn type_stats(&self, kind: Kind) -> Option<&SubscriptionStats> {
         match kind {
