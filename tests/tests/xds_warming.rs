@@ -264,3 +264,78 @@ fn the_server_state_follows_initialisation_like_envoy() {
     };
     assert_eq!(ours, run(Kind::Envoy), "Outrigger (left) and Envoy (right)");
 }
+
+/// A listener whose route table never comes warms for its RDS source's initial fetch timeout,
+/// then starts with no routes (every request gets 404). Same in Envoy.
+/// Envoy: https://www.envoyproxy.io/docs/envoy/latest/api-v3/config/core/v3/config_source.proto (initial_fetch_timeout)
+#[test]
+fn a_listener_waits_for_its_route_table_until_the_initial_fetch_timeout_like_envoy() {
+    use xds_proto::pb::envoy::config::listener::v3::Listener;
+    let run = |kind: Kind| -> Vec<String> {
+        let up = Upstream::start("one");
+        let cp = ControlPlane::start();
+        let port = free_port();
+        serve_backend(&cp, up.port(), port);
+        let proxy = RunningProxy::start(kind, &ads_bootstrap(free_port(), cp.port(), true), &[]);
+        let late_port = free_port();
+        let late = resource::<Listener>(
+            "late",
+            &format!(
+                r#"
+name: late
+address: {{ socket_address: {{ address: 127.0.0.1, port_value: {late_port} }} }}
+filter_chains:
+- filters:
+  - name: envoy.filters.network.http_connection_manager
+    typed_config:
+      "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+      stat_prefix: late
+      rds:
+        route_config_name: missing
+        config_source: {{ ads: {{}}, resource_api_version: V3, initial_fetch_timeout: 1s }}
+      http_filters:
+      - name: envoy.filters.http.router
+        typed_config: {{ "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router }}
+"#
+            ),
+        );
+        cp.set(LISTENER, vec![backend_listener("127.0.0.1", port), late]);
+        let state = |proxy: &RunningProxy| {
+            let dump = proxy.get("/config_dump?resource=dynamic_listeners").json();
+            let late = dump["configs"]
+                .as_array()
+                .and_then(|ls| ls.iter().find(|l| l["name"] == "late").cloned())
+                .unwrap_or_default();
+            let status =
+                match tests::curl::request("GET", &format!("http://127.0.0.1:{late_port}/"), &[]) {
+                    Ok(r) => r.status.to_string(),
+                    Err(_) => "refused".to_string(),
+                };
+            format!(
+                "active={} warming={} answer={status}",
+                !late["active_state"].is_null(),
+                !late["warming_state"].is_null(),
+            )
+        };
+        cp.wait_for(Duration::from_secs(5), "`missing` asked for", |r| {
+            r.iter()
+                .any(|r| r.type_url == ROUTE && r.names.iter().any(|n| n == "missing"))
+        });
+        std::thread::sleep(Duration::from_millis(300));
+        let during = state(&proxy);
+        std::thread::sleep(Duration::from_millis(2000));
+        vec![during, state(&proxy)]
+    };
+    let ours = run(Kind::Outrigger);
+    assert_eq!(
+        ours,
+        vec![
+            "active=false warming=true answer=refused",
+            "active=true warming=false answer=404",
+        ]
+    );
+    let Some(_) = envoy_or_skip("a_listener_waits_for_its_route_table") else {
+        return;
+    };
+    assert_eq!(ours, run(Kind::Envoy));
+}

@@ -134,17 +134,19 @@ impl StatsConfig {
 }
 
 /// A stat's tag-extracted name (`cluster.upstream_rq`) and tags, computed once at creation.
+/// Both are shared: every stat of one shape shares its name, and the dozens of stats of one
+/// cluster or listener share one tag list, so a stat costs two pointers here.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TagInfo {
     pub tag_extracted_name: Arc<str>,
-    pub tags: Vec<Tag>,
+    pub tags: Arc<[Tag]>,
 }
 
 /// One stat of the store: its handle and its tags.
 #[derive(Debug, Clone)]
 pub struct Entry {
     pub metric: Metric,
-    pub info: Arc<TagInfo>,
+    pub info: TagInfo,
 }
 
 /// The store of every stat by its full Envoy name (`cluster.backend.upstream_rq_total`).
@@ -153,10 +155,12 @@ pub struct Entry {
 #[derive(Debug)]
 pub struct Store {
     config: Arc<StatsConfig>,
-    metrics: Mutex<BTreeMap<String, Entry>>,
+    metrics: Mutex<BTreeMap<Box<str>, Entry>>,
     /// Tag-extracted names and tag values, stored once: a mesh has thousands of clusters
     /// whose dozens of stats share one name shape each and one cluster name.
     interned: Mutex<std::collections::HashSet<Arc<str>>>,
+    /// Tag lists, stored once: the stats of one cluster or listener carry the same tags.
+    interned_tags: Mutex<std::collections::HashSet<Arc<[Tag]>>>,
     /// Istio's standard metrics, in their own namespace (no `envoy_` prefix, no tag
     /// extraction, not subject to `stats_matcher`).
     pub istio: istio::IstioMetrics,
@@ -184,6 +188,7 @@ impl Store {
             config,
             metrics: Mutex::new(BTreeMap::new()),
             interned: Mutex::new(std::collections::HashSet::new()),
+            interned_tags: Mutex::new(std::collections::HashSet::new()),
             istio: istio::IstioMetrics::default(),
         }
     }
@@ -237,13 +242,13 @@ impl Store {
             tag.value = self.intern(&tag.value);
         }
         metrics.insert(
-            name.to_string(),
+            name.into(),
             Entry {
                 metric: fresh.clone(),
-                info: Arc::new(TagInfo {
+                info: TagInfo {
                     tag_extracted_name: self.intern(&tag_extracted_name),
-                    tags,
-                }),
+                    tags: self.intern_tags(tags),
+                },
             },
         );
         fresh
@@ -259,7 +264,7 @@ impl Store {
     pub fn snapshot(&self) -> Vec<(String, Metric)> {
         self.lock()
             .iter()
-            .map(|(k, v)| (k.clone(), v.metric.clone()))
+            .map(|(k, v)| (k.to_string(), v.metric.clone()))
             .collect()
     }
 
@@ -267,14 +272,16 @@ impl Store {
     pub fn entries(&self) -> Vec<(String, Entry)> {
         self.lock()
             .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
+            .map(|(k, v)| (k.to_string(), v.clone()))
             .collect()
     }
 
     /// Removes every stat under `prefix` (a removed cluster's or listener's scope).
     pub fn remove_scope(&self, prefix: &str) {
         self.lock().retain(|name, _| !name.starts_with(prefix));
-        // Strings only the table still holds belonged to the stats just removed.
+        // Strings and tag lists only the tables still hold belonged to the stats just removed.
+        self.interned_tags_lock()
+            .retain(|t| Arc::strong_count(t) > 1);
         self.interned_lock().retain(|s| Arc::strong_count(s) > 1);
     }
 
@@ -304,11 +311,27 @@ impl Store {
         new
     }
 
+    fn intern_tags(&self, tags: Vec<Tag>) -> Arc<[Tag]> {
+        let mut interned = self.interned_tags_lock();
+        if let Some(existing) = interned.get(tags.as_slice()) {
+            return existing.clone();
+        }
+        let new: Arc<[Tag]> = Arc::from(tags);
+        interned.insert(new.clone());
+        new
+    }
+
+    fn interned_tags_lock(
+        &self,
+    ) -> std::sync::MutexGuard<'_, std::collections::HashSet<Arc<[Tag]>>> {
+        self.interned_tags.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     fn interned_lock(&self) -> std::sync::MutexGuard<'_, std::collections::HashSet<Arc<str>>> {
         self.interned.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Entry>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<Box<str>, Entry>> {
         // A panic while holding this lock cannot leave the map inconsistent (single inserts).
         self.metrics.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -338,7 +361,7 @@ mod tests {
         let info = &entries[0].1.info;
         assert_eq!(&*info.tag_extracted_name, "cluster.upstream_rq");
         assert_eq!(
-            info.tags,
+            info.tags.to_vec(),
             vec![
                 Tag {
                     name: "envoy.response_code".into(),
@@ -350,6 +373,22 @@ mod tests {
                 },
             ]
         );
+    }
+
+    #[test]
+    fn the_stats_of_a_scope_share_one_tag_list_until_the_scope_goes() {
+        let store = Store::new();
+        store.counter("cluster.backend.upstream_rq_total");
+        store.gauge("cluster.backend.upstream_rq_active");
+        let entries = store.entries();
+        assert!(Arc::ptr_eq(
+            &entries[0].1.info.tags,
+            &entries[1].1.info.tags
+        ));
+        drop(entries);
+        store.remove_scope("cluster.backend.");
+        assert!(store.interned_tags_lock().is_empty());
+        assert!(store.interned_lock().is_empty());
     }
 
     #[test]
