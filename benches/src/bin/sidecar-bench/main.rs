@@ -118,14 +118,27 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         for s in scenario::Scenario::ALL {
             println!("{:<14} {}", s.name(), s.title());
         }
+        println!(
+            "{:<14} memory and apply time of a 1,000-cluster xDS push (xds-bench)",
+            "xds"
+        );
         return Ok(());
     }
+    let xds_only = cli.only == ["xds"];
+    if xds_only {
+        let out = cli
+            .out
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("results"));
+        return run_xds_bench(cli.smoke, cli.rounds, &out);
+    }
+    let only: Vec<String> = cli.only.iter().filter(|o| *o != "xds").cloned().collect();
     let plan = runner::Plan::new(
         cli.smoke,
         cli.realtime,
         cli.rounds,
         cli.seconds,
-        &cli.only,
+        &only,
         cli.base_port,
     )?;
     let out = match cli.out {
@@ -146,10 +159,43 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         println!("wrote {}", path.display());
     }
     println!("{}", report::summary_line(&results));
+    if cli.only.is_empty() || cli.only.iter().any(|o| o == "xds") {
+        run_xds_bench(cli.smoke, cli.rounds, &out)?;
+    }
     anyhow::ensure!(
         results.failure_count() == 0,
         "{} failure(s) with the tools present (see the report)",
         results.failure_count()
     );
+    Ok(())
+}
+
+/// The xDS scenario: `xds-bench` (built beside this binary) in the same results directory,
+/// with the same number of rounds; it needs Envoy and the release Outrigger like the rest.
+fn run_xds_bench(smoke: bool, rounds: Option<usize>, out: &std::path::Path) -> anyhow::Result<()> {
+    let exe = std::env::current_exe()?;
+    let xds = exe
+        .parent()
+        .map(|d| d.join("xds-bench"))
+        .unwrap_or_else(|| PathBuf::from("xds-bench"));
+    let mut command = std::process::Command::new(&xds);
+    if smoke {
+        command.arg("--smoke");
+    } else {
+        command
+            .arg("--out")
+            .arg(out.join(format!("{}-xds.md", date::today())));
+        if let Some(r) = rounds {
+            command.arg("--rounds").arg(r.to_string());
+        }
+    }
+    println!("sidecar-bench: xDS push (xds-bench) ...");
+    let status = command.status().map_err(|e| {
+        anyhow::anyhow!(
+            "cannot run {} ({e}); build it with `cargo build --release -p benches`",
+            xds.display()
+        )
+    })?;
+    anyhow::ensure!(status.success(), "xds-bench failed: {status}");
     Ok(())
 }
