@@ -368,6 +368,30 @@ impl Applier {
             .collect()
     }
 
+    /// The names of the clusters a route may name now.
+    fn known_clusters(&self) -> HashSet<String> {
+        self.clusters
+            .all()
+            .iter()
+            .map(|c| c.config.name.clone())
+            .collect()
+    }
+
+    /// What listener and route translation resolves names against.
+    fn resolver<'a>(&'a self, known: &'a HashSet<String>) -> Resolver<'a> {
+        Resolver {
+            slots: self.clusters.slots(),
+            route_slots: &self.route_slots,
+            known_clusters: known,
+            runtime: &self.runtime,
+            secrets: &self.secret_slots,
+            local: &self.local,
+            inbound: false,
+            outbound: false,
+            tracing: &self.tracing,
+        }
+    }
+
     fn apply_one(&mut self, kind: Kind, update: &Update) -> Result<(), ConfigError> {
         let unchanged = self
             .records
@@ -446,23 +470,8 @@ impl Applier {
                         proto.name
                     )));
                 }
-                let known: HashSet<String> = self
-                    .clusters
-                    .all()
-                    .iter()
-                    .map(|c| c.config.name.clone())
-                    .collect();
-                let resolve = Resolver {
-                    slots: self.clusters.slots(),
-                    route_slots: &self.route_slots,
-                    known_clusters: &known,
-                    runtime: &self.runtime,
-                    secrets: &self.secret_slots,
-                    local: &self.local,
-                    inbound: false,
-                    outbound: false,
-                    tracing: &self.tracing,
-                };
+                let known = self.known_clusters();
+                let resolve = self.resolver(&known);
                 let listener = Arc::new(translate_listener(&proto, &root, &resolve, &mut acks)?);
                 self.add_route_stats(&listener);
                 if listener.dependencies_ready() {
@@ -480,23 +489,8 @@ impl Applier {
             Kind::Route => {
                 let proto: RouteConfiguration = unpack(&update.resource)?;
                 check_name(&proto.name, &update.name)?;
-                let known: HashSet<String> = self
-                    .clusters
-                    .all()
-                    .iter()
-                    .map(|c| c.config.name.clone())
-                    .collect();
-                let resolve = Resolver {
-                    slots: self.clusters.slots(),
-                    route_slots: &self.route_slots,
-                    known_clusters: &known,
-                    runtime: &self.runtime,
-                    secrets: &self.secret_slots,
-                    local: &self.local,
-                    inbound: false,
-                    outbound: false,
-                    tracing: &self.tracing,
-                };
+                let known = self.known_clusters();
+                let resolve = self.resolver(&known);
                 // An RDS table is its own resource: its fields are checked here, as an
                 // inline table's are with its connection manager.
                 crate::config::fields::check(&proto, &root, &mut acks)?;
