@@ -295,12 +295,12 @@ mod dynamic {
             .of(Kind::Cluster)
             .into_iter()
             .filter_map(|(_, e)| {
-                let record: Record = if warming { e.warming? } else { e.active? };
+                let record: Record = if warming { *e.warming? } else { *e.active? };
                 Some(DynamicCluster {
                     version_info: record.version.clone(),
                     cluster: clean::<Cluster>(&record.resource),
                     last_updated: Some(json::timestamp(record.last_updated)),
-                    error_state: e.error.as_ref().map(failure::<Cluster>),
+                    error_state: e.error.as_deref().map(failure::<Cluster>),
                     ..Default::default()
                 })
             })
@@ -319,10 +319,10 @@ mod dynamic {
             .into_iter()
             .map(|(name, e)| DynamicListener {
                 name,
-                active_state: e.active.as_ref().map(state),
-                warming_state: e.warming.as_ref().map(state),
-                draining_state: e.draining.as_ref().map(state),
-                error_state: e.error.as_ref().map(failure::<Listener>),
+                active_state: e.active.as_deref().map(state),
+                warming_state: e.warming.as_deref().map(state),
+                draining_state: e.draining.as_deref().map(state),
+                error_state: e.error.as_deref().map(failure::<Listener>),
                 ..Default::default()
             })
             .collect()
@@ -339,7 +339,7 @@ mod dynamic {
                     version_info: record.version.clone(),
                     route_config: clean::<RouteConfiguration>(&record.resource),
                     last_updated: Some(json::timestamp(record.last_updated)),
-                    error_state: e.error.as_ref().map(failure::<RouteConfiguration>),
+                    error_state: e.error.as_deref().map(failure::<RouteConfiguration>),
                     ..Default::default()
                 })
             })

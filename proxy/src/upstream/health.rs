@@ -25,7 +25,7 @@ use crate::config::cluster::Cluster;
 use crate::stats::{Counter, Gauge, Store};
 use arc_swap::ArcSwap;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 /// Envoy's host health flags, in the order `/clusters` prints them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -82,7 +82,9 @@ const INFORMATIONAL: u32 = HealthFlag::ActiveHcTimeout as u32;
 #[derive(Debug, Default)]
 pub struct HostHealth {
     flags: AtomicU32,
-    pub(super) outlier: super::outlier::HostMonitor,
+    /// Made by the cluster's outlier detector when it first sees the host: most clusters
+    /// have no detector, and a mesh has tens of thousands of hosts.
+    outlier: OnceLock<Box<super::outlier::HostMonitor>>,
 }
 
 impl HostHealth {
@@ -172,19 +174,25 @@ impl HostHealth {
     /// The success rate of the last outlier detection interval (`/clusters`' `success_rate`),
     /// -1 when there was too little traffic or no detection.
     pub fn success_rate(&self) -> f64 {
-        self.outlier.success_rate(false)
+        self.outlier.get().map_or(-1.0, |m| m.success_rate(false))
     }
 
     /// As [`Self::success_rate`], for locally originated results.
     pub fn local_origin_success_rate(&self) -> f64 {
-        self.outlier.success_rate(true)
+        self.outlier.get().map_or(-1.0, |m| m.success_rate(true))
+    }
+
+    /// The outlier detector's record of this host (only the detector calls this).
+    pub(super) fn outlier(&self) -> &super::outlier::HostMonitor {
+        self.outlier.get_or_init(Box::default)
     }
 }
 
 /// The health side of a cluster: its outlier detector, its active checker and the one path
 /// host sets are installed through.
 pub struct ClusterHealth {
-    pub(super) outlier: Option<super::outlier::Detector>,
+    /// Boxed: most clusters have none, and a detector is a few hundred bytes.
+    pub(super) outlier: Option<Box<super::outlier::Detector>>,
     pub(super) active: Option<super::health_check::ActiveChecker>,
     panic_threshold: f64,
     locality_weighted: bool,
@@ -213,7 +221,7 @@ impl ClusterHealth {
             outlier: config
                 .outlier
                 .as_ref()
-                .map(|o| super::outlier::Detector::new(o.clone(), store, &prefix)),
+                .map(|o| Box::new(super::outlier::Detector::new(o.clone(), store, &prefix))),
             active: config
                 .health_check
                 .as_ref()

@@ -206,7 +206,7 @@ impl Detector {
     }
 
     fn http_code(&self, host: &Arc<Host>, code: u16) {
-        let m = &host.health.outlier;
+        let m = host.health.outlier();
         m.buckets[0].0.fetch_add(1, Relaxed);
         if !(500..600).contains(&code) {
             m.buckets[0].1.fetch_add(1, Relaxed);
@@ -229,7 +229,7 @@ impl Detector {
     }
 
     fn local_origin(&self, host: &Arc<Host>, success: bool) {
-        let m = &host.health.outlier;
+        let m = host.health.outlier();
         m.buckets[1].0.fetch_add(1, Relaxed);
         if success {
             m.buckets[1].1.fetch_add(1, Relaxed);
@@ -305,7 +305,7 @@ impl Detector {
         self.stats.active.set(active as u64 + 1);
         self.stats.enforced_total.inc();
         self.stats.enforced[kind as usize].inc();
-        let mut state = host.health.outlier.state();
+        let mut state = host.health.outlier().state();
         state.ejected_at = Some(now);
         // The multiplier stops growing once it covers max_ejection_time.
         if c.base_ejection_time * state.backoff < c.max_ejection_time + c.base_ejection_time {
@@ -336,7 +336,7 @@ impl Detector {
         }
         self.stats.detected[kind as usize].inc();
         let changed = self.eject(host, kind, hosts, now);
-        let m = &host.health.outlier;
+        let m = host.health.outlier();
         match kind {
             Ejection::Consecutive5xx => {
                 self.stats.consecutive_5xx.inc();
@@ -354,7 +354,7 @@ impl Detector {
         let c = &self.config;
         let mut changed = false;
         for host in hosts {
-            let m = &host.health.outlier;
+            let m = host.health.outlier();
             let mut state = m.state();
             if !host.health.has(HealthFlag::FailedOutlierCheck) {
                 state.backoff = state.backoff.saturating_sub(1);
@@ -380,7 +380,7 @@ impl Detector {
         let buckets: Vec<[(u64, u64); 2]> = hosts
             .iter()
             .map(|h| {
-                let m = &h.health.outlier;
+                let m = h.health.outlier();
                 [m.take_bucket(false), m.take_bucket(true)]
             })
             .collect();
@@ -422,7 +422,7 @@ impl Detector {
                 >= c.success_rate_request_volume
                     .min(c.failure_percentage_request_volume)
             {
-                host.health.outlier.set_success_rate(local, rate);
+                host.health.outlier().set_success_rate(local, rate);
             }
             if total >= c.success_rate_request_volume {
                 for_sr.push((host, rate));

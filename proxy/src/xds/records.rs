@@ -72,14 +72,15 @@ pub struct Failure {
     pub at: SystemTime,
 }
 
+/// Boxed parts: most entries hold one of the four, and a mesh has thousands of entries.
 #[derive(Debug, Clone, Default)]
 pub struct Entry {
-    pub active: Option<Record>,
+    pub active: Option<Box<Record>>,
     /// Accepted but waiting for what it depends on (EDS for a cluster, RDS for a listener).
-    pub warming: Option<Record>,
-    pub error: Option<Failure>,
+    pub warming: Option<Box<Record>>,
+    pub error: Option<Box<Failure>>,
     /// The configuration a replaced or removed listener's connections still run on.
-    pub draining: Option<Record>,
+    pub draining: Option<Box<Record>>,
 }
 
 #[derive(Debug, Default)]
@@ -93,7 +94,7 @@ impl Records {
     pub fn activate(&self, kind: Kind, name: &str, record: Record) {
         let mut inner = self.lock();
         let entry = inner.entry((kind, name.to_string())).or_default();
-        entry.active = Some(record);
+        entry.active = Some(Box::new(record));
         entry.warming = None;
     }
 
@@ -101,7 +102,7 @@ impl Records {
         self.lock()
             .entry((kind, name.to_string()))
             .or_default()
-            .warming = Some(record);
+            .warming = Some(Box::new(record));
     }
 
     /// Moves a warming resource to active (its dependencies arrived).
@@ -117,7 +118,7 @@ impl Records {
         self.lock()
             .entry((kind, name.to_string()))
             .or_default()
-            .error = Some(failure);
+            .error = Some(Box::new(failure));
     }
 
     pub fn clear_failure(&self, kind: Kind, name: &str) {
@@ -172,7 +173,11 @@ impl Records {
 
     /// The active resource `name` of `kind`.
     pub fn active(&self, kind: Kind, name: &str) -> Option<Record> {
-        self.lock().get(&(kind, name.to_string()))?.active.clone()
+        self.lock()
+            .get(&(kind, name.to_string()))?
+            .active
+            .as_deref()
+            .cloned()
     }
 
     /// Every entry of `kind`, by name.
