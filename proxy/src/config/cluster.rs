@@ -64,6 +64,16 @@ pub struct Cluster {
     pub istio_alpn_override: bool,
 }
 
+impl Cluster {
+    /// The EDS service name its endpoints come under, for EDS clusters.
+    pub fn eds_service_name(&self) -> Option<&str> {
+        match &self.discovery {
+            Discovery::Eds { service_name, .. } => Some(service_name),
+            _ => None,
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub enum Discovery {
     Static(Vec<LbEndpoint>),

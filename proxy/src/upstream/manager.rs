@@ -406,14 +406,65 @@ pub struct ClusterManager {
     /// Every TLS context in use, listeners' too: clusters are built first, so the registry
     /// starts here and the server shares it (`Server::tls_contexts`).
     pub tls_contexts: Arc<ContextManager>,
-    /// Active clusters in the order they were added (the admin endpoints list them so).
-    active: RwLock<Vec<Arc<ClusterRuntime>>>,
+    /// Active clusters by name, in the order they were added (the admin endpoints list them
+    /// so), and the EDS clusters by service name: a push of thousands of clusters and
+    /// assignments finds each one without a scan.
+    active: RwLock<Active>,
     /// EDS assignments by service name, kept so a cluster added or replaced later starts
     /// with the endpoints already received.
     assignments: RwLock<HashMap<String, Arc<Assignment>>>,
     /// Set once the runtime runs: from then on new DNS clusters start resolving at once.
     discovery_started: AtomicBool,
     pub stats: ManagerStats,
+}
+
+#[derive(Default)]
+struct Active {
+    by_name: indexmap::IndexMap<String, Arc<ClusterRuntime>, foldhash::fast::RandomState>,
+    /// EDS service name → the names of the active clusters it feeds.
+    fed_by: HashMap<String, Vec<String>, foldhash::fast::RandomState>,
+}
+
+impl Active {
+    fn insert(&mut self, runtime: Arc<ClusterRuntime>) {
+        let name = runtime.config.name.clone();
+        if let Some(old) = self.by_name.insert(name.clone(), runtime.clone()) {
+            self.unfeed(&old);
+        }
+        if let Some(service) = runtime.config.eds_service_name() {
+            self.fed_by
+                .entry(service.to_string())
+                .or_default()
+                .push(name);
+        }
+    }
+
+    fn remove(&mut self, name: &str) -> Option<Arc<ClusterRuntime>> {
+        let old = self.by_name.shift_remove(name)?;
+        self.unfeed(&old);
+        Some(old)
+    }
+
+    fn unfeed(&mut self, old: &ClusterRuntime) {
+        let Some(service) = old.config.eds_service_name() else {
+            return;
+        };
+        if let Some(names) = self.fed_by.get_mut(service) {
+            names.retain(|n| *n != old.config.name);
+            if names.is_empty() {
+                self.fed_by.remove(service);
+            }
+        }
+    }
+
+    fn fed_by(&self, service_name: &str) -> Vec<Arc<ClusterRuntime>> {
+        self.fed_by
+            .get(service_name)
+            .into_iter()
+            .flatten()
+            .filter_map(|name| self.by_name.get(name).cloned())
+            .collect()
+    }
 }
 
 /// `cluster_manager.*`: clusters added, changed and removed, and how many warm.
@@ -427,6 +478,7 @@ pub struct ManagerStats {
     pub cluster_removed: Arc<Counter>,
     /// Clusters CDS brought that wait for their endpoints or secrets.
     pub warming_clusters: Arc<Gauge>,
+    active_clusters: Arc<Gauge>,
 }
 
 impl ManagerStats {
@@ -441,6 +493,7 @@ impl ManagerStats {
             cluster_modified: c("cluster_modified"),
             cluster_removed: c("cluster_removed"),
             warming_clusters: store.gauge("cluster_manager.warming_clusters"),
+            active_clusters: store.gauge("cluster_manager.active_clusters"),
         }
     }
 
@@ -469,7 +522,7 @@ impl ClusterManager {
             slots,
             store: store.clone(),
             tls_contexts: Arc::new(ContextManager::new(store.clone())),
-            active: RwLock::new(Vec::with_capacity(clusters.len())),
+            active: RwLock::default(),
             assignments: RwLock::new(HashMap::new()),
             discovery_started: AtomicBool::new(false),
             stats: ManagerStats::new(store),
@@ -500,17 +553,9 @@ impl ClusterManager {
             }
         }
         {
-            let mut active = self.active.write().unwrap_or_else(|e| e.into_inner());
-            match active
-                .iter_mut()
-                .find(|c| c.config.name == runtime.config.name)
-            {
-                Some(slot) => *slot = runtime.clone(),
-                None => active.push(runtime.clone()),
-            }
-            self.store
-                .gauge("cluster_manager.active_clusters")
-                .set(active.len() as u64);
+            let mut active = self.write_active();
+            active.insert(runtime.clone());
+            self.stats.active_clusters.set(active.by_name.len() as u64);
         }
         self.slots
             .slot(&runtime.config.name)
@@ -527,24 +572,15 @@ impl ClusterManager {
     /// and its stats go away with it, as in Envoy.
     pub fn remove(&self, name: &str) -> bool {
         let removed = {
-            let mut active = self.active.write().unwrap_or_else(|e| e.into_inner());
-            let before = active.len();
-            let mut stat_name = None;
-            active.retain(|c| {
-                let keep = c.config.name != name;
-                if !keep {
-                    stat_name = Some(c.config.stat_name.clone());
-                }
-                keep
-            });
-            self.store
-                .gauge("cluster_manager.active_clusters")
-                .set(active.len() as u64);
-            (active.len() != before).then_some(stat_name).flatten()
+            let mut active = self.write_active();
+            let removed = active.remove(name);
+            self.stats.active_clusters.set(active.by_name.len() as u64);
+            removed
         };
-        let Some(stat_name) = removed else {
+        let Some(removed) = removed else {
             return false;
         };
+        let stat_name = &removed.config.stat_name;
         if let Some(slot) = self.slots.find(name) {
             slot.set(None);
         }
@@ -560,14 +596,11 @@ impl ClusterManager {
             .write()
             .unwrap_or_else(|e| e.into_inner())
             .insert(service_name.to_string(), assignment.clone());
-        for cluster in self.all() {
-            if matches!(&cluster.config.discovery, Discovery::Eds { service_name: s, .. } if s == service_name)
-            {
-                cluster.set_hosts(
-                    host_specs(&assignment.endpoints, &cluster.config.transports),
-                    assignment.priorities,
-                );
-            }
+        for cluster in self.fed_by(service_name) {
+            cluster.set_hosts(
+                host_specs(&assignment.endpoints, &cluster.config.transports),
+                assignment.priorities,
+            );
         }
     }
 
@@ -595,10 +628,20 @@ impl ClusterManager {
 
     /// Every active cluster, in the order they were added.
     pub fn all(&self) -> Vec<Arc<ClusterRuntime>> {
-        self.active
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        self.read_active().by_name.values().cloned().collect()
+    }
+
+    /// The active clusters whose endpoints come from EDS under `service_name`.
+    pub fn fed_by(&self, service_name: &str) -> Vec<Arc<ClusterRuntime>> {
+        self.read_active().fed_by(service_name)
+    }
+
+    fn read_active(&self) -> std::sync::RwLockReadGuard<'_, Active> {
+        self.active.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn write_active(&self) -> std::sync::RwLockWriteGuard<'_, Active> {
+        self.active.write().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Starts DNS resolution for STRICT_DNS and LOGICAL_DNS clusters. Call inside the runtime.

@@ -10,7 +10,7 @@ mod warming;
 
 use super::records::{Failure, Kind, Record, Records};
 use super::stats::SubscriptionStats;
-use crate::config::cluster::{translate_cluster, translate_load_assignment, Cluster, Discovery};
+use crate::config::cluster::{translate_cluster, translate_load_assignment, Discovery};
 use crate::config::dynamic::AdsConfig;
 use crate::config::listener::{translate_listener, Listener};
 use crate::config::resolver::Resolver;
@@ -60,8 +60,8 @@ pub struct Applier {
     store: Arc<Store>,
     static_clusters: HashSet<String>,
     static_listeners: HashSet<String>,
-    /// EDS clusters waiting for their first assignment, by cluster name.
-    warming_clusters: BTreeMap<String, (Arc<Cluster>, Instant)>,
+    /// Clusters waiting for their first assignment or their secrets.
+    warming_clusters: warming::WarmingClusters,
     /// Listeners waiting for their route tables, by name.
     warming_listeners: BTreeMap<String, (Arc<Listener>, Instant)>,
     /// `cluster_manager.cds.*` and `listener_manager.lds.*`.
@@ -100,7 +100,7 @@ impl Applier {
             store,
             static_clusters: config.clusters.iter().map(|c| c.name.clone()).collect(),
             static_listeners: config.listeners.iter().map(|l| l.name.clone()).collect(),
-            warming_clusters: BTreeMap::new(),
+            warming_clusters: Default::default(),
             warming_listeners: BTreeMap::new(),
             cds_stats: config
                 .dynamic
@@ -168,16 +168,14 @@ impl Applier {
     /// under `service_name`. EDS updates are rare next to requests: the names are formatted here.
     fn eds_stats(&self, service_name: &str, f: impl Fn(&str, &Store)) {
         // Warming clusters too: their first assignment is the one that warms them.
-        let active = self.clusters.all();
+        let active = self.clusters.fed_by(service_name);
         let configs = active
             .iter()
             .map(|c| &c.config)
-            .chain(self.warming_clusters.values().map(|(c, _)| c));
+            .chain(self.warming_clusters.fed_by(service_name));
         let mut seen = BTreeSet::new();
         for config in configs {
-            if matches!(&config.discovery, Discovery::Eds { service_name: s, .. } if s == service_name)
-                && seen.insert(config.stat_name.clone())
-            {
+            if seen.insert(config.stat_name.clone()) {
                 f(&format!("cluster.{}.", config.stat_name), &self.store);
             }
         }
@@ -459,7 +457,7 @@ impl Applier {
                         .gauge(&format!("{prefix}version"))
                         .set(super::stats::version_hash(&update.version));
                 });
-                self.activate_ready_clusters();
+                self.activate_clusters_fed_by(&proto.cluster_name);
             }
             Kind::Listener => {
                 let proto: ProtoListener = unpack(&update.resource)?;

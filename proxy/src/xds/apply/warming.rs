@@ -6,8 +6,86 @@ use super::Applier;
 use crate::config::cluster::{Cluster, Discovery};
 use crate::config::listener::Listener;
 use crate::xds::records::Kind;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Instant;
+
+/// Clusters CDS brought that wait for their endpoints or secrets, by name, with when they
+/// started waiting; and which of them each EDS service feeds, so that an assignment finds its
+/// clusters without a scan (a push of a thousand clusters brings a thousand assignments).
+#[derive(Debug, Default)]
+pub(super) struct WarmingClusters {
+    by_name: BTreeMap<String, (Arc<Cluster>, Instant)>,
+    fed_by: HashMap<String, Vec<String>, foldhash::fast::RandomState>,
+}
+
+impl WarmingClusters {
+    pub(super) fn insert(&mut self, name: String, warming: (Arc<Cluster>, Instant)) {
+        if let Some(service) = warming.0.eds_service_name() {
+            self.fed_by
+                .entry(service.to_string())
+                .or_default()
+                .push(name.clone());
+        }
+        if let Some(old) = self.by_name.insert(name, warming) {
+            self.unfeed(&old.0);
+        }
+    }
+
+    pub(super) fn remove(&mut self, name: &str) -> Option<(Arc<Cluster>, Instant)> {
+        let removed = self.by_name.remove(name)?;
+        self.unfeed(&removed.0);
+        Some(removed)
+    }
+
+    /// Drops `old`'s entry from its service's list (one entry: a replacement of the same
+    /// name was pushed after it).
+    fn unfeed(&mut self, old: &Cluster) {
+        let Some(service) = old.eds_service_name() else {
+            return;
+        };
+        if let Some(names) = self.fed_by.get_mut(service) {
+            if let Some(at) = names.iter().position(|n| *n == old.name) {
+                names.remove(at);
+            }
+            if names.is_empty() {
+                self.fed_by.remove(service);
+            }
+        }
+    }
+
+    pub(super) fn contains_key(&self, name: &str) -> bool {
+        self.by_name.contains_key(name)
+    }
+
+    pub(super) fn len(&self) -> usize {
+        self.by_name.len()
+    }
+
+    pub(super) fn is_empty(&self) -> bool {
+        self.by_name.is_empty()
+    }
+
+    pub(super) fn iter(&self) -> impl Iterator<Item = (&String, &(Arc<Cluster>, Instant))> {
+        self.by_name.iter()
+    }
+
+    pub(super) fn values(&self) -> impl Iterator<Item = &(Arc<Cluster>, Instant)> {
+        self.by_name.values()
+    }
+
+    /// The warming clusters whose endpoints come from EDS under `service_name`.
+    pub(super) fn fed_by<'a>(
+        &'a self,
+        service_name: &str,
+    ) -> impl Iterator<Item = &'a Arc<Cluster>> {
+        self.fed_by
+            .get(service_name)
+            .into_iter()
+            .flatten()
+            .filter_map(|name| self.by_name.get(name).map(|(c, _)| c))
+    }
+}
 
 impl Applier {
     /// `cluster_manager.warming_clusters` and `listener_manager.total_listeners_warming`. As in
@@ -120,6 +198,21 @@ impl Applier {
             .filter(|(_, (c, _))| self.cluster_ready(c))
             .map(|(n, _)| n.clone())
             .collect();
+        self.activate_clusters(ready);
+    }
+
+    /// Starts the warming clusters an assignment for `service_name` made ready.
+    pub(super) fn activate_clusters_fed_by(&mut self, service_name: &str) {
+        let ready: Vec<String> = self
+            .warming_clusters
+            .fed_by(service_name)
+            .filter(|c| self.cluster_ready(c))
+            .map(|c| c.name.clone())
+            .collect();
+        self.activate_clusters(ready);
+    }
+
+    fn activate_clusters(&mut self, ready: Vec<String>) {
         for name in ready {
             if let Some((cluster, _)) = self.warming_clusters.remove(&name) {
                 self.clusters.add_or_update(cluster);
