@@ -128,22 +128,26 @@ fn scenarios() -> Vec<Scenario> {
             .raw(big_header(3 * 1024))
             .curl("/", &["--http2-prior-knowledge", "-H", &format!("x-big: {}", "b".repeat(3000))]),
         Scenario::http("underscores_allowed_by_default", PROTO, &one_vhost(TO_BACKEND))
-            .curl("/", &["-H", "x_under: 1"]),
+            .curl("/", &["-H", "x_under: 1"])
+            .custom(check_stats),
         Scenario::http("underscores_reject_request", PROTO, &one_vhost(TO_BACKEND))
             .hcm("common_http_protocol_options: { headers_with_underscores_action: REJECT_REQUEST }")
             .curl("/", &["-H", "x_under: 1"])
             .curl("/", &["--http2-prior-knowledge", "-H", "x_under: 1"])
-            .get("/fine"),
+            .get("/fine")
+            .custom(check_stats),
         Scenario::http("underscores_drop_header", PROTO, &one_vhost(TO_BACKEND))
             .hcm("common_http_protocol_options: { headers_with_underscores_action: DROP_HEADER }")
             .curl("/", &["-H", "x_under: 1", "-H", "x-dash: 1"])
-            .curl("/", &["--http2-prior-knowledge", "-H", "x_under: 1"]),
+            .curl("/", &["--http2-prior-knowledge", "-H", "x_under: 1"])
+            .custom(check_stats),
         Scenario::http("path_not_normalised_by_default", PATHS, &one_vhost(TO_BACKEND))
             .get("/a/../b")
             .get("/a/./b")
             .get("/a//b")
             .get("/a%2Fb")
-            .get("/%61bc"),
+            .get("/%61bc")
+            .custom(check_stats),
         Scenario::http("path_normalize_path", PATHS, &one_vhost(TO_BACKEND))
             .hcm("normalize_path: true")
             .get("/a/../b")
@@ -152,11 +156,13 @@ fn scenarios() -> Vec<Scenario> {
             .get("/a//b")
             .get("/a%2Fb")
             .get("/%61bc?q=/../")
-            .get("/a\\b"),
+            .get("/a\\b")
+            .custom(check_stats),
         Scenario::http("path_merge_slashes", PATHS, &one_vhost(TO_BACKEND))
             .hcm("merge_slashes: true")
             .get("//a///b//?x=//")
-            .get("/a/../b"),
+            .get("/a/../b")
+            .custom(check_stats),
         Scenario::http("path_normalised_before_routing", PATHS, &one_vhost(
             "- match: { prefix: /public }\n  route: { cluster: backend }\n- match: { prefix: / }\n  direct_response: { status: 403 }",
         ))
@@ -167,16 +173,19 @@ fn scenarios() -> Vec<Scenario> {
             .hcm("path_with_escaped_slashes_action: REJECT_REQUEST")
             .get("/a%2Fb")
             .get("/a%5cb")
-            .get("/plain"),
+            .get("/plain")
+            .custom(check_stats),
         Scenario::http("path_escaped_slashes_unescape_and_redirect", PATHS, &one_vhost(TO_BACKEND))
             .hcm("path_with_escaped_slashes_action: UNESCAPE_AND_REDIRECT")
             .get("/a%2Fb?q=1")
             .get("/a%2fb")
-            .curl("/a%2Fb", &["--http2-prior-knowledge"]),
+            .curl("/a%2Fb", &["--http2-prior-knowledge"])
+            .custom(check_stats),
         Scenario::http("path_escaped_slashes_unescape_and_forward", PATHS, &one_vhost(TO_BACKEND))
             .hcm("path_with_escaped_slashes_action: UNESCAPE_AND_FORWARD")
             .get("/a%2Fb%5Cc")
-            .get("/keep%20space"),
+            .get("/keep%20space")
+            .custom(check_stats),
         Scenario::http(
             "failing_health_checks_closes_connections",
             "https://www.envoyproxy.io/docs/envoy/latest/operations/admin#post--healthcheck-fail",
@@ -186,8 +195,25 @@ fn scenarios() -> Vec<Scenario> {
         Scenario::http("absolute_form_and_connect", HCM, &one_vhost(TO_BACKEND))
             .raw("GET http://abs.example/path?q HTTP/1.1\r\nHost: other.example\r\nConnection: close\r\n\r\n")
             .raw("CONNECT abs.example:443 HTTP/1.1\r\nHost: abs.example:443\r\n\r\n")
-            .raw("OPTIONS * HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"),
+            .raw("OPTIONS * HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .custom(check_stats),
     ]
+}
+
+/// The connection manager's counters of refused and rewritten paths, and the codecs'
+/// counters of headers with underscores, after a scenario's requests.
+/// Envoy: https://www.envoyproxy.io/docs/envoy/latest/configuration/http/http_conn_man/stats
+fn check_stats(side: &Side) -> String {
+    let filter = "^(http\\.traffic\\.downstream_rq_(failed_path_normalization|redirected_with_normalized_path|non_relative_path)|http[12]\\.(dropped_headers_with_underscores|requests_rejected_with_underscores_in_headers))$";
+    let encoded: String = filter
+        .bytes()
+        .map(|b| match b {
+            b'a'..=b'z' | b'0'..=b'9' | b'_' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect();
+    let body = side.proxy.get(&format!("/stats?filter={encoded}")).body;
+    format!("  stats: {}\n", body.trim().replace('\n', ", "))
 }
 
 /// Both answers, as the client reads them (the dates reduced to their presence).

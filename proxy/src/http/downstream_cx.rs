@@ -88,6 +88,7 @@ impl ConnectionLife {
         if self.flags.fetch_or(flag, Relaxed) & (HTTP1 | HTTP2) == 0 {
             total.inc();
             active.inc();
+            self.ctx.stats.codec.of(http2);
         }
     }
 

@@ -5,6 +5,7 @@
 
 use crate::config::hcm::HttpConnectionManager;
 use crate::config::hcm_options::{EscapedSlashes, PathHandling, UnderscoreAction};
+use crate::http::stats::HcmStats;
 use http::{header, HeaderMap, Request, StatusCode};
 use std::borrow::Cow;
 
@@ -134,7 +135,12 @@ fn is_http1_method(method: &http::Method) -> bool {
     HTTP1_METHODS.contains(&method.as_str())
 }
 
-pub fn check<B>(hcm: &HttpConnectionManager, request: &mut Request<B>) -> Result<(), Refusal> {
+/// Counts what it refuses and drops in `stats` as Envoy's connection manager and codecs do.
+pub fn check<B>(
+    hcm: &HttpConnectionManager,
+    stats: &HcmStats,
+    request: &mut Request<B>,
+) -> Result<(), Refusal> {
     // Both a length and a transfer coding make the body's end ambiguous (request smuggling):
     // refused, as Envoy does unless `allow_chunked_length` (then the length is dropped, as
     // hyper drops it); a coding other than chunked is not implemented (501).
@@ -232,7 +238,9 @@ pub fn check<B>(hcm: &HttpConnectionManager, request: &mut Request<B>) -> Result
             .cloned()
             .collect();
         if !with_underscore.is_empty() {
+            let codec = stats.codec.of(http2);
             if limits.headers_with_underscores == UnderscoreAction::RejectRequest {
+                codec.requests_rejected_with_underscores_in_headers.inc();
                 if http2 {
                     return Err(Refusal::Reset {
                         details: "http2.unexpected_underscore",
@@ -246,6 +254,9 @@ pub fn check<B>(hcm: &HttpConnectionManager, request: &mut Request<B>) -> Result
                     protocol_error: true,
                 });
             }
+            codec
+                .dropped_headers_with_underscores
+                .add(with_underscore.len() as u64);
             for name in with_underscore {
                 request.headers_mut().remove(name);
             }
@@ -260,14 +271,32 @@ pub fn check<B>(hcm: &HttpConnectionManager, request: &mut Request<B>) -> Result
     {
         request.headers_mut().remove(header::EXPECT);
     }
+    // Only origin-form paths are served (an absolute-form URI arrives here as its path):
+    // anything else but CONNECT, such as `OPTIONS *`, is 404 before routing, as in Envoy.
+    if request.method() != http::Method::CONNECT && !request.uri().path().starts_with('/') {
+        stats.downstream_rq_non_relative_path.inc();
+        return Err(Refusal::Local {
+            status: StatusCode::NOT_FOUND,
+            body: "",
+            close: false,
+            details: "absolute_path_rejected",
+            protocol_error: false,
+        });
+    }
     let normalized =
         normalize(request.uri().path(), &hcm.paths).map_err(|refusal| match refusal {
             // The redirect keeps the query (Envoy does).
-            Refusal::Redirect(path) => match request.uri().query() {
-                Some(q) => Refusal::Redirect(format!("{path}?{q}")),
-                None => Refusal::Redirect(path),
-            },
-            other => other,
+            Refusal::Redirect(path) => {
+                stats.downstream_rq_redirected_with_normalized_path.inc();
+                match request.uri().query() {
+                    Some(q) => Refusal::Redirect(format!("{path}?{q}")),
+                    None => Refusal::Redirect(path),
+                }
+            }
+            other => {
+                stats.downstream_rq_failed_path_normalization.inc();
+                other
+            }
         })?;
     if let Some(new_path) = normalized {
         let query = request

@@ -125,7 +125,7 @@ pub async fn route_request(
     mut request: Request<Incoming>,
 ) -> Outcome {
     let server = &ctx.hcm.server_name;
-    let upgrade = match request_checks::check(&ctx.hcm, &mut request)
+    let upgrade = match request_checks::check(&ctx.hcm, &ctx.stats, &mut request)
         .and_then(|()| request_checks::is_allowed_upgrade(&ctx.hcm, request.headers()))
     {
         Ok(upgrade) => upgrade,

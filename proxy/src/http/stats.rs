@@ -33,8 +33,60 @@ pub struct HcmStats {
     pub downstream_rq_idle_timeout: Arc<Counter>,
     pub downstream_rq_timeout: Arc<Counter>,
     pub downstream_rq_max_duration_reached: Arc<Counter>,
+    /// Requests refused before routing: a path normalisation failed, an escaped slash
+    /// redirected, a path not starting with `/` (`request_checks.rs`).
+    pub downstream_rq_failed_path_normalization: Arc<Counter>,
+    pub downstream_rq_redirected_with_normalized_path: Arc<Counter>,
+    pub downstream_rq_non_relative_path: Arc<Counter>,
     /// How connections live and end (`super::downstream_cx`).
     pub cx: CxStats,
+    /// `http1.*` and `http2.*`, the codecs' stats.
+    pub codec: CodecStats,
+}
+
+/// The downstream codecs' stats (`http1.*`, `http2.*`, shared by every connection manager):
+/// Envoy makes each set when the first connection of that protocol starts. Only the ones
+/// about headers with underscores are kept; the rest of Envoy's codec stats count codec
+/// internals (floods, frame counts) that hyper and h2 handle on their own.
+/// Envoy: https://www.envoyproxy.io/docs/envoy/latest/configuration/http/http_conn_man/stats#http1-codec-statistics
+#[derive(Debug)]
+pub struct CodecStats {
+    store: Arc<Store>,
+    http1: std::sync::OnceLock<UnderscoreStats>,
+    http2: std::sync::OnceLock<UnderscoreStats>,
+}
+
+#[derive(Debug)]
+pub struct UnderscoreStats {
+    /// Headers removed (`DROP_HEADER`), one per header.
+    pub dropped_headers_with_underscores: Arc<Counter>,
+    /// Requests refused (`REJECT_REQUEST`).
+    pub requests_rejected_with_underscores_in_headers: Arc<Counter>,
+}
+
+impl CodecStats {
+    /// The stats of the HTTP/1 or HTTP/2 codec, made on first use.
+    pub fn of(&self, http2: bool) -> &UnderscoreStats {
+        let (cell, scope) = match http2 {
+            true => (&self.http2, "http2"),
+            false => (&self.http1, "http1"),
+        };
+        cell.get_or_init(|| {
+            let c = |s: &str| self.store.counter(&format!("{scope}.{s}"));
+            if !http2 {
+                // Envoy's other HTTP/1 codec stats: metadata is HTTP/2 only, and hyper
+                // bounds pipelined responses itself.
+                c("metadata_not_supported_error");
+                c("response_flood");
+            }
+            UnderscoreStats {
+                dropped_headers_with_underscores: c("dropped_headers_with_underscores"),
+                requests_rejected_with_underscores_in_headers: c(
+                    "requests_rejected_with_underscores_in_headers",
+                ),
+            }
+        })
+    }
 }
 
 /// The connection-lifecycle stats of a connection manager.
@@ -69,7 +121,7 @@ pub struct CxStats {
 
 impl HcmStats {
     /// `listener_scope` names the listener (`127.0.0.1_8080`, or its stat prefix).
-    pub fn new(store: &Store, stat_prefix: &str, listener_scope: &str) -> Self {
+    pub fn new(store: &Arc<Store>, stat_prefix: &str, listener_scope: &str) -> Self {
         let p = format!("http.{stat_prefix}.");
         let c = |s: &str| store.counter(&format!("{p}{s}"));
         let g = |s: &str| store.gauge(&format!("{p}{s}"));
@@ -100,6 +152,16 @@ impl HcmStats {
             downstream_rq_idle_timeout: c("downstream_rq_idle_timeout"),
             downstream_rq_timeout: c("downstream_rq_timeout"),
             downstream_rq_max_duration_reached: c("downstream_rq_max_duration_reached"),
+            downstream_rq_failed_path_normalization: c("downstream_rq_failed_path_normalization"),
+            downstream_rq_redirected_with_normalized_path: c(
+                "downstream_rq_redirected_with_normalized_path",
+            ),
+            downstream_rq_non_relative_path: c("downstream_rq_non_relative_path"),
+            codec: CodecStats {
+                store: store.clone(),
+                http1: Default::default(),
+                http2: Default::default(),
+            },
             cx: CxStats {
                 destroy: c("downstream_cx_destroy"),
                 destroy_local: c("downstream_cx_destroy_local"),
