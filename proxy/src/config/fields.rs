@@ -76,14 +76,14 @@ macro_rules! policies {
 
 static POLICIES: &[(&str, Policy)] = policies! {
     "envoy.config.bootstrap.v3.Bootstrap" => ["node", "static_resources", "admin", "layered_runtime",
-        "dynamic_resources", "stats_config", "tracing"]
+        "dynamic_resources", "stats_config", "tracing", "stats_server_version_override"]
         ack [("stats_sinks", STATS),
              ("stats_flush_interval", STATS), ("stats_eviction_interval", STATS),
              ("deferred_stat_options", NO_EFFECT),
              ("overload_manager", OVERLOAD), ("bootstrap_extensions", "bootstrap extensions (internal listeners, Istio metadata discovery) are not implemented"),
              ("cluster_manager", "cluster manager options are not implemented yet (issues 4 and 5)"),
              ("application_log_config", "Outrigger writes its own log format (see --log-format)"),
-             ("stats_server_version_override", STATS), ("enable_dispatcher_stats", STATS),
+             ("enable_dispatcher_stats", STATS),
              ("watchdog", NO_EFFECT), ("watchdogs", NO_EFFECT), ("flags_path", NO_EFFECT)];
     "envoy.config.bootstrap.v3.Bootstrap.DynamicResources" => ["lds_config", "cds_config", "ads_config"];
     "envoy.config.core.v3.ConfigSource" => ["ads", "initial_fetch_timeout", "resource_api_version",

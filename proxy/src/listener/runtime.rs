@@ -123,6 +123,8 @@ pub struct ListenerStats {
     /// `worker_0.downstream_cx_{total,active}` with one worker (`--concurrency 1`), where
     /// the worker is the listener; with more, Outrigger's tasks belong to no one worker.
     pub worker: Option<(Arc<Counter>, Arc<Gauge>)>,
+    /// `server.total_connections`: the active connections of every listener.
+    pub server_connections: Arc<Gauge>,
 }
 
 impl ListenerStats {
@@ -154,6 +156,7 @@ impl AcceptedConnection {
     pub fn activate(&mut self) {
         self.active = true;
         self.stats.downstream_cx_active.inc();
+        self.stats.server_connections.inc();
         if let Some((_, active)) = &self.stats.worker {
             active.inc();
         }
@@ -165,6 +168,7 @@ impl Drop for AcceptedConnection {
         let stats = &self.stats;
         if self.active {
             stats.downstream_cx_active.dec();
+            stats.server_connections.dec();
             if let Some((_, active)) = &stats.worker {
                 active.dec();
             }
@@ -222,6 +226,7 @@ impl ListenerRuntime {
             downstream_pre_cx_timeout: c("downstream_pre_cx_timeout"),
             downstream_listener_filter_remote_close: c("downstream_listener_filter_remote_close"),
             connections_accepted_per_socket_event: h("connections_accepted_per_socket_event"),
+            server_connections: store.gauge("server.total_connections"),
             worker: one_worker.then(|| {
                 (
                     c("worker_0.downstream_cx_total"),

@@ -1,6 +1,7 @@
 //! Running the proxy: logging, the runtime, clusters, listeners and the admin server, from
 //! startup to shutdown.
 
+pub mod process_stats;
 pub mod state;
 pub use state::{BoundListener, DrainRequest, Server, ServerState};
 
@@ -206,6 +207,16 @@ impl Proxy {
     ) -> Result<Proxy, String> {
         let stats = Store::with_config(config.stats.clone());
         stats.gauge("server.concurrency").set(workers as u64);
+        process_stats::register(
+            &stats,
+            &process_stats::Startup {
+                restart_epoch: options.restart_epoch,
+                version_override: bootstrap
+                    .stats_server_version_override
+                    .as_ref()
+                    .map(|v| v.value),
+            },
+        );
         let clusters = Arc::new(ClusterManager::new(
             config.cluster_slots.clone(),
             &config.clusters,
@@ -318,8 +329,10 @@ async fn forward_drains(
 
 async fn track_uptime(server: Arc<Server>) {
     let uptime = server.stats.gauge("server.uptime");
+    let memory = process_stats::Memory::new(&server.stats);
     loop {
         uptime.set(server.uptime().as_secs());
+        memory.refresh();
         tokio::time::sleep(std::time::Duration::from_secs(1)).await;
     }
 }

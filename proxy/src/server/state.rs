@@ -148,7 +148,14 @@ impl Server {
             self.set_state(ServerState::Live);
             self.stats.gauge("server.live").set(1);
         }
-        self.stats.gauge("listener_manager.workers_started").set(1);
+        let workers_started = self.stats.gauge("listener_manager.workers_started");
+        if workers_started.value() == 0 {
+            // From start-up until the workers take connections, as Envoy measures it.
+            self.stats
+                .histogram("server.initialization_time_ms")
+                .record(self.started_at.elapsed().as_secs_f64() * 1000.0);
+        }
+        workers_started.set(1);
     }
 
     /// `/healthcheck/fail` and `/healthcheck/ok`.
