@@ -421,47 +421,27 @@ pub struct ClusterManager {
 #[derive(Default)]
 struct Active {
     by_name: indexmap::IndexMap<String, Arc<ClusterRuntime>, foldhash::fast::RandomState>,
-    /// EDS service name → the names of the active clusters it feeds.
-    fed_by: HashMap<String, Vec<String>, foldhash::fast::RandomState>,
+    fed_by: super::fed_by::FedBy,
 }
 
 impl Active {
     fn insert(&mut self, runtime: Arc<ClusterRuntime>) {
         let name = runtime.config.name.clone();
-        if let Some(old) = self.by_name.insert(name.clone(), runtime.clone()) {
-            self.unfeed(&old);
+        if let Some(old) = self.by_name.insert(name, runtime.clone()) {
+            self.fed_by.remove(&old.config);
         }
-        if let Some(service) = runtime.config.eds_service_name() {
-            self.fed_by
-                .entry(service.to_string())
-                .or_default()
-                .push(name);
-        }
+        self.fed_by.add(&runtime.config);
     }
 
     fn remove(&mut self, name: &str) -> Option<Arc<ClusterRuntime>> {
         let old = self.by_name.shift_remove(name)?;
-        self.unfeed(&old);
+        self.fed_by.remove(&old.config);
         Some(old)
-    }
-
-    fn unfeed(&mut self, old: &ClusterRuntime) {
-        let Some(service) = old.config.eds_service_name() else {
-            return;
-        };
-        if let Some(names) = self.fed_by.get_mut(service) {
-            names.retain(|n| *n != old.config.name);
-            if names.is_empty() {
-                self.fed_by.remove(service);
-            }
-        }
     }
 
     fn fed_by(&self, service_name: &str) -> Vec<Arc<ClusterRuntime>> {
         self.fed_by
-            .get(service_name)
-            .into_iter()
-            .flatten()
+            .names(service_name)
             .filter_map(|name| self.by_name.get(name).cloned())
             .collect()
     }

@@ -6,6 +6,7 @@ mod balancer;
 pub mod circuit_breakers;
 pub mod connector;
 mod dns;
+pub mod fed_by;
 mod health;
 mod health_check;
 mod host;

@@ -5,53 +5,33 @@
 use super::Applier;
 use crate::config::cluster::{Cluster, Discovery};
 use crate::config::listener::Listener;
+use crate::upstream::fed_by::FedBy;
 use crate::xds::records::Kind;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Instant;
 
 /// Clusters CDS brought that wait for their endpoints or secrets, by name, with when they
-/// started waiting; and which of them each EDS service feeds, so that an assignment finds its
-/// clusters without a scan (a push of a thousand clusters brings a thousand assignments).
+/// started waiting, and which of them each EDS service feeds.
 #[derive(Debug, Default)]
 pub(super) struct WarmingClusters {
     by_name: BTreeMap<String, (Arc<Cluster>, Instant)>,
-    fed_by: HashMap<String, Vec<String>, foldhash::fast::RandomState>,
+    fed_by: FedBy,
 }
 
 impl WarmingClusters {
     pub(super) fn insert(&mut self, name: String, warming: (Arc<Cluster>, Instant)) {
-        if let Some(service) = warming.0.eds_service_name() {
-            self.fed_by
-                .entry(service.to_string())
-                .or_default()
-                .push(name.clone());
-        }
+        let cluster = warming.0.clone();
         if let Some(old) = self.by_name.insert(name, warming) {
-            self.unfeed(&old.0);
+            self.fed_by.remove(&old.0);
         }
+        self.fed_by.add(&cluster);
     }
 
     pub(super) fn remove(&mut self, name: &str) -> Option<(Arc<Cluster>, Instant)> {
         let removed = self.by_name.remove(name)?;
-        self.unfeed(&removed.0);
+        self.fed_by.remove(&removed.0);
         Some(removed)
-    }
-
-    /// Drops `old`'s entry from its service's list (one entry: a replacement of the same
-    /// name was pushed after it).
-    fn unfeed(&mut self, old: &Cluster) {
-        let Some(service) = old.eds_service_name() else {
-            return;
-        };
-        if let Some(names) = self.fed_by.get_mut(service) {
-            if let Some(at) = names.iter().position(|n| *n == old.name) {
-                names.remove(at);
-            }
-            if names.is_empty() {
-                self.fed_by.remove(service);
-            }
-        }
     }
 
     pub(super) fn contains_key(&self, name: &str) -> bool {
@@ -80,9 +60,7 @@ impl WarmingClusters {
         service_name: &str,
     ) -> impl Iterator<Item = &'a Arc<Cluster>> {
         self.fed_by
-            .get(service_name)
-            .into_iter()
-            .flatten()
+            .names(service_name)
             .filter_map(|name| self.by_name.get(name).map(|(c, _)| c))
     }
 }
